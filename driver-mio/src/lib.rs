@@ -1,0 +1,5 @@
+//! # pilot-driver-mio
+//!
+//! The production driver: a mio event loop around `pilot_proto` state
+//! machines. It will host the `pilot-daemon`, `pilotctl` and
+//! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.

@@ -1,0 +1,1 @@
+//! Virtual addresses and ports (`spec/wire.md` §1).
