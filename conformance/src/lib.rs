@@ -23,8 +23,8 @@ pub fn load(file: &str) -> Vec<Value> {
     let path = vectors_dir().join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let doc: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    let doc: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
     match doc.get("vectors") {
         Some(Value::Array(v)) => v.clone(),
         _ => panic!("{}: no \"vectors\" array", path.display()),

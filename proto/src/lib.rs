@@ -17,4 +17,5 @@
 )]
 
 pub mod addr;
+pub mod time;
 pub mod wire;
