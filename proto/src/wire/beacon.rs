@@ -95,7 +95,7 @@ impl<'a> NodeIds<'a> {
     pub fn iter(&self) -> impl Iterator<Item = u32> + 'a {
         self.0
             .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap_or_default()))
     }
 }
 

@@ -21,6 +21,9 @@ pub const MAX_PAYLOAD: usize = 65535;
 pub const MAX_PACKET: usize = HEADER_LEN + MAX_PAYLOAD;
 /// The only header version spoken (`spec/wire.md` §2.1).
 pub const VERSION: u8 = 1;
+/// Payload of a path probe, a control packet to port 0 that elicits a pong
+/// (`spec/wire.md` §2.6).
+pub const PATH_PROBE_PAYLOAD: &[u8] = b"pathprobe.v1";
 /// UDP receive buffer size a daemon uses (`spec/wire.md` §2.5).
 pub const UDP_RECV_BUFFER: usize = 65_573;
 /// Largest UDP payload over IPv4; senders keep frames below it
@@ -81,6 +84,13 @@ impl Flags {
     }
 }
 
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Flags {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Flags> {
+        Ok(Flags::from_bits_truncate(u8::arbitrary(u)?))
+    }
+}
+
 impl BitOr for Flags {
     type Output = Flags;
     fn bitor(self, rhs: Flags) -> Flags {
@@ -120,6 +130,7 @@ impl fmt::Debug for Flags {
 /// The protocol byte (`spec/wire.md` §2.1). Values other than the three
 /// constants decode fine and are kept as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Protocol(pub u8);
 
 impl Protocol {
@@ -139,6 +150,7 @@ impl Protocol {
 /// The decoded fields of a packet header, without the checksum
 /// (`spec/wire.md` §2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Header {
     /// Version nibble; always 1 when sending.
     pub version: u8,
@@ -318,6 +330,14 @@ impl<'a> Packet<'a> {
         Ok(Packet { header, payload })
     }
 
+    /// True for a NAT keepalive as receivers recognise it: protocol
+    /// control, destination port 0, empty payload (`spec/wire.md` §2.6).
+    pub fn is_nat_keepalive(&self) -> bool {
+        self.header.protocol == Protocol::CONTROL
+            && self.header.dst_port == 0
+            && self.payload.is_empty()
+    }
+
     /// Number of bytes [`Packet::encode`] writes.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
@@ -454,6 +474,24 @@ mod tests {
             Packet::new(h, b"").unwrap().encode(&mut [0; 34]),
             Err(EncodeError::VersionTooLarge { version: 16 })
         );
+    }
+
+    #[test]
+    fn keepalive_recognition() {
+        let mut h = syn();
+        h.protocol = Protocol::CONTROL;
+        h.dst_port = 0;
+        assert!(Packet::new(h, b"").unwrap().is_nat_keepalive());
+        assert!(
+            !Packet::new(h, PATH_PROBE_PAYLOAD)
+                .unwrap()
+                .is_nat_keepalive()
+        );
+        h.dst_port = 7;
+        assert!(!Packet::new(h, b"").unwrap().is_nat_keepalive());
+        h.dst_port = 0;
+        h.protocol = Protocol::DATAGRAM;
+        assert!(!Packet::new(h, b"").unwrap().is_nat_keepalive());
     }
 
     #[test]
