@@ -194,6 +194,14 @@ pub enum BeaconError {
         /// Total length of the message.
         len: usize,
     },
+    /// Bytes follow the last node ID of a sync message.
+    #[error("beacon message type {ty:#04x} has {extra} bytes after its end")]
+    TrailingBytes {
+        /// The type byte.
+        ty: u8,
+        /// Number of unexpected bytes.
+        extra: usize,
+    },
     /// An endpoint's `ip_len` is neither 4 nor 16.
     #[error("endpoint ip_len {ip_len} is not 4 or 16")]
     BadIpLen {
@@ -278,7 +286,8 @@ impl<'a> BeaconMsg<'a> {
     ///
     /// Optional extensions (discover key, punch grant) are present only if
     /// all their bytes are; a shorter tail is ignored. Trailing bytes after
-    /// fixed-size messages are ignored.
+    /// fixed-size messages are ignored; a sync message must end right after
+    /// its last node ID.
     pub fn decode(buf: &'a [u8]) -> Result<BeaconMsg<'a>, BeaconError> {
         let (&ty, body) = buf.split_first().ok_or(BeaconError::Empty)?;
         let trunc = BeaconError::Truncated { ty, len: buf.len() };
@@ -340,6 +349,13 @@ impl<'a> BeaconMsg<'a> {
                 let count = usize::from(r.u16().ok_or(trunc)?);
                 let ids = r.take(count * 4).ok_or(trunc)?;
                 let nodes = NodeIds::from_be_bytes(ids).ok_or(trunc)?;
+                // The count must describe the message exactly.
+                if !r.rest().is_empty() {
+                    return Err(BeaconError::TrailingBytes {
+                        ty,
+                        extra: r.rest().len(),
+                    });
+                }
                 BeaconMsg::Sync { beacon_id, nodes }
             }
             TYPE_NOTIFY => BeaconMsg::Notify {
@@ -570,6 +586,11 @@ mod tests {
         assert_eq!(
             BeaconMsg::decode(&[0x07, 0, 0, 0, 7, 0, 2, 0, 0, 0, 1]),
             Err(BeaconError::Truncated { ty: 7, len: 11 })
+        );
+        // count says 1, two IDs present.
+        assert_eq!(
+            BeaconMsg::decode(&[0x07, 0, 0, 0, 7, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2]),
+            Err(BeaconError::TrailingBytes { ty: 7, extra: 4 })
         );
         assert_eq!(
             BeaconMsg::decode(&[0x0a]),
