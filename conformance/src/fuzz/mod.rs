@@ -28,3 +28,20 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
+pub const TARGETS: &[&str] = &["addr", "beacon", "packet", "tunnel"];
+
+/// The seed corpus of one target: the inputs of the vector files that
+/// exercise it. Unknown targets get no seeds.
+pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
+    let files: &[&str] = match target {
+        "addr" => &["wire_addr.json"],
+        "packet" => &["wire_packet.json"],
+        // Tunnel frames carry packets and beacon messages.
+        "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
+        "beacon" => &["wire_beacon.json"],
+        _ => &[],
+    };
+    files.iter().flat_map(|f| vector_inputs(f)).collect()
+}
