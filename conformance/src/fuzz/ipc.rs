@@ -1,10 +1,13 @@
 //! Fuzz body for the IPC codec (`spec/ipc.md`): parse `data` as a stream of
 //! frames, decode every body, re-encode what decodes and require the exact
-//! input bytes back; then treat the whole input as one body.
+//! input bytes back; then treat the whole input as one body; then build a
+//! structured message from the bytes (`arbitrary`) and require that, if it
+//! encodes, it decodes back to itself.
 
+use arbitrary::{Arbitrary, Unstructured};
 use pilot_proto::wire::ipc::{
-    IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_BODY_LEN, encode_error_frame, encode_frame,
-    parse_frame,
+    EncodeError, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_BODY_LEN, encode_error_frame,
+    encode_frame, parse_frame,
 };
 
 /// Runs the IPC round-trip checks over arbitrary bytes.
@@ -36,6 +39,34 @@ pub fn run(data: &[u8]) {
         }
     }
     check_body(data, None);
+    check_structured(data);
+}
+
+fn check_structured(data: &[u8]) {
+    let Ok(msg) = IpcMessage::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let mut out = vec![0u8; msg.encoded_len()];
+    match encode_frame(&msg, &mut out) {
+        Ok(n) => {
+            assert_eq!(n, out.len());
+            let (body, used) = parse_frame(&out)
+                .ok()
+                .flatten()
+                .expect("an encoded frame parses");
+            assert_eq!(used, n);
+            assert_eq!(IpcMessage::decode(body), Ok(msg));
+        }
+        Err(EncodeError::TooLarge { .. } | EncodeError::FieldTooLong { .. }) => {
+            assert!(msg.body_len() > MAX_BODY_LEN || matches!(msg, IpcMessage::Broadcast { .. }));
+        }
+        Err(EncodeError::EmptyField { .. }) => {
+            assert_eq!(msg, IpcMessage::ResolveHostname(""));
+        }
+        Err(e @ EncodeError::BufferTooSmall { .. }) => {
+            panic!("encoded_len() was too small for {msg:?}: {e}")
+        }
+    }
 }
 
 fn check_body(body: &[u8], frame: Option<&[u8]>) {

@@ -13,7 +13,8 @@
 //!
 //! Invariants: decoding never panics, never allocates and never accepts a
 //! byte it cannot give back: for every body that decodes,
-//! `encode(decode(body)) == body`. Fixed-size payloads therefore reject
+//! `encode(decode(body)) == body`; and every message that encodes decodes
+//! back to itself (the encoder refuses what the decoder would refuse). Fixed-size payloads therefore reject
 //! trailing bytes ([`IpcError::TrailingBytes`]), and one-byte switches whose
 //! meaning is "1 = yes, anything else = no" keep the raw byte ([`Flag`]).
 //!
@@ -89,6 +90,7 @@ pub type IpcAddr = RawAddr;
 
 /// A 48-bit virtual address as carried in IPC payloads
 /// (`[u16 network][u32 node]`, big endian; `spec/ipc.md` §2).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RawAddr {
     /// Network id (0 = the backbone).
@@ -503,6 +505,7 @@ const ACTION_SET: u8 = 1;
 /// A one-byte switch where 1 means "yes" and every other value "no".
 ///
 /// The raw byte is kept so that re-encoding gives back the received bytes.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flag(pub u8);
 
@@ -524,6 +527,7 @@ impl Flag {
 }
 
 /// A `Handshake` request (`spec/ipc.md` §5).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HandshakeRequest<'a> {
     /// `0x01`: ask `node_id` to trust us.
@@ -595,6 +599,7 @@ impl HandshakeRequest<'_> {
 }
 
 /// A `Network` request (`spec/ipc.md` §7).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NetworkRequest<'a> {
     /// `0x01`: list networks.
@@ -650,6 +655,7 @@ impl NetworkRequest<'_> {
 }
 
 /// A `Managed` request (`spec/ipc.md` §7).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ManagedRequest<'a> {
     /// `0x02`: status, of one network or (None) all.
@@ -703,6 +709,7 @@ impl ManagedRequest<'_> {
 ///
 /// Variants holding a single `&str` are JSON documents (checked to be UTF-8,
 /// not parsed) unless documented otherwise.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpcMessage<'a> {
     /// `0x01` bind a port.
@@ -982,6 +989,12 @@ pub enum EncodeError {
     TooLarge {
         /// The body length the message needs.
         len: usize,
+    },
+    /// A field that must not be empty is empty (the decoder would refuse it).
+    #[error("{field} must not be empty")]
+    EmptyField {
+        /// Field name.
+        field: &'static str,
     },
     /// A length-prefixed field is longer than its prefix can express.
     #[error("{field} is {len} bytes, longer than its u16 length prefix allows")]
@@ -1303,7 +1316,6 @@ impl<'a> IpcMessage<'a> {
             M::Info | M::Deregister | M::Health | M::RotateKey | M::BroadcastOk => Ok(()),
             M::InfoOk(t)
             | M::HandshakeOk(t)
-            | M::ResolveHostname(t)
             | M::ResolveHostnameOk(t)
             | M::SetHostname(t)
             | M::SetHostnameOk(t)
@@ -1327,6 +1339,12 @@ impl<'a> IpcMessage<'a> {
             | M::SignEnvelopeOk(t)
             | M::VerifyEnvelope(t)
             | M::VerifyEnvelopeOk(t) => s.put(t.as_bytes()),
+            M::ResolveHostname(t) => {
+                if t.is_empty() {
+                    return Err(EncodeError::EmptyField { field: "hostname" });
+                }
+                s.put(t.as_bytes())
+            }
             M::SetVisibility(f) | M::SetTaskExec(f) => put_u8(s, f.0),
             M::Cancel(b) => s.put(b),
             M::PreferDirect { node_id } => put_u32(s, node_id),

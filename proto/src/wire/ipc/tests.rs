@@ -366,6 +366,11 @@ fn encode_checks_buffer_and_size() {
         })
     );
 
+    assert_eq!(
+        encode_frame(&IpcMessage::ResolveHostname(""), &mut out),
+        Err(EncodeError::EmptyField { field: "hostname" })
+    );
+
     let long = "x".repeat(usize::from(u16::MAX) + 1);
     let m = IpcMessage::Broadcast {
         network: 1,
