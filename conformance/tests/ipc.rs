@@ -211,7 +211,9 @@ fn to_json(m: &IpcMessage<'_>) -> Value {
                 }
                 R::Reconcile { network } => {
                     put("sub", "reconcile".into());
-                    put("network", network.into());
+                    if let Some(n) = network {
+                        put("network", n.into());
+                    }
                 }
             }
         }
@@ -374,9 +376,7 @@ fn from_json<'a>(m: &'a Value, data: &'a [u8]) -> IpcMessage<'a> {
                     node_id: num(m, "node_id"),
                     set: opt("set"),
                 },
-                "reconcile" => ManagedRequest::Reconcile {
-                    network: num(m, "network"),
-                },
+                "reconcile" => ManagedRequest::Reconcile { network: net },
                 s => panic!("unknown managed sub {s}"),
             })
         }
@@ -489,8 +489,8 @@ fn ipc_vectors() {
         }
     }
     assert_eq!(from_28, 15, "every example of daemon.md §2.8");
-    assert_eq!((messages, errors, frames), (74, 10, 2));
-    assert_eq!(vectors.len(), 86);
+    assert_eq!((messages, errors, frames), (75, 15, 2));
+    assert_eq!(vectors.len(), 92);
     commands_seen.sort_unstable();
     commands_seen.dedup();
     assert_eq!(

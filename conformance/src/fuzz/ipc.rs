@@ -6,8 +6,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use pilot_proto::wire::ipc::{
-    EncodeError, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_BODY_LEN, encode_error_frame,
-    encode_frame, parse_frame,
+    EncodeError, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_BODY_LEN, ManagedRequest,
+    encode_error_frame, encode_frame, parse_frame,
 };
 
 /// Runs the IPC round-trip checks over arbitrary bytes.
@@ -61,7 +61,14 @@ fn check_structured(data: &[u8]) {
             assert!(msg.body_len() > MAX_BODY_LEN || matches!(msg, IpcMessage::Broadcast { .. }));
         }
         Err(EncodeError::EmptyField { .. }) => {
-            assert_eq!(msg, IpcMessage::ResolveHostname(""));
+            assert!(matches!(
+                msg,
+                IpcMessage::ResolveHostname("")
+                    | IpcMessage::Managed(
+                        ManagedRequest::Policy { set: Some(""), .. }
+                            | ManagedRequest::MemberTags { set: Some(""), .. }
+                    )
+            ));
         }
         Err(e @ EncodeError::BufferTooSmall { .. }) => {
             panic!("encoded_len() was too small for {msg:?}: {e}")

@@ -446,8 +446,8 @@ impl NetworkSub {
             Self::Leave => "network leave",
             Self::Members => "network members",
             Self::Invite => "network invite",
-            Self::PollInvites => "network invites",
-            Self::RespondInvite => "network respond",
+            Self::PollInvites => "network poll-invites",
+            Self::RespondInvite => "network respond-invite",
         }
     }
 }
@@ -487,7 +487,7 @@ impl ManagedSub {
             Self::Status => "managed status",
             Self::ForceCycle => "managed cycle",
             Self::Policy => "managed policy",
-            Self::MemberTags => "managed member_tags",
+            Self::MemberTags => "managed member-tags",
             Self::Reconcile => "managed reconcile",
         }
     }
@@ -668,14 +668,14 @@ pub enum ManagedRequest<'a> {
         /// Network id, if given.
         network: Option<u16>,
     },
-    /// `0x05`: get (`set == None`) or set a network policy.
+    /// `0x05`: get (`set == None`) or set a network policy (non-empty JSON).
     Policy {
         /// Network id.
         network: u16,
         /// The policy JSON for a set.
         set: Option<&'a str>,
     },
-    /// `0x06`: get (`set == None`) or set one member's tags.
+    /// `0x06`: get (`set == None`) or set one member's tags (non-empty JSON).
     MemberTags {
         /// Network id.
         network: u16,
@@ -684,10 +684,10 @@ pub enum ManagedRequest<'a> {
         /// The tags JSON for a set.
         set: Option<&'a str>,
     },
-    /// `0x07`: reconcile one network.
+    /// `0x07`: reconcile one network, or (None) the first one.
     Reconcile {
-        /// Network id.
-        network: u16,
+        /// Network id, if given.
+        network: Option<u16>,
     },
 }
 
@@ -910,11 +910,11 @@ pub enum IpcError {
     #[error("empty frame")]
     EmptyBody,
     /// The command byte is not assigned.
-    #[error("unknown command: 0x{0:02x}")]
+    #[error("unknown command: 0x{0:02X}")]
     UnknownCommand(u8),
     /// The sub-command byte of `Handshake`, `Network` or `Managed` is not
     /// assigned.
-    #[error("{}: unknown sub-command 0x{sub:02x}", command.name())]
+    #[error("{}: unknown sub-command 0x{sub:02X}", command.name())]
     UnknownSubCommand {
         /// The command carrying the sub-command.
         command: Command,
@@ -946,7 +946,7 @@ pub enum IpcError {
         field: &'static str,
     },
     /// A one-byte field holds a value with no meaning.
-    #[error("{op}: invalid {field} 0x{value:02x}")]
+    #[error("{op}: unknown {field} 0x{value:02X}")]
     InvalidValue {
         /// Operation.
         op: &'static str,
@@ -1167,6 +1167,20 @@ fn put_u16<S: Sink>(s: &mut S, v: u16) -> Result<(), EncodeError> {
 
 fn put_u32<S: Sink>(s: &mut S, v: u32) -> Result<(), EncodeError> {
     s.put(&v.to_be_bytes())
+}
+
+/// The JSON of a managed "set" action; it must not be empty (the decoder
+/// refuses an empty one, as the reference daemon does).
+fn put_set_json<S: Sink>(
+    s: &mut S,
+    set: Option<&str>,
+    field: &'static str,
+) -> Result<(), EncodeError> {
+    match set {
+        None => Ok(()),
+        Some("") => Err(EncodeError::EmptyField { field }),
+        Some(json) => s.put(json.as_bytes()),
+    }
 }
 
 fn put_addr<S: Sink>(s: &mut S, a: IpcAddr) -> Result<(), EncodeError> {
@@ -1414,12 +1428,12 @@ impl<'a> IpcMessage<'a> {
             M::Managed(m) => {
                 put_u8(s, m.sub() as u8)?;
                 match m {
-                    ManagedRequest::Status { network } | ManagedRequest::ForceCycle { network } => {
-                        match network {
-                            Some(n) => put_u16(s, n),
-                            None => Ok(()),
-                        }
-                    }
+                    ManagedRequest::Status { network }
+                    | ManagedRequest::ForceCycle { network }
+                    | ManagedRequest::Reconcile { network } => match network {
+                        Some(n) => put_u16(s, n),
+                        None => Ok(()),
+                    },
                     ManagedRequest::Policy { network, set } => {
                         put_u8(
                             s,
@@ -1430,7 +1444,7 @@ impl<'a> IpcMessage<'a> {
                             },
                         )?;
                         put_u16(s, network)?;
-                        s.put(set.unwrap_or("").as_bytes())
+                        put_set_json(s, set, "policy JSON")
                     }
                     ManagedRequest::MemberTags {
                         network,
@@ -1447,9 +1461,8 @@ impl<'a> IpcMessage<'a> {
                         )?;
                         put_u16(s, network)?;
                         put_u32(s, node_id)?;
-                        s.put(set.unwrap_or("").as_bytes())
+                        put_set_json(s, set, "tags JSON")
                     }
-                    ManagedRequest::Reconcile { network } => put_u16(s, network),
                 }
             }
         }
@@ -1558,8 +1571,8 @@ impl<'a> IpcMessage<'a> {
                 port: r.u16("port")?,
             },
             Command::Dial => M::Dial {
-                addr: r.addr("address")?,
-                port: r.u16("port")?,
+                addr: r.addr("address/port")?,
+                port: r.u16("address/port")?,
             },
             Command::DialOk => M::DialOk {
                 conn_id: r.u32("conn_id")?,
@@ -1634,9 +1647,9 @@ impl<'a> IpcMessage<'a> {
             Command::RotateKey => M::RotateKey,
             Command::RotateKeyOk => M::RotateKeyOk(r.str_rest("json")?),
             Command::Broadcast => {
-                let network = r.u16("network")?;
-                let port = r.u16("port")?;
-                let token_len = r.u16("token_len")?;
+                let network = r.u16("header")?;
+                let port = r.u16("header")?;
+                let token_len = r.u16("header")?;
                 let token = r.str_len(usize::from(token_len), "token")?;
                 M::Broadcast {
                     network,
@@ -1706,23 +1719,23 @@ fn decode_network<'a>(r: &mut Reader<'a>) -> Result<NetworkRequest<'a>, IpcError
     Ok(match sub {
         NetworkSub::List => NetworkRequest::List,
         NetworkSub::Join => NetworkRequest::Join {
-            network: r.u16("network")?,
+            network: r.u16("network_id")?,
             token: r.str_rest("token")?,
         },
         NetworkSub::Leave => NetworkRequest::Leave {
-            network: r.u16("network")?,
+            network: r.u16("network_id")?,
         },
         NetworkSub::Members => NetworkRequest::Members {
-            network: r.u16("network")?,
+            network: r.u16("network_id")?,
         },
         NetworkSub::Invite => NetworkRequest::Invite {
-            network: r.u16("network")?,
-            target: r.u32("target")?,
+            network: r.u16("network_id")?,
+            target: r.u32("target_node_id")?,
         },
         NetworkSub::PollInvites => NetworkRequest::PollInvites,
         NetworkSub::RespondInvite => NetworkRequest::RespondInvite {
-            network: r.u16("network")?,
-            accept: Flag(r.u8("accept")?),
+            network: r.u16("network_id")?,
+            accept: Flag(r.u8("accept flag")?),
         },
     })
 }
@@ -1736,16 +1749,16 @@ fn decode_managed<'a>(r: &mut Reader<'a>) -> Result<ManagedRequest<'a>, IpcError
     r.op = sub.op();
     Ok(match sub {
         ManagedSub::Status => ManagedRequest::Status {
-            network: r.opt_u16("network")?,
+            network: r.opt_u16("network_id")?,
         },
         ManagedSub::ForceCycle => ManagedRequest::ForceCycle {
-            network: r.opt_u16("network")?,
+            network: r.opt_u16("network_id")?,
         },
         ManagedSub::Policy => {
             let set = read_action(r)?;
-            let network = r.u16("network")?;
+            let network = r.u16("network_id")?;
             let set = if set {
-                Some(r.str_rest("policy")?)
+                Some(read_set_json(r, "managed policy set", "policy JSON")?)
             } else {
                 None
             };
@@ -1753,9 +1766,13 @@ fn decode_managed<'a>(r: &mut Reader<'a>) -> Result<ManagedRequest<'a>, IpcError
         }
         ManagedSub::MemberTags => {
             let set = read_action(r)?;
-            let network = r.u16("network")?;
+            let network = r.u16("network_id")?;
             let node_id = r.u32("node_id")?;
-            let set = if set { Some(r.str_rest("tags")?) } else { None };
+            let set = if set {
+                Some(read_set_json(r, "managed member-tags set", "tags JSON")?)
+            } else {
+                None
+            };
             ManagedRequest::MemberTags {
                 network,
                 node_id,
@@ -1763,9 +1780,22 @@ fn decode_managed<'a>(r: &mut Reader<'a>) -> Result<ManagedRequest<'a>, IpcError
             }
         }
         ManagedSub::Reconcile => ManagedRequest::Reconcile {
-            network: r.u16("network")?,
+            network: r.opt_u16("network_id")?,
         },
     })
+}
+
+/// The non-empty JSON of a managed "set" action, to the end of the frame.
+fn read_set_json<'a>(
+    r: &mut Reader<'a>,
+    op: &'static str,
+    field: &'static str,
+) -> Result<&'a str, IpcError> {
+    r.op = op;
+    if r.rest.is_empty() {
+        return Err(IpcError::MissingField { op, field });
+    }
+    r.str_rest(field)
 }
 
 /// Reads the get/set action byte; `true` means set.

@@ -54,7 +54,9 @@ fn build(i: &Ingredients) -> IpcMessage<'_> {
     let addr = RawAddr::new(i.b16, i.b32);
     let data = i.data.as_slice();
     let text = i.text.as_str();
-    let opt_text = if i.opt { Some(text) } else { None };
+    // A managed "set" carries non-empty JSON.
+    let set_text = if text.is_empty() { "{}" } else { text };
+    let opt_text = if i.opt { Some(set_text) } else { None };
     let opt_net = if i.opt { Some(i.a16) } else { None };
     match Command::ALL[i.variant] {
         Command::Bind => M::Bind { port: i.a16 },
@@ -160,7 +162,7 @@ fn build(i: &Ingredients) -> IpcMessage<'_> {
                 node_id: i.a32,
                 set: opt_text,
             },
-            _ => ManagedRequest::Reconcile { network: i.a16 },
+            _ => ManagedRequest::Reconcile { network: opt_net },
         }),
         Command::ManagedOk => M::ManagedOk(text),
         Command::RotateKey => M::RotateKey,
@@ -279,9 +281,28 @@ fn decode_errors_name_operation_and_field() {
         (&[0x23, 0x01], "managed: unknown sub-command 0x01"),
         (
             &[0x23, 0x05, 0x02, 0, 1],
-            "managed policy: invalid action 0x02",
+            "managed policy: unknown action 0x02",
         ),
-        (&[0x23, 0x02, 0x01], "managed status: missing network"),
+        (&[0x23, 0x02, 0x01], "managed status: missing network_id"),
+        (
+            &[0x23, 0x05, 0x01, 0, 1],
+            "managed policy set: missing policy JSON",
+        ),
+        (
+            &[0x23, 0x06, 0x01, 0, 1, 0, 0, 0, 9],
+            "managed member-tags set: missing tags JSON",
+        ),
+        (
+            &[0x23, 0x06, 0x00, 0, 1, 0, 0, 0],
+            "managed member-tags: missing node_id",
+        ),
+        (
+            &[0x1f, 0x07, 0, 1],
+            "network respond-invite: missing accept flag",
+        ),
+        (&[0xab], "unknown command: 0xAB"),
+        (&[0x03, 0, 0, 0, 0, 0, 2, 0], "dial: missing address/port"),
+        (&[0x29, 0, 1, 0, 2], "broadcast: missing header"),
         (&[0x01, 0x03], "bind: missing port"),
         (
             &[0x01, 0x03, 0xe8, 0x00],
@@ -369,6 +390,16 @@ fn encode_checks_buffer_and_size() {
     assert_eq!(
         encode_frame(&IpcMessage::ResolveHostname(""), &mut out),
         Err(EncodeError::EmptyField { field: "hostname" })
+    );
+    let empty_policy = IpcMessage::Managed(ManagedRequest::Policy {
+        network: 1,
+        set: Some(""),
+    });
+    assert_eq!(
+        encode_frame(&empty_policy, &mut out),
+        Err(EncodeError::EmptyField {
+            field: "policy JSON"
+        })
     );
 
     let long = "x".repeat(usize::from(u16::MAX) + 1);
