@@ -334,6 +334,16 @@ impl Command {
         }
     }
 
+    /// Whether a frame with this command completes a pending `request`:
+    /// it is the request's success reply or an `Error` (`spec/ipc.md` §2.3).
+    /// Always false for requests without a reply.
+    pub const fn completes(self, request: Command) -> bool {
+        match request.reply() {
+            Some(reply) => self as u8 == reply as u8 || matches!(self, Command::Error),
+            None => false,
+        }
+    }
+
     /// Whether a client must route frames with this command as unsolicited
     /// pushes rather than as replies (`spec/ipc.md` §2.3). `CloseOk` is
     /// always a push for our clients, even though a v1.8 daemon also uses it

@@ -228,6 +228,11 @@ fn command_table_is_consistent() {
     for b in [0x00, 0x27, 0x28, 0x2c, 0x37, 0xff] {
         assert_eq!(Command::from_byte(b), None);
     }
+    assert!(Command::BindOk.completes(Command::Bind));
+    assert!(Command::Error.completes(Command::Bind));
+    assert!(!Command::DialOk.completes(Command::Bind));
+    assert!(!Command::Error.completes(Command::Send));
+    assert!(!Command::Error.completes(Command::Cancel));
     assert!(Command::CloseOk.is_push());
     assert!(!Command::BindOk.is_push());
 }
