@@ -3,13 +3,14 @@
 //! the listed fields gives the frame, and errors carry the listed text.
 
 use pilot_conformance::{field, load, name, unhex};
+use pilot_proto::addr::Addr;
 use pilot_proto::wire::ipc::{
     Command, Direction, Flag, HandshakeRequest, IpcError, IpcMessage, ManagedRequest,
-    NetworkRequest, RawAddr, encode_frame, parse_frame,
+    NetworkRequest, encode_frame, parse_frame,
 };
 use serde_json::{Map, Value, json};
 
-fn addr_json(a: RawAddr) -> Value {
+fn addr_json(a: Addr) -> Value {
     json!({"network": a.network, "node": a.node})
 }
 
@@ -235,9 +236,9 @@ fn text<'a>(m: &'a Value, k: &str) -> &'a str {
         .unwrap_or_else(|| panic!("missing string {k} in {m}"))
 }
 
-fn addr(m: &Value, k: &str) -> RawAddr {
+fn addr(m: &Value, k: &str) -> Addr {
     let a = m.get(k).unwrap_or_else(|| panic!("missing {k} in {m}"));
-    RawAddr::new(num(a, "network"), num(a, "node"))
+    Addr::new(num(a, "network"), num(a, "node"))
 }
 
 /// Builds the message a vector lists. `data` is the decoded `"data"` hex.

@@ -27,6 +27,9 @@ use core::fmt;
 
 use thiserror::Error;
 
+use super::WireProfile;
+use crate::addr::{ADDR_LEN, Addr};
+
 // ---------------------------------------------------------------------------
 // Protocol constants
 // ---------------------------------------------------------------------------
@@ -45,10 +48,6 @@ pub const MAX_FRAME_LEN: usize = LENGTH_PREFIX_LEN + MAX_BODY_LEN;
 /// Largest data a single `Send` can carry: the body limit minus the command
 /// byte and the connection id (`spec/ipc.md` §4).
 pub const MAX_SEND_DATA: usize = MAX_BODY_LEN - 1 - 4;
-
-/// Length of a virtual address in IPC payloads: `[u16 network][u32 node]`
-/// (`spec/ipc.md` §2).
-pub const ADDR_LEN: usize = 6;
 
 /// The only error code any daemon version sends in an `Error` frame
 /// (`spec/ipc.md` §3).
@@ -81,45 +80,9 @@ pub const CLIENT_WRITE_TIMEOUT_MS: u64 = 10_000;
 // Addresses
 // ---------------------------------------------------------------------------
 
-/// The virtual address type used in IPC messages.
-///
-/// Kept as an alias so that switching to `crate::addr::Addr` is a one-line
-/// change: that type only needs `from_bytes([u8; 6])` and
-/// `to_bytes() -> [u8; 6]` with the `[u16 network][u32 node]` layout.
-pub type IpcAddr = RawAddr;
-
-/// A 48-bit virtual address as carried in IPC payloads
-/// (`[u16 network][u32 node]`, big endian; `spec/ipc.md` §2).
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RawAddr {
-    /// Network id (0 = the backbone).
-    pub network: u16,
-    /// Node id inside the network.
-    pub node: u32,
-}
-
-impl RawAddr {
-    /// An address from its network and node ids.
-    pub const fn new(network: u16, node: u32) -> Self {
-        RawAddr { network, node }
-    }
-
-    /// Reads the 6-byte wire form.
-    pub const fn from_bytes(b: [u8; ADDR_LEN]) -> Self {
-        RawAddr {
-            network: u16::from_be_bytes([b[0], b[1]]),
-            node: u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
-        }
-    }
-
-    /// The 6-byte wire form.
-    pub const fn to_bytes(self) -> [u8; ADDR_LEN] {
-        let n = self.network.to_be_bytes();
-        let h = self.node.to_be_bytes();
-        [n[0], n[1], h[0], h[1], h[2], h[3]]
-    }
-}
+/// The virtual address type used in IPC messages: the crate's [`Addr`],
+/// carried in its 6-byte binary form (`spec/wire.md` §1.1).
+pub type IpcAddr = Addr;
 
 // ---------------------------------------------------------------------------
 // Command bytes
@@ -143,6 +106,17 @@ pub enum Availability {
     LegacyOnly,
     /// Only the current profile; a v1.8 daemon answers "unknown command".
     CurrentOnly,
+}
+
+impl Availability {
+    /// Whether `profile` is one of the profiles this covers.
+    pub const fn includes(self, profile: WireProfile) -> bool {
+        match self {
+            Availability::Both => true,
+            Availability::LegacyOnly => matches!(profile, WireProfile::Legacy),
+            Availability::CurrentOnly => matches!(profile, WireProfile::Current),
+        }
+    }
 }
 
 macro_rules! commands {
@@ -299,6 +273,12 @@ impl Command {
     /// The wire byte.
     pub const fn byte(self) -> u8 {
         self as u8
+    }
+
+    /// Whether a daemon speaking `profile` knows this command; one that does
+    /// not answers `unknown command: 0xNN` (`spec/ipc.md` §10).
+    pub const fn is_available_in(self, profile: WireProfile) -> bool {
+        self.availability().includes(profile)
     }
 
     /// The success reply a client waits for after sending this request, if
@@ -1198,6 +1178,17 @@ fn put_addr<S: Sink>(s: &mut S, a: IpcAddr) -> Result<(), EncodeError> {
 }
 
 impl<'a> IpcMessage<'a> {
+    /// Whether a daemon or client speaking `profile` knows this message:
+    /// its command, and for `Handshake` its sub-command, exist in that
+    /// profile (`spec/ipc.md` §10).
+    pub const fn is_available_in(&self, profile: WireProfile) -> bool {
+        let sub_ok = match self {
+            IpcMessage::Handshake(h) => h.sub().availability().includes(profile),
+            _ => true,
+        };
+        sub_ok && self.command().is_available_in(profile)
+    }
+
     /// The command byte of this message.
     pub const fn command(&self) -> Command {
         use IpcMessage as M;
@@ -1511,7 +1502,9 @@ impl<'a> Reader<'a> {
     }
 
     fn addr(&mut self, field: &'static str) -> Result<IpcAddr, IpcError> {
-        self.take(field).map(IpcAddr::from_bytes)
+        let op = self.op;
+        let bytes = self.take::<ADDR_LEN>(field)?;
+        Addr::from_bytes(&bytes).map_err(|_| IpcError::MissingField { op, field })
     }
 
     /// All remaining bytes.

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::wire::WireProfile;
 
 /// Raw material from which a message of any variant is built; the message
 /// borrows `data` and `text`.
@@ -51,7 +52,7 @@ fn ingredients() -> impl Strategy<Value = Ingredients> {
 
 fn build(i: &Ingredients) -> IpcMessage<'_> {
     use IpcMessage as M;
-    let addr = RawAddr::new(i.b16, i.b32);
+    let addr = Addr::new(i.b16, i.b32);
     let data = i.data.as_slice();
     let text = i.text.as_str();
     // A managed "set" carries non-empty JSON.
@@ -463,10 +464,29 @@ fn wait_for_trust_is_capped_and_flags_mean_exactly_one() {
 }
 
 #[test]
-fn address_layout_is_network_then_node() {
-    let a = RawAddr::new(0x0102, 0x0304_0506);
-    assert_eq!(a.to_bytes(), [1, 2, 3, 4, 5, 6]);
-    assert_eq!(RawAddr::from_bytes([1, 2, 3, 4, 5, 6]), a);
+fn addresses_use_the_six_byte_wire_form() {
+    let m = IpcMessage::Dial {
+        addr: Addr::new(0x0102, 0x0304_0506),
+        port: 7,
+    };
+    assert_eq!(encode_vec(&m), [0, 0, 0, 9, 3, 1, 2, 3, 4, 5, 6, 0, 7]);
+}
+
+#[test]
+fn profiles_select_commands() {
+    use WireProfile::{Current, Legacy};
+    assert!(Command::SetTaskExec.is_available_in(Legacy));
+    assert!(!Command::SetTaskExec.is_available_in(Current));
+    assert!(Command::Health.is_available_in(Current));
+    assert!(!Command::Health.is_available_in(Legacy));
+    assert!(Command::Bind.is_available_in(Legacy) && Command::Bind.is_available_in(Current));
+    let wait = IpcMessage::Handshake(HandshakeRequest::WaitForTrust {
+        node_id: 1,
+        timeout_ms: 5,
+    });
+    assert!(wait.is_available_in(Current));
+    assert!(!wait.is_available_in(Legacy));
+    assert!(IpcMessage::Handshake(HandshakeRequest::ListPending).is_available_in(Legacy));
 }
 
 /// A body: a command byte from the table (or any byte) and a payload that is
