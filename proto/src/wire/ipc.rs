@@ -13,10 +13,12 @@
 //!
 //! Invariants: decoding never panics, never allocates and never accepts a
 //! byte it cannot give back: for every body that decodes,
-//! `encode(decode(body)) == body`; and every message that encodes decodes
-//! back to itself (the encoder refuses what the decoder would refuse). Fixed-size payloads therefore reject
+//! `encode(decode(body)) == body`. Fixed-size payloads therefore reject
 //! trailing bytes ([`IpcError::TrailingBytes`]), and one-byte switches whose
 //! meaning is "1 = yes, anything else = no" keep the raw byte ([`Flag`]).
+//! Conversely every message that encodes decodes back to itself: the encoder
+//! refuses what the decoder would refuse ([`EncodeError::EmptyField`],
+//! [`EncodeError::FieldTooLong`], [`EncodeError::TooLarge`]).
 //!
 //! JSON payloads are **not** parsed here. They are checked to be UTF-8 and
 //! handed out as `&str`; the daemon and the client parse them.
