@@ -15,13 +15,16 @@ pub mod tunnel;
 
 use serde_json::Value;
 
-/// Every byte string of a vector file (`"bytes"` fields as hex, `"text"`
+/// Every byte string of a vector file (`"bytes"` or `"frame"` fields as hex, `"text"`
 /// fields as UTF-8), as seed inputs for the bodies.
 pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
     crate::load(file)
         .iter()
         .flat_map(|v| {
-            let hex = v.get("bytes").and_then(Value::as_str).map(crate::unhex);
+            let hex = ["bytes", "frame"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_str))
+                .map(crate::unhex);
             let text = v
                 .get("text")
                 .and_then(Value::as_str)
@@ -32,7 +35,7 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "tunnel"];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -43,6 +46,7 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         // Tunnel frames carry packets and beacon messages.
         "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
         "beacon" => &["wire_beacon.json"],
+        "ipc" => &["ipc.json"],
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()
