@@ -11,6 +11,10 @@
 //! - [`engine`]: [`Sim`], the event queue and the run loop.
 //! - [`trace`]: the running trace hash that makes runs comparable.
 //! - [`check`]: invariant checkers run over every scenario.
+//! - [`scenario`]: named experiments and their registry.
+//! - [`config`]: the command-line contract as a library value
+//!   ([`config::SimConfig`]) and the fault chain it implies.
+//! - [`cli`]: the `pilot-sim` runner (seeds, JSON lines, repro commands).
 //!
 //! ## The driving rule
 //!
@@ -23,9 +27,12 @@
 //! therefore give the same trace hash, bit for bit.
 
 pub mod check;
+pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod fault;
 pub mod node;
+pub mod scenario;
 pub mod seed;
 pub mod trace;
 
