@@ -6,14 +6,13 @@
 //! invariants); scenarios add their own (stream bytes arrive as written,
 //! nonces never repeat, ...).
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 
 use pilot_proto::time::Instant;
 use serde::Serialize;
 
 use crate::fault::DropReason;
+use crate::hashing::{FastMap, digest};
 use crate::node::NodeId;
 use crate::trace::TraceDigest;
 
@@ -106,21 +105,13 @@ pub fn standard<E>() -> Vec<Box<dyn Checker<E>>> {
     vec![Box::new(Conservation::default())]
 }
 
-fn digest(bytes: &[u8]) -> u64 {
-    // Collisions would only hide a corruption; a std hasher with fixed
-    // keys is stable within a process, which is all this needs.
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
 /// Datagram conservation: nothing is delivered or dropped that was not
 /// sent (or duplicated by the fault chain), payloads arrive unmodified,
 /// and at the end `copies = delivered + dropped + still in flight`.
 #[derive(Debug, Default)]
 pub struct Conservation {
     /// origin → (payload digest, copies not yet resolved).
-    open: HashMap<u64, (u64, u64)>,
+    open: FastMap<u64, (u64, u64)>,
     copies: u64,
     resolved: u64,
     violation: Option<String>,

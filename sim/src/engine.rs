@@ -12,18 +12,20 @@
 //!
 //! Every run is bounded: a step budget, a virtual-time horizon, a cap on
 //! datagrams in flight, and a cap on polls per input (a node that never
-//! stops transmitting is an error, not a hang). Payload buffers are pooled
-//! and reused, so steady-state delivery does not allocate.
+//! stops transmitting is an error, not a hang). In-flight datagrams live
+//! in a slab whose slots keep their buffers, so steady-state delivery does
+//! not allocate.
 
 use core::cmp::Ordering;
 use core::time::Duration;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 
 use pilot_proto::time::Instant;
 
 use crate::check::{self, CheckResult, Checker, DatagramRecord, RecordKind, RunSummary};
 use crate::fault::{Arrival, DropReason, FaultChain, InFlight, Verdict};
+use crate::hashing::FastMap;
 use crate::node::{NodeId, SimNode};
 use crate::seed::Seed;
 use crate::trace::{TraceDigest, TraceHash};
@@ -145,7 +147,8 @@ struct Datagram {
 
 enum Kind {
     Timer(NodeId),
-    Datagram(Datagram),
+    /// Index into the datagram slab.
+    Datagram(usize),
 }
 
 struct Entry {
@@ -189,7 +192,7 @@ pub struct Sim<N: SimNode> {
     seq: u64,
     next_origin: u64,
     nodes: Vec<Slot<N>>,
-    by_addr: HashMap<SocketAddr, NodeId>,
+    by_addr: FastMap<SocketAddr, NodeId>,
     queue: BinaryHeap<Entry>,
     in_flight: usize,
     faults: FaultChain,
@@ -198,7 +201,10 @@ pub struct Sim<N: SimNode> {
     stats: Stats,
     limits: Limits,
     buf: Vec<u8>,
-    pool: Vec<Vec<u8>>,
+    /// In-flight datagrams; queue entries point here so heap entries stay
+    /// small. Freed slots keep their payload buffer for reuse.
+    slab: Vec<Datagram>,
+    free: Vec<usize>,
     events: VecDeque<(NodeId, N::Event)>,
 }
 
@@ -212,7 +218,7 @@ impl<N: SimNode> Sim<N> {
             seq: 0,
             next_origin: 0,
             nodes: Vec::new(),
-            by_addr: HashMap::new(),
+            by_addr: FastMap::default(),
             queue: BinaryHeap::new(),
             in_flight: 0,
             faults,
@@ -221,7 +227,8 @@ impl<N: SimNode> Sim<N> {
             stats: Stats::default(),
             limits: Limits::default(),
             buf: vec![0; MAX_DATAGRAM],
-            pool: Vec::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             events: VecDeque::new(),
         }
     }
@@ -350,9 +357,9 @@ impl<N: SimNode> Sim<N> {
                 slot.node.handle_timeout(self.now);
                 self.drain(id)?;
             }
-            Kind::Datagram(d) => {
+            Kind::Datagram(idx) => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                self.arrive(d)?;
+                self.arrive(idx)?;
             }
         }
         Ok(true)
@@ -437,13 +444,6 @@ impl<N: SimNode> Sim<N> {
         }
     }
 
-    fn recycle(&mut self, mut payload: Vec<u8>) {
-        if self.pool.len() < 4096 {
-            payload.clear();
-            self.pool.push(payload);
-        }
-    }
-
     fn push(&mut self, at: Instant, kind: Kind) -> u64 {
         let seq = self.seq;
         self.seq += 1;
@@ -451,61 +451,65 @@ impl<N: SimNode> Sim<N> {
         seq
     }
 
-    fn arrive(&mut self, d: Datagram) -> Result<(), SimError> {
+    fn arrive(&mut self, idx: usize) -> Result<(), SimError> {
+        let Some(d) = self.slab.get_mut(idx) else {
+            return Ok(());
+        };
+        // Borrow the payload out of its slot for the duration (no copy).
+        let payload = core::mem::take(&mut d.payload);
+        let origin = d.origin;
         let mut arr = Arrival {
             src: d.src,
             dst: d.dst,
-            len: d.payload.len(),
+            len: payload.len(),
             sent_at: d.sent_at,
         };
-        match self.faults.on_deliver(self.now, &mut arr) {
+        let res = self.arrive_with(idx, origin, &mut arr, &payload);
+        if let Some(d) = self.slab.get_mut(idx) {
+            d.payload = payload;
+        }
+        res
+    }
+
+    fn arrive_with(
+        &mut self,
+        idx: usize,
+        origin: u64,
+        arr: &mut Arrival,
+        payload: &[u8],
+    ) -> Result<(), SimError> {
+        match self.faults.on_deliver(self.now, arr) {
             Verdict::Drop(r) => {
-                self.record(
-                    RecordKind::Dropped(r),
-                    d.origin,
-                    arr.src,
-                    arr.dst,
-                    &d.payload,
-                );
-                self.recycle(d.payload);
+                self.record(RecordKind::Dropped(r), origin, arr.src, arr.dst, payload);
+                self.free.push(idx);
                 return Ok(());
             }
             Verdict::Defer(t) if t > self.now => {
                 self.stats.deferred += 1;
                 self.in_flight += 1;
-                self.push(
-                    t,
-                    Kind::Datagram(Datagram {
-                        src: arr.src,
-                        dst: arr.dst,
-                        ..d
-                    }),
-                );
+                if let Some(d) = self.slab.get_mut(idx) {
+                    d.src = arr.src;
+                    d.dst = arr.dst;
+                }
+                self.push(t, Kind::Datagram(idx));
                 return Ok(());
             }
             _ => {}
         }
+        self.free.push(idx);
         let Some(&id) = self.by_addr.get(&arr.dst) else {
             let r = RecordKind::Dropped(DropReason::NoRoute);
-            self.record(r, d.origin, arr.src, arr.dst, &d.payload);
-            self.recycle(d.payload);
+            self.record(r, origin, arr.src, arr.dst, payload);
             return Ok(());
         };
         self.stats.delivered += 1;
-        self.stats.delivered_bytes += d.payload.len() as u64;
+        self.stats.delivered_bytes += payload.len() as u64;
         self.trace
-            .record_delivery(self.now, arr.src, arr.dst, &d.payload);
-        self.record(
-            RecordKind::Delivered,
-            d.origin,
-            arr.src,
-            arr.dst,
-            &d.payload,
-        );
+            .record_delivery(self.now, arr.src, arr.dst, payload);
+        self.record(RecordKind::Delivered, origin, arr.src, arr.dst, payload);
         if let Some(slot) = self.nodes.get_mut(id.0) {
-            slot.node.handle_datagram(self.now, arr.src, &d.payload);
+            slot.node.handle_datagram(self.now, arr.src, payload);
         }
-        self.recycle(d.payload);
         self.drain(id)
     }
 
@@ -536,17 +540,29 @@ impl<N: SimNode> Sim<N> {
             self.record(r, origin, pkt.src, pkt.dst, bytes);
             return;
         }
-        let mut payload = self.pool.pop().unwrap_or_default();
-        payload.extend_from_slice(bytes);
         self.in_flight += 1;
-        let d = Datagram {
-            origin,
-            src: pkt.src,
-            dst: pkt.dst,
-            sent_at: pkt.sent_at,
-            payload,
+        let idx = match self.free.pop() {
+            Some(i) if i < self.slab.len() => i,
+            _ => {
+                self.slab.push(Datagram {
+                    origin,
+                    src: pkt.src,
+                    dst: pkt.dst,
+                    sent_at: pkt.sent_at,
+                    payload: Vec::with_capacity(bytes.len()),
+                });
+                self.slab.len() - 1
+            }
         };
-        self.push(at.max(self.now), Kind::Datagram(d));
+        if let Some(d) = self.slab.get_mut(idx) {
+            d.origin = origin;
+            d.src = pkt.src;
+            d.dst = pkt.dst;
+            d.sent_at = pkt.sent_at;
+            d.payload.clear();
+            d.payload.extend_from_slice(bytes);
+        }
+        self.push(at.max(self.now), Kind::Datagram(idx));
     }
 
     fn drain(&mut self, id: NodeId) -> Result<(), SimError> {

@@ -11,6 +11,7 @@
 //! - [`engine`]: [`Sim`], the event queue and the run loop.
 //! - [`trace`]: the running trace hash that makes runs comparable.
 //! - [`check`]: invariant checkers run over every scenario.
+//! - [`hashing`]: a fast stable hasher for the hot per-datagram maps.
 //! - [`scenario`]: named experiments and their registry.
 //! - [`config`]: the command-line contract as a library value
 //!   ([`config::SimConfig`]) and the fault chain it implies.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fault;
+pub mod hashing;
 pub mod node;
 pub mod scenario;
 pub mod seed;

@@ -55,18 +55,34 @@ impl Hasher for ShaHasher<'_> {
     }
 }
 
-fn put_addr(h: &mut Sha256, a: SocketAddr) {
-    match a {
+/// Longest encoding of one endpoint: tag, 16 address bytes, port.
+const ADDR_MAX: usize = 1 + 16 + 2;
+
+/// Appends the encoding of `a` (tag 4 or 6, address octets, port BE) to
+/// `out` at `at`; returns the new cursor.
+fn put_addr(out: &mut [u8], at: usize, a: SocketAddr) -> usize {
+    let mut tmp = [0u8; ADDR_MAX];
+    let n = match a {
         SocketAddr::V4(v4) => {
-            h.update([4u8]);
-            h.update(v4.ip().octets());
+            tmp[0] = 4;
+            tmp[1..5].copy_from_slice(&v4.ip().octets());
+            tmp[5..7].copy_from_slice(&a.port().to_be_bytes());
+            7
         }
         SocketAddr::V6(v6) => {
-            h.update([6u8]);
-            h.update(v6.ip().octets());
+            tmp[0] = 6;
+            tmp[1..17].copy_from_slice(&v6.ip().octets());
+            tmp[17..19].copy_from_slice(&a.port().to_be_bytes());
+            19
         }
+    };
+    match out.get_mut(at..at + n) {
+        Some(dst) => {
+            dst.copy_from_slice(&tmp[..n]);
+            at + n
+        }
+        None => at,
     }
-    h.update(a.port().to_be_bytes());
 }
 
 impl TraceHash {
@@ -77,13 +93,15 @@ impl TraceHash {
 
     /// Records a datagram handed to a node.
     pub fn record_delivery(&mut self, at: Instant, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
-        let h = &mut self.hasher;
-        h.update(b"D");
-        h.update(at.as_nanos().to_le_bytes());
-        put_addr(h, src);
-        put_addr(h, dst);
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        // One update for the fixed-size header, one for the payload.
+        let mut head = [0u8; 1 + 8 + 2 * ADDR_MAX + 8];
+        head[0] = b'D';
+        head[1..9].copy_from_slice(&at.as_nanos().to_le_bytes());
+        let mut n = put_addr(&mut head, 9, src);
+        n = put_addr(&mut head, n, dst);
+        head[n..n + 8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.hasher.update(&head[..n + 8]);
+        self.hasher.update(bytes);
         self.records += 1;
     }
 

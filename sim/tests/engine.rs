@@ -447,3 +447,45 @@ fn in_flight_bound_drops_as_overload() {
     assert_eq!(sim.stats().dropped_for(DropReason::Overload), 70);
     all_ok(&mut sim);
 }
+
+/// Load run: 100 nodes in full mesh for 60 s of virtual time, one round
+/// every `PILOT_SIM_BENCH_MS` ms (default 1000). Not a timing assertion;
+/// run by hand in release with `--ignored --nocapture` to see wall time.
+#[test]
+#[ignore]
+fn load_mesh_100_nodes_60s() {
+    let interval: u64 = std::env::var("PILOT_SIM_BENCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let s = Seed::new(1);
+    let faults = FaultChain::new()
+        .with(UniformLoss::new(0.01, s.fork("loss", 0)))
+        .with(Latency::new(ms(20), ms(5), s.fork("latency", 0)));
+    let mut sim = Sim::new(s, faults);
+    let n = 100;
+    for i in 0..n {
+        let peers = (0..n).filter(|&j| j != i).map(node_addr).collect();
+        let mut t = Toy::new(
+            peers,
+            Instant::from_millis(i as u64),
+            ms(interval),
+            60_000 / interval,
+        );
+        t.size = 200;
+        sim.add_node(node_addr(i), t).unwrap();
+    }
+    let wall = std::time::Instant::now();
+    sim.run_until(Instant::from_millis(61_000), |_, _, _| Ok(()))
+        .unwrap();
+    let st = sim.stats().clone();
+    println!(
+        "100 nodes, {interval} ms rounds: {} sent, {} delivered, {} steps in {:?}",
+        st.sent,
+        st.delivered,
+        st.steps,
+        wall.elapsed()
+    );
+    assert_eq!(st.sent, (n * (n - 1)) as u64 * (60_000 / interval));
+    all_ok(&mut sim);
+}

@@ -6,8 +6,8 @@
 //! If the bytes already queued plus this datagram exceed `queue_bytes`, it
 //! is tail-dropped.
 
+use crate::hashing::FastMap;
 use core::time::Duration;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use pilot_proto::time::Instant;
@@ -19,7 +19,7 @@ use super::{DropReason, FaultRule, InFlight, Verdict};
 pub struct Bandwidth {
     bytes_per_sec: u64,
     queue_bytes: u64,
-    busy_until: HashMap<SocketAddr, Instant>,
+    busy_until: FastMap<SocketAddr, Instant>,
 }
 
 impl Bandwidth {
@@ -28,7 +28,7 @@ impl Bandwidth {
         Bandwidth {
             bytes_per_sec: bytes_per_sec.max(1),
             queue_bytes,
-            busy_until: HashMap::new(),
+            busy_until: FastMap::default(),
         }
     }
 

@@ -7,9 +7,8 @@
 //! jitter only bunches packets and reordering is left to
 //! [`Reorder`](super::Reorder). With `fifo` off, jitter reorders freely.
 
+use crate::hashing::{FastMap, LinkKey, link_key};
 use core::time::Duration;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use pilot_proto::time::Instant;
 
@@ -22,7 +21,7 @@ pub struct Latency {
     base: Duration,
     jitter: Duration,
     fifo: bool,
-    last_arrival: HashMap<(SocketAddr, SocketAddr), Instant>,
+    last_arrival: FastMap<LinkKey, Instant>,
     rng: SimRng,
 }
 
@@ -33,7 +32,7 @@ impl Latency {
             base,
             jitter,
             fifo: true,
-            last_arrival: HashMap::new(),
+            last_arrival: FastMap::default(),
             rng,
         }
     }
@@ -59,7 +58,7 @@ impl FaultRule for Latency {
             let arrival = pkt.arrival();
             let last = self
                 .last_arrival
-                .entry((pkt.src, pkt.dst))
+                .entry(link_key(&pkt.src, &pkt.dst))
                 .or_insert(arrival);
             if *last > arrival {
                 pkt.delay = last.saturating_duration_since(pkt.sent_at);

@@ -1,8 +1,7 @@
 //! Random loss: uniform (independent per datagram) and bursty
 //! (Gilbert-Elliott, a two-state Markov chain per link).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use crate::hashing::{FastMap, LinkKey, link_key};
 
 use pilot_proto::time::Instant;
 
@@ -49,7 +48,7 @@ pub struct GilbertElliott {
     p_good: f64,
     loss_good: f64,
     loss_bad: f64,
-    bad: HashMap<(SocketAddr, SocketAddr), bool>,
+    bad: FastMap<LinkKey, bool>,
     rng: SimRng,
 }
 
@@ -61,7 +60,7 @@ impl GilbertElliott {
             p_good,
             loss_good,
             loss_bad,
-            bad: HashMap::new(),
+            bad: FastMap::default(),
             rng,
         }
     }
@@ -83,7 +82,10 @@ impl FaultRule for GilbertElliott {
     }
 
     fn on_send(&mut self, _now: Instant, pkt: &mut InFlight) -> Verdict {
-        let bad = self.bad.entry((pkt.src, pkt.dst)).or_insert(false);
+        let bad = self
+            .bad
+            .entry(link_key(&pkt.src, &pkt.dst))
+            .or_insert(false);
         *bad = if *bad {
             !self.rng.chance(self.p_good)
         } else {
