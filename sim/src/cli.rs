@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::check::CheckResult;
 use crate::config::SimConfig;
-use crate::scenario::{Outcome, Registry};
+use crate::scenario::{Outcome, Registry, check_determinism};
 
 /// Every run passed.
 pub const EXIT_OK: i32 = 0;
@@ -89,22 +89,11 @@ pub fn run(
     let mut failed = Vec::new();
     for seed in cfg.seeds.clone() {
         let wall = std::time::Instant::now();
-        let mut outcome: Outcome = scenario.run(cfg, seed);
-        if cfg.check_determinism {
-            let again = scenario.run(cfg, seed);
-            let same = again.trace_hash == outcome.trace_hash;
-            let detail = if same {
-                format!("two runs, same trace hash {}", outcome.trace_hash)
-            } else {
-                format!(
-                    "trace hashes differ: {} vs {}",
-                    outcome.trace_hash, again.trace_hash
-                )
-            };
-            outcome
-                .checks
-                .push(CheckResult::new("determinism", same, detail));
-        }
+        let outcome: Outcome = if cfg.check_determinism {
+            check_determinism(scenario, cfg, seed)
+        } else {
+            scenario.run(cfg, seed)
+        };
         let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
         let ok = outcome.ok();
         let repro = (!ok).then(|| cfg.repro_command(seed));

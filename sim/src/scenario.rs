@@ -86,6 +86,27 @@ pub trait Scenario {
     fn run(&self, cfg: &SimConfig, seed: u64) -> Outcome;
 }
 
+/// Runs `scenario` twice with `seed` and compares the trace hashes. Returns
+/// the first outcome with a `determinism` check appended (failing if the
+/// two hashes differ).
+pub fn check_determinism(scenario: &dyn Scenario, cfg: &SimConfig, seed: u64) -> Outcome {
+    let mut first = scenario.run(cfg, seed);
+    let second = scenario.run(cfg, seed);
+    let same = first.trace_hash == second.trace_hash;
+    let detail = if same {
+        format!("two runs, same trace hash {}", first.trace_hash)
+    } else {
+        format!(
+            "trace hashes differ: {} vs {}",
+            first.trace_hash, second.trace_hash
+        )
+    };
+    first
+        .checks
+        .push(CheckResult::new("determinism", same, detail));
+    first
+}
+
 /// The scenarios the binary knows.
 #[derive(Default)]
 pub struct Registry {
