@@ -25,9 +25,11 @@ pub struct Transmit {
 /// A node the simulator can drive. See the module docs for the call rules.
 pub trait SimNode {
     /// What the node reports to the application. Events enter the trace
-    /// hash through their [`Hash`] impl (fed to a stable hasher), so that
-    /// impl must depend only on the event's value; they are shown with
-    /// [`Debug`] in failure details.
+    /// hash through their [`Hash`] impl (fed to SHA-256), so that impl must
+    /// depend only on the event's value (derived impls do; note they encode
+    /// `usize` and enum discriminants natively, so hashes are comparable
+    /// between runs on the same platform). They are shown with [`Debug`]
+    /// in failure details.
     type Event: Hash + Debug;
 
     /// A datagram from `from` arrived at virtual time `now`.
@@ -44,6 +46,33 @@ pub trait SimNode {
 
     /// The next event for the application, if any.
     fn poll_event(&mut self) -> Option<Self::Event>;
+}
+
+/// Boxed nodes of different concrete types can share one simulation as
+/// long as they report the same event type (e.g. daemons, a registry and a
+/// beacon in one network).
+impl<E: Hash + Debug> SimNode for Box<dyn SimNode<Event = E>> {
+    type Event = E;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        (**self).handle_datagram(now, from, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        (**self).handle_timeout(now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        (**self).poll_transmit(now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+
+    fn poll_event(&mut self) -> Option<E> {
+        (**self).poll_event()
+    }
 }
 
 /// Index of a node inside one simulation, in the order nodes were added.

@@ -489,3 +489,93 @@ fn load_mesh_100_nodes_60s() {
     assert_eq!(st.sent, (n * (n - 1)) as u64 * (60_000 / interval));
     all_ok(&mut sim);
 }
+
+/// A node that only listens and reports, with the toy's event type.
+struct Sink(std::collections::VecDeque<Ev>);
+impl SimNode for Sink {
+    type Event = Ev;
+    fn handle_datagram(&mut self, _: Instant, from: SocketAddr, bytes: &[u8]) {
+        let seq = u64::from_be_bytes(bytes[..8].try_into().unwrap());
+        self.0.push_back(Ev::Got { from, seq: seq + 7 });
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_transmit(&mut self, _: Instant, _: &mut [u8]) -> Option<Transmit> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn poll_event(&mut self) -> Option<Ev> {
+        self.0.pop_front()
+    }
+}
+
+#[test]
+fn boxed_nodes_of_different_types_share_a_network() {
+    let mut sim: Sim<Box<dyn SimNode<Event = Ev>>> = Sim::new(Seed::new(1), FaultChain::new());
+    let toy = Toy::new(vec![node_addr(1)], Instant::ZERO, ms(1), 3);
+    sim.add_node(node_addr(0), Box::new(toy)).unwrap();
+    sim.add_node(node_addr(1), Box::new(Sink(Default::default())))
+        .unwrap();
+    let mut got = Vec::new();
+    sim.run_until(Instant::from_millis(10), |_, id, ev| {
+        got.push((id, ev));
+        Ok(())
+    })
+    .unwrap();
+    let want: Vec<_> = (0..3)
+        .map(|r| {
+            let seq = Toy::seq(r, 0) + 7;
+            (
+                NodeId(1),
+                Ev::Got {
+                    from: node_addr(0),
+                    seq,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn misbehaving_setup_and_nodes_are_reported() {
+    let mut sim = Sim::new(Seed::new(1), FaultChain::new());
+    sim.add_node(node_addr(0), Toy::new(vec![], Instant::ZERO, ms(1), 0))
+        .unwrap();
+    let err = sim
+        .add_node(node_addr(0), Toy::new(vec![], Instant::ZERO, ms(1), 0))
+        .unwrap_err();
+    assert_eq!(err, SimError::DuplicateAddr(node_addr(0)));
+    assert_eq!(
+        sim.with_node(NodeId(5), |_, _| ()).unwrap_err(),
+        SimError::UnknownNode(5)
+    );
+
+    /// Claims a datagram longer than the buffer it was given.
+    struct Liar(bool);
+    impl SimNode for Liar {
+        type Event = ();
+        fn handle_datagram(&mut self, _: Instant, _: SocketAddr, _: &[u8]) {}
+        fn handle_timeout(&mut self, _: Instant) {}
+        fn poll_transmit(&mut self, _: Instant, buf: &mut [u8]) -> Option<Transmit> {
+            let len = buf.len() + 1;
+            std::mem::take(&mut self.0).then_some(Transmit {
+                dst: node_addr(1),
+                len,
+            })
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+    }
+    let mut sim = Sim::new(Seed::new(1), FaultChain::new());
+    let err = sim.add_node(node_addr(0), Liar(true)).unwrap_err();
+    assert!(
+        matches!(err, SimError::TransmitTooLong { node: 0, .. }),
+        "{err}"
+    );
+}
