@@ -7,7 +7,8 @@
 //! - [`node`]: the [`SimNode`] contract (the sans-IO interface a node
 //!   fulfils) and endpoint labels.
 //! - [`fault`]: the fault rules (latency, loss, duplication, reordering,
-//!   MTU, bandwidth, partitions, clogging) and the chain they form.
+//!   MTU, bandwidth, partitions, clogging, NAT boxes) and the chain they
+//!   form.
 //! - [`engine`]: [`Sim`], the event queue and the run loop.
 //! - [`trace`]: the running trace hash that makes runs comparable.
 //! - [`check`]: invariant checkers run over every scenario.

@@ -579,3 +579,72 @@ fn misbehaving_setup_and_nodes_are_reported() {
         "{err}"
     );
 }
+
+/// Hole punching through two NATs: A behind NAT 1, B behind NAT 2, both
+/// first talk to a public server S, then to the peer's public mapping as
+/// S would have observed it. B starts 30 ms after A.
+fn punch(b_mapping: pilot_sim::fault::NatMapping) -> (Sim<Toy>, SocketAddr) {
+    use pilot_sim::fault::{Nat, NatFiltering, NatMapping};
+    let s: SocketAddr = "198.51.100.10:4000".parse().unwrap();
+    let a_priv: SocketAddr = "192.168.1.2:4000".parse().unwrap();
+    let b_priv: SocketAddr = "192.168.2.2:4000".parse().unwrap();
+    let a_pub: SocketAddr = "203.0.113.1:40000".parse().unwrap();
+    let b_pub: SocketAddr = "203.0.113.2:50000".parse().unwrap();
+    let faults = FaultChain::new()
+        .with(Nat::new(
+            a_pub.ip(),
+            Group::of([a_priv]),
+            NatMapping::EndpointIndependent,
+            NatFiltering::AddressAndPortDependent,
+            a_pub.port(),
+            Duration::from_secs(30),
+        ))
+        .with(Nat::new(
+            b_pub.ip(),
+            Group::of([b_priv]),
+            b_mapping,
+            NatFiltering::AddressAndPortDependent,
+            b_pub.port(),
+            Duration::from_secs(30),
+        ))
+        .with(latency(1, 5, 0));
+    let mut sim = Sim::new(Seed::new(1), faults);
+    sim.add_node(a_priv, Toy::new(vec![s, b_pub], Instant::ZERO, ms(10), 10))
+        .unwrap();
+    sim.add_node(
+        b_priv,
+        Toy::new(vec![s, a_pub], Instant::from_millis(30), ms(10), 10),
+    )
+    .unwrap();
+    sim.add_node(s, Toy::new(vec![], Instant::ZERO, ms(10), 0))
+        .unwrap();
+    run(&mut sim, 1000);
+    (sim, b_pub)
+}
+
+#[test]
+fn hole_punching_works_through_cone_nats_and_fails_through_a_symmetric_one() {
+    use pilot_sim::fault::NatMapping;
+    let (mut sim, b_pub) = punch(NatMapping::EndpointIndependent);
+    let server = &sim.node(NodeId(2)).unwrap().received;
+    assert_eq!(server.len(), 20, "the server hears both");
+    let from_a = &sim.node(NodeId(1)).unwrap().received;
+    let from_b = &sim.node(NodeId(0)).unwrap().received;
+    // B hears every round of A sent after B opened its side (t >= 30 ms);
+    // A's first three rounds arrive before that and are filtered.
+    assert_eq!(from_a.len(), 7);
+    assert_eq!(from_b.len(), 10);
+    assert!(
+        from_b.iter().all(|r| r.1 == b_pub),
+        "A sees B's public mapping"
+    );
+    assert_eq!(sim.stats().dropped_for(DropReason::Filtered), 3);
+    all_ok(&mut sim);
+
+    let (mut sim, _) = punch(NatMapping::AddressAndPortDependent);
+    assert_eq!(sim.node(NodeId(2)).unwrap().received.len(), 20);
+    assert!(sim.node(NodeId(0)).unwrap().received.is_empty());
+    assert!(sim.node(NodeId(1)).unwrap().received.is_empty());
+    assert_eq!(sim.stats().dropped_for(DropReason::Filtered), 20);
+    all_ok(&mut sim);
+}

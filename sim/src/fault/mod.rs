@@ -12,10 +12,11 @@
 //! Rules with randomness own their own [`SimRng`](crate::seed::SimRng)
 //! stream, so adding a rule never perturbs the others.
 //!
-//! NAT boxes are meant to plug in as ordinary rules: a rule may rewrite
-//! [`InFlight::src`] / [`InFlight::dst`] (mapping a private endpoint to a
-//! public one and back) and drop what its filtering refuses. The engine
-//! routes on the final destination and shows the receiver the final source.
+//! NAT boxes are ordinary rules ([`Nat`]): a rule may rewrite
+//! [`InFlight::src`] / [`InFlight::dst`] on send and [`Arrival::src`] /
+//! [`Arrival::dst`] on arrival (mapping a private endpoint to a public one
+//! and back) and drop what its filtering refuses. The engine routes on the
+//! final destination and shows the receiver the final source.
 
 mod bandwidth;
 mod clog;
@@ -23,6 +24,7 @@ mod dup;
 mod latency;
 mod loss;
 mod mtu;
+mod nat;
 mod partition;
 mod reorder;
 
@@ -32,6 +34,7 @@ pub use dup::Duplicate;
 pub use latency::Latency;
 pub use loss::{GilbertElliott, UniformLoss};
 pub use mtu::Mtu;
+pub use nat::{Nat, NatFiltering, NatMapping};
 pub use partition::{Group, Partition, PartitionWindow};
 pub use reorder::Reorder;
 
