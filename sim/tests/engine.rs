@@ -324,7 +324,7 @@ impl FaultRule for Rewrite {
 
 #[test]
 fn rules_can_rewrite_addresses_like_a_nat() {
-    let public: SocketAddr = "192.0.2.1:9999".parse().unwrap();
+    let public: SocketAddr = "10.250.0.1:9999".parse().unwrap();
     let faults = FaultChain::new().with(Rewrite {
         private: node_addr(0),
         public,
@@ -585,11 +585,11 @@ fn misbehaving_setup_and_nodes_are_reported() {
 /// S would have observed it. B starts 30 ms after A.
 fn punch(b_mapping: pilot_sim::fault::NatMapping) -> (Sim<Toy>, SocketAddr) {
     use pilot_sim::fault::{Nat, NatFiltering, NatMapping};
-    let s: SocketAddr = "198.51.100.10:4000".parse().unwrap();
+    let s: SocketAddr = "10.100.0.10:4000".parse().unwrap();
     let a_priv: SocketAddr = "192.168.1.2:4000".parse().unwrap();
     let b_priv: SocketAddr = "192.168.2.2:4000".parse().unwrap();
-    let a_pub: SocketAddr = "203.0.113.1:40000".parse().unwrap();
-    let b_pub: SocketAddr = "203.0.113.2:50000".parse().unwrap();
+    let a_pub: SocketAddr = "10.201.0.1:40000".parse().unwrap();
+    let b_pub: SocketAddr = "10.202.0.1:50000".parse().unwrap();
     let faults = FaultChain::new()
         .with(Nat::new(
             a_pub.ip(),

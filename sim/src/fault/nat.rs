@@ -189,7 +189,7 @@ mod tests {
 
     fn nat(mapping: NatMapping, filtering: NatFiltering) -> Nat {
         Nat::new(
-            "203.0.113.1".parse().unwrap(),
+            "10.201.0.1".parse().unwrap(),
             Group::of([a("192.168.0.2:4000"), a("192.168.0.3:4000")]),
             mapping,
             filtering,
@@ -218,7 +218,7 @@ mod tests {
         }
     }
 
-    const PUB: &str = "203.0.113.1:40000";
+    const PUB: &str = "10.201.0.1:40000";
 
     #[test]
     fn endpoint_independent_mapping_reuses_the_port() {
@@ -226,12 +226,12 @@ mod tests {
             NatMapping::EndpointIndependent,
             NatFiltering::EndpointIndependent,
         );
-        let p1 = out(&mut n, 0, "192.168.0.2:4000", "198.51.100.1:1");
-        let p2 = out(&mut n, 1, "192.168.0.2:4000", "198.51.100.2:7");
+        let p1 = out(&mut n, 0, "192.168.0.2:4000", "10.100.0.1:1");
+        let p2 = out(&mut n, 1, "192.168.0.2:4000", "10.100.0.2:7");
         assert_eq!(p1.src, a(PUB));
         assert_eq!(p2.src, a(PUB));
-        let other = out(&mut n, 2, "192.168.0.3:4000", "198.51.100.1:1");
-        assert_eq!(other.src, a("203.0.113.1:40001"));
+        let other = out(&mut n, 2, "192.168.0.3:4000", "10.100.0.1:1");
+        assert_eq!(other.src, a("10.201.0.1:40001"));
     }
 
     #[test]
@@ -240,11 +240,11 @@ mod tests {
             NatMapping::AddressAndPortDependent,
             NatFiltering::AddressAndPortDependent,
         );
-        let p1 = out(&mut n, 0, "192.168.0.2:4000", "198.51.100.1:1");
-        let p2 = out(&mut n, 1, "192.168.0.2:4000", "198.51.100.2:7");
-        let p3 = out(&mut n, 2, "192.168.0.2:4000", "198.51.100.1:1");
+        let p1 = out(&mut n, 0, "192.168.0.2:4000", "10.100.0.1:1");
+        let p2 = out(&mut n, 1, "192.168.0.2:4000", "10.100.0.2:7");
+        let p3 = out(&mut n, 2, "192.168.0.2:4000", "10.100.0.1:1");
         assert_eq!(p1.src, a(PUB));
-        assert_eq!(p2.src, a("203.0.113.1:40001"));
+        assert_eq!(p2.src, a("10.201.0.1:40001"));
         assert_eq!(p3.src, p1.src);
     }
 
@@ -258,18 +258,18 @@ mod tests {
         ] {
             let mut n = nat(NatMapping::EndpointIndependent, f);
             assert_eq!(
-                inb(&mut n, 0, "198.51.100.1:1", PUB),
+                inb(&mut n, 0, "10.100.0.1:1", PUB),
                 Err(DropReason::Filtered)
             );
-            out(&mut n, 1, "192.168.0.2:4000", "198.51.100.1:1");
-            assert_eq!(inb(&mut n, 2, "198.51.100.1:1", PUB), Ok(private), "{f:?}");
+            out(&mut n, 1, "192.168.0.2:4000", "10.100.0.1:1");
+            assert_eq!(inb(&mut n, 2, "10.100.0.1:1", PUB), Ok(private), "{f:?}");
             assert_eq!(
-                inb(&mut n, 2, "198.51.100.1:2", PUB).is_ok(),
+                inb(&mut n, 2, "10.100.0.1:2", PUB).is_ok(),
                 same_ip_other_port
             );
-            assert_eq!(inb(&mut n, 2, "198.51.100.9:1", PUB).is_ok(), stranger);
+            assert_eq!(inb(&mut n, 2, "10.100.0.9:1", PUB).is_ok(), stranger);
             // Unknown public port: always filtered.
-            assert!(inb(&mut n, 2, "198.51.100.1:1", "203.0.113.1:50000").is_err());
+            assert!(inb(&mut n, 2, "10.100.0.1:1", "10.201.0.1:50000").is_err());
         }
     }
 
@@ -279,16 +279,16 @@ mod tests {
             NatMapping::EndpointIndependent,
             NatFiltering::AddressAndPortDependent,
         );
-        out(&mut n, 0, "192.168.0.2:4000", "198.51.100.1:1");
-        assert!(inb(&mut n, 29_999, "198.51.100.1:1", PUB).is_ok());
+        out(&mut n, 0, "192.168.0.2:4000", "10.100.0.1:1");
+        assert!(inb(&mut n, 29_999, "10.100.0.1:1", PUB).is_ok());
         // Inbound traffic does not refresh.
-        assert!(inb(&mut n, 30_000, "198.51.100.1:1", PUB).is_err());
+        assert!(inb(&mut n, 30_000, "10.100.0.1:1", PUB).is_err());
         // A new outbound datagram makes a fresh binding (next port).
-        let p = out(&mut n, 30_001, "192.168.0.2:4000", "198.51.100.1:1");
-        assert_eq!(p.src, a("203.0.113.1:40001"));
+        let p = out(&mut n, 30_001, "192.168.0.2:4000", "10.100.0.1:1");
+        assert_eq!(p.src, a("10.201.0.1:40001"));
         // Refreshed by outbound traffic: still live 50 s later.
-        out(&mut n, 50_000, "192.168.0.2:4000", "198.51.100.1:1");
-        assert!(inb(&mut n, 79_000, "198.51.100.1:1", "203.0.113.1:40001").is_ok());
+        out(&mut n, 50_000, "192.168.0.2:4000", "10.100.0.1:1");
+        assert!(inb(&mut n, 79_000, "10.100.0.1:1", "10.201.0.1:40001").is_ok());
     }
 
     #[test]
@@ -300,11 +300,11 @@ mod tests {
         let p = out(&mut n, 0, "192.168.0.2:4000", "192.168.0.3:4000");
         assert_eq!(p.src, a("192.168.0.2:4000"));
         // .3 gets a binding by talking outside; .2 reaches it via the public address.
-        out(&mut n, 1, "192.168.0.3:4000", "198.51.100.1:1");
+        out(&mut n, 1, "192.168.0.3:4000", "10.100.0.1:1");
         let h = out(&mut n, 2, "192.168.0.2:4000", PUB);
-        assert_eq!(h.src, a("203.0.113.1:40001"));
+        assert_eq!(h.src, a("10.201.0.1:40001"));
         assert_eq!(
-            inb(&mut n, 3, "203.0.113.1:40001", PUB),
+            inb(&mut n, 3, "10.201.0.1:40001", PUB),
             Ok(a("192.168.0.3:4000"))
         );
     }
@@ -312,20 +312,15 @@ mod tests {
     #[test]
     fn port_exhaustion_filters_instead_of_wrapping() {
         let mut n = Nat::new(
-            "203.0.113.1".parse().unwrap(),
+            "10.201.0.1".parse().unwrap(),
             Group::of([a("192.168.0.2:4000")]),
             NatMapping::AddressAndPortDependent,
             NatFiltering::EndpointIndependent,
             u16::MAX,
             Duration::from_secs(30),
         );
-        out(&mut n, 0, "192.168.0.2:4000", "198.51.100.1:1");
-        let mut p = InFlight::new(
-            a("192.168.0.2:4000"),
-            a("198.51.100.2:1"),
-            10,
-            Instant::ZERO,
-        );
+        out(&mut n, 0, "192.168.0.2:4000", "10.100.0.1:1");
+        let mut p = InFlight::new(a("192.168.0.2:4000"), a("10.100.0.2:1"), 10, Instant::ZERO);
         assert_eq!(
             n.on_send(Instant::ZERO, &mut p),
             Verdict::Drop(DropReason::Filtered)
