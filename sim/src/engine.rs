@@ -322,6 +322,21 @@ impl<N: SimNode> Sim<N> {
         Ok(r)
     }
 
+    /// Replaces a node with `node` (a restart: the new state keeps the same
+    /// endpoint), returns the old one, and drains the new one's output.
+    /// The old node's pending timer is cancelled; datagrams already in
+    /// flight to the endpoint reach the new node.
+    pub fn replace_node(&mut self, id: NodeId, node: N) -> Result<N, SimError> {
+        let slot = self
+            .nodes
+            .get_mut(id.0)
+            .ok_or(SimError::UnknownNode(id.0))?;
+        let old = core::mem::replace(&mut slot.node, node);
+        slot.timer = None;
+        self.drain(id)?;
+        Ok(old)
+    }
+
     /// Takes the oldest event not yet handed out (when driving with
     /// [`Sim::step`] directly; [`Sim::run_until`] hands events to its
     /// callback instead).

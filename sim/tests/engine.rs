@@ -648,3 +648,31 @@ fn hole_punching_works_through_cone_nats_and_fails_through_a_symmetric_one() {
     assert_eq!(sim.stats().dropped_for(DropReason::Filtered), 20);
     all_ok(&mut sim);
 }
+
+#[test]
+fn a_replaced_node_restarts_with_fresh_state_and_timers() {
+    let mut sim = mesh(1, 2, 100, FaultChain::new().with(latency(1, 5, 0)));
+    run(&mut sim, 95);
+    // Restart node 0 at 95 ms with a node that sends 3 rounds from 200 ms.
+    let fresh = Toy::new(vec![node_addr(1)], Instant::from_millis(200), ms(10), 3);
+    let old = sim.replace_node(NodeId(0), fresh).unwrap();
+    assert_eq!(old.sent_rounds, 10);
+    run(&mut sim, 2000);
+    let new = sim.node(NodeId(0)).unwrap();
+    // The old 10 ms timer never fires on the new node.
+    assert_eq!(
+        new.timeouts,
+        [200, 210, 220].map(Instant::from_millis).to_vec()
+    );
+    // Datagrams from node 1 keep arriving at the endpoint (now the new node).
+    assert!(new.received.len() > 50);
+    let got_by_1: Vec<u64> = sim
+        .node(NodeId(1))
+        .unwrap()
+        .received
+        .iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(got_by_1.len(), 13);
+    all_ok(&mut sim);
+}
