@@ -263,6 +263,11 @@ impl<N: SimNode> Sim<N> {
         self.trace.digest()
     }
 
+    /// Names of the fault rules, in chain order.
+    pub fn fault_names(&self) -> Vec<&'static str> {
+        self.faults.names()
+    }
+
     /// Datagram copies currently queued.
     pub fn in_flight(&self) -> usize {
         self.in_flight

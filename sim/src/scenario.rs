@@ -65,6 +65,7 @@ impl Outcome {
         figures.insert("timeouts".into(), json!(st.timeouts));
         figures.insert("events".into(), json!(st.events));
         figures.insert("steps".into(), json!(st.steps));
+        figures.insert("fault_rules".into(), json!(sim.fault_names()));
         Outcome {
             virtual_time: sim.now(),
             trace_hash: sim.trace_hash(),

@@ -174,6 +174,7 @@ fn json_line_has_the_contract_fields() {
     assert!(v["checks"][0]["detail"].is_string());
     assert_eq!(figure(v, &["datagrams_sent"]), 40.0);
     assert_eq!(figure(v, &["datagrams_delivered"]), 40.0);
+    assert_eq!(v["figures"]["fault_rules"], serde_json::json!(["latency"]));
     assert!(v.get("repro").is_none());
 }
 
