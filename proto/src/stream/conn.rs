@@ -1,0 +1,1 @@
+//! The per-connection state machine (`spec/transport.md` §4–§9).
