@@ -53,6 +53,11 @@ pub trait CongestionController {
     /// `flight` counts every un-acknowledged byte (SACKed included);
     /// returns true if the first hole must be fast-retransmitted now.
     fn on_dup_ack(&mut self, now: Instant, flight: usize, snd_nxt: Seq) -> bool;
+    /// SACK information shows loss (at least three segments' worth of data
+    /// SACKed above the first hole) before three duplicate ACKs arrived.
+    /// Starts fast recovery if not recovering; returns true if the first
+    /// hole must be retransmitted now.
+    fn on_sack_loss(&mut self, now: Instant, flight: usize, snd_nxt: Seq) -> bool;
     /// The retransmission timer expired; `flight` as for `on_dup_ack`.
     fn on_rto(&mut self, now: Instant, flight: usize, snd_nxt: Seq);
     /// The congestion window in bytes.
@@ -211,6 +216,21 @@ impl CongestionController for NewReno {
         false
     }
 
+    fn on_sack_loss(&mut self, _now: Instant, flight: usize, snd_nxt: Seq) -> bool {
+        if self.state != RecoveryState::Open {
+            return false;
+        }
+        self.dup_acks = DUP_ACK_THRESHOLD;
+        self.ssthresh = self.halve(flight);
+        self.state = RecoveryState::Fast;
+        self.recovery_point = snd_nxt;
+        self.cwnd = self
+            .ssthresh
+            .saturating_add(3 * self.cfg.segment)
+            .min(self.cfg.max_cwnd);
+        true
+    }
+
     fn on_rto(&mut self, _now: Instant, flight: usize, snd_nxt: Seq) {
         self.ssthresh = self.halve(flight);
         self.state = RecoveryState::Timeout;
@@ -330,6 +350,19 @@ mod tests {
         }
         assert!(c.on_dup_ack(T, 30_000, nxt), "third dup retransmits");
         assert_eq!(c.ssthresh(), ss, "same episode: no second reduction");
+    }
+
+    #[test]
+    fn sack_loss_enters_fast_recovery_once() {
+        let mut c = reno();
+        assert!(c.on_sack_loss(T, 23_040, Seq(23_041)));
+        assert_eq!(c.recovery(), RecoveryState::Fast);
+        assert_eq!(c.cwnd(), 11_520 + 3456);
+        assert!(
+            !c.on_sack_loss(T, 23_040, Seq(23_041)),
+            "already recovering"
+        );
+        assert_eq!(c.dup_acks(), 3);
     }
 
     #[test]

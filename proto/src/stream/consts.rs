@@ -5,11 +5,11 @@
 use core::time::Duration;
 
 /// Largest payload put in one data segment, `current` profile
-/// (spec/transport.md §10, §5.2).
+/// (spec/transport.md §5.1).
 pub const SEGMENT_SIZE_CURRENT: usize = 1152;
 
 /// Largest payload put in one data segment, `legacy` profile
-/// (spec/transport.md §10, §5.2).
+/// (spec/transport.md §5.1).
 pub const SEGMENT_SIZE_LEGACY: usize = 4096;
 
 /// Unit of congestion-control arithmetic (IW, ABC limit, ssthresh floor,
@@ -75,9 +75,13 @@ pub const CLOCK_GRANULARITY: Duration = Duration::from_millis(10);
 /// peer for this long is reset (spec/transport.md §7.3).
 pub const GIVE_UP_SILENCE: Duration = Duration::from_secs(30);
 
-/// Fewest transmissions of the oldest segment before the give-up rule may
-/// fire (spec/transport.md §7.3).
-pub const GIVE_UP_MIN_TRANSMISSIONS: u32 = 4;
+/// Fewest retransmission timeouts since the peer was last heard before the
+/// give-up rule may fire (spec/transport.md §7.3).
+pub const GIVE_UP_MIN_TIMEOUTS: u32 = 8;
+
+/// Exponential back-off stops doubling at this interval, or at the computed
+/// RTO if that is larger (spec/transport.md §7.1).
+pub const MAX_BACKOFF_RTO: Duration = Duration::from_secs(2);
 
 /// First SYN retransmission interval (spec/transport.md §4.1).
 pub const SYN_INITIAL_RTO: Duration = Duration::from_millis(250);

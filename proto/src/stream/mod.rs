@@ -16,6 +16,7 @@
 //! * [`conn`]: the per-connection state machine tying them together.
 
 pub mod cc;
+pub mod conn;
 
 pub mod consts;
 pub mod recv_buf;

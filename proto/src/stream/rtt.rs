@@ -3,13 +3,15 @@
 //!
 //! The caller applies Karn's rule by passing `retransmitted = true` for a
 //! sample taken from a segment that was sent more than once; such samples
-//! are discarded. Each timeout doubles the RTO (exponential back-off, capped
-//! at [`MAX_RTO`]); the back-off is undone by the next valid sample or when
+//! are discarded. Each timeout doubles the RTO (exponential back-off,
+//! capped at the larger of [`MAX_BACKOFF_RTO`] and the computed RTO, so a
+//! silent peer is probed often enough for the give-up rule to be reliable);
+//! the back-off is undone by the next valid sample or when
 //! the cumulative ACK advances ([`RttEstimator::reset_backoff`]).
 
 use core::time::Duration;
 
-use super::consts::{CLOCK_GRANULARITY, INITIAL_RTO, MAX_RTO, MIN_RTO};
+use super::consts::{CLOCK_GRANULARITY, INITIAL_RTO, MAX_BACKOFF_RTO, MAX_RTO, MIN_RTO};
 
 /// SRTT, RTTVAR and the current RTO of one connection.
 #[derive(Clone, Debug)]
@@ -88,11 +90,14 @@ impl RttEstimator {
     }
 
     /// Doubles the RTO after a timeout and adds `jitter` (clamped below a
-    /// quarter of the doubled value), never exceeding [`MAX_RTO`].
+    /// quarter of the doubled value). Doubling stops at [`MAX_BACKOFF_RTO`]
+    /// or the computed RTO, whichever is larger, and never exceeds
+    /// [`MAX_RTO`].
     pub fn backoff(&mut self, jitter: Duration) {
-        let doubled = self.rto.saturating_mul(2).min(MAX_RTO);
+        let cap = MAX_BACKOFF_RTO.max(self.base_rto).min(MAX_RTO);
+        let doubled = self.rto.saturating_mul(2).min(cap);
         let jitter = jitter.min((doubled / 4).saturating_sub(Duration::from_nanos(1)));
-        self.rto = doubled.saturating_add(jitter).min(MAX_RTO);
+        self.rto = doubled.saturating_add(jitter).min(cap);
         self.backoffs = self.backoffs.saturating_add(1);
     }
 
@@ -148,6 +153,18 @@ mod tests {
     }
 
     #[test]
+    fn backoff_cap_follows_a_large_computed_rto() {
+        let mut r = RttEstimator::new();
+        r.on_sample(ms(3000), false);
+        assert_eq!(r.rto(), ms(9000));
+        r.backoff(Duration::ZERO);
+        assert_eq!(r.rto(), ms(9000), "never below the computed RTO");
+        let mut r = RttEstimator::new();
+        r.backoff(Duration::ZERO);
+        assert_eq!(r.rto(), ms(2000), "initial 1 s doubles to the cap");
+    }
+
+    #[test]
     fn karn_ignores_retransmitted_samples() {
         let mut r = RttEstimator::new();
         assert!(!r.on_sample(ms(100), true));
@@ -167,7 +184,7 @@ mod tests {
         for _ in 0..10 {
             r.backoff(Duration::ZERO);
         }
-        assert_eq!(r.rto(), ms(10_000));
+        assert_eq!(r.rto(), ms(2000), "back-off cap");
         assert_eq!(r.backoffs(), 12);
         r.reset_backoff();
         assert_eq!(r.rto(), ms(300));

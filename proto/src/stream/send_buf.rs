@@ -61,6 +61,7 @@ struct Sent {
     data: Bytes,
     fin: bool,
     first_sent: Instant,
+    last_sent: Instant,
     transmissions: u32,
     sacked: bool,
 }
@@ -88,8 +89,9 @@ pub enum AckKind {
     New {
         /// Acknowledged payload bytes that were not SACKed before.
         bytes_acked: usize,
-        /// RTT sample (from the newest acknowledged segment sent exactly once
-        /// and not SACKed earlier).
+        /// RTT sample: from the newest acknowledged segment sent exactly once
+        /// and not SACKed earlier, if it was sent after every retransmission
+        /// this ACK covers.
         rtt: Option<Duration>,
         /// The FIN is now acknowledged.
         fin_acked: bool,
@@ -190,6 +192,23 @@ impl SendBuffer {
         self.fin_queued = true;
     }
 
+    /// True if the next thing to send is the FIN (all data is segmented).
+    pub fn next_is_fin(&self) -> bool {
+        self.unsent.is_empty() && self.fin_queued && !self.fin_sent
+    }
+
+    /// Abandons everything not yet acknowledged (the connection is ending
+    /// without delivering it).
+    pub fn abandon(&mut self) {
+        self.unsent.clear();
+        self.queue.clear();
+        self.scoreboard.clear();
+        self.snd_una = self.snd_nxt;
+        self.fin_queued = true;
+        self.fin_sent = true;
+        self.fin_acked = true;
+    }
+
     /// True once [`SendBuffer::close`] was called.
     pub fn fin_queued(&self) -> bool {
         self.fin_queued
@@ -272,10 +291,17 @@ impl SendBuffer {
         None
     }
 
-    /// When a held Nagle tail must be released at the latest.
-    pub fn nagle_deadline(&self, now: Instant) -> Option<Instant> {
+    /// When a held Nagle tail must be released at the latest (`None` if no
+    /// tail is being held back by Nagle).
+    pub fn nagle_deadline(&self) -> Option<Instant> {
         let n = self.unsent.len();
-        if n == 0 || n >= self.cfg.mss || self.next_len(now).is_some() {
+        if n == 0
+            || n >= self.cfg.mss
+            || self.cfg.nodelay
+            || self.push_tail
+            || self.fin_queued
+            || !self.short_outstanding()
+        {
             return None;
         }
         self.tail_since.map(|t| t + NAGLE_HOLD)
@@ -304,6 +330,7 @@ impl SendBuffer {
             data: data.clone(),
             fin,
             first_sent: now,
+            last_sent: now,
             transmissions: 1,
             sacked: false,
         };
@@ -329,17 +356,24 @@ impl SendBuffer {
             return AckKind::Invalid;
         }
         let mut bytes_acked = 0;
-        let mut rtt = None;
+        let mut rtt: Option<Duration> = None;
         let mut fin_acked = false;
+        // Latest retransmission among the covered segments, and the first
+        // send time of the newest covered segment sent once.
+        let mut last_rtx: Option<Instant> = None;
+        let mut sample_from: Option<Instant> = None;
         while let Some(front) = self.queue.front_mut() {
             let end = front.end();
             if end.before_eq(ack) {
+                if front.transmissions > 1 {
+                    last_rtx = Some(last_rtx.map_or(front.last_sent, |t| t.max(front.last_sent)));
+                }
                 if front.fin {
                     fin_acked = true;
                 } else if !front.sacked {
                     bytes_acked += front.data.len();
                     if front.transmissions == 1 {
-                        rtt = Some(now.saturating_duration_since(front.first_sent));
+                        sample_from = Some(front.first_sent);
                     }
                 }
                 self.queue.pop_front();
@@ -353,6 +387,13 @@ impl SendBuffer {
                     front.seq = ack;
                 }
                 break;
+            }
+        }
+        // Karn: a sample is only valid if the segment it times was sent after
+        // every repair this ACK depended on; otherwise it includes the wait.
+        if let Some(sent) = sample_from {
+            if last_rtx.is_none_or(|r| sent >= r) {
+                rtt = Some(now.saturating_duration_since(sent));
             }
         }
         self.snd_una = ack;
@@ -405,9 +446,38 @@ impl SendBuffer {
         self.queue.front().map_or(0, |s| s.transmissions)
     }
 
+    /// Payload bytes SACKed above the first un-SACKed segment.
+    pub fn sacked_above_first_hole(&self) -> usize {
+        self.queue
+            .iter()
+            .skip_while(|s| s.sacked)
+            .filter(|s| s.sacked)
+            .map(|s| s.data.len())
+            .sum()
+    }
+
+    /// Resends the first hole at or after `from` that lies below the highest
+    /// SACKed sequence number (a segment SACK shows to be missing).
+    pub fn retransmit_hole_from(&mut self, now: Instant, from: Seq) -> Option<Outgoing> {
+        let highest = self.scoreboard.highest()?;
+        let s = self
+            .queue
+            .iter_mut()
+            .find(|s| !s.sacked && !s.fin && s.seq.after_eq(from) && s.end().before_eq(highest))?;
+        s.last_sent = now;
+        s.transmissions = s.transmissions.saturating_add(1);
+        Some(Outgoing {
+            seq: s.seq,
+            data: s.data.clone(),
+            fin: s.fin,
+            retransmission: true,
+        })
+    }
+
     /// Resends the first segment not covered by SACK (a hole), if any.
-    pub fn retransmit_first_hole(&mut self) -> Option<Outgoing> {
+    pub fn retransmit_first_hole(&mut self, now: Instant) -> Option<Outgoing> {
         let s = self.queue.iter_mut().find(|s| !s.sacked)?;
+        s.last_sent = now;
         s.transmissions = s.transmissions.saturating_add(1);
         Some(Outgoing {
             seq: s.seq,
@@ -480,7 +550,7 @@ mod tests {
         assert_eq!(first.len(), 1, "nothing short outstanding: sent at once");
         b.write(ms(1), b"x");
         assert!(b.pop_segment(ms(1)).is_none(), "held behind un-ACKed short");
-        assert_eq!(b.nagle_deadline(ms(1)), Some(ms(41)));
+        assert_eq!(b.nagle_deadline(), Some(ms(41)));
         b.write(ms(2), b"y");
         assert!(b.pop_segment(ms(40)).is_none());
         // Released by the hold timeout ...
@@ -532,7 +602,7 @@ mod tests {
         );
         assert_eq!(b.flight_bytes(true), 50);
         // Retransmitted segment gives no RTT sample (Karn).
-        let r = b.retransmit_first_hole().unwrap();
+        let r = b.retransmit_first_hole(ms(0)).unwrap();
         assert_eq!((r.seq, r.data.len()), (Seq(251), 50));
         assert_eq!(b.head_transmissions(), 2);
         assert_eq!(
@@ -558,7 +628,7 @@ mod tests {
         assert_eq!(b.flight_bytes(true), 4 * 1152);
         // Partial coverage does not mark.
         assert_eq!(b.on_sack(&[SackBlock::new(3457, 4000)]), 0);
-        let r = b.retransmit_first_hole().unwrap();
+        let r = b.retransmit_first_hole(ms(0)).unwrap();
         assert_eq!(r.seq, Seq(1153));
         // ACK of the first hole; SACKed bytes are not counted again.
         assert_eq!(
@@ -569,7 +639,16 @@ mod tests {
                 fin_acked: false
             }
         );
-        assert_eq!(b.retransmit_first_hole().unwrap().seq, Seq(3457));
+        assert_eq!(b.retransmit_first_hole(ms(0)).unwrap().seq, Seq(3457));
+        assert_eq!(b.sacked_above_first_hole(), 1152);
+        assert_eq!(
+            b.retransmit_hole_from(ms(0), Seq(3457)).unwrap().seq,
+            Seq(3457)
+        );
+        assert!(
+            b.retransmit_hole_from(ms(0), Seq(4609)).is_none(),
+            "nothing missing above"
+        );
         b.clear_sacks();
         assert_eq!(b.flight_bytes(false), 2 * 1152);
     }
@@ -594,7 +673,7 @@ mod tests {
                 fin_acked: false
             }
         );
-        let r = b.retransmit_first_hole().unwrap();
+        let r = b.retransmit_first_hole(ms(0)).unwrap();
         assert!(r.fin && r.seq == Seq(6));
         assert!(matches!(
             b.on_ack(ms(2), Seq(7)),
