@@ -1140,6 +1140,10 @@ impl Connection {
                     self.rto_at = Some(now + self.rtt.rto());
                     self.outstanding_since = Some(now);
                 }
+                if self.was_writable_blocked && self.send.free() > 0 {
+                    self.was_writable_blocked = false;
+                    self.push_event(Event::Writable);
+                }
                 let seg = self.data_segment(now, o);
                 return self.emit(seg);
             }
@@ -1468,6 +1472,24 @@ mod tests {
             b.poll_timeout().map(|(_, r)| r),
             Some(TimerReason::DelayedAck)
         );
+    }
+
+    #[test]
+    fn writable_after_a_full_buffer_drains() {
+        let mut a = dialer(ConnConfig {
+            send_capacity: 4000,
+            ..ConnConfig::default()
+        });
+        a.handle_segment(t(15), seg(A, 1, 1, 0, b""));
+        assert_eq!(a.write(t(20), &[9u8; 5000]), Ok(4000));
+        assert_eq!(a.write(t(20), &[9u8; 10]), Ok(0));
+        assert!(out(&mut a, t(20)).is_empty(), "zero window");
+        assert!(events(&mut a).is_empty());
+        // The window opens; segments leave the buffer; the writer is told.
+        a.handle_segment(t(30), seg(A, 1, 1, 8, b""));
+        assert_eq!(out(&mut a, t(30)).len(), 4);
+        assert_eq!(events(&mut a), vec![Event::Writable]);
+        assert_eq!(a.write(t(31), &[9u8; 5000]), Ok(4000));
     }
 
     // ----- loss, SACK, retransmission --------------------------------------
@@ -2067,5 +2089,138 @@ mod tests {
         );
         let secs = end.as_nanos() / 1_000_000_000;
         assert!((30..=40).contains(&secs), "detected after {secs} s");
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Seg {
+            flags: u8,
+            seq: u32,
+            ack: u32,
+            window: u16,
+            payload: Vec<u8>,
+        },
+        Sack(u32, Vec<(u32, u32)>),
+        Advance(u32),
+        Write(usize),
+        Read,
+        Shutdown,
+        Close,
+        Abort,
+    }
+
+    fn near() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..3000, any::<u32>(), (u32::MAX - 10)..=u32::MAX]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..16, near(), near(), any::<u16>(), prop::collection::vec(any::<u8>(), 0..1300))
+                .prop_map(|(flags, seq, ack, window, payload)| Op::Seg { flags, seq, ack, window, payload }),
+            2 => (near(), prop::collection::vec((near(), near()), 1..5)).prop_map(|(a, b)| Op::Sack(a, b)),
+            3 => (0u32..70_000).prop_map(Op::Advance),
+            2 => (0usize..20_000).prop_map(Op::Write),
+            1 => Just(Op::Read),
+            1 => Just(Op::Shutdown),
+            1 => Just(Op::Close),
+            1 => Just(Op::Abort),
+        ]
+    }
+
+    fn run(c: &mut Connection, ops: &[Op]) {
+        let mut now = Instant::from_millis(1);
+        let mut buf = vec![0u8; 4096];
+        for op in ops {
+            match op {
+                Op::Seg {
+                    flags,
+                    seq,
+                    ack,
+                    window,
+                    payload,
+                } => c.handle_segment(
+                    now,
+                    Segment {
+                        flags: Flags(*flags),
+                        seq: Seq(*seq),
+                        ack: Seq(*ack),
+                        window: *window,
+                        payload: Bytes::copy_from_slice(payload),
+                    },
+                ),
+                Op::Sack(ack, blocks) => {
+                    let b: Vec<_> = blocks
+                        .iter()
+                        .take(4)
+                        .map(|&(s, e)| sack::SackBlock::new(s, e))
+                        .collect();
+                    let mut p = [0u8; 64];
+                    let n = sack::encode(&b, &mut p).unwrap();
+                    c.handle_segment(
+                        now,
+                        Segment {
+                            flags: Flags::ACK,
+                            seq: Seq(1),
+                            ack: Seq(*ack),
+                            window: 512,
+                            payload: Bytes::copy_from_slice(&p[..n]),
+                        },
+                    );
+                }
+                Op::Advance(ms) => {
+                    now = now + Duration::from_millis(u64::from(*ms));
+                    c.handle_timeout(now);
+                }
+                Op::Write(n) => {
+                    let _ = c.write(now, &vec![7u8; *n]);
+                }
+                Op::Read => {
+                    let _ = c.read(&mut buf);
+                }
+                Op::Shutdown => c.shutdown(now),
+                Op::Close => c.close(now),
+                Op::Abort => c.abort(),
+            }
+            let mut n = 0;
+            while c.poll_segment(now).is_some() {
+                n += 1;
+                assert!(n < 1000, "poll_segment does not terminate");
+            }
+            let mut e = 0;
+            while c.poll_event().is_some() {
+                e += 1;
+            }
+            assert!(e <= EVENT_CAP);
+            let st = c.stats();
+            assert!(st.cwnd <= crate::stream::consts::MAX_CWND);
+            assert!(c.send.unacked_segments() <= MAX_UNACKED_SEGMENTS + 1);
+            if let Some((at, _)) = c.poll_timeout() {
+                // Handling the reported timeout must be harmless.
+                c.handle_timeout(at.max(now));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn dialer_never_panics(ops in prop::collection::vec(op(), 0..120)) {
+            let mut c = Connection::connect(Instant::ZERO, ConnConfig::default(), 0);
+            run(&mut c, &ops);
+        }
+
+        #[test]
+        fn acceptor_never_panics(ops in prop::collection::vec(op(), 0..120), isn in any::<u32>()) {
+            let syn = Segment::control(Flags::SYN, isn, 0, 512);
+            let mut c = Connection::accept(Instant::ZERO, ConnConfig::default(), &syn, 0);
+            run(&mut c, &ops);
+        }
     }
 }
