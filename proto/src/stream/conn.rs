@@ -297,6 +297,7 @@ pub struct Connection {
 
     // Timers.
     syn_retries: u32,
+    syn_hold: bool,
     syn_rto: Duration,
     syn_at: Option<Instant>,
     rto_at: Option<Instant>,
@@ -366,6 +367,7 @@ impl Connection {
             quick_acks: QUICK_ACK_BUDGET,
             delayed_ack_at: None,
             syn_retries: 0,
+            syn_hold: false,
             syn_rto: SYN_INITIAL_RTO,
             syn_at: None,
             rto_at: None,
@@ -409,6 +411,14 @@ impl Connection {
         c.arm_keepalive();
         c.push_event(Event::Connected);
         c
+    }
+
+    /// Holds SYN retransmissions (the node calls this while the tunnel's
+    /// key exchange for the peer is pending, for at most 10 s after the
+    /// dial started; `spec/transport.md` §4.1). While held, SYN timer
+    /// expiries neither count as retries nor send copies.
+    pub fn hold_syn_retries(&mut self, hold: bool) {
+        self.syn_hold = hold;
     }
 
     /// Current state.
@@ -738,6 +748,10 @@ impl Connection {
         match outcome {
             DataOutcome::Delivered { bytes } => {
                 self.stats.bytes_received += bytes as u64;
+                if self.state == State::FinWait && self.linger_at.is_some() {
+                    // After shutdown the peer is still sending: keep lingering.
+                    self.linger_at = Some(now + self.cfg.time_wait);
+                }
                 self.push_event(Event::Readable);
                 self.schedule_ack(now);
             }
@@ -916,6 +930,10 @@ impl Connection {
     fn on_syn_timeout(&mut self, now: Instant) {
         if self.state != State::SynSent {
             self.syn_at = None;
+            return;
+        }
+        if self.syn_hold {
+            self.syn_at = Some(now + self.syn_rto);
             return;
         }
         self.syn_retries += 1;
@@ -1784,6 +1802,146 @@ mod tests {
         out(&mut a, t(20));
         a.handle_segment(t(25), seg(A, 1, 1, 512, b"late"));
         assert!(out(&mut a, t(25)).is_empty());
+    }
+
+    #[test]
+    fn fin_to_a_dead_peer_closes_quietly() {
+        let mut a = dialer(ConnConfig::default());
+        a.close(t(20));
+        out(&mut a, t(20));
+        let mut fins = 0;
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            for s in out(&mut a, at) {
+                assert_eq!(s.flags, Flags::FIN, "no RST: nothing was lost");
+                fins += 1;
+            }
+        }
+        assert!(fins >= 8);
+        assert!(a.is_closed());
+        assert_eq!(events(&mut a), vec![Event::Closed]);
+    }
+
+    #[test]
+    fn shutdown_keeps_receiving_until_peer_fin() {
+        let mut a = dialer(ConnConfig::default());
+        a.shutdown(t(20));
+        assert_eq!(out(&mut a, t(20)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        // The peer still sends data, then acknowledges our FIN with its own.
+        a.handle_segment(t(30), seg(A, 1, 2, 512, b"tail"));
+        assert_eq!(out(&mut a, t(30)), vec![seg(A, 2, 5, 511, b"")]);
+        a.handle_segment(t(40), seg(Flags::FIN | A, 5, 2, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert_eq!(out(&mut a, t(40)), vec![seg(Flags::FIN | A, 2, 6, 0, b"")]);
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf), Ok(4));
+        assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn lost_synack_is_recovered_by_the_retransmitted_syn() {
+        let mut a = Connection::connect(t(0), nodelay(), 0);
+        let syn = out(&mut a, t(0)).remove(0);
+        let mut b = Connection::accept(t(10), nodelay(), &syn, 0);
+        let _lost = out(&mut b, t(10));
+        // The acceptor is established and already sends data.
+        b.write(t(11), b"early").unwrap();
+        let early = out(&mut b, t(11));
+        a.handle_segment(t(21), early[0].clone());
+        assert_eq!(a.state(), State::SynSent, "data before SYN-ACK ignored");
+        a.handle_timeout(t(250));
+        let syn2 = out(&mut a, t(250));
+        b.handle_segment(t(260), syn2[0].clone());
+        let synack = out(&mut b, t(260));
+        assert_eq!(synack, vec![seg(Flags::SYN | A, 0, 1, 512, b"")]);
+        a.handle_segment(t(270), synack[0].clone());
+        assert_eq!(a.state(), State::Established);
+        // The early data comes back on the acceptor's retransmission timer.
+        let (at, why) = b.poll_timeout().unwrap();
+        assert_eq!((at, why), (t(1011), TimerReason::Retransmit));
+        b.handle_timeout(at);
+        let rtx = out(&mut b, at);
+        a.handle_segment(at, rtx[0].clone());
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf), Ok(5));
+        assert_eq!(&buf[..5], b"early");
+    }
+
+    #[test]
+    fn held_syn_retries_do_not_count() {
+        let mut c = Connection::connect(t(0), ConnConfig::default(), 0);
+        out(&mut c, t(0));
+        c.hold_syn_retries(true);
+        for ms in [250, 500, 750, 1000] {
+            c.handle_timeout(t(ms));
+            assert!(out(&mut c, t(ms)).is_empty(), "held: no copies");
+        }
+        c.hold_syn_retries(false);
+        c.handle_timeout(t(1250));
+        assert_eq!(out(&mut c, t(1250)).len(), 1);
+        // First real retry: the next interval is 500 ms.
+        assert_eq!(
+            c.poll_timeout(),
+            Some((t(1750), TimerReason::SynRetransmit))
+        );
+    }
+
+    #[test]
+    fn sack_alone_triggers_early_fast_retransmit() {
+        let mut a = sender_with_five_segments();
+        let b = [sack::SackBlock::new(2305, 5761)];
+        let mut p = [0u8; 32];
+        let n = sack::encode(&b, &mut p).unwrap();
+        a.handle_segment(t(30), seg(A, 1, 1, 511, &p[..n]));
+        let rtx = out(&mut a, t(30));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(a.stats().fast_retransmits, 1);
+        assert_eq!(a.stats().recovery, Some(RecoveryKind::Fast));
+    }
+
+    #[test]
+    fn several_holes_are_repaired_without_waiting_for_partial_acks() {
+        let mut a = dialer(ConnConfig::default());
+        a.write(t(20), &[1u8; 8 * 1152]).unwrap();
+        assert_eq!(out(&mut a, t(20)).len(), 8);
+        let enc = |blocks: &[(u32, u32)]| {
+            let b: Vec<_> = blocks
+                .iter()
+                .map(|&(s, e)| sack::SackBlock::new(s, e))
+                .collect();
+            let mut p = [0u8; 64];
+            let n = sack::encode(&b, &mut p).unwrap();
+            p[..n].to_vec()
+        };
+        // Segments at 1153 and 3457 lost; the rest arrive one by one.
+        a.handle_segment(t(40), seg(A, 1, 1153, 512, b""));
+        a.handle_segment(t(41), seg(A, 1, 1153, 512, &enc(&[(2305, 3457)])));
+        a.handle_segment(
+            t(42),
+            seg(A, 1, 1153, 512, &enc(&[(2305, 3457), (4609, 5761)])),
+        );
+        assert!(out(&mut a, t(42)).is_empty());
+        a.handle_segment(
+            t(43),
+            seg(A, 1, 1153, 512, &enc(&[(2305, 3457), (4609, 6913)])),
+        );
+        let first = out(&mut a, t(43));
+        assert_eq!(
+            first.iter().map(|s| s.seq.0).collect::<Vec<_>>(),
+            vec![1153]
+        );
+        // The next SACK reveals nothing new below what was already resent
+        // except the hole at 3457, which goes out at once.
+        a.handle_segment(
+            t(44),
+            seg(A, 1, 1153, 512, &enc(&[(2305, 3457), (4609, 8065)])),
+        );
+        let second = out(&mut a, t(44));
+        assert!(second.iter().any(|s| s.seq.0 == 3457), "{second:?}");
+        assert!(
+            !second.iter().any(|s| s.seq.0 == 1153),
+            "no duplicate repair"
+        );
     }
 
     // ----- windows, probes, keepalive ------------------------------------
