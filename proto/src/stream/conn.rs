@@ -1493,6 +1493,45 @@ mod tests {
     }
 
     #[test]
+    fn legacy_segment_size_and_window_unit() {
+        let legacy = ConnConfig {
+            mss: crate::stream::consts::SEGMENT_SIZE_LEGACY,
+            ..ConnConfig::default()
+        };
+        let mut a = dialer(legacy);
+        a.handle_segment(t(15), seg(A, 1, 1, 2, b""));
+        a.write(t(20), &[3u8; 10_000]).unwrap();
+        let o = out(&mut a, t(20));
+        let lens: Vec<usize> = o.iter().map(|s| s.payload.len()).collect();
+        assert_eq!(lens, vec![4096, 4096], "peer window of 2 segments");
+        a.handle_segment(t(30), seg(A, 1, 8193, 2, b""));
+        let o = out(&mut a, t(30));
+        assert_eq!(
+            o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+            vec![1808]
+        );
+    }
+
+    #[test]
+    fn window_gate_counts_peer_window_in_bytes_and_segments() {
+        let mut a = dialer(nodelay());
+        // Window 3: at most 3 un-ACKed segments, and bytes < 3 x 1152.
+        a.handle_segment(t(15), seg(A, 1, 1, 3, b""));
+        for _ in 0..5 {
+            a.write(t(20), b"tiny").unwrap();
+            out(&mut a, t(20));
+        }
+        assert_eq!(a.send.unacked_segments(), 3);
+        // Cap of 128 un-ACKed segments regardless of window.
+        let mut a = dialer(nodelay());
+        for _ in 0..200 {
+            a.write(t(20), b"z").unwrap();
+            out(&mut a, t(20));
+        }
+        assert_eq!(a.send.unacked_segments(), 128);
+    }
+
+    #[test]
     fn writable_after_a_full_buffer_drains() {
         let mut a = dialer(ConnConfig {
             send_capacity: 4000,

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes};
 
 use super::consts::{MAX_SEGMENT_BUDGET, OOO_SEGMENTS, RECV_QUEUE_SEGMENTS};
-use super::sack::{SackBlock, SackBlocks, select_blocks};
+use super::sack::{MAX_SACK_BLOCKS, SackBlock, SackBlocks};
 use super::seq::Seq;
 
 /// Capacities of a [`RecvBuffer`].
@@ -325,17 +325,15 @@ impl RecvBuffer {
         };
         self.fin = Some(fin);
         // Drop buffered data at or beyond the FIN.
-        let mut kept = Vec::with_capacity(self.ooo.len());
-        self.ooo_bytes = 0;
-        for (s, d) in self.ooo.drain(..) {
+        self.ooo.retain_mut(|(s, d)| {
             if s.before(fin) {
-                let mut d = d;
-                d.truncate(fin.since(s) as usize);
-                self.ooo_bytes += d.len();
-                kept.push((s, d));
+                d.truncate(fin.since(*s) as usize);
+                true
+            } else {
+                false
             }
-        }
-        self.ooo = kept;
+        });
+        self.ooo_bytes = self.ooo.iter().map(|(_, d)| d.len()).sum();
         self.check_fin();
         if self.eof {
             FinOutcome::Eof
@@ -347,15 +345,29 @@ impl RecvBuffer {
     /// SACK blocks describing the out-of-order buffer: contiguous and
     /// overlapping segments merged, the highest four kept, ascending.
     pub fn sack_blocks(&self) -> SackBlocks {
-        let mut merged: Vec<SackBlock> = Vec::new();
+        fn keep_highest(out: &mut SackBlocks, b: SackBlock) {
+            if out.len() == MAX_SACK_BLOCKS {
+                out.remove(0);
+            }
+            out.push(b);
+        }
+        let mut out = SackBlocks::new();
+        let mut cur: Option<SackBlock> = None;
         for (s, d) in &self.ooo {
             let e = s.add_len(d.len());
-            match merged.last_mut() {
-                Some(last) if s.before_eq(last.end) => last.end = last.end.max(e),
-                _ => merged.push(SackBlock { start: *s, end: e }),
+            match cur.as_mut() {
+                Some(c) if s.before_eq(c.end) => c.end = c.end.max(e),
+                _ => {
+                    if let Some(done) = cur.replace(SackBlock { start: *s, end: e }) {
+                        keep_highest(&mut out, done);
+                    }
+                }
             }
         }
-        select_blocks(merged)
+        if let Some(done) = cur {
+            keep_highest(&mut out, done);
+        }
+        out
     }
 
     /// Copies readable bytes into `buf`; returns how many.
@@ -557,6 +569,21 @@ mod tests {
         assert!(!r.is_eof(), "unread data first");
         assert_eq!(read_all(&mut r), b"hello");
         assert!(r.is_eof());
+    }
+
+    #[test]
+    fn sack_blocks_merge_overlaps_and_keep_highest_four() {
+        let mut r = buf();
+        // A long segment covering later short ones merges into one block.
+        r.on_data(Seq(10), seg(300, 0));
+        r.on_data(Seq(20), seg(5, 0));
+        r.on_data(Seq(200), seg(5, 0));
+        assert_eq!(r.sack_blocks().as_slice(), &[SackBlock::new(10, 310)]);
+        for i in 0..6u32 {
+            r.on_data(Seq(1000 + i * 100), seg(10, 0));
+        }
+        let starts: Vec<u32> = r.sack_blocks().iter().map(|b| b.start.0).collect();
+        assert_eq!(starts, vec![1200, 1300, 1400, 1500]);
     }
 
     #[test]
