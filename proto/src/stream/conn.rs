@@ -78,6 +78,17 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A segment with a copy of `payload`.
+    pub fn with_payload(flags: Flags, seq: u32, ack: u32, window: u16, payload: &[u8]) -> Self {
+        Segment {
+            flags,
+            seq: Seq(seq),
+            ack: Seq(ack),
+            window,
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
     /// A segment without payload.
     pub fn control(flags: Flags, seq: u32, ack: u32, window: u16) -> Self {
         Segment {
