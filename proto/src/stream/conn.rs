@@ -421,6 +421,7 @@ impl Connection {
         c.synack_pending = true;
         c.arm_keepalive();
         c.push_event(Event::Connected);
+        c.push_event(Event::Writable);
         c
     }
 
