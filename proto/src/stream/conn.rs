@@ -2131,9 +2131,24 @@ mod tests {
 
     // ----- lossy and dead paths ------------------------------------------
 
+    #[derive(Clone, Copy, Default)]
+    struct Path {
+        loss_pct: u32,
+        /// Extra random delay 0..jitter_ms per packet (reorders).
+        jitter_ms: u64,
+        dup_pct: u32,
+    }
+
+    fn lossy(loss_pct: u32) -> Path {
+        Path {
+            loss_pct,
+            ..Path::default()
+        }
+    }
+
     struct Pipe {
         rng: ChaCha8Rng,
-        loss_pct: u32,
+        path: Path,
         delay: Duration,
         inflight: Vec<(Instant, bool, Segment)>,
         dead: bool,
@@ -2155,27 +2170,40 @@ mod tests {
                     s.payload.len()
                 );
             }
-            if self.dead || self.rng.next_u32() % 100 < self.loss_pct {
+            if self.dead || self.rng.next_u32() % 100 < self.path.loss_pct {
                 return;
             }
             // A 10 MB/s-ish bottleneck: packets leave one after another.
             let dir = usize::from(!to_b);
             let depart = self.busy_until[dir].max(now) + Duration::from_micros(100);
             self.busy_until[dir] = depart;
-            self.inflight.push((depart + self.delay, to_b, s));
+            let copies = if self.rng.next_u32() % 100 < self.path.dup_pct {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let jitter = if self.path.jitter_ms > 0 {
+                    Duration::from_micros(self.rng.next_u64() % (self.path.jitter_ms * 1000))
+                } else {
+                    Duration::ZERO
+                };
+                self.inflight
+                    .push((depart + self.delay + jitter, to_b, s.clone()));
+            }
         }
     }
 
     /// Runs a bulk transfer a → b; returns (bytes delivered, end time).
     fn transfer(
         seed: u64,
-        loss_pct: u32,
+        path: Path,
         total: usize,
         dead_after: Option<Instant>,
     ) -> (Vec<u8>, Connection, Instant) {
         let mut pipe = Pipe {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            loss_pct,
+            path,
             delay: Duration::from_millis(20),
             inflight: vec![],
             dead: false,
@@ -2258,7 +2286,7 @@ mod tests {
         for seed in 0..seeds {
             let total = 200_000;
             let loss = if seed % 2 == 0 { 25 } else { 20 };
-            let (got, a, end) = transfer(seed, loss, total, None);
+            let (got, a, end) = transfer(seed, lossy(loss), total, None);
             let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
             assert_eq!(
                 got.len(),
@@ -2280,7 +2308,7 @@ mod tests {
     #[test]
     fn clean_transfer_is_exact_and_closes() {
         let total = 300_000;
-        let (got, a, _) = transfer(7, 0, total, None);
+        let (got, a, _) = transfer(7, lossy(0), total, None);
         assert_eq!(got.len(), total);
         assert_eq!(a.stats().retransmissions, 0);
         assert_eq!(a.stats().bytes_sent, total as u64);
@@ -2288,8 +2316,52 @@ mod tests {
     }
 
     #[test]
+    fn reordering_and_duplication_keep_the_stream_exact() {
+        let seeds = std::env::var("CHAOS_SEEDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6u64);
+        for seed in 0..seeds {
+            let total = 150_000;
+            let path = Path {
+                loss_pct: 5,
+                jitter_ms: 15,
+                dup_pct: 10,
+            };
+            let (got, a, _) = transfer(seed, path, total, None);
+            let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+            assert!(
+                got == expect,
+                "seed {seed}: {} bytes {:?}",
+                got.len(),
+                a.stats()
+            );
+        }
+    }
+
+    #[test]
+    fn half_open_acceptor_is_closed_by_keepalive() {
+        // The dialer vanished right after the handshake.
+        let mut b = acceptor(ConnConfig::default());
+        let mut fin_at = None;
+        let mut end = t(0);
+        while let Some((at, _)) = b.poll_timeout() {
+            b.handle_timeout(at);
+            end = at;
+            for s in out(&mut b, at) {
+                if s.flags == Flags::FIN && fin_at.is_none() {
+                    fin_at = Some(at);
+                }
+            }
+        }
+        assert_eq!(fin_at, Some(t(105_000)));
+        assert!(b.is_closed());
+        assert!(end < t(150_000), "closed at {end:?}");
+    }
+
+    #[test]
     fn dead_peer_is_detected_promptly() {
-        let (_, mut a, end) = transfer(1, 0, 5_000_000, Some(t(500)));
+        let (_, mut a, end) = transfer(1, lossy(0), 5_000_000, Some(t(500)));
         assert!(a.is_closed());
         let evs = events(&mut a);
         assert!(
