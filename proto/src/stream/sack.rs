@@ -433,3 +433,49 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_encode_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            // Make most inputs look like SACK so the interesting path runs.
+            let mut b = bytes;
+            if b.len() >= 5 && b[0] % 4 != 0 {
+                b[..4].copy_from_slice(&SACK_MAGIC);
+                b[4] = 1 + b[4] % 4;
+            }
+            if let Ok(blocks) = decode(&b) {
+                let mut out = [0u8; 64];
+                let n = encode(&blocks, &mut out).unwrap();
+                prop_assert_eq!(&out[..n], &b[..n]);
+                prop_assert_eq!(decode(&out[..n]).unwrap(), blocks);
+            }
+        }
+
+        #[test]
+        fn scoreboard_stays_sorted_disjoint_and_bounded(
+            una in any::<u32>(),
+            blocks in prop::collection::vec((0u32..100_000, 0u32..5_000), 0..80),
+        ) {
+            let una = Seq(una);
+            let nxt = una.add(90_000);
+            let mut sb = Scoreboard::new();
+            for (off, len) in blocks {
+                let start = una.add(off);
+                sb.add(SackBlock { start, end: start.add(len) }, una, nxt);
+                prop_assert!(sb.ranges().len() <= SCOREBOARD_MAX_RANGES);
+                for r in sb.ranges() {
+                    prop_assert!(r.is_valid());
+                    prop_assert!(r.start.after_eq(una) && r.end.before_eq(nxt));
+                }
+                for w in sb.ranges().windows(2) {
+                    prop_assert!(w[0].end.before(w[1].start), "{:?}", sb.ranges());
+                }
+            }
+        }
+    }
+}
