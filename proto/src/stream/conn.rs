@@ -23,8 +23,9 @@ use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, Recovery
 use super::consts::{
     DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, GIVE_UP_SILENCE,
     KEEPALIVE_INTERVAL, KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, MAX_UNACKED_SEGMENTS,
-    QUICK_ACK_BUDGET, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO,
-    SYN_MAX_RETRIES, SYN_MAX_RTO, TIME_WAIT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
+    PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP,
+    SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RETRIES, SYN_MAX_RTO, TIME_WAIT, ZWP_INITIAL,
+    ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
 use super::rtt::RttEstimator;
@@ -721,6 +722,9 @@ impl Connection {
         if self.state == State::SynSent {
             return;
         }
+        let silence = now.saturating_duration_since(self.last_heard);
+        // We are waiting for an answer to our own probe: this is it.
+        let probing = self.keepalive_unanswered > 0 || self.zwp_probes > 0;
         self.heard(now);
         let window_changed = self.peer_window != Some(seg.window);
         let old_window = self.peer_window;
@@ -746,8 +750,13 @@ impl Connection {
             return;
         }
         if seg.payload.is_empty() {
-            // A keepalive probe (seq one below what we expect) is answered.
-            if seg.seq.before(self.recv.rcv_nxt()) {
+            // Probes are answered: ours carry seq one below what we expect;
+            // the reference's are duplicate pure ACKs after long silence.
+            let reference_probe = !window_changed
+                && seg.ack == self.send.snd_una()
+                && silence >= PROBE_ANSWER_SILENCE
+                && !probing;
+            if seg.seq.before(self.recv.rcv_nxt()) || reference_probe {
                 self.ack_now = true;
             }
             return;
@@ -2104,6 +2113,31 @@ mod tests {
         }
         assert_eq!(a.state(), State::Established);
         assert_eq!(b.state(), State::Established);
+    }
+
+    #[test]
+    fn reference_style_probes_are_answered_after_silence() {
+        let mut b = acceptor(ConnConfig::default());
+        b.handle_segment(t(5), seg(A, 1, 1, 512, b""));
+        // A duplicate pure ACK soon after traffic is an ordinary ACK.
+        b.handle_segment(t(2_000), seg(A, 1, 1, 512, b""));
+        assert!(out(&mut b, t(2_000)).is_empty());
+        // After a minute of silence the same ACK is the reference's probe.
+        b.handle_segment(t(62_000), seg(A, 1, 1, 512, b""));
+        assert_eq!(out(&mut b, t(62_000)), vec![seg(A, 1, 1, 512, b"")]);
+        // Its next probe, 15 s later, is answered too.
+        b.handle_segment(t(77_000), seg(A, 1, 1, 512, b""));
+        assert_eq!(out(&mut b, t(77_000)).len(), 1);
+    }
+
+    #[test]
+    fn answer_to_our_probe_is_not_answered_back() {
+        let mut a = dialer(ConnConfig::default());
+        a.handle_timeout(t(60_010));
+        assert_eq!(out(&mut a, t(60_010)), vec![seg(A, 0, 1, 512, b"")]);
+        a.handle_segment(t(60_030), seg(A, 1, 1, 512, b""));
+        assert!(out(&mut a, t(60_030)).is_empty(), "no ACK ping-pong");
+        assert_eq!(a.state(), State::Established);
     }
 
     #[test]

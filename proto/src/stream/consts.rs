@@ -113,6 +113,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// (spec/transport.md §9.2).
 pub const KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// A duplicate pure ACK arriving after at least this much silence from the
+/// peer is taken for the reference's keepalive or zero-window probe and
+/// answered (spec/transport.md §9.1).
+pub const PROBE_ANSWER_SILENCE: Duration = Duration::from_secs(10);
+
 /// Unanswered keepalive probes before the connection is closed
 /// (spec/transport.md §9.2).
 pub const KEEPALIVE_PROBES: u32 = 3;
