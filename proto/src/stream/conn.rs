@@ -508,7 +508,22 @@ impl Connection {
     /// Reads delivered data. `Ok(0)` means end of stream;
     /// [`StreamError::WouldBlock`] means nothing yet.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        let before = self.recv.rcv_nxt();
+        let had_fin = self.recv.fin_received();
         let n = self.recv.read(buf);
+        let moved = self.recv.rcv_nxt().since(before);
+        if moved > 0 {
+            // Buffered data moved up into the freed slots: acknowledge it.
+            self.stats.bytes_received += u64::from(moved);
+            self.ack_now = true;
+        }
+        if !had_fin
+            && self.recv.fin_received()
+            && matches!(self.state, State::Established | State::FinWait)
+        {
+            let ack = self.recv.ack_number();
+            self.peer_fin_effective(self.now, ack);
+        }
         if n > 0 {
             self.maybe_window_update();
             return Ok(n);
@@ -2025,6 +2040,81 @@ mod tests {
         // The peer answers with an open window: data flows.
         a.handle_segment(t(7530), seg(A, 1, 1, 4, b""));
         assert_eq!(out(&mut a, t(7530)), vec![seg(A, 1, 1, 512, b"blocked")]);
+    }
+
+    /// Runs a and b with instant delivery until `until`, reading on b only
+    /// from `read_from` on; returns what b read.
+    fn run_pair(
+        a: &mut Connection,
+        b: &mut Connection,
+        until: Instant,
+        read_from: Instant,
+    ) -> Vec<u8> {
+        let mut got = vec![];
+        let mut now = t(0);
+        let mut buf = [0u8; 4096];
+        loop {
+            if now >= read_from {
+                while let Ok(n) = b.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            loop {
+                let sa = out(a, now);
+                let sb = out(b, now);
+                if sa.is_empty() && sb.is_empty() {
+                    break;
+                }
+                sa.into_iter().for_each(|s| b.handle_segment(now, s));
+                sb.into_iter().for_each(|s| a.handle_segment(now, s));
+            }
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .map(|(t, _)| t)
+                .chain((now < read_from).then_some(read_from))
+                .min();
+            match next {
+                Some(n) if n <= until => now = n.max(now),
+                _ => return got,
+            }
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn zero_window_with_data_in_flight_persists_while_peer_answers() {
+        let mut a = dialer(ConnConfig::default());
+        let mut b = Connection::accept(
+            t(0),
+            ConnConfig {
+                recv: RecvConfig {
+                    queue_segments: 4,
+                    ooo_segments: 4,
+                },
+                ..ConnConfig::default()
+            },
+            &seg(Flags::SYN, 0, 0, 512, b""),
+            0,
+        );
+        out(&mut b, t(0));
+        b.handle_segment(t(10), seg(A, 1, 1, 512, b""));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(a.write(t(20), &data), Ok(100_000));
+        // b's application does not read for 200 s.
+        let got = run_pair(&mut a, &mut b, t(400_000), t(200_000));
+        assert!(!a.is_closed(), "{:?}", events(&mut a));
+        assert!(
+            got == data,
+            "got {} bytes; {:?} {:?}",
+            got.len(),
+            a.stats(),
+            a
+        );
     }
 
     #[test]

@@ -386,13 +386,28 @@ impl RecvBuffer {
             }
         }
         self.ready_bytes -= n;
+        self.after_read();
         n
+    }
+
+    /// Reading freed slots: out-of-order data that waited for room (it is
+    /// already contiguous) moves up, and a FIN behind it may take effect.
+    fn after_read(&mut self) {
+        if self
+            .ooo
+            .first()
+            .is_some_and(|(s, _)| s.before_eq(self.rcv_nxt))
+        {
+            self.drain_ooo();
+            self.check_fin();
+        }
     }
 
     /// Takes the next readable chunk without copying.
     pub fn read_chunk(&mut self) -> Option<Bytes> {
         let b = self.ready.pop_front()?;
         self.ready_bytes -= b.len();
+        self.after_read();
         Some(b)
     }
 }
@@ -533,6 +548,9 @@ mod tests {
         assert_eq!(r.ooo_len(), 1, "no slot for the OOO segment yet");
         assert_eq!(r.ack_number(), Seq(40));
         assert_eq!(r.read_chunk().map(|b| b.len()), Some(10));
+        // Reading made room: the waiting segment moved up by itself.
+        assert_eq!(r.ooo_len(), 0);
+        assert_eq!(r.ack_number(), Seq(50));
         assert!(matches!(
             r.on_data(Seq(30), seg(10, 0)),
             DataOutcome::Duplicate
