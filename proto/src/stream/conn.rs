@@ -2261,6 +2261,8 @@ mod tests {
         /// Extra random delay 0..jitter_ms per packet (reorders).
         jitter_ms: u64,
         dup_pct: u32,
+        /// The receiver has a tiny queue and reads in small, intermittent bites.
+        slow_reader: bool,
     }
 
     fn lossy(loss_pct: u32) -> Path {
@@ -2354,7 +2356,19 @@ mod tests {
             }
             if let Some(b) = b.as_mut() {
                 let mut buf = [0u8; 8192];
-                while let Ok(n) = b.read(&mut buf) {
+                let bite = if path.slow_reader { 700 } else { buf.len() };
+                let reading = !path.slow_reader || (now.as_nanos() / 1_000_000) % 300 < 100;
+                let reads = if !reading {
+                    0
+                } else if path.slow_reader {
+                    1
+                } else {
+                    usize::MAX
+                };
+                for _ in 0..reads {
+                    let Ok(n) = b.read(&mut buf[..bite]) else {
+                        break;
+                    };
                     if n == 0 {
                         break;
                     }
@@ -2375,6 +2389,7 @@ mod tests {
             ]
             .into_iter()
             .flatten()
+            .chain(path.slow_reader.then(|| now + Duration::from_millis(7)))
             .min();
             let Some(next) = next else { break };
             now = now.max(next);
@@ -2385,7 +2400,18 @@ mod tests {
                     match b.as_mut() {
                         Some(b) => b.handle_segment(now, s),
                         None if s.flags == Flags::SYN => {
-                            b = Some(Connection::accept(now, ConnConfig::default(), &s, 5000));
+                            let cfg = if path.slow_reader {
+                                ConnConfig {
+                                    recv: RecvConfig {
+                                        queue_segments: 8,
+                                        ooo_segments: 8,
+                                    },
+                                    ..ConnConfig::default()
+                                }
+                            } else {
+                                ConnConfig::default()
+                            };
+                            b = Some(Connection::accept(now, cfg, &s, 5000));
                         }
                         None => {}
                     }
@@ -2451,12 +2477,38 @@ mod tests {
                 loss_pct: 5,
                 jitter_ms: 15,
                 dup_pct: 10,
+                slow_reader: false,
             };
             let (got, a, _) = transfer(seed, path, total, None);
             let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
             assert!(
                 got == expect,
                 "seed {seed}: {} bytes {:?}",
+                got.len(),
+                a.stats()
+            );
+        }
+    }
+
+    #[test]
+    fn slow_reader_with_tiny_window_and_loss_gets_everything() {
+        let seeds = std::env::var("SLOW_SEEDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4u64);
+        for seed in 0..seeds {
+            let total = 60_000;
+            let path = Path {
+                loss_pct: 10,
+                jitter_ms: 5,
+                dup_pct: 5,
+                slow_reader: true,
+            };
+            let (got, a, end) = transfer(seed, path, total, None);
+            let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+            assert!(
+                got == expect,
+                "seed {seed}: {} bytes at {end:?} {:?} {a:?}",
                 got.len(),
                 a.stats()
             );
