@@ -673,6 +673,7 @@ impl Connection {
             // FIN+ACK replies are never answered (no ping-pong).
             if !seg.flags.contains(Flags::ACK) {
                 self.fin_reply_pending = true;
+                self.linger_at = Some(now + self.cfg.time_wait);
             }
             return;
         }
@@ -774,6 +775,14 @@ impl Connection {
             if seg.seq.before(self.recv.rcv_nxt()) || reference_probe {
                 self.ack_now = true;
             }
+            return;
+        }
+        if self.state == State::TimeWait {
+            // The peer still retransmits data we already have: our FIN+ACK
+            // (which acknowledges all of it) was lost. Send it again, and
+            // linger while the peer is still trying.
+            self.fin_reply_pending = true;
+            self.linger_at = Some(now + self.cfg.time_wait);
             return;
         }
         if !matches!(self.state, State::Established | State::FinWait) {
@@ -1818,6 +1827,24 @@ mod tests {
     }
 
     #[test]
+    fn data_retransmitted_into_time_wait_gets_the_fin_ack_again() {
+        let mut b = acceptor(nodelay());
+        b.handle_segment(t(10), seg(A, 1, 1, 512, b"abc"));
+        out(&mut b, t(10));
+        b.handle_segment(t(12), seg(Flags::FIN, 4, 0, 0, b""));
+        assert_eq!(out(&mut b, t(12)), vec![seg(Flags::FIN | A, 1, 5, 0, b"")]);
+        // That FIN+ACK was lost; the peer retransmits its data.
+        b.handle_segment(t(1012), seg(A, 1, 1, 512, b"abc"));
+        assert_eq!(
+            out(&mut b, t(1012)),
+            vec![seg(Flags::FIN | A, 1, 5, 0, b"")]
+        );
+        // Pure ACKs in TIME_WAIT stay unanswered.
+        b.handle_segment(t(1013), seg(A, 5, 2, 512, b""));
+        assert!(out(&mut b, t(1013)).is_empty());
+    }
+
+    #[test]
     fn fin_waits_for_missing_data() {
         let mut b = acceptor(nodelay());
         b.handle_segment(t(10), seg(A, 1, 1, 512, b"abc"));
@@ -2433,10 +2460,22 @@ mod tests {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(8u64);
-        for seed in 0..seeds {
+        let from = std::env::var("LOSSY_FROM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64);
+        for seed in from..from + seeds {
             let total = 200_000;
             let loss = if seed % 2 == 0 { 25 } else { 20 };
-            let (got, a, end) = transfer(seed, lossy(loss), total, None);
+            let (got, mut a, end) = transfer(seed, lossy(loss), total, None);
+            let evs = events(&mut a);
+            if evs.contains(&Event::Reset(ResetReason::DialTimeout)) {
+                // All 8 SYNs or their answers lost (0.44^8 ≈ 0.1 %): the
+                // reference's dial budget, kept as is. Not a data failure.
+                assert!(got.is_empty());
+                continue;
+            }
+            assert_eq!(evs.last(), Some(&Event::Closed), "seed {seed}: {evs:?}");
             let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
             assert_eq!(
                 got.len(),
@@ -2512,6 +2551,106 @@ mod tests {
                 got.len(),
                 a.stats()
             );
+        }
+    }
+
+    /// Both sides send `total` bytes to each other at once over a lossy
+    /// path; returns what each received and the end time.
+    fn exchange(seed: u64, loss_pct: u32, total: usize) -> ([Vec<u8>; 2], Instant) {
+        let mut pipe = Pipe {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            path: lossy(loss_pct),
+            delay: Duration::from_millis(15),
+            inflight: vec![],
+            dead: false,
+            busy_until: [Instant::ZERO; 2],
+        };
+        let data: Vec<u8> = (0..total).map(|i| (i * 13 + i / 97) as u8).collect();
+        let mut c = [
+            Some(Connection::connect(t(0), ConnConfig::default(), 77)),
+            None,
+        ];
+        let mut written = [0usize; 2];
+        let mut got: [Vec<u8>; 2] = [vec![], vec![]];
+        let mut now = t(0);
+        for _ in 0..2_000_000 {
+            for i in 0..2 {
+                let Some(conn) = c[i].as_mut() else { continue };
+                if conn.state() == State::Established && written[i] < total {
+                    written[i] += conn.write(now, &data[written[i]..]).unwrap_or(0);
+                }
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got[i].extend_from_slice(&buf[..n]);
+                }
+                // Close once everything was received and sent.
+                if got[i].len() == total
+                    && written[i] == total
+                    && conn.state() == State::Established
+                {
+                    conn.shutdown(now);
+                }
+                while let Some(s) = conn.poll_segment(now) {
+                    pipe.send(now, i == 0, s);
+                }
+            }
+            if c.iter().all(|x| x.as_ref().is_some_and(|x| x.is_closed())) {
+                break;
+            }
+            let next = pipe
+                .inflight
+                .iter()
+                .map(|p| p.0)
+                .chain(
+                    c.iter()
+                        .flatten()
+                        .filter_map(|x| x.poll_timeout())
+                        .map(|x| x.0),
+                )
+                .min();
+            let Some(next) = next else { break };
+            now = now.max(next);
+            let (due, rest): (Vec<_>, Vec<_>) = pipe.inflight.drain(..).partition(|p| p.0 <= now);
+            pipe.inflight = rest;
+            for (_, to_b, s) in due {
+                let i = usize::from(to_b);
+                match c[i].as_mut() {
+                    Some(conn) => conn.handle_segment(now, s),
+                    None if s.flags == Flags::SYN => {
+                        c[i] = Some(Connection::accept(now, ConnConfig::default(), &s, 99));
+                    }
+                    None => {}
+                }
+            }
+            for conn in c.iter_mut().flatten() {
+                conn.handle_timeout(now);
+            }
+        }
+        (got, now)
+    }
+
+    #[test]
+    fn bidirectional_transfer_over_lossy_path() {
+        let seeds = std::env::var("BIDI_SEEDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4u64);
+        for seed in 0..seeds {
+            let total = 120_000;
+            let ([ga, gb], end) = exchange(seed, 15, total);
+            let expect: Vec<u8> = (0..total).map(|i| (i * 13 + i / 97) as u8).collect();
+            assert!(
+                ga == expect && gb == expect,
+                "seed {seed}: {} / {} bytes",
+                ga.len(),
+                gb.len()
+            );
+            if std::env::var("TRACE_STATS").is_ok() {
+                eprintln!("seed {seed}: {end:?}");
+            }
         }
     }
 
