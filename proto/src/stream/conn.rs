@@ -2518,7 +2518,7 @@ mod tests {
                 dup_pct: 10,
                 slow_reader: false,
             };
-            let (got, a, _) = transfer(seed, path, total, None);
+            let (got, mut a, _) = transfer(seed, path, total, None);
             let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
             assert!(
                 got == expect,
@@ -2526,6 +2526,8 @@ mod tests {
                 got.len(),
                 a.stats()
             );
+            let evs = events(&mut a);
+            assert_eq!(evs.last(), Some(&Event::Closed), "seed {seed}: {evs:?}");
         }
     }
 
@@ -2543,8 +2545,10 @@ mod tests {
                 dup_pct: 5,
                 slow_reader: true,
             };
-            let (got, a, end) = transfer(seed, path, total, None);
+            let (got, mut a, end) = transfer(seed, path, total, None);
             let expect: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+            let evs = events(&mut a);
+            assert_eq!(evs.last(), Some(&Event::Closed), "seed {seed}: {evs:?}");
             assert!(
                 got == expect,
                 "seed {seed}: {} bytes at {end:?} {:?} {a:?}",
