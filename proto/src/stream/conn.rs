@@ -2690,6 +2690,23 @@ mod tests {
         let secs = end.as_nanos() / 1_000_000_000;
         assert!((30..=40).contains(&secs), "detected after {secs} s");
     }
+
+    #[test]
+    fn dead_peer_on_a_lossy_path_is_detected_promptly() {
+        for seed in 0..6 {
+            let (_, mut a, end) = transfer(seed, lossy(20), 5_000_000, Some(t(3_000)));
+            let evs = events(&mut a);
+            assert!(
+                evs.contains(&Event::Reset(ResetReason::TimedOut)),
+                "seed {seed}: {evs:?}"
+            );
+            let secs = end.as_nanos() / 1_000_000_000;
+            assert!(
+                (30..=45).contains(&secs),
+                "seed {seed}: detected at {secs} s"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
