@@ -439,8 +439,10 @@ impl Connection {
         self.state
     }
 
-    /// True once the owner may drop this connection. A dialing connection
-    /// is never reapable until its dial has failed or succeeded.
+    /// True once the owner may drop this connection (after draining
+    /// [`Connection::poll_segment`], which may still hold an RST, and
+    /// [`Connection::poll_event`]). A dialing connection is never reapable
+    /// until its dial has failed or succeeded.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
