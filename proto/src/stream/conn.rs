@@ -349,8 +349,9 @@ impl core::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn new(now: Instant, cfg: ConnConfig, role: Role, isn: Seq, rcv_nxt: Seq) -> Self {
-        let mss = cfg.mss.max(1);
+    fn new(now: Instant, mut cfg: ConnConfig, role: Role, isn: Seq, rcv_nxt: Seq) -> Self {
+        cfg.mss = cfg.mss.max(1);
+        let mss = cfg.mss;
         let send_cfg = SendConfig {
             mss,
             capacity: cfg.send_capacity,
