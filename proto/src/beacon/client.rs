@@ -1,0 +1,1 @@
+//! Node-side beacon client (`spec/beacon.md` §4).

@@ -1,0 +1,1 @@
+//! Per-peer path selection (`spec/beacon.md` §5).
