@@ -1,4 +1,5 @@
-//! Fuzz-target bodies for the wire codecs (`spec/wire.md`).
+//! Fuzz-target bodies for the wire codecs (`spec/wire.md`) and the beacon
+//! server (`spec/beacon.md`; `beacon_server` runs scripts, not one message).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -8,6 +9,7 @@
 
 pub mod addr;
 pub mod beacon;
+pub mod beacon_server;
 pub mod packet;
 pub mod tunnel;
 
