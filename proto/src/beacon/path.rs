@@ -254,6 +254,15 @@ impl PathTable {
         self.entry(peer).is_some() && self.mark_relay(now, peer, RelayFlag::Pinned(reason))
     }
 
+    /// Sends `peer` via the beacon until direct traffic clears it (unpinned),
+    /// e.g. when key-exchange retransmissions switch to relay. False if
+    /// refused (no beacon, table or relay cap full).
+    pub fn relay_unpinned(&mut self, now: Instant, peer: u32) -> bool {
+        self.cfg.beacon.is_some()
+            && self.entry(peer).is_some()
+            && self.mark_relay(now, peer, RelayFlag::Unpinned)
+    }
+
     /// Drops any relay flag ("prefer direct"), unless the peer is relay-only.
     pub fn prefer_direct(&mut self, peer: u32) {
         if self.peers.get(&peer).is_some_and(|p| !p.view.relay_only) {
@@ -472,6 +481,12 @@ impl PathTable {
         let Some(p) = self.peers.get_mut(&peer) else {
             return false;
         };
+        // A relay-only peer is only ever pinned for that reason.
+        let flag = if p.view.relay_only {
+            RelayFlag::Pinned(PinReason::RelayOnly)
+        } else {
+            flag
+        };
         let was = p.view.flag;
         match (was, flag) {
             (RelayFlag::Direct, _) if cap_reached => {
@@ -538,6 +553,7 @@ impl PathTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const BEACON: &str = "192.0.2.100:9001";
 
@@ -779,6 +795,147 @@ mod tests {
         assert!(!p.set_endpoint(3, ep(PEER_EP)));
         assert!(p.set_endpoint(2, ep("198.51.100.9:1")));
         assert_eq!(p.peer(3), None);
+    }
+
+    #[test]
+    fn unpinned_mark_never_weakens_a_pin() {
+        let mut p = table();
+        p.set_endpoint(9, ep(PEER_EP));
+        assert!(p.relay_unpinned(t(0), 9));
+        assert_eq!(flag(&p, 9), RelayFlag::Unpinned);
+        assert!(p.pin_relay(t(0), 9, PinReason::Other));
+        assert!(p.relay_unpinned(t(0), 9));
+        assert_eq!(flag(&p, 9), RelayFlag::Pinned(PinReason::Other));
+        assert_eq!(p.relay_peer_count(), 1);
+        assert!(!PathTable::new(PathConfig::new(None)).relay_unpinned(t(0), 9));
+    }
+
+    /// One call into the table, for the state-machine property test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Endpoint(u32, u16),
+        RelayOnly(u32, bool),
+        Pin(u32),
+        Unpinned(u32),
+        PreferDirect(u32),
+        Direct(u32, bool),
+        Relayed(u32),
+        Send(u32),
+        Error(u32, u8),
+        DialFailed(u32),
+        DialDone(u32, bool),
+        Remove(u32),
+        Advance(u16),
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        let peer = 0u32..6;
+        prop_oneof![
+            (peer.clone(), 1u16..4).prop_map(|(p, e)| Op::Endpoint(p, e)),
+            (peer.clone(), any::<bool>()).prop_map(|(p, b)| Op::RelayOnly(p, b)),
+            peer.clone().prop_map(Op::Pin),
+            peer.clone().prop_map(Op::Unpinned),
+            peer.clone().prop_map(Op::PreferDirect),
+            (peer.clone(), any::<bool>()).prop_map(|(p, b)| Op::Direct(p, b)),
+            peer.clone().prop_map(Op::Relayed),
+            peer.clone().prop_map(Op::Send),
+            (peer.clone(), 0u8..4).prop_map(|(p, k)| Op::Error(p, k)),
+            peer.clone().prop_map(Op::DialFailed),
+            (peer.clone(), any::<bool>()).prop_map(|(p, b)| Op::DialDone(p, b)),
+            peer.prop_map(Op::Remove),
+            (0u16..20_000).prop_map(Op::Advance),
+        ]
+    }
+
+    /// Counters and the re-probe schedule agree with the per-peer state.
+    fn check_invariants(p: &PathTable, cfg: &PathConfig) {
+        let relay: Vec<u32> = p
+            .peers
+            .iter()
+            .filter(|(_, x)| x.view.flag != RelayFlag::Direct)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(p.relay_count, relay.len());
+        assert!(p.relay_count <= cfg.max_relay_peers);
+        assert!(p.peers.len() <= cfg.max_peers);
+        for (id, x) in &p.peers {
+            match x.reprobe_at {
+                Some(at) => {
+                    assert!(p.reprobes.contains(&(at, *id)));
+                    assert_ne!(x.view.flag, RelayFlag::Direct);
+                }
+                None => assert!(
+                    x.view.flag == RelayFlag::Direct || x.view.relay_only,
+                    "relay peer {id} without a re-probe: {x:?}"
+                ),
+            }
+            if x.view.relay_only {
+                // Direct only if the relay cap refused the pin.
+                assert!(matches!(
+                    x.view.flag,
+                    RelayFlag::Pinned(PinReason::RelayOnly) | RelayFlag::Direct
+                ));
+            }
+        }
+        assert_eq!(
+            p.reprobes.len(),
+            p.peers.values().filter(|x| x.reprobe_at.is_some()).count()
+        );
+        assert!(p.events.len() <= EVENT_QUEUE);
+    }
+
+    proptest! {
+        #[test]
+        fn path_table_invariants_hold(ops in proptest::collection::vec(arb_op(), 0..200)) {
+            let mut cfg = PathConfig::new(Some(ep(BEACON)));
+            cfg.max_peers = 5;
+            cfg.max_relay_peers = 3;
+            let mut p = PathTable::new(cfg);
+            let mut now = 0u64;
+            for op in ops {
+                let n = t(now);
+                let peer_ep = |e: u16| SocketAddr::from(([198, 51, 100, 9], e));
+                match op {
+                    Op::Endpoint(x, e) => { p.set_endpoint(x, peer_ep(e)); }
+                    Op::RelayOnly(x, b) => p.set_relay_only(n, x, b),
+                    Op::Pin(x) => { p.pin_relay(n, x, PinReason::Other); }
+                    Op::Unpinned(x) => { p.relay_unpinned(n, x); }
+                    Op::PreferDirect(x) => p.prefer_direct(x),
+                    Op::Direct(x, via_beacon) => {
+                        let from = if via_beacon { ep(BEACON) } else { peer_ep(7) };
+                        p.on_direct_decrypt(n, x, from);
+                    }
+                    Op::Relayed(x) => { p.on_relay_decrypt(n, x); }
+                    Op::Send(x) => p.on_direct_send(n, x),
+                    Op::Error(x, k) => {
+                        let kind = [
+                            SendErrorKind::ConnectionRefused,
+                            SendErrorKind::HostUnreachable,
+                            SendErrorKind::NetworkUnreachable,
+                            SendErrorKind::Other,
+                        ][usize::from(k)];
+                        p.on_send_error(n, x, kind);
+                    }
+                    Op::DialFailed(x) => { p.on_dial_attempt_failed(n, x); }
+                    Op::DialDone(x, ok) => p.on_dial_finished(x, ok),
+                    Op::Remove(x) => p.remove(x),
+                    Op::Advance(ms) => {
+                        now += u64::from(ms);
+                        p.handle_timeout(t(now));
+                        if let Some(at) = p.poll_timeout() {
+                            prop_assert!(at > t(now), "a due re-probe was left");
+                        }
+                    }
+                }
+                check_invariants(&p, &cfg);
+                // A relay-flagged peer is routed via the beacon.
+                for x in 0..6 {
+                    if p.peer(x).is_some_and(|v| v.flag != RelayFlag::Direct) {
+                        prop_assert_eq!(p.route(x), Route::Relay(ep(BEACON)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

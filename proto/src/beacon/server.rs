@@ -34,6 +34,12 @@ pub const NODE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often idle rate buckets are swept (`spec/beacon.md` §3.3).
 pub const BUCKET_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Sent-datagram buffers kept for reuse.
+const SPARE_BUFFERS: usize = 256;
+/// Largest buffer kept for reuse; buffers of bigger (rare, jumbo) datagrams
+/// are freed.
+const SPARE_BUFFER_MAX: usize = 2048;
+
 /// Token units per packet: buckets count in billionths of a packet so the
 /// refill is exact in nanoseconds.
 const TOKEN: u64 = 1_000_000_000;
@@ -201,6 +207,9 @@ pub struct BeaconServer {
     peers: Vec<PeerBeacon>,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// Buffers of sent datagrams, reused so steady relaying does not
+    /// allocate; at most [`SPARE_BUFFERS`].
+    spare: Vec<Vec<u8>>,
     next_node_sweep: Instant,
     next_bucket_sweep: Instant,
     next_gossip: Instant,
@@ -220,6 +229,7 @@ impl BeaconServer {
             peers: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            spare: Vec::new(),
             stats: ServerStats::default(),
         }
     }
@@ -408,17 +418,20 @@ impl BeaconServer {
     /// `buf` is dropped (counted); a buffer of 65 544 bytes fits everything.
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(q) = self.queue.pop_front() {
-            self.queued_bytes = self.queued_bytes.saturating_sub(q.bytes.len());
-            match buf.get_mut(..q.bytes.len()) {
+            let len = q.bytes.len();
+            self.queued_bytes = self.queued_bytes.saturating_sub(len);
+            let fits = match buf.get_mut(..len) {
                 Some(dst) => {
                     dst.copy_from_slice(&q.bytes);
-                    return Some(Transmit {
-                        dst: q.dst,
-                        len: q.bytes.len(),
-                    });
+                    true
                 }
-                None => self.stats.buffer_too_small += 1,
+                None => false,
+            };
+            self.recycle(q.bytes);
+            if fits {
+                return Some(Transmit { dst: q.dst, len });
             }
+            self.stats.buffer_too_small += 1;
         }
         None
     }
@@ -559,16 +572,19 @@ impl BeaconServer {
 
     /// Replaces peer `i`'s node list with the listed nodes not served here.
     fn apply_sync(&mut self, now: Instant, i: usize, nodes: NodeIds<'_>) {
-        let local: BTreeSet<u32> = nodes
-            .iter()
-            .filter(|n| self.live(*n, now).is_some())
-            .collect();
+        let ttl = self.cfg.node_ttl;
+        let local = &self.nodes;
+        let is_local = |n: &u32| {
+            local
+                .get(n)
+                .is_some_and(|e| now.saturating_duration_since(e.last_seen) < ttl)
+        };
         let Some(p) = self.peers.get_mut(i) else {
             return;
         };
         p.nodes.clear();
         p.nodes
-            .extend(nodes.iter().filter(|n| *n != 0 && !local.contains(n)));
+            .extend(nodes.iter().filter(|n| *n != 0 && !is_local(n)));
         p.last_sync = Some(now);
     }
 
@@ -609,8 +625,10 @@ impl BeaconServer {
         if !self.has_room(len) {
             return false;
         }
-        let mut bytes = vec![0u8; len];
+        let mut bytes = self.buffer();
+        bytes.resize(len, 0);
         if msg.encode(&mut bytes).is_err() {
+            self.recycle(bytes);
             return false;
         }
         self.enqueue(dst, bytes);
@@ -622,8 +640,25 @@ impl BeaconServer {
         if !self.has_room(bytes.len()) {
             return false;
         }
-        self.enqueue(dst, bytes.to_vec());
+        let mut owned = self.buffer();
+        owned.extend_from_slice(bytes);
+        self.enqueue(dst, owned);
         true
+    }
+
+    /// An empty buffer, reused if one is spare.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Keeps a sent datagram's buffer for reuse, up to [`SPARE_BUFFERS`]
+    /// of them and only if it is not oversized.
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && b.capacity() <= SPARE_BUFFER_MAX {
+            self.spare.push(b);
+        }
     }
 
     /// Whether a datagram of `len` bytes fits the queue's bounds.
