@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use super::{DISCOVER_INTERVAL, PUNCH_FRAMES, Transmit, same_endpoint};
 use crate::time::Instant;
 use crate::wire::EncodeError;
-use crate::wire::beacon::{BeaconMsg, NOTIFY_HANDSHAKE};
+use crate::wire::beacon::{BEACON_TYPE_LIMIT, BeaconMsg, NOTIFY_HANDSHAKE};
 use crate::wire::tunnel::MAGIC_PILP;
 
 /// Most datagrams the client queues (`spec/beacon.md` §4).
@@ -80,6 +80,8 @@ pub struct ClientStats {
     pub not_from_beacon: u64,
     /// Messages a node does not act on (requests, 0x09, unknown notify).
     pub ignored: u64,
+    /// Relay deliveries whose inner frame is itself a beacon message.
+    pub nested: u64,
     /// Outputs dropped because the queue was full.
     pub queue_full: u64,
     /// Outputs dropped because the caller's buffer was too small.
@@ -194,6 +196,14 @@ impl BeaconClient {
                     self.push(Out::Pilp(endpoint));
                 }
                 Some(BeaconEvent::Punch(endpoint))
+            }
+            // A beacon message nested in a delivery would let any node
+            // speak with the beacon's authority: only tunnel frames count.
+            BeaconMsg::RelayDeliver { inner, .. }
+                if inner.first().is_none_or(|&b| b < BEACON_TYPE_LIMIT) =>
+            {
+                self.stats.nested += 1;
+                None
             }
             BeaconMsg::RelayDeliver { source, inner } => Some(BeaconEvent::Relayed {
                 claimed_source: source,
@@ -402,6 +412,18 @@ mod tests {
         );
         assert_eq!(c.stats().ignored, 3);
         assert_eq!(c.stats().malformed, 1);
+    }
+
+    #[test]
+    fn nested_beacon_messages_in_a_delivery_are_dropped() {
+        let mut c = client();
+        // A node relays a punch command to us: it must not act as one.
+        let d = [6, 0, 0, 0, 9, 0x04, 4, 198, 51, 100, 10, 0x13, 0x88];
+        assert_eq!(c.handle_datagram(t(0), ep(BEACON), &d), None);
+        let d = b"\x06\0\0\0\x09\x06\0\0\0\x05PILS";
+        assert_eq!(c.handle_datagram(t(0), ep(BEACON), d), None);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.stats().nested, 2);
     }
 
     #[test]

@@ -25,7 +25,8 @@ use super::{
 };
 use crate::time::Instant;
 use crate::wire::beacon::{
-    BeaconMsg, MAX_RELAY_PAYLOAD, NOTIFY_HANDSHAKE, NodeIds, PunchGrant, punch_grant_message,
+    BEACON_TYPE_LIMIT, BeaconMsg, MAX_RELAY_PAYLOAD, NOTIFY_HANDSHAKE, NodeIds, PunchGrant,
+    punch_grant_message,
 };
 
 /// How often stale node entries and peer lists are swept (`spec/beacon.md`
@@ -157,6 +158,8 @@ pub struct ServerStats {
     pub unknown_destination: u64,
     /// Relays whose inner frame exceeds 65535 bytes.
     pub oversized: u64,
+    /// Relays whose inner frame is a beacon message.
+    pub nested: u64,
     /// Relays handed to a peer beacon.
     pub forwarded: u64,
     /// Relays delivered to a registered endpoint.
@@ -297,6 +300,12 @@ impl BeaconServer {
             } => {
                 if inner.len() > MAX_RELAY_PAYLOAD {
                     self.stats.oversized += 1;
+                    return;
+                }
+                // Only tunnel frames are relayed: a wrapped beacon message
+                // would reach the destination as if the beacon sent it.
+                if inner.first().is_none_or(|&b| b < BEACON_TYPE_LIMIT) {
+                    self.stats.nested += 1;
                     return;
                 }
                 // Peer beacons are trusted to have rate-limited their own
@@ -827,6 +836,13 @@ mod tests {
         drain(&mut s);
         s.handle_datagram(t(0), ep("192.0.2.5:5"), &relay(5, 7, b"PILS"));
         assert!(drain(&mut s).is_empty());
+        s.handle_datagram(
+            t(0),
+            ep("192.0.2.5:5"),
+            &relay(5, 9, &[4, 4, 1, 2, 3, 4, 0, 1]),
+        );
+        assert!(drain(&mut s).is_empty(), "nested beacon message");
+        assert_eq!(s.stats().nested, 1);
         let big = vec![0x50; MAX_RELAY_PAYLOAD + 1];
         s.handle_datagram(t(0), ep("192.0.2.5:5"), &relay(5, 9, &big));
         assert!(drain(&mut s).is_empty());
