@@ -440,6 +440,23 @@ mod tests {
         assert!(c.wrap_relay(9, b"PILSxy", &mut out[..10]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn strangers_cannot_make_the_client_act(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            ty in 0u8..16,
+            port in 1u16..,
+        ) {
+            let mut c = client();
+            let mut b = bytes;
+            b.insert(0, ty);
+            let stranger = SocketAddr::from(([192, 0, 2, 66], port));
+            proptest::prop_assert_eq!(c.handle_datagram(t(0), stranger, &b), None);
+            proptest::prop_assert!(drain(&mut c).is_empty());
+            proptest::prop_assert_eq!(c.public_endpoint(), None);
+        }
+    }
+
     #[test]
     fn queue_is_bounded() {
         let mut c = client();
