@@ -17,6 +17,7 @@
 )]
 
 pub mod addr;
+pub mod beacon;
 pub mod stream;
 pub mod time;
 pub mod wire;

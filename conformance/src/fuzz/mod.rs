@@ -1,5 +1,6 @@
-//! Fuzz-target bodies for the wire codecs (`spec/wire.md`) and the IPC
-//! codec (`spec/ipc.md`).
+//! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
+//! (`spec/ipc.md`) and the beacon server (`spec/beacon.md`; `beacon_server`
+//! runs scripts, not one message).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -9,6 +10,7 @@
 
 pub mod addr;
 pub mod beacon;
+pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
 pub mod tunnel;
@@ -35,7 +37,7 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &["addr", "beacon", "beacon_server", "ipc", "packet", "tunnel"];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -47,6 +49,7 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
         "beacon" => &["wire_beacon.json"],
         "ipc" => &["ipc.json"],
+        "beacon_server" => &["wire_beacon.json"],
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()
