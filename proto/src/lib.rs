@@ -17,5 +17,6 @@
 )]
 
 pub mod addr;
+pub mod crypto;
 pub mod time;
 pub mod wire;
