@@ -11,9 +11,14 @@
 pub mod envelope;
 pub mod identity;
 pub mod kdf;
+pub mod kx;
 pub mod params;
+pub mod pending;
 pub mod profile;
 pub mod provider;
+pub mod ratelimit;
 pub mod replay;
+pub mod salvage;
+pub mod session;
 
 pub use profile::WireProfile;
