@@ -8,9 +8,10 @@ use pilot_proto::crypto::WireProfile;
 use pilot_proto::crypto::envelope::{Envelope, OpenError};
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::kdf::derive_session_key;
-use pilot_proto::crypto::kx::{self, KxError, PilaAuth};
+use pilot_proto::crypto::kx::{self, KeyExchange, KxError, PilaAuth};
 use pilot_proto::crypto::provider::{CryptoProvider, RustCrypto};
 use pilot_proto::crypto::replay::{ReplayWindow, Verdict};
+use pilot_proto::wire::tunnel::Frame;
 use serde_json::Value;
 
 fn arr<const N: usize>(v: &Value, key: &str) -> [u8; N] {
@@ -86,13 +87,18 @@ fn pilk_frames() {
     for v in of_kind("pilk") {
         let t = TunnelKey::from_secret(&p, arr(&v, "x25519_priv"));
         let mut buf = [0u8; 64];
-        let n = kx::build_pilk(num(&v, "node") as u32, &t, &mut buf).unwrap();
-        assert_eq!(
-            &buf[..n],
-            unhex(field(&v, "frame")).as_slice(),
-            "{}",
-            name(&v)
-        );
+        let node = num(&v, "node") as u32;
+        let n = kx::build_pilk(node, &t, &mut buf).unwrap();
+        let frame = unhex(field(&v, "frame"));
+        assert_eq!(&buf[..n], frame.as_slice(), "{}", name(&v));
+        // The wire decoder yields the same key exchange.
+        let kx = KeyExchange::from_frame(&Frame::decode(&frame).unwrap()).unwrap();
+        let expected = KeyExchange {
+            sender: node,
+            x25519: *t.public(),
+            auth: None,
+        };
+        assert_eq!(kx, expected);
     }
 }
 
@@ -110,16 +116,16 @@ fn pila_frames() {
         );
         let mut buf = [0u8; 200];
         let n = kx::build_pila(&p, node, &t, &id, &mut buf).unwrap();
-        assert_eq!(
-            &buf[..n],
-            unhex(field(&v, "frame")).as_slice(),
-            "{}",
-            name(&v)
-        );
+        let frame = unhex(field(&v, "frame"));
+        assert_eq!(&buf[..n], frame.as_slice(), "{}", name(&v));
         let auth = PilaAuth {
             ed25519: *id.public(),
             signature: arr(&v, "signature"),
         };
+        // The wire decoder yields the same key exchange.
+        let kx = KeyExchange::from_frame(&Frame::decode(&frame).unwrap()).unwrap();
+        assert_eq!(kx.auth, Some(auth));
+        assert_eq!((kx.sender, kx.x25519), (node, *t.public()));
         assert_eq!(
             kx::verify_pila(&p, node, t.public(), &auth, Some(id.public())),
             Ok(())
@@ -149,6 +155,20 @@ fn pils_frames_seal_and_open() {
         }
         let n = tx.seal_to(&p, sender, &pt, &mut buf).unwrap();
         assert_eq!(&buf[..n], frame.as_slice(), "{}", name(&v));
+        // The wire decoder sees the same header fields.
+        match Frame::decode(&frame).unwrap() {
+            Frame::Pils {
+                sender: s,
+                nonce,
+                sealed,
+            } => {
+                assert_eq!(s, sender);
+                assert_eq!(&nonce[..4], &arr::<4>(&v, "prefix"));
+                assert_eq!(u64::from_be_bytes(nonce[4..].try_into().unwrap()), counter);
+                assert_eq!(sealed.len(), pt.len() + 16);
+            }
+            other => panic!("{}: decoded as {other:?}", name(&v)),
+        }
         // Open in place on a fresh receiver.
         let mut rx = Envelope::new(&p, prof, &key, [0; 4]);
         let mut f = frame.clone();

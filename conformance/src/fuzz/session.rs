@@ -3,7 +3,9 @@
 //! The input is turned into a sequence of operations (key exchanges with
 //! right and wrong keys, valid, replayed, forged and raw PILS frames, sends,
 //! timers, removals) applied to one table that uses the no-security
-//! provider, so forged-but-valid frames reach every state. Besides "never
+//! provider, so forged-but-valid frames reach every state. Arbitrary
+//! datagrams also go through the wire decoder and are routed as the node
+//! will route them. Besides "never
 //! panics", it checks invariants: frames fit the buffer, queues stay within
 //! their bounds, and an opened frame yields exactly what the peer sealed.
 
@@ -17,6 +19,7 @@ use pilot_proto::crypto::params::PENDING_PER_PEER;
 use pilot_proto::crypto::provider::insecure::InsecureProvider;
 use pilot_proto::crypto::session::{KxSource, SessionConfig, SessionEvent, SessionTable};
 use pilot_proto::time::Instant;
+use pilot_proto::wire::tunnel::Frame;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
@@ -65,6 +68,11 @@ enum Op {
     },
     Raw {
         bytes: Vec<u8>,
+    },
+    Datagram {
+        bytes: Vec<u8>,
+        relayed: bool,
+        known: bool,
     },
     Advance {
         ms: u16,
@@ -262,6 +270,31 @@ pub fn run_reach(data: &[u8]) -> Reach {
             }
             Op::Raw { mut bytes } => {
                 let _ = table.open_in_place(now, &mut bytes);
+            }
+            Op::Datagram {
+                bytes,
+                relayed,
+                known,
+            } => {
+                // Route an arbitrary datagram the way the node will.
+                let mut copy = bytes.clone();
+                match Frame::decode(&bytes) {
+                    Ok(Frame::Pils { .. }) => {
+                        let _ = table.open_in_place(now, &mut copy);
+                    }
+                    Ok(f) => {
+                        if let Some(kx) = KeyExchange::from_frame(&f) {
+                            let reg = kx.auth.map(|a| a.ed25519).filter(|_| known);
+                            let src = if relayed {
+                                KxSource::Relayed(kx.sender)
+                            } else {
+                                KxSource::Direct(core::net::IpAddr::from([127, 0, 0, 9]))
+                            };
+                            let _ = table.handle_key_exchange(now, src, &kx, reg.as_ref());
+                        }
+                    }
+                    Err(_) => {}
+                }
             }
             Op::Advance { ms } => now = now + core::time::Duration::from_millis(u64::from(ms)),
             Op::AdvanceLong { secs } => {

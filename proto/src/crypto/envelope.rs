@@ -14,12 +14,8 @@ use super::profile::{ProfileRules, WireProfile};
 use super::provider::CryptoProvider;
 use super::replay::{ReplayWindow, Verdict};
 
-/// PILS magic. spec/wire.md §3.2
-pub const PILS_MAGIC: &[u8; 4] = b"PILS";
-/// Bytes before the ciphertext: magic, sender, nonce. spec/wire.md §3.2
-pub const PILS_HEADER_LEN: usize = 4 + 4 + NONCE_LEN;
-/// Total overhead of the envelope over the plaintext packet. spec/wire.md §3.2
-pub const PILS_OVERHEAD: usize = PILS_HEADER_LEN + TAG_LEN;
+use crate::wire::tunnel::{MAGIC_PILS, pils_header};
+pub use crate::wire::tunnel::{PILS_HEADER_LEN, PILS_OVERHEAD};
 
 /// Why a frame could not be sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +72,7 @@ impl PilsHeader {
     /// Parses the header of a PILS frame, checking only the magic and the
     /// minimum length (header + tag).
     pub fn parse(frame: &[u8]) -> Result<Self, OpenError> {
-        if frame.len() < PILS_OVERHEAD || frame.get(..4) != Some(PILS_MAGIC) {
+        if frame.len() < PILS_OVERHEAD || frame.get(..4) != Some(&MAGIC_PILS[..]) {
             return Err(OpenError::Malformed);
         }
         let sender = frame
@@ -183,9 +179,7 @@ impl<P: CryptoProvider> Envelope<P> {
         // Commit the counter only once the nonce was really used.
         self.counter = counter;
         tag_out.copy_from_slice(&tag);
-        header[..4].copy_from_slice(PILS_MAGIC);
-        header[4..8].copy_from_slice(&sender.to_be_bytes());
-        header[8..].copy_from_slice(&nonce);
+        pils_header(header, sender, &nonce).map_err(|_| SealError::BufferTooSmall { need })?;
         Ok(need)
     }
 
@@ -349,7 +343,7 @@ mod tests {
         );
         assert_eq!(e.counter(), 0);
         let mut short = [0u8; PILS_OVERHEAD - 1];
-        short[..4].copy_from_slice(PILS_MAGIC);
+        short[..4].copy_from_slice(&MAGIC_PILS);
         assert_eq!(e.open_in_place(&p, &mut short), Err(OpenError::Malformed));
         // Exactly header + tag: an empty plaintext is still authenticated.
         let mut frame = [0u8; PILS_OVERHEAD];

@@ -3,17 +3,9 @@
 //! `"auth" ‖ node u32 BE ‖ x25519_pub` (no colon).
 
 use super::identity::{Identity, TunnelKey};
-use super::params::PILA_CHALLENGE_PREFIX;
 use super::provider::CryptoProvider;
-
-/// PILK magic. spec/wire.md §3.3
-pub const PILK_MAGIC: &[u8; 4] = b"PILK";
-/// PILA magic. spec/wire.md §3.4
-pub const PILA_MAGIC: &[u8; 4] = b"PILA";
-/// Encoded length of a PILK frame. spec/wire.md §3.3
-pub const PILK_LEN: usize = 40;
-/// Encoded length of a PILA frame. spec/wire.md §3.4
-pub const PILA_LEN: usize = 136;
+use crate::wire::tunnel::Frame;
+pub use crate::wire::tunnel::{PILA_LEN, PILK_LEN};
 
 /// The authentication part of a PILA frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +25,30 @@ pub struct KeyExchange {
     pub x25519: [u8; 32],
     /// Present for PILA.
     pub auth: Option<PilaAuth>,
+}
+
+impl KeyExchange {
+    /// The key exchange carried by a decoded tunnel frame, if it is one.
+    pub fn from_frame(frame: &Frame<'_>) -> Option<Self> {
+        match *frame {
+            Frame::Pilk { sender, x25519 } => Some(KeyExchange {
+                sender,
+                x25519,
+                auth: None,
+            }),
+            Frame::Pila {
+                sender,
+                x25519,
+                ed25519,
+                signature,
+            } => Some(KeyExchange {
+                sender,
+                x25519,
+                auth: Some(PilaAuth { ed25519, signature }),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Why a key exchange was not accepted.
@@ -56,24 +72,20 @@ pub enum KxError {
     BadSignature,
 }
 
-/// The 40-byte message signed in a PILA frame.
+/// The 40-byte message signed in a PILA frame: `"auth"` ‖ sender u32 BE ‖
+/// X25519 key (no colon). The wire module owns the layout.
 pub fn challenge(sender: u32, x25519: &[u8; 32]) -> [u8; 40] {
-    let mut m = [0u8; 40];
-    m[..4].copy_from_slice(PILA_CHALLENGE_PREFIX);
-    m[4..8].copy_from_slice(&sender.to_be_bytes());
-    m[8..].copy_from_slice(x25519);
-    m
+    crate::wire::tunnel::pila_signed_message(sender, x25519)
 }
 
 /// Writes a PILK frame for `sender` and returns its length.
 pub fn build_pilk(sender: u32, tunnel: &TunnelKey, out: &mut [u8]) -> Result<usize, KxError> {
-    let dst = out
-        .get_mut(..PILK_LEN)
-        .ok_or(KxError::BufferTooSmall { need: PILK_LEN })?;
-    dst[..4].copy_from_slice(PILK_MAGIC);
-    dst[4..8].copy_from_slice(&sender.to_be_bytes());
-    dst[8..].copy_from_slice(tunnel.public());
-    Ok(PILK_LEN)
+    Frame::Pilk {
+        sender,
+        x25519: *tunnel.public(),
+    }
+    .encode(out)
+    .map_err(|_| KxError::BufferTooSmall { need: PILK_LEN })
 }
 
 /// Writes a signed PILA frame for `sender` and returns its length.
@@ -84,16 +96,17 @@ pub fn build_pila<P: CryptoProvider>(
     identity: &Identity,
     out: &mut [u8],
 ) -> Result<usize, KxError> {
-    let dst = out
-        .get_mut(..PILA_LEN)
-        .ok_or(KxError::BufferTooSmall { need: PILA_LEN })?;
-    let sig = identity.sign(provider, &challenge(sender, tunnel.public()));
-    dst[..4].copy_from_slice(PILA_MAGIC);
-    dst[4..8].copy_from_slice(&sender.to_be_bytes());
-    dst[8..40].copy_from_slice(tunnel.public());
-    dst[40..72].copy_from_slice(identity.public());
-    dst[72..].copy_from_slice(&sig);
-    Ok(PILA_LEN)
+    if out.len() < PILA_LEN {
+        return Err(KxError::BufferTooSmall { need: PILA_LEN });
+    }
+    Frame::Pila {
+        sender,
+        x25519: *tunnel.public(),
+        ed25519: *identity.public(),
+        signature: identity.sign(provider, &challenge(sender, tunnel.public())),
+    }
+    .encode(out)
+    .map_err(|_| KxError::BufferTooSmall { need: PILA_LEN })
 }
 
 /// Checks a PILA against the identity key the registry holds for its

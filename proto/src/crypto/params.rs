@@ -11,15 +11,13 @@ pub const ED25519_KEY_LEN: usize = 32;
 pub const ED25519_SIG_LEN: usize = 64;
 /// Length of the AES-256-GCM session key. spec/crypto.md §3
 pub const SESSION_KEY_LEN: usize = 32;
-/// Length of the AES-GCM nonce (4-byte prefix + u64 counter). spec/crypto.md §4.1
-pub const NONCE_LEN: usize = 12;
+/// Length of the AES-GCM nonce (4-byte prefix + u64 counter), a wire fact.
+pub use crate::wire::tunnel::NONCE_LEN;
 /// Length of the random nonce prefix. spec/crypto.md §4.1
 pub const NONCE_PREFIX_LEN: usize = 4;
-/// Length of the AES-GCM tag. spec/crypto.md §4.1
-pub const TAG_LEN: usize = 16;
+/// Length of the AES-GCM tag, a wire fact.
+pub use crate::wire::tunnel::TAG_LEN;
 
-/// Prefix of the 40-byte message signed in a PILA frame (no colon). spec/crypto.md §2.1
-pub const PILA_CHALLENGE_PREFIX: &[u8; 4] = b"auth";
 /// HKDF info string of the current derivation. spec/crypto.md §3
 pub const HKDF_INFO: &[u8] = b"pilot-tunnel-v1";
 /// Hash prefix of the legacy (v1.8) derivation, colon included. spec/crypto.md §3

@@ -4,16 +4,7 @@
 //! All profile-dependent behaviour of the crypto layer asks
 //! [`ProfileRules::of`]; nothing else matches on the profile.
 
-/// Which generation of the tunnel protocol a node speaks. Chosen per node by
-/// configuration; there is no negotiation on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum WireProfile {
-    /// The newest behaviour (HKDF derivation, sender ID as AAD). Default.
-    #[default]
-    Current,
-    /// The Feb-2026 "v1.8" behaviour (SHA-256 derivation, no AAD).
-    Legacy,
-}
+pub use crate::wire::WireProfile;
 
 /// How the session key is derived from the X25519 shared secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

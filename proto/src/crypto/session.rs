@@ -947,7 +947,6 @@ fn replay_rule(count: u32, age: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::kx::PilaAuth;
     use crate::crypto::provider::RustCrypto;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
@@ -975,23 +974,8 @@ mod tests {
         Node { t, id }
     }
 
-    /// Test-only decoder of PILK/PILA (the wire module owns the real one).
     fn parse_kx(f: &[u8]) -> Option<KeyExchange> {
-        let sender = u32::from_be_bytes(f.get(4..8)?.try_into().ok()?);
-        let x25519 = f.get(8..40)?.try_into().ok()?;
-        let auth = match f.get(..4)? {
-            b"PILK" => None,
-            b"PILA" => Some(PilaAuth {
-                ed25519: f.get(40..72)?.try_into().ok()?,
-                signature: f.get(72..136)?.try_into().ok()?,
-            }),
-            _ => return None,
-        };
-        Some(KeyExchange {
-            sender,
-            x25519,
-            auth,
-        })
+        KeyExchange::from_frame(&crate::wire::tunnel::Frame::decode(f).ok()?)
     }
 
     fn drain(t: &mut Table, now: Instant) -> Vec<(Transmit, Vec<u8>)> {
