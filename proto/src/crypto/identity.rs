@@ -1,6 +1,6 @@
 //! Long-term Ed25519 node identity, its on-disk JSON file format
-//! (`spec/crypto.md` §1, `daemon.md` §5.1 as restated in `spec/crypto.md`),
-//! and the per-process X25519 tunnel key.
+//! (`spec/crypto.md` §1.2), and the per-process X25519 tunnel key
+//! (`spec/crypto.md` §1.1).
 //!
 //! Only bytes are handled here; creating the file with mode 0600 (and its
 //! directory with 0700) is the driver's job.
