@@ -1,19 +1,13 @@
 //! Runs the session-table fuzz body over hand-written seeds and a few
 //! thousand seeded random inputs, so `cargo test` exercises it.
 
-use pilot_conformance::fuzz::session::{run, run_reach};
+use pilot_conformance::fuzz::session::{run, run_reach, seeds};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 #[test]
-fn seeds() {
-    // Empty, tiny, and long repetitive inputs steer into different ops.
-    let mut seeds: Vec<Vec<u8>> = vec![vec![], vec![0], vec![1; 7], vec![0xff; 64]];
-    for b in 0u8..=255 {
-        seeds.push(vec![b; 300]);
-        seeds.push((0..600).map(|i| (i as u8).wrapping_mul(b)).collect());
-    }
-    for s in &seeds {
+fn seed_corpus() {
+    for s in &seeds() {
         run(s);
     }
 }

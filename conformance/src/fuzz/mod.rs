@@ -36,7 +36,7 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "session", "tunnel"];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -48,6 +48,8 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
         "beacon" => &["wire_beacon.json"],
         "ipc" => &["ipc.json"],
+        // Operation scripts, not wire bytes: the body's own seeds.
+        "session" => return session::seeds(),
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()

@@ -106,6 +106,18 @@ pub struct Reach {
     pub dropped: u32,
 }
 
+/// Seed inputs: empty, tiny, and long patterned inputs that steer the
+/// operation decoder into different mixes of key exchanges, frames and
+/// timers.
+pub fn seeds() -> Vec<Vec<u8>> {
+    let mut seeds: Vec<Vec<u8>> = vec![vec![], vec![0], vec![1; 7], vec![0xff; 64]];
+    for b in 0u8..=255 {
+        seeds.push(vec![b; 300]);
+        seeds.push((0..600u32).map(|i| (i as u8).wrapping_mul(b)).collect());
+    }
+    seeds
+}
+
 /// Runs one fuzz input. Never panics unless an invariant is broken.
 pub fn run(data: &[u8]) {
     run_reach(data);
