@@ -2,7 +2,7 @@
 //!
 //! [`CryptoProvider`] is deliberately small (X25519, Ed25519, AES-256-GCM in
 //! place, SHA-256 and HKDF-SHA256). [`RustCrypto`] is the real one. With
-//! the `insecure-fuzz-crypto` feature, [`insecure::InsecureProvider`] offers
+//! the `insecure-fuzz-crypto` feature, `insecure::InsecureProvider` offers
 //! the same interface without any security so a fuzzer can forge frames
 //! and reach deep states; it must never be used for real traffic.
 
