@@ -271,6 +271,8 @@ pub struct SessionInfo {
     pub send_counter: u64,
     /// Highest counter received.
     pub recv_max: u64,
+    /// Last authenticated inbound frame (or the install time).
+    pub last_inbound: Instant,
 }
 
 struct Session<P: CryptoProvider> {
@@ -426,7 +428,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
             prefix: s.env.prefix(),
             send_counter: s.env.counter(),
             recv_max: s.env.window().max(),
+            last_inbound: s.last_inbound,
         })
+    }
+
+    /// Node IDs of all peers with an installed session, in ascending order
+    /// (for keepalives and path watchdogs).
+    pub fn peers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.sessions.keys().copied()
     }
 
     /// Whether a key exchange to `peer` is awaiting an answer.
@@ -1068,6 +1077,8 @@ mod tests {
         let o = b.t.open_in_place(ms(41), &mut buf[..n]).unwrap();
         assert_eq!(&buf[o.plaintext], b"more");
         assert_eq!(b.t.session(1).unwrap().recv_max, 3);
+        assert_eq!(b.t.session(1).unwrap().last_inbound, ms(41));
+        assert_eq!(b.t.peers().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]
