@@ -18,6 +18,7 @@
 
 pub mod addr;
 pub mod beacon;
+pub mod crypto;
 pub mod stream;
 pub mod time;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
-//! (`spec/ipc.md`) and the beacon server (`spec/beacon.md`; `beacon_server`
-//! runs scripts, not one message).
+//! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
+//! runs scripts, not one message) and the crypto session table
+//! (`spec/crypto.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -13,6 +14,7 @@ pub mod beacon;
 pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
+pub mod session;
 pub mod tunnel;
 
 use serde_json::Value;
@@ -37,7 +39,15 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "beacon_server", "ipc", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &[
+    "addr",
+    "beacon",
+    "beacon_server",
+    "ipc",
+    "packet",
+    "session",
+    "tunnel",
+];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -50,6 +60,8 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "beacon" => &["wire_beacon.json"],
         "ipc" => &["ipc.json"],
         "beacon_server" => &["wire_beacon.json"],
+        // Operation scripts, not wire bytes: the body's own seeds.
+        "session" => return session::seeds(),
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()
