@@ -17,5 +17,6 @@
 )]
 
 pub mod addr;
+pub mod registry;
 pub mod time;
 pub mod wire;
