@@ -6,6 +6,8 @@
 //! array; each entry has at least a `"name"`. Byte strings are lowercase hex
 //! (spaces allowed, ignored).
 
+pub mod fuzz;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
