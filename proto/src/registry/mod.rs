@@ -4,6 +4,8 @@
 //!   request/response messages.
 //! * [`server`] — the registry state machine: requests and time go in,
 //!   replies, durable [`server::Change`]s and notifications come out.
+//! * [`snapshot`] — the reference's JSON snapshot format, for migrating state
+//!   in and out of a [`server::Registry`].
 //! * [`auth`] — Ed25519 request signatures (legacy fixed challenges and our
 //!   timestamped strong form) and admin-token comparison.
 //! * [`validate`] — hostname, tag and network-name rules.
@@ -21,32 +23,16 @@ pub mod codec;
 pub mod limits;
 pub mod ratelimit;
 pub mod server;
+pub mod snapshot;
 pub mod validate;
 
-/// Which generation of the reference registry we mimic on the wire where the
-/// two differ (`spec/registry.md` §9). This is the one switch for the
-/// registry; it mirrors the crate-wide wire profile.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Profile {
-    /// The newest reference behaviour (default).
-    #[default]
-    Current,
-    /// The Feb-2026 "v1.8" registry.
-    Legacy,
-}
+/// The wire profile; the registry follows the crate-wide switch
+/// (`spec/registry.md` §9 lists what it changes here).
+pub use crate::wire::WireProfile as Profile;
 
-/// Formats a virtual address as text: `N:HHHH.HHHH.HHHH` (`spec/wire.md` §1).
-///
-/// The registry only ever needs the text form, so it keeps this small helper
-/// rather than depending on the address type's parser.
+/// Text form of a virtual address, `N:NNNN.HHHH.LLLL` (`spec/wire.md` §1.2).
 pub fn format_addr(network: u16, node: u32) -> String {
-    format!(
-        "{}:{:04X}.{:04X}.{:04X}",
-        network,
-        network,
-        node >> 16,
-        node & 0xFFFF
-    )
+    crate::addr::Addr::new(network, node).to_string()
 }
 
 #[cfg(test)]
