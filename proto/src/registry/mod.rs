@@ -4,6 +4,8 @@
 //!   request/response messages.
 //! * [`server`] — the registry state machine: requests and time go in,
 //!   replies, durable [`server::Change`]s and notifications come out.
+//! * [`client`] — the node-side half: registration, heartbeats, resolves and
+//!   inbox polling with retries and exponential back-off.
 //! * [`snapshot`] — the reference's JSON snapshot format, for migrating state
 //!   in and out of a [`server::Registry`].
 //! * [`auth`] — Ed25519 request signatures (legacy fixed challenges and our
@@ -18,6 +20,7 @@
 //! given to this module is read as **nanoseconds since the Unix epoch**.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod limits;
