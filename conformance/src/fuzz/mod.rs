@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod beacon;
 pub mod packet;
+pub mod registry;
 pub mod tunnel;
 
 use serde_json::Value;
