@@ -1416,4 +1416,50 @@ mod tests {
             Err(CodecError::Malformed("heartbeat_ok".into()))
         );
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn frames_round_trip_at_every_split(payload in proptest::collection::vec(any::<u8>(), 0..600), extra in proptest::collection::vec(any::<u8>(), 0..8)) {
+                let mut bytes = frame_vec(&payload).unwrap();
+                let n = bytes.len();
+                bytes.extend_from_slice(&extra);
+                for cut in 0..n {
+                    prop_assert_eq!(decode_frame(&bytes[..cut], 4096), Ok(None));
+                }
+                prop_assert_eq!(decode_frame(&bytes, 4096), Ok(Some((&payload[..], n))));
+            }
+
+            #[test]
+            fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = decode_frame(&data, 1024);
+                if let Ok(req) = decode_request(&data) {
+                    if !matches!(req, Request::Unknown(_)) {
+                        let again = decode_request(&encode_request(&req).unwrap()).unwrap();
+                        prop_assert_eq!(again, req);
+                    }
+                }
+                if let Ok(resp) = decode_response(&data) {
+                    let again = decode_response(&encode_response(&resp).unwrap()).unwrap();
+                    prop_assert_eq!(again, resp);
+                }
+            }
+
+            #[test]
+            fn signed_requests_round_trip(node in any::<u32>(), peer in any::<u32>(), accept in any::<bool>(), sig in ".{0,90}", ts in proptest::option::of(any::<u64>()), why in ".{0,40}") {
+                let reqs = [
+                    Request::Heartbeat(Heartbeat { node_id: node, signature: sig.clone(), sig_ts: ts }),
+                    Request::RespondHandshake(RespondHandshake { node_id: node, peer_id: peer, accept, signature: sig.clone(), sig_ts: ts }),
+                    Request::RequestHandshake(RequestHandshake { from_node_id: node, to_node_id: peer, justification: why.clone(), signature: sig.clone(), sig_ts: ts }),
+                    Request::SetHostname(SetHostname { node_id: node, hostname: why.clone(), signature: sig.clone(), sig_ts: ts, admin_token: sig.clone() }),
+                ];
+                for r in reqs {
+                    prop_assert_eq!(decode_request(&encode_request(&r).unwrap()).unwrap(), r);
+                }
+            }
+        }
+    }
 }

@@ -40,8 +40,8 @@ use crate::time::Instant;
 
 /// Invitations expire after this (`spec/registry.md` §3.15).
 pub const INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// At most this many entries in one `list_nodes` reply (our bound,
-/// `spec/registry.md` §6).
+/// At most this many entries in one `list_nodes` or `list_networks` reply
+/// (our bound, `spec/registry.md` §6).
 pub const MAX_LIST_NODES: usize = 10_000;
 
 /// Registry configuration.
@@ -1090,6 +1090,7 @@ impl Registry {
                     name: n.name.clone(),
                     created: current.then(|| unix_secs(n.created)),
                 })
+                .take(MAX_LIST_NODES)
                 .collect(),
         }
     }

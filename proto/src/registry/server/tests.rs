@@ -1351,3 +1351,60 @@ fn registry_full() {
         RegistryError::RegistryFull
     );
 }
+
+#[test]
+fn query_and_resolve_rate_limits_current_only() {
+    let mut h = H::current();
+    let a = h.register(1);
+    let b = h.register(2);
+    h.ok(set_public(b, 2, true));
+    for i in 0..100 {
+        assert!(h.send(resolve(a, 1, b)).error.is_none(), "resolve {i}");
+    }
+    assert_eq!(
+        h.err(resolve(a, 1, b)),
+        RegistryError::QueryRateLimited(peer().ip())
+    );
+    for i in 0..500 {
+        assert!(
+            h.send(Request::Lookup(Lookup { node_id: a }))
+                .error
+                .is_none(),
+            "lookup {i}"
+        );
+    }
+    assert_eq!(
+        h.send(Request::Lookup(Lookup { node_id: a })).response,
+        Response::error("rate limited: too many queries from 127.0.0.1")
+    );
+    // resolve_hostname and list_nodes share the query bucket.
+    assert_eq!(
+        h.err(Request::ResolveHostname(ResolveHostname {
+            hostname: "x".into(),
+            requester_id: 0
+        })),
+        RegistryError::QueryRateLimited(peer().ip())
+    );
+    // A minute later the buckets are full again.
+    h.now = h.now + Duration::from_secs(60);
+    h.ok(resolve(a, 1, b));
+    h.ok(Request::Lookup(Lookup { node_id: a }));
+    // Legacy has no query limits.
+    let mut l = H::legacy();
+    let x = l.register(1);
+    for _ in 0..600 {
+        assert!(
+            l.send(Request::Lookup(Lookup { node_id: x }))
+                .error
+                .is_none()
+        );
+    }
+    // Switched off entirely.
+    let mut off = H::new(Config {
+        rate_limits: false,
+        ..Config::default()
+    });
+    for seed in 1..=20 {
+        off.register(seed);
+    }
+}
