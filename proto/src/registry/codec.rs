@@ -1,9 +1,9 @@
 //! Registry TCP framing and typed messages (`spec/registry.md` §1–§3).
 //!
 //! A frame is `[u32 big-endian length][length bytes of UTF-8 JSON object]`;
-//! every object has a string `"type"`. [`FrameDecoder`]-style incremental
-//! parsing is offered by [`decode_frame`], which looks at a caller buffer
-//! and says how many bytes one complete frame used.
+//! every object has a string `"type"`. Incremental parsing is offered by
+//! [`decode_frame`], which looks at a caller buffer and says how many bytes
+//! one complete frame used (or that more bytes are needed).
 //!
 //! Request decoding is deliberately lenient, like the reference: a numeric
 //! field that is missing, not a number, negative or out of range reads as 0,
