@@ -171,9 +171,11 @@ pub struct Snapshot {
     /// Extension: owner → node ID.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub owner_idx: BTreeMap<String, u32>,
-    /// Extension: target → senders with an unanswered request.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pending_handshakes: BTreeMap<String, Vec<u32>>,
+    /// Extension: target → senders with an unanswered request. Always
+    /// written by us (even when empty); absent in a reference snapshot,
+    /// where it is derived from the inboxes on import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_handshakes: Option<BTreeMap<String, Vec<u32>>>,
     /// Extension: invitations by decimal node ID.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub invites: BTreeMap<String, Vec<SnapInvite>>,
@@ -295,11 +297,12 @@ impl Snapshot {
                 })
                 .collect(),
             owner_idx: s.owner_idx.clone(),
-            pending_handshakes: s
-                .pending_handshakes
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            pending_handshakes: Some(
+                s.pending_handshakes
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
             invites: s
                 .invites
                 .iter()
@@ -473,13 +476,14 @@ impl Snapshot {
         }
         // A reference snapshot has no pending records: every request still
         // in an inbox is, by definition, unanswered.
-        if self.pending_handshakes.is_empty() {
+        let Some(pending) = &self.pending_handshakes else {
             for (to, q) in &st.handshake_inbox {
                 st.pending_handshakes
                     .insert(*to, q.iter().map(|r| r.from_node_id).collect());
             }
-        }
-        for (k, v) in &self.pending_handshakes {
+            return self.finish_import(st, rep);
+        };
+        for (k, v) in pending {
             match parse_id(k) {
                 Some(id) if !v.is_empty() => {
                     st.pending_handshakes.insert(id, v.clone());
@@ -487,6 +491,11 @@ impl Snapshot {
                 _ => rep.bad_entries += 1,
             }
         }
+        self.finish_import(st, rep)
+    }
+
+    /// The members imported after the pending-handshake records.
+    fn finish_import(&self, mut st: State, mut rep: ImportReport) -> (State, ImportReport) {
         for (k, q) in &self.invites {
             let Some(id) = parse_id(k) else {
                 rep.bad_entries += 1;

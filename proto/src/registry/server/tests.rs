@@ -1408,3 +1408,167 @@ fn query_and_resolve_rate_limits_current_only() {
         off.register(seed);
     }
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Node ID of `seed`'s key, if it has one.
+    fn id_of(h: &H, seed: u8) -> u32 {
+        h.reg
+            .state()
+            .pub_key_idx
+            .get(&ident(seed).public_key())
+            .copied()
+            .unwrap_or(u32::from(seed) + 100)
+    }
+
+    fn step(h: &mut H, op: u8, x: u8, y: u8, flag: bool, dt: u16) {
+        let (sx, sy) = (x % 6 + 1, y % 6 + 1);
+        let (a, b) = (id_of(h, sx), id_of(h, sy));
+        let net = u16::from(y % 4);
+        let names = ["alpha", "beta", "gamma"];
+        let req = match op % 16 {
+            0 | 1 => Request::Register(Register {
+                listen_addr: "0.0.0.0:4000".into(),
+                public_key: ident(sx).public_key_b64(),
+                owner: if flag {
+                    format!("o{}", y % 3)
+                } else {
+                    String::new()
+                },
+                hostname: names[usize::from(y) % 3].into(),
+                ..Default::default()
+            }),
+            2 => hb(a, sx),
+            3 if !flag || x % 3 != 0 => hb(a, sx),
+            3 => Request::Deregister(Deregister {
+                node_id: a,
+                signature: sig(sx, &format!("deregister:{a}")),
+                ..Default::default()
+            }),
+            4 => set_public(a, sx, flag),
+            5 => Request::SetHostname(SetHostname {
+                node_id: a,
+                hostname: if flag {
+                    String::new()
+                } else {
+                    names[usize::from(y) % 3].into()
+                },
+                signature: sig(sx, &format!("set_hostname:{a}")),
+                ..Default::default()
+            }),
+            6 => trust(a, sx, b),
+            7 => Request::RevokeTrust(TrustPair {
+                node_id: a,
+                peer_id: b,
+                signature: sig(sx, &format!("revoke_trust:{a}:{b}")),
+                sig_ts: None,
+            }),
+            8 => hs_request(a, sx, b, "j"),
+            9 => poll(a, sx),
+            10 => respond(a, sx, b, flag),
+            11 => Request::CreateNetwork(CreateNetwork {
+                node_id: a,
+                name: names[usize::from(y) % 3].into(),
+                join_rule: if flag { "invite".into() } else { String::new() },
+                token: String::new(),
+                admin_token: "adm".into(),
+            }),
+            12 => join(a, sx, net, ""),
+            13 => Request::LeaveNetwork(LeaveNetwork {
+                node_id: a,
+                network_id: net,
+                signature: sig(sx, &format!("leave_network:{a}:{net}")),
+                ..Default::default()
+            }),
+            14 => {
+                // Invitations come from the creator of the networks.
+                let c = id_of(h, 1);
+                Request::InviteToNetwork(InviteToNetwork {
+                    network_id: net,
+                    inviter_id: c,
+                    target_node_id: a,
+                    signature: sig(1, &format!("invite:{c}:{net}:{a}")),
+                    sig_ts: None,
+                })
+            }
+            _ => Request::RespondInvite(RespondInvite {
+                node_id: a,
+                network_id: net,
+                accept: flag,
+                signature: sig(sx, &format!("respond_invite:{a}:{net}")),
+                sig_ts: None,
+            }),
+        };
+        let reply = h.send(req);
+        assert!(encode_response(&reply.response).is_ok());
+        if dt > 0 {
+            h.advance(u64::from(dt));
+        }
+    }
+
+    fn check_invariants(h: &H) {
+        let s = h.reg.state();
+        for n in s.nodes.values() {
+            assert!(n.networks.windows(2).all(|w| w[0] < w[1]), "{n:?}");
+            assert_eq!(n.networks.first(), Some(&0));
+            for net in &n.networks {
+                assert!(s.networks[net].members.contains(&n.id));
+            }
+            assert_eq!(s.pub_key_idx.get(&n.public_key), Some(&n.id));
+        }
+        for net in s.networks.values() {
+            for m in &net.members {
+                if let Some(n) = s.nodes.get(m) {
+                    assert!(n.networks.contains(&net.id));
+                }
+            }
+        }
+        let mut derived = s.clone();
+        derived.rebuild_indexes();
+        assert_eq!(derived.hostname_idx, s.hostname_idx);
+        for q in s.handshake_inbox.values() {
+            assert!(q.len() <= MAX_INBOX);
+        }
+        for (a, b) in &s.trust_pairs {
+            assert!(a <= b);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_operation_sequences_keep_invariants(
+            ops in proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>(), prop_oneof![6 => Just(0u16), 3 => 0u16..60, 1 => 0u16..400]), 1..80),
+            legacy in any::<bool>(),
+        ) {
+            let mut h = H::new(Config {
+                profile: if legacy { Profile::Legacy } else { Profile::Current },
+                admin_token: Some("adm".into()),
+                rate_limits: false,
+                ..Config::default()
+            });
+            // Start from a populated registry so that most operations can
+            // succeed: six nodes, three networks (current profile).
+            for seed in 1..=6 {
+                step(&mut h, 0, seed - 1, seed, false, 0);
+            }
+            if !legacy {
+                for (i, rule) in [false, false, true].into_iter().enumerate() {
+                    step(&mut h, 11, 0, i as u8, rule, 0);
+                }
+            }
+            for (op, x, y, flag, dt) in ops {
+                step(&mut h, op, x, y, flag, dt);
+                check_invariants(&h);
+            }
+            h.check_replay();
+            let snap = crate::registry::snapshot::Snapshot::from_state(h.reg.state());
+            let (back, _) = crate::registry::snapshot::Snapshot::from_json(&snap.to_json().unwrap())
+                .unwrap()
+                .into_state(Instant::ZERO);
+            prop_assert_eq!(&back, h.reg.state());
+        }
+    }
+}
