@@ -459,10 +459,11 @@ impl Registry {
         match (self.config.profile, parsed) {
             (Profile::Legacy, Some((_, port))) => SocketAddr::new(peer.ip(), port).to_string(),
             (Profile::Current, Some((host, port))) => {
-                let replace = host.is_empty()
-                    || host
-                        .parse::<IpAddr>()
-                        .is_ok_and(|ip| !is_globally_routable(ip));
+                // Only a globally routable IP literal is kept; names are not
+                // (peers need an address, spec/registry.md §12).
+                let replace = host
+                    .parse::<IpAddr>()
+                    .map_or(true, |ip| !is_globally_routable(ip));
                 if replace || listen_addr.len() > MAX_ADDR_LEN {
                     SocketAddr::new(peer.ip(), port).to_string()
                 } else {

@@ -204,6 +204,23 @@ fn register_current_reports_observed_addr_and_ids_increase() {
     assert_eq!(h.register(3), 3);
     // Private listen address → TCP source IP with the listen port.
     assert_eq!(h.reg.state().nodes[&2].real_addr, "127.0.0.1:4000");
+    for (listen, stored) in [
+        ("[2001:db8::7]:4100", "[2001:db8::7]:4100"),
+        ("[fe80::1]:4101", "127.0.0.1:4101"),
+        ("10.1.2.3:4102", "127.0.0.1:4102"),
+        (":4103", "127.0.0.1:4103"),
+        ("some.host.example:4104", "127.0.0.1:4104"),
+        ("garbage", "127.0.0.1:5555"),
+    ] {
+        let Response::RegisterOk(r) = h.ok(Request::Register(Register {
+            listen_addr: listen.into(),
+            public_key: ident(9).public_key_b64(),
+            ..Default::default()
+        })) else {
+            panic!()
+        };
+        assert_eq!(r.observed_addr.as_deref(), Some(stored), "{listen}");
+    }
     h.check_replay();
 }
 
