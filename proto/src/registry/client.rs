@@ -283,7 +283,10 @@ impl RegistryClient {
             }
         }
         self.conn = Conn::Down(Some(now + self.conn_backoff));
-        self.conn_backoff = (self.conn_backoff * 2).min(self.cfg.backoff_max);
+        self.conn_backoff = self
+            .conn_backoff
+            .saturating_mul(2)
+            .min(self.cfg.backoff_max);
     }
 
     /// The next request to send, if any.
@@ -485,7 +488,7 @@ impl RegistryClient {
                 let reason = error.unwrap_or_else(|| "unexpected reply".to_owned());
                 self.event(ClientEvent::RegistrationFailed { reason });
                 self.register_at = Some(now + self.reg_backoff);
-                self.reg_backoff = (self.reg_backoff * 2).min(self.cfg.backoff_max);
+                self.reg_backoff = self.reg_backoff.saturating_mul(2).min(self.cfg.backoff_max);
             }
             (Op::Heartbeat, Response::HeartbeatOk { .. }) => self.hb_failures = 0,
             (Op::Heartbeat, _) => {

@@ -395,3 +395,20 @@ fn unsolicited_reply_closes_connection_and_queue_is_bounded() {
     // Asking for the same target twice does not take a second slot.
     assert_eq!(c.resolve(t_ms(0), 100), Ok(()));
 }
+
+#[test]
+fn huge_backoff_cap_does_not_overflow() {
+    let mut c = RegistryClient::new(
+        ClientConfig {
+            backoff_max: Duration::MAX,
+            ..cfg()
+        },
+        ident(1),
+        t_ms(0),
+    );
+    for _ in 0..200 {
+        c.disconnected(t_ms(0));
+    }
+    // The deadline saturates at the far future instead of panicking.
+    assert!(c.poll_timeout().is_some());
+}
