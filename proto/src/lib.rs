@@ -17,6 +17,8 @@
 )]
 
 pub mod addr;
+pub mod beacon;
 pub mod registry;
+pub mod stream;
 pub mod time;
 pub mod wire;

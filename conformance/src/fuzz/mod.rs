@@ -1,4 +1,7 @@
-//! Fuzz-target bodies for the wire codecs (`spec/wire.md`).
+//! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
+//! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
+//! runs scripts, not one message) and the registry codec and state machine
+//! (`spec/registry.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -8,19 +11,24 @@
 
 pub mod addr;
 pub mod beacon;
+pub mod beacon_server;
+pub mod ipc;
 pub mod packet;
 pub mod registry;
 pub mod tunnel;
 
 use serde_json::Value;
 
-/// Every byte string of a vector file (`"bytes"` fields as hex, `"text"`
+/// Every byte string of a vector file (`"bytes"` or `"frame"` fields as hex, `"text"`
 /// fields as UTF-8), as seed inputs for the bodies.
 pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
     crate::load(file)
         .iter()
         .flat_map(|v| {
-            let hex = v.get("bytes").and_then(Value::as_str).map(crate::unhex);
+            let hex = ["bytes", "frame"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_str))
+                .map(crate::unhex);
             let text = v
                 .get("text")
                 .and_then(Value::as_str)
@@ -28,4 +36,32 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
             hex.into_iter().chain(text)
         })
         .collect()
+}
+
+/// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
+pub const TARGETS: &[&str] = &[
+    "addr",
+    "beacon",
+    "beacon_server",
+    "ipc",
+    "packet",
+    "registry",
+    "tunnel",
+];
+
+/// The seed corpus of one target: the inputs of the vector files that
+/// exercise it. Unknown targets get no seeds.
+pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
+    let files: &[&str] = match target {
+        "addr" => &["wire_addr.json"],
+        "packet" => &["wire_packet.json"],
+        // Tunnel frames carry packets and beacon messages.
+        "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
+        "beacon" => &["wire_beacon.json"],
+        "ipc" => &["ipc.json"],
+        "beacon_server" => &["wire_beacon.json"],
+        "registry" => &["registry.json"],
+        _ => &[],
+    };
+    files.iter().flat_map(|f| vector_inputs(f)).collect()
 }

@@ -7,6 +7,7 @@
 //! is [`WireProfile`].
 
 pub mod beacon;
+pub mod ipc;
 pub mod packet;
 pub mod tunnel;
 
