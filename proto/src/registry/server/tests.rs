@@ -1589,3 +1589,154 @@ mod prop {
         }
     }
 }
+
+/// Every signed request: unknown signer → not found; wrong key → refused;
+/// missing signature → refused; the right key → accepted.
+#[test]
+fn every_signed_request_checks_its_signer() {
+    type Build = fn(u32, u32, &dyn Fn(&str) -> String) -> Request;
+    let table: Vec<(&str, Build)> = vec![
+        ("heartbeat", |a, _, s| {
+            Request::Heartbeat(Heartbeat {
+                node_id: a,
+                signature: s(&format!("heartbeat:{a}")),
+                sig_ts: None,
+            })
+        }),
+        ("deregister", |a, _, s| {
+            Request::Deregister(Deregister {
+                node_id: a,
+                signature: s(&format!("deregister:{a}")),
+                ..Default::default()
+            })
+        }),
+        ("set_visibility", |a, _, s| {
+            Request::SetVisibility(SetVisibility {
+                node_id: a,
+                public: true,
+                signature: s(&format!("set_visibility:{a}")),
+                ..Default::default()
+            })
+        }),
+        ("set_hostname", |a, _, s| {
+            Request::SetHostname(SetHostname {
+                node_id: a,
+                hostname: "n1".into(),
+                signature: s(&format!("set_hostname:{a}")),
+                ..Default::default()
+            })
+        }),
+        ("set_tags", |a, _, s| {
+            Request::SetTags(SetTags {
+                node_id: a,
+                tags: vec!["t".into()],
+                signature: s(&format!("set_tags:{a}")),
+                ..Default::default()
+            })
+        }),
+        ("set_task_exec", |a, _, s| {
+            Request::SetTaskExec(SetTaskExec {
+                node_id: a,
+                enabled: true,
+                signature: s(&format!("set_task_exec:{a}")),
+                sig_ts: None,
+            })
+        }),
+        ("resolve", |a, b, s| {
+            Request::Resolve(Resolve {
+                node_id: b,
+                requester_id: a,
+                signature: s(&format!("resolve:{a}:{b}")),
+                sig_ts: None,
+            })
+        }),
+        ("report_trust", |a, b, s| {
+            Request::ReportTrust(TrustPair {
+                node_id: a,
+                peer_id: b,
+                signature: s(&format!("report_trust:{a}:{b}")),
+                sig_ts: None,
+            })
+        }),
+        ("poll_handshakes", |a, _, s| {
+            Request::PollHandshakes(PollHandshakes {
+                node_id: a,
+                signature: s(&format!("poll_handshakes:{a}")),
+                sig_ts: None,
+            })
+        }),
+        ("request_handshake", |a, b, s| {
+            Request::RequestHandshake(RequestHandshake {
+                from_node_id: a,
+                to_node_id: b,
+                justification: String::new(),
+                signature: s(&format!("handshake:{a}:{b}")),
+                sig_ts: None,
+            })
+        }),
+        ("respond_handshake", |a, b, s| {
+            Request::RespondHandshake(RespondHandshake {
+                node_id: a,
+                peer_id: b,
+                accept: false,
+                signature: s(&format!("respond:{a}:{b}")),
+                sig_ts: None,
+            })
+        }),
+        ("rotate_key", |a, _, s| {
+            Request::RotateKey(RotateKey {
+                node_id: a,
+                new_public_key: ident(7).public_key_b64(),
+                signature: s(&format!("rotate:{a}")),
+                sig_ts: None,
+            })
+        }),
+        ("join_network", |a, _, s| {
+            Request::JoinNetwork(JoinNetwork {
+                node_id: a,
+                network_id: 1,
+                signature: s(&format!("join_network:{a}:1")),
+                ..Default::default()
+            })
+        }),
+        ("poll_invites", |a, _, s| {
+            Request::PollInvites(PollInvites {
+                node_id: a,
+                signature: s(&format!("poll_invites:{a}")),
+                sig_ts: None,
+            })
+        }),
+    ];
+    for (what, build) in table {
+        let mut h = H::current();
+        let a = h.register(1);
+        let b = h.register(2);
+        h.ok(set_public(b, 2, true));
+        create(&mut h, b, "lab", "", "");
+        let right = |c: &str| sig(1, c);
+        let wrong = |c: &str| sig(3, c);
+        let none = |_: &str| String::new();
+        if what != "deregister" {
+            let e = h.err(build(9, b, &right));
+            assert!(
+                matches!(
+                    e,
+                    RegistryError::NodeNotFound(9) | RegistryError::RequesterNotRegistered(9)
+                ),
+                "{what}: {e:?}"
+            );
+        }
+        let e = h.err(build(a, b, &wrong));
+        assert_eq!(e, RegistryError::Signature(SigError::Failed), "{what}");
+        let e = h.err(build(a, b, &none));
+        let missing = if what == "rotate_key" {
+            RegistryError::RotateNeedsSignature
+        } else {
+            RegistryError::Signature(SigError::Missing)
+        };
+        assert_eq!(e, missing, "{what}");
+        let reply = h.send(build(a, b, &right));
+        assert_eq!(reply.error, None, "{what}");
+        h.check_replay();
+    }
+}
