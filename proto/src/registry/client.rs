@@ -21,8 +21,8 @@ use std::collections::VecDeque;
 use super::auth::{self, Identity};
 use super::codec::{self, InboxRequest, InboxResponse, Request, Response};
 use super::limits::{
-    CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_HEARTBEAT, CLIENT_HEARTBEAT_FAILURES,
-    CLIENT_MAX_QUEUE, CLIENT_RESPONSE_TIMEOUT,
+    CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_DIAL_TIMEOUT, CLIENT_HEARTBEAT,
+    CLIENT_HEARTBEAT_FAILURES, CLIENT_MAX_QUEUE, CLIENT_RESPONSE_TIMEOUT,
 };
 use crate::time::Instant;
 
@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub inbox_poll_interval: Option<Duration>,
     /// How long to wait for a reply before declaring the connection broken.
     pub response_timeout: Duration,
+    /// How long a dial may take before it counts as failed.
+    pub dial_timeout: Duration,
     /// First reconnect / re-registration delay.
     pub backoff_min: Duration,
     /// Largest reconnect / re-registration delay.
@@ -64,6 +66,7 @@ impl Default for ClientConfig {
             heartbeat_interval: CLIENT_HEARTBEAT,
             inbox_poll_interval: None,
             response_timeout: CLIENT_RESPONSE_TIMEOUT,
+            dial_timeout: CLIENT_DIAL_TIMEOUT,
             backoff_min: CLIENT_BACKOFF_MIN,
             backoff_max: CLIENT_BACKOFF_MAX,
             strong_signatures: false,
@@ -78,7 +81,8 @@ pub enum ClientEvent {
     /// Open a connection to the registry, then call `connected` (or
     /// `disconnected` if it fails).
     Dial,
-    /// Close the connection (no reply in time), then call `disconnected`.
+    /// Close the connection or abandon the dial (no reply or no connection
+    /// in time); the client already counts it as disconnected.
     CloseConnection,
     /// The registry accepted the node.
     Registered {
@@ -167,8 +171,9 @@ struct Pending {
 enum Conn {
     /// No connection; dial at the instant (if any).
     Down(Option<Instant>),
-    /// `Dial` was emitted; waiting for `connected`/`disconnected`.
-    Dialing,
+    /// `Dial` was emitted at the instant; waiting for `connected` or
+    /// `disconnected` (or the dial timeout).
+    Dialing(Instant),
     /// Connected.
     Up,
 }
@@ -307,8 +312,10 @@ impl RegistryClient {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
-        if let Conn::Down(at) = self.conn {
-            take(at);
+        match self.conn {
+            Conn::Down(at) => take(at),
+            Conn::Dialing(since) => take(Some(since + self.cfg.dial_timeout)),
+            Conn::Up => {}
         }
         take(
             self.in_flight
@@ -329,9 +336,16 @@ impl RegistryClient {
                 self.disconnected(now);
             }
         }
+        if let Conn::Dialing(since) = self.conn {
+            if now >= since + self.cfg.dial_timeout {
+                // The driver never reported back: give up on this dial.
+                self.event(ClientEvent::CloseConnection);
+                self.disconnected(now);
+            }
+        }
         if let Conn::Down(Some(at)) = self.conn {
             if now >= at {
-                self.conn = Conn::Dialing;
+                self.conn = Conn::Dialing(now);
                 self.event(ClientEvent::Dial);
             }
         }

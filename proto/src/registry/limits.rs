@@ -78,6 +78,8 @@ pub const SIG_FRESHNESS: Duration = Duration::from_secs(300);
 pub const CLIENT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Client: reconnect back-off cap (`spec/registry.md` §10).
 pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Client: how long a dial may take (`spec/registry.md` §10).
+pub const CLIENT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client: how long to wait for a response (`spec/registry.md` §10).
 pub const CLIENT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Client: default heartbeat period (`spec/registry.md` §7).

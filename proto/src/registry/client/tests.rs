@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::registry::codec::{decode_request, decode_response, encode_request, encode_response};
+use crate::registry::limits::MAX_CLIENT_REQUEST_LEN;
 use crate::registry::server::{Config, Registry};
 use std::net::SocketAddr;
 
@@ -411,4 +412,90 @@ fn huge_backoff_cap_does_not_overflow() {
     }
     // The deadline saturates at the far future instead of panicking.
     assert!(c.poll_timeout().is_some());
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reply(kind: u8, n: u32) -> Response {
+        match kind % 7 {
+            0 => Response::RegisterOk(codec::RegisterOk {
+                address: "0:0000.0000.0001".into(),
+                node_id: n,
+                public_key: String::new(),
+                ..Default::default()
+            }),
+            1 => Response::HeartbeatOk { time: u64::from(n) },
+            2 => Response::error("node 1: node not found"),
+            3 => Response::error("request failed"),
+            4 => Response::ResolveOk(codec::ResolveOk {
+                node_id: n,
+                real_addr: "127.0.0.1:1".into(),
+                lan_addrs: None,
+            }),
+            5 => Response::PollHandshakesOk {
+                requests: vec![],
+                responses: vec![],
+            },
+            _ => Response::DeregisterOk {},
+        }
+    }
+
+    proptest! {
+        /// Any interleaving of connection changes, replies (expected or
+        /// not), commands and time keeps the client's bounds and rules.
+        #[test]
+        fn arbitrary_inputs_keep_bounds(ops in proptest::collection::vec((0u8..6, any::<u8>(), any::<u16>()), 0..200)) {
+            let mut now = t_ms(0);
+            let mut c = RegistryClient::new(
+                ClientConfig { inbox_poll_interval: Some(Duration::from_secs(5)), ..cfg() },
+                ident(1),
+                now,
+            );
+            for (op, x, y) in ops {
+                match op {
+                    0 => c.connected(now),
+                    1 => c.disconnected(now),
+                    2 => c.handle_response(now, reply(x, u32::from(y))),
+                    3 => { let _ = c.resolve(now, u32::from(y)); }
+                    4 => { let _ = c.poll_inbox(now); }
+                    _ => {
+                        now = now + Duration::from_millis(u64::from(y) * 10);
+                        c.handle_timeout(now);
+                    }
+                }
+                while let Some(req) = c.poll_transmit() {
+                    // Until registered only registration goes out.
+                    if c.node_id.is_none() {
+                        prop_assert!(matches!(req, Request::Register(_)), "{req:?}");
+                    }
+                    prop_assert!(encode_request(&req).unwrap().len() < MAX_CLIENT_REQUEST_LEN);
+                }
+                while c.poll_event().is_some() {}
+                prop_assert!(c.queue.len() <= CLIENT_MAX_QUEUE);
+                prop_assert!(c.events.len() <= MAX_EVENTS);
+                prop_assert!(c.conn_backoff <= c.cfg.backoff_max);
+                if c.in_flight.is_some() {
+                    prop_assert_eq!(c.conn, Conn::Up);
+                }
+                // There is always something to wait for.
+                prop_assert!(c.poll_timeout().is_some());
+            }
+        }
+    }
+}
+
+#[test]
+fn unanswered_dial_times_out_and_backs_off() {
+    let mut c = RegistryClient::new(cfg(), ident(1), t_ms(0));
+    assert_eq!(events(&mut c), vec![ClientEvent::Dial]);
+    assert_eq!(c.poll_timeout(), Some(t_ms(5_000)));
+    c.handle_timeout(t_ms(4_999));
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(t_ms(5_000));
+    assert_eq!(events(&mut c), vec![ClientEvent::CloseConnection]);
+    assert_eq!(c.poll_timeout(), Some(t_ms(5_500)));
+    c.handle_timeout(t_ms(5_500));
+    assert_eq!(events(&mut c), vec![ClientEvent::Dial]);
 }
