@@ -1,7 +1,8 @@
 //! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
 //! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
-//! runs scripts, not one message) and the crypto session table
-//! (`spec/crypto.md`).
+//! runs scripts, not one message), the crypto session table
+//! (`spec/crypto.md`) and the registry codec and state machine
+//! (`spec/registry.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -14,6 +15,7 @@ pub mod beacon;
 pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
+pub mod registry;
 pub mod session;
 pub mod tunnel;
 
@@ -46,6 +48,7 @@ pub const TARGETS: &[&str] = &[
     "ipc",
     "packet",
     "session",
+    "registry",
     "tunnel",
 ];
 
@@ -62,6 +65,7 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "beacon_server" => &["wire_beacon.json"],
         // Operation scripts, not wire bytes: the body's own seeds.
         "session" => return session::seeds(),
+        "registry" => &["registry.json"],
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()

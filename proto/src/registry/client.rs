@@ -1,0 +1,549 @@
+//! The node-side half of the registry protocol (`spec/registry.md` §10), as
+//! a sans-IO state machine.
+//!
+//! Inputs: [`RegistryClient::connected`], [`RegistryClient::disconnected`],
+//! [`RegistryClient::handle_response`], [`RegistryClient::handle_timeout`]
+//! and the commands [`RegistryClient::resolve`] and
+//! [`RegistryClient::poll_inbox`]. Outputs: [`RegistryClient::poll_transmit`]
+//! (the next request to frame and send), [`RegistryClient::poll_event`] and
+//! [`RegistryClient::poll_timeout`]. After every input, drain
+//! `poll_transmit` and `poll_event` until they return `None`, then arm a
+//! timer for `poll_timeout`.
+//!
+//! One request is in flight at a time (the protocol has no request IDs).
+//! A broken connection is re-dialled with exponential back-off and the
+//! request that was in flight is sent once more; an error *reply* is final,
+//! except for registration, which is retried with the same back-off.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use super::auth::{self, Identity};
+use super::codec::{self, InboxRequest, InboxResponse, Request, Response};
+use super::limits::{
+    CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_DIAL_TIMEOUT, CLIENT_HEARTBEAT,
+    CLIENT_HEARTBEAT_FAILURES, CLIENT_MAX_QUEUE, CLIENT_RESPONSE_TIMEOUT,
+};
+use crate::time::Instant;
+
+/// Client configuration.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The node's UDP tunnel endpoint, `host:port`.
+    pub listen_addr: String,
+    /// Owner string (identity reclaim); empty for none.
+    pub owner: String,
+    /// Hostname to request at registration; empty for none.
+    pub hostname: String,
+    /// LAN endpoints to advertise.
+    pub lan_addrs: Vec<String>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Period of automatic handshake-inbox polls; `None` = only on demand.
+    pub inbox_poll_interval: Option<Duration>,
+    /// How long to wait for a reply before declaring the connection broken.
+    pub response_timeout: Duration,
+    /// How long a dial may take before it counts as failed.
+    pub dial_timeout: Duration,
+    /// First reconnect / re-registration delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect / re-registration delay.
+    pub backoff_max: Duration,
+    /// Sign with the strong form (`spec/registry.md` §5.2). Needs
+    /// `unix_ms_at_epoch`; use `false` with a reference registry.
+    pub strong_signatures: bool,
+    /// Unix time in milliseconds at `Instant::ZERO` of the caller's clock.
+    pub unix_ms_at_epoch: Option<u64>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            listen_addr: String::new(),
+            owner: String::new(),
+            hostname: String::new(),
+            lan_addrs: Vec::new(),
+            heartbeat_interval: CLIENT_HEARTBEAT,
+            inbox_poll_interval: None,
+            response_timeout: CLIENT_RESPONSE_TIMEOUT,
+            dial_timeout: CLIENT_DIAL_TIMEOUT,
+            backoff_min: CLIENT_BACKOFF_MIN,
+            backoff_max: CLIENT_BACKOFF_MAX,
+            strong_signatures: false,
+            unix_ms_at_epoch: None,
+        }
+    }
+}
+
+/// What the client reports to its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Open a connection to the registry, then call `connected` (or
+    /// `disconnected` if it fails).
+    Dial,
+    /// Close the connection or abandon the dial (no reply or no connection
+    /// in time); the client already counts it as disconnected.
+    CloseConnection,
+    /// The registry accepted the node.
+    Registered {
+        /// Assigned node ID.
+        node_id: u32,
+        /// Backbone text address.
+        address: String,
+        /// Endpoint the registry stored, if it said.
+        observed_addr: Option<String>,
+        /// Why a requested hostname was not applied, if it said.
+        hostname_error: Option<String>,
+    },
+    /// Registration was refused; it is retried after a back-off.
+    RegistrationFailed {
+        /// The registry's reason text.
+        reason: String,
+    },
+    /// A resolve succeeded.
+    Resolved {
+        /// Target.
+        node_id: u32,
+        /// Its tunnel endpoint.
+        real_addr: String,
+        /// Its LAN endpoints, if any.
+        lan_addrs: Vec<String>,
+    },
+    /// A resolve failed.
+    ResolveFailed {
+        /// Target.
+        node_id: u32,
+        /// The registry's reason text.
+        reason: String,
+    },
+    /// The handshake inbox had something.
+    HandshakeInbox {
+        /// Trust requests for this node.
+        requests: Vec<InboxRequest>,
+        /// Answers to this node's requests.
+        responses: Vec<InboxResponse>,
+    },
+    /// The registry forgot this node (or heartbeats kept failing); the
+    /// client registers again with the same key.
+    Reregistering,
+    /// A request was given up after its one retry.
+    RequestDropped {
+        /// Which request (`"resolve"`, `"heartbeat"`, ...).
+        kind: &'static str,
+    },
+}
+
+/// Command refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Too many requests are queued.
+    #[error("registry client queue full")]
+    QueueFull,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Register,
+    Heartbeat,
+    Resolve(u32),
+    PollInbox,
+}
+
+impl Op {
+    fn kind(self) -> &'static str {
+        match self {
+            Op::Register => "register",
+            Op::Heartbeat => "heartbeat",
+            Op::Resolve(_) => "resolve",
+            Op::PollInbox => "poll_handshakes",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    op: Op,
+    /// How many times it was sent on a connection that then broke.
+    retries: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conn {
+    /// No connection; dial at the instant (if any).
+    Down(Option<Instant>),
+    /// `Dial` was emitted at the instant; waiting for `connected` or
+    /// `disconnected` (or the dial timeout).
+    Dialing(Instant),
+    /// Connected.
+    Up,
+}
+
+/// The node-side registry client.
+#[derive(Debug)]
+pub struct RegistryClient {
+    cfg: ClientConfig,
+    identity: Identity,
+    conn: Conn,
+    conn_backoff: Duration,
+    reg_backoff: Duration,
+    queue: VecDeque<Pending>,
+    in_flight: Option<(Pending, Instant)>,
+    outbox: Option<Request>,
+    events: VecDeque<ClientEvent>,
+    node_id: Option<u32>,
+    next_heartbeat: Option<Instant>,
+    next_poll: Option<Instant>,
+    register_at: Option<Instant>,
+    hb_failures: u32,
+    last_sig_ts: u64,
+}
+
+/// Bound of undelivered events.
+const MAX_EVENTS: usize = 256;
+
+impl RegistryClient {
+    /// A client for `identity`; it asks to dial at once and registers when
+    /// connected.
+    pub fn new(cfg: ClientConfig, identity: Identity, now: Instant) -> Self {
+        let mut c = RegistryClient {
+            conn_backoff: cfg.backoff_min,
+            reg_backoff: cfg.backoff_min,
+            cfg,
+            identity,
+            conn: Conn::Down(Some(now)),
+            queue: VecDeque::new(),
+            in_flight: None,
+            outbox: None,
+            events: VecDeque::new(),
+            node_id: None,
+            next_heartbeat: None,
+            next_poll: None,
+            register_at: Some(now),
+            hb_failures: 0,
+            last_sig_ts: 0,
+        };
+        c.handle_timeout(now);
+        c
+    }
+
+    /// The node ID, once registered.
+    pub fn node_id(&self) -> Option<u32> {
+        self.node_id
+    }
+
+    fn event(&mut self, e: ClientEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    fn enqueue(&mut self, op: Op) -> Result<(), ClientError> {
+        let queued = self.queue.iter().any(|p| p.op == op)
+            || self.in_flight.is_some_and(|(p, _)| p.op == op);
+        if queued {
+            return Ok(());
+        }
+        if self.queue.len() >= CLIENT_MAX_QUEUE {
+            return Err(ClientError::QueueFull);
+        }
+        if op == Op::Register {
+            self.queue.push_front(Pending { op, retries: 0 });
+        } else {
+            self.queue.push_back(Pending { op, retries: 0 });
+        }
+        Ok(())
+    }
+
+    /// Asks for `node_id`'s endpoint; answered by a `Resolved` or
+    /// `ResolveFailed` event.
+    pub fn resolve(&mut self, now: Instant, node_id: u32) -> Result<(), ClientError> {
+        self.enqueue(Op::Resolve(node_id))?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Polls the handshake inbox now.
+    pub fn poll_inbox(&mut self, now: Instant) -> Result<(), ClientError> {
+        self.enqueue(Op::PollInbox)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// The connection the client asked for is up.
+    pub fn connected(&mut self, now: Instant) {
+        self.conn = Conn::Up;
+        self.pump(now);
+    }
+
+    /// The connection failed or closed.
+    pub fn disconnected(&mut self, now: Instant) {
+        self.outbox = None;
+        if let Some((mut p, _)) = self.in_flight.take() {
+            if p.retries == 0 || p.op == Op::Register {
+                p.retries = p.retries.saturating_add(1);
+                self.queue.push_front(p);
+            } else {
+                self.event(ClientEvent::RequestDropped { kind: p.op.kind() });
+            }
+        }
+        self.conn = Conn::Down(Some(now + self.conn_backoff));
+        self.conn_backoff = self
+            .conn_backoff
+            .saturating_mul(2)
+            .min(self.cfg.backoff_max);
+    }
+
+    /// The next request to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Request> {
+        self.outbox.take()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`RegistryClient::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut take = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.conn {
+            Conn::Down(at) => take(at),
+            Conn::Dialing(since) => take(Some(since + self.cfg.dial_timeout)),
+            Conn::Up => {}
+        }
+        take(
+            self.in_flight
+                .map(|(_, sent)| sent + self.cfg.response_timeout),
+        );
+        take(self.register_at);
+        take(self.next_heartbeat);
+        take(self.next_poll);
+        t
+    }
+
+    /// Time-driven work: response timeout, re-dial, registration retry,
+    /// heartbeats and periodic inbox polls. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some((_, sent)) = self.in_flight {
+            if self.conn == Conn::Up && now >= sent + self.cfg.response_timeout {
+                self.event(ClientEvent::CloseConnection);
+                self.disconnected(now);
+            }
+        }
+        if let Conn::Dialing(since) = self.conn {
+            if now >= since + self.cfg.dial_timeout {
+                // The driver never reported back: give up on this dial.
+                self.event(ClientEvent::CloseConnection);
+                self.disconnected(now);
+            }
+        }
+        if let Conn::Down(Some(at)) = self.conn {
+            if now >= at {
+                self.conn = Conn::Dialing(now);
+                self.event(ClientEvent::Dial);
+            }
+        }
+        if self.register_at.is_some_and(|at| now >= at) {
+            self.register_at = None;
+            // Register always fits: it replaces nothing and goes first.
+            let _ = self.enqueue(Op::Register);
+        }
+        if self.node_id.is_some() {
+            if self.next_heartbeat.is_some_and(|at| now >= at) {
+                self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+                if self.enqueue(Op::Heartbeat).is_err() {
+                    self.heartbeat_failed(now);
+                }
+            }
+            if let (Some(at), Some(every)) = (self.next_poll, self.cfg.inbox_poll_interval) {
+                if now >= at {
+                    self.next_poll = Some(now + every);
+                    let _ = self.enqueue(Op::PollInbox);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if self.conn != Conn::Up || self.in_flight.is_some() || self.outbox.is_some() {
+            return;
+        }
+        // Until registered, only registration may go out.
+        let pos = if self.node_id.is_some() {
+            (!self.queue.is_empty()).then_some(0)
+        } else {
+            self.queue.iter().position(|p| p.op == Op::Register)
+        };
+        let Some(p) = pos.and_then(|i| self.queue.remove(i)) else {
+            return;
+        };
+        let req = self.build(now, p.op);
+        self.in_flight = Some((p, now));
+        self.outbox = Some(req);
+    }
+
+    /// Signature fields for `challenge`: the strong form when configured
+    /// and the wall clock is known, else the legacy form.
+    fn sign(&mut self, now: Instant, challenge: &str) -> (String, Option<u64>) {
+        match (self.cfg.strong_signatures, self.cfg.unix_ms_at_epoch) {
+            (true, Some(base)) => {
+                let ms = base.saturating_add(now.as_nanos() / 1_000_000);
+                let ts = ms.max(self.last_sig_ts.saturating_add(1));
+                self.last_sig_ts = ts;
+                let msg = auth::strong_message(challenge, ts);
+                (self.identity.sign_b64(msg.as_bytes()), Some(ts))
+            }
+            _ => (self.identity.sign_b64(challenge.as_bytes()), None),
+        }
+    }
+
+    fn build(&mut self, now: Instant, op: Op) -> Request {
+        let id = self.node_id.unwrap_or(0);
+        match op {
+            Op::Register => {
+                let key = self.identity.public_key_b64();
+                let (signature, sig_ts) = if self.cfg.strong_signatures {
+                    let c = format!("register:{}:{}", self.cfg.listen_addr, key);
+                    self.sign(now, &c)
+                } else {
+                    (String::new(), None)
+                };
+                Request::Register(codec::Register {
+                    listen_addr: self.cfg.listen_addr.clone(),
+                    public_key: key,
+                    owner: self.cfg.owner.clone(),
+                    hostname: self.cfg.hostname.clone(),
+                    lan_addrs: self.cfg.lan_addrs.clone(),
+                    version: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            Op::Heartbeat => {
+                let (signature, sig_ts) = self.sign(now, &format!("heartbeat:{id}"));
+                Request::Heartbeat(codec::Heartbeat {
+                    node_id: id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Op::Resolve(target) => {
+                let (signature, sig_ts) = self.sign(now, &format!("resolve:{id}:{target}"));
+                Request::Resolve(codec::Resolve {
+                    node_id: target,
+                    requester_id: id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Op::PollInbox => {
+                let (signature, sig_ts) = self.sign(now, &format!("poll_handshakes:{id}"));
+                Request::PollHandshakes(codec::PollHandshakes {
+                    node_id: id,
+                    signature,
+                    sig_ts,
+                })
+            }
+        }
+    }
+
+    fn reregister(&mut self, now: Instant) {
+        self.node_id = None;
+        self.next_heartbeat = None;
+        self.next_poll = None;
+        self.hb_failures = 0;
+        self.event(ClientEvent::Reregistering);
+        self.register_at = Some(now);
+    }
+
+    fn heartbeat_failed(&mut self, now: Instant) {
+        self.hb_failures += 1;
+        if self.hb_failures >= CLIENT_HEARTBEAT_FAILURES {
+            self.reregister(now);
+        }
+    }
+
+    /// A reply arrived on the connection.
+    pub fn handle_response(&mut self, now: Instant, resp: Response) {
+        let Some((p, _)) = self.in_flight.take() else {
+            // A reply nobody asked for: the stream is out of step.
+            self.event(ClientEvent::CloseConnection);
+            self.disconnected(now);
+            return;
+        };
+        // Any reply proves the connection works.
+        self.conn_backoff = self.cfg.backoff_min;
+        let error = match &resp {
+            Response::Error { error } => Some(error.clone()),
+            _ => None,
+        };
+        match (p.op, resp) {
+            (Op::Register, Response::RegisterOk(ok)) => {
+                self.node_id = Some(ok.node_id);
+                self.reg_backoff = self.cfg.backoff_min;
+                self.hb_failures = 0;
+                self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
+                self.next_poll = self.cfg.inbox_poll_interval.map(|d| now + d);
+                self.event(ClientEvent::Registered {
+                    node_id: ok.node_id,
+                    address: ok.address,
+                    observed_addr: ok.observed_addr,
+                    hostname_error: ok.hostname_error,
+                });
+            }
+            (Op::Register, _) => {
+                let reason = error.unwrap_or_else(|| "unexpected reply".to_owned());
+                self.event(ClientEvent::RegistrationFailed { reason });
+                self.register_at = Some(now + self.reg_backoff);
+                self.reg_backoff = self.reg_backoff.saturating_mul(2).min(self.cfg.backoff_max);
+            }
+            (Op::Heartbeat, Response::HeartbeatOk { .. }) => self.hb_failures = 0,
+            (Op::Heartbeat, _) => {
+                if error.as_deref().is_some_and(|e| e.contains("not found")) {
+                    self.reregister(now);
+                } else {
+                    self.heartbeat_failed(now);
+                }
+            }
+            (Op::Resolve(_), Response::ResolveOk(ok)) => self.event(ClientEvent::Resolved {
+                node_id: ok.node_id,
+                real_addr: ok.real_addr,
+                lan_addrs: ok.lan_addrs.unwrap_or_default(),
+            }),
+            (Op::Resolve(node_id), _) => self.event(ClientEvent::ResolveFailed {
+                node_id,
+                reason: error.unwrap_or_else(|| "unexpected reply".to_owned()),
+            }),
+            (
+                Op::PollInbox,
+                Response::PollHandshakesOk {
+                    requests,
+                    responses,
+                },
+            ) => {
+                if !requests.is_empty() || !responses.is_empty() {
+                    self.event(ClientEvent::HandshakeInbox {
+                        requests,
+                        responses,
+                    });
+                }
+            }
+            (Op::PollInbox, _) => {
+                if error.as_deref().is_some_and(|e| e.contains("not found")) {
+                    self.reregister(now);
+                }
+            }
+        }
+        self.handle_timeout(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+//! The registry of the rendezvous service, sans-IO (`spec/registry.md`).
+//!
+//! * [`codec`] — the TCP framing (`[u32 length][JSON]`) and the typed
+//!   request/response messages.
+//! * [`server`] — the registry state machine: requests and time go in,
+//!   replies, durable [`server::Change`]s and notifications come out.
+//! * [`client`] — the node-side half: registration, heartbeats, resolves and
+//!   inbox polling with retries and exponential back-off.
+//! * [`snapshot`] — the reference's JSON snapshot format, for migrating state
+//!   in and out of a [`server::Registry`].
+//! * [`auth`] — Ed25519 request signatures (legacy fixed challenges and our
+//!   timestamped strong form) and admin-token comparison.
+//! * [`validate`] — hostname, tag and network-name rules.
+//! * [`ratelimit`] — the per-source-IP token buckets.
+//! * [`clock`] — Unix-time and RFC 3339 conversions for the registry's
+//!   wall-clock fields.
+//!
+//! Time convention: the registry hands out wall-clock values (heartbeat
+//! `time`, inbox timestamps, snapshot dates), so every [`crate::time::Instant`]
+//! given to this module is read as **nanoseconds since the Unix epoch**.
+
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod codec;
+pub mod limits;
+pub mod ratelimit;
+pub mod server;
+pub mod snapshot;
+pub mod validate;
+
+/// The wire profile; the registry follows the crate-wide switch
+/// (`spec/registry.md` §9 lists what it changes here).
+pub use crate::wire::WireProfile as Profile;
+
+/// Text form of a virtual address, `N:NNNN.HHHH.LLLL` (`spec/wire.md` §1.2).
+pub fn format_addr(network: u16, node: u32) -> String {
+    crate::addr::Addr::new(network, node).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_text_form() {
+        assert_eq!(format_addr(0, 42), "0:0000.0000.002A");
+        assert_eq!(format_addr(1, 0x00A3_F291), "1:0001.00A3.F291");
+        assert_eq!(format_addr(65535, u32::MAX), "65535:FFFF.FFFF.FFFF");
+    }
+}

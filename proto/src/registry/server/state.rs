@@ -1,0 +1,452 @@
+//! The registry's durable state and the [`Change`]s that mutate it
+//! (`spec/registry.md` §11). Every mutation of [`State`] goes through
+//! [`State::apply`], so a driver that persists the emitted changes (or a
+//! snapshot plus the changes after it) can rebuild exactly the same state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::registry::auth::PublicKey;
+use crate::registry::limits::{BACKBONE_NAME, MAX_INBOX, MAX_RESPONSE_INBOX};
+use crate::time::Instant;
+
+/// Bound of remembered "request_handshake was sent" records per target
+/// (`spec/registry.md` §6).
+pub const MAX_PENDING_PER_TARGET: usize = 1024;
+
+/// One registered (live) node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Node ID.
+    pub id: u32,
+    /// Owner string (identity reclaim); empty if none.
+    pub owner: String,
+    /// Ed25519 public key.
+    pub public_key: PublicKey,
+    /// Tunnel endpoint `host:port`.
+    pub real_addr: String,
+    /// LAN endpoints the node registered.
+    pub lan_addrs: Vec<String>,
+    /// Networks, sorted, always containing 0.
+    pub networks: Vec<u16>,
+    /// Public visibility.
+    pub public: bool,
+    /// Last registration/heartbeat.
+    pub last_seen: Instant,
+    /// Hostname; empty if none.
+    pub hostname: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Polo score (legacy profile).
+    pub polo_score: i64,
+    /// Advertises task execution.
+    pub task_exec: bool,
+    /// Software version the node reported.
+    pub version: String,
+}
+
+/// How nodes may join a network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum JoinRule {
+    /// Anyone.
+    #[default]
+    Open,
+    /// Whoever presents the network's token.
+    Token,
+    /// Only invited nodes.
+    Invite,
+}
+
+impl JoinRule {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRule::Open => "open",
+            JoinRule::Token => "token",
+            JoinRule::Invite => "invite",
+        }
+    }
+
+    /// Parses a wire name (`""` means `open`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "open" => Some(JoinRule::Open),
+            "token" => Some(JoinRule::Token),
+            "invite" => Some(JoinRule::Invite),
+            _ => None,
+        }
+    }
+}
+
+/// One network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkRecord {
+    /// Network ID (0 = backbone).
+    pub id: u16,
+    /// Name.
+    pub name: String,
+    /// Join rule.
+    pub join_rule: JoinRule,
+    /// Join token (token networks); empty otherwise.
+    pub token: String,
+    /// Member node IDs (may include reaped nodes in the current profile).
+    pub members: BTreeSet<u32>,
+    /// Creation time.
+    pub created: Instant,
+}
+
+/// A pending handshake request in a target's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Sender.
+    pub from_node_id: u32,
+    /// Its justification.
+    pub justification: String,
+    /// When it arrived.
+    pub timestamp: Instant,
+}
+
+/// A handshake decision waiting in the original requester's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingResponse {
+    /// Responder.
+    pub from_node_id: u32,
+    /// Decision.
+    pub accept: bool,
+    /// When it was made.
+    pub timestamp: Instant,
+}
+
+/// A network invitation waiting for the invited node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invite {
+    /// Network.
+    pub network_id: u16,
+    /// Inviting member.
+    pub inviter_id: u32,
+    /// When it was made.
+    pub timestamp: Instant,
+}
+
+/// Everything the registry must keep across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// Next node ID to allocate; 0 = the ID space is exhausted.
+    pub next_node: u32,
+    /// Next network ID to allocate; above 65535 = exhausted.
+    pub next_net: u32,
+    /// Live nodes.
+    pub nodes: BTreeMap<u32, NodeRecord>,
+    /// Networks, including the backbone (0).
+    pub networks: BTreeMap<u16, NetworkRecord>,
+    /// Unordered trust pairs stored as (min, max).
+    pub trust_pairs: BTreeSet<(u32, u32)>,
+    /// Permanent key → node ID index.
+    pub pub_key_idx: BTreeMap<PublicKey, u32>,
+    /// Owner → node ID index (kept after deregistration and reaping).
+    pub owner_idx: BTreeMap<String, u32>,
+    /// Hostname → node ID, derived from `nodes`.
+    pub hostname_idx: BTreeMap<String, u32>,
+    /// Handshake requests per target.
+    pub handshake_inbox: BTreeMap<u32, Vec<PendingRequest>>,
+    /// Handshake responses per original requester.
+    pub handshake_responses: BTreeMap<u32, Vec<PendingResponse>>,
+    /// target → senders whose `request_handshake` is not yet answered.
+    pub pending_handshakes: BTreeMap<u32, Vec<u32>>,
+    /// Network invitations per invited node.
+    pub invites: BTreeMap<u32, Vec<Invite>>,
+    /// Last strong-form signature timestamp accepted per node (ms).
+    pub sig_ts: BTreeMap<u32, u64>,
+}
+
+impl State {
+    /// A fresh registry: only the backbone, created at `now`.
+    pub fn new(now: Instant) -> Self {
+        let mut networks = BTreeMap::new();
+        networks.insert(
+            0,
+            NetworkRecord {
+                id: 0,
+                name: BACKBONE_NAME.to_owned(),
+                join_rule: JoinRule::Open,
+                token: String::new(),
+                members: BTreeSet::new(),
+                created: now,
+            },
+        );
+        State {
+            next_node: 1,
+            next_net: 1,
+            nodes: BTreeMap::new(),
+            networks,
+            trust_pairs: BTreeSet::new(),
+            pub_key_idx: BTreeMap::new(),
+            owner_idx: BTreeMap::new(),
+            hostname_idx: BTreeMap::new(),
+            handshake_inbox: BTreeMap::new(),
+            handshake_responses: BTreeMap::new(),
+            pending_handshakes: BTreeMap::new(),
+            invites: BTreeMap::new(),
+            sig_ts: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the derived hostname index from `nodes`.
+    pub fn rebuild_indexes(&mut self) {
+        self.hostname_idx = self
+            .nodes
+            .values()
+            .filter(|n| !n.hostname.is_empty())
+            .map(|n| (n.hostname.clone(), n.id))
+            .collect();
+    }
+
+    /// `true` if the unordered pair {a, b} is trusted.
+    pub fn has_trust(&self, a: u32, b: u32) -> bool {
+        self.trust_pairs.contains(&pair(a, b))
+    }
+
+    /// `true` if both nodes are live and share a non-backbone network.
+    pub fn share_network(&self, a: u32, b: u32) -> bool {
+        match (self.nodes.get(&a), self.nodes.get(&b)) {
+            (Some(x), Some(y)) => x.networks.iter().any(|n| *n != 0 && y.networks.contains(n)),
+            _ => false,
+        }
+    }
+
+    /// Applies one change. This is the only way state is mutated.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PutNode(n) => {
+                if let Some(old) = self.nodes.get(&n.id) {
+                    if !old.hostname.is_empty() && old.hostname != n.hostname {
+                        self.hostname_idx.remove(&old.hostname);
+                    }
+                }
+                if !n.hostname.is_empty() {
+                    self.hostname_idx.insert(n.hostname.clone(), n.id);
+                }
+                self.nodes.insert(n.id, (**n).clone());
+            }
+            Change::Touch { node_id, last_seen } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    n.last_seen = *last_seen;
+                }
+            }
+            Change::RemoveNode(id) => {
+                if let Some(old) = self.nodes.remove(id) {
+                    if self.hostname_idx.get(&old.hostname) == Some(id) {
+                        self.hostname_idx.remove(&old.hostname);
+                    }
+                }
+            }
+            Change::PutKey { key, node_id } => {
+                self.pub_key_idx.insert(*key, *node_id);
+            }
+            Change::RemoveKey(key) => {
+                self.pub_key_idx.remove(key);
+            }
+            Change::PutOwner { owner, node_id } => {
+                self.owner_idx.insert(owner.clone(), *node_id);
+            }
+            Change::NextNode(v) => self.next_node = *v,
+            Change::NextNet(v) => self.next_net = *v,
+            Change::PutNetwork(net) => {
+                self.networks.insert(net.id, (**net).clone());
+            }
+            Change::Membership {
+                network_id,
+                node_id,
+                member,
+            } => {
+                if let Some(net) = self.networks.get_mut(network_id) {
+                    if *member {
+                        net.members.insert(*node_id);
+                    } else {
+                        net.members.remove(node_id);
+                    }
+                }
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    match (node.networks.binary_search(network_id), member) {
+                        (Err(pos), true) => node.networks.insert(pos, *network_id),
+                        (Ok(pos), false) => {
+                            node.networks.remove(pos);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Change::TrustAdd(a, b) => {
+                self.trust_pairs.insert(pair(*a, *b));
+            }
+            Change::TrustRemove(a, b) => {
+                self.trust_pairs.remove(&pair(*a, *b));
+            }
+            Change::InboxPush { to, request } => {
+                let q = self.handshake_inbox.entry(*to).or_default();
+                q.push(request.clone());
+                let excess = q.len().saturating_sub(MAX_INBOX);
+                q.drain(..excess);
+            }
+            Change::ResponsePush { to, response } => {
+                let q = self.handshake_responses.entry(*to).or_default();
+                q.push(response.clone());
+                let excess = q.len().saturating_sub(MAX_RESPONSE_INBOX);
+                q.drain(..excess);
+            }
+            Change::InboxClear(id) => {
+                self.handshake_inbox.remove(id);
+                self.handshake_responses.remove(id);
+            }
+            Change::PendingAdd { from, to } => {
+                let q = self.pending_handshakes.entry(*to).or_default();
+                if !q.contains(from) {
+                    q.push(*from);
+                }
+                let excess = q.len().saturating_sub(MAX_PENDING_PER_TARGET);
+                q.drain(..excess);
+            }
+            Change::PendingRemove { from, to } => {
+                if let Some(q) = self.pending_handshakes.get_mut(to) {
+                    q.retain(|f| f != from);
+                    if q.is_empty() {
+                        self.pending_handshakes.remove(to);
+                    }
+                }
+            }
+            Change::InvitePush { to, invite } => {
+                let q = self.invites.entry(*to).or_default();
+                q.retain(|i| i.network_id != invite.network_id);
+                q.push(invite.clone());
+                let excess = q.len().saturating_sub(MAX_INBOX);
+                q.drain(..excess);
+            }
+            Change::InvitesSet { to, invites } => {
+                if invites.is_empty() {
+                    self.invites.remove(to);
+                } else {
+                    self.invites.insert(*to, invites.clone());
+                }
+            }
+            Change::SigTs { node_id, ts } => {
+                self.sig_ts.insert(*node_id, *ts);
+            }
+        }
+    }
+}
+
+/// The canonical (min, max) form of an unordered pair.
+pub fn pair(a: u32, b: u32) -> (u32, u32) {
+    (a.min(b), a.max(b))
+}
+
+/// One durable mutation. The driver must write every change whose
+/// [`Change::is_lazy`] is `false` durably **before** it sends the reply that
+/// produced it; lazy changes (heartbeat times) may be coalesced and written
+/// later, as the reference does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Insert or replace a live node record.
+    PutNode(Box<NodeRecord>),
+    /// Refresh a node's `last_seen` (lazy).
+    Touch {
+        /// Node.
+        node_id: u32,
+        /// New time.
+        last_seen: Instant,
+    },
+    /// Delete a live node record (keys, owners, trust and inboxes stay).
+    RemoveNode(u32),
+    /// Map a key to a node ID (permanent).
+    PutKey {
+        /// Key.
+        key: PublicKey,
+        /// Node.
+        node_id: u32,
+    },
+    /// Forget a key (after rotation or owner reclaim).
+    RemoveKey(PublicKey),
+    /// Map an owner to a node ID.
+    PutOwner {
+        /// Owner string.
+        owner: String,
+        /// Node.
+        node_id: u32,
+    },
+    /// New value of the node-ID counter.
+    NextNode(u32),
+    /// New value of the network-ID counter.
+    NextNet(u32),
+    /// Insert or replace a network (with its members).
+    PutNetwork(Box<NetworkRecord>),
+    /// Add or remove one network membership.
+    Membership {
+        /// Network.
+        network_id: u16,
+        /// Node.
+        node_id: u32,
+        /// `true` = add.
+        member: bool,
+    },
+    /// Record a trust pair.
+    TrustAdd(u32, u32),
+    /// Remove a trust pair.
+    TrustRemove(u32, u32),
+    /// Append to a target's handshake inbox.
+    InboxPush {
+        /// Target.
+        to: u32,
+        /// Entry.
+        request: PendingRequest,
+    },
+    /// Append to a requester's response inbox.
+    ResponsePush {
+        /// Original requester.
+        to: u32,
+        /// Entry.
+        response: PendingResponse,
+    },
+    /// Empty both inboxes of a node (after a poll).
+    InboxClear(u32),
+    /// Remember that `from` asked `to` for a handshake.
+    PendingAdd {
+        /// Requester.
+        from: u32,
+        /// Target.
+        to: u32,
+    },
+    /// Forget that record (answered).
+    PendingRemove {
+        /// Requester.
+        from: u32,
+        /// Target.
+        to: u32,
+    },
+    /// Add (or refresh) an invitation.
+    InvitePush {
+        /// Invited node.
+        to: u32,
+        /// Invitation.
+        invite: Invite,
+    },
+    /// Replace a node's invitation list.
+    InvitesSet {
+        /// Invited node.
+        to: u32,
+        /// Remaining invitations.
+        invites: Vec<Invite>,
+    },
+    /// Record the last accepted strong-form signature timestamp.
+    SigTs {
+        /// Node.
+        node_id: u32,
+        /// Unix milliseconds.
+        ts: u64,
+    },
+}
+
+impl Change {
+    /// `true` for changes that need not be durable before the reply.
+    pub fn is_lazy(&self) -> bool {
+        matches!(self, Change::Touch { .. })
+    }
+}
