@@ -13,6 +13,7 @@ pub mod beacon;
 pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
+pub mod stream;
 pub mod tunnel;
 
 use serde_json::Value;
@@ -37,7 +38,15 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "beacon_server", "ipc", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &[
+    "addr",
+    "beacon",
+    "beacon_server",
+    "ipc",
+    "packet",
+    "stream",
+    "tunnel",
+];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.

@@ -1009,9 +1009,14 @@ impl Connection {
         if now.saturating_duration_since(since) >= GIVE_UP_SILENCE
             && self.timeouts_unheard >= GIVE_UP_MIN_TIMEOUTS
         {
-            if self.send.flight_bytes(true) == 0 && self.state != State::Established {
-                // Only our FIN is unanswered and all data arrived: the
-                // peer has gone; nothing was lost.
+            if self.send.flight_bytes(true) == 0
+                && self.state != State::Established
+                && self.recv.fin_received()
+            {
+                // Only our FIN is unanswered, all our data arrived and the
+                // peer's stream ended: the peer has gone; nothing was lost.
+                // Without the peer's FIN its stream is cut short, which is
+                // a reset for the reader.
                 self.enter_closed(Event::Closed);
             } else {
                 self.reset(ResetReason::TimedOut);
