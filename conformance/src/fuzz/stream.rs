@@ -110,6 +110,7 @@ struct Harness {
     /// In flight: `[0]` dialer to acceptor, `[1]` acceptor to dialer.
     wire: [VecDeque<Segment>; 2],
     cfg: ConnConfig,
+    trace: bool,
 }
 
 /// The byte a side writes at stream offset `i`: distinct per side, so a
@@ -119,7 +120,7 @@ fn pattern(side: usize, i: usize) -> u8 {
 }
 
 impl Harness {
-    fn new() -> Self {
+    fn new(trace: bool) -> Self {
         let cfg = ConnConfig {
             // Small buffers reach the window and full-queue paths quickly.
             send_capacity: 16 * 1024,
@@ -131,6 +132,7 @@ impl Harness {
             sides: [Side::default(), Side::default()],
             wire: [VecDeque::new(), VecDeque::new()],
             cfg,
+            trace,
         };
         h.sides[0].conn = Some(Connection::connect(now, cfg, 0x1000_0000));
         h.drain();
@@ -149,9 +151,14 @@ impl Harness {
                 assert!(polls < MAX_POLLS, "connection {s} emits without end");
                 if self.wire[s].len() < IN_FLIGHT_CAP {
                     self.wire[s].push_back(seg);
+                } else if self.trace {
+                    eprintln!("[{:?}] side {s} segment lost to the cap", self.now);
                 }
             }
             while let Some(ev) = conn.poll_event() {
+                if self.trace {
+                    eprintln!("[{:?}] side {s} event {ev:?} ({conn:?})", self.now);
+                }
                 polls += 1;
                 assert!(
                     polls < MAX_POLLS,
@@ -169,6 +176,17 @@ impl Harness {
             return;
         };
         let to = 1 - dir;
+        if self.trace {
+            eprintln!(
+                "[{:?}] {dir}->{to} {:?} seq={} ack={} win={} len={}",
+                self.now,
+                seg.flags,
+                seg.seq.0,
+                seg.ack.0,
+                seg.window,
+                seg.payload.len()
+            );
+        }
         match self.sides[to].conn.as_mut() {
             Some(c) => c.handle_segment(self.now, seg),
             None => {
@@ -188,6 +206,7 @@ impl Harness {
             return;
         };
         let all = max == 0;
+        let before = self.sides[s].read.len();
         let mut buf = vec![0u8; if all { 64 * 1024 } else { max }];
         loop {
             match conn.read(&mut buf) {
@@ -208,6 +227,15 @@ impl Harness {
                 Err(_) => break,
             }
         }
+        if self.trace && (self.sides[s].read.len() > before || self.sides[s].eof) {
+            eprintln!(
+                "[{:?}] side {s} read {} (total {}, eof {})",
+                self.now,
+                self.sides[s].read.len() - before,
+                self.sides[s].read.len(),
+                self.sides[s].eof
+            );
+        }
         self.check_prefixes();
         self.drain();
     }
@@ -221,6 +249,9 @@ impl Harness {
         if let Ok(n) = conn.write(self.now, &data) {
             assert!(n <= len, "write accepted more than offered");
             self.sides[s].written.extend_from_slice(&data[..n]);
+            if self.trace {
+                eprintln!("[{:?}] side {s} wrote {n}/{len}", self.now);
+            }
         }
         self.drain();
     }
@@ -385,19 +416,40 @@ impl Harness {
     }
 }
 
-/// Decodes `data` into operations, runs them, heals, and checks.
-pub fn run(data: &[u8]) {
+/// Decodes `data` into the operations [`run`] applies (at most `MAX_OPS`).
+pub fn decode(data: &[u8]) -> Vec<Op> {
     let mut u = Unstructured::new(data);
-    let mut h = Harness::new();
+    let mut ops = Vec::new();
     for _ in 0..MAX_OPS {
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        ops.push(op);
         if u.is_empty() {
-            h.apply(op);
             break;
         }
-        h.apply(op);
+    }
+    ops
+}
+
+/// Runs `ops`, heals, and checks (what [`run`] does after decoding); with
+/// `trace`, every segment delivered and every event is printed to stderr,
+/// for minimising and explaining a failing script.
+pub fn run_ops(ops: &[Op], trace: bool) {
+    let mut h = Harness::new(trace);
+    for op in ops {
+        if h.trace {
+            eprintln!("[{:?}] op {op:?}", h.now);
+        }
+        h.apply(op.clone());
+    }
+    if h.trace {
+        eprintln!("[{:?}] heal", h.now);
     }
     h.heal();
+}
+
+/// Decodes `data` into operations, runs them, heals, and checks.
+pub fn run(data: &[u8]) {
+    run_ops(&decode(data), false);
 }
