@@ -1011,12 +1011,13 @@ impl Connection {
         {
             if self.send.flight_bytes(true) == 0
                 && self.state != State::Established
-                && self.recv.fin_received()
+                && (self.recv.fin_received() || self.recv.is_closed())
             {
-                // Only our FIN is unanswered, all our data arrived and the
-                // peer's stream ended: the peer has gone; nothing was lost.
-                // Without the peer's FIN its stream is cut short, which is
-                // a reset for the reader.
+                // Only our FIN is unanswered, all our data arrived, and the
+                // peer's stream ended (or we stopped reading it with
+                // `close`): the peer has gone; nothing was lost. After
+                // `shutdown` without the peer's FIN its stream is cut
+                // short, which is a reset for the reader.
                 self.enter_closed(Event::Closed);
             } else {
                 self.reset(ResetReason::TimedOut);
@@ -1930,6 +1931,24 @@ mod tests {
         assert!(fins >= 8);
         assert!(a.is_closed());
         assert_eq!(events(&mut a), vec![Event::Closed]);
+    }
+
+    #[test]
+    fn shutdown_to_a_dead_peer_is_a_reset_for_the_reader() {
+        // Unlike `close`, `shutdown` still waits for the peer's stream: if
+        // the peer vanishes before its FIN, that stream was cut short.
+        let mut a = dialer(ConnConfig::default());
+        a.shutdown(t(20));
+        assert_eq!(out(&mut a, t(20)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        let mut last = Vec::new();
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            last = out(&mut a, at);
+        }
+        assert_eq!(last, vec![seg(Flags::RST, 0, 0, 0, b"")]);
+        assert_eq!(events(&mut a), vec![Event::Reset(ResetReason::TimedOut)]);
+        let mut buf = [0u8; 4];
+        assert_eq!(a.read(&mut buf), Err(StreamError::Reset));
     }
 
     #[test]
