@@ -723,6 +723,14 @@ impl Connection {
         self.push_event(Event::Readable);
     }
 
+    /// All our data is acknowledged and our FIN, if queued, has been sent
+    /// (trivially true once the send side was abandoned).
+    fn send_data_done(&self) -> bool {
+        self.send.unsent() == 0
+            && self.send.flight_bytes(true) == 0
+            && (self.send.fin_sent() || !self.send.fin_queued())
+    }
+
     fn heard(&mut self, now: Instant) {
         self.last_heard = now;
         self.last_activity = now;
@@ -969,7 +977,12 @@ impl Connection {
         }
         if self.linger_at.is_some_and(|t| t <= now) {
             self.linger_at = None;
-            if matches!(self.state, State::TimeWait | State::FinWait) {
+            if self.state == State::TimeWait && !self.send_data_done() {
+                // We closed, the peer's FIN came first, and some of our data
+                // (or our FIN) is still on its way: linger on until it is
+                // through; the retransmission and probe timers bound this.
+                self.linger_at = Some(now + self.cfg.time_wait);
+            } else if matches!(self.state, State::TimeWait | State::FinWait) {
                 self.enter_closed(Event::Closed);
             }
         }
@@ -1061,8 +1074,10 @@ impl Connection {
 
     /// Data waits, nothing is in flight, and the peer's window is closed.
     fn zwp_needed(&self, now: Instant) -> bool {
-        matches!(self.state, State::Established | State::FinWait)
-            && !self.send.has_unacked()
+        matches!(
+            self.state,
+            State::Established | State::FinWait | State::TimeWait
+        ) && !self.send.has_unacked()
             && self.send.can_send(now)
             && !self.send.next_is_fin()
             && !self.gate_open()
@@ -1204,8 +1219,12 @@ impl Connection {
             let seg = self.data_segment(now, o);
             return self.emit(seg);
         }
-        if matches!(self.state, State::Established | State::FinWait)
-            && (self.send.next_is_fin() || self.gate_open())
+        // In TIME_WAIT only after our own close: the rest of our data and
+        // our FIN still go out (otherwise the send side was abandoned).
+        if matches!(
+            self.state,
+            State::Established | State::FinWait | State::TimeWait
+        ) && (self.send.next_is_fin() || self.gate_open())
         {
             if let Some(o) = self.send.pop_segment(now) {
                 if self.rto_at.is_none() {
@@ -1223,7 +1242,9 @@ impl Connection {
         if self.zwp_at.is_none() && self.zwp_needed(now) {
             self.zwp_at = Some(now + self.zwp_interval);
         }
-        if self.fin_reply_pending {
+        // The reply's seq tells the peer where our stream ends, so it waits
+        // until our own FIN (queued behind data after a close) is out.
+        if self.fin_reply_pending && self.send.fin_sent() {
             self.fin_reply_pending = false;
             self.ack_fields();
             return self.emit(Segment::control(
@@ -1234,9 +1255,12 @@ impl Connection {
             ));
         }
         if self.state == State::TimeWait {
+            // Nothing is acknowledged here (no ping-pong); only a
+            // zero-window probe for our own remaining data goes out.
             self.ack_now = false;
-            self.probe_pending = false;
-            return None;
+            if !self.probe_pending {
+                return None;
+            }
         }
         if self.ack_now || self.probe_pending {
             // Probes carry seq one below the next byte so that the peer
@@ -1949,6 +1973,52 @@ mod tests {
         assert_eq!(events(&mut a), vec![Event::Reset(ResetReason::TimedOut)]);
         let mut buf = [0u8; 4];
         assert_eq!(a.read(&mut buf), Err(StreamError::Reset));
+    }
+
+    #[test]
+    fn peer_fin_before_our_queued_data_and_fin_does_not_cut_our_stream() {
+        // Found by the stream fuzz body: we shut down while data still
+        // waited for the window; the peer's FIN arrived first. Our FIN+ACK
+        // reply used to claim our stream ended at snd_nxt (before the
+        // queued data), the data and our FIN were never sent, and TIME_WAIT
+        // closed cleanly: the peer read a short stream as complete.
+        let mut a = dialer(nodelay());
+        a.handle_segment(t(15), seg(A, 1, 1, 1, b""));
+        a.write(t(20), b"abcdef").unwrap();
+        assert_eq!(out(&mut a, t(20)), vec![seg(A, 1, 1, 512, b"abcdef")]);
+        a.write(t(21), b"ghi").unwrap();
+        a.shutdown(t(22));
+        assert!(out(&mut a, t(22)).is_empty(), "window of one segment");
+        // The peer shut down too: its FIN.
+        a.handle_segment(t(30), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert!(
+            out(&mut a, t(30)).is_empty(),
+            "no FIN+ACK (it would end our stream at 7) while data waits"
+        );
+        // The peer (still reading after its shutdown) acknowledges "abcdef".
+        a.handle_segment(t(40), seg(A, 2, 7, 1, b""));
+        assert_eq!(
+            out(&mut a, t(40)),
+            vec![
+                seg(A, 7, 2, 512, b"ghi"),
+                seg(Flags::FIN, 10, 0, 0, b""),
+                seg(Flags::FIN | A, 11, 2, 0, b""),
+            ]
+        );
+        // TIME_WAIT does not end while "ghi" is unacknowledged.
+        a.handle_timeout(t(10_030));
+        assert_eq!(a.state(), State::TimeWait);
+        out(&mut a, t(10_030));
+        a.handle_segment(t(10_040), seg(Flags::FIN | A, 2, 11, 0, b""));
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            assert!(out(&mut a, at).iter().all(|s| s.flags != Flags::RST));
+        }
+        assert!(a.is_closed());
+        assert!(events(&mut a).ends_with(&[Event::Closed]));
+        let mut buf = [0u8; 4];
+        assert_eq!(a.read(&mut buf), Ok(0));
     }
 
     #[test]
