@@ -715,10 +715,21 @@ impl Connection {
         self.ack_now = false;
         self.zwp_at = None;
         if !we_closed {
-            // No half-close: the peer will not accept our remaining data.
-            self.send.abandon();
-            self.rtx.clear();
-            self.rto_at = None;
+            if self.send.unsent() > 0 || self.send.has_unacked() {
+                // No half-close: writes fail from now on. What was already
+                // written is still delivered, followed by our FIN, as if we
+                // had shut down now; the FIN+ACK reply waits for that FIN.
+                // A peer that still reads (it shut down) acknowledges it; a
+                // peer that stopped reading never does, and the give-up rule
+                // resets us: written data is never dropped silently.
+                self.send.close();
+            } else {
+                // Nothing of ours is outstanding: the FIN+ACK reply is our
+                // FIN, at the next sequence number.
+                self.send.abandon();
+                self.rtx.clear();
+                self.rto_at = None;
+            }
         }
         self.push_event(Event::Readable);
     }
@@ -2019,6 +2030,41 @@ mod tests {
         assert!(events(&mut a).ends_with(&[Event::Closed]));
         let mut buf = [0u8; 4];
         assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn written_data_is_still_delivered_after_the_peers_fin() {
+        // Found by the stream fuzz body: the peer shut down while our data
+        // was unacknowledged. We used to abandon it and close cleanly,
+        // while the peer, still reading, got a short stream.
+        let mut b = acceptor(nodelay());
+        b.write(t(5), b"abc").unwrap();
+        let _lost = out(&mut b, t(5));
+        b.handle_segment(t(10), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(b.state(), State::TimeWait);
+        assert_eq!(b.write(t(10), b"more"), Err(StreamError::NotEstablished));
+        // Our FIN follows the data; the FIN+ACK reply follows our FIN.
+        assert_eq!(
+            out(&mut b, t(10)),
+            vec![
+                seg(Flags::FIN, 4, 0, 0, b""),
+                seg(Flags::FIN | A, 5, 2, 0, b"")
+            ]
+        );
+        let (at, why) = b.poll_timeout().unwrap();
+        assert_eq!(why, TimerReason::Retransmit);
+        b.handle_timeout(at);
+        assert_eq!(out(&mut b, at), vec![seg(A, 1, 2, 512, b"abc")]);
+        // The peer read it and acknowledges our FIN with its FIN+ACK.
+        b.handle_segment(at, seg(Flags::FIN | A, 2, 5, 0, b""));
+        while let Some((at, _)) = b.poll_timeout() {
+            b.handle_timeout(at);
+            assert!(out(&mut b, at).iter().all(|s| s.flags != Flags::RST));
+        }
+        assert!(b.is_closed());
+        let ev = events(&mut b);
+        assert!(ev.ends_with(&[Event::Closed]), "{ev:?}");
+        assert!(!ev.iter().any(|e| matches!(e, Event::Reset(_))));
     }
 
     #[test]
