@@ -2068,6 +2068,31 @@ mod tests {
     }
 
     #[test]
+    fn fin_ack_reply_overtaking_the_peers_fin_still_ends_the_stream() {
+        // The peer closed first (FIN at 4) and answered our FIN with its
+        // FIN+ACK (seq 5 = FIN + 1). The FIN was lost, the reply arrived:
+        // the stream seemed to miss a byte at 4, the retransmitted FIN was
+        // ignored as a duplicate, and we ended with a spurious reset.
+        let mut a = dialer(ConnConfig::default());
+        a.shutdown(t(20));
+        assert_eq!(out(&mut a, t(20)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        a.handle_segment(t(30), seg(A, 1, 1, 512, b"abc"));
+        out(&mut a, t(30));
+        a.handle_segment(t(40), seg(Flags::FIN | A, 5, 2, 0, b""));
+        assert_eq!(a.state(), State::FinWait, "byte 4 looks missing");
+        out(&mut a, t(40));
+        a.handle_segment(t(1040), seg(Flags::FIN, 4, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert_eq!(
+            out(&mut a, t(1040)),
+            vec![seg(Flags::FIN | A, 2, 5, 0, b"")]
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf), Ok(3));
+        assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
     fn shutdown_keeps_receiving_until_peer_fin() {
         let mut a = dialer(ConnConfig::default());
         a.shutdown(t(20));
