@@ -629,10 +629,11 @@ impl Connection {
     }
 
     fn on_syn(&mut self, seg: &Segment) {
-        // A retransmitted SYN: our SYN-ACK was lost.
+        // A retransmitted SYN: our SYN-ACK was lost. Also after our own
+        // close (the dialer cannot take our FIN before the handshake).
         if self.role == Role::Acceptor
             && seg.seq == self.peer_isn
-            && matches!(self.state, State::Established)
+            && matches!(self.state, State::Established | State::FinWait)
         {
             self.synack_pending = true;
         }
@@ -2135,6 +2136,29 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(a.read(&mut buf), Ok(5));
         assert_eq!(&buf[..5], b"early");
+    }
+
+    #[test]
+    fn lost_synack_is_resent_after_the_acceptor_closed() {
+        // Found by the stream fuzz body: the SYN-ACK was lost and the
+        // acceptor shut down at once. Retransmitted SYNs were ignored
+        // outside ESTABLISHED, so the dial failed and the acceptor timed out
+        // on a healthy network.
+        let mut b = acceptor(ConnConfig::default());
+        b.shutdown(t(5));
+        assert_eq!(out(&mut b, t(5)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        b.handle_segment(t(250), seg(Flags::SYN, 0, 0, 512, b""));
+        assert_eq!(
+            out(&mut b, t(250)),
+            vec![seg(Flags::SYN | A, 0, 1, 512, b"")]
+        );
+        let mut a = Connection::connect(t(0), ConnConfig::default(), 0);
+        out(&mut a, t(0));
+        a.handle_segment(t(260), seg(Flags::SYN | A, 0, 1, 512, b""));
+        assert_eq!(a.state(), State::Established);
+        // The FIN, retransmitted, now ends the connection normally.
+        a.handle_segment(t(1005), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
     }
 
     #[test]
