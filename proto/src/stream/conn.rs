@@ -1109,7 +1109,10 @@ impl Connection {
             return;
         }
         if self.keepalive_unanswered >= KEEPALIVE_PROBES {
-            self.close(now);
+            // Our FIN, but the receive side stays open: a peer that was
+            // alive after all ends its stream normally, a dead one leaves
+            // it cut short, which the give-up rule reports as a reset.
+            self.shutdown(now);
             return;
         }
         self.keepalive_unanswered += 1;
@@ -2470,6 +2473,39 @@ mod tests {
         }
         assert_eq!(probes, vec![60_010, 75_010, 90_010]);
         assert_eq!(fin_at, Some(105_010));
+    }
+
+    #[test]
+    fn keepalive_close_is_not_end_of_stream_for_the_reader() {
+        // Found by the stream fuzz body: the keepalive closed the receive
+        // side too, so read() said end of stream (Ok(0)) although the peer
+        // never ended its stream, and then Reset once CLOSED.
+        let mut a = dialer(ConnConfig::default());
+        let mut buf = [0u8; 8];
+        let mut fin_seen = false;
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            fin_seen |= out(&mut a, at).iter().any(|s| s.flags == Flags::FIN);
+            if fin_seen && a.state() == State::FinWait {
+                assert_eq!(a.read(&mut buf), Err(StreamError::WouldBlock));
+                break;
+            }
+        }
+        assert!(fin_seen);
+        // The peer was alive after all: its data and FIN still arrive.
+        a.handle_segment(t(106_000), seg(A, 1, 2, 512, b"late"));
+        a.handle_segment(t(106_001), seg(Flags::FIN | A, 5, 2, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert_eq!(a.read(&mut buf), Ok(4));
+        assert_eq!(a.read(&mut buf), Ok(0));
+        // A peer that stays silent instead: a reset, not end of stream.
+        let mut b = dialer(ConnConfig::default());
+        while let Some((at, _)) = b.poll_timeout() {
+            b.handle_timeout(at);
+            out(&mut b, at);
+        }
+        assert_eq!(events(&mut b), vec![Event::Reset(ResetReason::TimedOut)]);
+        assert_eq!(b.read(&mut buf), Err(StreamError::Reset));
     }
 
     // ----- lossy and dead paths ------------------------------------------
