@@ -720,9 +720,10 @@ impl Connection {
                 // No half-close: writes fail from now on. What was already
                 // written is still delivered, followed by our FIN, as if we
                 // had shut down now; the FIN+ACK reply waits for that FIN.
-                // A peer that still reads (it shut down) acknowledges it; a
-                // peer that stopped reading never does, and the give-up rule
-                // resets us: written data is never dropped silently.
+                // A peer that still reads (it shut down) receives it; one
+                // that closed discards it and acknowledges it with its reply
+                // to our FIN; a vanished peer makes the give-up rule reset
+                // us. Written data is never dropped silently.
                 self.send.close();
             } else {
                 // Nothing of ours is outstanding: the FIN+ACK reply is our
@@ -2094,6 +2095,43 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(a.read(&mut buf), Ok(3));
         assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn data_after_the_fin_of_a_peer_that_closed_ends_cleanly() {
+        // The peer used `close` (it reads no more): our data outstanding at
+        // its FIN is discarded there, and its reply to our FIN acknowledges
+        // it as a whole; no retransmission loop, no reset.
+        let mut a = dialer(nodelay());
+        let mut b = acceptor(nodelay());
+        b.write(t(5), b"xyz").unwrap();
+        let _lost = out(&mut b, t(5));
+        a.close(t(6));
+        let fin_a = out(&mut a, t(6));
+        assert_eq!(fin_a, vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        b.handle_segment(t(7), fin_a[0].clone());
+        let from_b = out(&mut b, t(7));
+        assert_eq!(
+            from_b,
+            vec![
+                seg(Flags::FIN, 4, 0, 0, b""),
+                seg(Flags::FIN | A, 5, 2, 0, b"")
+            ]
+        );
+        for s in from_b {
+            a.handle_segment(t(8), s);
+        }
+        let from_a = out(&mut a, t(8));
+        assert_eq!(from_a, vec![seg(Flags::FIN | A, 2, 5, 0, b"")]);
+        b.handle_segment(t(9), from_a[0].clone());
+        assert_eq!(
+            b.poll_timeout().map(|(_, r)| r),
+            Some(TimerReason::TimeWait)
+        );
+        let (at, _) = b.poll_timeout().unwrap();
+        b.handle_timeout(at);
+        assert!(b.is_closed());
+        assert_eq!(events(&mut b), vec![Event::Readable, Event::Closed]);
     }
 
     #[test]
