@@ -8,7 +8,8 @@
 //! asserts, at every step, that bytes read are a prefix of bytes written
 //! (per direction), and at the end that every connection either completed
 //! (closed with all data delivered) or failed cleanly (a reset it
-//! reported). Any panic is a found bug.
+//! reported), and that end of stream was only ever seen after the whole
+//! stream. Any panic is a found bug.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -394,6 +395,18 @@ impl Harness {
             );
             return;
         };
+        // End of stream claims the whole stream, even if a reset came later
+        // (a FIN is sent only after every byte written before it).
+        for s in 0..2 {
+            if self.sides[1 - s].eof {
+                assert_eq!(
+                    self.sides[1 - s].read.len(),
+                    self.sides[s].written.len(),
+                    "side {} saw end of stream before everything side {s} wrote",
+                    1 - s
+                );
+            }
+        }
         let any_reset = self.sides.iter().any(|s| s.reset);
         for (s, c) in [(0, self.sides[0].conn.as_ref()), (1, Some(acceptor))] {
             let state = c.map(Connection::state);
