@@ -1,8 +1,9 @@
 //! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
 //! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
 //! runs scripts, not one message), the crypto session table
-//! (`spec/crypto.md`) and the registry codec and state machine
-//! (`spec/registry.md`).
+//! (`spec/crypto.md`), the registry codec and state machine
+//! (`spec/registry.md`) and the stream transport (`spec/transport.md`;
+//! `stream` runs operation scripts against two connections).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -17,6 +18,7 @@ pub mod ipc;
 pub mod packet;
 pub mod registry;
 pub mod session;
+pub mod stream;
 pub mod tunnel;
 
 use serde_json::Value;
@@ -49,6 +51,7 @@ pub const TARGETS: &[&str] = &[
     "packet",
     "session",
     "registry",
+    "stream",
     "tunnel",
 ];
 

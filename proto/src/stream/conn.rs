@@ -629,10 +629,11 @@ impl Connection {
     }
 
     fn on_syn(&mut self, seg: &Segment) {
-        // A retransmitted SYN: our SYN-ACK was lost.
+        // A retransmitted SYN: our SYN-ACK was lost. Also after our own
+        // close (the dialer cannot take our FIN before the handshake).
         if self.role == Role::Acceptor
             && seg.seq == self.peer_isn
-            && matches!(self.state, State::Established)
+            && matches!(self.state, State::Established | State::FinWait)
         {
             self.synack_pending = true;
         }
@@ -715,12 +716,32 @@ impl Connection {
         self.ack_now = false;
         self.zwp_at = None;
         if !we_closed {
-            // No half-close: the peer will not accept our remaining data.
-            self.send.abandon();
-            self.rtx.clear();
-            self.rto_at = None;
+            if self.send.unsent() > 0 || self.send.has_unacked() {
+                // No half-close: writes fail from now on. What was already
+                // written is still delivered, followed by our FIN, as if we
+                // had shut down now; the FIN+ACK reply waits for that FIN.
+                // A peer that still reads (it shut down) receives it; one
+                // that closed discards it and acknowledges it with its reply
+                // to our FIN; a vanished peer makes the give-up rule reset
+                // us. Written data is never dropped silently.
+                self.send.close();
+            } else {
+                // Nothing of ours is outstanding: the FIN+ACK reply is our
+                // FIN, at the next sequence number.
+                self.send.abandon();
+                self.rtx.clear();
+                self.rto_at = None;
+            }
         }
         self.push_event(Event::Readable);
+    }
+
+    /// All our data is acknowledged and our FIN, if queued, has been sent
+    /// (trivially true once the send side was abandoned).
+    fn send_data_done(&self) -> bool {
+        self.send.unsent() == 0
+            && self.send.flight_bytes(true) == 0
+            && (self.send.fin_sent() || !self.send.fin_queued())
     }
 
     fn heard(&mut self, now: Instant) {
@@ -969,7 +990,12 @@ impl Connection {
         }
         if self.linger_at.is_some_and(|t| t <= now) {
             self.linger_at = None;
-            if matches!(self.state, State::TimeWait | State::FinWait) {
+            if self.state == State::TimeWait && !self.send_data_done() {
+                // We closed, the peer's FIN came first, and some of our data
+                // (or our FIN) is still on its way: linger on until it is
+                // through; the retransmission and probe timers bound this.
+                self.linger_at = Some(now + self.cfg.time_wait);
+            } else if matches!(self.state, State::TimeWait | State::FinWait) {
                 self.enter_closed(Event::Closed);
             }
         }
@@ -1009,9 +1035,15 @@ impl Connection {
         if now.saturating_duration_since(since) >= GIVE_UP_SILENCE
             && self.timeouts_unheard >= GIVE_UP_MIN_TIMEOUTS
         {
-            if self.send.flight_bytes(true) == 0 && self.state != State::Established {
-                // Only our FIN is unanswered and all data arrived: the
-                // peer has gone; nothing was lost.
+            if self.send.flight_bytes(true) == 0
+                && self.state != State::Established
+                && (self.recv.fin_received() || self.recv.is_closed())
+            {
+                // Only our FIN is unanswered, all our data arrived, and the
+                // peer's stream ended (or we stopped reading it with
+                // `close`): the peer has gone; nothing was lost. After
+                // `shutdown` without the peer's FIN its stream is cut
+                // short, which is a reset for the reader.
                 self.enter_closed(Event::Closed);
             } else {
                 self.reset(ResetReason::TimedOut);
@@ -1055,8 +1087,10 @@ impl Connection {
 
     /// Data waits, nothing is in flight, and the peer's window is closed.
     fn zwp_needed(&self, now: Instant) -> bool {
-        matches!(self.state, State::Established | State::FinWait)
-            && !self.send.has_unacked()
+        matches!(
+            self.state,
+            State::Established | State::FinWait | State::TimeWait
+        ) && !self.send.has_unacked()
             && self.send.can_send(now)
             && !self.send.next_is_fin()
             && !self.gate_open()
@@ -1076,7 +1110,10 @@ impl Connection {
             return;
         }
         if self.keepalive_unanswered >= KEEPALIVE_PROBES {
-            self.close(now);
+            // Our FIN, but the receive side stays open: a peer that was
+            // alive after all ends its stream normally, a dead one leaves
+            // it cut short, which the give-up rule reports as a reset.
+            self.shutdown(now);
             return;
         }
         self.keepalive_unanswered += 1;
@@ -1198,8 +1235,12 @@ impl Connection {
             let seg = self.data_segment(now, o);
             return self.emit(seg);
         }
-        if matches!(self.state, State::Established | State::FinWait)
-            && (self.send.next_is_fin() || self.gate_open())
+        // In TIME_WAIT only after our own close: the rest of our data and
+        // our FIN still go out (otherwise the send side was abandoned).
+        if matches!(
+            self.state,
+            State::Established | State::FinWait | State::TimeWait
+        ) && (self.send.next_is_fin() || self.gate_open())
         {
             if let Some(o) = self.send.pop_segment(now) {
                 if self.rto_at.is_none() {
@@ -1217,7 +1258,9 @@ impl Connection {
         if self.zwp_at.is_none() && self.zwp_needed(now) {
             self.zwp_at = Some(now + self.zwp_interval);
         }
-        if self.fin_reply_pending {
+        // The reply's seq tells the peer where our stream ends, so it waits
+        // until our own FIN (queued behind data after a close) is out.
+        if self.fin_reply_pending && self.send.fin_sent() {
             self.fin_reply_pending = false;
             self.ack_fields();
             return self.emit(Segment::control(
@@ -1228,9 +1271,12 @@ impl Connection {
             ));
         }
         if self.state == State::TimeWait {
+            // Nothing is acknowledged here (no ping-pong); only a
+            // zero-window probe for our own remaining data goes out.
             self.ack_now = false;
-            self.probe_pending = false;
-            return None;
+            if !self.probe_pending {
+                return None;
+            }
         }
         if self.ack_now || self.probe_pending {
             // Probes carry seq one below the next byte so that the peer
@@ -1928,6 +1974,167 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_to_a_dead_peer_is_a_reset_for_the_reader() {
+        // Unlike `close`, `shutdown` still waits for the peer's stream: if
+        // the peer vanishes before its FIN, that stream was cut short.
+        let mut a = dialer(ConnConfig::default());
+        a.shutdown(t(20));
+        assert_eq!(out(&mut a, t(20)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        let mut last = Vec::new();
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            last = out(&mut a, at);
+        }
+        assert_eq!(last, vec![seg(Flags::RST, 0, 0, 0, b"")]);
+        assert_eq!(events(&mut a), vec![Event::Reset(ResetReason::TimedOut)]);
+        let mut buf = [0u8; 4];
+        assert_eq!(a.read(&mut buf), Err(StreamError::Reset));
+    }
+
+    #[test]
+    fn peer_fin_before_our_queued_data_and_fin_does_not_cut_our_stream() {
+        // Found by the stream fuzz body: we shut down while data still
+        // waited for the window; the peer's FIN arrived first. Our FIN+ACK
+        // reply used to claim our stream ended at snd_nxt (before the
+        // queued data), the data and our FIN were never sent, and TIME_WAIT
+        // closed cleanly: the peer read a short stream as complete.
+        let mut a = dialer(nodelay());
+        a.handle_segment(t(15), seg(A, 1, 1, 1, b""));
+        a.write(t(20), b"abcdef").unwrap();
+        assert_eq!(out(&mut a, t(20)), vec![seg(A, 1, 1, 512, b"abcdef")]);
+        a.write(t(21), b"ghi").unwrap();
+        a.shutdown(t(22));
+        assert!(out(&mut a, t(22)).is_empty(), "window of one segment");
+        // The peer shut down too: its FIN.
+        a.handle_segment(t(30), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert!(
+            out(&mut a, t(30)).is_empty(),
+            "no FIN+ACK (it would end our stream at 7) while data waits"
+        );
+        // The peer (still reading after its shutdown) acknowledges "abcdef".
+        a.handle_segment(t(40), seg(A, 2, 7, 1, b""));
+        assert_eq!(
+            out(&mut a, t(40)),
+            vec![
+                seg(A, 7, 2, 512, b"ghi"),
+                seg(Flags::FIN, 10, 0, 0, b""),
+                seg(Flags::FIN | A, 11, 2, 0, b""),
+            ]
+        );
+        // TIME_WAIT does not end while "ghi" is unacknowledged.
+        a.handle_timeout(t(10_030));
+        assert_eq!(a.state(), State::TimeWait);
+        out(&mut a, t(10_030));
+        a.handle_segment(t(10_040), seg(Flags::FIN | A, 2, 11, 0, b""));
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            assert!(out(&mut a, at).iter().all(|s| s.flags != Flags::RST));
+        }
+        assert!(a.is_closed());
+        assert!(events(&mut a).ends_with(&[Event::Closed]));
+        let mut buf = [0u8; 4];
+        assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn written_data_is_still_delivered_after_the_peers_fin() {
+        // Found by the stream fuzz body: the peer shut down while our data
+        // was unacknowledged. We used to abandon it and close cleanly,
+        // while the peer, still reading, got a short stream.
+        let mut b = acceptor(nodelay());
+        b.write(t(5), b"abc").unwrap();
+        let _lost = out(&mut b, t(5));
+        b.handle_segment(t(10), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(b.state(), State::TimeWait);
+        assert_eq!(b.write(t(10), b"more"), Err(StreamError::NotEstablished));
+        // Our FIN follows the data; the FIN+ACK reply follows our FIN.
+        assert_eq!(
+            out(&mut b, t(10)),
+            vec![
+                seg(Flags::FIN, 4, 0, 0, b""),
+                seg(Flags::FIN | A, 5, 2, 0, b"")
+            ]
+        );
+        let (at, why) = b.poll_timeout().unwrap();
+        assert_eq!(why, TimerReason::Retransmit);
+        b.handle_timeout(at);
+        assert_eq!(out(&mut b, at), vec![seg(A, 1, 2, 512, b"abc")]);
+        // The peer read it and acknowledges our FIN with its FIN+ACK.
+        b.handle_segment(at, seg(Flags::FIN | A, 2, 5, 0, b""));
+        while let Some((at, _)) = b.poll_timeout() {
+            b.handle_timeout(at);
+            assert!(out(&mut b, at).iter().all(|s| s.flags != Flags::RST));
+        }
+        assert!(b.is_closed());
+        let ev = events(&mut b);
+        assert!(ev.ends_with(&[Event::Closed]), "{ev:?}");
+        assert!(!ev.iter().any(|e| matches!(e, Event::Reset(_))));
+    }
+
+    #[test]
+    fn fin_ack_reply_overtaking_the_peers_fin_still_ends_the_stream() {
+        // The peer closed first (FIN at 4) and answered our FIN with its
+        // FIN+ACK (seq 5 = FIN + 1). The FIN was lost, the reply arrived:
+        // the stream seemed to miss a byte at 4, the retransmitted FIN was
+        // ignored as a duplicate, and we ended with a spurious reset.
+        let mut a = dialer(ConnConfig::default());
+        a.shutdown(t(20));
+        assert_eq!(out(&mut a, t(20)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        a.handle_segment(t(30), seg(A, 1, 1, 512, b"abc"));
+        out(&mut a, t(30));
+        a.handle_segment(t(40), seg(Flags::FIN | A, 5, 2, 0, b""));
+        assert_eq!(a.state(), State::FinWait, "byte 4 looks missing");
+        out(&mut a, t(40));
+        a.handle_segment(t(1040), seg(Flags::FIN, 4, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert_eq!(
+            out(&mut a, t(1040)),
+            vec![seg(Flags::FIN | A, 2, 5, 0, b"")]
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf), Ok(3));
+        assert_eq!(a.read(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn data_after_the_fin_of_a_peer_that_closed_ends_cleanly() {
+        // The peer used `close` (it reads no more): our data outstanding at
+        // its FIN is discarded there, and its reply to our FIN acknowledges
+        // it as a whole; no retransmission loop, no reset.
+        let mut a = dialer(nodelay());
+        let mut b = acceptor(nodelay());
+        b.write(t(5), b"xyz").unwrap();
+        let _lost = out(&mut b, t(5));
+        a.close(t(6));
+        let fin_a = out(&mut a, t(6));
+        assert_eq!(fin_a, vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        b.handle_segment(t(7), fin_a[0].clone());
+        let from_b = out(&mut b, t(7));
+        assert_eq!(
+            from_b,
+            vec![
+                seg(Flags::FIN, 4, 0, 0, b""),
+                seg(Flags::FIN | A, 5, 2, 0, b"")
+            ]
+        );
+        for s in from_b {
+            a.handle_segment(t(8), s);
+        }
+        let from_a = out(&mut a, t(8));
+        assert_eq!(from_a, vec![seg(Flags::FIN | A, 2, 5, 0, b"")]);
+        b.handle_segment(t(9), from_a[0].clone());
+        assert_eq!(
+            b.poll_timeout().map(|(_, r)| r),
+            Some(TimerReason::TimeWait)
+        );
+        let (at, _) = b.poll_timeout().unwrap();
+        b.handle_timeout(at);
+        assert!(b.is_closed());
+        assert_eq!(events(&mut b), vec![Event::Readable, Event::Closed]);
+    }
+
+    #[test]
     fn shutdown_keeps_receiving_until_peer_fin() {
         let mut a = dialer(ConnConfig::default());
         a.shutdown(t(20));
@@ -1970,6 +2177,29 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(a.read(&mut buf), Ok(5));
         assert_eq!(&buf[..5], b"early");
+    }
+
+    #[test]
+    fn lost_synack_is_resent_after_the_acceptor_closed() {
+        // Found by the stream fuzz body: the SYN-ACK was lost and the
+        // acceptor shut down at once. Retransmitted SYNs were ignored
+        // outside ESTABLISHED, so the dial failed and the acceptor timed out
+        // on a healthy network.
+        let mut b = acceptor(ConnConfig::default());
+        b.shutdown(t(5));
+        assert_eq!(out(&mut b, t(5)), vec![seg(Flags::FIN, 1, 0, 0, b"")]);
+        b.handle_segment(t(250), seg(Flags::SYN, 0, 0, 512, b""));
+        assert_eq!(
+            out(&mut b, t(250)),
+            vec![seg(Flags::SYN | A, 0, 1, 512, b"")]
+        );
+        let mut a = Connection::connect(t(0), ConnConfig::default(), 0);
+        out(&mut a, t(0));
+        a.handle_segment(t(260), seg(Flags::SYN | A, 0, 1, 512, b""));
+        assert_eq!(a.state(), State::Established);
+        // The FIN, retransmitted, now ends the connection normally.
+        a.handle_segment(t(1005), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
     }
 
     #[test]
@@ -2281,6 +2511,39 @@ mod tests {
         }
         assert_eq!(probes, vec![60_010, 75_010, 90_010]);
         assert_eq!(fin_at, Some(105_010));
+    }
+
+    #[test]
+    fn keepalive_close_is_not_end_of_stream_for_the_reader() {
+        // Found by the stream fuzz body: the keepalive closed the receive
+        // side too, so read() said end of stream (Ok(0)) although the peer
+        // never ended its stream, and then Reset once CLOSED.
+        let mut a = dialer(ConnConfig::default());
+        let mut buf = [0u8; 8];
+        let mut fin_seen = false;
+        while let Some((at, _)) = a.poll_timeout() {
+            a.handle_timeout(at);
+            fin_seen |= out(&mut a, at).iter().any(|s| s.flags == Flags::FIN);
+            if fin_seen && a.state() == State::FinWait {
+                assert_eq!(a.read(&mut buf), Err(StreamError::WouldBlock));
+                break;
+            }
+        }
+        assert!(fin_seen);
+        // The peer was alive after all: its data and FIN still arrive.
+        a.handle_segment(t(106_000), seg(A, 1, 2, 512, b"late"));
+        a.handle_segment(t(106_001), seg(Flags::FIN | A, 5, 2, 0, b""));
+        assert_eq!(a.state(), State::TimeWait);
+        assert_eq!(a.read(&mut buf), Ok(4));
+        assert_eq!(a.read(&mut buf), Ok(0));
+        // A peer that stays silent instead: a reset, not end of stream.
+        let mut b = dialer(ConnConfig::default());
+        while let Some((at, _)) = b.poll_timeout() {
+            b.handle_timeout(at);
+            out(&mut b, at);
+        }
+        assert_eq!(events(&mut b), vec![Event::Reset(ResetReason::TimedOut)]);
+        assert_eq!(b.read(&mut buf), Err(StreamError::Reset));
     }
 
     // ----- lossy and dead paths ------------------------------------------

@@ -313,8 +313,17 @@ impl RecvBuffer {
 
     /// Processes a FIN at sequence `seq`.
     pub fn on_fin(&mut self, seq: Seq) -> FinOutcome {
-        if self.fin.is_some() || self.eof {
+        if self.eof {
             return FinOutcome::Duplicate;
+        }
+        if let Some(held) = self.fin {
+            // A peer that closed first sends its FIN at x and later its
+            // FIN+ACK reply at x + 1 (`spec/transport.md` §8.2). If the
+            // reply overtook the FIN, the FIN's own position, one lower, is
+            // the end of the stream (only the FIN lies between the two).
+            if !(seq.add(1) == held && seq.after_eq(self.rcv_nxt)) {
+                return FinOutcome::Duplicate;
+            }
         }
         // A FIN below what we already hold cannot retract data; it ends the
         // stream where we are.
@@ -575,6 +584,21 @@ mod tests {
         assert!(r.fin_received());
         assert_eq!(r.ack_number(), Seq(8));
         assert_eq!(read_all(&mut r), b"abcdef");
+        assert!(r.is_eof());
+    }
+
+    #[test]
+    fn fin_ack_reply_overtaking_the_fin_is_corrected_by_the_fin() {
+        let mut r = buf();
+        r.on_data(Seq(1), Bytes::from_static(b"abc"));
+        // The peer's FIN at 4 was lost; its FIN+ACK reply (seq 5) arrives.
+        assert_eq!(r.on_fin(Seq(5)), FinOutcome::Pending);
+        assert_eq!(r.ack_number(), Seq(4));
+        // Only one lower, and never below what we hold, moves the end.
+        assert_eq!(r.on_fin(Seq(3)), FinOutcome::Duplicate);
+        assert_eq!(r.on_fin(Seq(4)), FinOutcome::Eof);
+        assert_eq!(r.ack_number(), Seq(5));
+        assert_eq!(read_all(&mut r), b"abc");
         assert!(r.is_eof());
     }
 
