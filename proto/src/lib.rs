@@ -17,5 +17,6 @@
 )]
 
 pub mod addr;
+pub mod services;
 pub mod time;
 pub mod wire;
