@@ -111,8 +111,8 @@ impl WallTime {
         )
     }
 
-    /// Parses `YYYY-MM-DDTHH:MM:SS` followed by `Z` or `±HH:MM`. Fractional
-    /// seconds are not accepted (the services write none).
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]` followed by `Z` or `±HH:MM`.
+    /// A fraction of 1 to 9 digits is accepted and kept to milliseconds.
     pub fn parse_rfc3339(s: &str) -> Result<WallTime, TimeParseError> {
         let b = s.as_bytes();
         let num = |range: core::ops::Range<usize>| -> Result<u32, TimeParseError> {
@@ -140,11 +140,30 @@ impl WallTime {
         let minute = num(14..16)?;
         sep(16, b':')?;
         let second = num(17..19)?;
-        let offset_secs: i32 = match b.get(19..) {
+        // Optional fraction: digits after '.', the first three kept as ms.
+        let mut rest = 19;
+        let mut millis = 0u16;
+        if b.get(19) == Some(&b'.') {
+            let digits = b
+                .get(20..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if digits == 0 || digits > 9 {
+                return Err(TimeParseError::Syntax);
+            }
+            for i in 0..3 {
+                let d = if i < digits { num(20 + i..21 + i)? } else { 0 };
+                millis = millis * 10 + d as u16;
+            }
+            rest = 20 + digits;
+        }
+        let offset_secs: i32 = match b.get(rest..) {
             Some(b"Z") => 0,
             Some([sign @ (b'+' | b'-'), _, _, b':', _, _]) => {
-                let oh = num(20..22)?;
-                let om = num(23..25)?;
+                let oh = num(rest + 1..rest + 3)?;
+                let om = num(rest + 4..rest + 6)?;
                 if oh > 23 || om > 59 {
                     return Err(TimeParseError::Range);
                 }
@@ -167,7 +186,7 @@ impl WallTime {
         let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
         Ok(WallTime {
             unix_secs: local - i64::from(offset_secs),
-            millis: 0,
+            millis,
             offset_secs,
         })
     }
@@ -214,6 +233,8 @@ mod tests {
             offset_secs: 7200,
         };
         assert_eq!(with_ms.file_stamp(), "20260227-150344.007");
+        let frac = WallTime::parse_rfc3339("2026-02-27T15:03:44.0071239+02:00").unwrap();
+        assert_eq!(frac, with_ms);
     }
 
     #[test]
@@ -225,7 +246,8 @@ mod tests {
             "2026-13-01T00:00:00Z",
             "2026-02-30T00:00:00Z",
             "2026-02-27T24:00:00Z",
-            "2026-02-27T15:03:44.5Z",
+            "2026-02-27T15:03:44.Z",
+            "2026-02-27T15:03:44.1234567890Z",
             "2026-02-27T15:03:44+0200",
             "+026-02-27T15:03:44Z",
         ] {
