@@ -1,5 +1,5 @@
-//! Fuzz-target bodies for the wire codecs (`spec/wire.md`) and the IPC
-//! codec (`spec/ipc.md`).
+//! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC
+//! codec (`spec/ipc.md`) and the built-in services (`spec/services.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -11,6 +11,7 @@ pub mod addr;
 pub mod beacon;
 pub mod ipc;
 pub mod packet;
+pub mod services;
 pub mod tunnel;
 
 use serde_json::Value;
@@ -35,7 +36,7 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "tunnel"];
+pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "services", "tunnel"];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -47,6 +48,8 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
         "beacon" => &["wire_beacon.json"],
         "ipc" => &["ipc.json"],
+        // Services inputs carry a selector byte; the body builds them.
+        "services" => return services::seeds(),
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()

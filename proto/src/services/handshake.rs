@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The Ed25519 identity key type the store signs with.
+pub use ed25519_dalek::SigningKey;
 
 use super::walltime::WallTime;
 use super::{EncodeError, take_out};

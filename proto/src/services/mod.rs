@@ -13,6 +13,7 @@ pub mod dataexchange;
 pub mod echo;
 pub mod eventstream;
 pub mod handshake;
+pub mod nameserver;
 pub mod walltime;
 
 /// Why a service encoder refused to write.
