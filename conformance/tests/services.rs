@@ -7,7 +7,7 @@ use pilot_conformance::{field, load, name, unhex};
 use pilot_proto::addr::{Addr, PilotSockAddr};
 use pilot_proto::services::dataexchange::{
     self as dx, DataExchangeService, FileBody, FileStreamBody, FileStreamMsg, Frame, FrameType,
-    InboxMessage, Store, TracePayload,
+    InboxMessage, Store, TraceAck, TracePayload,
 };
 use pilot_proto::services::echo;
 use pilot_proto::services::eventstream::{self as es, Broker, Event};
@@ -157,6 +157,11 @@ fn dataexchange_service_decisions() {
         let mut svc = DataExchangeService::new(profile(v));
         let r = svc.on_frame(frame, from, at);
         assert_eq!(r.reply_text(Ok(())), field(v, "reply"), "{n}");
+        assert_eq!(
+            r.trace_sent_at_ns,
+            v.get("trace_sent_at_ns").and_then(Value::as_u64),
+            "{n}"
+        );
         // The reply travels as a TEXT frame.
         let reply = field(v, "reply");
         let rf = encode_frame(Frame {
@@ -185,7 +190,25 @@ fn dataexchange_service_decisions() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 5);
+    assert_eq!(seen, 6);
+}
+
+#[test]
+fn dataexchange_trace_ack() {
+    let v = load("services_dataexchange.json")
+        .into_iter()
+        .find(|v| kind(v) == "trace_ack")
+        .unwrap();
+    let text = field(&v, "text");
+    let built = TraceAck {
+        ack_sent_at_ns: num(&v, "ack_sent_at_ns"),
+        inbox_written_at_ns: num(&v, "inbox_written_at_ns"),
+        inner_ack: field(&v, "inner_ack").into(),
+        received_at_ns: num(&v, "received_at_ns"),
+        sent_at_ns: num(&v, "sent_at_ns"),
+    };
+    assert_eq!(built.to_json(), text);
+    assert_eq!(TraceAck::from_json(text.as_bytes()).unwrap(), built);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! | 1 | event-stream frame stream and the broker |
 //! | 2 | handshake message and the trust store |
 //! | 3 | `trust.json` |
-//! | 4 | inbox record |
+//! | 4 | inbox record and TRACE acknowledgement |
 //! | 5 | received file-name sanitising |
 //! | 6 | nameserver request and response lines |
 //! | 7 | RFC 3339 timestamps |
@@ -17,8 +17,8 @@
 
 use pilot_proto::addr::{Addr, PilotSockAddr};
 use pilot_proto::services::dataexchange::{
-    DataExchangeService, FileBody, FileStreamMsg, Frame, FrameType, InboxMessage, TracePayload,
-    sanitize_file_name,
+    DataExchangeService, FileBody, FileStreamMsg, Frame, FrameType, InboxMessage, TraceAck,
+    TracePayload, sanitize_file_name,
 };
 use pilot_proto::services::eventstream::{Broker, Event};
 use pilot_proto::services::handshake::{
@@ -155,6 +155,9 @@ fn inbox(data: &[u8]) {
     if let Ok(m) = InboxMessage::from_json(text) {
         assert_eq!(InboxMessage::from_json(&m.to_json()).ok(), Some(m));
     }
+    if let Ok(a) = TraceAck::from_json(data) {
+        assert_eq!(TraceAck::from_json(a.to_json().as_bytes()).ok(), Some(a));
+    }
 }
 
 fn file_name(data: &[u8]) {
@@ -202,7 +205,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     for v in crate::load("services_dataexchange.json") {
         match crate::field(&v, "kind") {
-            "inbox" => push(4, text(&v, "text").unwrap_or_default().into_bytes()),
+            "inbox" | "trace_ack" => push(4, text(&v, "text").unwrap_or_default().into_bytes()),
             _ => push(0, crate::unhex(crate::field(&v, "bytes"))),
         }
         if let Some(n) = text(&v, "file_name") {

@@ -183,7 +183,7 @@ impl<'a> Frame<'a> {
         if len > max {
             return Err(DecodeError::TooLarge { len, max });
         }
-        let end = HEADER_LEN + len as usize;
+        let end = HEADER_LEN.saturating_add(len as usize);
         match buf.get(HEADER_LEN..end) {
             Some(payload) => Ok(Some((
                 Frame {
@@ -204,7 +204,8 @@ impl<'a> Frame<'a> {
                 extra: buf.len() - n,
             }),
             None => {
-                let needed = be_u32(buf, 4).map_or(HEADER_LEN, |l| HEADER_LEN + l as usize);
+                let needed =
+                    be_u32(buf, 4).map_or(HEADER_LEN, |l| HEADER_LEN.saturating_add(l as usize));
                 Err(truncated(needed, buf))
             }
         }
@@ -684,6 +685,39 @@ pub struct Reception<'a> {
     pub store: Option<Store<'a>>,
     /// A refusal decided before storing (e.g. a bad file name).
     pub refused: Option<FileNameError>,
+    /// Set when the frame was a TRACE wrapper (current profile): the
+    /// sender's `sent_at_ns`. The reply is then a JSON [`TraceAck`] frame
+    /// whose `inner_ack` is [`Reception::reply_text`].
+    pub trace_sent_at_ns: Option<u64>,
+}
+
+/// The JSON acknowledgement of a TRACE frame, keys sorted
+/// (`spec/services.md` §5.3). Times are ns since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceAck {
+    /// When the daemon started writing this acknowledgement.
+    pub ack_sent_at_ns: u64,
+    /// When the inner message had been stored.
+    pub inbox_written_at_ns: u64,
+    /// The reply text the inner message alone would have got.
+    pub inner_ack: String,
+    /// When the frame was read.
+    pub received_at_ns: u64,
+    /// The sender's `sent_at_ns`, echoed.
+    pub sent_at_ns: u64,
+}
+
+impl TraceAck {
+    /// The compact JSON payload of the reply frame (type `JSON`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a reply payload.
+    pub fn from_json(bytes: &[u8]) -> Result<TraceAck, InboxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
 }
 
 impl Reception<'_> {
@@ -733,7 +767,27 @@ impl DataExchangeService {
     }
 
     /// Decides what to do with one frame from `from`, received at `at`.
+    /// The current profile unwraps TRACE frames (one level) and decides for
+    /// the inner message; a TRACE payload too short to unwrap, or any TRACE
+    /// under the legacy profile, is acknowledged without storing.
     pub fn on_frame<'a>(&mut self, frame: Frame<'a>, from: Addr, at: WallTime) -> Reception<'a> {
+        if let (WireProfile::Current, FrameType::Trace) = (self.profile, frame.frame_type) {
+            if let Ok(tp) = TracePayload::decode(frame.payload) {
+                if tp.inner_type != FrameType::Trace {
+                    let inner = Frame {
+                        frame_type: tp.inner_type,
+                        payload: tp.inner,
+                    };
+                    let mut r = self.on_plain(inner, from, at);
+                    r.trace_sent_at_ns = Some(tp.sent_at_ns);
+                    return r;
+                }
+            }
+        }
+        self.on_plain(frame, from, at)
+    }
+
+    fn on_plain<'a>(&mut self, frame: Frame<'a>, from: Addr, at: WallTime) -> Reception<'a> {
         let t = frame.frame_type;
         match t {
             FrameType::File => {
@@ -744,6 +798,7 @@ impl DataExchangeService {
                     size: data.len(),
                     store: None,
                     refused: None,
+                    trace_sent_at_ns: None,
                 };
                 if body.name().is_empty() {
                     return r;
@@ -772,6 +827,7 @@ impl DataExchangeService {
                         json: msg.to_json(),
                     }),
                     refused: None,
+                    trace_sent_at_ns: None,
                 }
             }
             _ => Reception {
@@ -779,6 +835,7 @@ impl DataExchangeService {
                 size: frame.payload.len(),
                 store: None,
                 refused: None,
+                trace_sent_at_ns: None,
             },
         }
     }
@@ -1012,6 +1069,49 @@ mod tests {
         );
         assert_eq!(legacy.data.as_deref(), Some("\u{fffd}"));
         assert_eq!(legacy.payload(), None);
+    }
+
+    #[test]
+    fn current_profile_unwraps_trace() {
+        let at = WallTime::new(0, 0);
+        let tp = TracePayload {
+            inner_type: FrameType::Text,
+            sent_at_ns: 42,
+            inner: b"hello",
+        };
+        let mut payload = vec![0u8; TRACE_HEADER_LEN + 5];
+        tp.encode(&mut payload).unwrap();
+        let frame = Frame {
+            frame_type: FrameType::Trace,
+            payload: &payload,
+        };
+        let mut cur = DataExchangeService::new(WireProfile::Current);
+        let r = cur.on_frame(frame, Addr::new(0, 1), at);
+        assert_eq!(r.trace_sent_at_ns, Some(42));
+        assert!(matches!(r.store, Some(Store::Inbox { .. })));
+        let ack = TraceAck {
+            ack_sent_at_ns: 4,
+            inbox_written_at_ns: 3,
+            inner_ack: r.reply_text(Ok(())),
+            received_at_ns: 2,
+            sent_at_ns: 42,
+        };
+        assert_eq!(
+            ack.to_json(),
+            r#"{"ack_sent_at_ns":4,"inbox_written_at_ns":3,"inner_ack":"ACK TEXT 5 bytes","received_at_ns":2,"sent_at_ns":42}"#
+        );
+        assert_eq!(TraceAck::from_json(ack.to_json().as_bytes()).unwrap(), ack);
+        let mut legacy = DataExchangeService::new(WireProfile::Legacy);
+        let r = legacy.on_frame(frame, Addr::new(0, 1), at);
+        assert_eq!((r.trace_sent_at_ns, &r.store), (None, &None));
+        assert_eq!(r.reply_text(Ok(())), "ACK TRACE 17 bytes");
+        // Too short to unwrap: plain ACK, nothing stored.
+        let short = Frame {
+            frame_type: FrameType::Trace,
+            payload: &payload[..5],
+        };
+        let r = cur.on_frame(short, Addr::new(0, 1), at);
+        assert_eq!((r.trace_sent_at_ns, &r.store), (None, &None));
     }
 
     #[test]

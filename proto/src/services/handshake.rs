@@ -204,7 +204,7 @@ impl ReplayCache {
     /// Records `hash` at `now`; false if it was already present.
     pub fn insert(&mut self, hash: [u8; 32], now: i64) -> bool {
         while let Some(&(t, h)) = self.order.front() {
-            if now - t < REPLAY_TTL_SECS && self.order.len() < REPLAY_CAP {
+            if now.saturating_sub(t) < REPLAY_TTL_SECS && self.order.len() < REPLAY_CAP {
                 break;
             }
             self.order.pop_front();
@@ -490,10 +490,10 @@ impl TrustStore {
     pub fn expire(&mut self, now: WallTime) -> bool {
         let t = now.unix_secs;
         self.outgoing
-            .retain(|_, sent| t - *sent < OUTGOING_TTL_SECS);
+            .retain(|_, sent| t.saturating_sub(*sent) < OUTGOING_TTL_SECS);
         let before = self.pending.len();
         self.pending
-            .retain(|_, p| t - p.received_at.unix_secs < PENDING_TTL_SECS);
+            .retain(|_, p| t.saturating_sub(p.received_at.unix_secs) < PENDING_TTL_SECS);
         before != self.pending.len()
     }
 

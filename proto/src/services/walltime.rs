@@ -1,4 +1,4 @@
-//! Calendar time as the services write it to disk (`spec/services.md` §9):
+//! Calendar time as the services write it to disk (`spec/services.md` §8):
 //! RFC 3339 timestamps with a UTC offset and the compact
 //! `YYYYMMDD-HHMMSS.mmm` stamp of file names. `proto` reads no clock; the
 //! daemon passes a [`WallTime`] in.
