@@ -12,7 +12,7 @@ use pilot_proto::services::dataexchange::{
 use pilot_proto::services::echo;
 use pilot_proto::services::eventstream::{self as es, Broker, Event};
 use pilot_proto::services::handshake::{self as hs, HandshakeMessage, TrustFile};
-use pilot_proto::services::nameserver::{RecordStore, Request, Response};
+use pilot_proto::services::nameserver::{RecordStore, Request, Response, StoreFile};
 use pilot_proto::services::walltime::WallTime;
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
@@ -376,6 +376,16 @@ fn nameserver_exchanges() {
             let r = store.handle_bytes(step[1].as_str().unwrap().as_bytes(), caller, now);
             assert_eq!(r, Response::Ok, "{n}: setup");
         }
+        if kind(&v) == "store_file" {
+            let text = field(&v, "text");
+            assert_eq!(store.to_file().to_json(), text, "{n}");
+            let f = StoreFile::from_json(text.as_bytes()).unwrap();
+            let mut loaded = RecordStore::new();
+            loaded.load(&f, now);
+            assert_eq!(loaded.to_file(), f, "{n}");
+            seen += 1;
+            continue;
+        }
         let caller: Addr = field(&v, "caller").parse().unwrap();
         let req = field(&v, "request");
         let want = field(&v, "response");
@@ -389,5 +399,5 @@ fn nameserver_exchanges() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 13);
+    assert_eq!(seen, 14);
 }

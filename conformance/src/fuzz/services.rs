@@ -9,7 +9,7 @@
 //! | 3 | `trust.json` |
 //! | 4 | inbox record and TRACE acknowledgement |
 //! | 5 | received file-name sanitising |
-//! | 6 | nameserver request and response lines |
+//! | 6 | nameserver request and response lines, store file |
 //! | 7 | RFC 3339 timestamps |
 //!
 //! What decodes must re-encode to the covered bytes (binary codecs) or to
@@ -24,7 +24,7 @@ use pilot_proto::services::eventstream::{Broker, Event};
 use pilot_proto::services::handshake::{
     HandshakeMessage, Inbound, SigningKey, TrustFile, TrustStore,
 };
-use pilot_proto::services::nameserver::{Request, Response};
+use pilot_proto::services::nameserver::{RecordStore, Request, Response, StoreFile};
 use pilot_proto::services::walltime::WallTime;
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
@@ -182,6 +182,16 @@ fn nameserver(data: &[u8]) {
         let line = resp.to_string();
         assert_eq!(Response::parse(line.as_bytes()), Ok(resp));
     }
+    if let Ok(f) = StoreFile::from_json(data) {
+        assert_eq!(
+            StoreFile::from_json(f.to_json().as_bytes()).ok(),
+            Some(f.clone())
+        );
+        let mut store = RecordStore::new();
+        store.load(&f, Instant::ZERO);
+        let again = store.to_file();
+        assert!(again.a_records.len() <= f.a_records.len());
+    }
 }
 
 fn walltime(data: &[u8]) {
@@ -226,7 +236,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         push(sel, text(&v, "text").unwrap_or_default().into_bytes());
     }
     for v in crate::load("services_nameserver.json") {
-        for k in ["request", "response"] {
+        for k in ["request", "response", "text"] {
             if let Some(t) = text(&v, k) {
                 push(6, t.into_bytes());
             }

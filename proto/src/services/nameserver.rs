@@ -5,6 +5,8 @@ use core::fmt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::addr::Addr;
 use crate::time::Instant;
 
@@ -413,6 +415,148 @@ impl RecordStore {
     }
 }
 
+/// An A record in the store file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ARecord {
+    /// Address text.
+    pub address: String,
+    /// Name.
+    pub name: String,
+}
+
+/// An N record in the store file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NRecord {
+    /// Network name.
+    pub name: String,
+    /// Network ID.
+    pub network_id: u16,
+}
+
+/// An S record in the store file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SRecord {
+    /// Provider address text.
+    pub address: String,
+    /// Service name.
+    pub name: String,
+    /// Network ID.
+    pub network_id: u16,
+    /// Port.
+    pub port: u16,
+}
+
+/// The optional persistence file (`spec/services.md` §7.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFile {
+    /// A records.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub a_records: Vec<ARecord>,
+    /// N records.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub n_records: Vec<NRecord>,
+    /// S records.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub s_records: Vec<SRecord>,
+}
+
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Why a store file did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFileError {
+    /// Not a valid document.
+    #[error("bad nameserver store: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl StoreFile {
+    /// The 2-space-indented document.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses a document.
+    pub fn from_json(bytes: &[u8]) -> Result<StoreFile, StoreFileError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+impl RecordStore {
+    /// The records as a store file (A and N by name, S by key then
+    /// registration order).
+    pub fn to_file(&self) -> StoreFile {
+        StoreFile {
+            a_records: self
+                .a
+                .iter()
+                .map(|(name, (a, _))| ARecord {
+                    address: a.to_string(),
+                    name: name.clone(),
+                })
+                .collect(),
+            n_records: self
+                .n
+                .iter()
+                .map(|(name, (id, _))| NRecord {
+                    name: name.clone(),
+                    network_id: *id,
+                })
+                .collect(),
+            s_records: self
+                .s
+                .iter()
+                .flat_map(|(&(net, _), l)| {
+                    l.iter().map(move |r| SRecord {
+                        address: r.provider.addr.to_string(),
+                        name: r.provider.name.clone(),
+                        network_id: net,
+                        port: r.provider.port,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Loads a store file; every record gets a fresh lifetime from `now`.
+    /// Records with unparsable addresses or over-long names are skipped;
+    /// the bounds apply. No ownership check (the file is local).
+    pub fn load(&mut self, file: &StoreFile, now: Instant) {
+        let expires = now + RECORD_TTL;
+        for r in &file.a_records {
+            if let (Ok(a), true) = (r.address.parse::<Addr>(), r.name.len() <= MAX_NAME) {
+                if self.a.len() < MAX_RECORDS || self.a.contains_key(&r.name) {
+                    self.a.insert(r.name.clone(), (a, expires));
+                }
+            }
+        }
+        for r in &file.n_records {
+            if r.name.len() <= MAX_NAME
+                && (self.n.len() < MAX_RECORDS || self.n.contains_key(&r.name))
+            {
+                self.n.insert(r.name.clone(), (r.network_id, expires));
+            }
+        }
+        for r in &file.s_records {
+            if let (Ok(a), true) = (r.address.parse::<Addr>(), r.name.len() <= MAX_NAME) {
+                let req = Request::RegisterS {
+                    name: r.name.clone(),
+                    addr: a,
+                    network: r.network_id,
+                    port: r.port,
+                };
+                self.handle(&req, a, now);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +647,32 @@ mod tests {
             );
         }
         assert_eq!(s.n.len(), MAX_RECORDS);
+    }
+
+    #[test]
+    fn store_file_round_trip() {
+        let mut s = RecordStore::new();
+        let t = Instant::ZERO;
+        s.handle_bytes(b"REGISTER A alice 0:0000.0000.0005", a(5), t);
+        s.handle_bytes(b"REGISTER N lan 7", a(5), t);
+        s.handle_bytes(b"REGISTER S web 0:0000.0000.0005 7 80", a(5), t);
+        let f = s.to_file();
+        let text = f.to_json();
+        assert!(
+            text.starts_with(
+                "{\n  \"a_records\": [\n    {\n      \"address\": \"0:0000.0000.0005\","
+            )
+        );
+        let back = StoreFile::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back, f);
+        let mut r = RecordStore::new();
+        r.load(&back, Instant::from_millis(1_000_000));
+        assert_eq!(r.to_file(), f);
+        // Loaded records live a fresh TTL from the load time.
+        let q = r.handle_bytes(b"QUERY N lan", a(1), Instant::from_millis(1_200_000));
+        assert_eq!(q, Response::N("lan".into(), 7));
+        let empty = StoreFile::from_json(br#"{"a_records":null}"#).unwrap();
+        assert_eq!(empty, StoreFile::default());
     }
 
     fn arb_name() -> impl Strategy<Value = String> {
