@@ -331,6 +331,47 @@ fn handshake_messages_and_trust_files() {
                 let len = built.encode(&mut out).unwrap();
                 assert_eq!(&out[..len], text.as_bytes(), "{n}");
             }
+            "process" => {
+                let seed = |k: &str| -> [u8; 32] { unhex(field(&v, k)).try_into().unwrap() };
+                let mut store = hs::TrustStore::new(
+                    WireProfile::Current,
+                    num(&v, "receiver") as u32,
+                    hs::SigningKey::from_bytes(&seed("receiver_seed")),
+                );
+                let inbound = hs::Inbound {
+                    source: num(&v, "source_node") as u32,
+                    registry_key: Some(
+                        hs::SigningKey::from_bytes(&seed("registry_key_seed"))
+                            .verifying_key()
+                            .to_bytes(),
+                    ),
+                    shared_network: None,
+                };
+                let now = WallTime::new(num(&v, "now") as i64, 0);
+                if v.get("repeat").is_some() {
+                    store.on_message(text.as_bytes(), inbound, now);
+                }
+                let fx = store.on_message(text.as_bytes(), inbound, now);
+                let names: Vec<&str> = fx
+                    .iter()
+                    .map(|e| match e {
+                        hs::Effect::Persist => "persist",
+                        hs::Effect::Event(hs::TrustEvent::Received { .. }) => "handshake.received",
+                        hs::Effect::Event(hs::TrustEvent::Pending { .. }) => "handshake.pending",
+                        other => panic!("{n}: unexpected {other:?}"),
+                    })
+                    .collect();
+                let want: Vec<&str> = v["effects"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect();
+                assert_eq!(names, want, "{n}");
+                if let Some(tf) = v.get("trust_file").and_then(Value::as_str) {
+                    assert_eq!(store.to_file().to_json(), tf, "{n}");
+                }
+            }
             "trust_file" => {
                 let f = TrustFile::from_json(text.as_bytes()).unwrap();
                 assert_eq!(f.to_json(), text, "{n}");
@@ -339,7 +380,7 @@ fn handshake_messages_and_trust_files() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 4);
+    assert_eq!(seen, 7);
 }
 
 #[test]
