@@ -228,12 +228,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
         }
     }
     for v in crate::load("services_handshake.json") {
-        let sel = if crate::field(&v, "kind") == "message" {
-            2
-        } else {
+        let sel = if crate::field(&v, "kind") == "trust_file" {
             3
+        } else {
+            2
         };
         push(sel, text(&v, "text").unwrap_or_default().into_bytes());
+        if let Some(f) = text(&v, "trust_file") {
+            push(3, f.into_bytes());
+        }
     }
     for v in crate::load("services_nameserver.json") {
         for k in ["request", "response", "text"] {
