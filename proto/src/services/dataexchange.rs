@@ -1213,6 +1213,12 @@ mod tests {
         }
 
         #[test]
+        fn trace_ack_round_trip(a in any::<u64>(), b in any::<u64>(), c in any::<u64>(), d in any::<u64>(), text in ".{0,30}") {
+            let ack = TraceAck { ack_sent_at_ns: a, inbox_written_at_ns: b, inner_ack: text, received_at_ns: c, sent_at_ns: d };
+            prop_assert_eq!(TraceAck::from_json(ack.to_json().as_bytes()).unwrap(), ack);
+        }
+
+        #[test]
         fn inbox_round_trip(t in 1u32..=3, payload in proptest::collection::vec(any::<u8>(), 0..20), secs in 0i64..4_000_000_000) {
             let m = InboxMessage::new(FrameType::from_u32(t), Addr::new(1, 7), &payload, WallTime::new(secs, 3600), WireProfile::Current);
             prop_assert_eq!(InboxMessage::from_json(&m.to_json()).unwrap(), m.clone());

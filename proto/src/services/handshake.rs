@@ -1295,10 +1295,14 @@ mod tests {
         }
 
         #[test]
-        fn trust_file_round_trip(nodes in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<u16>()), 0..5)) {
-            let trusted: Vec<TrustedEntry> = nodes.iter().map(|&(n, m, net)| TrustedEntry {
-                node_id: n, public_key: "k".into(), approved_at: "2026-01-01T00:00:00Z".into(), mutual: m, network: net }).collect();
-            let f = TrustFile { trusted: Some(trusted), pending: Some(Vec::new()), revoked: None };
+        fn trust_file_round_trip(nodes in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<u16>(), ".{0,8}", any::<Option<u32>>()), 0..5),
+                                 revoked in any::<Option<u32>>()) {
+            let trusted: Vec<TrustedEntry> = nodes.iter().map(|(n, m, net, _, _)| TrustedEntry {
+                node_id: *n, public_key: "k".into(), approved_at: "2026-01-01T00:00:00Z".into(), mutual: *m, network: *net }).collect();
+            let pending: Vec<PendingEntry> = nodes.iter().map(|(n, _, _, text, src)| PendingEntry {
+                node_id: *n, public_key: text.clone(), justification: text.clone(), received_at: "2026-01-01T00:00:00Z".into(), source: *src }).collect();
+            let revoked = revoked.map(|n| vec![RevokedEntry { node_id: n, until: "2026-01-01T00:00:00Z".into() }]);
+            let f = TrustFile { trusted: Some(trusted), pending: Some(pending), revoked };
             prop_assert_eq!(TrustFile::from_json(f.to_json().as_bytes()).unwrap(), f);
         }
     }

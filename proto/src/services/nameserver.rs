@@ -704,6 +704,16 @@ mod tests {
         }
 
         #[test]
+        fn store_file_round_trips(recs in proptest::collection::vec((arb_name(), any::<u32>(), any::<u16>(), any::<u16>()), 0..5)) {
+            let f = StoreFile {
+                a_records: recs.iter().map(|(n, node, net, _)| ARecord { address: Addr::new(*net, *node).to_string(), name: n.clone() }).collect(),
+                n_records: recs.iter().map(|(n, _, net, _)| NRecord { name: n.clone(), network_id: *net }).collect(),
+                s_records: recs.iter().map(|(n, node, net, p)| SRecord { address: Addr::new(*net, *node).to_string(), name: n.clone(), network_id: *net, port: *p }).collect(),
+            };
+            prop_assert_eq!(StoreFile::from_json(f.to_json().as_bytes()).unwrap(), f);
+        }
+
+        #[test]
         fn parsed_text_reaches_canonical_fixpoint(s in "[A-Za-z0-9 :.\n]{0,40}") {
             if let Ok(r) = Request::parse(s.as_bytes()) {
                 prop_assert_eq!(Request::parse(r.to_string().as_bytes()), Ok(r));
