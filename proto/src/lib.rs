@@ -17,6 +17,9 @@
 )]
 
 pub mod addr;
+pub mod beacon;
+pub mod crypto;
 pub mod services;
+pub mod stream;
 pub mod time;
 pub mod wire;

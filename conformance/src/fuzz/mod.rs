@@ -1,5 +1,7 @@
-//! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC
-//! codec (`spec/ipc.md`) and the built-in services (`spec/services.md`).
+//! Fuzz-target bodies for the wire codecs (`spec/wire.md`), the IPC codec
+//! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
+//! runs scripts, not one message), the crypto session table
+//! (`spec/crypto.md`) and the built-in services (`spec/services.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -9,9 +11,11 @@
 
 pub mod addr;
 pub mod beacon;
+pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
 pub mod services;
+pub mod session;
 pub mod tunnel;
 
 use serde_json::Value;
@@ -36,7 +40,16 @@ pub fn vector_inputs(file: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every cargo-fuzz target in `fuzz/`, by name (each is a submodule here).
-pub const TARGETS: &[&str] = &["addr", "beacon", "ipc", "packet", "services", "tunnel"];
+pub const TARGETS: &[&str] = &[
+    "addr",
+    "beacon",
+    "beacon_server",
+    "ipc",
+    "packet",
+    "services",
+    "session",
+    "tunnel",
+];
 
 /// The seed corpus of one target: the inputs of the vector files that
 /// exercise it. Unknown targets get no seeds.
@@ -50,6 +63,9 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "ipc" => &["ipc.json"],
         // Services inputs carry a selector byte; the body builds them.
         "services" => return services::seeds(),
+        "beacon_server" => &["wire_beacon.json"],
+        // Operation scripts, not wire bytes: the body's own seeds.
+        "session" => return session::seeds(),
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()

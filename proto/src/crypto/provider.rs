@@ -1,0 +1,253 @@
+//! The crypto provider: the only place that calls cryptographic libraries.
+//!
+//! [`CryptoProvider`] is deliberately small (X25519, Ed25519, AES-256-GCM in
+//! place, SHA-256 and HKDF-SHA256). [`RustCrypto`] is the real one. With
+//! the `insecure-fuzz-crypto` feature, `insecure::InsecureProvider` offers
+//! the same interface without any security so a fuzzer can forge frames
+//! and reach deep states; it must never be used for real traffic.
+
+use super::params::{NONCE_LEN, TAG_LEN};
+
+/// An AEAD operation failed (bad tag, or input longer than AES-GCM allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("AEAD authentication failed")]
+pub struct AeadFailure;
+
+/// The cryptographic primitives the tunnel layer needs.
+///
+/// Keys cross this interface as plain byte arrays, except the expanded AEAD
+/// key, which the provider keeps in its own type so the AES key schedule is
+/// computed once per session rather than once per packet.
+pub trait CryptoProvider {
+    /// A ready-to-use AEAD key (for AES-GCM: the expanded key schedule).
+    type AeadKey;
+
+    /// The X25519 public key for a 32-byte secret.
+    fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32];
+    /// X25519(secret, peer_public). May be all zeros for low-order points;
+    /// the caller checks.
+    fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32];
+    /// The Ed25519 public key for a 32-byte seed.
+    fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32];
+    /// Ed25519 signature of `msg` with the key of `seed` (deterministic).
+    fn ed25519_sign(&self, seed: &[u8; 32], msg: &[u8]) -> [u8; 64];
+    /// Whether `sig` is a valid Ed25519 signature of `msg` under `public`.
+    fn ed25519_verify(&self, public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool;
+    /// Expands a 32-byte session key for AEAD use.
+    fn aead_key(&self, key: &[u8; 32]) -> Self::AeadKey;
+    /// Encrypts `buf` in place and returns the tag.
+    fn aead_seal_in_place(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailure>;
+    /// Verifies `tag` and decrypts `buf` in place. On failure `buf` is left
+    /// unchanged.
+    fn aead_open_in_place(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadFailure>;
+    /// SHA-256 of the concatenation of `parts`.
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32];
+    /// HKDF-SHA256 with the given salt (empty = none), 32 bytes of output.
+    fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32];
+}
+
+/// The real provider: RustCrypto `aes-gcm`, `x25519-dalek`,
+/// `ed25519-dalek`, `hkdf` and `sha2`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RustCrypto;
+
+impl CryptoProvider for RustCrypto {
+    type AeadKey = aes_gcm::Aes256Gcm;
+
+    fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32] {
+        let s = x25519_dalek::StaticSecret::from(*secret);
+        x25519_dalek::PublicKey::from(&s).to_bytes()
+    }
+
+    fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32] {
+        let s = x25519_dalek::StaticSecret::from(*secret);
+        s.diffie_hellman(&x25519_dalek::PublicKey::from(*peer_public))
+            .to_bytes()
+    }
+
+    fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32] {
+        ed25519_dalek::SigningKey::from_bytes(seed)
+            .verifying_key()
+            .to_bytes()
+    }
+
+    fn ed25519_sign(&self, seed: &[u8; 32], msg: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        ed25519_dalek::SigningKey::from_bytes(seed)
+            .sign(msg)
+            .to_bytes()
+    }
+
+    fn ed25519_verify(&self, public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public) else {
+            return false;
+        };
+        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
+            .is_ok()
+    }
+
+    fn aead_key(&self, key: &[u8; 32]) -> Self::AeadKey {
+        use aes_gcm::KeyInit;
+        aes_gcm::Aes256Gcm::new(key.into())
+    }
+
+    fn aead_seal_in_place(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailure> {
+        use aes_gcm::AeadInPlace;
+        key.encrypt_in_place_detached(nonce.into(), aad, buf)
+            .map(Into::into)
+            .map_err(|_| AeadFailure)
+    }
+
+    fn aead_open_in_place(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadFailure> {
+        use aes_gcm::AeadInPlace;
+        key.decrypt_in_place_detached(nonce.into(), aad, buf, tag.into())
+            .map_err(|_| AeadFailure)
+    }
+
+    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize().into()
+    }
+
+    fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+        let salt = if salt.is_empty() { None } else { Some(salt) };
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(salt, ikm);
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so
+        // `expand` cannot fail; keep the zero key on the impossible path.
+        let _ = hk.expand(info, &mut out);
+        out
+    }
+}
+
+/// A provider with no security at all, for fuzzing only.
+#[cfg(feature = "insecure-fuzz-crypto")]
+pub mod insecure {
+    use super::{AeadFailure, CryptoProvider, NONCE_LEN, TAG_LEN};
+
+    /// Public keys equal secrets, DH is XOR, signatures are the public key
+    /// repeated, "encryption" is the identity and the tag a cheap checksum.
+    /// Everything a fuzzer feeds in is therefore easy to make valid.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct InsecureProvider;
+
+    fn mix(parts: &[&[u8]]) -> [u8; 32] {
+        // FNV-1a spread over 32 bytes: deterministic, not cryptographic.
+        let mut out = [0u8; 32];
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for p in parts {
+            for &b in *p {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for chunk in out.chunks_mut(8) {
+            h = h.wrapping_mul(0x0000_0100_0000_01b3) ^ 0x9e37_79b9;
+            for (o, b) in chunk.iter_mut().zip(h.to_be_bytes()) {
+                *o = b;
+            }
+        }
+        out
+    }
+
+    fn tag(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &[u8]) -> [u8; TAG_LEN] {
+        let m = mix(&[key, nonce, aad, buf]);
+        let mut t = [0u8; TAG_LEN];
+        for (o, b) in t.iter_mut().zip(m) {
+            *o = b;
+        }
+        t
+    }
+
+    impl CryptoProvider for InsecureProvider {
+        type AeadKey = [u8; 32];
+
+        fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32] {
+            *secret
+        }
+        fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32] {
+            let mut out = [0u8; 32];
+            for ((o, a), b) in out.iter_mut().zip(secret).zip(peer_public) {
+                *o = a ^ b;
+            }
+            out
+        }
+        fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32] {
+            *seed
+        }
+        fn ed25519_sign(&self, seed: &[u8; 32], _msg: &[u8]) -> [u8; 64] {
+            let mut sig = [0u8; 64];
+            for (o, b) in sig.iter_mut().zip(seed.iter().chain(seed.iter())) {
+                *o = *b;
+            }
+            sig
+        }
+        fn ed25519_verify(&self, public: &[u8; 32], _msg: &[u8], sig: &[u8; 64]) -> bool {
+            sig.get(..32) == Some(&public[..]) && sig.get(32..) == Some(&public[..])
+        }
+        fn aead_key(&self, key: &[u8; 32]) -> [u8; 32] {
+            *key
+        }
+        fn aead_seal_in_place(
+            &self,
+            key: &[u8; 32],
+            nonce: &[u8; NONCE_LEN],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> Result<[u8; TAG_LEN], AeadFailure> {
+            Ok(tag(key, nonce, aad, buf))
+        }
+        fn aead_open_in_place(
+            &self,
+            key: &[u8; 32],
+            nonce: &[u8; NONCE_LEN],
+            aad: &[u8],
+            buf: &mut [u8],
+            t: &[u8; TAG_LEN],
+        ) -> Result<(), AeadFailure> {
+            if tag(key, nonce, aad, buf) == *t {
+                Ok(())
+            } else {
+                Err(AeadFailure)
+            }
+        }
+        fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+            mix(parts)
+        }
+        fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+            mix(&[salt, ikm, info])
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Every protocol constant of the stream transport, in one place. Each one
+//! cites the section of `spec/transport.md` that defines it; values are those
+//! of the `current` profile unless the name says otherwise.
+
+use core::time::Duration;
+
+/// Largest payload put in one data segment, `current` profile
+/// (spec/transport.md §5.1).
+pub const SEGMENT_SIZE_CURRENT: usize = 1152;
+
+/// Largest payload put in one data segment, `legacy` profile
+/// (spec/transport.md §5.1).
+pub const SEGMENT_SIZE_LEGACY: usize = 4096;
+
+/// Unit of congestion-control arithmetic (IW, ABC limit, ssthresh floor,
+/// post-timeout cwnd), independent of the segment size (spec/transport.md §7.4).
+pub const CC_MSS: usize = 4096;
+
+/// Initial congestion window: 10 congestion units (spec/transport.md §7.4).
+pub const INITIAL_CWND: usize = 10 * CC_MSS;
+
+/// Largest congestion window (spec/transport.md §7.4).
+pub const MAX_CWND: usize = 1 << 20;
+
+/// Initial slow-start threshold (spec/transport.md §7.4).
+pub const INITIAL_SSTHRESH: usize = MAX_CWND / 2;
+
+/// Duplicate ACKs that trigger a fast retransmit (spec/transport.md §7.4).
+pub const DUP_ACK_THRESHOLD: u32 = 3;
+
+/// Receive queue capacity in segments; the advertised window is its free
+/// slots (spec/transport.md §6.2).
+pub const RECV_QUEUE_SEGMENTS: usize = 512;
+
+/// Out-of-order buffer capacity in segments (spec/transport.md §6.1).
+pub const OOO_SEGMENTS: usize = 128;
+
+/// Largest segment a sender of either profile produces; the byte budget of
+/// the receive buffers is this many bytes per slot (spec/transport.md §6.1).
+pub const MAX_SEGMENT_BUDGET: usize = 4096;
+
+/// Largest number of un-acknowledged segments a sender keeps in flight
+/// (spec/transport.md §5.3).
+pub const MAX_UNACKED_SEGMENTS: usize = 128;
+
+/// Send buffer capacity for data not yet segmented (spec/transport.md §5.1).
+pub const SEND_BUFFER_CAP: usize = 64 * 4096;
+
+/// Longest a short (Nagle) tail is held back (spec/transport.md §5.1).
+pub const NAGLE_HOLD: Duration = Duration::from_millis(40);
+
+/// Delayed-ACK timer (spec/transport.md §6.3).
+pub const DELAYED_ACK: Duration = Duration::from_millis(5);
+
+/// Segments received before an ACK is sent at once (spec/transport.md §6.3).
+pub const DELAYED_ACK_SEGMENTS: u32 = 2;
+
+/// Lone segments acknowledged at once before delaying starts
+/// (spec/transport.md §6.3).
+pub const QUICK_ACK_BUDGET: u32 = 32;
+
+/// Retransmission timeout before the first RTT sample (spec/transport.md §7.1).
+pub const INITIAL_RTO: Duration = Duration::from_secs(1);
+
+/// Lower bound of the RTO (spec/transport.md §7.1).
+pub const MIN_RTO: Duration = Duration::from_millis(200);
+
+/// Upper bound of the RTO (spec/transport.md §7.1).
+pub const MAX_RTO: Duration = Duration::from_secs(10);
+
+/// Clock granularity G of RFC 6298 (spec/transport.md §7.1).
+pub const CLOCK_GRANULARITY: Duration = Duration::from_millis(10);
+
+/// A connection with un-acknowledged data that has heard nothing from its
+/// peer for this long is reset (spec/transport.md §7.3).
+pub const GIVE_UP_SILENCE: Duration = Duration::from_secs(30);
+
+/// Fewest retransmission timeouts since the peer was last heard before the
+/// give-up rule may fire (spec/transport.md §7.3).
+pub const GIVE_UP_MIN_TIMEOUTS: u32 = 8;
+
+/// Exponential back-off stops doubling at this interval, or at the computed
+/// RTO if that is larger (spec/transport.md §7.1).
+pub const MAX_BACKOFF_RTO: Duration = Duration::from_secs(2);
+
+/// First SYN retransmission interval (spec/transport.md §4.1).
+pub const SYN_INITIAL_RTO: Duration = Duration::from_millis(250);
+
+/// Largest SYN retransmission interval (spec/transport.md §4.1).
+pub const SYN_MAX_RTO: Duration = Duration::from_secs(8);
+
+/// SYN retransmissions before a dial fails (spec/transport.md §4.1).
+pub const SYN_MAX_RETRIES: u32 = 7;
+
+/// SYNs sent on the direct path before the node may switch the peer to
+/// the relay; the back-off restarts then (spec/transport.md §4.1).
+pub const SYN_DIRECT_ATTEMPTS: u32 = 3;
+
+/// First zero-window probe interval (spec/transport.md §9.1).
+pub const ZWP_INITIAL: Duration = Duration::from_millis(500);
+
+/// Largest zero-window probe interval (spec/transport.md §9.1).
+pub const ZWP_MAX: Duration = Duration::from_secs(30);
+
+/// Unanswered zero-window probes before the connection is reset
+/// (spec/transport.md §9.1).
+pub const ZWP_MAX_PROBES: u32 = 30;
+
+/// Idle time before a keepalive probe is sent (spec/transport.md §9.2).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Interval between keepalive probes once the connection is idle
+/// (spec/transport.md §9.2).
+pub const KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A duplicate pure ACK arriving after at least this much silence from the
+/// peer is taken for the reference's keepalive or zero-window probe and
+/// answered (spec/transport.md §9.1).
+pub const PROBE_ANSWER_SILENCE: Duration = Duration::from_secs(10);
+
+/// Unanswered keepalive probes before the connection is closed
+/// (spec/transport.md §9.2).
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// TIME_WAIT (and FIN_WAIT) linger (spec/transport.md §8).
+pub const TIME_WAIT: Duration = Duration::from_secs(10);
