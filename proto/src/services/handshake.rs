@@ -16,6 +16,7 @@ pub use ed25519_dalek::SigningKey;
 
 use super::walltime::WallTime;
 use super::{EncodeError, take_out};
+use crate::crypto::identity::Identity;
 use crate::wire::WireProfile;
 
 /// Largest message the legacy receiver reads: one 4096-byte chunk
@@ -438,6 +439,12 @@ impl TrustStore {
             revoked: Vec::new(),
             replay: ReplayCache::default(),
         }
+    }
+
+    /// An empty store for node `me` signing with the node's long-term
+    /// identity (the same Ed25519 key the registry knows).
+    pub fn from_identity(profile: WireProfile, me: u32, identity: &Identity) -> Self {
+        Self::new(profile, me, SigningKey::from_bytes(identity.seed()))
     }
 
     /// Trusted peers.
@@ -1024,6 +1031,17 @@ mod tests {
         assert_eq!(d, m);
         assert_eq!(d.verify(2), Ok(()));
         assert_eq!(d.verify(3), Err(Invalid::BadSignature));
+    }
+
+    #[test]
+    fn identity_signs_like_its_seed() {
+        use crate::crypto::provider::RustCrypto;
+        let id = Identity::from_seed(&RustCrypto, [1; 32]);
+        let s = TrustStore::from_identity(WireProfile::Current, 1, &id);
+        assert_eq!(
+            s.message(MessageType::Request, 2, "hi", at(T0)).to_json(),
+            EXAMPLE
+        );
     }
 
     #[test]
