@@ -20,6 +20,7 @@ pub mod addr;
 pub mod beacon;
 pub mod crypto;
 pub mod registry;
+pub mod services;
 pub mod stream;
 pub mod time;
 pub mod wire;

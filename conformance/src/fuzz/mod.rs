@@ -2,8 +2,9 @@
 //! (`spec/ipc.md`), the beacon server (`spec/beacon.md`; `beacon_server`
 //! runs scripts, not one message), the crypto session table
 //! (`spec/crypto.md`), the registry codec and state machine
-//! (`spec/registry.md`) and the stream transport (`spec/transport.md`;
-//! `stream` runs operation scripts against two connections).
+//! (`spec/registry.md`), the stream transport (`spec/transport.md`;
+//! `stream` runs operation scripts against two connections) and the
+//! built-in services (`spec/services.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -17,6 +18,7 @@ pub mod beacon_server;
 pub mod ipc;
 pub mod packet;
 pub mod registry;
+pub mod services;
 pub mod session;
 pub mod stream;
 pub mod tunnel;
@@ -49,6 +51,7 @@ pub const TARGETS: &[&str] = &[
     "beacon_server",
     "ipc",
     "packet",
+    "services",
     "session",
     "registry",
     "stream",
@@ -65,6 +68,8 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "tunnel" => &["wire_tunnel.json", "wire_packet.json", "wire_beacon.json"],
         "beacon" => &["wire_beacon.json"],
         "ipc" => &["ipc.json"],
+        // Services inputs carry a selector byte; the body builds them.
+        "services" => return services::seeds(),
         "beacon_server" => &["wire_beacon.json"],
         // Operation scripts, not wire bytes: the body's own seeds.
         "session" => return session::seeds(),

@@ -1,0 +1,1327 @@
+//! The trust handshake on port 444 (`spec/services.md` §4): the JSON
+//! message, its signature and validation, the [`TrustStore`] state machine
+//! (incoming messages, local operations, the relayed path) and the
+//! `trust.json` persistence format.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer as _, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The Ed25519 identity key type the store signs with.
+pub use ed25519_dalek::SigningKey;
+
+use super::walltime::WallTime;
+use super::{EncodeError, take_out};
+use crate::crypto::identity::Identity;
+use crate::wire::WireProfile;
+
+/// Largest message the legacy receiver reads: one 4096-byte chunk
+/// (`spec/services.md` §4.1).
+pub const MAX_MESSAGE_LEGACY: usize = 4096;
+/// Largest message the current receiver reads: 64 KiB (`spec/services.md` §4.1).
+pub const MAX_MESSAGE_CURRENT: usize = 64 << 10;
+/// How far in the past a timestamp may be, seconds (`spec/services.md` §4.2).
+pub const MAX_AGE_SECS: i64 = 300;
+/// How far in the future a timestamp may be, seconds (`spec/services.md` §4.2).
+pub const MAX_SKEW_SECS: i64 = 30;
+/// How long a message hash is remembered, seconds (`spec/services.md` §4.2).
+pub const REPLAY_TTL_SECS: i64 = 600;
+/// Most message hashes remembered (`spec/services.md` §4.2).
+pub const REPLAY_CAP: usize = 8192;
+/// Most pending requests held (`spec/services.md` §4.7).
+pub const PENDING_CAP: usize = 256;
+/// Most pending requests delivered by one source node (`spec/services.md` §4.7).
+pub const PENDING_PER_SOURCE: usize = 16;
+/// Age after which a pending request is dropped, seconds (30 days)
+/// (`spec/services.md` §4.7).
+pub const PENDING_TTL_SECS: i64 = 30 * 86_400;
+/// Age after which an unanswered outgoing request is forgotten, seconds
+/// (`spec/services.md` §4.7).
+pub const OUTGOING_TTL_SECS: i64 = 600;
+/// Longest justification kept, bytes (`spec/services.md` §4.7).
+pub const MAX_JUSTIFICATION: usize = 1024;
+/// Most outgoing requests tracked (`spec/services.md` §4.7).
+pub const OUTGOING_CAP: usize = 1024;
+/// Reason sent with a revoke (`spec/services.md` §4.4).
+pub const REVOKE_REASON: &str = "trust revoked";
+
+/// The largest message a receiver of `profile` reads.
+pub const fn max_message(profile: WireProfile) -> usize {
+    match profile {
+        WireProfile::Current => MAX_MESSAGE_CURRENT,
+        WireProfile::Legacy => MAX_MESSAGE_LEGACY,
+    }
+}
+
+/// The four message types (`spec/services.md` §4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum MessageType {
+    /// Ask for trust.
+    #[serde(rename = "handshake_request")]
+    Request,
+    /// Grant trust.
+    #[serde(rename = "handshake_accept")]
+    Accept,
+    /// Decline a request.
+    #[serde(rename = "handshake_reject")]
+    Reject,
+    /// Withdraw trust.
+    #[serde(rename = "handshake_revoke")]
+    Revoke,
+}
+
+/// One handshake message. Field order is the canonical serialisation
+/// order (`spec/services.md` §4.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HandshakeMessage {
+    /// Message type.
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    /// Sender's node ID.
+    pub node_id: u32,
+    /// Sender's Ed25519 public key, standard base64; may be empty.
+    #[serde(default)]
+    pub public_key: String,
+    /// Free text (requests).
+    #[serde(default)]
+    pub justification: String,
+    /// Base64 Ed25519 signature over `handshake:<sender>:<receiver>`.
+    #[serde(default)]
+    pub signature: String,
+    /// Free text (reject/revoke).
+    #[serde(default)]
+    pub reason: String,
+    /// Sender's Unix time, seconds.
+    #[serde(default)]
+    pub timestamp: i64,
+}
+
+/// Why a received message was dropped (`spec/services.md` §4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// Larger than the profile's read limit.
+    #[error("message of {0} bytes is too large")]
+    TooLarge(usize),
+    /// Not a handshake JSON object.
+    #[error("malformed message")]
+    Malformed,
+    /// Timestamp outside the accepted window.
+    #[error("timestamp out of window")]
+    Stale,
+    /// Seen before.
+    #[error("replayed message")]
+    Replay,
+    /// A key is present but the signature is missing or wrong.
+    #[error("bad signature")]
+    BadSignature,
+    /// The key is not valid base64 Ed25519.
+    #[error("bad public key")]
+    BadKey,
+    /// The key differs from the one the registry holds for the node.
+    #[error("key does not match the registry")]
+    KeyMismatch,
+    /// A request without a key (current profile).
+    #[error("request without a key")]
+    MissingKey,
+}
+
+/// The challenge every message signs: `handshake:<sender>:<receiver>`.
+pub fn challenge(sender: u32, receiver: u32) -> String {
+    format!("handshake:{sender}:{receiver}")
+}
+
+/// Base64 signature by `key` for a message from `sender` to `receiver`.
+pub fn sign(key: &SigningKey, sender: u32, receiver: u32) -> String {
+    B64.encode(key.sign(challenge(sender, receiver).as_bytes()).to_bytes())
+}
+
+/// Parses a base64 Ed25519 public key.
+pub fn parse_key(b64: &str) -> Option<VerifyingKey> {
+    let raw: [u8; 32] = B64.decode(b64).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&raw).ok()
+}
+
+impl HandshakeMessage {
+    /// The canonical compact JSON (field order as declared).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Writes the canonical JSON into `out`.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let j = self.to_json();
+        take_out(out, j.len())?.copy_from_slice(j.as_bytes());
+        Ok(j.len())
+    }
+
+    /// Parses one received chunk. Unknown fields are ignored and missing
+    /// text fields are empty, as the reference daemon tolerates.
+    pub fn decode(bytes: &[u8], profile: WireProfile) -> Result<HandshakeMessage, Invalid> {
+        if bytes.len() > max_message(profile) {
+            return Err(Invalid::TooLarge(bytes.len()));
+        }
+        serde_json::from_slice(bytes).map_err(|_| Invalid::Malformed)
+    }
+
+    /// SHA-256 of the canonical serialisation, the replay-cache key.
+    pub fn replay_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.to_json().as_bytes()).into()
+    }
+
+    /// Checks the signature for receiver `me`. An empty key skips the
+    /// check (wire behaviour of both generations).
+    pub fn verify(&self, me: u32) -> Result<(), Invalid> {
+        if self.public_key.is_empty() {
+            return Ok(());
+        }
+        let key = parse_key(&self.public_key).ok_or(Invalid::BadKey)?;
+        let sig: [u8; 64] = B64
+            .decode(&self.signature)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or(Invalid::BadSignature)?;
+        key.verify(
+            challenge(self.node_id, me).as_bytes(),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| Invalid::BadSignature)
+    }
+}
+
+/// A bounded, time-limited set of message hashes (`spec/services.md` §4.2).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayCache {
+    seen: BTreeMap<[u8; 32], i64>,
+    order: VecDeque<(i64, [u8; 32])>,
+}
+
+impl ReplayCache {
+    /// Records `hash` at `now`; false if it was already present.
+    pub fn insert(&mut self, hash: [u8; 32], now: i64) -> bool {
+        while let Some(&(t, h)) = self.order.front() {
+            if now.saturating_sub(t) < REPLAY_TTL_SECS && self.order.len() < REPLAY_CAP {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&h) == Some(&t) {
+                self.seen.remove(&h);
+            }
+        }
+        if self.seen.contains_key(&hash) {
+            return false;
+        }
+        self.seen.insert(hash, now);
+        self.order.push_back((now, hash));
+        true
+    }
+
+    /// Number of remembered hashes.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// A registry call the daemon must make (`spec/services.md` §4.3–§4.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryOp {
+    /// Record the trust pair.
+    ReportTrust {
+        /// This node.
+        me: u32,
+        /// The peer.
+        peer: u32,
+    },
+    /// Remove the trust pair.
+    RevokeTrust {
+        /// This node.
+        me: u32,
+        /// The peer.
+        peer: u32,
+    },
+    /// Relay a request to a node we cannot dial.
+    RequestHandshake {
+        /// This node.
+        from: u32,
+        /// The peer.
+        to: u32,
+        /// Justification text.
+        justification: String,
+        /// Base64 signature over `handshake:<from>:<to>`.
+        signature: String,
+    },
+    /// Relay an answer.
+    RespondHandshake {
+        /// This node.
+        from: u32,
+        /// The peer.
+        to: u32,
+        /// Accepted or rejected.
+        accept: bool,
+    },
+    /// Fetch the peer's public key; answer with [`TrustStore::key_learned`].
+    Lookup {
+        /// The peer.
+        node: u32,
+    },
+}
+
+/// Why trust was granted without a manual approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoReason {
+    /// Both sides asked.
+    Mutual,
+    /// Both are members of the same non-backbone network.
+    SameNetwork(u16),
+}
+
+/// Something to report (webhook name in the variant docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustEvent {
+    /// `handshake.received`.
+    Received {
+        /// Requester.
+        node: u32,
+    },
+    /// `handshake.auto_approved`.
+    AutoApproved {
+        /// Peer.
+        node: u32,
+        /// Why.
+        reason: AutoReason,
+    },
+    /// `handshake.pending`.
+    Pending {
+        /// Requester.
+        node: u32,
+    },
+    /// `handshake.approved`.
+    Approved {
+        /// Peer.
+        node: u32,
+    },
+    /// `handshake.rejected`.
+    Rejected {
+        /// Peer.
+        node: u32,
+        /// Reason given.
+        reason: String,
+    },
+    /// `trust.revoked`.
+    Revoked {
+        /// Peer.
+        node: u32,
+    },
+    /// `trust.revoked_by_peer`.
+    RevokedByPeer {
+        /// Peer.
+        node: u32,
+    },
+}
+
+/// What the daemon must do after a [`TrustStore`] call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Dial `to:444`, write `message`'s JSON, close; if the dial fails and
+    /// `fallback` is set, perform it instead.
+    Send {
+        /// Peer node.
+        to: u32,
+        /// Message to write.
+        message: HandshakeMessage,
+        /// Registry relay to use when the peer cannot be dialled.
+        fallback: Option<RegistryOp>,
+    },
+    /// Call the registry.
+    Registry(RegistryOp),
+    /// Rewrite `trust.json` from [`TrustStore::to_file`].
+    Persist,
+    /// Tear down the tunnel to this node.
+    DropTunnel(u32),
+    /// Report an event.
+    Event(TrustEvent),
+}
+
+/// What the daemon knows about the sender when a message arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inbound {
+    /// Node ID of the stream's actual remote end.
+    pub source: u32,
+    /// The registry's key for the message's `node_id`, if looked up.
+    pub registry_key: Option<[u8; 32]>,
+    /// A non-backbone network shared with that node, if any.
+    pub shared_network: Option<u16>,
+}
+
+/// A trusted peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trusted {
+    /// Base64 key, empty if unknown.
+    pub public_key: String,
+    /// When trust was granted.
+    pub approved_at: WallTime,
+    /// Granted by mutual request.
+    pub mutual: bool,
+    /// Network that granted it (0 = none).
+    pub network: u16,
+}
+
+/// A request awaiting a local decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Base64 key, empty if unknown.
+    pub public_key: String,
+    /// Sanitised justification.
+    pub justification: String,
+    /// When it arrived.
+    pub received_at: WallTime,
+    /// Node that delivered it (None if it came via the registry or from a file).
+    pub source: Option<u32>,
+}
+
+/// Why a local operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    /// Revoke of a node that is not trusted.
+    #[error("node {0} is not trusted")]
+    NotTrusted(u32),
+    /// Too many outstanding outgoing requests.
+    #[error("too many outstanding requests")]
+    TooManyOutgoing,
+}
+
+/// Keeps printable characters (no controls) and cuts to
+/// [`MAX_JUSTIFICATION`] bytes on a character boundary.
+pub fn sanitize_text(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_JUSTIFICATION {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The trust state of one daemon (`spec/services.md` §4.3–§4.5).
+#[derive(Debug)]
+pub struct TrustStore {
+    profile: WireProfile,
+    me: u32,
+    key: SigningKey,
+    trusted: BTreeMap<u32, Trusted>,
+    pending: BTreeMap<u32, Pending>,
+    outgoing: BTreeMap<u32, i64>,
+    revoked: Vec<RevokedEntry>,
+    replay: ReplayCache,
+}
+
+impl TrustStore {
+    /// An empty store for node `me` signing with `key`.
+    pub fn new(profile: WireProfile, me: u32, key: SigningKey) -> Self {
+        TrustStore {
+            profile,
+            me,
+            key,
+            trusted: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
+            revoked: Vec::new(),
+            replay: ReplayCache::default(),
+        }
+    }
+
+    /// An empty store for node `me` signing with the node's long-term
+    /// identity (the same Ed25519 key the registry knows).
+    pub fn from_identity(profile: WireProfile, me: u32, identity: &Identity) -> Self {
+        Self::new(profile, me, SigningKey::from_bytes(identity.seed()))
+    }
+
+    /// Trusted peers.
+    pub fn trusted(&self) -> &BTreeMap<u32, Trusted> {
+        &self.trusted
+    }
+
+    /// Pending requests.
+    pub fn pending(&self) -> &BTreeMap<u32, Pending> {
+        &self.pending
+    }
+
+    /// Whether we have an unanswered request to `node`.
+    pub fn is_outgoing(&self, node: u32) -> bool {
+        self.outgoing.contains_key(&node)
+    }
+
+    fn message(&self, kind: MessageType, to: u32, text: &str, now: WallTime) -> HandshakeMessage {
+        let (justification, reason) = match kind {
+            MessageType::Request => (text.to_owned(), String::new()),
+            _ => (String::new(), text.to_owned()),
+        };
+        HandshakeMessage {
+            kind,
+            node_id: self.me,
+            public_key: B64.encode(self.key.verifying_key().as_bytes()),
+            justification,
+            signature: sign(&self.key, self.me, to),
+            reason,
+            timestamp: now.unix_secs,
+        }
+    }
+
+    fn grant(&mut self, node: u32, key: String, mutual: bool, network: u16, now: WallTime) {
+        self.pending.remove(&node);
+        self.outgoing.remove(&node);
+        self.trusted.insert(
+            node,
+            Trusted {
+                public_key: key,
+                approved_at: now,
+                mutual,
+                network,
+            },
+        );
+    }
+
+    /// Drops expired outgoing and pending entries; returns whether the
+    /// persisted state changed.
+    pub fn expire(&mut self, now: WallTime) -> bool {
+        let t = now.unix_secs;
+        self.outgoing
+            .retain(|_, sent| t.saturating_sub(*sent) < OUTGOING_TTL_SECS);
+        let before = self.pending.len();
+        self.pending
+            .retain(|_, p| t.saturating_sub(p.received_at.unix_secs) < PENDING_TTL_SECS);
+        before != self.pending.len()
+    }
+
+    /// Validates one received chunk (`spec/services.md` §4.2); `Err` means
+    /// drop it silently.
+    pub fn validate(
+        &mut self,
+        bytes: &[u8],
+        inbound: &Inbound,
+        now: WallTime,
+    ) -> Result<HandshakeMessage, Invalid> {
+        let msg = HandshakeMessage::decode(bytes, self.profile)?;
+        let age = now.unix_secs.saturating_sub(msg.timestamp);
+        if !(-MAX_SKEW_SECS..=MAX_AGE_SECS).contains(&age) {
+            return Err(Invalid::Stale);
+        }
+        if self.profile == WireProfile::Current
+            && msg.kind == MessageType::Request
+            && msg.public_key.is_empty()
+        {
+            return Err(Invalid::MissingKey);
+        }
+        msg.verify(self.me)?;
+        if let Some(reg) = inbound.registry_key {
+            if !msg.public_key.is_empty()
+                && parse_key(&msg.public_key).map(|k| k.to_bytes()) != Some(reg)
+            {
+                return Err(Invalid::KeyMismatch);
+            }
+        }
+        if !self.replay.insert(msg.replay_hash(), now.unix_secs) {
+            return Err(Invalid::Replay);
+        }
+        Ok(msg)
+    }
+
+    /// Handles one received chunk on port 444 (`spec/services.md` §4.3).
+    /// Invalid input yields no effects.
+    pub fn on_message(&mut self, bytes: &[u8], inbound: Inbound, now: WallTime) -> Vec<Effect> {
+        let Ok(msg) = self.validate(bytes, &inbound, now) else {
+            return Vec::new();
+        };
+        let n = msg.node_id;
+        let me = self.me;
+        // Auto-approval needs the key to be the registry's key for `n`.
+        let bound = !msg.public_key.is_empty()
+            && inbound.registry_key.is_some()
+            && parse_key(&msg.public_key).map(|k| k.to_bytes()) == inbound.registry_key;
+        let mut fx = Vec::new();
+        match msg.kind {
+            MessageType::Request => {
+                fx.push(Effect::Event(TrustEvent::Received { node: n }));
+                let accept = |s: &Self| Effect::Send {
+                    to: n,
+                    message: s.message(MessageType::Accept, n, "", now),
+                    fallback: None,
+                };
+                if self.trusted.contains_key(&n) {
+                    fx.push(accept(self));
+                } else if bound && self.outgoing.contains_key(&n) {
+                    self.grant(n, msg.public_key.clone(), true, 0, now);
+                    fx.extend([
+                        Effect::Persist,
+                        accept(self),
+                        Effect::Registry(RegistryOp::ReportTrust { me, peer: n }),
+                        Effect::Event(TrustEvent::AutoApproved {
+                            node: n,
+                            reason: AutoReason::Mutual,
+                        }),
+                    ]);
+                } else if let (true, Some(net)) = (bound, inbound.shared_network) {
+                    self.grant(n, msg.public_key.clone(), false, net, now);
+                    fx.extend([
+                        Effect::Persist,
+                        accept(self),
+                        Effect::Registry(RegistryOp::ReportTrust { me, peer: n }),
+                        Effect::Event(TrustEvent::AutoApproved {
+                            node: n,
+                            reason: AutoReason::SameNetwork(net),
+                        }),
+                    ]);
+                } else if self.add_pending(
+                    n,
+                    msg.public_key.clone(),
+                    &msg.justification,
+                    Some(inbound.source),
+                    now,
+                ) {
+                    fx.extend([
+                        Effect::Persist,
+                        Effect::Event(TrustEvent::Pending { node: n }),
+                    ]);
+                }
+            }
+            MessageType::Accept => {
+                // Fix of a v1.8 flaw: only an answer to our own request counts.
+                if self.outgoing.contains_key(&n) && !self.trusted.contains_key(&n) {
+                    self.grant(n, msg.public_key.clone(), true, 0, now);
+                    fx.extend([
+                        Effect::Persist,
+                        Effect::Registry(RegistryOp::ReportTrust { me, peer: n }),
+                    ]);
+                }
+            }
+            MessageType::Reject => {
+                self.outgoing.remove(&n);
+            }
+            MessageType::Revoke => {
+                fx.push(Effect::Event(TrustEvent::RevokedByPeer { node: n }));
+                let was_trusted = self.trusted.remove(&n).is_some();
+                let was_pending = self.pending.remove(&n).is_some();
+                self.outgoing.remove(&n);
+                if was_trusted || was_pending {
+                    fx.push(Effect::Persist);
+                }
+                fx.push(Effect::DropTunnel(n));
+                if was_trusted {
+                    fx.push(Effect::Registry(RegistryOp::RevokeTrust { me, peer: n }));
+                }
+            }
+        }
+        fx
+    }
+
+    /// Stores or overwrites a pending request within the bounds of
+    /// `spec/services.md` §4.7; false if refused.
+    fn add_pending(
+        &mut self,
+        node: u32,
+        public_key: String,
+        justification: &str,
+        source: Option<u32>,
+        now: WallTime,
+    ) -> bool {
+        self.expire(now);
+        if !self.pending.contains_key(&node) {
+            if self.pending.len() >= PENDING_CAP {
+                return false;
+            }
+            if let Some(src) = source {
+                let from_src = self
+                    .pending
+                    .values()
+                    .filter(|p| p.source == Some(src))
+                    .count();
+                if from_src >= PENDING_PER_SOURCE {
+                    return false;
+                }
+            }
+        }
+        self.pending.insert(
+            node,
+            Pending {
+                public_key,
+                justification: sanitize_text(justification),
+                received_at: now,
+                source,
+            },
+        );
+        true
+    }
+
+    /// Local operation: ask `peer` for trust (`spec/services.md` §4.4).
+    pub fn send_request(
+        &mut self,
+        peer: u32,
+        justification: &str,
+        now: WallTime,
+    ) -> Result<Vec<Effect>, TrustError> {
+        if self.trusted.contains_key(&peer) {
+            return Ok(Vec::new());
+        }
+        self.expire(now);
+        if !self.outgoing.contains_key(&peer) && self.outgoing.len() >= OUTGOING_CAP {
+            return Err(TrustError::TooManyOutgoing);
+        }
+        self.outgoing.insert(peer, now.unix_secs);
+        self.revoked.retain(|r| r.node_id != peer);
+        let message = self.message(MessageType::Request, peer, justification, now);
+        let fallback = Some(RegistryOp::RequestHandshake {
+            from: self.me,
+            to: peer,
+            justification: justification.to_owned(),
+            signature: message.signature.clone(),
+        });
+        Ok(vec![Effect::Send {
+            to: peer,
+            message,
+            fallback,
+        }])
+    }
+
+    /// Local operation: approve a pending request (no-op if none).
+    pub fn approve(&mut self, peer: u32, now: WallTime) -> Vec<Effect> {
+        let Some(p) = self.pending.remove(&peer) else {
+            return Vec::new();
+        };
+        self.grant(peer, p.public_key, false, 0, now);
+        let me = self.me;
+        let respond = RegistryOp::RespondHandshake {
+            from: me,
+            to: peer,
+            accept: true,
+        };
+        vec![
+            Effect::Persist,
+            Effect::Event(TrustEvent::Approved { node: peer }),
+            Effect::Registry(RegistryOp::ReportTrust { me, peer }),
+            Effect::Registry(respond.clone()),
+            Effect::Send {
+                to: peer,
+                message: self.message(MessageType::Accept, peer, "", now),
+                fallback: Some(respond),
+            },
+        ]
+    }
+
+    /// Local operation: reject a pending request.
+    pub fn reject(&mut self, peer: u32, reason: &str, now: WallTime) -> Vec<Effect> {
+        let was = self.pending.remove(&peer).is_some();
+        let mut fx = Vec::new();
+        if was {
+            fx.push(Effect::Persist);
+        }
+        fx.extend([
+            Effect::Event(TrustEvent::Rejected {
+                node: peer,
+                reason: reason.to_owned(),
+            }),
+            Effect::Registry(RegistryOp::RespondHandshake {
+                from: self.me,
+                to: peer,
+                accept: false,
+            }),
+            Effect::Send {
+                to: peer,
+                message: self.message(MessageType::Reject, peer, reason, now),
+                fallback: None,
+            },
+        ]);
+        fx
+    }
+
+    /// Local operation: revoke trust in `peer`.
+    pub fn revoke(&mut self, peer: u32, now: WallTime) -> Result<Vec<Effect>, TrustError> {
+        if self.trusted.remove(&peer).is_none() {
+            return Err(TrustError::NotTrusted(peer));
+        }
+        self.pending.remove(&peer);
+        self.outgoing.remove(&peer);
+        let me = self.me;
+        Ok(vec![
+            Effect::Persist,
+            Effect::Event(TrustEvent::Revoked { node: peer }),
+            Effect::DropTunnel(peer),
+            Effect::Registry(RegistryOp::RevokeTrust { me, peer }),
+            Effect::Send {
+                to: peer,
+                message: self.message(MessageType::Revoke, peer, REVOKE_REASON, now),
+                fallback: None,
+            },
+        ])
+    }
+
+    /// A request relayed by the registry (`spec/services.md` §4.5).
+    pub fn on_relayed_request(
+        &mut self,
+        from: u32,
+        justification: &str,
+        now: WallTime,
+    ) -> Vec<Effect> {
+        let me = self.me;
+        let accept = Effect::Registry(RegistryOp::RespondHandshake {
+            from: me,
+            to: from,
+            accept: true,
+        });
+        if self.trusted.contains_key(&from) {
+            return vec![accept];
+        }
+        if self.outgoing.contains_key(&from) {
+            self.grant(from, String::new(), true, 0, now);
+            return vec![
+                Effect::Persist,
+                accept,
+                Effect::Registry(RegistryOp::ReportTrust { me, peer: from }),
+                Effect::Event(TrustEvent::AutoApproved {
+                    node: from,
+                    reason: AutoReason::Mutual,
+                }),
+                Effect::Registry(RegistryOp::Lookup { node: from }),
+            ];
+        }
+        if self.add_pending(from, String::new(), justification, None, now) {
+            return vec![
+                Effect::Persist,
+                Effect::Event(TrustEvent::Pending { node: from }),
+            ];
+        }
+        Vec::new()
+    }
+
+    /// A response relayed by the registry (`spec/services.md` §4.5). An
+    /// accept only counts for a request we sent.
+    pub fn on_relayed_response(&mut self, from: u32, accept: bool, now: WallTime) -> Vec<Effect> {
+        if !accept {
+            self.outgoing.remove(&from);
+            return Vec::new();
+        }
+        if self.trusted.contains_key(&from) || !self.outgoing.contains_key(&from) {
+            return Vec::new();
+        }
+        self.grant(from, String::new(), true, 0, now);
+        vec![
+            Effect::Persist,
+            Effect::Registry(RegistryOp::ReportTrust {
+                me: self.me,
+                peer: from,
+            }),
+            Effect::Registry(RegistryOp::Lookup { node: from }),
+        ]
+    }
+
+    /// Answer to [`RegistryOp::Lookup`]: back-fills the key of a trusted
+    /// peer whose key is unknown.
+    pub fn key_learned(&mut self, node: u32, key: &[u8; 32]) -> Vec<Effect> {
+        match self.trusted.get_mut(&node) {
+            Some(t) if t.public_key.is_empty() => {
+                t.public_key = B64.encode(key);
+                vec![Effect::Persist]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The persistent state as a `trust.json` document.
+    pub fn to_file(&self) -> TrustFile {
+        let trusted: Vec<TrustedEntry> = self
+            .trusted
+            .iter()
+            .map(|(&node_id, t)| TrustedEntry {
+                node_id,
+                public_key: t.public_key.clone(),
+                approved_at: t.approved_at.rfc3339().to_string(),
+                mutual: t.mutual,
+                network: t.network,
+            })
+            .collect();
+        TrustFile {
+            trusted: (!trusted.is_empty()).then_some(trusted),
+            pending: Some(
+                self.pending
+                    .iter()
+                    .map(|(&node_id, p)| PendingEntry {
+                        node_id,
+                        public_key: p.public_key.clone(),
+                        justification: p.justification.clone(),
+                        received_at: p.received_at.rfc3339().to_string(),
+                        source: p.source,
+                    })
+                    .collect(),
+            ),
+            revoked: (!self.revoked.is_empty()).then(|| self.revoked.clone()),
+        }
+    }
+
+    /// Loads a `trust.json` document. Entries with unparsable times are
+    /// skipped; the pending bounds apply.
+    pub fn load(&mut self, file: &TrustFile, now: WallTime) {
+        for t in file.trusted.iter().flatten() {
+            if let Ok(at) = WallTime::parse_rfc3339(&t.approved_at) {
+                self.trusted.insert(
+                    t.node_id,
+                    Trusted {
+                        public_key: t.public_key.clone(),
+                        approved_at: at,
+                        mutual: t.mutual,
+                        network: t.network,
+                    },
+                );
+            }
+        }
+        for p in file.pending.iter().flatten() {
+            if let Ok(at) = WallTime::parse_rfc3339(&p.received_at) {
+                self.add_pending(
+                    p.node_id,
+                    p.public_key.clone(),
+                    &p.justification,
+                    p.source,
+                    at,
+                );
+            }
+        }
+        self.expire(now);
+        self.revoked = file.revoked.clone().unwrap_or_default();
+    }
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// A trusted entry of `trust.json` (`spec/services.md` §4.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TrustedEntry {
+    /// Peer node ID.
+    pub node_id: u32,
+    /// Base64 key (may be empty).
+    #[serde(default)]
+    pub public_key: String,
+    /// RFC 3339 grant time.
+    pub approved_at: String,
+    /// Granted by mutual request.
+    #[serde(default)]
+    pub mutual: bool,
+    /// Network that granted it; omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub network: u16,
+}
+
+/// A pending entry of `trust.json` (`spec/services.md` §4.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct PendingEntry {
+    /// Requester node ID.
+    pub node_id: u32,
+    /// Base64 key; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// Justification; omitted when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub justification: String,
+    /// RFC 3339 arrival time.
+    pub received_at: String,
+    /// Delivering node; omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<u32>,
+}
+
+/// A revoked entry of `trust.json` (current generation; kept as read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RevokedEntry {
+    /// Revoked node ID.
+    pub node_id: u32,
+    /// RFC 3339 end of the cooldown.
+    pub until: String,
+}
+
+/// The whole `trust.json` document (`spec/services.md` §4.6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TrustFile {
+    /// Trusted peers; `null` when empty.
+    pub trusted: Option<Vec<TrustedEntry>>,
+    /// Pending requests.
+    #[serde(default)]
+    pub pending: Option<Vec<PendingEntry>>,
+    /// Revoke cooldowns; omitted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Vec<RevokedEntry>>,
+}
+
+/// Why `trust.json` did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustFileError {
+    /// Not a valid document.
+    #[error("bad trust.json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl TrustFile {
+    /// The 2-space-indented document.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses a document.
+    pub fn from_json(text: &[u8]) -> Result<TrustFile, TrustFileError> {
+        Ok(serde_json::from_slice(text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = r#"{"type":"handshake_request","node_id":1,"public_key":"iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=","justification":"hi","signature":"BAGl08PXCNSQpCCtg1qxlDoILmzWX/p7IqG5uOBb4PkVDUTKTKPc574gKaUyovoGugXzHxKyQiPEsETMqTsLBQ==","reason":"","timestamp":1767225600}"#;
+    const T0: i64 = 1_767_225_600;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+    fn at(secs: i64) -> WallTime {
+        WallTime::new(secs, 0)
+    }
+    fn raw(seed: u8) -> [u8; 32] {
+        key(seed).verifying_key().to_bytes()
+    }
+    fn bound(seed: u8, source: u32) -> Inbound {
+        Inbound {
+            source,
+            registry_key: Some(raw(seed)),
+            shared_network: None,
+        }
+    }
+    fn store(me: u32, seed: u8) -> TrustStore {
+        TrustStore::new(WireProfile::Current, me, key(seed))
+    }
+    fn sent(fx: &[Effect]) -> Vec<&HandshakeMessage> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Send { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reference_example_is_reproduced_and_verifies() {
+        assert_eq!(EXAMPLE.len(), 259);
+        let s = store(1, 1);
+        let m = s.message(MessageType::Request, 2, "hi", at(T0));
+        assert_eq!(m.to_json(), EXAMPLE);
+        let d = HandshakeMessage::decode(EXAMPLE.as_bytes(), WireProfile::Legacy).unwrap();
+        assert_eq!(d, m);
+        assert_eq!(d.verify(2), Ok(()));
+        assert_eq!(d.verify(3), Err(Invalid::BadSignature));
+    }
+
+    #[test]
+    fn identity_signs_like_its_seed() {
+        use crate::crypto::provider::RustCrypto;
+        let id = Identity::from_seed(&RustCrypto, [1; 32]);
+        let s = TrustStore::from_identity(WireProfile::Current, 1, &id);
+        assert_eq!(
+            s.message(MessageType::Request, 2, "hi", at(T0)).to_json(),
+            EXAMPLE
+        );
+    }
+
+    #[test]
+    fn validation_window_replay_and_binding() {
+        let mut b = store(2, 2);
+        let inb = bound(1, 1);
+        assert_eq!(
+            b.validate(EXAMPLE.as_bytes(), &inb, at(T0 + 301)),
+            Err(Invalid::Stale)
+        );
+        assert_eq!(
+            b.validate(EXAMPLE.as_bytes(), &inb, at(T0 - 31)),
+            Err(Invalid::Stale)
+        );
+        assert!(b.validate(EXAMPLE.as_bytes(), &inb, at(T0 + 300)).is_ok());
+        assert_eq!(
+            b.validate(EXAMPLE.as_bytes(), &inb, at(T0 + 10)),
+            Err(Invalid::Replay)
+        );
+        let mut c = store(2, 2);
+        assert_eq!(
+            c.validate(EXAMPLE.as_bytes(), &bound(9, 1), at(T0)),
+            Err(Invalid::KeyMismatch)
+        );
+        let mut m = HandshakeMessage::decode(EXAMPLE.as_bytes(), WireProfile::Current).unwrap();
+        m.public_key.clear();
+        assert_eq!(
+            c.validate(m.to_json().as_bytes(), &inb, at(T0)),
+            Err(Invalid::MissingKey)
+        );
+        let mut legacy = TrustStore::new(WireProfile::Legacy, 2, key(2));
+        assert!(
+            legacy
+                .validate(m.to_json().as_bytes(), &inb, at(T0))
+                .is_ok()
+        );
+        let big = vec![b' '; MAX_MESSAGE_LEGACY + 1];
+        assert_eq!(
+            legacy.validate(&big, &inb, at(T0)),
+            Err(Invalid::TooLarge(4097))
+        );
+    }
+
+    #[test]
+    fn request_goes_pending_then_manual_approve() {
+        let mut b = store(2, 2);
+        let fx = b.on_message(EXAMPLE.as_bytes(), bound(1, 1), at(T0));
+        assert!(fx.contains(&Effect::Event(TrustEvent::Pending { node: 1 })));
+        assert!(fx.contains(&Effect::Persist));
+        assert!(sent(&fx).is_empty());
+        assert_eq!(b.pending()[&1].justification, "hi");
+        let fx = b.approve(1, at(T0 + 5));
+        assert!(b.trusted().contains_key(&1) && b.pending().is_empty());
+        assert!(!b.trusted()[&1].mutual);
+        assert_eq!(sent(&fx)[0].kind, MessageType::Accept);
+        assert!(fx.contains(&Effect::Registry(RegistryOp::ReportTrust {
+            me: 2,
+            peer: 1
+        })));
+        assert_eq!(b.approve(1, at(T0 + 6)), Vec::new());
+    }
+
+    #[test]
+    fn mutual_requests_auto_approve_only_with_confirmed_key() {
+        let mut a = store(1, 1);
+        let mut b = store(2, 2);
+        let fx = b.send_request(1, "hello", at(T0)).unwrap();
+        let req_b = sent(&fx)[0].to_json();
+        assert!(b.is_outgoing(1));
+        // Without a registry binding: pending, not trust.
+        let mut b2 = store(2, 2);
+        b2.send_request(1, "x", at(T0)).unwrap();
+        b2.on_message(
+            EXAMPLE.as_bytes(),
+            Inbound {
+                source: 1,
+                ..Inbound::default()
+            },
+            at(T0),
+        );
+        assert!(b2.trusted().is_empty() && b2.pending().contains_key(&1));
+        // With it: trust, accept, report.
+        let fx = b.on_message(EXAMPLE.as_bytes(), bound(1, 1), at(T0));
+        assert!(b.trusted()[&1].mutual);
+        assert!(fx.contains(&Effect::Event(TrustEvent::AutoApproved {
+            node: 1,
+            reason: AutoReason::Mutual
+        })));
+        let accept = sent(&fx)[0].to_json();
+        // A receives B's request (pending), then B's accept: A never asked, so ignored.
+        a.on_message(req_b.as_bytes(), bound(2, 2), at(T0));
+        assert!(a.pending().contains_key(&2));
+        assert!(
+            a.on_message(accept.as_bytes(), bound(2, 2), at(T0))
+                .is_empty()
+        );
+        assert!(a.trusted().is_empty());
+    }
+
+    #[test]
+    fn accept_after_own_request_grants_trust() {
+        let mut a = store(1, 1);
+        let mut b = store(2, 2);
+        let fx = a.send_request(2, "hi", at(T0)).unwrap();
+        assert!(matches!(
+            &fx[0],
+            Effect::Send {
+                fallback: Some(RegistryOp::RequestHandshake { .. }),
+                ..
+            }
+        ));
+        b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0));
+        let fx = b.approve(1, at(T0 + 1));
+        let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 1));
+        assert!(a.trusted().contains_key(&2) && !a.is_outgoing(2));
+        assert!(fx.contains(&Effect::Registry(RegistryOp::ReportTrust {
+            me: 1,
+            peer: 2
+        })));
+        // Already trusted → request yields no message.
+        assert_eq!(a.send_request(2, "again", at(T0 + 2)), Ok(Vec::new()));
+        // Revoke from B removes trust on A.
+        let fx = b.revoke(1, at(T0 + 3)).unwrap();
+        assert_eq!(sent(&fx)[0].reason, REVOKE_REASON);
+        let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 3));
+        assert!(a.trusted().is_empty());
+        assert!(fx.contains(&Effect::DropTunnel(2)));
+        assert!(fx.contains(&Effect::Registry(RegistryOp::RevokeTrust {
+            me: 1,
+            peer: 2
+        })));
+        assert_eq!(b.revoke(1, at(T0 + 4)), Err(TrustError::NotTrusted(1)));
+    }
+
+    #[test]
+    fn same_network_auto_approves() {
+        let mut b = store(2, 2);
+        let fx = b.on_message(
+            EXAMPLE.as_bytes(),
+            Inbound {
+                shared_network: Some(5),
+                ..bound(1, 1)
+            },
+            at(T0),
+        );
+        assert_eq!(b.trusted()[&1].network, 5);
+        assert!(fx.contains(&Effect::Event(TrustEvent::AutoApproved {
+            node: 1,
+            reason: AutoReason::SameNetwork(5)
+        })));
+    }
+
+    #[test]
+    fn reject_and_relayed_path() {
+        let mut b = store(2, 2);
+        b.on_relayed_request(7, "via registry", at(T0));
+        assert!(b.pending()[&7].public_key.is_empty());
+        let fx = b.reject(7, "no", at(T0));
+        assert!(b.pending().is_empty());
+        assert!(fx.contains(&Effect::Registry(RegistryOp::RespondHandshake {
+            from: 2,
+            to: 7,
+            accept: false
+        })));
+        // Unsolicited relayed accept: ignored.
+        assert!(b.on_relayed_response(8, true, at(T0)).is_empty());
+        b.send_request(8, "x", at(T0)).unwrap();
+        let fx = b.on_relayed_response(8, true, at(T0));
+        assert!(fx.contains(&Effect::Registry(RegistryOp::Lookup { node: 8 })));
+        assert_eq!(b.key_learned(8, &raw(8)), vec![Effect::Persist]);
+        assert!(!b.trusted()[&8].public_key.is_empty());
+        // Relayed request from a node we asked → mutual trust.
+        b.send_request(9, "x", at(T0)).unwrap();
+        b.on_relayed_request(9, "", at(T0));
+        assert!(b.trusted()[&9].mutual);
+        // Relayed reject clears outgoing.
+        b.send_request(10, "x", at(T0)).unwrap();
+        b.on_relayed_response(10, false, at(T0));
+        assert!(!b.is_outgoing(10));
+    }
+
+    #[test]
+    fn pending_is_bounded_per_source_and_total() {
+        let mut b = store(2, 2);
+        for n in 100..100 + PENDING_PER_SOURCE as u32 + 3 {
+            b.add_pending(n, String::new(), "j", Some(1), at(T0));
+        }
+        assert_eq!(b.pending().len(), PENDING_PER_SOURCE);
+        for n in 1000..2000u32 {
+            b.add_pending(n, String::new(), "j", Some(n), at(T0));
+        }
+        assert_eq!(b.pending().len(), PENDING_CAP);
+        // Overwriting an existing entry is still allowed.
+        assert!(b.add_pending(1000, String::new(), "new", Some(1000), at(T0)));
+        assert_eq!(b.pending()[&1000].justification, "new");
+        // Entries expire after 30 days, making room again.
+        assert!(b.add_pending(5, String::new(), "late", Some(5), at(T0 + PENDING_TTL_SECS)));
+        assert_eq!(b.pending().len(), 1);
+    }
+
+    #[test]
+    fn justification_is_sanitised_and_cut() {
+        assert_eq!(sanitize_text("a\nb\u{7}c"), "abc");
+        let long = "é".repeat(600);
+        let s = sanitize_text(&long);
+        assert_eq!(s.len(), 1024);
+    }
+
+    #[test]
+    fn replay_cache_is_bounded_and_expires() {
+        let mut r = ReplayCache::default();
+        for i in 0..(REPLAY_CAP as u32 + 10) {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(r.insert(h, 0));
+        }
+        assert!(r.len() <= REPLAY_CAP);
+        assert!(r.insert([0xff; 32], 0));
+        assert!(!r.insert([0xff; 32], REPLAY_TTL_SECS - 1));
+        assert!(r.insert([0xff; 32], REPLAY_TTL_SECS + 1));
+    }
+
+    #[test]
+    fn trust_file_format() {
+        let mut b = store(2, 2);
+        assert_eq!(
+            b.to_file().to_json(),
+            "{\n  \"trusted\": null,\n  \"pending\": []\n}"
+        );
+        b.on_message(EXAMPLE.as_bytes(), bound(1, 1), at(T0));
+        b.on_relayed_request(9, "", at(T0));
+        b.approve(1, at(T0 + 60));
+        let j = b.to_file().to_json();
+        assert!(
+            j.contains("\"approved_at\": \"2026-01-01T00:01:00Z\""),
+            "{j}"
+        );
+        assert!(!j.contains("network"));
+        assert!(!j.contains("justification"));
+        let f = TrustFile::from_json(j.as_bytes()).unwrap();
+        let mut c = store(2, 2);
+        c.load(&f, at(T0 + 60));
+        assert_eq!(c.to_file(), b.to_file());
+        // The reference example document parses.
+        let doc = br#"{"trusted":[{"node_id":7,"public_key":"k","approved_at":"2026-02-27T15:03:44+02:00","mutual":true}],
+            "pending":[{"node_id":9,"public_key":"k","justification":"hi","received_at":"2026-02-27T15:04:00+02:00"}]}"#;
+        let f = TrustFile::from_json(doc).unwrap();
+        assert_eq!(f.trusted.as_ref().unwrap()[0].node_id, 7);
+        assert_eq!(TrustFile::from_json(&f.to_json().into_bytes()).unwrap(), f);
+    }
+
+    proptest! {
+        #[test]
+        fn message_round_trip(kind in 0u8..4, node in any::<u32>(), text in ".{0,20}", ts in any::<i64>()) {
+            let kind = [MessageType::Request, MessageType::Accept, MessageType::Reject, MessageType::Revoke][kind as usize];
+            let m = HandshakeMessage { kind, node_id: node, public_key: text.clone(), justification: text.clone(),
+                signature: String::new(), reason: text, timestamp: ts };
+            let mut out = vec![0u8; 512];
+            let n = m.encode(&mut out).unwrap();
+            prop_assert_eq!(HandshakeMessage::decode(&out[..n], WireProfile::Current), Ok(m));
+        }
+
+        #[test]
+        fn decoded_messages_reach_a_canonical_fixpoint(bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+            if let Ok(m) = HandshakeMessage::decode(&bytes, WireProfile::Current) {
+                let again = HandshakeMessage::decode(m.to_json().as_bytes(), WireProfile::Current);
+                prop_assert_eq!(again, Ok(m));
+            }
+        }
+
+        #[test]
+        fn trust_file_round_trip(nodes in proptest::collection::vec((any::<u32>(), any::<bool>(), any::<u16>(), ".{0,8}", any::<Option<u32>>()), 0..5),
+                                 revoked in any::<Option<u32>>()) {
+            let trusted: Vec<TrustedEntry> = nodes.iter().map(|(n, m, net, _, _)| TrustedEntry {
+                node_id: *n, public_key: "k".into(), approved_at: "2026-01-01T00:00:00Z".into(), mutual: *m, network: *net }).collect();
+            let pending: Vec<PendingEntry> = nodes.iter().map(|(n, _, _, text, src)| PendingEntry {
+                node_id: *n, public_key: text.clone(), justification: text.clone(), received_at: "2026-01-01T00:00:00Z".into(), source: *src }).collect();
+            let revoked = revoked.map(|n| vec![RevokedEntry { node_id: n, until: "2026-01-01T00:00:00Z".into() }]);
+            let f = TrustFile { trusted: Some(trusted), pending: Some(pending), revoked };
+            prop_assert_eq!(TrustFile::from_json(f.to_json().as_bytes()).unwrap(), f);
+        }
+    }
+}
