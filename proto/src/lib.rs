@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod beacon;
 pub mod crypto;
+pub mod node;
 pub mod stream;
 pub mod time;
 pub mod wire;
