@@ -82,3 +82,43 @@ fn ping_rtt_matches_path() {
         1..3,
     );
 }
+
+#[test]
+fn stream_transfer_is_exact_and_closes_cleanly() {
+    run_ok(
+        &["--scenario", "stream-transfer", "--bytes", "200000"],
+        1..3,
+    );
+    run_ok(
+        &[
+            "--scenario",
+            "stream-transfer",
+            "--nodes",
+            "3",
+            "--bytes",
+            "100000",
+            "--loss",
+            "5",
+            "--dup",
+            "2",
+            "--reorder",
+            "5",
+            "--jitter-ms",
+            "5",
+        ],
+        1..3,
+    );
+    run_ok(
+        &[
+            "--scenario",
+            "stream-transfer",
+            "--bytes",
+            "100000",
+            "--profile",
+            "legacy",
+            "--loss",
+            "2",
+        ],
+        1..2,
+    );
+}

@@ -314,6 +314,12 @@ pub struct NodeStats {
     pub syn_rate_limited: u64,
     /// Packets with an unknown protocol.
     pub unknown_protocol: u64,
+    /// Stream retransmissions of connections already dropped.
+    pub stream_retransmits: u64,
+    /// Stream fast retransmits of connections already dropped.
+    pub stream_fast_retransmits: u64,
+    /// Stream retransmission timeouts of connections already dropped.
+    pub stream_rto_timeouts: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -821,6 +827,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.conns.get(&id).map(|e| e.conn.stats())
     }
 
+    /// Stream loss-recovery totals over every connection, live or
+    /// dropped: (retransmissions, fast retransmits, RTO timeouts).
+    pub fn stream_totals(&self) -> (u64, u64, u64) {
+        self.conns.values().map(|e| e.conn.stats()).fold(
+            (
+                self.stats.stream_retransmits,
+                self.stats.stream_fast_retransmits,
+                self.stats.stream_rto_timeouts,
+            ),
+            |(a, b, c), s| {
+                (
+                    a + s.retransmissions,
+                    b + s.fast_retransmits,
+                    c + s.timeouts,
+                )
+            },
+        )
+    }
+
     /// Number of live connections.
     pub fn conn_count(&self) -> usize {
         self.conns.len()
@@ -884,6 +909,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return;
         }
         if let Some(e) = self.conns.remove(&id) {
+            let st = e.conn.stats();
+            self.stats.stream_retransmits += st.retransmissions;
+            self.stats.stream_fast_retransmits += st.fast_retransmits;
+            self.stats.stream_rto_timeouts += st.timeouts;
             self.conn_index.remove(&e.key);
             if let Some(c) = self.conns_per_port.get_mut(&e.key.local_port) {
                 *c = c.saturating_sub(1);

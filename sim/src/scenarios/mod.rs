@@ -5,6 +5,7 @@
 
 pub mod datagram;
 pub mod ping;
+pub mod stream;
 
 use crate::config::SimConfig;
 use crate::engine::Sim;
@@ -18,6 +19,7 @@ use pilot_proto::time::Instant;
 pub fn register(r: &mut Registry) {
     r.register(Box::new(datagram::DatagramScenario));
     r.register(Box::new(ping::PingScenario));
+    r.register(Box::new(stream::StreamScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every
