@@ -122,3 +122,23 @@ fn stream_transfer_is_exact_and_closes_cleanly() {
         1..2,
     );
 }
+
+#[test]
+fn rekey_after_restart_resumes_without_nonce_reuse() {
+    run_ok(&["--scenario", "rekey", "--nodes", "3"], 1..3);
+    run_ok(
+        &[
+            "--scenario",
+            "rekey",
+            "--nodes",
+            "3",
+            "--loss",
+            "5",
+            "--dup",
+            "5",
+            "--duration-ms",
+            "20000",
+        ],
+        1..3,
+    );
+}

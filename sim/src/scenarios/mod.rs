@@ -5,6 +5,7 @@
 
 pub mod datagram;
 pub mod ping;
+pub mod rekey;
 pub mod stream;
 
 use crate::config::SimConfig;
@@ -20,6 +21,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(datagram::DatagramScenario));
     r.register(Box::new(ping::PingScenario));
     r.register(Box::new(stream::StreamScenario));
+    r.register(Box::new(rekey::RekeyScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every
