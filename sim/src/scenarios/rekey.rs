@@ -23,6 +23,9 @@ use crate::seed::Seed;
 /// Port the datagrams go to.
 pub const PORT: u16 = 5001;
 
+/// (sender, receiver, sender key, receiver key, nonce) of one PILS frame.
+type NonceKey = (SocketAddr, SocketAddr, [u8; 32], [u8; 32], [u8; 12]);
+
 /// Every PILS frame put on the wire is keyed by (sender endpoint,
 /// receiver endpoint, the last key-exchange key each of them sent, nonce):
 /// the two tunnel keys determine the session key, so a repeat is a nonce
@@ -30,7 +33,7 @@ pub const PORT: u16 = 5001;
 #[derive(Default)]
 pub struct NonceChecker {
     keys: BTreeMap<SocketAddr, [u8; 32]>,
-    seen: HashSet<(SocketAddr, SocketAddr, [u8; 32], [u8; 32], [u8; 12])>,
+    seen: HashSet<NonceKey>,
     frames: u64,
     repeats: u64,
 }
