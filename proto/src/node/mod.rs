@@ -22,7 +22,7 @@
 pub mod ports;
 pub mod timer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -398,7 +398,9 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     conn_index: BTreeMap<ConnKey, ConnId>,
     conns_per_port: BTreeMap<u16, usize>,
     next_conn: u64,
+    /// Connections that may have segments to send (each at most once).
     ready: VecDeque<ConnId>,
+    in_ready: BTreeSet<ConnId>,
     pings: BTreeMap<u32, Ping>,
     next_ping: u32,
     timers: TimerTable,
@@ -457,6 +459,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             conns_per_port: BTreeMap::new(),
             next_conn: 1,
             ready: VecDeque::new(),
+            in_ready: BTreeSet::new(),
             pings: BTreeMap::new(),
             next_ping: 1,
             timers,
@@ -559,7 +562,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 if let Some(e) = self.conns.get_mut(&id) {
                     e.conn.abort();
                     e.app_closed = true;
-                    self.ready.push_back(id);
+                    self.mark_ready(id);
                 }
             }
         }
@@ -751,7 +754,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 app_closed: false,
             },
         );
-        self.ready.push_back(id);
+        self.mark_ready(id);
         id
     }
 
@@ -852,8 +855,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     }
 
     fn touch(&mut self, id: ConnId) {
-        self.ready.push_back(id);
+        self.mark_ready(id);
         self.refresh_conn_timer(id);
+    }
+
+    fn mark_ready(&mut self, id: ConnId) {
+        if self.in_ready.insert(id) {
+            self.ready.push_back(id);
+        }
     }
 
     fn refresh_conn_timer(&mut self, id: ConnId) {
@@ -1306,6 +1315,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
             // 3. Stream segments.
             let id = self.ready.pop_front()?;
+            self.in_ready.remove(&id);
             let seg = match self.conns.get_mut(&id) {
                 Some(e) => e.conn.poll_segment(now).map(|s| (s, e.key)),
                 None => continue,
@@ -1316,7 +1326,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 self.maybe_reap(id);
                 continue;
             };
-            self.ready.push_front(id);
+            if self.in_ready.insert(id) {
+                self.ready.push_front(id);
+            }
             let header = Header {
                 version: VERSION,
                 flags: Flags::from_bits_truncate(seg.flags.0),
