@@ -54,6 +54,9 @@ pub const KEEPALIVE_SWEEP: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(25);
 /// How long a ping waits for its pong (`spec/node.md` §5).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a dial holds its SYN retries while the tunnel key exchange
+/// is pending (`spec/node.md` §9, transport.md §4.1).
+pub const SYN_HOLD_MAX: Duration = Duration::from_secs(10);
 /// Prefix of the payload of our pings (opaque to the peer, which echoes
 /// it; never empty, so it is not mistaken for a keepalive).
 pub const PING_PAYLOAD_PREFIX: &[u8; 4] = b"ping";
@@ -370,6 +373,8 @@ struct ConnEntry {
     ephemeral: bool,
     /// Sitting in an accept queue, not yet handed to the application.
     queued: bool,
+    /// When the connection was created (bounds the SYN hold).
+    started: Instant,
     app_closed: bool,
 }
 
@@ -735,6 +740,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     fn insert_conn(
         &mut self,
+        now: Instant,
         key: ConnKey,
         conn: Connection,
         ephemeral: bool,
@@ -751,6 +757,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 key,
                 ephemeral,
                 queued,
+                started: now,
                 app_closed: false,
             },
         );
@@ -778,7 +785,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             remote: dst,
             remote_port: port,
         };
-        let id = self.insert_conn(key, conn, true, false);
+        let id = self.insert_conn(now, key, conn, true, false);
         self.refresh_conn_timer(id);
         Ok(id)
     }
@@ -1181,7 +1188,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             // transport.md §11: RST after SYN+ACK.
             c.abort();
         }
-        let id = self.insert_conn(key, c, false, !full);
+        let id = self.insert_conn(now, key, c, false, !full);
         if full {
             if let Some(e) = self.conns.get_mut(&id) {
                 e.app_closed = true;
@@ -1215,7 +1222,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 TimeoutReason::Conn(c) => {
                     let id = ConnId(c);
+                    let peer = self.conns.get(&id).map(|e| e.key.remote.node);
+                    let kx_pending =
+                        self.encrypt && peer.is_some_and(|p| self.sessions.session(p).is_none());
                     if let Some(e) = self.conns.get_mut(&id) {
+                        // Hold SYN retries while the tunnel is still keying.
+                        let young = now.saturating_duration_since(e.started) < SYN_HOLD_MAX;
+                        e.conn.hold_syn_retries(kx_pending && young);
                         e.conn.handle_timeout(now);
                         self.drain_conn_events(id);
                         self.touch(id);
