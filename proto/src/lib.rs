@@ -10,6 +10,14 @@
 //! randomness of its own: bytes and time go in, bytes, timers and events
 //! come out. Decoders never panic on input and return typed errors; encoders
 //! write into caller-owned buffers.
+//!
+//! ## Call order
+//!
+//! The daemon state machine is [`node::Node`]. After any input
+//! (`handle_datagram`, `handle_timeout`, or an application command), drain
+//! `poll_transmit` and `poll_event` until both return `None`, then re-read
+//! `poll_timeout` and call `handle_timeout` at that instant. Spurious
+//! timeouts are harmless.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -19,6 +27,7 @@
 pub mod addr;
 pub mod beacon;
 pub mod crypto;
+pub mod node;
 pub mod registry;
 pub mod services;
 pub mod stream;

@@ -488,7 +488,20 @@ impl<N: SimNode> Sim<N> {
         if let Some(d) = self.slab.get_mut(idx) {
             d.payload = payload;
         }
-        res
+        // Free the slot only now: while the receiver was drained, its
+        // replies must not be scheduled into this slot, or restoring the
+        // borrowed payload above would overwrite theirs.
+        match res {
+            Ok(true) => {
+                self.free.push(idx);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.free.push(idx);
+                Err(e)
+            }
+        }
     }
 
     fn arrive_with(
@@ -497,12 +510,11 @@ impl<N: SimNode> Sim<N> {
         origin: u64,
         arr: &mut Arrival,
         payload: &[u8],
-    ) -> Result<(), SimError> {
+    ) -> Result<bool, SimError> {
         match self.faults.on_deliver(self.now, arr) {
             Verdict::Drop(r) => {
                 self.record(RecordKind::Dropped(r), origin, arr.src, arr.dst, payload);
-                self.free.push(idx);
-                return Ok(());
+                return Ok(true);
             }
             Verdict::Defer(t) if t > self.now => {
                 self.stats.deferred += 1;
@@ -512,15 +524,14 @@ impl<N: SimNode> Sim<N> {
                     d.dst = arr.dst;
                 }
                 self.push(t, Kind::Datagram(idx));
-                return Ok(());
+                return Ok(false);
             }
             _ => {}
         }
-        self.free.push(idx);
         let Some(&id) = self.by_addr.get(&arr.dst) else {
             let r = RecordKind::Dropped(DropReason::NoRoute);
             self.record(r, origin, arr.src, arr.dst, payload);
-            return Ok(());
+            return Ok(true);
         };
         self.stats.delivered += 1;
         self.stats.delivered_bytes += payload.len() as u64;
@@ -530,7 +541,7 @@ impl<N: SimNode> Sim<N> {
         if let Some(slot) = self.nodes.get_mut(id.0) {
             slot.node.handle_datagram(self.now, arr.src, payload);
         }
-        self.drain(id)
+        self.drain(id).map(|()| true)
     }
 
     fn send(&mut self, from: NodeId, dst: SocketAddr, bytes: &[u8]) {

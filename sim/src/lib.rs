@@ -16,6 +16,8 @@
 //! - [`scenario`]: named experiments and their registry.
 //! - [`config`]: the command-line contract as a library value
 //!   ([`config::SimConfig`]) and the fault chain it implies.
+//! - [`pilot`]: the protocol node as a [`SimNode`].
+//! - [`scenarios`]: the built-in scenarios over it.
 //! - [`cli`]: the `pilot-sim` runner (seeds, JSON lines, repro commands).
 //!
 //! ## The driving rule
@@ -35,7 +37,9 @@ pub mod engine;
 pub mod fault;
 pub mod hashing;
 pub mod node;
+pub mod pilot;
 pub mod scenario;
+pub mod scenarios;
 pub mod seed;
 pub mod trace;
 

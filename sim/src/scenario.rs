@@ -7,9 +7,8 @@
 //! check). The [`Registry`] is what the `pilot-sim` binary looks names up
 //! in.
 //!
-//! No scenario is built in yet: they need the protocol node
-//! (`pilot_proto`'s node state machine), which plugs into [`SimNode`] and
-//! registers its scenarios here when it lands.
+//! The built-in scenarios live in [`crate::scenarios`] and drive the
+//! protocol node through [`crate::pilot::Pilot`].
 
 use std::collections::BTreeMap;
 
@@ -115,9 +114,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in scenarios (none until the protocol node exists).
+    /// The built-in scenarios (`crate::scenarios`).
     pub fn builtin() -> Self {
-        Registry::default()
+        let mut r = Registry::default();
+        crate::scenarios::register(&mut r);
+        r
     }
 
     /// Adds a scenario (a later one with the same name is unreachable, so
@@ -166,7 +167,7 @@ mod tests {
 
     #[test]
     fn registry_finds_by_name_and_refuses_duplicates() {
-        let mut r = Registry::builtin();
+        let mut r = Registry::default();
         assert!(r.list().is_empty());
         assert!(r.register(Box::new(Named("a"))));
         assert!(r.register(Box::new(Named("b"))));

@@ -1,0 +1,1444 @@
+//! The node: the sans-IO state machine of one daemon (`spec/node.md`).
+//!
+//! A [`Node`] owns the peer table (node ID → UDP endpoint and identity
+//! key), the crypto [`SessionTable`], the [`PortTable`], datagrams, the
+//! control ping of port 0, broadcast expansion, stream connections and one
+//! [`TimerTable`] holding every deadline.
+//!
+//! # Call order
+//!
+//! Inputs are [`Node::handle_datagram`], [`Node::handle_timeout`] and the
+//! application commands ([`Node::send_datagram`], [`Node::ping`],
+//! [`Node::connect`], [`Node::write`], ...). After **any** input, drain
+//! [`Node::poll_transmit`] and [`Node::poll_event`] until both return
+//! `None`, then re-read [`Node::poll_timeout`] and call
+//! [`Node::handle_timeout`] at that instant (spurious calls are harmless).
+//! Time only comes in as an argument; randomness only from the RNG in the
+//! [`NodeConfig`].
+//!
+//! Every queue is bounded by [`Limits`]; malformed or unwanted input is
+//! counted in [`NodeStats`] and dropped, never a panic.
+
+pub mod ports;
+pub mod timer;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+
+use crate::addr::Addr;
+use crate::crypto::envelope::PILS_HEADER_LEN;
+use crate::crypto::identity::{Identity, TunnelKey};
+use crate::crypto::kx::KeyExchange;
+use crate::crypto::provider::CryptoProvider;
+use crate::crypto::session::{KxSource, SendOutcome, SessionConfig, SessionEvent, SessionTable};
+use crate::stream::conn::{
+    self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
+};
+use crate::stream::seq::Seq;
+use crate::time::Instant;
+use crate::wire::WireProfile;
+use crate::wire::packet::{Flags, HEADER_LEN, Header, MAX_PAYLOAD, Packet, Protocol, VERSION};
+use crate::wire::tunnel::{Frame, MAGIC_LEN, MAGIC_PILS, MAGIC_PILT, PILS_OVERHEAD};
+
+pub use ports::{PortError, PortTable};
+pub use timer::{TimeoutReason, TimerTable};
+
+/// Interval of the NAT-keepalive sweep (`spec/node.md` §7, wire.md §3.6).
+pub const KEEPALIVE_SWEEP: Duration = Duration::from_secs(5);
+/// Idle time towards a peer after which a keepalive is sent
+/// (`spec/node.md` §7).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(25);
+/// How long a ping waits for its pong (`spec/node.md` §5).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a dial holds its SYN retries while the tunnel key exchange
+/// is pending (`spec/node.md` §9, transport.md §4.1).
+pub const SYN_HOLD_MAX: Duration = Duration::from_secs(10);
+/// Prefix of the payload of our pings (opaque to the peer, which echoes
+/// it; never empty, so it is not mistaken for a keepalive).
+pub const PING_PAYLOAD_PREFIX: &[u8; 4] = b"ping";
+/// Smallest buffer [`Node::poll_transmit`] needs: the largest packet plus
+/// the PILS overhead.
+pub const MIN_TRANSMIT_BUFFER: usize = HEADER_LEN + MAX_PAYLOAD + PILS_OVERHEAD;
+
+/// Bounds on every table and queue of a node (`spec/node.md` §8).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Peers in the peer table.
+    pub max_peers: usize,
+    /// Queued application events.
+    pub event_queue: usize,
+    /// Queued outbound packets (datagrams, pongs, keepalives, RSTs).
+    pub transmit_queue: usize,
+    /// Outstanding pings.
+    pub max_pings: usize,
+    /// Stream connections in total (transport.md §11: 65 536).
+    pub max_conns: usize,
+    /// Stream connections per local port (transport.md §11: 1024).
+    pub max_conns_per_port: usize,
+    /// Accept queue per listening port (transport.md §11: 64).
+    pub accept_queue: usize,
+    /// Per-source SYN bucket: burst (transport.md §11: 64).
+    pub syn_source_burst: f64,
+    /// Per-source SYN bucket: refill per second (transport.md §11: 10).
+    pub syn_source_rate: f64,
+    /// Sources tracked by the per-source SYN buckets (4096).
+    pub syn_sources: usize,
+    /// Global SYN bucket: burst (transport.md §11: 100).
+    pub syn_global_burst: f64,
+    /// Global SYN bucket: refill per second (transport.md §11: 100).
+    pub syn_global_rate: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_peers: 65_536,
+            event_queue: 65_536,
+            transmit_queue: 8192,
+            max_pings: 1024,
+            max_conns: 65_536,
+            max_conns_per_port: 1024,
+            accept_queue: 64,
+            syn_source_burst: 64.0,
+            syn_source_rate: 10.0,
+            syn_sources: 4096,
+            syn_global_burst: 100.0,
+            syn_global_rate: 100.0,
+        }
+    }
+}
+
+/// Configuration of a [`Node`].
+pub struct NodeConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    /// Our address: network and node ID.
+    pub addr: Addr,
+    /// Ed25519 identity (PILA); `None` sends PILK.
+    pub identity: Option<Identity>,
+    /// The process's X25519 tunnel key.
+    pub tunnel_key: TunnelKey,
+    /// Wire profile.
+    pub profile: WireProfile,
+    /// Crypto provider.
+    pub provider: P,
+    /// Seeded RNG (ISNs, nonce prefixes).
+    pub rng: R,
+    /// Tunnel encryption (PILS). When off, PILT is sent and accepted.
+    pub encrypt: bool,
+    /// Admin token for broadcast; empty disables broadcast.
+    pub admin_token: Vec<u8>,
+    /// Table and queue bounds.
+    pub limits: Limits,
+}
+
+/// Identifier of a stream connection, unique within a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Something the application must know.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A datagram arrived on a bound port.
+    Datagram {
+        /// Source address.
+        src: Addr,
+        /// Source port.
+        src_port: u16,
+        /// Local port it was addressed to.
+        dst_port: u16,
+        /// Payload.
+        data: Vec<u8>,
+    },
+    /// A pong answered our ping.
+    Pong {
+        /// The ping id returned by [`Node::ping`].
+        id: u32,
+        /// Who answered.
+        from: Addr,
+        /// Measured round-trip time.
+        rtt: Duration,
+    },
+    /// A ping got no pong in time.
+    PingTimeout {
+        /// The ping id.
+        id: u32,
+    },
+    /// A connection is waiting in the accept queue of `port`.
+    Incoming {
+        /// The listening port.
+        port: u16,
+    },
+    /// A dial completed (or an accepted connection is ready).
+    Connected(ConnId),
+    /// Data (or end of stream) can be read.
+    Readable(ConnId),
+    /// Send-buffer room is available.
+    Writable(ConnId),
+    /// The connection ended normally and was dropped.
+    Closed(ConnId),
+    /// The connection ended abnormally and was dropped.
+    Reset(ConnId, ResetCause),
+    /// A tunnel session with `peer` was installed.
+    SessionUp {
+        /// Peer node ID.
+        peer: u32,
+    },
+    /// A tunnel session with `peer` went away.
+    SessionDown {
+        /// Peer node ID.
+        peer: u32,
+    },
+    /// The key exchange with `peer` gave up; queued packets were dropped.
+    KeyExchangeGaveUp {
+        /// Peer node ID.
+        peer: u32,
+    },
+}
+
+/// Why a connection was reset (mirrors [`ResetReason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResetCause {
+    /// The peer sent RST (for a dial: refused).
+    Remote,
+    /// The peer stopped answering.
+    TimedOut,
+    /// The peer kept a zero window too long.
+    ZeroWindow,
+    /// The dial got no answer.
+    DialTimeout,
+    /// The application aborted.
+    Aborted,
+}
+
+impl From<ResetReason> for ResetCause {
+    fn from(r: ResetReason) -> Self {
+        match r {
+            ResetReason::Remote => ResetCause::Remote,
+            ResetReason::TimedOut => ResetCause::TimedOut,
+            ResetReason::ZeroWindow => ResetCause::ZeroWindow,
+            ResetReason::DialTimeout => ResetCause::DialTimeout,
+            ResetReason::Aborted => ResetCause::Aborted,
+        }
+    }
+}
+
+/// A datagram written by [`Node::poll_transmit`]: `len` bytes at the start
+/// of the buffer, for UDP endpoint `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination UDP endpoint.
+    pub dst: SocketAddr,
+    /// Bytes written.
+    pub len: usize,
+}
+
+/// Why an application command failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Broadcast addresses need [`Node::broadcast`].
+    #[error("destination is a broadcast address")]
+    BroadcastAddress,
+    /// The destination node is not in the peer table.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// Payload larger than a packet can carry.
+    #[error("payload too large")]
+    TooLarge,
+    /// The outbound queue is full.
+    #[error("transmit queue full")]
+    QueueFull,
+    /// A port-table error.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// Too many outstanding pings.
+    #[error("too many outstanding pings")]
+    TooManyPings,
+    /// No such connection.
+    #[error("unknown connection")]
+    UnknownConn,
+    /// Connection limits reached.
+    #[error("too many connections")]
+    TooManyConns,
+    /// A stream error.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Broadcast refused (bad token, backbone network, not a member).
+    #[error("broadcast not permitted")]
+    BroadcastRefused,
+}
+
+/// Counters of what the node did and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// UDP datagrams handed to [`Node::handle_datagram`].
+    pub datagrams_in: u64,
+    /// UDP datagrams written by [`Node::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Undecodable frames or packets.
+    pub malformed: u64,
+    /// PILS frames that did not open (no session, auth, replay, window).
+    pub open_failed: u64,
+    /// PILT received while encryption is on.
+    pub plaintext_refused: u64,
+    /// Inner source node differs from the tunnel sender.
+    pub spoofed: u64,
+    /// Packets whose destination is not this node.
+    pub not_for_us: u64,
+    /// Key exchanges refused by the session table.
+    pub kx_rejected: u64,
+    /// NAT keepalives received.
+    pub keepalives_in: u64,
+    /// NAT keepalives sent.
+    pub keepalives_out: u64,
+    /// Datagrams delivered to a bound port.
+    pub datagrams_delivered: u64,
+    /// Datagrams to an unbound port (dropped).
+    pub datagrams_unbound: u64,
+    /// Datagrams with an empty payload (dropped).
+    pub datagrams_empty: u64,
+    /// Pings answered.
+    pub pongs_sent: u64,
+    /// Pongs that matched no outstanding ping.
+    pub pongs_unmatched: u64,
+    /// Control packets ignored (other ports).
+    pub control_ignored: u64,
+    /// Beacon or punch frames ignored.
+    pub ignored_frames: u64,
+    /// Application events dropped because the queue was full.
+    pub events_dropped: u64,
+    /// Outbound packets dropped (queue full, unknown endpoint, seal error).
+    pub transmit_dropped: u64,
+    /// RSTs sent for segments to unknown connections or refused SYNs.
+    pub rst_sent: u64,
+    /// SYNs dropped by the rate limits.
+    pub syn_rate_limited: u64,
+    /// Packets with an unknown protocol.
+    pub unknown_protocol: u64,
+    /// Stream retransmissions of connections already dropped.
+    pub stream_retransmits: u64,
+    /// Stream fast retransmits of connections already dropped.
+    pub stream_fast_retransmits: u64,
+    /// Stream retransmission timeouts of connections already dropped.
+    pub stream_rto_timeouts: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    network: u16,
+    endpoint: SocketAddr,
+    identity: Option<[u8; 32]>,
+    last_sent: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant, burst: f64, rate: f64) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now.max(self.at);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ConnKey {
+    local_port: u16,
+    remote: Addr,
+    remote_port: u16,
+}
+
+struct ConnEntry {
+    conn: Connection,
+    key: ConnKey,
+    ephemeral: bool,
+    /// Sitting in an accept queue, not yet handed to the application.
+    queued: bool,
+    /// When the connection was created (bounds the SYN hold).
+    started: Instant,
+    app_closed: bool,
+}
+
+struct Listener {
+    accept: VecDeque<ConnId>,
+}
+
+struct Ping {
+    dst: Addr,
+    sent: Instant,
+}
+
+/// The node state machine. See the module docs for the call order.
+pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    addr: Addr,
+    profile: WireProfile,
+    encrypt: bool,
+    admin_token: Vec<u8>,
+    limits: Limits,
+    rng: R,
+    sessions: SessionTable<P, R>,
+    peers: BTreeMap<u32, Peer>,
+    ports: PortTable,
+    listeners: BTreeMap<u16, Listener>,
+    conns: BTreeMap<ConnId, ConnEntry>,
+    conn_index: BTreeMap<ConnKey, ConnId>,
+    conns_per_port: BTreeMap<u16, usize>,
+    next_conn: u64,
+    /// Connections that may have segments to send (each at most once).
+    ready: VecDeque<ConnId>,
+    in_ready: BTreeSet<ConnId>,
+    pings: BTreeMap<u32, Ping>,
+    next_ping: u32,
+    timers: TimerTable,
+    /// Plaintext packets to seal and send: (peer node, packet bytes).
+    out: VecDeque<(u32, Vec<u8>)>,
+    events: VecDeque<Event>,
+    syn_global: Option<Bucket>,
+    syn_sources: BTreeMap<u32, Bucket>,
+    stats: NodeStats,
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .field("peers", &self.peers.len())
+            .field("conns", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn fork_rng<R: RngCore + SeedableRng>(rng: &mut R) -> R {
+    let mut seed = R::Seed::default();
+    rng.fill_bytes(seed.as_mut());
+    R::from_seed(seed)
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
+    /// A node with no peers, no bound ports and no sessions.
+    pub fn new(now: Instant, cfg: NodeConfig<P, R>) -> Self {
+        let mut rng = cfg.rng;
+        let session_rng = fork_rng(&mut rng);
+        let scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        let sessions = SessionTable::new(
+            cfg.provider,
+            session_rng,
+            scfg,
+            cfg.identity.as_ref(),
+            cfg.tunnel_key,
+        );
+        let mut timers = TimerTable::new();
+        timers.set(TimeoutReason::Keepalive, now + KEEPALIVE_SWEEP);
+        Node {
+            addr: cfg.addr,
+            profile: cfg.profile,
+            encrypt: cfg.encrypt,
+            admin_token: cfg.admin_token,
+            limits: cfg.limits,
+            rng,
+            sessions,
+            peers: BTreeMap::new(),
+            ports: PortTable::new(),
+            listeners: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            conn_index: BTreeMap::new(),
+            conns_per_port: BTreeMap::new(),
+            next_conn: 1,
+            ready: VecDeque::new(),
+            in_ready: BTreeSet::new(),
+            pings: BTreeMap::new(),
+            next_ping: 1,
+            timers,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            syn_global: None,
+            syn_sources: BTreeMap::new(),
+            stats: NodeStats::default(),
+        }
+    }
+
+    /// Our address.
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Whether a tunnel session with `peer` is installed.
+    pub fn has_session(&self, peer: u32) -> bool {
+        self.sessions.session(peer).is_some()
+    }
+
+    /// The session table (read-only, for diagnostics).
+    pub fn sessions(&self) -> &SessionTable<P, R> {
+        &self.sessions
+    }
+
+    /// Adds (or updates) a peer: its address, UDP endpoint and, if known,
+    /// its registered Ed25519 identity key. Returns `false` if the table is
+    /// full.
+    pub fn add_peer(
+        &mut self,
+        addr: Addr,
+        endpoint: SocketAddr,
+        identity: Option<[u8; 32]>,
+    ) -> bool {
+        if addr.node == self.addr.node {
+            return false;
+        }
+        if let Some(p) = self.peers.get_mut(&addr.node) {
+            p.endpoint = endpoint;
+            p.network = addr.network;
+            if identity.is_some() {
+                p.identity = identity;
+            }
+            return true;
+        }
+        if self.peers.len() >= self.limits.max_peers {
+            return false;
+        }
+        self.peers.insert(
+            addr.node,
+            Peer {
+                network: addr.network,
+                endpoint,
+                identity,
+                last_sent: Instant::ZERO,
+            },
+        );
+        true
+    }
+
+    /// Starts a key exchange with a known peer now (optional: sending to it
+    /// does so too).
+    pub fn connect_tunnel(&mut self, now: Instant, peer: u32) {
+        if self.encrypt && self.peers.contains_key(&peer) {
+            self.sessions.connect(now, peer);
+            self.after_session(now);
+        }
+    }
+
+    // ----- ports ----------------------------------------------------------
+
+    /// Binds `port` for datagrams and incoming streams.
+    pub fn bind(&mut self, port: u16) -> Result<(), NodeError> {
+        self.ports.bind(port)?;
+        self.listeners.insert(
+            port,
+            Listener {
+                accept: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Same as [`Node::bind`] (streams and datagrams share the port table).
+    pub fn listen(&mut self, port: u16) -> Result<(), NodeError> {
+        self.bind(port)
+    }
+
+    /// Unbinds `port`; connections still in its accept queue are reset.
+    pub fn unbind(&mut self, now: Instant, port: u16) -> Result<(), NodeError> {
+        self.ports.unbind(port)?;
+        if let Some(l) = self.listeners.remove(&port) {
+            for id in l.accept {
+                if let Some(e) = self.conns.get_mut(&id) {
+                    e.conn.abort();
+                    e.app_closed = true;
+                    self.mark_ready(id);
+                }
+            }
+        }
+        self.refresh_all_conn_timers(now);
+        Ok(())
+    }
+
+    /// Whether `port` is bound.
+    pub fn is_bound(&self, port: u16) -> bool {
+        self.ports.is_bound(port)
+    }
+
+    // ----- datagrams ------------------------------------------------------
+
+    fn push_event(&mut self, ev: Event) {
+        if self.events.len() >= self.limits.event_queue {
+            self.stats.events_dropped += 1;
+        } else {
+            self.events.push_back(ev);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_packet(&mut self, peer: u32, header: Header, payload: &[u8]) -> Result<(), NodeError> {
+        if self.out.len() >= self.limits.transmit_queue {
+            self.stats.transmit_dropped += 1;
+            return Err(NodeError::QueueFull);
+        }
+        let pkt = Packet::new(header, payload).map_err(|_| NodeError::TooLarge)?;
+        let mut bytes = vec![0u8; pkt.encoded_len()];
+        pkt.encode(&mut bytes).map_err(|_| NodeError::TooLarge)?;
+        self.out.push_back((peer, bytes));
+        Ok(())
+    }
+
+    fn header(
+        &self,
+        protocol: Protocol,
+        src: Addr,
+        dst: Addr,
+        src_port: u16,
+        dst_port: u16,
+    ) -> Header {
+        Header {
+            version: VERSION,
+            flags: Flags::NONE,
+            protocol,
+            payload_len: 0,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            seq: 0,
+            ack: 0,
+            window: 0,
+        }
+    }
+
+    /// Sends a datagram (protocol 0x02) to `dst:dst_port`. Without
+    /// `src_port`, an ephemeral port is allocated for this send and freed
+    /// at once (`spec/node.md` §4.3).
+    pub fn send_datagram(
+        &mut self,
+        _now: Instant,
+        dst: Addr,
+        dst_port: u16,
+        src_port: Option<u16>,
+        data: &[u8],
+    ) -> Result<(), NodeError> {
+        if dst.is_broadcast() {
+            return Err(NodeError::BroadcastAddress);
+        }
+        if data.len() > MAX_PAYLOAD {
+            return Err(NodeError::TooLarge);
+        }
+        if !self.peers.contains_key(&dst.node) {
+            return Err(NodeError::UnknownPeer);
+        }
+        let sport = match src_port {
+            Some(p) => p,
+            None => {
+                let p = self.ports.alloc_ephemeral()?;
+                self.ports.free_ephemeral(p);
+                p
+            }
+        };
+        let src = Addr::new(dst.network, self.addr.node);
+        let h = self.header(Protocol::DATAGRAM, src, dst, sport, dst_port);
+        self.queue_packet(dst.node, h, data)
+    }
+
+    /// Broadcast (`spec/node.md` §6): one unicast copy per known peer on
+    /// `network`, sharing one ephemeral source port. Needs the configured,
+    /// non-empty admin token; network 0 is refused and we must be a member.
+    /// Returns the number of copies queued.
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        network: u16,
+        dst_port: u16,
+        data: &[u8],
+        admin_token: &[u8],
+    ) -> Result<usize, NodeError> {
+        if self.admin_token.is_empty()
+            || !ct_eq(&self.admin_token, admin_token)
+            || network == 0
+            || network != self.addr.network
+        {
+            return Err(NodeError::BroadcastRefused);
+        }
+        let sport = self.ports.alloc_ephemeral()?;
+        self.ports.free_ephemeral(sport);
+        let members: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.network == network)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut n = 0;
+        for node in members {
+            if self
+                .send_datagram(now, Addr::new(network, node), dst_port, Some(sport), data)
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- ping -----------------------------------------------------------
+
+    /// Sends a control ping to port 0 of `dst`; the answer arrives as
+    /// [`Event::Pong`] (or [`Event::PingTimeout`]). Returns the ping id.
+    pub fn ping(&mut self, now: Instant, dst: Addr) -> Result<u32, NodeError> {
+        if !self.peers.contains_key(&dst.node) {
+            return Err(NodeError::UnknownPeer);
+        }
+        if self.pings.len() >= self.limits.max_pings {
+            return Err(NodeError::TooManyPings);
+        }
+        let id = self.next_ping;
+        self.next_ping = self.next_ping.wrapping_add(1).max(1);
+        let mut h = self.header(
+            Protocol::CONTROL,
+            Addr::new(dst.network, self.addr.node),
+            dst,
+            0,
+            0,
+        );
+        h.seq = id;
+        let mut payload = [0u8; 8];
+        payload[..4].copy_from_slice(PING_PAYLOAD_PREFIX);
+        payload[4..].copy_from_slice(&id.to_be_bytes());
+        self.queue_packet(dst.node, h, &payload)?;
+        self.pings.insert(id, Ping { dst, sent: now });
+        self.timers.set(TimeoutReason::Ping(id), now + PING_TIMEOUT);
+        Ok(id)
+    }
+
+    // ----- streams ----------------------------------------------------------
+
+    fn conn_config(&mut self) -> ConnConfig {
+        ConnConfig {
+            mss: self.profile.segment_size(),
+            seed: self.rng.next_u64(),
+            ..ConnConfig::default()
+        }
+    }
+
+    fn insert_conn(
+        &mut self,
+        now: Instant,
+        key: ConnKey,
+        conn: Connection,
+        ephemeral: bool,
+        queued: bool,
+    ) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conn_index.insert(key, id);
+        *self.conns_per_port.entry(key.local_port).or_default() += 1;
+        self.conns.insert(
+            id,
+            ConnEntry {
+                conn,
+                key,
+                ephemeral,
+                queued,
+                started: now,
+                app_closed: false,
+            },
+        );
+        self.mark_ready(id);
+        id
+    }
+
+    /// Opens a stream to `dst:port` from a fresh ephemeral port.
+    pub fn connect(&mut self, now: Instant, dst: Addr, port: u16) -> Result<ConnId, NodeError> {
+        if dst.is_broadcast() {
+            return Err(NodeError::BroadcastAddress);
+        }
+        if !self.peers.contains_key(&dst.node) {
+            return Err(NodeError::UnknownPeer);
+        }
+        if self.conns.len() >= self.limits.max_conns {
+            return Err(NodeError::TooManyConns);
+        }
+        let local_port = self.ports.alloc_ephemeral()?;
+        let cfg = self.conn_config();
+        let isn = self.rng.next_u32();
+        let conn = Connection::connect(now, cfg, isn);
+        let key = ConnKey {
+            local_port,
+            remote: dst,
+            remote_port: port,
+        };
+        let id = self.insert_conn(now, key, conn, true, false);
+        self.refresh_conn_timer(id);
+        Ok(id)
+    }
+
+    /// Takes the next connection from the accept queue of `port`.
+    pub fn accept(&mut self, port: u16) -> Option<ConnId> {
+        let id = self.listeners.get_mut(&port)?.accept.pop_front()?;
+        if let Some(e) = self.conns.get_mut(&id) {
+            e.queued = false;
+        }
+        Some(id)
+    }
+
+    /// Writes to a connection; returns how much was accepted.
+    pub fn write(&mut self, now: Instant, id: ConnId, data: &[u8]) -> Result<usize, NodeError> {
+        let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
+        let n = e.conn.write(now, data)?;
+        self.touch(id);
+        Ok(n)
+    }
+
+    /// Reads from a connection. `Ok(0)` means end of stream.
+    pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, NodeError> {
+        let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
+        let n = e.conn.read(buf)?;
+        self.touch(id);
+        Ok(n)
+    }
+
+    /// Closes the sending direction (FIN after the written data).
+    pub fn shutdown(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
+        e.conn.shutdown(now);
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Closes the connection; the node drops it once it is finished.
+    pub fn close(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
+        e.conn.close(now);
+        e.app_closed = true;
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Counters of a connection.
+    pub fn conn_stats(&self, id: ConnId) -> Option<ConnStats> {
+        self.conns.get(&id).map(|e| e.conn.stats())
+    }
+
+    /// Stream loss-recovery totals over every connection, live or
+    /// dropped: (retransmissions, fast retransmits, RTO timeouts).
+    pub fn stream_totals(&self) -> (u64, u64, u64) {
+        self.conns.values().map(|e| e.conn.stats()).fold(
+            (
+                self.stats.stream_retransmits,
+                self.stats.stream_fast_retransmits,
+                self.stats.stream_rto_timeouts,
+            ),
+            |(a, b, c), s| {
+                (
+                    a + s.retransmissions,
+                    b + s.fast_retransmits,
+                    c + s.timeouts,
+                )
+            },
+        )
+    }
+
+    /// Number of live connections.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn touch(&mut self, id: ConnId) {
+        self.mark_ready(id);
+        self.refresh_conn_timer(id);
+    }
+
+    fn mark_ready(&mut self, id: ConnId) {
+        if self.in_ready.insert(id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    fn refresh_conn_timer(&mut self, id: ConnId) {
+        let at = self
+            .conns
+            .get(&id)
+            .and_then(|e| e.conn.poll_timeout())
+            .map(|(t, _)| t);
+        self.timers.set_opt(TimeoutReason::Conn(id.0), at);
+    }
+
+    fn refresh_all_conn_timers(&mut self, _now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.refresh_conn_timer(id);
+        }
+    }
+
+    /// Moves a connection's events to the node queue and drops it when it
+    /// is finished.
+    fn drain_conn_events(&mut self, id: ConnId) {
+        let mut evs = Vec::new();
+        if let Some(e) = self.conns.get_mut(&id) {
+            while let Some(ev) = e.conn.poll_event() {
+                evs.push(ev);
+            }
+        }
+        for ev in evs {
+            let out = match ev {
+                conn::Event::Connected => Some(Event::Connected(id)),
+                conn::Event::Readable => Some(Event::Readable(id)),
+                conn::Event::Writable => Some(Event::Writable(id)),
+                conn::Event::TryRelay => None,
+                conn::Event::Closed => Some(Event::Closed(id)),
+                conn::Event::Reset(r) => Some(Event::Reset(id, r.into())),
+            };
+            let queued = self.conns.get(&id).is_some_and(|e| e.queued);
+            if let Some(ev) = out {
+                // Connections in an accept queue report once accepted.
+                if !(queued && matches!(ev, Event::Connected(_) | Event::Writable(_))) {
+                    self.push_event(ev);
+                }
+            }
+        }
+    }
+
+    fn maybe_reap(&mut self, id: ConnId) {
+        let done = self
+            .conns
+            .get(&id)
+            .is_some_and(|e| e.conn.is_closed() && (e.app_closed || e.conn.readable() == 0));
+        if !done {
+            return;
+        }
+        if let Some(e) = self.conns.remove(&id) {
+            let st = e.conn.stats();
+            self.stats.stream_retransmits += st.retransmissions;
+            self.stats.stream_fast_retransmits += st.fast_retransmits;
+            self.stats.stream_rto_timeouts += st.timeouts;
+            self.conn_index.remove(&e.key);
+            if let Some(c) = self.conns_per_port.get_mut(&e.key.local_port) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.conns_per_port.remove(&e.key.local_port);
+                }
+            }
+            if e.ephemeral {
+                self.ports.free_ephemeral(e.key.local_port);
+            }
+            if let Some(l) = self.listeners.get_mut(&e.key.local_port) {
+                l.accept.retain(|c| *c != id);
+            }
+            self.timers.cancel(TimeoutReason::Conn(id.0));
+        }
+    }
+
+    // ----- input ----------------------------------------------------------
+
+    /// Handles one UDP datagram from `from`. PILS frames are decrypted in
+    /// place, so `bytes` is modified.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        self.stats.datagrams_in += 1;
+        if bytes.get(..MAGIC_LEN) == Some(&MAGIC_PILS[..]) {
+            if !self.encrypt {
+                self.stats.malformed += 1;
+                return;
+            }
+            match self.sessions.open_in_place(now, bytes) {
+                Ok(opened) => {
+                    let sender = opened.sender;
+                    if let Some(pt) = bytes.get(opened.plaintext) {
+                        match Packet::decode_with(pt, self.profile) {
+                            Ok(pkt) => {
+                                // Identity binding (wire.md §3.2).
+                                let keepalive_v0 =
+                                    pkt.is_nat_keepalive() && pkt.header.src.node == 0;
+                                if pkt.header.src.node != sender && !keepalive_v0 {
+                                    self.stats.spoofed += 1;
+                                } else {
+                                    self.handle_packet(now, sender, &pkt);
+                                }
+                            }
+                            Err(_) => self.stats.malformed += 1,
+                        }
+                    }
+                }
+                Err(_) => self.stats.open_failed += 1,
+            }
+            self.after_session(now);
+            return;
+        }
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        match frame {
+            Frame::Pilk { .. } | Frame::Pila { .. } => {
+                let Some(kx) = KeyExchange::from_frame(&frame) else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                if !self.encrypt {
+                    self.stats.ignored_frames += 1;
+                    return;
+                }
+                if !self.peers.contains_key(&kx.sender) {
+                    // Learn the endpoint so the answer can go back.
+                    self.add_peer(Addr::new(self.addr.network, kx.sender), from, None);
+                }
+                let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
+                if self
+                    .sessions
+                    .handle_key_exchange(now, KxSource::Direct(from.ip()), &kx, key.as_ref())
+                    .is_err()
+                {
+                    self.stats.kx_rejected += 1;
+                }
+                self.after_session(now);
+            }
+            Frame::Pilt { packet } => {
+                if self.encrypt {
+                    self.stats.plaintext_refused += 1;
+                    return;
+                }
+                match Packet::decode_with(packet, self.profile) {
+                    Ok(pkt) => {
+                        let sender = pkt.header.src.node;
+                        self.handle_packet(now, sender, &pkt);
+                    }
+                    Err(_) => self.stats.malformed += 1,
+                }
+            }
+            Frame::Pils { .. } => self.stats.malformed += 1,
+            Frame::Pilp | Frame::Beacon(_) => self.stats.ignored_frames += 1,
+        }
+    }
+
+    fn handle_packet(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+        let h = pkt.header;
+        if pkt.is_nat_keepalive() {
+            self.stats.keepalives_in += 1;
+            return;
+        }
+        if h.dst.node != self.addr.node {
+            self.stats.not_for_us += 1;
+            return;
+        }
+        match h.protocol {
+            Protocol::CONTROL => self.handle_control(now, sender, pkt),
+            Protocol::DATAGRAM => {
+                if pkt.payload.is_empty() {
+                    self.stats.datagrams_empty += 1;
+                } else if !self.ports.is_bound(h.dst_port) {
+                    self.stats.datagrams_unbound += 1;
+                } else {
+                    self.stats.datagrams_delivered += 1;
+                    self.push_event(Event::Datagram {
+                        src: h.src,
+                        src_port: h.src_port,
+                        dst_port: h.dst_port,
+                        data: pkt.payload.to_vec(),
+                    });
+                }
+            }
+            Protocol::STREAM => self.handle_stream(now, sender, pkt),
+            _ => self.stats.unknown_protocol += 1,
+        }
+    }
+
+    fn handle_control(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+        let h = pkt.header;
+        if h.dst_port != 0 {
+            self.stats.control_ignored += 1;
+            return;
+        }
+        if h.flags.contains(Flags::ACK) {
+            // A pong (or a relay-upgrade probe): never answered.
+            let matched = self
+                .pings
+                .get(&h.seq)
+                .is_some_and(|p| p.dst.node == sender && h.ack == h.seq.wrapping_add(1));
+            if matched {
+                if let Some(p) = self.pings.remove(&h.seq) {
+                    self.timers.cancel(TimeoutReason::Ping(h.seq));
+                    self.push_event(Event::Pong {
+                        id: h.seq,
+                        from: h.src,
+                        rtt: now.saturating_duration_since(p.sent),
+                    });
+                }
+            } else {
+                self.stats.pongs_unmatched += 1;
+            }
+            return;
+        }
+        // A ping or a path probe: answer with a pong.
+        let src = if h.dst.node == 0 {
+            Addr::new(h.dst.network, self.addr.node)
+        } else {
+            h.dst
+        };
+        let mut r = self.header(Protocol::CONTROL, src, h.src, 0, h.src_port);
+        r.flags = Flags::ACK;
+        r.seq = h.seq;
+        r.ack = h.seq.wrapping_add(1);
+        if self.queue_packet(sender, r, pkt.payload).is_ok() {
+            self.stats.pongs_sent += 1;
+        }
+    }
+
+    fn syn_allowed(&mut self, now: Instant, src: u32) -> bool {
+        let l = self.limits;
+        let g = self
+            .syn_global
+            .get_or_insert(Bucket::full(l.syn_global_burst, now));
+        if !g.take(now, l.syn_global_burst, l.syn_global_rate) {
+            return false;
+        }
+        if !self.syn_sources.contains_key(&src) && self.syn_sources.len() >= l.syn_sources {
+            // Forget sources idle long enough to be full again.
+            let idle = Duration::from_secs(10);
+            self.syn_sources
+                .retain(|_, b| now.saturating_duration_since(b.at) < idle);
+            if self.syn_sources.len() >= l.syn_sources {
+                return false;
+            }
+        }
+        self.syn_sources
+            .entry(src)
+            .or_insert(Bucket::full(l.syn_source_burst, now))
+            .take(now, l.syn_source_burst, l.syn_source_rate)
+    }
+
+    fn send_rst(&mut self, sender: u32, h: &Header, ack: u32) {
+        let mut r = self.header(Protocol::STREAM, h.dst, h.src, h.dst_port, h.src_port);
+        r.flags = Flags::RST;
+        r.ack = ack;
+        if self.queue_packet(sender, r, &[]).is_ok() {
+            self.stats.rst_sent += 1;
+        }
+    }
+
+    fn handle_stream(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+        let h = pkt.header;
+        let key = ConnKey {
+            local_port: h.dst_port,
+            remote: h.src,
+            remote_port: h.src_port,
+        };
+        let seg = Segment {
+            flags: conn::Flags(h.flags.bits()),
+            seq: Seq(h.seq),
+            ack: Seq(h.ack),
+            window: h.window,
+            payload: bytes::Bytes::copy_from_slice(pkt.payload),
+        };
+        if let Some(&id) = self.conn_index.get(&key) {
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.conn.handle_segment(now, seg);
+            }
+            self.drain_conn_events(id);
+            self.touch(id);
+            return;
+        }
+        let is_rst = h.flags.contains(Flags::RST);
+        if is_rst {
+            return;
+        }
+        let syn_only = h.flags.contains(Flags::SYN) && !h.flags.contains(Flags::ACK);
+        if !syn_only {
+            self.send_rst(sender, &h, h.seq.wrapping_add(1));
+            return;
+        }
+        if !self.syn_allowed(now, sender) {
+            self.stats.syn_rate_limited += 1;
+            return;
+        }
+        let per_port = self.conns_per_port.get(&h.dst_port).copied().unwrap_or(0);
+        let listening = self.listeners.get(&h.dst_port).map(|l| l.accept.len());
+        let Some(queue_len) = listening else {
+            self.send_rst(sender, &h, h.seq.wrapping_add(1));
+            return;
+        };
+        if per_port >= self.limits.max_conns_per_port || self.conns.len() >= self.limits.max_conns {
+            self.send_rst(sender, &h, h.seq.wrapping_add(1));
+            return;
+        }
+        let cfg = self.conn_config();
+        let isn = self.rng.next_u32();
+        let mut c = Connection::accept(now, cfg, &seg, isn);
+        let full = queue_len >= self.limits.accept_queue;
+        if full {
+            // transport.md §11: RST after SYN+ACK.
+            c.abort();
+        }
+        let id = self.insert_conn(now, key, c, false, !full);
+        if full {
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.app_closed = true;
+            }
+        } else {
+            if let Some(l) = self.listeners.get_mut(&h.dst_port) {
+                l.accept.push_back(id);
+            }
+            self.push_event(Event::Incoming { port: h.dst_port });
+        }
+        self.drain_conn_events(id);
+        self.refresh_conn_timer(id);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for key in self.timers.expire(now) {
+            match key {
+                TimeoutReason::Session => {
+                    self.sessions.handle_timeout(now);
+                }
+                TimeoutReason::Keepalive => {
+                    self.keepalive_sweep(now);
+                    self.timers
+                        .set(TimeoutReason::Keepalive, now + KEEPALIVE_SWEEP);
+                }
+                TimeoutReason::Ping(id) => {
+                    if self.pings.remove(&id).is_some() {
+                        self.push_event(Event::PingTimeout { id });
+                    }
+                }
+                TimeoutReason::Conn(c) => {
+                    let id = ConnId(c);
+                    let peer = self.conns.get(&id).map(|e| e.key.remote.node);
+                    let kx_pending =
+                        self.encrypt && peer.is_some_and(|p| self.sessions.session(p).is_none());
+                    if let Some(e) = self.conns.get_mut(&id) {
+                        // Hold SYN retries while the tunnel is still keying.
+                        let young = now.saturating_duration_since(e.started) < SYN_HOLD_MAX;
+                        e.conn.hold_syn_retries(kx_pending && young);
+                        e.conn.handle_timeout(now);
+                        self.drain_conn_events(id);
+                        self.touch(id);
+                    }
+                }
+            }
+        }
+        self.after_session(now);
+    }
+
+    fn keepalive_sweep(&mut self, now: Instant) {
+        if !self.encrypt {
+            return;
+        }
+        let due: Vec<u32> = self
+            .sessions
+            .peers()
+            .filter(|n| {
+                self.peers
+                    .get(n)
+                    .is_some_and(|p| now.saturating_duration_since(p.last_sent) >= KEEPALIVE_IDLE)
+            })
+            .collect();
+        for peer in due {
+            let h = self.header(
+                Protocol::CONTROL,
+                Addr::new(0, self.addr.node),
+                Addr::ZERO,
+                0,
+                0,
+            );
+            if self.queue_packet(peer, h, &[]).is_ok() {
+                self.stats.keepalives_out += 1;
+            }
+        }
+    }
+
+    /// Turns session-table events into node events and re-arms its timer.
+    fn after_session(&mut self, _now: Instant) {
+        while let Some(ev) = self.sessions.poll_event() {
+            let out = match ev {
+                SessionEvent::Installed { peer, .. } => Event::SessionUp { peer },
+                SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
+                SessionEvent::PreferRelay { .. } => continue,
+                SessionEvent::GaveUp { peer, .. } => Event::KeyExchangeGaveUp { peer },
+            };
+            self.push_event(out);
+        }
+        self.timers
+            .set_opt(TimeoutReason::Session, self.sessions.poll_timeout());
+    }
+
+    // ----- output ---------------------------------------------------------
+
+    /// The next deadline and why. Re-read after draining the polls.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimeoutReason)> {
+        self.timers.next()
+    }
+
+    /// The next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn endpoint(&mut self, now: Instant, peer: u32) -> Option<SocketAddr> {
+        let p = self.peers.get_mut(&peer)?;
+        p.last_sent = now;
+        Some(p.endpoint)
+    }
+
+    /// Writes the next datagram into `buf` (at least
+    /// [`MIN_TRANSMIT_BUFFER`] bytes to carry every packet).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            // 1. Key exchanges and flushed or salvaged packets.
+            if self.encrypt {
+                if let Some(t) = self.sessions.poll_transmit(now, buf) {
+                    self.after_session(now);
+                    match self.endpoint(now, t.peer) {
+                        Some(dst) => {
+                            self.stats.datagrams_out += 1;
+                            return Some(Transmit { dst, len: t.len });
+                        }
+                        None => {
+                            self.stats.transmit_dropped += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            // 2. Queued packets (datagrams, pongs, keepalives, RSTs).
+            if let Some((peer, pkt)) = self.out.pop_front() {
+                if let Some(t) = self.emit(now, peer, &pkt, buf) {
+                    return Some(t);
+                }
+                continue;
+            }
+            // 3. Stream segments.
+            let id = self.ready.pop_front()?;
+            self.in_ready.remove(&id);
+            let seg = match self.conns.get_mut(&id) {
+                Some(e) => e.conn.poll_segment(now).map(|s| (s, e.key)),
+                None => continue,
+            };
+            self.drain_conn_events(id);
+            self.refresh_conn_timer(id);
+            let Some((seg, key)) = seg else {
+                self.maybe_reap(id);
+                continue;
+            };
+            if self.in_ready.insert(id) {
+                self.ready.push_front(id);
+            }
+            let header = Header {
+                version: VERSION,
+                flags: Flags::from_bits_truncate(seg.flags.0),
+                protocol: Protocol::STREAM,
+                payload_len: 0,
+                src: Addr::new(key.remote.network, self.addr.node),
+                dst: key.remote,
+                src_port: key.local_port,
+                dst_port: key.remote_port,
+                seq: seg.seq.0,
+                ack: seg.ack.0,
+                window: seg.window,
+            };
+            let Ok(p) = Packet::new(header, &seg.payload) else {
+                self.stats.transmit_dropped += 1;
+                continue;
+            };
+            let off = if self.encrypt {
+                PILS_HEADER_LEN
+            } else {
+                MAGIC_LEN
+            };
+            let len = match buf.get_mut(off..).map(|b| p.encode(b)) {
+                Some(Ok(n)) => n,
+                _ => {
+                    self.stats.transmit_dropped += 1;
+                    continue;
+                }
+            };
+            if let Some(t) = self.seal_at(now, key.remote.node, buf, len) {
+                return Some(t);
+            }
+        }
+    }
+
+    /// Frames the packet `pkt` for `peer` into `buf`.
+    fn emit(&mut self, now: Instant, peer: u32, pkt: &[u8], buf: &mut [u8]) -> Option<Transmit> {
+        let off = if self.encrypt {
+            PILS_HEADER_LEN
+        } else {
+            MAGIC_LEN
+        };
+        match buf.get_mut(off..off.saturating_add(pkt.len())) {
+            Some(dst) => dst.copy_from_slice(pkt),
+            None => {
+                self.stats.transmit_dropped += 1;
+                return None;
+            }
+        }
+        self.seal_at(now, peer, buf, pkt.len())
+    }
+
+    /// The packet of `len` bytes sits after the frame header in `buf`:
+    /// seal it (PILS) or prefix it (PILT).
+    fn seal_at(&mut self, now: Instant, peer: u32, buf: &mut [u8], len: usize) -> Option<Transmit> {
+        if !self.encrypt {
+            let Some(m) = buf.get_mut(..MAGIC_LEN) else {
+                self.stats.transmit_dropped += 1;
+                return None;
+            };
+            m.copy_from_slice(&MAGIC_PILT);
+            let dst = self.endpoint(now, peer)?;
+            self.stats.datagrams_out += 1;
+            return Some(Transmit {
+                dst,
+                len: MAGIC_LEN + len,
+            });
+        }
+        let res = self.sessions.seal_in_place(now, peer, buf, len);
+        self.after_session(now);
+        match res {
+            Ok(SendOutcome::Sealed(n)) => match self.endpoint(now, peer) {
+                Some(dst) => {
+                    self.stats.datagrams_out += 1;
+                    Some(Transmit { dst, len: n })
+                }
+                None => {
+                    self.stats.transmit_dropped += 1;
+                    None
+                }
+            },
+            Ok(SendOutcome::Queued) => None,
+            Err(_) => {
+                self.stats.transmit_dropped += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Constant-time equality of two byte strings (length may leak).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! Unit tests of the node: two or three nodes wired back to back.
+
+use super::*;
+use crate::crypto::provider::RustCrypto;
+use rand_chacha::ChaCha8Rng;
+
+type N = Node<RustCrypto, ChaCha8Rng>;
+
+fn ep(i: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, i], 4000))
+}
+
+fn ident(i: u8) -> Identity {
+    Identity::from_seed(&RustCrypto, [i; 32])
+}
+
+fn node(i: u8, encrypt: bool, token: &[u8]) -> N {
+    let mut rng = ChaCha8Rng::from_seed([i; 32]);
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+    Node::new(
+        Instant::ZERO,
+        NodeConfig {
+            addr: Addr::new(1, u32::from(i)),
+            identity: Some(ident(i)),
+            tunnel_key,
+            profile: WireProfile::Current,
+            provider: RustCrypto,
+            rng,
+            encrypt,
+            admin_token: token.to_vec(),
+            limits: Limits::default(),
+        },
+    )
+}
+
+/// Nodes 1..=n, all peers of each other.
+fn mesh(n: u8, encrypt: bool) -> Vec<N> {
+    let mut v: Vec<N> = (1..=n).map(|i| node(i, encrypt, b"secret")).collect();
+    for a in v.iter_mut() {
+        for j in 1..=n {
+            a.add_peer(Addr::new(1, u32::from(j)), ep(j), Some(*ident(j).public()));
+        }
+    }
+    v
+}
+
+/// Delivers every pending datagram (instantly) until the network is quiet;
+/// returns how many moved.
+fn pump(nodes: &mut [N], now: Instant) -> usize {
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let mut moved = 0;
+    loop {
+        let mut batch = Vec::new();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            while let Some(t) = n.poll_transmit(now, &mut buf) {
+                batch.push((ep(i as u8 + 1), t.dst, buf[..t.len].to_vec()));
+            }
+        }
+        if batch.is_empty() {
+            return moved;
+        }
+        for (from, dst, mut bytes) in batch {
+            let idx = usize::from(
+                dst.ip()
+                    .to_string()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .parse::<u8>()
+                    .unwrap(),
+            ) - 1;
+            nodes[idx].handle_datagram(now, from, &mut bytes);
+            moved += 1;
+        }
+    }
+}
+
+fn events(n: &mut N) -> Vec<Event> {
+    core::iter::from_fn(|| n.poll_event()).collect()
+}
+
+#[test]
+fn datagrams_reach_bound_ports_only() {
+    let mut v = mesh(2, true);
+    let t = Instant::from_millis(1);
+    v[1].bind(7000).unwrap();
+    v[0].send_datagram(t, Addr::new(1, 2), 7000, Some(9), b"hello")
+        .unwrap();
+    v[0].send_datagram(t, Addr::new(1, 2), 7001, None, b"nobody")
+        .unwrap();
+    pump(&mut v, t);
+    let got: Vec<Event> = events(&mut v[1])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Datagram { .. }))
+        .collect();
+    assert_eq!(
+        got,
+        vec![Event::Datagram {
+            src: Addr::new(1, 1),
+            src_port: 9,
+            dst_port: 7000,
+            data: b"hello".to_vec()
+        }]
+    );
+    assert_eq!(v[1].stats().datagrams_unbound, 1);
+    assert!(v[0].has_session(2) && v[1].has_session(1));
+    assert_eq!(
+        v[0].send_datagram(t, Addr::broadcast(1), 7000, None, b"x"),
+        Err(NodeError::BroadcastAddress)
+    );
+}
+
+#[test]
+fn ping_gets_a_pong_and_a_duplicate_frame_is_refused() {
+    let mut v = mesh(2, true);
+    let t0 = Instant::from_millis(1);
+    v[0].connect_tunnel(t0, 2);
+    pump(&mut v, t0);
+    let id = v[0].ping(t0, Addr::new(1, 2)).unwrap();
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let tx = v[0].poll_transmit(t0, &mut buf).unwrap();
+    let frame = buf[..tx.len].to_vec();
+    let t1 = Instant::from_millis(7);
+    v[1].handle_datagram(t1, ep(1), &mut frame.clone());
+    // The same frame again (a network duplicate) is not answered twice.
+    v[1].handle_datagram(t1, ep(1), &mut frame.clone());
+    assert_eq!(v[1].stats().pongs_sent, 1);
+    let tx = v[1].poll_transmit(t1, &mut buf).unwrap();
+    assert!(v[1].poll_transmit(t1, &mut buf).is_none());
+    let t2 = Instant::from_millis(15);
+    v[0].handle_datagram(t2, ep(2), &mut buf[..tx.len]);
+    let ev = events(&mut v[0]);
+    assert!(
+        ev.contains(&Event::Pong {
+            id,
+            from: Addr::new(1, 2),
+            rtt: Duration::from_millis(14)
+        }),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn ping_without_answer_times_out_from_the_timer_table() {
+    let mut v = mesh(2, true);
+    let id = v[0].ping(Instant::ZERO, Addr::new(1, 2)).unwrap();
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    while v[0].poll_transmit(Instant::ZERO, &mut buf).is_some() {}
+    let mut now = Instant::ZERO;
+    let mut timed_out = false;
+    for _ in 0..100 {
+        let Some((t, _)) = v[0].poll_timeout() else {
+            break;
+        };
+        now = t;
+        v[0].handle_timeout(now);
+        while v[0].poll_transmit(now, &mut buf).is_some() {}
+        if events(&mut v[0]).contains(&Event::PingTimeout { id }) {
+            timed_out = true;
+            break;
+        }
+    }
+    assert!(timed_out);
+    assert_eq!(now, Instant::ZERO + PING_TIMEOUT);
+}
+
+#[test]
+fn plaintext_and_garbage_are_counted_and_dropped() {
+    let mut v = mesh(2, true);
+    let mut pilt = b"PILT".to_vec();
+    pilt.extend_from_slice(&[0u8; 40]);
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut pilt);
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut b"PILSxx".to_vec());
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut b"\xff\xff".to_vec());
+    let s = v[1].stats();
+    assert_eq!(s.plaintext_refused, 1);
+    assert_eq!(s.open_failed + s.malformed, 2);
+    assert!(events(&mut v[1]).is_empty());
+}
+
+#[test]
+fn without_encryption_pilt_carries_datagrams() {
+    let mut v = mesh(2, false);
+    v[1].bind(5).unwrap();
+    v[0].send_datagram(Instant::ZERO, Addr::new(1, 2), 5, None, b"clear")
+        .unwrap();
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let t = v[0].poll_transmit(Instant::ZERO, &mut buf).unwrap();
+    assert_eq!(&buf[..4], b"PILT");
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut buf[..t.len]);
+    assert!(matches!(events(&mut v[1])[..], [Event::Datagram { .. }]));
+}
+
+#[test]
+fn segment_to_unknown_connection_gets_rst_but_rst_does_not() {
+    let mut v = mesh(2, false);
+    let mk = |flags: Flags| {
+        let mut h = Header {
+            version: VERSION,
+            flags,
+            protocol: Protocol::STREAM,
+            payload_len: 0,
+            src: Addr::new(1, 1),
+            dst: Addr::new(1, 2),
+            src_port: 50000,
+            dst_port: 80,
+            seq: 41,
+            ack: 0,
+            window: 8,
+        };
+        h.payload_len = 0;
+        let p = Packet::new(h, &[]).unwrap();
+        let mut b = b"PILT".to_vec();
+        b.resize(4 + p.encoded_len(), 0);
+        p.encode(&mut b[4..]).unwrap();
+        b
+    };
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut mk(Flags::ACK));
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut mk(Flags::RST));
+    // A SYN to a port nobody listens on is refused too.
+    v[1].handle_datagram(Instant::ZERO, ep(1), &mut mk(Flags::SYN));
+    assert_eq!(v[1].stats().rst_sent, 2);
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let t = v[1].poll_transmit(Instant::ZERO, &mut buf).unwrap();
+    let p = Packet::decode(&buf[4..t.len]).unwrap();
+    assert!(p.header.flags.contains(Flags::RST));
+    assert_eq!((p.header.dst_port, p.header.ack), (50000, 42));
+}
+
+#[test]
+fn broadcast_needs_the_token_and_expands_to_members() {
+    let mut v = mesh(3, true);
+    for n in v.iter_mut().skip(1) {
+        n.bind(9).unwrap();
+    }
+    let t = Instant::ZERO;
+    assert_eq!(
+        v[0].broadcast(t, 1, 9, b"all", b"wrong"),
+        Err(NodeError::BroadcastRefused)
+    );
+    assert_eq!(
+        v[0].broadcast(t, 0, 9, b"all", b"secret"),
+        Err(NodeError::BroadcastRefused)
+    );
+    assert_eq!(v[0].broadcast(t, 1, 9, b"all", b"secret"), Ok(2));
+    pump(&mut v, t);
+    for n in v.iter_mut().skip(1) {
+        let dg: Vec<_> = events(n)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Datagram { src, data, .. } => Some((src, data)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dg, vec![(Addr::new(1, 1), b"all".to_vec())]);
+    }
+}
+
+#[test]
+fn stream_round_trip_and_reap() {
+    let mut v = mesh(2, true);
+    let t = Instant::ZERO;
+    v[1].listen(80).unwrap();
+    let c = v[0].connect(t, Addr::new(1, 2), 80).unwrap();
+    pump(&mut v, t);
+    assert!(events(&mut v[0]).contains(&Event::Connected(c)));
+    assert!(events(&mut v[1]).contains(&Event::Incoming { port: 80 }));
+    let s = v[1].accept(80).unwrap();
+    assert_eq!(v[0].write(t, c, b"abc").unwrap(), 3);
+    v[0].shutdown(t, c).unwrap();
+    pump(&mut v, t);
+    let mut buf = [0u8; 16];
+    assert_eq!(v[1].read(s, &mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"abc");
+    assert_eq!(v[1].read(s, &mut buf).unwrap(), 0);
+    v[1].close(t, s).unwrap();
+    pump(&mut v, t);
+    // Run the timers until both sides have dropped the connection.
+    let mut now = t;
+    for _ in 0..1000 {
+        if v[0].conn_count() == 0 && v[1].conn_count() == 0 {
+            break;
+        }
+        let next = v
+            .iter()
+            .filter_map(|n| n.poll_timeout())
+            .map(|(t, _)| t)
+            .min()
+            .unwrap();
+        now = next.max(now);
+        for n in v.iter_mut() {
+            n.handle_timeout(now);
+        }
+        pump(&mut v, now);
+    }
+    assert_eq!((v[0].conn_count(), v[1].conn_count()), (0, 0));
+}

@@ -1,0 +1,144 @@
+//! Short runs of every built-in scenario over the protocol node.
+
+use pilot_sim::config::SimConfig;
+use pilot_sim::scenario::{Registry, check_determinism};
+
+fn cfg(args: &[&str]) -> SimConfig {
+    let mut v = vec!["pilot-sim", "--seed", "1"];
+    v.extend_from_slice(args);
+    SimConfig::parse_from(v).expect("valid arguments")
+}
+
+fn run_ok(args: &[&str], seeds: std::ops::Range<u64>) {
+    let cfg = cfg(args);
+    let reg = Registry::builtin();
+    let sc = reg.get(&cfg.scenario).expect("registered");
+    for seed in seeds {
+        let out = sc.run(&cfg, seed);
+        assert!(out.ok(), "seed {seed} {args:?}: {:#?}", out.checks);
+    }
+}
+
+#[test]
+fn datagram_clean_network_delivers_everything() {
+    run_ok(&["--scenario", "datagram", "--nodes", "4"], 1..4);
+}
+
+#[test]
+fn datagram_faulty_network_no_phantoms_no_duplicates() {
+    run_ok(
+        &[
+            "--scenario",
+            "datagram",
+            "--nodes",
+            "5",
+            "--loss",
+            "10",
+            "--dup",
+            "20",
+            "--reorder",
+            "10",
+            "--jitter-ms",
+            "4",
+        ],
+        1..4,
+    );
+}
+
+#[test]
+fn datagram_is_deterministic() {
+    let cfg = cfg(&[
+        "--scenario",
+        "datagram",
+        "--nodes",
+        "3",
+        "--dup",
+        "10",
+        "--loss",
+        "5",
+    ]);
+    let reg = Registry::builtin();
+    let out = check_determinism(reg.get("datagram").expect("registered"), &cfg, 7);
+    assert!(out.ok(), "{:#?}", out.checks);
+}
+
+#[test]
+fn ping_rtt_matches_path() {
+    run_ok(
+        &[
+            "--scenario",
+            "ping",
+            "--nodes",
+            "3",
+            "--latency-ms",
+            "15",
+            "--jitter-ms",
+            "3",
+        ],
+        1..4,
+    );
+    run_ok(
+        &["--scenario", "ping", "--profile", "legacy", "--dup", "10"],
+        1..3,
+    );
+}
+
+#[test]
+fn stream_transfer_is_exact_and_closes_cleanly() {
+    run_ok(
+        &["--scenario", "stream-transfer", "--bytes", "200000"],
+        1..3,
+    );
+    run_ok(
+        &[
+            "--scenario",
+            "stream-transfer",
+            "--nodes",
+            "3",
+            "--bytes",
+            "100000",
+            "--loss",
+            "5",
+            "--dup",
+            "2",
+            "--reorder",
+            "5",
+            "--jitter-ms",
+            "5",
+        ],
+        1..3,
+    );
+    run_ok(
+        &[
+            "--scenario",
+            "stream-transfer",
+            "--bytes",
+            "100000",
+            "--profile",
+            "legacy",
+            "--loss",
+            "2",
+        ],
+        1..2,
+    );
+}
+
+#[test]
+fn rekey_after_restart_resumes_without_nonce_reuse() {
+    run_ok(&["--scenario", "rekey", "--nodes", "3"], 1..3);
+    run_ok(
+        &[
+            "--scenario",
+            "rekey",
+            "--nodes",
+            "3",
+            "--loss",
+            "5",
+            "--dup",
+            "5",
+            "--duration-ms",
+            "20000",
+        ],
+        1..3,
+    );
+}
