@@ -1,1 +1,3 @@
+//! Rendezvous benchmark (filled in below).
+
 fn main() {}
