@@ -54,6 +54,9 @@ struct Cli {
     /// Close registry connections idle this many seconds [default: 300]
     #[arg(long, global = true)]
     idle_timeout_secs: Option<u64>,
+    /// Fold the change log into a snapshot after this many entries [default: 50000]
+    #[arg(long, global = true)]
+    compact_every: Option<u64>,
     /// Config file, JSON (`.json`) or TOML (anything else), with the same
     /// keys as the long flags in snake_case; flags take precedence
     #[arg(long, global = true)]
@@ -101,6 +104,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     idle_timeout_secs: Option<u64>,
     no_rate_limits: Option<bool>,
+    compact_every: Option<u64>,
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, String> {
@@ -189,6 +193,9 @@ fn run(cli: Cli) -> Result<(), String> {
             cfg.registry.admin_token = cli.admin_token.or(file.admin_token);
             cfg.registry.strict_signatures =
                 cli.strict_signatures || file.strict_signatures.unwrap_or(false);
+            if let Some(n) = cli.compact_every.or(file.compact_every) {
+                cfg.compact_every = n.max(1);
+            }
             if cli.no_rate_limits || file.no_rate_limits.unwrap_or(false) {
                 cfg.registry.rate_limits = false;
             }
