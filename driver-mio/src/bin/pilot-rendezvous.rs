@@ -39,7 +39,8 @@ struct Cli {
     /// Admin token enabling the admin-only requests (none: disabled)
     #[arg(long, global = true)]
     admin_token: Option<String>,
-    /// Require signatures on every signed request (no unsigned fallbacks)
+    /// Accept only the timestamped (strong) signature form, refusing the
+    /// legacy fixed-challenge signatures (spec/registry.md §5)
     #[arg(long, global = true)]
     strict_signatures: bool,
     /// Disable the per-IP rate limits (load tests, trusted networks only)
