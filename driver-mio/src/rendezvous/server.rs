@@ -242,6 +242,10 @@ impl Server {
     }
 
     fn next_timeout(&self) -> Duration {
+        if !self.dirty.is_empty() || self.must_commit {
+            // Replies of resumed connections wait for the next commit.
+            return Duration::ZERO;
+        }
         let now = wall_now();
         let mut t = HOUSEKEEPING;
         for due in [self.registry.poll_timeout(), self.beacon.poll_timeout()]
