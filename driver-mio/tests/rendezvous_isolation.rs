@@ -114,3 +114,36 @@ fn sigterm_exits_zero_and_keeps_state() {
     let got = Client::connect(rv2.registry).lookup(id).expect("node kept");
     assert_eq!(got.public_key, common::ident(7).public_key_b64());
 }
+
+#[test]
+fn pipelined_burst_with_backpressure_gets_every_reply_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rv = Rv::start(&dir.path().join("s.redb"), &[]);
+    let mut c = Client::connect(rv.registry);
+    let a = c.register(1);
+    let b = c.register(2);
+    // ~3 MB of replies, more than the server's per-connection reply backlog
+    // (1 MiB): whenever this reader falls behind, the server pauses reading
+    // the connection and must resume it as the backlog drains.
+    const N: usize = 20_000;
+    let mut frames = Vec::new();
+    for i in 0..N {
+        let id = if i % 2 == 0 { a } else { b };
+        let body = format!(r#"{{"type":"lookup","node_id":{id}}}"#);
+        frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frames.extend_from_slice(body.as_bytes());
+    }
+    let mut writer = c.stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || writer.write_all(&frames).unwrap());
+    // Meanwhile another client is served normally.
+    let mut other = Client::connect(rv.registry);
+    assert!(other.lookup(a).is_some());
+    for i in 0..N {
+        let want = if i % 2 == 0 { a } else { b };
+        match c.read_response().unwrap() {
+            pilot_proto::registry::codec::Response::LookupOk(ok) => assert_eq!(ok.node_id, want),
+            r => panic!("reply {i}: {r:?}"),
+        }
+    }
+    w.join().unwrap();
+}
