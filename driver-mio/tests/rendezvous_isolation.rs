@@ -122,10 +122,10 @@ fn pipelined_burst_with_backpressure_gets_every_reply_in_order() {
     let mut c = Client::connect(rv.registry);
     let a = c.register(1);
     let b = c.register(2);
-    // ~3 MB of replies, more than the server's per-connection reply backlog
+    // ~9 MB of replies, far more than the socket buffers and the server's per-connection reply backlog
     // (1 MiB): whenever this reader falls behind, the server pauses reading
     // the connection and must resume it as the backlog drains.
-    const N: usize = 20_000;
+    const N: usize = 60_000;
     let mut frames = Vec::new();
     for i in 0..N {
         let id = if i % 2 == 0 { a } else { b };
@@ -138,6 +138,9 @@ fn pipelined_burst_with_backpressure_gets_every_reply_in_order() {
     // Meanwhile another client is served normally.
     let mut other = Client::connect(rv.registry);
     assert!(other.lookup(a).is_some());
+    // Fall behind on purpose so the backlog builds up.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(other.lookup(b).is_some());
     for i in 0..N {
         let want = if i % 2 == 0 { a } else { b };
         match c.read_response().unwrap() {
