@@ -3,3 +3,4 @@
 //! The production driver: a mio event loop around `pilot_proto` state
 //! machines. It will host the `pilot-daemon`, `pilotctl` and
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
+pub mod rendezvous;

@@ -9,12 +9,27 @@ use crate::registry::auth::PublicKey;
 use crate::registry::limits::{BACKBONE_NAME, MAX_INBOX, MAX_RESPONSE_INBOX};
 use crate::time::Instant;
 
+/// Serde form of an [`Instant`] inside a [`Change`]: its nanosecond count,
+/// so drivers can log changes (e.g. as JSON) and replay them exactly.
+mod nanos {
+    use crate::time::Instant;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.as_nanos())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
+        u64::deserialize(d).map(Instant::from_nanos)
+    }
+}
+
 /// Bound of remembered "request_handshake was sent" records per target
 /// (`spec/registry.md` §6).
 pub const MAX_PENDING_PER_TARGET: usize = 1024;
 
 /// One registered (live) node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeRecord {
     /// Node ID.
     pub id: u32,
@@ -31,6 +46,7 @@ pub struct NodeRecord {
     /// Public visibility.
     pub public: bool,
     /// Last registration/heartbeat.
+    #[serde(with = "nanos")]
     pub last_seen: Instant,
     /// Hostname; empty if none.
     pub hostname: String,
@@ -45,7 +61,9 @@ pub struct NodeRecord {
 }
 
 /// How nodes may join a network.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum JoinRule {
     /// Anyone.
     #[default]
@@ -78,7 +96,7 @@ impl JoinRule {
 }
 
 /// One network.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkRecord {
     /// Network ID (0 = backbone).
     pub id: u16,
@@ -91,39 +109,43 @@ pub struct NetworkRecord {
     /// Member node IDs (may include reaped nodes in the current profile).
     pub members: BTreeSet<u32>,
     /// Creation time.
+    #[serde(with = "nanos")]
     pub created: Instant,
 }
 
 /// A pending handshake request in a target's inbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingRequest {
     /// Sender.
     pub from_node_id: u32,
     /// Its justification.
     pub justification: String,
     /// When it arrived.
+    #[serde(with = "nanos")]
     pub timestamp: Instant,
 }
 
 /// A handshake decision waiting in the original requester's inbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingResponse {
     /// Responder.
     pub from_node_id: u32,
     /// Decision.
     pub accept: bool,
     /// When it was made.
+    #[serde(with = "nanos")]
     pub timestamp: Instant,
 }
 
 /// A network invitation waiting for the invited node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Invite {
     /// Network.
     pub network_id: u16,
     /// Inviting member.
     pub inviter_id: u32,
     /// When it was made.
+    #[serde(with = "nanos")]
     pub timestamp: Instant,
 }
 
@@ -343,7 +365,7 @@ pub fn pair(a: u32, b: u32) -> (u32, u32) {
 /// [`Change::is_lazy`] is `false` durably **before** it sends the reply that
 /// produced it; lazy changes (heartbeat times) may be coalesced and written
 /// later, as the reference does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Insert or replace a live node record.
     PutNode(Box<NodeRecord>),
@@ -352,6 +374,7 @@ pub enum Change {
         /// Node.
         node_id: u32,
         /// New time.
+        #[serde(with = "nanos")]
         last_seen: Instant,
     },
     /// Delete a live node record (keys, owners, trust and inboxes stay).

@@ -108,6 +108,15 @@ impl H {
             s.apply(c);
         }
         assert_eq!(&s, self.reg.state());
+        // The same log survives a JSON round trip (drivers store it so).
+        let mut j = State::new(self.start);
+        for c in &self.log {
+            let text = serde_json::to_vec(c).unwrap();
+            let back: Change = serde_json::from_slice(&text).unwrap();
+            assert_eq!(&back, c);
+            j.apply(&back);
+        }
+        assert_eq!(&j, self.reg.state());
     }
 }
 

@@ -1,0 +1,158 @@
+//! Throughput of the real `pilot-rendezvous` binary on loopback (not a
+//! test: it only prints figures). Run with
+//! `cargo bench -p pilot-driver-mio --bench rendezvous`.
+//!
+//! Measures registrations/s (each one a durable redb commit, grouped per
+//! event-loop turn) and lookups/s over `CONNS` client connections, and, as a
+//! yardstick, a bare thread-per-connection TCP request/response echo with
+//! the same request and reply sizes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use pilot_proto::registry::auth::Identity;
+use pilot_proto::registry::codec::{
+    Lookup, Register, Request, Response, decode_response, encode_request, frame_vec,
+};
+
+const CONNS: u32 = 8;
+const REGS_PER_CONN: u32 = 500;
+const LOOKUPS_PER_CONN: u32 = 5_000;
+
+fn register_frame(seed: u32) -> Vec<u8> {
+    let mut s = [7u8; 32];
+    s[..4].copy_from_slice(&seed.to_be_bytes());
+    let req = Request::Register(Register {
+        listen_addr: "127.0.0.1:4000".into(),
+        public_key: Identity::from_seed(&s).public_key_b64(),
+        ..Default::default()
+    });
+    frame_vec(&encode_request(&req).unwrap()).unwrap()
+}
+
+fn lookup_frame(node_id: u32) -> Vec<u8> {
+    frame_vec(&encode_request(&Request::Lookup(Lookup { node_id })).unwrap()).unwrap()
+}
+
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Runs `per_conn` request/responses on each of `CONNS` connections in
+/// parallel; returns requests per second and the last reply size.
+fn drive(addr: SocketAddr, per_conn: u32, frame: fn(u32, u32) -> Vec<u8>) -> (f64, usize) {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..CONNS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut size = 0;
+                for i in 0..per_conn {
+                    s.write_all(&frame(c, i)).unwrap();
+                    size = read_frame(&mut s).len();
+                }
+                size
+            })
+        })
+        .collect();
+    let mut size = 0;
+    for t in threads {
+        size = t.join().unwrap();
+    }
+    let n = f64::from(CONNS * per_conn);
+    (n / start.elapsed().as_secs_f64(), size)
+}
+
+/// A bare echo-style server: reads a frame, answers `reply_len` bytes.
+fn echo_server(reply_len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                s.set_nodelay(true).unwrap();
+                let reply = frame_vec(&vec![b'x'; reply_len]).unwrap();
+                let mut len = [0u8; 4];
+                while s.read_exact(&mut len).is_ok() {
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if s.read_exact(&mut body).is_err() || s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("pilot-rv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pilot-rendezvous"))
+        .args([
+            "--registry-addr",
+            "127.0.0.1:0",
+            "--beacon-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--store")
+        .arg(dir.join("bench.redb"))
+        .args(["--no-rate-limits"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("registry="))
+        .expect("address line")
+        .parse()
+        .unwrap();
+
+    let (regs, reg_reply) = drive(addr, REGS_PER_CONN, |c, i| {
+        register_frame(c * 1_000_000 + i)
+    });
+    // Sanity: one lookup succeeds.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&lookup_frame(1)).unwrap();
+    assert!(matches!(
+        decode_response(&read_frame(&mut s)),
+        Ok(Response::LookupOk(_))
+    ));
+    let (lookups, lookup_reply) = drive(addr, LOOKUPS_PER_CONN, |c, i| {
+        lookup_frame(1 + (c * 7919 + i) % (CONNS * REGS_PER_CONN))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let reg_req = register_frame(1).len() - 4;
+    let lk_req = lookup_frame(1).len() - 4;
+    let echo_reg = echo_server(reg_reply);
+    let (echo_regs, _) = drive(echo_reg, REGS_PER_CONN, |c, i| {
+        register_frame(c * 1_000_000 + i)
+    });
+    let echo_lk = echo_server(lookup_reply);
+    let (echo_lookups, _) = drive(echo_lk, LOOKUPS_PER_CONN, |_, i| lookup_frame(1 + i));
+
+    println!("pilot-rendezvous on loopback, {CONNS} connections, one request in flight each");
+    println!(
+        "  register: {regs:>10.0} req/s   (request {reg_req} B, reply {reg_reply} B; durable redb commit per loop turn)"
+    );
+    println!("  lookup:   {lookups:>10.0} req/s   (request {lk_req} B, reply {lookup_reply} B)");
+    println!("bare TCP echo yardstick (thread per connection, same sizes)");
+    println!("  register-sized: {echo_regs:>10.0} req/s");
+    println!("  lookup-sized:   {echo_lookups:>10.0} req/s");
+}

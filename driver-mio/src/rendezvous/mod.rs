@@ -1,0 +1,5 @@
+//! The `pilot-rendezvous` server: the registry (TCP) and beacon (UDP) of
+//! `pilot_proto` on one mio event loop, with a redb-backed durable store.
+
+pub mod server;
+pub mod store;
