@@ -54,6 +54,37 @@ impl core::ops::Add<Duration> for Instant {
     }
 }
 
+/// Proleptic Gregorian calendar arithmetic on day counts since 1970-01-01,
+/// shared by the modules that read and write wall-clock timestamps
+/// (registry JSON, service payloads). Pure integer math, no clock.
+pub(crate) mod civil {
+    /// Days since 1970-01-01 of a proleptic Gregorian date.
+    pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(m);
+        let mp = if m > 2 { m - 3 } else { m + 9 };
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    /// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+    pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
