@@ -4,4 +4,5 @@
 //! machines. It will host the `pilot-daemon`, `pilotctl` and
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
 pub mod ipc_client;
+pub mod pilotctl;
 pub mod rendezvous;
