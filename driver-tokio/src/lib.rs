@@ -4,8 +4,7 @@
 //!
 //! * **Embedded**: [`Node`] runs a sans-IO [`pilot_proto::node::Node`] on a
 //!   tokio [`UdpSocket`](tokio::net::UdpSocket) inside one driver task.
-//!   Peers are given statically ([`Node::add_peer`]) or found through a
-//!   registry ([`NodeConfig::registry`]).
+//!   Peers are given statically ([`Node::add_peer`]).
 //! * **Daemon client**: [`daemon::DaemonClient`] talks to a running
 //!   `pilot-daemon` over its IPC socket.
 //!
@@ -35,11 +34,15 @@
 //! future is cancellation-safe: dropping a pending `connect` abandons the
 //! dial, dropping a pending `accept` or `recv_from` loses nothing.
 
+pub mod daemon;
 mod embedded;
 mod error;
+mod pilot;
 mod stream;
 
+pub use daemon::DaemonClient;
 pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig};
 pub use error::Error;
+pub use pilot::Pilot;
 pub use pilot_proto::addr::Addr;
 pub use stream::{Datagram, DatagramSocket, Listener, Stream};

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use pilot_proto::addr::Addr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::daemon::{DaemonConn, DaemonDatagrams, DaemonListener};
 use crate::embedded::{EmbeddedConn, EmbeddedDatagrams, EmbeddedListener};
 use crate::error::Error;
 
@@ -26,6 +27,7 @@ pub struct Datagram {
 
 enum StreamInner {
     Embedded(EmbeddedConn),
+    Daemon(DaemonConn),
 }
 
 /// A reliable, ordered byte stream to a remote Pilot port.
@@ -53,17 +55,34 @@ impl Stream {
         }
     }
 
+    pub(crate) fn from_daemon(c: DaemonConn) -> Self {
+        Stream {
+            inner: StreamInner::Daemon(c),
+        }
+    }
+
+    /// The daemon's connection id, in daemon-client mode.
+    pub fn daemon_conn_id(&self) -> Option<u32> {
+        match &self.inner {
+            StreamInner::Embedded(_) => None,
+            StreamInner::Daemon(c) => Some(c.conn_id()),
+        }
+    }
+
     /// The remote address and port.
     pub fn peer_addr(&self) -> (Addr, u16) {
         match &self.inner {
             StreamInner::Embedded(c) => (c.remote, c.remote_port),
+            StreamInner::Daemon(c) => (c.remote, c.remote_port),
         }
     }
 
-    /// Our local port.
+    /// Our local port (0 for a stream dialled through a daemon, which
+    /// does not report it).
     pub fn local_port(&self) -> u16 {
         match &self.inner {
             StreamInner::Embedded(c) => c.local_port,
+            StreamInner::Daemon(c) => c.local_port,
         }
     }
 }
@@ -76,6 +95,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             StreamInner::Embedded(c) => c.poll_read(cx, buf),
+            StreamInner::Daemon(c) => c.poll_read(cx, buf),
         }
     }
 }
@@ -88,24 +108,30 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().inner {
             StreamInner::Embedded(c) => c.poll_write(cx, buf),
+            StreamInner::Daemon(c) => c.poll_write(cx, buf),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Written data already sits in the node's send buffer and the
-        // driver sends it as the window allows.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            // Written data already sits in the node's send buffer and the
+            // driver sends it as the window allows.
+            StreamInner::Embedded(_) => Poll::Ready(Ok(())),
+            StreamInner::Daemon(c) => c.poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             StreamInner::Embedded(c) => c.poll_shutdown(),
+            StreamInner::Daemon(c) => c.poll_shutdown(cx),
         }
     }
 }
 
 enum ListenerInner {
     Embedded(EmbeddedListener),
+    Daemon(DaemonListener),
 }
 
 /// Accepts incoming streams on one port. Dropping it unbinds the port.
@@ -128,10 +154,17 @@ impl Listener {
         }
     }
 
+    pub(crate) fn from_daemon(l: DaemonListener) -> Self {
+        Listener {
+            inner: ListenerInner::Daemon(l),
+        }
+    }
+
     /// The listening port.
     pub fn port(&self) -> u16 {
         match &self.inner {
             ListenerInner::Embedded(l) => l.port(),
+            ListenerInner::Daemon(l) => l.port(),
         }
     }
 
@@ -144,12 +177,14 @@ impl Listener {
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<Stream, Error>> {
         match &self.inner {
             ListenerInner::Embedded(l) => l.poll_accept(cx).map_ok(Stream::from_embedded),
+            ListenerInner::Daemon(l) => l.poll_accept(cx).map_ok(Stream::from_daemon),
         }
     }
 }
 
 enum DatagramInner {
     Embedded(EmbeddedDatagrams),
+    Daemon(DaemonDatagrams),
 }
 
 /// A port bound for datagrams. Dropping it unbinds the port.
@@ -172,18 +207,27 @@ impl DatagramSocket {
         }
     }
 
+    pub(crate) fn from_daemon(d: DaemonDatagrams) -> Self {
+        DatagramSocket {
+            inner: DatagramInner::Daemon(d),
+        }
+    }
+
     /// The bound port.
     pub fn port(&self) -> u16 {
         match &self.inner {
             DatagramInner::Embedded(d) => d.port(),
+            DatagramInner::Daemon(d) => d.port(),
         }
     }
 
-    /// Sends `data` to `dst:port` from our bound port. Datagrams are
+    /// Sends `data` to `dst:port` (embedded: from our bound port; through
+    /// a daemon: from an ephemeral port it picks). Datagrams are
     /// unreliable: success means queued, not delivered.
     pub async fn send_to(&self, dst: Addr, port: u16, data: &[u8]) -> Result<(), Error> {
         match &self.inner {
             DatagramInner::Embedded(d) => d.send_to(dst, port, data).await,
+            DatagramInner::Daemon(d) => d.send_to(dst, port, data).await,
         }
     }
 
@@ -191,6 +235,7 @@ impl DatagramSocket {
     pub async fn recv_from(&self) -> Result<Datagram, Error> {
         std::future::poll_fn(|cx| match &self.inner {
             DatagramInner::Embedded(d) => d.poll_recv(cx),
+            DatagramInner::Daemon(d) => d.poll_recv(cx),
         })
         .await
     }
