@@ -5,4 +5,5 @@
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
 pub mod daemon;
 pub mod ipc_client;
+pub mod pilotctl;
 pub mod rendezvous;
