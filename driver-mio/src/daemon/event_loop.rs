@@ -144,6 +144,7 @@ pub struct EventLoop<E: Engine> {
     stopping_deadline: Option<Instant>,
     exit: Option<Exit>,
     ready_printed: bool,
+    ready_line: Option<String>,
 }
 
 impl<E: Engine> std::fmt::Debug for EventLoop<E> {
@@ -199,12 +200,13 @@ impl<E: Engine> EventLoop<E> {
             next_token: FIRST_CLIENT,
             udp_more: true,
             udp_writable: true,
-            tx_buf: vec![0u8; DATAGRAM_MAX],
+            tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
             tx_pending: None,
             rx_buf: vec![0u8; DATAGRAM_MAX],
             stopping_deadline: None,
             exit: None,
             ready_printed: false,
+            ready_line: None,
         })
     }
 
@@ -682,6 +684,10 @@ impl<E: Engine> EventLoop<E> {
             progress |= self.send_udp(now);
             progress |= self.flush_registry(now);
             progress |= self.flush_clients(now);
+            if let Some(line) = self.ready_line.take() {
+                println!("{line}");
+                let _ = io::stdout().flush();
+            }
             if !progress || self.exit.is_some() {
                 return;
             }
@@ -722,15 +728,16 @@ impl<E: Engine> EventLoop<E> {
                         .local_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
-                    tracing::info!(node_id, %address, udp, "registered");
+                    tracing::info!(node_id, %address, %udp, "registered");
                     if self.parts.print_ready && !self.ready_printed {
                         self.ready_printed = true;
-                        println!(
+                        // Printed after this pass has written the requests
+                        // that follow registration (visibility, hostname).
+                        self.ready_line = Some(format!(
                             "ready node_id={node_id} address={address} socket={} udp={udp} registry={}",
                             self.parts.ipc.path().display(),
                             self.parts.registry
-                        );
-                        let _ = io::stdout().flush();
+                        ));
                     }
                 }
                 Action::Stopped => {
