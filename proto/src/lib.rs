@@ -27,6 +27,7 @@
 pub mod addr;
 pub mod beacon;
 pub mod crypto;
+pub mod daemon;
 pub mod node;
 pub mod registry;
 pub mod services;

@@ -225,6 +225,34 @@ impl From<ResetReason> for ResetCause {
     }
 }
 
+/// Where a connection goes, from [`Node::conn_info`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address.
+    pub remote: Addr,
+    /// Remote port.
+    pub remote_port: u16,
+    /// Transport state.
+    pub state: conn::State,
+    /// Bytes ready to read.
+    pub readable: usize,
+}
+
+/// One peer-table entry, from [`Node::peer_list`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Peer node ID.
+    pub node: u32,
+    /// Its UDP endpoint.
+    pub endpoint: SocketAddr,
+    /// A tunnel session is installed.
+    pub encrypted: bool,
+    /// Its registered identity key is known.
+    pub authenticated: bool,
+}
+
 /// A datagram written by [`Node::poll_transmit`]: `len` bytes at the start
 /// of the buffer, for UDP endpoint `dst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -854,6 +882,31 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 )
             },
         )
+    }
+
+    /// Where a connection goes and its state (for status reports).
+    pub fn conn_info(&self, id: ConnId) -> Option<ConnInfo> {
+        self.conns.get(&id).map(|e| ConnInfo {
+            local_port: e.key.local_port,
+            remote: e.key.remote,
+            remote_port: e.key.remote_port,
+            state: e.conn.state(),
+            readable: e.conn.readable(),
+        })
+    }
+
+    /// Peers in the table: node ID, UDP endpoint, whether a session is
+    /// installed and whether the registered identity key is known.
+    pub fn peer_list(&self) -> Vec<PeerInfo> {
+        self.peers
+            .iter()
+            .map(|(&node, p)| PeerInfo {
+                node,
+                endpoint: p.endpoint,
+                encrypted: self.sessions.session(node).is_some(),
+                authenticated: p.identity.is_some(),
+            })
+            .collect()
     }
 
     /// Number of live connections.

@@ -16,7 +16,7 @@
 //! except for registration, which is retried with the same back-off.
 
 use core::time::Duration;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::auth::{self, Identity};
 use super::codec::{self, InboxRequest, InboxResponse, Request, Response};
@@ -131,6 +131,58 @@ pub enum ClientEvent {
         /// Which request (`"resolve"`, `"heartbeat"`, ...).
         kind: &'static str,
     },
+    /// A [`Call`] finished: the registry's reply, or its error text (also
+    /// `"request failed"` when the request was given up after its retry).
+    CallDone {
+        /// The id [`RegistryClient::call`] returned.
+        id: CallId,
+        /// The reply (never [`Response::Error`]) or the failure reason.
+        result: Result<Response, String>,
+    },
+}
+
+/// Identifier of a pass-through [`Call`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(pub u64);
+
+/// A pass-through request the daemon makes for an IPC client or for the
+/// trust handshake (`spec/daemon.md` §5). The client fills in the node ID
+/// and signs it when it goes out, so calls may be queued before
+/// registration completes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `lookup` of a node (public key, visibility, endpoint if public).
+    Lookup(u32),
+    /// `resolve` of a node's endpoint (privacy-gated).
+    Resolve(u32),
+    /// `resolve_hostname`.
+    ResolveHostname(String),
+    /// `set_hostname` (empty clears).
+    SetHostname(String),
+    /// `set_visibility`.
+    SetVisibility(bool),
+    /// `set_tags`.
+    SetTags(Vec<String>),
+    /// `deregister`.
+    Deregister,
+    /// `report_trust` with a peer.
+    ReportTrust(u32),
+    /// `revoke_trust` with a peer.
+    RevokeTrust(u32),
+    /// `request_handshake` relayed to `to`.
+    RequestHandshake {
+        /// Target node.
+        to: u32,
+        /// Free text.
+        justification: String,
+    },
+    /// `respond_handshake` to `peer`'s request.
+    RespondHandshake {
+        /// The original requester.
+        peer: u32,
+        /// Accept or reject.
+        accept: bool,
+    },
 }
 
 /// Command refused.
@@ -147,6 +199,7 @@ enum Op {
     Heartbeat,
     Resolve(u32),
     PollInbox,
+    Call(CallId),
 }
 
 impl Op {
@@ -156,6 +209,7 @@ impl Op {
             Op::Heartbeat => "heartbeat",
             Op::Resolve(_) => "resolve",
             Op::PollInbox => "poll_handshakes",
+            Op::Call(_) => "call",
         }
     }
 }
@@ -196,6 +250,8 @@ pub struct RegistryClient {
     register_at: Option<Instant>,
     hb_failures: u32,
     last_sig_ts: u64,
+    calls: BTreeMap<CallId, Call>,
+    next_call: u64,
 }
 
 /// Bound of undelivered events.
@@ -221,6 +277,8 @@ impl RegistryClient {
             register_at: Some(now),
             hb_failures: 0,
             last_sig_ts: 0,
+            calls: BTreeMap::new(),
+            next_call: 1,
         };
         c.handle_timeout(now);
         c
@@ -263,6 +321,29 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Queues a pass-through request; its outcome arrives as
+    /// [`ClientEvent::CallDone`] with the returned id. Calls wait for the
+    /// registration like every other request.
+    pub fn call(&mut self, now: Instant, call: Call) -> Result<CallId, ClientError> {
+        if self.queue.len() >= CLIENT_MAX_QUEUE {
+            return Err(ClientError::QueueFull);
+        }
+        let id = CallId(self.next_call);
+        self.next_call = self.next_call.wrapping_add(1);
+        self.calls.insert(id, call);
+        self.queue.push_back(Pending {
+            op: Op::Call(id),
+            retries: 0,
+        });
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Whether the client is connected and registered.
+    pub fn is_registered(&self) -> bool {
+        self.node_id.is_some()
+    }
+
     /// Polls the handshake inbox now.
     pub fn poll_inbox(&mut self, now: Instant) -> Result<(), ClientError> {
         self.enqueue(Op::PollInbox)?;
@@ -283,6 +364,12 @@ impl RegistryClient {
             if p.retries == 0 || p.op == Op::Register {
                 p.retries = p.retries.saturating_add(1);
                 self.queue.push_front(p);
+            } else if let Op::Call(id) = p.op {
+                self.calls.remove(&id);
+                self.event(ClientEvent::CallDone {
+                    id,
+                    result: Err("request failed".to_owned()),
+                });
             } else {
                 self.event(ClientEvent::RequestDropped { kind: p.op.kind() });
             }
@@ -451,6 +538,109 @@ impl RegistryClient {
                     sig_ts,
                 })
             }
+            Op::Call(cid) => match self.calls.get(&cid).cloned() {
+                Some(call) => self.build_call(now, id, call),
+                // Unreachable in practice (calls leave the map only when
+                // answered); a harmless unsigned request keeps the stream
+                // in step.
+                None => Request::Lookup(codec::Lookup { node_id: id }),
+            },
+        }
+    }
+
+    fn build_call(&mut self, now: Instant, id: u32, call: Call) -> Request {
+        match call {
+            Call::Lookup(node_id) => Request::Lookup(codec::Lookup { node_id }),
+            Call::Resolve(target) => {
+                let (signature, sig_ts) = self.sign(now, &format!("resolve:{id}:{target}"));
+                Request::Resolve(codec::Resolve {
+                    node_id: target,
+                    requester_id: id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::ResolveHostname(hostname) => Request::ResolveHostname(codec::ResolveHostname {
+                hostname,
+                requester_id: id,
+            }),
+            Call::SetHostname(hostname) => {
+                let (signature, sig_ts) = self.sign(now, &format!("set_hostname:{id}"));
+                Request::SetHostname(codec::SetHostname {
+                    node_id: id,
+                    hostname,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::SetVisibility(public) => {
+                let (signature, sig_ts) = self.sign(now, &format!("set_visibility:{id}"));
+                Request::SetVisibility(codec::SetVisibility {
+                    node_id: id,
+                    public,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::SetTags(tags) => {
+                let (signature, sig_ts) = self.sign(now, &format!("set_tags:{id}"));
+                Request::SetTags(codec::SetTags {
+                    node_id: id,
+                    tags,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::Deregister => {
+                let (signature, sig_ts) = self.sign(now, &format!("deregister:{id}"));
+                Request::Deregister(codec::Deregister {
+                    node_id: id,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::ReportTrust(peer_id) => {
+                let (signature, sig_ts) = self.sign(now, &format!("report_trust:{id}:{peer_id}"));
+                Request::ReportTrust(codec::TrustPair {
+                    node_id: id,
+                    peer_id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::RevokeTrust(peer_id) => {
+                let (signature, sig_ts) = self.sign(now, &format!("revoke_trust:{id}:{peer_id}"));
+                Request::RevokeTrust(codec::TrustPair {
+                    node_id: id,
+                    peer_id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::RequestHandshake { to, justification } => {
+                let (signature, sig_ts) = self.sign(now, &format!("handshake:{id}:{to}"));
+                Request::RequestHandshake(codec::RequestHandshake {
+                    from_node_id: id,
+                    to_node_id: to,
+                    justification,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::RespondHandshake { peer, accept } => {
+                let (signature, sig_ts) = self.sign(now, &format!("respond:{id}:{peer}"));
+                Request::RespondHandshake(codec::RespondHandshake {
+                    node_id: id,
+                    peer_id: peer,
+                    accept,
+                    signature,
+                    sig_ts,
+                })
+            }
         }
     }
 
@@ -538,6 +728,15 @@ impl RegistryClient {
             (Op::PollInbox, _) => {
                 if error.as_deref().is_some_and(|e| e.contains("not found")) {
                     self.reregister(now);
+                }
+            }
+            (Op::Call(id), resp) => {
+                if self.calls.remove(&id).is_some() {
+                    let result = match resp {
+                        Response::Error { error } => Err(error),
+                        r => Ok(r),
+                    };
+                    self.event(ClientEvent::CallDone { id, result });
                 }
             }
         }

@@ -1,0 +1,2079 @@
+//! The sans-IO daemon (`spec/daemon.md`): one [`Daemon`] composes the
+//! [`Node`] (tunnel, ports, streams, datagrams), the [`RegistryClient`]
+//! (registration, heartbeats, look-ups, pass-through requests), the
+//! [`TrustStore`] of the trust handshake, the IPC client sessions and the
+//! built-in services.
+//!
+//! # Call order
+//!
+//! Inputs are [`Daemon::handle_udp`], [`Daemon::handle_registry_bytes`],
+//! [`Daemon::registry_connected`], [`Daemon::registry_disconnected`],
+//! [`Daemon::ipc_open`], [`Daemon::handle_ipc_bytes`],
+//! [`Daemon::ipc_consumed`], [`Daemon::ipc_closed`],
+//! [`Daemon::handle_timeout`] and [`Daemon::shutdown`]. After **any**
+//! input the driver drains [`Daemon::poll_transmit`],
+//! [`Daemon::poll_registry_bytes`], [`Daemon::poll_action`] and, for every
+//! client, [`Daemon::ipc_output`] (then [`Daemon::ipc_consumed`] with what
+//! it wrote), closes clients for which [`Daemon::ipc_should_close`] holds
+//! once their output is written, stops reading clients for which
+//! [`Daemon::ipc_read_paused`] holds, and finally re-arms one timer at
+//! [`Daemon::poll_timeout`]. Time comes in only as an argument; the wall
+//! clock is `unix_ms_at_epoch` plus the instant.
+//!
+//! Every queue is bounded (`spec/daemon.md` §7): stream data is read from
+//! an overlay connection only while its client's output is below a high
+//! water mark, and a client's input is not processed while the connection
+//! it sends on has no room, so bulk transfers flow with bounded memory.
+
+mod client;
+mod info;
+mod trust;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+
+use crate::addr::{Addr, ports};
+use crate::crypto::identity::{Identity, TunnelKey};
+use crate::crypto::provider::CryptoProvider;
+use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause, Transmit};
+use crate::registry::auth::Identity as RegistryIdentity;
+use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
+use crate::registry::codec::{self, Response};
+use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
+use crate::services::handshake::{RegistryOp, TrustFile, TrustStore};
+use crate::services::walltime::WallTime;
+use crate::stream::conn::StreamError;
+use crate::time::Instant;
+use crate::wire::WireProfile;
+use crate::wire::ipc::{
+    Command, Direction, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_CLIENTS, MAX_CONNS_PER_CLIENT,
+    MAX_INFLIGHT_PER_CLIENT, MAX_SEND_DATA, MAX_TAGS, parse_frame,
+};
+
+use client::Client;
+pub use client::ClientId;
+
+/// Largest chunk read from a connection into one `Recv` push
+/// (`spec/daemon.md` §7).
+pub const RECV_CHUNK: usize = 64 * 1024;
+/// Output bytes of a client above which the daemon stops reading that
+/// client's connections and its input (`spec/daemon.md` §7).
+pub const OUT_HIGH_WATER: usize = 256 * 1024;
+/// Output bytes of a client above which `RecvFrom` pushes to it are dropped
+/// (`spec/daemon.md` §7).
+pub const OUT_DATAGRAM_CAP: usize = 4 * 1024 * 1024;
+/// Most unprocessed input bytes of a client: one complete frame plus one
+/// driver read of 1 MiB (`spec/daemon.md` §7).
+pub const IN_MAX: usize = 2 * (LENGTH_PREFIX_LEN + crate::wire::ipc::MAX_BODY_LEN);
+/// How long a peer resolution may take before the waiting requests fail
+/// (`spec/daemon.md` §4).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most requests waiting for one peer resolution (`spec/daemon.md` §7).
+pub const RESOLVE_WAITERS: usize = 64;
+/// Most peer resolutions in progress (`spec/daemon.md` §7).
+pub const MAX_RESOLUTIONS: usize = 256;
+/// How long the daemon waits for a trust message on port 444
+/// (`spec/daemon.md` §6, services.md §4.1).
+pub const TRUST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a graceful shutdown waits for FINs and the deregistration
+/// (`spec/daemon.md` §8).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Most registry keys remembered for peers (`spec/daemon.md` §7).
+pub const MAX_PEER_KEYS: usize = 65_536;
+/// Registry heartbeat period by default (`spec/daemon.md` §4).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// Which built-in services run (`spec/daemon.md` §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Services {
+    /// Echo on port 7.
+    pub echo: bool,
+    /// Data exchange on port 1001 (needs the service host).
+    pub dataexchange: bool,
+    /// Event stream on port 1002 (needs the service host).
+    pub eventstream: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            echo: true,
+            dataexchange: true,
+            eventstream: true,
+        }
+    }
+}
+
+/// Everything a [`Daemon`] is configured with.
+pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    /// Long-term Ed25519 identity (registry key, PILA, trust signatures).
+    pub identity: Identity,
+    /// Per-process X25519 tunnel key.
+    pub tunnel_key: TunnelKey,
+    /// Crypto provider.
+    pub provider: P,
+    /// Seeded RNG.
+    pub rng: R,
+    /// Wire profile.
+    pub profile: WireProfile,
+    /// Tunnel encryption.
+    pub encrypt: bool,
+    /// Node table and queue bounds.
+    pub node_limits: Limits,
+    /// Admin token for broadcast (empty disables it).
+    pub admin_token: Vec<u8>,
+    /// Use a registry: the driver is asked to dial it
+    /// ([`Action::DialRegistry`]) and the node's address comes from the
+    /// registration.
+    pub registry: bool,
+    /// Without a registry: this node's address (peers come from
+    /// [`Daemon::add_peer`]). Ignored when `registry` is set.
+    pub address: Option<Addr>,
+    /// Advertised UDP endpoint `ip:port` sent to the registry.
+    pub listen_addr: String,
+    /// Hostname requested at registration (empty = none).
+    pub hostname: String,
+    /// Make the node public after registering.
+    pub public: bool,
+    /// Owner string for identity reclaim (empty = none).
+    pub owner: String,
+    /// Built-in services.
+    pub services: Services,
+    /// `trust.json` as loaded by the driver.
+    pub trust: Option<TrustFile>,
+    /// Whether the identity is persisted (Info `identity`).
+    pub identity_persisted: bool,
+    /// Unix time in milliseconds at `Instant::ZERO`.
+    pub unix_ms_at_epoch: u64,
+    /// Local UTC offset for the timestamps of `trust.json`, seconds.
+    pub utc_offset_secs: i32,
+    /// Registry heartbeat period (also the handshake-inbox poll period).
+    pub heartbeat: Duration,
+    /// Sign registry requests with the strong (timestamped) form.
+    pub strong_signatures: bool,
+    /// Most IPC clients at once.
+    pub max_clients: usize,
+    /// Longest a graceful shutdown waits.
+    pub shutdown_grace: Duration,
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R> {
+    /// A configuration with defaults: registry on, current profile,
+    /// encryption on, every service, heartbeat 30 s.
+    pub fn new(identity: Identity, tunnel_key: TunnelKey, provider: P, rng: R) -> Self {
+        DaemonConfig {
+            identity,
+            tunnel_key,
+            provider,
+            rng,
+            profile: WireProfile::Current,
+            encrypt: true,
+            node_limits: Limits::default(),
+            admin_token: Vec::new(),
+            registry: true,
+            address: None,
+            listen_addr: String::new(),
+            hostname: String::new(),
+            public: false,
+            owner: String::new(),
+            services: Services::default(),
+            trust: None,
+            identity_persisted: false,
+            unix_ms_at_epoch: 0,
+            utc_offset_secs: 0,
+            heartbeat: HEARTBEAT,
+            strong_signatures: false,
+            max_clients: MAX_CLIENTS,
+            shutdown_grace: SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Something only the driver can do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open the registry TCP connection, then call
+    /// [`Daemon::registry_connected`] (or [`Daemon::registry_disconnected`]).
+    DialRegistry,
+    /// Close the registry connection (the daemon already counts it as
+    /// closed; do not report it back).
+    CloseRegistry,
+    /// Write `trust.json` (this text) atomically.
+    SaveTrust(String),
+    /// Store a received file under `<dir>/received/` (name already safe).
+    SaveReceivedFile {
+        /// File name.
+        name: String,
+        /// Contents.
+        data: Vec<u8>,
+    },
+    /// Store an inbox record under `<dir>/inbox/` (name already safe).
+    SaveInbox {
+        /// File name.
+        name: String,
+        /// JSON text.
+        json: String,
+    },
+    /// The registry accepted the node (logs, readiness).
+    Registered {
+        /// Node ID.
+        node_id: u32,
+        /// Backbone address text.
+        address: String,
+    },
+    /// [`Daemon::shutdown`] finished: exit.
+    Stopped,
+}
+
+/// Why the daemon refused an operation of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DaemonError {
+    /// The IPC client limit is reached; close the new connection.
+    #[error("too many IPC clients")]
+    TooManyClients,
+    /// The daemon is shutting down.
+    #[error("daemon is shutting down")]
+    ShuttingDown,
+    /// The peer table is full or the address is our own.
+    #[error("peer not added")]
+    PeerRefused,
+    /// The node does not exist yet (not registered).
+    #[error("node not ready")]
+    NotReady,
+}
+
+/// Who owns an overlay connection and what it is doing.
+#[derive(Debug)]
+enum Role {
+    /// An IPC client's stream.
+    Client {
+        client: ClientId,
+        ipc_id: u32,
+        /// The client waits for `DialOk`.
+        dialing: bool,
+    },
+    /// The echo service; `pending` is received data not yet written back.
+    Echo { pending: Vec<u8> },
+    /// Trust intake on port 444.
+    TrustIn { buf: Vec<u8>, deadline: Instant },
+    /// An outgoing trust message.
+    TrustOut {
+        to: u32,
+        msg: Vec<u8>,
+        written: usize,
+        fallback: Option<RegistryOp>,
+        connected: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Conn {
+    role: Role,
+    remote: Addr,
+}
+
+/// Owner of a bound port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortOwner {
+    Client(ClientId),
+    Echo,
+    Trust,
+}
+
+/// A request waiting for a peer to be resolved.
+#[derive(Debug)]
+enum Waiter {
+    Dial {
+        client: ClientId,
+        network: u16,
+        port: u16,
+    },
+    SendTo {
+        network: u16,
+        port: u16,
+        data: Vec<u8>,
+    },
+    TrustSend {
+        msg: Vec<u8>,
+        fallback: Option<RegistryOp>,
+    },
+}
+
+#[derive(Debug)]
+struct Resolution {
+    deadline: Instant,
+    network: u16,
+    key: Option<[u8; 32]>,
+    waiters: Vec<Waiter>,
+}
+
+/// What a registry call was for.
+#[derive(Debug)]
+enum Purpose {
+    /// Reply to an IPC request.
+    Ipc {
+        client: ClientId,
+        reply: Command,
+        op: &'static str,
+    },
+    /// First step of resolving a peer.
+    Lookup(u32),
+    /// Second step (private peers).
+    Resolve(u32),
+    /// A received trust message waits for the sender's registry key.
+    TrustKey { bytes: Vec<u8>, source: u32 },
+    /// Back-fill the key of a peer trusted through the registry relay.
+    KeyBackfill(u32),
+    /// A trust relay used as the fallback of a failed direct send, or a
+    /// plain trust bookkeeping call: nothing to do with the answer.
+    Fire,
+    /// The deregistration of a shutdown.
+    ShutdownDeregister,
+}
+
+/// A handshake "wait for trust" request.
+#[derive(Debug)]
+struct TrustWaiter {
+    client: ClientId,
+    node: u32,
+    deadline: Instant,
+}
+
+/// Parts of the node kept until the address is known.
+struct NodeSeed<P, R> {
+    provider: P,
+    rng: R,
+    tunnel_key: TunnelKey,
+}
+
+/// The sans-IO daemon. See the module docs for the call order.
+pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    profile: WireProfile,
+    identity: Identity,
+    encrypt: bool,
+    node_limits: Limits,
+    admin_token: Vec<u8>,
+    services: Services,
+    identity_persisted: bool,
+    unix_ms_at_epoch: u64,
+    utc_offset_secs: i32,
+    max_clients: usize,
+    shutdown_grace: Duration,
+    started: Instant,
+    now: Instant,
+
+    seed: Option<NodeSeed<P, R>>,
+    node: Option<Node<P, R>>,
+    address: Option<Addr>,
+    hostname: String,
+    public: bool,
+    owner: String,
+
+    registry: Option<RegistryClient>,
+    reg_in: Vec<u8>,
+    /// The registry connection is up or being dialled (a disconnect report
+    /// after our own `CloseRegistry` is ignored).
+    reg_live: bool,
+    registered_once: bool,
+    calls: BTreeMap<CallId, Purpose>,
+
+    trust: Option<TrustStore>,
+    trust_file: Option<TrustFile>,
+    trust_waiters: Vec<TrustWaiter>,
+    peer_keys: BTreeMap<u32, [u8; 32]>,
+    peers: BTreeMap<u32, u16>,
+    resolving: BTreeMap<u32, Resolution>,
+
+    clients: BTreeMap<ClientId, Client>,
+    next_client: u64,
+    conns: BTreeMap<ConnId, Conn>,
+    ipc_conns: BTreeMap<u32, ConnId>,
+    next_ipc_conn: u32,
+    ports: BTreeMap<u16, PortOwner>,
+
+    actions: VecDeque<Action>,
+    stopping: Option<Instant>,
+    deregistering: bool,
+    stopped: bool,
+
+    stats: DaemonStats,
+}
+
+/// Counters of the daemon (tunnel bytes, drops).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    /// UDP bytes received.
+    pub bytes_recv: u64,
+    /// UDP bytes sent.
+    pub bytes_sent: u64,
+    /// UDP datagrams received.
+    pub pkts_recv: u64,
+    /// UDP datagrams sent.
+    pub pkts_sent: u64,
+    /// `Send`/`SendTo` requests that failed (never answered).
+    pub send_failures: u64,
+    /// `RecvFrom` pushes dropped because a client's output was full.
+    pub datagrams_dropped: u64,
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Daemon<P, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("address", &self.address)
+            .field("clients", &self.clients.len())
+            .field("conns", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type Reply = Result<String, String>;
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
+    /// A daemon at `now`. With a registry it asks to dial it at once
+    /// ([`Action::DialRegistry`]); without one the node starts with the
+    /// configured address.
+    pub fn new(now: Instant, cfg: DaemonConfig<P, R>) -> Self {
+        let registry = cfg.registry.then(|| {
+            let rcfg = ClientConfig {
+                listen_addr: cfg.listen_addr.clone(),
+                owner: cfg.owner.clone(),
+                hostname: cfg.hostname.clone(),
+                heartbeat_interval: cfg.heartbeat,
+                inbox_poll_interval: Some(cfg.heartbeat),
+                strong_signatures: cfg.strong_signatures,
+                unix_ms_at_epoch: Some(cfg.unix_ms_at_epoch),
+                ..ClientConfig::default()
+            };
+            RegistryClient::new(rcfg, RegistryIdentity::from_seed(cfg.identity.seed()), now)
+        });
+        let mut d = Daemon {
+            profile: cfg.profile,
+            identity: cfg.identity,
+            encrypt: cfg.encrypt,
+            node_limits: cfg.node_limits,
+            admin_token: cfg.admin_token,
+            services: cfg.services,
+            identity_persisted: cfg.identity_persisted,
+            unix_ms_at_epoch: cfg.unix_ms_at_epoch,
+            utc_offset_secs: cfg.utc_offset_secs,
+            max_clients: cfg.max_clients,
+            shutdown_grace: cfg.shutdown_grace,
+            started: now,
+            now,
+            seed: Some(NodeSeed {
+                provider: cfg.provider,
+                rng: cfg.rng,
+                tunnel_key: cfg.tunnel_key,
+            }),
+            node: None,
+            address: None,
+            hostname: cfg.hostname,
+            public: cfg.public,
+            owner: cfg.owner,
+            registry,
+            reg_in: Vec::new(),
+            reg_live: false,
+            registered_once: false,
+            calls: BTreeMap::new(),
+            trust: None,
+            trust_file: cfg.trust,
+            trust_waiters: Vec::new(),
+            peer_keys: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            resolving: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            next_client: 1,
+            conns: BTreeMap::new(),
+            ipc_conns: BTreeMap::new(),
+            next_ipc_conn: 1,
+            ports: BTreeMap::new(),
+            actions: VecDeque::new(),
+            stopping: None,
+            deregistering: false,
+            stopped: false,
+            stats: DaemonStats::default(),
+        };
+        if d.registry.is_none() {
+            if let Some(addr) = cfg.address {
+                d.start_node(now, addr);
+            }
+        }
+        d.drive(now);
+        d
+    }
+
+    // ----- accessors --------------------------------------------------
+
+    /// Our address, once known.
+    pub fn address(&self) -> Option<Addr> {
+        self.address
+    }
+
+    /// The node, once the address is known (read-only diagnostics).
+    pub fn node(&self) -> Option<&Node<P, R>> {
+        self.node.as_ref()
+    }
+
+    /// The trust store, once the address is known.
+    pub fn trust(&self) -> Option<&TrustStore> {
+        self.trust.as_ref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DaemonStats {
+        self.stats
+    }
+
+    /// The wall clock at `now`.
+    fn wall(&self, now: Instant) -> WallTime {
+        let ms = self
+            .unix_ms_at_epoch
+            .saturating_add(now.as_nanos() / 1_000_000);
+        WallTime {
+            unix_secs: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+            millis: (ms % 1000) as u16,
+            offset_secs: self.utc_offset_secs,
+        }
+    }
+
+    fn start_node(&mut self, now: Instant, addr: Addr) {
+        let Some(seed) = self.seed.take() else {
+            return;
+        };
+        let node = Node::new(
+            now,
+            NodeConfig {
+                addr,
+                identity: Some(self.identity.clone()),
+                tunnel_key: seed.tunnel_key,
+                profile: self.profile,
+                provider: seed.provider,
+                rng: seed.rng,
+                encrypt: self.encrypt,
+                admin_token: self.admin_token.clone(),
+                limits: self.node_limits,
+            },
+        );
+        self.node = Some(node);
+        self.address = Some(addr);
+        let mut store = TrustStore::from_identity(self.profile, addr.node, &self.identity);
+        if let Some(file) = self.trust_file.take() {
+            store.load(&file, self.wall(now));
+        }
+        self.trust = Some(store);
+        // Built-in services are bound before any client can bind.
+        let mut builtin = vec![(ports::HANDSHAKE, PortOwner::Trust)];
+        if self.services.echo {
+            builtin.push((ports::ECHO, PortOwner::Echo));
+        }
+        if let Some(node) = self.node.as_mut() {
+            for (port, owner) in builtin {
+                if node.bind(port).is_ok() {
+                    self.ports.insert(port, owner);
+                }
+            }
+        }
+    }
+
+    /// Adds a static peer (no registry needed): its address, UDP endpoint
+    /// and, if known, its Ed25519 identity key.
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        addr: Addr,
+        endpoint: SocketAddr,
+        identity: Option<[u8; 32]>,
+    ) -> Result<(), DaemonError> {
+        let node = self.node.as_mut().ok_or(DaemonError::NotReady)?;
+        if !node.add_peer(addr, endpoint, identity) {
+            return Err(DaemonError::PeerRefused);
+        }
+        self.peers.insert(addr.node, addr.network);
+        if let Some(k) = identity {
+            self.remember_key(addr.node, k);
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    fn remember_key(&mut self, node: u32, key: [u8; 32]) {
+        if self.peer_keys.contains_key(&node) || self.peer_keys.len() < MAX_PEER_KEYS {
+            self.peer_keys.insert(node, key);
+        }
+    }
+
+    // ----- tunnel -------------------------------------------------------
+
+    /// One UDP datagram from the tunnel socket (beacon messages share it
+    /// and are ignored). PILS frames are decrypted in place.
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        self.now = now.max(self.now);
+        self.stats.pkts_recv += 1;
+        self.stats.bytes_recv += bytes.len() as u64;
+        if let Some(node) = self.node.as_mut() {
+            node.handle_datagram(now, from, bytes);
+        }
+        self.drive(now);
+    }
+
+    /// The next datagram to send (`buf` should hold
+    /// [`crate::node::MIN_TRANSMIT_BUFFER`] bytes).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let t = self.node.as_mut()?.poll_transmit(now, buf);
+        if let Some(t) = t {
+            self.stats.pkts_sent += 1;
+            self.stats.bytes_sent += t.len as u64;
+        }
+        // Sending may have produced events (writable room, closes).
+        self.drive(now);
+        t
+    }
+
+    // ----- registry connection -----------------------------------------
+
+    /// The registry connection asked for by [`Action::DialRegistry`] is up.
+    pub fn registry_connected(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        self.reg_in.clear();
+        if let Some(r) = self.registry.as_mut() {
+            r.connected(now);
+        }
+        self.drive(now);
+    }
+
+    /// The registry connection failed or closed.
+    pub fn registry_disconnected(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        self.reg_in.clear();
+        if self.reg_live {
+            self.reg_live = false;
+            if let Some(r) = self.registry.as_mut() {
+                r.disconnected(now);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Bytes read from the registry connection (any split).
+    pub fn handle_registry_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        self.now = now.max(self.now);
+        if !self.reg_live {
+            return;
+        }
+        self.reg_in.extend_from_slice(bytes);
+        let mut start = 0;
+        let mut broken = false;
+        let mut responses = Vec::new();
+        loop {
+            let rest = self.reg_in.get(start..).unwrap_or(&[]);
+            match codec::decode_frame(rest, REGISTRY_MAX_FRAME) {
+                Ok(Some((payload, used))) => {
+                    match codec::decode_response(payload) {
+                        Ok(r) => responses.push(r),
+                        Err(_) => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                    start += used;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        self.reg_in.drain(..start.min(self.reg_in.len()));
+        for r in responses {
+            if let Some(reg) = self.registry.as_mut() {
+                reg.handle_response(now, r);
+            }
+            self.drive(now);
+        }
+        if broken {
+            self.reg_in.clear();
+            self.reg_live = false;
+            self.actions.push_back(Action::CloseRegistry);
+            if let Some(reg) = self.registry.as_mut() {
+                reg.disconnected(now);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The next framed request to write to the registry connection.
+    pub fn poll_registry_bytes(&mut self) -> Option<Vec<u8>> {
+        let reg = self.registry.as_mut()?;
+        while let Some(req) = reg.poll_transmit() {
+            if let Ok(payload) = codec::encode_request(&req) {
+                if let Ok(v) = codec::frame_vec(&payload) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    // ----- IPC ------------------------------------------------------------
+
+    /// A new IPC client connected. Refused above the client limit and
+    /// during shutdown (close the connection).
+    pub fn ipc_open(&mut self, now: Instant) -> Result<ClientId, DaemonError> {
+        self.now = now.max(self.now);
+        if self.stopping.is_some() {
+            return Err(DaemonError::ShuttingDown);
+        }
+        if self.clients.len() >= self.max_clients {
+            return Err(DaemonError::TooManyClients);
+        }
+        let id = ClientId(self.next_client);
+        self.next_client += 1;
+        self.clients.insert(id, Client::default());
+        Ok(id)
+    }
+
+    /// Bytes read from an IPC client (any split). The driver should not
+    /// read while [`Daemon::ipc_read_paused`] holds; input beyond
+    /// [`IN_MAX`] unprocessed bytes is a protocol error that closes the
+    /// client.
+    pub fn handle_ipc_bytes(&mut self, now: Instant, client: ClientId, bytes: &[u8]) {
+        self.now = now.max(self.now);
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if c.should_close {
+            return;
+        }
+        if c.in_len().saturating_add(bytes.len()) > IN_MAX {
+            c.push_error(&"ipc: input overflow (client ignored back-pressure)");
+            c.should_close = true;
+            c.inbuf.clear();
+            c.in_start = 0;
+            return;
+        }
+        c.inbuf.extend_from_slice(bytes);
+        self.process_input(now, client);
+        self.drive(now);
+    }
+
+    /// The client disconnected: close its connections, release its ports,
+    /// forget its requests (`spec/daemon.md` §2.5).
+    pub fn ipc_closed(&mut self, now: Instant, client: ClientId) {
+        self.now = now.max(self.now);
+        let Some(c) = self.clients.remove(&client) else {
+            return;
+        };
+        for cid in c.conns {
+            if let Some(conn) = self.conns.remove(&cid) {
+                if let Role::Client { ipc_id, .. } = conn.role {
+                    self.ipc_conns.remove(&ipc_id);
+                }
+            }
+            if let Some(node) = self.node.as_mut() {
+                let _ = node.close(now, cid);
+            }
+        }
+        for port in c.ports {
+            self.ports.remove(&port);
+            if let Some(node) = self.node.as_mut() {
+                let _ = node.unbind(now, port);
+            }
+        }
+        for r in self.resolving.values_mut() {
+            r.waiters
+                .retain(|w| !matches!(w, Waiter::Dial { client: c, .. } if *c == client));
+        }
+        self.trust_waiters.retain(|w| w.client != client);
+        for p in self.calls.values_mut() {
+            if matches!(p, Purpose::Ipc { client: c, .. } if *c == client) {
+                *p = Purpose::Fire;
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Whether the driver should stop reading this client for now
+    /// (back-pressure, too many requests in progress, or closing).
+    pub fn ipc_read_paused(&self, client: ClientId) -> bool {
+        self.clients.get(&client).is_none_or(|c| {
+            c.should_close
+                || c.blocked.is_some()
+                || c.inflight >= MAX_INFLIGHT_PER_CLIENT
+                || c.out_len() >= OUT_HIGH_WATER
+                || c.in_len() >= IN_MAX / 2
+        })
+    }
+
+    /// Bytes waiting to be written to the client, if any.
+    pub fn ipc_output(&mut self, client: ClientId) -> Option<&[u8]> {
+        let c = self.clients.get(&client)?;
+        let out = c.out.get(c.out_start..)?;
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The driver wrote the first `n` bytes of [`Daemon::ipc_output`].
+    pub fn ipc_consumed(&mut self, client: ClientId, n: usize) {
+        let now = self.now;
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        c.consumed(n);
+        if c.out_len() < OUT_HIGH_WATER / 2 {
+            let paused: Vec<ConnId> = core::mem::take(&mut c.paused).into_iter().collect();
+            for cid in paused {
+                self.pump_rx(now, cid);
+            }
+            self.process_input(now, client);
+            self.drive(now);
+        }
+    }
+
+    /// Whether the client must be closed once its output is written (after
+    /// a protocol error such as an oversized frame).
+    pub fn ipc_should_close(&self, client: ClientId) -> bool {
+        self.clients.get(&client).is_some_and(|c| c.should_close)
+    }
+
+    // ----- time -------------------------------------------------------------
+
+    /// When to call [`Daemon::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut take = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        take(
+            self.node
+                .as_ref()
+                .and_then(|n| n.poll_timeout())
+                .map(|x| x.0),
+        );
+        take(self.registry.as_ref().and_then(|r| r.poll_timeout()));
+        for r in self.resolving.values() {
+            take(Some(r.deadline));
+        }
+        for c in self.conns.values() {
+            if let Role::TrustIn { deadline, .. } = c.role {
+                take(Some(deadline));
+            }
+        }
+        for w in &self.trust_waiters {
+            take(Some(w.deadline));
+        }
+        if !self.stopped {
+            take(self.stopping);
+        }
+        t
+    }
+
+    /// Runs everything due at `now` (spurious calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        if let Some(node) = self.node.as_mut() {
+            if node.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                node.handle_timeout(now);
+            }
+        }
+        if let Some(reg) = self.registry.as_mut() {
+            reg.handle_timeout(now);
+        }
+        // Resolutions that took too long.
+        let late: Vec<u32> = self
+            .resolving
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in late {
+            self.resolution_failed(now, n, "registry: request timed out");
+        }
+        // Trust intake that waited long enough: process what arrived.
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::TrustIn { deadline, .. } if deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for cid in due {
+            self.finish_trust_in(now, cid);
+        }
+        self.expire_trust_waiters(now);
+        self.drive(now);
+    }
+
+    // ----- actions and shutdown --------------------------------------------
+
+    /// The next thing only the driver can do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Graceful stop: FIN on every connection, deregister, then
+    /// [`Action::Stopped`] once done or after the shutdown grace period.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(now + self.shutdown_grace);
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        if let Some(node) = self.node.as_mut() {
+            for cid in ids {
+                let _ = node.close(now, cid);
+            }
+        }
+        let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
+        if registered {
+            if let Some(reg) = self.registry.as_mut() {
+                if let Ok(id) = reg.call(now, Call::Deregister) {
+                    self.calls.insert(id, Purpose::ShutdownDeregister);
+                    self.deregistering = true;
+                }
+            }
+        }
+        self.drive(now);
+    }
+
+    fn check_stopped(&mut self, now: Instant) {
+        let Some(deadline) = self.stopping else {
+            return;
+        };
+        if self.stopped {
+            return;
+        }
+        let conns_done = self.node.as_ref().is_none_or(|n| {
+            self.conns.keys().all(|cid| {
+                n.conn_info(*cid).is_none_or(|i| {
+                    matches!(
+                        i.state,
+                        crate::stream::conn::State::TimeWait | crate::stream::conn::State::Closed
+                    )
+                })
+            })
+        });
+        if now >= deadline || (!self.deregistering && conns_done) {
+            self.stopped = true;
+            self.actions.push_back(Action::Stopped);
+        }
+    }
+
+    // ----- the event loop ------------------------------------------------------
+
+    /// Handles node and registry events until both are quiet.
+    fn drive(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.node.as_mut().and_then(|n| n.poll_event()) {
+                progressed = true;
+                self.on_node_event(now, ev);
+            }
+            while let Some(ev) = self.registry.as_mut().and_then(|r| r.poll_event()) {
+                progressed = true;
+                self.on_registry_event(now, ev);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.check_stopped(now);
+    }
+
+    fn on_node_event(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::Datagram {
+                src,
+                src_port,
+                dst_port,
+                data,
+            } => {
+                let msg = IpcMessage::RecvFrom {
+                    src,
+                    src_port,
+                    dst_port,
+                    data: &data,
+                };
+                for c in self.clients.values_mut() {
+                    if c.should_close || c.out_len() >= OUT_DATAGRAM_CAP {
+                        self.stats.datagrams_dropped += 1;
+                        continue;
+                    }
+                    let _ = c.push(&msg);
+                }
+            }
+            Event::Incoming { port } => self.on_incoming(now, port),
+            Event::Connected(cid) => self.on_connected(now, cid),
+            Event::Readable(cid) => self.pump_rx(now, cid),
+            Event::Writable(cid) => self.on_writable(now, cid),
+            Event::Closed(cid) => self.on_closed(now, cid, None),
+            Event::Reset(cid, cause) => self.on_closed(now, cid, Some(cause)),
+            Event::Pong { .. }
+            | Event::PingTimeout { .. }
+            | Event::SessionUp { .. }
+            | Event::SessionDown { .. }
+            | Event::KeyExchangeGaveUp { .. } => {}
+        }
+    }
+
+    fn alloc_ipc_id(&mut self, cid: ConnId) -> u32 {
+        loop {
+            let id = self.next_ipc_conn;
+            self.next_ipc_conn = self.next_ipc_conn.wrapping_add(1).max(1);
+            if let std::collections::btree_map::Entry::Vacant(e) = self.ipc_conns.entry(id) {
+                e.insert(cid);
+                return id;
+            }
+        }
+    }
+
+    fn on_incoming(&mut self, now: Instant, port: u16) {
+        loop {
+            let Some(cid) = self.node.as_mut().and_then(|n| n.accept(port)) else {
+                return;
+            };
+            let info = self.node.as_ref().and_then(|n| n.conn_info(cid));
+            let Some(info) = info else {
+                continue;
+            };
+            let owner = self.ports.get(&port).copied();
+            match owner {
+                Some(PortOwner::Client(client)) => {
+                    let full = self
+                        .clients
+                        .get(&client)
+                        .is_none_or(|c| c.conns.len() >= MAX_CONNS_PER_CLIENT);
+                    if full {
+                        if let Some(node) = self.node.as_mut() {
+                            let _ = node.close(now, cid);
+                        }
+                        continue;
+                    }
+                    let ipc_id = self.alloc_ipc_id(cid);
+                    self.conns.insert(
+                        cid,
+                        Conn {
+                            role: Role::Client {
+                                client,
+                                ipc_id,
+                                dialing: false,
+                            },
+                            remote: info.remote,
+                        },
+                    );
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        c.conns.insert(cid);
+                        let _ = c.push(&IpcMessage::Accept {
+                            local_port: port,
+                            conn_id: ipc_id,
+                            remote: info.remote,
+                            remote_port: info.remote_port,
+                        });
+                    }
+                    self.pump_rx(now, cid);
+                }
+                Some(PortOwner::Echo) => {
+                    self.conns.insert(
+                        cid,
+                        Conn {
+                            role: Role::Echo {
+                                pending: Vec::new(),
+                            },
+                            remote: info.remote,
+                        },
+                    );
+                    self.pump_rx(now, cid);
+                }
+                Some(PortOwner::Trust) => {
+                    self.conns.insert(
+                        cid,
+                        Conn {
+                            role: Role::TrustIn {
+                                buf: Vec::new(),
+                                deadline: now + TRUST_READ_TIMEOUT,
+                            },
+                            remote: info.remote,
+                        },
+                    );
+                    self.pump_rx(now, cid);
+                }
+                None => {
+                    if let Some(node) = self.node.as_mut() {
+                        let _ = node.close(now, cid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, cid: ConnId) {
+        let Some(conn) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        match &mut conn.role {
+            Role::Client {
+                client,
+                ipc_id,
+                dialing,
+            } if *dialing => {
+                *dialing = false;
+                let (client, ipc_id) = (*client, *ipc_id);
+                self.reply_msg(now, client, &IpcMessage::DialOk { conn_id: ipc_id });
+            }
+            Role::TrustOut { connected, .. } => {
+                *connected = true;
+                self.on_writable(now, cid);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a deferred reply and frees the request slot.
+    fn reply_msg(&mut self, now: Instant, client: ClientId, msg: &IpcMessage<'_>) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            let _ = c.push(msg);
+            let was_full = c.inflight >= MAX_INFLIGHT_PER_CLIENT;
+            c.inflight = c.inflight.saturating_sub(1);
+            if was_full {
+                self.process_input(now, client);
+            }
+        }
+    }
+
+    fn reply_error(&mut self, now: Instant, client: ClientId, text: &str) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.push_error(&text);
+            let was_full = c.inflight >= MAX_INFLIGHT_PER_CLIENT;
+            c.inflight = c.inflight.saturating_sub(1);
+            if was_full {
+                self.process_input(now, client);
+            }
+        }
+    }
+
+    /// Reads what a connection has, as far as its consumer has room.
+    fn pump_rx(&mut self, now: Instant, cid: ConnId) {
+        let Some(conn) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        match &mut conn.role {
+            Role::Client {
+                client,
+                ipc_id,
+                dialing,
+            } => {
+                if *dialing {
+                    return;
+                }
+                let (client, ipc_id) = (*client, *ipc_id);
+                let Some(c) = self.clients.get_mut(&client) else {
+                    return;
+                };
+                let mut eof = false;
+                loop {
+                    if c.out_len() >= OUT_HIGH_WATER {
+                        c.paused.insert(cid);
+                        break;
+                    }
+                    let old = c.out.len();
+                    let head = LENGTH_PREFIX_LEN + 1 + 4;
+                    c.out.resize(old + head + RECV_CHUNK.min(MAX_SEND_DATA), 0);
+                    let res = match c.out.get_mut(old + head..) {
+                        Some(b) => node.read(cid, b),
+                        None => Err(NodeError::UnknownConn),
+                    };
+                    match res {
+                        Ok(0) => {
+                            c.out.truncate(old);
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            let body = (1 + 4 + n) as u32;
+                            if let Some(h) = c.out.get_mut(old..old + head) {
+                                h[..4].copy_from_slice(&body.to_be_bytes());
+                                h[4] = Command::Recv.byte();
+                                h[5..9].copy_from_slice(&ipc_id.to_be_bytes());
+                            }
+                            c.out.truncate(old + head + n);
+                        }
+                        Err(NodeError::Stream(StreamError::WouldBlock)) => {
+                            c.out.truncate(old);
+                            break;
+                        }
+                        Err(_) => {
+                            c.out.truncate(old);
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                if eof {
+                    // End of stream: one CloseOk push, then the connection
+                    // is finished for the client.
+                    let _ = c.push(&IpcMessage::CloseOk { conn_id: ipc_id });
+                    c.conns.remove(&cid);
+                    c.paused.remove(&cid);
+                    if c.blocked.is_some_and(|(b, _)| b == cid) {
+                        c.blocked = None;
+                        // The Send at the front can never complete: drop it.
+                        if let Ok(Some((_, used))) =
+                            parse_frame(c.inbuf.get(c.in_start..).unwrap_or(&[]))
+                        {
+                            c.input_consumed(used);
+                        }
+                    }
+                    self.ipc_conns.remove(&ipc_id);
+                    self.conns.remove(&cid);
+                    let _ = node.close(now, cid);
+                    self.process_input(now, client);
+                }
+            }
+            Role::Echo { pending } => {
+                let mut buf = [0u8; 4096];
+                let mut eof = false;
+                while pending.is_empty() {
+                    match node.read(cid, &mut buf) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            let data = buf.get(..n).unwrap_or(&[]);
+                            let w = node.write(now, cid, data).unwrap_or(0);
+                            if w < n {
+                                pending.extend_from_slice(data.get(w..).unwrap_or(&[]));
+                            }
+                        }
+                        Err(NodeError::Stream(StreamError::WouldBlock)) => break,
+                        Err(_) => {
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                if eof {
+                    let _ = node.close(now, cid);
+                    self.conns.remove(&cid);
+                }
+            }
+            Role::TrustIn { buf, .. } => {
+                let limit = crate::services::handshake::max_message(self.profile);
+                let mut chunk = [0u8; 4096];
+                let mut done = false;
+                loop {
+                    match node.read(cid, &mut chunk) {
+                        Ok(0) => {
+                            done = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+                            if buf.len() > limit {
+                                done = true;
+                                break;
+                            }
+                        }
+                        Err(NodeError::Stream(StreamError::WouldBlock)) => break,
+                        Err(_) => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if done {
+                    self.finish_trust_in(now, cid);
+                }
+            }
+            Role::TrustOut { .. } => {
+                // Nothing is expected back; discard.
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = node.read(cid, &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, now: Instant, cid: ConnId) {
+        let Some(conn) = self.conns.get_mut(&cid) else {
+            return;
+        };
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        match &mut conn.role {
+            Role::Client { client, .. } => {
+                let client = *client;
+                let blocked = self
+                    .clients
+                    .get(&client)
+                    .is_some_and(|c| c.blocked.is_some_and(|(b, _)| b == cid));
+                if blocked {
+                    self.process_input(now, client);
+                }
+            }
+            Role::Echo { pending } => {
+                if !pending.is_empty() {
+                    let w = node.write(now, cid, pending).unwrap_or(0);
+                    pending.drain(..w.min(pending.len()));
+                }
+                if pending.is_empty() {
+                    self.pump_rx(now, cid);
+                }
+            }
+            Role::TrustOut {
+                msg,
+                written,
+                connected,
+                ..
+            } => {
+                if !*connected {
+                    return;
+                }
+                let rest = msg.get(*written..).unwrap_or(&[]);
+                let w = node.write(now, cid, rest).unwrap_or(0);
+                *written += w;
+                if *written >= msg.len() {
+                    // Message written: close (the FIN follows the data).
+                    let _ = node.close(now, cid);
+                    self.conns.remove(&cid);
+                }
+            }
+            Role::TrustIn { .. } => {}
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, cid: ConnId, cause: Option<ResetCause>) {
+        let Some(conn) = self.conns.get(&cid) else {
+            return;
+        };
+        match conn.role {
+            Role::Client {
+                client,
+                ipc_id,
+                dialing: true,
+            } => {
+                self.conns.remove(&cid);
+                self.ipc_conns.remove(&ipc_id);
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.conns.remove(&cid);
+                }
+                let text = match cause {
+                    Some(ResetCause::DialTimeout) => "dial timeout",
+                    Some(ResetCause::Remote) | None => "connection refused",
+                    Some(_) => "dial failed: connection reset",
+                };
+                self.reply_error(now, client, text);
+            }
+            Role::Client { .. } | Role::Echo { .. } | Role::TrustIn { .. } => {
+                // Deliver what is left and end the stream.
+                self.pump_rx(now, cid);
+                if matches!(
+                    self.conns.get(&cid).map(|c| &c.role),
+                    Some(Role::Echo { .. })
+                ) {
+                    self.conns.remove(&cid);
+                }
+            }
+            Role::TrustOut {
+                to,
+                connected,
+                ref fallback,
+                ..
+            } => {
+                let fallback = fallback.clone();
+                self.conns.remove(&cid);
+                if !connected {
+                    let _ = to;
+                    if let Some(op) = fallback {
+                        self.trust_registry(now, op);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- IPC request processing ---------------------------------------------
+
+    /// Processes complete frames at the front of the client's input while
+    /// nothing holds it back.
+    fn process_input(&mut self, now: Instant, client: ClientId) {
+        loop {
+            let Some(c) = self.clients.get_mut(&client) else {
+                return;
+            };
+            if c.should_close
+                || c.inflight >= MAX_INFLIGHT_PER_CLIENT
+                || c.out_len() >= OUT_HIGH_WATER
+            {
+                return;
+            }
+            let resume = c.blocked.take();
+            let inbuf = core::mem::take(&mut c.inbuf);
+            let start = c.in_start;
+            let rest = inbuf.get(start..).unwrap_or(&[]);
+            let step = match parse_frame(rest) {
+                Ok(None) => Step::NeedMore,
+                Err(e) => Step::Fatal(e),
+                Ok(Some((body, used))) => {
+                    if body.is_empty() {
+                        Step::Done(used)
+                    } else {
+                        match self.handle_frame(now, client, body, resume) {
+                            Some(b) => Step::Blocked(b),
+                            None => Step::Done(used),
+                        }
+                    }
+                }
+            };
+            let Some(c) = self.clients.get_mut(&client) else {
+                return;
+            };
+            c.inbuf = inbuf;
+            match step {
+                Step::NeedMore => return,
+                Step::Fatal(e) => {
+                    c.push_error(&e);
+                    c.should_close = true;
+                    c.inbuf.clear();
+                    c.in_start = 0;
+                    return;
+                }
+                Step::Done(used) => c.input_consumed(used),
+                Step::Blocked(b) => {
+                    c.blocked = Some(b);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one frame body. Returns `Some` when a `Send` could not be
+    /// completed (the connection is full): the frame stays at the front.
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        body: &[u8],
+        resume: Option<(ConnId, usize)>,
+    ) -> Option<(ConnId, usize)> {
+        let msg = match IpcMessage::decode(body) {
+            Ok(m) => m,
+            Err(e) => {
+                if e.needs_reply() {
+                    self.push_error(client, &e);
+                }
+                return None;
+            }
+        };
+        let cmd = msg.command();
+        if !msg.is_available_in(self.profile) || cmd.direction() == Direction::FromDaemon {
+            self.push_error(client, &IpcError::UnknownCommand(cmd.byte()));
+            return None;
+        }
+        match msg {
+            IpcMessage::Bind { port } => self.ipc_bind(client, port),
+            IpcMessage::Dial { addr, port } => self.ipc_dial(now, client, addr, port),
+            IpcMessage::Send { conn_id, data } => {
+                return self.ipc_send(now, client, conn_id, data, resume);
+            }
+            IpcMessage::Close { conn_id } => self.ipc_close(now, client, conn_id),
+            IpcMessage::SendTo {
+                dst,
+                dst_port,
+                data,
+            } => self.ipc_send_to(now, dst, dst_port, data),
+            IpcMessage::Info => {
+                let json = self.info_json(now);
+                self.push(client, &IpcMessage::InfoOk(&json));
+            }
+            IpcMessage::Health => {
+                let json = self.health_json(now);
+                self.push(client, &IpcMessage::HealthOk(&json));
+            }
+            IpcMessage::Handshake(h) => self.ipc_handshake(now, client, h),
+            IpcMessage::ResolveHostname(h) => self.ipc_call(
+                now,
+                client,
+                Command::ResolveHostnameOk,
+                "resolve_hostname",
+                Call::ResolveHostname(h.to_owned()),
+            ),
+            IpcMessage::SetHostname(h) => self.ipc_call(
+                now,
+                client,
+                Command::SetHostnameOk,
+                "set_hostname",
+                Call::SetHostname(h.to_owned()),
+            ),
+            IpcMessage::SetVisibility(f) => self.ipc_call(
+                now,
+                client,
+                Command::SetVisibilityOk,
+                "set_visibility",
+                Call::SetVisibility(f.is_set()),
+            ),
+            IpcMessage::Deregister => self.ipc_call(
+                now,
+                client,
+                Command::DeregisterOk,
+                "deregister",
+                Call::Deregister,
+            ),
+            IpcMessage::SetTags(json) => match serde_json::from_str::<Vec<String>>(json) {
+                Err(e) => self.push_error(client, &format!("set_tags: invalid JSON: {e}")),
+                Ok(tags) if tags.len() > MAX_TAGS => self.push_error(
+                    client,
+                    &format!("set_tags: maximum {MAX_TAGS} tags allowed"),
+                ),
+                Ok(tags) => self.ipc_call(
+                    now,
+                    client,
+                    Command::SetTagsOk,
+                    "set_tags",
+                    Call::SetTags(tags),
+                ),
+            },
+            IpcMessage::Cancel(_) => {}
+            other => {
+                let name = other.command().name();
+                self.push_error(client, &format!("{name}: not supported by this daemon"));
+            }
+        }
+        None
+    }
+
+    fn push(&mut self, client: ClientId, msg: &IpcMessage<'_>) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            let _ = c.push(msg);
+        }
+    }
+
+    fn push_error(&mut self, client: ClientId, reason: &dyn core::fmt::Display) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.push_error(reason);
+        }
+    }
+
+    fn ipc_bind(&mut self, client: ClientId, port: u16) {
+        let Some(node) = self.node.as_mut() else {
+            self.push_error(client, &"bind: daemon not registered yet");
+            return;
+        };
+        match node.bind(port) {
+            Ok(()) => {
+                self.ports.insert(port, PortOwner::Client(client));
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.ports.insert(port);
+                }
+                self.push(client, &IpcMessage::BindOk { port });
+            }
+            Err(NodeError::Port(e)) => self.push_error(client, &e),
+            Err(e) => self.push_error(client, &format!("bind: {e}")),
+        }
+    }
+
+    fn ipc_dial(&mut self, now: Instant, client: ClientId, addr: Addr, port: u16) {
+        if self.node.is_none() {
+            self.push_error(client, &"dial: daemon not registered yet");
+            return;
+        }
+        let quota = self
+            .clients
+            .get(&client)
+            .is_some_and(|c| c.conns.len() >= MAX_CONNS_PER_CLIENT);
+        if quota {
+            self.push_error(
+                client,
+                &format!("dial: per-client connection quota ({MAX_CONNS_PER_CLIENT}) reached"),
+            );
+            return;
+        }
+        if addr.is_broadcast() || addr.node == 0 || Some(addr.node) == self.address.map(|a| a.node)
+        {
+            self.push_error(client, &format!("dial: cannot dial {addr}"));
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.inflight += 1;
+        }
+        if self.peers.contains_key(&addr.node) {
+            self.start_dial(now, client, addr, port);
+        } else {
+            self.resolve_then(
+                now,
+                addr.node,
+                addr.network,
+                Waiter::Dial {
+                    client,
+                    network: addr.network,
+                    port,
+                },
+            );
+        }
+    }
+
+    fn start_dial(&mut self, now: Instant, client: ClientId, addr: Addr, port: u16) {
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        if !self.clients.contains_key(&client) {
+            return;
+        }
+        match node.connect(now, addr, port) {
+            Ok(cid) => {
+                let ipc_id = self.alloc_ipc_id(cid);
+                self.conns.insert(
+                    cid,
+                    Conn {
+                        role: Role::Client {
+                            client,
+                            ipc_id,
+                            dialing: true,
+                        },
+                        remote: addr,
+                    },
+                );
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.conns.insert(cid);
+                }
+            }
+            Err(e) => self.reply_error(now, client, &format!("dial: {e}")),
+        }
+    }
+
+    fn ipc_send(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        conn_id: u32,
+        data: &[u8],
+        resume: Option<(ConnId, usize)>,
+    ) -> Option<(ConnId, usize)> {
+        let Some(&cid) = self.ipc_conns.get(&conn_id) else {
+            self.stats.send_failures += 1;
+            return None;
+        };
+        let owned = matches!(
+            self.conns.get(&cid).map(|c| &c.role),
+            Some(Role::Client { client: o, dialing: false, .. }) if *o == client
+        );
+        let node = self.node.as_mut()?;
+        if !owned {
+            self.stats.send_failures += 1;
+            return None;
+        }
+        let mut off = match resume {
+            Some((r, o)) if r == cid => o,
+            _ => 0,
+        };
+        while off < data.len() {
+            match node.write(now, cid, data.get(off..).unwrap_or(&[])) {
+                Ok(0) => return Some((cid, off)),
+                Ok(n) => off += n,
+                Err(_) => {
+                    self.stats.send_failures += 1;
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn ipc_close(&mut self, now: Instant, client: ClientId, conn_id: u32) {
+        if let Some(&cid) = self.ipc_conns.get(&conn_id) {
+            let owned = matches!(
+                self.conns.get(&cid).map(|c| &c.role),
+                Some(Role::Client { client: o, .. }) if *o == client
+            );
+            if owned {
+                self.ipc_conns.remove(&conn_id);
+                self.conns.remove(&cid);
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.conns.remove(&cid);
+                    c.paused.remove(&cid);
+                }
+                if let Some(node) = self.node.as_mut() {
+                    let _ = node.close(now, cid);
+                }
+            }
+        }
+        // Always answered, even for unknown ids (`spec/daemon.md` §2.3).
+        self.push(client, &IpcMessage::CloseOk { conn_id });
+    }
+
+    fn ipc_send_to(&mut self, now: Instant, dst: Addr, port: u16, data: &[u8]) {
+        if self.node.is_none() || dst.is_broadcast() {
+            self.stats.send_failures += 1;
+            return;
+        }
+        if self.peers.contains_key(&dst.node) {
+            self.send_datagram(now, dst, port, data);
+        } else {
+            self.resolve_then(
+                now,
+                dst.node,
+                dst.network,
+                Waiter::SendTo {
+                    network: dst.network,
+                    port,
+                    data: data.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn send_datagram(&mut self, now: Instant, dst: Addr, port: u16, data: &[u8]) {
+        if let Some(node) = self.node.as_mut() {
+            if node.send_datagram(now, dst, port, None, data).is_err() {
+                self.stats.send_failures += 1;
+            }
+        }
+    }
+
+    fn ipc_call(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        reply: Command,
+        op: &'static str,
+        call: Call,
+    ) {
+        let Some(reg) = self.registry.as_mut() else {
+            self.push_error(client, &format!("{op}: no registry configured"));
+            return;
+        };
+        match reg.call(now, call) {
+            Ok(id) => {
+                self.calls.insert(id, Purpose::Ipc { client, reply, op });
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.inflight += 1;
+                }
+            }
+            Err(e) => self.push_error(client, &format!("{op}: registry: {e}")),
+        }
+    }
+
+    // ----- peer resolution ------------------------------------------------------
+
+    /// Resolves `node` at the registry (lookup for the key and, for a
+    /// public node, the endpoint; then resolve for a private one) and runs
+    /// `waiter` once done.
+    fn resolve_then(&mut self, now: Instant, node: u32, network: u16, waiter: Waiter) {
+        if let Some(r) = self.resolving.get_mut(&node) {
+            if r.waiters.len() < RESOLVE_WAITERS {
+                r.waiters.push(waiter);
+            } else {
+                self.fail_waiter(now, node, waiter, "too many requests waiting");
+            }
+            return;
+        }
+        let started = if self.resolving.len() >= MAX_RESOLUTIONS {
+            Err("too many resolutions in progress")
+        } else {
+            match self.registry.as_mut() {
+                None => Err("no registry configured"),
+                Some(reg) => match reg.call(now, Call::Lookup(node)) {
+                    Ok(id) => {
+                        self.calls.insert(id, Purpose::Lookup(node));
+                        Ok(())
+                    }
+                    Err(_) => Err("registry: queue full"),
+                },
+            }
+        };
+        match started {
+            Ok(()) => {
+                self.resolving.insert(
+                    node,
+                    Resolution {
+                        deadline: now + RESOLVE_TIMEOUT,
+                        network,
+                        key: None,
+                        waiters: vec![waiter],
+                    },
+                );
+            }
+            Err(reason) => self.fail_waiter(now, node, waiter, reason),
+        }
+    }
+
+    fn fail_waiter(&mut self, now: Instant, node: u32, waiter: Waiter, reason: &str) {
+        match waiter {
+            Waiter::Dial { client, .. } => {
+                self.reply_error(now, client, &format!("resolve node {node}: {reason}"));
+            }
+            Waiter::SendTo { .. } => self.stats.send_failures += 1,
+            Waiter::TrustSend { fallback, .. } => {
+                if let Some(op) = fallback {
+                    self.trust_registry(now, op);
+                }
+            }
+        }
+    }
+
+    fn resolution_failed(&mut self, now: Instant, node: u32, reason: &str) {
+        if let Some(r) = self.resolving.remove(&node) {
+            for w in r.waiters {
+                self.fail_waiter(now, node, w, reason);
+            }
+        }
+    }
+
+    fn resolution_done(&mut self, now: Instant, node: u32, endpoint: SocketAddr) {
+        let Some(r) = self.resolving.remove(&node) else {
+            return;
+        };
+        let addr = Addr::new(r.network, node);
+        let added = self
+            .node
+            .as_mut()
+            .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
+        if !added {
+            for w in r.waiters {
+                self.fail_waiter(now, node, w, "peer table full");
+            }
+            return;
+        }
+        self.peers.insert(node, r.network);
+        for w in r.waiters {
+            match w {
+                Waiter::Dial {
+                    client,
+                    network,
+                    port,
+                } => self.start_dial(now, client, Addr::new(network, node), port),
+                Waiter::SendTo {
+                    network,
+                    port,
+                    data,
+                } => self.send_datagram(now, Addr::new(network, node), port, &data),
+                Waiter::TrustSend { msg, fallback } => {
+                    self.open_trust_out(now, node, msg, fallback)
+                }
+            }
+        }
+    }
+
+    // ----- registry events ---------------------------------------------------------
+
+    fn on_registry_event(&mut self, now: Instant, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Dial => {
+                self.reg_live = true;
+                self.reg_in.clear();
+                self.actions.push_back(Action::DialRegistry);
+            }
+            ClientEvent::CloseConnection => {
+                self.reg_live = false;
+                self.reg_in.clear();
+                self.actions.push_back(Action::CloseRegistry);
+            }
+            ClientEvent::Registered {
+                node_id, address, ..
+            } => self.on_registered(now, node_id, address),
+            ClientEvent::HandshakeInbox {
+                requests,
+                responses,
+            } => {
+                let wall = self.wall(now);
+                let mut fx = Vec::new();
+                if let Some(store) = self.trust.as_mut() {
+                    for r in requests {
+                        fx.extend(store.on_relayed_request(r.from_node_id, &r.justification, wall));
+                    }
+                    for r in responses {
+                        fx.extend(store.on_relayed_response(r.from_node_id, r.accept, wall));
+                    }
+                }
+                self.apply_trust(now, fx);
+            }
+            ClientEvent::CallDone { id, result } => self.on_call_done(now, id, result),
+            ClientEvent::RegistrationFailed { .. }
+            | ClientEvent::Resolved { .. }
+            | ClientEvent::ResolveFailed { .. }
+            | ClientEvent::Reregistering
+            | ClientEvent::RequestDropped { .. } => {}
+        }
+    }
+
+    fn on_registered(&mut self, now: Instant, node_id: u32, address: String) {
+        let addr = address
+            .parse::<Addr>()
+            .unwrap_or_else(|_| Addr::new(0, node_id));
+        if self.node.is_none() {
+            self.start_node(now, addr);
+        }
+        let again = self.registered_once;
+        self.registered_once = true;
+        if self.public {
+            self.fire(now, Call::SetVisibility(true));
+        }
+        if again {
+            if !self.hostname.is_empty() {
+                let h = self.hostname.clone();
+                self.fire(now, Call::SetHostname(h));
+            }
+            let peers: Vec<u32> = self
+                .trust
+                .as_ref()
+                .map(|t| t.trusted().keys().copied().collect())
+                .unwrap_or_default();
+            for p in peers {
+                self.fire(now, Call::ReportTrust(p));
+            }
+        }
+        self.actions
+            .push_back(Action::Registered { node_id, address });
+    }
+
+    /// A registry call whose answer is not needed.
+    fn fire(&mut self, now: Instant, call: Call) {
+        if let Some(reg) = self.registry.as_mut() {
+            if let Ok(id) = reg.call(now, call) {
+                self.calls.insert(id, Purpose::Fire);
+            }
+        }
+    }
+
+    fn on_call_done(&mut self, now: Instant, id: CallId, result: Result<Response, String>) {
+        let Some(purpose) = self.calls.remove(&id) else {
+            return;
+        };
+        match purpose {
+            Purpose::Ipc { client, reply, op } => {
+                let out: Reply = match result {
+                    Ok(resp) => {
+                        match &resp {
+                            Response::SetHostnameOk { hostname, .. } => {
+                                self.hostname = hostname.clone();
+                            }
+                            Response::SetVisibilityOk { visibility, .. } => {
+                                self.public = visibility == "public";
+                            }
+                            _ => {}
+                        }
+                        codec::encode_response(&resp)
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .ok_or_else(|| format!("{op}: bad registry reply"))
+                    }
+                    Err(e) => Err(format!("{op}: registry: {e}")),
+                };
+                match out {
+                    Ok(json) => {
+                        let msg = match reply {
+                            Command::ResolveHostnameOk => IpcMessage::ResolveHostnameOk(&json),
+                            Command::SetHostnameOk => IpcMessage::SetHostnameOk(&json),
+                            Command::SetVisibilityOk => IpcMessage::SetVisibilityOk(&json),
+                            Command::DeregisterOk => IpcMessage::DeregisterOk(&json),
+                            _ => IpcMessage::SetTagsOk(&json),
+                        };
+                        self.reply_msg(now, client, &msg);
+                    }
+                    Err(text) => self.reply_error(now, client, &text),
+                }
+            }
+            Purpose::Lookup(node) => match result {
+                Ok(Response::LookupOk(ok)) => {
+                    let key = crate::registry::auth::decode_public_key(&ok.public_key).ok();
+                    if let Some(k) = key {
+                        self.remember_key(node, k);
+                    }
+                    if let Some(r) = self.resolving.get_mut(&node) {
+                        r.key = key;
+                    }
+                    let endpoint = ok
+                        .real_addr
+                        .as_deref()
+                        .or(ok.endpoint.as_deref())
+                        .and_then(|s| s.parse::<SocketAddr>().ok());
+                    match endpoint {
+                        Some(ep) => self.resolution_done(now, node, ep),
+                        None => {
+                            // Private: ask for the endpoint (privacy-gated).
+                            let started = self
+                                .registry
+                                .as_mut()
+                                .and_then(|r| r.call(now, Call::Resolve(node)).ok());
+                            match started {
+                                Some(id) => {
+                                    self.calls.insert(id, Purpose::Resolve(node));
+                                }
+                                None => self.resolution_failed(now, node, "registry: queue full"),
+                            }
+                        }
+                    }
+                }
+                Ok(_) => self.resolution_failed(now, node, "registry: unexpected reply"),
+                Err(e) => self.resolution_failed(now, node, &e),
+            },
+            Purpose::Resolve(node) => match result {
+                Ok(Response::ResolveOk(ok)) => match ok.real_addr.parse::<SocketAddr>() {
+                    Ok(ep) => self.resolution_done(now, node, ep),
+                    Err(_) => self.resolution_failed(
+                        now,
+                        node,
+                        &format!("node {node} has no real address"),
+                    ),
+                },
+                Ok(_) => self.resolution_failed(now, node, "registry: unexpected reply"),
+                Err(e) => self.resolution_failed(now, node, &e),
+            },
+            Purpose::TrustKey { bytes, source } => {
+                let key = match result {
+                    Ok(Response::LookupOk(ok)) => {
+                        crate::registry::auth::decode_public_key(&ok.public_key).ok()
+                    }
+                    _ => None,
+                };
+                if let Some((n, k)) = key.and_then(|k| {
+                    crate::services::handshake::HandshakeMessage::decode(&bytes, self.profile)
+                        .ok()
+                        .map(|m| (m.node_id, k))
+                }) {
+                    self.remember_key(n, k);
+                }
+                self.process_trust_message(now, &bytes, source, key);
+            }
+            Purpose::KeyBackfill(node) => {
+                if let Ok(Response::LookupOk(ok)) = result {
+                    if let Ok(k) = crate::registry::auth::decode_public_key(&ok.public_key) {
+                        self.remember_key(node, k);
+                        let fx = self
+                            .trust
+                            .as_mut()
+                            .map(|t| t.key_learned(node, &k))
+                            .unwrap_or_default();
+                        self.apply_trust(now, fx);
+                    }
+                }
+            }
+            Purpose::Fire => {}
+            Purpose::ShutdownDeregister => {
+                self.deregistering = false;
+            }
+        }
+    }
+}
+
+enum Step {
+    NeedMore,
+    Fatal(IpcError),
+    Done(usize),
+    Blocked((ConnId, usize)),
+}

@@ -1,0 +1,303 @@
+//! The daemon side of the trust handshake (`spec/daemon.md` §6): carrying
+//! out [`Effect`]s of the [`TrustStore`], the port-444 intake, outgoing
+//! trust messages and the IPC handshake sub-commands.
+
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+use serde_json::json;
+
+use super::{ClientId, Conn, Daemon, Purpose, Role, TrustWaiter, Waiter};
+use crate::addr::{Addr, ports};
+use crate::crypto::provider::CryptoProvider;
+use crate::node::ConnId;
+use crate::registry::client::Call;
+use crate::services::handshake::{Effect, HandshakeMessage, Inbound, RegistryOp, TrustError};
+use crate::time::Instant;
+use crate::wire::ipc::{HandshakeRequest, IpcMessage};
+
+use core::time::Duration;
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
+    /// Carries out what the trust store asked for.
+    pub(super) fn apply_trust(&mut self, now: Instant, fx: Vec<Effect>) {
+        let mut persist = false;
+        for e in fx {
+            match e {
+                Effect::Send {
+                    to,
+                    message,
+                    fallback,
+                } => self.trust_send(now, to, message.to_json().into_bytes(), fallback),
+                Effect::Registry(op) => self.trust_registry(now, op),
+                Effect::Persist => persist = true,
+                // The node keeps no per-peer teardown yet; the session
+                // times out on its own (`spec/daemon.md` §6).
+                Effect::DropTunnel(_) | Effect::Event(_) => {}
+            }
+        }
+        if persist {
+            if let Some(t) = self.trust.as_ref() {
+                self.actions
+                    .push_back(super::Action::SaveTrust(t.to_file().to_json()));
+            }
+        }
+        self.check_trust_waiters(now);
+    }
+
+    /// Performs a registry operation of the trust store.
+    pub(super) fn trust_registry(&mut self, now: Instant, op: RegistryOp) {
+        let (call, purpose) = match op {
+            RegistryOp::ReportTrust { peer, .. } => (Call::ReportTrust(peer), Purpose::Fire),
+            RegistryOp::RevokeTrust { peer, .. } => (Call::RevokeTrust(peer), Purpose::Fire),
+            RegistryOp::RequestHandshake {
+                to, justification, ..
+            } => (Call::RequestHandshake { to, justification }, Purpose::Fire),
+            RegistryOp::RespondHandshake { to, accept, .. } => {
+                (Call::RespondHandshake { peer: to, accept }, Purpose::Fire)
+            }
+            RegistryOp::Lookup { node } => (Call::Lookup(node), Purpose::KeyBackfill(node)),
+        };
+        if let Some(reg) = self.registry.as_mut() {
+            if let Ok(id) = reg.call(now, call) {
+                self.calls.insert(id, purpose);
+            }
+        }
+    }
+
+    /// Delivers a trust message to `to:444`, resolving the peer first if
+    /// needed; `fallback` runs if that fails.
+    fn trust_send(&mut self, now: Instant, to: u32, msg: Vec<u8>, fallback: Option<RegistryOp>) {
+        if self.peers.contains_key(&to) {
+            self.open_trust_out(now, to, msg, fallback);
+        } else {
+            self.resolve_then(now, to, 0, Waiter::TrustSend { msg, fallback });
+        }
+    }
+
+    /// Dials `to:444` for an outgoing trust message.
+    pub(super) fn open_trust_out(
+        &mut self,
+        now: Instant,
+        to: u32,
+        msg: Vec<u8>,
+        fallback: Option<RegistryOp>,
+    ) {
+        let network = self.peers.get(&to).copied().unwrap_or(0);
+        let addr = Addr::new(network, to);
+        let res = self
+            .node
+            .as_mut()
+            .map(|n| n.connect(now, addr, ports::HANDSHAKE));
+        match res {
+            Some(Ok(cid)) => {
+                self.conns.insert(
+                    cid,
+                    Conn {
+                        role: Role::TrustOut {
+                            to,
+                            msg,
+                            written: 0,
+                            fallback,
+                            connected: false,
+                        },
+                        remote: addr,
+                    },
+                );
+            }
+            _ => {
+                if let Some(op) = fallback {
+                    self.trust_registry(now, op);
+                }
+            }
+        }
+    }
+
+    /// The intake on port 444 has its message (end of stream, size limit
+    /// or read timeout): close the stream and process it.
+    pub(super) fn finish_trust_in(&mut self, now: Instant, cid: ConnId) {
+        let Some(conn) = self.conns.remove(&cid) else {
+            return;
+        };
+        if let Some(node) = self.node.as_mut() {
+            let _ = node.close(now, cid);
+        }
+        let Role::TrustIn { buf, .. } = conn.role else {
+            return;
+        };
+        if buf.is_empty() {
+            return;
+        }
+        let source = conn.remote.node;
+        let Ok(msg) = HandshakeMessage::decode(&buf, self.profile) else {
+            return;
+        };
+        let known = self.peer_keys.get(&msg.node_id).copied();
+        if known.is_none() {
+            let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
+            if registered {
+                let id = self
+                    .registry
+                    .as_mut()
+                    .and_then(|r| r.call(now, Call::Lookup(msg.node_id)).ok());
+                if let Some(id) = id {
+                    self.calls
+                        .insert(id, Purpose::TrustKey { bytes: buf, source });
+                    return;
+                }
+            }
+        }
+        self.process_trust_message(now, &buf, source, known);
+    }
+
+    /// Hands a received trust message to the store.
+    pub(super) fn process_trust_message(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        source: u32,
+        registry_key: Option<[u8; 32]>,
+    ) {
+        let wall = self.wall(now);
+        let inbound = Inbound {
+            source,
+            registry_key,
+            shared_network: None,
+        };
+        let fx = self
+            .trust
+            .as_mut()
+            .map(|t| t.on_message(bytes, inbound, wall))
+            .unwrap_or_default();
+        self.apply_trust(now, fx);
+    }
+
+    /// The IPC handshake sub-commands (`spec/daemon.md` §6.3).
+    pub(super) fn ipc_handshake(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        h: HandshakeRequest<'_>,
+    ) {
+        let wall = self.wall(now);
+        let Some(store) = self.trust.as_mut() else {
+            self.push_error(client, &"handshake: daemon not registered yet");
+            return;
+        };
+        let status = |node: u32, s: &str| json!({"node_id": node, "status": s}).to_string();
+        match h {
+            HandshakeRequest::Request {
+                node_id,
+                justification,
+            } => match store.send_request(node_id, justification, wall) {
+                Ok(fx) => {
+                    self.apply_trust(now, fx);
+                    let j = status(node_id, "sent");
+                    self.push(client, &IpcMessage::HandshakeOk(&j));
+                }
+                Err(e) => self.push_error(client, &format!("handshake request: {e}")),
+            },
+            HandshakeRequest::Approve { node_id } => {
+                let fx = store.approve(node_id, wall);
+                self.apply_trust(now, fx);
+                let j = status(node_id, "approved");
+                self.push(client, &IpcMessage::HandshakeOk(&j));
+            }
+            HandshakeRequest::Reject { node_id, reason } => {
+                let fx = store.reject(node_id, reason, wall);
+                self.apply_trust(now, fx);
+                let j = status(node_id, "rejected");
+                self.push(client, &IpcMessage::HandshakeOk(&j));
+            }
+            HandshakeRequest::ListPending => {
+                let list: Vec<_> = store
+                    .pending()
+                    .iter()
+                    .map(|(n, p)| {
+                        json!({
+                            "node_id": n,
+                            "public_key": p.public_key,
+                            "justification": p.justification,
+                            "received_at": p.received_at.unix_secs,
+                        })
+                    })
+                    .collect();
+                let j = json!({ "pending": list }).to_string();
+                self.push(client, &IpcMessage::HandshakeOk(&j));
+            }
+            HandshakeRequest::ListTrusted => {
+                let list: Vec<_> = store
+                    .trusted()
+                    .iter()
+                    .map(|(n, t)| {
+                        json!({
+                            "node_id": n,
+                            "public_key": t.public_key,
+                            "approved_at": t.approved_at.unix_secs,
+                            "mutual": t.mutual,
+                            "network": t.network,
+                        })
+                    })
+                    .collect();
+                let j = json!({ "trusted": list }).to_string();
+                self.push(client, &IpcMessage::HandshakeOk(&j));
+            }
+            HandshakeRequest::Revoke { node_id } => match store.revoke(node_id, wall) {
+                Ok(fx) => {
+                    self.apply_trust(now, fx);
+                    let j = status(node_id, "revoked");
+                    self.push(client, &IpcMessage::HandshakeOk(&j));
+                }
+                Err(TrustError::NotTrusted(n)) => {
+                    self.push_error(
+                        client,
+                        &format!("handshake revoke: node {n} was not trusted"),
+                    );
+                }
+                Err(e) => self.push_error(client, &format!("handshake revoke: {e}")),
+            },
+            HandshakeRequest::WaitForTrust { node_id, .. } => {
+                let ms = h.effective_wait_ms().unwrap_or(0);
+                if store.trusted().contains_key(&node_id) || ms == 0 {
+                    let trusted = store.trusted().contains_key(&node_id);
+                    let j = json!({"node_id": node_id, "trusted": trusted}).to_string();
+                    self.push(client, &IpcMessage::HandshakeOk(&j));
+                } else {
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        c.inflight += 1;
+                    }
+                    self.trust_waiters.push(TrustWaiter {
+                        client,
+                        node: node_id,
+                        deadline: now + Duration::from_millis(u64::from(ms)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answers "wait for trust" requests whose peer became trusted.
+    pub(super) fn check_trust_waiters(&mut self, now: Instant) {
+        let Some(store) = self.trust.as_ref() else {
+            return;
+        };
+        let (done, keep): (Vec<_>, Vec<_>) = core::mem::take(&mut self.trust_waiters)
+            .into_iter()
+            .partition(|w| store.trusted().contains_key(&w.node));
+        self.trust_waiters = keep;
+        for w in done {
+            let j = json!({"node_id": w.node, "trusted": true}).to_string();
+            self.reply_msg(now, w.client, &IpcMessage::HandshakeOk(&j));
+        }
+    }
+
+    /// Answers "wait for trust" requests whose time ran out.
+    pub(super) fn expire_trust_waiters(&mut self, now: Instant) {
+        let (done, keep): (Vec<_>, Vec<_>) = core::mem::take(&mut self.trust_waiters)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        self.trust_waiters = keep;
+        for w in done {
+            let j = json!({"node_id": w.node, "trusted": false}).to_string();
+            self.reply_msg(now, w.client, &IpcMessage::HandshakeOk(&j));
+        }
+    }
+}
