@@ -199,7 +199,7 @@ impl<E: Engine> EventLoop<E> {
             next_token: FIRST_CLIENT,
             udp_more: true,
             udp_writable: true,
-            tx_buf: vec![0u8; DATAGRAM_MAX],
+            tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
             tx_pending: None,
             rx_buf: vec![0u8; DATAGRAM_MAX],
             stopping_deadline: None,
@@ -722,7 +722,7 @@ impl<E: Engine> EventLoop<E> {
                         .local_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
-                    tracing::info!(node_id, %address, udp, "registered");
+                    tracing::info!(node_id, %address, %udp, "registered");
                     if self.parts.print_ready && !self.ready_printed {
                         self.ready_printed = true;
                         println!(

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod event_loop;
 pub mod files;
 pub mod ipc_socket;
+pub mod real;
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -120,6 +121,14 @@ pub struct Startup {
     pub unix_ms_at_epoch: u64,
     /// RNG for the engine, seeded from the OS.
     pub rng: ChaCha20Rng,
+}
+
+/// Runs the daemon described by `args` until SIGTERM/SIGINT (then a
+/// graceful stop: FINs, deregistration, socket removed). Prints
+/// `ready node_id=N address=A socket=S udp=U registry=R` on stdout once
+/// registered with the IPC socket listening.
+pub fn run(args: DaemonArgs) -> Result<(), DaemonRunError> {
+    run_with(args, |s| Ok(real::build(s))).map(|_| ())
 }
 
 /// Runs a daemon with the engine built by `make`, until it is stopped.
