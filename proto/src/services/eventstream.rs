@@ -281,7 +281,18 @@ impl Broker {
     /// forwarded byte-for-byte). Frames that do not decode close the
     /// connection.
     pub fn on_frame(&mut self, conn: ConnId, frame: &[u8], now: Instant) -> Vec<BrokerEffect> {
-        let Ok(ev) = Event::decode(frame, self.profile) else {
+        self.on_frame_bytes(conn, Bytes::copy_from_slice(frame), now)
+    }
+
+    /// Like [`Broker::on_frame`], taking ownership of the frame so a
+    /// publication is queued for its subscribers without another copy.
+    pub fn on_frame_bytes(
+        &mut self,
+        conn: ConnId,
+        frame: Bytes,
+        now: Instant,
+    ) -> Vec<BrokerEffect> {
+        let Ok(ev) = Event::decode(&frame, self.profile) else {
             return self.close(conn).into_iter().collect();
         };
         let profile = self.profile;
@@ -300,7 +311,7 @@ impl Broker {
         if profile == WireProfile::Current && !take_token(c, now) {
             return vec![BrokerEffect::RateLimited(conn)];
         }
-        let shared = Bytes::copy_from_slice(frame);
+        let shared = frame.clone();
         let wildcard_too = ev.topic != WILDCARD;
         let mut effects = Vec::new();
         let mut delivered = 0;

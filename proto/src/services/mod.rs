@@ -13,6 +13,7 @@ pub mod dataexchange;
 pub mod echo;
 pub mod eventstream;
 pub mod handshake;
+pub mod host;
 pub mod nameserver;
 pub mod walltime;
 
