@@ -7,7 +7,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::daemon::DaemonArgs;
 use crate::rendezvous::{RendezvousArgs, run_rendezvous};
+
+#[derive(Parser, Debug)]
+#[command(name = "pilotctl _daemon-run")]
+struct DaemonCli {
+    #[command(flatten)]
+    args: DaemonArgs,
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "pilotctl _rendezvous-run")]
@@ -26,9 +34,17 @@ fn parse<P: Parser>(name: &str, args: &[OsString]) -> Result<P, ExitCode> {
 
 /// Runs the daemon with `args` (its own flags) until SIGTERM/SIGINT.
 pub fn daemon_run(args: &[OsString]) -> ExitCode {
-    let _ = args;
-    eprintln!("pilotctl: this build has no daemon runner yet");
-    ExitCode::from(1)
+    let cli: DaemonCli = match parse("pilotctl _daemon-run", args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::daemon::run(cli.args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pilot-daemon: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Runs the rendezvous server with `args` until SIGTERM/SIGINT.
