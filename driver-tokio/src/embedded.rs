@@ -186,7 +186,10 @@ impl State {
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
             | Event::SessionDown { .. }
-            | Event::KeyExchangeGaveUp { .. } => {}
+            | Event::KeyExchangeGaveUp { .. }
+            // Static peers come with their identity key (`add_peer`); an
+            // unknown sender stays unverified and its key exchange fails.
+            | Event::IdentityNeeded { .. } => {}
         }
     }
 
