@@ -904,3 +904,99 @@ fn bulk_64_mib_each_way_with_bounded_memory() {
         assert!(net.cs[c].paused_seen);
     }
 }
+
+#[test]
+fn wait_for_trust_is_answered_when_trust_arrives() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let a = net.open(0);
+    let waiter = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    // A short wait ends untrusted.
+    net.send(
+        waiter,
+        &IpcMessage::Handshake(HandshakeRequest::WaitForTrust {
+            node_id: bb.node,
+            timeout_ms: 500,
+        }),
+    );
+    assert!(
+        net.bodies(waiter).is_empty(),
+        "answered before the deadline"
+    );
+    net.advance(Duration::from_secs(1));
+    let j = net.one(waiter, |m| match m {
+        IpcMessage::HandshakeOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(j["trusted"], false);
+    // A long wait (capped at 30 s) ends as soon as trust is established.
+    net.send(
+        waiter,
+        &IpcMessage::Handshake(HandshakeRequest::WaitForTrust {
+            node_id: bb.node,
+            timeout_ms: 3_600_000,
+        }),
+    );
+    net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "",
+        },
+    );
+    net.handshake(
+        b,
+        HandshakeRequest::Request {
+            node_id: aa.node,
+            justification: "",
+        },
+    );
+    let j = net.one(waiter, |m| match m {
+        IpcMessage::HandshakeOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(j["node_id"], bb.node);
+    assert_eq!(j["trusted"], true);
+}
+
+#[test]
+fn client_limit_and_status_lists() {
+    let mut c0 = cfg(0, false);
+    c0.max_clients = 2;
+    let mut net = Net::new(vec![c0, cfg(1, false)], false);
+    for (x, y) in [(0usize, 1usize), (1, 0)] {
+        let now = net.now;
+        net.ds[x]
+            .add_peer(
+                now,
+                Addr::new(0, y as u32 + 1),
+                ep(y),
+                Some(*ident(y).public()),
+            )
+            .unwrap();
+    }
+    let a = net.open(0);
+    let _second = net.open(0);
+    let now = net.now;
+    assert_eq!(net.ds[0].ipc_open(now), Err(DaemonError::TooManyClients));
+    let conn = net.dial(a, Addr::new(0, 2), ports::ECHO);
+    let info = net.info(a);
+    assert_eq!(info["connections"], 1);
+    let list = info["conn_list"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{info}");
+    assert_eq!(list[0]["id"], conn);
+    assert_eq!(list[0]["remote_port"], 7);
+    assert_eq!(list[0]["remote_addr"], "0:0000.0000.0002");
+    assert_eq!(list[0]["state"], "ESTABLISHED");
+    assert_eq!(info["peer_list"][0]["encrypted"], true);
+    assert_eq!(info["encrypted_peers"], 1);
+    // Health (current profile).
+    net.send(a, &IpcMessage::Health);
+    let h = net.one(a, |m| match m {
+        IpcMessage::HealthOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["peers"], 1);
+}
