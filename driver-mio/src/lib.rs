@@ -3,4 +3,7 @@
 //! The production driver: a mio event loop around `pilot_proto` state
 //! machines. It will host the `pilot-daemon`, `pilotctl` and
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
+pub mod daemon;
+pub mod ipc_client;
+pub mod pilotctl;
 pub mod rendezvous;

@@ -1,5 +1,8 @@
 //! The `pilot-rendezvous` server: the registry (TCP) and beacon (UDP) of
 //! `pilot_proto` on one mio event loop, with a redb-backed durable store.
 
+pub mod cli;
 pub mod server;
 pub mod store;
+
+pub use cli::{RendezvousArgs, RendezvousError, run_rendezvous};

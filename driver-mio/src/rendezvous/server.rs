@@ -30,7 +30,8 @@ use super::store::{Store, StoreError};
 const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
-const FIRST_CONN: usize = 3;
+const WAKER: Token = Token(3);
+const FIRST_CONN: usize = 4;
 
 /// Stop reading a connection while this many reply bytes wait for it.
 const WBUF_HIGH: usize = 1 << 20;
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Compact the change log into a snapshot after this many entries.
     pub compact_every: u64,
+    /// Stop on SIGTERM/SIGINT. Off when the server runs inside another
+    /// program (the daemon's embedded registry), which stops it with a
+    /// [`StopHandle`] instead.
+    pub handle_signals: bool,
 }
 
 impl ServerConfig {
@@ -73,6 +78,7 @@ impl ServerConfig {
             max_connections: 4096,
             idle_timeout: IDLE_TIMEOUT,
             compact_every: 50_000,
+            handle_signals: true,
         }
     }
 }
@@ -97,6 +103,22 @@ pub fn wall_now() -> Instant {
     Instant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Asks a running [`Server`] to commit what is pending and return from
+/// [`Server::run`], from any thread.
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    waker: std::sync::Arc<mio::Waker>,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StopHandle {
+    /// Requests the stop; returns at once.
+    pub fn stop(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
@@ -116,7 +138,8 @@ pub struct Server {
     poll: Poll,
     listener: TcpListener,
     udp: UdpSocket,
-    signals: Signals,
+    signals: Option<Signals>,
+    stop: StopHandle,
     registry: Registry,
     beacon: BeaconServer,
     store: Store,
@@ -159,19 +182,29 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.registry_addr)?;
         let mut udp = UdpSocket::bind(cfg.beacon_addr)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let signals = if cfg.handle_signals {
+            let mut signals = Signals::new([SIGTERM, SIGINT])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        let stop = StopHandle {
+            waker: std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?),
+            flag: std::sync::Arc::default(),
+        };
         Ok(Server {
             cfg,
             poll,
             listener,
             udp,
             signals,
+            stop,
             registry,
             beacon,
             store,
@@ -188,6 +221,11 @@ impl Server {
     /// The bound registry (TCP) address.
     pub fn registry_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// A handle that stops [`Server::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// The bound beacon (UDP) address.
@@ -213,8 +251,16 @@ impl Server {
                     LISTENER => self.accept()?,
                     UDP => self.recv_datagrams(now),
                     SIGNALS => {
-                        for sig in self.signals.pending() {
-                            tracing::info!(signal = sig, "shutting down");
+                        if let Some(signals) = self.signals.as_mut() {
+                            for sig in signals.pending() {
+                                tracing::info!(signal = sig, "shutting down");
+                                self.shutdown = true;
+                            }
+                        }
+                    }
+                    WAKER => {
+                        if self.stop.flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            tracing::info!("stop requested; shutting down");
                             self.shutdown = true;
                         }
                     }

@@ -1,0 +1,452 @@
+//! The daemon's flags ([`DaemonArgs`]), its config file, and their merge
+//! into one [`Settings`] value: flags win over the environment, which wins
+//! over the config file, which wins over the built-in defaults. Every
+//! default is a loopback address or a local path.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::DaemonRunError;
+use crate::rendezvous::cli::{LogFormat, read_config_file};
+
+/// Registry address used when none is configured (spec/daemon.md §3):
+/// a rendezvous already listening there, or one started in-process.
+pub const DEFAULT_REGISTRY: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9000,
+));
+/// Beacon address used when none is configured.
+pub const DEFAULT_BEACON: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9001,
+));
+/// Tunnel UDP listen address used when none is configured.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+/// IPC socket path used when neither `--socket` nor `PILOT_SOCKET` is set.
+pub const DEFAULT_SOCKET: &str = "/tmp/pilot.sock";
+/// Keepalive probe and registry heartbeat period (daemon.md §3.1: 30 s).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Stream idle timeout (daemon.md §3.1: 120 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Flags of `pilot-daemon` (also flattened into `pilotctl _daemon-run` and
+/// `pilotctl daemon start`). Every value is optional so that the config
+/// file can supply it; see [`DaemonArgs::resolve`] for the precedence.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DaemonArgs {
+    /// Config file, JSON (`.json`) or TOML (anything else), whose keys are
+    /// the long flag names in snake_case (`registry`, `socket`,
+    /// `no_echo`, `keepalive = "30s"`, ...); flags take precedence
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Registry address HOST:PORT. Without it the daemon uses the
+    /// rendezvous listening on 127.0.0.1:9000, or starts one in-process
+    /// there (beacon on 127.0.0.1:9001, store in the state directory)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub registry: Option<String>,
+    /// Beacon address HOST:PORT [default: 127.0.0.1:9001]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub beacon: Option<String>,
+    /// UDP tunnel listen address [default: 127.0.0.1:0]
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Tunnel endpoint advertised to the registry, when it differs from the
+    /// listen address (NAT, port forwarding) [default: the listen address;
+    /// an unspecified IP is replaced by the one routing to the registry]
+    #[arg(long, value_name = "IP:PORT")]
+    pub endpoint: Option<SocketAddr>,
+    /// IPC socket path [default: $PILOT_SOCKET, else /tmp/pilot.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// State directory: identity.json, trust.json, received/, inbox/
+    /// [default: $PILOT_HOME, else ~/.pilot]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Identity file (created on first start, mode 0600)
+    /// [default: DIR/identity.json]
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Hostname to set after registering
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Owner string sent at registration (key recovery)
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Make this node publicly visible after registering
+    #[arg(long)]
+    pub public: bool,
+    /// Disable tunnel encryption (plaintext PILT frames; testing only)
+    #[arg(long)]
+    pub no_encrypt: bool,
+    /// Disable the echo service (port 7)
+    #[arg(long)]
+    pub no_echo: bool,
+    /// Disable the data-exchange service (port 1001)
+    #[arg(long)]
+    pub no_dataexchange: bool,
+    /// Disable the event-stream service (port 1002)
+    #[arg(long)]
+    pub no_eventstream: bool,
+    /// Keepalive and registry heartbeat period: `30s`, `2m`, `500ms` or
+    /// plain seconds [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive: Option<Duration>,
+    /// Close streams idle this long [default: 120s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// tracing directive); RUST_LOG is used when neither flag nor config
+    /// sets it [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format on stderr [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Speak the legacy (February 2026, "v1.8") wire profile instead of
+    /// the current one
+    #[arg(long)]
+    pub legacy: bool,
+}
+
+/// The config file: the same keys as the flags, every one optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry: Option<String>,
+    beacon: Option<String>,
+    listen: Option<SocketAddr>,
+    endpoint: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    identity: Option<PathBuf>,
+    hostname: Option<String>,
+    owner: Option<String>,
+    public: Option<bool>,
+    no_encrypt: Option<bool>,
+    no_echo: Option<bool>,
+    no_dataexchange: Option<bool>,
+    no_eventstream: Option<bool>,
+    keepalive: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    legacy: Option<bool>,
+}
+
+/// A duration in a config file: a string (`"30s"`) or a number of seconds.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum DurationValue {
+    Secs(f64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn get(&self) -> Result<Duration, String> {
+        match self {
+            DurationValue::Secs(s) => secs_f64(*s),
+            DurationValue::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+fn secs_f64(s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("invalid duration {s}"))
+}
+
+/// Parses `30s`, `2m`, `1.5h`, `250ms` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (try 30s, 2m, 500ms)"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("invalid duration unit in {text:?} (ms, s, m, h)")),
+    };
+    secs_f64(n * scale)
+}
+
+/// Everything the daemon needs, resolved from flags, environment, config
+/// file and defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Explicit registry address; `None` = the embedded default.
+    pub registry: Option<SocketAddr>,
+    /// Beacon address; `None` = disabled (only when configured as "").
+    pub beacon: Option<SocketAddr>,
+    /// Tunnel UDP listen address.
+    pub listen: SocketAddr,
+    /// Advertised endpoint override.
+    pub endpoint: Option<SocketAddr>,
+    /// IPC socket path.
+    pub socket: PathBuf,
+    /// State directory.
+    pub dir: PathBuf,
+    /// Identity file.
+    pub identity: PathBuf,
+    /// Hostname to set after registering.
+    pub hostname: Option<String>,
+    /// Owner string.
+    pub owner: Option<String>,
+    /// Public visibility.
+    pub public: bool,
+    /// Tunnel encryption.
+    pub encrypt: bool,
+    /// Echo service (port 7).
+    pub echo: bool,
+    /// Data-exchange service (port 1001).
+    pub dataexchange: bool,
+    /// Event-stream service (port 1002).
+    pub eventstream: bool,
+    /// Keepalive / heartbeat period.
+    pub keepalive: Duration,
+    /// Stream idle timeout.
+    pub idle_timeout: Duration,
+    /// Log filter; `None` = RUST_LOG or `info`.
+    pub log_level: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Legacy wire profile.
+    pub legacy: bool,
+}
+
+fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, DaemonRunError> {
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| DaemonRunError::Config(format!("{what}: cannot resolve {text:?}")))
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+impl DaemonArgs {
+    /// Merges flags, environment (`PILOT_SOCKET`, `PILOT_HOME`), the config
+    /// file and the defaults.
+    pub fn resolve(&self) -> Result<Settings, DaemonRunError> {
+        let file: FileConfig = match &self.config {
+            Some(p) => read_config_file(p)
+                .map_err(|e| DaemonRunError::Config(format!("{}: {e}", p.display())))?,
+            None => FileConfig::default(),
+        };
+        let registry = match self.registry.as_ref().or(file.registry.as_ref()) {
+            Some(r) => Some(resolve_addr("registry", r)?),
+            None => None,
+        };
+        let beacon = match self.beacon.as_ref().or(file.beacon.as_ref()) {
+            Some(b) if b.is_empty() => None,
+            Some(b) => Some(resolve_addr("beacon", b)?),
+            None => Some(DEFAULT_BEACON),
+        };
+        let dir = self
+            .dir
+            .clone()
+            .or_else(|| env_path("PILOT_HOME"))
+            .or(file.dir)
+            .or_else(|| env_path("HOME").map(|h| h.join(".pilot")))
+            .ok_or_else(|| {
+                DaemonRunError::Config("no state directory: set --dir, PILOT_HOME or HOME".into())
+            })?;
+        let identity = self
+            .identity
+            .clone()
+            .or(file.identity)
+            .unwrap_or_else(|| dir.join("identity.json"));
+        let socket = self
+            .socket
+            .clone()
+            .or_else(|| env_path("PILOT_SOCKET"))
+            .or(file.socket)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let dur =
+            |flag: Option<Duration>, f: &Option<DurationValue>, d: Duration, name: &str| match flag
+            {
+                Some(v) => Ok(v),
+                None => match f {
+                    Some(v) => v
+                        .get()
+                        .map_err(|e| DaemonRunError::Config(format!("{name}: {e}"))),
+                    None => Ok(d),
+                },
+            };
+        let keepalive = dur(
+            self.keepalive,
+            &file.keepalive,
+            DEFAULT_KEEPALIVE,
+            "keepalive",
+        )?;
+        let idle_timeout = dur(
+            self.idle_timeout,
+            &file.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            "idle_timeout",
+        )?;
+        if keepalive.is_zero() || idle_timeout.is_zero() {
+            return Err(DaemonRunError::Config(
+                "keepalive and idle timeout must be positive".into(),
+            ));
+        }
+        let on = |flag: bool, f: Option<bool>| flag || f.unwrap_or(false);
+        Ok(Settings {
+            registry,
+            beacon,
+            listen: self.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
+            endpoint: self.endpoint.or(file.endpoint),
+            socket,
+            identity,
+            hostname: self.hostname.clone().or(file.hostname),
+            owner: self.owner.clone().or(file.owner),
+            public: on(self.public, file.public),
+            encrypt: !on(self.no_encrypt, file.no_encrypt),
+            echo: !on(self.no_echo, file.no_echo),
+            dataexchange: !on(self.no_dataexchange, file.no_dataexchange),
+            eventstream: !on(self.no_eventstream, file.no_eventstream),
+            keepalive,
+            idle_timeout,
+            log_level: self.log_level.clone().or(file.log_level),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            legacy: on(self.legacy, file.legacy),
+            dir,
+        })
+    }
+}
+
+/// The advertised tunnel endpoint: `--endpoint`, else the bound address,
+/// with an unspecified IP replaced by the local address that routes to
+/// `registry` (no packet is sent to find it).
+pub fn advertised_endpoint(
+    endpoint: Option<SocketAddr>,
+    bound: SocketAddr,
+    registry: SocketAddr,
+) -> SocketAddr {
+    if let Some(e) = endpoint {
+        return e;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let probe_bind: SocketAddr = if registry.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let ip = std::net::UdpSocket::bind(probe_bind)
+        .and_then(|s| s.connect(registry).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(registry.ip());
+    SocketAddr::new(ip, bound.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: DaemonArgs,
+    }
+
+    fn parse(args: &[&str]) -> DaemonArgs {
+        Cli::try_parse_from(std::iter::once("pilot-daemon").chain(args.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7d").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_local() {
+        let s = parse(&["--dir", "/tmp/x", "--socket", "/tmp/x.sock"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.registry, None);
+        assert_eq!(s.beacon, Some(DEFAULT_BEACON));
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.identity, PathBuf::from("/tmp/x/identity.json"));
+        assert!(s.encrypt && s.echo && s.dataexchange && s.eventstream);
+        assert_eq!(s.keepalive, DEFAULT_KEEPALIVE);
+        assert!(!s.legacy && !s.public);
+    }
+
+    #[test]
+    fn flags_beat_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("d.toml");
+        std::fs::write(
+            &toml,
+            "registry = \"127.0.0.1:7000\"\nhostname = \"file\"\nno_echo = true\nkeepalive = \"5s\"\nidle_timeout = 9\n",
+        )
+        .unwrap();
+        let s = parse(&[
+            "--config",
+            toml.to_str().unwrap(),
+            "--hostname",
+            "flag",
+            "--dir",
+            "/tmp/y",
+            "--socket",
+            "/tmp/y.sock",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.registry, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(s.hostname.as_deref(), Some("flag"));
+        assert!(!s.echo);
+        assert_eq!(s.keepalive, Duration::from_secs(5));
+        assert_eq!(s.idle_timeout, Duration::from_secs(9));
+
+        let json = dir.path().join("d.json");
+        std::fs::write(&json, r#"{"beacon":"", "legacy": true, "bogus": 1}"#).unwrap();
+        let err = parse(&["--config", json.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        std::fs::write(&json, r#"{"beacon":"", "legacy": true}"#).unwrap();
+        let s = parse(&["--config", json.to_str().unwrap(), "--dir", "/tmp/z"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.beacon, None);
+        assert!(s.legacy);
+    }
+
+    #[test]
+    fn endpoint_fills_unspecified_ip() {
+        let reg: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let bound: SocketAddr = "0.0.0.0:4242".parse().unwrap();
+        assert_eq!(
+            advertised_endpoint(None, bound, reg),
+            "127.0.0.1:4242".parse().unwrap()
+        );
+        let fixed: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        assert_eq!(advertised_endpoint(Some(fixed), bound, reg), fixed);
+    }
+}

@@ -1,0 +1,754 @@
+//! The daemon's mio event loop: one thread, one `Poll`, around an
+//! [`Engine`] (the sans-IO daemon). It owns the tunnel UDP socket, the
+//! registry TCP connection, the IPC listener and its clients, the signal
+//! pipe and one timer, and performs the engine's [`Action`]s (files,
+//! registry dialing, readiness line, exit).
+//!
+//! Per turn: wait for readiness (or the engine's timer), read what is
+//! ready within per-turn budgets (so one busy source cannot starve the
+//! others), run due timers, then drain every engine output until a full
+//! pass makes no progress. Writes that would block are retried on the
+//! next writable event; reading an IPC client stops while the engine says
+//! it is paused (back-pressure), and resumes without a new event.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::net::{TcpStream, UdpSocket, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use pilot_proto::time::Instant;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use super::engine::{Action, ClientId, Engine};
+use super::files::{SaveDir, write_atomic};
+use super::ipc_socket::IpcSocket;
+
+const UDP: Token = Token(0);
+const REGISTRY: Token = Token(1);
+const LISTENER: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const WAKER: Token = Token(4);
+const FIRST_CLIENT: usize = 16;
+
+/// Largest UDP datagram read or written.
+const DATAGRAM_MAX: usize = 65_536;
+/// Datagrams read per turn before other sources get a go.
+const UDP_BUDGET: usize = 512;
+/// IPC bytes read from one client per turn.
+const IPC_READ_BUDGET: usize = 1 << 20;
+/// IPC read chunk.
+const IPC_CHUNK: usize = 64 * 1024;
+/// Registry bytes queued for writing before the connection is dropped
+/// (registry requests are small; a backlog this large means it is stuck).
+const REGISTRY_WBUF_MAX: usize = 4 << 20;
+/// Output passes per turn before yielding to the poll (zero timeout).
+const MAX_PASSES: usize = 64;
+
+/// What the loop needs besides the engine.
+#[derive(Debug)]
+pub struct LoopParts {
+    /// The bound tunnel socket.
+    pub udp: UdpSocket,
+    /// The bound IPC socket.
+    pub ipc: IpcSocket,
+    /// Where [`Action::DialRegistry`] connects.
+    pub registry: SocketAddr,
+    /// `trust.json` path.
+    pub trust_path: PathBuf,
+    /// `received/`.
+    pub received: SaveDir,
+    /// `inbox/`.
+    pub inbox: SaveDir,
+    /// Catch SIGTERM/SIGINT (off in unit tests, which use [`LoopStop`]).
+    pub handle_signals: bool,
+    /// Print the readiness line on stdout at the first registration.
+    pub print_ready: bool,
+    /// Longest wait for [`Action::Stopped`] after a stop request.
+    pub shutdown_grace: Duration,
+}
+
+/// Why the loop failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// Poll or socket setup failed.
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The engine reported [`Action::Stopped`].
+    Stopped,
+    /// The shutdown grace period ran out.
+    GraceExpired,
+    /// A second signal forced the exit.
+    Forced,
+}
+
+/// Requests a graceful stop of a running loop from another thread (what
+/// SIGTERM does).
+#[derive(Clone, Debug)]
+pub struct LoopStop {
+    waker: Arc<Waker>,
+    flag: Arc<AtomicBool>,
+}
+
+impl LoopStop {
+    /// Requests the stop; returns at once.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+struct RegConn {
+    stream: TcpStream,
+    connected: bool,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+struct Client {
+    stream: UnixStream,
+    id: ClientId,
+    /// Readiness seen (or reading stopped early) and not yet drained.
+    want_read: bool,
+    /// A write returned WouldBlock; wait for a writable event.
+    write_blocked: bool,
+}
+
+/// The event loop.
+pub struct EventLoop<E: Engine> {
+    engine: E,
+    poll: Poll,
+    parts: LoopParts,
+    signals: Option<Signals>,
+    stop: LoopStop,
+    start: std::time::Instant,
+    reg: Option<RegConn>,
+    clients: HashMap<Token, Client>,
+    next_token: usize,
+    udp_more: bool,
+    udp_writable: bool,
+    tx_buf: Vec<u8>,
+    /// A datagram in `tx_buf` that could not be sent yet.
+    tx_pending: Option<(usize, SocketAddr)>,
+    rx_buf: Vec<u8>,
+    stopping_deadline: Option<Instant>,
+    exit: Option<Exit>,
+    ready_printed: bool,
+    ready_line: Option<String>,
+}
+
+impl<E: Engine> std::fmt::Debug for EventLoop<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("clients", &self.clients.len())
+            .field(
+                "registry_connected",
+                &self.reg.as_ref().map(|r| r.connected),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl<E: Engine> EventLoop<E> {
+    /// Registers every socket; `start` is the instant the engine's clock
+    /// counts from ([`Instant::ZERO`]).
+    pub fn new(
+        engine: E,
+        mut parts: LoopParts,
+        start: std::time::Instant,
+    ) -> Result<Self, LoopError> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut parts.udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
+        poll.registry()
+            .register(&mut parts.ipc.listener, LISTENER, Interest::READABLE)?;
+        let signals = if parts.handle_signals {
+            let mut s = Signals::new([SIGTERM, SIGINT])?;
+            poll.registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        let stop = LoopStop {
+            waker: Arc::new(Waker::new(poll.registry(), WAKER)?),
+            flag: Arc::default(),
+        };
+        Ok(EventLoop {
+            engine,
+            poll,
+            parts,
+            signals,
+            stop,
+            start,
+            reg: None,
+            clients: HashMap::new(),
+            next_token: FIRST_CLIENT,
+            udp_more: true,
+            udp_writable: true,
+            tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
+            tx_pending: None,
+            rx_buf: vec![0u8; DATAGRAM_MAX],
+            stopping_deadline: None,
+            exit: None,
+            ready_printed: false,
+            ready_line: None,
+        })
+    }
+
+    /// A handle that stops the loop gracefully from another thread.
+    pub fn stop_handle(&self) -> LoopStop {
+        self.stop.clone()
+    }
+
+    /// The engine (for tests and diagnostics).
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until the engine stops (after SIGTERM/SIGINT or [`LoopStop`]).
+    pub fn run(mut self) -> Result<Exit, LoopError> {
+        let mut events = Events::with_capacity(1024);
+        // Initial outputs (e.g. the first DialRegistry).
+        let now = self.now();
+        self.drain(now);
+        loop {
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            let now = self.now();
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => {
+                        if ev.is_readable() || ev.is_error() {
+                            self.udp_more = true;
+                        }
+                        if ev.is_writable() {
+                            self.udp_writable = true;
+                        }
+                    }
+                    REGISTRY => self.registry_event(now),
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.signal(now),
+                    WAKER => {
+                        if self.stop.flag.swap(false, Ordering::SeqCst) {
+                            self.begin_stop(now, "stop requested");
+                        }
+                    }
+                    token => {
+                        if let Some(c) = self.clients.get_mut(&token) {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                c.want_read = true;
+                            }
+                            if ev.is_writable() || ev.is_write_closed() {
+                                c.write_blocked = false;
+                            }
+                        }
+                    }
+                }
+            }
+            self.read_udp(now);
+            self.read_clients(now);
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.drain(now);
+            if let Some(deadline) = self.stopping_deadline {
+                if self.exit.is_none() && now >= deadline {
+                    tracing::warn!("shutdown did not finish in time; exiting");
+                    self.exit = Some(Exit::GraceExpired);
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let busy = self.udp_more
+            || self
+                .clients
+                .values()
+                .any(|c| c.want_read && !self.engine.ipc_read_paused(c.id));
+        if busy {
+            return Some(Duration::ZERO);
+        }
+        let now = self.now();
+        let due = [self.engine.poll_timeout(), self.stopping_deadline]
+            .into_iter()
+            .flatten()
+            .min()?;
+        let d = due.saturating_duration_since(now);
+        // Round up to whole milliseconds so a sub-millisecond wait does
+        // not spin.
+        Some(Duration::from_millis(
+            u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn signal(&mut self, now: Instant) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let got: Vec<i32> = signals.pending().collect();
+        for sig in got {
+            if self.stopping_deadline.is_some() {
+                tracing::warn!(signal = sig, "second signal; exiting now");
+                self.exit = Some(Exit::Forced);
+            } else {
+                self.begin_stop(now, "signal received");
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, now: Instant, why: &str) {
+        if self.stopping_deadline.is_some() {
+            return;
+        }
+        tracing::info!(reason = why, "shutting down");
+        self.stopping_deadline = Some(now.saturating_add(self.parts.shutdown_grace));
+        self.engine.shutdown(now);
+    }
+
+    // ---- UDP ----
+
+    fn read_udp(&mut self, now: Instant) {
+        if !self.udp_more {
+            return;
+        }
+        for _ in 0..UDP_BUDGET {
+            match self.parts.udp.recv_from(&mut self.rx_buf) {
+                Ok((n, from)) => {
+                    if let Some(bytes) = self.rx_buf.get_mut(..n) {
+                        self.engine.handle_udp(now, from, bytes);
+                    }
+                }
+                Err(e) if would_block(&e) => {
+                    self.udp_more = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors can surface here; they are consumed by
+                    // the failed call, so keep reading.
+                    tracing::debug!(error = %e, "udp receive error");
+                }
+            }
+        }
+        // Budget used up: more may be waiting (udp_more stays set).
+    }
+
+    /// Sends what the engine has; returns whether anything was sent.
+    fn send_udp(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        loop {
+            if self.tx_pending.is_none() {
+                match self.engine.poll_transmit(now, &mut self.tx_buf) {
+                    Some(d) => self.tx_pending = Some((d.len, d.dst)),
+                    None => return progress,
+                }
+            }
+            if !self.udp_writable {
+                return progress;
+            }
+            let Some((len, dst)) = self.tx_pending else {
+                return progress;
+            };
+            let Some(bytes) = self.tx_buf.get(..len) else {
+                self.tx_pending = None;
+                continue;
+            };
+            match self.parts.udp.send_to(bytes, dst) {
+                Ok(_) => {
+                    self.tx_pending = None;
+                    progress = true;
+                }
+                Err(e) if would_block(&e) => {
+                    self.udp_writable = false;
+                    return progress;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, %dst, "udp send failed; datagram dropped");
+                    self.tx_pending = None;
+                    progress = true;
+                }
+            }
+        }
+    }
+
+    // ---- registry ----
+
+    fn dial_registry(&mut self, now: Instant) {
+        self.drop_registry();
+        match TcpStream::connect(self.parts.registry) {
+            Ok(mut stream) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut stream,
+                    REGISTRY,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    tracing::warn!(error = %e, "registry socket registration failed");
+                    self.engine.registry_disconnected(now);
+                    return;
+                }
+                self.reg = Some(RegConn {
+                    stream,
+                    connected: false,
+                    wbuf: Vec::new(),
+                    wpos: 0,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(registry = %self.parts.registry, error = %e, "registry connect failed");
+                self.engine.registry_disconnected(now);
+            }
+        }
+    }
+
+    fn drop_registry(&mut self) {
+        if let Some(mut r) = self.reg.take() {
+            let _ = self.poll.registry().deregister(&mut r.stream);
+        }
+    }
+
+    fn registry_lost(&mut self, now: Instant, why: &str) {
+        tracing::info!(registry = %self.parts.registry, reason = why, "registry connection lost");
+        self.drop_registry();
+        self.engine.registry_disconnected(now);
+    }
+
+    fn registry_event(&mut self, now: Instant) {
+        let Some(r) = self.reg.as_mut() else {
+            return;
+        };
+        if !r.connected {
+            match r.stream.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    let why = e.to_string();
+                    self.registry_lost(now, &why);
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match r.stream.peer_addr() {
+                Ok(_) => {
+                    r.connected = true;
+                    let _ = r.stream.set_nodelay(true);
+                    tracing::debug!(registry = %self.parts.registry, "registry connected");
+                    self.engine.registry_connected(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    let why = e.to_string();
+                    self.registry_lost(now, &why);
+                    return;
+                }
+            }
+        }
+        self.read_registry(now);
+        self.flush_registry(now);
+    }
+
+    fn read_registry(&mut self, now: Instant) {
+        loop {
+            let Some(r) = self.reg.as_mut() else {
+                return;
+            };
+            match r.stream.read(&mut self.rx_buf) {
+                Ok(0) => return self.registry_lost(now, "closed by the registry"),
+                Ok(n) => {
+                    if let Some(b) = self.rx_buf.get(..n) {
+                        self.engine.handle_registry_bytes(now, b);
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.registry_lost(now, &e.to_string()),
+            }
+        }
+    }
+
+    /// Queues the engine's registry bytes and writes what the socket takes.
+    fn flush_registry(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        while let Some(bytes) = self.engine.poll_registry_bytes() {
+            progress = true;
+            match self.reg.as_mut() {
+                Some(r) => r.wbuf.extend_from_slice(&bytes),
+                None => tracing::debug!("registry bytes without a connection; dropped"),
+            }
+        }
+        let Some(r) = self.reg.as_mut() else {
+            return progress;
+        };
+        if !r.connected {
+            return progress;
+        }
+        while r.wpos < r.wbuf.len() {
+            let Some(rest) = r.wbuf.get(r.wpos..) else {
+                break;
+            };
+            match r.stream.write(rest) {
+                Ok(0) => {
+                    self.registry_lost(now, "write returned 0");
+                    return true;
+                }
+                Ok(n) => r.wpos += n,
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.registry_lost(now, &e.to_string());
+                    return true;
+                }
+            }
+        }
+        if r.wpos == r.wbuf.len() {
+            r.wbuf.clear();
+            r.wpos = 0;
+        } else if r.wbuf.len() - r.wpos > REGISTRY_WBUF_MAX {
+            self.registry_lost(now, "registry not reading");
+            return true;
+        }
+        progress
+    }
+
+    // ---- IPC ----
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.parts.ipc.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let Some(id) = self.engine.ipc_open(now) else {
+                        tracing::warn!("IPC client limit reached; connection closed");
+                        continue;
+                    };
+                    let token = Token(self.next_token);
+                    self.next_token += 1;
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!(error = %e, "IPC client registration failed");
+                        self.engine.ipc_closed(now, id);
+                        continue;
+                    }
+                    tracing::debug!(client = id, "IPC client connected");
+                    self.clients.insert(
+                        token,
+                        Client {
+                            stream,
+                            id,
+                            want_read: true,
+                            write_blocked: false,
+                        },
+                    );
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: try again on the next event.
+                    tracing::warn!(error = %e, "IPC accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_client(&mut self, now: Instant, token: Token) {
+        if let Some(mut c) = self.clients.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            tracing::debug!(client = c.id, "IPC client closed");
+            self.engine.ipc_closed(now, c.id);
+        }
+    }
+
+    fn read_clients(&mut self, now: Instant) {
+        let tokens: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.want_read)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut chunk = vec![0u8; IPC_CHUNK];
+        for token in tokens {
+            let mut budget = IPC_READ_BUDGET;
+            while let Some(c) = self.clients.get_mut(&token) {
+                if self.engine.ipc_read_paused(c.id) || self.engine.ipc_should_close(c.id) {
+                    break;
+                }
+                if budget == 0 {
+                    break;
+                }
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        self.close_client(now, token);
+                        break;
+                    }
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        let id = c.id;
+                        if let Some(b) = chunk.get(..n) {
+                            self.engine.handle_ipc_bytes(now, id, b);
+                        }
+                    }
+                    Err(e) if would_block(&e) => {
+                        c.want_read = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.close_client(now, token);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every client's pending output; closes the ones the engine
+    /// is done with. Returns whether anything happened.
+    fn flush_clients(&mut self, now: Instant) -> bool {
+        let mut progress = false;
+        let tokens: Vec<Token> = self.clients.keys().copied().collect();
+        for token in tokens {
+            let mut failed = false;
+            if let Some(c) = self.clients.get_mut(&token) {
+                while !c.write_blocked {
+                    let Some(out) = self.engine.ipc_output(c.id) else {
+                        break;
+                    };
+                    if out.is_empty() {
+                        break;
+                    }
+                    match c.stream.write(out) {
+                        Ok(0) => {
+                            failed = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            self.engine.ipc_consumed(c.id, n);
+                            progress = true;
+                        }
+                        Err(e) if would_block(&e) => c.write_blocked = true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            } else {
+                continue;
+            }
+            let done = self.clients.get_mut(&token).is_some_and(|c| {
+                self.engine.ipc_should_close(c.id)
+                    && self.engine.ipc_output(c.id).is_none_or(|o| o.is_empty())
+            });
+            if failed || done {
+                self.close_client(now, token);
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    // ---- outputs and actions ----
+
+    fn drain(&mut self, now: Instant) {
+        for _ in 0..MAX_PASSES {
+            let mut progress = self.actions(now);
+            progress |= self.send_udp(now);
+            progress |= self.flush_registry(now);
+            progress |= self.flush_clients(now);
+            if let Some(line) = self.ready_line.take() {
+                println!("{line}");
+                let _ = io::stdout().flush();
+            }
+            if !progress || self.exit.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn actions(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Some(action) = self.engine.poll_action() {
+            any = true;
+            match action {
+                Action::DialRegistry => self.dial_registry(now),
+                Action::CloseRegistry => self.drop_registry(),
+                Action::SaveTrust(text) => {
+                    if let Err(e) = write_atomic(&self.parts.trust_path, text.as_bytes()) {
+                        tracing::error!(path = %self.parts.trust_path.display(), error = %e,
+                            "saving trust.json failed");
+                    }
+                }
+                Action::SaveReceivedFile { name, data } => {
+                    match self.parts.received.save(&name, &data) {
+                        Ok(p) => {
+                            tracing::info!(path = %p.display(), bytes = data.len(), "file received")
+                        }
+                        Err(e) => tracing::warn!(name, error = %e, "received file not saved"),
+                    }
+                }
+                Action::SaveInbox { name, json } => {
+                    match self.parts.inbox.save(&name, json.as_bytes()) {
+                        Ok(p) => tracing::info!(path = %p.display(), "message received"),
+                        Err(e) => tracing::warn!(name, error = %e, "inbox message not saved"),
+                    }
+                }
+                Action::Registered { node_id, address } => {
+                    let udp = self
+                        .parts
+                        .udp
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    tracing::info!(node_id, %address, %udp, "registered");
+                    if self.parts.print_ready && !self.ready_printed {
+                        self.ready_printed = true;
+                        // Printed after this pass has written the requests
+                        // that follow registration (visibility, hostname).
+                        self.ready_line = Some(format!(
+                            "ready node_id={node_id} address={address} socket={} udp={udp} registry={}",
+                            self.parts.ipc.path().display(),
+                            self.parts.registry
+                        ));
+                    }
+                }
+                Action::Stopped => {
+                    tracing::info!("stopped");
+                    self.exit = Some(Exit::Stopped);
+                }
+            }
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! `pilot-daemon`: the mio driver around the sans-IO daemon
+//! (`pilot_proto::daemon`). This module owns everything the protocol core
+//! cannot do itself: flags and config file ([`args`]), the state directory
+//! ([`files`]), the IPC socket file ([`ipc_socket`]), the default
+//! in-process registry ([`embedded`]) and the event loop ([`event_loop`]),
+//! which drives the core through the [`engine::Engine`] trait.
+//!
+//! Entry point: [`run`] (used by the `pilot-daemon` binary and by
+//! `pilotctl _daemon-run`).
+
+pub mod args;
+pub mod embedded;
+pub mod engine;
+pub mod event_loop;
+pub mod files;
+pub mod ipc_socket;
+pub mod real;
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pilot_proto::crypto::identity::Identity;
+use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::services::handshake::TrustFile;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+pub use args::{DaemonArgs, Settings};
+pub use embedded::EmbeddedRendezvous;
+pub use event_loop::{EventLoop, Exit, LoopParts, LoopStop};
+
+use crate::rendezvous::cli::init_logging;
+
+/// Longest wait for a graceful stop (FINs, deregistration) after
+/// SIGTERM/SIGINT before the daemon exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonRunError {
+    /// Flags or config file are invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// The identity file cannot be used.
+    #[error("identity file {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `trust.json` cannot be used.
+    #[error("trust file {path}: {reason}")]
+    Trust {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The IPC socket cannot be set up.
+    #[error("IPC socket {path}: {reason}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The state directory cannot be used.
+    #[error("state directory {path}: {reason}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tunnel UDP socket cannot be bound.
+    #[error("tunnel socket {addr}: {source}")]
+    Udp {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// No registry is available and none could be started.
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
+    /// The event loop failed.
+    #[error(transparent)]
+    Loop(#[from] event_loop::LoopError),
+    /// Randomness from the operating system is unavailable.
+    #[error("no OS randomness: {0}")]
+    Random(io::Error),
+}
+
+/// 32 bytes from the operating system's random source.
+pub fn os_seed() -> Result<[u8; 32], DaemonRunError> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(DaemonRunError::Random)?;
+    Ok(seed)
+}
+
+/// Everything prepared before the event loop starts, handed to the code
+/// that builds the engine.
+#[derive(Debug)]
+pub struct Startup {
+    /// The resolved settings.
+    pub settings: Settings,
+    /// The node's long-term identity (loaded or created).
+    pub identity: Identity,
+    /// `trust.json` as loaded (`None`: first start).
+    pub trust: Option<TrustFile>,
+    /// The registry address in use.
+    pub registry: SocketAddr,
+    /// The tunnel endpoint advertised to the registry.
+    pub endpoint: SocketAddr,
+    /// Wall clock (Unix milliseconds) at the engine's `Instant::ZERO`.
+    pub unix_ms_at_epoch: u64,
+    /// RNG for the engine, seeded from the OS.
+    pub rng: ChaCha20Rng,
+}
+
+/// Runs the daemon described by `args` until SIGTERM/SIGINT (then a
+/// graceful stop: FINs, deregistration, socket removed). Prints
+/// `ready node_id=N address=A socket=S udp=U registry=R` on stdout once
+/// registered with the IPC socket listening.
+pub fn run(args: DaemonArgs) -> Result<(), DaemonRunError> {
+    run_with(args, |s| Ok(real::build(s))).map(|_| ())
+}
+
+/// Runs a daemon with the engine built by `make`, until it is stopped.
+/// Sets up logging, the state directory, identity, trust, the default
+/// registry, the tunnel socket and the IPC socket, then runs the loop.
+pub fn run_with<E, F>(args: DaemonArgs, make: F) -> Result<Exit, DaemonRunError>
+where
+    E: engine::Engine,
+    F: FnOnce(Startup) -> Result<E, DaemonRunError>,
+{
+    let settings = args.resolve()?;
+    init_logging(
+        settings.log_format,
+        settings.log_level.as_deref().unwrap_or("info"),
+    );
+    if settings.log_level.is_some() && std::env::var_os("RUST_LOG").is_some() {
+        tracing::debug!("RUST_LOG overrides --log-level");
+    }
+    let dir = settings.dir.clone();
+    let dir_err = |e: io::Error| DaemonRunError::StateDir {
+        path: dir.clone(),
+        reason: e.to_string(),
+    };
+    files::create_private_dir(&dir).map_err(dir_err)?;
+    let mut rng = ChaCha20Rng::from_seed(os_seed()?);
+    let (identity, created) =
+        files::load_or_create_identity(&settings.identity, &RustCrypto, &mut rng)?;
+    tracing::info!(path = %settings.identity.display(), created, "identity ready");
+    let trust_path = dir.join("trust.json");
+    let trust = files::load_trust(&trust_path)?;
+    let received =
+        files::SaveDir::open(dir.join("received"), files::RECEIVED_QUOTA).map_err(dir_err)?;
+    let inbox = files::SaveDir::open(dir.join("inbox"), files::INBOX_QUOTA).map_err(dir_err)?;
+
+    // The embedded rendezvous (if any) lives until this function returns,
+    // i.e. after the daemon has deregistered.
+    let (registry, _embedded) = match settings.registry {
+        Some(r) => (r, None),
+        None => embedded::default_registry(&dir)?,
+    };
+    let udp = std::net::UdpSocket::bind(settings.listen).map_err(|source| DaemonRunError::Udp {
+        addr: settings.listen,
+        source,
+    })?;
+    udp.set_nonblocking(true)
+        .map_err(|source| DaemonRunError::Udp {
+            addr: settings.listen,
+            source,
+        })?;
+    let bound = udp.local_addr().map_err(|source| DaemonRunError::Udp {
+        addr: settings.listen,
+        source,
+    })?;
+    let endpoint = args::advertised_endpoint(settings.endpoint, bound, registry);
+    let ipc = ipc_socket::IpcSocket::bind(&settings.socket)?;
+    tracing::info!(udp = %bound, %endpoint, %registry, socket = %settings.socket.display(),
+        "sockets bound");
+
+    let start = std::time::Instant::now();
+    let unix_ms_at_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let startup = Startup {
+        settings,
+        identity,
+        trust,
+        registry,
+        endpoint,
+        unix_ms_at_epoch,
+        rng: ChaCha20Rng::from_seed(os_seed()?),
+    };
+    let engine = make(startup)?;
+    let parts = LoopParts {
+        udp: mio::net::UdpSocket::from_std(udp),
+        ipc,
+        registry,
+        trust_path,
+        received,
+        inbox,
+        handle_signals: true,
+        print_ready: true,
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    let exit = EventLoop::new(engine, parts, start)?.run()?;
+    tracing::info!(?exit, "daemon exited");
+    Ok(exit)
+}

@@ -1,0 +1,127 @@
+//! The real engine: [`Engine`] for `pilot_proto::daemon::Daemon`, and the
+//! construction of its configuration from the resolved [`Startup`].
+
+use std::net::SocketAddr;
+
+use pilot_proto::crypto::identity::TunnelKey;
+use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::daemon::{self as pd, ClientId as CoreClient, Daemon, DaemonConfig, Services};
+use pilot_proto::time::Instant;
+use pilot_proto::wire::WireProfile;
+use rand_chacha::ChaCha20Rng;
+
+use super::Startup;
+use super::engine::{Action, ClientId, Datagram, Engine};
+
+/// The daemon the driver runs.
+pub type RealDaemon = Daemon<RustCrypto, ChaCha20Rng>;
+
+/// Builds the sans-IO daemon from what the driver prepared.
+pub fn build(mut s: Startup) -> RealDaemon {
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut s.rng);
+    let set = &s.settings;
+    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, RustCrypto, s.rng);
+    cfg.profile = if set.legacy {
+        WireProfile::Legacy
+    } else {
+        WireProfile::Current
+    };
+    cfg.encrypt = set.encrypt;
+    cfg.registry = true;
+    cfg.listen_addr = s.endpoint.to_string();
+    cfg.hostname = set.hostname.clone().unwrap_or_default();
+    cfg.public = set.public;
+    cfg.owner = set.owner.clone().unwrap_or_default();
+    cfg.services = Services {
+        echo: set.echo,
+        dataexchange: set.dataexchange,
+        eventstream: set.eventstream,
+    };
+    cfg.trust = s.trust;
+    cfg.identity_persisted = true;
+    cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
+    cfg.heartbeat = set.keepalive;
+    if set.idle_timeout != super::args::DEFAULT_IDLE_TIMEOUT {
+        // The sans-IO daemon has no stream idle-timeout setting yet.
+        tracing::warn!(
+            idle_timeout = ?set.idle_timeout,
+            "--idle-timeout is accepted but not applied yet; streams use the transport's default"
+        );
+    }
+    Daemon::new(Instant::ZERO, cfg)
+}
+
+fn action(a: pd::Action) -> Action {
+    match a {
+        pd::Action::DialRegistry => Action::DialRegistry,
+        pd::Action::CloseRegistry => Action::CloseRegistry,
+        pd::Action::SaveTrust(t) => Action::SaveTrust(t),
+        pd::Action::SaveReceivedFile { name, data } => Action::SaveReceivedFile { name, data },
+        pd::Action::SaveInbox { name, json } => Action::SaveInbox { name, json },
+        pd::Action::Registered { node_id, address } => Action::Registered { node_id, address },
+        pd::Action::Stopped => Action::Stopped,
+    }
+}
+
+impl Engine for RealDaemon {
+    fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        Daemon::handle_udp(self, now, from, bytes);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Datagram> {
+        Daemon::poll_transmit(self, now, buf).map(|t| Datagram {
+            dst: t.dst,
+            len: t.len,
+        })
+    }
+    fn registry_connected(&mut self, now: Instant) {
+        Daemon::registry_connected(self, now);
+    }
+    fn registry_disconnected(&mut self, now: Instant) {
+        Daemon::registry_disconnected(self, now);
+    }
+    fn handle_registry_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        Daemon::handle_registry_bytes(self, now, bytes);
+    }
+    fn poll_registry_bytes(&mut self) -> Option<Vec<u8>> {
+        Daemon::poll_registry_bytes(self)
+    }
+    fn ipc_open(&mut self, now: Instant) -> Option<ClientId> {
+        match Daemon::ipc_open(self, now) {
+            Ok(id) => Some(id.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "IPC client refused");
+                None
+            }
+        }
+    }
+    fn handle_ipc_bytes(&mut self, now: Instant, client: ClientId, bytes: &[u8]) {
+        Daemon::handle_ipc_bytes(self, now, CoreClient(client), bytes);
+    }
+    fn ipc_closed(&mut self, now: Instant, client: ClientId) {
+        Daemon::ipc_closed(self, now, CoreClient(client));
+    }
+    fn ipc_read_paused(&self, client: ClientId) -> bool {
+        Daemon::ipc_read_paused(self, CoreClient(client))
+    }
+    fn ipc_output(&mut self, client: ClientId) -> Option<&[u8]> {
+        Daemon::ipc_output(self, CoreClient(client))
+    }
+    fn ipc_consumed(&mut self, client: ClientId, n: usize) {
+        Daemon::ipc_consumed(self, CoreClient(client), n);
+    }
+    fn ipc_should_close(&self, client: ClientId) -> bool {
+        Daemon::ipc_should_close(self, CoreClient(client))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Daemon::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Daemon::handle_timeout(self, now);
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        Daemon::poll_action(self).map(action)
+    }
+    fn shutdown(&mut self, now: Instant) {
+        Daemon::shutdown(self, now);
+    }
+}

@@ -1,0 +1,906 @@
+//! `pilotctl`: the command-line client of the daemon.
+//!
+//! The observable behaviour follows the reference CLI
+//! (`reference/daemon.md` §4): `--json` may appear anywhere on the line and
+//! switches to the envelope `{"data":…,"status":"ok"}` on stdout or
+//! `{"code","message"[,"hint"],"status":"error"}` on stderr; exit code 0 on
+//! success, 1 on any error, 2 for a missing or unknown command without
+//! `--json`. Address arguments accept a full virtual address, a decimal node
+//! id or a hostname. `--socket` (or `PILOT_SOCKET`) chooses the daemon.
+//!
+//! The daemon and the rendezvous server run inside this same executable
+//! (hidden sub-commands `_daemon-run` and `_rendezvous-run`), so
+//! `daemon start` and `demo` need no other binary.
+
+pub mod daemonctl;
+pub mod demo;
+pub mod ops;
+pub mod runners;
+pub mod util;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::ipc_client::{IpcClient, IpcClientError, socket_path};
+use util::{CliError, CliResult, parse_duration, parse_node_id, resolve_target};
+
+/// Pilot Protocol control tool: talks to the local daemon over its IPC
+/// socket. Add --json anywhere for machine-readable output.
+#[derive(Parser, Debug)]
+#[command(name = "pilotctl", version, disable_help_subcommand = true)]
+struct Cli {
+    /// IPC socket of the daemon [env: PILOT_SOCKET; default: /tmp/pilot.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start, stop or inspect the background daemon
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCmd,
+    },
+    /// Show the daemon's status (address, peers, connections, …)
+    Info,
+    /// Claim a hostname other nodes can resolve
+    SetHostname {
+        /// The hostname
+        hostname: String,
+    },
+    /// Remove the hostname
+    ClearHostname,
+    /// Resolve a hostname (needs mutual trust for private nodes)
+    Find {
+        /// The hostname
+        hostname: String,
+    },
+    /// Make this node resolvable by everyone
+    SetPublic,
+    /// Make this node resolvable only by trusted peers (default)
+    SetPrivate,
+    /// Set up to 3 tags
+    SetTags {
+        /// Tags
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove all tags
+    ClearTags,
+    /// Remove this node from the registry (the daemon keeps running)
+    Deregister,
+    /// Round trips through the peer's echo service (port 7)
+    Ping {
+        /// Address, node id or hostname
+        target: String,
+        /// Number of pings
+        #[arg(long, default_value_t = 4)]
+        count: u32,
+        /// Overall deadline
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Pause between pings
+        #[arg(long, default_value = "1s", value_parser = parse_duration, hide = true)]
+        interval: Duration,
+    },
+    /// Time the stream setup and three round trips to port 7
+    Traceroute {
+        /// Full virtual address
+        address: String,
+        /// Deadline
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Throughput through the peer's echo service
+    Bench {
+        /// Address, node id or hostname
+        target: String,
+        /// Megabytes (MiB) to send
+        #[arg(default_value_t = 1.0)]
+        size_mb: f64,
+        /// Deadline
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Open a stream, send a message (or stdin), print one reply
+    Connect {
+        /// Address, node id or hostname
+        target: String,
+        /// Port
+        #[arg(default_value_t = 1000)]
+        port: u16,
+        /// Message to send (default: stdin)
+        #[arg(long)]
+        message: Option<String>,
+        /// How long to wait for the reply
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Send data on a stream port and print one reply
+    Send {
+        /// Address, node id or hostname
+        target: String,
+        /// Port
+        port: u16,
+        /// Data to send
+        #[arg(long)]
+        data: String,
+        /// How long to wait for the reply
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Bind a port and receive one read from each of COUNT streams
+    Recv {
+        /// Port
+        port: u16,
+        /// Streams to accept
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Deadline
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Send a message to the peer's inbox (data exchange, port 1001)
+    SendMessage {
+        /// Address, node id or hostname
+        target: String,
+        /// Message
+        #[arg(long)]
+        data: String,
+        /// text, json or binary
+        #[arg(long = "type", default_value = "text")]
+        kind: String,
+        /// How long to wait for the acknowledgement
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Send a file to the peer's received/ directory (data exchange, port 1001)
+    SendFile {
+        /// Address, node id or hostname
+        target: String,
+        /// File to send
+        path: PathBuf,
+        /// How long to wait for the acknowledgement
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Publish one event on the peer's event stream (port 1002)
+    Publish {
+        /// Address, node id or hostname
+        target: String,
+        /// Topic
+        topic: String,
+        /// Payload
+        #[arg(long)]
+        data: String,
+    },
+    /// Subscribe to a topic (`*` = all) on the peer's event stream
+    Subscribe {
+        /// Address, node id or hostname
+        target: String,
+        /// Topic
+        topic: String,
+        /// Events to collect (0 = stream them forever as NDJSON)
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+        /// Deadline (0 = none)
+        #[arg(long, default_value = "0", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print datagrams arriving on a port
+    Listen {
+        /// Port
+        port: u16,
+        /// Datagrams to collect (0 = stream them forever as NDJSON)
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+        /// Deadline (0 = none)
+        #[arg(long, default_value = "0", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List the daemon's streams
+    Connections,
+    /// List tunnel peers
+    Peers {
+        /// Substring of node id or endpoint
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Close a stream by id
+    Disconnect {
+        /// Connection id
+        conn_id: u32,
+    },
+    /// Ask a node to trust this one
+    Handshake {
+        /// Node id, address or hostname
+        target: String,
+        /// Justification shown to the peer
+        justification: Vec<String>,
+    },
+    /// List trust requests waiting for approval
+    Pending,
+    /// Approve a pending trust request
+    Approve {
+        /// Node id
+        node_id: String,
+    },
+    /// Reject a pending trust request
+    Reject {
+        /// Node id
+        node_id: String,
+        /// Reason shown to the peer
+        reason: Vec<String>,
+    },
+    /// List trusted peers
+    Trust,
+    /// Revoke trust in a node
+    Untrust {
+        /// Node id
+        node_id: String,
+    },
+    /// Run a complete local network (rendezvous + two daemons) and exercise it
+    Demo(demo::DemoArgs),
+    #[command(name = "_daemon-run", hide = true)]
+    DaemonRun {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    #[command(name = "_rendezvous-run", hide = true)]
+    RendezvousRun {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DaemonCmd {
+    /// Start the daemon in the background
+    Start(Box<StartArgs>),
+    /// Stop the daemon started with `daemon start`
+    Stop {
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Is the daemon running and answering?
+    Status {
+        /// Print nothing; exit 0 if the daemon answers, else 1
+        #[arg(long)]
+        check: bool,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StartArgs {
+    /// State directory [env: PILOT_HOME; default: ~/.pilot]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run in this process until SIGINT/SIGTERM (no PID file)
+    #[arg(long)]
+    foreground: bool,
+    /// Registry HOST:PORT [default: 127.0.0.1:9000]
+    #[arg(long)]
+    registry: Option<String>,
+    /// Beacon HOST:PORT [default: 127.0.0.1:9001]
+    #[arg(long)]
+    beacon: Option<String>,
+    /// Tunnel UDP IP:PORT [default: 127.0.0.1:0]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Identity file
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Owner (e-mail) string
+    #[arg(long, alias = "email")]
+    owner: Option<String>,
+    /// Hostname to claim at start
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Log level
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format (text or json)
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Daemon config file
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Make the node public
+    #[arg(long)]
+    public: bool,
+    /// Disable tunnel encryption
+    #[arg(long)]
+    no_encrypt: bool,
+}
+
+impl StartArgs {
+    fn forward(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        let mut opt = |k: &str, val: Option<OsString>| {
+            if let Some(val) = val {
+                v.push(format!("--{k}").into());
+                v.push(val);
+            }
+        };
+        opt("registry", self.registry.clone().map(Into::into));
+        opt("beacon", self.beacon.clone().map(Into::into));
+        opt("listen", self.listen.clone().map(Into::into));
+        opt("identity", self.identity.clone().map(Into::into));
+        opt("owner", self.owner.clone().map(Into::into));
+        opt("hostname", self.hostname.clone().map(Into::into));
+        opt("log-level", self.log_level.clone().map(Into::into));
+        opt("log-format", self.log_format.clone().map(Into::into));
+        opt("config", self.config.clone().map(Into::into));
+        if self.public {
+            v.push("--public".into());
+        }
+        if self.no_encrypt {
+            v.push("--no-encrypt".into());
+        }
+        v
+    }
+}
+
+/// How the result of a command is shown.
+enum Output {
+    /// A result object; `text` is the friendly human form, if any.
+    Data { data: Value, text: Option<String> },
+    /// Already printed (streaming commands, `daemon status --check`).
+    Done(ExitCode),
+}
+
+fn data(v: Value) -> CliResult<Output> {
+    Ok(Output::Data {
+        data: v,
+        text: None,
+    })
+}
+
+/// Runs `pilotctl` with `args` (program name first) and returns the exit
+/// code.
+pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
+    // Hidden runners take their arguments verbatim.
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        match first {
+            "_daemon-run" => return runners::daemon_run(&args[2..]),
+            "_rendezvous-run" => return runners::rendezvous_run(&args[2..]),
+            _ => {}
+        }
+    }
+    let json_mode = args.iter().skip(1).any(|a| a == "--json");
+    let args: Vec<OsString> = args
+        .into_iter()
+        .enumerate()
+        .filter(|(i, a)| *i == 0 || a != "--json")
+        .map(|(_, a)| a)
+        .collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e, json_mode),
+    };
+    let Some(command) = cli.command else {
+        if json_mode {
+            print_error(
+                &CliError::invalid("no command given (see pilotctl --help)"),
+                true,
+            );
+            return ExitCode::from(1);
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let _ = cmd.write_help(&mut std::io::stderr());
+        return ExitCode::from(2);
+    };
+    let socket = socket_path(cli.socket.as_deref());
+    match run_command(command, &socket, json_mode) {
+        Ok(Output::Done(code)) => code,
+        Ok(Output::Data { data, text }) => {
+            if json_mode {
+                println!("{}", json!({"data": data, "status": "ok"}));
+            } else if let Some(t) = text {
+                println!("{t}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_error(&e, json_mode);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(e: clap::Error, json_mode: bool) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    match e.kind() {
+        K::DisplayHelp | K::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    if json_mode {
+        let rendered = e.render().to_string();
+        let msg = rendered
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_owned();
+        print_error(&CliError::invalid(msg), true);
+        return ExitCode::from(1);
+    }
+    let _ = e.print();
+    match e.kind() {
+        K::InvalidSubcommand
+        | K::MissingSubcommand
+        | K::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn print_error(e: &CliError, json_mode: bool) {
+    if json_mode {
+        let mut v = json!({"code": e.code, "message": e.message, "status": "error"});
+        if let Some(h) = &e.hint {
+            v["hint"] = json!(h);
+        }
+        eprintln!("{v}");
+    } else {
+        eprintln!("error: {}", e.message);
+        if let Some(h) = &e.hint {
+            eprintln!("hint:  {h}");
+        }
+    }
+}
+
+/// Prints one NDJSON line (streaming commands) and flushes.
+fn ndjson(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn connect(socket: &std::path::Path) -> CliResult<IpcClient> {
+    IpcClient::connect(socket).map_err(|e| CliError::ipc(e, "internal"))
+}
+
+fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult<Output> {
+    let quiet = json_mode;
+    match cmd {
+        Cmd::DaemonRun { .. } | Cmd::RendezvousRun { .. } => {
+            Err(CliError::invalid("internal command"))
+        }
+        Cmd::Demo(args) => Ok(Output::Done(demo::run(&args, json_mode))),
+        Cmd::Daemon { command } => daemon_cmd(command, socket),
+        Cmd::Info => {
+            let c = connect(socket)?;
+            let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;
+            data(info)
+        }
+        Cmd::SetHostname { hostname } => {
+            let c = connect(socket)?;
+            let r = c
+                .set_hostname(&hostname)
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let node_id = match r.get("node_id") {
+                Some(n) => n.clone(),
+                None => c
+                    .info()
+                    .ok()
+                    .and_then(|i| i.get("node_id").cloned())
+                    .unwrap_or(Value::Null),
+            };
+            data(json!({"hostname": hostname, "node_id": node_id}))
+        }
+        Cmd::ClearHostname => {
+            let c = connect(socket)?;
+            c.set_hostname("")
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            data(json!({"hostname": ""}))
+        }
+        Cmd::Find { hostname } => {
+            let c = connect(socket)?;
+            let not_found = || {
+                CliError::new(
+                    "not_found",
+                    format!("cannot find {hostname:?} — hostname not found or no mutual trust"),
+                )
+                .hint(format!(
+                    "establish trust first: pilotctl handshake {hostname} \"reason\""
+                ))
+            };
+            let r = match c.resolve_hostname(&hostname) {
+                Ok(r) => r,
+                Err(IpcClientError::Daemon(_)) => return Err(not_found()),
+                Err(e) => return Err(CliError::ipc(e, "not_found")),
+            };
+            if r.get("address").is_none() {
+                return Err(not_found());
+            }
+            let mut out = json!({});
+            for k in ["address", "hostname", "node_id", "public"] {
+                if let Some(v) = r.get(k) {
+                    out[k] = v.clone();
+                }
+            }
+            data(out)
+        }
+        Cmd::SetPublic | Cmd::SetPrivate => {
+            let public = matches!(cmd, Cmd::SetPublic);
+            let c = connect(socket)?;
+            data(
+                c.set_visibility(public)
+                    .map_err(|e| CliError::ipc(e, "internal"))?,
+            )
+        }
+        Cmd::SetTags { tags } => {
+            if tags.len() > pilot_proto::wire::ipc::MAX_TAGS {
+                return Err(CliError::invalid("at most 3 tags are allowed"));
+            }
+            let c = connect(socket)?;
+            let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let r = c
+                .set_tags(&refs)
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let node_id = r.get("node_id").cloned().unwrap_or(Value::Null);
+            data(json!({"node_id": node_id, "tags": tags}))
+        }
+        Cmd::ClearTags => {
+            let c = connect(socket)?;
+            c.set_tags(&[]).map_err(|e| CliError::ipc(e, "internal"))?;
+            data(json!({"tags": []}))
+        }
+        Cmd::Deregister => {
+            let c = connect(socket)?;
+            data(c.deregister().map_err(|e| CliError::ipc(e, "internal"))?)
+        }
+        Cmd::Ping {
+            target,
+            count,
+            timeout,
+            interval,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            let v = ops::ping(&c, t.addr, &target, count, timeout, interval, |r| {
+                if !json_mode {
+                    match (r.get("error"), r.get("rtt_ms")) {
+                        (Some(e), _) => {
+                            println!("seq={} error: {}", r["seq"], e.as_str().unwrap_or(""))
+                        }
+                        (None, Some(rtt)) => println!(
+                            "{} bytes from {}: seq={} time={:.3} ms",
+                            r["bytes"],
+                            t.addr,
+                            r["seq"],
+                            rtt.as_f64().unwrap_or(0.0)
+                        ),
+                        _ => {}
+                    }
+                }
+            });
+            let results = v["results"].as_array().cloned().unwrap_or_default();
+            let ok: Vec<f64> = results
+                .iter()
+                .filter(|r| r.get("error").is_none())
+                .filter_map(|r| r["rtt_ms"].as_f64())
+                .collect();
+            let text = format!(
+                "--- {target} ping statistics ---\n{} sent, {} received{}",
+                results.len(),
+                ok.len(),
+                if ok.is_empty() {
+                    String::new()
+                } else {
+                    format!(", avg {:.3} ms", ok.iter().sum::<f64>() / ok.len() as f64)
+                }
+            );
+            if ok.is_empty() && !results.is_empty() {
+                let first = results[0]["error"]
+                    .as_str()
+                    .unwrap_or("no reply")
+                    .to_owned();
+                return Err(CliError::new("connection_failed", first));
+            }
+            Ok(Output::Data {
+                data: v,
+                text: Some(text),
+            })
+        }
+        Cmd::Traceroute { address, timeout } => {
+            let addr: pilot_proto::addr::Addr = address.parse().map_err(|_| {
+                CliError::invalid(format!(
+                    "invalid address {address:?} (use N:NNNN.HHHH.LLLL)"
+                ))
+            })?;
+            let c = connect(socket)?;
+            data(ops::traceroute(&c, addr, timeout))
+        }
+        Cmd::Bench {
+            target,
+            size_mb,
+            timeout,
+        } => {
+            if !(size_mb > 0.0 && size_mb.is_finite()) {
+                return Err(CliError::invalid("size_mb must be positive"));
+            }
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            let size = (size_mb * 1048576.0) as u64;
+            let r = ops::bench(&c, t.addr, &target, size, timeout, !json_mode)?;
+            let d = &r.data;
+            let text = format!(
+                "{} MiB to {target} and back: send {:.1} MiB/s, round trip {:.1} MiB/s ({:.0} ms){}",
+                size_mb,
+                d["send_mbps"].as_f64().unwrap_or(0.0),
+                r.total_mbps,
+                d["total_duration_ms"].as_f64().unwrap_or(0.0),
+                if r.verified { "" } else { " — ECHO MISMATCH" }
+            );
+            Ok(Output::Data {
+                data: r.data,
+                text: Some(text),
+            })
+        }
+        Cmd::Connect {
+            target,
+            port,
+            message,
+            timeout,
+        } => {
+            let msg = match message {
+                Some(m) => m,
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        return Err(CliError::invalid(
+                            "no --message given and stdin is a terminal",
+                        ));
+                    }
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| CliError::invalid(format!("read stdin: {e}")))?;
+                    s.lines().collect::<Vec<_>>().join("\n")
+                }
+            };
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
+            data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
+        }
+        Cmd::Send {
+            target,
+            port,
+            data: msg,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
+            data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
+        }
+        Cmd::Recv {
+            port,
+            count,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            data(ops::recv(&c, port, count, timeout, |_| {})?)
+        }
+        Cmd::SendMessage {
+            target,
+            data: msg,
+            kind,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            data(ops::send_message(
+                &c, t.addr, &target, &kind, &msg, timeout,
+            )?)
+        }
+        Cmd::SendFile {
+            target,
+            path,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            data(ops::send_file(&c, t.addr, &path, !json_mode, timeout)?)
+        }
+        Cmd::Publish {
+            target,
+            topic,
+            data: payload,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            data(ops::publish(&c, t.addr, &target, &topic, &payload)?)
+        }
+        Cmd::Subscribe {
+            target,
+            topic,
+            count,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            let t = resolve_target(&c, &target, quiet)?;
+            let streaming = count == 0;
+            let v = ops::subscribe(&c, t.addr, &topic, count, timeout, |ev| {
+                if streaming {
+                    ndjson(ev);
+                }
+            })?;
+            if streaming {
+                return Ok(Output::Done(ExitCode::SUCCESS));
+            }
+            data(v)
+        }
+        Cmd::Listen {
+            port,
+            count,
+            timeout,
+        } => {
+            let c = connect(socket)?;
+            let streaming = count == 0;
+            let v = ops::listen(&c, port, count, timeout, |m| {
+                if streaming {
+                    ndjson(m);
+                }
+            })?;
+            if streaming {
+                return Ok(Output::Done(ExitCode::SUCCESS));
+            }
+            data(v)
+        }
+        Cmd::Connections => {
+            let c = connect(socket)?;
+            let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;
+            let list = info
+                .get("conn_list")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            data(json!({"connections": list, "total": list.len()}))
+        }
+        Cmd::Peers { search } => {
+            let c = connect(socket)?;
+            let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;
+            let needle = search.map(|s| s.to_lowercase());
+            let list: Vec<Value> = info
+                .get("peer_list")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| match &needle {
+                    None => true,
+                    Some(n) => {
+                        p["node_id"].to_string().contains(n.as_str())
+                            || p["endpoint"]
+                                .as_str()
+                                .is_some_and(|e| e.to_lowercase().contains(n.as_str()))
+                    }
+                })
+                .collect();
+            data(json!({"peers": list, "total": list.len()}))
+        }
+        Cmd::Disconnect { conn_id } => {
+            let c = connect(socket)?;
+            c.close(conn_id).map_err(|e| CliError::ipc(e, "internal"))?;
+            data(json!({"conn_id": conn_id}))
+        }
+        Cmd::Handshake {
+            target,
+            justification,
+        } => {
+            let c = connect(socket)?;
+            let node = match parse_node_id(&target) {
+                Ok(n) => n,
+                Err(_) => resolve_target(&c, &target, quiet)?.addr.node,
+            };
+            data(
+                c.handshake_request(node, &justification.join(" "))
+                    .map_err(|e| CliError::ipc(e, "connection_failed"))?,
+            )
+        }
+        Cmd::Pending => {
+            let c = connect(socket)?;
+            data(
+                c.handshake_pending()
+                    .map_err(|e| CliError::ipc(e, "internal"))?,
+            )
+        }
+        Cmd::Trust => {
+            let c = connect(socket)?;
+            data(
+                c.handshake_trusted()
+                    .map_err(|e| CliError::ipc(e, "internal"))?,
+            )
+        }
+        Cmd::Approve { node_id } => {
+            let node = parse_node_id(&node_id)?;
+            let c = connect(socket)?;
+            data(
+                c.handshake_approve(node)
+                    .map_err(|e| CliError::ipc(e, "internal"))?,
+            )
+        }
+        Cmd::Reject { node_id, reason } => {
+            let node = parse_node_id(&node_id)?;
+            let c = connect(socket)?;
+            data(
+                c.handshake_reject(node, &reason.join(" "))
+                    .map_err(|e| CliError::ipc(e, "internal"))?,
+            )
+        }
+        Cmd::Untrust { node_id } => {
+            let node = parse_node_id(&node_id)?;
+            let c = connect(socket)?;
+            c.handshake_revoke(node).map_err(|e| match e {
+                IpcClientError::Daemon(m) => CliError::new("not_found", m),
+                other => CliError::ipc(other, "internal"),
+            })?;
+            data(json!({"node_id": node}))
+        }
+    }
+}
+
+fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
+    match cmd {
+        DaemonCmd::Start(a) => {
+            let dir = daemonctl::state_dir(a.dir.as_deref());
+            if a.foreground {
+                let mut args: Vec<OsString> = vec![
+                    "--socket".into(),
+                    socket.as_os_str().to_owned(),
+                    "--dir".into(),
+                    dir.into_os_string(),
+                ];
+                args.extend(a.forward());
+                return Ok(Output::Done(runners::daemon_run(&args)));
+            }
+            let opts = daemonctl::StartOptions {
+                socket: socket.to_path_buf(),
+                dir,
+                forward: a.forward(),
+            };
+            data(daemonctl::start(&opts)?)
+        }
+        DaemonCmd::Stop { dir } => {
+            let dir = daemonctl::state_dir(dir.as_deref());
+            data(daemonctl::stop(&dir, socket)?)
+        }
+        DaemonCmd::Status { check, dir } => {
+            let dir = daemonctl::state_dir(dir.as_deref());
+            if check {
+                let ok = daemonctl::probe(socket, Duration::from_secs(3)).is_some();
+                return Ok(Output::Done(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }));
+            }
+            data(daemonctl::status(&dir, socket))
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Small helpers of `pilotctl`: the error type with its envelope code,
+//! duration parsing, address arguments (`spec/daemon.md` §4.7 of the
+//! reference) and the hand-written progress bar.
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use pilot_proto::addr::Addr;
+use serde_json::Value;
+
+use crate::ipc_client::{IpcClient, IpcClientError};
+
+/// A command failure: the envelope's `code`, `message` and optional `hint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// Machine-readable code (`not_found`, `timeout`, …).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Next step for the user, if any.
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    /// An error with a code and a message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        CliError {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// `invalid_argument`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid_argument", message)
+    }
+
+    /// Maps an IPC failure, using `code` for errors reported by the daemon.
+    pub fn ipc(e: IpcClientError, daemon_code: &'static str) -> Self {
+        match e {
+            IpcClientError::Connect { path, .. } => CliError::new(
+                "not_running",
+                format!("daemon is not running (no daemon at {})", path.display()),
+            )
+            .hint("start it with: pilotctl daemon start"),
+            IpcClientError::Timeout(what) => {
+                CliError::new("timeout", format!("timed out waiting for {what}"))
+            }
+            IpcClientError::Disconnected => {
+                CliError::new("connection_failed", "daemon closed the connection")
+            }
+            IpcClientError::Daemon(m) => CliError::new(daemon_code, m),
+            other => CliError::new("internal", other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Result alias of the command implementations.
+pub type CliResult<T> = Result<T, CliError>;
+
+/// Parses a duration: Go syntax (`30s`, `2m`, `1.5h`, `250ms`, `1m30s`) or
+/// a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = f64::from_str(t) {
+        return secs_to_duration(secs).ok_or_else(|| format!("invalid duration {text:?}"));
+    }
+    let mut total = 0f64;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(format!("invalid duration {text:?}"));
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("invalid duration {text:?}: missing unit"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    secs_to_duration(total).ok_or_else(|| format!("invalid duration {text:?}"))
+}
+
+fn secs_to_duration(secs: f64) -> Option<Duration> {
+    if (0.0..1e12).contains(&secs) {
+        Some(Duration::from_secs_f64(secs))
+    } else {
+        None
+    }
+}
+
+/// Milliseconds with microsecond resolution, as the reference reports
+/// `rtt_ms` (microseconds / 1000).
+pub fn ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// How an address argument was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The resolved address.
+    pub addr: Addr,
+    /// Hostname, if the argument was one.
+    pub hostname: Option<String>,
+}
+
+/// Resolves an `<address|node_id|hostname>` argument: a full virtual
+/// address, a decimal node id (network 0), or a hostname resolved through
+/// the daemon. `quiet` suppresses the `resolved "h" → addr` note on stderr.
+pub fn resolve_target(client: &IpcClient, arg: &str, quiet: bool) -> CliResult<Target> {
+    if let Ok(addr) = Addr::from_str(arg) {
+        return Ok(Target {
+            addr,
+            hostname: None,
+        });
+    }
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(node) = arg.parse::<u32>() {
+            return Ok(Target {
+                addr: Addr::new(0, node),
+                hostname: None,
+            });
+        }
+    }
+    let not_found = || {
+        CliError::new(
+            "not_found",
+            format!(
+                "cannot resolve {arg:?} — is the hostname correct and is there mutual trust? (see: pilotctl handshake)"
+            ),
+        )
+    };
+    let v = match client.resolve_hostname(arg) {
+        Ok(v) => v,
+        Err(e @ IpcClientError::Connect { .. }) => return Err(CliError::ipc(e, "not_found")),
+        Err(_) => return Err(not_found()),
+    };
+    let addr = v
+        .get("address")
+        .and_then(Value::as_str)
+        .and_then(|s| Addr::from_str(s).ok())
+        .or_else(|| {
+            v.get("node_id")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Addr::new(0, n))
+        })
+        .ok_or_else(not_found)?;
+    if !quiet {
+        eprintln!("resolved {arg:?} → {addr}");
+    }
+    Ok(Target {
+        addr,
+        hostname: Some(arg.to_owned()),
+    })
+}
+
+/// Parses a node id argument: decimal id or full address.
+pub fn parse_node_id(arg: &str) -> CliResult<u32> {
+    if let Ok(n) = arg.parse::<u32>() {
+        return Ok(n);
+    }
+    Addr::from_str(arg)
+        .map(|a| a.node)
+        .map_err(|_| CliError::invalid(format!("invalid node id {arg:?}")))
+}
+
+/// A textual progress bar on stderr, drawn only when stderr is a terminal.
+pub struct Progress {
+    label: String,
+    total: u64,
+    done: u64,
+    start: Instant,
+    last_draw: Option<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    /// A bar for `total` bytes; silent unless `show` and stderr is a TTY.
+    pub fn new(label: &str, total: u64, show: bool) -> Self {
+        Progress {
+            label: label.to_owned(),
+            total,
+            done: 0,
+            start: Instant::now(),
+            last_draw: None,
+            enabled: show && std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Records `n` more bytes done and redraws at most ten times a second.
+    pub fn add(&mut self, n: u64) {
+        self.done = self.done.saturating_add(n);
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_draw
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
+            && self.done < self.total
+        {
+            return;
+        }
+        self.last_draw = Some(now);
+        self.draw(now);
+    }
+
+    fn draw(&self, now: Instant) {
+        const WIDTH: u64 = 30;
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            (self.done as f64 / self.total as f64).min(1.0)
+        };
+        let filled = (frac * WIDTH as f64) as u64;
+        let bar: String = (0..WIDTH)
+            .map(|i| if i < filled { '#' } else { '-' })
+            .collect();
+        let secs = now.duration_since(self.start).as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.done as f64 / (1024.0 * 1024.0) / secs
+        } else {
+            0.0
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{} [{bar}] {:5.1}%  {:.1}/{:.1} MiB  {rate:.1} MiB/s",
+            self.label,
+            frac * 100.0,
+            self.done as f64 / 1048576.0,
+            self.total as f64 / 1048576.0
+        );
+        let _ = err.flush();
+    }
+
+    /// Ends the bar (newline) if it was drawn.
+    pub fn finish(&mut self) {
+        if self.enabled && self.last_draw.is_some() {
+            self.draw(Instant::now());
+            eprintln!();
+        }
+        self.enabled = false;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_go_syntax_and_plain_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn node_ids_from_numbers_and_addresses() {
+        assert_eq!(parse_node_id("11"), Ok(11));
+        assert_eq!(parse_node_id("0:0000.0000.000B"), Ok(11));
+        assert_eq!(
+            parse_node_id("x").map_err(|e| e.code),
+            Err("invalid_argument")
+        );
+    }
+}

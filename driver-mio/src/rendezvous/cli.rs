@@ -1,0 +1,182 @@
+//! Command-line flags and config file of the rendezvous server, and
+//! [`run_rendezvous`], the entry point shared by the `pilot-rendezvous`
+//! binary, `pilotctl _rendezvous-run` and the daemon's embedded registry.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Deserialize;
+
+use super::server::{Server, ServerConfig, ServerError};
+
+/// Log output format on stderr.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines
+    #[default]
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+/// The flags of `pilot-rendezvous` (also flattened into `pilotctl
+/// _rendezvous-run`). Every value is optional; defaults come from the
+/// config file, then from [`ServerConfig::new`] (loopback only).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RendezvousArgs {
+    /// TCP address of the registry [default: 127.0.0.1:9000]
+    #[arg(long, global = true)]
+    pub registry_addr: Option<SocketAddr>,
+    /// UDP address of the beacon [default: 127.0.0.1:9001]
+    #[arg(long, global = true)]
+    pub beacon_addr: Option<SocketAddr>,
+    /// Store file (redb database; created if missing) [default: rendezvous.redb]
+    #[arg(long, global = true)]
+    pub store: Option<PathBuf>,
+    /// Admin token enabling the admin-only requests (none: disabled)
+    #[arg(long, global = true)]
+    pub admin_token: Option<String>,
+    /// Accept only the timestamped (strong) signature form, refusing the
+    /// legacy fixed-challenge signatures (spec/registry.md §5)
+    #[arg(long, global = true)]
+    pub strict_signatures: bool,
+    /// Disable the per-IP rate limits (load tests, trusted networks only)
+    #[arg(long, global = true)]
+    pub no_rate_limits: bool,
+    /// Log format on stderr (level with RUST_LOG, default info)
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Most concurrent registry connections [default: 4096]
+    #[arg(long, global = true)]
+    pub max_connections: Option<usize>,
+    /// Close registry connections idle this many seconds [default: 300]
+    #[arg(long, global = true)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Fold the change log into a snapshot after this many entries [default: 50000]
+    #[arg(long, global = true)]
+    pub compact_every: Option<u64>,
+    /// Config file, JSON (`.json`) or TOML (anything else), with the same
+    /// keys as the long flags in snake_case; flags take precedence
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file; every key optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry_addr: Option<SocketAddr>,
+    beacon_addr: Option<SocketAddr>,
+    store: Option<PathBuf>,
+    admin_token: Option<String>,
+    strict_signatures: Option<bool>,
+    log_format: Option<LogFormat>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    no_rate_limits: Option<bool>,
+    compact_every: Option<u64>,
+}
+
+/// Why the rendezvous server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousError {
+    /// The config file could not be read or parsed.
+    #[error("config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Binding, the store or the event loop failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Reads a config file: JSON when the name ends in `.json`, TOML otherwise.
+pub(crate) fn read_config_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+}
+
+/// Installs the global `tracing` subscriber on stderr (once per process;
+/// later calls are no-ops). `level` is used when `RUST_LOG` is unset.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl RendezvousArgs {
+    /// Merges the flags with the config file (flags win). Returns the
+    /// server configuration and the log format.
+    pub fn resolve(&self) -> Result<(ServerConfig, LogFormat), RendezvousError> {
+        let file: FileConfig = match &self.config {
+            Some(p) => read_config_file(p).map_err(|reason| RendezvousError::Config {
+                path: p.clone(),
+                reason,
+            })?,
+            None => FileConfig::default(),
+        };
+        let store = self
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| PathBuf::from("rendezvous.redb"));
+        let mut cfg = ServerConfig::new(store);
+        if let Some(a) = self.registry_addr.or(file.registry_addr) {
+            cfg.registry_addr = a;
+        }
+        if let Some(a) = self.beacon_addr.or(file.beacon_addr) {
+            cfg.beacon_addr = a;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            cfg.max_connections = n;
+        }
+        if let Some(s) = self.idle_timeout_secs.or(file.idle_timeout_secs) {
+            cfg.idle_timeout = Duration::from_secs(s);
+        }
+        cfg.registry.admin_token = self.admin_token.clone().or(file.admin_token);
+        cfg.registry.strict_signatures =
+            self.strict_signatures || file.strict_signatures.unwrap_or(false);
+        if let Some(n) = self.compact_every.or(file.compact_every) {
+            cfg.compact_every = n.max(1);
+        }
+        if self.no_rate_limits || file.no_rate_limits.unwrap_or(false) {
+            cfg.registry.rate_limits = false;
+        }
+        let format = self.log_format.or(file.log_format).unwrap_or_default();
+        Ok((cfg, format))
+    }
+}
+
+/// Runs the rendezvous server until SIGTERM or SIGINT: sets up logging,
+/// binds both sockets, prints `listening registry=ADDR beacon=ADDR` on
+/// stdout, then serves.
+pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
+    let (cfg, format) = args.resolve()?;
+    init_logging(format, "info");
+    let server = Server::bind(cfg)?;
+    let reg = server.registry_addr().map_err(ServerError::Io)?;
+    let bea = server.beacon_addr().map_err(ServerError::Io)?;
+    tracing::info!(registry = %reg, beacon = %bea, "listening");
+    println!("listening registry={reg} beacon={bea}");
+    let _ = std::io::stdout().flush();
+    server.run()?;
+    Ok(())
+}

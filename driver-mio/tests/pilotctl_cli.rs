@@ -1,0 +1,133 @@
+//! `pilotctl` as a process, without a daemon: the `--json` envelope, exit
+//! codes and error codes of the command line itself.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn pilotctl(args: &[&str], socket: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pilotctl"))
+        .args(args)
+        .env("PILOT_SOCKET", socket)
+        .env_remove("PILOT_HOME")
+        .output()
+        .expect("run pilotctl")
+}
+
+fn one_json_line(bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.lines();
+    let line = lines.next().expect("one line");
+    assert!(lines.next().is_none(), "exactly one line, got {text:?}");
+    serde_json::from_str(line).expect("JSON")
+}
+
+#[test]
+fn no_command_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = pilotctl(&[], &dir.path().join("s.sock"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_command_exit_codes_with_and_without_json() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("s.sock");
+    let out = pilotctl(&["frobnicate"], &sock);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+
+    // --json may appear anywhere, also after the command.
+    let out = pilotctl(&["frobnicate", "--json"], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let v = one_json_line(&out.stderr);
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["code"], "invalid_argument");
+    assert!(
+        v["message"]
+            .as_str()
+            .expect("message")
+            .contains("frobnicate")
+    );
+}
+
+#[test]
+fn daemon_not_running_is_reported_with_a_hint() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("nobody.sock");
+    for cmd in [
+        &["--json", "info"][..],
+        &["trust", "--json"],
+        &["ping", "7", "--json"],
+    ] {
+        let out = pilotctl(cmd, &sock);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}");
+        assert!(out.stdout.is_empty());
+        let v = one_json_line(&out.stderr);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["code"], "not_running");
+        assert!(v["hint"].as_str().expect("hint").contains("daemon start"));
+        assert!(
+            v["message"]
+                .as_str()
+                .expect("message")
+                .contains("nobody.sock")
+        );
+    }
+    // Human form: `error: …` then `hint:  …` on stderr.
+    let out = pilotctl(&["info"], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mut lines = err.lines();
+    assert!(
+        lines
+            .next()
+            .expect("error line")
+            .starts_with("error: daemon is not running")
+    );
+    assert!(lines.next().expect("hint line").starts_with("hint:  "));
+}
+
+#[test]
+fn daemon_status_reports_not_running_as_data() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("s.sock");
+    let state = dir.path().join("state");
+    let state_s = state.to_str().expect("utf8");
+    let out = pilotctl(&["--json", "daemon", "status", "--dir", state_s], &sock);
+    assert_eq!(out.status.code(), Some(0));
+    let v = one_json_line(&out.stdout);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["data"]["running"], false);
+    assert_eq!(v["data"]["responsive"], false);
+    assert_eq!(v["data"]["socket"], sock.to_str().expect("utf8"));
+
+    let out = pilotctl(&["daemon", "status", "--check"], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+
+    let out = pilotctl(&["--json", "daemon", "stop", "--dir", state_s], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(one_json_line(&out.stderr)["code"], "not_running");
+}
+
+#[test]
+fn bad_arguments_are_invalid_argument() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("s.sock");
+    let out = pilotctl(&["--json", "ping"], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    let v = one_json_line(&out.stderr);
+    assert_eq!(v["code"], "invalid_argument");
+    assert!(v["message"].as_str().expect("message").contains("<TARGET>"));
+
+    let out = pilotctl(&["--json", "traceroute", "not-an-address"], &sock);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(one_json_line(&out.stderr)["code"], "invalid_argument");
+
+    let out = pilotctl(&["--json", "approve", "bob"], &sock);
+    assert_eq!(one_json_line(&out.stderr)["code"], "invalid_argument");
+}

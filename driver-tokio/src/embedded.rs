@@ -1,0 +1,855 @@
+//! The embedded node: one driver task owning the UDP socket, the timer and
+//! (behind a short-held lock) the `proto` node, plus the per-connection and
+//! per-port state the handles park their wakers in.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pilot_proto::addr::Addr;
+use pilot_proto::crypto::identity::{Identity, TunnelKey};
+use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::node::{
+    self as pnode, ConnId, Event, Limits, MIN_TRANSMIT_BUFFER, NodeError, NodeStats, ResetCause,
+};
+use pilot_proto::stream::conn::StreamError;
+use pilot_proto::time::Instant as PInstant;
+use pilot_proto::wire::WireProfile;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+
+use crate::error::Error;
+use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
+
+/// The `proto` node type this driver runs.
+pub(crate) type ProtoNode = pnode::Node<RustCrypto, ChaCha20Rng>;
+
+/// Datagrams queued per bound port before new ones are dropped.
+pub const DATAGRAM_QUEUE: usize = 256;
+/// Datagrams read from the socket per lock acquisition.
+const RECV_BATCH: usize = 64;
+/// Largest UDP datagram we read.
+const RECV_BUFFER: usize = 65_536;
+
+/// Configuration of an embedded [`Node`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Our virtual address.
+    pub addr: Addr,
+    /// Local UDP endpoint of the tunnel socket (default `127.0.0.1:0`).
+    pub bind: SocketAddr,
+    /// Ed25519 identity; a fresh one is generated when `None`.
+    pub identity: Option<Identity>,
+    /// Tunnel encryption (PILS); on by default.
+    pub encrypt: bool,
+    /// Wire profile.
+    pub profile: WireProfile,
+    /// Table and queue bounds of the node.
+    pub limits: Limits,
+    /// Seed of the node's RNG; drawn from the OS when `None`.
+    pub seed: Option<[u8; 32]>,
+}
+
+impl NodeConfig {
+    /// A node with address `addr`, loopback UDP and defaults otherwise.
+    pub fn new(addr: Addr) -> Self {
+        NodeConfig {
+            addr,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity: None,
+            encrypt: true,
+            profile: WireProfile::Current,
+            limits: Limits::default(),
+            seed: None,
+        }
+    }
+}
+
+/// 32 bytes from the operating system's entropy source.
+pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
+/// How a connection ended, as last reported by the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Closed,
+    Reset(ResetCause),
+}
+
+#[derive(Default)]
+struct ConnSlot {
+    read: Option<Waker>,
+    write: Option<Waker>,
+    connected: bool,
+    end: Option<End>,
+}
+
+#[derive(Default)]
+struct PortSlot {
+    listening: bool,
+    datagrams: bool,
+    accept: Option<Waker>,
+    recv: Option<Waker>,
+    queue: VecDeque<Datagram>,
+}
+
+/// Counters of the driver (beyond the node's own [`NodeStats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Datagrams dropped because the port's queue was full.
+    pub datagrams_dropped: u64,
+    /// UDP sends that failed (other than would-block).
+    pub send_errors: u64,
+}
+
+pub(crate) struct State {
+    pub(crate) node: ProtoNode,
+    conns: HashMap<ConnId, ConnSlot>,
+    ports: HashMap<u16, PortSlot>,
+    stopped: bool,
+    stats: DriverStats,
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl State {
+    fn dispatch(&mut self, ev: Event, wake: &mut Vec<Waker>) {
+        match ev {
+            Event::Readable(id) => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    wake.extend(s.read.take());
+                }
+            }
+            Event::Writable(id) => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    wake.extend(s.write.take());
+                }
+            }
+            Event::Connected(id) => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    s.connected = true;
+                    wake.extend(s.read.take());
+                    wake.extend(s.write.take());
+                }
+            }
+            Event::Closed(id) | Event::Reset(id, _) => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    if s.end.is_none() {
+                        s.end = Some(match ev {
+                            Event::Reset(_, c) => End::Reset(c),
+                            _ => End::Closed,
+                        });
+                    }
+                    wake.extend(s.read.take());
+                    wake.extend(s.write.take());
+                }
+            }
+            Event::Incoming { port } => {
+                if let Some(p) = self.ports.get_mut(&port) {
+                    wake.extend(p.accept.take());
+                }
+            }
+            Event::Datagram {
+                src,
+                src_port,
+                dst_port,
+                data,
+            } => match self.ports.get_mut(&dst_port) {
+                Some(p) if p.datagrams && p.queue.len() < DATAGRAM_QUEUE => {
+                    p.queue.push_back(Datagram {
+                        src,
+                        src_port,
+                        dst_port,
+                        data,
+                    });
+                    wake.extend(p.recv.take());
+                }
+                _ => self.stats.datagrams_dropped += 1,
+            },
+            Event::Pong { .. }
+            | Event::PingTimeout { .. }
+            | Event::SessionUp { .. }
+            | Event::SessionDown { .. }
+            | Event::KeyExchangeGaveUp { .. } => {}
+        }
+    }
+
+    fn stop(&mut self, wake: &mut Vec<Waker>) {
+        self.stopped = true;
+        for s in self.conns.values_mut() {
+            wake.extend(s.read.take());
+            wake.extend(s.write.take());
+        }
+        for p in self.ports.values_mut() {
+            wake.extend(p.accept.take());
+            wake.extend(p.recv.take());
+        }
+    }
+}
+
+/// State shared by the driver task and every handle.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver after a handle changed the node.
+    notify: Notify,
+    /// Handles alive; the driver stops when it reaches zero.
+    handles: AtomicUsize,
+    epoch: tokio::time::Instant,
+    local: SocketAddr,
+    identity: [u8; 32],
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's clock: time since the driver's epoch.
+    pub(crate) fn now(&self) -> PInstant {
+        let d = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        PInstant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn to_tokio(&self, t: PInstant) -> tokio::time::Instant {
+        self.epoch + Duration::from_nanos(t.as_nanos())
+    }
+
+    pub(crate) fn kick(&self) {
+        self.notify.notify_one();
+    }
+}
+
+/// A counted reference to the shared state; the driver task ends when the
+/// last handle is dropped.
+pub(crate) struct Handle(pub(crate) Arc<Shared>);
+
+impl Handle {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.handles.fetch_add(1, Ordering::AcqRel);
+        Handle(shared)
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        Handle::new(self.0.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.kick();
+        }
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// A Pilot node running inside the tokio runtime.
+///
+/// Cloning is cheap; the driver task runs until the node, and every
+/// stream, listener and socket obtained from it, are dropped.
+#[derive(Clone)]
+pub struct Node {
+    h: Handle,
+    addr: Addr,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .field("udp", &self.h.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Binds the UDP socket and spawns the driver task on the current
+    /// runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, Error> {
+        let socket = UdpSocket::bind(cfg.bind).await?;
+        let local = socket.local_addr()?;
+        let seed = match cfg.seed {
+            Some(s) => s,
+            None => os_seed()?,
+        };
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let identity = cfg
+            .identity
+            .clone()
+            .unwrap_or_else(|| Identity::generate(&RustCrypto, &mut rng));
+        let epoch = tokio::time::Instant::now();
+        let addr = cfg.addr;
+        let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+        let node_rng = ChaCha20Rng::from_seed({
+            let mut s = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rng, &mut s);
+            s
+        });
+        let identity_public = *identity.public();
+        let node = ProtoNode::new(
+            PInstant::ZERO,
+            pnode::NodeConfig {
+                addr,
+                identity: Some(identity),
+                tunnel_key,
+                profile: cfg.profile,
+                provider: RustCrypto,
+                rng: node_rng,
+                encrypt: cfg.encrypt,
+                admin_token: Vec::new(),
+                limits: cfg.limits,
+            },
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                node,
+                conns: HashMap::new(),
+                ports: HashMap::new(),
+                stopped: false,
+                stats: DriverStats::default(),
+            }),
+            notify: Notify::new(),
+            handles: AtomicUsize::new(0),
+            epoch,
+            local,
+            identity: identity_public,
+        });
+        let h = Handle::new(shared.clone());
+        tokio::spawn(drive(shared, socket));
+        Ok(Node { h, addr })
+    }
+
+    /// Our virtual address.
+    pub fn addr(&self) -> Addr {
+        self.addr
+    }
+
+    /// The local UDP endpoint of the tunnel socket.
+    pub fn local_udp_addr(&self) -> SocketAddr {
+        self.h.local
+    }
+
+    /// Our Ed25519 identity public key (what peers pass to
+    /// [`Node::add_peer`]).
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.h.identity
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        self.h.lock().node.stats()
+    }
+
+    /// The driver's counters.
+    pub fn driver_stats(&self) -> DriverStats {
+        self.h.lock().stats
+    }
+
+    /// Number of live connections in the node.
+    pub fn conn_count(&self) -> usize {
+        self.h.lock().node.conn_count()
+    }
+
+    /// Adds a static peer: its virtual address, UDP endpoint and (if known)
+    /// Ed25519 identity key.
+    pub fn add_peer(
+        &self,
+        addr: Addr,
+        udp: SocketAddr,
+        identity: Option<[u8; 32]>,
+    ) -> Result<(), Error> {
+        if self.h.lock().node.add_peer(addr, udp, identity) {
+            Ok(())
+        } else {
+            Err(Error::Node(NodeError::UnknownPeer))
+        }
+    }
+
+    /// Opens a stream to `dst:port`. Cancel-safe: dropping the future
+    /// abandons the dial.
+    pub async fn connect(&self, dst: Addr, port: u16) -> Result<Stream, Error> {
+        let conn = EmbeddedConn::dial(&self.h, dst, port)?;
+        std::future::poll_fn(|cx| conn.poll_connected(cx)).await?;
+        Ok(Stream::from_embedded(conn))
+    }
+
+    /// Listens for streams on `port`.
+    pub fn listen(&self, port: u16) -> Result<Listener, Error> {
+        let port = PortClaim::claim(&self.h, port, PortUse::Listen)?;
+        Ok(Listener::from_embedded(EmbeddedListener { port }))
+    }
+
+    /// Binds `port` for datagrams.
+    pub fn bind_datagram(&self, port: u16) -> Result<DatagramSocket, Error> {
+        let port = PortClaim::claim(&self.h, port, PortUse::Datagram)?;
+        Ok(DatagramSocket::from_embedded(EmbeddedDatagrams { port }))
+    }
+
+    /// Sends one datagram from an ephemeral port.
+    pub async fn send_datagram(&self, dst: Addr, port: u16, data: &[u8]) -> Result<(), Error> {
+        send_datagram(&self.h, dst, port, None, data)
+    }
+}
+
+fn send_datagram(
+    h: &Handle,
+    dst: Addr,
+    port: u16,
+    src_port: Option<u16>,
+    data: &[u8],
+) -> Result<(), Error> {
+    let now = h.now();
+    {
+        let mut st = h.lock();
+        if st.stopped {
+            return Err(Error::Stopped);
+        }
+        st.node.send_datagram(now, dst, port, src_port, data)?;
+    }
+    h.kick();
+    Ok(())
+}
+
+// ----- the driver task ------------------------------------------------------
+
+async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
+    let mut tx = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let mut rx = vec![0u8; RECV_BUFFER];
+    let mut wake: Vec<Waker> = Vec::new();
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    loop {
+        // Run due timers, then drain the node's outputs (spec/node.md §1).
+        let mut blocked: Option<(usize, SocketAddr)> = None;
+        let deadline;
+        let closing = shared.handles.load(Ordering::Acquire) == 0;
+        {
+            let mut st = shared.lock();
+            let now = shared.now();
+            if st.node.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                st.node.handle_timeout(now);
+            }
+            loop {
+                while let Some(ev) = st.node.poll_event() {
+                    st.dispatch(ev, &mut wake);
+                }
+                let Some(t) = st.node.poll_transmit(now, &mut tx) else {
+                    break;
+                };
+                match socket.try_send_to(&tx[..t.len], t.dst) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = Some((t.len, t.dst));
+                        break;
+                    }
+                    Err(e) => {
+                        st.stats.send_errors += 1;
+                        tracing::debug!(error = %e, dst = %t.dst, "udp send failed");
+                    }
+                }
+            }
+            deadline = st.node.poll_timeout().map(|(t, _)| t);
+            if closing {
+                st.stop(&mut wake);
+            }
+        }
+        for w in wake.drain(..) {
+            w.wake();
+        }
+        if let Some((len, dst)) = blocked {
+            if let Err(e) = socket.send_to(&tx[..len], dst).await {
+                tracing::debug!(error = %e, %dst, "udp send failed");
+            }
+            continue;
+        }
+        if closing {
+            return;
+        }
+        let at = deadline.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            |t| shared.to_tokio(t),
+        );
+        sleep.as_mut().reset(at);
+        tokio::select! {
+            biased;
+            () = shared.notify.notified() => {}
+            r = socket.recv_from(&mut rx) => match r {
+                Ok((n, from)) => {
+                    let mut st = shared.lock();
+                    let now = shared.now();
+                    if let Some(b) = rx.get_mut(..n) {
+                        st.node.handle_datagram(now, from, b);
+                    }
+                    for _ in 1..RECV_BATCH {
+                        match socket.try_recv_from(&mut rx) {
+                            Ok((n, from)) => {
+                                if let Some(b) = rx.get_mut(..n) {
+                                    st.node.handle_datagram(now, from, b);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
+            },
+            () = &mut sleep => {}
+        }
+    }
+}
+
+// ----- ports ----------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortUse {
+    Listen,
+    Datagram,
+}
+
+/// One use (listening or datagrams) of a bound port; the node's port is
+/// unbound when the last use is dropped.
+pub(crate) struct PortClaim {
+    h: Handle,
+    port: u16,
+    kind: PortUse,
+}
+
+impl PortClaim {
+    fn claim(h: &Handle, port: u16, kind: PortUse) -> Result<PortClaim, Error> {
+        let mut st = h.lock();
+        if st.stopped {
+            return Err(Error::Stopped);
+        }
+        let fresh = !st.ports.contains_key(&port);
+        if fresh {
+            st.node.bind(port).map_err(|e| match e {
+                NodeError::Port(pilot_proto::node::PortError::AlreadyBound(_)) => {
+                    Error::PortInUse(port)
+                }
+                e => Error::Node(e),
+            })?;
+        }
+        let slot = st.ports.entry(port).or_default();
+        let used = match kind {
+            PortUse::Listen => &mut slot.listening,
+            PortUse::Datagram => &mut slot.datagrams,
+        };
+        if *used {
+            return Err(Error::PortInUse(port));
+        }
+        *used = true;
+        Ok(PortClaim {
+            h: h.clone(),
+            port,
+            kind,
+        })
+    }
+}
+
+impl Drop for PortClaim {
+    fn drop(&mut self) {
+        let now = self.h.now();
+        let mut st = self.h.lock();
+        let remove = match st.ports.get_mut(&self.port) {
+            Some(slot) => {
+                match self.kind {
+                    PortUse::Listen => {
+                        slot.listening = false;
+                        slot.accept = None;
+                    }
+                    PortUse::Datagram => {
+                        slot.datagrams = false;
+                        slot.recv = None;
+                        slot.queue.clear();
+                    }
+                }
+                !slot.listening && !slot.datagrams
+            }
+            None => false,
+        };
+        if remove {
+            st.ports.remove(&self.port);
+            let _ = st.node.unbind(now, self.port);
+        }
+        drop(st);
+        self.h.kick();
+    }
+}
+
+/// The embedded half of a [`Listener`].
+pub(crate) struct EmbeddedListener {
+    port: PortClaim,
+}
+
+impl EmbeddedListener {
+    pub(crate) fn port(&self) -> u16 {
+        self.port.port
+    }
+
+    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<EmbeddedConn, Error>> {
+        let h = &self.port.h;
+        let mut st = h.lock();
+        if let Some(id) = st.node.accept(self.port.port) {
+            let (local_port, remote, remote_port) =
+                st.node
+                    .conn_endpoints(id)
+                    .unwrap_or((self.port.port, Addr::ZERO, 0));
+            st.conns.insert(
+                id,
+                ConnSlot {
+                    connected: true,
+                    ..ConnSlot::default()
+                },
+            );
+            drop(st);
+            return Poll::Ready(Ok(EmbeddedConn {
+                h: h.clone(),
+                id,
+                local_port,
+                remote,
+                remote_port,
+                shut: false,
+            }));
+        }
+        if st.stopped {
+            return Poll::Ready(Err(Error::Stopped));
+        }
+        if let Some(slot) = st.ports.get_mut(&self.port.port) {
+            set_waker(&mut slot.accept, cx);
+        }
+        Poll::Pending
+    }
+}
+
+/// The embedded half of a [`DatagramSocket`].
+pub(crate) struct EmbeddedDatagrams {
+    port: PortClaim,
+}
+
+impl EmbeddedDatagrams {
+    pub(crate) fn port(&self) -> u16 {
+        self.port.port
+    }
+
+    pub(crate) async fn send_to(&self, dst: Addr, port: u16, data: &[u8]) -> Result<(), Error> {
+        send_datagram(&self.port.h, dst, port, Some(self.port.port), data)
+    }
+
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Datagram, Error>> {
+        let mut st = self.port.h.lock();
+        let stopped = st.stopped;
+        let Some(slot) = st.ports.get_mut(&self.port.port) else {
+            return Poll::Ready(Err(Error::Stopped));
+        };
+        if let Some(d) = slot.queue.pop_front() {
+            return Poll::Ready(Ok(d));
+        }
+        if stopped {
+            return Poll::Ready(Err(Error::Stopped));
+        }
+        set_waker(&mut slot.recv, cx);
+        Poll::Pending
+    }
+}
+
+// ----- connections ----------------------------------------------------------
+
+/// The embedded half of a [`Stream`]: a connection id in the shared node.
+pub(crate) struct EmbeddedConn {
+    h: Handle,
+    id: ConnId,
+    pub(crate) local_port: u16,
+    pub(crate) remote: Addr,
+    pub(crate) remote_port: u16,
+    shut: bool,
+}
+
+fn io_err(kind: io::ErrorKind, what: &'static str) -> io::Error {
+    io::Error::new(kind, what)
+}
+
+impl EmbeddedConn {
+    fn dial(h: &Handle, dst: Addr, port: u16) -> Result<EmbeddedConn, Error> {
+        let now = h.now();
+        let mut st = h.lock();
+        if st.stopped {
+            return Err(Error::Stopped);
+        }
+        let id = st.node.connect(now, dst, port)?;
+        let local_port = st.node.conn_endpoints(id).map_or(0, |e| e.0);
+        st.conns.insert(id, ConnSlot::default());
+        drop(st);
+        h.kick();
+        Ok(EmbeddedConn {
+            h: h.clone(),
+            id,
+            local_port,
+            remote: dst,
+            remote_port: port,
+            shut: false,
+        })
+    }
+
+    fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut st = self.h.lock();
+        let stopped = st.stopped;
+        let Some(slot) = st.conns.get_mut(&self.id) else {
+            return Poll::Ready(Err(Error::Stopped));
+        };
+        if slot.connected {
+            return Poll::Ready(Ok(()));
+        }
+        match slot.end {
+            Some(End::Reset(ResetCause::DialTimeout)) => return Poll::Ready(Err(Error::TimedOut)),
+            Some(End::Reset(ResetCause::Remote)) | Some(End::Closed) => {
+                return Poll::Ready(Err(Error::Refused));
+            }
+            Some(End::Reset(c)) => return Poll::Ready(Err(Error::Reset(c))),
+            None => {}
+        }
+        if stopped {
+            return Poll::Ready(Err(Error::Stopped));
+        }
+        set_waker(&mut slot.write, cx);
+        Poll::Pending
+    }
+
+    /// How the connection ended, once the node has dropped it.
+    fn end(st: &State, id: ConnId) -> Option<End> {
+        st.conns.get(&id).and_then(|s| s.end)
+    }
+
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.h.lock();
+        let r = st.node.read(self.id, buf.initialize_unfilled());
+        match r {
+            Ok(n) => {
+                buf.advance(n);
+                drop(st);
+                if n > 0 {
+                    // Freed receive space may need a window update.
+                    self.h.kick();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Err(NodeError::Stream(StreamError::WouldBlock)) => {
+                if st.stopped {
+                    return Poll::Ready(Err(io_err(io::ErrorKind::NotConnected, "node stopped")));
+                }
+                if let Some(s) = st.conns.get_mut(&self.id) {
+                    set_waker(&mut s.read, cx);
+                }
+                Poll::Pending
+            }
+            Err(NodeError::Stream(StreamError::Reset)) => Poll::Ready(Err(io_err(
+                io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))),
+            Err(NodeError::UnknownConn) => match Self::end(&st, self.id) {
+                Some(End::Reset(_)) => Poll::Ready(Err(io_err(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ))),
+                _ => Poll::Ready(Ok(())),
+            },
+            Err(e) => Poll::Ready(Err(io::Error::other(e))),
+        }
+    }
+
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let now = self.h.now();
+        let mut st = self.h.lock();
+        match st.node.write(now, self.id, buf) {
+            Ok(0) => {
+                if st.stopped {
+                    return Poll::Ready(Err(io_err(io::ErrorKind::NotConnected, "node stopped")));
+                }
+                if let Some(s) = st.conns.get_mut(&self.id) {
+                    set_waker(&mut s.write, cx);
+                }
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.h.kick();
+                Poll::Ready(Ok(n))
+            }
+            Err(NodeError::Stream(StreamError::Reset)) => Poll::Ready(Err(io_err(
+                io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ))),
+            Err(NodeError::UnknownConn)
+                if matches!(Self::end(&st, self.id), Some(End::Reset(_))) =>
+            {
+                Poll::Ready(Err(io_err(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                )))
+            }
+            Err(NodeError::Stream(StreamError::NotEstablished)) | Err(NodeError::UnknownConn) => {
+                Poll::Ready(Err(io_err(
+                    io::ErrorKind::BrokenPipe,
+                    "stream closed for writing",
+                )))
+            }
+            Err(e) => Poll::Ready(Err(io::Error::other(e))),
+        }
+    }
+
+    pub(crate) fn poll_shutdown(&mut self) -> Poll<io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            let now = self.h.now();
+            let _ = self.h.lock().node.shutdown(now, self.id);
+            self.h.kick();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for EmbeddedConn {
+    fn drop(&mut self) {
+        let now = self.h.now();
+        {
+            let mut st = self.h.lock();
+            let _ = st.node.close(now, self.id);
+            st.conns.remove(&self.id);
+        }
+        self.h.kick();
+    }
+}
