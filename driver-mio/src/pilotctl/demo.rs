@@ -51,7 +51,8 @@ struct Cleanup {
 
 impl Cleanup {
     fn stop_all(&mut self) {
-        // Stop in reverse start order: daemons first, rendezvous last.
+        // Stop in reverse start order, each before the next: the daemons
+        // deregister while the rendezvous still runs, then the rendezvous.
         for (_, child) in self.children.iter_mut().rev() {
             if let Ok(None) = child.try_wait() {
                 // SAFETY: plain kill(2) on our own child's pid.
@@ -59,9 +60,7 @@ impl Cleanup {
                     libc::kill(child.id() as i32, libc::SIGTERM);
                 }
             }
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for (_, child) in self.children.iter_mut().rev() {
+            let deadline = Instant::now() + STOP_GRACE;
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -70,7 +69,7 @@ impl Cleanup {
                         let _ = child.wait();
                         break;
                     }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         }
@@ -423,6 +422,10 @@ fn run_steps(
                     node_dir.display().to_string(),
                     "--hostname".into(),
                     format!("demo-{name}"),
+                    // Private nodes exchange trust requests through the
+                    // registry, polled once per heartbeat: keep it short.
+                    "--keepalive".into(),
+                    "1s".into(),
                 ],
                 &log,
             )?;
@@ -445,7 +448,7 @@ fn run_steps(
     let trusted = report.step("trust", || {
         a.handshake_request(b_id, "pilotctl demo")
             .map_err(|e| CliError::ipc(e, "connection_failed"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             let p = b
                 .handshake_pending()
