@@ -188,12 +188,8 @@ fn disabled_echo_refuses_the_dial() {
     assert!(err.to_string().contains("refused"), "{err}");
 }
 
-/// Two daemons on the legacy wire profile. The tunnel does not come up
-/// (the second daemon receives the first one's key-exchange frames and
-/// never answers; seen with `Info`: pkts_recv 6, pkts_sent 0), a
-/// `proto` issue reported to the daemon-core owner.
+/// Two daemons on the legacy wire profile talk to each other.
 #[test]
-#[ignore = "legacy profile: tunnel key exchange between two daemons gets no answer (proto)"]
 fn legacy_profile_daemons_talk() {
     let tmp = tempfile::tempdir().unwrap();
     let rv = rv(tmp.path());
