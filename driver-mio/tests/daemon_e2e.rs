@@ -188,16 +188,86 @@ fn disabled_echo_refuses_the_dial() {
     assert!(err.to_string().contains("refused"), "{err}");
 }
 
-/// Two daemons on the legacy wire profile. The tunnel does not come up
-/// (the second daemon receives the first one's key-exchange frames and
-/// never answers; seen with `Info`: pkts_recv 6, pkts_sent 0), a
-/// `proto` issue reported to the daemon-core owner.
+/// Two daemons on the legacy wire profile talk to each other.
 #[test]
-#[ignore = "legacy profile: tunnel key exchange between two daemons gets no answer (proto)"]
 fn legacy_profile_daemons_talk() {
     let tmp = tempfile::tempdir().unwrap();
     let rv = rv(tmp.path());
     let a = Daemon::start(&rv, &tmp.path().join("a"), &["--public", "--legacy"]);
     let b = Daemon::start(&rv, &tmp.path().join("b"), &["--public", "--legacy"]);
     assert_eq!(echo_once(&a.client(), b.address, b"old wire"), b"old wire");
+}
+
+#[test]
+fn registry_down_at_start_then_up_registers_later() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    // A loopback port with nothing listening (bound, noted, released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let registry = format!("127.0.0.1:{port}");
+    let socket = tmp.path().join("a.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pilot-daemon"))
+        .args(["--registry", &registry, "--beacon", ""])
+        .arg("--dir")
+        .arg(tmp.path().join("a"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    // The IPC socket comes up even without a registry.
+    let deadline = std::time::Instant::now() + STEP;
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "daemon died without a registry"
+    );
+    // Now the registry appears on that port; the daemon's retries find it.
+    let rv_child = std::process::Command::new(env!("CARGO_BIN_EXE_pilot-rendezvous"))
+        .args(["--registry-addr", &registry, "--beacon-addr", "127.0.0.1:0"])
+        .arg("--store")
+        .arg(tmp.path().join("rv.redb"))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed on drop.
+    let _rv = Rv {
+        child: rv_child,
+        registry: registry.parse().unwrap(),
+        beacon: "127.0.0.1:9".parse().unwrap(),
+    };
+    let line = rx.recv_timeout(STEP * 3).expect("no readiness line");
+    assert!(line.starts_with("ready node_id="), "{line:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + STEP;
+    let code = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    assert!(!socket.exists());
 }

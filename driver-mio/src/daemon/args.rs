@@ -97,12 +97,13 @@ pub struct DaemonArgs {
     /// plain seconds [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub keepalive: Option<Duration>,
-    /// Close streams idle this long [default: 120s]
+    /// Close streams idle this long [default: 120s] (accepted; not applied
+    /// yet: the core uses the transport's own idle handling)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
-    /// tracing directive); RUST_LOG is used when neither flag nor config
-    /// sets it [default: info]
+    /// tracing directive); it wins over RUST_LOG, which is used when
+    /// neither flag nor config sets it [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log format on stderr [default: text]

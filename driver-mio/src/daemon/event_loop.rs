@@ -288,10 +288,11 @@ impl<E: Engine> EventLoop<E> {
 
     fn next_timeout(&self) -> Option<Duration> {
         let busy = self.udp_more
-            || self
-                .clients
-                .values()
-                .any(|c| c.want_read && !self.engine.ipc_read_paused(c.id));
+            || self.clients.values().any(|c| {
+                c.want_read
+                    && !self.engine.ipc_read_paused(c.id)
+                    && !self.engine.ipc_should_close(c.id)
+            });
         if busy {
             return Some(Duration::ZERO);
         }

@@ -31,7 +31,7 @@ pub use args::{DaemonArgs, Settings};
 pub use embedded::EmbeddedRendezvous;
 pub use event_loop::{EventLoop, Exit, LoopParts, LoopStop};
 
-use crate::rendezvous::cli::init_logging;
+use crate::rendezvous::cli::init_logging_with;
 
 /// Longest wait for a graceful stop (FINs, deregistration) after
 /// SIGTERM/SIGINT before the daemon exits anyway.
@@ -140,13 +140,7 @@ where
     F: FnOnce(Startup) -> Result<E, DaemonRunError>,
 {
     let settings = args.resolve()?;
-    init_logging(
-        settings.log_format,
-        settings.log_level.as_deref().unwrap_or("info"),
-    );
-    if settings.log_level.is_some() && std::env::var_os("RUST_LOG").is_some() {
-        tracing::debug!("RUST_LOG overrides --log-level");
-    }
+    init_logging_with(settings.log_format, settings.log_level.as_deref(), "info");
     let dir = settings.dir.clone();
     let dir_err = |e: io::Error| DaemonRunError::StateDir {
         path: dir.clone(),

@@ -110,8 +110,17 @@ pub(crate) fn read_config_file<T: serde::de::DeserializeOwned>(path: &Path) -> R
 /// Installs the global `tracing` subscriber on stderr (once per process;
 /// later calls are no-ops). `level` is used when `RUST_LOG` is unset.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+    init_logging_with(format, None, level);
+}
+
+/// Like [`init_logging`], with an explicit filter (a `--log-level` flag)
+/// that takes precedence over `RUST_LOG`.
+pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &str) {
+    let filter = explicit
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .map(Ok)
+        .unwrap_or_else(tracing_subscriber::EnvFilter::try_from_default_env)
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
