@@ -51,6 +51,14 @@ fn sixty_four_mib_each_way_through_echo() {
         "64 MiB out and back through echo in {secs:.2} s ({:.1} MiB/s each way)",
         64.0 / secs
     );
+    // Bounded buffering: neither daemon held the stream (64 MiB went
+    // through each in both directions).
+    for (name, d) in [("a", &a), ("b", &b)] {
+        if let Some(kib) = d.peak_rss_kib() {
+            eprintln!("daemon {name} peak RSS {} MiB", kib / 1024);
+            assert!(kib < 64 * 1024, "daemon {name} peak RSS {kib} KiB");
+        }
+    }
     let _ = c.close(conn);
 }
 

@@ -136,6 +136,12 @@ fn sigterm_exits_cleanly_and_removes_the_socket() {
     assert!(d.socket.exists());
     assert_eq!(d.terminate(), Some(0), "exit code");
     assert!(!d.socket.exists(), "socket file left behind");
+    // The graceful stop deregistered the node.
+    let mut reg = Client::connect(rv.registry);
+    assert!(
+        reg.lookup(d.node_id).is_none(),
+        "still registered after SIGTERM"
+    );
     drop(c);
     // Identity stays for the next start.
     assert!(d.dir.join("identity.json").exists());
@@ -170,4 +176,28 @@ fn corrupt_identity_is_refused_with_a_clear_error() {
     assert!(std::fs::read_to_string(&id).unwrap().contains("AAAA"));
     assert!(!tmp.path().join("a.sock").exists());
     let _ = STEP;
+}
+
+#[test]
+fn disabled_echo_refuses_the_dial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rv = rv(tmp.path());
+    let a = Daemon::start(&rv, &tmp.path().join("a"), PUBLIC);
+    let n = Daemon::start(&rv, &tmp.path().join("n"), &["--public", "--no-echo"]);
+    let err = a.client().dial(n.address, 7).expect_err("echo is disabled");
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+/// Two daemons on the legacy wire profile. The tunnel does not come up
+/// (the second daemon receives the first one's key-exchange frames and
+/// never answers; seen with `Info`: pkts_recv 6, pkts_sent 0), a
+/// `proto` issue reported to the daemon-core owner.
+#[test]
+#[ignore = "legacy profile: tunnel key exchange between two daemons gets no answer (proto)"]
+fn legacy_profile_daemons_talk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rv = rv(tmp.path());
+    let a = Daemon::start(&rv, &tmp.path().join("a"), &["--public", "--legacy"]);
+    let b = Daemon::start(&rv, &tmp.path().join("b"), &["--public", "--legacy"]);
+    assert_eq!(echo_once(&a.client(), b.address, b"old wire"), b"old wire");
 }

@@ -144,6 +144,7 @@ pub struct EventLoop<E: Engine> {
     stopping_deadline: Option<Instant>,
     exit: Option<Exit>,
     ready_printed: bool,
+    ready_line: Option<String>,
 }
 
 impl<E: Engine> std::fmt::Debug for EventLoop<E> {
@@ -205,6 +206,7 @@ impl<E: Engine> EventLoop<E> {
             stopping_deadline: None,
             exit: None,
             ready_printed: false,
+            ready_line: None,
         })
     }
 
@@ -682,6 +684,10 @@ impl<E: Engine> EventLoop<E> {
             progress |= self.send_udp(now);
             progress |= self.flush_registry(now);
             progress |= self.flush_clients(now);
+            if let Some(line) = self.ready_line.take() {
+                println!("{line}");
+                let _ = io::stdout().flush();
+            }
             if !progress || self.exit.is_some() {
                 return;
             }
@@ -725,12 +731,13 @@ impl<E: Engine> EventLoop<E> {
                     tracing::info!(node_id, %address, %udp, "registered");
                     if self.parts.print_ready && !self.ready_printed {
                         self.ready_printed = true;
-                        println!(
+                        // Printed after this pass has written the requests
+                        // that follow registration (visibility, hostname).
+                        self.ready_line = Some(format!(
                             "ready node_id={node_id} address={address} socket={} udp={udp} registry={}",
                             self.parts.ipc.path().display(),
                             self.parts.registry
-                        );
-                        let _ = io::stdout().flush();
+                        ));
                     }
                 }
                 Action::Stopped => {

@@ -41,6 +41,13 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.identity_persisted = true;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
     cfg.heartbeat = set.keepalive;
+    if set.idle_timeout != super::args::DEFAULT_IDLE_TIMEOUT {
+        // The sans-IO daemon has no stream idle-timeout setting yet.
+        tracing::warn!(
+            idle_timeout = ?set.idle_timeout,
+            "--idle-timeout is accepted but not applied yet; streams use the transport's default"
+        );
+    }
     Daemon::new(Instant::ZERO, cfg)
 }
 

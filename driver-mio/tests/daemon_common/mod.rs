@@ -14,7 +14,7 @@ use std::time::Duration;
 use pilot_driver_mio::ipc_client::IpcClient;
 use pilot_proto::addr::Addr;
 
-use crate::common::{Rv, STEP};
+use crate::common::{Client, Rv, STEP};
 
 /// Generous bound for bulk transfers (debug builds on a loaded machine).
 pub const BULK: Duration = Duration::from_secs(600);
@@ -77,8 +77,22 @@ impl Daemon {
                 panic!("daemon did not become ready: {other:?}");
             }
         };
+        let node_id: u32 = field(&line, "node_id=").parse().unwrap();
+        if extra.contains(&"--public") {
+            // Visibility is applied right after registration; wait until
+            // the registry shows it so peers can dial without trust.
+            let mut reg = Client::connect(rv.registry);
+            let deadline = std::time::Instant::now() + STEP;
+            while !reg.lookup(node_id).is_some_and(|ok| ok.public) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {node_id} never became public"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         Daemon {
-            node_id: field(&line, "node_id=").parse().unwrap(),
+            node_id,
             address: field(&line, "address=").parse().unwrap(),
             socket: PathBuf::from(field(&line, "socket=")),
             udp: field(&line, "udp=").parse().unwrap(),
@@ -105,6 +119,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Peak resident memory of the process in KiB (`VmHWM`), if readable.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// Whether the process is still running.

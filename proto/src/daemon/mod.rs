@@ -32,7 +32,7 @@ mod trust;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -87,6 +87,9 @@ pub const TRUST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Most registry keys remembered for peers (`spec/daemon.md` §7).
 pub const MAX_PEER_KEYS: usize = 65_536;
+/// Most identity-key look-ups for key exchanges in progress
+/// (`spec/daemon.md` §7).
+pub const MAX_KEY_FETCHES: usize = 1024;
 /// Registry heartbeat period by default (`spec/daemon.md` §4).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -265,12 +268,21 @@ enum Role {
     TrustIn { buf: Vec<u8>, deadline: Instant },
     /// An outgoing trust message.
     TrustOut {
-        to: u32,
-        msg: Vec<u8>,
+        out: TrustOutbound,
         written: usize,
-        fallback: Option<RegistryOp>,
         connected: bool,
     },
+}
+
+/// A trust message on its way to a peer's port 444.
+#[derive(Debug)]
+struct TrustOutbound {
+    /// The JSON bytes.
+    msg: Vec<u8>,
+    /// Registry relay to use when the peer cannot be dialled.
+    fallback: Option<RegistryOp>,
+    /// An IPC handshake request waiting for the outcome: client and peer.
+    notify: Option<(ClientId, u32)>,
 }
 
 #[derive(Debug)]
@@ -300,10 +312,7 @@ enum Waiter {
         port: u16,
         data: Vec<u8>,
     },
-    TrustSend {
-        msg: Vec<u8>,
-        fallback: Option<RegistryOp>,
-    },
+    TrustSend(TrustOutbound),
 }
 
 #[derive(Debug)]
@@ -331,9 +340,13 @@ enum Purpose {
     TrustKey { bytes: Vec<u8>, source: u32 },
     /// Back-fill the key of a peer trusted through the registry relay.
     KeyBackfill(u32),
+    /// A peer's key exchange waits for its identity key.
+    PeerKey(u32),
     /// A trust relay used as the fallback of a failed direct send, or a
     /// plain trust bookkeeping call: nothing to do with the answer.
     Fire,
+    /// The registry relay of an IPC handshake request: answer the client.
+    HandshakeRelay { client: ClientId, peer: u32 },
     /// The deregistration of a shutdown.
     ShutdownDeregister,
 }
@@ -388,6 +401,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     trust_file: Option<TrustFile>,
     trust_waiters: Vec<TrustWaiter>,
     peer_keys: BTreeMap<u32, [u8; 32]>,
+    key_fetch: BTreeSet<u32>,
     peers: BTreeMap<u32, u16>,
     resolving: BTreeMap<u32, Resolution>,
 
@@ -486,6 +500,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             trust_file: cfg.trust,
             trust_waiters: Vec::new(),
             peer_keys: BTreeMap::new(),
+            key_fetch: BTreeSet::new(),
             peers: BTreeMap::new(),
             resolving: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -793,7 +808,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         self.trust_waiters.retain(|w| w.client != client);
         for p in self.calls.values_mut() {
-            if matches!(p, Purpose::Ipc { client: c, .. } if *c == client) {
+            if matches!(p, Purpose::Ipc { client: c, .. } | Purpose::HandshakeRelay { client: c, .. } if *c == client)
+            {
                 *p = Purpose::Fire;
             }
         }
@@ -1016,11 +1032,50 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Event::Writable(cid) => self.on_writable(now, cid),
             Event::Closed(cid) => self.on_closed(now, cid, None),
             Event::Reset(cid, cause) => self.on_closed(now, cid, Some(cause)),
+            Event::IdentityNeeded { peer } => self.identity_needed(now, peer),
             Event::Pong { .. }
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
             | Event::SessionDown { .. }
             | Event::KeyExchangeGaveUp { .. } => {}
+        }
+    }
+
+    /// A peer's key exchange needs its registered identity key: use the
+    /// one we know or look it up.
+    fn identity_needed(&mut self, now: Instant, peer: u32) {
+        if let Some(key) = self.peer_keys.get(&peer).copied() {
+            self.install_peer_key(now, peer, key);
+            return;
+        }
+        if self.key_fetch.contains(&peer) || self.key_fetch.len() >= MAX_KEY_FETCHES {
+            return;
+        }
+        let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
+        if !registered {
+            return;
+        }
+        if let Some(id) = self
+            .registry
+            .as_mut()
+            .and_then(|r| r.call(now, Call::Lookup(peer)).ok())
+        {
+            self.key_fetch.insert(peer);
+            self.calls.insert(id, Purpose::PeerKey(peer));
+        }
+    }
+
+    fn install_peer_key(&mut self, now: Instant, peer: u32, key: [u8; 32]) {
+        let network = self.address.map_or(0, |a| a.network);
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        let Some(endpoint) = node.peer_endpoint(peer) else {
+            return;
+        };
+        let network = self.peers.get(&peer).copied().unwrap_or(network);
+        if node.add_peer(Addr::new(network, peer), endpoint, Some(key)) {
+            node.connect_tunnel(now, peer);
         }
     }
 
@@ -1336,21 +1391,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
             }
             Role::TrustOut {
-                msg,
+                out,
                 written,
                 connected,
-                ..
             } => {
                 if !*connected {
                     return;
                 }
-                let rest = msg.get(*written..).unwrap_or(&[]);
+                let rest = out.msg.get(*written..).unwrap_or(&[]);
                 let w = node.write(now, cid, rest).unwrap_or(0);
                 *written += w;
-                if *written >= msg.len() {
+                if *written >= out.msg.len() {
                     // Message written: close (the FIN follows the data).
                     let _ = node.close(now, cid);
+                    let notify = out.notify;
                     self.conns.remove(&cid);
+                    if let Some((client, peer)) = notify {
+                        self.handshake_sent(now, client, peer);
+                    }
                 }
             }
             Role::TrustIn { .. } => {}
@@ -1389,19 +1447,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     self.conns.remove(&cid);
                 }
             }
-            Role::TrustOut {
-                to,
-                connected,
-                ref fallback,
-                ..
-            } => {
-                let fallback = fallback.clone();
-                self.conns.remove(&cid);
-                if !connected {
-                    let _ = to;
-                    if let Some(op) = fallback {
-                        self.trust_registry(now, op);
-                    }
+            Role::TrustOut { connected, .. } => {
+                // Still here, so the message was not completely written.
+                if let Some(Conn {
+                    role: Role::TrustOut { out, .. },
+                    ..
+                }) = self.conns.remove(&cid)
+                {
+                    let reason = if connected {
+                        "connection reset"
+                    } else {
+                        "connection refused"
+                    };
+                    self.trust_failed(now, out, reason);
                 }
             }
         }
@@ -1818,11 +1876,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.reply_error(now, client, &format!("resolve node {node}: {reason}"));
             }
             Waiter::SendTo { .. } => self.stats.send_failures += 1,
-            Waiter::TrustSend { fallback, .. } => {
-                if let Some(op) = fallback {
-                    self.trust_registry(now, op);
-                }
-            }
+            Waiter::TrustSend(out) => self.trust_failed(now, out, reason),
         }
     }
 
@@ -1862,9 +1916,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     port,
                     data,
                 } => self.send_datagram(now, Addr::new(network, node), port, &data),
-                Waiter::TrustSend { msg, fallback } => {
-                    self.open_trust_out(now, node, msg, fallback)
-                }
+                Waiter::TrustSend(out) => self.open_trust_out(now, node, out),
             }
         }
     }
@@ -2063,6 +2115,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
+            Purpose::PeerKey(node) => {
+                self.key_fetch.remove(&node);
+                if let Ok(Response::LookupOk(ok)) = result {
+                    if let Ok(k) = crate::registry::auth::decode_public_key(&ok.public_key) {
+                        self.remember_key(node, k);
+                        self.install_peer_key(now, node, k);
+                    }
+                }
+            }
+            Purpose::HandshakeRelay { client, peer } => match result {
+                Ok(_) => self.handshake_sent(now, client, peer),
+                Err(e) => {
+                    self.reply_error(now, client, &format!("handshake request: registry: {e}"))
+                }
+            },
             Purpose::Fire => {}
             Purpose::ShutdownDeregister => {
                 self.deregistering = false;

@@ -1,1 +1,783 @@
-//! Daemon tests.
+//! Daemon tests: two or three daemons and an in-memory registry on a tiny
+//! in-test network that moves UDP datagrams, registry bytes and virtual
+//! time. IPC is driven as raw bytes.
+
+use super::*;
+use crate::crypto::provider::RustCrypto;
+use crate::node::MIN_TRANSMIT_BUFFER;
+use crate::registry::server::{Config as RegConfig, Registry};
+use crate::wire::ipc::{HandshakeRequest, encode_frame};
+use rand_chacha::ChaCha8Rng;
+
+type D = Daemon<RustCrypto, ChaCha8Rng>;
+type Cfg = DaemonConfig<RustCrypto, ChaCha8Rng>;
+
+const T0: u64 = 1_767_225_600;
+
+fn t0() -> Instant {
+    Instant::from_nanos(T0 * 1_000_000_000)
+}
+
+fn ep(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16))
+}
+
+fn ident(i: usize) -> Identity {
+    Identity::from_seed(&RustCrypto, [i as u8 + 1; 32])
+}
+
+fn cfg(i: usize, registry: bool) -> Cfg {
+    let mut rng = ChaCha8Rng::from_seed([i as u8 + 1; 32]);
+    let tk = TunnelKey::generate(&RustCrypto, &mut rng);
+    let mut c = DaemonConfig::new(ident(i), tk, RustCrypto, rng);
+    c.registry = registry;
+    c.listen_addr = ep(i).to_string();
+    c.unix_ms_at_epoch = 0;
+    if !registry {
+        c.address = Some(Addr::new(0, i as u32 + 1));
+    }
+    c
+}
+
+fn frame(msg: &IpcMessage<'_>) -> Vec<u8> {
+    let mut v = vec![0u8; msg.encoded_len()];
+    encode_frame(msg, &mut v).unwrap();
+    v
+}
+
+/// A test IPC client.
+struct Tc {
+    d: usize,
+    id: ClientId,
+    rx: Vec<u8>,
+    /// Bytes still to feed (respecting `ipc_read_paused`).
+    tx: Vec<u8>,
+    tx_pos: usize,
+    /// Most bytes read per network round (`None` = everything).
+    rate: Option<usize>,
+    /// Largest output backlog the daemon held for this client.
+    max_backlog: usize,
+    paused_seen: bool,
+}
+
+struct Net {
+    now: Instant,
+    ds: Vec<D>,
+    reg: Option<Registry>,
+    reg_rx: Vec<Vec<u8>>,
+    actions: Vec<Vec<Action>>,
+    cs: Vec<Tc>,
+}
+
+impl Net {
+    fn new(cfgs: Vec<Cfg>, registry: bool) -> Net {
+        let now = t0();
+        let n = cfgs.len();
+        let reg = registry.then(|| {
+            Registry::new(
+                RegConfig {
+                    rate_limits: false,
+                    ..RegConfig::default()
+                },
+                now,
+            )
+        });
+        let ds = cfgs.into_iter().map(|c| Daemon::new(now, c)).collect();
+        let mut net = Net {
+            now,
+            ds,
+            reg,
+            reg_rx: vec![Vec::new(); n],
+            actions: vec![Vec::new(); n],
+            cs: Vec::new(),
+        };
+        net.settle();
+        net
+    }
+
+    /// Static peers: every daemon knows every other one.
+    fn mesh(n: usize) -> Net {
+        let mut net = Net::new((0..n).map(|i| cfg(i, false)).collect(), false);
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    let now = net.now;
+                    net.ds[a]
+                        .add_peer(
+                            now,
+                            Addr::new(0, b as u32 + 1),
+                            ep(b),
+                            Some(*ident(b).public()),
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        net.settle();
+        net
+    }
+
+    fn settle(&mut self) {
+        let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+        for _ in 0..100_000 {
+            let mut moved = false;
+            let mut udp = Vec::new();
+            for i in 0..self.ds.len() {
+                let now = self.now;
+                while let Some(t) = self.ds[i].poll_transmit(now, &mut buf) {
+                    udp.push((ep(i), t.dst, buf[..t.len].to_vec()));
+                }
+                while let Some(a) = self.ds[i].poll_action() {
+                    moved = true;
+                    match a {
+                        Action::DialRegistry => {
+                            if self.reg.is_some() {
+                                self.ds[i].registry_connected(now);
+                            } else {
+                                self.ds[i].registry_disconnected(now);
+                            }
+                        }
+                        other => self.actions[i].push(other),
+                    }
+                }
+                while let Some(bytes) = self.ds[i].poll_registry_bytes() {
+                    moved = true;
+                    self.reg_rx[i].extend_from_slice(&bytes);
+                    while let Some((payload, used)) =
+                        codec::decode_frame(&self.reg_rx[i], REGISTRY_MAX_FRAME).unwrap()
+                    {
+                        let req = codec::decode_request(payload).unwrap();
+                        self.reg_rx[i].drain(..used);
+                        let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + i as u16));
+                        let reply = self.reg.as_mut().unwrap().handle(now, peer, req);
+                        let out =
+                            codec::frame_vec(&codec::encode_response(&reply.response).unwrap())
+                                .unwrap();
+                        // Deliver in two pieces to exercise reassembly.
+                        let (a, b) = out.split_at(out.len() / 2);
+                        self.ds[i].handle_registry_bytes(now, a);
+                        self.ds[i].handle_registry_bytes(now, b);
+                    }
+                }
+            }
+            for c in self.cs.iter_mut() {
+                let d = &mut self.ds[c.d];
+                // Feed queued input while the daemon accepts it.
+                while c.tx_pos < c.tx.len() {
+                    if d.ipc_read_paused(c.id) {
+                        c.paused_seen = true;
+                        break;
+                    }
+                    let end = (c.tx_pos + 65_536).min(c.tx.len());
+                    d.handle_ipc_bytes(self.now, c.id, &c.tx[c.tx_pos..end]);
+                    c.tx_pos = end;
+                    moved = true;
+                }
+                if let Some(out) = d.ipc_output(c.id) {
+                    c.max_backlog = c.max_backlog.max(out.len());
+                    let n = c.rate.map_or(out.len(), |r| r.min(out.len()));
+                    if n > 0 {
+                        c.rx.extend_from_slice(&out[..n]);
+                        d.ipc_consumed(c.id, n);
+                        moved = true;
+                    }
+                }
+            }
+            for (from, dst, mut bytes) in udp {
+                moved = true;
+                let idx = usize::from(dst.port() - 4000);
+                let now = self.now;
+                self.ds[idx].handle_udp(now, from, &mut bytes);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("network did not settle");
+    }
+
+    fn advance(&mut self, dur: Duration) {
+        let target = self.now + dur;
+        for _ in 0..1_000_000 {
+            self.settle();
+            let next = self
+                .ds
+                .iter()
+                .filter_map(|d| d.poll_timeout())
+                .chain(self.reg.as_ref().and_then(|r| r.poll_timeout()))
+                .min();
+            match next {
+                Some(t) if t <= target => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for d in self.ds.iter_mut() {
+                        d.handle_timeout(now);
+                    }
+                    if let Some(r) = self.reg.as_mut() {
+                        let _ = r.handle_timeout(now);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+        let now = self.now;
+        for d in self.ds.iter_mut() {
+            d.handle_timeout(now);
+        }
+        self.settle();
+    }
+
+    fn open(&mut self, d: usize) -> usize {
+        let id = self.ds[d].ipc_open(self.now).unwrap();
+        self.cs.push(Tc {
+            d,
+            id,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            tx_pos: 0,
+            rate: None,
+            max_backlog: 0,
+            paused_seen: false,
+        });
+        self.cs.len() - 1
+    }
+
+    fn raw(&mut self, c: usize, bytes: &[u8]) {
+        self.cs[c].tx.extend_from_slice(bytes);
+        self.settle();
+    }
+
+    fn send(&mut self, c: usize, msg: &IpcMessage<'_>) {
+        self.raw(c, &frame(msg));
+    }
+
+    /// Complete frame bodies received by client `c` (drained).
+    fn bodies(&mut self, c: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let rx = &mut self.cs[c].rx;
+        let mut pos = 0;
+        while let Some((body, used)) = parse_frame(&rx[pos..]).unwrap() {
+            out.push(body.to_vec());
+            pos += used;
+        }
+        rx.drain(..pos);
+        out
+    }
+
+    /// The one frame received by `c`, decoded by `f`.
+    fn one<T>(&mut self, c: usize, f: impl Fn(IpcMessage<'_>) -> T) -> T {
+        let b = self.bodies(c);
+        assert_eq!(b.len(), 1, "expected one frame, got {b:?}");
+        f(IpcMessage::decode(&b[0]).unwrap())
+    }
+
+    fn error_text(&mut self, c: usize) -> String {
+        self.one(c, |m| match m {
+            IpcMessage::Error { message, .. } => message.to_owned(),
+            other => panic!("expected error, got {other:?}"),
+        })
+    }
+
+    fn dial(&mut self, c: usize, addr: Addr, port: u16) -> u32 {
+        self.send(c, &IpcMessage::Dial { addr, port });
+        self.advance(Duration::from_millis(100));
+        self.one(c, |m| match m {
+            IpcMessage::DialOk { conn_id } => conn_id,
+            other => panic!("expected DialOk, got {other:?}"),
+        })
+    }
+
+    fn handshake(&mut self, c: usize, h: HandshakeRequest<'_>) -> serde_json::Value {
+        self.send(c, &IpcMessage::Handshake(h));
+        // A request is answered once delivered (directly or relayed).
+        self.advance(Duration::from_secs(2));
+        self.one(c, |m| match m {
+            IpcMessage::HandshakeOk(j) => serde_json::from_str(j).unwrap(),
+            other => panic!("expected HandshakeOk, got {other:?}"),
+        })
+    }
+
+    fn info(&mut self, c: usize) -> serde_json::Value {
+        self.send(c, &IpcMessage::Info);
+        self.one(c, |m| match m {
+            IpcMessage::InfoOk(j) => serde_json::from_str(j).unwrap(),
+            other => panic!("expected InfoOk, got {other:?}"),
+        })
+    }
+
+    fn addr(&self, d: usize) -> Addr {
+        self.ds[d].address().unwrap()
+    }
+}
+
+fn public_cfg(i: usize) -> Cfg {
+    let mut c = cfg(i, true);
+    c.public = true;
+    c
+}
+
+#[test]
+fn registers_and_reports_status() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    for i in 0..2 {
+        let reg = net.actions[i]
+            .iter()
+            .find_map(|a| match a {
+                Action::Registered { node_id, address } => Some((*node_id, address.clone())),
+                _ => None,
+            })
+            .expect("registered");
+        assert_eq!(net.ds[i].address(), Some(reg.1.parse().unwrap()));
+        assert_eq!(net.ds[i].address().unwrap().node, reg.0);
+    }
+    assert_ne!(net.addr(0), net.addr(1));
+    let c = net.open(0);
+    let info = net.info(c);
+    assert_eq!(info["node_id"], net.addr(0).node);
+    assert_eq!(info["address"], net.addr(0).to_string());
+    assert_eq!(info["encrypt"], true);
+    // Built-in echo (7) and trust intake (444).
+    assert_eq!(info["ports"], 2);
+    // Heartbeats keep the node registered across several periods.
+    net.advance(Duration::from_secs(200));
+    let reg = net.reg.as_ref().unwrap();
+    assert!(reg.state().nodes.contains_key(&net.addr(0).node));
+}
+
+#[test]
+fn dial_echo_through_ipc_with_registry() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let c = net.open(0);
+    let b = net.addr(1);
+    let conn = net.dial(c, b, 7);
+    net.send(
+        c,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"ping-0",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    let got = net.one(c, |m| match m {
+        IpcMessage::Recv { conn_id, data } => (conn_id, data.to_vec()),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(got, (conn, b"ping-0".to_vec()));
+    // Close is always answered with CloseOk.
+    net.send(c, &IpcMessage::Close { conn_id: conn });
+    let id = net.one(c, |m| match m {
+        IpcMessage::CloseOk { conn_id } => conn_id,
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(id, conn);
+    // The peer was learned from the registry, with its key.
+    let info = net.info(c);
+    let peers = info["peer_list"].as_array().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["node_id"], b.node);
+    assert_eq!(peers[0]["authenticated"], true);
+}
+
+#[test]
+fn accept_recv_and_end_of_stream_pushes() {
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    let p = net.one(b, |m| match m {
+        IpcMessage::BindOk { port } => port,
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(p, 1000);
+    let conn = net.dial(a, Addr::new(0, 2), 1000);
+    let (bconn, remote) = net.one(b, |m| match m {
+        IpcMessage::Accept {
+            local_port,
+            conn_id,
+            remote,
+            ..
+        } => {
+            assert_eq!(local_port, 1000);
+            (conn_id, remote)
+        }
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(remote, Addr::new(0, 1));
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"hello",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    let data = net.one(b, |m| match m {
+        IpcMessage::Recv { conn_id, data } => {
+            assert_eq!(conn_id, bconn);
+            data.to_vec()
+        }
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(data, b"hello");
+    // A closes: its reply, then B sees the end of stream as a CloseOk push.
+    net.send(a, &IpcMessage::Close { conn_id: conn });
+    net.advance(Duration::from_millis(200));
+    assert!(net.one(
+        a,
+        |m| matches!(m, IpcMessage::CloseOk { conn_id } if conn_id == conn)
+    ));
+    assert!(net.one(
+        b,
+        |m| matches!(m, IpcMessage::CloseOk { conn_id } if conn_id == bconn)
+    ));
+    // Sending on the finished connection is silently dropped (no reply).
+    net.send(
+        b,
+        &IpcMessage::Send {
+            conn_id: bconn,
+            data: b"late",
+        },
+    );
+    assert!(net.bodies(b).is_empty());
+    assert_eq!(net.ds[1].stats().send_failures, 1);
+}
+
+#[test]
+fn sendto_is_pushed_to_every_client() {
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let b1 = net.open(1);
+    let b2 = net.open(1);
+    net.send(b1, &IpcMessage::Bind { port: 5000 });
+    net.bodies(b1);
+    net.send(
+        a,
+        &IpcMessage::SendTo {
+            dst: Addr::new(0, 2),
+            dst_port: 5000,
+            data: b"hi",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.bodies(a).is_empty(), "SendTo is never answered");
+    for c in [b1, b2] {
+        let (src, dport, data) = net.one(c, |m| match m {
+            IpcMessage::RecvFrom {
+                src,
+                dst_port,
+                data,
+                ..
+            } => (src, dst_port, data.to_vec()),
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(
+            (src, dport, data.as_slice()),
+            (Addr::new(0, 1), 5000, &b"hi"[..])
+        );
+    }
+    // To an unbound port: dropped by the receiver, nothing pushed.
+    net.send(
+        a,
+        &IpcMessage::SendTo {
+            dst: Addr::new(0, 2),
+            dst_port: 5001,
+            data: b"x",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.bodies(b1).is_empty());
+}
+
+#[test]
+fn error_replies_and_oversized_frame_closes_only_that_client() {
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let other = net.open(0);
+    net.send(a, &IpcMessage::Bind { port: 1000 });
+    net.bodies(a);
+    net.send(other, &IpcMessage::Bind { port: 1000 });
+    assert_eq!(net.error_text(other), "port 1000 already bound");
+    // Built-in services hold their ports.
+    net.send(other, &IpcMessage::Bind { port: 7 });
+    assert_eq!(net.error_text(other), "port 7 already bound");
+    // Close of an unknown id is still answered.
+    net.send(a, &IpcMessage::Close { conn_id: 999 });
+    assert!(net.one(a, |m| matches!(m, IpcMessage::CloseOk { conn_id: 999 })));
+    // Send on an unknown connection: no reply.
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: 999,
+            data: b"x",
+        },
+    );
+    assert!(net.bodies(a).is_empty());
+    // Unknown command.
+    net.raw(a, &[0, 0, 0, 1, 0x27]);
+    assert_eq!(net.error_text(a), "unknown command: 0x27");
+    // A daemon-to-client command sent by a client is unknown too.
+    net.send(a, &IpcMessage::BindOk { port: 1 });
+    assert_eq!(net.error_text(a), "unknown command: 0x02");
+    // Malformed payload: named error, connection stays.
+    net.raw(a, &[0, 0, 0, 2, 0x01, 0x03]);
+    assert_eq!(net.error_text(a), "bind: missing port");
+    assert!(!net.ds[0].ipc_should_close(net.cs[a].id));
+    // Dial to an unknown node without a registry.
+    net.send(
+        a,
+        &IpcMessage::Dial {
+            addr: Addr::new(0, 77),
+            port: 7,
+        },
+    );
+    assert_eq!(net.error_text(a), "resolve node 77: no registry configured");
+    // Oversized frame: an Error, then only that client must close.
+    net.raw(a, &[0x00, 0x10, 0x00, 0x01, 0x06]);
+    let text = net.error_text(a);
+    assert!(text.starts_with("frame too large"), "{text}");
+    assert!(net.ds[0].ipc_should_close(net.cs[a].id));
+    assert!(!net.ds[0].ipc_should_close(net.cs[other].id));
+    let info = net.info(other);
+    assert_eq!(info["node_id"], 1);
+}
+
+#[test]
+fn client_cleanup_releases_ports_and_connections() {
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.bodies(b);
+    let conn = net.dial(a, Addr::new(0, 2), 1000);
+    let _ = conn;
+    let bconn = net.one(b, |m| match m {
+        IpcMessage::Accept { conn_id, .. } => conn_id,
+        other => panic!("{other:?}"),
+    });
+    // B's client goes away: its port is free again and A sees end of stream.
+    let bid = net.cs[b].id;
+    let now = net.now;
+    net.ds[1].ipc_closed(now, bid);
+    net.advance(Duration::from_millis(200));
+    assert!(net.one(
+        a,
+        |m| matches!(m, IpcMessage::CloseOk { conn_id } if conn_id == conn)
+    ));
+    let b2 = net.open(1);
+    net.send(b2, &IpcMessage::Bind { port: 1000 });
+    assert!(net.one(b2, |m| matches!(m, IpcMessage::BindOk { port: 1000 })));
+    let _ = bconn;
+}
+
+#[test]
+fn dial_refused_when_nothing_listens() {
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    net.send(
+        a,
+        &IpcMessage::Dial {
+            addr: Addr::new(0, 2),
+            port: 1234,
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.error_text(a), "connection refused");
+}
+
+#[test]
+fn private_node_unreachable_until_manual_approval() {
+    // A is public, B private.
+    let mut net = Net::new(vec![public_cfg(0), cfg(1, true)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    net.send(a, &IpcMessage::Dial { addr: bb, port: 7 });
+    net.advance(Duration::from_millis(100));
+    let text = net.error_text(a);
+    assert!(
+        text.starts_with(&format!("resolve node {}:", bb.node)),
+        "{text}"
+    );
+    // A asks B for trust: direct delivery fails, the registry relays it.
+    let r = net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "hello",
+        },
+    );
+    assert_eq!(r["status"], "sent");
+    net.advance(Duration::from_secs(31));
+    let pending = net.handshake(b, HandshakeRequest::ListPending);
+    let list = pending["pending"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{pending}");
+    assert_eq!(list[0]["node_id"], aa.node);
+    assert_eq!(list[0]["justification"], "hello");
+    // B approves; trust is saved and A learns it (directly: A is public).
+    let r = net.handshake(b, HandshakeRequest::Approve { node_id: aa.node });
+    assert_eq!(r["status"], "approved");
+    net.advance(Duration::from_secs(31));
+    assert!(net.actions[1].iter().any(
+        |a| matches!(a, Action::SaveTrust(t) if t.contains(&format!("\"node_id\": {}", aa.node)))
+    ));
+    let t = net.handshake(a, HandshakeRequest::ListTrusted);
+    assert_eq!(t["trusted"][0]["node_id"], bb.node, "{t}");
+    // Now the registry lets A resolve B.
+    let conn = net.dial(a, bb, 7);
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"ok",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.one(
+        a,
+        |m| matches!(m, IpcMessage::Recv { data, .. } if data == b"ok")
+    ));
+}
+
+#[test]
+fn mutual_requests_auto_approve() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "a->b",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    let p = net.handshake(b, HandshakeRequest::ListPending);
+    assert_eq!(p["pending"][0]["node_id"], aa.node, "{p}");
+    // B asks back: A has an outgoing request and the registry-bound key,
+    // so A approves automatically and its accept completes B's side.
+    net.handshake(
+        b,
+        HandshakeRequest::Request {
+            node_id: aa.node,
+            justification: "b->a",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    let ta = net.handshake(a, HandshakeRequest::ListTrusted);
+    let tb = net.handshake(b, HandshakeRequest::ListTrusted);
+    assert_eq!(ta["trusted"][0]["node_id"], bb.node, "{ta}");
+    assert_eq!(ta["trusted"][0]["mutual"], true);
+    assert_eq!(tb["trusted"][0]["node_id"], aa.node, "{tb}");
+    // A revoke needs trust; revoking twice fails.
+    net.handshake(a, HandshakeRequest::Revoke { node_id: bb.node });
+    net.send(
+        a,
+        &IpcMessage::Handshake(HandshakeRequest::Revoke { node_id: bb.node }),
+    );
+    assert_eq!(
+        net.error_text(a),
+        format!("handshake revoke: node {} was not trusted", bb.node)
+    );
+}
+
+#[test]
+fn registry_pass_through_replies() {
+    let mut net = Net::new(vec![public_cfg(0)], true);
+    let a = net.open(0);
+    net.send(a, &IpcMessage::SetHostname("alpha"));
+    let j = net.one(a, |m| match m {
+        IpcMessage::SetHostnameOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(j["hostname"], "alpha");
+    assert_eq!(net.info(a)["hostname"], "alpha");
+    net.send(a, &IpcMessage::ResolveHostname("alpha"));
+    let j = net.one(a, |m| match m {
+        IpcMessage::ResolveHostnameOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(j["node_id"], net.addr(0).node);
+    net.send(a, &IpcMessage::SetTags(r#"["a","b","c","d"]"#));
+    assert_eq!(net.error_text(a), "set_tags: maximum 3 tags allowed");
+    net.send(a, &IpcMessage::SetTags(r#"["a","b"]"#));
+    assert!(net.one(a, |m| matches!(m, IpcMessage::SetTagsOk(_))));
+    net.send(a, &IpcMessage::SetVisibility(crate::wire::ipc::Flag::NO));
+    assert!(net.one(
+        a,
+        |m| matches!(m, IpcMessage::SetVisibilityOk(j) if j.contains("private"))
+    ));
+}
+
+#[test]
+fn flood_of_sends_with_slow_reader_stays_bounded() {
+    let mut cfgs: Vec<Cfg> = (0..2).map(|i| cfg(i, false)).collect();
+    for c in cfgs.iter_mut() {
+        c.encrypt = false;
+    }
+    let mut net = Net::new(cfgs, false);
+    for (x, y) in [(0usize, 1usize), (1, 0)] {
+        let now = net.now;
+        net.ds[x]
+            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
+            .unwrap();
+    }
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.bodies(b);
+    let conn = net.dial(a, Addr::new(0, 2), 1000);
+    net.bodies(b);
+    // 4 MiB in 64 KiB Sends, queued at once; B reads 16 KiB per round.
+    const TOTAL: usize = 4 << 20;
+    let mut expect = Vec::with_capacity(TOTAL);
+    for k in 0..TOTAL / 65_536 {
+        let chunk: Vec<u8> = (0..65_536).map(|i| ((i * 7 + k) % 251) as u8).collect();
+        expect.extend_from_slice(&chunk);
+        net.cs[a].tx.extend_from_slice(&frame(&IpcMessage::Send {
+            conn_id: conn,
+            data: &chunk,
+        }));
+    }
+    net.cs[b].rate = Some(16 * 1024);
+    let mut got = Vec::new();
+    for _ in 0..20_000 {
+        net.advance(Duration::from_millis(5));
+        for body in net.bodies(b) {
+            if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
+                got.extend_from_slice(data);
+            }
+        }
+        // Memory stays bounded on both sides.
+        let a_in = net.ds[0].clients.get(&net.cs[a].id).unwrap().in_len();
+        assert!(a_in <= IN_MAX);
+        if got.len() >= TOTAL {
+            break;
+        }
+    }
+    assert_eq!(got.len(), TOTAL);
+    assert!(got == expect, "stream corrupted");
+    assert!(net.cs[a].paused_seen, "the sender was never paused");
+    assert!(
+        net.cs[b].max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
+        "backlog {}",
+        net.cs[b].max_backlog
+    );
+}
+
+#[test]
+fn shutdown_deregisters_and_stops() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let c = net.open(0);
+    let b = net.addr(1);
+    let _conn = net.dial(c, b, 7);
+    let id = net.addr(0).node;
+    let now = net.now;
+    net.ds[0].shutdown(now);
+    assert!(net.ds[0].ipc_open(now).is_err());
+    net.advance(Duration::from_secs(4));
+    assert!(net.actions[0].contains(&Action::Stopped));
+    let reg = net.reg.as_ref().unwrap();
+    assert!(!reg.state().nodes.contains_key(&id), "deregistered");
+}

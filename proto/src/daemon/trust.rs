@@ -1,24 +1,50 @@
 //! The daemon side of the trust handshake (`spec/daemon.md` §6): carrying
 //! out [`Effect`]s of the [`TrustStore`], the port-444 intake, outgoing
 //! trust messages and the IPC handshake sub-commands.
+//!
+//! [`TrustStore`]: crate::services::handshake::TrustStore
 
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use serde_json::json;
 
-use super::{ClientId, Conn, Daemon, Purpose, Role, TrustWaiter, Waiter};
+use super::{ClientId, Conn, Daemon, Purpose, Role, TrustOutbound, TrustWaiter, Waiter};
 use crate::addr::{Addr, ports};
 use crate::crypto::provider::CryptoProvider;
 use crate::node::ConnId;
 use crate::registry::client::Call;
-use crate::services::handshake::{Effect, HandshakeMessage, Inbound, RegistryOp, TrustError};
+use crate::services::handshake::{
+    Effect, HandshakeMessage, Inbound, MessageType, RegistryOp, TrustError,
+};
 use crate::time::Instant;
 use crate::wire::ipc::{HandshakeRequest, IpcMessage};
 
 use core::time::Duration;
 
+/// The registry call for a trust-store operation, and what its answer is
+/// for.
+fn registry_call(op: RegistryOp) -> (Call, Purpose) {
+    match op {
+        RegistryOp::ReportTrust { peer, .. } => (Call::ReportTrust(peer), Purpose::Fire),
+        RegistryOp::RevokeTrust { peer, .. } => (Call::RevokeTrust(peer), Purpose::Fire),
+        RegistryOp::RequestHandshake {
+            to, justification, ..
+        } => (Call::RequestHandshake { to, justification }, Purpose::Fire),
+        RegistryOp::RespondHandshake { to, accept, .. } => {
+            (Call::RespondHandshake { peer: to, accept }, Purpose::Fire)
+        }
+        RegistryOp::Lookup { node } => (Call::Lookup(node), Purpose::KeyBackfill(node)),
+    }
+}
+
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// Carries out what the trust store asked for.
     pub(super) fn apply_trust(&mut self, now: Instant, fx: Vec<Effect>) {
+        self.apply_trust_for(now, fx, None);
+    }
+
+    /// Like [`Daemon::apply_trust`]; the outcome of a request message is
+    /// reported to `notify` (client, peer).
+    fn apply_trust_for(&mut self, now: Instant, fx: Vec<Effect>, notify: Option<(ClientId, u32)>) {
         let mut persist = false;
         for e in fx {
             match e {
@@ -26,7 +52,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     to,
                     message,
                     fallback,
-                } => self.trust_send(now, to, message.to_json().into_bytes(), fallback),
+                } => {
+                    // Only our own request reports back to the IPC client.
+                    let notify = notify.filter(|_| message.kind == MessageType::Request);
+                    let out = TrustOutbound {
+                        msg: message.to_json().into_bytes(),
+                        fallback,
+                        notify,
+                    };
+                    self.trust_send(now, to, out);
+                }
                 Effect::Registry(op) => self.trust_registry(now, op),
                 Effect::Persist => persist = true,
                 // The node keeps no per-peer teardown yet; the session
@@ -45,17 +80,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Performs a registry operation of the trust store.
     pub(super) fn trust_registry(&mut self, now: Instant, op: RegistryOp) {
-        let (call, purpose) = match op {
-            RegistryOp::ReportTrust { peer, .. } => (Call::ReportTrust(peer), Purpose::Fire),
-            RegistryOp::RevokeTrust { peer, .. } => (Call::RevokeTrust(peer), Purpose::Fire),
-            RegistryOp::RequestHandshake {
-                to, justification, ..
-            } => (Call::RequestHandshake { to, justification }, Purpose::Fire),
-            RegistryOp::RespondHandshake { to, accept, .. } => {
-                (Call::RespondHandshake { peer: to, accept }, Purpose::Fire)
-            }
-            RegistryOp::Lookup { node } => (Call::Lookup(node), Purpose::KeyBackfill(node)),
-        };
+        let (call, purpose) = registry_call(op);
         if let Some(reg) = self.registry.as_mut() {
             if let Ok(id) = reg.call(now, call) {
                 self.calls.insert(id, purpose);
@@ -64,23 +89,53 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// Delivers a trust message to `to:444`, resolving the peer first if
-    /// needed; `fallback` runs if that fails.
-    fn trust_send(&mut self, now: Instant, to: u32, msg: Vec<u8>, fallback: Option<RegistryOp>) {
+    /// needed; its fallback runs if that fails.
+    fn trust_send(&mut self, now: Instant, to: u32, out: TrustOutbound) {
         if self.peers.contains_key(&to) {
-            self.open_trust_out(now, to, msg, fallback);
+            self.open_trust_out(now, to, out);
         } else {
-            self.resolve_then(now, to, 0, Waiter::TrustSend { msg, fallback });
+            self.resolve_then(now, to, 0, Waiter::TrustSend(out));
         }
     }
 
+    /// Direct delivery failed: run the registry fallback, or report the
+    /// failure to a waiting IPC request.
+    pub(super) fn trust_failed(&mut self, now: Instant, out: TrustOutbound, reason: &str) {
+        match (out.fallback, out.notify) {
+            (Some(op), Some((client, peer))) => {
+                let call = registry_call(op).0;
+                let started = self.registry.as_mut().map(|r| r.call(now, call));
+                match started {
+                    Some(Ok(id)) => {
+                        self.calls
+                            .insert(id, Purpose::HandshakeRelay { client, peer });
+                    }
+                    Some(Err(e)) => {
+                        self.reply_error(now, client, &format!("handshake request: registry: {e}"))
+                    }
+                    None => self.reply_error(
+                        now,
+                        client,
+                        &format!("handshake request: {reason}; no registry configured"),
+                    ),
+                }
+            }
+            (Some(op), None) => self.trust_registry(now, op),
+            (None, Some((client, _))) => {
+                self.reply_error(now, client, &format!("handshake request: {reason}"))
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// A handshake request was delivered (directly or by the relay).
+    pub(super) fn handshake_sent(&mut self, now: Instant, client: ClientId, peer: u32) {
+        let j = json!({"node_id": peer, "status": "sent"}).to_string();
+        self.reply_msg(now, client, &IpcMessage::HandshakeOk(&j));
+    }
+
     /// Dials `to:444` for an outgoing trust message.
-    pub(super) fn open_trust_out(
-        &mut self,
-        now: Instant,
-        to: u32,
-        msg: Vec<u8>,
-        fallback: Option<RegistryOp>,
-    ) {
+    pub(super) fn open_trust_out(&mut self, now: Instant, to: u32, out: TrustOutbound) {
         let network = self.peers.get(&to).copied().unwrap_or(0);
         let addr = Addr::new(network, to);
         let res = self
@@ -93,21 +148,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     cid,
                     Conn {
                         role: Role::TrustOut {
-                            to,
-                            msg,
+                            out,
                             written: 0,
-                            fallback,
                             connected: false,
                         },
                         remote: addr,
                     },
                 );
             }
-            _ => {
-                if let Some(op) = fallback {
-                    self.trust_registry(now, op);
-                }
-            }
+            _ => self.trust_failed(now, out, "dial failed"),
         }
     }
 
@@ -188,10 +237,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 node_id,
                 justification,
             } => match store.send_request(node_id, justification, wall) {
-                Ok(fx) => {
-                    self.apply_trust(now, fx);
+                Ok(fx) if fx.is_empty() => {
+                    // Already trusted: nothing to send.
                     let j = status(node_id, "sent");
                     self.push(client, &IpcMessage::HandshakeOk(&j));
+                }
+                Ok(fx) => {
+                    // Answered once delivered directly or by the relay.
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        c.inflight += 1;
+                    }
+                    self.apply_trust_for(now, fx, Some((client, node_id)));
                 }
                 Err(e) => self.push_error(client, &format!("handshake request: {e}")),
             },

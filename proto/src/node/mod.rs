@@ -196,6 +196,13 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
+    /// A PILA from `peer` was refused because its registered identity key
+    /// is unknown: look it up and call [`Node::add_peer`] with it; the
+    /// peer's retransmission then verifies (`spec/node.md` §2).
+    IdentityNeeded {
+        /// Peer node ID.
+        peer: u32,
+    },
 }
 
 /// Why a connection was reset (mirrors [`ResetReason`]).
@@ -557,6 +564,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             },
         );
         true
+    }
+
+    /// The UDP endpoint the peer table holds for `peer`.
+    pub fn peer_endpoint(&self, peer: u32) -> Option<SocketAddr> {
+        self.peers.get(&peer).map(|p| p.endpoint)
     }
 
     /// Starts a key exchange with a known peer now (optional: sending to it
@@ -1064,12 +1076,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     self.add_peer(Addr::new(self.addr.network, kx.sender), from, None);
                 }
                 let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
-                if self
-                    .sessions
-                    .handle_key_exchange(now, KxSource::Direct(from.ip()), &kx, key.as_ref())
-                    .is_err()
-                {
+                let res = self.sessions.handle_key_exchange(
+                    now,
+                    KxSource::Direct(from.ip()),
+                    &kx,
+                    key.as_ref(),
+                );
+                if let Err(e) = res {
                     self.stats.kx_rejected += 1;
+                    if matches!(
+                        e,
+                        crate::crypto::session::KxRejected::Auth(
+                            crate::crypto::kx::KxError::UnknownIdentity
+                        )
+                    ) {
+                        self.push_event(Event::IdentityNeeded { peer: kx.sender });
+                    }
                 }
                 self.after_session(now);
             }

@@ -338,54 +338,67 @@ impl Command {
     }
 }
 
-/// Sub-command bytes of `Handshake` (`spec/ipc.md` §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum HandshakeSub {
-    /// Send a trust request.
-    Request = 0x01,
-    /// Approve a pending request.
-    Approve = 0x02,
-    /// Reject a pending request.
-    Reject = 0x03,
-    /// List pending requests.
-    ListPending = 0x04,
-    /// List trusted peers.
-    ListTrusted = 0x05,
-    /// Revoke trust.
-    Revoke = 0x06,
-    /// Wait until a peer is trusted (current profile only).
-    WaitForTrust = 0x07,
+/// Declares a sub-command enum from one table of
+/// `Variant = byte, "op name";` rows: the `#[repr(u8)]` enum, its
+/// `ALL` list, `from_byte` and `op` all come from the same rows, so the
+/// byte and the variant cannot disagree.
+macro_rules! sub_commands {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[$doc:meta])* $variant:ident = $byte:literal, $op:literal; )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name {
+            $( $(#[$doc])* $variant = $byte, )+
+        }
+
+        impl $name {
+            /// Every sub-command, in byte order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The sub-command for a byte, if assigned.
+            pub const fn from_byte(b: u8) -> Option<Self> {
+                match b {
+                    $( $byte => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+
+            /// Operation name used in error texts (`handshake request`, …).
+            pub const fn op(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $op, )+
+                }
+            }
+        }
+    };
+}
+
+sub_commands! {
+    /// Sub-command bytes of `Handshake` (`spec/ipc.md` §5).
+    HandshakeSub {
+        /// Send a trust request.
+        Request = 0x01, "handshake request";
+        /// Approve a pending request.
+        Approve = 0x02, "handshake approve";
+        /// Reject a pending request.
+        Reject = 0x03, "handshake reject";
+        /// List pending requests.
+        ListPending = 0x04, "handshake pending";
+        /// List trusted peers.
+        ListTrusted = 0x05, "handshake trusted";
+        /// Revoke trust.
+        Revoke = 0x06, "handshake revoke";
+        /// Wait until a peer is trusted (current profile only).
+        WaitForTrust = 0x07, "handshake wait";
+    }
 }
 
 impl HandshakeSub {
-    /// The sub-command for a byte, if assigned.
-    pub const fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0x01 => Self::Request,
-            0x02 => Self::Approve,
-            0x03 => Self::Reject,
-            0x04 => Self::ListPending,
-            0x05 => Self::ListTrusted,
-            0x06 => Self::Revoke,
-            0x07 => Self::WaitForTrust,
-            _ => return None,
-        })
-    }
-
-    /// Operation name used in error texts (`handshake request`, …).
-    pub const fn op(self) -> &'static str {
-        match self {
-            Self::Request => "handshake request",
-            Self::Approve => "handshake approve",
-            Self::Reject => "handshake reject",
-            Self::ListPending => "handshake pending",
-            Self::ListTrusted => "handshake trusted",
-            Self::Revoke => "handshake revoke",
-            Self::WaitForTrust => "handshake wait",
-        }
-    }
-
     /// Which wire profiles define this sub-command.
     pub const fn availability(self) -> Availability {
         match self {
@@ -395,93 +408,39 @@ impl HandshakeSub {
     }
 }
 
-/// Sub-command bytes of `Network` (`spec/ipc.md` §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum NetworkSub {
-    /// List networks.
-    List = 0x01,
-    /// Join a network.
-    Join = 0x02,
-    /// Leave a network.
-    Leave = 0x03,
-    /// List a network's members.
-    Members = 0x04,
-    /// Invite a node.
-    Invite = 0x05,
-    /// Poll pending invitations.
-    PollInvites = 0x06,
-    /// Accept or decline an invitation.
-    RespondInvite = 0x07,
-}
-
-impl NetworkSub {
-    /// The sub-command for a byte, if assigned.
-    pub const fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0x01 => Self::List,
-            0x02 => Self::Join,
-            0x03 => Self::Leave,
-            0x04 => Self::Members,
-            0x05 => Self::Invite,
-            0x06 => Self::PollInvites,
-            0x07 => Self::RespondInvite,
-            _ => return None,
-        })
-    }
-
-    /// Operation name used in error texts.
-    pub const fn op(self) -> &'static str {
-        match self {
-            Self::List => "network list",
-            Self::Join => "network join",
-            Self::Leave => "network leave",
-            Self::Members => "network members",
-            Self::Invite => "network invite",
-            Self::PollInvites => "network poll-invites",
-            Self::RespondInvite => "network respond-invite",
-        }
+sub_commands! {
+    /// Sub-command bytes of `Network` (`spec/ipc.md` §7).
+    NetworkSub {
+        /// List networks.
+        List = 0x01, "network list";
+        /// Join a network.
+        Join = 0x02, "network join";
+        /// Leave a network.
+        Leave = 0x03, "network leave";
+        /// List a network's members.
+        Members = 0x04, "network members";
+        /// Invite a node.
+        Invite = 0x05, "network invite";
+        /// Poll pending invitations.
+        PollInvites = 0x06, "network poll-invites";
+        /// Accept or decline an invitation.
+        RespondInvite = 0x07, "network respond-invite";
     }
 }
 
-/// Sub-command bytes of `Managed` (`spec/ipc.md` §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ManagedSub {
-    /// Status of one or all managed networks.
-    Status = 0x02,
-    /// Force a reconciliation cycle.
-    ForceCycle = 0x04,
-    /// Get or set a network policy.
-    Policy = 0x05,
-    /// Get or set a member's tags.
-    MemberTags = 0x06,
-    /// Reconcile one network.
-    Reconcile = 0x07,
-}
-
-impl ManagedSub {
-    /// The sub-command for a byte, if assigned.
-    pub const fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0x02 => Self::Status,
-            0x04 => Self::ForceCycle,
-            0x05 => Self::Policy,
-            0x06 => Self::MemberTags,
-            0x07 => Self::Reconcile,
-            _ => return None,
-        })
-    }
-
-    /// Operation name used in error texts.
-    pub const fn op(self) -> &'static str {
-        match self {
-            Self::Status => "managed status",
-            Self::ForceCycle => "managed cycle",
-            Self::Policy => "managed policy",
-            Self::MemberTags => "managed member-tags",
-            Self::Reconcile => "managed reconcile",
-        }
+sub_commands! {
+    /// Sub-command bytes of `Managed` (`spec/ipc.md` §7).
+    ManagedSub {
+        /// Status of one or all managed networks.
+        Status = 0x02, "managed status";
+        /// Force a reconciliation cycle.
+        ForceCycle = 0x04, "managed cycle";
+        /// Get or set a network policy.
+        Policy = 0x05, "managed policy";
+        /// Get or set a member's tags.
+        MemberTags = 0x06, "managed member-tags";
+        /// Reconcile one network.
+        Reconcile = 0x07, "managed reconcile";
     }
 }
 

@@ -765,3 +765,252 @@ mod chunking {
         }
     }
 }
+
+/// The host driven by a real server [`crate::node::Node`], talking to a
+/// real client node over an instant in-memory network.
+mod over_nodes {
+    use super::*;
+    use crate::crypto::identity::{Identity, TunnelKey};
+    use crate::crypto::provider::RustCrypto;
+    use crate::node::{
+        Event as NodeEvent, Limits, MIN_TRANSMIT_BUFFER, Node, NodeConfig, NodeError,
+    };
+    use crate::stream::conn::StreamError;
+    use core::net::SocketAddr;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    type N = Node<RustCrypto, ChaCha8Rng>;
+
+    fn ep(i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i], 4000))
+    }
+
+    fn ident(i: u8) -> Identity {
+        Identity::from_seed(&RustCrypto, [i; 32])
+    }
+
+    fn node(i: u8) -> N {
+        let mut rng = ChaCha8Rng::from_seed([i; 32]);
+        let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+        let mut n = Node::new(
+            Instant::ZERO,
+            NodeConfig {
+                addr: Addr::new(1, u32::from(i)),
+                identity: Some(ident(i)),
+                tunnel_key,
+                profile: WireProfile::Current,
+                provider: RustCrypto,
+                rng,
+                encrypt: true,
+                admin_token: Vec::new(),
+                limits: Limits::default(),
+            },
+        );
+        let other = 3 - i;
+        n.add_peer(
+            Addr::new(1, u32::from(other)),
+            ep(other),
+            Some(*ident(other).public()),
+        );
+        n
+    }
+
+    /// [`StreamIo`] over a node, as the daemon implements it.
+    struct NodeIo<'a> {
+        node: &'a mut N,
+        now: Instant,
+    }
+
+    fn map(e: NodeError) -> IoError {
+        match e {
+            NodeError::Stream(StreamError::WouldBlock) => IoError::WouldBlock,
+            _ => IoError::Closed,
+        }
+    }
+
+    impl StreamIo for NodeIo<'_> {
+        fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, IoError> {
+            self.node.read(conn, buf).map_err(map)
+        }
+        fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, IoError> {
+            self.node.write(self.now, conn, data).map_err(map)
+        }
+        fn shutdown(&mut self, conn: ConnId) {
+            let _ = self.node.shutdown(self.now, conn);
+        }
+        fn close(&mut self, conn: ConnId) {
+            let _ = self.node.close(self.now, conn);
+        }
+    }
+
+    struct World {
+        client: N,
+        server: N,
+        host: ServiceHost,
+        now: Instant,
+        actions: Vec<HostAction>,
+        client_events: Vec<NodeEvent>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let mut server = node(2);
+            let host = ServiceHost::new(HostConfig::new(WireProfile::Current));
+            for p in host.ports() {
+                server.listen(p).unwrap();
+            }
+            World {
+                client: node(1),
+                server,
+                host,
+                now: Instant::ZERO,
+                actions: Vec::new(),
+                client_events: Vec::new(),
+            }
+        }
+
+        /// Moves datagrams, runs the server's host on node events, and
+        /// advances time to the next timer when nothing else moves.
+        fn step(&mut self) -> bool {
+            let mut moved = false;
+            let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+            while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
+                self.server
+                    .handle_datagram(self.now, ep(1), &mut buf[..t.len]);
+                moved = true;
+            }
+            while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+                self.client
+                    .handle_datagram(self.now, ep(2), &mut buf[..t.len]);
+                moved = true;
+            }
+            let (now, wall) = (self.now, WALL);
+            while let Some(ev) = self.server.poll_event() {
+                moved = true;
+                let mut io = NodeIo {
+                    node: &mut self.server,
+                    now,
+                };
+                match ev {
+                    NodeEvent::Incoming { port } => {
+                        while let Some(c) = io.node.accept(port) {
+                            let from = PilotSockAddr::new(Addr::new(1, 1), 49152);
+                            self.host.on_accept(now, port, c, from, true).unwrap();
+                        }
+                    }
+                    NodeEvent::Readable(c) => self.host.on_readable(&mut io, c, now, wall),
+                    NodeEvent::Writable(c) | NodeEvent::Connected(c) => {
+                        self.host.on_writable(&mut io, c, now, wall)
+                    }
+                    NodeEvent::Closed(c) | NodeEvent::Reset(c, _) => self.host.on_closed(c),
+                    _ => {}
+                }
+                while let Some(a) = self.host.poll_action() {
+                    if let HostAction::SaveReceivedFile { conn, .. }
+                    | HostAction::SaveInbox { conn, .. } = &a
+                    {
+                        self.host.save_finished(&mut io, *conn, now, wall, Ok(()));
+                    }
+                    self.actions.push(a);
+                }
+            }
+            while let Some(ev) = self.client.poll_event() {
+                self.client_events.push(ev);
+            }
+            if !moved {
+                let next = [self.client.poll_timeout(), self.server.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .map(|(t, _)| t)
+                    .chain(self.host.poll_timeout())
+                    .min();
+                let Some(next) = next else { return false };
+                self.now = self.now.max(next);
+                self.client.handle_timeout(self.now);
+                self.server.handle_timeout(self.now);
+                let mut io = NodeIo {
+                    node: &mut self.server,
+                    now: self.now,
+                };
+                self.host.handle_timeout(&mut io, self.now);
+            }
+            true
+        }
+    }
+
+    /// Sends `data` from the client on a new stream to `port`, sends its
+    /// FIN once `expect_back` bytes came back, and returns everything the
+    /// client reads until the server's FIN.
+    fn exchange(w: &mut World, port: u16, data: &[u8], expect_back: usize) -> Vec<u8> {
+        let c = w.client.connect(w.now, Addr::new(1, 2), port).unwrap();
+        let (mut sent, mut got, mut eof, mut fin_sent) = (0, Vec::new(), false, false);
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..200_000 {
+            if sent < data.len() {
+                if let Ok(n) = w.client.write(w.now, c, &data[sent..]) {
+                    sent += n;
+                }
+            } else if !fin_sent && got.len() >= expect_back {
+                // The transport has no half-close (spec/transport.md §8):
+                // once our FIN takes effect the server cannot write any
+                // more, so a client reads its replies before its FIN.
+                fin_sent = w.client.shutdown(w.now, c).is_ok();
+            }
+            loop {
+                match w.client.read(c, &mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+            if eof || !w.step() {
+                break;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn echo_over_real_nodes() {
+        let mut w = World::new();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+        let got = exchange(&mut w, 7, &data, data.len());
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+        assert!(w.host.buffered_bytes() <= ECHO_CHUNK);
+    }
+
+    #[test]
+    fn data_exchange_over_real_nodes() {
+        let mut w = World::new();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let mut stream = file_frame(b"report.pdf", &data);
+        stream.extend(dx_frame(FrameType::Text, b"done"));
+        let acks = (8 + "ACK FILE 100000 bytes".len()) + (8 + "ACK TEXT 4 bytes".len());
+        let got = exchange(&mut w, 1001, &stream, acks);
+        assert_eq!(
+            replies(&got),
+            vec!["ACK FILE 100000 bytes", "ACK TEXT 4 bytes"]
+        );
+        let [
+            HostAction::SaveReceivedFile {
+                original,
+                data: saved,
+                ..
+            },
+            HostAction::SaveInbox {
+                kind: FrameType::Text,
+                ..
+            },
+        ] = &w.actions[..]
+        else {
+            panic!("{:?}", w.actions.len())
+        };
+        assert_eq!(original, "report.pdf");
+        assert!(saved == &data);
+    }
+}

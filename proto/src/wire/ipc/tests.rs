@@ -213,6 +213,75 @@ fn sample(variant: usize, sub: u8) -> Ingredients {
 }
 
 #[test]
+fn sub_command_tables_match_the_spec() {
+    // (byte, op) rows of `spec/ipc.md` §5 and §7; every other byte is unassigned.
+    fn check<T: Copy + core::fmt::Debug + PartialEq>(
+        all: &[T],
+        from: fn(u8) -> Option<T>,
+        op: fn(T) -> &'static str,
+        byte: fn(T) -> u8,
+        rows: &[(u8, &str)],
+    ) {
+        assert_eq!(all.len(), rows.len());
+        for (&s, &(b, name)) in all.iter().zip(rows) {
+            assert_eq!((byte(s), op(s)), (b, name));
+        }
+        for b in 0..=u8::MAX {
+            let want = rows.iter().position(|r| r.0 == b).map(|i| all[i]);
+            assert_eq!(from(b), want, "byte {b:#04x}");
+        }
+    }
+    check(
+        HandshakeSub::ALL,
+        HandshakeSub::from_byte,
+        HandshakeSub::op,
+        |s| s as u8,
+        &[
+            (1, "handshake request"),
+            (2, "handshake approve"),
+            (3, "handshake reject"),
+            (4, "handshake pending"),
+            (5, "handshake trusted"),
+            (6, "handshake revoke"),
+            (7, "handshake wait"),
+        ],
+    );
+    check(
+        NetworkSub::ALL,
+        NetworkSub::from_byte,
+        NetworkSub::op,
+        |s| s as u8,
+        &[
+            (1, "network list"),
+            (2, "network join"),
+            (3, "network leave"),
+            (4, "network members"),
+            (5, "network invite"),
+            (6, "network poll-invites"),
+            (7, "network respond-invite"),
+        ],
+    );
+    check(
+        ManagedSub::ALL,
+        ManagedSub::from_byte,
+        ManagedSub::op,
+        |s| s as u8,
+        &[
+            (2, "managed status"),
+            (4, "managed cycle"),
+            (5, "managed policy"),
+            (6, "managed member-tags"),
+            (7, "managed reconcile"),
+        ],
+    );
+    assert_eq!(
+        HandshakeSub::WaitForTrust.availability(),
+        Availability::CurrentOnly
+    );
+    assert_eq!(HandshakeSub::Request.availability(), Availability::Both);
+}
+
+#[test]
 fn command_table_is_consistent() {
     assert_eq!(Command::ALL.len(), 51);
     for (idx, &c) in Command::ALL.iter().enumerate() {
