@@ -39,7 +39,7 @@ use core::time::Duration;
 
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 
-use crate::addr::{Addr, ports};
+use crate::addr::{Addr, PilotSockAddr};
 use crate::crypto::identity::{Identity, TunnelKey};
 use crate::crypto::provider::CryptoProvider;
 use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause, Transmit};
@@ -48,6 +48,7 @@ use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryC
 use crate::registry::codec::{self, Response};
 use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
 use crate::services::handshake::{RegistryOp, TrustFile, TrustStore};
+use crate::services::host::{HostAction, HostConfig, IoError, ServiceHost, StreamIo};
 use crate::services::walltime::WallTime;
 use crate::stream::conn::StreamError;
 use crate::time::Instant;
@@ -79,9 +80,6 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESOLVE_WAITERS: usize = 64;
 /// Most peer resolutions in progress (`spec/daemon.md` §7).
 pub const MAX_RESOLUTIONS: usize = 256;
-/// How long the daemon waits for a trust message on port 444
-/// (`spec/daemon.md` §6, services.md §4.1).
-pub const TRUST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a graceful shutdown waits for FINs and the deregistration
 /// (`spec/daemon.md` §8).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -98,9 +96,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(30);
 pub struct Services {
     /// Echo on port 7.
     pub echo: bool,
-    /// Data exchange on port 1001 (needs the service host).
+    /// Data exchange on port 1001.
     pub dataexchange: bool,
-    /// Event stream on port 1002 (needs the service host).
+    /// Event stream on port 1002.
     pub eventstream: bool,
 }
 
@@ -262,10 +260,8 @@ enum Role {
         /// The client waits for `DialOk`.
         dialing: bool,
     },
-    /// The echo service; `pending` is received data not yet written back.
-    Echo { pending: Vec<u8> },
-    /// Trust intake on port 444.
-    TrustIn { buf: Vec<u8>, deadline: Instant },
+    /// A built-in service of the [`ServiceHost`].
+    Host,
     /// An outgoing trust message.
     TrustOut {
         out: TrustOutbound,
@@ -288,15 +284,13 @@ struct TrustOutbound {
 #[derive(Debug)]
 struct Conn {
     role: Role,
-    remote: Addr,
 }
 
 /// Owner of a bound port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PortOwner {
     Client(ClientId),
-    Echo,
-    Trust,
+    Host,
 }
 
 /// A request waiting for a peer to be resolved.
@@ -373,7 +367,6 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     encrypt: bool,
     node_limits: Limits,
     admin_token: Vec<u8>,
-    services: Services,
     identity_persisted: bool,
     unix_ms_at_epoch: u64,
     utc_offset_secs: i32,
@@ -397,6 +390,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     registered_once: bool,
     calls: BTreeMap<CallId, Purpose>,
 
+    host: ServiceHost,
     trust: Option<TrustStore>,
     trust_file: Option<TrustFile>,
     trust_waiters: Vec<TrustWaiter>,
@@ -473,7 +467,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             encrypt: cfg.encrypt,
             node_limits: cfg.node_limits,
             admin_token: cfg.admin_token,
-            services: cfg.services,
             identity_persisted: cfg.identity_persisted,
             unix_ms_at_epoch: cfg.unix_ms_at_epoch,
             utc_offset_secs: cfg.utc_offset_secs,
@@ -496,6 +489,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             reg_live: false,
             registered_once: false,
             calls: BTreeMap::new(),
+            host: ServiceHost::new(HostConfig {
+                echo: cfg.services.echo,
+                trust: true,
+                data_exchange: cfg.services.dataexchange,
+                event_stream: cfg.services.eventstream,
+                ..HostConfig::new(cfg.profile)
+            }),
             trust: None,
             trust_file: cfg.trust,
             trust_waiters: Vec::new(),
@@ -584,14 +584,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         self.trust = Some(store);
         // Built-in services are bound before any client can bind.
-        let mut builtin = vec![(ports::HANDSHAKE, PortOwner::Trust)];
-        if self.services.echo {
-            builtin.push((ports::ECHO, PortOwner::Echo));
-        }
+        let builtin: Vec<u16> = self.host.ports().collect();
         if let Some(node) = self.node.as_mut() {
-            for (port, owner) in builtin {
+            for port in builtin {
                 if node.bind(port).is_ok() {
-                    self.ports.insert(port, owner);
+                    self.ports.insert(port, PortOwner::Host);
                 }
             }
         }
@@ -878,11 +875,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         for r in self.resolving.values() {
             take(Some(r.deadline));
         }
-        for c in self.conns.values() {
-            if let Role::TrustIn { deadline, .. } = c.role {
-                take(Some(deadline));
-            }
-        }
+        take(self.host.poll_timeout());
         for w in &self.trust_waiters {
             take(Some(w.deadline));
         }
@@ -913,15 +906,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         for n in late {
             self.resolution_failed(now, n, "registry: request timed out");
         }
-        // Trust intake that waited long enough: process what arrived.
-        let due: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.role, Role::TrustIn { deadline, .. } if deadline <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for cid in due {
-            self.finish_trust_in(now, cid);
+        // Service connections past their deadline.
+        if self.host.poll_timeout().is_some_and(|t| t <= now) {
+            if let Some(node) = self.node.as_mut() {
+                let mut io = NodeIo { node, now };
+                self.host.handle_timeout(&mut io, now);
+            }
+            self.host_actions(now);
         }
         self.expire_trust_waiters(now);
         self.drive(now);
@@ -1121,7 +1112,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                                 ipc_id,
                                 dialing: false,
                             },
-                            remote: info.remote,
                         },
                     );
                     if let Some(c) = self.clients.get_mut(&client) {
@@ -1135,30 +1125,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                     self.pump_rx(now, cid);
                 }
-                Some(PortOwner::Echo) => {
-                    self.conns.insert(
-                        cid,
-                        Conn {
-                            role: Role::Echo {
-                                pending: Vec::new(),
-                            },
-                            remote: info.remote,
-                        },
-                    );
-                    self.pump_rx(now, cid);
-                }
-                Some(PortOwner::Trust) => {
-                    self.conns.insert(
-                        cid,
-                        Conn {
-                            role: Role::TrustIn {
-                                buf: Vec::new(),
-                                deadline: now + TRUST_READ_TIMEOUT,
-                            },
-                            remote: info.remote,
-                        },
-                    );
-                    self.pump_rx(now, cid);
+                Some(PortOwner::Host) => {
+                    let trusted = self
+                        .trust
+                        .as_ref()
+                        .is_some_and(|t| t.trusted().contains_key(&info.remote.node));
+                    let remote = PilotSockAddr::new(info.remote, info.remote_port);
+                    if self.host.on_accept(now, port, cid, remote, trusted).is_ok() {
+                        self.conns.insert(cid, Conn { role: Role::Host });
+                        self.host_io(now, cid, true);
+                        self.host_io(now, cid, false);
+                    } else if let Some(node) = self.node.as_mut() {
+                        let _ = node.close(now, cid);
+                    }
                 }
                 None => {
                     if let Some(node) = self.node.as_mut() {
@@ -1216,6 +1195,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Reads what a connection has, as far as its consumer has room.
     fn pump_rx(&mut self, now: Instant, cid: ConnId) {
+        if matches!(self.conns.get(&cid).map(|c| &c.role), Some(Role::Host)) {
+            self.host_io(now, cid, false);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&cid) else {
             return;
         };
@@ -1295,62 +1278,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     self.process_input(now, client);
                 }
             }
-            Role::Echo { pending } => {
-                let mut buf = [0u8; 4096];
-                let mut eof = false;
-                while pending.is_empty() {
-                    match node.read(cid, &mut buf) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            let data = buf.get(..n).unwrap_or(&[]);
-                            let w = node.write(now, cid, data).unwrap_or(0);
-                            if w < n {
-                                pending.extend_from_slice(data.get(w..).unwrap_or(&[]));
-                            }
-                        }
-                        Err(NodeError::Stream(StreamError::WouldBlock)) => break,
-                        Err(_) => {
-                            eof = true;
-                            break;
-                        }
-                    }
-                }
-                if eof {
-                    let _ = node.close(now, cid);
-                    self.conns.remove(&cid);
-                }
-            }
-            Role::TrustIn { buf, .. } => {
-                let limit = crate::services::handshake::max_message(self.profile);
-                let mut chunk = [0u8; 4096];
-                let mut done = false;
-                loop {
-                    match node.read(cid, &mut chunk) {
-                        Ok(0) => {
-                            done = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-                            if buf.len() > limit {
-                                done = true;
-                                break;
-                            }
-                        }
-                        Err(NodeError::Stream(StreamError::WouldBlock)) => break,
-                        Err(_) => {
-                            done = true;
-                            break;
-                        }
-                    }
-                }
-                if done {
-                    self.finish_trust_in(now, cid);
-                }
-            }
+            Role::Host => {}
             Role::TrustOut { .. } => {
                 // Nothing is expected back; discard.
                 let mut chunk = [0u8; 1024];
@@ -1364,6 +1292,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn on_writable(&mut self, now: Instant, cid: ConnId) {
+        if matches!(self.conns.get(&cid).map(|c| &c.role), Some(Role::Host)) {
+            self.host_io(now, cid, true);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&cid) else {
             return;
         };
@@ -1381,15 +1313,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     self.process_input(now, client);
                 }
             }
-            Role::Echo { pending } => {
-                if !pending.is_empty() {
-                    let w = node.write(now, cid, pending).unwrap_or(0);
-                    pending.drain(..w.min(pending.len()));
-                }
-                if pending.is_empty() {
-                    self.pump_rx(now, cid);
-                }
-            }
+            Role::Host => {}
             Role::TrustOut {
                 out,
                 written,
@@ -1411,7 +1335,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
-            Role::TrustIn { .. } => {}
         }
     }
 
@@ -1437,15 +1360,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 };
                 self.reply_error(now, client, text);
             }
-            Role::Client { .. } | Role::Echo { .. } | Role::TrustIn { .. } => {
+            Role::Client { .. } => {
                 // Deliver what is left and end the stream.
                 self.pump_rx(now, cid);
-                if matches!(
-                    self.conns.get(&cid).map(|c| &c.role),
-                    Some(Role::Echo { .. })
-                ) {
-                    self.conns.remove(&cid);
-                }
+            }
+            Role::Host => {
+                // Let the service see the end of stream, then forget it.
+                self.host_io(now, cid, false);
+                self.host.on_closed(cid);
+                self.conns.remove(&cid);
             }
             Role::TrustOut { connected, .. } => {
                 // Still here, so the message was not completely written.
@@ -1703,7 +1626,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             ipc_id,
                             dialing: true,
                         },
-                        remote: addr,
                     },
                 );
                 if let Some(c) = self.clients.get_mut(&client) {
@@ -2134,6 +2056,90 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Purpose::ShutdownDeregister => {
                 self.deregistering = false;
             }
+        }
+    }
+}
+
+/// [`StreamIo`] for the service host over the node.
+struct NodeIo<'a, P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    node: &'a mut Node<P, R>,
+    now: Instant,
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> StreamIo for NodeIo<'_, P, R> {
+    fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, IoError> {
+        match self.node.read(conn, buf) {
+            Ok(n) => Ok(n),
+            Err(NodeError::Stream(StreamError::WouldBlock)) => Err(IoError::WouldBlock),
+            Err(_) => Err(IoError::Closed),
+        }
+    }
+
+    fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, IoError> {
+        match self.node.write(self.now, conn, data) {
+            Ok(n) => Ok(n),
+            Err(NodeError::Stream(StreamError::NotEstablished)) => Err(IoError::WouldBlock),
+            Err(_) => Err(IoError::Closed),
+        }
+    }
+
+    fn shutdown(&mut self, conn: ConnId) {
+        let _ = self.node.shutdown(self.now, conn);
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let _ = self.node.close(self.now, conn);
+    }
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
+    /// Lets the service host work on `cid` (`writable`: room to write,
+    /// else: data or end of stream to read), then carries out its actions.
+    fn host_io(&mut self, now: Instant, cid: ConnId, writable: bool) {
+        let wall = self.wall(now);
+        if let Some(node) = self.node.as_mut() {
+            let mut io = NodeIo { node, now };
+            if writable {
+                self.host.on_writable(&mut io, cid, now, wall);
+            } else {
+                self.host.on_readable(&mut io, cid, now, wall);
+            }
+        }
+        self.host_actions(now);
+    }
+
+    /// Carries out what the service host asked for. Files and inbox
+    /// records are handed to the driver ([`Action::SaveReceivedFile`],
+    /// [`Action::SaveInbox`]) and reported saved at once.
+    fn host_actions(&mut self, now: Instant) {
+        while let Some(a) = self.host.poll_action() {
+            match a {
+                HostAction::SaveReceivedFile {
+                    conn, name, data, ..
+                } => {
+                    self.actions
+                        .push_back(Action::SaveReceivedFile { name, data });
+                    self.host_saved(now, conn);
+                }
+                HostAction::SaveInbox {
+                    conn, name, json, ..
+                } => {
+                    self.actions.push_back(Action::SaveInbox { name, json });
+                    self.host_saved(now, conn);
+                }
+                HostAction::TrustMessage { from, bytes } => {
+                    self.on_trust_bytes(now, bytes, from.node);
+                }
+                HostAction::Event(_) => {}
+            }
+        }
+    }
+
+    fn host_saved(&mut self, now: Instant, conn: ConnId) {
+        let wall = self.wall(now);
+        if let Some(node) = self.node.as_mut() {
+            let mut io = NodeIo { node, now };
+            self.host.save_finished(&mut io, conn, now, wall, Ok(()));
         }
     }
 }

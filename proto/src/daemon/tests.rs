@@ -3,6 +3,7 @@
 //! time. IPC is driven as raw bytes.
 
 use super::*;
+use crate::addr::ports;
 use crate::crypto::provider::RustCrypto;
 use crate::node::MIN_TRANSMIT_BUFFER;
 use crate::registry::server::{Config as RegConfig, Registry};
@@ -337,8 +338,8 @@ fn registers_and_reports_status() {
     assert_eq!(info["node_id"], net.addr(0).node);
     assert_eq!(info["address"], net.addr(0).to_string());
     assert_eq!(info["encrypt"], true);
-    // Built-in echo (7) and trust intake (444).
-    assert_eq!(info["ports"], 2);
+    // Built-in services: echo 7, trust 444, data exchange 1001, events 1002.
+    assert_eq!(info["ports"], 4);
     // Heartbeats keep the node registered across several periods.
     net.advance(Duration::from_secs(200));
     let reg = net.reg.as_ref().unwrap();
@@ -780,4 +781,126 @@ fn shutdown_deregisters_and_stops() {
     assert!(net.actions[0].contains(&Action::Stopped));
     let reg = net.reg.as_ref().unwrap();
     assert!(!reg.state().nodes.contains_key(&id), "deregistered");
+}
+
+#[test]
+fn data_exchange_file_is_saved_and_acknowledged() {
+    use crate::services::dataexchange::{FileBody, Frame, FrameType};
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
+    let body = FileBody::Named {
+        name: b"notes.txt",
+        data: b"file contents",
+    };
+    let mut payload = vec![0u8; body.encoded_len()];
+    body.encode(&mut payload).unwrap();
+    let f = Frame {
+        frame_type: FrameType::File,
+        payload: &payload,
+    };
+    let mut bytes = vec![0u8; f.encoded_len()];
+    f.encode(&mut bytes).unwrap();
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: &bytes,
+        },
+    );
+    net.advance(Duration::from_millis(200));
+    let saved = net.actions[1]
+        .iter()
+        .find_map(|x| match x {
+            Action::SaveReceivedFile { name, data } => Some((name.clone(), data.clone())),
+            _ => None,
+        })
+        .expect("file handed to the driver");
+    assert!(saved.0.contains("notes"), "{}", saved.0);
+    assert_eq!(saved.1, b"file contents");
+    // The ACK frame comes back on the stream.
+    let mut got = Vec::new();
+    for body in net.bodies(a) {
+        if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
+            got.extend_from_slice(data);
+        }
+    }
+    let (ack, _) = Frame::parse(&got, u32::MAX).unwrap().expect("ACK frame");
+    assert_eq!(ack.payload, b"ACK FILE 13 bytes");
+}
+
+#[test]
+fn bulk_64_mib_each_way_with_bounded_memory() {
+    let mut cfgs: Vec<Cfg> = (0..2).map(|i| cfg(i, false)).collect();
+    for c in cfgs.iter_mut() {
+        c.encrypt = false;
+    }
+    let mut net = Net::new(cfgs, false);
+    for (x, y) in [(0usize, 1usize), (1, 0)] {
+        let now = net.now;
+        net.ds[x]
+            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
+            .unwrap();
+    }
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.bodies(b);
+    let aconn = net.dial(a, Addr::new(0, 2), 1000);
+    let bconn = net.one(b, |m| match m {
+        IpcMessage::Accept { conn_id, .. } => conn_id,
+        other => panic!("{other:?}"),
+    });
+    const TOTAL: usize = 64 << 20;
+    const CHUNK: usize = 1 << 19;
+    let pattern = |dir: usize, off: usize| ((off * 13 + dir * 7 + off / 65_536) % 253) as u8;
+    // Queue both directions at once; each side reads 256 KiB per round.
+    for (c, conn, dir) in [(a, aconn, 0usize), (b, bconn, 1usize)] {
+        for k in 0..TOTAL / CHUNK {
+            let data: Vec<u8> = (0..CHUNK).map(|i| pattern(dir, k * CHUNK + i)).collect();
+            net.cs[c].tx.extend_from_slice(&frame(&IpcMessage::Send {
+                conn_id: conn,
+                data: &data,
+            }));
+        }
+        net.cs[c].rate = Some(256 * 1024);
+    }
+    let mut got = [0usize; 2];
+    let mut max_in = 0usize;
+    for _ in 0..200_000 {
+        net.advance(Duration::from_millis(2));
+        for (c, dir) in [(b, 0usize), (a, 1usize)] {
+            for body in net.bodies(c) {
+                if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
+                    for (i, &x) in data.iter().enumerate() {
+                        assert_eq!(x, pattern(dir, got[dir] + i), "byte {}", got[dir] + i);
+                    }
+                    got[dir] += data.len();
+                }
+            }
+        }
+        for c in [a, b] {
+            let d = net.cs[c].d;
+            max_in = max_in.max(net.ds[d].clients.get(&net.cs[c].id).unwrap().in_len());
+        }
+        // Drop what the test already delivered so its own memory stays small.
+        for c in [a, b] {
+            let pos = net.cs[c].tx_pos;
+            net.cs[c].tx.drain(..pos);
+            net.cs[c].tx_pos = 0;
+        }
+        if got == [TOTAL, TOTAL] {
+            break;
+        }
+    }
+    assert_eq!(got, [TOTAL, TOTAL]);
+    assert!(max_in <= IN_MAX, "input backlog {max_in}");
+    for c in [a, b] {
+        assert!(
+            net.cs[c].max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
+            "output backlog {}",
+            net.cs[c].max_backlog
+        );
+        assert!(net.cs[c].paused_seen);
+    }
 }

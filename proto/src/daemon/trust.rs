@@ -10,7 +10,6 @@ use serde_json::json;
 use super::{ClientId, Conn, Daemon, Purpose, Role, TrustOutbound, TrustWaiter, Waiter};
 use crate::addr::{Addr, ports};
 use crate::crypto::provider::CryptoProvider;
-use crate::node::ConnId;
 use crate::registry::client::Call;
 use crate::services::handshake::{
     Effect, HandshakeMessage, Inbound, MessageType, RegistryOp, TrustError,
@@ -152,7 +151,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             written: 0,
                             connected: false,
                         },
-                        remote: addr,
                     },
                 );
             }
@@ -160,22 +158,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
-    /// The intake on port 444 has its message (end of stream, size limit
-    /// or read timeout): close the stream and process it.
-    pub(super) fn finish_trust_in(&mut self, now: Instant, cid: ConnId) {
-        let Some(conn) = self.conns.remove(&cid) else {
-            return;
-        };
-        if let Some(node) = self.node.as_mut() {
-            let _ = node.close(now, cid);
-        }
-        let Role::TrustIn { buf, .. } = conn.role else {
-            return;
-        };
-        if buf.is_empty() {
-            return;
-        }
-        let source = conn.remote.node;
+    /// A complete message from the port-444 intake of the service host,
+    /// sent by the stream's real remote node `source`.
+    pub(super) fn on_trust_bytes(&mut self, now: Instant, buf: Vec<u8>, source: u32) {
         let Ok(msg) = HandshakeMessage::decode(&buf, self.profile) else {
             return;
         };
