@@ -575,9 +575,11 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
             |t| shared.to_tokio(t),
         );
         sleep.as_mut().reset(at);
+        // Incoming packets first: handle work is drained at the top of
+        // every iteration anyway, so a steady stream of nudges from busy
+        // handles must not starve the socket (ACKs would stall).
         tokio::select! {
             biased;
-            () = shared.notify.notified() => {}
             r = socket.recv_from(&mut rx) => match r {
                 Ok((n, from)) => {
                     let mut st = shared.lock();
@@ -598,6 +600,7 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                 }
                 Err(e) => tracing::debug!(error = %e, "udp receive failed"),
             },
+            () = shared.notify.notified() => {}
             () = &mut sleep => {}
         }
     }
