@@ -2,7 +2,7 @@
 //! (behind a short-held lock) the `proto` node, plus the per-connection and
 //! per-port state the handles park their wakers in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::registry::{RegistryConfig, RegistryHandle};
 use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
 
 /// The `proto` node type this driver runs.
@@ -41,7 +42,8 @@ const RECV_BUFFER: usize = 65_536;
 /// Configuration of an embedded [`Node`].
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// Our virtual address.
+    /// Our virtual address. Ignored with [`NodeConfig::registry`], which
+    /// assigns it.
     pub addr: Addr,
     /// Local UDP endpoint of the tunnel socket (default `127.0.0.1:0`).
     pub bind: SocketAddr,
@@ -55,6 +57,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Seed of the node's RNG; drawn from the OS when `None`.
     pub seed: Option<[u8; 32]>,
+    /// Join a registry (address assigned by it; unknown peers resolved
+    /// through it on `connect` and `send_to`) instead of a static address.
+    pub registry: Option<RegistryConfig>,
 }
 
 impl NodeConfig {
@@ -68,7 +73,16 @@ impl NodeConfig {
             profile: WireProfile::Current,
             limits: Limits::default(),
             seed: None,
+            registry: None,
         }
+    }
+
+    /// A node that registers with the registry at `registry` (TCP) and
+    /// learns its address from it.
+    pub fn with_registry(registry: RegistryConfig) -> Self {
+        let mut c = NodeConfig::new(Addr::ZERO);
+        c.registry = Some(registry);
+        c
     }
 }
 
@@ -119,6 +133,10 @@ pub(crate) struct State {
     ports: HashMap<u16, PortSlot>,
     stopped: bool,
     stats: DriverStats,
+    /// Peers added to the node (statically or after a resolve).
+    known: HashSet<u32>,
+    /// Peers whose key exchange waits for their identity key.
+    identity_wanted: Vec<u32>,
 }
 
 fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
@@ -182,6 +200,7 @@ impl State {
                 }
                 _ => self.stats.datagrams_dropped += 1,
             },
+            Event::IdentityNeeded { peer } => self.identity_wanted.push(peer),
             Event::Pong { .. }
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
@@ -216,6 +235,7 @@ pub(crate) struct Shared {
     epoch: tokio::time::Instant,
     local: SocketAddr,
     identity: [u8; 32],
+    registry: Option<RegistryHandle>,
 }
 
 impl Shared {
@@ -290,7 +310,8 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Binds the UDP socket and spawns the driver task on the current
+    /// Binds the UDP socket, joins the registry if configured (waiting for
+    /// the registration), and spawns the driver task on the current
     /// runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Node, Error> {
         let socket = UdpSocket::bind(cfg.bind).await?;
@@ -305,7 +326,13 @@ impl Node {
             .clone()
             .unwrap_or_else(|| Identity::generate(&RustCrypto, &mut rng));
         let epoch = tokio::time::Instant::now();
-        let addr = cfg.addr;
+        let (addr, registry) = match &cfg.registry {
+            Some(rc) => {
+                let (node_id, handle) = crate::registry::join(rc, &identity, local, epoch).await?;
+                (Addr::new(0, node_id), Some(handle))
+            }
+            None => (cfg.addr, None),
+        };
         let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
         let node_rng = ChaCha20Rng::from_seed({
             let mut s = [0u8; 32];
@@ -334,12 +361,15 @@ impl Node {
                 ports: HashMap::new(),
                 stopped: false,
                 stats: DriverStats::default(),
+                known: HashSet::new(),
+                identity_wanted: Vec::new(),
             }),
             notify: Notify::new(),
             handles: AtomicUsize::new(0),
             epoch,
             local,
             identity: identity_public,
+            registry,
         });
         let h = Handle::new(shared.clone());
         tokio::spawn(drive(shared, socket));
@@ -385,16 +415,19 @@ impl Node {
         udp: SocketAddr,
         identity: Option<[u8; 32]>,
     ) -> Result<(), Error> {
-        if self.h.lock().node.add_peer(addr, udp, identity) {
+        let mut st = self.h.lock();
+        if st.node.add_peer(addr, udp, identity) {
+            st.known.insert(addr.node);
             Ok(())
         } else {
             Err(Error::Node(NodeError::UnknownPeer))
         }
     }
 
-    /// Opens a stream to `dst:port`. Cancel-safe: dropping the future
-    /// abandons the dial.
+    /// Opens a stream to `dst:port`. With a registry, an unknown peer is
+    /// resolved first. Cancel-safe: dropping the future abandons the dial.
     pub async fn connect(&self, dst: Addr, port: u16) -> Result<Stream, Error> {
+        ensure_peer(&self.h, dst).await?;
         let conn = EmbeddedConn::dial(&self.h, dst, port)?;
         std::future::poll_fn(|cx| conn.poll_connected(cx)).await?;
         Ok(Stream::from_embedded(conn))
@@ -414,8 +447,49 @@ impl Node {
 
     /// Sends one datagram from an ephemeral port.
     pub async fn send_datagram(&self, dst: Addr, port: u16, data: &[u8]) -> Result<(), Error> {
+        ensure_peer(&self.h, dst).await?;
         send_datagram(&self.h, dst, port, None, data)
     }
+}
+
+/// With a registry, resolves a peer the node does not know yet.
+async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
+    let Some(reg) = h.registry.as_ref() else {
+        return Ok(());
+    };
+    if dst.is_broadcast() || h.lock().known.contains(&dst.node) {
+        return Ok(());
+    }
+    let (endpoint, key) = reg.lookup(dst.node).await?;
+    let endpoint = endpoint
+        .ok_or_else(|| Error::Registry(format!("node {} has no visible endpoint", dst.node)))?;
+    let mut st = h.lock();
+    if st.node.add_peer(dst, endpoint, key) {
+        st.known.insert(dst.node);
+    }
+    Ok(())
+}
+
+/// A peer's key exchange needs its registered identity key: look it up
+/// and give it to the node (the peer's next key exchange then succeeds).
+async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
+    let Some(reg) = shared.registry.as_ref() else {
+        return;
+    };
+    let Ok((_, Some(key))) = reg.lookup(peer).await else {
+        return;
+    };
+    {
+        let mut st = shared.lock();
+        // Keep the endpoint the node learned from the peer's packets.
+        let Some(info) = st.node.peer_list().into_iter().find(|p| p.node == peer) else {
+            return;
+        };
+        st.node
+            .add_peer(Addr::new(0, peer), info.endpoint, Some(key));
+        st.known.insert(peer);
+    }
+    shared.kick();
 }
 
 fn send_datagram(
@@ -476,6 +550,13 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                 }
             }
             deadline = st.node.poll_timeout().map(|(t, _)| t);
+            if shared.registry.is_some() {
+                for peer in st.identity_wanted.drain(..) {
+                    tokio::spawn(fetch_identity(shared.clone(), peer));
+                }
+            } else {
+                st.identity_wanted.clear();
+            }
             if closing {
                 st.stop(&mut wake);
             }
@@ -497,9 +578,11 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
             |t| shared.to_tokio(t),
         );
         sleep.as_mut().reset(at);
+        // Incoming packets first: handle work is drained at the top of
+        // every iteration anyway, so a steady stream of nudges from busy
+        // handles must not starve the socket (ACKs would stall).
         tokio::select! {
             biased;
-            () = shared.notify.notified() => {}
             r = socket.recv_from(&mut rx) => match r {
                 Ok((n, from)) => {
                     let mut st = shared.lock();
@@ -520,6 +603,7 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                 }
                 Err(e) => tracing::debug!(error = %e, "udp receive failed"),
             },
+            () = shared.notify.notified() => {}
             () = &mut sleep => {}
         }
     }
@@ -617,10 +701,12 @@ impl EmbeddedListener {
         let h = &self.port.h;
         let mut st = h.lock();
         if let Some(id) = st.node.accept(self.port.port) {
-            let (local_port, remote, remote_port) =
-                st.node
-                    .conn_endpoints(id)
-                    .unwrap_or((self.port.port, Addr::ZERO, 0));
+            let (local_port, remote, remote_port) = st
+                .node
+                .conn_info(id)
+                .map_or((self.port.port, Addr::ZERO, 0), |i| {
+                    (i.local_port, i.remote, i.remote_port)
+                });
             st.conns.insert(
                 id,
                 ConnSlot {
@@ -659,6 +745,7 @@ impl EmbeddedDatagrams {
     }
 
     pub(crate) async fn send_to(&self, dst: Addr, port: u16, data: &[u8]) -> Result<(), Error> {
+        ensure_peer(&self.port.h, dst).await?;
         send_datagram(&self.port.h, dst, port, Some(self.port.port), data)
     }
 
@@ -703,7 +790,7 @@ impl EmbeddedConn {
             return Err(Error::Stopped);
         }
         let id = st.node.connect(now, dst, port)?;
-        let local_port = st.node.conn_endpoints(id).map_or(0, |e| e.0);
+        let local_port = st.node.conn_info(id).map_or(0, |i| i.local_port);
         st.conns.insert(id, ConnSlot::default());
         drop(st);
         h.kick();

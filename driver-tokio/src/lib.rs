@@ -4,7 +4,8 @@
 //!
 //! * **Embedded**: [`Node`] runs a sans-IO [`pilot_proto::node::Node`] on a
 //!   tokio [`UdpSocket`](tokio::net::UdpSocket) inside one driver task.
-//!   Peers are given statically ([`Node::add_peer`]).
+//!   Peers are given statically ([`Node::add_peer`]) or found through a
+//!   registry ([`NodeConfig::registry`]).
 //! * **Daemon client**: [`daemon::DaemonClient`] talks to a running
 //!   `pilot-daemon` over its IPC socket.
 //!
@@ -38,6 +39,7 @@ pub mod daemon;
 mod embedded;
 mod error;
 mod pilot;
+mod registry;
 mod stream;
 
 pub use daemon::DaemonClient;
@@ -45,4 +47,5 @@ pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig};
 pub use error::Error;
 pub use pilot::Pilot;
 pub use pilot_proto::addr::Addr;
+pub use registry::RegistryConfig;
 pub use stream::{Datagram, DatagramSocket, Listener, Stream};

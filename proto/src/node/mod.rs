@@ -877,14 +877,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.conns.get(&id).map(|e| e.conn.stats())
     }
 
-    /// The local port, remote address and remote port of a live
-    /// connection (drivers report them for accepted connections).
-    pub fn conn_endpoints(&self, id: ConnId) -> Option<(u16, Addr, u16)> {
-        self.conns
-            .get(&id)
-            .map(|e| (e.key.local_port, e.key.remote, e.key.remote_port))
-    }
-
     /// Stream loss-recovery totals over every connection, live or
     /// dropped: (retransmissions, fast retransmits, RTO timeouts).
     pub fn stream_totals(&self) -> (u64, u64, u64) {

@@ -1,0 +1,81 @@
+//! Two embedded nodes that only know a registry: each registers, and a
+//! dial resolves the other through it. The registry is the project's
+//! rendezvous server (`pilot_driver_mio::rendezvous`), run in-process on
+//! loopback with a temp store.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pilot_driver_mio::rendezvous::server::{Server, ServerConfig};
+use pilot_driver_tokio::{Addr, Error, Node, NodeConfig, RegistryConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn start_registry(dir: &std::path::Path) -> SocketAddr {
+    let mut cfg = ServerConfig::new(dir.join("registry.redb"));
+    cfg.registry_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.beacon_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = Server::bind(cfg).unwrap();
+    let addr = server.registry_addr().unwrap();
+    std::thread::spawn(move || server.run());
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_and_resolve_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = start_registry(dir.path());
+    let mut rc = RegistryConfig::new(reg);
+    rc.public = true;
+    let a = Node::start(NodeConfig::with_registry(rc.clone()))
+        .await
+        .unwrap();
+    let b = Node::start(NodeConfig::with_registry(rc)).await.unwrap();
+    assert_ne!(a.addr().node, 0);
+    assert_ne!(a.addr(), b.addr());
+    assert_eq!(a.addr().network, 0);
+
+    let l = b.listen(80).unwrap();
+    let server = tokio::spawn(async move {
+        let mut s = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    // Visibility is set right after registration; retry the dial briefly
+    // until the registry lets us resolve b.
+    let mut s = timeout(LIMIT, async {
+        loop {
+            match a.connect(b.addr(), 80).await {
+                Ok(s) => break s,
+                Err(Error::Registry(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("{e}: a {:?} b {:?}", a.stats(), b.stats()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    s.write_all(b"found you through the registry")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let got = timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(got, b"found you through the registry");
+    // An unregistered node cannot be resolved.
+    let r = a.connect(Addr::new(0, 0x00ff_fff0), 80).await;
+    assert!(matches!(r, Err(Error::Registry(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn unreachable_registry_fails_the_start() {
+    // A port nothing listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let mut rc = RegistryConfig::new(addr);
+    rc.join_timeout = Duration::from_millis(500);
+    let r = Node::start(NodeConfig::with_registry(rc)).await;
+    assert!(matches!(r, Err(Error::Registry(_))), "{r:?}");
+}
