@@ -22,10 +22,10 @@ use core::time::Duration;
 use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, RecoveryState};
 use super::consts::{
     DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, GIVE_UP_SILENCE,
-    KEEPALIVE_INTERVAL, KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, MAX_UNACKED_SEGMENTS,
-    PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP,
-    SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RETRIES, SYN_MAX_RTO, TIME_WAIT, ZWP_INITIAL,
-    ZWP_MAX, ZWP_MAX_PROBES,
+    KEEPALIVE_INTERVAL, KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT,
+    MAX_UNACKED_SEGMENTS, PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR,
+    SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RETRIES,
+    SYN_MAX_RTO, TIME_WAIT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
 use super::rtt::RttEstimator;
@@ -236,6 +236,8 @@ pub struct ConnStats {
     pub fast_retransmits: u64,
     /// Retransmission timeouts.
     pub timeouts: u64,
+    /// Retransmissions found to be spurious (the original arrived late).
+    pub spurious_retransmits: u64,
     /// SACK blocks sent.
     pub sack_blocks_sent: u64,
     /// SACK blocks received.
@@ -318,6 +320,13 @@ pub struct Connection {
     timeouts_unheard: u32,
     /// Holes before this were already retransmitted in this recovery.
     rtx_next: Seq,
+    /// Reordering was detected: loss is judged by time (§7.3.2), not by
+    /// duplicate-ACK or SACK counts.
+    reordering: bool,
+    /// Reordering delay learnt from spurious retransmissions.
+    reo_learned: Duration,
+    /// When time-based loss detection must look again.
+    reo_at: Option<Instant>,
     outstanding_since: Option<Instant>,
     zwp_at: Option<Instant>,
     zwp_interval: Duration,
@@ -387,6 +396,9 @@ impl Connection {
             last_heard: now,
             timeouts_unheard: 0,
             rtx_next: isn,
+            reordering: false,
+            reo_learned: Duration::ZERO,
+            reo_at: None,
             outstanding_since: None,
             zwp_at: None,
             zwp_interval: ZWP_INITIAL,
@@ -593,6 +605,7 @@ impl Connection {
         self.probe_pending = false;
         self.syn_at = None;
         self.rto_at = None;
+        self.reo_at = None;
         self.delayed_ack_at = None;
         self.zwp_at = None;
         self.keepalive_at = None;
@@ -766,11 +779,17 @@ impl Connection {
         // We are waiting for an answer to our own probe: this is it.
         let probing = self.keepalive_unanswered > 0 || self.zwp_probes > 0;
         self.heard(now);
-        let window_changed = self.peer_window != Some(seg.window);
-        let old_window = self.peer_window;
-        self.peer_window = Some(seg.window);
-        if old_window == Some(0) && seg.window > 0 {
-            self.zwp_reset();
+        // The window is relative to the segment's ACK number: one from an
+        // ACK older than what we already hold (reordered on the way) is
+        // stale and would move the right edge past what the peer allowed.
+        let stale = seg.ack.before(self.send.snd_una());
+        let window_changed = !stale && self.peer_window != Some(seg.window);
+        if !stale {
+            let old_window = self.peer_window;
+            self.peer_window = Some(seg.window);
+            if old_window == Some(0) && seg.window > 0 {
+                self.zwp_reset();
+            }
         }
         let sack_blocks = if seg.payload.is_empty() {
             None
@@ -779,13 +798,14 @@ impl Connection {
         };
         if let Some(blocks) = &sack_blocks {
             self.stats.sack_blocks_received += blocks.len() as u64;
-            if self.send.on_sack(blocks) > 0 {
+            if self.send.on_sack(now, blocks) > 0 {
                 self.zwp_reset();
                 self.on_new_sack(now);
             }
         }
         let pure = seg.payload.is_empty() || sack_blocks.is_some();
         self.process_ack(now, seg.ack, pure, window_changed);
+        self.detect_reordering_loss(now);
         if sack_blocks.is_some() {
             return;
         }
@@ -871,6 +891,7 @@ impl Connection {
             } => {
                 if let Some(r) = rtt {
                     self.rtt.on_sample(r, false);
+                    self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
                 let out = self.cc.on_ack(
@@ -882,7 +903,19 @@ impl Connection {
                     },
                 );
                 if out.retransmit_first_hole {
-                    self.queue_retransmit(now, false);
+                    if !self.cc.in_fast_recovery() {
+                        // Timeout recovery: everything is presumed lost.
+                        self.queue_retransmit(now, false);
+                    } else if !self.reordering {
+                        // Partial ACK: the next segment is resent only if
+                        // SACK proves it missing and it is not a fresh
+                        // repair still on its way (§7.4). With reordering
+                        // the time rule decides (§7.3.2).
+                        let min_age = self.rtt.min_rtt().unwrap_or(Duration::ZERO);
+                        if let Some(o) = self.send.retransmit_proven_head(now, min_age) {
+                            self.push_rtx(o);
+                        }
+                    }
                 }
                 self.zwp_reset();
                 if self.send.has_unacked() {
@@ -904,7 +937,13 @@ impl Connection {
                 if pure && !window_changed && self.send.flight_bytes(false) > 0 {
                     self.stats.dup_acks += 1;
                     let flight = self.send.flight_bytes(true);
-                    if self.cc.on_dup_ack(now, flight, self.send.snd_nxt()) {
+                    if self.reordering {
+                        // Duplicates only inflate the window in fast
+                        // recovery; the time rule detects loss (§7.3.2).
+                        if self.cc.in_fast_recovery() {
+                            let _ = self.cc.on_dup_ack(now, flight, self.send.snd_nxt());
+                        }
+                    } else if self.cc.on_dup_ack(now, flight, self.send.snd_nxt()) {
                         self.stats.fast_retransmits += 1;
                         self.rtx_next = self.send.snd_una();
                         self.queue_retransmit(now, false);
@@ -918,6 +957,10 @@ impl Connection {
     /// New SACK information: detect loss early, and in recovery resend the
     /// next hole SACK reveals (one per ACK, so the ACK clock paces them).
     fn on_new_sack(&mut self, now: Instant) {
+        if self.reordering {
+            // The time rule decides (detect_reordering_loss).
+            return;
+        }
         if self.cc.in_recovery() {
             if let Some(o) = self.send.retransmit_hole_from(now, self.rtx_next) {
                 self.push_rtx(o);
@@ -937,6 +980,51 @@ impl Connection {
                 self.rtx_next = self.send.snd_una();
                 self.queue_retransmit(now, false);
             }
+        }
+    }
+
+    /// The reordering window: what was learnt from spurious
+    /// retransmissions, at least a quarter of the smallest RTT, at most the
+    /// smoothed RTT (§7.3.2).
+    fn reorder_window(&self) -> Duration {
+        let min = self.rtt.min_rtt().unwrap_or(Duration::ZERO);
+        let floor = min / REORDER_WINDOW_MIN_DIVISOR;
+        let cap = self.rtt.srtt().unwrap_or(min).max(floor);
+        self.reo_learned.max(floor).min(cap)
+    }
+
+    /// Learns from spurious retransmissions and, once reordering has been
+    /// seen, runs time-based loss detection (§7.3.2).
+    fn detect_reordering_loss(&mut self, now: Instant) {
+        if let Some((n, extent)) = self.send.take_spurious() {
+            self.stats.spurious_retransmits += u64::from(n);
+            self.reordering = true;
+            // A quarter more than the delay seen, for the next one.
+            self.reo_learned = self.reo_learned.max(extent.saturating_add(extent / 4));
+        }
+        if !self.reordering
+            || !matches!(
+                self.state,
+                State::Established | State::FinWait | State::TimeWait
+            )
+        {
+            return;
+        }
+        let room = RTX_CAP
+            .saturating_sub(self.rtx.len())
+            .min(LOST_RTX_PER_EVENT);
+        let (lost, next) = self.send.retransmit_lost(now, self.reorder_window(), room);
+        self.reo_at = next;
+        if lost.is_empty() {
+            return;
+        }
+        if !self.cc.in_recovery() {
+            let flight = self.send.flight_bytes(true);
+            self.cc.on_sack_loss(now, flight, self.send.snd_nxt());
+            self.stats.fast_retransmits += 1;
+        }
+        for o in lost {
+            self.push_rtx(o);
         }
     }
 
@@ -976,6 +1064,10 @@ impl Connection {
         }
         if self.rto_at.is_some_and(|t| t <= now) {
             self.on_rto(now);
+        }
+        if self.reo_at.is_some_and(|t| t <= now) {
+            self.reo_at = None;
+            self.detect_reordering_loss(now);
         }
         if self.delayed_ack_at.is_some_and(|t| t <= now) {
             self.delayed_ack_at = None;
@@ -1134,6 +1226,7 @@ impl Connection {
         [
             self.syn_at.map(|t| (t, TimerReason::SynRetransmit)),
             self.rto_at.map(|t| (t, TimerReason::Retransmit)),
+            self.reo_at.map(|t| (t, TimerReason::Retransmit)),
             self.delayed_ack_at.map(|t| (t, TimerReason::DelayedAck)),
             nagle,
             self.zwp_at.map(|t| (t, TimerReason::ZeroWindowProbe)),
@@ -1616,13 +1709,18 @@ mod tests {
             out(&mut a, t(20));
         }
         assert_eq!(a.send.unacked_segments(), 3);
-        // Cap of 128 un-ACKed segments regardless of window.
+        // Cap of MAX_UNACKED_SEGMENTS (512) un-ACKed segments, even when
+        // the peer window and the congestion window would allow more.
         let mut a = dialer(nodelay());
-        for _ in 0..200 {
+        // The peer allows 1000 segments; the congestion window allows
+        // 40 960 one-byte segments.
+        a.handle_segment(t(15), seg(A, 1, 1, 1000, b""));
+        for _ in 0..600 {
             a.write(t(20), b"z").unwrap();
             out(&mut a, t(20));
         }
-        assert_eq!(a.send.unacked_segments(), 128);
+        assert_eq!(a.send.unacked_segments(), MAX_UNACKED_SEGMENTS);
+        assert_eq!(MAX_UNACKED_SEGMENTS, 512);
     }
 
     #[test]
@@ -2219,6 +2317,177 @@ mod tests {
             c.poll_timeout(),
             Some((t(1750), TimerReason::SynRetransmit))
         );
+    }
+
+    fn sack_payload(blocks: &[(u32, u32)]) -> Vec<u8> {
+        let b: Vec<_> = blocks
+            .iter()
+            .map(|&(s, e)| sack::SackBlock::new(s, e))
+            .collect();
+        let mut p = [0u8; 64];
+        let n = sack::encode(&b, &mut p).unwrap();
+        p[..n].to_vec()
+    }
+
+    /// A sender that has seen one spurious retransmission: the first of
+    /// five segments sent at 50 ms arrived late, after SACK of the other
+    /// four had triggered its fast retransmit at 70 ms, and its ACK came
+    /// 2 ms after that retransmission (the smallest RTT is 20 ms). Then it
+    /// sends five more segments at 80 ms (seq 6913..12673).
+    fn sender_that_saw_reordering() -> Connection {
+        let mut a = dialer(ConnConfig::default());
+        a.write(t(20), &[1u8; 1152]).unwrap();
+        assert_eq!(out(&mut a, t(20)).len(), 1);
+        a.handle_segment(t(40), seg(A, 1, 1153, 512, b""));
+        a.write(t(50), &[2u8; 5 * 1152]).unwrap();
+        assert_eq!(out(&mut a, t(50)).len(), 5);
+        a.handle_segment(t(70), seg(A, 1, 1153, 512, &sack_payload(&[(2305, 6913)])));
+        let rtx = out(&mut a, t(70));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![1153]);
+        assert_eq!(a.stats().spurious_retransmits, 0);
+        // The late original fills the hole: too soon to answer the repair.
+        a.handle_segment(t(72), seg(A, 1, 6913, 512, b""));
+        assert_eq!(a.stats().spurious_retransmits, 1);
+        assert_eq!(a.stats().recovery, None);
+        a.write(t(80), &[3u8; 5 * 1152]).unwrap();
+        let sent = out(&mut a, t(80));
+        assert_eq!(
+            sent.iter().map(|s| s.seq.0).collect::<Vec<_>>(),
+            vec![6913, 8065, 9217, 10369, 11521]
+        );
+        a
+    }
+
+    #[test]
+    fn after_reordering_sack_alone_does_not_retransmit() {
+        let mut a = sender_that_saw_reordering();
+        let cwnd = a.stats().cwnd;
+        // Four later segments SACKed, 6913 not yet: with reordering seen,
+        // it is only lost once the reordering window (a quarter of the
+        // smallest RTT, 5 ms) has passed beyond the later segments' RTT.
+        let sack = sack_payload(&[(8065, 12673)]);
+        for i in 0..4 {
+            a.handle_segment(t(100), seg(A, 1, 6913, 512, &sack));
+            assert!(out(&mut a, t(100)).is_empty(), "duplicate {i}");
+        }
+        assert_eq!(a.stats().retransmissions, 1);
+        assert_eq!(a.stats().recovery, None);
+        assert_eq!(
+            a.poll_timeout(),
+            Some((t(105), TimerReason::Retransmit)),
+            "loss detection looks again when the window has passed"
+        );
+        // The original arrives in time: nothing is resent, no window cut.
+        a.handle_segment(t(103), seg(A, 1, 12673, 512, b""));
+        a.handle_timeout(t(105));
+        assert!(out(&mut a, t(105)).is_empty());
+        let st = a.stats();
+        assert_eq!((st.retransmissions, st.fast_retransmits), (1, 1));
+        assert_eq!(st.recovery, None);
+        assert!(st.cwnd >= cwnd, "no reduction for reordering");
+    }
+
+    #[test]
+    fn after_reordering_real_loss_is_still_repaired_within_the_window() {
+        let mut a = sender_that_saw_reordering();
+        let sack = sack_payload(&[(8065, 12673)]);
+        a.handle_segment(t(100), seg(A, 1, 6913, 512, &sack));
+        assert!(out(&mut a, t(100)).is_empty());
+        // Nothing more arrives: 6913 is lost at 80 + 20 + 5 ms, long before
+        // the retransmission timeout (at least 200 ms).
+        a.handle_timeout(t(104));
+        assert!(out(&mut a, t(104)).is_empty());
+        a.handle_timeout(t(105));
+        let rtx = out(&mut a, t(105));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![6913]);
+        let st = a.stats();
+        assert_eq!(st.recovery, Some(RecoveryKind::Fast));
+        assert_eq!((st.fast_retransmits, st.timeouts), (2, 0));
+        // Its repair is acknowledged a round trip later: recovery ends.
+        a.handle_segment(t(125), seg(A, 1, 12673, 512, b""));
+        assert_eq!(a.stats().recovery, None);
+        assert_eq!(a.stats().spurious_retransmits, 1);
+    }
+
+    #[test]
+    fn without_reordering_sack_loss_is_detected_at_once() {
+        // Same pattern as above on a sender that never saw reordering: the
+        // SACK of three later segments retransmits at once (RFC 6675 style).
+        let mut a = dialer(ConnConfig::default());
+        a.write(t(20), &[1u8; 1152]).unwrap();
+        out(&mut a, t(20));
+        a.handle_segment(t(40), seg(A, 1, 1153, 512, b""));
+        a.write(t(50), &[2u8; 5 * 1152]).unwrap();
+        out(&mut a, t(50));
+        a.handle_segment(t(70), seg(A, 1, 1153, 512, &sack_payload(&[(2305, 6913)])));
+        let rtx = out(&mut a, t(70));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![1153]);
+        // Its repair is answered a full RTT later: not spurious.
+        a.handle_segment(t(90), seg(A, 1, 6913, 512, b""));
+        assert_eq!(a.stats().spurious_retransmits, 0);
+    }
+
+    #[test]
+    fn partial_ack_does_not_resend_a_segment_still_in_flight() {
+        let mut a = dialer(ConnConfig::default());
+        a.write(t(20), &[1u8; 1152]).unwrap();
+        out(&mut a, t(20));
+        a.handle_segment(t(40), seg(A, 1, 1153, 512, b""));
+        // 1153 and 3457 lost; 2305 and 4609 arrive.
+        a.write(t(50), &[2u8; 4 * 1152]).unwrap();
+        out(&mut a, t(50));
+        a.handle_segment(t(70), seg(A, 1, 1153, 512, &sack_payload(&[(2305, 3457)])));
+        a.handle_segment(
+            t(70),
+            seg(
+                A,
+                1,
+                1153,
+                512,
+                &sack_payload(&[(2305, 3457), (4609, 5761)]),
+            ),
+        );
+        a.handle_segment(
+            t(70),
+            seg(
+                A,
+                1,
+                1153,
+                512,
+                &sack_payload(&[(2305, 3457), (4609, 5761)]),
+            ),
+        );
+        let rtx = out(&mut a, t(70));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![1153]);
+        // The repair's ACK is partial: 3457, below the SACKed 4609 and sent
+        // 40 ms ago, is proven missing and resent.
+        a.handle_segment(t(90), seg(A, 1, 3457, 512, &sack_payload(&[(4609, 5761)])));
+        let rtx = out(&mut a, t(90));
+        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![3457]);
+        // New data sent during recovery, then a partial ACK up to it: the
+        // next segment has nothing SACKed above it and is not resent.
+        a.write(t(91), &[3u8; 2 * 1152]).unwrap();
+        let new: Vec<u32> = out(&mut a, t(91)).iter().map(|s| s.seq.0).collect();
+        assert_eq!(new, vec![5761, 6913]);
+        a.handle_segment(t(100), seg(A, 1, 5761, 512, b""));
+        assert!(out(&mut a, t(100)).is_empty());
+        assert_eq!(a.stats().retransmissions, 2);
+    }
+
+    #[test]
+    fn window_from_a_reordered_older_ack_is_ignored() {
+        let mut a = dialer(nodelay());
+        a.write(t(20), &[1u8; 3 * 1152]).unwrap();
+        assert_eq!(out(&mut a, t(20)).len(), 3);
+        // The peer acknowledges two segments and allows one more.
+        a.handle_segment(t(30), seg(A, 1, 2305, 1, b""));
+        // An older ACK overtaken on the way offers 100: stale.
+        a.handle_segment(t(31), seg(A, 1, 1153, 100, b""));
+        a.write(t(32), &[2u8; 1152]).unwrap();
+        assert!(out(&mut a, t(32)).is_empty(), "one segment outstanding");
+        assert_eq!(a.send.unacked_segments(), 1);
+        a.handle_segment(t(40), seg(A, 1, 3457, 2, b""));
+        assert_eq!(out(&mut a, t(40)).len(), 1);
     }
 
     #[test]

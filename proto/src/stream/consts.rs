@@ -32,16 +32,34 @@ pub const DUP_ACK_THRESHOLD: u32 = 3;
 /// slots (spec/transport.md §6.2).
 pub const RECV_QUEUE_SEGMENTS: usize = 512;
 
-/// Out-of-order buffer capacity in segments (spec/transport.md §6.1).
-pub const OOO_SEGMENTS: usize = 128;
+/// Out-of-order buffer capacity in segments: as many as the largest window
+/// we advertise, so that one loss never makes us drop what the sender was
+/// allowed to send after it (spec/transport.md §6.1; the reference keeps
+/// 128).
+pub const OOO_SEGMENTS: usize = RECV_QUEUE_SEGMENTS;
 
 /// Largest segment a sender of either profile produces; the byte budget of
 /// the receive buffers is this many bytes per slot (spec/transport.md §6.1).
 pub const MAX_SEGMENT_BUDGET: usize = 4096;
 
-/// Largest number of un-acknowledged segments a sender keeps in flight
-/// (spec/transport.md §5.3).
-pub const MAX_UNACKED_SEGMENTS: usize = 128;
+/// Largest number of un-acknowledged segments a sender keeps in flight, a
+/// local bound on the retransmission queue; equal to the largest window a
+/// receiver advertises, enough for 100 Mbit/s at about 47 ms RTT with
+/// 1152-byte segments (spec/transport.md §5.3; the reference keeps 128).
+pub const MAX_UNACKED_SEGMENTS: usize = RECV_QUEUE_SEGMENTS;
+
+/// An ACK for a retransmitted segment that arrives sooner than the
+/// smallest RTT divided by this after the retransmission answered the
+/// original: the retransmission was spurious (spec/transport.md §7.3.2).
+pub const SPURIOUS_ACK_DIVISOR: u32 = 2;
+
+/// The reordering window is at least the smallest RTT divided by this
+/// (spec/transport.md §7.3.2).
+pub const REORDER_WINDOW_MIN_DIVISOR: u32 = 4;
+
+/// Most segments the time-based rule resends per ACK or timer expiry
+/// (spec/transport.md §7.3.2).
+pub const LOST_RTX_PER_EVENT: usize = 4;
 
 /// Send buffer capacity for data not yet segmented (spec/transport.md §5.1).
 pub const SEND_BUFFER_CAP: usize = 64 * 4096;

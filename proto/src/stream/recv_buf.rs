@@ -74,8 +74,11 @@ pub struct RecvBuffer {
     ready: VecDeque<Bytes>,
     ready_bytes: usize,
     /// Sorted by start sequence; starts are unique.
-    ooo: Vec<(Seq, Bytes)>,
+    ooo: VecDeque<(Seq, Bytes)>,
     ooo_bytes: usize,
+    /// Start of the segment most recently placed in the out-of-order
+    /// buffer; its block is always reported.
+    newest_ooo: Option<Seq>,
     fin: Option<Seq>,
     eof: bool,
     closed: bool,
@@ -89,8 +92,9 @@ impl RecvBuffer {
             rcv_nxt,
             ready: VecDeque::new(),
             ready_bytes: 0,
-            ooo: Vec::new(),
+            ooo: VecDeque::new(),
             ooo_bytes: 0,
+            newest_ooo: None,
             fin: None,
             eof: false,
             closed: false,
@@ -215,11 +219,13 @@ impl RecvBuffer {
     /// returns the bytes moved.
     fn drain_ooo(&mut self) -> usize {
         let mut moved = 0;
-        while let Some((seq, _)) = self.ooo.first() {
+        while let Some((seq, _)) = self.ooo.front() {
             if seq.after(self.rcv_nxt) {
                 break;
             }
-            let (seq, data) = self.ooo.remove(0);
+            let Some((seq, data)) = self.ooo.pop_front() else {
+                break;
+            };
             self.ooo_bytes -= data.len();
             let Some((_, data)) = self.trim(seq, data) else {
                 continue;
@@ -228,7 +234,7 @@ impl RecvBuffer {
             if !self.push_ready(data.clone()) {
                 // No room: keep it for later.
                 self.ooo_bytes += data.len();
-                self.ooo.insert(0, (self.rcv_nxt, data));
+                self.ooo.push_front((self.rcv_nxt, data));
                 break;
             }
             moved += len;
@@ -295,7 +301,10 @@ impl RecvBuffer {
                     return DataOutcome::Dropped;
                 }
                 self.ooo_bytes += grow;
-                self.ooo[i].1 = data;
+                if let Some(slot) = self.ooo.get_mut(i) {
+                    slot.1 = data;
+                }
+                self.newest_ooo = Some(seq);
                 DataOutcome::Buffered
             }
             Err(i) => {
@@ -306,6 +315,7 @@ impl RecvBuffer {
                 }
                 self.ooo_bytes += data.len();
                 self.ooo.insert(i, (seq, data));
+                self.newest_ooo = Some(seq);
                 DataOutcome::Buffered
             }
         }
@@ -352,7 +362,10 @@ impl RecvBuffer {
     }
 
     /// SACK blocks describing the out-of-order buffer: contiguous and
-    /// overlapping segments merged, the highest four kept, ascending.
+    /// overlapping segments merged; the block holding the segment buffered
+    /// last and the highest others, four in all, ascending. (The reference
+    /// keeps the highest four, so a segment arriving below them is never
+    /// reported and looks lost to the sender; `spec/transport.md` §6.4.)
     pub fn sack_blocks(&self) -> SackBlocks {
         fn keep_highest(out: &mut SackBlocks, b: SackBlock) {
             if out.len() == MAX_SACK_BLOCKS {
@@ -360,7 +373,12 @@ impl RecvBuffer {
             }
             out.push(b);
         }
+        let holds_newest = |b: &SackBlock| {
+            self.newest_ooo
+                .is_some_and(|n| b.start.before_eq(n) && n.before(b.end))
+        };
         let mut out = SackBlocks::new();
+        let mut newest: Option<SackBlock> = None;
         let mut cur: Option<SackBlock> = None;
         for (s, d) in &self.ooo {
             let e = s.add_len(d.len());
@@ -368,6 +386,9 @@ impl RecvBuffer {
                 Some(c) if s.before_eq(c.end) => c.end = c.end.max(e),
                 _ => {
                     if let Some(done) = cur.replace(SackBlock { start: *s, end: e }) {
+                        if holds_newest(&done) {
+                            newest = Some(done);
+                        }
                         keep_highest(&mut out, done);
                     }
                 }
@@ -375,6 +396,13 @@ impl RecvBuffer {
         }
         if let Some(done) = cur {
             keep_highest(&mut out, done);
+        }
+        if let Some(nb) = newest.filter(|nb| !out.contains(nb)) {
+            // Below the highest four: it replaces the lowest of them.
+            if out.len() == MAX_SACK_BLOCKS {
+                out.remove(0);
+            }
+            out.insert(0, nb);
         }
         out
     }
@@ -404,7 +432,7 @@ impl RecvBuffer {
     fn after_read(&mut self) {
         if self
             .ooo
-            .first()
+            .front()
             .is_some_and(|(s, _)| s.before_eq(self.rcv_nxt))
         {
             self.drain_ooo();
@@ -524,7 +552,7 @@ mod tests {
         assert_eq!(r.on_data(Seq(1 << 30), seg(5, 0)), DataOutcome::Dropped);
         // Oversized segment beyond the byte budget.
         let mut r = buf();
-        let big = Bytes::from(vec![0u8; 128 * 4096 + 1]);
+        let big = Bytes::from(vec![0u8; OOO_SEGMENTS * MAX_SEGMENT_BUDGET + 1]);
         assert_eq!(r.on_data(Seq(100), big), DataOutcome::Dropped);
     }
 
@@ -626,6 +654,22 @@ mod tests {
         }
         let starts: Vec<u32> = r.sack_blocks().iter().map(|b| b.start.0).collect();
         assert_eq!(starts, vec![1200, 1300, 1400, 1500]);
+        // A segment arriving below the highest four is still reported: its
+        // block replaces the lowest of them.
+        r.on_data(Seq(1110), seg(5, 0));
+        let blocks: Vec<(u32, u32)> = r
+            .sack_blocks()
+            .iter()
+            .map(|b| (b.start.0, b.end.0))
+            .collect();
+        assert_eq!(
+            blocks,
+            vec![(1100, 1115), (1300, 1310), (1400, 1410), (1500, 1510)]
+        );
+        // Then it is the highest four again once that block is not newest.
+        r.on_data(Seq(1600), seg(10, 0));
+        let starts: Vec<u32> = r.sack_blocks().iter().map(|b| b.start.0).collect();
+        assert_eq!(starts, vec![1300, 1400, 1500, 1600]);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct RttEstimator {
     /// RTO in force (base RTO with back-off applied).
     rto: Duration,
     backoffs: u32,
+    /// Smallest valid sample so far.
+    min_rtt: Option<Duration>,
 }
 
 impl Default for RttEstimator {
@@ -40,12 +42,19 @@ impl RttEstimator {
             base_rto: INITIAL_RTO,
             rto: INITIAL_RTO,
             backoffs: 0,
+            min_rtt: None,
         }
     }
 
     /// Smoothed RTT, once a sample exists.
     pub const fn srtt(&self) -> Option<Duration> {
         self.srtt
+    }
+
+    /// Smallest valid sample so far (used by loss detection to recognise
+    /// ACKs that came too soon to be for a retransmission).
+    pub const fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
     }
 
     /// RTT variation.
@@ -69,6 +78,7 @@ impl RttEstimator {
         if retransmitted {
             return false;
         }
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -126,6 +136,7 @@ mod tests {
         assert_eq!(r.rttvar(), ms(50));
         assert_eq!(r.rto(), ms(300));
         assert!(r.on_sample(ms(120), false));
+        assert_eq!(r.min_rtt(), Some(ms(100)));
         assert_eq!(r.rttvar(), Duration::from_micros(42_500));
         assert_eq!(r.srtt(), Some(Duration::from_micros(102_500)));
         assert_eq!(r.rto(), Duration::from_micros(272_500));
@@ -169,6 +180,7 @@ mod tests {
         let mut r = RttEstimator::new();
         assert!(!r.on_sample(ms(100), true));
         assert_eq!(r.srtt(), None);
+        assert_eq!(r.min_rtt(), None);
         assert_eq!(r.rto(), ms(1000));
     }
 

@@ -30,7 +30,7 @@ pub const SACK_BLOCK_LEN: usize = 8;
 /// Most disjoint ranges the sender's scoreboard keeps; beyond it the
 /// lowest-priority (highest) ranges are forgotten, which only delays their
 /// marking until the next SACK.
-pub const SCOREBOARD_MAX_RANGES: usize = 32;
+pub const SCOREBOARD_MAX_RANGES: usize = 128;
 
 /// One SACK block: sequence numbers `[start, end)` the receiver holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 use core::time::Duration;
 
-use super::consts::{NAGLE_HOLD, SEND_BUFFER_CAP};
+use super::consts::{NAGLE_HOLD, SEND_BUFFER_CAP, SPURIOUS_ACK_DIVISOR};
 use super::sack::{SackBlock, Scoreboard};
 use super::seq::Seq;
 use crate::time::Instant;
@@ -64,6 +64,9 @@ struct Sent {
     last_sent: Instant,
     transmissions: u32,
     sacked: bool,
+    /// The latest retransmission was of the oldest un-acknowledged
+    /// segment, which the cumulative ACK proved missing at the time.
+    head_rtx: bool,
 }
 
 impl Sent {
@@ -73,6 +76,79 @@ impl Sent {
     }
     fn end(&self) -> Seq {
         self.seq.add_len(self.len())
+    }
+
+    /// Records a retransmission at `now` and hands the segment out.
+    fn retransmit(&mut self, now: Instant, snd_una: Seq) -> Outgoing {
+        self.last_sent = now;
+        self.transmissions = self.transmissions.saturating_add(1);
+        self.head_rtx = self.seq == snd_una;
+        Outgoing {
+            seq: self.seq,
+            data: self.data.clone(),
+            fin: self.fin,
+            retransmission: true,
+        }
+    }
+}
+
+/// Time-based loss detection state (RACK-style, `spec/transport.md`
+/// §7.3.2): which is the most recently *sent* segment known to have
+/// arrived, and what spurious retransmissions revealed about reordering.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rack {
+    /// Last send time, end and RTT of the most recently sent segment known
+    /// to have arrived (SACKed or cumulatively acknowledged).
+    newest: Option<(Instant, Seq, Duration)>,
+    /// Smallest RTT sample of the connection.
+    min_rtt: Option<Duration>,
+    /// Largest reordering delay revealed by a spurious retransmission since
+    /// the connection last asked.
+    spurious_extent: Option<Duration>,
+    /// Spurious retransmissions detected since the connection last asked.
+    spurious: u32,
+}
+
+impl Rack {
+    /// A segment sent at `first_sent` (last at `last_sent`, `transmissions`
+    /// times in total) and ending at `end` is now known to have arrived.
+    fn delivered(
+        &mut self,
+        now: Instant,
+        first_sent: Instant,
+        last_sent: Instant,
+        end: Seq,
+        transmissions: u32,
+        head_rtx: bool,
+    ) {
+        let rtt = now.saturating_duration_since(last_sent);
+        if transmissions > 1 {
+            let Some(min) = self.min_rtt else {
+                return;
+            };
+            // Only a retransmission of the oldest segment counts: a hole
+            // higher up may just be data whose SACK block the receiver did
+            // not repeat (it reports only the highest four).
+            if head_rtx && rtt < min / SPURIOUS_ACK_DIVISOR {
+                // Far too soon to answer the retransmission: the original
+                // arrived, late. Its lateness is the reordering delay.
+                let extent = now
+                    .saturating_duration_since(first_sent)
+                    .saturating_sub(min);
+                self.spurious_extent = Some(self.spurious_extent.map_or(extent, |e| e.max(extent)));
+                self.spurious = self.spurious.saturating_add(1);
+            }
+            if rtt < min {
+                // Ambiguous: may answer the original; not a timing source.
+                return;
+            }
+        }
+        let newer = self
+            .newest
+            .is_none_or(|(t, e, _)| last_sent > t || (last_sent == t && end.after(e)));
+        if newer {
+            self.newest = Some((last_sent, end, rtt));
+        }
     }
 }
 
@@ -107,6 +183,7 @@ pub struct SendBuffer {
     snd_nxt: Seq,
     queue: VecDeque<Sent>,
     scoreboard: Scoreboard,
+    rack: Rack,
     /// The tail may go out without waiting (the write that produced it was
     /// at least one segment long).
     push_tail: bool,
@@ -130,6 +207,7 @@ impl SendBuffer {
             snd_nxt,
             queue: VecDeque::new(),
             scoreboard: Scoreboard::new(),
+            rack: Rack::default(),
             push_tail: false,
             tail_since: None,
             fin_queued: false,
@@ -333,6 +411,7 @@ impl SendBuffer {
             last_sent: now,
             transmissions: 1,
             sacked: false,
+            head_rtx: false,
         };
         self.snd_nxt = sent.end();
         self.queue.push_back(sent);
@@ -375,6 +454,14 @@ impl SendBuffer {
                     if front.transmissions == 1 {
                         sample_from = Some(front.first_sent);
                     }
+                    self.rack.delivered(
+                        now,
+                        front.first_sent,
+                        front.last_sent,
+                        end,
+                        front.transmissions,
+                        front.head_rtx,
+                    );
                 }
                 self.queue.pop_front();
             } else {
@@ -408,8 +495,9 @@ impl SendBuffer {
         }
     }
 
-    /// Records SACK blocks; returns how many segments became SACKed.
-    pub fn on_sack(&mut self, blocks: &[SackBlock]) -> usize {
+    /// Records SACK blocks received at `now`; returns how many segments
+    /// became SACKed.
+    pub fn on_sack(&mut self, now: Instant, blocks: &[SackBlock]) -> usize {
         let mut changed = false;
         for b in blocks {
             changed |= self.scoreboard.add(*b, self.snd_una, self.snd_nxt);
@@ -418,10 +506,23 @@ impl SendBuffer {
             return 0;
         }
         let mut n = 0;
+        // Only segments touching a reported block can have become covered.
         for s in self.queue.iter_mut().filter(|s| !s.sacked && !s.fin) {
-            if self.scoreboard.covers(s.seq, s.end()) {
+            let (start, end) = (s.seq, s.end());
+            let touched = blocks
+                .iter()
+                .any(|b| b.start.before(end) && start.before(b.end));
+            if touched && self.scoreboard.covers(start, end) {
                 s.sacked = true;
                 n += 1;
+                self.rack.delivered(
+                    now,
+                    s.first_sent,
+                    s.last_sent,
+                    end,
+                    s.transmissions,
+                    s.head_rtx,
+                );
             }
         }
         n
@@ -460,31 +561,91 @@ impl SendBuffer {
     /// SACKed sequence number (a segment SACK shows to be missing).
     pub fn retransmit_hole_from(&mut self, now: Instant, from: Seq) -> Option<Outgoing> {
         let highest = self.scoreboard.highest()?;
+        let una = self.snd_una;
         let s = self
             .queue
             .iter_mut()
             .find(|s| !s.sacked && !s.fin && s.seq.after_eq(from) && s.end().before_eq(highest))?;
-        s.last_sent = now;
-        s.transmissions = s.transmissions.saturating_add(1);
-        Some(Outgoing {
-            seq: s.seq,
-            data: s.data.clone(),
-            fin: s.fin,
-            retransmission: true,
-        })
+        Some(s.retransmit(now, una))
+    }
+
+    /// Tells loss detection the connection's smallest RTT sample.
+    pub fn set_min_rtt(&mut self, min_rtt: Option<Duration>) {
+        self.rack.min_rtt = min_rtt;
+    }
+
+    /// Spurious retransmissions detected since the last call (an ACK for a
+    /// retransmitted segment arrived less than half the smallest RTT after
+    /// the retransmission, so it answered the late original), with the
+    /// largest reordering delay they revealed.
+    pub fn take_spurious(&mut self) -> Option<(u32, Duration)> {
+        let n = core::mem::take(&mut self.rack.spurious);
+        let extent = self.rack.spurious_extent.take();
+        extent.filter(|_| n > 0).map(|e| (n, e))
+    }
+
+    /// Time-based loss detection (`spec/transport.md` §7.3.2): a segment
+    /// that is neither SACKed nor the FIN is lost once a segment sent after
+    /// it has arrived and `reo_wnd` has passed beyond the RTT of that later
+    /// segment since it was (last) sent. Resends up to `max` lost segments
+    /// and returns them with the earliest moment a not-yet-lost candidate
+    /// becomes lost (when to look again).
+    pub fn retransmit_lost(
+        &mut self,
+        now: Instant,
+        reo_wnd: Duration,
+        max: usize,
+    ) -> (Vec<Outgoing>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        let Some((newest_sent, newest_end, rtt)) = self.rack.newest else {
+            return (out, None);
+        };
+        let una = self.snd_una;
+        for s in self.queue.iter_mut() {
+            if s.sacked || s.fin {
+                continue;
+            }
+            let end = s.end();
+            let sent_before = s.last_sent < newest_sent
+                || (s.last_sent == newest_sent && end.before_eq(newest_end));
+            if !sent_before {
+                continue;
+            }
+            let deadline = s.last_sent + rtt + reo_wnd;
+            if now < deadline {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
+            }
+            if out.len() >= max {
+                continue;
+            }
+            out.push(s.retransmit(now, una));
+        }
+        (out, next)
+    }
+
+    /// Resends the first segment not covered by SACK if SACK proves it
+    /// missing (something above it arrived) and its last transmission is
+    /// at least `min_age` old (a younger one may still be on its way).
+    pub fn retransmit_proven_head(&mut self, now: Instant, min_age: Duration) -> Option<Outgoing> {
+        let highest = self.scoreboard.highest()?;
+        let una = self.snd_una;
+        let s = self.queue.iter_mut().find(|s| !s.sacked)?;
+        if s.fin
+            || !s.end().before_eq(highest)
+            || now.saturating_duration_since(s.last_sent) < min_age
+        {
+            return None;
+        }
+        Some(s.retransmit(now, una))
     }
 
     /// Resends the first segment not covered by SACK (a hole), if any.
     pub fn retransmit_first_hole(&mut self, now: Instant) -> Option<Outgoing> {
+        let una = self.snd_una;
         let s = self.queue.iter_mut().find(|s| !s.sacked)?;
-        s.last_sent = now;
-        s.transmissions = s.transmissions.saturating_add(1);
-        Some(Outgoing {
-            seq: s.seq,
-            data: s.data.clone(),
-            fin: s.fin,
-            retransmission: true,
-        })
+        Some(s.retransmit(now, una))
     }
 }
 
@@ -622,12 +783,15 @@ mod tests {
         b.write(ms(0), &[7u8; 5 * 1152]);
         drain(&mut b, ms(0));
         b.on_ack(ms(1), Seq(1153));
-        let n = b.on_sack(&[SackBlock::new(2305, 3457), SackBlock::new(4609, 5761)]);
+        let n = b.on_sack(
+            ms(0),
+            &[SackBlock::new(2305, 3457), SackBlock::new(4609, 5761)],
+        );
         assert_eq!(n, 2);
         assert_eq!(b.flight_bytes(false), 2 * 1152);
         assert_eq!(b.flight_bytes(true), 4 * 1152);
         // Partial coverage does not mark.
-        assert_eq!(b.on_sack(&[SackBlock::new(3457, 4000)]), 0);
+        assert_eq!(b.on_sack(ms(0), &[SackBlock::new(3457, 4000)]), 0);
         let r = b.retransmit_first_hole(ms(0)).unwrap();
         assert_eq!(r.seq, Seq(1153));
         // ACK of the first hole; SACKed bytes are not counted again.
