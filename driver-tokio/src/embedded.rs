@@ -205,10 +205,7 @@ impl State {
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
             | Event::SessionDown { .. }
-            | Event::KeyExchangeGaveUp { .. }
-            // Static peers come with their identity key (`add_peer`); an
-            // unknown sender stays unverified and its key exchange fails.
-            | Event::IdentityNeeded { .. } => {}
+            | Event::KeyExchangeGaveUp { .. } => {}
         }
     }
 
