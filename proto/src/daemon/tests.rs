@@ -1000,3 +1000,27 @@ fn client_limit_and_status_lists() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["peers"], 1);
 }
+
+#[test]
+fn legacy_profile_daemons_dial_echo() {
+    let mut cfgs = vec![public_cfg(0), public_cfg(1)];
+    for c in cfgs.iter_mut() {
+        c.profile = WireProfile::Legacy;
+    }
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let b = net.addr(1);
+    let conn = net.dial(c, b, ports::ECHO);
+    net.send(
+        c,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"old wire",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.one(
+        c,
+        |m| matches!(m, IpcMessage::Recv { data, .. } if data == b"old wire")
+    ));
+}
