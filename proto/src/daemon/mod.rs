@@ -330,8 +330,21 @@ enum Purpose {
     Lookup(u32),
     /// Second step (private peers).
     Resolve(u32),
-    /// A received trust message waits for the sender's registry key.
-    TrustKey { bytes: Vec<u8>, source: u32 },
+    /// A received trust message waits for the sender's `lookup` (its
+    /// registry key and networks); `known` is a key we already had.
+    TrustKey {
+        bytes: Vec<u8>,
+        source: u32,
+        known: Option<[u8; 32]>,
+    },
+    /// A received trust request waits for our own `lookup`, to find a
+    /// non-backbone network shared with the sender.
+    TrustOwnNetworks {
+        bytes: Vec<u8>,
+        source: u32,
+        key: Option<[u8; 32]>,
+        peer_networks: Vec<u16>,
+    },
     /// Back-fill the key of a peer trusted through the registry relay.
     KeyBackfill(u32),
     /// A peer's key exchange waits for its identity key.
@@ -2008,12 +2021,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 Ok(_) => self.resolution_failed(now, node, "registry: unexpected reply"),
                 Err(e) => self.resolution_failed(now, node, &e),
             },
-            Purpose::TrustKey { bytes, source } => {
-                let key = match result {
-                    Ok(Response::LookupOk(ok)) => {
-                        crate::registry::auth::decode_public_key(&ok.public_key).ok()
-                    }
-                    _ => None,
+            Purpose::TrustKey {
+                bytes,
+                source,
+                known,
+            } => {
+                let (key, networks) = match result {
+                    Ok(Response::LookupOk(ok)) => (
+                        crate::registry::auth::decode_public_key(&ok.public_key).ok(),
+                        ok.networks,
+                    ),
+                    _ => (None, Vec::new()),
                 };
                 if let Some((n, k)) = key.and_then(|k| {
                     crate::services::handshake::HandshakeMessage::decode(&bytes, self.profile)
@@ -2022,7 +2040,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }) {
                     self.remember_key(n, k);
                 }
-                self.process_trust_message(now, &bytes, source, key);
+                self.on_trust_sender_lookup(now, bytes, source, key.or(known), networks);
+            }
+            Purpose::TrustOwnNetworks {
+                bytes,
+                source,
+                key,
+                peer_networks,
+            } => {
+                let shared = match result {
+                    Ok(Response::LookupOk(ok)) => {
+                        trust::smallest_shared_network(&ok.networks, &peer_networks)
+                    }
+                    _ => None,
+                };
+                self.process_trust_message(now, &bytes, source, key, shared);
             }
             Purpose::KeyBackfill(node) => {
                 if let Ok(Response::LookupOk(ok)) = result {

@@ -15,6 +15,9 @@ type Cfg = DaemonConfig<RustCrypto, ChaCha8Rng>;
 
 const T0: u64 = 1_767_225_600;
 
+/// Admin token of the in-memory registry.
+const ADMIN: &str = "test-admin";
+
 fn t0() -> Instant {
     Instant::from_nanos(T0 * 1_000_000_000)
 }
@@ -78,6 +81,7 @@ impl Net {
             Registry::new(
                 RegConfig {
                     rate_limits: false,
+                    admin_token: Some(ADMIN.into()),
                     ..RegConfig::default()
                 },
                 now,
@@ -305,6 +309,49 @@ impl Net {
             IpcMessage::InfoOk(j) => serde_json::from_str(j).unwrap(),
             other => panic!("expected InfoOk, got {other:?}"),
         })
+    }
+
+    /// Creates an open network at the registry with daemon `members[0]`
+    /// and joins the others to it (admin token); returns its ID.
+    fn network(&mut self, name: &str, members: &[usize]) -> u16 {
+        use crate::registry::codec::{CreateNetwork, JoinNetwork, Request};
+        let now = self.now;
+        let ids: Vec<u32> = members.iter().map(|d| self.addr(*d).node).collect();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 6999));
+        let reg = self.reg.as_mut().unwrap();
+        let reply = reg.handle(
+            now,
+            peer,
+            Request::CreateNetwork(CreateNetwork {
+                node_id: ids[0],
+                name: name.into(),
+                join_rule: "open".into(),
+                token: String::new(),
+                admin_token: ADMIN.into(),
+            }),
+        );
+        let id = match reply.response {
+            Response::CreateNetworkOk { network_id, .. } => network_id,
+            other => panic!("{other:?}"),
+        };
+        for n in &ids[1..] {
+            let reply = reg.handle(
+                now,
+                peer,
+                Request::JoinNetwork(JoinNetwork {
+                    node_id: *n,
+                    network_id: id,
+                    admin_token: ADMIN.into(),
+                    ..Default::default()
+                }),
+            );
+            assert!(
+                matches!(reply.response, Response::JoinNetworkOk { .. }),
+                "{:?}",
+                reply.response
+            );
+        }
+        id
     }
 
     fn addr(&self, d: usize) -> Addr {
@@ -1023,4 +1070,68 @@ fn legacy_profile_daemons_dial_echo() {
         c,
         |m| matches!(m, IpcMessage::Recv { data, .. } if data == b"old wire")
     ));
+}
+
+#[test]
+fn same_network_request_auto_approves() {
+    // Two private daemons; an unrelated network first, so the shared one
+    // is not simply network 1.
+    let mut net = Net::new(vec![cfg(0, true), cfg(1, true), cfg(2, true)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    let other = net.network("other", &[0, 2]);
+    let shared = net.network("lab", &[0, 1]);
+    assert!(shared > other);
+    let r = net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "same lab",
+        },
+    );
+    assert_eq!(r["status"], "sent");
+    net.advance(Duration::from_secs(1));
+    // B approved without a manual step, recording the shared network.
+    let p = net.handshake(b, HandshakeRequest::ListPending);
+    assert_eq!(p["pending"].as_array().unwrap().len(), 0, "{p}");
+    let tb = net.handshake(b, HandshakeRequest::ListTrusted);
+    assert_eq!(tb["trusted"][0]["node_id"], aa.node, "{tb}");
+    assert_eq!(tb["trusted"][0]["network"], shared, "{tb}");
+    assert_eq!(tb["trusted"][0]["mutual"], false, "{tb}");
+    assert!(net.actions[1].iter().any(
+        |x| matches!(x, Action::SaveTrust(t) if t.contains(&format!("\"node_id\": {}", aa.node)))
+    ));
+    // B's accept reached A, which now trusts B too.
+    let ta = net.handshake(a, HandshakeRequest::ListTrusted);
+    assert_eq!(ta["trusted"][0]["node_id"], bb.node, "{ta}");
+}
+
+#[test]
+fn request_without_shared_network_stays_pending() {
+    // A (private) and B (public) are each in a different non-backbone
+    // network: the request reaches B directly but needs a manual approve.
+    let mut net = Net::new(vec![cfg(0, true), public_cfg(1), cfg(2, true)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    net.network("net-a", &[0, 2]);
+    net.network("net-b", &[1, 2]);
+    net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "strangers",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    let p = net.handshake(b, HandshakeRequest::ListPending);
+    assert_eq!(p["pending"][0]["node_id"], aa.node, "{p}");
+    // Delivered directly: the signed request carries A's key.
+    assert!(
+        !p["pending"][0]["public_key"].as_str().unwrap().is_empty(),
+        "{p}"
+    );
+    let tb = net.handshake(b, HandshakeRequest::ListTrusted);
+    assert_eq!(tb["trusted"].as_array().unwrap().len(), 0, "{tb}");
 }

@@ -160,12 +160,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// A complete message from the port-444 intake of the service host,
     /// sent by the stream's real remote node `source`.
+    ///
+    /// With a registry, a request always waits for a `lookup` of its sender
+    /// (key and networks) and then of ourselves, so that the store can tell
+    /// a shared non-backbone network (`spec/daemon.md` §6.2); other messages
+    /// only wait for the sender's key when it is not known yet.
     pub(super) fn on_trust_bytes(&mut self, now: Instant, buf: Vec<u8>, source: u32) {
         let Ok(msg) = HandshakeMessage::decode(&buf, self.profile) else {
             return;
         };
         let known = self.peer_keys.get(&msg.node_id).copied();
-        if known.is_none() {
+        let wants_networks = msg.kind == MessageType::Request;
+        if known.is_none() || wants_networks {
             let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
             if registered {
                 let id = self
@@ -173,28 +179,72 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     .as_mut()
                     .and_then(|r| r.call(now, Call::Lookup(msg.node_id)).ok());
                 if let Some(id) = id {
-                    self.calls
-                        .insert(id, Purpose::TrustKey { bytes: buf, source });
+                    self.calls.insert(
+                        id,
+                        Purpose::TrustKey {
+                            bytes: buf,
+                            source,
+                            known,
+                        },
+                    );
                     return;
                 }
             }
         }
-        self.process_trust_message(now, &buf, source, known);
+        self.process_trust_message(now, &buf, source, known, None);
     }
 
-    /// Hands a received trust message to the store.
+    /// The sender's `lookup` of a received trust message answered: for a
+    /// request naming networks, look ourselves up next; otherwise process.
+    pub(super) fn on_trust_sender_lookup(
+        &mut self,
+        now: Instant,
+        bytes: Vec<u8>,
+        source: u32,
+        key: Option<[u8; 32]>,
+        peer_networks: Vec<u16>,
+    ) {
+        let is_request = HandshakeMessage::decode(&bytes, self.profile)
+            .is_ok_and(|m| m.kind == MessageType::Request);
+        let peer_networks: Vec<u16> = peer_networks.into_iter().filter(|n| *n != 0).collect();
+        if is_request && !peer_networks.is_empty() {
+            let me = self.registry.as_ref().and_then(|r| r.node_id());
+            let id = me.and_then(|me| {
+                self.registry
+                    .as_mut()
+                    .and_then(|r| r.call(now, Call::Lookup(me)).ok())
+            });
+            if let Some(id) = id {
+                self.calls.insert(
+                    id,
+                    Purpose::TrustOwnNetworks {
+                        bytes,
+                        source,
+                        key,
+                        peer_networks,
+                    },
+                );
+                return;
+            }
+        }
+        self.process_trust_message(now, &bytes, source, key, None);
+    }
+
+    /// Hands a received trust message to the store; `shared_network` is a
+    /// non-backbone network we share with the sender, if any.
     pub(super) fn process_trust_message(
         &mut self,
         now: Instant,
         bytes: &[u8],
         source: u32,
         registry_key: Option<[u8; 32]>,
+        shared_network: Option<u16>,
     ) {
         let wall = self.wall(now);
         let inbound = Inbound {
             source,
             registry_key,
-            shared_network: None,
+            shared_network,
         };
         let fx = self
             .trust
@@ -341,4 +391,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.reply_msg(now, w.client, &IpcMessage::HandshakeOk(&j));
         }
     }
+}
+
+/// The smallest non-backbone network in both lists (`spec/daemon.md` §6.2).
+pub(super) fn smallest_shared_network(ours: &[u16], theirs: &[u16]) -> Option<u16> {
+    ours.iter()
+        .copied()
+        .filter(|n| *n != 0 && theirs.contains(n))
+        .min()
 }
