@@ -172,6 +172,8 @@ where
             addr: settings.listen,
             source,
         })?;
+    let (rcvbuf, sndbuf) = grow_udp_buffers(&udp);
+    tracing::debug!(rcvbuf, sndbuf, "tunnel socket buffers");
     let bound = udp.local_addr().map_err(|source| DaemonRunError::Udp {
         addr: settings.listen,
         source,
@@ -210,4 +212,76 @@ where
     let exit = EventLoop::new(engine, parts, start)?.run()?;
     tracing::info!(?exit, "daemon exited");
     Ok(exit)
+}
+
+/// Receive and send buffer size asked for on the tunnel socket. The
+/// default (about 208 KiB) holds under a hundred full data segments, less
+/// than one congestion window of a bulk stream: bursts were dropped by the
+/// kernel and every drop cost a retransmission and a halved window. The
+/// kernel caps the request at `net.core.{r,w}mem_max`.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UDP_SOCKET_BUFFER`] bytes of receive and send buffer on
+/// `udp` (best effort) and returns the sizes the kernel reports (0 if
+/// unknown).
+pub fn grow_udp_buffers(udp: &std::net::UdpSocket) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let fd = udp.as_raw_fd();
+    let want = libc::c_int::try_from(UDP_SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
+    let mut got = [0usize; 2];
+    for (slot, opt) in got.iter_mut().zip([libc::SO_RCVBUF, libc::SO_SNDBUF]) {
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open socket owned by `udp`; the option value
+        // points at a live c_int of the stated length.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&want as *const libc::c_int).cast(),
+                len,
+            );
+        }
+        let mut val: libc::c_int = 0;
+        let mut vlen = len;
+        // SAFETY: as above; `val` and `vlen` are live and writable.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut val as *mut libc::c_int).cast(),
+                &mut vlen,
+            )
+        };
+        if rc == 0 {
+            *slot = usize::try_from(val).unwrap_or(0);
+        }
+    }
+    (got[0], got[1])
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_buffers_grow_past_the_default() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        let (rcv, snd) = grow_udp_buffers(&udp);
+        assert!(rcv > 0 && snd > 0);
+        // Linux doubles the request and caps it at rmem_max; where that
+        // cap is above the default the buffer must have grown.
+        let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        if let (Some(def), Some(max)) = (before, max) {
+            if max > def {
+                assert!(rcv > def, "rcvbuf {rcv} not above default {def}");
+            }
+        }
+    }
 }

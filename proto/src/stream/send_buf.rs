@@ -394,7 +394,13 @@ impl SendBuffer {
             self.fin_sent = true;
             (Bytes::new(), true)
         } else {
-            let data = self.unsent.split_to(len).freeze();
+            // Copied out rather than split off: a split-off segment would
+            // share (and pin) the whole allocation behind `unsent` until it
+            // is acknowledged, so 512 unacknowledged segments could hold
+            // hundreds of buffers; a copy keeps memory at the bytes in
+            // flight and lets `unsent` reuse its own space.
+            let data = Bytes::copy_from_slice(self.unsent.get(..len).unwrap_or(&[]));
+            self.unsent.advance(len);
             if self.unsent.is_empty() {
                 self.push_tail = false;
                 self.tail_since = None;
@@ -663,6 +669,22 @@ mod tests {
 
     fn drain(b: &mut SendBuffer, now: Instant) -> Vec<Outgoing> {
         core::iter::from_fn(|| b.pop_segment(now)).collect()
+    }
+
+    #[test]
+    fn unacked_segments_do_not_pin_the_write_buffer() {
+        let mut b = buf(1000);
+        assert_eq!(b.write(ms(0), &[7u8; 5000]), 5000);
+        let first = b.pop_segment(ms(0)).expect("a segment");
+        drop(first);
+        // The queued copy is the only owner of its bytes: it does not share
+        // the allocation that still holds the unsent 4000 bytes.
+        let q = b.queue.front().expect("queued");
+        assert_eq!(q.data.len(), 1000);
+        assert!(q.data.is_unique());
+        // The rest still segments correctly.
+        let rest = drain(&mut b, ms(0));
+        assert_eq!(rest.iter().map(|o| o.data.len()).sum::<usize>(), 4000);
     }
 
     #[test]
