@@ -1094,6 +1094,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
+    /// Gives connection `cid` an IPC id and records it as owned by
+    /// `client` (in the connection table and the client's own set).
+    fn attach_client_conn(&mut self, cid: ConnId, client: ClientId, dialing: bool) -> u32 {
+        let ipc_id = self.alloc_ipc_id(cid);
+        self.conns.insert(
+            cid,
+            Conn {
+                role: Role::Client {
+                    client,
+                    ipc_id,
+                    dialing,
+                },
+            },
+        );
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.conns.insert(cid);
+        }
+        ipc_id
+    }
+
     fn on_incoming(&mut self, now: Instant, port: u16) {
         loop {
             let Some(cid) = self.node.as_mut().and_then(|n| n.accept(port)) else {
@@ -1116,19 +1136,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         }
                         continue;
                     }
-                    let ipc_id = self.alloc_ipc_id(cid);
-                    self.conns.insert(
-                        cid,
-                        Conn {
-                            role: Role::Client {
-                                client,
-                                ipc_id,
-                                dialing: false,
-                            },
-                        },
-                    );
+                    let ipc_id = self.attach_client_conn(cid, client, false);
                     if let Some(c) = self.clients.get_mut(&client) {
-                        c.conns.insert(cid);
                         let _ = c.push(&IpcMessage::Accept {
                             local_port: port,
                             conn_id: ipc_id,
@@ -1630,20 +1639,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         match node.connect(now, addr, port) {
             Ok(cid) => {
-                let ipc_id = self.alloc_ipc_id(cid);
-                self.conns.insert(
-                    cid,
-                    Conn {
-                        role: Role::Client {
-                            client,
-                            ipc_id,
-                            dialing: true,
-                        },
-                    },
-                );
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.conns.insert(cid);
-                }
+                self.attach_client_conn(cid, client, true);
             }
             Err(e) => self.reply_error(now, client, &format!("dial: {e}")),
         }
