@@ -95,4 +95,9 @@ pub trait Engine {
     fn poll_action(&mut self) -> Option<Action>;
     /// Begins a graceful stop; [`Action::Stopped`] follows.
     fn shutdown(&mut self, now: Instant);
+    /// Totals of dropped unauthenticated input per reason (for the
+    /// rate-limited debug log); empty if the engine does not count them.
+    fn auth_drops(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -35,6 +35,8 @@ const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 const WAKER: Token = Token(4);
 const FIRST_CLIENT: usize = 16;
+/// At most one debug line about dropped unauthenticated input per this.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Largest UDP datagram read or written.
 const DATAGRAM_MAX: usize = 65_536;
@@ -145,6 +147,9 @@ pub struct EventLoop<E: Engine> {
     exit: Option<Exit>,
     ready_printed: bool,
     ready_line: Option<String>,
+    /// Drop totals at the last drop log line.
+    drops_logged: Vec<(&'static str, u64)>,
+    next_drop_log: Instant,
 }
 
 impl<E: Engine> std::fmt::Debug for EventLoop<E> {
@@ -207,6 +212,8 @@ impl<E: Engine> EventLoop<E> {
             exit: None,
             ready_printed: false,
             ready_line: None,
+            drops_logged: Vec::new(),
+            next_drop_log: Instant::ZERO,
         })
     }
 
@@ -277,6 +284,7 @@ impl<E: Engine> EventLoop<E> {
                 self.engine.handle_timeout(now);
             }
             self.drain(now);
+            self.log_drops(now);
             if let Some(deadline) = self.stopping_deadline {
                 if self.exit.is_none() && now >= deadline {
                     tracing::warn!("shutdown did not finish in time; exiting");
@@ -284,6 +292,33 @@ impl<E: Engine> EventLoop<E> {
                 }
             }
         }
+    }
+
+    /// Logs, at debug level and at most once per [`DROP_LOG_INTERVAL`],
+    /// how many unauthenticated frames were dropped since the last line,
+    /// per reason (a flood costs one log line per interval, not one per
+    /// frame).
+    fn log_drops(&mut self, now: Instant) {
+        if now < self.next_drop_log || !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        self.next_drop_log = now + DROP_LOG_INTERVAL;
+        let current = self.engine.auth_drops();
+        let mut parts = Vec::new();
+        for (name, n) in &current {
+            let before = self
+                .drops_logged
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(0, |(_, v)| *v);
+            if *n > before {
+                parts.push(format!("{name}={}", n - before));
+            }
+        }
+        if !parts.is_empty() {
+            tracing::debug!(dropped = %parts.join(" "), "unauthenticated tunnel input dropped");
+        }
+        self.drops_logged = current;
     }
 
     fn next_timeout(&self) -> Option<Duration> {

@@ -124,4 +124,9 @@ impl Engine for RealDaemon {
     fn shutdown(&mut self, now: Instant) {
         Daemon::shutdown(self, now);
     }
+    fn auth_drops(&self) -> Vec<(&'static str, u64)> {
+        self.node().map_or_else(Vec::new, |n| {
+            n.auth_drops().iter().map(|(r, c)| (r.name(), c)).collect()
+        })
+    }
 }

@@ -29,7 +29,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let mut active = 0u64;
         let mut peer_list = Vec::new();
         let (mut encrypted, mut authenticated) = (0u64, 0u64);
+        let mut drops = serde_json::Map::new();
+        let mut half_open = 0usize;
         if let Some(node) = self.node.as_ref() {
+            for (reason, n) in node.auth_drops().iter() {
+                drops.insert(reason.name().to_owned(), json!(n));
+            }
+            half_open = node.half_open_len();
             for (cid, c) in &self.conns {
                 let Some(i) = node.conn_info(*cid) else {
                     continue;
@@ -98,6 +104,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "pkts_recv": self.stats.pkts_recv,
             "peer_list": peer_list,
             "conn_list": conns,
+            "auth_drops": Value::Object(drops),
+            "half_open": half_open,
         });
         v.to_string()
     }

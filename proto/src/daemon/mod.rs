@@ -88,6 +88,13 @@ pub const MAX_PEER_KEYS: usize = 65_536;
 /// Most identity-key look-ups for key exchanges in progress
 /// (`spec/daemon.md` §7).
 pub const MAX_KEY_FETCHES: usize = 1024;
+/// Burst of registry look-ups for the identity keys of strangers whose
+/// key exchanges are held (`spec/daemon.md` §7, `spec/crypto.md` §2.8).
+pub const KEY_LOOKUP_BURST: f64 = 16.0;
+/// Refill of that budget per second: well under the registry's query
+/// limit (500 per minute per IP), so a flood of signed key exchanges with
+/// random sender IDs cannot use up the daemon's own look-ups.
+pub const KEY_LOOKUP_RATE: f64 = 4.0;
 /// Registry heartbeat period by default (`spec/daemon.md` §4).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -409,6 +416,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     trust_waiters: Vec<TrustWaiter>,
     peer_keys: BTreeMap<u32, [u8; 32]>,
     key_fetch: BTreeSet<u32>,
+    /// Look-up budget for strangers' keys: (tokens, last refill).
+    key_lookup_budget: (f64, Instant),
     peers: BTreeMap<u32, u16>,
     resolving: BTreeMap<u32, Resolution>,
 
@@ -514,6 +523,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             trust_waiters: Vec::new(),
             peer_keys: BTreeMap::new(),
             key_fetch: BTreeSet::new(),
+            key_lookup_budget: (KEY_LOOKUP_BURST, now),
             peers: BTreeMap::new(),
             resolving: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -1052,11 +1062,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.install_peer_key(now, peer, key);
             return;
         }
-        if self.key_fetch.contains(&peer) || self.key_fetch.len() >= MAX_KEY_FETCHES {
+        if self.key_fetch.contains(&peer) {
             return;
         }
         let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
-        if !registered {
+        if !registered || self.key_fetch.len() >= MAX_KEY_FETCHES || !self.take_key_lookup(now) {
+            if let Some(n) = self.node.as_mut() {
+                n.identity_lookup_refused(now, peer);
+            }
             return;
         }
         if let Some(id) = self
@@ -1069,17 +1082,27 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
+    /// Takes one token of the stranger key look-up budget.
+    fn take_key_lookup(&mut self, now: Instant) -> bool {
+        let (tokens, at) = self.key_lookup_budget;
+        let dt = now.saturating_duration_since(at).as_secs_f64();
+        let tokens = (tokens + dt * KEY_LOOKUP_RATE).min(KEY_LOOKUP_BURST);
+        let ok = tokens >= 1.0;
+        self.key_lookup_budget = (if ok { tokens - 1.0 } else { tokens }, now.max(at));
+        ok
+    }
+
+    /// The registry vouches for `key` as `peer`'s identity: the node
+    /// accepts a key exchange it held for it (creating the peer entry only
+    /// now), or a peer it already knows learns its key.
     fn install_peer_key(&mut self, now: Instant, peer: u32, key: [u8; 32]) {
         let network = self.address.map_or(0, |a| a.network);
+        let network = self.peers.get(&peer).copied().unwrap_or(network);
         let Some(node) = self.node.as_mut() else {
             return;
         };
-        let Some(endpoint) = node.peer_endpoint(peer) else {
-            return;
-        };
-        let network = self.peers.get(&peer).copied().unwrap_or(network);
-        if node.add_peer(Addr::new(network, peer), endpoint, Some(key)) {
-            node.connect_tunnel(now, peer);
+        if node.identity_resolved(now, peer, network, key) {
+            self.peers.entry(peer).or_insert(network);
         }
     }
 
@@ -2067,10 +2090,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
             Purpose::PeerKey(node) => {
                 self.key_fetch.remove(&node);
-                if let Ok(Response::LookupOk(ok)) = result {
-                    if let Ok(k) = crate::registry::auth::decode_public_key(&ok.public_key) {
+                let key = match result {
+                    Ok(Response::LookupOk(ok)) => {
+                        crate::registry::auth::decode_public_key(&ok.public_key).ok()
+                    }
+                    _ => None,
+                };
+                match key {
+                    Some(k) => {
                         self.remember_key(node, k);
                         self.install_peer_key(now, node, k);
+                    }
+                    None => {
+                        if let Some(n) = self.node.as_mut() {
+                            n.identity_unknown(now, node);
+                        }
                     }
                 }
             }

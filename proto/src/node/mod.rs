@@ -30,11 +30,16 @@ use core::time::Duration;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 
 use crate::addr::Addr;
-use crate::crypto::envelope::PILS_HEADER_LEN;
+use crate::crypto::drops::{AuthDrop, AuthDrops};
+use crate::crypto::envelope::{OpenError, PILS_HEADER_LEN, PilsHeader};
+use crate::crypto::halfopen::{HALF_OPEN_MAX_AGE, HalfOpen, HeldOutcome};
 use crate::crypto::identity::{Identity, TunnelKey};
-use crate::crypto::kx::KeyExchange;
+use crate::crypto::kdf::KdfError;
+use crate::crypto::kx::{self, KeyExchange, KxError};
 use crate::crypto::provider::CryptoProvider;
-use crate::crypto::session::{KxSource, SendOutcome, SessionConfig, SessionEvent, SessionTable};
+use crate::crypto::session::{
+    KxRejected, KxSource, OpenFailure, SendOutcome, SessionConfig, SessionEvent, SessionTable,
+};
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
 };
@@ -91,6 +96,16 @@ pub struct Limits {
     pub syn_global_burst: f64,
     /// Global SYN bucket: refill per second (transport.md §11: 100).
     pub syn_global_rate: f64,
+    /// Key exchanges from strangers (not from a known peer's endpoint)
+    /// that may cost a signature check: burst (`spec/crypto.md` §2.3).
+    pub kx_stranger_burst: f64,
+    /// The same, refill per second.
+    pub kx_stranger_rate: f64,
+    /// Signed key exchanges held while their key is looked up
+    /// (`spec/crypto.md` §2.8).
+    pub half_open: usize,
+    /// Of those, at most this many per source IP.
+    pub half_open_per_source: usize,
 }
 
 impl Default for Limits {
@@ -108,6 +123,10 @@ impl Default for Limits {
             syn_sources: 4096,
             syn_global_burst: 100.0,
             syn_global_rate: 100.0,
+            kx_stranger_burst: 64.0,
+            kx_stranger_rate: 32.0,
+            half_open: crate::crypto::halfopen::HALF_OPEN_CAPACITY,
+            half_open_per_source: crate::crypto::halfopen::HALF_OPEN_PER_SOURCE,
         }
     }
 }
@@ -196,9 +215,10 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
-    /// A PILA from `peer` was refused because its registered identity key
-    /// is unknown: look it up and call [`Node::add_peer`] with it; the
-    /// peer's retransmission then verifies (`spec/node.md` §2).
+    /// A signed PILA from `peer` is held because its registered identity
+    /// key is unknown: look it up and call [`Node::identity_resolved`] with
+    /// it (`spec/node.md` §2, `spec/crypto.md` §2.8). Emitted once per held
+    /// sender.
     IdentityNeeded {
         /// Peer node ID.
         peer: u32,
@@ -449,6 +469,9 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     events: VecDeque<Event>,
     syn_global: Option<Bucket>,
     syn_sources: BTreeMap<u32, Bucket>,
+    kx_strangers: Option<Bucket>,
+    half_open: HalfOpen,
+    drops: AuthDrops,
     stats: NodeStats,
 }
 
@@ -507,6 +530,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             events: VecDeque::new(),
             syn_global: None,
             syn_sources: BTreeMap::new(),
+            kx_strangers: None,
+            half_open: HalfOpen::new(
+                cfg.limits.half_open,
+                cfg.limits.half_open_per_source,
+                HALF_OPEN_MAX_AGE,
+            ),
+            drops: AuthDrops::default(),
             stats: NodeStats::default(),
         }
     }
@@ -519,6 +549,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// Counters.
     pub fn stats(&self) -> NodeStats {
         self.stats
+    }
+
+    /// Drops of unauthenticated or unwanted tunnel input, per reason.
+    pub fn auth_drops(&self) -> AuthDrops {
+        self.drops
+    }
+
+    /// Signed key exchanges currently held for a key look-up.
+    pub fn half_open_len(&self) -> usize {
+        self.half_open.len()
+    }
+
+    /// Number of peers in the peer table.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn drop_frame(&mut self, reason: AuthDrop) {
+        self.drops.add(reason);
     }
 
     /// Whether a tunnel session with `peer` is installed.
@@ -1015,34 +1064,20 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     /// Handles one UDP datagram from `from`. PILS frames are decrypted in
     /// place, so `bytes` is modified.
+    ///
+    /// Input that fails authentication is counted in [`Node::auth_drops`]
+    /// and changes nothing else (`spec/crypto.md` §12): no session is
+    /// dropped or re-keyed, no timer is armed, and no peer entry is created
+    /// for a sender that has not proven its identity.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
         self.stats.datagrams_in += 1;
         if bytes.get(..MAGIC_LEN) == Some(&MAGIC_PILS[..]) {
             if !self.encrypt {
                 self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
                 return;
             }
-            match self.sessions.open_in_place(now, bytes) {
-                Ok(opened) => {
-                    let sender = opened.sender;
-                    if let Some(pt) = bytes.get(opened.plaintext) {
-                        match Packet::decode_with(pt, self.profile) {
-                            Ok(pkt) => {
-                                // Identity binding (wire.md §3.2).
-                                let keepalive_v0 =
-                                    pkt.is_nat_keepalive() && pkt.header.src.node == 0;
-                                if pkt.header.src.node != sender && !keepalive_v0 {
-                                    self.stats.spoofed += 1;
-                                } else {
-                                    self.handle_packet(now, sender, &pkt);
-                                }
-                            }
-                            Err(_) => self.stats.malformed += 1,
-                        }
-                    }
-                }
-                Err(_) => self.stats.open_failed += 1,
-            }
+            self.handle_pils(now, bytes);
             self.after_session(now);
             return;
         }
@@ -1050,6 +1085,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             Ok(f) => f,
             Err(_) => {
                 self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
                 return;
             }
         };
@@ -1057,39 +1093,20 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             Frame::Pilk { .. } | Frame::Pila { .. } => {
                 let Some(kx) = KeyExchange::from_frame(&frame) else {
                     self.stats.malformed += 1;
+                    self.drop_frame(AuthDrop::Malformed);
                     return;
                 };
                 if !self.encrypt {
                     self.stats.ignored_frames += 1;
                     return;
                 }
-                if !self.peers.contains_key(&kx.sender) {
-                    // Learn the endpoint so the answer can go back.
-                    self.add_peer(Addr::new(self.addr.network, kx.sender), from, None);
-                }
-                let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
-                let res = self.sessions.handle_key_exchange(
-                    now,
-                    KxSource::Direct(from.ip()),
-                    &kx,
-                    key.as_ref(),
-                );
-                if let Err(e) = res {
-                    self.stats.kx_rejected += 1;
-                    if matches!(
-                        e,
-                        crate::crypto::session::KxRejected::Auth(
-                            crate::crypto::kx::KxError::UnknownIdentity
-                        )
-                    ) {
-                        self.push_event(Event::IdentityNeeded { peer: kx.sender });
-                    }
-                }
+                self.handle_kx(now, from, &kx);
                 self.after_session(now);
             }
             Frame::Pilt { packet } => {
                 if self.encrypt {
                     self.stats.plaintext_refused += 1;
+                    self.drop_frame(AuthDrop::PlaintextRefused);
                     return;
                 }
                 match Packet::decode_with(packet, self.profile) {
@@ -1100,8 +1117,243 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     Err(_) => self.stats.malformed += 1,
                 }
             }
-            Frame::Pils { .. } => self.stats.malformed += 1,
+            Frame::Pils { .. } => {
+                self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
+            }
             Frame::Pilp | Frame::Beacon(_) => self.stats.ignored_frames += 1,
+        }
+    }
+
+    fn handle_pils(&mut self, now: Instant, bytes: &mut [u8]) {
+        let opened = match self.sessions.open_in_place(now, bytes) {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.open_failed += 1;
+                let reason = match e {
+                    OpenFailure::Malformed | OpenFailure::Rejected(OpenError::Malformed) => {
+                        AuthDrop::Malformed
+                    }
+                    OpenFailure::NoSession => AuthDrop::PilsNoSession,
+                    OpenFailure::Rejected(OpenError::Auth) => AuthDrop::PilsBadTag,
+                    OpenFailure::Rejected(OpenError::Replay) => AuthDrop::PilsReplay,
+                    OpenFailure::Rejected(OpenError::Outside) => AuthDrop::PilsOutsideWindow,
+                };
+                self.drop_frame(reason);
+                if e == OpenFailure::NoSession {
+                    // A peer we know lost its session (it restarted or we
+                    // did): ask it to re-key, rate-limited, without a
+                    // timer. Strangers get nothing.
+                    let sender = PilsHeader::parse(bytes).ok().map(|h| h.sender);
+                    if let Some(peer) = sender.filter(|p| self.peers.contains_key(p)) {
+                        self.sessions.request_rekey(now, peer);
+                    }
+                }
+                return;
+            }
+        };
+        let sender = opened.sender;
+        let Some(pt) = bytes.get(opened.plaintext) else {
+            return;
+        };
+        match Packet::decode_with(pt, self.profile) {
+            Ok(pkt) => {
+                // Identity binding (wire.md §3.2).
+                let keepalive_v0 = pkt.is_nat_keepalive() && pkt.header.src.node == 0;
+                if pkt.header.src.node != sender && !keepalive_v0 {
+                    self.stats.spoofed += 1;
+                    self.drop_frame(AuthDrop::PilsSpoofedSource);
+                } else {
+                    self.handle_packet(now, sender, &pkt);
+                }
+            }
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    fn kx_refused(&mut self, e: KxRejected) {
+        self.stats.kx_rejected += 1;
+        let reason = match e {
+            KxRejected::RateLimited => AuthDrop::KxRateLimited,
+            KxRejected::Auth(KxError::BadSignature) => AuthDrop::KxBadSignature,
+            KxRejected::Auth(KxError::IdentityMismatch) => AuthDrop::KxIdentityMismatch,
+            KxRejected::Auth(_) => AuthDrop::KxUnvouched,
+            KxRejected::Kdf(KdfError::ZeroSharedSecret) => AuthDrop::KxBadKey,
+            KxRejected::Unauthenticated => AuthDrop::KxUnauthenticated,
+            KxRejected::TooManySessions => AuthDrop::KxTooManySessions,
+            KxRejected::OwnNode => AuthDrop::KxOwnNode,
+            KxRejected::StaleKey => AuthDrop::KxStaleKey,
+        };
+        self.drop_frame(reason);
+    }
+
+    /// A PILA or PILK (`spec/crypto.md` §2.3, §2.8). Known peers (frames
+    /// from the endpoint the peer table holds) are charged to their own
+    /// bucket; everyone else to the per-source-IP bucket and the global
+    /// stranger budget, before any signature check. A stranger's PILA is
+    /// held in the bounded half-open table until the registry vouches for
+    /// its key; a stranger's PILK is dropped.
+    fn handle_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
+        if kx.sender == self.addr.node {
+            self.kx_refused(KxRejected::OwnNode);
+            return;
+        }
+        let known = self.peers.get(&kx.sender).copied();
+        let from_known = known.is_some_and(|p| p.endpoint == from);
+        let source = if from_known {
+            KxSource::Known(kx.sender)
+        } else {
+            KxSource::Direct(from.ip())
+        };
+        if !self.sessions.admit_key_exchange(now, source) {
+            self.kx_refused(KxRejected::RateLimited);
+            return;
+        }
+        let identity = known.and_then(|p| p.identity);
+        match (&kx.auth, identity) {
+            (Some(auth), Some(key)) => {
+                // Cheap check first: a frame carrying another key costs no
+                // signature verification.
+                if auth.ed25519 != key {
+                    self.kx_refused(KxRejected::Auth(KxError::IdentityMismatch));
+                    return;
+                }
+                if !from_known && !self.stranger_budget(now) {
+                    return;
+                }
+                let res = self
+                    .sessions
+                    .handle_admitted_key_exchange(now, kx, Some(&key));
+                if let Err(e) = res {
+                    self.kx_refused(e);
+                }
+            }
+            (Some(auth), None) => {
+                // No vouched key yet: verify the signature under the key
+                // the frame carries (budgeted), then hold it until the
+                // registry answers. No peer entry is created.
+                if !from_known && !self.stranger_budget(now) {
+                    return;
+                }
+                let ok = kx::verify_pila(
+                    self.sessions.provider(),
+                    kx.sender,
+                    &kx.x25519,
+                    auth,
+                    Some(&auth.ed25519),
+                );
+                if let Err(e) = ok {
+                    self.kx_refused(KxRejected::Auth(e));
+                    return;
+                }
+                match self.half_open.insert(now, from, *kx) {
+                    HeldOutcome::New => {}
+                    HeldOutcome::Replaced => return,
+                    HeldOutcome::Evicted(n) => {
+                        for _ in 0..n {
+                            self.drop_frame(AuthDrop::KxHeldEvicted);
+                        }
+                    }
+                }
+                self.push_event(Event::IdentityNeeded { peer: kx.sender });
+            }
+            (None, _) if known.is_none() => {
+                // A PILK from a stranger creates nothing (reference:
+                // an unauthenticated session and a peer entry).
+                self.kx_refused(KxRejected::Unauthenticated);
+            }
+            (None, _) => {
+                let res = self
+                    .sessions
+                    .handle_admitted_key_exchange(now, kx, identity.as_ref());
+                if let Err(e) = res {
+                    self.kx_refused(e);
+                }
+            }
+        }
+    }
+
+    /// Takes one token of the global stranger budget; counts a drop if
+    /// there is none.
+    fn stranger_budget(&mut self, now: Instant) -> bool {
+        let l = self.limits;
+        let b = self
+            .kx_strangers
+            .get_or_insert(Bucket::full(l.kx_stranger_burst, now));
+        if b.take(now, l.kx_stranger_burst, l.kx_stranger_rate) {
+            true
+        } else {
+            self.stats.kx_rejected += 1;
+            self.drop_frame(AuthDrop::KxStrangerBudget);
+            false
+        }
+    }
+
+    /// The registry vouches for `key` as the identity of node `peer` (on
+    /// `network`): a PILA held for it in the half-open table is accepted if
+    /// it carries that key — the peer is added with the frame's source as
+    /// its endpoint and the session installed — and dropped if not. Without
+    /// a held frame, a peer already in the table learns its key (and a key
+    /// exchange starts). Returns whether a held frame was accepted.
+    pub fn identity_resolved(
+        &mut self,
+        now: Instant,
+        peer: u32,
+        network: u16,
+        key: [u8; 32],
+    ) -> bool {
+        let held = self.half_open.take(now, peer);
+        let mut accepted = false;
+        match held {
+            Some(h) if h.kx.auth.is_some_and(|a| a.ed25519 == key) => {
+                let addr = Addr::new(network, peer);
+                let endpoint = self.peers.get(&peer).map_or(h.from, |p| p.endpoint);
+                if self.add_peer(addr, endpoint, Some(key)) {
+                    match self
+                        .sessions
+                        .handle_admitted_key_exchange(now, &h.kx, Some(&key))
+                    {
+                        Ok(_) => accepted = true,
+                        Err(e) => self.kx_refused(e),
+                    }
+                } else {
+                    self.kx_refused(KxRejected::TooManySessions);
+                }
+            }
+            Some(_) => self.drop_frame(AuthDrop::KxUnvouched),
+            None => {
+                if let Some(p) = self.peers.get(&peer).copied() {
+                    self.add_peer(Addr::new(p.network, peer), p.endpoint, Some(key));
+                    self.connect_tunnel(now, peer);
+                }
+            }
+        }
+        self.after_session(now);
+        accepted
+    }
+
+    /// The registry has no key for `peer` (or the look-up failed): a PILA
+    /// held for it is dropped.
+    pub fn identity_unknown(&mut self, now: Instant, peer: u32) {
+        if self.half_open.take(now, peer).is_some() {
+            self.drop_frame(AuthDrop::KxUnvouched);
+        }
+    }
+
+    /// The owner will not look `peer`'s key up now (its look-up budget is
+    /// spent): a PILA held for it is dropped, so the sender's
+    /// retransmission is held afresh and asks again.
+    pub fn identity_lookup_refused(&mut self, now: Instant, peer: u32) {
+        if self.half_open.take(now, peer).is_some() {
+            self.drop_frame(AuthDrop::KxLookupBudget);
+        }
+    }
+
+    /// Drops held key exchanges that waited too long (called from the
+    /// keepalive sweep).
+    fn expire_half_open(&mut self, now: Instant) {
+        for _ in 0..self.half_open.expire(now) {
+            self.drop_frame(AuthDrop::KxHeldExpired);
         }
     }
 
@@ -1287,6 +1539,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 TimeoutReason::Keepalive => {
                     self.keepalive_sweep(now);
+                    self.expire_half_open(now);
                     self.timers
                         .set(TimeoutReason::Keepalive, now + KEEPALIVE_SWEEP);
                 }

@@ -295,3 +295,136 @@ fn stream_round_trip_and_reap() {
     }
     assert_eq!((v[0].conn_count(), v[1].conn_count()), (0, 0));
 }
+
+fn ms(n: u64) -> Instant {
+    Instant::from_millis(n)
+}
+
+/// A signed PILA of node `sender` under identity `id` with a fresh tunnel
+/// key drawn from `seed`.
+fn pila(sender: u32, id: &Identity, seed: u8) -> Vec<u8> {
+    let tk = TunnelKey::from_secret(&RustCrypto, [seed; 32]);
+    let mut f = vec![0u8; crate::crypto::kx::PILA_LEN];
+    crate::crypto::kx::build_pila(&RustCrypto, sender, &tk, id, &mut f).unwrap();
+    f
+}
+
+/// Garbage, forged PILS, PILKs and signed PILAs from strangers with
+/// random sender IDs create no peer entry and no session; every drop is
+/// counted by reason; only bounded shared state (the half-open table)
+/// grows.
+#[test]
+fn strangers_create_no_peers_and_every_drop_is_counted() {
+    let mut v = mesh(2, true);
+    let attacker = SocketAddr::from(([10, 9, 9, 9], 5555));
+    let evil = Identity::from_seed(&RustCrypto, [99; 32]);
+    for i in 0..2000u32 {
+        let now = ms(u64::from(i));
+        let mut garbage = vec![(i % 251) as u8; 8 + (i % 30) as usize];
+        garbage[..4].copy_from_slice(b"PILK");
+        v[0].handle_datagram(now, attacker, &mut garbage);
+        let mut pilk = vec![0u8; crate::crypto::kx::PILK_LEN];
+        let tk = TunnelKey::from_secret(&RustCrypto, [(i % 200) as u8 + 1; 32]);
+        crate::crypto::kx::build_pilk(1000 + i, &tk, &mut pilk).unwrap();
+        v[0].handle_datagram(now, attacker, &mut pilk);
+        let mut forged = vec![0u8; 80];
+        forged[..4].copy_from_slice(b"PILS");
+        forged[4..8].copy_from_slice(&(5000 + i).to_be_bytes());
+        forged[19] = 1;
+        v[0].handle_datagram(now, attacker, &mut forged);
+        let mut p = pila(70_000 + i, &evil, (i % 200) as u8 + 1);
+        v[0].handle_datagram(
+            now,
+            SocketAddr::from(([10, 9, (i >> 8) as u8, i as u8], 1)),
+            &mut p,
+        );
+    }
+    assert_eq!(v[0].peer_count(), 1, "only the configured peer");
+    assert!(v[0].sessions().is_empty());
+    assert!(v[0].half_open_len() <= Limits::default().half_open);
+    let d = v[0].auth_drops();
+    assert!(d.get(AuthDrop::Malformed) > 0);
+    assert_eq!(d.get(AuthDrop::PilsNoSession), 2000);
+    assert!(d.get(AuthDrop::KxUnauthenticated) + d.get(AuthDrop::KxRateLimited) >= 2000);
+    assert!(
+        d.get(AuthDrop::KxStrangerBudget) > 0,
+        "the global budget capped signature checks"
+    );
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    assert!(
+        v[0].poll_transmit(ms(2000), &mut buf).is_none(),
+        "nothing sent to strangers"
+    );
+}
+
+/// A stranger's signed PILA is held (no peer entry) until the registry
+/// vouches for its key; then the peer is added at the frame's source and
+/// the session installed. A key the registry does not vouch for is
+/// dropped and counted.
+#[test]
+fn held_key_exchange_is_accepted_only_with_the_vouched_key() {
+    let mut a = node(1, true, b"");
+    let mut c = node(3, true, b"");
+    c.add_peer(Addr::new(1, 1), ep(1), Some(*ident(1).public()));
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    c.connect_tunnel(ms(0), 1);
+    let t = c.poll_transmit(ms(0), &mut buf).unwrap();
+    a.handle_datagram(ms(1), ep(3), &mut buf[..t.len]);
+    assert_eq!(events(&mut a), vec![Event::IdentityNeeded { peer: 3 }]);
+    assert_eq!(a.peer_count(), 0);
+    assert_eq!(a.half_open_len(), 1);
+    // The registry vouches for another key: dropped.
+    assert!(!a.identity_resolved(ms(2), 3, 1, *ident(9).public()));
+    assert_eq!(a.auth_drops().get(AuthDrop::KxUnvouched), 1);
+    assert_eq!(a.peer_count(), 0);
+    // The retransmission is held again; the right key installs it.
+    a.handle_datagram(ms(5000), ep(3), &mut buf[..t.len]);
+    assert!(a.identity_resolved(ms(5001), 3, 1, *ident(3).public()));
+    assert!(a.has_session(3));
+    assert_eq!(a.peer_endpoint(3), Some(ep(3)));
+    assert_eq!(a.half_open_len(), 0);
+}
+
+/// Forged PILS frames claiming a live peer, and replays of its real
+/// frames, do not drop, re-key or delay the pair: pings keep working.
+#[test]
+fn forged_and_replayed_frames_leave_a_live_pair_alone() {
+    let mut v = mesh(2, true);
+    v[0].ping(ms(0), Addr::new(1, 2)).unwrap();
+    pump(&mut v, ms(0));
+    events(&mut v[0]);
+    events(&mut v[1]);
+    // Capture one real frame from node 1 to node 2.
+    v[0].send_datagram(ms(1), Addr::new(1, 2), 9, Some(9), b"x")
+        .unwrap();
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let t = v[0].poll_transmit(ms(1), &mut buf).unwrap();
+    let real = buf[..t.len].to_vec();
+    for i in 0..5000u64 {
+        let now = ms(10 + i * 20);
+        let mut forged = real.clone();
+        let k = 20 + (i as usize % (forged.len() - 20));
+        forged[k] ^= 0x5a;
+        v[1].handle_datagram(now, SocketAddr::from(([10, 0, 0, 66], 7)), &mut forged);
+        let mut replay = real.clone();
+        v[1].handle_datagram(now, ep(1), &mut replay);
+        if i % 50 == 0 {
+            v[0].ping(now, Addr::new(1, 2)).unwrap();
+            pump(&mut v, now);
+            let ev = events(&mut v[0]);
+            assert!(
+                ev.iter()
+                    .any(|e| matches!(e, Event::Pong { rtt, .. } if rtt.is_zero())),
+                "{i}: {ev:?}"
+            );
+        }
+    }
+    assert!(
+        events(&mut v[1])
+            .iter()
+            .all(|e| !matches!(e, Event::SessionDown { .. }))
+    );
+    let d = v[1].auth_drops();
+    assert_eq!(d.get(AuthDrop::PilsBadTag), 5000);
+    assert_eq!(d.get(AuthDrop::PilsReplay), 4999);
+}
