@@ -117,6 +117,23 @@ impl H {
             j.apply(&back);
         }
         assert_eq!(&j, self.reg.state());
+        // Change by change, the touched records written to a store load
+        // back as the same state.
+        let mut s = State::new(self.start);
+        let mut store = std::collections::BTreeMap::new();
+        let full = crate::registry::records::ChangeSet::full(&s).unwrap();
+        crate::registry::records::mem::apply(&mut store, &full);
+        for c in &self.log {
+            s.apply(c);
+            let set =
+                crate::registry::records::ChangeSet::from_changes(&s, std::slice::from_ref(c))
+                    .unwrap();
+            crate::registry::records::mem::apply(&mut store, &set);
+        }
+        assert_eq!(
+            &crate::registry::records::mem::load(&store, self.start),
+            self.reg.state()
+        );
     }
 }
 
@@ -246,7 +263,19 @@ fn register_errors() {
         e,
         RegistryError::InvalidPublicKey(auth::KeyError::Length(3))
     );
+    // The all-zero key is a curve point of order 4: refused, with a reason.
+    let e = h.err(Request::Register(Register {
+        listen_addr: "0.0.0.0:4000".into(),
+        public_key: auth::encode_public_key(&[0; 32]),
+        ..Default::default()
+    }));
+    assert_eq!(
+        e,
+        RegistryError::InvalidPublicKey(auth::KeyError::SmallOrder)
+    );
+    assert_eq!(e.to_string(), "invalid public key: small-order Ed25519 key");
     assert!(h.reg.state().nodes.is_empty());
+    assert!(h.log.is_empty(), "a refused key leaves no trace");
 }
 
 #[test]
