@@ -34,7 +34,9 @@ use crate::crypto::envelope::PILS_HEADER_LEN;
 use crate::crypto::identity::{Identity, TunnelKey};
 use crate::crypto::kx::KeyExchange;
 use crate::crypto::provider::CryptoProvider;
-use crate::crypto::session::{KxSource, SendOutcome, SessionConfig, SessionEvent, SessionTable};
+use crate::crypto::session::{
+    KxSource, SendError, SendOutcome, SessionConfig, SessionEvent, SessionTable,
+};
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
 };
@@ -91,6 +93,18 @@ pub struct Limits {
     pub syn_global_burst: f64,
     /// Global SYN bucket: refill per second (transport.md §11: 100).
     pub syn_global_rate: f64,
+    /// Peers that may have packets waiting for a key exchange at once
+    /// (`spec/crypto.md` §6.3; the reference's 256). A packet for one more
+    /// peer is dropped and counted in [`NodeStats::pending_dropped`].
+    pub pending_peers: usize,
+    /// Packets waiting for a key exchange, per peer (64).
+    pub pending_per_peer: usize,
+    /// Bytes waiting for key exchanges, all peers together (4 MiB).
+    pub pending_bytes: usize,
+    /// Default user timeout of stream connections (`spec/transport.md`
+    /// §7.3): dial deadline and give-up silence; 30 s. Per connection see
+    /// [`Node::connect_with_timeout`].
+    pub user_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -108,6 +122,10 @@ impl Default for Limits {
             syn_sources: 4096,
             syn_global_burst: 100.0,
             syn_global_rate: 100.0,
+            pending_peers: crate::crypto::params::PENDING_PEERS,
+            pending_per_peer: crate::crypto::params::PENDING_PER_PEER,
+            pending_bytes: crate::crypto::pending::PENDING_MAX_BYTES,
+            user_timeout: crate::stream::consts::USER_TIMEOUT,
         }
     }
 }
@@ -358,6 +376,11 @@ pub struct NodeStats {
     pub stream_fast_retransmits: u64,
     /// Stream retransmission timeouts of connections already dropped.
     pub stream_rto_timeouts: u64,
+    /// Packets dropped while waiting for a key exchange: refused by a full
+    /// pending queue (per-peer, peer-count or byte limit), sent during the
+    /// give-up cool-down, or discarded when the exchange gave up. Also
+    /// counted in `transmit_dropped`.
+    pub pending_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -473,7 +496,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     pub fn new(now: Instant, cfg: NodeConfig<P, R>) -> Self {
         let mut rng = cfg.rng;
         let session_rng = fork_rng(&mut rng);
-        let scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        let mut scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        scfg.pending = crate::crypto::pending::PendingLimits {
+            per_peer: cfg.limits.pending_per_peer,
+            peers: cfg.limits.pending_peers,
+            bytes: cfg.limits.pending_bytes,
+        };
         let sessions = SessionTable::new(
             cfg.provider,
             session_rng,
@@ -774,6 +802,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         ConnConfig {
             mss: self.profile.segment_size(),
             seed: self.rng.next_u64(),
+            user_timeout: self.limits.user_timeout,
             ..ConnConfig::default()
         }
     }
@@ -805,8 +834,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         id
     }
 
-    /// Opens a stream to `dst:port` from a fresh ephemeral port.
+    /// Opens a stream to `dst:port` from a fresh ephemeral port, with the
+    /// node's default user timeout ([`Limits::user_timeout`]).
     pub fn connect(&mut self, now: Instant, dst: Addr, port: u16) -> Result<ConnId, NodeError> {
+        let t = self.limits.user_timeout;
+        self.connect_with_timeout(now, dst, port, t)
+    }
+
+    /// Like [`Node::connect`] with this connection's own user timeout: the
+    /// dial retries until `user_timeout` has passed, and the established
+    /// connection gives up after that much silence (`spec/transport.md`
+    /// §4.1, §7.3).
+    pub fn connect_with_timeout(
+        &mut self,
+        now: Instant,
+        dst: Addr,
+        port: u16,
+        user_timeout: Duration,
+    ) -> Result<ConnId, NodeError> {
         if dst.is_broadcast() {
             return Err(NodeError::BroadcastAddress);
         }
@@ -817,7 +862,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return Err(NodeError::TooManyConns);
         }
         let local_port = self.ports.alloc_ephemeral()?;
-        let cfg = self.conn_config();
+        let cfg = ConnConfig {
+            user_timeout,
+            ..self.conn_config()
+        };
         let isn = self.rng.next_u32();
         let conn = Connection::connect(now, cfg, isn);
         let key = ConnKey {
@@ -1348,7 +1396,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 SessionEvent::Installed { peer, .. } => Event::SessionUp { peer },
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
-                SessionEvent::GaveUp { peer, .. } => Event::KeyExchangeGaveUp { peer },
+                SessionEvent::GaveUp { peer, discarded } => {
+                    self.stats.pending_dropped += discarded as u64;
+                    Event::KeyExchangeGaveUp { peer }
+                }
             };
             self.push_event(out);
         }
@@ -1499,7 +1550,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
             },
             Ok(SendOutcome::Queued) => None,
-            Err(_) => {
+            Err(e) => {
+                if matches!(e, SendError::Pending(_) | SendError::GaveUp) {
+                    self.stats.pending_dropped += 1;
+                }
                 self.stats.transmit_dropped += 1;
                 None
             }
