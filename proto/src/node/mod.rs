@@ -38,7 +38,8 @@ use crate::crypto::kdf::KdfError;
 use crate::crypto::kx::{self, KeyExchange, KxError};
 use crate::crypto::provider::CryptoProvider;
 use crate::crypto::session::{
-    KxRejected, KxSource, OpenFailure, SendOutcome, SessionConfig, SessionEvent, SessionTable,
+    KxRejected, KxSource, OpenFailure, SendError, SendOutcome, SessionConfig, SessionEvent,
+    SessionTable,
 };
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
@@ -106,6 +107,18 @@ pub struct Limits {
     pub half_open: usize,
     /// Of those, at most this many per source IP.
     pub half_open_per_source: usize,
+    /// Peers that may have packets waiting for a key exchange at once
+    /// (`spec/crypto.md` §6.3; the reference's 256). A packet for one more
+    /// peer is dropped and counted in [`NodeStats::pending_dropped`].
+    pub pending_peers: usize,
+    /// Packets waiting for a key exchange, per peer (64).
+    pub pending_per_peer: usize,
+    /// Bytes waiting for key exchanges, all peers together (4 MiB).
+    pub pending_bytes: usize,
+    /// Default user timeout of stream connections (`spec/transport.md`
+    /// §7.3): dial deadline and give-up silence; 30 s. Per connection see
+    /// [`Node::connect_with_timeout`].
+    pub user_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -127,6 +140,10 @@ impl Default for Limits {
             kx_stranger_rate: 32.0,
             half_open: crate::crypto::halfopen::HALF_OPEN_CAPACITY,
             half_open_per_source: crate::crypto::halfopen::HALF_OPEN_PER_SOURCE,
+            pending_peers: crate::crypto::params::PENDING_PEERS,
+            pending_per_peer: crate::crypto::params::PENDING_PER_PEER,
+            pending_bytes: crate::crypto::pending::PENDING_MAX_BYTES,
+            user_timeout: crate::stream::consts::USER_TIMEOUT,
         }
     }
 }
@@ -378,6 +395,11 @@ pub struct NodeStats {
     pub stream_fast_retransmits: u64,
     /// Stream retransmission timeouts of connections already dropped.
     pub stream_rto_timeouts: u64,
+    /// Packets dropped while waiting for a key exchange: refused by a full
+    /// pending queue (per-peer, peer-count or byte limit), sent during the
+    /// give-up cool-down, or discarded when the exchange gave up. Also
+    /// counted in `transmit_dropped`.
+    pub pending_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -496,7 +518,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     pub fn new(now: Instant, cfg: NodeConfig<P, R>) -> Self {
         let mut rng = cfg.rng;
         let session_rng = fork_rng(&mut rng);
-        let scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        let mut scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        scfg.pending = crate::crypto::pending::PendingLimits {
+            per_peer: cfg.limits.pending_per_peer,
+            peers: cfg.limits.pending_peers,
+            bytes: cfg.limits.pending_bytes,
+        };
         let sessions = SessionTable::new(
             cfg.provider,
             session_rng,
@@ -823,6 +850,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         ConnConfig {
             mss: self.profile.segment_size(),
             seed: self.rng.next_u64(),
+            user_timeout: self.limits.user_timeout,
             ..ConnConfig::default()
         }
     }
@@ -854,8 +882,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         id
     }
 
-    /// Opens a stream to `dst:port` from a fresh ephemeral port.
+    /// Opens a stream to `dst:port` from a fresh ephemeral port, with the
+    /// node's default user timeout ([`Limits::user_timeout`]).
     pub fn connect(&mut self, now: Instant, dst: Addr, port: u16) -> Result<ConnId, NodeError> {
+        let t = self.limits.user_timeout;
+        self.connect_with_timeout(now, dst, port, t)
+    }
+
+    /// Like [`Node::connect`] with this connection's own user timeout: the
+    /// dial retries until `user_timeout` has passed, and the established
+    /// connection gives up after that much silence (`spec/transport.md`
+    /// §4.1, §7.3).
+    pub fn connect_with_timeout(
+        &mut self,
+        now: Instant,
+        dst: Addr,
+        port: u16,
+        user_timeout: Duration,
+    ) -> Result<ConnId, NodeError> {
         if dst.is_broadcast() {
             return Err(NodeError::BroadcastAddress);
         }
@@ -866,7 +910,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return Err(NodeError::TooManyConns);
         }
         let local_port = self.ports.alloc_ephemeral()?;
-        let cfg = self.conn_config();
+        let cfg = ConnConfig {
+            user_timeout,
+            ..self.conn_config()
+        };
         let isn = self.rng.next_u32();
         let conn = Connection::connect(now, cfg, isn);
         let key = ConnKey {
@@ -1601,7 +1648,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 SessionEvent::Installed { peer, .. } => Event::SessionUp { peer },
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
-                SessionEvent::GaveUp { peer, .. } => Event::KeyExchangeGaveUp { peer },
+                SessionEvent::GaveUp { peer, discarded } => {
+                    self.stats.pending_dropped += discarded as u64;
+                    Event::KeyExchangeGaveUp { peer }
+                }
             };
             self.push_event(out);
         }
@@ -1752,7 +1802,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
             },
             Ok(SendOutcome::Queued) => None,
-            Err(_) => {
+            Err(e) => {
+                if matches!(e, SendError::Pending(_) | SendError::GaveUp) {
+                    self.stats.pending_dropped += 1;
+                }
                 self.stats.transmit_dropped += 1;
                 None
             }

@@ -32,11 +32,15 @@ pub fn mesh(cfg: &SimConfig, seed: u64, min: usize) -> (Sim<Pilot>, Vec<NodeId>)
     let addrs: Vec<_> = (0..n).map(node_addr).collect();
     let mut sim = Sim::new(seed, cfg.faults(seed, &addrs));
     let profile = wire_profile(cfg);
+    let mut limits = Pilot::mesh_limits(n);
+    if let Some(p) = cfg.pending_peers {
+        limits.pending_peers = p;
+    }
     let ids = (0..n)
         .filter_map(|i| {
             sim.add_node(
                 node_addr(i),
-                Pilot::mesh_member(seed, i, n, 0, profile, Instant::ZERO),
+                Pilot::mesh_member_with(seed, i, n, 0, profile, Instant::ZERO, limits),
             )
             .ok()
         })
