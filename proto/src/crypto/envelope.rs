@@ -207,8 +207,8 @@ impl<P: CryptoProvider> Envelope<P> {
     /// verifies and decrypts the ciphertext where it lies, then records the
     /// counter. Returns the header and the plaintext's range in `frame`.
     ///
-    /// On [`OpenError::Auth`] nothing changed (neither `frame` nor the
-    /// window). On [`OpenError::Replay`]/[`OpenError::Outside`] the frame
+    /// On [`OpenError::Auth`] the window did not change and `frame`'s
+    /// bytes are unspecified (provider-dependent; drop it). On [`OpenError::Replay`]/[`OpenError::Outside`] the frame
     /// was authentic (the body is now plaintext) but is refused.
     pub fn open_in_place(
         &mut self,

@@ -387,6 +387,8 @@ pub struct NodeStats {
     pub rst_sent: u64,
     /// SYNs dropped by the rate limits.
     pub syn_rate_limited: u64,
+    /// SYNs from an authenticated session, exempt from the rate limits.
+    pub syn_authenticated: u64,
     /// Packets with an unknown protocol.
     pub unknown_protocol: u64,
     /// Stream retransmissions of connections already dropped.
@@ -1159,7 +1161,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 match Packet::decode_with(packet, self.profile) {
                     Ok(pkt) => {
                         let sender = pkt.header.src.node;
-                        self.handle_packet(now, sender, &pkt);
+                        self.handle_packet(now, sender, &pkt, false);
                     }
                     Err(_) => self.stats.malformed += 1,
                 }
@@ -1211,7 +1213,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     self.stats.spoofed += 1;
                     self.drop_frame(AuthDrop::PilsSpoofedSource);
                 } else {
-                    self.handle_packet(now, sender, &pkt);
+                    self.handle_packet(now, sender, &pkt, true);
                 }
             }
             Err(_) => self.stats.malformed += 1,
@@ -1404,7 +1406,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
-    fn handle_packet(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+    /// `sealed`: the packet arrived in a PILS frame that opened under
+    /// `sender`'s session (so `sender` is authentic), not as PILT.
+    fn handle_packet(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>, sealed: bool) {
         let h = pkt.header;
         if pkt.is_nat_keepalive() {
             self.stats.keepalives_in += 1;
@@ -1431,7 +1435,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     });
                 }
             }
-            Protocol::STREAM => self.handle_stream(now, sender, pkt),
+            Protocol::STREAM => self.handle_stream(now, sender, pkt, sealed),
             _ => self.stats.unknown_protocol += 1,
         }
     }
@@ -1509,7 +1513,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
-    fn handle_stream(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+    fn handle_stream(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>, sealed: bool) {
         let h = pkt.header;
         let key = ConnKey {
             local_port: h.dst_port,
@@ -1540,7 +1544,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             self.send_rst(sender, &h, h.seq.wrapping_add(1));
             return;
         }
-        if !self.syn_allowed(now, sender) {
+        // The SYN buckets guard against floods from sources we cannot hold
+        // to account. A SYN sealed under a session set up by a verified
+        // PILA (the peer proved its registered identity) skips them: that
+        // peer is bounded by the per-port and total connection limits
+        // instead, so many concurrent dials between trusted nodes work.
+        let accountable = sealed
+            && self
+                .sessions
+                .session(sender)
+                .is_some_and(|s| s.authenticated);
+        if accountable {
+            self.stats.syn_authenticated += 1;
+        } else if !self.syn_allowed(now, sender) {
             self.stats.syn_rate_limited += 1;
             return;
         }

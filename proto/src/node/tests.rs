@@ -428,3 +428,101 @@ fn forged_and_replayed_frames_leave_a_live_pair_alone() {
     assert_eq!(d.get(AuthDrop::PilsBadTag), 5000);
     assert_eq!(d.get(AuthDrop::PilsReplay), 4999);
 }
+
+/// Node `i` with or without an identity (PILA vs PILK) and a large accept
+/// queue, so only the SYN rate limits can refuse a dial.
+fn node_for_dials(i: u8, with_identity: bool) -> N {
+    let mut rng = ChaCha8Rng::from_seed([i; 32]);
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+    let limits = Limits {
+        accept_queue: 2048,
+        max_conns_per_port: 2048,
+        ..Limits::default()
+    };
+    Node::new(
+        Instant::ZERO,
+        NodeConfig {
+            addr: Addr::new(1, u32::from(i)),
+            identity: with_identity.then(|| ident(i)),
+            tunnel_key,
+            profile: WireProfile::Current,
+            provider: RustCrypto,
+            rng,
+            encrypt: true,
+            admin_token: Vec::new(),
+            limits,
+        },
+    )
+}
+
+/// Dials `count` streams from node 1 to node 2 port 80 at one instant
+/// (no bucket refills) and returns how many node 2 accepted.
+fn burst_of_dials(v: &mut [N], count: usize) -> usize {
+    let t = Instant::from_millis(1);
+    v[0].connect_tunnel(t, 2);
+    pump(v, t);
+    v[1].listen(80).unwrap();
+    let mut accepted = 0;
+    for _ in 0..count {
+        v[0].connect(t, Addr::new(1, 2), 80).unwrap();
+    }
+    pump(v, t);
+    while v[1].accept(80).is_some() {
+        accepted += 1;
+    }
+    accepted
+}
+
+#[test]
+fn authenticated_peer_dials_are_not_syn_rate_limited() {
+    // Both identities pinned: the session comes from a verified PILA.
+    let mut v = vec![node_for_dials(1, true), node_for_dials(2, true)];
+    v[0].add_peer(Addr::new(1, 2), ep(2), Some(*ident(2).public()));
+    v[1].add_peer(Addr::new(1, 1), ep(1), Some(*ident(1).public()));
+    assert_eq!(burst_of_dials(&mut v, 1000), 1000);
+    assert_eq!(v[1].stats().syn_rate_limited, 0);
+    assert_eq!(v[1].stats().syn_authenticated, 1000);
+}
+
+#[test]
+fn unauthenticated_peer_dials_stay_syn_rate_limited() {
+    // PILK sessions: the sender's identity is not proven, so the
+    // per-source bucket (burst 64) applies.
+    let mut v = vec![node_for_dials(1, false), node_for_dials(2, false)];
+    v[0].add_peer(Addr::new(1, 2), ep(2), None);
+    v[1].add_peer(Addr::new(1, 1), ep(1), None);
+    let accepted = burst_of_dials(&mut v, 200);
+    assert_eq!(accepted, 64);
+    assert!(v[1].stats().syn_rate_limited >= 136);
+    assert_eq!(v[1].stats().syn_authenticated, 0);
+}
+
+#[test]
+fn plaintext_syn_claiming_an_authenticated_sender_is_rate_limited() {
+    // Node 2 has an authenticated session with node 1, but a PILT frame
+    // naming node 1 as sender proves nothing: an encrypting node refuses
+    // it outright, so it cannot ride on the session's exemption.
+    let mut v = vec![node_for_dials(1, true), node_for_dials(2, true)];
+    v[0].add_peer(Addr::new(1, 2), ep(2), Some(*ident(2).public()));
+    v[1].add_peer(Addr::new(1, 1), ep(1), Some(*ident(1).public()));
+    assert_eq!(burst_of_dials(&mut v, 1), 1);
+    let t = Instant::from_millis(1);
+    let mut pilt_node = node(1, false, b"");
+    pilt_node.add_peer(Addr::new(1, 2), ep(2), None);
+    pilt_node.listen(1).unwrap();
+    let before = v[1].stats();
+    for _ in 0..200 {
+        pilt_node.connect(t, Addr::new(1, 2), 80).unwrap();
+    }
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let mut frames = 0;
+    while let Some(tx) = pilt_node.poll_transmit(t, &mut buf) {
+        frames += 1;
+        v[1].handle_datagram(t, ep(1), &mut buf[..tx.len]);
+    }
+    assert_eq!(frames, 200);
+    let after = v[1].stats();
+    assert_eq!(after.syn_authenticated, before.syn_authenticated);
+    assert_eq!(after.plaintext_refused - before.plaintext_refused, 200);
+    assert!(v[1].accept(80).is_none());
+}
