@@ -46,6 +46,16 @@ pub enum Action {
         /// Our virtual address, text form.
         address: String,
     },
+    /// A trust event, logged at INFO: its name (`handshake.pending`, …),
+    /// the peer and a human sentence.
+    Trust {
+        /// Event name.
+        event: &'static str,
+        /// The peer node.
+        node: u32,
+        /// What happened, for people.
+        message: String,
+    },
     /// Graceful shutdown finished; the driver exits.
     Stopped,
 }

@@ -776,6 +776,11 @@ impl<E: Engine> EventLoop<E> {
                         ));
                     }
                 }
+                Action::Trust {
+                    event,
+                    node,
+                    message,
+                } => tracing::info!(event, node, "{message}"),
                 Action::Stopped => {
                     tracing::info!("stopped");
                     self.exit = Some(Exit::Stopped);

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use pilot_proto::crypto::identity::TunnelKey;
 use pilot_proto::crypto::provider::RustCrypto;
 use pilot_proto::daemon::{self as pd, ClientId as CoreClient, Daemon, DaemonConfig, Services};
+use pilot_proto::services::handshake::{AutoReason, TrustEvent};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
 use rand_chacha::ChaCha20Rng;
@@ -60,6 +61,67 @@ fn action(a: pd::Action) -> Action {
         pd::Action::SaveInbox { name, json } => Action::SaveInbox { name, json },
         pd::Action::Registered { node_id, address } => Action::Registered { node_id, address },
         pd::Action::Stopped => Action::Stopped,
+        pd::Action::Trust(ev) => trust_event(ev),
+    }
+}
+
+/// Names and describes a trust event for the log.
+fn trust_event(ev: TrustEvent) -> Action {
+    let (event, node, message) = match ev {
+        TrustEvent::Received { node } => (
+            "handshake.received",
+            node,
+            format!("trust request from node {node}"),
+        ),
+        TrustEvent::Pending { node } => (
+            "handshake.pending",
+            node,
+            format!("trust request from node {node} is pending (pilotctl approve {node})"),
+        ),
+        TrustEvent::AutoApproved { node, reason } => {
+            let why = match reason {
+                AutoReason::Mutual => "both sides asked".to_owned(),
+                AutoReason::SameNetwork(n) => format!("shared network {n}"),
+            };
+            (
+                "handshake.auto_approved",
+                node,
+                format!("node {node} trusted automatically: {why}"),
+            )
+        }
+        TrustEvent::Approved { node } => {
+            ("handshake.approved", node, format!("approved node {node}"))
+        }
+        TrustEvent::Rejected { node, reason } => (
+            "handshake.rejected",
+            node,
+            format!("rejected node {node}: {reason}"),
+        ),
+        TrustEvent::Revoked { node } => (
+            "trust.revoked",
+            node,
+            format!("revoked trust in node {node}"),
+        ),
+        TrustEvent::RevokedByPeer { node } => (
+            "trust.revoked_by_peer",
+            node,
+            format!("node {node} revoked its trust"),
+        ),
+        TrustEvent::AcceptedByPeer { node } => (
+            "handshake.accepted",
+            node,
+            format!("node {node} accepted our trust request"),
+        ),
+        TrustEvent::RejectedByPeer { node } => (
+            "handshake.rejected_by_peer",
+            node,
+            format!("node {node} rejected our trust request"),
+        ),
+    };
+    Action::Trust {
+        event,
+        node,
+        message,
     }
 }
 

@@ -842,7 +842,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let c = connect(socket)?;
             data(
                 c.handshake_approve(node)
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
+                    .map_err(|e| not_pending(e, node))?,
             )
         }
         Cmd::Reject { node_id, reason } => {
@@ -850,7 +850,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let c = connect(socket)?;
             data(
                 c.handshake_reject(node, &reason.join(" "))
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
+                    .map_err(|e| not_pending(e, node))?,
             )
         }
         Cmd::Untrust { node_id } => {
@@ -862,6 +862,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             })?;
             data(json!({"node_id": node}))
         }
+    }
+}
+
+/// The error of `approve`/`reject` when nothing is pending from `node`.
+fn not_pending(e: IpcClientError, node: u32) -> CliError {
+    match e {
+        IpcClientError::Daemon(m) if m.contains("no pending request") => {
+            CliError::new("not_found", m).hint(format!(
+                "`pilotctl pending` lists the requests waiting; node {node} must ask first: pilotctl handshake <this node>"
+            ))
+        }
+        other => CliError::ipc(other, "internal"),
     }
 }
 

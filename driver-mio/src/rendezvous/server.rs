@@ -27,7 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use pilot_proto::beacon::server::{BeaconServer, ServerConfig as BeaconConfig};
-use pilot_proto::registry::codec::{decode_frame, decode_request, encode_response, frame_vec};
+use pilot_proto::registry::codec::{
+    PUSH_HANDSHAKE, PUSH_TRUST_REVOKED, Response, decode_frame, decode_request, encode_response,
+    frame_vec,
+};
 use pilot_proto::registry::limits::{IDLE_TIMEOUT, MAX_FRAME_LEN};
 use pilot_proto::registry::records::ChangeSet;
 use pilot_proto::registry::server::{
@@ -353,6 +356,14 @@ pub struct Server {
     stalled: Vec<Token>,
     limit_stats: LimitStats,
     logged_stats: LimitStats,
+    /// Push subscriptions (`spec/registry.md` §3.13): node → the connection
+    /// that last proved it speaks for the node and asked for pushes. At
+    /// most one entry per connection.
+    push_conn: HashMap<u32, Token>,
+    /// The reverse of `push_conn`, to forget a closed connection.
+    push_node: HashMap<Token, u32>,
+    /// Push frames to queue after the next commit: (node, frame).
+    pushes: Vec<(u32, Vec<u8>)>,
     last_housekeeping: std::time::Instant,
     shutdown: bool,
 }
@@ -432,6 +443,9 @@ impl Server {
             stalled: Vec::new(),
             limit_stats: LimitStats::default(),
             logged_stats: LimitStats::default(),
+            push_conn: HashMap::new(),
+            push_node: HashMap::new(),
+            pushes: Vec::new(),
             last_housekeeping: std::time::Instant::now(),
             shutdown: false,
         })
@@ -499,6 +513,7 @@ impl Server {
             }
             self.timers(now);
             self.ship(false)?;
+            self.queue_pushes();
             self.flush_conns(now);
             self.send_datagrams(now);
         }
@@ -661,7 +676,7 @@ impl Server {
                 match decode_frame(&conn.rbuf, MAX_FRAME_LEN) {
                     Ok(Some((payload, used))) => {
                         let reply = match decode_request(payload) {
-                            Ok(req) => Some(self.handle_request(now, conn.peer, req)),
+                            Ok(req) => Some(self.handle_request(now, token, conn.peer, req)),
                             Err(e) => {
                                 tracing::debug!(peer = %conn.peer, error = %e, "invalid request; closing");
                                 None
@@ -721,12 +736,18 @@ impl Server {
     fn handle_request(
         &mut self,
         now: Instant,
+        token: Token,
         peer: SocketAddr,
         req: pilot_proto::registry::codec::Request,
     ) -> Vec<u8> {
         let reply = self.registry.handle(now, peer, req);
         if let Some(err) = &reply.error {
             tracing::debug!(%peer, error = %err, "request refused");
+        }
+        for e in &reply.effects {
+            if let Effect::PushWanted(node) = *e {
+                self.subscribe(token, node);
+            }
         }
         self.apply_effects(now, reply.effects);
         let json = encode_response(&reply.response)
@@ -746,12 +767,69 @@ impl Server {
                     self.pending.push(change);
                 }
                 Effect::Notify(
-                    Notification::HandshakeRequest { to, .. }
-                    | Notification::HandshakeResponse { to, .. },
+                    Notification::HandshakeRequest { to, from }
+                    | Notification::HandshakeResponse { to, from, .. },
                 ) => {
                     self.beacon.notify_handshake(now, to);
+                    self.push(to, PUSH_HANDSHAKE, from);
                 }
-                Effect::Notify(Notification::Invite { .. }) => {}
+                Effect::Notify(Notification::TrustRevoked { to, from }) => {
+                    self.push(to, PUSH_TRUST_REVOKED, from);
+                }
+                Effect::Notify(Notification::Invite { .. }) | Effect::PushWanted(_) => {}
+            }
+        }
+    }
+
+    /// Binds `node`'s pushes to `token` (replacing an older connection).
+    fn subscribe(&mut self, token: Token, node: u32) {
+        if let Some(old) = self.push_node.insert(token, node) {
+            if old != node {
+                self.push_conn.remove(&old);
+            }
+        }
+        if let Some(prev) = self.push_conn.insert(node, token) {
+            if prev != token {
+                self.push_node.remove(&prev);
+            }
+        }
+    }
+
+    /// Queues a push hint for `to`, if a connection asked for it; it is
+    /// written after the changes it describes are committed.
+    fn push(&mut self, to: u32, kind: &str, from: u32) {
+        if !self.push_conn.contains_key(&to) {
+            return;
+        }
+        let msg = Response::Push {
+            kind: kind.to_owned(),
+            from,
+        };
+        if let Some(frame) = encode_response(&msg).ok().and_then(|j| frame_vec(&j).ok()) {
+            self.pushes.push((to, frame));
+        }
+    }
+
+    /// Appends the queued push frames to their connections (after a commit).
+    /// Queues push frames behind the change set they announce: a push is
+    /// written once that change is durable, like the reply it goes with.
+    fn queue_pushes(&mut self) {
+        for (node, frame) in std::mem::take(&mut self.pushes) {
+            let Some(&token) = self.push_conn.get(&node) else {
+                continue;
+            };
+            if let Some(conn) = self.conns.get_mut(&token) {
+                // A peer that does not read gets no unbounded backlog.
+                if conn.backlog() > WBUF_HIGH {
+                    continue;
+                }
+                if conn.held.is_empty() && self.barrier <= self.durable {
+                    conn.wbuf.extend_from_slice(&frame);
+                    self.dirty.push(token);
+                } else {
+                    conn.held_bytes += frame.len();
+                    conn.held.push_back((self.barrier, frame));
+                }
             }
         }
     }
@@ -876,6 +954,9 @@ impl Server {
     }
 
     fn close(&mut self, token: Token) {
+        if let Some(node) = self.push_node.remove(&token) {
+            self.push_conn.remove(&node);
+        }
         if let Some(mut conn) = self.conns.remove(&token) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if let Some(n) = self.per_source.get_mut(&conn.source) {

@@ -229,6 +229,8 @@ pub enum Action {
         /// JSON text.
         json: String,
     },
+    /// A trust event to log (`spec/daemon.md` §6).
+    Trust(crate::services::handshake::TrustEvent),
     /// The registry accepted the node (logs, readiness).
     Registered {
         /// Node ID.
@@ -354,6 +356,9 @@ enum Purpose {
     },
     /// Back-fill the key of a peer trusted through the registry relay.
     KeyBackfill(u32),
+    /// The registry pushed that this peer revoked our pair: confirm with
+    /// `check_trust` before forgetting it.
+    RevokeCheck(u32),
     /// A peer's key exchange waits for its identity key.
     PeerKey(u32),
     /// A trust relay used as the fallback of a failed direct send, or a
@@ -477,6 +482,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 hostname: cfg.hostname.clone(),
                 heartbeat_interval: cfg.heartbeat,
                 inbox_poll_interval: Some(cfg.heartbeat),
+                push: true,
                 strong_signatures: cfg.strong_signatures,
                 unix_ms_at_epoch: Some(cfg.unix_ms_at_epoch),
                 ..ClientConfig::default()
@@ -1908,6 +1914,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 self.apply_trust(now, fx);
             }
+            ClientEvent::TrustRevoked { by } => {
+                let trusted = self
+                    .trust
+                    .as_ref()
+                    .is_some_and(|t| t.trusted().contains_key(&by));
+                if trusted {
+                    if let Some(Ok(id)) = self
+                        .registry
+                        .as_mut()
+                        .map(|r| r.call(now, Call::CheckTrust(by)))
+                    {
+                        self.calls.insert(id, Purpose::RevokeCheck(by));
+                    }
+                }
+            }
             ClientEvent::CallDone { id, result } => self.on_call_done(now, id, result),
             ClientEvent::RegistrationFailed { .. }
             | ClientEvent::Resolved { .. }
@@ -2086,6 +2107,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             .unwrap_or_default();
                         self.apply_trust(now, fx);
                     }
+                }
+            }
+            Purpose::RevokeCheck(node) => {
+                if let Ok(Response::CheckTrustOk { trusted: false }) = result {
+                    let fx = self
+                        .trust
+                        .as_mut()
+                        .map(|t| t.on_registry_revoke(node))
+                        .unwrap_or_default();
+                    self.apply_trust(now, fx);
                 }
             }
             Purpose::PeerKey(node) => {

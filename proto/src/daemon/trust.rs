@@ -63,9 +63,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 Effect::Registry(op) => self.trust_registry(now, op),
                 Effect::Persist => persist = true,
+                Effect::Event(ev) => self.actions.push_back(super::Action::Trust(ev)),
                 // The node keeps no per-peer teardown yet; the session
                 // times out on its own (`spec/daemon.md` §6).
-                Effect::DropTunnel(_) | Effect::Event(_) => {}
+                Effect::DropTunnel(_) => {}
             }
         }
         if persist {
@@ -286,17 +287,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 Err(e) => self.push_error(client, &format!("handshake request: {e}")),
             },
-            HandshakeRequest::Approve { node_id } => {
-                let fx = store.approve(node_id, wall);
-                self.apply_trust(now, fx);
-                let j = status(node_id, "approved");
-                self.push(client, &IpcMessage::HandshakeOk(&j));
-            }
+            HandshakeRequest::Approve { node_id } => match store.approve(node_id, wall) {
+                Ok(fx) => {
+                    self.apply_trust(now, fx);
+                    let j = status(node_id, "approved");
+                    self.push(client, &IpcMessage::HandshakeOk(&j));
+                }
+                Err(e) => self.push_error(client, &format!("handshake approve: {e}")),
+            },
             HandshakeRequest::Reject { node_id, reason } => {
-                let fx = store.reject(node_id, reason, wall);
-                self.apply_trust(now, fx);
-                let j = status(node_id, "rejected");
-                self.push(client, &IpcMessage::HandshakeOk(&j));
+                match store.reject(node_id, reason, wall) {
+                    Ok(fx) => {
+                        self.apply_trust(now, fx);
+                        let j = status(node_id, "rejected");
+                        self.push(client, &IpcMessage::HandshakeOk(&j));
+                    }
+                    Err(e) => self.push_error(client, &format!("handshake reject: {e}")),
+                }
             }
             HandshakeRequest::ListPending => {
                 let list: Vec<_> = store

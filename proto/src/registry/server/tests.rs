@@ -782,6 +782,7 @@ fn poll(id: u32, seed: u8) -> Request {
         node_id: id,
         signature: sig(seed, &format!("poll_handshakes:{id}")),
         sig_ts: None,
+        push: false,
     })
 }
 
@@ -793,6 +794,52 @@ fn respond(id: u32, seed: u8, peer: u32, accept: bool) -> Request {
         signature: sig(seed, &format!("respond:{id}:{peer}")),
         sig_ts: None,
     })
+}
+
+#[test]
+fn push_opt_in_needs_a_valid_poll_and_revocation_notifies() {
+    let mut h = H::current();
+    let a = h.register(1);
+    let b = h.register(2);
+    let with_push = |id: u32, seed: u8| {
+        Request::PollHandshakes(PollHandshakes {
+            node_id: id,
+            signature: sig(seed, &format!("poll_handshakes:{id}")),
+            sig_ts: None,
+            push: true,
+        })
+    };
+    // A plain poll asks for nothing; a bad signature binds nothing.
+    assert!(!h.send(poll(a, 1)).effects.contains(&Effect::PushWanted(a)));
+    let forged = h.send(with_push(a, 9));
+    assert!(forged.error.is_some());
+    assert!(!forged.effects.contains(&Effect::PushWanted(a)));
+    assert!(
+        h.send(with_push(a, 1))
+            .effects
+            .contains(&Effect::PushWanted(a))
+    );
+    // Revoking a pair tells the other side.
+    h.ok(Request::ReportTrust(TrustPair {
+        node_id: a,
+        peer_id: b,
+        signature: sig(1, &format!("report_trust:{a}:{b}")),
+        sig_ts: None,
+    }));
+    let r = h.send(Request::RevokeTrust(TrustPair {
+        node_id: b,
+        peer_id: a,
+        signature: sig(2, &format!("revoke_trust:{b}:{a}")),
+        sig_ts: None,
+    }));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(
+        r.effects
+            .contains(&Effect::Notify(Notification::TrustRevoked {
+                to: a,
+                from: b
+            }))
+    );
 }
 
 #[test]
@@ -1701,6 +1748,7 @@ fn every_signed_request_checks_its_signer() {
                 node_id: a,
                 signature: s(&format!("poll_handshakes:{a}")),
                 sig_ts: None,
+                push: false,
             })
         }),
         ("request_handshake", |a, b, s| {
