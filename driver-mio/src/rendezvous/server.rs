@@ -728,6 +728,9 @@ impl Server {
         }
         if conn.rbuf.is_empty() {
             conn.frame_started = None;
+        } else if conn.frame_started.is_none() {
+            // The rest of a frame that arrived behind a complete one.
+            conn.frame_started = Some(std::time::Instant::now());
         }
         self.conns.insert(token, conn);
         self.dirty.push(token);
@@ -845,7 +848,9 @@ impl Server {
             let mut slow = Vec::new();
             let mut stale = Vec::new();
             for (t, c) in &self.conns {
-                if c.frame_started.is_some_and(|s| s.elapsed() > frame) {
+                // A paused connection is not being read: its frame cannot
+                // complete, through no fault of the client.
+                if !c.paused && c.frame_started.is_some_and(|s| s.elapsed() > frame) {
                     slow.push(*t);
                 } else if c.last_active.elapsed() > idle && c.held.is_empty() {
                     stale.push(*t);

@@ -21,6 +21,39 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
+/// The text of an `Info` JSON object that fits `budget` bytes: when the
+/// whole object is longer (thousands of peers or connections), entries are
+/// dropped from the end of `conn_list`, then of `peer_list`, and
+/// `conn_list_omitted` / `peer_list_omitted` say how many
+/// (`spec/daemon.md` §2.6). The counters (`connections`, `peers`) stay
+/// totals.
+fn fit_info(mut v: Value, budget: usize) -> String {
+    let text = v.to_string();
+    if text.len() <= budget {
+        return text;
+    }
+    // Room for the two `*_omitted` members.
+    let mut over = text.len() - budget + 64;
+    for (list, omitted) in [
+        ("conn_list", "conn_list_omitted"),
+        ("peer_list", "peer_list_omitted"),
+    ] {
+        let mut dropped = 0u64;
+        if let Some(Value::Array(items)) = v.get_mut(list) {
+            while over > 0 {
+                let Some(item) = items.pop() else { break };
+                // The entry and its separating comma.
+                over = over.saturating_sub(item.to_string().len() + 1);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            v[omitted] = json!(dropped);
+        }
+    }
+    v.to_string()
+}
+
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The `InfoOk` JSON (keys sorted, as the reference's map encoding).
     pub(super) fn info_json(&self, now: Instant) -> String {
@@ -107,7 +140,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
         });
-        v.to_string()
+        fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
     }
 
     /// The `HealthOk` JSON (current profile).
@@ -134,5 +167,45 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "handshake_pending_count": pending,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_info_too_large_for_one_frame_is_trimmed_and_says_so() {
+        let conns: Vec<Value> = (0..5000)
+            .map(|i| json!({"id": i, "pad": "c".repeat(200)}))
+            .collect();
+        let peers: Vec<Value> = (0..5000)
+            .map(|i| json!({"node_id": i, "pad": "p".repeat(100)}))
+            .collect();
+        let v = json!({"connections": 5000, "peers": 5000, "conn_list": conns, "peer_list": peers});
+        let whole = v.to_string().len();
+        let budget = 1_000_000;
+        assert!(whole > budget);
+        let text = fit_info(v.clone(), budget);
+        assert!(text.len() <= budget, "{} > {budget}", text.len());
+        let got: Value = serde_json::from_str(&text).unwrap();
+        let kept_c = got["conn_list"].as_array().unwrap().len() as u64;
+        let kept_p = got["peer_list"].as_array().unwrap().len() as u64;
+        // Connections go first; the peers all fit here.
+        assert_eq!(kept_c + got["conn_list_omitted"].as_u64().unwrap(), 5000);
+        assert_eq!(kept_p, 5000);
+        assert!(got.get("peer_list_omitted").is_none());
+        assert_eq!(got["connections"], 5000);
+        // Little is dropped beyond what was needed.
+        assert!(text.len() > budget - 1000, "{}", text.len());
+        // Under a budget only peers beyond it: both lists trimmed.
+        let text = fit_info(v.clone(), 100_000);
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert!(text.len() <= 100_000);
+        assert_eq!(got["conn_list_omitted"], 5000);
+        assert!(got["peer_list_omitted"].as_u64().unwrap() > 0);
+        // A small object is untouched.
+        let small = json!({"conn_list": [], "peer_list": []});
+        assert_eq!(fit_info(small.clone(), 1000), small.to_string());
     }
 }
