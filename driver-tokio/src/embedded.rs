@@ -467,24 +467,29 @@ async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
     Ok(())
 }
 
-/// A peer's key exchange needs its registered identity key: look it up
-/// and give it to the node (the peer's next key exchange then succeeds).
+/// A peer's key exchange is held until its registered identity key is
+/// known: look it up and give it to the node, which installs the session
+/// if the held frame carries that key (`spec/crypto.md` §2.8) or drops it.
 async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
     let Some(reg) = shared.registry.as_ref() else {
         return;
     };
-    let Ok((_, Some(key))) = reg.lookup(peer).await else {
-        return;
+    let key = match reg.lookup(peer).await {
+        Ok((_, Some(key))) => Some(key),
+        _ => None,
     };
     {
+        let now = shared.now();
         let mut st = shared.lock();
-        // Keep the endpoint the node learned from the peer's packets.
-        let Some(info) = st.node.peer_list().into_iter().find(|p| p.node == peer) else {
-            return;
-        };
-        st.node
-            .add_peer(Addr::new(0, peer), info.endpoint, Some(key));
-        st.known.insert(peer);
+        match key {
+            Some(key) => {
+                st.node.identity_resolved(now, peer, 0, key);
+                if st.node.peer_endpoint(peer).is_some() {
+                    st.known.insert(peer);
+                }
+            }
+            None => st.node.identity_unknown(now, peer),
+        }
     }
     shared.kick();
 }

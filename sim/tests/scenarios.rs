@@ -142,3 +142,22 @@ fn rekey_after_restart_resumes_without_nonce_reuse() {
         1..3,
     );
 }
+
+/// Every attack rate class once (seed % 5 picks 10, 100, 1 000, 10 000
+/// frames/s or line rate per attacker): bytes exact, goodput and chunk
+/// latency as without attackers, no session drop or rekey, only the
+/// trusted peer in each peer table, drops counted. `--seeds 1..100` of
+/// the binary runs the full sweep.
+#[test]
+fn hostile_flood_leaves_the_trusted_pair_alone() {
+    run_ok(&["--scenario", "hostile"], 1..6);
+}
+
+#[test]
+fn hostile_is_deterministic() {
+    let cfg = cfg(&["--scenario", "hostile"]);
+    let reg = Registry::builtin();
+    let sc = reg.get("hostile").expect("registered");
+    let out = check_determinism(sc, &cfg, 3);
+    assert!(out.ok(), "{:#?}", out.checks);
+}

@@ -1,7 +1,8 @@
 //! The per-peer session table (`spec/crypto.md` §2–§7): which peers have a
 //! session, the key-exchange rules around them (replies, key requests,
-//! recovery replies, retransmission, give-up), the receive-side drop and
-//! rekey rules, the pending queue and the salvage ring.
+//! recovery replies, retransmission, give-up), the receive side (failed
+//! frames change nothing, §5.3; a live session's key is not replaced,
+//! §2.4), the pending queue and the salvage ring.
 //!
 //! It is a sans-IO component owned by the node state machine:
 //!
