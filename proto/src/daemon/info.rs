@@ -65,6 +65,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "sack_recv": st.sack_blocks_received,
                     "sack_sent": st.sack_blocks_sent,
                     "dup_acks": st.dup_acks,
+                    "segment_size": i.segment_size,
+                    "path_mtu": i.path_mtu,
+                    "mss_reductions": st.mss_reductions,
                 }));
             }
             for p in node.peer_list() {
@@ -98,6 +101,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "pkts_recv": self.stats.pkts_recv,
             "peer_list": peer_list,
             "conn_list": conns,
+            "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
         });
         v.to_string()
     }
