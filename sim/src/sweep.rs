@@ -59,6 +59,7 @@ fn ci() -> Vec<Cell> {
         Cell::new(format!("{b} --dup 5 --reorder 5 --jitter-ms 5"), true),
         Cell::new(format!("{b} --latency-ms 200 --jitter-ms 20"), true),
         Cell::new(format!("{b} --partition-ms 100..5100"), true),
+        Cell::new(format!("{b} --mtu 576"), true),
         Cell::new(format!("{b} --loss 35"), false),
     ]
 }

@@ -135,3 +135,24 @@ fn ci_sweep_grid_has_no_failure_where_success_is_possible() {
     assert_eq!(code, EXIT_USAGE);
     assert!(String::from_utf8_lossy(&err).contains("available: ci, long"));
 }
+
+/// Path MTUs below the 1152-byte segments: black-hole detection shrinks
+/// the segment size and the transfer completes; below what the smallest
+/// segment needs, the run fails fast with the `path-mtu` class instead of
+/// a silent 31-s timeout.
+#[test]
+fn small_path_mtu_completes_or_fails_fast_with_path_mtu() {
+    for mtu in [576, 1000, 1221] {
+        let args = format!("--scenario stream-transfer --bytes 65536 --mtu {mtu}");
+        let out = run(&args, 1);
+        assert!(out.ok(), "{args}: {:#?}", out.checks);
+    }
+    let out = run("--scenario stream-transfer --bytes 65536 --mtu 520", 1);
+    assert!(!out.ok());
+    assert_eq!(
+        out.figures.get("failure_class").and_then(|v| v.as_str()),
+        Some("path-mtu")
+    );
+    let secs = out.virtual_time.as_nanos() / 1_000_000_000;
+    assert!(secs < 20, "ended at {secs} s");
+}

@@ -101,6 +101,16 @@ pub struct DaemonArgs {
     /// yet: the core uses the transport's own idle handling)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Stream user timeout: a dial fails, and a connection whose data is
+    /// unacknowledged gives up, after the peer was silent this long; at
+    /// least 1s [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub user_timeout: Option<Duration>,
+    /// Peers that may have packets waiting for a tunnel key exchange at
+    /// once; packets beyond it are dropped and counted (`info`:
+    /// pending_dropped) [default: 256]
+    #[arg(long, value_name = "N")]
+    pub pending_peers: Option<usize>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// tracing directive); it wins over RUST_LOG, which is used when
     /// neither flag nor config sets it [default: info]
@@ -135,6 +145,8 @@ struct FileConfig {
     no_eventstream: Option<bool>,
     keepalive: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
+    user_timeout: Option<DurationValue>,
+    pending_peers: Option<usize>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     legacy: Option<bool>,
@@ -217,6 +229,10 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Stream idle timeout.
     pub idle_timeout: Duration,
+    /// Stream user timeout (dial deadline, give-up silence).
+    pub user_timeout: Duration,
+    /// Pending-queue peer limit of the node.
+    pub pending_peers: usize,
     /// Log filter; `None` = RUST_LOG or `info`.
     pub log_level: Option<String>,
     /// Log format.
@@ -299,6 +315,26 @@ impl DaemonArgs {
             DEFAULT_IDLE_TIMEOUT,
             "idle_timeout",
         )?;
+        let user_timeout = dur(
+            self.user_timeout,
+            &file.user_timeout,
+            pilot_proto::stream::consts::USER_TIMEOUT,
+            "user_timeout",
+        )?;
+        if user_timeout < pilot_proto::stream::consts::MIN_USER_TIMEOUT {
+            return Err(DaemonRunError::Config(format!(
+                "user timeout {user_timeout:?} is below the 1s minimum"
+            )));
+        }
+        let pending_peers = self
+            .pending_peers
+            .or(file.pending_peers)
+            .unwrap_or(pilot_proto::crypto::params::PENDING_PEERS);
+        if pending_peers == 0 {
+            return Err(DaemonRunError::Config(
+                "pending peers must be at least 1".into(),
+            ));
+        }
         if keepalive.is_zero() || idle_timeout.is_zero() {
             return Err(DaemonRunError::Config(
                 "keepalive and idle timeout must be positive".into(),
@@ -321,6 +357,8 @@ impl DaemonArgs {
             eventstream: !on(self.no_eventstream, file.no_eventstream),
             keepalive,
             idle_timeout,
+            user_timeout,
+            pending_peers,
             log_level: self.log_level.clone().or(file.log_level),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             legacy: on(self.legacy, file.legacy),
@@ -437,6 +475,34 @@ mod tests {
             .unwrap();
         assert_eq!(s.beacon, None);
         assert!(s.legacy);
+    }
+
+    #[test]
+    fn user_timeout_and_pending_peers_from_flags_and_file() {
+        let base = ["--dir", "/tmp/u", "--socket", "/tmp/u.sock"];
+        let s = parse(&base).resolve().unwrap();
+        assert_eq!(s.user_timeout, pilot_proto::stream::consts::USER_TIMEOUT);
+        assert_eq!(s.pending_peers, pilot_proto::crypto::params::PENDING_PEERS);
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("d.toml");
+        std::fs::write(&toml, "user_timeout = \"12s\"\npending_peers = 1024\n").unwrap();
+        let mut args = base.to_vec();
+        args.extend(["--config", toml.to_str().unwrap()]);
+        let s = parse(&args).resolve().unwrap();
+        assert_eq!(s.user_timeout, Duration::from_secs(12));
+        assert_eq!(s.pending_peers, 1024);
+        args.extend(["--user-timeout", "2m"]);
+        assert_eq!(
+            parse(&args).resolve().unwrap().user_timeout,
+            Duration::from_secs(120)
+        );
+        let mut short = base.to_vec();
+        short.extend(["--user-timeout", "500ms"]);
+        let err = parse(&short).resolve().unwrap_err();
+        assert!(err.to_string().contains("1s minimum"), "{err}");
+        let mut zero = base.to_vec();
+        zero.extend(["--pending-peers", "0"]);
+        assert!(parse(&zero).resolve().is_err());
     }
 
     #[test]

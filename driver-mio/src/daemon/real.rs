@@ -42,6 +42,8 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.identity_persisted = true;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
     cfg.heartbeat = set.keepalive;
+    cfg.node_limits.user_timeout = set.user_timeout;
+    cfg.node_limits.pending_peers = set.pending_peers;
     if set.idle_timeout != super::args::DEFAULT_IDLE_TIMEOUT {
         // The sans-IO daemon has no stream idle-timeout setting yet.
         tracing::warn!(

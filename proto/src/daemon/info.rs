@@ -104,6 +104,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "sack_recv": st.sack_blocks_received,
                     "sack_sent": st.sack_blocks_sent,
                     "dup_acks": st.dup_acks,
+                    "segment_size": i.segment_size,
+                    "path_mtu": i.path_mtu,
+                    "mss_reductions": st.mss_reductions,
                 }));
             }
             for p in node.peer_list() {
@@ -139,6 +142,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "conn_list": conns,
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
+            "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
         });
         fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
     }

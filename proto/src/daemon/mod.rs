@@ -1406,6 +1406,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 let text = match cause {
                     Some(ResetCause::DialTimeout) => "dial timeout",
+                    Some(ResetCause::PathMtu) => {
+                        "path MTU too small: even the smallest segments are lost on the way"
+                    }
                     Some(ResetCause::Remote) | None => "connection refused",
                     Some(_) => "dial failed: connection reset",
                 };

@@ -255,6 +255,9 @@ pub enum ResetCause {
     DialTimeout,
     /// The application aborted.
     Aborted,
+    /// The path MTU is too small for even the smallest segments
+    /// (`spec/transport.md` §5.4).
+    PathMtu,
 }
 
 impl From<ResetReason> for ResetCause {
@@ -265,6 +268,7 @@ impl From<ResetReason> for ResetCause {
             ResetReason::ZeroWindow => ResetCause::ZeroWindow,
             ResetReason::DialTimeout => ResetCause::DialTimeout,
             ResetReason::Aborted => ResetCause::Aborted,
+            ResetReason::PathMtu => ResetCause::PathMtu,
         }
     }
 }
@@ -282,6 +286,13 @@ pub struct ConnInfo {
     pub state: conn::State,
     /// Bytes ready to read.
     pub readable: usize,
+    /// Current segment size (payload bytes per data segment), after any
+    /// path-MTU black-hole reduction (`spec/transport.md` §5.4).
+    pub segment_size: usize,
+    /// The UDP payload a full data segment takes on the path (segment +
+    /// packet header + tunnel framing): the path MTU the connection
+    /// currently relies on.
+    pub path_mtu: usize,
 }
 
 /// One peer-table entry, from [`Node::peer_list`].
@@ -996,12 +1007,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     /// Where a connection goes and its state (for status reports).
     pub fn conn_info(&self, id: ConnId) -> Option<ConnInfo> {
-        self.conns.get(&id).map(|e| ConnInfo {
-            local_port: e.key.local_port,
-            remote: e.key.remote,
-            remote_port: e.key.remote_port,
-            state: e.conn.state(),
-            readable: e.conn.readable(),
+        let framing = if self.encrypt {
+            PILS_OVERHEAD
+        } else {
+            MAGIC_LEN
+        };
+        self.conns.get(&id).map(|e| {
+            let segment_size = e.conn.stats().segment_size;
+            ConnInfo {
+                local_port: e.key.local_port,
+                remote: e.key.remote,
+                remote_port: e.key.remote_port,
+                state: e.conn.state(),
+                readable: e.conn.readable(),
+                segment_size,
+                path_mtu: segment_size + HEADER_LEN + framing,
+            }
         })
     }
 

@@ -526,3 +526,100 @@ fn plaintext_syn_claiming_an_authenticated_sender_is_rate_limited() {
     assert_eq!(after.plaintext_refused - before.plaintext_refused, 200);
     assert!(v[1].accept(80).is_none());
 }
+
+/// Runs a dial from node 1 to node 2 over a path that drops every
+/// datagram larger than `mtu` bytes, writing `total` bytes; returns what
+/// node 2 read, node 1's connection info once everything was read (if it
+/// was), node 1's events and the virtual time at the end.
+fn transfer_over_mtu(mtu: usize, total: usize) -> (usize, Option<ConnInfo>, Vec<Event>, Instant) {
+    let mut v = mesh(2, true);
+    v[1].listen(80).unwrap();
+    let mut now = Instant::from_millis(1);
+    let id = v[0].connect(now, Addr::new(1, 2), 80).unwrap();
+    let (mut written, mut read, mut info) = (0usize, 0usize, None);
+    let mut evs = Vec::new();
+    let mut accepted = None;
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let data = vec![7u8; 4096];
+    while now < Instant::from_millis(60_000) && read < total {
+        // Deliver (instantly) what fits the path.
+        loop {
+            let mut batch = Vec::new();
+            for (i, n) in v.iter_mut().enumerate() {
+                while let Some(t) = n.poll_transmit(now, &mut buf) {
+                    if t.len <= mtu {
+                        batch.push((i, buf[..t.len].to_vec()));
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for (from, mut bytes) in batch {
+                v[1 - from].handle_datagram(now, ep(from as u8 + 1), &mut bytes);
+            }
+            evs.extend(events(&mut v[0]));
+            events(&mut v[1]);
+            if accepted.is_none() {
+                accepted = v[1].accept(80);
+            }
+            if let Some(a) = accepted {
+                let mut rb = [0u8; 8192];
+                while let Ok(n) = v[1].read(a, &mut rb) {
+                    if n == 0 {
+                        break;
+                    }
+                    read += n;
+                }
+            }
+            while written < total {
+                match v[0].write(now, id, &data[..(total - written).min(data.len())]) {
+                    Ok(n) if n > 0 => written += n,
+                    _ => break,
+                }
+            }
+        }
+        if read >= total {
+            info = v[0].conn_info(id);
+            break;
+        }
+        if evs.iter().any(|e| matches!(e, Event::Reset(..))) {
+            break;
+        }
+        let next = [v[0].poll_timeout(), v[1].poll_timeout()]
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| t)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1));
+        now = next.max(now + Duration::from_millis(1));
+        v[0].handle_timeout(now);
+        v[1].handle_timeout(now);
+    }
+    (read, info, evs, now)
+}
+
+#[test]
+fn path_mtu_black_hole_shrinks_segments_and_conn_info_reports_it() {
+    let (read, info, _, _) = transfer_over_mtu(600, 20_000);
+    assert_eq!(read, 20_000);
+    let info = info.expect("connection still open");
+    assert_eq!(info.segment_size, crate::stream::consts::SEGMENT_FLOOR);
+    assert!(info.path_mtu <= 600, "{info:?}");
+    // A path that carries full segments keeps them.
+    let (read, info, _, _) = transfer_over_mtu(1500, 20_000);
+    assert_eq!(read, 20_000);
+    assert_eq!(info.expect("open").segment_size, 1152);
+}
+
+#[test]
+fn path_mtu_below_the_floor_fails_fast_with_its_own_cause() {
+    let (read, _, evs, now) = transfer_over_mtu(500, 20_000);
+    assert_eq!(read, 0);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Reset(_, ResetCause::PathMtu))),
+        "{evs:?}"
+    );
+    assert!(now < Instant::from_millis(20_000), "gave up at {now:?}");
+}

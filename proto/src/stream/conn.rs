@@ -27,6 +27,7 @@ use super::consts::{
     REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS,
     SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
 };
+use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
 use super::rtt::RttEstimator;
 use super::sack::{self, MAX_SACK_BLOCKS};
@@ -151,6 +152,9 @@ pub enum ResetReason {
     DialTimeout,
     /// The application aborted.
     Aborted,
+    /// Even the smallest segments do not get through while the peer still
+    /// answers: the path MTU is too small (`spec/transport.md` §5.4).
+    PathMtu,
 }
 
 /// Something the application (or node) must know.
@@ -264,6 +268,10 @@ pub struct ConnStats {
     pub rto: Duration,
     /// Recovery state.
     pub recovery: Option<RecoveryKind>,
+    /// Current segment size (payload bytes), after any path-MTU reduction.
+    pub segment_size: usize,
+    /// Times black-hole detection shrank the segment size.
+    pub mss_reductions: u64,
 }
 
 /// Loss-recovery kind, for [`ConnStats`].
@@ -298,6 +306,8 @@ pub struct Connection {
     rtt: RttEstimator,
     cc: Box<dyn CongestionController + Send>,
     peer_window: Option<u16>,
+    /// Segment size and black-hole detection (§5.4).
+    seg_size: SegmentSize,
     rng: u64,
 
     // Output requests.
@@ -390,6 +400,7 @@ impl Connection {
             rtt: RttEstimator::new(),
             cc: Box::new(NewReno::new(NewRenoConfig::for_segment(mss))),
             peer_window: None,
+            seg_size: SegmentSize::new(mss),
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
             syn_pending: false,
             synack_pending: false,
@@ -486,6 +497,7 @@ impl Connection {
         s.srtt = self.rtt.srtt();
         s.rttvar = self.rtt.rttvar();
         s.rto = self.rtt.rto();
+        s.segment_size = self.seg_size.current();
         s.recovery = match self.cc.recovery() {
             RecoveryState::Open => None,
             RecoveryState::Fast => Some(RecoveryKind::Fast),
@@ -928,6 +940,7 @@ impl Connection {
                     self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
+                self.seg_size.on_progress();
                 let out = self.cc.on_ack(
                     now,
                     AckEvent {
@@ -1006,7 +1019,7 @@ impl Connection {
         let segs = (DUP_ACK_THRESHOLD as usize)
             .min(self.send.unacked_segments().saturating_sub(1))
             .max(1);
-        let threshold = segs.saturating_mul(self.cfg.mss);
+        let threshold = segs.saturating_mul(self.seg_size.current());
         if self.send.sacked_above_first_hole() >= threshold {
             let flight = self.send.flight_bytes(true);
             if self.cc.on_sack_loss(now, flight, self.send.snd_nxt()) {
@@ -1189,6 +1202,22 @@ impl Connection {
             }
             return;
         }
+        // Path-MTU black hole (§5.4): the peer answered our probe since the
+        // previous timeout, with an open window, yet the data is still not
+        // acknowledged.
+        let hole_len = self.send.first_hole_len().unwrap_or(0);
+        let answered = self.timeouts_unheard == 0 && self.peer_window.is_some_and(|w| w > 0);
+        match self.seg_size.on_timeout(hole_len, answered) {
+            MtuVerdict::Keep => {}
+            MtuVerdict::Shrunk(n) => {
+                self.send.set_mss(n);
+                self.stats.mss_reductions += 1;
+            }
+            MtuVerdict::TooSmall => {
+                self.reset(ResetReason::PathMtu);
+                return;
+            }
+        }
         self.stats.timeouts += 1;
         self.timeouts_unheard = self.timeouts_unheard.saturating_add(1);
         self.rtx_next = self.send.snd_una();
@@ -1199,6 +1228,11 @@ impl Connection {
         self.rtt.backoff(j);
         self.rtx.clear();
         self.queue_retransmit(now, true);
+        if self.seg_size.wants_probe(hole_len) {
+            // A tiny probe the peer answers: tells a black hole for large
+            // segments from a silent peer at the next timeout.
+            self.probe_pending = true;
+        }
         self.rto_at = Some(now + self.rtt.rto());
     }
 
@@ -1306,9 +1340,9 @@ impl Connection {
     fn gate_open(&self) -> bool {
         let unacked = self.send.unacked_segments();
         let flight = self.send.flight_bytes(self.cc.in_fast_recovery());
-        let peer_bytes = self
-            .peer_window
-            .map_or(usize::MAX, |w| usize::from(w).saturating_mul(self.cfg.mss));
+        let peer_bytes = self.peer_window.map_or(usize::MAX, |w| {
+            usize::from(w).saturating_mul(self.seg_size.current())
+        });
         flight < self.cc.cwnd().min(peer_bytes)
             && self.peer_window.is_none_or(|w| unacked < usize::from(w))
             && unacked < MAX_UNACKED_SEGMENTS
@@ -1428,10 +1462,12 @@ impl Connection {
             }
         }
         if self.ack_now || self.probe_pending {
-            // Probes carry seq one below the next byte so that the peer
-            // answers them (spec/transport.md §9).
+            // Probes carry seq one below the oldest unacknowledged byte
+            // (the next byte, when nothing is in flight), which the peer
+            // has always received, so that it answers them
+            // (spec/transport.md §9.1, §5.4).
             let seq = if self.probe_pending && !self.ack_now {
-                self.send.snd_nxt().add(u32::MAX)
+                self.send.snd_una().add(u32::MAX)
             } else {
                 self.send.snd_nxt()
             };

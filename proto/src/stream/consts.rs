@@ -149,3 +149,19 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// TIME_WAIT (and FIN_WAIT) linger (spec/transport.md §8).
 pub const TIME_WAIT: Duration = Duration::from_secs(10);
+
+/// Smallest segment size path-MTU black-hole recovery shrinks to: with the
+/// 34-byte packet header and the tunnel's overhead a 464-byte segment
+/// travels in a 534-byte UDP payload, which fits the 576-byte IPv4
+/// minimum MTU (spec/transport.md §5.4).
+pub const SEGMENT_FLOOR: usize = 464;
+
+/// Retransmission timeouts in a row, each answered by the peer (probe)
+/// without the data being acknowledged, before the segment size halves;
+/// after a first reduction one such timeout is enough (spec/transport.md
+/// §5.4).
+pub const BLACKHOLE_EVIDENCE: u32 = 2;
+
+/// Such timeouts in a row at the floor before the connection ends with
+/// "path MTU too small" (spec/transport.md §5.4).
+pub const FLOOR_EVIDENCE: u32 = 4;

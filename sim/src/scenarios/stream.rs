@@ -238,6 +238,7 @@ fn cause_class(c: ResetCause) -> &'static str {
         ResetCause::Remote => "remote-reset",
         ResetCause::ZeroWindow => "zero-window",
         ResetCause::Aborted => "aborted",
+        ResetCause::PathMtu => "path-mtu",
     }
 }
 
