@@ -205,6 +205,8 @@ pub struct Settings {
     pub owner: Option<String>,
     /// Public visibility.
     pub public: bool,
+    /// Tags to set after registering (from `profile.json`).
+    pub tags: Vec<String>,
     /// Tunnel encryption.
     pub encrypt: bool,
     /// Echo service (port 7).
@@ -315,6 +317,7 @@ impl DaemonArgs {
             hostname: self.hostname.clone().or(file.hostname),
             owner: self.owner.clone().or(file.owner),
             public: on(self.public, file.public),
+            tags: Vec::new(),
             encrypt: !on(self.no_encrypt, file.no_encrypt),
             echo: !on(self.no_echo, file.no_echo),
             dataexchange: !on(self.no_dataexchange, file.no_dataexchange),

@@ -153,6 +153,17 @@ where
     tracing::info!(path = %settings.identity.display(), created, "identity ready");
     let trust_path = dir.join("trust.json");
     let trust = files::load_trust(&trust_path)?;
+    // What `set-hostname`, `set-public`/`set-private` and `set-tags` last
+    // applied; flags given now take precedence.
+    let profile_path = dir.join(files::PROFILE_FILE);
+    let mut settings = settings;
+    if let Some(p) = files::load_profile(&profile_path) {
+        if settings.hostname.is_none() && !p.hostname.is_empty() {
+            settings.hostname = Some(p.hostname);
+        }
+        settings.public |= p.public;
+        settings.tags = p.tags;
+    }
     let received =
         files::SaveDir::open(dir.join("received"), files::RECEIVED_QUOTA).map_err(dir_err)?;
     let inbox = files::SaveDir::open(dir.join("inbox"), files::INBOX_QUOTA).map_err(dir_err)?;
@@ -203,6 +214,7 @@ where
         ipc,
         registry,
         trust_path,
+        profile_path,
         received,
         inbox,
         handle_signals: true,

@@ -492,7 +492,7 @@ fn run_steps(
     trusted.as_ref()?;
     // 4. Ping.
     report.step("ping", || {
-        let v = ops::ping(
+        let (v, _) = ops::ping(
             a,
             b_addr,
             "demo-beta",
@@ -631,7 +631,14 @@ fn run_steps(
         loop {
             // The broker has no replay: publish until the subscription is in
             // place and an event arrives.
-            ops::publish(a, b_addr, "demo-beta", "demo.news", "hello subscribers")?;
+            ops::publish(
+                a,
+                b_addr,
+                "demo-beta",
+                "demo.news",
+                "hello subscribers",
+                Duration::from_secs(10),
+            )?;
             published += 1;
             match sub.next(Duration::from_millis(500)) {
                 Ok(Some(ev)) => {

@@ -71,6 +71,37 @@ impl std::fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// Names the cause of a daemon error about reaching a peer (`what` is the
+/// operation, `m` the daemon's text): registry unreachable, peer private
+/// and untrusted, peer offline — each with its code and the next command.
+pub fn cause(what: &str, node: u32, m: &str) -> CliError {
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("registry unreachable") {
+        CliError::new("registry_unreachable", format!("{what}: the registry cannot be reached ({m})"))
+            .hint("start the rendezvous (`pilotctl daemon start` runs one on 127.0.0.1:9000) or check the daemon's --registry; `pilotctl daemon status` shows it")
+    } else if lower.contains("private")
+        || lower.contains("denied")
+        || lower.contains("mutual trust")
+    {
+        CliError::new("not_trusted", format!("{what}: node {node} is private and does not trust this node yet ({m})"))
+            .hint(format!("ask for trust: pilotctl handshake {node} \"reason\"; once asked, the peer must run: pilotctl approve <this node id>"))
+    } else if lower.contains("not found")
+        || lower.contains("dial timeout")
+        || lower.contains("gave up")
+        || lower.contains("unreachable")
+    {
+        CliError::new("peer_offline", format!("{what}: node {node} is offline or not answering ({m})"))
+            .hint(format!("check that node {node} is registered and its daemon runs: pilotctl find <hostname>, pilotctl peers"))
+    } else {
+        CliError::new("connection_failed", format!("{what}: {m}"))
+    }
+}
+
+/// The error of a failed dial to `addr:port` reported by the daemon.
+pub fn dial_error(addr: Addr, port: u16, m: &str) -> CliError {
+    cause(&format!("dial {addr}:{port}"), addr.node, m)
+}
+
 /// Result alias of the command implementations.
 pub type CliResult<T> = Result<T, CliError>;
 
@@ -164,8 +195,22 @@ pub fn resolve_target(client: &IpcClient, arg: &str, quiet: bool) -> CliResult<T
     };
     let v = match client.resolve_hostname(arg) {
         Ok(v) => v,
-        Err(e @ IpcClientError::Connect { .. }) => return Err(CliError::ipc(e, "not_found")),
-        Err(_) => return Err(not_found()),
+        Err(IpcClientError::Daemon(m)) if m.contains("registry unreachable") => {
+            return Err(cause(&format!("resolve {arg:?}"), 0, &m));
+        }
+        Err(IpcClientError::Daemon(_)) => {
+            return Err(not_found().hint(format!(
+                "check the name, or ask for trust first: pilotctl handshake {arg} \"reason\""
+            )));
+        }
+        Err(IpcClientError::Timeout(_)) => {
+            return Err(CliError::new(
+                "timeout",
+                format!("resolving {arg:?} took longer than the deadline"),
+            )
+            .hint("the registry may be slow or unreachable: pilotctl daemon status"));
+        }
+        Err(e) => return Err(CliError::ipc(e, "not_found")),
     };
     let addr = v
         .get("address")

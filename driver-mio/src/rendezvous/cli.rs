@@ -180,7 +180,9 @@ impl RendezvousArgs {
 pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     let (cfg, format) = args.resolve()?;
     init_logging(format, "info");
+    let store = cfg.store_path.clone();
     let server = Server::bind(cfg)?;
+    crate::daemon::embedded::restrict_store(&store);
     let reg = server.registry_addr().map_err(ServerError::Io)?;
     let bea = server.beacon_addr().map_err(ServerError::Io)?;
     tracing::info!(registry = %reg, beacon = %bea, "listening");
