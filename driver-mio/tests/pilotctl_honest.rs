@@ -171,3 +171,46 @@ fn ping_keeps_its_deadline_and_errors_name_the_cause() {
         "repeated registry failures must be summarised: {log}"
     );
 }
+
+#[test]
+fn a_transfer_without_the_receivers_acknowledgement_is_an_error() {
+    let net = Net::new();
+    let alpha = net.node("alpha", &[]);
+    // beta's own data exchange is off; a test client takes port 1001 and
+    // reads the whole transfer, then closes without acknowledging.
+    let beta = net.node("beta", &["--no-dataexchange"]);
+    trust(&alpha, &beta);
+    let fake = beta.client();
+    fake.bind(1001).expect("bind 1001");
+    let src = net.dir.path().join("payload.bin");
+    std::fs::write(&src, vec![7u8; 200_000]).unwrap();
+    let sender = alpha.spawn(&[
+        "send-file",
+        &beta.node_id.to_string(),
+        src.to_str().unwrap(),
+        "--timeout",
+        "20s",
+    ]);
+    let a = fake
+        .accept(1001, Duration::from_secs(20))
+        .expect("the transfer arrives");
+    let mut got = 0usize;
+    while got < 200_000 {
+        match fake.recv(a.conn_id, Duration::from_secs(20)).unwrap() {
+            Some(d) => got += d.len(),
+            None => break,
+        }
+    }
+    assert!(got >= 200_000, "received {got} bytes");
+    fake.close(a.conn_id).unwrap();
+
+    let mut p = sender;
+    let status = p.0.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "send-file must fail without an ACK");
+    let mut err = String::new();
+    std::io::Read::read_to_string(p.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let e: serde_json::Value = serde_json::from_str(err.trim()).expect("error envelope");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("without acknowledging"), "{msg}");
+    assert!(msg.contains("bytes were handed to the local daemon"), "{msg}");
+}
