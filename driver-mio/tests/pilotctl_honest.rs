@@ -212,5 +212,8 @@ fn a_transfer_without_the_receivers_acknowledgement_is_an_error() {
     let e: serde_json::Value = serde_json::from_str(err.trim()).expect("error envelope");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("without acknowledging"), "{msg}");
-    assert!(msg.contains("bytes were handed to the local daemon"), "{msg}");
+    assert!(
+        msg.contains("bytes were handed to the local daemon"),
+        "{msg}"
+    );
 }

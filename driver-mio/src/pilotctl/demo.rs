@@ -322,6 +322,7 @@ pub fn run(args: &DemoArgs, json_mode: bool) -> ExitCode {
     if args.keep {
         out["dir"] = json!(dir.map(|d| d.display().to_string()));
     }
+    super::round_floats(&mut out);
     if json_mode {
         if report.failed {
             eprintln!(

@@ -38,6 +38,11 @@ struct Cli {
     /// IPC socket of the daemon [env: PILOT_SOCKET; default: /tmp/pilot.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Machine-readable output: {"data":…,"status":"ok"} on stdout, or
+    /// {"code","message","hint","status":"error"} on stderr (anywhere on
+    /// the line)
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -420,10 +425,12 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         let _ = cmd.write_help(&mut std::io::stderr());
         return ExitCode::from(2);
     };
+    let json_mode = json_mode || cli.json;
     let socket = socket_path(cli.socket.as_deref());
     match run_command(command, &socket, json_mode) {
         Ok(Output::Done(code)) => code,
-        Ok(Output::Data { data, text }) => {
+        Ok(Output::Data { mut data, text }) => {
+            round_floats(&mut data);
             if json_mode {
                 println!("{}", json!({"data": data, "status": "ok"}));
             } else if let Some(t) = text {
@@ -487,6 +494,24 @@ fn print_error(e: &CliError, json_mode: bool) {
         if let Some(h) = &e.hint {
             eprintln!("hint:  {h}");
         }
+    }
+}
+
+/// Rounds every non-integer number to 3 decimals (milliseconds to the
+/// microsecond, MiB/s to the KiB/s): `2205.3938749999998` → `2205.394`.
+pub(crate) fn round_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                let r = (f * 1000.0).round() / 1000.0;
+                if let Some(x) = serde_json::Number::from_f64(r) {
+                    *n = x;
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(round_floats),
+        Value::Object(o) => o.values_mut().for_each(round_floats),
+        _ => {}
     }
 }
 
@@ -1020,5 +1045,17 @@ fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
             }
             data(daemonctl::status(&dir, socket))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_rounded_and_integers_kept() {
+        let mut v = json!({"mbps": 2205.3938749999998, "n": [1, 0.1 + 0.2], "id": 7});
+        round_floats(&mut v);
+        assert_eq!(v.to_string(), r#"{"id":7,"mbps":2205.394,"n":[1,0.3]}"#);
     }
 }

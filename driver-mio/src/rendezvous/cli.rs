@@ -113,6 +113,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
     init_logging_with(format, None, level);
 }
 
+/// Whether to colour what goes to stderr: only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>). Log files and pipes get
+/// plain text.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Like [`init_logging`], with an explicit filter (a `--log-level` flag)
 /// that takes precedence over `RUST_LOG`.
 pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &str) {
@@ -124,6 +132,7 @@ pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &st
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
