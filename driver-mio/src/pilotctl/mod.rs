@@ -260,6 +260,14 @@ enum Cmd {
     },
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `pilotctl completions bash >
+    /// ~/.local/share/bash-completion/completions/pilotctl`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the pilotctl(1) man page (roff; `pilotctl man | man -l -`)
+    Man,
     #[command(name = "_daemon-run", hide = true)]
     DaemonRun {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -543,6 +551,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             Err(CliError::invalid("internal command"))
         }
         Cmd::Demo(args) => Ok(Output::Done(demo::run(&args, json_mode))),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pilotctl", &mut std::io::stdout());
+            Ok(Output::Done(ExitCode::SUCCESS))
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::new("internal", format!("man page: {e}")))?;
+            Ok(Output::Done(ExitCode::SUCCESS))
+        }
         Cmd::Daemon { command } => daemon_cmd(command, socket),
         Cmd::Info => {
             let c = connect(socket)?;

@@ -105,51 +105,10 @@ pub fn dial_error(addr: Addr, port: u16, m: &str) -> CliError {
 /// Result alias of the command implementations.
 pub type CliResult<T> = Result<T, CliError>;
 
-/// Parses a duration: Go syntax (`30s`, `2m`, `1.5h`, `250ms`, `1m30s`) or
-/// a plain number of seconds.
+/// Parses a `--timeout`-style duration ([`crate::duration::parse`], the
+/// syntax every binary here shares).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = f64::from_str(t) {
-        return secs_to_duration(secs).ok_or_else(|| format!("invalid duration {text:?}"));
-    }
-    let mut total = 0f64;
-    let mut rest = t;
-    if rest.is_empty() {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration {text:?}: missing unit"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    secs_to_duration(total).ok_or_else(|| format!("invalid duration {text:?}"))
-}
-
-fn secs_to_duration(secs: f64) -> Option<Duration> {
-    if (0.0..1e12).contains(&secs) {
-        Some(Duration::from_secs_f64(secs))
-    } else {
-        None
-    }
+    crate::duration::parse(text)
 }
 
 /// Milliseconds with microsecond resolution, as the reference reports
@@ -336,7 +295,7 @@ mod tests {
     fn durations_in_go_syntax_and_plain_seconds() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
