@@ -16,7 +16,7 @@ pub mod files;
 pub mod ipc_socket;
 pub mod real;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,9 +97,8 @@ pub enum DaemonRunError {
 /// 32 bytes from the operating system's random source.
 pub fn os_seed() -> Result<[u8; 32], DaemonRunError> {
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(DaemonRunError::Random)?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| DaemonRunError::Random(io::Error::other(e.to_string())))?;
     Ok(seed)
 }
 

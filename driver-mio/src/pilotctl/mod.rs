@@ -392,6 +392,14 @@ enum Output {
     Done(ExitCode),
 }
 
+/// A list: JSON as is, a table for people.
+fn listing(v: Value, text: String) -> CliResult<Output> {
+    Ok(Output::Data {
+        data: v,
+        text: Some(text),
+    })
+}
+
 fn data(v: Value) -> CliResult<Output> {
     Ok(Output::Data {
         data: v,
@@ -882,7 +890,21 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            data(json!({"connections": list, "total": list.len()}))
+            let text = util::table(
+                &list,
+                &[
+                    ("ID", "id"),
+                    ("LOCAL", "local_port"),
+                    ("REMOTE", "remote_addr"),
+                    ("PORT", "remote_port"),
+                    ("STATE", "state"),
+                    ("SENT", "bytes_sent"),
+                    ("RECV", "bytes_recv"),
+                    ("RTT MS", "srtt_ms"),
+                ],
+                "no connections",
+            );
+            listing(json!({"connections": list, "total": list.len()}), text)
         }
         Cmd::Peers { search } => {
             let c = connect(socket)?;
@@ -904,7 +926,17 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     }
                 })
                 .collect();
-            data(json!({"peers": list, "total": list.len()}))
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("ENDPOINT", "endpoint"),
+                    ("ENCRYPTED", "encrypted"),
+                    ("AUTHENTICATED", "authenticated"),
+                ],
+                "no peers (a tunnel appears once you talk to a node: pilotctl ping <node>)",
+            );
+            listing(json!({"peers": list, "total": list.len()}), text)
         }
         Cmd::Disconnect { conn_id } => {
             let c = connect(socket)?;
@@ -961,17 +993,39 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
         }
         Cmd::Pending => {
             let c = connect(socket)?;
-            data(
-                c.handshake_pending()
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
-            )
+            let v = c
+                .handshake_pending()
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let list = v["pending"].as_array().cloned().unwrap_or_default();
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("JUSTIFICATION", "justification"),
+                    ("RECEIVED", "received_at"),
+                ],
+                "no pending requests",
+            );
+            listing(v, text)
         }
         Cmd::Trust => {
             let c = connect(socket)?;
-            data(
-                c.handshake_trusted()
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
-            )
+            let v = c
+                .handshake_trusted()
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let list = v["trusted"].as_array().cloned().unwrap_or_default();
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("MUTUAL", "mutual"),
+                    ("NETWORK", "network"),
+                    ("APPROVED", "approved_at"),
+                    ("PUBLIC KEY", "public_key"),
+                ],
+                "no trusted peers",
+            );
+            listing(v, text)
         }
         Cmd::Approve { node_id } => {
             let node = parse_node_id(&node_id)?;

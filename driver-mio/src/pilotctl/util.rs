@@ -102,6 +102,33 @@ pub fn dial_error(addr: Addr, port: u16, m: &str) -> CliError {
     cause(&format!("dial {addr}:{port}"), addr.node, m)
 }
 
+/// A plain-text table (no colour, no box drawing: it reads the same on a
+/// terminal, in a pipe and in a file) of `rows`, one column per
+/// `(header, key)`; `empty` when there are no rows.
+pub fn table(rows: &[Value], columns: &[(&str, &str)], empty: &str) -> String {
+    if rows.is_empty() {
+        return empty.to_owned();
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(columns.iter().map(|(h, _)| *h));
+    for r in rows {
+        t.add_row(columns.iter().map(|(_, k)| match &r[*k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_owned(),
+            Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+            other => other.to_string(),
+        }));
+    }
+    // Rows start at the left margin.
+    t.to_string()
+        .lines()
+        .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Result alias of the command implementations.
 pub type CliResult<T> = Result<T, CliError>;
 
@@ -290,6 +317,33 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_are_plain_and_aligned() {
+        let rows = vec![
+            serde_json::json!({"node_id": 7, "endpoint": "127.0.0.1:4000", "ok": true}),
+            serde_json::json!({"node_id": 12345, "endpoint": null, "ok": false}),
+        ];
+        let t = table(
+            &rows,
+            &[("NODE", "node_id"), ("ENDPOINT", "endpoint")],
+            "none",
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].starts_with("NODE") && lines[0].contains("ENDPOINT"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("12345") && lines[2].ends_with('-'),
+            "{t}"
+        );
+        let col = lines[0].find("ENDPOINT").unwrap();
+        assert_eq!(lines[1].find("127.0.0.1:4000"), Some(col), "aligned: {t}");
+        assert!(!t.contains('\x1b'));
+        assert_eq!(table(&[], &[("NODE", "node_id")], "none"), "none");
+    }
 
     #[test]
     fn durations_in_go_syntax_and_plain_seconds() {
