@@ -156,8 +156,13 @@ fn relayed_trust_arrives_within_a_second_with_defaults() {
             && eb["public_key"].as_str().is_some_and(|k| !k.is_empty())
     });
 
-    // Trust events are logged at INFO.
+    // Trust events are logged at INFO, in plain text (no colour codes in
+    // a log file).
     let log = log_of(&net, "beta");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in the log file: {log:?}"
+    );
     assert!(log.contains("handshake.pending"), "{log}");
     assert!(log.contains("handshake.approved"), "{log}");
     assert!(log_of(&net, "alpha").contains("handshake.accepted"));

@@ -88,9 +88,8 @@ impl NodeConfig {
 
 /// 32 bytes from the operating system's entropy source.
 pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
-    use std::io::Read;
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    getrandom::getrandom(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(seed)
 }
 

@@ -85,6 +85,7 @@ impl Profile {
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "pilot-sim",
+    version,
     about = "Deterministic network simulation of Pilot Protocol nodes"
 )]
 pub struct Args {

@@ -173,24 +173,9 @@ fn secs_f64(s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("invalid duration {s}"))
 }
 
-/// Parses `30s`, `2m`, `1.5h`, `250ms` or a plain number of seconds.
+/// Parses a duration flag or config value ([`crate::duration::parse`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (try 30s, 2m, 500ms)"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("invalid duration unit in {text:?} (ms, s, m, h)")),
-    };
-    secs_f64(n * scale)
+    crate::duration::parse(text)
 }
 
 /// Everything the daemon needs, resolved from flags, environment, config
@@ -217,6 +202,8 @@ pub struct Settings {
     pub owner: Option<String>,
     /// Public visibility.
     pub public: bool,
+    /// Tags to set after registering (from `profile.json`).
+    pub tags: Vec<String>,
     /// Tunnel encryption.
     pub encrypt: bool,
     /// Echo service (port 7).
@@ -351,6 +338,7 @@ impl DaemonArgs {
             hostname: self.hostname.clone().or(file.hostname),
             owner: self.owner.clone().or(file.owner),
             public: on(self.public, file.public),
+            tags: Vec::new(),
             encrypt: !on(self.no_encrypt, file.no_encrypt),
             echo: !on(self.no_echo, file.no_echo),
             dataexchange: !on(self.no_dataexchange, file.no_dataexchange),
@@ -415,9 +403,9 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("7d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
     }

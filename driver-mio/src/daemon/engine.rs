@@ -32,6 +32,8 @@ pub enum Action {
         /// Contents.
         data: Vec<u8>,
     },
+    /// Replace the node profile (`profile.json`) with this JSON text.
+    SaveProfile(String),
     /// Save a message into `inbox/`.
     SaveInbox {
         /// File name.

@@ -63,6 +63,8 @@ pub struct LoopParts {
     pub registry: SocketAddr,
     /// `trust.json` path.
     pub trust_path: PathBuf,
+    /// Where the node's profile (hostname, visibility, tags) is kept.
+    pub profile_path: PathBuf,
     /// `received/`.
     pub received: SaveDir,
     /// `inbox/`.
@@ -135,6 +137,9 @@ pub struct EventLoop<E: Engine> {
     stop: LoopStop,
     start: std::time::Instant,
     reg: Option<RegConn>,
+    /// Registry dials or connections that failed since it last worked: the
+    /// first is a warning, the repeats are summarised when it comes back.
+    reg_failures: u32,
     clients: HashMap<Token, Client>,
     next_token: usize,
     udp_more: bool,
@@ -201,6 +206,7 @@ impl<E: Engine> EventLoop<E> {
             stop,
             start,
             reg: None,
+            reg_failures: 0,
             clients: HashMap::new(),
             next_token: FIRST_CLIENT,
             udp_more: true,
@@ -458,7 +464,7 @@ impl<E: Engine> EventLoop<E> {
                 });
             }
             Err(e) => {
-                tracing::warn!(registry = %self.parts.registry, error = %e, "registry connect failed");
+                self.registry_failed("registry connect failed", &e.to_string());
                 self.engine.registry_disconnected(now);
             }
         }
@@ -470,8 +476,25 @@ impl<E: Engine> EventLoop<E> {
         }
     }
 
+    /// Logs a registry failure: a warning the first time, then quietly
+    /// (debug) until it works again.
+    fn registry_failed(&mut self, what: &str, why: &str) {
+        if self.reg_failures == 0 {
+            tracing::warn!(registry = %self.parts.registry, reason = why,
+                "{what}; retrying with back-off (requests that need it fail with \"registry unreachable\")");
+        } else {
+            tracing::debug!(registry = %self.parts.registry, reason = why, failures = self.reg_failures + 1, "{what}");
+        }
+        self.reg_failures = self.reg_failures.saturating_add(1);
+    }
+
     fn registry_lost(&mut self, now: Instant, why: &str) {
-        tracing::info!(registry = %self.parts.registry, reason = why, "registry connection lost");
+        let what = if self.reg.as_ref().is_some_and(|r| r.connected) {
+            "registry connection lost"
+        } else {
+            "registry connect failed"
+        };
+        self.registry_failed(what, why);
         self.drop_registry();
         self.engine.registry_disconnected(now);
     }
@@ -493,7 +516,13 @@ impl<E: Engine> EventLoop<E> {
                 Ok(_) => {
                     r.connected = true;
                     let _ = r.stream.set_nodelay(true);
-                    tracing::debug!(registry = %self.parts.registry, "registry connected");
+                    if self.reg_failures > 0 {
+                        tracing::info!(registry = %self.parts.registry, failed_attempts = self.reg_failures,
+                            "registry reachable again");
+                        self.reg_failures = 0;
+                    } else {
+                        tracing::debug!(registry = %self.parts.registry, "registry connected");
+                    }
                     self.engine.registry_connected(now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -749,6 +778,12 @@ impl<E: Engine> EventLoop<E> {
                             tracing::info!(path = %p.display(), bytes = data.len(), "file received")
                         }
                         Err(e) => tracing::warn!(name, error = %e, "received file not saved"),
+                    }
+                }
+                Action::SaveProfile(text) => {
+                    if let Err(e) = write_atomic(&self.parts.profile_path, text.as_bytes()) {
+                        tracing::error!(path = %self.parts.profile_path.display(), error = %e,
+                            "saving the node profile failed");
                     }
                 }
                 Action::SaveInbox { name, json } => {

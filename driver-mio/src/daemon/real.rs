@@ -32,6 +32,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.listen_addr = s.endpoint.to_string();
     cfg.hostname = set.hostname.clone().unwrap_or_default();
     cfg.public = set.public;
+    cfg.tags = set.tags.clone();
     cfg.owner = set.owner.clone().unwrap_or_default();
     cfg.services = Services {
         echo: set.echo,
@@ -61,6 +62,7 @@ fn action(a: pd::Action) -> Action {
         pd::Action::SaveTrust(t) => Action::SaveTrust(t),
         pd::Action::SaveReceivedFile { name, data } => Action::SaveReceivedFile { name, data },
         pd::Action::SaveInbox { name, json } => Action::SaveInbox { name, json },
+        pd::Action::SaveProfile(text) => Action::SaveProfile(text),
         pd::Action::Registered { node_id, address } => Action::Registered { node_id, address },
         pd::Action::Stopped => Action::Stopped,
         pd::Action::Trust(ev) => trust_event(ev),

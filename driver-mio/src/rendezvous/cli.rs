@@ -125,6 +125,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
     init_logging_with(format, None, level);
 }
 
+/// Whether to colour what goes to stderr: only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>). Log files and pipes get
+/// plain text.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Like [`init_logging`], with an explicit filter (a `--log-level` flag)
 /// that takes precedence over `RUST_LOG`.
 pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &str) {
@@ -136,6 +144,7 @@ pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &st
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -208,7 +217,9 @@ impl RendezvousArgs {
 pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     let (cfg, format) = args.resolve()?;
     init_logging(format, "info");
+    let store = cfg.store_path.clone();
     let server = Server::bind(cfg)?;
+    crate::daemon::embedded::restrict_store(&store);
     let reg = server.registry_addr().map_err(ServerError::Io)?;
     let bea = server.beacon_addr().map_err(ServerError::Io)?;
     tracing::info!(registry = %reg, beacon = %bea, "listening");

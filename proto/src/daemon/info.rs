@@ -78,7 +78,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 let id = match c.role {
                     Role::Client { ipc_id, .. } => u64::from(ipc_id),
-                    _ => cid.0,
+                    _ => u64::from(super::service_conn_id(*cid)),
                 };
                 let st = node.conn_stats(*cid).unwrap_or_default();
                 let ms = |d: core::time::Duration| d.as_secs_f64() * 1000.0;

@@ -76,6 +76,18 @@ pub const IN_MAX: usize = 2 * (LENGTH_PREFIX_LEN + crate::wire::ipc::MAX_BODY_LE
 /// How long a peer resolution may take before the waiting requests fail
 /// (`spec/daemon.md` §4).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The error text of a request that needs the registry while its last
+/// dial or connection failed (`spec/daemon.md` §5).
+pub const REGISTRY_UNREACHABLE: &str = "registry unreachable";
+
+/// The top bit of the ids `info` lists for the daemon's own streams
+/// (services, trust messages), so they never collide with IPC ids.
+const SERVICE_CONN_BIT: u32 = 1 << 31;
+
+/// The id `info` lists for a stream the daemon itself owns.
+fn service_conn_id(cid: ConnId) -> u32 {
+    SERVICE_CONN_BIT | (cid.0 as u32 & !SERVICE_CONN_BIT)
+}
 /// Most requests waiting for one peer resolution (`spec/daemon.md` §7).
 pub const RESOLVE_WAITERS: usize = 64;
 /// Most peer resolutions in progress (`spec/daemon.md` §7).
@@ -150,6 +162,8 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     pub hostname: String,
     /// Make the node public after registering.
     pub public: bool,
+    /// Tags to set after registering (empty = leave them).
+    pub tags: Vec<String>,
     /// Owner string for identity reclaim (empty = none).
     pub owner: String,
     /// Built-in services.
@@ -190,6 +204,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             listen_addr: String::new(),
             hostname: String::new(),
             public: false,
+            tags: Vec::new(),
             owner: String::new(),
             services: Services::default(),
             trust: None,
@@ -222,6 +237,9 @@ pub enum Action {
         /// Contents.
         data: Vec<u8>,
     },
+    /// Write the node's profile (`{"hostname","public","tags"}` JSON) so
+    /// that a restart applies it again (`spec/daemon.md` §2).
+    SaveProfile(String),
     /// Store an inbox record under `<dir>/inbox/` (name already safe).
     SaveInbox {
         /// File name.
@@ -405,6 +423,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     address: Option<Addr>,
     hostname: String,
     public: bool,
+    tags: Vec<String>,
     owner: String,
 
     registry: Option<RegistryClient>,
@@ -511,6 +530,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             address: None,
             hostname: cfg.hostname,
             public: cfg.public,
+            tags: cfg.tags,
             owner: cfg.owner,
             registry,
             reg_in: Vec::new(),
@@ -689,7 +709,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// The registry connection failed or closed.
+    /// The registry connection failed or closed. Resolutions waiting for
+    /// it fail at once ([`REGISTRY_UNREACHABLE`]).
     pub fn registry_disconnected(&mut self, now: Instant) {
         self.now = now.max(self.now);
         self.reg_in.clear();
@@ -698,6 +719,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             if let Some(r) = self.registry.as_mut() {
                 r.disconnected(now);
             }
+        }
+        let waiting: Vec<u32> = self.resolving.keys().copied().collect();
+        for n in waiting {
+            self.resolution_failed(now, n, REGISTRY_UNREACHABLE);
         }
         self.drive(now);
     }
@@ -1115,7 +1140,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     fn alloc_ipc_id(&mut self, cid: ConnId) -> u32 {
         loop {
             let id = self.next_ipc_conn;
-            self.next_ipc_conn = self.next_ipc_conn.wrapping_add(1).max(1);
+            // IPC ids stay below 2^31; the ids `info` gives the daemon's
+            // own streams have the top bit set ([`service_conn_id`]).
+            self.next_ipc_conn = (self.next_ipc_conn.wrapping_add(1) & !SERVICE_CONN_BIT).max(1);
             if let std::collections::btree_map::Entry::Vacant(e) = self.ipc_conns.entry(id) {
                 e.insert(cid);
                 return id;
@@ -1715,22 +1742,57 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         None
     }
 
+    /// Closes connection `conn_id` (the id `info` lists). The IPC socket is
+    /// private to the daemon's user, so any client may close any of the
+    /// daemon's connections (ours, `spec/daemon.md` §2.3): another client's
+    /// stream ends for its owner with a `CloseOk` push, a service's stream
+    /// is closed like any other.
     fn ipc_close(&mut self, now: Instant, client: ClientId, conn_id: u32) {
         if let Some(&cid) = self.ipc_conns.get(&conn_id) {
-            let owned = matches!(
-                self.conns.get(&cid).map(|c| &c.role),
-                Some(Role::Client { client: o, .. }) if *o == client
-            );
-            if owned {
-                self.ipc_conns.remove(&conn_id);
-                self.conns.remove(&cid);
-                if let Some(c) = self.clients.get_mut(&client) {
+            let owner = match self.conns.get(&cid).map(|c| &c.role) {
+                Some(Role::Client { client: o, .. }) => Some(*o),
+                _ => None,
+            };
+            self.ipc_conns.remove(&conn_id);
+            self.conns.remove(&cid);
+            let mut resume = None;
+            if let Some(o) = owner {
+                if let Some(c) = self.clients.get_mut(&o) {
                     c.conns.remove(&cid);
                     c.paused.remove(&cid);
+                    if o != client {
+                        let _ = c.push(&IpcMessage::CloseOk { conn_id });
+                    }
+                    if c.blocked.is_some_and(|(b, _)| b == cid) {
+                        c.blocked = None;
+                        // The Send at the front can never complete: drop it.
+                        if let Ok(Some((_, used))) =
+                            parse_frame(c.inbuf.get(c.in_start..).unwrap_or(&[]))
+                        {
+                            c.input_consumed(used);
+                        }
+                        resume = Some(o);
+                    }
                 }
-                if let Some(node) = self.node.as_mut() {
-                    let _ = node.close(now, cid);
-                }
+            }
+            if let Some(node) = self.node.as_mut() {
+                let _ = node.close(now, cid);
+            }
+            if let Some(o) = resume {
+                self.process_input(now, o);
+            }
+        } else {
+            let other = self
+                .conns
+                .iter()
+                .find(|(cid, c)| {
+                    service_conn_id(**cid) == conn_id && !matches!(c.role, Role::Client { .. })
+                })
+                .map(|(cid, _)| *cid);
+            if let (Some(cid), Some(node)) = (other, self.node.as_mut()) {
+                // A service's or a trust message's stream: its owner sees
+                // the close through the node's events.
+                let _ = node.close(now, cid);
             }
         }
         // Always answered, even for unknown ids (`spec/daemon.md` §2.3).
@@ -1778,6 +1840,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.push_error(client, &format!("{op}: no registry configured"));
             return;
         };
+        if reg.is_unreachable() {
+            self.push_error(client, &format!("{op}: {REGISTRY_UNREACHABLE}"));
+            return;
+        }
         match reg.call(now, call) {
             Ok(id) => {
                 self.calls.insert(id, Purpose::Ipc { client, reply, op });
@@ -1805,6 +1871,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let started = if self.resolving.len() >= MAX_RESOLUTIONS {
             Err("too many resolutions in progress")
+        } else if self.registry.as_ref().is_some_and(|r| r.is_unreachable()) {
+            Err(REGISTRY_UNREACHABLE)
         } else {
             match self.registry.as_mut() {
                 None => Err("no registry configured"),
@@ -1953,6 +2021,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if self.public {
             self.fire(now, Call::SetVisibility(true));
         }
+        if !self.tags.is_empty() {
+            let tags = self.tags.clone();
+            self.fire(now, Call::SetTags(tags));
+        }
         if again {
             if !self.hostname.is_empty() {
                 let h = self.hostname.clone();
@@ -1969,6 +2041,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         self.actions
             .push_back(Action::Registered { node_id, address });
+    }
+
+    /// Asks the driver to persist hostname, visibility and tags.
+    fn save_profile(&mut self) {
+        let j = serde_json::json!({
+            "hostname": self.hostname,
+            "public": self.public,
+            "tags": self.tags,
+        });
+        self.actions.push_back(Action::SaveProfile(j.to_string()));
     }
 
     /// A registry call whose answer is not needed.
@@ -1991,9 +2073,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         match &resp {
                             Response::SetHostnameOk { hostname, .. } => {
                                 self.hostname = hostname.clone();
+                                self.save_profile();
                             }
                             Response::SetVisibilityOk { visibility, .. } => {
                                 self.public = visibility == "public";
+                                self.save_profile();
+                            }
+                            Response::SetTagsOk { tags, .. } => {
+                                self.tags = tags.clone().unwrap_or_default();
+                                self.save_profile();
                             }
                             _ => {}
                         }

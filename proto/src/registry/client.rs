@@ -354,6 +354,13 @@ impl RegistryClient {
         Ok(id)
     }
 
+    /// Whether the registry is known to be unreachable: the last dial or
+    /// connection failed and no connection is up (requests queued now wait
+    /// for the next successful dial).
+    pub fn is_unreachable(&self) -> bool {
+        self.conn != Conn::Up && self.conn_backoff > self.cfg.backoff_min
+    }
+
     /// Whether the client is connected and registered.
     pub fn is_registered(&self) -> bool {
         self.node_id.is_some()
