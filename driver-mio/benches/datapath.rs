@@ -156,6 +156,21 @@ fn children_cpu() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU seconds used so far by the calling thread. The crypto rows are
+/// timed with it, so other processes competing for the cores do not
+/// lower them.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 /// CPU seconds used so far by process `pid` (user + system).
 fn pid_cpu(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -306,9 +321,9 @@ fn aead_rate<P: CryptoProvider>(p: &P, size: usize, secs: f64) -> f64 {
     let key = p.aead_key(&[7u8; 32]);
     let mut buf = vec![0x11u8; size];
     let mut nonce = [0u8; 12];
-    let start = Instant::now();
+    let start = thread_cpu();
     let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < secs {
+    while thread_cpu() - start < secs {
         for _ in 0..64 {
             n += 1;
             nonce[4..].copy_from_slice(&n.to_be_bytes());
@@ -316,7 +331,7 @@ fn aead_rate<P: CryptoProvider>(p: &P, size: usize, secs: f64) -> f64 {
             std::hint::black_box(tag.ok());
         }
     }
-    (n as f64 * size as f64) / start.elapsed().as_secs_f64() / 1e9
+    (n as f64 * size as f64) / (thread_cpu() - start) / 1e9
 }
 
 fn aead_rows(t: &mut Table, secs: f64) {
@@ -327,28 +342,37 @@ fn aead_rows(t: &mut Table, secs: f64) {
             &format!("AES-256-GCM seal, one core, {size} B"),
             format!("ring {ring:.2} GB/s, RustCrypto {rc:.2} GB/s"),
             None,
-            "ceiling (ring is the drivers' default)",
+            "ceiling, per CPU second of one thread (ring is the drivers' default)",
         );
     }
 }
 
 /// Seal+open through `Envelope` vs the bare ring AEAD on the same buffer
-/// sizes (1152-byte plaintexts).
+/// sizes (1152-byte plaintexts), per CPU second of this thread. The two
+/// alternate in ten short slices and each keeps its best slice.
 fn envelope_row(t: &mut Table, secs: f64) {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
     const LEN: usize = 1152;
+    const SLICES: u32 = 10;
     let key = [9u8; 32];
-    // Bare: ring directly, seal then open the same buffer.
-    let bare = {
-        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("key"));
-        let mut buf = vec![0x22u8; LEN];
-        let start = Instant::now();
+    let slice = secs / f64::from(SLICES);
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("key"));
+    let mut buf = vec![0x22u8; LEN];
+    let mut bare_n = 0u64;
+    let mut tx = Envelope::new(&Ring, WireProfile::Current, &key, [1, 2, 3, 4]);
+    let mut rx = Envelope::new(&Ring, WireProfile::Current, &key, [0; 4]);
+    let mut frame = vec![0x22u8; LEN + 36];
+    let (mut bare, mut env) = (0.0f64, 0.0f64);
+    for _ in 0..SLICES {
+        // Bare: ring directly, seal then open the same buffer.
+        let start = thread_cpu();
         let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
+        while thread_cpu() - start < slice {
             for _ in 0..64 {
                 n += 1;
+                bare_n += 1;
                 let mut nonce = [0u8; 12];
-                nonce[4..].copy_from_slice(&n.to_be_bytes());
+                nonce[4..].copy_from_slice(&bare_n.to_be_bytes());
                 let aad = 5u32.to_be_bytes();
                 let tag = k
                     .seal_in_place_separate_tag(
@@ -367,15 +391,11 @@ fn envelope_row(t: &mut Table, secs: f64) {
                 .expect("open");
             }
         }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
-    let env = {
-        let mut tx = Envelope::new(&Ring, WireProfile::Current, &key, [1, 2, 3, 4]);
-        let mut rx = Envelope::new(&Ring, WireProfile::Current, &key, [0; 4]);
-        let mut frame = vec![0x22u8; LEN + 36];
-        let start = Instant::now();
+        bare = bare.max(n as f64 / (thread_cpu() - start));
+        // Envelope: header, nonce, replay window, sender AAD included.
+        let start = thread_cpu();
         let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
+        while thread_cpu() - start < slice {
             for _ in 0..64 {
                 n += 1;
                 let len = tx.seal_in_place(&Ring, 5, &mut frame, LEN).expect("seal");
@@ -383,8 +403,8 @@ fn envelope_row(t: &mut Table, secs: f64) {
                 std::hint::black_box(r);
             }
         }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
+        env = env.max(n as f64 / (thread_cpu() - start));
+    }
     t.add(
         "envelope seal+open vs bare ring AEAD, 1152 B",
         format!(
@@ -394,7 +414,7 @@ fn envelope_row(t: &mut Table, secs: f64) {
             env / bare
         ),
         None,
-        "target ≥ 0.9",
+        "target ≥ 0.9 (best of 10 alternating slices each)",
     );
 }
 
