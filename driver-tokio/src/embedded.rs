@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
-use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::crypto::provider::Selected;
 use pilot_proto::node::{
     self as pnode, ConnId, Event, Limits, MIN_TRANSMIT_BUFFER, NodeError, NodeStats, ResetCause,
 };
@@ -30,7 +30,7 @@ use crate::registry::{RegistryConfig, RegistryHandle};
 use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
 
 /// The `proto` node type this driver runs.
-pub(crate) type ProtoNode = pnode::Node<RustCrypto, ChaCha20Rng>;
+pub(crate) type ProtoNode = pnode::Node<Selected, ChaCha20Rng>;
 
 /// Datagrams queued per bound port before new ones are dropped.
 pub const DATAGRAM_QUEUE: usize = 256;
@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// Join a registry (address assigned by it; unknown peers resolved
     /// through it on `connect` and `send_to`) instead of a static address.
     pub registry: Option<RegistryConfig>,
+    /// The AES-256-GCM implementation (default [`Selected::Ring`], the
+    /// fastest; [`Selected::RustCrypto`] is pure Rust). Both speak the
+    /// same frames.
+    pub crypto: Selected,
 }
 
 impl NodeConfig {
@@ -74,6 +78,7 @@ impl NodeConfig {
             limits: Limits::default(),
             seed: None,
             registry: None,
+            crypto: Selected::default(),
         }
     }
 
@@ -310,7 +315,7 @@ impl Node {
     /// the registration), and spawns the driver task on the current
     /// runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Node, Error> {
-        let socket = UdpSocket::bind(cfg.bind).await?;
+        let socket = bind_tunnel_socket(cfg.bind)?;
         let local = socket.local_addr()?;
         let seed = match cfg.seed {
             Some(s) => s,
@@ -320,7 +325,7 @@ impl Node {
         let identity = cfg
             .identity
             .clone()
-            .unwrap_or_else(|| Identity::generate(&RustCrypto, &mut rng));
+            .unwrap_or_else(|| Identity::generate(&cfg.crypto, &mut rng));
         let epoch = tokio::time::Instant::now();
         let (addr, registry) = match &cfg.registry {
             Some(rc) => {
@@ -329,7 +334,7 @@ impl Node {
             }
             None => (cfg.addr, None),
         };
-        let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+        let tunnel_key = TunnelKey::generate(&cfg.crypto, &mut rng);
         let node_rng = ChaCha20Rng::from_seed({
             let mut s = [0u8; 32];
             rand_core::RngCore::fill_bytes(&mut rng, &mut s);
@@ -343,7 +348,7 @@ impl Node {
                 identity: Some(identity),
                 tunnel_key,
                 profile: cfg.profile,
-                provider: RustCrypto,
+                provider: cfg.crypto,
                 rng: node_rng,
                 encrypt: cfg.encrypt,
                 admin_token: Vec::new(),
@@ -510,6 +515,23 @@ fn send_datagram(
     }
     h.kick();
     Ok(())
+}
+
+/// Receive and send buffer asked for on the tunnel socket (as the
+/// daemon does): the default ~208 KiB holds less than one congestion
+/// window of a bulk stream, so bursts were dropped by the kernel and each
+/// drop cost a retransmission and a halved window. The kernel caps it at
+/// `net.core.{r,w}mem_max`.
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the tunnel socket with large kernel buffers (best effort).
+fn bind_tunnel_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
+    let std_socket = std::net::UdpSocket::bind(bind)?;
+    let sock = socket2::SockRef::from(&std_socket);
+    let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    std_socket.set_nonblocking(true)?;
+    UdpSocket::from_std(std_socket)
 }
 
 // ----- the driver task ------------------------------------------------------

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pilot_proto::crypto::provider::Selected;
 use serde::Deserialize;
 
 use super::DaemonRunError;
@@ -123,6 +124,16 @@ pub struct DaemonArgs {
     /// the current one
     #[arg(long)]
     pub legacy: bool,
+    /// AES-256-GCM implementation: `ring` (fastest here) or `rustcrypto`
+    /// (pure Rust) [default: ring]; both speak the same frames
+    #[arg(long, value_name = "PROVIDER", value_parser = parse_crypto)]
+    pub crypto: Option<Selected>,
+}
+
+/// Parses the `--crypto` value.
+pub fn parse_crypto(text: &str) -> Result<Selected, String> {
+    Selected::parse(text)
+        .ok_or_else(|| format!("unknown crypto provider {text:?} (ring, rustcrypto)"))
 }
 
 /// The config file: the same keys as the flags, every one optional.
@@ -150,6 +161,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     legacy: Option<bool>,
+    crypto: Option<String>,
 }
 
 /// A duration in a config file: a string (`"30s"`) or a number of seconds.
@@ -226,6 +238,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Legacy wire profile.
     pub legacy: bool,
+    /// The AEAD implementation.
+    pub crypto: Selected,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, DaemonRunError> {
@@ -328,7 +342,15 @@ impl DaemonArgs {
             ));
         }
         let on = |flag: bool, f: Option<bool>| flag || f.unwrap_or(false);
+        let crypto = match (self.crypto, file.crypto.as_deref()) {
+            (Some(c), _) => c,
+            (None, Some(name)) => {
+                parse_crypto(name).map_err(|e| DaemonRunError::Config(format!("crypto: {e}")))?
+            }
+            (None, None) => Selected::default(),
+        };
         Ok(Settings {
+            crypto,
             registry,
             beacon,
             listen: self.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
@@ -491,6 +513,31 @@ mod tests {
         let mut zero = base.to_vec();
         zero.extend(["--pending-peers", "0"]);
         assert!(parse(&zero).resolve().is_err());
+    }
+
+    #[test]
+    fn crypto_provider_from_flag_or_file() {
+        let base = ["--dir", "/tmp/c", "--socket", "/tmp/c.sock"];
+        let s = parse(&base).resolve().unwrap();
+        assert_eq!(s.crypto, Selected::Ring, "ring is the default");
+        let mut args = base.to_vec();
+        args.extend(["--crypto", "rustcrypto"]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::RustCrypto);
+        assert!(parse_crypto("aes").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("c.toml");
+        std::fs::write(&toml, "crypto = \"rustcrypto\"\n").unwrap();
+        let mut args = base.to_vec();
+        args.extend(["--config", toml.to_str().unwrap()]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::RustCrypto);
+        args.extend(["--crypto", "ring"]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::Ring);
+        std::fs::write(&toml, "crypto = \"fast\"\n").unwrap();
+        let err = parse(&["--config", toml.to_str().unwrap(), "--dir", "/tmp/c"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("crypto"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use pilot_proto::crypto::identity::TunnelKey;
-use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::crypto::provider::Selected;
 use pilot_proto::daemon::{self as pd, ClientId as CoreClient, Daemon, DaemonConfig, Services};
 use pilot_proto::services::handshake::{AutoReason, TrustEvent};
 use pilot_proto::time::Instant;
@@ -15,13 +15,14 @@ use super::Startup;
 use super::engine::{Action, ClientId, Datagram, Engine};
 
 /// The daemon the driver runs.
-pub type RealDaemon = Daemon<RustCrypto, ChaCha20Rng>;
+pub type RealDaemon = Daemon<Selected, ChaCha20Rng>;
 
 /// Builds the sans-IO daemon from what the driver prepared.
 pub fn build(mut s: Startup) -> RealDaemon {
-    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut s.rng);
     let set = &s.settings;
-    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, RustCrypto, s.rng);
+    let provider = set.crypto;
+    let tunnel_key = TunnelKey::generate(&provider, &mut s.rng);
+    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, provider, s.rng);
     cfg.profile = if set.legacy {
         WireProfile::Legacy
     } else {

@@ -70,6 +70,14 @@ pub const PING_PAYLOAD_PREFIX: &[u8; 4] = b"ping";
 /// the PILS overhead.
 pub const MIN_TRANSMIT_BUFFER: usize = HEADER_LEN + MAX_PAYLOAD + PILS_OVERHEAD;
 
+/// Queued-packet buffers kept for reuse.
+const SPARE_BUFFERS: usize = 64;
+/// Capacity of a fresh queued-packet buffer.
+const SPARE_BUFFER_MIN: usize = 512;
+/// Largest queued-packet buffer kept for reuse (bigger datagrams are rare
+/// and not worth holding on to).
+const SPARE_BUFFER_MAX: usize = 2048;
+
 /// Bounds on every table and queue of a node (`spec/node.md` §8).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
@@ -501,6 +509,10 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     timers: TimerTable,
     /// Plaintext packets to seal and send: (peer node, packet bytes).
     out: VecDeque<(u32, Vec<u8>)>,
+    /// Emptied packet buffers of `out`, reused by the next queued packet
+    /// so datagrams, pongs and RSTs do not allocate once warm. At most
+    /// [`SPARE_BUFFERS`], each of at most [`SPARE_BUFFER_MAX`] bytes.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     syn_global: Option<Bucket>,
     syn_sources: BTreeMap<u32, Bucket>,
@@ -567,6 +579,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             next_ping: 1,
             timers,
             out: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             syn_global: None,
             syn_sources: BTreeMap::new(),
@@ -726,10 +739,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return Err(NodeError::QueueFull);
         }
         let pkt = Packet::new(header, payload).map_err(|_| NodeError::TooLarge)?;
-        let mut bytes = vec![0u8; pkt.encoded_len()];
-        pkt.encode(&mut bytes).map_err(|_| NodeError::TooLarge)?;
+        // Fresh buffers start at a size that fits pongs, RSTs and small
+        // datagrams, so a reused one rarely has to grow.
+        let len = pkt.encoded_len();
+        let mut bytes = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(len.max(SPARE_BUFFER_MIN)));
+        bytes.clear();
+        bytes.resize(len, 0);
+        if pkt.encode(&mut bytes).is_err() {
+            self.recycle(bytes);
+            return Err(NodeError::TooLarge);
+        }
         self.out.push_back((peer, bytes));
         Ok(())
+    }
+
+    /// Keeps an emptied packet buffer for reuse (bounded count and size).
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && bytes.capacity() <= SPARE_BUFFER_MAX {
+            self.spare.push(bytes);
+        }
     }
 
     fn header(
@@ -1736,7 +1767,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
             // 2. Queued packets (datagrams, pongs, keepalives, RSTs).
             if let Some((peer, pkt)) = self.out.pop_front() {
-                if let Some(t) = self.emit(now, peer, &pkt, buf) {
+                let sent = self.emit(now, peer, &pkt, buf);
+                self.recycle(pkt);
+                if let Some(t) = sent {
                     return Some(t);
                 }
                 continue;

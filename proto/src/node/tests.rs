@@ -623,3 +623,33 @@ fn path_mtu_below_the_floor_fails_fast_with_its_own_cause() {
     );
     assert!(now < Instant::from_millis(20_000), "gave up at {now:?}");
 }
+
+#[test]
+fn queued_packet_buffers_are_reused_and_bounded() {
+    let mut v = mesh(2, true);
+    let t = Instant::from_millis(1);
+    v[1].bind(7000).unwrap();
+    v[0].send_datagram(t, Addr::new(1, 2), 7000, Some(9), b"warm")
+        .unwrap();
+    pump(&mut v, t);
+    assert_eq!(v[0].spare.len(), 1, "the sent datagram's buffer is kept");
+    let kept = v[0].spare[0].as_ptr();
+    v[0].send_datagram(t, Addr::new(1, 2), 7000, Some(9), b"again")
+        .unwrap();
+    assert!(v[0].spare.is_empty(), "the next datagram took it");
+    assert_eq!(v[0].out.back().map(|(_, b)| b.as_ptr()), Some(kept));
+    pump(&mut v, t);
+    assert_eq!(v[0].spare.len(), 1);
+    // A big datagram's buffer is not hoarded.
+    v[0].send_datagram(t, Addr::new(1, 2), 7000, Some(9), &[0u8; 4000])
+        .unwrap();
+    pump(&mut v, t);
+    assert!(v[0].spare.is_empty());
+    // A burst larger than the pool leaves at most SPARE_BUFFERS behind.
+    for _ in 0..(SPARE_BUFFERS + 10) {
+        v[0].send_datagram(t, Addr::new(1, 2), 7000, Some(9), b"burst")
+            .unwrap();
+    }
+    pump(&mut v, t);
+    assert_eq!(v[0].spare.len(), SPARE_BUFFERS);
+}
