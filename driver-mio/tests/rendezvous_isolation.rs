@@ -105,14 +105,16 @@ fn connection_cap_refuses_extra_connections_only() {
 
 #[test]
 fn sigterm_exits_zero_and_keeps_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s.redb");
-    let mut rv = Rv::start(&store, &[]);
-    let id = Client::connect(rv.registry).register(7);
-    assert_eq!(rv.terminate(), Some(0));
-    let rv2 = Rv::start(&store, &[]);
-    let got = Client::connect(rv2.registry).lookup(id).expect("node kept");
-    assert_eq!(got.public_key, common::ident(7).public_key_b64());
+    for be in common::Backend::all() {
+        eprintln!("store backend: {}", be.name());
+        let store = be.store("s");
+        let mut rv = Rv::start(&store, &[]);
+        let id = Client::connect(rv.registry).register(7);
+        assert_eq!(rv.terminate(), Some(0));
+        let rv2 = Rv::start(&store, &[]);
+        let got = Client::connect(rv2.registry).lookup(id).expect("node kept");
+        assert_eq!(got.public_key, common::ident(7).public_key_b64());
+    }
 }
 
 #[test]

@@ -15,27 +15,29 @@ fn bin() -> Command {
 
 #[test]
 fn restart_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s.redb");
-    let mut ids = Vec::new();
-    {
+    for be in common::Backend::all() {
+        eprintln!("store backend: {}", be.name());
+        let store = be.store("s");
+        let mut ids = Vec::new();
+        {
+            let rv = Rv::start(&store, &[]);
+            let mut c = Client::connect(rv.registry);
+            for seed in 0..23 {
+                ids.push((seed, c.register(seed)));
+            }
+        }
         let rv = Rv::start(&store, &[]);
         let mut c = Client::connect(rv.registry);
-        for seed in 0..23 {
-            ids.push((seed, c.register(seed)));
+        for (seed, id) in &ids {
+            assert_eq!(
+                c.lookup(*id).unwrap().public_key,
+                ident(*seed).public_key_b64()
+            );
         }
+        // The ID counter survived too: a new node gets a fresh ID.
+        let fresh = c.register(1000);
+        assert!(ids.iter().all(|(_, id)| *id != fresh));
     }
-    let rv = Rv::start(&store, &[]);
-    let mut c = Client::connect(rv.registry);
-    for (seed, id) in &ids {
-        assert_eq!(
-            c.lookup(*id).unwrap().public_key,
-            ident(*seed).public_key_b64()
-        );
-    }
-    // The ID counter survived too: a new node gets a fresh ID.
-    let fresh = c.register(1000);
-    assert!(ids.iter().all(|(_, id)| *id != fresh));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! `pilot_proto` on one mio event loop, with a redb-backed durable store.
 
 pub mod cli;
+pub mod pgstore;
 pub mod server;
 pub mod store;
 

@@ -11,6 +11,14 @@
 //! changed nothing while nothing is in flight go at once. The loop never
 //! waits for the disk (`spec/registry.md` §11.2).
 //!
+//! With a store shared by several frontends (PostgreSQL, §11.3) the loop
+//! also applies the records other frontends commit (delivered by the
+//! store's follower thread), turns the handshake and revocation hints they
+//! imply into pushes for nodes connected here, takes new node IDs from
+//! leased blocks, reaps only while it holds the reaper lock, and survives
+//! a lost database: requests are refused with `store unavailable` until
+//! the writer has reconnected and the state is reloaded.
+//!
 //! Connection limits (`spec/registry.md` §1.1): a per-source cap, a global
 //! cap that evicts the idlest connection of the heaviest source when a
 //! lighter source arrives, a deadline for a request frame to arrive in full
@@ -34,13 +42,14 @@ use pilot_proto::registry::codec::{
 use pilot_proto::registry::limits::{IDLE_TIMEOUT, MAX_FRAME_LEN};
 use pilot_proto::registry::records::ChangeSet;
 use pilot_proto::registry::server::{
-    Change, Config as RegistryConfig, Effect, Notification, Registry,
+    Change, Config as RegistryConfig, Effect, Notification, Registry, State,
 };
 use pilot_proto::time::Instant;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use super::store::{RedbStore, Store, StoreError};
+use super::pgstore::PgStore;
+use super::store::{FollowEvent, FollowSink, RedbStore, RemoteRow, Store, StoreError};
 
 const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
@@ -65,6 +74,40 @@ const MAX_QUEUED_WRITES: u64 = 200_000;
 pub const DEFAULT_MAX_CONNS_PER_IP: usize = 64;
 /// Default time a request frame may take to arrive in full.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A new node-ID block is leased when fewer IDs than this are left.
+const LEASE_LOW: u32 = 4096;
+/// Pause between reconnection attempts to a lost shared store.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// `true` when `store` names a PostgreSQL database rather than a file.
+pub fn is_store_url(store: &std::path::Path) -> bool {
+    store
+        .to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// The store `cfg` names: a PostgreSQL URL (`postgres://…`) or a redb
+/// file path.
+pub fn open_store(cfg: &ServerConfig, now: Instant) -> Result<Box<dyn Store>, StoreError> {
+    if is_store_url(&cfg.store_path) {
+        let url = cfg.store_path.to_str().unwrap_or_default();
+        Ok(Box::new(PgStore::open(url, now)?))
+    } else {
+        Ok(Box::new(RedbStore::open(&cfg.store_path, now)?))
+    }
+}
+
+/// How a store is named in logs: a URL without its user and password.
+fn store_label(store: &std::path::Path) -> String {
+    if is_store_url(store) {
+        let s = store.to_str().unwrap_or_default();
+        let rest = s.split_once("://").map_or(s, |(_, r)| r);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("postgresql://{host}")
+    } else {
+        store.display().to_string()
+    }
+}
 
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]
@@ -73,7 +116,8 @@ pub struct ServerConfig {
     pub registry_addr: SocketAddr,
     /// UDP address of the beacon.
     pub beacon_addr: SocketAddr,
-    /// Path of the redb store file.
+    /// Path of the redb store file, or a `postgres://` URL of a database
+    /// shared by several frontends.
     pub store_path: PathBuf,
     /// Registry behaviour (admin token, strict signatures, …).
     pub registry: RegistryConfig,
@@ -160,8 +204,8 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     /// Replies waiting for a change set to be durable: (its sequence
-    /// number, the framed reply), in order.
-    held: VecDeque<(u64, Vec<u8>)>,
+    /// number, the framed reply, whether it is a push), in order.
+    held: VecDeque<(u64, Vec<u8>, bool)>,
     held_bytes: usize,
     /// Accepted, or last complete request handled.
     last_active: std::time::Instant,
@@ -179,13 +223,20 @@ impl Conn {
         self.wbuf.len() - self.wpos + self.held_bytes
     }
 
-    /// Moves replies whose change set is durable to the write buffer.
-    fn release(&mut self, durable: u64) -> bool {
+    /// Moves replies whose change set is settled (up to `settled`) to the
+    /// write buffer; a reply whose change set failed (`failed` ranges) is
+    /// replaced by `error`, a push of one is dropped.
+    fn release(&mut self, settled: u64, failed: &[(u64, u64)], error: &[u8]) -> bool {
         let mut any = false;
-        while self.held.front().is_some_and(|(seq, _)| *seq <= durable) {
-            if let Some((_, bytes)) = self.held.pop_front() {
+        while self.held.front().is_some_and(|(seq, _, _)| *seq <= settled) {
+            if let Some((seq, bytes, push)) = self.held.pop_front() {
                 self.held_bytes -= bytes.len();
-                self.wbuf.extend_from_slice(&bytes);
+                let lost = failed.iter().any(|(a, b)| (*a..=*b).contains(&seq));
+                if !lost {
+                    self.wbuf.extend_from_slice(&bytes);
+                } else if !push {
+                    self.wbuf.extend_from_slice(error);
+                }
                 any = true;
             }
         }
@@ -217,62 +268,60 @@ struct LimitStats {
     idle_closed: u64,
 }
 
-/// What the writer thread reports back.
+/// A request to the writer thread.
+enum WriterMsg {
+    /// Commit this change set (sequence number, set).
+    Commit(u64, ChangeSet),
+    /// Lease a fresh block of node IDs (shared stores).
+    Lease,
+    /// Reconnect if needed, then load the whole state again.
+    Reload,
+}
+
+/// What the writer thread reports, in order.
+enum WriterEvent {
+    /// Every change set up to this sequence number is durable, in a
+    /// commit of this revision.
+    Committed { upto: u64, rev: u64 },
+    /// The change sets `from..=upto` were not stored.
+    Failed { from: u64, upto: u64, error: String },
+    /// A leased node-ID block.
+    Lease(u32, u32),
+    /// No block could be leased (asked again later).
+    LeaseFailed,
+    /// The state reloaded after [`WriterMsg::Reload`].
+    Reloaded(Box<State>),
+}
+
+/// What the writer thread shares with the loop.
 struct WriterShared {
-    /// Highest change-set sequence number that is durable.
-    durable: AtomicU64,
     /// Record writes shipped but not yet durable.
     queued_writes: AtomicU64,
     failed: AtomicBool,
     error: Mutex<Option<StoreError>>,
+    events: Mutex<Vec<WriterEvent>>,
 }
 
 /// The store on its own thread: change sets in, durability reports out.
 struct Writer {
-    tx: Option<mpsc::Sender<(u64, ChangeSet)>>,
+    tx: Option<mpsc::Sender<WriterMsg>>,
     shared: Arc<WriterShared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(mut store: Box<dyn Store>, waker: Arc<mio::Waker>) -> io::Result<Writer> {
-        let (tx, rx) = mpsc::channel::<(u64, ChangeSet)>();
+    fn start(store: Box<dyn Store>, waker: Arc<mio::Waker>) -> io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<WriterMsg>();
         let shared = Arc::new(WriterShared {
-            durable: AtomicU64::new(0),
             queued_writes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rendezvous-store".into())
-            .spawn(move || {
-                // Everything queued while a commit ran goes into the next.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                    }
-                    let last = batch.last().map_or(0, |(seq, _)| *seq);
-                    let writes: u64 = batch.iter().map(|(_, s)| s.writes.len() as u64).sum();
-                    let sets: Vec<ChangeSet> = batch.into_iter().map(|(_, s)| s).collect();
-                    let result = store.apply(&sets);
-                    sh.queued_writes.fetch_sub(writes, Ordering::SeqCst);
-                    match result {
-                        Ok(()) => sh.durable.store(last, Ordering::SeqCst),
-                        Err(e) => {
-                            tracing::error!(error = %e, "store commit failed; stopping");
-                            if let Ok(mut slot) = sh.error.lock() {
-                                *slot = Some(e);
-                            }
-                            sh.failed.store(true, Ordering::SeqCst);
-                            let _ = waker.wake();
-                            return;
-                        }
-                    }
-                    let _ = waker.wake();
-                }
-            })?;
+            .spawn(move || writer_loop(store, rx, &sh, &waker))?;
         Ok(Writer {
             tx: Some(tx),
             shared,
@@ -284,14 +333,22 @@ impl Writer {
         self.shared
             .queued_writes
             .fetch_add(set.writes.len() as u64, Ordering::SeqCst);
+        self.msg(WriterMsg::Commit(seq, set))
+    }
+
+    fn msg(&self, m: WriterMsg) -> Result<(), ServerError> {
         match &self.tx {
-            Some(tx) => tx.send((seq, set)).map_err(|_| ServerError::WriterGone),
+            Some(tx) => tx.send(m).map_err(|_| ServerError::WriterGone),
             None => Err(ServerError::WriterGone),
         }
     }
 
-    fn durable(&self) -> u64 {
-        self.shared.durable.load(Ordering::SeqCst)
+    fn events(&self) -> Vec<WriterEvent> {
+        self.shared
+            .events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
     }
 
     /// The writer's failure, if it failed.
@@ -316,9 +373,151 @@ impl Writer {
     }
 }
 
+/// The writer thread: commits everything queued while its previous commit
+/// ran in one transaction (group commit). After a recoverable failure it
+/// fails every change set until the loop asks for a reload, then
+/// reconnects and reloads.
+fn writer_loop(
+    mut store: Box<dyn Store>,
+    rx: mpsc::Receiver<WriterMsg>,
+    sh: &WriterShared,
+    waker: &mio::Waker,
+) {
+    let report = |ev: WriterEvent| {
+        if let Ok(mut e) = sh.events.lock() {
+            e.push(ev);
+        }
+        let _ = waker.wake();
+    };
+    let mut down: Option<String> = None;
+    let mut queue: VecDeque<WriterMsg> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(m) => queue.push_back(m),
+                Err(_) => return,
+            }
+        }
+        while let Ok(m) = rx.try_recv() {
+            queue.push_back(m);
+        }
+        // The leading run of commits goes into one transaction.
+        let mut batch: Vec<(u64, ChangeSet)> = Vec::new();
+        while let Some(WriterMsg::Commit(..)) = queue.front() {
+            if let Some(WriterMsg::Commit(seq, set)) = queue.pop_front() {
+                batch.push((seq, set));
+            }
+        }
+        if !batch.is_empty() {
+            let first = batch.first().map_or(0, |(seq, _)| *seq);
+            let last = batch.last().map_or(0, |(seq, _)| *seq);
+            let writes: u64 = batch.iter().map(|(_, s)| s.writes.len() as u64).sum();
+            let sets: Vec<ChangeSet> = batch.into_iter().map(|(_, s)| s).collect();
+            let result = match &down {
+                Some(why) => Err(StoreError::Db(why.clone())),
+                None => store.apply(&sets),
+            };
+            sh.queued_writes.fetch_sub(writes, Ordering::SeqCst);
+            match result {
+                Ok(rev) => report(WriterEvent::Committed { upto: last, rev }),
+                Err(e) if down.is_some() || store.recoverable() => {
+                    if down.is_none() {
+                        tracing::error!(error = %e, "store commit failed; refusing requests until it is back");
+                        down = Some(e.to_string());
+                    }
+                    report(WriterEvent::Failed {
+                        from: first,
+                        upto: last,
+                        error: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store commit failed; stopping");
+                    if let Ok(mut slot) = sh.error.lock() {
+                        *slot = Some(e);
+                    }
+                    sh.failed.store(true, Ordering::SeqCst);
+                    let _ = waker.wake();
+                    return;
+                }
+            }
+            continue;
+        }
+        match queue.pop_front() {
+            Some(WriterMsg::Lease) if down.is_some() => report(WriterEvent::LeaseFailed),
+            Some(WriterMsg::Lease) => match store.lease_node_ids() {
+                Ok(Some((a, b))) => report(WriterEvent::Lease(a, b)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "node-ID lease failed");
+                    report(WriterEvent::LeaseFailed);
+                }
+            },
+            Some(WriterMsg::Reload) => {
+                // Reconnect (if needed) and load, until it works or the
+                // server stops.
+                loop {
+                    let again = if down.is_some() || store.recoverable() {
+                        store.reconnect()
+                    } else {
+                        Ok(())
+                    };
+                    let loaded = again.and_then(|()| store.load(wall_now()));
+                    match loaded {
+                        Ok((state, _)) => {
+                            if down.take().is_some() {
+                                tracing::info!("store is back; state reloaded");
+                            }
+                            report(WriterEvent::Reloaded(Box::new(state)));
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "store still unavailable");
+                            down = Some(e.to_string());
+                            std::thread::sleep(RECONNECT_PAUSE);
+                            match rx.try_recv() {
+                                Err(mpsc::TryRecvError::Disconnected) => return,
+                                Ok(WriterMsg::Commit(seq, set)) => {
+                                    // Shipped before the loop knew: fail it.
+                                    sh.queued_writes
+                                        .fetch_sub(set.writes.len() as u64, Ordering::SeqCst);
+                                    report(WriterEvent::Failed {
+                                        from: seq,
+                                        upto: seq,
+                                        error: e.to_string(),
+                                    });
+                                }
+                                Ok(_) | Err(mpsc::TryRecvError::Empty) => {}
+                            }
+                        }
+                    }
+                }
+            }
+            Some(_) | None => {}
+        }
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The follower thread of a shared store and what it maintains.
+struct Follower {
+    rx: mpsc::Receiver<FollowEvent>,
+    reaper: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -366,6 +565,24 @@ pub struct Server {
     pushes: Vec<(u32, Vec<u8>)>,
     last_housekeeping: std::time::Instant,
     shutdown: bool,
+    /// Follower of a shared store (`None`: this process is the only
+    /// writer).
+    follower: Option<Follower>,
+    /// Why requests are refused (a shared store is down or the state is
+    /// being reloaded).
+    store_down: Option<String>,
+    /// Change sets that were not stored: inclusive sequence ranges.
+    failed: Vec<(u64, u64)>,
+    /// Shared store: keys shipped but not yet settled → the last sequence
+    /// number that wrote them.
+    inflight: HashMap<Vec<u8>, u64>,
+    /// Shared store: remote rows for keys in flight, decided once they
+    /// settle.
+    deferred: Vec<RemoteRow>,
+    /// A node-ID lease was asked for and not yet delivered.
+    lease_pending: bool,
+    /// No lease is asked for before this (after a failed one).
+    lease_retry: std::time::Instant,
 }
 
 impl std::fmt::Debug for Server {
@@ -382,24 +599,27 @@ impl Server {
     /// Opens the redb store, restores the registry and binds both sockets.
     pub fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
         let now = wall_now();
-        let store = RedbStore::open(&cfg.store_path, now)?;
-        Self::bind_with_store(cfg, Box::new(store))
+        let store = open_store(&cfg, now)?;
+        Self::bind_with_store(cfg, store)
     }
 
     /// Restores the registry from `store` and binds both sockets.
     pub fn bind_with_store(
         cfg: ServerConfig,
-        store: Box<dyn Store>,
+        mut store: Box<dyn Store>,
     ) -> Result<Server, ServerError> {
         let now = wall_now();
         let (state, records) = store.load(now)?;
         tracing::info!(
             nodes = state.nodes.len(),
             records,
-            store = %cfg.store_path.display(),
+            store = %store_label(&cfg.store_path),
             "registry state loaded"
         );
-        let registry = Registry::from_state(cfg.registry.clone(), state, now);
+        let mut registry = Registry::from_state(cfg.registry.clone(), state, now);
+        if let Some((start, end)) = store.lease_node_ids()? {
+            registry.lease_node_ids(start, end);
+        }
         let beacon = BeaconServer::new(BeaconConfig::default(), now);
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.registry_addr)?;
@@ -420,6 +640,23 @@ impl Server {
             waker: std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?),
             flag: std::sync::Arc::default(),
         };
+        let (ftx, frx) = mpsc::channel();
+        let sink = FollowSink {
+            tx: ftx,
+            waker: stop.waker.clone(),
+            reaper: Arc::default(),
+            stop: Arc::default(),
+        };
+        let follower = store.start_follower(sink.clone())?.map(|t| Follower {
+            rx: frx,
+            reaper: sink.reaper.clone(),
+            stop: sink.stop.clone(),
+            thread: Some(t),
+        });
+        if follower.is_some() {
+            // Until the follower holds the reaper lock.
+            registry.set_reaping(false);
+        }
         let writer = Writer::start(store, stop.waker.clone())?;
         Ok(Server {
             cfg,
@@ -448,6 +685,13 @@ impl Server {
             pushes: Vec::new(),
             last_housekeeping: std::time::Instant::now(),
             shutdown: false,
+            follower,
+            store_down: None,
+            failed: Vec::new(),
+            inflight: HashMap::new(),
+            deferred: Vec::new(),
+            lease_pending: false,
+            lease_retry: std::time::Instant::now(),
         })
     }
 
@@ -482,7 +726,8 @@ impl Server {
                 return Err(e);
             }
             let now = wall_now();
-            self.release_durable();
+            self.release_durable(now)?;
+            self.follow(now)?;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept()?,
@@ -519,9 +764,15 @@ impl Server {
         }
         self.ship(true)?;
         self.writer.finish()?;
+        for ev in self.writer.events() {
+            if let WriterEvent::Failed { from, upto, .. } = ev {
+                self.failed.push((from, upto));
+            }
+        }
         self.durable = self.next_seq.saturating_sub(1);
+        let err = error_frame("store unavailable: not stored");
         for c in self.conns.values_mut() {
-            c.release(u64::MAX);
+            c.release(u64::MAX, &self.failed, &err);
         }
         self.dirty.extend(self.conns.keys().copied());
         let now = wall_now();
@@ -546,17 +797,84 @@ impl Server {
         t
     }
 
-    /// Hands replies whose change sets became durable to their
-    /// connections, and resumes connections stalled on the writer.
-    fn release_durable(&mut self) {
-        let durable = self.writer.durable();
-        if durable > self.durable {
-            self.durable = durable;
+    /// Takes the writer's reports: hands replies whose change sets
+    /// settled to their connections (an error for those not stored),
+    /// installs leases and reloaded states, and resumes connections
+    /// stalled on the writer.
+    fn release_durable(&mut self, now: Instant) -> Result<(), ServerError> {
+        let mut settled = self.durable;
+        let mut committed: Vec<(u64, u64)> = Vec::new();
+        for ev in self.writer.events() {
+            match ev {
+                WriterEvent::Committed { upto, rev } => {
+                    settled = settled.max(upto);
+                    committed.push((upto, rev));
+                }
+                WriterEvent::Failed { from, upto, error } => {
+                    settled = settled.max(upto);
+                    self.failed.push((from, upto));
+                    if self.store_down.is_none() {
+                        // Memory now holds changes the store lacks: refuse
+                        // requests until the state is reloaded from it.
+                        self.store_down = Some(error);
+                        self.pending.clear();
+                        self.must_commit = false;
+                        self.writer.msg(WriterMsg::Reload)?;
+                    }
+                }
+                WriterEvent::Lease(a, b) => {
+                    self.registry.lease_node_ids(a, b);
+                    self.lease_pending = false;
+                }
+                WriterEvent::LeaseFailed => {
+                    self.lease_pending = false;
+                    self.lease_retry = std::time::Instant::now() + RECONNECT_PAUSE;
+                }
+                WriterEvent::Reloaded(state) => {
+                    let reaping = self.follower.is_none()
+                        || self
+                            .follower
+                            .as_ref()
+                            .is_some_and(|f| f.reaper.load(Ordering::SeqCst));
+                    // The lease stays valid: no other frontend gets its IDs.
+                    let lease = self.registry.node_id_lease();
+                    self.registry = Registry::from_state(self.cfg.registry.clone(), *state, now);
+                    self.registry.set_reaping(reaping);
+                    if let Some((next, end)) = lease {
+                        self.registry.lease_node_ids(next, end);
+                    }
+                    self.store_down = None;
+                    self.deferred.clear();
+                    self.inflight.clear();
+                    tracing::info!(
+                        nodes = self.registry.state().nodes.len(),
+                        "registry state reloaded from the store"
+                    );
+                }
+            }
+        }
+        if !committed.is_empty() && !self.inflight.is_empty() {
+            self.settle_inflight(&committed, settled);
+        }
+        if settled > self.durable {
+            self.durable = settled;
+            let err = error_frame(&format!(
+                "store unavailable: {}",
+                self.store_down.as_deref().unwrap_or("change not stored")
+            ));
             for (token, c) in self.conns.iter_mut() {
-                if c.release(durable) {
+                if c.release(settled, &self.failed, &err) {
                     self.dirty.push(*token);
                 }
             }
+            // Ranges wholly below every held reply are no longer needed.
+            let oldest = self
+                .conns
+                .values()
+                .filter_map(|c| c.held.front().map(|h| h.0))
+                .min()
+                .unwrap_or(u64::MAX);
+            self.failed.retain(|(_, upto)| *upto >= oldest);
         }
         if !self.stalled.is_empty()
             && self.writer.shared.queued_writes.load(Ordering::SeqCst) < MAX_QUEUED_WRITES / 2
@@ -565,6 +883,108 @@ impl Server {
             let stalled = std::mem::take(&mut self.stalled);
             self.dirty.extend(stalled);
         }
+        Ok(())
+    }
+
+    /// Shared store: forgets keys whose writes settled, and decides the
+    /// remote rows deferred on them: a row committed after our write
+    /// (higher revision) wins, an older one is already overwritten.
+    fn settle_inflight(&mut self, committed: &[(u64, u64)], settled: u64) {
+        let rev_of = |seq: u64| {
+            committed
+                .iter()
+                .find(|(upto, _)| *upto >= seq)
+                .map_or(0, |(_, rev)| *rev)
+        };
+        let mut local_rev: HashMap<Vec<u8>, u64> = HashMap::new();
+        let keep_revs = !self.deferred.is_empty();
+        self.inflight.retain(|k, seq| {
+            if *seq > settled {
+                return true;
+            }
+            if keep_revs {
+                local_rev.insert(k.clone(), rev_of(*seq));
+            }
+            false
+        });
+        if !keep_revs {
+            return;
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut apply = Vec::new();
+        for row in deferred {
+            if self.inflight.contains_key(&row.0) {
+                self.deferred.push(row);
+            } else if local_rev.get(&row.0).is_none_or(|r| row.2 > *r) {
+                apply.push(row);
+            }
+        }
+        self.apply_remote(wall_now(), apply);
+    }
+
+    /// Applies records other frontends committed (deferring those whose
+    /// key has a write of ours in flight) and pushes the hints they imply.
+    fn apply_remote(&mut self, now: Instant, rows: Vec<RemoteRow>) {
+        for row in rows {
+            if self.inflight.contains_key(&row.0) {
+                self.deferred.push(row);
+                continue;
+            }
+            match self.registry.apply_remote_record(&row.0, row.1.as_deref()) {
+                Ok(Some(Notification::TrustRevoked { to, from })) => {
+                    // Either side may be connected here; each hears of it.
+                    self.apply_effects(
+                        now,
+                        vec![
+                            Effect::Notify(Notification::TrustRevoked { to, from }),
+                            Effect::Notify(Notification::TrustRevoked { to: from, from: to }),
+                        ],
+                    );
+                }
+                Ok(Some(n)) => self.apply_effects(now, vec![Effect::Notify(n)]),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "remote record ignored"),
+            }
+        }
+    }
+
+    /// Takes what the follower of a shared store delivered.
+    fn follow(&mut self, now: Instant) -> Result<(), ServerError> {
+        let Some(f) = &self.follower else {
+            return Ok(());
+        };
+        let reaper = f.reaper.load(Ordering::SeqCst);
+        let mut rows = Vec::new();
+        let mut resync = false;
+        while let Ok(ev) = f.rx.try_recv() {
+            match ev {
+                FollowEvent::Rows(r) => rows.extend(r),
+                FollowEvent::Resync => resync = true,
+            }
+        }
+        self.registry.set_reaping(reaper);
+        if self.store_down.is_none() {
+            if resync {
+                self.store_down = Some("resynchronising with the shared store".into());
+                self.pending.clear();
+                self.must_commit = false;
+                self.writer.msg(WriterMsg::Reload)?;
+            } else {
+                self.apply_remote(now, rows);
+            }
+        }
+        if self.store_down.is_none()
+            && !self.lease_pending
+            && std::time::Instant::now() >= self.lease_retry
+            && self
+                .registry
+                .leased_node_ids_left()
+                .is_some_and(|n| n < LEASE_LOW)
+        {
+            self.lease_pending = true;
+            self.writer.msg(WriterMsg::Lease)?;
+        }
+        Ok(())
     }
 
     fn accept(&mut self) -> Result<(), ServerError> {
@@ -691,7 +1111,7 @@ impl Server {
                                     conn.wbuf.extend_from_slice(&bytes);
                                 } else {
                                     conn.held_bytes += bytes.len();
-                                    conn.held.push_back((self.barrier, bytes));
+                                    conn.held.push_back((self.barrier, bytes, false));
                                 }
                             }
                             None => conn.closing = true,
@@ -743,6 +1163,9 @@ impl Server {
         peer: SocketAddr,
         req: pilot_proto::registry::codec::Request,
     ) -> Vec<u8> {
+        if let Some(why) = &self.store_down {
+            return error_frame(&format!("store unavailable: {why}"));
+        }
         let reply = self.registry.handle(now, peer, req);
         if let Some(err) = &reply.error {
             tracing::debug!(%peer, error = %err, "request refused");
@@ -831,15 +1254,17 @@ impl Server {
                     self.dirty.push(token);
                 } else {
                     conn.held_bytes += frame.len();
-                    conn.held.push_back((self.barrier, frame));
+                    conn.held.push_back((self.barrier, frame, true));
                 }
             }
         }
     }
 
     fn timers(&mut self, now: Instant) {
-        let effects = self.registry.handle_timeout(now);
-        self.apply_effects(now, effects);
+        if self.store_down.is_none() {
+            let effects = self.registry.handle_timeout(now);
+            self.apply_effects(now, effects);
+        }
         self.beacon.handle_timeout(now);
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
             self.last_housekeeping = std::time::Instant::now();
@@ -897,6 +1322,11 @@ impl Server {
             self.pending.clear();
             let seq = self.next_seq;
             self.next_seq += 1;
+            if self.follower.is_some() {
+                for (k, _) in &set.writes {
+                    self.inflight.insert(k.clone(), seq);
+                }
+            }
             self.writer.send(seq, set)?;
         }
         self.must_commit = false;
@@ -1000,4 +1430,13 @@ impl Server {
             }
         }
     }
+}
+
+/// A framed `{"type":"error"}` reply with `msg`.
+fn error_frame(msg: &str) -> Vec<u8> {
+    let json = encode_response(&Response::Error {
+        error: msg.to_owned(),
+    })
+    .unwrap_or_else(|_| br#"{"error":"request failed","type":"error"}"#.to_vec());
+    frame_vec(&json).unwrap_or_default()
 }

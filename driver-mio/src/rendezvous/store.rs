@@ -11,6 +11,14 @@
 //!
 //! Files written by earlier versions (a `log` of JSON changes plus a
 //! `meta` snapshot) are migrated on open, in one transaction.
+//!
+//! A store shared by several frontends (PostgreSQL,
+//! [`super::pgstore`]) additionally leases node-ID blocks, reports the
+//! revision of each commit, recovers from a lost connection, and follows
+//! the other frontends' commits ([`Store::start_follower`]).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
 
 use std::path::Path;
 
@@ -52,15 +60,43 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// One record another frontend committed: key, value (`None` = deleted)
+/// and the revision of its commit.
+pub type RemoteRow = (Vec<u8>, Option<Vec<u8>>, u64);
+
+/// What a follower thread reports to the event loop.
+#[derive(Debug)]
+pub enum FollowEvent {
+    /// Records committed by other frontends, in commit order.
+    Rows(Vec<RemoteRow>),
+    /// The follower lost track (its connection dropped): reload the state.
+    Resync,
+}
+
+/// Where a follower thread delivers: a channel, the loop's waker, the
+/// reaper flag it maintains and a flag that stops it.
+#[derive(Debug, Clone)]
+pub struct FollowSink {
+    /// Events, in order.
+    pub tx: mpsc::Sender<FollowEvent>,
+    /// Wakes the event loop after each send.
+    pub waker: Arc<mio::Waker>,
+    /// Set while this frontend holds the reaper lock.
+    pub reaper: Arc<AtomicBool>,
+    /// Set by the server to stop the thread.
+    pub stop: Arc<AtomicBool>,
+}
+
 /// A durable home for the registry's records.
 pub trait Store: Send {
     /// Loads the state (a fresh one at `now` if the store is empty) and the
     /// number of records read.
-    fn load(&self, now: Instant) -> Result<(State, u64), StoreError>;
+    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError>;
 
     /// Applies `sets`, in order, as one atomic transaction that is durable
-    /// when this returns.
-    fn apply(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError>;
+    /// when this returns. Returns the commit's revision (0 for a store
+    /// that is not shared).
+    fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError>;
 
     /// Replaces the whole content with an imported reference snapshot and
     /// returns the imported state.
@@ -68,6 +104,35 @@ pub trait Store: Send {
         let (state, _report) = Snapshot::from_json(json)?.into_state(now);
         self.apply(&[ChangeSet::full(&state)?])?;
         Ok(state)
+    }
+
+    /// A shared store: a fresh block `[start, end)` of node IDs no other
+    /// frontend gets. `None`: IDs come from the state's own counter.
+    fn lease_node_ids(&mut self) -> Result<Option<(u32, u32)>, StoreError> {
+        Ok(None)
+    }
+
+    /// After a failed [`Store::apply`]: `true` if the failure may be
+    /// temporary (a lost database connection) and [`Store::reconnect`]
+    /// is worth trying; `false` stops the server.
+    fn recoverable(&self) -> bool {
+        false
+    }
+
+    /// Re-establishes the store after a recoverable failure.
+    fn reconnect(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A shared store: starts a thread that delivers the other frontends'
+    /// commits to `sink` (and keeps `sink.reaper` up to date). `None` for
+    /// a store only this process writes.
+    fn start_follower(
+        &mut self,
+        sink: FollowSink,
+    ) -> Result<Option<std::thread::JoinHandle<()>>, StoreError> {
+        let _ = sink;
+        Ok(None)
     }
 }
 
@@ -189,7 +254,7 @@ fn write_set(t: &mut redb::Table<'_, &[u8], &[u8]>, set: &ChangeSet) -> Result<(
 }
 
 impl Store for RedbStore {
-    fn load(&self, now: Instant) -> Result<(State, u64), StoreError> {
+    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError> {
         let rtx = self.db.begin_read().map_err(dberr)?;
         let t = rtx.open_table(RECORDS).map_err(dberr)?;
         let mut loader = Loader::new(now);
@@ -201,9 +266,9 @@ impl Store for RedbStore {
         Ok((loader.finish(), n))
     }
 
-    fn apply(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError> {
+    fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError> {
         if sets.iter().all(ChangeSet::is_empty) {
-            return Ok(());
+            return Ok(0);
         }
         let tx = self.db.begin_write().map_err(dberr)?;
         {
@@ -212,7 +277,8 @@ impl Store for RedbStore {
                 write_set(&mut t, set)?;
             }
         }
-        tx.commit().map_err(dberr)
+        tx.commit().map_err(dberr)?;
+        Ok(0)
     }
 }
 
@@ -270,7 +336,7 @@ mod tests {
         }
         // A later start time does not change the stored backbone.
         let later = Instant::from_nanos(now().as_nanos() + 5_000_000_000);
-        let s = RedbStore::open(&path, later).unwrap();
+        let mut s = RedbStore::open(&path, later).unwrap();
         let (got, _) = s.load(later).unwrap();
         assert_eq!(got, expected);
     }
@@ -310,7 +376,7 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let s = RedbStore::open(&path, now()).unwrap();
+        let mut s = RedbStore::open(&path, now()).unwrap();
         let (got, _) = s.load(now()).unwrap();
         assert_eq!(got, expected);
         drop(s);
@@ -343,7 +409,7 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let s = RedbStore::open(&path, now()).unwrap();
+        let mut s = RedbStore::open(&path, now()).unwrap();
         let err = s.load(now()).unwrap_err().to_string();
         assert!(err.contains("corrupt record 0200000009"), "{err}");
     }

@@ -175,3 +175,192 @@ pub fn register_req(seed: u32) -> Request {
 pub fn sign(seed: u32, challenge: &str) -> String {
     ident(seed).sign_b64(challenge.as_bytes())
 }
+
+/// A throwaway PostgreSQL cluster in a temporary directory (`initdb` +
+/// `pg_ctl`, as the `postgres` user when run as root), listening on a
+/// free loopback port; stopped and deleted on drop, also after a failed
+/// assertion.
+pub struct Pg {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: std::path::PathBuf,
+    as_postgres: bool,
+}
+
+/// The directory of PostgreSQL's server binaries, if installed.
+fn pg_bin() -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Pg {
+    /// Starts a cluster; `None` (after saying so on stderr) only when
+    /// PostgreSQL is not installed. Any other failure panics.
+    pub fn start() -> Option<Pg> {
+        let Some(bin) = pg_bin() else {
+            eprintln!("SKIP: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)");
+            return None;
+        };
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("pilot-pg")
+            .tempdir()
+            .expect("temp dir");
+        if as_postgres {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown of the cluster directory failed");
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = Pg {
+            dir,
+            port,
+            bin,
+            as_postgres,
+        };
+        let data = pg.data();
+        let out = pg
+            .cmd("initdb")
+            .args(["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.ctl_start();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// (Re)starts the server and waits until it accepts connections.
+    pub fn ctl_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let out = self
+            .cmd("pg_ctl")
+            .args([
+                "-D",
+                &self.data(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (`-m immediate`: like a crash).
+    pub fn ctl_stop(&self) {
+        let _ = self
+            .cmd("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+
+    /// Creates database `name` (if absent) and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        let out = self
+            .cmd("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-tAc"])
+            .arg(format!("CREATE DATABASE \"{name}\""))
+            .output()
+            .expect("psql");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("already exists"),
+            "create database: {err}"
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.ctl_stop();
+    }
+}
+
+/// Where a test keeps its registry: a redb file or a PostgreSQL database.
+pub enum Backend {
+    Redb(tempfile::TempDir),
+    Postgres(Pg),
+}
+
+impl Backend {
+    /// Every backend available here: redb always, PostgreSQL when
+    /// installed (a skip message otherwise).
+    pub fn all() -> Vec<Backend> {
+        let mut v = vec![Backend::Redb(tempfile::tempdir().unwrap())];
+        if let Some(pg) = Pg::start() {
+            v.push(Backend::Postgres(pg));
+        }
+        v
+    }
+
+    /// The `--store` value for store `name` (a file, or a database).
+    pub fn store(&self, name: &str) -> std::path::PathBuf {
+        match self {
+            Backend::Redb(dir) => dir.path().join(format!("{name}.redb")),
+            Backend::Postgres(pg) => pg.database(name).into(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Redb(_) => "redb",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}

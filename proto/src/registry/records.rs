@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::PublicKey;
 use super::server::{
-    Change, Invite, JoinRule, NetworkRecord, NodeRecord, PendingRequest, PendingResponse, State,
-    pair,
+    Change, Invite, JoinRule, NetworkRecord, NodeRecord, Notification, PendingRequest,
+    PendingResponse, State, pair,
 };
 use crate::time::Instant;
 
@@ -512,6 +512,159 @@ impl Loader {
     }
 }
 
+/// Applies one record committed elsewhere (another frontend on a shared
+/// store) to `state`: `value` `None` means the record was deleted. Derived
+/// indexes are kept up to date. Returns the hint the change implies for a
+/// node connected to this frontend: a handshake request or response that
+/// arrived in its inbox, or a trust pair removed.
+///
+/// The ID counters are merged by maximum (with a shared store new node
+/// IDs come from leased blocks, not from the counter).
+pub fn apply_record(
+    state: &mut State,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<Option<Notification>, RecordError> {
+    let rk = RecordKey::decode(key).ok_or_else(|| RecordError::UnknownKey(hex(key)))?;
+    let bad = |reason: String| RecordError::Corrupt {
+        key: hex(key),
+        reason,
+    };
+    fn de<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Result<T, String> {
+        serde_json::from_slice(v).map_err(|e| e.to_string())
+    }
+    let s = state;
+    let Some(value) = value else {
+        match rk {
+            RecordKey::Counters => {}
+            RecordKey::Node(id) => s.apply(&Change::RemoveNode(id)),
+            RecordKey::Key(k) => {
+                s.pub_key_idx.remove(&k);
+            }
+            RecordKey::Owner(o) => {
+                s.owner_idx.remove(&o);
+            }
+            RecordKey::Network(id) => {
+                s.networks.remove(&id);
+            }
+            RecordKey::Member(network_id, node_id) => s.apply(&Change::Membership {
+                network_id,
+                node_id,
+                member: false,
+            }),
+            RecordKey::Trust(a, b) => {
+                if s.trust_pairs.remove(&pair(a, b)) {
+                    return Ok(Some(Notification::TrustRevoked { to: a, from: b }));
+                }
+            }
+            RecordKey::Inbox(id) => {
+                s.handshake_inbox.remove(&id);
+            }
+            RecordKey::Responses(id) => {
+                s.handshake_responses.remove(&id);
+            }
+            RecordKey::Pending(id) => {
+                s.pending_handshakes.remove(&id);
+            }
+            RecordKey::Invites(id) => {
+                s.invites.remove(&id);
+            }
+            RecordKey::SigTs(id) => {
+                s.sig_ts.remove(&id);
+            }
+        }
+        return Ok(None);
+    };
+    match rk {
+        RecordKey::Counters => {
+            let c: Counters = de(value).map_err(bad)?;
+            if s.next_node != 0 && (c.next_node == 0 || c.next_node > s.next_node) {
+                s.next_node = c.next_node;
+            }
+            s.next_net = s.next_net.max(c.next_net);
+        }
+        RecordKey::Node(id) => {
+            let n: NodeRecord = de(value).map_err(bad)?;
+            if n.id != id {
+                return Err(bad(format!("holds node {}", n.id)));
+            }
+            s.apply(&Change::PutNode(Box::new(n)));
+        }
+        RecordKey::Key(k) => {
+            s.pub_key_idx.insert(k, de(value).map_err(bad)?);
+        }
+        RecordKey::Owner(o) => {
+            s.owner_idx.insert(o, de(value).map_err(bad)?);
+        }
+        RecordKey::Network(id) => {
+            let h: NetworkHeader = de(value).map_err(bad)?;
+            if h.id != id {
+                return Err(bad(format!("holds network {}", h.id)));
+            }
+            let net = s.networks.entry(id).or_insert_with(|| NetworkRecord {
+                id,
+                name: String::new(),
+                join_rule: JoinRule::Open,
+                token: String::new(),
+                members: BTreeSet::new(),
+                created: Instant::from_nanos(h.created),
+            });
+            net.name = h.name;
+            net.join_rule = h.join_rule;
+            net.token = h.token;
+            net.created = Instant::from_nanos(h.created);
+        }
+        RecordKey::Member(network_id, node_id) => s.apply(&Change::Membership {
+            network_id,
+            node_id,
+            member: true,
+        }),
+        RecordKey::Trust(a, b) => {
+            s.trust_pairs.insert(pair(a, b));
+        }
+        RecordKey::Inbox(id) => {
+            let v: Vec<PendingRequest> = de(value).map_err(bad)?;
+            let old = s.handshake_inbox.get(&id);
+            let new = v
+                .iter()
+                .rev()
+                .find(|r| !old.is_some_and(|o| o.contains(r)))
+                .map(|r| Notification::HandshakeRequest {
+                    to: id,
+                    from: r.from_node_id,
+                });
+            s.handshake_inbox.insert(id, v);
+            return Ok(new);
+        }
+        RecordKey::Responses(id) => {
+            let v: Vec<PendingResponse> = de(value).map_err(bad)?;
+            let old = s.handshake_responses.get(&id);
+            let new = v
+                .iter()
+                .rev()
+                .find(|r| !old.is_some_and(|o| o.contains(r)))
+                .map(|r| Notification::HandshakeResponse {
+                    to: id,
+                    from: r.from_node_id,
+                    accept: r.accept,
+                });
+            s.handshake_responses.insert(id, v);
+            return Ok(new);
+        }
+        RecordKey::Pending(id) => {
+            s.pending_handshakes.insert(id, de(value).map_err(bad)?);
+        }
+        RecordKey::Invites(id) => {
+            let v: Vec<Invite> = de(value).map_err(bad)?;
+            s.invites.insert(id, v);
+        }
+        RecordKey::SigTs(id) => {
+            s.sig_ts.insert(id, de(value).map_err(bad)?);
+        }
+    }
+    Ok(None)
+}
+
 /// Test support: an in-memory store.
 #[cfg(test)]
 pub(crate) mod mem {
@@ -625,11 +778,18 @@ mod tests {
         apply(&mut store, &ChangeSet::full(reg.state()).unwrap());
         let ids: Vec<Identity> = (0..6u8).map(|i| Identity::from_seed(&[i; 32])).collect();
         let mut node_ids = Vec::new();
+        // A second frontend following the change sets record by record.
+        let follower = std::cell::RefCell::new(reg.state().clone());
         let step = |reg: &mut Registry, store: &mut BTreeMap<_, _>, req: Request, s: u64| {
             let reply = reg.handle(t(s), peer, req);
             let set = ChangeSet::from_changes(reg.state(), &changes(reply.effects)).unwrap();
             apply(store, &set);
             assert_eq!(&load(store, t(999)), reg.state());
+            let mut f = follower.borrow_mut();
+            for (k, v) in &set.writes {
+                apply_record(&mut f, k, v.as_deref()).unwrap();
+            }
+            assert_eq!(&*f, reg.state());
             reply.response
         };
         for (i, id) in ids.iter().enumerate() {
@@ -700,8 +860,94 @@ mod tests {
         apply(&mut store, &set);
         assert_eq!(&load(&store, t(999)), reg.state());
         assert!(reg.state().nodes.is_empty());
+        let mut f = follower.into_inner();
+        for (k, v) in &set.writes {
+            apply_record(&mut f, k, v.as_deref()).unwrap();
+        }
+        assert_eq!(&f, reg.state());
         let mut fresh = BTreeMap::new();
         apply(&mut fresh, &ChangeSet::full(reg.state()).unwrap());
         assert_eq!(fresh, store);
+    }
+
+    /// Frontends with leased ID blocks hand out disjoint IDs, write no ID
+    /// counter, and refuse a registration once the lease is used up; a
+    /// handshake request committed by one is a hint for the other.
+    #[test]
+    fn leased_ids_and_remote_hints() {
+        use crate::registry::auth::Identity;
+        use crate::registry::codec::{Register, Request, RequestHandshake, Response};
+        let peer: std::net::SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let cfg = Config {
+            rate_limits: false,
+            ..Config::default()
+        };
+        let mut a = Registry::new(cfg.clone(), t(0));
+        let mut b = Registry::new(cfg, t(0));
+        a.lease_node_ids(1, 3);
+        b.lease_node_ids(1000, 2000);
+        let reg = |r: &mut Registry, seed: u8| {
+            let id = Identity::from_seed(&[seed; 32]);
+            let reply = r.handle(
+                t(1),
+                peer,
+                Request::Register(Register {
+                    listen_addr: "1.2.3.4:5".into(),
+                    public_key: id.public_key_b64(),
+                    ..Default::default()
+                }),
+            );
+            let ch = changes(reply.effects);
+            assert!(
+                !ch.iter().any(|c| matches!(c, Change::NextNode(_))),
+                "{ch:?}"
+            );
+            let set = ChangeSet::from_changes(r.state(), &ch).unwrap();
+            (reply.response, set, id)
+        };
+        let sync = |to: &mut Registry, set: &ChangeSet| {
+            let mut hints = Vec::new();
+            for (k, v) in &set.writes {
+                hints.extend(to.apply_remote_record(k, v.as_deref()).unwrap());
+            }
+            hints
+        };
+        let (r1, s1, id1) = reg(&mut a, 1);
+        let (r2, s2, _) = reg(&mut b, 2);
+        let (r3, s3, _) = reg(&mut a, 3);
+        let (r4, _, _) = reg(&mut a, 4);
+        let ids: Vec<u32> = [r1, r2, r3]
+            .into_iter()
+            .map(|r| match r {
+                Response::RegisterOk(ok) => ok.node_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 1000, 2]);
+        assert!(matches!(r4, Response::Error { .. }), "{r4:?}");
+        assert_eq!(a.leased_node_ids_left(), Some(0));
+        sync(&mut b, &s1);
+        sync(&mut b, &s3);
+        sync(&mut a, &s2);
+        assert_eq!(a.state().nodes.len(), 3);
+        assert_eq!(b.state().nodes.len(), 3);
+        // Node 1 (on a) asks node 1000 (on b): b learns it from the record.
+        let reply = a.handle(
+            t(2),
+            peer,
+            Request::RequestHandshake(RequestHandshake {
+                from_node_id: 1,
+                to_node_id: 1000,
+                justification: "hi".into(),
+                signature: id1.sign_b64(b"handshake:1:1000"),
+                ..Default::default()
+            }),
+        );
+        let set = ChangeSet::from_changes(a.state(), &changes(reply.effects)).unwrap();
+        assert_eq!(
+            sync(&mut b, &set),
+            vec![Notification::HandshakeRequest { to: 1000, from: 1 }]
+        );
+        assert_eq!(a.state().handshake_inbox, b.state().handshake_inbox);
     }
 }

@@ -172,6 +172,12 @@ pub struct Registry {
     query_rl: RateLimiter,
     next_tick: Instant,
     effects: Vec<Effect>,
+    /// Ours: new node IDs come from this range `[next, end)` handed out by
+    /// a store shared by several frontends, instead of `state.next_node`.
+    id_lease: Option<(u32, u32)>,
+    /// Whether this instance reaps stale nodes (one reaper per shared
+    /// store).
+    reaping: bool,
 }
 
 type Res = Result<Response, RegistryError>;
@@ -195,7 +201,45 @@ impl Registry {
             beacons: BTreeMap::new(),
             next_tick,
             effects: Vec::new(),
+            id_lease: None,
+            reaping: true,
         }
+    }
+
+    /// Ours: takes new node IDs from `[start, end)` from now on (a block
+    /// leased from a store shared by several frontends, so that IDs stay
+    /// unique across them; `spec/registry.md` §11.3). Replaces any earlier
+    /// lease. `state.next_node` is then neither used nor written.
+    pub fn lease_node_ids(&mut self, start: u32, end: u32) {
+        self.id_lease = Some((start.max(1), end));
+    }
+
+    /// The current lease `[next, end)`; `None` without one.
+    pub fn node_id_lease(&self) -> Option<(u32, u32)> {
+        self.id_lease
+    }
+
+    /// Node IDs left in the current lease; `None` without a lease.
+    pub fn leased_node_ids_left(&self) -> Option<u32> {
+        self.id_lease.map(|(next, end)| end.saturating_sub(next))
+    }
+
+    /// Ours: turns reaping of stale nodes on or off (with a shared store,
+    /// only the frontend holding the reaper lock reaps). On by default.
+    pub fn set_reaping(&mut self, on: bool) {
+        self.reaping = on;
+    }
+
+    /// Ours: applies a record another frontend committed to the shared
+    /// store (`value` `None` = deleted) and returns the hint the change
+    /// implies for a node connected here (a handshake request or response
+    /// that arrived, a revoked trust pair).
+    pub fn apply_remote_record(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Notification>, crate::registry::records::RecordError> {
+        crate::registry::records::apply_record(&mut self.state, key, value)
     }
 
     /// The current durable state.
@@ -221,14 +265,17 @@ impl Registry {
             return Vec::new();
         }
         let threshold = self.config.stale_threshold;
-        let stale: Vec<u32> = self
-            .state
-            .nodes
-            .values()
-            .filter(|n| now.saturating_duration_since(n.last_seen) > threshold)
-            .map(|n| n.id)
-            .take(MAX_REAP_PER_TICK + 1)
-            .collect();
+        let stale: Vec<u32> = if !self.reaping {
+            Vec::new()
+        } else {
+            self.state
+                .nodes
+                .values()
+                .filter(|n| now.saturating_duration_since(n.last_seen) > threshold)
+                .map(|n| n.id)
+                .take(MAX_REAP_PER_TICK + 1)
+                .collect()
+        };
         let more = stale.len() > MAX_REAP_PER_TICK;
         for id in stale.into_iter().take(MAX_REAP_PER_TICK) {
             self.reap(id);
@@ -570,11 +617,30 @@ impl Registry {
             {
                 return Err(RegistryError::RegistryFull);
             }
-            let id = self.state.next_node;
-            if id == 0 {
-                return Err(RegistryError::NodeIdsExhausted);
-            }
-            self.commit(Change::NextNode(id.checked_add(1).unwrap_or(0)));
+            let id = match self.id_lease {
+                Some((next, end)) => {
+                    // A leased ID a node already holds (a store imported
+                    // without advancing its ID sequence) is skipped.
+                    let mut id = next;
+                    while id < end && self.state.nodes.contains_key(&id) {
+                        id += 1;
+                    }
+                    if id >= end {
+                        self.id_lease = Some((end, end));
+                        return Err(RegistryError::NodeIdsExhausted);
+                    }
+                    self.id_lease = Some((id + 1, end));
+                    id
+                }
+                None => {
+                    let id = self.state.next_node;
+                    if id == 0 {
+                        return Err(RegistryError::NodeIdsExhausted);
+                    }
+                    self.commit(Change::NextNode(id.checked_add(1).unwrap_or(0)));
+                    id
+                }
+            };
             self.commit(Change::PutKey { key, node_id: id });
             new_node(id, key, &r.owner, now)
         };

@@ -1,0 +1,442 @@
+//! The PostgreSQL store: several `pilot-rendezvous` frontends on one
+//! database serve one network (`spec/registry.md` §11.3).
+//!
+//! Owns the schema and its migrations, commits of change sets, node-ID
+//! block leases, and the follower thread that brings the other frontends'
+//! commits into this one's registry.
+//!
+//! * Every record is a row of `pilot_records (key, value, rev, origin)`;
+//!   a deleted record keeps its row with `value` NULL (a tombstone) so
+//!   that followers learn of the deletion; tombstones older than
+//!   [`TOMBSTONE_TTL`] are removed by the reaper frontend.
+//! * A commit takes a transaction-level advisory lock, draws one revision
+//!   from `pilot_rev_seq` and stamps every row it writes with it, so that
+//!   commits become visible in revision order: a follower that has seen
+//!   revision *r* has seen everything below it.
+//! * Each commit ends with `NOTIFY pilot_records`; followers `LISTEN` and
+//!   fetch the rows above their last revision, skipping their own.
+//! * Node IDs come in blocks of [`ID_BLOCK`] from `pilot_node_block_seq`.
+//! * The frontend whose follower holds the session advisory lock
+//!   [`REAPER_LOCK`] reaps stale nodes; the others do not.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pilot_proto::registry::records::{ChangeSet, Loader};
+use pilot_proto::registry::server::State;
+use pilot_proto::time::Instant;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+
+use super::store::{FollowEvent, FollowSink, RemoteRow, Store, StoreError};
+
+/// Node IDs per leased block.
+pub const ID_BLOCK: u32 = 16_384;
+/// Advisory lock serialising commits (and so the revision order).
+const COMMIT_LOCK: i64 = 0x7069_6c6f_0001;
+/// Advisory lock serialising schema migrations at start-up.
+const MIGRATE_LOCK: i64 = 0x7069_6c6f_0002;
+/// Session advisory lock held by the one frontend that reaps.
+pub const REAPER_LOCK: i64 = 0x7069_6c6f_0003;
+/// Tombstones older than this are removed (a follower disconnected for
+/// longer reloads the whole state anyway).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Most rows a follower fetches per query.
+const FOLLOW_BATCH: i64 = 10_000;
+/// A follower re-checks for commits (and the reaper lock) this often even
+/// without a notification.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// The schema, one migration per entry; `pilot_schema.version` counts the
+/// ones applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: records, revisions, node-ID blocks.
+    "CREATE TABLE pilot_records (
+        key bytea PRIMARY KEY,
+        value bytea,
+        rev bigint NOT NULL,
+        origin bigint NOT NULL,
+        changed timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE INDEX pilot_records_rev ON pilot_records (rev, key);
+     CREATE SEQUENCE pilot_rev_seq;
+     CREATE SEQUENCE pilot_node_block_seq MINVALUE 0 START 0;",
+];
+
+fn pgerr(e: postgres::Error) -> StoreError {
+    // The server's message (with its SQLSTATE) when there is one.
+    match e.as_db_error() {
+        Some(db) => StoreError::Db(format!(
+            "postgresql: {} ({})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::Db(format!("postgresql: {e}")),
+    }
+}
+
+/// The PostgreSQL store of one frontend.
+pub struct PgStore {
+    url: String,
+    client: Client,
+    /// This frontend's identity in `origin` (random per start).
+    origin: i64,
+    /// Highest revision the loaded state covers (where the follower
+    /// starts).
+    loaded_rev: i64,
+    /// The last failure was a lost connection.
+    broken: bool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_origin() -> i64 {
+    let mut b = [0u8; 8];
+    if getrandom_fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    // Positive, non-zero.
+    (u64::from_le_bytes(b) >> 1).max(1) as i64
+}
+
+fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(b)
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), applies the
+    /// schema migrations this version knows, and writes a fresh state at
+    /// `now` if the database holds none.
+    pub fn open(url: &str, now: Instant) -> Result<PgStore, StoreError> {
+        let client = Client::connect(url, NoTls).map_err(pgerr)?;
+        let mut store = PgStore {
+            url: url.to_owned(),
+            client,
+            origin: random_origin(),
+            loaded_rev: 0,
+            broken: false,
+        };
+        store.migrate(now)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, now: Instant) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction().map_err(pgerr)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+            .map_err(pgerr)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS pilot_schema (version integer NOT NULL)")
+            .map_err(pgerr)?;
+        let version: i32 = match tx
+            .query_opt("SELECT version FROM pilot_schema", &[])
+            .map_err(pgerr)?
+        {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute("INSERT INTO pilot_schema (version) VALUES (0)", &[])
+                    .map_err(pgerr)?;
+                0
+            }
+        };
+        let known = MIGRATIONS.len() as i32;
+        if version > known {
+            return Err(StoreError::Db(format!(
+                "postgresql: schema version {version} is newer than this build's {known}"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).map_err(pgerr)?;
+            tracing::info!(version = i + 1, "postgresql schema migrated");
+        }
+        tx.execute("UPDATE pilot_schema SET version = $1", &[&known])
+            .map_err(pgerr)?;
+        let empty: bool = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pilot_records WHERE value IS NOT NULL)",
+                &[],
+            )
+            .map_err(pgerr)?
+            .get(0);
+        tx.commit().map_err(pgerr)?;
+        if empty {
+            self.apply(&[ChangeSet::full(&State::new(now))?])?;
+        }
+        Ok(())
+    }
+
+    /// Moves the node-block sequence past every ID `state` has handed out
+    /// (a state imported or written by a single frontend before).
+    fn advance_blocks(&mut self, state: &State) -> Result<(), StoreError> {
+        let used = if state.next_node == 0 {
+            u32::MAX
+        } else {
+            state.next_node
+        };
+        let min_block = i64::from(used.div_ceil(ID_BLOCK));
+        self.client
+            .execute(
+                "SELECT setval('pilot_node_block_seq', $1, false)
+                 WHERE (SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END
+                        FROM pilot_node_block_seq) < $1",
+                &[&min_block],
+            )
+            .map_err(pgerr)?;
+        Ok(())
+    }
+
+    fn note(&mut self, e: postgres::Error) -> StoreError {
+        if e.is_closed() || e.as_db_error().is_none() {
+            self.broken = true;
+        } else if let Some(db) = e.as_db_error() {
+            // Admin shutdown, crash recovery, cannot connect now.
+            let c = db.code().code();
+            if c.starts_with("57P") || c.starts_with("08") {
+                self.broken = true;
+            }
+        }
+        pgerr(e)
+    }
+
+    fn try_apply(&mut self, sets: &[ChangeSet]) -> Result<u64, postgres::Error> {
+        // The last write of each key wins within the batch.
+        let mut replace_all = false;
+        let mut last: std::collections::BTreeMap<&[u8], Option<&[u8]>> =
+            std::collections::BTreeMap::new();
+        for set in sets {
+            if set.replace_all {
+                replace_all = true;
+                last.clear();
+            }
+            for (k, v) in &set.writes {
+                last.insert(k.as_slice(), v.as_deref());
+            }
+        }
+        let origin = self.origin;
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])?;
+        let rev: i64 = tx.query_one("SELECT nextval('pilot_rev_seq')", &[])?.get(0);
+        if replace_all {
+            tx.execute(
+                "UPDATE pilot_records SET value = NULL, rev = $1, origin = $2, changed = now()
+                 WHERE value IS NOT NULL",
+                &[&rev, &origin],
+            )?;
+        }
+        let keys: Vec<&[u8]> = last.keys().copied().collect();
+        let values: Vec<Option<&[u8]>> = last.values().copied().collect();
+        tx.execute(
+            "INSERT INTO pilot_records (key, value, rev, origin)
+             SELECT k, v, $3, $4 FROM unnest($1::bytea[], $2::bytea[]) AS t(k, v)
+             ON CONFLICT (key) DO UPDATE
+             SET value = EXCLUDED.value, rev = EXCLUDED.rev, origin = EXCLUDED.origin,
+                 changed = now()",
+            &[&keys, &values, &rev, &origin],
+        )?;
+        tx.execute("SELECT pg_notify('pilot_records', $1)", &[&rev.to_string()])?;
+        tx.commit()?;
+        Ok(rev as u64)
+    }
+}
+
+impl Store for PgStore {
+    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError> {
+        let result = (|| {
+            let mut tx = self
+                .client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let rev: i64 = tx
+                .query_one("SELECT coalesce(max(rev), 0) FROM pilot_records", &[])?
+                .get(0);
+            let mut loader = Loader::new(now);
+            let mut bad = None;
+            let mut it = tx.query_raw(
+                "SELECT key, value FROM pilot_records WHERE value IS NOT NULL ORDER BY key",
+                std::iter::empty::<i32>(),
+            )?;
+            while let Some(row) = it.next()? {
+                let k: &[u8] = row.get(0);
+                let v: &[u8] = row.get(1);
+                if let Err(e) = loader.add(k, v) {
+                    bad = Some(e);
+                    break;
+                }
+            }
+            drop(it);
+            tx.commit()?;
+            Ok((loader, rev, bad))
+        })();
+        let (loader, rev, bad) = result.map_err(|e| self.note(e))?;
+        if let Some(e) = bad {
+            return Err(e.into());
+        }
+        let n = loader.records();
+        let state = loader.finish();
+        self.loaded_rev = rev;
+        self.advance_blocks(&state)?;
+        Ok((state, n))
+    }
+
+    fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError> {
+        if sets.iter().all(ChangeSet::is_empty) {
+            return Ok(0);
+        }
+        self.try_apply(sets).map_err(|e| self.note(e))
+    }
+
+    fn import(&mut self, json: &[u8], now: Instant) -> Result<State, StoreError> {
+        let (state, _report) =
+            pilot_proto::registry::snapshot::Snapshot::from_json(json)?.into_state(now);
+        self.apply(&[ChangeSet::full(&state)?])?;
+        self.advance_blocks(&state)?;
+        Ok(state)
+    }
+
+    fn lease_node_ids(&mut self) -> Result<Option<(u32, u32)>, StoreError> {
+        let block: i64 = self
+            .client
+            .query_one("SELECT nextval('pilot_node_block_seq')", &[])
+            .map_err(|e| self.note(e))?
+            .get(0);
+        let start = u64::try_from(block).unwrap_or(u64::MAX) * u64::from(ID_BLOCK);
+        let end = start + u64::from(ID_BLOCK);
+        match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(s), Ok(e)) => Ok(Some((s.max(1), e))),
+            (Ok(s), Err(_)) => Ok(Some((s.max(1), u32::MAX))),
+            _ => Ok(Some((0, 0))),
+        }
+    }
+
+    fn recoverable(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    fn reconnect(&mut self) -> Result<(), StoreError> {
+        self.client = Client::connect(&self.url, NoTls).map_err(pgerr)?;
+        self.broken = false;
+        Ok(())
+    }
+
+    fn start_follower(
+        &mut self,
+        sink: FollowSink,
+    ) -> Result<Option<std::thread::JoinHandle<()>>, StoreError> {
+        let url = self.url.clone();
+        let origin = self.origin;
+        let from = self.loaded_rev;
+        let t = std::thread::Builder::new()
+            .name("rendezvous-follow".into())
+            .spawn(move || follow(url, origin, from, sink))
+            .map_err(|e| StoreError::Db(format!("follower thread: {e}")))?;
+        Ok(Some(t))
+    }
+}
+
+/// The follower loop: reconnects until stopped.
+fn follow(url: String, origin: i64, mut rev: i64, sink: FollowSink) {
+    let mut first = true;
+    while !sink.stop.load(Ordering::SeqCst) {
+        match Client::connect(&url, NoTls) {
+            Ok(client) => {
+                if !first {
+                    // Commits may have been missed while disconnected.
+                    if sink.tx.send(FollowEvent::Resync).is_err() {
+                        return;
+                    }
+                    let _ = sink.waker.wake();
+                }
+                first = false;
+                if let Err(e) = follow_on(client, origin, &mut rev, &sink) {
+                    tracing::warn!(error = %pgerr(e), "store follower lost its connection");
+                }
+                sink.reaper.store(false, Ordering::SeqCst);
+                let _ = sink.waker.wake();
+            }
+            Err(e) => tracing::debug!(error = %pgerr(e), "store follower cannot connect"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn follow_on(
+    mut client: Client,
+    origin: i64,
+    rev: &mut i64,
+    sink: &FollowSink,
+) -> Result<(), postgres::Error> {
+    client.batch_execute("LISTEN pilot_records")?;
+    let mut reaper = false;
+    let mut last_sweep = std::time::Instant::now();
+    while !sink.stop.load(Ordering::SeqCst) {
+        if !reaper {
+            reaper = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&REAPER_LOCK])?
+                .get(0);
+            if reaper {
+                tracing::info!("this frontend is the reaper");
+                sink.reaper.store(true, Ordering::SeqCst);
+                let _ = sink.waker.wake();
+            }
+        }
+        if reaper && last_sweep.elapsed() >= Duration::from_secs(60) {
+            last_sweep = std::time::Instant::now();
+            let ttl = TOMBSTONE_TTL.as_secs() as f64;
+            client.execute(
+                "DELETE FROM pilot_records WHERE value IS NULL
+                 AND changed < now() - make_interval(secs => $1)",
+                &[&ttl],
+            )?;
+        }
+        // Everything committed above `rev`, in pages ordered by (rev, key)
+        // (one commit may write more rows than a page).
+        let mut after: (i64, Option<Vec<u8>>) = (*rev, None);
+        loop {
+            let rows = client.query(
+                "SELECT key, value, rev, origin FROM pilot_records
+                 WHERE rev > $1 OR (rev = $1 AND $2::bytea IS NOT NULL AND key > $2)
+                 ORDER BY rev, key LIMIT $3",
+                &[&after.0, &after.1, &FOLLOW_BATCH],
+            )?;
+            let n = rows.len();
+            let mut out: Vec<RemoteRow> = Vec::with_capacity(n);
+            for row in rows {
+                let r: i64 = row.get(2);
+                after = (r, Some(row.get(0)));
+                *rev = (*rev).max(r);
+                let o: i64 = row.get(3);
+                if o != origin {
+                    out.push((row.get(0), row.get(1), r as u64));
+                }
+            }
+            if !out.is_empty() {
+                if sink.tx.send(FollowEvent::Rows(out)).is_err() {
+                    return Ok(());
+                }
+                let _ = sink.waker.wake();
+            }
+            if n < FOLLOW_BATCH as usize {
+                break;
+            }
+        }
+        // Wait for a notification (or the poll interval); drain the rest.
+        let mut notes = client.notifications();
+        let woke = notes.timeout_iter(FOLLOW_POLL).next()?.is_some();
+        if woke {
+            let mut more = notes.iter();
+            while more.next()?.is_some() {}
+        }
+    }
+    Ok(())
+}

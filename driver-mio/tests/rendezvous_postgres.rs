@@ -1,0 +1,249 @@
+//! Several `pilot-rendezvous` frontends on one PostgreSQL database serve
+//! one network (`spec/registry.md` §11.3). Each test starts a throwaway
+//! cluster of its own and skips (saying so) only when PostgreSQL is not
+//! installed.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Client, Pg, Rv, STEP, ident, sign};
+use pilot_proto::registry::codec::{
+    PUSH_HANDSHAKE, PollHandshakes, Request, RequestHandshake, Response,
+};
+
+/// Waits (bounded by [`STEP`]) until `c` can look up `id`.
+fn await_lookup(c: &mut Client, id: u32) -> pilot_proto::registry::codec::LookupOk {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(ok) = c.lookup(id) {
+            return ok;
+        }
+        assert!(Instant::now() < deadline, "node {id} never became visible");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn three_frontends_serve_one_network() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("net3");
+    let mut fronts: Vec<Rv> = (0..3).map(|_| Rv::start(url.as_ref(), &[])).collect();
+    let mut clients: Vec<Client> = fronts.iter().map(|f| Client::connect(f.registry)).collect();
+    // Registered through each frontend, resolvable through every other.
+    let mut ids = Vec::new();
+    for seed in 0..30u32 {
+        let via = (seed % 3) as usize;
+        ids.push((seed, clients[via].register(seed)));
+    }
+    let mut unique: Vec<u32> = ids.iter().map(|(_, id)| *id).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "node IDs collide across frontends: {ids:?}"
+    );
+    for (seed, id) in &ids {
+        for c in clients.iter_mut() {
+            let ok = await_lookup(c, *id);
+            assert_eq!(ok.public_key, ident(*seed).public_key_b64());
+        }
+    }
+    // Re-registering a key through another frontend gets its ID back.
+    let (seed, id) = ids[4];
+    assert_eq!(clients[(seed as usize + 1) % 3].register(seed), id);
+    // Two frontends alone, the third stopped: still one network.
+    drop(fronts.pop());
+    let (seed, id) = (500, clients[1].register(500));
+    assert_eq!(
+        await_lookup(&mut clients[0], id).public_key,
+        ident(seed).public_key_b64()
+    );
+    let (seed, id) = ids[2];
+    assert_eq!(
+        await_lookup(&mut clients[0], id).public_key,
+        ident(seed).public_key_b64()
+    );
+}
+
+#[test]
+fn handshake_relayed_across_frontends_is_pushed_promptly() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("relay");
+    let a = Rv::start(url.as_ref(), &[]);
+    let b = Rv::start(url.as_ref(), &[]);
+    let mut ca = Client::connect(a.registry);
+    let mut cb = Client::connect(b.registry);
+    let requester = ca.register(1);
+    let target = cb.register(2);
+    await_lookup(&mut ca, target);
+    // The target listens for pushes on its connection to frontend b.
+    let poll = |node: u32, seed: u32, push: bool| {
+        Request::PollHandshakes(PollHandshakes {
+            node_id: node,
+            push,
+            signature: sign(seed, &format!("poll_handshakes:{node}")),
+            ..Default::default()
+        })
+    };
+    if let Response::Error { error } = cb.call(&poll(target, 2, true)) {
+        panic!("poll: {error}");
+    }
+    // The requester asks through frontend a.
+    let started = Instant::now();
+    let r = ca.call(&Request::RequestHandshake(RequestHandshake {
+        from_node_id: requester,
+        to_node_id: target,
+        justification: "hello across".into(),
+        signature: sign(1, &format!("handshake:{requester}:{target}")),
+        ..Default::default()
+    }));
+    assert!(!matches!(r, Response::Error { .. }), "{r:?}");
+    // The push arrives on b's connection well before any 30 s poll.
+    cb.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match cb.read_response().expect("push from frontend b") {
+        Response::Push { kind, from } => {
+            assert_eq!(kind, PUSH_HANDSHAKE);
+            assert_eq!(from, requester);
+        }
+        other => panic!("expected a push, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "push took {took:?}");
+    // And the request is in the target's inbox at b.
+    match cb.call(&poll(target, 2, false)) {
+        Response::PollHandshakesOk { requests, .. } => {
+            let from: Vec<u32> = requests.iter().map(|r| r.from_node_id).collect();
+            assert!(from.contains(&requester), "{requests:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Registers from `workers` threads through `addr` until `stop`, recording
+/// every acknowledged (seed, id).
+fn burst(
+    addr: std::net::SocketAddr,
+    workers: u32,
+    base: u32,
+    acked: &Arc<Mutex<Vec<(u32, u32)>>>,
+    refused: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..workers)
+        .map(|w| {
+            let acked = acked.clone();
+            let refused = refused.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let seed = base + w * 100_000 + i;
+                    match c.try_call(&common::register_req(seed)) {
+                        Ok(Response::RegisterOk(ok)) => {
+                            acked.lock().unwrap().push((seed, ok.node_id))
+                        }
+                        Ok(Response::Error { error }) => {
+                            refused.lock().unwrap().push(error);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(_) => break, // the frontend died mid-request
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STEP * 3;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_9_of_a_frontend_loses_no_acknowledged_registration() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("kill");
+    let mut a = Rv::start(url.as_ref(), &[]);
+    let b = Rv::start(url.as_ref(), &[]);
+    let acked: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = burst(a.registry, 4, 0, &acked, &refused, &stop);
+    wait_for("300 acknowledged registrations", || {
+        acked.lock().unwrap().len() >= 300
+    });
+    a.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    // Every acknowledged node is known to the surviving frontend and to a
+    // fresh one started after the kill.
+    let c = Rv::start(url.as_ref(), &[]);
+    for rv in [&b, &c] {
+        let mut cl = Client::connect(rv.registry);
+        for (seed, id) in &acked {
+            let got = await_lookup(&mut cl, *id);
+            assert_eq!(got.public_key, ident(*seed).public_key_b64(), "node {id}");
+        }
+    }
+}
+
+#[test]
+fn postgres_restart_under_load_fails_clearly_and_loses_nothing() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("restart");
+    let a = Rv::start(url.as_ref(), &[]);
+    let acked: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = burst(a.registry, 4, 0, &acked, &refused, &stop);
+    wait_for("100 acknowledged registrations", || {
+        acked.lock().unwrap().len() >= 100
+    });
+    pg.ctl_stop();
+    // While it is down, requests fail with a clear error (not a hang).
+    wait_for("refusals while the database is down", || {
+        refused.lock().unwrap().len() >= 8
+    });
+    let before = acked.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    pg.ctl_start();
+    // Back: registrations are acknowledged again.
+    wait_for("registrations after the restart", || {
+        acked.lock().unwrap().len() >= before + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let errors = refused.lock().unwrap().clone();
+    assert!(
+        errors.iter().all(|e| e.contains("store unavailable")),
+        "unexpected refusals: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    let acked = acked.lock().unwrap().clone();
+    let fresh = Rv::start(url.as_ref(), &[]);
+    for rv in [&a, &fresh] {
+        let mut cl = Client::connect(rv.registry);
+        for (seed, id) in &acked {
+            let got = await_lookup(&mut cl, *id);
+            assert_eq!(got.public_key, ident(*seed).public_key_b64(), "node {id}");
+        }
+    }
+}
