@@ -8,11 +8,18 @@
 //! request in flight each, and, as a yardstick in the same run, a bare
 //! thread-per-connection TCP request/response echo with the same request
 //! and reply sizes. Request frames are built before the clock starts.
+//! Also: resident memory growth per registered node (embedded store), and
+//! PostgreSQL (`spec/registry.md` §11.3) with 1, 2 and 3 frontends on one
+//! database (a throwaway cluster; skipped when PostgreSQL is absent),
+//! connections spread over the frontends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use pilot_proto::registry::auth::Identity;
 use pilot_proto::registry::codec::{
@@ -22,6 +29,8 @@ use pilot_proto::registry::codec::{
 const DEFAULT_CONNS: u32 = 64;
 const REGISTRATIONS: u32 = 40_000;
 const LOOKUPS: u32 = 200_000;
+/// Registrations per PostgreSQL configuration.
+const PG_REGISTRATIONS: u32 = 20_000;
 
 fn conns() -> u32 {
     std::env::var("RV_BENCH_CONNS")
@@ -119,9 +128,20 @@ fn echo_server(reply_len: usize) -> SocketAddr {
     addr
 }
 
-fn main() {
-    let dir = std::env::temp_dir().join(format!("pilot-rv-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A running `pilot-rendezvous` on `store` (a file or a PostgreSQL URL).
+struct Front {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_front(store: &std::path::Path) -> Front {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pilot-rendezvous"))
         .args([
             "--registry-addr",
@@ -130,7 +150,7 @@ fn main() {
             "127.0.0.1:0",
         ])
         .arg("--store")
-        .arg(dir.join("bench.redb"))
+        .arg(store)
         // Every client connects from 127.0.0.1.
         .args(["--no-rate-limits", "--max-conns-per-ip", "100000"])
         .env("RUST_LOG", "warn")
@@ -147,7 +167,113 @@ fn main() {
         .expect("address line")
         .parse()
         .unwrap();
+    Front { child, addr }
+}
 
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Like [`drive`], connection `c` going to `addrs[c % addrs.len()]`.
+fn drive_many(
+    addrs: &[SocketAddr],
+    conns: u32,
+    per_conn: u32,
+    frame: impl Fn(u32, u32) -> Vec<u8>,
+) -> f64 {
+    let frames: Vec<Vec<Vec<u8>>> = (0..conns)
+        .map(|c| (0..per_conn).map(|i| frame(c, i)).collect())
+        .collect();
+    let streams: Vec<TcpStream> = (0..conns)
+        .map(|c| {
+            let s = TcpStream::connect(addrs[c as usize % addrs.len()]).unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    let threads: Vec<_> = streams
+        .into_iter()
+        .zip(frames)
+        .map(|(mut s, frames)| {
+            std::thread::spawn(move || {
+                for f in &frames {
+                    s.write_all(f).unwrap();
+                    let reply = read_frame(&mut s);
+                    assert!(
+                        !reply.starts_with(br#"{"error""#),
+                        "{}",
+                        String::from_utf8_lossy(&reply)
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    f64::from(conns * per_conn) / start.elapsed().as_secs_f64()
+}
+
+/// PostgreSQL with 1, 2 and 3 frontends on one fresh database each;
+/// skipped (saying why) when PostgreSQL is not installed.
+fn postgres_rows(conns: u32) {
+    let Some(pg) = common::Pg::start() else {
+        println!("postgresql: skipped (not installed)");
+        return;
+    };
+    let regs_per_conn = PG_REGISTRATIONS / conns;
+    let lookups_per_conn = LOOKUPS / conns;
+    let registered = conns * regs_per_conn;
+    for n in 1..=3u32 {
+        let url = pg.database(&format!("bench{n}"));
+        let fronts: Vec<Front> = (0..n).map(|_| start_front(url.as_ref())).collect();
+        let addrs: Vec<SocketAddr> = fronts.iter().map(|f| f.addr).collect();
+        let regs = drive_many(&addrs, conns, regs_per_conn, |c, i| {
+            register_frame(c * 1_000_000 + i)
+        });
+        // Node IDs come in leased blocks (not 1..=n): learn a sample.
+        let ids: Vec<u32> = {
+            let mut s = TcpStream::connect(addrs[0]).unwrap();
+            // Re-register a sample to learn IDs (same key, same ID back).
+            (0..conns)
+                .flat_map(|c| (0..8).map(move |i| (c, i)))
+                .map(|(c, i)| {
+                    s.write_all(&register_frame(c * 1_000_000 + i)).unwrap();
+                    let reply = read_frame(&mut s);
+                    match decode_response(&reply) {
+                        Ok(Response::RegisterOk(ok)) => ok.node_id,
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect()
+        };
+        let lookups = drive_many(&addrs, conns, lookups_per_conn, |c, i| {
+            lookup_frame(ids[((c * 7919 + i) as usize) % ids.len()])
+        });
+        println!(
+            "  postgresql, {n} frontend(s): register {regs:>8.0} req/s ({registered} nodes)   lookup {lookups:>8.0} req/s"
+        );
+        drop(fronts);
+    }
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("pilot-rv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let front = start_front(&dir.join("bench.redb"));
+    let addr = front.addr;
+    let pid = front.child.id();
+    let rss_before = rss(pid);
     let conns = conns();
     let regs_per_conn = REGISTRATIONS / conns;
     let lookups_per_conn = LOOKUPS / conns;
@@ -163,8 +289,8 @@ fn main() {
     ));
     let lk_frame = move |c: u32, i: u32| lookup_frame(1 + (c * 7919 + i) % registered);
     let (lookups, lookup_reply) = drive(addr, conns, lookups_per_conn, lk_frame);
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss_after = rss(pid);
+    drop(front);
     let store_bytes = std::fs::metadata(dir.join("bench.redb")).map_or(0, |m| m.len());
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -187,6 +313,12 @@ fn main() {
         "  store:    {store_bytes} B after {registered} registrations ({} B/node)",
         store_bytes / u64::from(registered.max(1))
     );
+    println!(
+        "  memory:   {} B resident growth for {registered} nodes ({} B/node)",
+        rss_after.saturating_sub(rss_before),
+        rss_after.saturating_sub(rss_before) / u64::from(registered.max(1))
+    );
+    postgres_rows(conns);
     println!("bare TCP echo yardstick (thread per connection, same sizes, same run)");
     println!("  register-sized: {echo_regs:>10.0} req/s");
     println!("  lookup-sized:   {echo_lookups:>10.0} req/s");

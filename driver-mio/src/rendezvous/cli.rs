@@ -34,7 +34,9 @@ pub struct RendezvousArgs {
     /// UDP address of the beacon [default: 127.0.0.1:9001]
     #[arg(long, global = true)]
     pub beacon_addr: Option<SocketAddr>,
-    /// Store file (redb database; created if missing) [default: rendezvous.redb]
+    /// Store: a redb file (created if missing), or a `postgres://user@host:port/db`
+    /// URL shared by several frontends (spec/registry.md §11.3)
+    /// [default: rendezvous.redb]
     #[arg(long, global = true)]
     pub store: Option<PathBuf>,
     /// Admin token enabling the admin-only requests (none: disabled)
@@ -219,7 +221,9 @@ pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     init_logging(format, "info");
     let store = cfg.store_path.clone();
     let server = Server::bind(cfg)?;
-    crate::daemon::embedded::restrict_store(&store);
+    if !super::server::is_store_url(&store) {
+        crate::daemon::embedded::restrict_store(&store);
+    }
     let reg = server.registry_addr().map_err(ServerError::Io)?;
     let bea = server.beacon_addr().map_err(ServerError::Io)?;
     tracing::info!(registry = %reg, beacon = %bea, "listening");
