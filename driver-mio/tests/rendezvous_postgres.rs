@@ -247,3 +247,59 @@ fn postgres_restart_under_load_fails_clearly_and_loses_nothing() {
         }
     }
 }
+
+/// In-process frontends with a short stale threshold: heartbeats sent to
+/// one frontend keep a node alive whichever frontend reaps, and once they
+/// stop the node is reaped on every frontend (one reaper, seen by all).
+#[test]
+fn heartbeats_and_reaping_across_frontends() {
+    use pilot_driver_mio::rendezvous::server::{Server, ServerConfig};
+    use pilot_proto::registry::codec::Heartbeat;
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("reap");
+    let start = || {
+        let mut cfg = ServerConfig::new(url.clone().into());
+        cfg.registry_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.beacon_addr = "127.0.0.1:0".parse().unwrap();
+        cfg.handle_signals = false;
+        cfg.registry.rate_limits = false;
+        cfg.registry.stale_threshold = Duration::from_secs(4);
+        cfg.registry.reap_interval = Duration::from_millis(200);
+        let server = Server::bind(cfg).expect("bind");
+        let addr = server.registry_addr().unwrap();
+        let stop = server.stop_handle();
+        let t = std::thread::spawn(move || server.run());
+        (addr, stop, t)
+    };
+    let (a, stop_a, ta) = start();
+    let (b, stop_b, tb) = start();
+    let mut ca = Client::connect(a);
+    let mut cb = Client::connect(b);
+    let id = ca.register(77);
+    await_lookup(&mut cb, id);
+    // Heartbeats through b only, for longer than the stale threshold.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let r = cb.call(&Request::Heartbeat(Heartbeat {
+            node_id: id,
+            signature: sign(77, &format!("heartbeat:{id}")),
+            ..Default::default()
+        }));
+        assert!(!matches!(r, Response::Error { .. }), "{r:?}");
+        assert!(ca.lookup(id).is_some(), "reaped on a despite heartbeats");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Silence: reaped, and every frontend learns it.
+    let deadline = Instant::now() + STEP;
+    while ca.lookup(id).is_some() || cb.lookup(id).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never reaped everywhere"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_a.stop();
+    stop_b.stop();
+    ta.join().unwrap().unwrap();
+    tb.join().unwrap().unwrap();
+}
