@@ -1777,8 +1777,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             // 3. Stream segments.
             let id = self.ready.pop_front()?;
             self.in_ready.remove(&id);
-            let seg = match self.conns.get_mut(&id) {
-                Some(e) => e.conn.poll_segment(now).map(|s| (s, e.key)),
+            let (seg, needed_until) = match self.conns.get_mut(&id) {
+                Some(e) => (
+                    e.conn.poll_segment(now).map(|s| (s, e.key)),
+                    e.conn.tunnel_needed_until(),
+                ),
                 None => continue,
             };
             self.drain_conn_events(id);
@@ -1819,7 +1822,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     continue;
                 }
             };
-            if let Some(t) = self.seal_at(now, key.remote.node, buf, len) {
+            let sent = self.seal_at(now, key.remote.node, buf, len);
+            if let (true, Some(until)) = (self.encrypt, needed_until) {
+                // The stream keeps a pending key exchange going past its
+                // regular attempts while it still needs the tunnel.
+                self.sessions.need_tunnel_until(now, key.remote.node, until);
+            }
+            if let Some(t) = sent {
                 return Some(t);
             }
         }

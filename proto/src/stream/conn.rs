@@ -480,6 +480,19 @@ impl Connection {
         self.state
     }
 
+    /// Until when this connection needs the tunnel to its peer to come up:
+    /// a dial until its deadline, an open connection until it has not heard
+    /// from the peer for its user timeout; `None` once closed. The owner
+    /// keeps a pending key exchange going that long
+    /// (`spec/crypto.md` §2.6).
+    pub fn tunnel_needed_until(&self) -> Option<Instant> {
+        match self.state {
+            State::SynSent => Some(self.dial_deadline),
+            State::Closed => None,
+            _ => Some(self.last_heard + self.cfg.user_timeout),
+        }
+    }
+
     /// True once the owner may drop this connection (after draining
     /// [`Connection::poll_segment`], which may still hold an RST, and
     /// [`Connection::poll_event`]). A dialing connection is never reapable
