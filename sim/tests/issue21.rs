@@ -82,6 +82,22 @@ fn bursty_loss_with_a_long_partition_completes() {
     }
 }
 
+/// `rekey` at 35 % loss with 8 nodes failed 40 of 50 seeds at the default
+/// 10 s: 5 s after the restart is too short for seven peers to finish a
+/// key exchange whose first round is refused while the old session is
+/// live and whose rounds get through 42 % of the time. The scenario now
+/// waits up to 30 s after the restart for the outcome and reports the
+/// recovery time.
+#[test]
+fn rekey_under_heavy_loss_recovers_within_the_bound() {
+    for seed in 1..4 {
+        let out = run("--scenario rekey --nodes 8 --loss 35", seed);
+        assert!(out.ok(), "seed {seed}: {:#?}", out.checks);
+        let rec = out.figures.get("recovery_ms").and_then(|v| v.as_u64());
+        assert!(rec.is_some_and(|ms| ms <= 30_000), "{:?}", out.figures);
+    }
+}
+
 /// Every datagram the pending queue drops is counted and named in the
 /// check; with the queue sized for the mesh nothing is dropped.
 #[test]

@@ -87,8 +87,8 @@ impl<E> Checker<E> for NonceChecker {
 /// while the old session is live (`KEY_CHANGE_QUIET`, `spec/crypto.md`
 /// §2.4) and comes again with its 4-s retransmission or the next rekey
 /// request (one per 3 s), and at 35 % loss each direction only ~42 % of
-/// exchange round trips get through — with 7 peers the last one resumes
-/// after 10–20 s. The run goes past `--duration-ms` only while that
+/// exchange round trips get through — with 8 nodes the last peer resumes
+/// 8 s after the restart in the median, 16.5 s at worst over seeds 1–50. The run goes past `--duration-ms` only while that
 /// outcome is still open, and reports the time as `recovery_ms`.
 pub const RECOVERY_BOUND: core::time::Duration = core::time::Duration::from_secs(30);
 
@@ -123,12 +123,15 @@ impl Scenario for RekeyScenario {
         let mut round = 0u64;
         // Pairs (from, to) with the restarted node that must carry a
         // datagram sent after the restart.
-        let must = 2 * (n - 1);
+        let must: Vec<(usize, usize)> = (0..n)
+            .filter(|j| *j != 1)
+            .flat_map(|j| [(1, j), (j, 1)])
+            .collect();
         let recovery_end = restart_at + RECOVERY_BOUND;
         let mut resumed_at: Option<Instant> = None;
         loop {
             let now = Instant::from_millis(t);
-            let all = after.len() >= must;
+            let all = restarted && must.iter().all(|p| after.contains(p));
             if all && resumed_at.is_none() {
                 resumed_at = Some(now);
             }
@@ -177,11 +180,8 @@ impl Scenario for RekeyScenario {
             });
         }
         let mut out = Outcome::from_sim(&mut sim, result);
-        let missing: Vec<(usize, usize)> = (0..n)
-            .filter(|j| *j != 1)
-            .flat_map(|j| [(1, j), (j, 1)])
-            .filter(|p| !after.contains(p))
-            .collect();
+        let missing: Vec<(usize, usize)> =
+            must.into_iter().filter(|p| !after.contains(p)).collect();
         out.checks.push(CheckResult::new(
             "traffic-resumes",
             missing.is_empty(),
