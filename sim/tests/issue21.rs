@@ -69,6 +69,19 @@ fn dial_through_an_outage_shorter_than_its_deadline_succeeds() {
     }
 }
 
+/// The tunnel came up 2 s before the dial's deadline and the SYNs queued
+/// behind it were lost in one burst; the next SYN was due 4 s later, past
+/// the deadline. The SYN back-off now restarts when the tunnel comes up.
+#[test]
+fn dial_whose_tunnel_comes_up_late_retries_its_syn_promptly() {
+    let args = "--scenario stream-transfer --bytes 131072 --partition-ms 100..20100 \
+                --loss 5 --burst-loss";
+    for seed in [8, 279] {
+        let out = run(args, seed);
+        assert!(out.ok(), "seed {seed}: {:#?}", out.checks);
+    }
+}
+
 /// The must-show mix of issue #21 on the seeds that failed before: bursty
 /// loss (now moving with time, so a burst ends while a partitioned link is
 /// quiet) and dials whose key exchange outlived a 19.5-s partition.
