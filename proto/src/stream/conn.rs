@@ -966,7 +966,7 @@ impl Connection {
                     self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
-                self.seg_size.on_progress();
+                self.seg_size.on_progress(bytes_acked);
                 let out = self.cc.on_ack(
                     now,
                     AckEvent {
