@@ -31,13 +31,31 @@ fn disconnect_closes_another_clients_stream_and_refuses_unknown_ids() {
         Some(&b"hello"[..])
     );
     let listed = alpha.ok(&["connections"]);
+    let entry = listed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == conn)
+        .cloned()
+        .unwrap_or_else(|| panic!("{conn} not listed: {listed}"));
+    // The path MTU the connection's segment size implies (issue #21): a
+    // full 1152-byte segment on loopback, and the human table shows it.
+    let pmtu = entry["path_mtu"].as_u64().expect("path_mtu");
+    assert!((1152..=1500).contains(&pmtu), "{entry}");
+    let human = std::process::Command::new(pilotctl_support::PILOTCTL)
+        .arg("connections")
+        .env("PILOT_SOCKET", &alpha.socket)
+        .output()
+        .expect("run pilotctl");
+    let human = String::from_utf8_lossy(&human.stdout);
+    let header = human.lines().next().unwrap_or_default();
+    assert!(header.contains("PMTU"), "{human}");
     assert!(
-        listed["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["id"] == conn),
-        "{listed}"
+        human
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&conn.to_string())
+                && l.split_whitespace().last() == Some(&pmtu.to_string())),
+        "{human}"
     );
 
     let d = alpha.ok(&["disconnect", &conn.to_string()]);

@@ -22,8 +22,10 @@ use crate::fault::{
 };
 use crate::seed::Seed;
 
-/// Mean burst length (datagrams) of the bursty loss model behind `--burst-loss`.
-pub const BURST_MEAN_LEN: f64 = 4.0;
+/// Mean duration of a bad (all-lost) spell of the bursty loss model behind
+/// `--burst-loss`; the model moves with time, not per datagram
+/// ([`GilbertElliott`]).
+pub const BURST_MEAN_SPELL: Duration = Duration::from_millis(20);
 /// Smallest bandwidth queue, in bytes.
 pub const MIN_QUEUE_BYTES: u64 = 16 * 1024;
 /// The bandwidth queue holds this much time worth of data (or
@@ -398,7 +400,7 @@ impl SimConfig {
             if self.burst_loss {
                 c.push(GilbertElliott::with_mean(
                     p,
-                    BURST_MEAN_LEN,
+                    BURST_MEAN_SPELL,
                     seed.fork("fault/burst-loss", 0),
                 ));
             } else {

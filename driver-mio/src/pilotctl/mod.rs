@@ -901,6 +901,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     ("SENT", "bytes_sent"),
                     ("RECV", "bytes_recv"),
                     ("RTT MS", "srtt_ms"),
+                    ("PMTU", "path_mtu"),
                 ],
                 "no connections",
             );

@@ -317,6 +317,10 @@ struct PeerKx {
     gave_up_until: Option<Instant>,
     /// The peer sent PILS we could not decrypt: add a key request.
     flagged: bool,
+    /// A connection of the owner needs the tunnel until this time: the
+    /// exchange goes on past its last regular attempt, with back-off
+    /// (`spec/crypto.md` §2.6, [`SessionTable::need_tunnel_until`]).
+    needed_until: Option<Instant>,
 }
 
 impl PeerKx {
@@ -589,6 +593,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.next = None;
             p.sends = 0;
+            p.needed_until = None;
+        }
+    }
+
+    /// The owner has a connection that needs the tunnel to `peer` until
+    /// `until` (a dial's deadline, an established stream's user timeout).
+    /// While the key exchange to `peer` is pending and `until` has not
+    /// passed, it does not give up after the regular attempts: it goes on
+    /// every 4 s (the back-off cap of the dial's own SYN) until an answer
+    /// or `until` (`spec/crypto.md` §2.6). It only extends an exchange already
+    /// pending (no new state), and only the owner's own connections call
+    /// it, so it is bounded by them.
+    pub fn need_tunnel_until(&mut self, now: Instant, peer: u32, until: Instant) {
+        if until <= now || self.sessions.contains_key(&peer) {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.next.is_some() {
+                p.needed_until = Some(p.needed_until.map_or(until, |t| t.max(until)));
+            }
         }
     }
 
@@ -661,9 +685,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
                 continue;
             };
             let sends = p.sends;
+            let needed_until = p.needed_until.filter(|t| now < *t);
+            if sends > KX_MAX_RETRANSMITS && needed_until.is_some() {
+                // A connection still needs the tunnel: go on at the same
+                // interval until its deadline instead of giving up.
+                p.sends = sends.saturating_add(1);
+                let until = needed_until.unwrap_or(now);
+                self.send_kx(now, peer, true, true);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.next = Some((now + KX_RETRANSMIT_INTERVAL).min(until).max(now));
+                }
+                continue;
+            }
             if sends > KX_MAX_RETRANSMITS {
                 p.next = None;
                 p.sends = 0;
+                p.needed_until = None;
                 p.gave_up_until = Some(now + KX_GIVE_UP_COOLDOWN);
                 let discarded = self.pending.take(peer).len();
                 self.push_event(SessionEvent::GaveUp { peer, discarded });
@@ -1301,6 +1338,53 @@ mod tests {
             Ok(SendOutcome::Queued)
         );
         assert!(a.t.is_pending(2));
+    }
+
+    /// Issue #21: a dial whose deadline is 30 s out kept the tunnel's key
+    /// exchange for only 24 s, then the 5-s cool-down refused its SYNs, so
+    /// a 21-s outage at the start of a dial failed it. While a connection
+    /// needs the tunnel the exchange goes on every 4 s until its deadline,
+    /// then gives up.
+    #[test]
+    fn a_needed_tunnel_keeps_its_key_exchange_until_the_deadline() {
+        let mut a = node(1, 1, WireProfile::Current);
+        let mut buf = [0u8; 128];
+        assert_eq!(
+            a.t.seal(ms(0), 2, b"syn", &mut buf),
+            Ok(SendOutcome::Queued)
+        );
+        a.t.need_tunnel_until(ms(0), 2, ms(30_000));
+        drain(&mut a.t, ms(0));
+        for i in 1..=5u64 {
+            a.t.handle_timeout(ms(4000 * i));
+            drain(&mut a.t, ms(4000 * i));
+        }
+        events(&mut a.t);
+        // The regular attempts are over; the exchange goes on.
+        for now in [ms(24_000), ms(28_000)] {
+            assert_eq!(a.t.poll_timeout(), Some(now));
+            a.t.handle_timeout(now);
+            let kinds: Vec<_> = drain(&mut a.t, now).iter().map(|(t, _)| t.kind).collect();
+            assert_eq!(kinds, [TransmitKind::KeyExchange, TransmitKind::KeyRequest]);
+            assert!(events(&mut a.t).is_empty());
+            assert!(a.t.is_pending(2));
+        }
+        // The next attempt would fall after the deadline: the timer stops
+        // at the deadline and the exchange gives up there.
+        assert_eq!(a.t.poll_timeout(), Some(ms(30_000)));
+        a.t.handle_timeout(ms(30_000));
+        assert!(drain(&mut a.t, ms(30_000)).is_empty());
+        assert_eq!(
+            events(&mut a.t),
+            vec![SessionEvent::GaveUp {
+                peer: 2,
+                discarded: 1
+            }]
+        );
+        // Without a pending exchange the call creates nothing.
+        a.t.need_tunnel_until(ms(30_000), 3, ms(60_000));
+        assert!(!a.t.is_pending(3));
+        assert_eq!(a.t.poll_timeout(), None);
     }
 
     #[test]

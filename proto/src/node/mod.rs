@@ -1096,6 +1096,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.timers.set_opt(TimeoutReason::Conn(id.0), at);
     }
 
+    /// The tunnel to `peer` came up: dials to it restart their SYN
+    /// back-off (`spec/transport.md` §4.1).
+    fn tunnel_up(&mut self, now: Instant, peer: u32) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.key.remote.node == peer && e.conn.state() == conn::State::SynSent)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.conn.tunnel_up(now);
+            }
+            self.refresh_conn_timer(id);
+        }
+    }
+
     fn refresh_all_conn_timers(&mut self, _now: Instant) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
@@ -1710,10 +1727,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     }
 
     /// Turns session-table events into node events and re-arms its timer.
-    fn after_session(&mut self, _now: Instant) {
+    fn after_session(&mut self, now: Instant) {
         while let Some(ev) = self.sessions.poll_event() {
             let out = match ev {
-                SessionEvent::Installed { peer, .. } => Event::SessionUp { peer },
+                SessionEvent::Installed { peer, .. } => {
+                    self.tunnel_up(now, peer);
+                    Event::SessionUp { peer }
+                }
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
                 SessionEvent::GaveUp { peer, discarded } => {
@@ -1777,8 +1797,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             // 3. Stream segments.
             let id = self.ready.pop_front()?;
             self.in_ready.remove(&id);
-            let seg = match self.conns.get_mut(&id) {
-                Some(e) => e.conn.poll_segment(now).map(|s| (s, e.key)),
+            let (seg, needed_until) = match self.conns.get_mut(&id) {
+                Some(e) => (
+                    e.conn.poll_segment(now).map(|s| (s, e.key)),
+                    e.conn.tunnel_needed_until(),
+                ),
                 None => continue,
             };
             self.drain_conn_events(id);
@@ -1819,7 +1842,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     continue;
                 }
             };
-            if let Some(t) = self.seal_at(now, key.remote.node, buf, len) {
+            let sent = self.seal_at(now, key.remote.node, buf, len);
+            if let (true, Some(until)) = (self.encrypt, needed_until) {
+                // The stream keeps a pending key exchange going past its
+                // regular attempts while it still needs the tunnel.
+                self.sessions.need_tunnel_until(now, key.remote.node, until);
+            }
+            if let Some(t) = sent {
                 return Some(t);
             }
         }

@@ -475,9 +475,35 @@ impl Connection {
         self.syn_hold = hold;
     }
 
+    /// The tunnel to the peer just came up (the node calls this when the
+    /// key exchange completes). A dial's SYNs so far waited in the tunnel's
+    /// queue and leave together now; the next retransmission comes one
+    /// initial SYN RTO later and backs off from there, instead of at the
+    /// back-off reached while nothing could leave (up to 4 s, which may lie
+    /// past the deadline; `spec/transport.md` §4.1).
+    pub fn tunnel_up(&mut self, now: Instant) {
+        if self.state == State::SynSent {
+            self.syn_rto = SYN_INITIAL_RTO;
+            self.syn_at = Some((now + SYN_INITIAL_RTO).min(self.dial_deadline));
+        }
+    }
+
     /// Current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Until when this connection needs the tunnel to its peer to come up:
+    /// a dial until its deadline, an open connection until it has not heard
+    /// from the peer for its user timeout; `None` once closed. The owner
+    /// keeps a pending key exchange going that long
+    /// (`spec/crypto.md` §2.6).
+    pub fn tunnel_needed_until(&self) -> Option<Instant> {
+        match self.state {
+            State::SynSent => Some(self.dial_deadline),
+            State::Closed => None,
+            _ => Some(self.last_heard + self.cfg.user_timeout),
+        }
     }
 
     /// True once the owner may drop this connection (after draining
@@ -940,7 +966,7 @@ impl Connection {
                     self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
-                self.seg_size.on_progress();
+                self.seg_size.on_progress(bytes_acked);
                 let out = self.cc.on_ack(
                     now,
                     AckEvent {
@@ -1639,6 +1665,32 @@ mod tests {
         );
         assert_eq!(relay_at, Some(1750));
         assert!(c.is_closed());
+    }
+
+    /// Issue #21: SYNs queued behind a late tunnel leave together when it
+    /// comes up; if they were lost the next copy came at the back-off
+    /// reached meanwhile (4 s), past the deadline of a dial whose tunnel
+    /// came up 2 s before it. The back-off now restarts at tunnel-up.
+    #[test]
+    fn syn_back_off_restarts_when_the_tunnel_comes_up() {
+        let mut c = Connection::connect(t(0), ConnConfig::default(), 0);
+        let mut now = t(0);
+        loop {
+            out(&mut c, now);
+            let (next, _) = c.poll_timeout().expect("timer");
+            if next >= t(27_000) {
+                // The last SYN left at 25.25 s; the next is due at 29.25 s.
+                assert!(next.saturating_duration_since(now) >= Duration::from_secs(4));
+                break;
+            }
+            now = next;
+            c.handle_timeout(now);
+        }
+        let up = now + Duration::from_millis(100);
+        c.tunnel_up(up);
+        assert_eq!(c.poll_timeout().map(|(t, _)| t), Some(up + SYN_INITIAL_RTO));
+        c.handle_timeout(up + SYN_INITIAL_RTO);
+        assert_eq!(out(&mut c, up + SYN_INITIAL_RTO).len(), 1, "a SYN copy");
     }
 
     #[test]

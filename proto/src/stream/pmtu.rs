@@ -12,7 +12,10 @@
 //! shrunk), the segment size halves, down to [`SEGMENT_FLOOR`]. When even
 //! floor-size segments go unanswered that way [`FLOOR_EVIDENCE`] times,
 //! the path cannot carry the stream: the connection ends with "path MTU
-//! too small" instead of waiting for the user timeout. A silent peer
+//! too small" instead of waiting for the user timeout — unless a floor's
+//! worth of data was acknowledged at once earlier, which proves the path
+//! carries floor-size segments (heavy loss then looks like a black hole
+//! and must end by the user timeout instead). A silent peer
 //! (partition, dead host) is never evidence: nothing shrinks, and the
 //! ordinary give-up rule applies.
 
@@ -37,6 +40,10 @@ pub struct SegmentSize {
     floor: usize,
     evidence: u32,
     shrunk: bool,
+    /// A floor's worth of data was acknowledged in one cumulative advance:
+    /// the path carries floor-size segments, so a later run of answered
+    /// timeouts is loss, not a black hole, and never ends the connection.
+    floor_carried: bool,
 }
 
 impl SegmentSize {
@@ -50,6 +57,7 @@ impl SegmentSize {
             floor: SEGMENT_FLOOR.min(max),
             evidence: 0,
             shrunk: false,
+            floor_carried: false,
         }
     }
 
@@ -69,9 +77,14 @@ impl SegmentSize {
         len > self.floor / 2
     }
 
-    /// The cumulative ACK advanced: data gets through at this size.
-    pub fn on_progress(&mut self) {
+    /// The cumulative ACK advanced by `acked` bytes: data gets through at
+    /// this size. An advance of at least a floor's worth proves the path
+    /// carries floor-size segments.
+    pub fn on_progress(&mut self, acked: usize) {
         self.evidence = 0;
+        if acked >= self.floor {
+            self.floor_carried = true;
+        }
     }
 
     /// A retransmission timeout for a first hole of `len` payload bytes.
@@ -94,7 +107,7 @@ impl SegmentSize {
             }
             return MtuVerdict::Keep;
         }
-        if self.evidence >= FLOOR_EVIDENCE {
+        if self.evidence >= FLOOR_EVIDENCE && !self.floor_carried {
             return MtuVerdict::TooSmall;
         }
         MtuVerdict::Keep
@@ -126,7 +139,7 @@ mod tests {
     fn progress_and_silence_reset_the_evidence() {
         let mut s = SegmentSize::new(1152);
         assert_eq!(s.on_timeout(1152, true), MtuVerdict::Keep);
-        s.on_progress();
+        s.on_progress(100);
         assert_eq!(s.on_timeout(1152, true), MtuVerdict::Keep);
         assert_eq!(s.on_timeout(1152, false), MtuVerdict::Keep);
         assert_eq!(s.on_timeout(1152, true), MtuVerdict::Keep);
@@ -148,5 +161,24 @@ mod tests {
         }
         assert_eq!(sizes, vec![2048, 1024, 512, SEGMENT_FLOOR]);
         assert_eq!(s.max(), 4096);
+    }
+
+    /// Issue #21 long grid: at 35 % loss a connection that had delivered
+    /// 180 kB through floor-size segments ended with "path MTU too small"
+    /// after four answered timeouts in a row. Once the path carried a
+    /// floor's worth at once, answered timeouts are loss.
+    #[test]
+    fn a_path_that_carried_the_floor_is_never_too_small() {
+        let mut s = SegmentSize::new(1152);
+        s.on_progress(1152);
+        for _ in 0..20 {
+            assert_ne!(s.on_timeout(s.current(), true), MtuVerdict::TooSmall);
+        }
+        assert_eq!(s.current(), SEGMENT_FLOOR);
+        // Small advances (tails, ACKs of probes) prove nothing.
+        let mut t = SegmentSize::new(1152);
+        t.on_progress(SEGMENT_FLOOR - 1);
+        let verdicts: Vec<_> = (0..20).map(|_| t.on_timeout(t.current(), true)).collect();
+        assert!(verdicts.contains(&MtuVerdict::TooSmall));
     }
 }
