@@ -14,6 +14,7 @@
 
 pub mod daemonctl;
 pub mod demo;
+pub mod gateway;
 pub mod ops;
 pub mod runners;
 pub mod util;
@@ -260,6 +261,9 @@ enum Cmd {
     },
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),
+    /// IP gateway: reach peers' services from ordinary TCP clients through
+    /// local IPs (start|stop|map|unmap|list)
+    Gateway(gateway::GatewayArgs),
     /// Print a shell completion script (e.g. `pilotctl completions bash >
     /// ~/.local/share/bash-completion/completions/pilotctl`)
     Completions {
@@ -415,6 +419,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         match first {
             "_daemon-run" => return runners::daemon_run(&args[2..]),
             "_rendezvous-run" => return runners::rendezvous_run(&args[2..]),
+            "_gateway-run" => return gateway::gateway_run(&args[2..]),
             _ => {}
         }
     }
@@ -559,6 +564,10 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             Err(CliError::invalid("internal command"))
         }
         Cmd::Demo(args) => Ok(Output::Done(demo::run(&args, json_mode))),
+        Cmd::Gateway(args) => Ok(match gateway::run(args, socket, json_mode)? {
+            gateway::GwOutput::Data(data, text) => Output::Data { data, text },
+            gateway::GwOutput::Done(code) => Output::Done(code),
+        }),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pilotctl", &mut std::io::stdout());
