@@ -17,6 +17,7 @@ pub mod demo;
 pub mod gateway;
 pub mod ops;
 pub mod runners;
+pub mod skill;
 pub mod util;
 
 use std::ffi::OsString;
@@ -264,6 +265,9 @@ enum Cmd {
     /// IP gateway: reach peers' services from ordinary TCP clients through
     /// local IPs (start|stop|map|unmap|list)
     Gateway(gateway::GatewayArgs),
+    /// The agent skill file (SKILL.md) teaching an LLM agent to use
+    /// pilotctl --json: show, install, status
+    Skill(skill::SkillArgs),
     /// Print a shell completion script (e.g. `pilotctl completions bash >
     /// ~/.local/share/bash-completion/completions/pilotctl`)
     Completions {
@@ -386,6 +390,12 @@ impl StartArgs {
         }
         v
     }
+}
+
+/// The CLI's clap definition (for generated documents: `skill`, man
+/// page, completions).
+pub fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// How the result of a command is shown.
@@ -568,6 +578,10 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             gateway::GwOutput::Data(data, text) => Output::Data { data, text },
             gateway::GwOutput::Done(code) => Output::Done(code),
         }),
+        Cmd::Skill(args) => {
+            let (data, text) = skill::run(args, &cli_command())?;
+            Ok(Output::Data { data, text })
+        }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pilotctl", &mut std::io::stdout());
