@@ -15,6 +15,7 @@
 pub mod daemonctl;
 pub mod demo;
 pub mod gateway;
+pub mod nameserver;
 pub mod ops;
 pub mod runners;
 pub mod skill;
@@ -268,6 +269,9 @@ enum Cmd {
     /// The agent skill file (SKILL.md) teaching an LLM agent to use
     /// pilotctl --json: show, install, status
     Skill(skill::SkillArgs),
+    /// The Pilot nameserver (port 53): serve it on this daemon, query or
+    /// register records
+    Nameserver(nameserver::NsArgs),
     /// Print a shell completion script (e.g. `pilotctl completions bash >
     /// ~/.local/share/bash-completion/completions/pilotctl`)
     Completions {
@@ -577,6 +581,10 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
         Cmd::Gateway(args) => Ok(match gateway::run(args, socket, json_mode)? {
             gateway::GwOutput::Data(data, text) => Output::Data { data, text },
             gateway::GwOutput::Done(code) => Output::Done(code),
+        }),
+        Cmd::Nameserver(args) => Ok(match nameserver::run(args, socket, quiet)? {
+            nameserver::NsOutput::Data(data, text) => Output::Data { data, text },
+            nameserver::NsOutput::Done(code) => Output::Done(code),
         }),
         Cmd::Skill(args) => {
             let (data, text) = skill::run(args, &cli_command())?;
