@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod nameserver;
 pub mod ops;
 pub mod runners;
+pub mod secure;
 pub mod skill;
 pub mod util;
 
@@ -131,6 +132,13 @@ enum Cmd {
         /// How long to wait for the reply
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Use the secure channel (X25519 + AES-256-GCM records, usually
+        /// port 443) inside the stream
+        #[arg(long)]
+        secure: bool,
+        /// With --secure: the v1.8 ("legacy") key derivation
+        #[arg(long, requires = "secure")]
+        secure_legacy: bool,
     },
     /// Send data on a stream port and print one reply
     Send {
@@ -796,6 +804,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             port,
             message,
             timeout,
+            secure,
+            secure_legacy,
         } => {
             let msg = match message {
                 Some(m) => m,
@@ -814,6 +824,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             };
             let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
+            if secure {
+                let profile = if secure_legacy {
+                    pilot_proto::wire::WireProfile::Legacy
+                } else {
+                    pilot_proto::wire::WireProfile::Current
+                };
+                let r = secure::exchange(&c, t.addr, port, msg.as_bytes(), timeout, profile)?;
+                let resp = String::from_utf8_lossy(&r).into_owned();
+                return data(
+                    json!({"port": port, "response": resp, "secure": true, "sent": msg, "target": target}),
+                );
+            }
             let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
             data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
         }
