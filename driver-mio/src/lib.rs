@@ -5,6 +5,7 @@
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
 pub mod daemon;
 pub mod duration;
+pub mod gateway;
 pub mod ipc_client;
 pub mod pilotctl;
 pub mod rendezvous;

@@ -40,6 +40,7 @@ mod embedded;
 mod error;
 mod pilot;
 mod registry;
+pub mod secure;
 mod stream;
 
 pub use daemon::DaemonClient;
@@ -48,5 +49,6 @@ pub use error::Error;
 pub use pilot::Pilot;
 pub use pilot_proto::addr::Addr;
 pub use pilot_proto::crypto::provider::Selected as CryptoChoice;
+pub use pilot_proto::wire::WireProfile;
 pub use registry::RegistryConfig;
 pub use stream::{Datagram, DatagramSocket, Listener, Stream};

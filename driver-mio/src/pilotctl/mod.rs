@@ -14,8 +14,12 @@
 
 pub mod daemonctl;
 pub mod demo;
+pub mod gateway;
+pub mod nameserver;
 pub mod ops;
 pub mod runners;
+pub mod secure;
+pub mod skill;
 pub mod util;
 
 use std::ffi::OsString;
@@ -128,6 +132,13 @@ enum Cmd {
         /// How long to wait for the reply
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Use the secure channel (X25519 + AES-256-GCM records, usually
+        /// port 443) inside the stream
+        #[arg(long)]
+        secure: bool,
+        /// With --secure: the v1.8 ("legacy") key derivation
+        #[arg(long, requires = "secure")]
+        secure_legacy: bool,
     },
     /// Send data on a stream port and print one reply
     Send {
@@ -260,6 +271,15 @@ enum Cmd {
     },
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),
+    /// IP gateway: reach peers' services from ordinary TCP clients through
+    /// local IPs (start|stop|map|unmap|list)
+    Gateway(gateway::GatewayArgs),
+    /// The agent skill file (SKILL.md) teaching an LLM agent to use
+    /// pilotctl --json: show, install, status
+    Skill(skill::SkillArgs),
+    /// The Pilot nameserver (port 53): serve it on this daemon, query or
+    /// register records
+    Nameserver(nameserver::NsArgs),
     /// Print a shell completion script (e.g. `pilotctl completions bash >
     /// ~/.local/share/bash-completion/completions/pilotctl`)
     Completions {
@@ -384,6 +404,12 @@ impl StartArgs {
     }
 }
 
+/// The CLI's clap definition (for generated documents: `skill`, man
+/// page, completions).
+pub fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// How the result of a command is shown.
 enum Output {
     /// A result object; `text` is the friendly human form, if any.
@@ -415,6 +441,7 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         match first {
             "_daemon-run" => return runners::daemon_run(&args[2..]),
             "_rendezvous-run" => return runners::rendezvous_run(&args[2..]),
+            "_gateway-run" => return gateway::gateway_run(&args[2..]),
             _ => {}
         }
     }
@@ -559,6 +586,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             Err(CliError::invalid("internal command"))
         }
         Cmd::Demo(args) => Ok(Output::Done(demo::run(&args, json_mode))),
+        Cmd::Gateway(args) => Ok(match gateway::run(args, socket, json_mode)? {
+            gateway::GwOutput::Data(data, text) => Output::Data { data, text },
+            gateway::GwOutput::Done(code) => Output::Done(code),
+        }),
+        Cmd::Nameserver(args) => Ok(match nameserver::run(args, socket, quiet)? {
+            nameserver::NsOutput::Data(data, text) => Output::Data { data, text },
+            nameserver::NsOutput::Done(code) => Output::Done(code),
+        }),
+        Cmd::Skill(args) => {
+            let (data, text) = skill::run(args, &cli_command())?;
+            Ok(Output::Data { data, text })
+        }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "pilotctl", &mut std::io::stdout());
@@ -765,6 +804,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             port,
             message,
             timeout,
+            secure,
+            secure_legacy,
         } => {
             let msg = match message {
                 Some(m) => m,
@@ -783,6 +824,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             };
             let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
+            if secure {
+                let profile = if secure_legacy {
+                    pilot_proto::wire::WireProfile::Legacy
+                } else {
+                    pilot_proto::wire::WireProfile::Current
+                };
+                let r = secure::exchange(&c, t.addr, port, msg.as_bytes(), timeout, profile)?;
+                let resp = String::from_utf8_lossy(&r).into_owned();
+                return data(
+                    json!({"port": port, "response": resp, "secure": true, "sent": msg, "target": target}),
+                );
+            }
             let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
             data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
         }

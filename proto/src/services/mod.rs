@@ -15,6 +15,7 @@ pub mod eventstream;
 pub mod handshake;
 pub mod host;
 pub mod nameserver;
+pub mod secure;
 pub mod walltime;
 
 /// Why a service encoder refused to write.
