@@ -101,7 +101,8 @@ pub struct Args {
     /// Seed of a single run.
     #[arg(long, required_unless_present_any = ["seeds", "sweep"])]
     pub seed: Option<u64>,
-    /// Range of seeds `A..B` (B excluded) or `A..=B`; overrides `--seed`.
+    /// Range of seeds `A..B`, both ends included (`A..=B` is the same);
+    /// overrides `--seed`.
     #[arg(long, value_name = "A..B")]
     pub seeds: Option<String>,
     /// Number of nodes.
@@ -246,7 +247,14 @@ pub struct SimConfig {
     pub json: bool,
 }
 
-fn parse_range(flag: &'static str, s: &str) -> Result<Range<u64>, ConfigError> {
+/// Parses `A..B` or `A..=B` into a half-open range. `A..=B` always
+/// includes `B`; `A..B` includes it only when `dots_include_end` is set
+/// (seed ranges read as "seeds 1 to 100", like the shell's `{1..100}`).
+fn parse_range(
+    flag: &'static str,
+    s: &str,
+    dots_include_end: bool,
+) -> Result<Range<u64>, ConfigError> {
     let bad = || ConfigError::BadRange {
         flag,
         value: s.to_owned(),
@@ -254,7 +262,7 @@ fn parse_range(flag: &'static str, s: &str) -> Result<Range<u64>, ConfigError> {
     let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
         (a, b, true)
     } else if let Some((a, b)) = s.split_once("..") {
-        (a, b, false)
+        (a, b, dots_include_end)
     } else {
         return Err(bad());
     };
@@ -287,9 +295,9 @@ impl TryFrom<Args> for SimConfig {
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let (seeds, seed_range) = match (&a.seeds, a.seed) {
-            (Some(r), _) => (parse_range("seeds", r)?, true),
+            (Some(r), _) => (parse_range("seeds", r, true)?, true),
             (None, Some(s)) => (s..s.saturating_add(1), false),
-            (None, None) if a.sweep.is_some() => (1..11, true),
+            (None, None) if a.sweep.is_some() => (1..11, true), // seeds 1..10
             (None, None) => return Err(ConfigError::NoSeed),
         };
         if seeds.is_empty() {
@@ -320,7 +328,7 @@ impl TryFrom<Args> for SimConfig {
         }
         let partition_ms = match &a.partition_ms {
             Some(p) => {
-                let r = parse_range("partition-ms", p)?;
+                let r = parse_range("partition-ms", p, false)?;
                 Some((r.start, r.end))
             }
             None => None,
@@ -580,17 +588,24 @@ mod tests {
     }
 
     #[test]
-    fn seeds_range_overrides_seed_and_exclusive_end() {
+    fn seeds_range_overrides_seed_and_includes_its_end() {
         let c = cfg(&["--seed", "1", "--seeds", "10..13"]).unwrap();
-        assert_eq!(c.seeds, 10..13);
-        assert_eq!(cfg(&["--seeds", "0..1"]).unwrap().seeds, 0..1);
+        assert_eq!(c.seeds, 10..14);
+        assert_eq!(cfg(&["--seeds", "1..100"]).unwrap().seeds.count(), 100);
+        assert_eq!(cfg(&["--seeds", "5..5"]).unwrap().seeds, 5..6);
+        assert_eq!(cfg(&["--seeds", "0..=1"]).unwrap().seeds, 0..2);
+    }
+
+    #[test]
+    fn partition_range_excludes_its_end() {
+        let c = cfg(&["--seed", "1", "--partition-ms", "100..200"]).unwrap();
+        assert_eq!(c.partition_ms, Some((100, 200)));
     }
 
     #[test]
     fn rejects_bad_values() {
         for bad in [
             &[][..],
-            &["--seeds", "5..5"],
             &["--seeds", "7..3"],
             &["--seeds", "a..3"],
             &["--seeds", "3"],

@@ -4,7 +4,7 @@
 //! A grid is a list of [`Cell`]s; each cell is a set of `pilot-sim` flags
 //! for the `stream-transfer` scenario plus whether its fault model allows
 //! success (mean loss ≤ 10 %, outages shorter than the user timeout,
-//! MTU ≥ 576). Every cell runs every seed of `--seeds` (default `1..11`);
+//! MTU ≥ 576). Every cell runs every seed of `--seeds` (default `1..10`, both ends included);
 //! a failing run is classified by the scenario's `failure_class` figure
 //! (or the name of the failing check). The table has one row per cell
 //! (runs, ok, failures by class) and a total; the exit code is
@@ -186,10 +186,10 @@ pub fn run(
     };
     writeln!(
         out,
-        "sweep {name}: {} cells x seeds {}..{} (stream-transfer)",
+        "sweep {name}: {} cells x seeds {}..={} (stream-transfer)",
         cells.len(),
         cfg.seeds.start,
-        cfg.seeds.end
+        cfg.seeds.end - 1
     )?;
     writeln!(
         out,

@@ -177,7 +177,7 @@ fn node_counts_outside_the_budget_are_refused_with_a_reason() {
 /// The CI grid: every cell whose fault model allows success succeeds.
 #[test]
 fn ci_sweep_grid_has_no_failure_where_success_is_possible() {
-    let cfg = SimConfig::parse_from("pilot-sim --sweep ci --seeds 1..3".split(' ')).unwrap();
+    let cfg = SimConfig::parse_from("pilot-sim --sweep ci --seeds 1..2".split(' ')).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = pilot_sim::cli::run(&cfg, &Registry::builtin(), &mut out, &mut err).unwrap();
     let table = String::from_utf8(out).unwrap();
