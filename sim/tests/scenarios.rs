@@ -142,3 +142,49 @@ fn rekey_after_restart_resumes_without_nonce_reuse() {
         1..3,
     );
 }
+
+#[test]
+fn tunnel_lifecycle_recovers_in_both_profiles_under_loss_and_reordering() {
+    for profile in ["current", "legacy"] {
+        run_ok(
+            &[
+                "--scenario",
+                "tunnel-lifecycle",
+                "--profile",
+                profile,
+                "--loss",
+                "3",
+                "--reorder",
+                "10",
+                "--jitter-ms",
+                "5",
+            ],
+            1..4,
+        );
+    }
+}
+
+#[test]
+fn tunnel_lifecycle_is_deterministic_and_reports_every_round() {
+    let cfg = cfg(&[
+        "--scenario",
+        "tunnel-lifecycle",
+        "--profile",
+        "legacy",
+        "--loss",
+        "3",
+    ]);
+    let reg = Registry::builtin();
+    let sc = reg.get(&cfg.scenario).expect("registered");
+    let out = check_determinism(sc, &cfg, 7);
+    assert!(out.ok(), "{:#?}", out.checks);
+    // 12 steps, two dials each, every one with its time.
+    let rounds = out.figures["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 24, "{rounds:?}");
+    assert!(rounds.iter().all(|r| r.get("ms").is_some()), "{rounds:?}");
+    assert!(
+        out.checks
+            .iter()
+            .any(|c| c.name == "stall-watchdog" && c.ok)
+    );
+}

@@ -41,13 +41,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.identity_persisted = true;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
     cfg.heartbeat = set.keepalive;
-    if set.idle_timeout != super::args::DEFAULT_IDLE_TIMEOUT {
-        // The sans-IO daemon has no stream idle-timeout setting yet.
-        tracing::warn!(
-            idle_timeout = ?set.idle_timeout,
-            "--idle-timeout is accepted but not applied yet; streams use the transport's default"
-        );
-    }
+    cfg.peer_timeout = set.idle_timeout;
     Daemon::new(Instant::ZERO, cfg)
 }
 
@@ -119,6 +113,11 @@ impl Engine for RealDaemon {
         Daemon::handle_timeout(self, now);
     }
     fn poll_action(&mut self) -> Option<Action> {
+        // Tunnel-layer drops and lifecycle changes go to the debug log
+        // (the core keeps them bounded and counts them in Info `tunnel`).
+        while let Some(line) = Daemon::poll_diagnostic(self) {
+            tracing::debug!(target: "pilot::tunnel", "{line}");
+        }
         Daemon::poll_action(self).map(action)
     }
     fn shutdown(&mut self, now: Instant) {

@@ -53,6 +53,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "ssthresh": st.ssthresh,
                     "in_flight": st.in_flight,
                     "unacked": st.in_flight,
+                    "ooo_buf": i.ooo_segments,
+                    "peer_recv_win": i.peer_window,
+                    "recv_win": i.recv_window,
                     "srtt_ms": st.srtt.map(ms).unwrap_or(0.0),
                     "rttvar_ms": ms(st.rttvar),
                     "in_recovery": st.recovery.is_some(),
@@ -98,8 +101,40 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "pkts_recv": self.stats.pkts_recv,
             "peer_list": peer_list,
             "conn_list": conns,
+            "tunnel": self.tunnel_json(),
         });
         v.to_string()
+    }
+
+    /// Tunnel-layer drop and lifecycle counters (an extra Info key; the
+    /// reference's clients ignore keys they do not know).
+    fn tunnel_json(&self) -> Value {
+        let n = self.node.as_ref().map(|n| n.stats()).unwrap_or_default();
+        let d = self.stats;
+        json!({
+            "kx_rejected": n.kx_rejected,
+            "kx_rate_limited": n.kx_rate_limited,
+            "kx_unknown_identity": n.kx_unknown_identity,
+            "kx_bad_auth": n.kx_bad_auth,
+            "kx_key_requests": n.kx_key_requests,
+            "kx_waiting_kept": n.kx_waiting_kept,
+            "kx_waiting_retried": n.kx_waiting_retried,
+            "kx_waiting_dropped": n.kx_waiting_dropped,
+            "frames_dropped": n.open_failed,
+            "frames_no_session": n.open_no_session,
+            "frames_auth_failed": n.open_auth,
+            "frames_replayed": n.open_replay,
+            "frames_spoofed": n.spoofed,
+            "plaintext_refused": n.plaintext_refused,
+            "probes_sent": n.probes_sent,
+            "peers_dead": n.peers_dead,
+            "tunnels_closed": n.tunnels_closed,
+            "tunnels_revoked": d.tunnels_revoked,
+            "conns_failed_peer_restart": n.conns_failed_restart,
+            "endpoint_moves": n.endpoint_moves,
+            "endpoint_refreshes": d.endpoint_refreshes,
+            "peer_timeout_ms": self.peer_timeout.as_millis() as u64,
+        })
     }
 
     /// The `HealthOk` JSON (current profile).

@@ -52,6 +52,32 @@ pub const KEEPALIVE_SWEEP: Duration = Duration::from_secs(5);
 /// Idle time towards a peer after which a keepalive is sent
 /// (`spec/node.md` §7).
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(25);
+/// Default peer timeout: a tunnel peer from which nothing authenticated
+/// arrived for this long, despite probes, is dead (`spec/node.md` §7.1).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest accepted peer timeout.
+pub const MIN_PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// Payload of a liveness probe (a control ping with sequence 0; any
+/// daemon answers it with a pong). spec/node.md §7.1
+pub const PROBE_PAYLOAD: &[u8; 10] = b"pilot-live";
+/// A dial unanswered for this long asks for the peer's endpoint to be
+/// looked up again ([`Event::ResolveNeeded`]).
+pub const RESOLVE_AFTER: Duration = Duration::from_secs(1);
+/// Key exchanges kept while their sender's identity key is looked up
+/// (`spec/node.md` §2).
+pub const KX_WAITING_MAX: usize = 64;
+/// How long such a key exchange is kept.
+pub const KX_WAITING_TTL: Duration = Duration::from_secs(10);
+/// PILS frames from senders without a session kept for a moment, in
+/// case the key exchange that installs the session is just behind them
+/// (`spec/node.md` §2). Oldest evicted first.
+pub const EARLY_FRAMES: usize = 16;
+/// Largest early frame kept, bytes.
+pub const EARLY_FRAME_MAX_LEN: usize = 2048;
+/// How long an early frame is kept.
+pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(2);
+/// Bound of the diagnostics queue ([`Node::poll_diagnostic`]).
+pub const DIAGNOSTIC_QUEUE: usize = 256;
 /// How long a ping waits for its pong (`spec/node.md` §5).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time a dial holds its SYN retries while the tunnel key exchange
@@ -196,6 +222,22 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
+    /// The UDP endpoint held for `peer` may be stale (a dial got no answer
+    /// for [`RESOLVE_AFTER`], the key exchange gave up, or the peer went
+    /// silent): look its endpoint up again and call [`Node::add_peer`].
+    ResolveNeeded {
+        /// Peer node ID.
+        peer: u32,
+    },
+    /// Nothing authenticated arrived from `peer` for the peer timeout
+    /// despite probes: its session was dropped and its connections failed
+    /// with [`ResetCause::PeerUnreachable`].
+    PeerUnreachable {
+        /// Peer node ID.
+        peer: u32,
+        /// How long it had been silent.
+        silent: Duration,
+    },
     /// A PILA from `peer` was refused because its registered identity key
     /// is unknown: look it up and call [`Node::add_peer`] with it; the
     /// peer's retransmission then verifies (`spec/node.md` §2).
@@ -218,6 +260,28 @@ pub enum ResetCause {
     DialTimeout,
     /// The application aborted.
     Aborted,
+    /// The tunnel peer went silent past the peer timeout.
+    PeerUnreachable,
+    /// The tunnel to the peer was closed locally (trust revoked).
+    TunnelClosed,
+    /// The peer restarted; the connection belonged to its previous run.
+    PeerRestarted,
+}
+
+impl ResetCause {
+    /// A short human-readable reason, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResetCause::Remote => "connection reset by peer",
+            ResetCause::TimedOut => "peer stopped acknowledging data",
+            ResetCause::ZeroWindow => "peer kept a zero window too long",
+            ResetCause::DialTimeout => "dial timeout",
+            ResetCause::Aborted => "connection aborted",
+            ResetCause::PeerUnreachable => "peer unreachable: no answer within the peer timeout",
+            ResetCause::TunnelClosed => "tunnel to the peer closed (trust revoked)",
+            ResetCause::PeerRestarted => "peer restarted: connection lost",
+        }
+    }
 }
 
 impl From<ResetReason> for ResetCause {
@@ -228,6 +292,9 @@ impl From<ResetReason> for ResetCause {
             ResetReason::ZeroWindow => ResetCause::ZeroWindow,
             ResetReason::DialTimeout => ResetCause::DialTimeout,
             ResetReason::Aborted => ResetCause::Aborted,
+            ResetReason::PeerUnreachable => ResetCause::PeerUnreachable,
+            ResetReason::TunnelClosed => ResetCause::TunnelClosed,
+            ResetReason::PeerRestarted => ResetCause::PeerRestarted,
         }
     }
 }
@@ -245,6 +312,12 @@ pub struct ConnInfo {
     pub state: conn::State,
     /// Bytes ready to read.
     pub readable: usize,
+    /// Segments held out of order.
+    pub ooo_segments: usize,
+    /// The peer's advertised receive window, bytes.
+    pub peer_window: usize,
+    /// Our advertised receive window, bytes.
+    pub recv_window: usize,
 }
 
 /// One peer-table entry, from [`Node::peer_list`].
@@ -322,8 +395,47 @@ pub struct NodeStats {
     pub spoofed: u64,
     /// Packets whose destination is not this node.
     pub not_for_us: u64,
-    /// Key exchanges refused by the session table.
+    /// Key exchanges refused by the session table (all reasons; the
+    /// `kx_*` fields below split the main ones).
     pub kx_rejected: u64,
+    /// Key exchanges refused by the per-source rate limit.
+    pub kx_rate_limited: u64,
+    /// PILAs whose sender's identity key was not known (kept and retried
+    /// once the key arrives, see `kx_waiting_*`).
+    pub kx_unknown_identity: u64,
+    /// PILAs whose identity key or signature did not verify.
+    pub kx_bad_auth: u64,
+    /// PILKs refused (answered as key requests) because the sender has an
+    /// identity.
+    pub kx_key_requests: u64,
+    /// Key exchanges kept while the sender's key was looked up.
+    pub kx_waiting_kept: u64,
+    /// Kept key exchanges processed once the key arrived.
+    pub kx_waiting_retried: u64,
+    /// Key exchanges not kept (table full) or expired before their key.
+    pub kx_waiting_dropped: u64,
+    /// PILS frames from a sender without a session.
+    pub open_no_session: u64,
+    /// PILS frames that failed authentication.
+    pub open_auth: u64,
+    /// PILS frames refused as replays, outside the window or of a retired
+    /// receive epoch.
+    pub open_replay: u64,
+    /// Liveness probes sent to silent peers.
+    pub probes_sent: u64,
+    /// Peers declared dead (silent past the peer timeout).
+    pub peers_dead: u64,
+    /// Tunnels closed locally ([`Node::close_tunnel`]).
+    pub tunnels_closed: u64,
+    /// Connections failed because their peer restarted.
+    pub conns_failed_restart: u64,
+    /// Peers whose UDP endpoint moved after an authenticated frame or key
+    /// exchange from a new address.
+    pub endpoint_moves: u64,
+    /// Diagnostics dropped because their queue was full.
+    pub diagnostics_dropped: u64,
+    /// Early frames opened once their sender's session was installed.
+    pub early_frames_replayed: u64,
     /// NAT keepalives received.
     pub keepalives_in: u64,
     /// NAT keepalives sent.
@@ -366,6 +478,52 @@ struct Peer {
     endpoint: SocketAddr,
     identity: Option<[u8; 32]>,
     last_sent: Instant,
+    /// Last liveness probe sent.
+    last_probe: Option<Instant>,
+    /// Last authenticated frame from the peer.
+    last_heard: Instant,
+}
+
+/// Something dropped or changed in the tunnel layer, for debug logs
+/// ([`Node::poll_diagnostic`]). Bounded; overflow is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A key exchange was refused.
+    KxDropped {
+        /// Claimed sender node.
+        peer: u32,
+        /// Source endpoint.
+        from: SocketAddr,
+        /// Why.
+        reason: crate::crypto::session::KxRejected,
+    },
+    /// A PILS frame did not open.
+    FrameDropped {
+        /// Claimed sender node.
+        peer: u32,
+        /// Source endpoint.
+        from: SocketAddr,
+        /// Why.
+        reason: crate::crypto::session::OpenFailure,
+    },
+    /// A peer proved its identity from a new UDP endpoint; it is used now.
+    EndpointMoved {
+        /// Peer node.
+        peer: u32,
+        /// Previous endpoint.
+        old: SocketAddr,
+        /// New endpoint.
+        new: SocketAddr,
+    },
+}
+
+/// A key exchange refused for want of its sender's identity key, kept
+/// until the key arrives ([`Node::add_peer`]) or [`KX_WAITING_TTL`].
+#[derive(Clone, Copy, Debug)]
+struct WaitingKx {
+    kx: KeyExchange,
+    from: SocketAddr,
+    at: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -411,6 +569,11 @@ struct ConnEntry {
     /// When the connection was created (bounds the SYN hold).
     started: Instant,
     app_closed: bool,
+    /// [`Event::ResolveNeeded`] was already raised for this dial.
+    resolve_asked: bool,
+    /// Tunnel key of the peer run this connection last heard from (a
+    /// different key later means that run is gone).
+    peer_key: Option<[u8; 32]>,
 }
 
 struct Listener {
@@ -450,6 +613,13 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     syn_global: Option<Bucket>,
     syn_sources: BTreeMap<u32, Bucket>,
     stats: NodeStats,
+    /// Peer timeout (`spec/node.md` §7.1).
+    peer_timeout: Duration,
+    /// Key exchanges waiting for their sender's identity key.
+    kx_waiting: BTreeMap<u32, WaitingKx>,
+    /// Early PILS frames: (claimed sender, source, arrival, bytes).
+    early_frames: VecDeque<(u32, SocketAddr, Instant, Vec<u8>)>,
+    diagnostics: VecDeque<Diagnostic>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
@@ -508,7 +678,117 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             syn_global: None,
             syn_sources: BTreeMap::new(),
             stats: NodeStats::default(),
+            peer_timeout: PEER_TIMEOUT,
+            kx_waiting: BTreeMap::new(),
+            early_frames: VecDeque::new(),
+            diagnostics: VecDeque::new(),
         }
+    }
+
+    /// Sets the peer timeout (at least [`MIN_PEER_TIMEOUT`]): a peer with
+    /// a session that sends nothing authenticated for this long, although
+    /// it was probed, is dead (`spec/node.md` §7.1).
+    pub fn set_peer_timeout(&mut self, now: Instant, timeout: Duration) {
+        self.peer_timeout = timeout.max(MIN_PEER_TIMEOUT);
+        let next = now + self.sweep_period();
+        if self
+            .timers
+            .get(TimeoutReason::Keepalive)
+            .is_none_or(|t| t > next)
+        {
+            self.timers.set(TimeoutReason::Keepalive, next);
+        }
+    }
+
+    /// The peer timeout in force.
+    pub fn peer_timeout(&self) -> Duration {
+        self.peer_timeout
+    }
+
+    /// Period of the keepalive/liveness sweep: 5 s, or an eighth of the
+    /// peer timeout when that is shorter.
+    fn sweep_period(&self) -> Duration {
+        KEEPALIVE_SWEEP.min(self.peer_timeout / 8)
+    }
+
+    /// The next tunnel-layer diagnostic (drops with their reasons,
+    /// endpoint moves), for debug logging.
+    pub fn poll_diagnostic(&mut self) -> Option<Diagnostic> {
+        self.diagnostics.pop_front()
+    }
+
+    fn diag(&mut self, d: Diagnostic) {
+        if self.diagnostics.len() >= DIAGNOSTIC_QUEUE {
+            self.stats.diagnostics_dropped += 1;
+        } else {
+            self.diagnostics.push_back(d);
+        }
+    }
+
+    /// Closes the tunnel to `peer` at once (trust revoked): the session
+    /// and everything queued for it are dropped, and every connection to
+    /// the peer fails with [`ResetCause::TunnelClosed`] without sending
+    /// anything. The peer entry stays, so a later send (after trust is
+    /// granted again) runs a fresh key exchange, with a key request so a
+    /// peer still holding its session answers at once. Returns whether a
+    /// session or a connection was affected.
+    pub fn close_tunnel(&mut self, now: Instant, peer: u32) -> bool {
+        let had = self.sessions.remove(peer);
+        self.kx_waiting.remove(&peer);
+        let failed = self.fail_peer_conns(peer, ResetReason::TunnelClosed);
+        if had || failed > 0 {
+            self.stats.tunnels_closed += 1;
+        }
+        self.after_session(now);
+        had || failed > 0
+    }
+
+    /// A session with `peer` was installed. If its tunnel key differs from
+    /// the one a connection last heard from, that peer process restarted:
+    /// the connection is dead there and fails now
+    /// ([`ResetCause::PeerRestarted`]). Dials still waiting for their first
+    /// answer carry on with the new run.
+    fn fail_restarted_peer_conns(&mut self, peer: u32) {
+        let Some(key) = self.sessions.session(peer).map(|s| s.peer_x25519) else {
+            return;
+        };
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                e.key.remote.node == peer
+                    && !e.conn.is_closed()
+                    && e.conn.state() != conn::State::SynSent
+                    && e.peer_key.is_some_and(|k| k != key)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stats.conns_failed_restart += 1;
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.conn.fail(ResetReason::PeerRestarted);
+            }
+            self.drain_conn_events(id);
+            self.touch(id);
+        }
+    }
+
+    /// Fails every connection to `peer` with `reason`; returns how many.
+    fn fail_peer_conns(&mut self, peer: u32, reason: ResetReason) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.key.remote.node == peer && !e.conn.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = self.conns.get_mut(id) {
+                e.conn.fail(reason);
+            }
+            self.drain_conn_events(*id);
+            self.touch(*id);
+        }
+        ids.len()
     }
 
     /// Our address.
@@ -561,6 +841,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 endpoint,
                 identity,
                 last_sent: Instant::ZERO,
+                last_probe: None,
+                last_heard: Instant::ZERO,
             },
         );
         true
@@ -572,12 +854,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     }
 
     /// Starts a key exchange with a known peer now (optional: sending to it
-    /// does so too).
+    /// does so too). If a key exchange from the peer was refused for want
+    /// of its identity key and [`Node::add_peer`] has since supplied the
+    /// key, that kept exchange is processed first (`spec/node.md` §2), so
+    /// a peer that only re-sends an unchanged key is not ignored.
     pub fn connect_tunnel(&mut self, now: Instant, peer: u32) {
-        if self.encrypt && self.peers.contains_key(&peer) {
-            self.sessions.connect(now, peer);
-            self.after_session(now);
+        if !self.encrypt || !self.peers.contains_key(&peer) {
+            return;
         }
+        let known = self.peers.get(&peer).and_then(|p| p.identity);
+        if known.is_some() {
+            if let Some(w) = self.kx_waiting.remove(&peer) {
+                if now.saturating_duration_since(w.at) < KX_WAITING_TTL {
+                    self.stats.kx_waiting_retried += 1;
+                    self.process_kx(now, w.from, &w.kx);
+                } else {
+                    self.stats.kx_waiting_dropped += 1;
+                }
+            }
+        }
+        self.sessions.connect(now, peer);
+        self.after_session(now);
+        self.replay_early_frames(now);
     }
 
     // ----- ports ----------------------------------------------------------
@@ -799,6 +1097,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 queued,
                 started: now,
                 app_closed: false,
+                resolve_asked: false,
+                peer_key: None,
             },
         );
         self.mark_ready(id);
@@ -898,12 +1198,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     /// Where a connection goes and its state (for status reports).
     pub fn conn_info(&self, id: ConnId) -> Option<ConnInfo> {
-        self.conns.get(&id).map(|e| ConnInfo {
-            local_port: e.key.local_port,
-            remote: e.key.remote,
-            remote_port: e.key.remote_port,
-            state: e.conn.state(),
-            readable: e.conn.readable(),
+        self.conns.get(&id).map(|e| {
+            let w = e.conn.window_figures();
+            ConnInfo {
+                local_port: e.key.local_port,
+                remote: e.key.remote,
+                remote_port: e.key.remote_port,
+                state: e.conn.state(),
+                readable: e.conn.readable(),
+                ooo_segments: w.ooo_segments,
+                peer_window: w.peer_window_bytes,
+                recv_window: w.recv_window_bytes,
+            }
         })
     }
 
@@ -1022,28 +1328,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 self.stats.malformed += 1;
                 return;
             }
-            match self.sessions.open_in_place(now, bytes) {
-                Ok(opened) => {
-                    let sender = opened.sender;
-                    if let Some(pt) = bytes.get(opened.plaintext) {
-                        match Packet::decode_with(pt, self.profile) {
-                            Ok(pkt) => {
-                                // Identity binding (wire.md §3.2).
-                                let keepalive_v0 =
-                                    pkt.is_nat_keepalive() && pkt.header.src.node == 0;
-                                if pkt.header.src.node != sender && !keepalive_v0 {
-                                    self.stats.spoofed += 1;
-                                } else {
-                                    self.handle_packet(now, sender, &pkt);
-                                }
-                            }
-                            Err(_) => self.stats.malformed += 1,
-                        }
-                    }
-                }
-                Err(_) => self.stats.open_failed += 1,
-            }
+            self.handle_pils(now, from, bytes, true);
             self.after_session(now);
+            self.replay_early_frames(now);
             return;
         }
         let frame = match Frame::decode(bytes) {
@@ -1067,25 +1354,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     // Learn the endpoint so the answer can go back.
                     self.add_peer(Addr::new(self.addr.network, kx.sender), from, None);
                 }
-                let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
-                let res = self.sessions.handle_key_exchange(
-                    now,
-                    KxSource::Direct(from.ip()),
-                    &kx,
-                    key.as_ref(),
-                );
-                if let Err(e) = res {
-                    self.stats.kx_rejected += 1;
-                    if matches!(
-                        e,
-                        crate::crypto::session::KxRejected::Auth(
-                            crate::crypto::kx::KxError::UnknownIdentity
-                        )
-                    ) {
-                        self.push_event(Event::IdentityNeeded { peer: kx.sender });
-                    }
-                }
+                self.process_kx(now, from, &kx);
                 self.after_session(now);
+                self.replay_early_frames(now);
             }
             Frame::Pilt { packet } => {
                 if self.encrypt {
@@ -1102,6 +1373,176 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
             Frame::Pils { .. } => self.stats.malformed += 1,
             Frame::Pilp | Frame::Beacon(_) => self.stats.ignored_frames += 1,
+        }
+    }
+
+    /// Opens a PILS frame and handles its packet. A frame from a sender
+    /// without a session is kept (when `keep`) in the small early-frame
+    /// stash: it may have overtaken the key exchange that installs the
+    /// session (`spec/node.md` §2).
+    fn handle_pils(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8], keep: bool) {
+        let claimed = bytes
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes);
+        match self.sessions.open_in_place(now, bytes) {
+            Ok(opened) => {
+                let sender = opened.sender;
+                if let Some(p) = self.peers.get_mut(&sender) {
+                    p.last_heard = now;
+                }
+                if self
+                    .sessions
+                    .session(sender)
+                    .is_some_and(|s| s.authenticated)
+                {
+                    self.move_endpoint(sender, from);
+                }
+                if let Some(pt) = bytes.get(opened.plaintext) {
+                    match Packet::decode_with(pt, self.profile) {
+                        Ok(pkt) => {
+                            // Identity binding (wire.md §3.2).
+                            let keepalive_v0 = pkt.is_nat_keepalive() && pkt.header.src.node == 0;
+                            if pkt.header.src.node != sender && !keepalive_v0 {
+                                self.stats.spoofed += 1;
+                            } else {
+                                self.handle_packet(now, sender, &pkt);
+                            }
+                        }
+                        Err(_) => self.stats.malformed += 1,
+                    }
+                }
+            }
+            Err(e) => {
+                use crate::crypto::session::OpenFailure;
+                self.stats.open_failed += 1;
+                match e {
+                    OpenFailure::NoSession => {
+                        self.stats.open_no_session += 1;
+                        if keep && bytes.len() <= EARLY_FRAME_MAX_LEN {
+                            if self.early_frames.len() >= EARLY_FRAMES {
+                                self.early_frames.pop_front();
+                            }
+                            self.early_frames
+                                .push_back((claimed, from, now, bytes.to_vec()));
+                        }
+                    }
+                    OpenFailure::Rejected(crate::crypto::envelope::OpenError::Auth) => {
+                        self.stats.open_auth += 1
+                    }
+                    OpenFailure::Rejected(_) => self.stats.open_replay += 1,
+                    OpenFailure::Malformed => {}
+                }
+                self.diag(Diagnostic::FrameDropped {
+                    peer: claimed,
+                    from,
+                    reason: e,
+                });
+            }
+        }
+    }
+
+    /// Opens again the kept early frames whose sender now has a session
+    /// (in arrival order); drops the expired ones.
+    fn replay_early_frames(&mut self, now: Instant) {
+        if self.early_frames.is_empty() {
+            return;
+        }
+        self.early_frames
+            .retain(|f| now.saturating_duration_since(f.2) < EARLY_FRAME_TTL);
+        let ready: Vec<_> = {
+            let sessions = &self.sessions;
+            let (ready, keep): (VecDeque<_>, VecDeque<_>) = self
+                .early_frames
+                .drain(..)
+                .partition(|f| sessions.session(f.0).is_some());
+            self.early_frames = keep;
+            ready.into_iter().collect()
+        };
+        for (_, from, _, mut bytes) in ready {
+            self.stats.early_frames_replayed += 1;
+            self.handle_pils(now, from, &mut bytes, false);
+            self.after_session(now);
+        }
+    }
+
+    /// Hands a key exchange to the session table and acts on the outcome:
+    /// counts and reports a refusal, keeps one refused for want of the
+    /// identity key, and moves the peer's endpoint after a verified PILA.
+    fn process_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
+        use crate::crypto::kx::KxError;
+        use crate::crypto::session::KxRejected;
+        let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
+        let res =
+            self.sessions
+                .handle_key_exchange(now, KxSource::Direct(from.ip()), kx, key.as_ref());
+        match res {
+            Ok(_) => {
+                if kx.auth.is_some() {
+                    self.move_endpoint(kx.sender, from);
+                }
+            }
+            Err(e) => {
+                self.stats.kx_rejected += 1;
+                match e {
+                    KxRejected::RateLimited => self.stats.kx_rate_limited += 1,
+                    KxRejected::Auth(KxError::UnknownIdentity) => {
+                        self.stats.kx_unknown_identity += 1;
+                        self.keep_waiting_kx(now, from, kx);
+                        self.push_event(Event::IdentityNeeded { peer: kx.sender });
+                    }
+                    KxRejected::Auth(_) => self.stats.kx_bad_auth += 1,
+                    KxRejected::Unauthenticated => self.stats.kx_key_requests += 1,
+                    _ => {}
+                }
+                self.diag(Diagnostic::KxDropped {
+                    peer: kx.sender,
+                    from,
+                    reason: e,
+                });
+            }
+        }
+    }
+
+    /// Keeps a key exchange refused for want of its sender's key (one per
+    /// sender, the newest; at most [`KX_WAITING_MAX`], expired ones go
+    /// first).
+    fn keep_waiting_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
+        if !self.kx_waiting.contains_key(&kx.sender) && self.kx_waiting.len() >= KX_WAITING_MAX {
+            let before = self.kx_waiting.len();
+            self.kx_waiting
+                .retain(|_, w| now.saturating_duration_since(w.at) < KX_WAITING_TTL);
+            self.stats.kx_waiting_dropped += (before - self.kx_waiting.len()) as u64;
+            if self.kx_waiting.len() >= KX_WAITING_MAX {
+                self.stats.kx_waiting_dropped += 1;
+                return;
+            }
+        }
+        self.stats.kx_waiting_kept += 1;
+        self.kx_waiting.insert(
+            kx.sender,
+            WaitingKx {
+                kx: *kx,
+                from,
+                at: now,
+            },
+        );
+    }
+
+    /// The peer proved its identity from `from` (verified PILA, or a frame
+    /// of an authenticated session): use that endpoint from now on.
+    fn move_endpoint(&mut self, peer: u32, from: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.endpoint != from {
+                let old = p.endpoint;
+                p.endpoint = from;
+                self.stats.endpoint_moves += 1;
+                self.diag(Diagnostic::EndpointMoved {
+                    peer,
+                    old,
+                    new: from,
+                });
+            }
         }
     }
 
@@ -1224,8 +1665,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             window: h.window,
             payload: bytes::Bytes::copy_from_slice(pkt.payload),
         };
+        let peer_key = self.sessions.session(sender).map(|s| s.peer_x25519);
         if let Some(&id) = self.conn_index.get(&key) {
             if let Some(e) = self.conns.get_mut(&id) {
+                e.peer_key = peer_key.or(e.peer_key);
                 e.conn.handle_segment(now, seg);
             }
             self.drain_conn_events(id);
@@ -1264,6 +1707,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             c.abort();
         }
         let id = self.insert_conn(now, key, c, false, !full);
+        if let Some(e) = self.conns.get_mut(&id) {
+            e.peer_key = peer_key;
+        }
         if full {
             if let Some(e) = self.conns.get_mut(&id) {
                 e.app_closed = true;
@@ -1287,8 +1733,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 TimeoutReason::Keepalive => {
                     self.keepalive_sweep(now);
+                    self.liveness_sweep(now);
                     self.timers
-                        .set(TimeoutReason::Keepalive, now + KEEPALIVE_SWEEP);
+                        .set(TimeoutReason::Keepalive, now + self.sweep_period());
                 }
                 TimeoutReason::Ping(id) => {
                     if self.pings.remove(&id).is_some() {
@@ -1305,8 +1752,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                         let young = now.saturating_duration_since(e.started) < SYN_HOLD_MAX;
                         e.conn.hold_syn_retries(kx_pending && young);
                         e.conn.handle_timeout(now);
+                        let ask = e.conn.state() == conn::State::SynSent
+                            && !e.resolve_asked
+                            && now.saturating_duration_since(e.started) >= RESOLVE_AFTER;
+                        if ask {
+                            e.resolve_asked = true;
+                        }
                         self.drain_conn_events(id);
                         self.touch(id);
+                        if let (true, Some(peer)) = (ask, peer) {
+                            self.push_event(Event::ResolveNeeded { peer });
+                        }
                     }
                 }
             }
@@ -1341,14 +1797,91 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
+    /// Dead-peer detection (`spec/node.md` §7.1). For every peer with a
+    /// session: silent (nothing authenticated received) for half the peer
+    /// timeout → a probe (control ping, answered by any daemon), repeated
+    /// every eighth of the timeout; silent for the whole timeout → dead:
+    /// session dropped, connections failed, [`Event::PeerUnreachable`].
+    fn liveness_sweep(&mut self, now: Instant) {
+        if !self.encrypt {
+            return;
+        }
+        let timeout = self.peer_timeout;
+        let mut dead = Vec::new();
+        let mut probe = Vec::new();
+        // Watched: peers with a session, and peers with connections that
+        // have heard from them (their session may have been dropped).
+        let mut watched: BTreeSet<u32> = self.sessions.peers().collect();
+        watched.extend(
+            self.conns
+                .values()
+                .filter(|e| !e.conn.is_closed() && e.conn.state() != conn::State::SynSent)
+                .map(|e| e.key.remote.node),
+        );
+        for peer in watched {
+            let heard = self
+                .peers
+                .get(&peer)
+                .map_or(Instant::ZERO, |p| p.last_heard);
+            let last = self
+                .sessions
+                .session(peer)
+                .map_or(heard, |s| s.last_inbound.max(heard));
+            let silent = now.saturating_duration_since(last);
+            if silent >= timeout {
+                dead.push((peer, silent));
+            } else if silent >= timeout / 2 {
+                let due = self.peers.get(&peer).is_some_and(|p| {
+                    p.last_probe
+                        .is_none_or(|t| now.saturating_duration_since(t) >= timeout / 8)
+                });
+                if due {
+                    probe.push(peer);
+                }
+            }
+        }
+        for peer in probe {
+            let network = self.peers.get(&peer).map_or(0, |p| p.network);
+            let h = self.header(
+                Protocol::CONTROL,
+                Addr::new(network, self.addr.node),
+                Addr::new(network, peer),
+                0,
+                0,
+            );
+            if self.queue_packet(peer, h, PROBE_PAYLOAD).is_ok() {
+                self.stats.probes_sent += 1;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.last_probe = Some(now);
+                }
+            }
+        }
+        for (peer, silent) in dead {
+            self.stats.peers_dead += 1;
+            self.sessions.remove(peer);
+            self.fail_peer_conns(peer, ResetReason::PeerUnreachable);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.last_probe = None;
+            }
+            self.push_event(Event::PeerUnreachable { peer, silent });
+            self.push_event(Event::ResolveNeeded { peer });
+        }
+    }
+
     /// Turns session-table events into node events and re-arms its timer.
     fn after_session(&mut self, _now: Instant) {
         while let Some(ev) = self.sessions.poll_event() {
             let out = match ev {
-                SessionEvent::Installed { peer, .. } => Event::SessionUp { peer },
+                SessionEvent::Installed { peer, .. } => {
+                    self.fail_restarted_peer_conns(peer);
+                    Event::SessionUp { peer }
+                }
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
-                SessionEvent::GaveUp { peer, .. } => Event::KeyExchangeGaveUp { peer },
+                SessionEvent::GaveUp { peer, .. } => {
+                    self.push_event(Event::ResolveNeeded { peer });
+                    Event::KeyExchangeGaveUp { peer }
+                }
             };
             self.push_event(out);
         }
