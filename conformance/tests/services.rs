@@ -177,7 +177,14 @@ fn dataexchange_service_decisions() {
                     file_name, data, ..
                 }),
             ) => {
-                assert_eq!(file_name, field(v, "store_name"), "{n}");
+                // `store_name` is the reference's timestamped name; we keep
+                // the sender's sanitised name (spec/services.md §5.4), given
+                // as `local_store_name` where the two differ.
+                let want = v
+                    .get("local_store_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| field(v, "store_name"));
+                assert_eq!(file_name, want, "{n}");
                 assert_eq!(*data, unhex(field(v, "store_content")).as_slice(), "{n}");
             }
             ("inbox", Some(Store::Inbox { file_name, json })) => {

@@ -2,10 +2,12 @@
 //! test: it only prints figures). Run with
 //! `cargo bench -p pilot-driver-mio --bench rendezvous`.
 //!
-//! Measures registrations/s (each one a durable redb commit, grouped per
-//! event-loop turn) and lookups/s over `CONNS` client connections, and, as a
-//! yardstick, a bare thread-per-connection TCP request/response echo with
-//! the same request and reply sizes.
+//! Measures durable registrations/s (every reply after its change is
+//! committed; commits grouped by the store's writer thread) and lookups/s
+//! over `CONNS` client connections (64; `RV_BENCH_CONNS` overrides), one
+//! request in flight each, and, as a yardstick in the same run, a bare
+//! thread-per-connection TCP request/response echo with the same request
+//! and reply sizes. Request frames are built before the clock starts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,9 +19,17 @@ use pilot_proto::registry::codec::{
     Lookup, Register, Request, Response, decode_response, encode_request, frame_vec,
 };
 
-const CONNS: u32 = 8;
-const REGS_PER_CONN: u32 = 500;
-const LOOKUPS_PER_CONN: u32 = 5_000;
+const DEFAULT_CONNS: u32 = 64;
+const REGISTRATIONS: u32 = 40_000;
+const LOOKUPS: u32 = 200_000;
+
+fn conns() -> u32 {
+    std::env::var("RV_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_CONNS)
+}
 
 fn register_frame(seed: u32) -> Vec<u8> {
     let mut s = [7u8; 32];
@@ -44,18 +54,34 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     body
 }
 
-/// Runs `per_conn` request/responses on each of `CONNS` connections in
-/// parallel; returns requests per second and the last reply size.
-fn drive(addr: SocketAddr, per_conn: u32, frame: fn(u32, u32) -> Vec<u8>) -> (f64, usize) {
+/// Runs `per_conn` request/responses on each of `conns` connections in
+/// parallel, the frames built beforehand by `frame(conn, i)`; returns
+/// requests per second and the last reply size.
+fn drive(
+    addr: SocketAddr,
+    conns: u32,
+    per_conn: u32,
+    frame: impl Fn(u32, u32) -> Vec<u8>,
+) -> (f64, usize) {
+    let frames: Vec<Vec<Vec<u8>>> = (0..conns)
+        .map(|c| (0..per_conn).map(|i| frame(c, i)).collect())
+        .collect();
+    let streams: Vec<TcpStream> = (0..conns)
+        .map(|_| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        })
+        .collect();
     let start = Instant::now();
-    let threads: Vec<_> = (0..CONNS)
-        .map(|c| {
+    let threads: Vec<_> = streams
+        .into_iter()
+        .zip(frames)
+        .map(|(mut s, frames)| {
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_nodelay(true).unwrap();
                 let mut size = 0;
-                for i in 0..per_conn {
-                    s.write_all(&frame(c, i)).unwrap();
+                for f in &frames {
+                    s.write_all(f).unwrap();
                     size = read_frame(&mut s).len();
                 }
                 size
@@ -66,7 +92,7 @@ fn drive(addr: SocketAddr, per_conn: u32, frame: fn(u32, u32) -> Vec<u8>) -> (f6
     for t in threads {
         size = t.join().unwrap();
     }
-    let n = f64::from(CONNS * per_conn);
+    let n = f64::from(conns * per_conn);
     (n / start.elapsed().as_secs_f64(), size)
 }
 
@@ -105,7 +131,8 @@ fn main() {
         ])
         .arg("--store")
         .arg(dir.join("bench.redb"))
-        .args(["--no-rate-limits"])
+        // Every client connects from 127.0.0.1.
+        .args(["--no-rate-limits", "--max-conns-per-ip", "100000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -121,9 +148,12 @@ fn main() {
         .parse()
         .unwrap();
 
-    let (regs, reg_reply) = drive(addr, REGS_PER_CONN, |c, i| {
-        register_frame(c * 1_000_000 + i)
-    });
+    let conns = conns();
+    let regs_per_conn = REGISTRATIONS / conns;
+    let lookups_per_conn = LOOKUPS / conns;
+    let registered = conns * regs_per_conn;
+    let reg_frame = |c: u32, i: u32| register_frame(c * 1_000_000 + i);
+    let (regs, reg_reply) = drive(addr, conns, regs_per_conn, reg_frame);
     // Sanity: one lookup succeeds.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&lookup_frame(1)).unwrap();
@@ -131,28 +161,33 @@ fn main() {
         decode_response(&read_frame(&mut s)),
         Ok(Response::LookupOk(_))
     ));
-    let (lookups, lookup_reply) = drive(addr, LOOKUPS_PER_CONN, |c, i| {
-        lookup_frame(1 + (c * 7919 + i) % (CONNS * REGS_PER_CONN))
-    });
+    let lk_frame = move |c: u32, i: u32| lookup_frame(1 + (c * 7919 + i) % registered);
+    let (lookups, lookup_reply) = drive(addr, conns, lookups_per_conn, lk_frame);
     let _ = child.kill();
     let _ = child.wait();
+    let store_bytes = std::fs::metadata(dir.join("bench.redb")).map_or(0, |m| m.len());
     let _ = std::fs::remove_dir_all(&dir);
 
     let reg_req = register_frame(1).len() - 4;
     let lk_req = lookup_frame(1).len() - 4;
     let echo_reg = echo_server(reg_reply);
-    let (echo_regs, _) = drive(echo_reg, REGS_PER_CONN, |c, i| {
-        register_frame(c * 1_000_000 + i)
-    });
+    let (echo_regs, _) = drive(echo_reg, conns, regs_per_conn, reg_frame);
     let echo_lk = echo_server(lookup_reply);
-    let (echo_lookups, _) = drive(echo_lk, LOOKUPS_PER_CONN, |_, i| lookup_frame(1 + i));
+    let (echo_lookups, _) = drive(echo_lk, conns, lookups_per_conn, lk_frame);
 
-    println!("pilot-rendezvous on loopback, {CONNS} connections, one request in flight each");
+    println!("pilot-rendezvous on loopback, {conns} connections, one request in flight each");
     println!(
-        "  register: {regs:>10.0} req/s   (request {reg_req} B, reply {reg_reply} B; durable redb commit per loop turn)"
+        "  register: {regs:>10.0} req/s   ({registered} nodes; request {reg_req} B, reply {reg_reply} B; durable, group commit)"
     );
-    println!("  lookup:   {lookups:>10.0} req/s   (request {lk_req} B, reply {lookup_reply} B)");
-    println!("bare TCP echo yardstick (thread per connection, same sizes)");
+    println!(
+        "  lookup:   {lookups:>10.0} req/s   ({} lookups; request {lk_req} B, reply {lookup_reply} B)",
+        conns * lookups_per_conn
+    );
+    println!(
+        "  store:    {store_bytes} B after {registered} registrations ({} B/node)",
+        store_bytes / u64::from(registered.max(1))
+    );
+    println!("bare TCP echo yardstick (thread per connection, same sizes, same run)");
     println!("  register-sized: {echo_regs:>10.0} req/s");
     println!("  lookup-sized:   {echo_lookups:>10.0} req/s");
 }

@@ -338,7 +338,14 @@ impl IpcClient {
     /// The daemon's own deadline (about 29 s) applies; this waits at least
     /// that long.
     pub fn dial(&self, addr: Addr, port: u16) -> Result<u32> {
-        let body = self.request_raw(&IpcMessage::Dial { addr, port }, self.timeout)?;
+        self.dial_timeout(addr, port, self.timeout)
+    }
+
+    /// Like [`IpcClient::dial`], giving up after `timeout` (a
+    /// [`IpcClientError::Timeout`]); the daemon may still finish the dial,
+    /// and closes it when this client goes away.
+    pub fn dial_timeout(&self, addr: Addr, port: u16, timeout: Duration) -> Result<u32> {
+        let body = self.request_raw(&IpcMessage::Dial { addr, port }, timeout)?;
         match IpcMessage::decode(&body) {
             Ok(IpcMessage::DialOk { conn_id }) => Ok(conn_id),
             other => Err(unexpected("dial_ok", other)),

@@ -4,6 +4,7 @@
 //! machines. It will host the `pilot-daemon`, `pilotctl` and
 //! `pilot-rendezvous` binaries; protocol decisions stay in `pilot-proto`.
 pub mod daemon;
+pub mod duration;
 pub mod ipc_client;
 pub mod pilotctl;
 pub mod rendezvous;

@@ -131,3 +131,38 @@ fn bad_arguments_are_invalid_argument() {
     let out = pilotctl(&["--json", "approve", "bob"], &sock);
     assert_eq!(one_json_line(&out.stderr)["code"], "invalid_argument");
 }
+
+#[test]
+fn help_version_completions_man_and_one_duration_syntax() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("s.sock");
+    let help = pilotctl(&["--help"], &sock);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--json") && text.contains("--socket"),
+        "{text}"
+    );
+    for bin in [
+        env!("CARGO_BIN_EXE_pilotctl"),
+        env!("CARGO_BIN_EXE_pilot-daemon"),
+        env!("CARGO_BIN_EXE_pilot-rendezvous"),
+    ] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{bin} --version");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+    let out = pilotctl(&["completions", "bash"], &sock);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("pilotctl") && script.contains("send-file"));
+    let out = pilotctl(&["man"], &sock);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH pilotctl"));
+    // The same duration syntax as the daemon, checked before any call.
+    let out = pilotctl(&["--json", "ping", "1", "--timeout", "1m30s"], &sock);
+    assert_eq!(one_json_line(&out.stderr)["code"], "not_running");
+    let out = pilotctl(&["--json", "ping", "1", "--timeout", "ten"], &sock);
+    let e = one_json_line(&out.stderr);
+    assert_eq!(e["code"], "invalid_argument");
+    assert!(e["message"].as_str().unwrap().contains("30s"), "{e}");
+}

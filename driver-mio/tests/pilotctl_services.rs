@@ -92,14 +92,18 @@ fn streams_echo_and_data_exchange_between_trusted_daemons() {
     assert_eq!(f["bytes"], content.len());
     assert_eq!(f["ack"], format!("ACK FILE {} bytes", content.len()));
     let received = beta.dir.join("received");
-    eventually("the file in beta's received/", || {
-        std::fs::read_dir(&received).is_ok_and(|d| {
-            d.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with("payload")
-                    && std::fs::read(e.path()).is_ok_and(|d| d == content)
-            })
-        })
+    eventually("the file in beta's received/ under its own name", || {
+        std::fs::read(received.join("payload.bin")).is_ok_and(|d| d == content)
     });
+    // A second file of the same name does not overwrite the first.
+    alpha.ok(&["send-file", &b, src.to_str().expect("utf8")]);
+    eventually("the second copy as payload-1.bin", || {
+        std::fs::read(received.join("payload-1.bin")).is_ok_and(|d| d == content)
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&received.join("payload.bin")), 0o600);
+    assert_eq!(mode(&received), 0o700);
 }
 
 #[test]

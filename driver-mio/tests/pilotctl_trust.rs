@@ -3,7 +3,9 @@
 
 mod pilotctl_support;
 
-use pilotctl_support::{Net, eventually, lists};
+use std::time::Duration;
+
+use pilotctl_support::{Net, eventually, lists, log_of, within};
 
 #[test]
 fn private_node_is_found_only_after_manual_approve() {
@@ -101,4 +103,76 @@ fn rejected_request_leaves_no_trust() {
     assert!(!lists(&beta.ok(&["pending"]), "pending", alpha.node_id));
     assert!(!lists(&beta.ok(&["trust"]), "trusted", alpha.node_id));
     assert_eq!(alpha.err(&["find", "beta"])["code"], "not_found");
+}
+
+/// With default settings (30 s heartbeat), a relayed request, its approval
+/// and a revocation reach the other daemon within a second: the registry
+/// pushes them on the daemon's registry connection.
+#[test]
+fn relayed_trust_arrives_within_a_second_with_defaults() {
+    let net = Net::new();
+    let alpha = net.node_with("alpha", &[]);
+    let beta = net.node_with("beta", &[]);
+    let (a_id, b_id) = (alpha.node_id.to_string(), beta.node_id.to_string());
+
+    // Nothing pending yet: approve and reject are errors with a hint.
+    let e = beta.err(&["approve", &a_id]);
+    assert_eq!(e["code"], "not_found");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no pending request")
+    );
+    assert!(e["hint"].as_str().unwrap().contains("pilotctl pending"));
+    assert_eq!(beta.err(&["reject", &a_id])["code"], "not_found");
+
+    alpha.ok(&["handshake", &b_id, "let me in"]);
+    let took = within(Duration::from_secs(1), || {
+        lists(&beta.ok(&["pending"]), "pending", alpha.node_id)
+    });
+    assert!(took.is_some(), "request not pending at beta within 1 s");
+
+    beta.ok(&["approve", &a_id]);
+    let took = within(Duration::from_secs(1), || {
+        lists(&alpha.ok(&["trust"]), "trusted", beta.node_id)
+    });
+    assert!(took.is_some(), "approval not seen by alpha within 1 s");
+
+    // Both sides list the relationship the same way: mutual, with the key.
+    eventually("keys on both sides", || {
+        let a = alpha.ok(&["trust"]);
+        let b = beta.ok(&["trust"]);
+        let entry = |v: &serde_json::Value, n: u32| {
+            v["trusted"]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["node_id"] == n).cloned())
+                .unwrap_or_default()
+        };
+        let (ea, eb) = (entry(&a, beta.node_id), entry(&b, alpha.node_id));
+        ea["mutual"] == true
+            && eb["mutual"] == true
+            && ea["public_key"].as_str().is_some_and(|k| !k.is_empty())
+            && eb["public_key"].as_str().is_some_and(|k| !k.is_empty())
+    });
+
+    // Trust events are logged at INFO, in plain text (no colour codes in
+    // a log file).
+    let log = log_of(&net, "beta");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in the log file: {log:?}"
+    );
+    assert!(log.contains("handshake.pending"), "{log}");
+    assert!(log.contains("handshake.approved"), "{log}");
+    assert!(log_of(&net, "alpha").contains("handshake.accepted"));
+
+    beta.ok(&["untrust", &a_id]);
+    let took = within(Duration::from_secs(1), || {
+        !lists(&alpha.ok(&["trust"]), "trusted", beta.node_id)
+    });
+    assert!(took.is_some(), "revocation not seen by alpha within 1 s");
+    eventually("the revocation in alpha's log", || {
+        log_of(&net, "alpha").contains("trust.revoked_by_peer")
+    });
 }

@@ -1,4 +1,4 @@
-//! Store behaviour through the binary: compaction, import/export, config
+//! Store behaviour through the binary: restart, import/export, config
 //! file, idle timeout.
 
 mod common;
@@ -14,14 +14,12 @@ fn bin() -> Command {
 }
 
 #[test]
-fn compaction_then_restart_keeps_everything() {
+fn restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s.redb");
     let mut ids = Vec::new();
     {
-        // Compact after every 5 log entries, so several snapshots are taken
-        // and later changes are replayed on top of the last one.
-        let rv = Rv::start(&store, &["--compact-every", "5"]);
+        let rv = Rv::start(&store, &[]);
         let mut c = Client::connect(rv.registry);
         for seed in 0..23 {
             ids.push((seed, c.register(seed)));

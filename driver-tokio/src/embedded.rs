@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
-use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::crypto::provider::Selected;
 use pilot_proto::node::{
     self as pnode, ConnId, Event, Limits, MIN_TRANSMIT_BUFFER, NodeError, NodeStats, ResetCause,
 };
@@ -30,7 +30,7 @@ use crate::registry::{RegistryConfig, RegistryHandle};
 use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
 
 /// The `proto` node type this driver runs.
-pub(crate) type ProtoNode = pnode::Node<RustCrypto, ChaCha20Rng>;
+pub(crate) type ProtoNode = pnode::Node<Selected, ChaCha20Rng>;
 
 /// Datagrams queued per bound port before new ones are dropped.
 pub const DATAGRAM_QUEUE: usize = 256;
@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// Join a registry (address assigned by it; unknown peers resolved
     /// through it on `connect` and `send_to`) instead of a static address.
     pub registry: Option<RegistryConfig>,
+    /// The AES-256-GCM implementation (default [`Selected::Ring`], the
+    /// fastest; [`Selected::RustCrypto`] is pure Rust). Both speak the
+    /// same frames.
+    pub crypto: Selected,
 }
 
 impl NodeConfig {
@@ -74,6 +78,7 @@ impl NodeConfig {
             limits: Limits::default(),
             seed: None,
             registry: None,
+            crypto: Selected::default(),
         }
     }
 
@@ -88,9 +93,8 @@ impl NodeConfig {
 
 /// 32 bytes from the operating system's entropy source.
 pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
-    use std::io::Read;
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    getrandom::getrandom(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(seed)
 }
 
@@ -315,7 +319,7 @@ impl Node {
     /// the registration), and spawns the driver task on the current
     /// runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Node, Error> {
-        let socket = UdpSocket::bind(cfg.bind).await?;
+        let socket = bind_tunnel_socket(cfg.bind)?;
         let local = socket.local_addr()?;
         let seed = match cfg.seed {
             Some(s) => s,
@@ -325,7 +329,7 @@ impl Node {
         let identity = cfg
             .identity
             .clone()
-            .unwrap_or_else(|| Identity::generate(&RustCrypto, &mut rng));
+            .unwrap_or_else(|| Identity::generate(&cfg.crypto, &mut rng));
         let epoch = tokio::time::Instant::now();
         let (addr, registry) = match &cfg.registry {
             Some(rc) => {
@@ -334,7 +338,7 @@ impl Node {
             }
             None => (cfg.addr, None),
         };
-        let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+        let tunnel_key = TunnelKey::generate(&cfg.crypto, &mut rng);
         let node_rng = ChaCha20Rng::from_seed({
             let mut s = [0u8; 32];
             rand_core::RngCore::fill_bytes(&mut rng, &mut s);
@@ -348,7 +352,7 @@ impl Node {
                 identity: Some(identity),
                 tunnel_key,
                 profile: cfg.profile,
-                provider: RustCrypto,
+                provider: cfg.crypto,
                 rng: node_rng,
                 encrypt: cfg.encrypt,
                 admin_token: Vec::new(),
@@ -471,24 +475,29 @@ async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
     Ok(())
 }
 
-/// A peer's key exchange needs its registered identity key: look it up
-/// and give it to the node (the peer's next key exchange then succeeds).
+/// A peer's key exchange is held until its registered identity key is
+/// known: look it up and give it to the node, which installs the session
+/// if the held frame carries that key (`spec/crypto.md` §2.8) or drops it.
 async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
     let Some(reg) = shared.registry.as_ref() else {
         return;
     };
-    let Ok((_, Some(key))) = reg.lookup(peer).await else {
-        return;
+    let key = match reg.lookup(peer).await {
+        Ok((_, Some(key))) => Some(key),
+        _ => None,
     };
     {
+        let now = shared.now();
         let mut st = shared.lock();
-        // Keep the endpoint the node learned from the peer's packets.
-        let Some(info) = st.node.peer_list().into_iter().find(|p| p.node == peer) else {
-            return;
-        };
-        st.node
-            .add_peer(Addr::new(0, peer), info.endpoint, Some(key));
-        st.known.insert(peer);
+        match key {
+            Some(key) => {
+                st.node.identity_resolved(now, peer, 0, key);
+                if st.node.peer_endpoint(peer).is_some() {
+                    st.known.insert(peer);
+                }
+            }
+            None => st.node.identity_unknown(now, peer),
+        }
     }
     shared.kick();
 }
@@ -510,6 +519,23 @@ fn send_datagram(
     }
     h.kick();
     Ok(())
+}
+
+/// Receive and send buffer asked for on the tunnel socket (as the
+/// daemon does): the default ~208 KiB holds less than one congestion
+/// window of a bulk stream, so bursts were dropped by the kernel and each
+/// drop cost a retransmission and a halved window. The kernel caps it at
+/// `net.core.{r,w}mem_max`.
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the tunnel socket with large kernel buffers (best effort).
+fn bind_tunnel_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
+    let std_socket = std::net::UdpSocket::bind(bind)?;
+    let sock = socket2::SockRef::from(&std_socket);
+    let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    std_socket.set_nonblocking(true)?;
+    UdpSocket::from_std(std_socket)
 }
 
 // ----- the driver task ------------------------------------------------------

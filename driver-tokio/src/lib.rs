@@ -47,5 +47,6 @@ pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig};
 pub use error::Error;
 pub use pilot::Pilot;
 pub use pilot_proto::addr::Addr;
+pub use pilot_proto::crypto::provider::Selected as CryptoChoice;
 pub use registry::RegistryConfig;
 pub use stream::{Datagram, DatagramSocket, Listener, Stream};

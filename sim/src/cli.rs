@@ -82,6 +82,9 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<i32> {
+    if cfg.sweep.is_some() {
+        return crate::sweep::run(cfg, registry, out, err);
+    }
     let Some(scenario) = registry.get(&cfg.scenario) else {
         writeln!(err, "{}", unknown(cfg, registry))?;
         return Ok(EXIT_USAGE);

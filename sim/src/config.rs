@@ -40,6 +40,20 @@ pub const DUP_GAP_FLOOR: Duration = Duration::from_millis(1);
 
 /// Default number of nodes.
 pub const DEFAULT_NODES: usize = 2;
+/// Fewest nodes: every scenario needs at least one peer.
+pub const MIN_NODES: usize = 2;
+/// Memory the node tables of one run may take, in bytes. The built-in
+/// scenarios build a full mesh (every node holds every other as a peer,
+/// with a tunnel session once traffic flows), so memory grows with the
+/// square of the node count; counts whose estimate exceeds this budget are
+/// refused before anything is allocated.
+pub const MEMORY_BUDGET_BYTES: u64 = 4 << 30;
+/// Estimated bytes per (node, peer) pair of a mesh: peer-table entry,
+/// tunnel session with its replay window and salvage ring, timers.
+pub const MESH_BYTES_PER_PEER: u64 = 1024;
+/// Most nodes a run accepts: the largest count whose mesh estimate
+/// (n² × [`MESH_BYTES_PER_PEER`]) fits [`MEMORY_BUDGET_BYTES`] (2048).
+pub const MAX_NODES: usize = 2048;
 /// Default one-way latency in ms.
 pub const DEFAULT_LATENCY_MS: u64 = 10;
 /// Default payload volume for transfer scenarios.
@@ -71,14 +85,19 @@ impl Profile {
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "pilot-sim",
+    version,
     about = "Deterministic network simulation of Pilot Protocol nodes"
 )]
 pub struct Args {
     /// Scenario to run.
-    #[arg(long)]
-    pub scenario: String,
+    #[arg(long, required_unless_present = "sweep")]
+    pub scenario: Option<String>,
+    /// Run the named grid of fault mixes (`ci`, `long`) over the seed
+    /// range and print one summary table (see `pilot-sim --sweep help`).
+    #[arg(long, value_name = "GRID", conflicts_with = "scenario")]
+    pub sweep: Option<String>,
     /// Seed of a single run.
-    #[arg(long, required_unless_present = "seeds")]
+    #[arg(long, required_unless_present_any = ["seeds", "sweep"])]
     pub seed: Option<u64>,
     /// Range of seeds `A..B` (B excluded) or `A..=B`; overrides `--seed`.
     #[arg(long, value_name = "A..B")]
@@ -116,6 +135,11 @@ pub struct Args {
     /// Payload volume for transfer scenarios.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BYTES)]
     pub bytes: u64,
+    /// Peers each node may hold packets for while their key exchanges are
+    /// pending (node `Limits::pending_peers`); default: enough for the
+    /// whole mesh, at least the node default of 256.
+    #[arg(long, value_name = "N")]
+    pub pending_peers: Option<usize>,
     /// Virtual run time in ms.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_DURATION_MS)]
     pub duration_ms: u64,
@@ -152,6 +176,19 @@ pub enum ConfigError {
         /// What was given.
         value: String,
     },
+    /// More nodes than fit the memory budget.
+    #[error(
+        "--nodes {nodes}: a mesh of that many nodes needs about {} MiB of node tables, \
+         more than the {} MiB budget; use at most {max} nodes",
+        (*nodes as u64).saturating_mul(*nodes as u64).saturating_mul(MESH_BYTES_PER_PEER) >> 20,
+        MEMORY_BUDGET_BYTES >> 20
+    )]
+    TooManyNodes {
+        /// What was given.
+        nodes: usize,
+        /// The largest accepted count.
+        max: usize,
+    },
     /// Another out-of-range value.
     #[error("--{flag}: {why}")]
     BadValue {
@@ -165,8 +202,10 @@ pub enum ConfigError {
 /// A validated run configuration. Percentages are kept as given (0..=100).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimConfig {
-    /// Scenario name.
+    /// Scenario name (empty for a sweep).
     pub scenario: String,
+    /// The sweep grid to run instead of one scenario.
+    pub sweep: Option<String>,
     /// Seeds to run, in order.
     pub seeds: Range<u64>,
     /// Whether a seed range was asked for (prints a summary).
@@ -193,6 +232,8 @@ pub struct SimConfig {
     pub partition_ms: Option<(u64, u64)>,
     /// Payload volume.
     pub bytes: u64,
+    /// Pending-queue peer limit of every node (`None`: sized for the mesh).
+    pub pending_peers: Option<usize>,
     /// Virtual run time, ms.
     pub duration_ms: u64,
     /// Wire profile.
@@ -246,6 +287,7 @@ impl TryFrom<Args> for SimConfig {
         let (seeds, seed_range) = match (&a.seeds, a.seed) {
             (Some(r), _) => (parse_range("seeds", r)?, true),
             (None, Some(s)) => (s..s.saturating_add(1), false),
+            (None, None) if a.sweep.is_some() => (1..11, true),
             (None, None) => return Err(ConfigError::NoSeed),
         };
         if seeds.is_empty() {
@@ -254,10 +296,16 @@ impl TryFrom<Args> for SimConfig {
                 why: "the largest seed cannot be run alone",
             });
         }
-        if a.nodes == 0 {
+        if a.nodes < MIN_NODES {
             return Err(ConfigError::BadValue {
                 flag: "nodes",
-                why: "at least one node",
+                why: "at least 2 nodes: every scenario needs a peer",
+            });
+        }
+        if a.nodes > MAX_NODES {
+            return Err(ConfigError::TooManyNodes {
+                nodes: a.nodes,
+                max: MAX_NODES,
             });
         }
         if let Some(b) = a.bandwidth_mbps {
@@ -276,7 +324,8 @@ impl TryFrom<Args> for SimConfig {
             None => None,
         };
         Ok(SimConfig {
-            scenario: a.scenario,
+            scenario: a.scenario.unwrap_or_default(),
+            sweep: a.sweep,
             seeds,
             seed_range,
             nodes: a.nodes,
@@ -290,6 +339,7 @@ impl TryFrom<Args> for SimConfig {
             mtu: a.mtu,
             partition_ms,
             bytes: a.bytes,
+            pending_peers: a.pending_peers,
             duration_ms: a.duration_ms,
             profile: a.profile,
             check_determinism: a.check_determinism,
@@ -425,6 +475,9 @@ impl SimConfig {
         }
         if self.bytes != DEFAULT_BYTES {
             add(format_args!(" --bytes {}", self.bytes));
+        }
+        if let Some(p) = self.pending_peers {
+            add(format_args!(" --pending-peers {p}"));
         }
         if self.duration_ms != DEFAULT_DURATION_MS {
             add(format_args!(" --duration-ms {}", self.duration_ms));

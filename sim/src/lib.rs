@@ -41,6 +41,7 @@ pub mod pilot;
 pub mod scenario;
 pub mod scenarios;
 pub mod seed;
+pub mod sweep;
 pub mod trace;
 
 pub use check::{CheckResult, Checker};

@@ -3,13 +3,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use pilot_sim::cli::{self, EXIT_USAGE};
 use pilot_sim::config::{Args, SimConfig};
 use pilot_sim::scenario::Registry;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let registry = Registry::builtin();
+    // `--help` lists the scenarios `--scenario` accepts.
+    let mut list = String::from("Scenarios:\n");
+    for (name, about) in registry.list() {
+        list.push_str(&format!("  {name:<22} {about}\n"));
+    }
+    let matches = Args::command().after_help(list).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let cfg = match SimConfig::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -17,7 +24,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE as u8);
         }
     };
-    let registry = Registry::builtin();
     let code = cli::run(
         &cfg,
         &registry,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::RustCrypto;
-use pilot_proto::node::{Event, MIN_TRANSMIT_BUFFER, Node, NodeConfig};
+use pilot_proto::node::{Event, Limits, MIN_TRANSMIT_BUFFER, Node, NodeConfig};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
 use rand_chacha::ChaCha8Rng;
@@ -62,7 +62,8 @@ pub fn identity(seed: Seed, index: usize) -> Identity {
 impl Pilot {
     /// Node `index` of a mesh of `n`, on its `incarnation`-th start (a
     /// restart draws a new tunnel key and RNG, keeps the identity), with
-    /// every other node of the mesh as a peer.
+    /// every other node of the mesh as a peer and limits sized for the
+    /// mesh ([`Pilot::mesh_limits`]).
     pub fn mesh_member(
         seed: Seed,
         index: usize,
@@ -70,6 +71,38 @@ impl Pilot {
         incarnation: u64,
         profile: WireProfile,
         now: Instant,
+    ) -> Self {
+        Self::mesh_member_with(
+            seed,
+            index,
+            n,
+            incarnation,
+            profile,
+            now,
+            Self::mesh_limits(n),
+        )
+    }
+
+    /// The node limits of a mesh member: the defaults, with a pending
+    /// queue that can hold packets for every other member at once (a mesh
+    /// node may start key exchanges with all of them in the same instant).
+    pub fn mesh_limits(n: usize) -> Limits {
+        let d = Limits::default();
+        Limits {
+            pending_peers: d.pending_peers.max(n),
+            ..d
+        }
+    }
+
+    /// Like [`Pilot::mesh_member`] with explicit node limits.
+    pub fn mesh_member_with(
+        seed: Seed,
+        index: usize,
+        n: usize,
+        incarnation: u64,
+        profile: WireProfile,
+        now: Instant,
+        limits: Limits,
     ) -> Self {
         let mut rng = seed.fork("pilot/node", (index as u64) << 16 | incarnation);
         let mut s = [0u8; 32];
@@ -85,7 +118,7 @@ impl Pilot {
             rng: chacha,
             encrypt: true,
             admin_token: Vec::new(),
-            limits: Default::default(),
+            limits,
         };
         let mut node = Node::new(now, cfg);
         for j in (0..n).filter(|j| *j != index) {

@@ -188,3 +188,22 @@ fn tunnel_lifecycle_is_deterministic_and_reports_every_round() {
             .any(|c| c.name == "stall-watchdog" && c.ok)
     );
 }
+
+/// Every attack rate class once (seed % 5 picks 10, 100, 1 000, 10 000
+/// frames/s or line rate per attacker): bytes exact, goodput and chunk
+/// latency as without attackers, no session drop or rekey, only the
+/// trusted peer in each peer table, drops counted. `--seeds 1..100` of
+/// the binary runs the full sweep.
+#[test]
+fn hostile_flood_leaves_the_trusted_pair_alone() {
+    run_ok(&["--scenario", "hostile"], 1..6);
+}
+
+#[test]
+fn hostile_is_deterministic() {
+    let cfg = cfg(&["--scenario", "hostile"]);
+    let reg = Registry::builtin();
+    let sc = reg.get("hostile").expect("registered");
+    let out = check_determinism(sc, &cfg, 3);
+    assert!(out.ok(), "{:#?}", out.checks);
+}

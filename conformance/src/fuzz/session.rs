@@ -102,7 +102,7 @@ pub struct Reach {
     pub installs: u32,
     /// PILS frames opened successfully.
     pub opened: u32,
-    /// Sessions dropped by the drop-and-rekey rules.
+    /// Sessions dropped (only by `remove`: failed frames never drop one).
     pub dropped: u32,
 }
 
@@ -250,11 +250,20 @@ pub fn run_reach(data: &[u8]) -> Reach {
                     sent.remove(0);
                 }
                 sent.push((frame.clone(), pt.clone()));
-                if let Ok(o) = table.open_in_place(now, &mut frame) {
-                    reach.opened += 1;
-                    assert!(!forge, "a forged frame opened");
-                    assert_eq!(o.sender, n);
-                    assert_eq!(frame.get(o.plaintext), Some(&pt[..]));
+                let before = table.session(n);
+                match table.open_in_place(now, &mut frame) {
+                    Ok(o) => {
+                        reach.opened += 1;
+                        assert!(!forge, "a forged frame opened");
+                        assert_eq!(o.sender, n);
+                        assert_eq!(frame.get(o.plaintext), Some(&pt[..]));
+                    }
+                    // spec/crypto.md §5.3: a failed frame changes nothing.
+                    Err(_) => assert_eq!(
+                        table.session(n),
+                        before,
+                        "a failed frame changed the session"
+                    ),
                 }
             }
             Op::Skip { peer, key, n } => {
@@ -275,8 +284,18 @@ pub fn run_reach(data: &[u8]) -> Reach {
                 let idx = usize::from(slot) % sent.len();
                 if let Some((frame, pt)) = sent.get(idx) {
                     let mut f = frame.clone();
-                    if let Ok(o) = table.open_in_place(now, &mut f) {
-                        assert_eq!(f.get(o.plaintext), Some(&pt[..]));
+                    let sender = frame
+                        .get(4..8)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(u32::from_be_bytes);
+                    let before = sender.and_then(|n| table.session(n));
+                    match table.open_in_place(now, &mut f) {
+                        Ok(o) => assert_eq!(f.get(o.plaintext), Some(&pt[..])),
+                        Err(_) => assert_eq!(
+                            sender.and_then(|n| table.session(n)),
+                            before,
+                            "a replayed frame changed the session"
+                        ),
                     }
                 }
             }

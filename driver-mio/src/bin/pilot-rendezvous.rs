@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pilot_driver_mio::rendezvous::cli::init_logging;
 use pilot_driver_mio::rendezvous::server::wall_now;
-use pilot_driver_mio::rendezvous::store::Store;
+use pilot_driver_mio::rendezvous::store::{RedbStore, Store};
 use pilot_driver_mio::rendezvous::{RendezvousArgs, run_rendezvous};
 use pilot_proto::registry::snapshot::Snapshot;
 
@@ -66,7 +66,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Export => {
             let (cfg, format) = cli.args.resolve().map_err(|e| e.to_string())?;
             init_logging(format, "info");
-            let s = Store::open(&cfg.store_path).map_err(|e| e.to_string())?;
+            let s = RedbStore::open(&cfg.store_path, wall_now()).map_err(|e| e.to_string())?;
             let (state, _) = s.load(wall_now()).map_err(|e| e.to_string())?;
             let json = Snapshot::from_state(&state)
                 .to_json()
@@ -80,7 +80,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let (cfg, format) = cli.args.resolve().map_err(|e| e.to_string())?;
             init_logging(format, "info");
             let json = std::fs::read(&snap).map_err(|e| format!("{}: {e}", snap.display()))?;
-            let mut s = Store::open(&cfg.store_path).map_err(|e| e.to_string())?;
+            let mut s = RedbStore::open(&cfg.store_path, wall_now()).map_err(|e| e.to_string())?;
             let state = s.import(&json, wall_now()).map_err(|e| e.to_string())?;
             tracing::info!(
                 nodes = state.nodes.len(),

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pilot_proto::crypto::provider::Selected;
 use serde::Deserialize;
 
 use super::DaemonRunError;
@@ -105,6 +106,16 @@ pub struct DaemonArgs {
     /// [default: 30s; at least 500ms]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Stream user timeout: a dial fails, and a connection whose data is
+    /// unacknowledged gives up, after the peer was silent this long; at
+    /// least 1s [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub user_timeout: Option<Duration>,
+    /// Peers that may have packets waiting for a tunnel key exchange at
+    /// once; packets beyond it are dropped and counted (`info`:
+    /// pending_dropped) [default: 256]
+    #[arg(long, value_name = "N")]
+    pub pending_peers: Option<usize>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
     /// tracing directive); it wins over RUST_LOG, which is used when
     /// neither flag nor config sets it [default: info]
@@ -117,6 +128,16 @@ pub struct DaemonArgs {
     /// the current one
     #[arg(long)]
     pub legacy: bool,
+    /// AES-256-GCM implementation: `ring` (fastest here) or `rustcrypto`
+    /// (pure Rust) [default: ring]; both speak the same frames
+    #[arg(long, value_name = "PROVIDER", value_parser = parse_crypto)]
+    pub crypto: Option<Selected>,
+}
+
+/// Parses the `--crypto` value.
+pub fn parse_crypto(text: &str) -> Result<Selected, String> {
+    Selected::parse(text)
+        .ok_or_else(|| format!("unknown crypto provider {text:?} (ring, rustcrypto)"))
 }
 
 /// The config file: the same keys as the flags, every one optional.
@@ -139,9 +160,12 @@ struct FileConfig {
     no_eventstream: Option<bool>,
     keepalive: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
+    user_timeout: Option<DurationValue>,
+    pending_peers: Option<usize>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     legacy: Option<bool>,
+    crypto: Option<String>,
 }
 
 /// A duration in a config file: a string (`"30s"`) or a number of seconds.
@@ -165,24 +189,9 @@ fn secs_f64(s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("invalid duration {s}"))
 }
 
-/// Parses `30s`, `2m`, `1.5h`, `250ms` or a plain number of seconds.
+/// Parses a duration flag or config value ([`crate::duration::parse`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (try 30s, 2m, 500ms)"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("invalid duration unit in {text:?} (ms, s, m, h)")),
-    };
-    secs_f64(n * scale)
+    crate::duration::parse(text)
 }
 
 /// Everything the daemon needs, resolved from flags, environment, config
@@ -209,6 +218,8 @@ pub struct Settings {
     pub owner: Option<String>,
     /// Public visibility.
     pub public: bool,
+    /// Tags to set after registering (from `profile.json`).
+    pub tags: Vec<String>,
     /// Tunnel encryption.
     pub encrypt: bool,
     /// Echo service (port 7).
@@ -221,12 +232,18 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Stream idle timeout.
     pub idle_timeout: Duration,
+    /// Stream user timeout (dial deadline, give-up silence).
+    pub user_timeout: Duration,
+    /// Pending-queue peer limit of the node.
+    pub pending_peers: usize,
     /// Log filter; `None` = RUST_LOG or `info`.
     pub log_level: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Legacy wire profile.
     pub legacy: bool,
+    /// The AEAD implementation.
+    pub crypto: Selected,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, DaemonRunError> {
@@ -303,6 +320,26 @@ impl DaemonArgs {
             DEFAULT_IDLE_TIMEOUT,
             "idle_timeout",
         )?;
+        let user_timeout = dur(
+            self.user_timeout,
+            &file.user_timeout,
+            pilot_proto::stream::consts::USER_TIMEOUT,
+            "user_timeout",
+        )?;
+        if user_timeout < pilot_proto::stream::consts::MIN_USER_TIMEOUT {
+            return Err(DaemonRunError::Config(format!(
+                "user timeout {user_timeout:?} is below the 1s minimum"
+            )));
+        }
+        let pending_peers = self
+            .pending_peers
+            .or(file.pending_peers)
+            .unwrap_or(pilot_proto::crypto::params::PENDING_PEERS);
+        if pending_peers == 0 {
+            return Err(DaemonRunError::Config(
+                "pending peers must be at least 1".into(),
+            ));
+        }
         if keepalive.is_zero() || idle_timeout.is_zero() {
             return Err(DaemonRunError::Config(
                 "keepalive and idle timeout must be positive".into(),
@@ -315,7 +352,15 @@ impl DaemonArgs {
             )));
         }
         let on = |flag: bool, f: Option<bool>| flag || f.unwrap_or(false);
+        let crypto = match (self.crypto, file.crypto.as_deref()) {
+            (Some(c), _) => c,
+            (None, Some(name)) => {
+                parse_crypto(name).map_err(|e| DaemonRunError::Config(format!("crypto: {e}")))?
+            }
+            (None, None) => Selected::default(),
+        };
         Ok(Settings {
+            crypto,
             registry,
             beacon,
             listen: self.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
@@ -325,12 +370,15 @@ impl DaemonArgs {
             hostname: self.hostname.clone().or(file.hostname),
             owner: self.owner.clone().or(file.owner),
             public: on(self.public, file.public),
+            tags: Vec::new(),
             encrypt: !on(self.no_encrypt, file.no_encrypt),
             echo: !on(self.no_echo, file.no_echo),
             dataexchange: !on(self.no_dataexchange, file.no_dataexchange),
             eventstream: !on(self.no_eventstream, file.no_eventstream),
             keepalive,
             idle_timeout,
+            user_timeout,
+            pending_peers,
             log_level: self.log_level.clone().or(file.log_level),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             legacy: on(self.legacy, file.legacy),
@@ -387,9 +435,9 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("7d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
     }
@@ -468,6 +516,59 @@ mod tests {
             .unwrap();
         assert_eq!(s.beacon, None);
         assert!(s.legacy);
+    }
+
+    #[test]
+    fn user_timeout_and_pending_peers_from_flags_and_file() {
+        let base = ["--dir", "/tmp/u", "--socket", "/tmp/u.sock"];
+        let s = parse(&base).resolve().unwrap();
+        assert_eq!(s.user_timeout, pilot_proto::stream::consts::USER_TIMEOUT);
+        assert_eq!(s.pending_peers, pilot_proto::crypto::params::PENDING_PEERS);
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("d.toml");
+        std::fs::write(&toml, "user_timeout = \"12s\"\npending_peers = 1024\n").unwrap();
+        let mut args = base.to_vec();
+        args.extend(["--config", toml.to_str().unwrap()]);
+        let s = parse(&args).resolve().unwrap();
+        assert_eq!(s.user_timeout, Duration::from_secs(12));
+        assert_eq!(s.pending_peers, 1024);
+        args.extend(["--user-timeout", "2m"]);
+        assert_eq!(
+            parse(&args).resolve().unwrap().user_timeout,
+            Duration::from_secs(120)
+        );
+        let mut short = base.to_vec();
+        short.extend(["--user-timeout", "500ms"]);
+        let err = parse(&short).resolve().unwrap_err();
+        assert!(err.to_string().contains("1s minimum"), "{err}");
+        let mut zero = base.to_vec();
+        zero.extend(["--pending-peers", "0"]);
+        assert!(parse(&zero).resolve().is_err());
+    }
+
+    #[test]
+    fn crypto_provider_from_flag_or_file() {
+        let base = ["--dir", "/tmp/c", "--socket", "/tmp/c.sock"];
+        let s = parse(&base).resolve().unwrap();
+        assert_eq!(s.crypto, Selected::Ring, "ring is the default");
+        let mut args = base.to_vec();
+        args.extend(["--crypto", "rustcrypto"]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::RustCrypto);
+        assert!(parse_crypto("aes").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("c.toml");
+        std::fs::write(&toml, "crypto = \"rustcrypto\"\n").unwrap();
+        let mut args = base.to_vec();
+        args.extend(["--config", toml.to_str().unwrap()]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::RustCrypto);
+        args.extend(["--crypto", "ring"]);
+        assert_eq!(parse(&args).resolve().unwrap().crypto, Selected::Ring);
+        std::fs::write(&toml, "crypto = \"fast\"\n").unwrap();
+        let err = parse(&["--config", toml.to_str().unwrap(), "--dir", "/tmp/c"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("crypto"), "{err}");
     }
 
     #[test]

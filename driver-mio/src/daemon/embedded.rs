@@ -47,6 +47,15 @@ pub fn accepts(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()
 }
 
+/// Makes a rendezvous store file private (mode 0600): it holds every
+/// node's key, address and trust pairs.
+pub fn restrict_store(store: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(store, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(store = %store.display(), error = %e, "cannot make the store private");
+    }
+}
+
 /// Starts a rendezvous server on a thread, bound to `registry` and
 /// `beacon`, storing into `store`.
 pub fn start_embedded(
@@ -59,6 +68,7 @@ pub fn start_embedded(
     cfg.beacon_addr = beacon;
     cfg.handle_signals = false;
     let server = Server::bind(cfg)?;
+    restrict_store(store);
     let registry = server.registry_addr()?;
     let beacon = server.beacon_addr()?;
     let stop = server.stop_handle();
@@ -129,5 +139,11 @@ mod tests {
         // Stopped: the store was released and the port closed.
         assert!(!accepts(addr));
         assert!(dir.path().join("rv.redb").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("rv.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the store is private");
     }
 }

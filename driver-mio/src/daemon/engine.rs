@@ -32,6 +32,8 @@ pub enum Action {
         /// Contents.
         data: Vec<u8>,
     },
+    /// Replace the node profile (`profile.json`) with this JSON text.
+    SaveProfile(String),
     /// Save a message into `inbox/`.
     SaveInbox {
         /// File name.
@@ -45,6 +47,16 @@ pub enum Action {
         node_id: u32,
         /// Our virtual address, text form.
         address: String,
+    },
+    /// A trust event, logged at INFO: its name (`handshake.pending`, …),
+    /// the peer and a human sentence.
+    Trust {
+        /// Event name.
+        event: &'static str,
+        /// The peer node.
+        node: u32,
+        /// What happened, for people.
+        message: String,
     },
     /// Graceful shutdown finished; the driver exits.
     Stopped,
@@ -95,4 +107,9 @@ pub trait Engine {
     fn poll_action(&mut self) -> Option<Action>;
     /// Begins a graceful stop; [`Action::Stopped`] follows.
     fn shutdown(&mut self, now: Instant);
+    /// Totals of dropped unauthenticated input per reason (for the
+    /// rate-limited debug log); empty if the engine does not count them.
+    fn auth_drops(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

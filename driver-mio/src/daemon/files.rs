@@ -32,6 +32,44 @@ pub const MAX_NAME: usize = 255;
 /// giving up on a save.
 const NAME_TRIES: u32 = 1000;
 
+/// The node profile file in the state directory: hostname, visibility and
+/// tags as last applied, so that they survive a restart.
+pub const PROFILE_FILE: &str = "profile.json";
+
+/// The node profile (`profile.json`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Profile {
+    /// Hostname (empty = none).
+    #[serde(default)]
+    pub hostname: String,
+    /// Public visibility.
+    #[serde(default)]
+    pub public: bool,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Reads the node profile; a missing file is `None`, an unreadable one is
+/// logged and ignored (the daemon starts with its flags).
+pub fn load_profile(path: &Path) -> Option<Profile> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "node profile unreadable; ignored");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "node profile corrupt; ignored");
+            None
+        }
+    }
+}
+
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;

@@ -16,7 +16,7 @@ pub mod files;
 pub mod ipc_socket;
 pub mod real;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,9 +97,8 @@ pub enum DaemonRunError {
 /// 32 bytes from the operating system's random source.
 pub fn os_seed() -> Result<[u8; 32], DaemonRunError> {
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(DaemonRunError::Random)?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| DaemonRunError::Random(io::Error::other(e.to_string())))?;
     Ok(seed)
 }
 
@@ -153,6 +152,17 @@ where
     tracing::info!(path = %settings.identity.display(), created, "identity ready");
     let trust_path = dir.join("trust.json");
     let trust = files::load_trust(&trust_path)?;
+    // What `set-hostname`, `set-public`/`set-private` and `set-tags` last
+    // applied; flags given now take precedence.
+    let profile_path = dir.join(files::PROFILE_FILE);
+    let mut settings = settings;
+    if let Some(p) = files::load_profile(&profile_path) {
+        if settings.hostname.is_none() && !p.hostname.is_empty() {
+            settings.hostname = Some(p.hostname);
+        }
+        settings.public |= p.public;
+        settings.tags = p.tags;
+    }
     let received =
         files::SaveDir::open(dir.join("received"), files::RECEIVED_QUOTA).map_err(dir_err)?;
     let inbox = files::SaveDir::open(dir.join("inbox"), files::INBOX_QUOTA).map_err(dir_err)?;
@@ -203,6 +213,7 @@ where
         ipc,
         registry,
         trust_path,
+        profile_path,
         received,
         inbox,
         handle_signals: true,

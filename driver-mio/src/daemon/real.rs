@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use pilot_proto::crypto::identity::TunnelKey;
-use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::crypto::provider::Selected;
 use pilot_proto::daemon::{self as pd, ClientId as CoreClient, Daemon, DaemonConfig, Services};
+use pilot_proto::services::handshake::{AutoReason, TrustEvent};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
 use rand_chacha::ChaCha20Rng;
@@ -14,13 +15,14 @@ use super::Startup;
 use super::engine::{Action, ClientId, Datagram, Engine};
 
 /// The daemon the driver runs.
-pub type RealDaemon = Daemon<RustCrypto, ChaCha20Rng>;
+pub type RealDaemon = Daemon<Selected, ChaCha20Rng>;
 
 /// Builds the sans-IO daemon from what the driver prepared.
 pub fn build(mut s: Startup) -> RealDaemon {
-    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut s.rng);
     let set = &s.settings;
-    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, RustCrypto, s.rng);
+    let provider = set.crypto;
+    let tunnel_key = TunnelKey::generate(&provider, &mut s.rng);
+    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, provider, s.rng);
     cfg.profile = if set.legacy {
         WireProfile::Legacy
     } else {
@@ -31,6 +33,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.listen_addr = s.endpoint.to_string();
     cfg.hostname = set.hostname.clone().unwrap_or_default();
     cfg.public = set.public;
+    cfg.tags = set.tags.clone();
     cfg.owner = set.owner.clone().unwrap_or_default();
     cfg.services = Services {
         echo: set.echo,
@@ -41,6 +44,10 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.identity_persisted = true;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
     cfg.heartbeat = set.keepalive;
+    cfg.node_limits.user_timeout = set.user_timeout;
+    cfg.node_limits.pending_peers = set.pending_peers;
+    // A tunnel peer silent this long is dead: its session is dropped and
+    // its connections fail (`spec/crypto.md` §13).
     cfg.peer_timeout = set.idle_timeout;
     Daemon::new(Instant::ZERO, cfg)
 }
@@ -52,8 +59,70 @@ fn action(a: pd::Action) -> Action {
         pd::Action::SaveTrust(t) => Action::SaveTrust(t),
         pd::Action::SaveReceivedFile { name, data } => Action::SaveReceivedFile { name, data },
         pd::Action::SaveInbox { name, json } => Action::SaveInbox { name, json },
+        pd::Action::SaveProfile(text) => Action::SaveProfile(text),
         pd::Action::Registered { node_id, address } => Action::Registered { node_id, address },
         pd::Action::Stopped => Action::Stopped,
+        pd::Action::Trust(ev) => trust_event(ev),
+    }
+}
+
+/// Names and describes a trust event for the log.
+fn trust_event(ev: TrustEvent) -> Action {
+    let (event, node, message) = match ev {
+        TrustEvent::Received { node } => (
+            "handshake.received",
+            node,
+            format!("trust request from node {node}"),
+        ),
+        TrustEvent::Pending { node } => (
+            "handshake.pending",
+            node,
+            format!("trust request from node {node} is pending (pilotctl approve {node})"),
+        ),
+        TrustEvent::AutoApproved { node, reason } => {
+            let why = match reason {
+                AutoReason::Mutual => "both sides asked".to_owned(),
+                AutoReason::SameNetwork(n) => format!("shared network {n}"),
+            };
+            (
+                "handshake.auto_approved",
+                node,
+                format!("node {node} trusted automatically: {why}"),
+            )
+        }
+        TrustEvent::Approved { node } => {
+            ("handshake.approved", node, format!("approved node {node}"))
+        }
+        TrustEvent::Rejected { node, reason } => (
+            "handshake.rejected",
+            node,
+            format!("rejected node {node}: {reason}"),
+        ),
+        TrustEvent::Revoked { node } => (
+            "trust.revoked",
+            node,
+            format!("revoked trust in node {node}"),
+        ),
+        TrustEvent::RevokedByPeer { node } => (
+            "trust.revoked_by_peer",
+            node,
+            format!("node {node} revoked its trust"),
+        ),
+        TrustEvent::AcceptedByPeer { node } => (
+            "handshake.accepted",
+            node,
+            format!("node {node} accepted our trust request"),
+        ),
+        TrustEvent::RejectedByPeer { node } => (
+            "handshake.rejected_by_peer",
+            node,
+            format!("node {node} rejected our trust request"),
+        ),
+    };
+    Action::Trust {
+        event,
+        node,
+        message,
     }
 }
 
@@ -122,5 +191,10 @@ impl Engine for RealDaemon {
     }
     fn shutdown(&mut self, now: Instant) {
         Daemon::shutdown(self, now);
+    }
+    fn auth_drops(&self) -> Vec<(&'static str, u64)> {
+        self.node().map_or_else(Vec::new, |n| {
+            n.auth_drops().iter().map(|(r, c)| (r.name(), c)).collect()
+        })
     }
 }

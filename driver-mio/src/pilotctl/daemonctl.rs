@@ -5,6 +5,13 @@
 //! in its own session (detached from the terminal), appends its output to
 //! `pilot.log`, writes `pilot.pid`, and polls `Info` over the socket until
 //! the daemon answers.
+//!
+//! When the registry address (given or the default 127.0.0.1:9000) is on
+//! loopback and nothing listens there, `start` first runs a local
+//! rendezvous as its **own** background process (`pilotctl
+//! _rendezvous-run`, files in `<dir>/rendezvous/`), so that it outlives the
+//! daemon that started it and keeps serving every other local daemon.
+//! `daemon stop --rendezvous` stops it too.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -87,14 +94,153 @@ pub struct StartOptions {
     pub socket: PathBuf,
     /// State directory (PID file, log, identity, trust, received files).
     pub dir: PathBuf,
-    /// Daemon flags to pass on (`--registry …`, `--hostname …`, …).
+    /// Daemon flags to pass on (`--hostname …`, …; not the registry and
+    /// beacon, which are below).
     pub forward: Vec<OsString>,
+    /// `--registry`, if given.
+    pub registry: Option<String>,
+    /// `--beacon`, if given.
+    pub beacon: Option<String>,
+}
+
+/// Sub-directory of the state directory for a rendezvous `start` ran.
+pub const RENDEZVOUS_DIR: &str = "rendezvous";
+
+fn resolve(what: &str, text: &str) -> CliResult<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| CliError::invalid(format!("--{what}: cannot resolve {text:?}")))
+}
+
+/// Makes sure a registry answers at `registry`: if it is a loopback
+/// address with nothing listening, runs a rendezvous there (beacon on
+/// `beacon`) as a detached process storing into `<dir>/rendezvous/`.
+/// Returns what was started, if anything.
+fn ensure_rendezvous(
+    dir: &Path,
+    registry: std::net::SocketAddr,
+    beacon: std::net::SocketAddr,
+) -> CliResult<Option<Value>> {
+    use crate::daemon::embedded::accepts;
+    if !registry.ip().is_loopback() || accepts(registry) {
+        return Ok(None);
+    }
+    let rdir = dir.join(RENDEZVOUS_DIR);
+    crate::daemon::files::create_private_dir(&rdir)
+        .map_err(|e| CliError::new("internal", format!("create {}: {e}", rdir.display())))?;
+    let log_file = rdir.join("rendezvous.log");
+    let pid_file = rdir.join("rendezvous.pid");
+    let store = rdir.join("rendezvous.redb");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_file)
+        .map_err(|e| CliError::new("internal", format!("open {}: {e}", log_file.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| CliError::new("internal", e.to_string()))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new("internal", format!("cannot find own executable: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("_rendezvous-run")
+        .arg("--registry-addr")
+        .arg(registry.to_string())
+        .arg("--beacon-addr")
+        .arg(beacon.to_string())
+        .arg("--store")
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::new("internal", format!("cannot start the rendezvous: {e}")))?;
+    let pid = child.id() as i32;
+    write_pid(&pid_file, pid);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if accepts(registry) {
+            return Ok(Some(json!({
+                "log_file": log_file.display().to_string(),
+                "pid": pid,
+                "registry": registry.to_string(),
+                "beacon": beacon.to_string(),
+                "store": store.display().to_string(),
+            })));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let _ = fs::remove_file(&pid_file);
+            // Another process may have bound it meanwhile.
+            if accepts(registry) {
+                return Ok(None);
+            }
+            return Err(CliError::new(
+                "internal",
+                format!(
+                    "the local rendezvous exited during start ({status}): {}",
+                    log_tail(&log_file, 2000)
+                ),
+            )
+            .hint(format!("check logs: tail {}", log_file.display())));
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::new(
+                "timeout",
+                format!("the local rendezvous (pid {pid}) did not listen on {registry} within 15s"),
+            )
+            .hint(format!("check logs: tail {}", log_file.display())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_pid(path: &Path, pid: i32) {
+    let _ = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pid}\n").as_bytes()));
+}
+
+/// Stops the rendezvous `start` ran from `dir`, if it still runs.
+/// Returns its PID.
+pub fn stop_rendezvous(dir: &Path) -> Option<i32> {
+    let pid_file = dir.join(RENDEZVOUS_DIR).join("rendezvous.pid");
+    let pid = read_pid(&pid_file)?;
+    let _ = fs::remove_file(&pid_file);
+    if !alive(pid) {
+        return None;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline && alive(pid) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        signal(pid, libc::SIGKILL);
+    }
+    Some(pid)
 }
 
 /// `daemon start` (detached). Returns the reference's object
 /// `{"address","hostname","log_file","node_id","pid","socket"}`.
 pub fn start(opts: &StartOptions) -> CliResult<Value> {
-    fs::create_dir_all(&opts.dir)
+    // Private from the start: the daemon keeps its identity here.
+    crate::daemon::files::create_private_dir(&opts.dir)
         .map_err(|e| CliError::new("internal", format!("create {}: {e}", opts.dir.display())))?;
     let pid_file = opts.dir.join(PID_FILE);
     let log_file = opts.dir.join(LOG_FILE);
@@ -118,6 +264,12 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
         }
         let _ = fs::remove_file(&opts.socket);
     }
+    let registry = resolve(
+        "registry",
+        opts.registry.as_deref().unwrap_or("127.0.0.1:9000"),
+    )?;
+    let beacon = resolve("beacon", opts.beacon.as_deref().unwrap_or("127.0.0.1:9001"))?;
+    let rendezvous = ensure_rendezvous(&opts.dir, registry, beacon)?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new("internal", format!("cannot find own executable: {e}")))?;
     let log = OpenOptions::new()
@@ -135,6 +287,10 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
         .arg(&opts.socket)
         .arg("--dir")
         .arg(&opts.dir)
+        .arg("--registry")
+        .arg(registry.to_string())
+        .arg("--beacon")
+        .arg(beacon.to_string())
         .args(&opts.forward)
         .stdin(Stdio::null())
         .stdout(log)
@@ -172,6 +328,7 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
         }
         if let Some(info) = probe(&opts.socket, Duration::from_secs(2)) {
             return Ok(json!({
+                "rendezvous": rendezvous.clone().unwrap_or(Value::Null),
                 "address": info.get("address").cloned().unwrap_or(Value::Null),
                 "hostname": info.get("hostname").cloned().unwrap_or(json!("")),
                 "log_file": log_file.display().to_string(),

@@ -322,6 +322,7 @@ pub fn run(args: &DemoArgs, json_mode: bool) -> ExitCode {
     if args.keep {
         out["dir"] = json!(dir.map(|d| d.display().to_string()));
     }
+    super::round_floats(&mut out);
     if json_mode {
         if report.failed {
             eprintln!(
@@ -492,7 +493,7 @@ fn run_steps(
     trusted.as_ref()?;
     // 4. Ping.
     report.step("ping", || {
-        let v = ops::ping(
+        let (v, _) = ops::ping(
             a,
             b_addr,
             "demo-beta",
@@ -631,7 +632,14 @@ fn run_steps(
         loop {
             // The broker has no replay: publish until the subscription is in
             // place and an event arrives.
-            ops::publish(a, b_addr, "demo-beta", "demo.news", "hello subscribers")?;
+            ops::publish(
+                a,
+                b_addr,
+                "demo-beta",
+                "demo.news",
+                "hello subscribers",
+                Duration::from_secs(10),
+            )?;
             published += 1;
             match sub.next(Duration::from_millis(500)) {
                 Ok(Some(ev)) => {

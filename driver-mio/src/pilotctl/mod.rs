@@ -38,6 +38,11 @@ struct Cli {
     /// IPC socket of the daemon [env: PILOT_SOCKET; default: /tmp/pilot.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Machine-readable output: {"data":…,"status":"ok"} on stdout, or
+    /// {"code","message","hint","status":"error"} on stderr (anywhere on
+    /// the line)
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -162,7 +167,9 @@ enum Cmd {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Send a file to the peer's received/ directory (data exchange, port 1001)
+    /// Send a file to the peer's received/ directory (data exchange, port
+    /// 1001). One frame: at most 64 MiB less 263 bytes. Succeeds only once
+    /// the receiver acknowledges it.
     SendFile {
         /// Address, node id or hostname
         target: String,
@@ -172,7 +179,8 @@ enum Cmd {
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Publish one event on the peer's event stream (port 1002)
+    /// Publish one event on the peer's event stream (port 1002); succeeds
+    /// once the broker passes it on (needs mutual trust)
     Publish {
         /// Address, node id or hostname
         target: String,
@@ -181,6 +189,9 @@ enum Cmd {
         /// Payload
         #[arg(long)]
         data: String,
+        /// Overall deadline
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Subscribe to a topic (`*` = all) on the peer's event stream
     Subscribe {
@@ -249,6 +260,14 @@ enum Cmd {
     },
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `pilotctl completions bash >
+    /// ~/.local/share/bash-completion/completions/pilotctl`)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the pilotctl(1) man page (roff; `pilotctl man | man -l -`)
+    Man,
     #[command(name = "_daemon-run", hide = true)]
     DaemonRun {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -270,6 +289,10 @@ enum DaemonCmd {
         /// State directory [env: PILOT_HOME; default: ~/.pilot]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also stop the local rendezvous this directory's `daemon start`
+        /// ran (other local daemons lose their registry)
+        #[arg(long)]
+        rendezvous: bool,
     },
     /// Is the daemon running and answering?
     Status {
@@ -323,6 +346,12 @@ struct StartArgs {
     /// Disable tunnel encryption
     #[arg(long)]
     no_encrypt: bool,
+    /// Keepalive and registry heartbeat period (e.g. 30s, 1s, 500ms)
+    #[arg(long, value_name = "DURATION")]
+    keepalive: Option<String>,
+    /// Speak the legacy ("v1.8") wire profile
+    #[arg(long)]
+    legacy: bool,
 }
 
 impl StartArgs {
@@ -334,8 +363,6 @@ impl StartArgs {
                 v.push(val);
             }
         };
-        opt("registry", self.registry.clone().map(Into::into));
-        opt("beacon", self.beacon.clone().map(Into::into));
         opt("listen", self.listen.clone().map(Into::into));
         opt("identity", self.identity.clone().map(Into::into));
         opt("owner", self.owner.clone().map(Into::into));
@@ -343,6 +370,10 @@ impl StartArgs {
         opt("log-level", self.log_level.clone().map(Into::into));
         opt("log-format", self.log_format.clone().map(Into::into));
         opt("config", self.config.clone().map(Into::into));
+        opt("keepalive", self.keepalive.clone().map(Into::into));
+        if self.legacy {
+            v.push("--legacy".into());
+        }
         if self.public {
             v.push("--public".into());
         }
@@ -359,6 +390,14 @@ enum Output {
     Data { data: Value, text: Option<String> },
     /// Already printed (streaming commands, `daemon status --check`).
     Done(ExitCode),
+}
+
+/// A list: JSON as is, a table for people.
+fn listing(v: Value, text: String) -> CliResult<Output> {
+    Ok(Output::Data {
+        data: v,
+        text: Some(text),
+    })
 }
 
 fn data(v: Value) -> CliResult<Output> {
@@ -402,10 +441,12 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         let _ = cmd.write_help(&mut std::io::stderr());
         return ExitCode::from(2);
     };
+    let json_mode = json_mode || cli.json;
     let socket = socket_path(cli.socket.as_deref());
     match run_command(command, &socket, json_mode) {
         Ok(Output::Done(code)) => code,
-        Ok(Output::Data { data, text }) => {
+        Ok(Output::Data { mut data, text }) => {
+            round_floats(&mut data);
             if json_mode {
                 println!("{}", json!({"data": data, "status": "ok"}));
             } else if let Some(t) = text {
@@ -472,6 +513,24 @@ fn print_error(e: &CliError, json_mode: bool) {
     }
 }
 
+/// Rounds every non-integer number to 3 decimals (milliseconds to the
+/// microsecond, MiB/s to the KiB/s): `2205.3938749999998` → `2205.394`.
+pub(crate) fn round_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                let r = (f * 1000.0).round() / 1000.0;
+                if let Some(x) = serde_json::Number::from_f64(r) {
+                    *n = x;
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(round_floats),
+        Value::Object(o) => o.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
 /// Prints one NDJSON line (streaming commands) and flushes.
 fn ndjson(v: &Value) {
     let mut out = std::io::stdout().lock();
@@ -483,6 +542,16 @@ fn connect(socket: &std::path::Path) -> CliResult<IpcClient> {
     IpcClient::connect(socket).map_err(|e| CliError::ipc(e, "internal"))
 }
 
+/// Connects for a command with an overall deadline of `timeout`: its
+/// requests to the daemon (hostname resolution included) end by then.
+fn connect_within(socket: &std::path::Path, timeout: Duration) -> CliResult<IpcClient> {
+    let mut c = connect(socket)?;
+    if !timeout.is_zero() {
+        c.set_timeout(timeout);
+    }
+    Ok(c)
+}
+
 fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult<Output> {
     let quiet = json_mode;
     match cmd {
@@ -490,6 +559,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             Err(CliError::invalid("internal command"))
         }
         Cmd::Demo(args) => Ok(Output::Done(demo::run(&args, json_mode))),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pilotctl", &mut std::io::stdout());
+            Ok(Output::Done(ExitCode::SUCCESS))
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::new("internal", format!("man page: {e}")))?;
+            Ok(Output::Done(ExitCode::SUCCESS))
+        }
         Cmd::Daemon { command } => daemon_cmd(command, socket),
         Cmd::Info => {
             let c = connect(socket)?;
@@ -530,6 +611,9 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             };
             let r = match c.resolve_hostname(&hostname) {
                 Ok(r) => r,
+                Err(IpcClientError::Daemon(m)) if m.contains("registry unreachable") => {
+                    return Err(util::cause(&format!("find {hostname:?}"), 0, &m));
+                }
                 Err(IpcClientError::Daemon(_)) => return Err(not_found()),
                 Err(e) => return Err(CliError::ipc(e, "not_found")),
             };
@@ -579,13 +663,24 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             timeout,
             interval,
         } => {
-            let c = connect(socket)?;
+            if count == 0 {
+                return Err(CliError::invalid("--count must be at least 1"));
+            }
+            let start = std::time::Instant::now();
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
-            let v = ops::ping(&c, t.addr, &target, count, timeout, interval, |r| {
+            let left = timeout.saturating_sub(start.elapsed());
+            let mut last_error = String::new();
+            let (v, first_error) = ops::ping(&c, t.addr, &target, count, left, interval, |r| {
                 if !json_mode {
                     match (r.get("error"), r.get("rtt_ms")) {
                         (Some(e), _) => {
-                            println!("seq={} error: {}", r["seq"], e.as_str().unwrap_or(""))
+                            // Identical failures are printed once.
+                            let e = e.as_str().unwrap_or("");
+                            if e != last_error {
+                                println!("seq={} error: {e}", r["seq"]);
+                                last_error = e.to_owned();
+                            }
                         }
                         (None, Some(rtt)) => println!(
                             "{} bytes from {}: seq={} time={:.3} ms",
@@ -614,12 +709,16 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     format!(", avg {:.3} ms", ok.iter().sum::<f64>() / ok.len() as f64)
                 }
             );
-            if ok.is_empty() && !results.is_empty() {
-                let first = results[0]["error"]
-                    .as_str()
-                    .unwrap_or("no reply")
-                    .to_owned();
-                return Err(CliError::new("connection_failed", first));
+            if ok.is_empty() {
+                return Err(first_error.unwrap_or_else(|| {
+                    CliError::new(
+                        "timeout",
+                        format!(
+                            "no reply from {target} within {:.1}s",
+                            timeout.as_secs_f64()
+                        ),
+                    )
+                }));
             }
             Ok(Output::Data {
                 data: v,
@@ -632,7 +731,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     "invalid address {address:?} (use N:NNNN.HHHH.LLLL)"
                 ))
             })?;
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             data(ops::traceroute(&c, addr, timeout))
         }
         Cmd::Bench {
@@ -643,7 +742,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             if !(size_mb > 0.0 && size_mb.is_finite()) {
                 return Err(CliError::invalid("size_mb must be positive"));
             }
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             let size = (size_mb * 1048576.0) as u64;
             let r = ops::bench(&c, t.addr, &target, size, timeout, !json_mode)?;
@@ -682,7 +781,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     s.lines().collect::<Vec<_>>().join("\n")
                 }
             };
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
             data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
@@ -693,7 +792,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             data: msg,
             timeout,
         } => {
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             let resp = ops::exchange(&c, t.addr, port, msg.as_bytes(), timeout)?;
             data(json!({"port": port, "response": resp, "sent": msg, "target": target}))
@@ -712,7 +811,13 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             kind,
             timeout,
         } => {
-            let c = connect(socket)?;
+            // Local arguments first: no network call for a bad --type.
+            if !["text", "json", "binary"].contains(&kind.to_ascii_lowercase().as_str()) {
+                return Err(CliError::invalid(format!(
+                    "unknown message type {kind:?} (use text, json or binary)"
+                )));
+            }
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             data(ops::send_message(
                 &c, t.addr, &target, &kind, &msg, timeout,
@@ -723,7 +828,9 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             path,
             timeout,
         } => {
-            let c = connect(socket)?;
+            // Local arguments first: the file must be readable and fit.
+            ops::check_file(&path)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             data(ops::send_file(&c, t.addr, &path, !json_mode, timeout)?)
         }
@@ -731,10 +838,13 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             target,
             topic,
             data: payload,
+            timeout,
         } => {
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
-            data(ops::publish(&c, t.addr, &target, &topic, &payload)?)
+            data(ops::publish(
+                &c, t.addr, &target, &topic, &payload, timeout,
+            )?)
         }
         Cmd::Subscribe {
             target,
@@ -742,7 +852,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             count,
             timeout,
         } => {
-            let c = connect(socket)?;
+            let c = connect_within(socket, timeout)?;
             let t = resolve_target(&c, &target, quiet)?;
             let streaming = count == 0;
             let v = ops::subscribe(&c, t.addr, &topic, count, timeout, |ev| {
@@ -780,7 +890,21 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            data(json!({"connections": list, "total": list.len()}))
+            let text = util::table(
+                &list,
+                &[
+                    ("ID", "id"),
+                    ("LOCAL", "local_port"),
+                    ("REMOTE", "remote_addr"),
+                    ("PORT", "remote_port"),
+                    ("STATE", "state"),
+                    ("SENT", "bytes_sent"),
+                    ("RECV", "bytes_recv"),
+                    ("RTT MS", "srtt_ms"),
+                ],
+                "no connections",
+            );
+            listing(json!({"connections": list, "total": list.len()}), text)
         }
         Cmd::Peers { search } => {
             let c = connect(socket)?;
@@ -802,12 +926,56 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                     }
                 })
                 .collect();
-            data(json!({"peers": list, "total": list.len()}))
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("ENDPOINT", "endpoint"),
+                    ("ENCRYPTED", "encrypted"),
+                    ("AUTHENTICATED", "authenticated"),
+                ],
+                "no peers (a tunnel appears once you talk to a node: pilotctl ping <node>)",
+            );
+            listing(json!({"peers": list, "total": list.len()}), text)
         }
         Cmd::Disconnect { conn_id } => {
             let c = connect(socket)?;
+            let listed = |c: &IpcClient| -> CliResult<Option<Value>> {
+                let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;
+                Ok(info
+                    .get("conn_list")
+                    .and_then(Value::as_array)
+                    .and_then(|l| l.iter().find(|x| x["id"] == conn_id).cloned()))
+            };
+            let Some(before) = listed(&c)? else {
+                return Err(CliError::new(
+                    "not_found",
+                    format!("no connection {conn_id} on this daemon"),
+                )
+                .hint("`pilotctl connections` lists the open connections and their ids"));
+            };
             c.close(conn_id).map_err(|e| CliError::ipc(e, "internal"))?;
-            data(json!({"conn_id": conn_id}))
+            // The daemon answers every close; make sure it took effect.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                match listed(&c)? {
+                    None => break,
+                    Some(now) if now["state"] != before["state"] => break,
+                    Some(_) if std::time::Instant::now() >= deadline => {
+                        return Err(CliError::new(
+                            "internal",
+                            format!("connection {conn_id} is still open after the close request"),
+                        ));
+                    }
+                    Some(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            data(json!({
+                "conn_id": conn_id,
+                "remote_addr": before["remote_addr"],
+                "remote_port": before["remote_port"],
+                "status": "closed",
+            }))
         }
         Cmd::Handshake {
             target,
@@ -825,24 +993,46 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
         }
         Cmd::Pending => {
             let c = connect(socket)?;
-            data(
-                c.handshake_pending()
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
-            )
+            let v = c
+                .handshake_pending()
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let list = v["pending"].as_array().cloned().unwrap_or_default();
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("JUSTIFICATION", "justification"),
+                    ("RECEIVED", "received_at"),
+                ],
+                "no pending requests",
+            );
+            listing(v, text)
         }
         Cmd::Trust => {
             let c = connect(socket)?;
-            data(
-                c.handshake_trusted()
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
-            )
+            let v = c
+                .handshake_trusted()
+                .map_err(|e| CliError::ipc(e, "internal"))?;
+            let list = v["trusted"].as_array().cloned().unwrap_or_default();
+            let text = util::table(
+                &list,
+                &[
+                    ("NODE", "node_id"),
+                    ("MUTUAL", "mutual"),
+                    ("NETWORK", "network"),
+                    ("APPROVED", "approved_at"),
+                    ("PUBLIC KEY", "public_key"),
+                ],
+                "no trusted peers",
+            );
+            listing(v, text)
         }
         Cmd::Approve { node_id } => {
             let node = parse_node_id(&node_id)?;
             let c = connect(socket)?;
             data(
                 c.handshake_approve(node)
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
+                    .map_err(|e| not_pending(e, node))?,
             )
         }
         Cmd::Reject { node_id, reason } => {
@@ -850,7 +1040,7 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let c = connect(socket)?;
             data(
                 c.handshake_reject(node, &reason.join(" "))
-                    .map_err(|e| CliError::ipc(e, "internal"))?,
+                    .map_err(|e| not_pending(e, node))?,
             )
         }
         Cmd::Untrust { node_id } => {
@@ -865,6 +1055,18 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
     }
 }
 
+/// The error of `approve`/`reject` when nothing is pending from `node`.
+fn not_pending(e: IpcClientError, node: u32) -> CliError {
+    match e {
+        IpcClientError::Daemon(m) if m.contains("no pending request") => {
+            CliError::new("not_found", m).hint(format!(
+                "`pilotctl pending` lists the requests waiting; node {node} must ask first: pilotctl handshake <this node>"
+            ))
+        }
+        other => CliError::ipc(other, "internal"),
+    }
+}
+
 fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
     match cmd {
         DaemonCmd::Start(a) => {
@@ -876,6 +1078,12 @@ fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
                     "--dir".into(),
                     dir.into_os_string(),
                 ];
+                for (k, v) in [("--registry", &a.registry), ("--beacon", &a.beacon)] {
+                    if let Some(v) = v {
+                        args.push(k.into());
+                        args.push(v.into());
+                    }
+                }
                 args.extend(a.forward());
                 return Ok(Output::Done(runners::daemon_run(&args)));
             }
@@ -883,12 +1091,21 @@ fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
                 socket: socket.to_path_buf(),
                 dir,
                 forward: a.forward(),
+                registry: a.registry.clone(),
+                beacon: a.beacon.clone(),
             };
             data(daemonctl::start(&opts)?)
         }
-        DaemonCmd::Stop { dir } => {
+        DaemonCmd::Stop { dir, rendezvous } => {
             let dir = daemonctl::state_dir(dir.as_deref());
-            data(daemonctl::stop(&dir, socket)?)
+            let stopped = daemonctl::stop(&dir, socket);
+            if rendezvous {
+                let rv = daemonctl::stop_rendezvous(&dir);
+                let mut v = stopped.unwrap_or_else(|_| json!({}));
+                v["rendezvous_pid"] = json!(rv);
+                return data(v);
+            }
+            data(stopped?)
         }
         DaemonCmd::Status { check, dir } => {
             let dir = daemonctl::state_dir(dir.as_deref());
@@ -902,5 +1119,17 @@ fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
             }
             data(daemonctl::status(&dir, socket))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_rounded_and_integers_kept() {
+        let mut v = json!({"mbps": 2205.3938749999998, "n": [1, 0.1 + 0.2], "id": 7});
+        round_floats(&mut v);
+        assert_eq!(v.to_string(), r#"{"id":7,"mbps":2205.394,"n":[1,0.3]}"#);
     }
 }

@@ -21,11 +21,26 @@ const ONE_READ_MAX: usize = 65_535;
 /// Chunk the bench and file transfer hand to the daemon per `Send`.
 const BULK_CHUNK: usize = 64 * 1024;
 
-fn dial(c: &IpcClient, addr: Addr, port: u16) -> CliResult<u32> {
-    c.dial(addr, port).map_err(|e| match e {
-        IpcClientError::Daemon(m) => {
-            CliError::new("connection_failed", format!("dial {addr}:{port}: {m}"))
-        }
+/// Dials `addr:port`, giving up at `deadline` (the command's overall
+/// deadline: a dial never outlives it).
+fn dial(c: &IpcClient, addr: Addr, port: u16, deadline: Instant) -> CliResult<u32> {
+    let left = remaining(deadline);
+    if left.is_zero() {
+        return Err(CliError::new(
+            "timeout",
+            format!("no time left to dial {addr}:{port}"),
+        ));
+    }
+    c.dial_timeout(addr, port, left).map_err(|e| match e {
+        IpcClientError::Daemon(m) => super::util::dial_error(addr, port, &m),
+        IpcClientError::Timeout(_) => CliError::new(
+            "timeout",
+            format!(
+                "dial {addr}:{port}: no connection within the deadline ({:.1}s)",
+                left.as_secs_f64()
+            ),
+        )
+        .hint("the peer may be offline or unreachable; `pilotctl peers` shows tunnels"),
         other => CliError::ipc(other, "connection_failed"),
     })
 }
@@ -56,7 +71,9 @@ fn read_once(
 }
 
 /// `ping`: per sequence number a new stream to port 7, `ping-<i>`, one read,
-/// close; `interval` between pings; one overall deadline.
+/// close; `interval` between pings; one overall deadline, dials included.
+/// Returns the report and the first failure. A failure that repeating
+/// cannot fix (untrusted, offline, registry unreachable) stops the pings.
 pub fn ping(
     c: &IpcClient,
     addr: Addr,
@@ -65,10 +82,12 @@ pub fn ping(
     timeout: Duration,
     interval: Duration,
     mut on_result: impl FnMut(&Value),
-) -> Value {
+) -> (Value, Option<CliError>) {
     let deadline = Instant::now() + timeout;
     let mut results = Vec::new();
     let mut timed_out = false;
+    let mut first_error: Option<CliError> = None;
+    let mut stop = false;
     for seq in 0..count {
         if Instant::now() >= deadline {
             timed_out = true;
@@ -76,7 +95,7 @@ pub fn ping(
         }
         let start = Instant::now();
         let r = (|| -> CliResult<usize> {
-            let conn = dial(c, addr, ports::ECHO)?;
+            let conn = dial(c, addr, ports::ECHO, deadline)?;
             let msg = format!("ping-{seq}");
             let out = c
                 .send(conn, msg.as_bytes())
@@ -98,17 +117,29 @@ pub fn ping(
                 if e.code == "timeout" {
                     timed_out = true;
                 }
-                json!({"error": e.message, "rtt_ms": rtt, "seq": seq})
+                stop = matches!(
+                    e.code,
+                    "not_trusted" | "peer_offline" | "registry_unreachable" | "timeout"
+                );
+                let v = json!({"code": e.code, "error": e.message, "rtt_ms": rtt, "seq": seq});
+                first_error.get_or_insert(e);
+                v
             }
         };
         on_result(&v);
         results.push(v);
+        if stop {
+            break;
+        }
         if seq + 1 < count && !interval.is_zero() {
             let pause = interval.min(remaining(deadline));
             std::thread::sleep(pause);
         }
     }
-    json!({"results": results, "target": target, "timeout": timed_out})
+    (
+        json!({"results": results, "target": target, "timeout": timed_out}),
+        first_error,
+    )
 }
 
 /// `traceroute`: time the dial to port 7, then three `trace-<i>` round trips
@@ -117,7 +148,7 @@ pub fn traceroute(c: &IpcClient, addr: Addr, timeout: Duration) -> Value {
     let target = addr.to_string();
     let deadline = Instant::now() + timeout;
     let start = Instant::now();
-    let conn = match dial(c, addr, ports::ECHO) {
+    let conn = match dial(c, addr, ports::ECHO, deadline) {
         Ok(conn) => conn,
         Err(e) => {
             return json!({"error": e.message, "setup_ms": ms(start.elapsed()), "target": target});
@@ -168,7 +199,7 @@ pub fn bench(
     progress: bool,
 ) -> CliResult<BenchOutcome> {
     let deadline = Instant::now() + timeout;
-    let conn = dial(c, addr, ports::ECHO)?;
+    let conn = dial(c, addr, ports::ECHO, deadline)?;
     let start = Instant::now();
     let received = AtomicU64::new(0);
     let (send_res, recv_res) = std::thread::scope(|s| {
@@ -262,10 +293,11 @@ pub fn exchange(
     data: &[u8],
     timeout: Duration,
 ) -> CliResult<String> {
-    let conn = dial(c, addr, port)?;
+    let deadline = Instant::now() + timeout;
+    let conn = dial(c, addr, port, deadline)?;
     let r = c
         .send(conn, data)
-        .and_then(|()| read_once(c, conn, ONE_READ_MAX, timeout));
+        .and_then(|()| read_once(c, conn, ONE_READ_MAX, remaining(deadline)));
     let _ = c.close(conn);
     match r {
         Ok(Some(d)) => Ok(String::from_utf8_lossy(&d).into_owned()),
@@ -320,7 +352,9 @@ pub fn recv(
 }
 
 /// Sends one data-exchange frame (`payload` already laid out for its type)
-/// to port 1001 and reads the one-frame ACK. Returns the ACK text.
+/// to port 1001 and reads the one-frame ACK, all within `timeout`. Returns
+/// the ACK text. Without an ACK it is an error: the bytes left this daemon,
+/// but nothing says the receiver has them.
 fn dataexchange_send(
     c: &IpcClient,
     addr: Addr,
@@ -344,9 +378,11 @@ fn dataexchange_send(
     let n = frame
         .encode(&mut buf)
         .map_err(|e| CliError::new("internal", e.to_string()))?;
-    let conn = dial(c, addr, ports::DATA_EXCHANGE)?;
+    let deadline = Instant::now() + timeout;
+    let conn = dial(c, addr, ports::DATA_EXCHANGE, deadline)?;
     let mut bar = progress;
-    let r = (|| -> Result<String, IpcClientError> {
+    let total = n;
+    let r = (|| -> Result<Option<String>, IpcClientError> {
         for piece in buf[..n].chunks(4 * BULK_CHUNK) {
             c.send(conn, piece)?;
             if let Some(b) = bar.as_deref_mut() {
@@ -356,24 +392,43 @@ fn dataexchange_send(
         if let Some(b) = bar.as_deref_mut() {
             b.finish();
         }
-        // Read exactly one frame back: the ACK (best effort).
-        let deadline = Instant::now() + timeout;
+        // Read exactly one frame back: the ACK.
         let mut acc = Vec::new();
         loop {
             if let Ok(Some((f, _))) = Frame::parse(&acc, max as u32) {
-                return Ok(String::from_utf8_lossy(f.payload).into_owned());
+                return Ok(Some(String::from_utf8_lossy(f.payload).into_owned()));
             }
             match c.recv(conn, remaining(deadline))? {
                 Some(d) => acc.extend_from_slice(&d),
-                None => return Ok(String::new()),
+                None => return Ok(None),
             }
         }
     })();
     let _ = c.close(conn);
-    r.map_err(|e| match e {
-        IpcClientError::Timeout(_) => CliError::new("timeout", "no acknowledgement from the peer"),
-        other => io_err(other),
-    })
+    let unknown = format!(
+        "{total} bytes were handed to the local daemon for {addr}; whether they arrived is unknown"
+    );
+    match r {
+        Ok(Some(ack)) => Ok(ack),
+        Ok(None) => Err(CliError::new(
+            "connection_failed",
+            format!("the receiver closed the stream without acknowledging: {unknown}"),
+        )
+        .hint("check that the peer is running (`pilotctl ping <peer>`), then send again")),
+        Err(IpcClientError::Timeout(_)) => Err(CliError::new(
+            "timeout",
+            format!(
+                "no acknowledgement within {:.1}s: {unknown}",
+                timeout.as_secs_f64()
+            ),
+        )
+        .hint("a slow or large transfer may need a longer --timeout")),
+        Err(IpcClientError::Disconnected) => Err(CliError::new(
+            "connection_failed",
+            format!("the local daemon closed the connection: {unknown}"),
+        )),
+        Err(other) => Err(io_err(other)),
+    }
 }
 
 /// `send-message`: one TEXT / JSON / BINARY frame, read the ACK.
@@ -399,6 +454,36 @@ pub fn send_message(
     Ok(
         json!({"ack": ack, "bytes": data.len(), "target": target, "type": kind.to_ascii_lowercase()}),
     )
+}
+
+/// Largest file `send-file` sends: one data-exchange frame (the name and
+/// its length prefix count too).
+pub fn max_file_bytes() -> u64 {
+    u64::from(max_payload(WireProfile::Current))
+}
+
+/// Checks a file for `send-file` before any network call: it exists, is a
+/// regular file and fits in one frame.
+pub fn check_file(path: &std::path::Path) -> CliResult<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::new("not_found", format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(CliError::invalid(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let max = max_file_bytes();
+    if meta.len() + 8 + 255 > max {
+        return Err(CliError::invalid(format!(
+            "{} is {} bytes; send-file sends at most {} bytes (one data-exchange frame)",
+            path.display(),
+            meta.len(),
+            max - 8 - 255
+        ))
+        .hint("split it (e.g. `split -b 60M`) and send the parts"));
+    }
+    Ok(())
 }
 
 /// `send-file`: one FILE frame with the file's basename; read the ACK.
@@ -438,22 +523,57 @@ fn event_bytes(topic: &str, payload: &[u8]) -> CliResult<Vec<u8>> {
     Ok(buf)
 }
 
+/// The error of a broker that closed a fresh subscription: it serves only
+/// peers it trusts (current profile).
+fn refused(addr: Addr, what: &str) -> CliError {
+    CliError::new(
+        "refused",
+        format!("the event stream of {addr} refused the {what}: it serves only peers that trust each other"),
+    )
+    .hint(format!(
+        "ask for trust with `pilotctl handshake {} \"reason\"`, wait for the approval (`pilotctl trust`), then retry",
+        addr.node
+    ))
+}
+
 /// `publish`: connect to 1002, subscribe to `topic`, publish one event,
-/// close.
+/// close. Delivery is confirmed by a second subscription to the same topic
+/// that must see the event come back from the broker within `timeout`; a
+/// broker that refuses us (untrusted) is an error.
 pub fn publish(
     c: &IpcClient,
     addr: Addr,
     target: &str,
     topic: &str,
     data: &str,
+    timeout: Duration,
 ) -> CliResult<Value> {
+    let deadline = Instant::now() + timeout;
     let sub = event_bytes(topic, b"")?;
     let publ = event_bytes(topic, data.as_bytes())?;
-    let conn = dial(c, addr, ports::EVENT_STREAM)?;
+    let mut watch = Subscription::open_by(c, addr, topic, deadline)?;
+    let conn = dial(c, addr, ports::EVENT_STREAM, deadline)?;
     let r = c.send(conn, &sub).and_then(|()| c.send(conn, &publ));
+    let outcome = r.map_err(io_err).and_then(|()| loop {
+        match watch.next(remaining(deadline)) {
+            Ok(Some(v)) if v["topic"] == topic && v["data"] == data => break Ok(()),
+            Ok(Some(_)) => {}
+            Ok(None) => break Err(refused(addr, "subscription")),
+            Err(e) if e.code == "timeout" => {
+                break Err(CliError::new(
+                    "timeout",
+                    format!(
+                        "the broker at {addr} did not pass the event on within {:.1}s; it may not have been published",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+    });
     let _ = c.close(conn);
-    r.map_err(io_err)?;
-    Ok(json!({"bytes": data.len(), "target": target, "topic": topic}))
+    outcome?;
+    Ok(json!({"bytes": data.len(), "delivered": true, "target": target, "topic": topic}))
 }
 
 /// A live subscription to a broker's topic.
@@ -466,8 +586,18 @@ pub struct Subscription<'a> {
 impl<'a> Subscription<'a> {
     /// Connects to 1002 on `addr` and subscribes to `topic` (`*` = all).
     pub fn open(c: &'a IpcClient, addr: Addr, topic: &str) -> CliResult<Self> {
+        Self::open_by(c, addr, topic, Instant::now() + c.timeout())
+    }
+
+    /// Like [`Subscription::open`], the dial ending at `deadline`.
+    pub fn open_by(
+        c: &'a IpcClient,
+        addr: Addr,
+        topic: &str,
+        deadline: Instant,
+    ) -> CliResult<Self> {
         let sub = event_bytes(topic, b"")?;
-        let conn = dial(c, addr, ports::EVENT_STREAM)?;
+        let conn = dial(c, addr, ports::EVENT_STREAM, deadline)?;
         c.send(conn, &sub).map_err(io_err)?;
         Ok(Subscription {
             c,
@@ -524,23 +654,32 @@ pub fn subscribe(
     timeout: Duration,
     mut each: impl FnMut(&Value),
 ) -> CliResult<Value> {
-    let mut sub = Subscription::open(c, addr, topic)?;
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+    let mut sub = Subscription::open_by(
+        c,
+        addr,
+        topic,
+        deadline.unwrap_or_else(|| Instant::now() + c.timeout()),
+    )?;
     let mut events = Vec::new();
+    let mut seen = 0u64;
     let mut timed_out = false;
-    let mut error = None;
     while count == 0 || (events.len() as u32) < count {
         let wait = deadline.map_or(Duration::from_secs(3600), remaining);
         match sub.next(wait) {
             Ok(Some(v)) => {
+                seen += 1;
                 each(&v);
                 if count != 0 {
                     events.push(v);
                 }
             }
+            Ok(None) if seen == 0 => return Err(refused(addr, "subscription")),
             Ok(None) => {
-                error = Some("connection closed by the broker");
-                break;
+                return Err(CliError::new(
+                    "connection_failed",
+                    format!("the broker at {addr} closed the subscription after {seen} events"),
+                ));
             }
             Err(e) if e.code == "timeout" => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -551,11 +690,7 @@ pub fn subscribe(
             Err(e) => return Err(e),
         }
     }
-    let mut out = json!({"events": events, "timeout": timed_out});
-    if let Some(e) = error {
-        out["error"] = json!(e);
-    }
-    Ok(out)
+    Ok(json!({"events": events, "timeout": timed_out}))
 }
 
 /// `listen`: datagrams whose destination port is `port`.

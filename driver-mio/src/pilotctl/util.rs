@@ -71,54 +71,71 @@ impl std::fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// Names the cause of a daemon error about reaching a peer (`what` is the
+/// operation, `m` the daemon's text): registry unreachable, peer private
+/// and untrusted, peer offline — each with its code and the next command.
+pub fn cause(what: &str, node: u32, m: &str) -> CliError {
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("registry unreachable") {
+        CliError::new("registry_unreachable", format!("{what}: the registry cannot be reached ({m})"))
+            .hint("start the rendezvous (`pilotctl daemon start` runs one on 127.0.0.1:9000) or check the daemon's --registry; `pilotctl daemon status` shows it")
+    } else if lower.contains("private")
+        || lower.contains("denied")
+        || lower.contains("mutual trust")
+    {
+        CliError::new("not_trusted", format!("{what}: node {node} is private and does not trust this node yet ({m})"))
+            .hint(format!("ask for trust: pilotctl handshake {node} \"reason\"; once asked, the peer must run: pilotctl approve <this node id>"))
+    } else if lower.contains("not found")
+        || lower.contains("dial timeout")
+        || lower.contains("gave up")
+        || lower.contains("unreachable")
+    {
+        CliError::new("peer_offline", format!("{what}: node {node} is offline or not answering ({m})"))
+            .hint(format!("check that node {node} is registered and its daemon runs: pilotctl find <hostname>, pilotctl peers"))
+    } else {
+        CliError::new("connection_failed", format!("{what}: {m}"))
+    }
+}
+
+/// The error of a failed dial to `addr:port` reported by the daemon.
+pub fn dial_error(addr: Addr, port: u16, m: &str) -> CliError {
+    cause(&format!("dial {addr}:{port}"), addr.node, m)
+}
+
+/// A plain-text table (no colour, no box drawing: it reads the same on a
+/// terminal, in a pipe and in a file) of `rows`, one column per
+/// `(header, key)`; `empty` when there are no rows.
+pub fn table(rows: &[Value], columns: &[(&str, &str)], empty: &str) -> String {
+    if rows.is_empty() {
+        return empty.to_owned();
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(columns.iter().map(|(h, _)| *h));
+    for r in rows {
+        t.add_row(columns.iter().map(|(_, k)| match &r[*k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_owned(),
+            Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or(0.0)),
+            other => other.to_string(),
+        }));
+    }
+    // Rows start at the left margin.
+    t.to_string()
+        .lines()
+        .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Result alias of the command implementations.
 pub type CliResult<T> = Result<T, CliError>;
 
-/// Parses a duration: Go syntax (`30s`, `2m`, `1.5h`, `250ms`, `1m30s`) or
-/// a plain number of seconds.
+/// Parses a `--timeout`-style duration ([`crate::duration::parse`], the
+/// syntax every binary here shares).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = f64::from_str(t) {
-        return secs_to_duration(secs).ok_or_else(|| format!("invalid duration {text:?}"));
-    }
-    let mut total = 0f64;
-    let mut rest = t;
-    if rest.is_empty() {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration {text:?}: missing unit"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
-        };
-        total += value * scale;
-        rest = tail;
-    }
-    secs_to_duration(total).ok_or_else(|| format!("invalid duration {text:?}"))
-}
-
-fn secs_to_duration(secs: f64) -> Option<Duration> {
-    if (0.0..1e12).contains(&secs) {
-        Some(Duration::from_secs_f64(secs))
-    } else {
-        None
-    }
+    crate::duration::parse(text)
 }
 
 /// Milliseconds with microsecond resolution, as the reference reports
@@ -164,8 +181,22 @@ pub fn resolve_target(client: &IpcClient, arg: &str, quiet: bool) -> CliResult<T
     };
     let v = match client.resolve_hostname(arg) {
         Ok(v) => v,
-        Err(e @ IpcClientError::Connect { .. }) => return Err(CliError::ipc(e, "not_found")),
-        Err(_) => return Err(not_found()),
+        Err(IpcClientError::Daemon(m)) if m.contains("registry unreachable") => {
+            return Err(cause(&format!("resolve {arg:?}"), 0, &m));
+        }
+        Err(IpcClientError::Daemon(_)) => {
+            return Err(not_found().hint(format!(
+                "check the name, or ask for trust first: pilotctl handshake {arg} \"reason\""
+            )));
+        }
+        Err(IpcClientError::Timeout(_)) => {
+            return Err(CliError::new(
+                "timeout",
+                format!("resolving {arg:?} took longer than the deadline"),
+            )
+            .hint("the registry may be slow or unreachable: pilotctl daemon status"));
+        }
+        Err(e) => return Err(CliError::ipc(e, "not_found")),
     };
     let addr = v
         .get("address")
@@ -288,10 +319,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tables_are_plain_and_aligned() {
+        let rows = vec![
+            serde_json::json!({"node_id": 7, "endpoint": "127.0.0.1:4000", "ok": true}),
+            serde_json::json!({"node_id": 12345, "endpoint": null, "ok": false}),
+        ];
+        let t = table(
+            &rows,
+            &[("NODE", "node_id"), ("ENDPOINT", "endpoint")],
+            "none",
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].starts_with("NODE") && lines[0].contains("ENDPOINT"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("12345") && lines[2].ends_with('-'),
+            "{t}"
+        );
+        let col = lines[0].find("ENDPOINT").unwrap();
+        assert_eq!(lines[1].find("127.0.0.1:4000"), Some(col), "aligned: {t}");
+        assert!(!t.contains('\x1b'));
+        assert_eq!(table(&[], &[("NODE", "node_id")], "none"), "none");
+    }
+
+    #[test]
     fn durations_in_go_syntax_and_plain_seconds() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));

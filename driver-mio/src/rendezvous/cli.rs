@@ -50,15 +50,23 @@ pub struct RendezvousArgs {
     /// Log format on stderr (level with RUST_LOG, default info)
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Most concurrent registry connections [default: 4096]
+    /// Most concurrent registry connections; when full, a source with
+    /// fewer connections evicts the idlest one of the heaviest source
+    /// [default: 4096]
     #[arg(long, global = true)]
     pub max_connections: Option<usize>,
-    /// Close registry connections idle this many seconds [default: 300]
+    /// Most concurrent registry connections from one source address
+    /// (IPv6: one /64) [default: 64]
+    #[arg(long, global = true)]
+    pub max_conns_per_ip: Option<usize>,
+    /// Close registry connections that complete no request for this many
+    /// seconds [default: 300]
     #[arg(long, global = true)]
     pub idle_timeout_secs: Option<u64>,
-    /// Fold the change log into a snapshot after this many entries [default: 50000]
+    /// Close a registry connection whose request frame has not arrived in
+    /// full this many seconds after its first byte [default: 10]
     #[arg(long, global = true)]
-    pub compact_every: Option<u64>,
+    pub frame_timeout_secs: Option<u64>,
     /// Wire profile of the registry: `current`, or `legacy` to serve
     /// February-2026 ("v1.8") daemons (their error texts, networks and
     /// endpoint rule, spec/registry.md) [default: current]
@@ -101,9 +109,10 @@ struct FileConfig {
     strict_signatures: Option<bool>,
     log_format: Option<LogFormat>,
     max_connections: Option<usize>,
+    max_conns_per_ip: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    frame_timeout_secs: Option<u64>,
     no_rate_limits: Option<bool>,
-    compact_every: Option<u64>,
     profile: Option<ProfileArg>,
 }
 
@@ -118,6 +127,9 @@ pub enum RendezvousError {
         /// What was wrong.
         reason: String,
     },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
     /// Binding, the store or the event loop failed.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -139,6 +151,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
     init_logging_with(format, None, level);
 }
 
+/// Whether to colour what goes to stderr: only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>). Log files and pipes get
+/// plain text.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Like [`init_logging`], with an explicit filter (a `--log-level` flag)
 /// that takes precedence over `RUST_LOG`.
 pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &str) {
@@ -150,6 +170,7 @@ pub fn init_logging_with(format: LogFormat, explicit: Option<&str>, default: &st
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -180,18 +201,34 @@ impl RendezvousArgs {
         if let Some(a) = self.beacon_addr.or(file.beacon_addr) {
             cfg.beacon_addr = a;
         }
+        let bad = |what: &str| RendezvousError::Invalid(format!("{what} must be at least 1"));
         if let Some(n) = self.max_connections.or(file.max_connections) {
+            if n == 0 {
+                return Err(bad("max_connections"));
+            }
             cfg.max_connections = n;
         }
+        if let Some(n) = self.max_conns_per_ip.or(file.max_conns_per_ip) {
+            if n == 0 {
+                return Err(bad("max_conns_per_ip"));
+            }
+            cfg.max_conns_per_ip = n;
+        }
         if let Some(s) = self.idle_timeout_secs.or(file.idle_timeout_secs) {
+            if s == 0 {
+                return Err(bad("idle_timeout_secs"));
+            }
             cfg.idle_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = self.frame_timeout_secs.or(file.frame_timeout_secs) {
+            if s == 0 {
+                return Err(bad("frame_timeout_secs"));
+            }
+            cfg.frame_timeout = Duration::from_secs(s);
         }
         cfg.registry.admin_token = self.admin_token.clone().or(file.admin_token);
         cfg.registry.strict_signatures =
             self.strict_signatures || file.strict_signatures.unwrap_or(false);
-        if let Some(n) = self.compact_every.or(file.compact_every) {
-            cfg.compact_every = n.max(1);
-        }
         if self.no_rate_limits || file.no_rate_limits.unwrap_or(false) {
             cfg.registry.rate_limits = false;
         }
@@ -207,7 +244,9 @@ impl RendezvousArgs {
 pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     let (cfg, format) = args.resolve()?;
     init_logging(format, "info");
+    let store = cfg.store_path.clone();
     let server = Server::bind(cfg)?;
+    crate::daemon::embedded::restrict_store(&store);
     let reg = server.registry_addr().map_err(ServerError::Io)?;
     let bea = server.beacon_addr().map_err(ServerError::Io)?;
     tracing::info!(registry = %reg, beacon = %bea, "listening");

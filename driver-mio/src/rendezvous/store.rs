@@ -1,24 +1,29 @@
-//! The rendezvous server's durable store: a `redb` database holding the
-//! registry's [`Change`] log and a periodic snapshot (`spec/registry.md` §11).
+//! The rendezvous server's durable store (`spec/registry.md` §11.2).
 //!
-//! Layout: table `log` maps a sequence number to one JSON-encoded `Change`;
-//! table `meta` holds `snapshot` (the reference's JSON snapshot format) and
-//! `snapshot_seq` (the last log entry the snapshot already contains). Startup
-//! loads the snapshot and replays every later change. Each call to
-//! [`Store::commit`] is one redb write transaction, durable (fsynced) when it
-//! returns.
+//! [`Store`] is what the server needs from any backend: load the registry
+//! state at start-up and apply [`ChangeSet`]s atomically and durably. What
+//! to persist is decided by `pilot_proto::registry::records`; a store only
+//! keeps keyed records. [`RedbStore`] is the embedded backend: one redb
+//! table `records` (key bytes → value bytes), one write transaction per
+//! call of [`Store::apply`], fsynced before it returns. The file holds the
+//! live records only — there is no log and no compaction — so its size
+//! follows the live state and no write costs more than what it touches.
+//!
+//! Files written by earlier versions (a `log` of JSON changes plus a
+//! `meta` snapshot) are migrated on open, in one transaction.
 
 use std::path::Path;
 
+use pilot_proto::registry::records::{ChangeSet, Loader, RecordError};
 use pilot_proto::registry::server::{Change, State};
 use pilot_proto::registry::snapshot::{Snapshot, SnapshotError};
 use pilot_proto::time::Instant;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
-const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-const SNAPSHOT_KEY: &str = "snapshot";
-const SNAPSHOT_SEQ_KEY: &str = "snapshot_seq";
+const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
+/// Tables of the earlier log-plus-snapshot layout (read for migration).
+const LEGACY_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+const LEGACY_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -26,17 +31,18 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("store: {0}")]
     Db(String),
-    /// A stored change could not be decoded.
-    #[error("store: corrupt change #{seq}: {err}")]
+    /// A stored record is unreadable (corrupt file, or written by a newer
+    /// version).
+    #[error("store: {0}")]
+    Record(#[from] RecordError),
+    /// A change of the legacy log could not be decoded during migration.
+    #[error("store: corrupt legacy change #{seq}: {err}")]
     BadChange {
         /// Its sequence number.
         seq: u64,
         /// Why.
         err: serde_json::Error,
     },
-    /// A change could not be encoded.
-    #[error("store: encode change: {0}")]
-    Encode(serde_json::Error),
     /// The stored or imported snapshot is invalid.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
@@ -46,138 +52,167 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// The open store.
-pub struct Store {
-    db: Database,
-    /// Next sequence number to write.
-    next_seq: u64,
-    /// Log entries written since the last snapshot.
-    since_snapshot: u64,
-}
+/// A durable home for the registry's records.
+pub trait Store: Send {
+    /// Loads the state (a fresh one at `now` if the store is empty) and the
+    /// number of records read.
+    fn load(&self, now: Instant) -> Result<(State, u64), StoreError>;
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("next_seq", &self.next_seq)
-            .field("since_snapshot", &self.since_snapshot)
-            .finish()
+    /// Applies `sets`, in order, as one atomic transaction that is durable
+    /// when this returns.
+    fn apply(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError>;
+
+    /// Replaces the whole content with an imported reference snapshot and
+    /// returns the imported state.
+    fn import(&mut self, json: &[u8], now: Instant) -> Result<State, StoreError> {
+        let (state, _report) = Snapshot::from_json(json)?.into_state(now);
+        self.apply(&[ChangeSet::full(&state)?])?;
+        Ok(state)
     }
 }
 
-impl Store {
-    /// Opens (creating if needed) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+/// The embedded redb store.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store at `path`, migrating a file of
+    /// the earlier log-plus-snapshot layout. A fresh store gets the records
+    /// of a fresh state at `now`, so the backbone's creation time is kept.
+    pub fn open(path: &Path, now: Instant) -> Result<RedbStore, StoreError> {
         let db = Database::create(path).map_err(dberr)?;
-        let tx = db.begin_write().map_err(dberr)?;
-        {
-            tx.open_table(LOG).map_err(dberr)?;
-            tx.open_table(META).map_err(dberr)?;
-        }
-        tx.commit().map_err(dberr)?;
-        let mut store = Store {
-            db,
-            next_seq: 1,
-            since_snapshot: 0,
+        let legacy = {
+            let rtx = db.begin_read().map_err(dberr)?;
+            let names: Vec<String> = rtx
+                .list_tables()
+                .map_err(dberr)?
+                .map(|t| t.name().to_owned())
+                .collect();
+            names.iter().any(|n| n == "log" || n == "meta")
         };
-        let rtx = store.db.begin_read().map_err(dberr)?;
-        let log = rtx.open_table(LOG).map_err(dberr)?;
-        if let Some((k, _)) = log.last().map_err(dberr)? {
-            store.next_seq = k.value().saturating_add(1);
+        let mut store = RedbStore { db };
+        if legacy {
+            let state = store.load_legacy(now)?;
+            let tx = store.db.begin_write().map_err(dberr)?;
+            {
+                let mut t = tx.open_table(RECORDS).map_err(dberr)?;
+                t.retain(|_, _| false).map_err(dberr)?;
+                write_set(&mut t, &ChangeSet::full(&state)?)?;
+            }
+            tx.delete_table(LEGACY_LOG).map_err(dberr)?;
+            tx.delete_table(LEGACY_META).map_err(dberr)?;
+            tx.commit().map_err(dberr)?;
+            tracing::info!(
+                nodes = state.nodes.len(),
+                "store migrated from the log-and-snapshot layout to records"
+            );
+        } else {
+            let empty = {
+                let tx = store.db.begin_write().map_err(dberr)?;
+                let empty = {
+                    let t = tx.open_table(RECORDS).map_err(dberr)?;
+                    t.first().map_err(dberr)?.is_none()
+                };
+                tx.commit().map_err(dberr)?;
+                empty
+            };
+            if empty {
+                store.apply(&[ChangeSet::full(&State::new(now))?])?;
+            }
         }
-        store.since_snapshot = log.len().map_err(dberr)?;
         Ok(store)
     }
 
-    /// Loads the state: the snapshot (or a fresh state at `now`), then every
-    /// later change replayed in order. Returns the state and the number of
-    /// replayed changes.
-    pub fn load(&self, now: Instant) -> Result<(State, u64), StoreError> {
+    /// The state held in the legacy tables: the snapshot, then every later
+    /// log entry replayed.
+    fn load_legacy(&self, now: Instant) -> Result<State, StoreError> {
         let rtx = self.db.begin_read().map_err(dberr)?;
-        let meta = rtx.open_table(META).map_err(dberr)?;
-        let (mut state, after) = match meta.get(SNAPSHOT_KEY).map_err(dberr)? {
-            Some(bytes) => {
-                let snap = Snapshot::from_json(bytes.value())?;
-                let (state, _report) = snap.into_state(now);
-                let seq = meta
-                    .get(SNAPSHOT_SEQ_KEY)
-                    .map_err(dberr)?
-                    .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                (state, seq)
-            }
-            None => (State::new(now), 0),
+        let (mut state, after) = match rtx.open_table(LEGACY_META) {
+            Ok(meta) => match meta.get("snapshot").map_err(dberr)? {
+                Some(bytes) => {
+                    let (state, _report) = Snapshot::from_json(bytes.value())?.into_state(now);
+                    let seq = meta
+                        .get("snapshot_seq")
+                        .map_err(dberr)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    (state, seq)
+                }
+                None => (State::new(now), 0),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => (State::new(now), 0),
+            Err(e) => return Err(dberr(e)),
         };
-        let log = rtx.open_table(LOG).map_err(dberr)?;
-        let mut replayed = 0;
-        for entry in log.range(after.saturating_add(1)..).map_err(dberr)? {
-            let (k, v) = entry.map_err(dberr)?;
-            let change: Change =
-                serde_json::from_slice(v.value()).map_err(|err| StoreError::BadChange {
-                    seq: k.value(),
-                    err,
-                })?;
-            state.apply(&change);
-            replayed += 1;
+        match rtx.open_table(LEGACY_LOG) {
+            Ok(log) => {
+                for entry in log.range(after.saturating_add(1)..).map_err(dberr)? {
+                    let (k, v) = entry.map_err(dberr)?;
+                    let change: Change =
+                        serde_json::from_slice(v.value()).map_err(|err| StoreError::BadChange {
+                            seq: k.value(),
+                            err,
+                        })?;
+                    state.apply(&change);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(dberr(e)),
         }
-        Ok((state, replayed))
+        state.rebuild_indexes();
+        Ok(state)
+    }
+}
+
+fn write_set(t: &mut redb::Table<'_, &[u8], &[u8]>, set: &ChangeSet) -> Result<(), StoreError> {
+    if set.replace_all {
+        t.retain(|_, _| false).map_err(dberr)?;
+    }
+    for (k, v) in &set.writes {
+        match v {
+            Some(v) => {
+                t.insert(k.as_slice(), v.as_slice()).map_err(dberr)?;
+            }
+            None => {
+                t.remove(k.as_slice()).map_err(dberr)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Store for RedbStore {
+    fn load(&self, now: Instant) -> Result<(State, u64), StoreError> {
+        let rtx = self.db.begin_read().map_err(dberr)?;
+        let t = rtx.open_table(RECORDS).map_err(dberr)?;
+        let mut loader = Loader::new(now);
+        for entry in t.iter().map_err(dberr)? {
+            let (k, v) = entry.map_err(dberr)?;
+            loader.add(k.value(), v.value())?;
+        }
+        let n = loader.records();
+        Ok((loader.finish(), n))
     }
 
-    /// Appends `changes` in one durable write transaction (nothing to do for
-    /// an empty batch).
-    pub fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        if changes.is_empty() {
+    fn apply(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError> {
+        if sets.iter().all(ChangeSet::is_empty) {
             return Ok(());
         }
-        let encoded = changes
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::Encode)?;
         let tx = self.db.begin_write().map_err(dberr)?;
         {
-            let mut log = tx.open_table(LOG).map_err(dberr)?;
-            for (seq, bytes) in (self.next_seq..).zip(encoded.iter()) {
-                log.insert(seq, bytes.as_slice()).map_err(dberr)?;
+            let mut t = tx.open_table(RECORDS).map_err(dberr)?;
+            for set in sets {
+                write_set(&mut t, set)?;
             }
         }
-        tx.commit().map_err(dberr)?;
-        let n = encoded.len() as u64;
-        self.next_seq += n;
-        self.since_snapshot += n;
-        Ok(())
-    }
-
-    /// Log entries written since the last snapshot.
-    pub fn since_snapshot(&self) -> u64 {
-        self.since_snapshot
-    }
-
-    /// Compacts: writes `state` (which must include every change committed so
-    /// far) as the snapshot and deletes the log entries it covers, in one
-    /// transaction.
-    pub fn compact(&mut self, state: &State) -> Result<(), StoreError> {
-        let json = Snapshot::from_state(state).to_json()?;
-        let upto = self.next_seq.saturating_sub(1);
-        let tx = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut meta = tx.open_table(META).map_err(dberr)?;
-            meta.insert(SNAPSHOT_KEY, json.as_slice()).map_err(dberr)?;
-            meta.insert(SNAPSHOT_SEQ_KEY, upto.to_be_bytes().as_slice())
-                .map_err(dberr)?;
-            let mut log = tx.open_table(LOG).map_err(dberr)?;
-            log.retain(|k, _| k > upto).map_err(dberr)?;
-        }
-        tx.commit().map_err(dberr)?;
-        self.since_snapshot = 0;
-        Ok(())
-    }
-
-    /// Replaces the whole content with an imported reference snapshot.
-    pub fn import(&mut self, json: &[u8], now: Instant) -> Result<State, StoreError> {
-        let (state, _report) = Snapshot::from_json(json)?.into_state(now);
-        self.compact(&state)?;
-        Ok(state)
+        tx.commit().map_err(dberr)
     }
 }
 
@@ -186,16 +221,22 @@ mod tests {
     use super::*;
     use pilot_proto::registry::server::NodeRecord;
 
+    fn now() -> Instant {
+        Instant::from_nanos(1_767_225_600_000_000_000)
+    }
+
     fn node(id: u32) -> Change {
         Change::PutNode(Box::new(NodeRecord {
             id,
             owner: String::new(),
-            public_key: [id as u8; 32],
+            // A genuine key: snapshot import drops nodes with invalid ones.
+            public_key: pilot_proto::registry::auth::Identity::from_seed(&[id as u8; 32])
+                .public_key(),
             real_addr: "127.0.0.1:4000".into(),
             lan_addrs: vec![],
             networks: vec![0],
             public: false,
-            last_seen: Instant::from_nanos(1_767_225_600_000_000_000),
+            last_seen: now(),
             hostname: format!("h{id}"),
             tags: vec![],
             polo_score: 0,
@@ -204,28 +245,148 @@ mod tests {
         }))
     }
 
+    /// Applies `changes` to `state` and the store, as the server does.
+    fn commit(store: &mut RedbStore, state: &mut State, changes: &[Change]) {
+        changes.iter().for_each(|c| state.apply(c));
+        store
+            .apply(&[ChangeSet::from_changes(state, changes).unwrap()])
+            .unwrap();
+    }
+
     #[test]
-    fn commits_survive_reopen_and_compaction() {
+    fn commits_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
-        let now = Instant::from_nanos(1_767_225_600_000_000_000);
-        let mut expected = State::new(now);
+        let mut expected = State::new(now());
         {
-            let mut s = Store::open(&path).unwrap();
-            let a = [node(1), Change::NextNode(2)];
-            s.commit(&a).unwrap();
-            a.iter().for_each(|c| expected.apply(c));
-            s.compact(&expected).unwrap();
-            let b = [node(2), Change::NextNode(3), Change::TrustAdd(1, 2)];
-            s.commit(&b).unwrap();
-            b.iter().for_each(|c| expected.apply(c));
+            let mut s = RedbStore::open(&path, now()).unwrap();
+            commit(&mut s, &mut expected, &[node(1), Change::NextNode(2)]);
+            commit(
+                &mut s,
+                &mut expected,
+                &[node(2), Change::NextNode(3), Change::TrustAdd(1, 2)],
+            );
+            commit(&mut s, &mut expected, &[Change::RemoveNode(1)]);
         }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.since_snapshot(), 3);
-        let (got, replayed) = s.load(now).unwrap();
-        assert_eq!(replayed, 3);
-        assert_eq!(got.nodes, expected.nodes);
-        assert_eq!(got.trust_pairs, expected.trust_pairs);
-        assert_eq!(got.next_node, expected.next_node);
+        // A later start time does not change the stored backbone.
+        let later = Instant::from_nanos(now().as_nanos() + 5_000_000_000);
+        let s = RedbStore::open(&path, later).unwrap();
+        let (got, _) = s.load(later).unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn legacy_log_and_snapshot_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        // Write the earlier layout by hand: a snapshot covering changes
+        // 1..=2, then change 3 in the log (change 1 is still in the log,
+        // already covered, and must not be applied twice).
+        let mut expected = State::new(now());
+        let covered = [node(1), Change::NextNode(2)];
+        covered.iter().for_each(|c| expected.apply(c));
+        let snap = Snapshot::from_state(&expected).to_json().unwrap();
+        // What the snapshot import makes of it (it derives the key index
+        // and memberships from the nodes).
+        expected = Snapshot::from_json(&snap).unwrap().into_state(now()).0;
+        let later = [node(2), Change::NextNode(3), Change::TrustAdd(1, 2)];
+        later.iter().for_each(|c| expected.apply(c));
+        expected.rebuild_indexes();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(LEGACY_META).unwrap();
+                meta.insert("snapshot", snap.as_slice()).unwrap();
+                meta.insert("snapshot_seq", 2u64.to_be_bytes().as_slice())
+                    .unwrap();
+                let mut log = tx.open_table(LEGACY_LOG).unwrap();
+                let json = serde_json::to_vec(&covered[0]).unwrap();
+                log.insert(1, json.as_slice()).unwrap();
+                for (i, c) in later.iter().enumerate() {
+                    let json = serde_json::to_vec(c).unwrap();
+                    log.insert(3 + i as u64, json.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::open(&path, now()).unwrap();
+        let (got, _) = s.load(now()).unwrap();
+        assert_eq!(got, expected);
+        drop(s);
+        // The old tables are gone; a second open reads records only.
+        let db = Database::create(&path).unwrap();
+        let names: Vec<String> = db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert_eq!(names, vec!["records".to_string()]);
+        drop(db);
+        let (again, _) = RedbStore::open(&path, now()).unwrap().load(now()).unwrap();
+        assert_eq!(again, expected);
+    }
+
+    #[test]
+    fn corrupt_records_refuse_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        {
+            let s = RedbStore::open(&path, now()).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RECORDS).unwrap();
+                t.insert([2u8, 0, 0, 0, 9].as_slice(), b"{oops".as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::open(&path, now()).unwrap();
+        let err = s.load(now()).unwrap_err().to_string();
+        assert!(err.contains("corrupt record 0200000009"), "{err}");
+    }
+
+    /// The file follows the live data: 20,000 nodes registered one
+    /// transaction each, half of them removed, then re-registered, stays
+    /// within a small multiple of the records' bytes.
+    #[test]
+    fn file_size_follows_live_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("size.redb");
+        let mut s = RedbStore::open(&path, now()).unwrap();
+        let mut state = State::new(now());
+        const N: u32 = 20_000;
+        for round in 0..2 {
+            for batch in 0..(N / 100) {
+                let changes: Vec<Change> = (0..100)
+                    .map(|i| node(batch * 100 + i + 1))
+                    .chain([Change::NextNode(batch * 100 + 101)])
+                    .collect();
+                commit(&mut s, &mut state, &changes);
+            }
+            if round == 0 {
+                for batch in 0..(N / 200) {
+                    let changes: Vec<Change> = (0..100)
+                        .map(|i| Change::RemoveNode(batch * 100 + i + 1))
+                        .collect();
+                    commit(&mut s, &mut state, &changes);
+                }
+            }
+        }
+        let live: usize = ChangeSet::full(&state)
+            .unwrap()
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let file = std::fs::metadata(&path).unwrap().len() as usize;
+        let per_node = file / N as usize;
+        eprintln!(
+            "{N} nodes: live records {live} B ({} B/node), file {file} B ({per_node} B/node)",
+            live / N as usize
+        );
+        assert!(file < 4 * live, "file {file} B for {live} B of records");
     }
 }

@@ -153,6 +153,14 @@ impl Net {
     /// Starts a daemon named `name` (hostname = name) and waits until it is
     /// registered.
     pub fn node(&self, name: &str, extra: &[&str]) -> Node {
+        // Fast heartbeats keep registry-side recovery quick in tests.
+        let mut args = vec!["--keepalive", "1s"];
+        args.extend_from_slice(extra);
+        self.node_with(name, &args)
+    }
+
+    /// Like [`Net::node`], with the daemon's default keepalive.
+    pub fn node_with(&self, name: &str, extra: &[&str]) -> Node {
         let dir = self.dir.path().join(name);
         let socket = self.dir.path().join(format!("{name}.sock"));
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
@@ -160,8 +168,6 @@ impl Net {
             .arg("_daemon-run")
             .args(["--registry", &self.registry, "--beacon", &self.beacon])
             .args(["--listen", "127.0.0.1:0", "--hostname", name])
-            // Relayed trust requests are polled once per heartbeat.
-            .args(["--keepalive", "1s"])
             .arg("--socket")
             .arg(&socket)
             .arg("--dir")
@@ -208,6 +214,24 @@ pub fn lists(v: &Value, key: &str, node: u32) -> bool {
         l.iter()
             .any(|e| e["node_id"].as_u64() == Some(u64::from(node)))
     })
+}
+
+/// Polls `f` every 20 ms until it holds; returns how long that took, or
+/// `None` after `limit`.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The log of the daemon `name` of `net`.
+pub fn log_of(net: &Net, name: &str) -> String {
+    std::fs::read_to_string(net.dir.path().join(format!("{name}.log"))).unwrap_or_default()
 }
 
 /// Polls `f` every 100 ms for up to 30 s.

@@ -235,10 +235,10 @@ impl<P: CryptoProvider> Envelope<P> {
     /// same key again and restarted its counter). Returns the header and
     /// the plaintext's range in `frame`.
     ///
-    /// On [`OpenError::Auth`] nothing changed (neither `frame` nor any
-    /// window). On [`OpenError::Replay`]/[`OpenError::Outside`]/
-    /// [`OpenError::StaleEpoch`] the frame was authentic (the body is now
-    /// plaintext) but is refused.
+    /// On [`OpenError::Auth`] no window changed and `frame`'s bytes are
+    /// unspecified (provider-dependent; drop it). On
+    /// [`OpenError::Replay`]/[`OpenError::Outside`]/[`OpenError::StaleEpoch`]
+    /// the frame was authentic (the body is now plaintext) but is refused.
     pub fn open_in_place(
         &mut self,
         provider: &P,

@@ -8,7 +8,9 @@
 //! primitive goes through a [`provider::CryptoProvider`] so the fuzzer can
 //! swap in a no-security provider.
 
+pub mod drops;
 pub mod envelope;
+pub mod halfopen;
 pub mod identity;
 pub mod kdf;
 pub mod kx;

@@ -26,15 +26,6 @@ pub const LEGACY_KDF_PREFIX: &[u8] = b"pilot-tunnel-v1:";
 /// Replay-window width in counters. spec/crypto.md §5.1
 pub const REPLAY_WINDOW: u64 = 256;
 
-/// Consecutive errors of one kind that may drop a session. spec/crypto.md §5.3
-pub const DROP_ERROR_COUNT: u32 = 5;
-/// Minimum session age before repeated AEAD failures drop it. spec/crypto.md §5.3
-pub const DROP_DECRYPT_MIN_AGE: Duration = Duration::from_secs(3);
-/// Minimum session age before repeated replay/outside rejections drop it. spec/crypto.md §5.3
-pub const DROP_REPLAY_MIN_AGE: Duration = Duration::from_secs(1);
-/// Age after which the first replay/outside rejection drops the session. spec/crypto.md §5.3
-pub const DROP_AGED_SESSION: Duration = Duration::from_secs(60);
-
 /// A same-key exchange this soon after an install is a duplicate. spec/crypto.md §2.4
 pub const DUPLICATE_KX_DEBOUNCE: Duration = Duration::from_millis(250);
 /// Silence (no decrypt) after which a same-key exchange gets a recovery

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 
 use crate::node::ConnId;
-use crate::wire::ipc::{EncodeError, IpcMessage, encode_error_frame, encode_frame};
+use crate::wire::ipc::{
+    EncodeError, IpcMessage, LENGTH_PREFIX_LEN, MAX_FRAME_LEN, encode_error_frame, encode_frame,
+};
 
 /// Identifier of an IPC client, chosen by the daemon in
 /// [`super::Daemon::ipc_open`].
@@ -49,16 +51,29 @@ impl Client {
     }
 
     /// Appends one encoded frame to the output.
+    ///
+    /// A message that cannot be framed (a reply longer than the 1 MiB body
+    /// limit) is never dropped silently: an `Error` frame naming the reply
+    /// and the reason goes out in its place, so the client is answered at
+    /// once instead of waiting for its timeout.
     pub fn push(&mut self, msg: &IpcMessage<'_>) -> Result<(), EncodeError> {
         let old = self.out.len();
-        let len = msg.encoded_len();
-        self.out.resize(old + len, 0);
-        let res = match self.out.get_mut(old..) {
-            Some(tail) => encode_frame(msg, tail).map(|_| ()),
-            None => Ok(()),
+        let res = match msg.encoded_len() {
+            len if len > MAX_FRAME_LEN => Err(EncodeError::TooLarge {
+                len: len.saturating_sub(LENGTH_PREFIX_LEN),
+            }),
+            len => {
+                self.out.resize(old + len, 0);
+                match self.out.get_mut(old..) {
+                    Some(tail) => encode_frame(msg, tail).map(|_| ()),
+                    None => Ok(()),
+                }
+            }
         };
-        if res.is_err() {
+        if let Err(e) = &res {
             self.out.truncate(old);
+            let name = msg.command().name();
+            self.push_error(&format_args!("{name} not sent: {e}"));
         }
         res
     }
@@ -102,3 +117,33 @@ impl Client {
 
 /// Front offset beyond which a buffer is compacted.
 const COMPACT_AT: usize = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipc::{MAX_BODY_LEN, parse_frame};
+
+    #[test]
+    fn an_oversized_reply_becomes_an_error_frame() {
+        let mut c = Client::default();
+        let big = "x".repeat(MAX_BODY_LEN + 10);
+        assert!(matches!(
+            c.push(&IpcMessage::InfoOk(&big)),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        let (body, used) = parse_frame(&c.out).unwrap().unwrap();
+        assert_eq!(used, c.out.len(), "exactly one frame, the error");
+        let Ok(IpcMessage::Error { message, .. }) = IpcMessage::decode(body) else {
+            panic!("not an error frame")
+        };
+        assert!(
+            message.starts_with("info_ok not sent: frame body of 1048587 bytes exceeds"),
+            "{message}"
+        );
+        // A reply that fits goes out as it is.
+        let mut c = Client::default();
+        c.push(&IpcMessage::InfoOk("{}")).unwrap();
+        let (body, _) = parse_frame(&c.out).unwrap().unwrap();
+        assert_eq!(IpcMessage::decode(body), Ok(IpcMessage::InfoOk("{}")));
+    }
+}

@@ -21,6 +21,39 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
+/// The text of an `Info` JSON object that fits `budget` bytes: when the
+/// whole object is longer (thousands of peers or connections), entries are
+/// dropped from the end of `conn_list`, then of `peer_list`, and
+/// `conn_list_omitted` / `peer_list_omitted` say how many
+/// (`spec/daemon.md` §2.6). The counters (`connections`, `peers`) stay
+/// totals.
+fn fit_info(mut v: Value, budget: usize) -> String {
+    let text = v.to_string();
+    if text.len() <= budget {
+        return text;
+    }
+    // Room for the two `*_omitted` members.
+    let mut over = text.len() - budget + 64;
+    for (list, omitted) in [
+        ("conn_list", "conn_list_omitted"),
+        ("peer_list", "peer_list_omitted"),
+    ] {
+        let mut dropped = 0u64;
+        if let Some(Value::Array(items)) = v.get_mut(list) {
+            while over > 0 {
+                let Some(item) = items.pop() else { break };
+                // The entry and its separating comma.
+                over = over.saturating_sub(item.to_string().len() + 1);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            v[omitted] = json!(dropped);
+        }
+    }
+    v.to_string()
+}
+
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The `InfoOk` JSON (keys sorted, as the reference's map encoding).
     pub(super) fn info_json(&self, now: Instant) -> String {
@@ -29,7 +62,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let mut active = 0u64;
         let mut peer_list = Vec::new();
         let (mut encrypted, mut authenticated) = (0u64, 0u64);
+        let mut drops = serde_json::Map::new();
+        let mut half_open = 0usize;
         if let Some(node) = self.node.as_ref() {
+            for (reason, n) in node.auth_drops().iter() {
+                drops.insert(reason.name().to_owned(), json!(n));
+            }
+            half_open = node.half_open_len();
             for (cid, c) in &self.conns {
                 let Some(i) = node.conn_info(*cid) else {
                     continue;
@@ -39,7 +78,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 let id = match c.role {
                     Role::Client { ipc_id, .. } => u64::from(ipc_id),
-                    _ => cid.0,
+                    _ => u64::from(super::service_conn_id(*cid)),
                 };
                 let st = node.conn_stats(*cid).unwrap_or_default();
                 let ms = |d: core::time::Duration| d.as_secs_f64() * 1000.0;
@@ -68,6 +107,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "sack_recv": st.sack_blocks_received,
                     "sack_sent": st.sack_blocks_sent,
                     "dup_acks": st.dup_acks,
+                    "segment_size": i.segment_size,
+                    "path_mtu": i.path_mtu,
+                    "mss_reductions": st.mss_reductions,
                 }));
             }
             for p in node.peer_list() {
@@ -102,30 +144,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "peer_list": peer_list,
             "conn_list": conns,
             "tunnel": self.tunnel_json(),
+            "auth_drops": Value::Object(drops),
+            "half_open": half_open,
+            "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
         });
-        v.to_string()
+        fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
     }
 
-    /// Tunnel-layer drop and lifecycle counters (an extra Info key; the
-    /// reference's clients ignore keys they do not know).
+    /// Tunnel lifecycle counters (an extra Info key; the reference's
+    /// clients ignore keys they do not know). Dropped frames and key
+    /// exchanges, per reason, are in `auth_drops`.
     fn tunnel_json(&self) -> Value {
         let n = self.node.as_ref().map(|n| n.stats()).unwrap_or_default();
         let d = self.stats;
         json!({
             "kx_rejected": n.kx_rejected,
-            "kx_rate_limited": n.kx_rate_limited,
-            "kx_unknown_identity": n.kx_unknown_identity,
-            "kx_bad_auth": n.kx_bad_auth,
-            "kx_key_requests": n.kx_key_requests,
-            "kx_waiting_kept": n.kx_waiting_kept,
-            "kx_waiting_retried": n.kx_waiting_retried,
-            "kx_waiting_dropped": n.kx_waiting_dropped,
             "frames_dropped": n.open_failed,
-            "frames_no_session": n.open_no_session,
-            "frames_auth_failed": n.open_auth,
-            "frames_replayed": n.open_replay,
-            "frames_spoofed": n.spoofed,
-            "plaintext_refused": n.plaintext_refused,
+            "early_frames_replayed": n.early_frames_replayed,
             "probes_sent": n.probes_sent,
             "peers_dead": n.peers_dead,
             "tunnels_closed": n.tunnels_closed,
@@ -133,6 +168,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "conns_failed_peer_restart": n.conns_failed_restart,
             "endpoint_moves": n.endpoint_moves,
             "endpoint_refreshes": d.endpoint_refreshes,
+            "diagnostics_dropped": n.diagnostics_dropped + d.diagnostics_dropped,
             "peer_timeout_ms": self.peer_timeout.as_millis() as u64,
         })
     }
@@ -161,5 +197,45 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "handshake_pending_count": pending,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_info_too_large_for_one_frame_is_trimmed_and_says_so() {
+        let conns: Vec<Value> = (0..5000)
+            .map(|i| json!({"id": i, "pad": "c".repeat(200)}))
+            .collect();
+        let peers: Vec<Value> = (0..5000)
+            .map(|i| json!({"node_id": i, "pad": "p".repeat(100)}))
+            .collect();
+        let v = json!({"connections": 5000, "peers": 5000, "conn_list": conns, "peer_list": peers});
+        let whole = v.to_string().len();
+        let budget = 1_000_000;
+        assert!(whole > budget);
+        let text = fit_info(v.clone(), budget);
+        assert!(text.len() <= budget, "{} > {budget}", text.len());
+        let got: Value = serde_json::from_str(&text).unwrap();
+        let kept_c = got["conn_list"].as_array().unwrap().len() as u64;
+        let kept_p = got["peer_list"].as_array().unwrap().len() as u64;
+        // Connections go first; the peers all fit here.
+        assert_eq!(kept_c + got["conn_list_omitted"].as_u64().unwrap(), 5000);
+        assert_eq!(kept_p, 5000);
+        assert!(got.get("peer_list_omitted").is_none());
+        assert_eq!(got["connections"], 5000);
+        // Little is dropped beyond what was needed.
+        assert!(text.len() > budget - 1000, "{}", text.len());
+        // Under a budget only peers beyond it: both lists trimmed.
+        let text = fit_info(v.clone(), 100_000);
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert!(text.len() <= 100_000);
+        assert_eq!(got["conn_list_omitted"], 5000);
+        assert!(got["peer_list_omitted"].as_u64().unwrap() > 0);
+        // A small object is untouched.
+        let small = json!({"conn_list": [], "peer_list": []});
+        assert_eq!(fit_info(small.clone(), 1000), small.to_string());
     }
 }

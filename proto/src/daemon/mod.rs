@@ -76,6 +76,18 @@ pub const IN_MAX: usize = 2 * (LENGTH_PREFIX_LEN + crate::wire::ipc::MAX_BODY_LE
 /// How long a peer resolution may take before the waiting requests fail
 /// (`spec/daemon.md` §4).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The error text of a request that needs the registry while its last
+/// dial or connection failed (`spec/daemon.md` §5).
+pub const REGISTRY_UNREACHABLE: &str = "registry unreachable";
+
+/// The top bit of the ids `info` lists for the daemon's own streams
+/// (services, trust messages), so they never collide with IPC ids.
+const SERVICE_CONN_BIT: u32 = 1 << 31;
+
+/// The id `info` lists for a stream the daemon itself owns.
+fn service_conn_id(cid: ConnId) -> u32 {
+    SERVICE_CONN_BIT | (cid.0 as u32 & !SERVICE_CONN_BIT)
+}
 /// Most requests waiting for one peer resolution (`spec/daemon.md` §7).
 pub const RESOLVE_WAITERS: usize = 64;
 /// Most peer resolutions in progress (`spec/daemon.md` §7).
@@ -88,6 +100,13 @@ pub const MAX_PEER_KEYS: usize = 65_536;
 /// Most identity-key look-ups for key exchanges in progress
 /// (`spec/daemon.md` §7).
 pub const MAX_KEY_FETCHES: usize = 1024;
+/// Burst of registry look-ups for the identity keys of strangers whose
+/// key exchanges are held (`spec/daemon.md` §7, `spec/crypto.md` §2.8).
+pub const KEY_LOOKUP_BURST: f64 = 16.0;
+/// Refill of that budget per second: well under the registry's query
+/// limit (500 per minute per IP), so a flood of signed key exchanges with
+/// random sender IDs cannot use up the daemon's own look-ups.
+pub const KEY_LOOKUP_RATE: f64 = 4.0;
 /// Registry heartbeat period by default (`spec/daemon.md` §4).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -143,6 +162,8 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     pub hostname: String,
     /// Make the node public after registering.
     pub public: bool,
+    /// Tags to set after registering (empty = leave them).
+    pub tags: Vec<String>,
     /// Owner string for identity reclaim (empty = none).
     pub owner: String,
     /// Built-in services.
@@ -186,6 +207,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             listen_addr: String::new(),
             hostname: String::new(),
             public: false,
+            tags: Vec::new(),
             owner: String::new(),
             services: Services::default(),
             trust: None,
@@ -219,6 +241,9 @@ pub enum Action {
         /// Contents.
         data: Vec<u8>,
     },
+    /// Write the node's profile (`{"hostname","public","tags"}` JSON) so
+    /// that a restart applies it again (`spec/daemon.md` §2).
+    SaveProfile(String),
     /// Store an inbox record under `<dir>/inbox/` (name already safe).
     SaveInbox {
         /// File name.
@@ -226,6 +251,8 @@ pub enum Action {
         /// JSON text.
         json: String,
     },
+    /// A trust event to log (`spec/daemon.md` §6).
+    Trust(crate::services::handshake::TrustEvent),
     /// The registry accepted the node (logs, readiness).
     Registered {
         /// Node ID.
@@ -354,6 +381,9 @@ enum Purpose {
     },
     /// Back-fill the key of a peer trusted through the registry relay.
     KeyBackfill(u32),
+    /// The registry pushed that this peer revoked our pair: confirm with
+    /// `check_trust` before forgetting it.
+    RevokeCheck(u32),
     /// A peer's key exchange waits for its identity key.
     PeerKey(u32),
     /// A trust relay used as the fallback of a failed direct send, or a
@@ -401,6 +431,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     address: Option<Addr>,
     hostname: String,
     public: bool,
+    tags: Vec<String>,
     owner: String,
 
     registry: Option<RegistryClient>,
@@ -417,6 +448,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     trust_waiters: Vec<TrustWaiter>,
     peer_keys: BTreeMap<u32, [u8; 32]>,
     key_fetch: BTreeSet<u32>,
+    /// Look-up budget for strangers' keys: (tokens, last refill).
+    key_lookup_budget: (f64, Instant),
     peers: BTreeMap<u32, u16>,
     resolving: BTreeMap<u32, Resolution>,
 
@@ -490,6 +523,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 hostname: cfg.hostname.clone(),
                 heartbeat_interval: cfg.heartbeat,
                 inbox_poll_interval: Some(cfg.heartbeat),
+                push: true,
                 strong_signatures: cfg.strong_signatures,
                 unix_ms_at_epoch: Some(cfg.unix_ms_at_epoch),
                 ..ClientConfig::default()
@@ -519,6 +553,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             address: None,
             hostname: cfg.hostname,
             public: cfg.public,
+            tags: cfg.tags,
             owner: cfg.owner,
             registry,
             reg_in: Vec::new(),
@@ -537,6 +572,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             trust_waiters: Vec::new(),
             peer_keys: BTreeMap::new(),
             key_fetch: BTreeSet::new(),
+            key_lookup_budget: (KEY_LOOKUP_BURST, now),
             peers: BTreeMap::new(),
             resolving: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -712,7 +748,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// The registry connection failed or closed.
+    /// The registry connection failed or closed. Resolutions waiting for
+    /// it fail at once ([`REGISTRY_UNREACHABLE`]).
     pub fn registry_disconnected(&mut self, now: Instant) {
         self.now = now.max(self.now);
         self.reg_in.clear();
@@ -721,6 +758,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             if let Some(r) = self.registry.as_mut() {
                 r.disconnected(now);
             }
+        }
+        let waiting: Vec<u32> = self.resolving.keys().copied().collect();
+        for n in waiting {
+            self.resolution_failed(now, n, REGISTRY_UNREACHABLE);
         }
         self.drive(now);
     }
@@ -987,12 +1028,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         use crate::node::Diagnostic;
         let d = self.node.as_mut()?.poll_diagnostic()?;
         Some(match d {
-            Diagnostic::KxDropped { peer, from, reason } => {
-                format!("key exchange from node {peer} ({from}) dropped: {reason}")
-            }
-            Diagnostic::FrameDropped { peer, from, reason } => {
-                format!("encrypted frame from node {peer} ({from}) dropped: {reason}")
-            }
+            Diagnostic::Dropped { peer, from, reason } => format!(
+                "tunnel frame claiming node {peer} from {from} dropped: {}",
+                reason.name()
+            ),
             Diagnostic::EndpointMoved { peer, old, new } => {
                 format!("node {peer} proved its identity from {new}; endpoint moved from {old}")
             }
@@ -1138,11 +1177,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.install_peer_key(now, peer, key);
             return;
         }
-        if self.key_fetch.contains(&peer) || self.key_fetch.len() >= MAX_KEY_FETCHES {
+        if self.key_fetch.contains(&peer) {
             return;
         }
         let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
-        if !registered {
+        if !registered || self.key_fetch.len() >= MAX_KEY_FETCHES || !self.take_key_lookup(now) {
+            if let Some(n) = self.node.as_mut() {
+                n.identity_lookup_refused(now, peer);
+            }
             return;
         }
         if let Some(id) = self
@@ -1155,24 +1197,36 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
+    /// Takes one token of the stranger key look-up budget.
+    fn take_key_lookup(&mut self, now: Instant) -> bool {
+        let (tokens, at) = self.key_lookup_budget;
+        let dt = now.saturating_duration_since(at).as_secs_f64();
+        let tokens = (tokens + dt * KEY_LOOKUP_RATE).min(KEY_LOOKUP_BURST);
+        let ok = tokens >= 1.0;
+        self.key_lookup_budget = (if ok { tokens - 1.0 } else { tokens }, now.max(at));
+        ok
+    }
+
+    /// The registry vouches for `key` as `peer`'s identity: the node
+    /// accepts a key exchange it held for it (creating the peer entry only
+    /// now), or a peer it already knows learns its key.
     fn install_peer_key(&mut self, now: Instant, peer: u32, key: [u8; 32]) {
         let network = self.address.map_or(0, |a| a.network);
+        let network = self.peers.get(&peer).copied().unwrap_or(network);
         let Some(node) = self.node.as_mut() else {
             return;
         };
-        let Some(endpoint) = node.peer_endpoint(peer) else {
-            return;
-        };
-        let network = self.peers.get(&peer).copied().unwrap_or(network);
-        if node.add_peer(Addr::new(network, peer), endpoint, Some(key)) {
-            node.connect_tunnel(now, peer);
+        if node.identity_resolved(now, peer, network, key) {
+            self.peers.entry(peer).or_insert(network);
         }
     }
 
     fn alloc_ipc_id(&mut self, cid: ConnId) -> u32 {
         loop {
             let id = self.next_ipc_conn;
-            self.next_ipc_conn = self.next_ipc_conn.wrapping_add(1).max(1);
+            // IPC ids stay below 2^31; the ids `info` gives the daemon's
+            // own streams have the top bit set ([`service_conn_id`]).
+            self.next_ipc_conn = (self.next_ipc_conn.wrapping_add(1) & !SERVICE_CONN_BIT).max(1);
             if let std::collections::btree_map::Entry::Vacant(e) = self.ipc_conns.entry(id) {
                 e.insert(cid);
                 return id;
@@ -1463,6 +1517,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 let text = match cause {
                     Some(ResetCause::DialTimeout) => "dial timeout",
+                    Some(ResetCause::PathMtu) => {
+                        "path MTU too small: even the smallest segments are lost on the way"
+                    }
                     Some(ResetCause::Remote) | None => "connection refused",
                     Some(_) => "dial failed: connection reset",
                 };
@@ -1769,22 +1826,57 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         None
     }
 
+    /// Closes connection `conn_id` (the id `info` lists). The IPC socket is
+    /// private to the daemon's user, so any client may close any of the
+    /// daemon's connections (ours, `spec/daemon.md` §2.3): another client's
+    /// stream ends for its owner with a `CloseOk` push, a service's stream
+    /// is closed like any other.
     fn ipc_close(&mut self, now: Instant, client: ClientId, conn_id: u32) {
         if let Some(&cid) = self.ipc_conns.get(&conn_id) {
-            let owned = matches!(
-                self.conns.get(&cid).map(|c| &c.role),
-                Some(Role::Client { client: o, .. }) if *o == client
-            );
-            if owned {
-                self.ipc_conns.remove(&conn_id);
-                self.conns.remove(&cid);
-                if let Some(c) = self.clients.get_mut(&client) {
+            let owner = match self.conns.get(&cid).map(|c| &c.role) {
+                Some(Role::Client { client: o, .. }) => Some(*o),
+                _ => None,
+            };
+            self.ipc_conns.remove(&conn_id);
+            self.conns.remove(&cid);
+            let mut resume = None;
+            if let Some(o) = owner {
+                if let Some(c) = self.clients.get_mut(&o) {
                     c.conns.remove(&cid);
                     c.paused.remove(&cid);
+                    if o != client {
+                        let _ = c.push(&IpcMessage::CloseOk { conn_id });
+                    }
+                    if c.blocked.is_some_and(|(b, _)| b == cid) {
+                        c.blocked = None;
+                        // The Send at the front can never complete: drop it.
+                        if let Ok(Some((_, used))) =
+                            parse_frame(c.inbuf.get(c.in_start..).unwrap_or(&[]))
+                        {
+                            c.input_consumed(used);
+                        }
+                        resume = Some(o);
+                    }
                 }
-                if let Some(node) = self.node.as_mut() {
-                    let _ = node.close(now, cid);
-                }
+            }
+            if let Some(node) = self.node.as_mut() {
+                let _ = node.close(now, cid);
+            }
+            if let Some(o) = resume {
+                self.process_input(now, o);
+            }
+        } else {
+            let other = self
+                .conns
+                .iter()
+                .find(|(cid, c)| {
+                    service_conn_id(**cid) == conn_id && !matches!(c.role, Role::Client { .. })
+                })
+                .map(|(cid, _)| *cid);
+            if let (Some(cid), Some(node)) = (other, self.node.as_mut()) {
+                // A service's or a trust message's stream: its owner sees
+                // the close through the node's events.
+                let _ = node.close(now, cid);
             }
         }
         // Always answered, even for unknown ids (`spec/daemon.md` §2.3).
@@ -1832,6 +1924,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.push_error(client, &format!("{op}: no registry configured"));
             return;
         };
+        if reg.is_unreachable() {
+            self.push_error(client, &format!("{op}: {REGISTRY_UNREACHABLE}"));
+            return;
+        }
         match reg.call(now, call) {
             Ok(id) => {
                 self.calls.insert(id, Purpose::Ipc { client, reply, op });
@@ -1859,6 +1955,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let started = if self.resolving.len() >= MAX_RESOLUTIONS {
             Err("too many resolutions in progress")
+        } else if self.registry.as_ref().is_some_and(|r| r.is_unreachable()) {
+            Err(REGISTRY_UNREACHABLE)
         } else {
             match self.registry.as_mut() {
                 None => Err("no registry configured"),
@@ -1973,6 +2071,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 self.apply_trust(now, fx);
             }
+            ClientEvent::TrustRevoked { by } => {
+                let trusted = self
+                    .trust
+                    .as_ref()
+                    .is_some_and(|t| t.trusted().contains_key(&by));
+                if trusted {
+                    if let Some(Ok(id)) = self
+                        .registry
+                        .as_mut()
+                        .map(|r| r.call(now, Call::CheckTrust(by)))
+                    {
+                        self.calls.insert(id, Purpose::RevokeCheck(by));
+                    }
+                }
+            }
             ClientEvent::CallDone { id, result } => self.on_call_done(now, id, result),
             ClientEvent::RegistrationFailed { .. }
             | ClientEvent::Resolved { .. }
@@ -1994,6 +2107,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if self.public {
             self.fire(now, Call::SetVisibility(true));
         }
+        if !self.tags.is_empty() {
+            let tags = self.tags.clone();
+            self.fire(now, Call::SetTags(tags));
+        }
         if again {
             if !self.hostname.is_empty() {
                 let h = self.hostname.clone();
@@ -2010,6 +2127,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         self.actions
             .push_back(Action::Registered { node_id, address });
+    }
+
+    /// Asks the driver to persist hostname, visibility and tags.
+    fn save_profile(&mut self) {
+        let j = serde_json::json!({
+            "hostname": self.hostname,
+            "public": self.public,
+            "tags": self.tags,
+        });
+        self.actions.push_back(Action::SaveProfile(j.to_string()));
     }
 
     /// A registry call whose answer is not needed.
@@ -2032,9 +2159,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         match &resp {
                             Response::SetHostnameOk { hostname, .. } => {
                                 self.hostname = hostname.clone();
+                                self.save_profile();
                             }
                             Response::SetVisibilityOk { visibility, .. } => {
                                 self.public = visibility == "public";
+                                self.save_profile();
+                            }
+                            Response::SetTagsOk { tags, .. } => {
+                                self.tags = tags.clone().unwrap_or_default();
+                                self.save_profile();
                             }
                             _ => {}
                         }
@@ -2153,12 +2286,33 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
+            Purpose::RevokeCheck(node) => {
+                if let Ok(Response::CheckTrustOk { trusted: false }) = result {
+                    let fx = self
+                        .trust
+                        .as_mut()
+                        .map(|t| t.on_registry_revoke(node))
+                        .unwrap_or_default();
+                    self.apply_trust(now, fx);
+                }
+            }
             Purpose::PeerKey(node) => {
                 self.key_fetch.remove(&node);
-                if let Ok(Response::LookupOk(ok)) = result {
-                    if let Ok(k) = crate::registry::auth::decode_public_key(&ok.public_key) {
+                let key = match result {
+                    Ok(Response::LookupOk(ok)) => {
+                        crate::registry::auth::decode_public_key(&ok.public_key).ok()
+                    }
+                    _ => None,
+                };
+                match key {
+                    Some(k) => {
                         self.remember_key(node, k);
                         self.install_peer_key(now, node, k);
+                    }
+                    None => {
+                        if let Some(n) = self.node.as_mut() {
+                            n.identity_unknown(now, node);
+                        }
                     }
                 }
             }

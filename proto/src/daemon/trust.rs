@@ -65,7 +65,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 Effect::Persist => persist = true,
                 // Trust revoked: close our side of the tunnel at once, as
                 // the peer does (`spec/daemon.md` §6, `spec/crypto.md`
-                // §12). A later grant runs a fresh key exchange.
+                // §13). A later grant runs a fresh key exchange.
                 Effect::DropTunnel(peer) => {
                     let closed = self
                         .node
@@ -78,7 +78,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         ));
                     }
                 }
-                Effect::Event(_) => {}
+                Effect::Event(ev) => self.actions.push_back(super::Action::Trust(ev)),
             }
         }
         if persist {
@@ -299,17 +299,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 Err(e) => self.push_error(client, &format!("handshake request: {e}")),
             },
-            HandshakeRequest::Approve { node_id } => {
-                let fx = store.approve(node_id, wall);
-                self.apply_trust(now, fx);
-                let j = status(node_id, "approved");
-                self.push(client, &IpcMessage::HandshakeOk(&j));
-            }
+            HandshakeRequest::Approve { node_id } => match store.approve(node_id, wall) {
+                Ok(fx) => {
+                    self.apply_trust(now, fx);
+                    let j = status(node_id, "approved");
+                    self.push(client, &IpcMessage::HandshakeOk(&j));
+                }
+                Err(e) => self.push_error(client, &format!("handshake approve: {e}")),
+            },
             HandshakeRequest::Reject { node_id, reason } => {
-                let fx = store.reject(node_id, reason, wall);
-                self.apply_trust(now, fx);
-                let j = status(node_id, "rejected");
-                self.push(client, &IpcMessage::HandshakeOk(&j));
+                match store.reject(node_id, reason, wall) {
+                    Ok(fx) => {
+                        self.apply_trust(now, fx);
+                        let j = status(node_id, "rejected");
+                        self.push(client, &IpcMessage::HandshakeOk(&j));
+                    }
+                    Err(e) => self.push_error(client, &format!("handshake reject: {e}")),
+                }
             }
             HandshakeRequest::ListPending => {
                 let list: Vec<_> = store

@@ -30,11 +30,17 @@ use core::time::Duration;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 
 use crate::addr::Addr;
-use crate::crypto::envelope::PILS_HEADER_LEN;
+use crate::crypto::drops::{AuthDrop, AuthDrops};
+use crate::crypto::envelope::{OpenError, PILS_HEADER_LEN, PilsHeader};
+use crate::crypto::halfopen::{HALF_OPEN_MAX_AGE, HalfOpen, HeldOutcome};
 use crate::crypto::identity::{Identity, TunnelKey};
-use crate::crypto::kx::KeyExchange;
+use crate::crypto::kdf::KdfError;
+use crate::crypto::kx::{self, KeyExchange, KxError};
 use crate::crypto::provider::CryptoProvider;
-use crate::crypto::session::{KxSource, SendOutcome, SessionConfig, SessionEvent, SessionTable};
+use crate::crypto::session::{
+    KxAccepted, KxRejected, KxSource, OpenFailure, SendError, SendOutcome, SessionConfig,
+    SessionEvent, SessionTable,
+};
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
 };
@@ -63,11 +69,6 @@ pub const PROBE_PAYLOAD: &[u8; 10] = b"pilot-live";
 /// A dial unanswered for this long asks for the peer's endpoint to be
 /// looked up again ([`Event::ResolveNeeded`]).
 pub const RESOLVE_AFTER: Duration = Duration::from_secs(1);
-/// Key exchanges kept while their sender's identity key is looked up
-/// (`spec/node.md` §2).
-pub const KX_WAITING_MAX: usize = 64;
-/// How long such a key exchange is kept.
-pub const KX_WAITING_TTL: Duration = Duration::from_secs(10);
 /// PILS frames from senders without a session kept for a moment, in
 /// case the key exchange that installs the session is just behind them
 /// (`spec/node.md` §2). Oldest evicted first.
@@ -78,6 +79,10 @@ pub const EARLY_FRAME_MAX_LEN: usize = 2048;
 pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(2);
 /// Bound of the diagnostics queue ([`Node::poll_diagnostic`]).
 pub const DIAGNOSTIC_QUEUE: usize = 256;
+/// Diagnostics that may be queued at once (token-bucket burst).
+pub const DIAGNOSTIC_BURST: f64 = 32.0;
+/// Diagnostics per second beyond the burst.
+pub const DIAGNOSTIC_RATE: f64 = 16.0;
 /// How long a ping waits for its pong (`spec/node.md` §5).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time a dial holds its SYN retries while the tunnel key exchange
@@ -89,6 +94,14 @@ pub const PING_PAYLOAD_PREFIX: &[u8; 4] = b"ping";
 /// Smallest buffer [`Node::poll_transmit`] needs: the largest packet plus
 /// the PILS overhead.
 pub const MIN_TRANSMIT_BUFFER: usize = HEADER_LEN + MAX_PAYLOAD + PILS_OVERHEAD;
+
+/// Queued-packet buffers kept for reuse.
+const SPARE_BUFFERS: usize = 64;
+/// Capacity of a fresh queued-packet buffer.
+const SPARE_BUFFER_MIN: usize = 512;
+/// Largest queued-packet buffer kept for reuse (bigger datagrams are rare
+/// and not worth holding on to).
+const SPARE_BUFFER_MAX: usize = 2048;
 
 /// Bounds on every table and queue of a node (`spec/node.md` §8).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -117,6 +130,28 @@ pub struct Limits {
     pub syn_global_burst: f64,
     /// Global SYN bucket: refill per second (transport.md §11: 100).
     pub syn_global_rate: f64,
+    /// Key exchanges from strangers (not from a known peer's endpoint)
+    /// that may cost a signature check: burst (`spec/crypto.md` §2.3).
+    pub kx_stranger_burst: f64,
+    /// The same, refill per second.
+    pub kx_stranger_rate: f64,
+    /// Signed key exchanges held while their key is looked up
+    /// (`spec/crypto.md` §2.8).
+    pub half_open: usize,
+    /// Of those, at most this many per source IP.
+    pub half_open_per_source: usize,
+    /// Peers that may have packets waiting for a key exchange at once
+    /// (`spec/crypto.md` §6.3; the reference's 256). A packet for one more
+    /// peer is dropped and counted in [`NodeStats::pending_dropped`].
+    pub pending_peers: usize,
+    /// Packets waiting for a key exchange, per peer (64).
+    pub pending_per_peer: usize,
+    /// Bytes waiting for key exchanges, all peers together (4 MiB).
+    pub pending_bytes: usize,
+    /// Default user timeout of stream connections (`spec/transport.md`
+    /// §7.3): dial deadline and give-up silence; 30 s. Per connection see
+    /// [`Node::connect_with_timeout`].
+    pub user_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -134,6 +169,14 @@ impl Default for Limits {
             syn_sources: 4096,
             syn_global_burst: 100.0,
             syn_global_rate: 100.0,
+            kx_stranger_burst: 64.0,
+            kx_stranger_rate: 32.0,
+            half_open: crate::crypto::halfopen::HALF_OPEN_CAPACITY,
+            half_open_per_source: crate::crypto::halfopen::HALF_OPEN_PER_SOURCE,
+            pending_peers: crate::crypto::params::PENDING_PEERS,
+            pending_per_peer: crate::crypto::params::PENDING_PER_PEER,
+            pending_bytes: crate::crypto::pending::PENDING_MAX_BYTES,
+            user_timeout: crate::stream::consts::USER_TIMEOUT,
         }
     }
 }
@@ -238,9 +281,10 @@ pub enum Event {
         /// How long it had been silent.
         silent: Duration,
     },
-    /// A PILA from `peer` was refused because its registered identity key
-    /// is unknown: look it up and call [`Node::add_peer`] with it; the
-    /// peer's retransmission then verifies (`spec/node.md` §2).
+    /// A signed PILA from `peer` is held because its registered identity
+    /// key is unknown: look it up and call [`Node::identity_resolved`] with
+    /// it (`spec/node.md` §2, `spec/crypto.md` §2.8). Emitted once per held
+    /// sender.
     IdentityNeeded {
         /// Peer node ID.
         peer: u32,
@@ -260,6 +304,9 @@ pub enum ResetCause {
     DialTimeout,
     /// The application aborted.
     Aborted,
+    /// The path MTU is too small for even the smallest segments
+    /// (`spec/transport.md` §5.4).
+    PathMtu,
     /// The tunnel peer went silent past the peer timeout.
     PeerUnreachable,
     /// The tunnel to the peer was closed locally (trust revoked).
@@ -280,6 +327,7 @@ impl ResetCause {
             ResetCause::PeerUnreachable => "peer unreachable: no answer within the peer timeout",
             ResetCause::TunnelClosed => "tunnel to the peer closed (trust revoked)",
             ResetCause::PeerRestarted => "peer restarted: connection lost",
+            ResetCause::PathMtu => "path MTU too small for the smallest segments",
         }
     }
 }
@@ -292,6 +340,7 @@ impl From<ResetReason> for ResetCause {
             ResetReason::ZeroWindow => ResetCause::ZeroWindow,
             ResetReason::DialTimeout => ResetCause::DialTimeout,
             ResetReason::Aborted => ResetCause::Aborted,
+            ResetReason::PathMtu => ResetCause::PathMtu,
             ResetReason::PeerUnreachable => ResetCause::PeerUnreachable,
             ResetReason::TunnelClosed => ResetCause::TunnelClosed,
             ResetReason::PeerRestarted => ResetCause::PeerRestarted,
@@ -312,6 +361,13 @@ pub struct ConnInfo {
     pub state: conn::State,
     /// Bytes ready to read.
     pub readable: usize,
+    /// Current segment size (payload bytes per data segment), after any
+    /// path-MTU black-hole reduction (`spec/transport.md` §5.4).
+    pub segment_size: usize,
+    /// The UDP payload a full data segment takes on the path (segment +
+    /// packet header + tunnel framing): the path MTU the connection
+    /// currently relies on.
+    pub path_mtu: usize,
     /// Segments held out of order.
     pub ooo_segments: usize,
     /// The peer's advertised receive window, bytes.
@@ -398,29 +454,6 @@ pub struct NodeStats {
     /// Key exchanges refused by the session table (all reasons; the
     /// `kx_*` fields below split the main ones).
     pub kx_rejected: u64,
-    /// Key exchanges refused by the per-source rate limit.
-    pub kx_rate_limited: u64,
-    /// PILAs whose sender's identity key was not known (kept and retried
-    /// once the key arrives, see `kx_waiting_*`).
-    pub kx_unknown_identity: u64,
-    /// PILAs whose identity key or signature did not verify.
-    pub kx_bad_auth: u64,
-    /// PILKs refused (answered as key requests) because the sender has an
-    /// identity.
-    pub kx_key_requests: u64,
-    /// Key exchanges kept while the sender's key was looked up.
-    pub kx_waiting_kept: u64,
-    /// Kept key exchanges processed once the key arrived.
-    pub kx_waiting_retried: u64,
-    /// Key exchanges not kept (table full) or expired before their key.
-    pub kx_waiting_dropped: u64,
-    /// PILS frames from a sender without a session.
-    pub open_no_session: u64,
-    /// PILS frames that failed authentication.
-    pub open_auth: u64,
-    /// PILS frames refused as replays, outside the window or of a retired
-    /// receive epoch.
-    pub open_replay: u64,
     /// Liveness probes sent to silent peers.
     pub probes_sent: u64,
     /// Peers declared dead (silent past the peer timeout).
@@ -462,6 +495,8 @@ pub struct NodeStats {
     pub rst_sent: u64,
     /// SYNs dropped by the rate limits.
     pub syn_rate_limited: u64,
+    /// SYNs from an authenticated session, exempt from the rate limits.
+    pub syn_authenticated: u64,
     /// Packets with an unknown protocol.
     pub unknown_protocol: u64,
     /// Stream retransmissions of connections already dropped.
@@ -470,6 +505,11 @@ pub struct NodeStats {
     pub stream_fast_retransmits: u64,
     /// Stream retransmission timeouts of connections already dropped.
     pub stream_rto_timeouts: u64,
+    /// Packets dropped while waiting for a key exchange: refused by a full
+    /// pending queue (per-peer, peer-count or byte limit), sent during the
+    /// give-up cool-down, or discarded when the exchange gave up. Also
+    /// counted in `transmit_dropped`.
+    pub pending_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -488,23 +528,15 @@ struct Peer {
 /// ([`Node::poll_diagnostic`]). Bounded; overflow is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Diagnostic {
-    /// A key exchange was refused.
-    KxDropped {
-        /// Claimed sender node.
+    /// A tunnel frame or key exchange was dropped (counted in
+    /// [`Node::auth_drops`]).
+    Dropped {
+        /// Claimed sender node (0 if the frame had none).
         peer: u32,
         /// Source endpoint.
         from: SocketAddr,
         /// Why.
-        reason: crate::crypto::session::KxRejected,
-    },
-    /// A PILS frame did not open.
-    FrameDropped {
-        /// Claimed sender node.
-        peer: u32,
-        /// Source endpoint.
-        from: SocketAddr,
-        /// Why.
-        reason: crate::crypto::session::OpenFailure,
+        reason: AuthDrop,
     },
     /// A peer proved its identity from a new UDP endpoint; it is used now.
     EndpointMoved {
@@ -515,15 +547,6 @@ pub enum Diagnostic {
         /// New endpoint.
         new: SocketAddr,
     },
-}
-
-/// A key exchange refused for want of its sender's identity key, kept
-/// until the key arrives ([`Node::add_peer`]) or [`KX_WAITING_TTL`].
-#[derive(Clone, Copy, Debug)]
-struct WaitingKx {
-    kx: KeyExchange,
-    from: SocketAddr,
-    at: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -609,17 +632,23 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     timers: TimerTable,
     /// Plaintext packets to seal and send: (peer node, packet bytes).
     out: VecDeque<(u32, Vec<u8>)>,
+    /// Emptied packet buffers of `out`, reused by the next queued packet
+    /// so datagrams, pongs and RSTs do not allocate once warm. At most
+    /// [`SPARE_BUFFERS`], each of at most [`SPARE_BUFFER_MAX`] bytes.
+    spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     syn_global: Option<Bucket>,
     syn_sources: BTreeMap<u32, Bucket>,
+    kx_strangers: Option<Bucket>,
+    half_open: HalfOpen,
+    drops: AuthDrops,
     stats: NodeStats,
     /// Peer timeout (`spec/node.md` §7.1).
     peer_timeout: Duration,
-    /// Key exchanges waiting for their sender's identity key.
-    kx_waiting: BTreeMap<u32, WaitingKx>,
     /// Early PILS frames: (claimed sender, source, arrival, bytes).
     early_frames: VecDeque<(u32, SocketAddr, Instant, Vec<u8>)>,
     diagnostics: VecDeque<Diagnostic>,
+    diag_bucket: Option<Bucket>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
@@ -643,7 +672,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     pub fn new(now: Instant, cfg: NodeConfig<P, R>) -> Self {
         let mut rng = cfg.rng;
         let session_rng = fork_rng(&mut rng);
-        let scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        let mut scfg = SessionConfig::new(cfg.addr.node, cfg.profile);
+        scfg.pending = crate::crypto::pending::PendingLimits {
+            per_peer: cfg.limits.pending_per_peer,
+            peers: cfg.limits.pending_peers,
+            bytes: cfg.limits.pending_bytes,
+        };
         let sessions = SessionTable::new(
             cfg.provider,
             session_rng,
@@ -674,14 +708,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             next_ping: 1,
             timers,
             out: VecDeque::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             syn_global: None,
             syn_sources: BTreeMap::new(),
+            kx_strangers: None,
+            half_open: HalfOpen::new(
+                cfg.limits.half_open,
+                cfg.limits.half_open_per_source,
+                HALF_OPEN_MAX_AGE,
+            ),
+            drops: AuthDrops::default(),
             stats: NodeStats::default(),
             peer_timeout: PEER_TIMEOUT,
-            kx_waiting: BTreeMap::new(),
             early_frames: VecDeque::new(),
             diagnostics: VecDeque::new(),
+            diag_bucket: None,
         }
     }
 
@@ -717,8 +759,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.diagnostics.pop_front()
     }
 
-    fn diag(&mut self, d: Diagnostic) {
-        if self.diagnostics.len() >= DIAGNOSTIC_QUEUE {
+    /// Queues a diagnostic: at most [`DIAGNOSTIC_BURST`] at once and
+    /// [`DIAGNOSTIC_RATE`] per second, so a flood of forged frames cannot
+    /// flood the log; the rest are counted in `diagnostics_dropped`.
+    fn diag(&mut self, now: Instant, d: Diagnostic) {
+        let b = self
+            .diag_bucket
+            .get_or_insert(Bucket::full(DIAGNOSTIC_BURST, now));
+        if self.diagnostics.len() >= DIAGNOSTIC_QUEUE
+            || !b.take(now, DIAGNOSTIC_BURST, DIAGNOSTIC_RATE)
+        {
             self.stats.diagnostics_dropped += 1;
         } else {
             self.diagnostics.push_back(d);
@@ -734,7 +784,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// session or a connection was affected.
     pub fn close_tunnel(&mut self, now: Instant, peer: u32) -> bool {
         let had = self.sessions.remove(peer);
-        self.kx_waiting.remove(&peer);
         let failed = self.fail_peer_conns(peer, ResetReason::TunnelClosed);
         if had || failed > 0 {
             self.stats.tunnels_closed += 1;
@@ -801,6 +850,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.stats
     }
 
+    /// Drops of unauthenticated or unwanted tunnel input, per reason.
+    pub fn auth_drops(&self) -> AuthDrops {
+        self.drops
+    }
+
+    /// Signed key exchanges currently held for a key look-up.
+    pub fn half_open_len(&self) -> usize {
+        self.half_open.len()
+    }
+
+    /// Number of peers in the peer table.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn drop_frame(&mut self, reason: AuthDrop) {
+        self.drops.add(reason);
+    }
+
     /// Whether a tunnel session with `peer` is installed.
     pub fn has_session(&self, peer: u32) -> bool {
         self.sessions.session(peer).is_some()
@@ -854,24 +922,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     }
 
     /// Starts a key exchange with a known peer now (optional: sending to it
-    /// does so too). If a key exchange from the peer was refused for want
-    /// of its identity key and [`Node::add_peer`] has since supplied the
-    /// key, that kept exchange is processed first (`spec/node.md` §2), so
-    /// a peer that only re-sends an unchanged key is not ignored.
+    /// does so too). A peer's key exchange held for want of its identity
+    /// key is processed through [`Node::identity_resolved`] instead.
     pub fn connect_tunnel(&mut self, now: Instant, peer: u32) {
         if !self.encrypt || !self.peers.contains_key(&peer) {
             return;
-        }
-        let known = self.peers.get(&peer).and_then(|p| p.identity);
-        if known.is_some() {
-            if let Some(w) = self.kx_waiting.remove(&peer) {
-                if now.saturating_duration_since(w.at) < KX_WAITING_TTL {
-                    self.stats.kx_waiting_retried += 1;
-                    self.process_kx(now, w.from, &w.kx);
-                } else {
-                    self.stats.kx_waiting_dropped += 1;
-                }
-            }
         }
         self.sessions.connect(now, peer);
         self.after_session(now);
@@ -935,10 +990,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return Err(NodeError::QueueFull);
         }
         let pkt = Packet::new(header, payload).map_err(|_| NodeError::TooLarge)?;
-        let mut bytes = vec![0u8; pkt.encoded_len()];
-        pkt.encode(&mut bytes).map_err(|_| NodeError::TooLarge)?;
+        // Fresh buffers start at a size that fits pongs, RSTs and small
+        // datagrams, so a reused one rarely has to grow.
+        let len = pkt.encoded_len();
+        let mut bytes = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(len.max(SPARE_BUFFER_MIN)));
+        bytes.clear();
+        bytes.resize(len, 0);
+        if pkt.encode(&mut bytes).is_err() {
+            self.recycle(bytes);
+            return Err(NodeError::TooLarge);
+        }
         self.out.push_back((peer, bytes));
         Ok(())
+    }
+
+    /// Keeps an emptied packet buffer for reuse (bounded count and size).
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && bytes.capacity() <= SPARE_BUFFER_MAX {
+            self.spare.push(bytes);
+        }
     }
 
     fn header(
@@ -1072,6 +1145,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         ConnConfig {
             mss: self.profile.segment_size(),
             seed: self.rng.next_u64(),
+            user_timeout: self.limits.user_timeout,
             ..ConnConfig::default()
         }
     }
@@ -1105,8 +1179,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         id
     }
 
-    /// Opens a stream to `dst:port` from a fresh ephemeral port.
+    /// Opens a stream to `dst:port` from a fresh ephemeral port, with the
+    /// node's default user timeout ([`Limits::user_timeout`]).
     pub fn connect(&mut self, now: Instant, dst: Addr, port: u16) -> Result<ConnId, NodeError> {
+        let t = self.limits.user_timeout;
+        self.connect_with_timeout(now, dst, port, t)
+    }
+
+    /// Like [`Node::connect`] with this connection's own user timeout: the
+    /// dial retries until `user_timeout` has passed, and the established
+    /// connection gives up after that much silence (`spec/transport.md`
+    /// §4.1, §7.3).
+    pub fn connect_with_timeout(
+        &mut self,
+        now: Instant,
+        dst: Addr,
+        port: u16,
+        user_timeout: Duration,
+    ) -> Result<ConnId, NodeError> {
         if dst.is_broadcast() {
             return Err(NodeError::BroadcastAddress);
         }
@@ -1117,7 +1207,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return Err(NodeError::TooManyConns);
         }
         let local_port = self.ports.alloc_ephemeral()?;
-        let cfg = self.conn_config();
+        let cfg = ConnConfig {
+            user_timeout,
+            ..self.conn_config()
+        };
         let isn = self.rng.next_u32();
         let conn = Connection::connect(now, cfg, isn);
         let key = ConnKey {
@@ -1198,7 +1291,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     /// Where a connection goes and its state (for status reports).
     pub fn conn_info(&self, id: ConnId) -> Option<ConnInfo> {
+        let framing = if self.encrypt {
+            PILS_OVERHEAD
+        } else {
+            MAGIC_LEN
+        };
         self.conns.get(&id).map(|e| {
+            let segment_size = e.conn.stats().segment_size;
             let w = e.conn.window_figures();
             ConnInfo {
                 local_port: e.key.local_port,
@@ -1206,6 +1305,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 remote_port: e.key.remote_port,
                 state: e.conn.state(),
                 readable: e.conn.readable(),
+                segment_size,
+                path_mtu: segment_size + HEADER_LEN + framing,
                 ooo_segments: w.ooo_segments,
                 peer_window: w.peer_window_bytes,
                 recv_window: w.recv_window_bytes,
@@ -1321,11 +1422,42 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     /// Handles one UDP datagram from `from`. PILS frames are decrypted in
     /// place, so `bytes` is modified.
+    ///
+    /// Input that fails authentication is counted in [`Node::auth_drops`]
+    /// and changes nothing else (`spec/crypto.md` §12): no session is
+    /// dropped or re-keyed, no timer is armed, and no peer entry is created
+    /// for a sender that has not proven its identity.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        // Tunnel frames carry the claimed sender right after the magic.
+        let claimed = bytes
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes);
+        let before = self.drops;
+        self.handle_datagram_inner(now, from, bytes);
+        if self.drops != before {
+            let now_drops = self.drops;
+            for ((reason, after), (_, was)) in now_drops.iter().zip(before.iter()) {
+                if after > was {
+                    self.diag(
+                        now,
+                        Diagnostic::Dropped {
+                            peer: claimed,
+                            from,
+                            reason,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
         self.stats.datagrams_in += 1;
         if bytes.get(..MAGIC_LEN) == Some(&MAGIC_PILS[..]) {
             if !self.encrypt {
                 self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
                 return;
             }
             self.handle_pils(now, from, bytes, true);
@@ -1337,6 +1469,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             Ok(f) => f,
             Err(_) => {
                 self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
                 return;
             }
         };
@@ -1344,101 +1477,108 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             Frame::Pilk { .. } | Frame::Pila { .. } => {
                 let Some(kx) = KeyExchange::from_frame(&frame) else {
                     self.stats.malformed += 1;
+                    self.drop_frame(AuthDrop::Malformed);
                     return;
                 };
                 if !self.encrypt {
                     self.stats.ignored_frames += 1;
                     return;
                 }
-                if !self.peers.contains_key(&kx.sender) {
-                    // Learn the endpoint so the answer can go back.
-                    self.add_peer(Addr::new(self.addr.network, kx.sender), from, None);
-                }
-                self.process_kx(now, from, &kx);
+                self.handle_kx(now, from, &kx);
                 self.after_session(now);
                 self.replay_early_frames(now);
             }
             Frame::Pilt { packet } => {
                 if self.encrypt {
                     self.stats.plaintext_refused += 1;
+                    self.drop_frame(AuthDrop::PlaintextRefused);
                     return;
                 }
                 match Packet::decode_with(packet, self.profile) {
                     Ok(pkt) => {
                         let sender = pkt.header.src.node;
-                        self.handle_packet(now, sender, &pkt);
+                        self.handle_packet(now, sender, &pkt, false);
                     }
                     Err(_) => self.stats.malformed += 1,
                 }
             }
-            Frame::Pils { .. } => self.stats.malformed += 1,
+            Frame::Pils { .. } => {
+                self.stats.malformed += 1;
+                self.drop_frame(AuthDrop::Malformed);
+            }
             Frame::Pilp | Frame::Beacon(_) => self.stats.ignored_frames += 1,
         }
     }
 
-    /// Opens a PILS frame and handles its packet. A frame from a sender
-    /// without a session is kept (when `keep`) in the small early-frame
-    /// stash: it may have overtaken the key exchange that installs the
-    /// session (`spec/node.md` §2).
+    /// Opens a PILS frame and handles its packet. A frame that does not
+    /// open is counted and dropped and changes nothing (`spec/crypto.md`
+    /// §5.3, §12). A frame from a *known* peer without a session is kept
+    /// (when `keep`) in the small early-frame stash — it may have overtaken
+    /// the key exchange that installs the session (`spec/node.md` §2) —
+    /// and answered with a rate-limited rekey request. An authentic frame
+    /// of an authenticated session moves the peer's endpoint to its source.
     fn handle_pils(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8], keep: bool) {
-        let claimed = bytes
-            .get(4..8)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map_or(0, u32::from_be_bytes);
-        match self.sessions.open_in_place(now, bytes) {
-            Ok(opened) => {
-                let sender = opened.sender;
-                if let Some(p) = self.peers.get_mut(&sender) {
-                    p.last_heard = now;
-                }
-                if self
-                    .sessions
-                    .session(sender)
-                    .is_some_and(|s| s.authenticated)
-                {
-                    self.move_endpoint(sender, from);
-                }
-                if let Some(pt) = bytes.get(opened.plaintext) {
-                    match Packet::decode_with(pt, self.profile) {
-                        Ok(pkt) => {
-                            // Identity binding (wire.md §3.2).
-                            let keepalive_v0 = pkt.is_nat_keepalive() && pkt.header.src.node == 0;
-                            if pkt.header.src.node != sender && !keepalive_v0 {
-                                self.stats.spoofed += 1;
-                            } else {
-                                self.handle_packet(now, sender, &pkt);
-                            }
-                        }
-                        Err(_) => self.stats.malformed += 1,
-                    }
-                }
-            }
+        let opened = match self.sessions.open_in_place(now, bytes) {
+            Ok(o) => o,
             Err(e) => {
-                use crate::crypto::session::OpenFailure;
                 self.stats.open_failed += 1;
-                match e {
-                    OpenFailure::NoSession => {
-                        self.stats.open_no_session += 1;
+                let reason = match e {
+                    OpenFailure::Malformed | OpenFailure::Rejected(OpenError::Malformed) => {
+                        AuthDrop::Malformed
+                    }
+                    OpenFailure::NoSession => AuthDrop::PilsNoSession,
+                    OpenFailure::Rejected(OpenError::Auth) => AuthDrop::PilsBadTag,
+                    OpenFailure::Rejected(OpenError::Replay) => AuthDrop::PilsReplay,
+                    OpenFailure::Rejected(OpenError::Outside) => AuthDrop::PilsOutsideWindow,
+                    OpenFailure::Rejected(OpenError::StaleEpoch) => AuthDrop::PilsStaleEpoch,
+                };
+                self.drop_frame(reason);
+                if e == OpenFailure::NoSession {
+                    // A peer we know lost its session (it restarted or we
+                    // did): ask it to re-key, rate-limited, without a
+                    // timer, and keep the frame a moment in case it
+                    // overtook the key exchange. Strangers get nothing.
+                    let sender = PilsHeader::parse(bytes).ok().map(|h| h.sender);
+                    if let Some(peer) = sender.filter(|p| self.peers.contains_key(p)) {
+                        self.sessions.request_rekey(now, peer);
                         if keep && bytes.len() <= EARLY_FRAME_MAX_LEN {
                             if self.early_frames.len() >= EARLY_FRAMES {
                                 self.early_frames.pop_front();
                             }
                             self.early_frames
-                                .push_back((claimed, from, now, bytes.to_vec()));
+                                .push_back((peer, from, now, bytes.to_vec()));
                         }
                     }
-                    OpenFailure::Rejected(crate::crypto::envelope::OpenError::Auth) => {
-                        self.stats.open_auth += 1
-                    }
-                    OpenFailure::Rejected(_) => self.stats.open_replay += 1,
-                    OpenFailure::Malformed => {}
                 }
-                self.diag(Diagnostic::FrameDropped {
-                    peer: claimed,
-                    from,
-                    reason: e,
-                });
+                return;
             }
+        };
+        let sender = opened.sender;
+        if let Some(p) = self.peers.get_mut(&sender) {
+            p.last_heard = now;
+        }
+        if self
+            .sessions
+            .session(sender)
+            .is_some_and(|s| s.authenticated)
+        {
+            self.move_endpoint(now, sender, from);
+        }
+        let Some(pt) = bytes.get(opened.plaintext) else {
+            return;
+        };
+        match Packet::decode_with(pt, self.profile) {
+            Ok(pkt) => {
+                // Identity binding (wire.md §3.2).
+                let keepalive_v0 = pkt.is_nat_keepalive() && pkt.header.src.node == 0;
+                if pkt.header.src.node != sender && !keepalive_v0 {
+                    self.stats.spoofed += 1;
+                    self.drop_frame(AuthDrop::PilsSpoofedSource);
+                } else {
+                    self.handle_packet(now, sender, &pkt, true);
+                }
+            }
+            Err(_) => self.stats.malformed += 1,
         }
     }
 
@@ -1466,87 +1606,229 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
-    /// Hands a key exchange to the session table and acts on the outcome:
-    /// counts and reports a refusal, keeps one refused for want of the
-    /// identity key, and moves the peer's endpoint after a verified PILA.
-    fn process_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
-        use crate::crypto::kx::KxError;
-        use crate::crypto::session::KxRejected;
-        let key = self.peers.get(&kx.sender).and_then(|p| p.identity);
-        let res =
-            self.sessions
-                .handle_key_exchange(now, KxSource::Direct(from.ip()), kx, key.as_ref());
-        match res {
-            Ok(_) => {
-                if kx.auth.is_some() {
-                    self.move_endpoint(kx.sender, from);
-                }
-            }
-            Err(e) => {
-                self.stats.kx_rejected += 1;
-                match e {
-                    KxRejected::RateLimited => self.stats.kx_rate_limited += 1,
-                    KxRejected::Auth(KxError::UnknownIdentity) => {
-                        self.stats.kx_unknown_identity += 1;
-                        self.keep_waiting_kx(now, from, kx);
-                        self.push_event(Event::IdentityNeeded { peer: kx.sender });
-                    }
-                    KxRejected::Auth(_) => self.stats.kx_bad_auth += 1,
-                    KxRejected::Unauthenticated => self.stats.kx_key_requests += 1,
-                    _ => {}
-                }
-                self.diag(Diagnostic::KxDropped {
-                    peer: kx.sender,
-                    from,
-                    reason: e,
-                });
-            }
-        }
+    fn kx_refused(&mut self, e: KxRejected) {
+        self.stats.kx_rejected += 1;
+        let reason = match e {
+            KxRejected::RateLimited => AuthDrop::KxRateLimited,
+            KxRejected::Auth(KxError::BadSignature) => AuthDrop::KxBadSignature,
+            KxRejected::Auth(KxError::IdentityMismatch) => AuthDrop::KxIdentityMismatch,
+            KxRejected::Auth(_) => AuthDrop::KxUnvouched,
+            KxRejected::Kdf(KdfError::ZeroSharedSecret) => AuthDrop::KxBadKey,
+            KxRejected::Unauthenticated => AuthDrop::KxUnauthenticated,
+            KxRejected::TooManySessions => AuthDrop::KxTooManySessions,
+            KxRejected::OwnNode => AuthDrop::KxOwnNode,
+            KxRejected::StaleKey => AuthDrop::KxStaleKey,
+        };
+        self.drop_frame(reason);
     }
 
-    /// Keeps a key exchange refused for want of its sender's key (one per
-    /// sender, the newest; at most [`KX_WAITING_MAX`], expired ones go
-    /// first).
-    fn keep_waiting_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
-        if !self.kx_waiting.contains_key(&kx.sender) && self.kx_waiting.len() >= KX_WAITING_MAX {
-            let before = self.kx_waiting.len();
-            self.kx_waiting
-                .retain(|_, w| now.saturating_duration_since(w.at) < KX_WAITING_TTL);
-            self.stats.kx_waiting_dropped += (before - self.kx_waiting.len()) as u64;
-            if self.kx_waiting.len() >= KX_WAITING_MAX {
-                self.stats.kx_waiting_dropped += 1;
-                return;
+    /// A PILA or PILK (`spec/crypto.md` §2.3, §2.8). Known peers (frames
+    /// from the endpoint the peer table holds) are charged to their own
+    /// bucket; everyone else to the per-source-IP bucket and the global
+    /// stranger budget, before any signature check. A stranger's PILA is
+    /// held in the bounded half-open table until the registry vouches for
+    /// its key; a stranger's PILK is dropped.
+    fn handle_kx(&mut self, now: Instant, from: SocketAddr, kx: &KeyExchange) {
+        if kx.sender == self.addr.node {
+            self.kx_refused(KxRejected::OwnNode);
+            return;
+        }
+        let known = self.peers.get(&kx.sender).copied();
+        let from_known = known.is_some_and(|p| p.endpoint == from);
+        let source = if from_known {
+            KxSource::Known(kx.sender)
+        } else {
+            KxSource::Direct(from.ip())
+        };
+        if !self.sessions.admit_key_exchange(now, source) {
+            self.kx_refused(KxRejected::RateLimited);
+            return;
+        }
+        let identity = known.and_then(|p| p.identity);
+        match (&kx.auth, identity) {
+            (Some(auth), Some(key)) => {
+                // Cheap check first: a frame carrying another key costs no
+                // signature verification.
+                if auth.ed25519 != key {
+                    self.kx_refused(KxRejected::Auth(KxError::IdentityMismatch));
+                    return;
+                }
+                if !from_known && !self.stranger_budget(now) {
+                    return;
+                }
+                let res = self
+                    .sessions
+                    .handle_admitted_key_exchange(now, kx, Some(&key));
+                match res {
+                    // A verified PILA that installed a session (first, or
+                    // the peer restarted with a new key) proves the peer
+                    // is at `from` now (`spec/crypto.md` §13, row 17). A
+                    // kept session's PILA moves nothing: it could be a
+                    // replayed copy; authentic PILS move the endpoint.
+                    Ok(KxAccepted::Installed { .. }) => self.move_endpoint(now, kx.sender, from),
+                    Ok(KxAccepted::Kept { .. }) => {}
+                    Err(e) => self.kx_refused(e),
+                }
+            }
+            (Some(auth), None) => {
+                // No vouched key yet: verify the signature under the key
+                // the frame carries (budgeted), then hold it until the
+                // registry answers. No peer entry is created.
+                if !from_known && !self.stranger_budget(now) {
+                    return;
+                }
+                let ok = kx::verify_pila(
+                    self.sessions.provider(),
+                    kx.sender,
+                    &kx.x25519,
+                    auth,
+                    Some(&auth.ed25519),
+                );
+                if let Err(e) = ok {
+                    self.kx_refused(KxRejected::Auth(e));
+                    return;
+                }
+                match self.half_open.insert(now, from, *kx) {
+                    HeldOutcome::New => {}
+                    HeldOutcome::Replaced => return,
+                    HeldOutcome::Evicted(n) => {
+                        for _ in 0..n {
+                            self.drop_frame(AuthDrop::KxHeldEvicted);
+                        }
+                    }
+                }
+                self.push_event(Event::IdentityNeeded { peer: kx.sender });
+            }
+            (None, _) if known.is_none() => {
+                // A PILK from a stranger creates nothing (reference:
+                // an unauthenticated session and a peer entry).
+                self.kx_refused(KxRejected::Unauthenticated);
+            }
+            (None, _) => {
+                let res = self
+                    .sessions
+                    .handle_admitted_key_exchange(now, kx, identity.as_ref());
+                if let Err(e) = res {
+                    self.kx_refused(e);
+                }
             }
         }
-        self.stats.kx_waiting_kept += 1;
-        self.kx_waiting.insert(
-            kx.sender,
-            WaitingKx {
-                kx: *kx,
-                from,
-                at: now,
-            },
-        );
     }
 
     /// The peer proved its identity from `from` (verified PILA, or a frame
     /// of an authenticated session): use that endpoint from now on.
-    fn move_endpoint(&mut self, peer: u32, from: SocketAddr) {
+    fn move_endpoint(&mut self, now: Instant, peer: u32, from: SocketAddr) {
         if let Some(p) = self.peers.get_mut(&peer) {
             if p.endpoint != from {
                 let old = p.endpoint;
                 p.endpoint = from;
                 self.stats.endpoint_moves += 1;
-                self.diag(Diagnostic::EndpointMoved {
-                    peer,
-                    old,
-                    new: from,
-                });
+                self.diag(
+                    now,
+                    Diagnostic::EndpointMoved {
+                        peer,
+                        old,
+                        new: from,
+                    },
+                );
             }
         }
     }
 
-    fn handle_packet(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+    /// Takes one token of the global stranger budget; counts a drop if
+    /// there is none.
+    fn stranger_budget(&mut self, now: Instant) -> bool {
+        let l = self.limits;
+        let b = self
+            .kx_strangers
+            .get_or_insert(Bucket::full(l.kx_stranger_burst, now));
+        if b.take(now, l.kx_stranger_burst, l.kx_stranger_rate) {
+            true
+        } else {
+            self.stats.kx_rejected += 1;
+            self.drop_frame(AuthDrop::KxStrangerBudget);
+            false
+        }
+    }
+
+    /// The registry vouches for `key` as the identity of node `peer` (on
+    /// `network`): a PILA held for it in the half-open table is accepted if
+    /// it carries that key — the peer is added with the frame's source as
+    /// its endpoint and the session installed — and dropped if not. Without
+    /// a held frame, a peer already in the table learns its key (and a key
+    /// exchange starts). Returns whether a held frame was accepted.
+    pub fn identity_resolved(
+        &mut self,
+        now: Instant,
+        peer: u32,
+        network: u16,
+        key: [u8; 32],
+    ) -> bool {
+        let held = self.half_open.take(now, peer);
+        let mut accepted = false;
+        match held {
+            Some(h) if h.kx.auth.is_some_and(|a| a.ed25519 == key) => {
+                let addr = Addr::new(network, peer);
+                let endpoint = self.peers.get(&peer).map_or(h.from, |p| p.endpoint);
+                if self.add_peer(addr, endpoint, Some(key)) {
+                    match self
+                        .sessions
+                        .handle_admitted_key_exchange(now, &h.kx, Some(&key))
+                    {
+                        Ok(res) => {
+                            accepted = true;
+                            // Verified under the vouched key and installed:
+                            // the peer is where the frame came from.
+                            if matches!(res, KxAccepted::Installed { .. }) {
+                                self.move_endpoint(now, peer, h.from);
+                            }
+                        }
+                        Err(e) => self.kx_refused(e),
+                    }
+                } else {
+                    self.kx_refused(KxRejected::TooManySessions);
+                }
+            }
+            Some(_) => self.drop_frame(AuthDrop::KxUnvouched),
+            None => {
+                if let Some(p) = self.peers.get(&peer).copied() {
+                    self.add_peer(Addr::new(p.network, peer), p.endpoint, Some(key));
+                    self.connect_tunnel(now, peer);
+                }
+            }
+        }
+        self.after_session(now);
+        accepted
+    }
+
+    /// The registry has no key for `peer` (or the look-up failed): a PILA
+    /// held for it is dropped.
+    pub fn identity_unknown(&mut self, now: Instant, peer: u32) {
+        if self.half_open.take(now, peer).is_some() {
+            self.drop_frame(AuthDrop::KxUnvouched);
+        }
+    }
+
+    /// The owner will not look `peer`'s key up now (its look-up budget is
+    /// spent): a PILA held for it is dropped, so the sender's
+    /// retransmission is held afresh and asks again.
+    pub fn identity_lookup_refused(&mut self, now: Instant, peer: u32) {
+        if self.half_open.take(now, peer).is_some() {
+            self.drop_frame(AuthDrop::KxLookupBudget);
+        }
+    }
+
+    /// Drops held key exchanges that waited too long (called from the
+    /// keepalive sweep).
+    fn expire_half_open(&mut self, now: Instant) {
+        for _ in 0..self.half_open.expire(now) {
+            self.drop_frame(AuthDrop::KxHeldExpired);
+        }
+    }
+
+    /// `sealed`: the packet arrived in a PILS frame that opened under
+    /// `sender`'s session (so `sender` is authentic), not as PILT.
+    fn handle_packet(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>, sealed: bool) {
         let h = pkt.header;
         if pkt.is_nat_keepalive() {
             self.stats.keepalives_in += 1;
@@ -1573,7 +1855,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     });
                 }
             }
-            Protocol::STREAM => self.handle_stream(now, sender, pkt),
+            Protocol::STREAM => self.handle_stream(now, sender, pkt, sealed),
             _ => self.stats.unknown_protocol += 1,
         }
     }
@@ -1651,7 +1933,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
-    fn handle_stream(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>) {
+    fn handle_stream(&mut self, now: Instant, sender: u32, pkt: &Packet<'_>, sealed: bool) {
         let h = pkt.header;
         let key = ConnKey {
             local_port: h.dst_port,
@@ -1684,7 +1966,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             self.send_rst(sender, &h, h.seq.wrapping_add(1));
             return;
         }
-        if !self.syn_allowed(now, sender) {
+        // The SYN buckets guard against floods from sources we cannot hold
+        // to account. A SYN sealed under a session set up by a verified
+        // PILA (the peer proved its registered identity) skips them: that
+        // peer is bounded by the per-port and total connection limits
+        // instead, so many concurrent dials between trusted nodes work.
+        let accountable = sealed
+            && self
+                .sessions
+                .session(sender)
+                .is_some_and(|s| s.authenticated);
+        if accountable {
+            self.stats.syn_authenticated += 1;
+        } else if !self.syn_allowed(now, sender) {
             self.stats.syn_rate_limited += 1;
             return;
         }
@@ -1734,6 +2028,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 TimeoutReason::Keepalive => {
                     self.keepalive_sweep(now);
                     self.liveness_sweep(now);
+                    self.expire_half_open(now);
                     self.timers
                         .set(TimeoutReason::Keepalive, now + self.sweep_period());
                 }
@@ -1878,7 +2173,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
-                SessionEvent::GaveUp { peer, .. } => {
+                SessionEvent::GaveUp { peer, discarded } => {
+                    self.stats.pending_dropped += discarded as u64;
                     self.push_event(Event::ResolveNeeded { peer });
                     Event::KeyExchangeGaveUp { peer }
                 }
@@ -1929,7 +2225,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
             // 2. Queued packets (datagrams, pongs, keepalives, RSTs).
             if let Some((peer, pkt)) = self.out.pop_front() {
-                if let Some(t) = self.emit(now, peer, &pkt, buf) {
+                let sent = self.emit(now, peer, &pkt, buf);
+                self.recycle(pkt);
+                if let Some(t) = sent {
                     return Some(t);
                 }
                 continue;
@@ -2032,7 +2330,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
             },
             Ok(SendOutcome::Queued) => None,
-            Err(_) => {
+            Err(e) => {
+                if matches!(e, SendError::Pending(_) | SendError::GaveUp) {
+                    self.stats.pending_dropped += 1;
+                }
                 self.stats.transmit_dropped += 1;
                 None
             }

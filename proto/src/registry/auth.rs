@@ -27,6 +27,16 @@ pub enum KeyError {
     /// 32 bytes, but not a point on the curve.
     #[error("not an Ed25519 point")]
     NotAPoint,
+    /// A point of small order (for example the all-zero key): every
+    /// signature check against it is meaningless.
+    #[error("small-order Ed25519 key")]
+    SmallOrder,
+    /// A non-canonical encoding of a point (y not reduced).
+    #[error("non-canonical Ed25519 key encoding")]
+    NonCanonical,
+    /// A point with a torsion component: no honest key generator makes one.
+    #[error("Ed25519 key outside the prime-order subgroup")]
+    Torsion,
 }
 
 /// Why a signature was refused. The texts are the reference's reasons
@@ -53,15 +63,34 @@ pub enum SigError {
     Replayed,
 }
 
-/// Decodes a base64 public key and checks it is a curve point.
+/// Decodes a base64 public key and checks it is a usable Ed25519 key
+/// ([`check_public_key`]).
 pub fn decode_public_key(b64: &str) -> Result<PublicKey, KeyError> {
     let bytes = B64.decode(b64).map_err(|_| KeyError::Base64)?;
     let key: PublicKey = bytes
         .as_slice()
         .try_into()
         .map_err(|_| KeyError::Length(bytes.len()))?;
-    VerifyingKey::from_bytes(&key).map_err(|_| KeyError::NotAPoint)?;
+    check_public_key(&key)?;
     Ok(key)
+}
+
+/// Checks that 32 bytes are a key an honest node can have: the canonical
+/// encoding of a curve point of the prime-order subgroup (so neither small
+/// order, like the all-zero key, nor with a torsion component).
+pub fn check_public_key(key: &PublicKey) -> Result<(), KeyError> {
+    let vk = VerifyingKey::from_bytes(key).map_err(|_| KeyError::NotAPoint)?;
+    if vk.is_weak() {
+        return Err(KeyError::SmallOrder);
+    }
+    let point = vk.to_edwards();
+    if point.compress().to_bytes() != *key {
+        return Err(KeyError::NonCanonical);
+    }
+    if !point.is_torsion_free() {
+        return Err(KeyError::Torsion);
+    }
+    Ok(())
 }
 
 /// Standard base64 (with padding) of a public key.
@@ -176,6 +205,13 @@ mod tests {
         );
     }
 
+    /// A point of order 8 (the curve's canonical 8-torsion generator).
+    const EIGHT_TORSION_1: [u8; 32] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+
     #[test]
     fn public_key_decoding() {
         assert_eq!(decode_public_key("***"), Err(KeyError::Base64));
@@ -187,6 +223,37 @@ mod tests {
             decode_public_key(&encode_public_key(&not_point)),
             Err(KeyError::NotAPoint)
         );
+        // The all-zero key decodes to a point of order 4; the identity
+        // (y = 1) has order 1.
+        assert_eq!(
+            decode_public_key(&encode_public_key(&[0u8; 32])),
+            Err(KeyError::SmallOrder)
+        );
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(
+            decode_public_key(&encode_public_key(&identity)),
+            Err(KeyError::SmallOrder)
+        );
+        // y = p + 1 encodes the identity again, non-canonically: refused
+        // (as small order, which is checked first).
+        let mut p_plus_1 = [0xffu8; 32];
+        p_plus_1[0] = 0xee;
+        p_plus_1[31] = 0x7f;
+        assert!(decode_public_key(&encode_public_key(&p_plus_1)).is_err());
+        // A genuine key plus a point of order 8 is on the curve but has a
+        // torsion component.
+        let genuine = Identity::from_seed(&[7; 32]).public_key();
+        let good = VerifyingKey::from_bytes(&genuine).unwrap().to_edwards();
+        let torsion = VerifyingKey::from_bytes(&EIGHT_TORSION_1)
+            .unwrap()
+            .to_edwards();
+        let mixed = (good + torsion).compress().to_bytes();
+        assert_eq!(
+            decode_public_key(&encode_public_key(&mixed)),
+            Err(KeyError::Torsion)
+        );
+        assert_eq!(decode_public_key(&encode_public_key(&genuine)), Ok(genuine));
     }
 
     #[test]

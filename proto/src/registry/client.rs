@@ -41,6 +41,12 @@ pub struct ClientConfig {
     pub heartbeat_interval: Duration,
     /// Period of automatic handshake-inbox polls; `None` = only on demand.
     pub inbox_poll_interval: Option<Duration>,
+    /// Ask the registry to push inbox and revocation hints on the
+    /// connection (`poll_handshakes` with `push: true`, ours; a reference
+    /// registry ignores it and the periodic poll still applies). With it,
+    /// the inbox is also polled right after registering and after every
+    /// reconnection, which is what binds the connection.
+    pub push: bool,
     /// How long to wait for a reply before declaring the connection broken.
     pub response_timeout: Duration,
     /// How long a dial may take before it counts as failed.
@@ -65,6 +71,7 @@ impl Default for ClientConfig {
             lan_addrs: Vec::new(),
             heartbeat_interval: CLIENT_HEARTBEAT,
             inbox_poll_interval: None,
+            push: false,
             response_timeout: CLIENT_RESPONSE_TIMEOUT,
             dial_timeout: CLIENT_DIAL_TIMEOUT,
             backoff_min: CLIENT_BACKOFF_MIN,
@@ -123,6 +130,12 @@ pub enum ClientEvent {
         /// Answers to this node's requests.
         responses: Vec<InboxResponse>,
     },
+    /// The registry pushed that `by` revoked its trust pair with this node
+    /// (a hint: check it with [`Call::CheckTrust`] before acting).
+    TrustRevoked {
+        /// The revoker.
+        by: u32,
+    },
     /// The registry forgot this node (or heartbeats kept failing); the
     /// client registers again with the same key.
     Reregistering,
@@ -169,6 +182,8 @@ pub enum Call {
     ReportTrust(u32),
     /// `revoke_trust` with a peer.
     RevokeTrust(u32),
+    /// `check_trust` between this node and a peer.
+    CheckTrust(u32),
     /// `request_handshake` relayed to `to`.
     RequestHandshake {
         /// Target node.
@@ -339,6 +354,13 @@ impl RegistryClient {
         Ok(id)
     }
 
+    /// Whether the registry is known to be unreachable: the last dial or
+    /// connection failed and no connection is up (requests queued now wait
+    /// for the next successful dial).
+    pub fn is_unreachable(&self) -> bool {
+        self.conn != Conn::Up && self.conn_backoff > self.cfg.backoff_min
+    }
+
     /// Whether the client is connected and registered.
     pub fn is_registered(&self) -> bool {
         self.node_id.is_some()
@@ -354,6 +376,10 @@ impl RegistryClient {
     /// The connection the client asked for is up.
     pub fn connected(&mut self, now: Instant) {
         self.conn = Conn::Up;
+        if self.cfg.push && self.node_id.is_some() {
+            // A new connection: ask for pushes on it (and catch up).
+            let _ = self.enqueue(Op::PollInbox);
+        }
         self.pump(now);
     }
 
@@ -536,6 +562,7 @@ impl RegistryClient {
                     node_id: id,
                     signature,
                     sig_ts,
+                    push: self.cfg.push,
                 })
             }
             Op::Call(cid) => match self.calls.get(&cid).cloned() {
@@ -612,6 +639,10 @@ impl RegistryClient {
                     sig_ts,
                 })
             }
+            Call::CheckTrust(peer_id) => Request::CheckTrust(codec::CheckTrust {
+                node_id: id,
+                peer_id,
+            }),
             Call::RevokeTrust(peer_id) => {
                 let (signature, sig_ts) = self.sign(now, &format!("revoke_trust:{id}:{peer_id}"));
                 Request::RevokeTrust(codec::TrustPair {
@@ -662,6 +693,19 @@ impl RegistryClient {
 
     /// A reply arrived on the connection.
     pub fn handle_response(&mut self, now: Instant, resp: Response) {
+        if let Response::Push { kind, from } = &resp {
+            // A hint that answers no request (ours, `spec/registry.md`
+            // §3.13): the inbox is authoritative, so fetch it now.
+            match kind.as_str() {
+                codec::PUSH_HANDSHAKE if self.node_id.is_some() => {
+                    let _ = self.enqueue(Op::PollInbox);
+                }
+                codec::PUSH_TRUST_REVOKED => self.event(ClientEvent::TrustRevoked { by: *from }),
+                _ => {}
+            }
+            self.pump(now);
+            return;
+        }
         let Some((p, _)) = self.in_flight.take() else {
             // A reply nobody asked for: the stream is out of step.
             self.event(ClientEvent::CloseConnection);
@@ -681,6 +725,11 @@ impl RegistryClient {
                 self.hb_failures = 0;
                 self.next_heartbeat = Some(now + self.cfg.heartbeat_interval);
                 self.next_poll = self.cfg.inbox_poll_interval.map(|d| now + d);
+                if self.cfg.push {
+                    // Bind this connection for pushes, and fetch what came
+                    // while we were away.
+                    let _ = self.enqueue(Op::PollInbox);
+                }
                 self.event(ClientEvent::Registered {
                     node_id: ok.node_id,
                     address: ok.address,

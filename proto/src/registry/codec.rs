@@ -180,7 +180,8 @@ fn is_zero_u32(v: &u32) -> bool {
 /// Declares a request struct. Each field is `name: kind,` where the kind
 /// picks the Rust type, the lenient reader and when the field is omitted on
 /// encode: `u32`/`u16`/`bool`/`str`/`strs` are always written, `id` (u32)
-/// is omitted when 0, `ostr` when empty, `ts` and `i64` when absent.
+/// is omitted when 0, `ostr` when empty, `obool` when false, `ts` and `i64`
+/// when absent.
 macro_rules! req {
     (@acc [$(#[$m:meta])*] $name:ident [$($out:tt)*]) => {
         $(#[$m])*
@@ -198,6 +199,9 @@ macro_rules! req {
     };
     (@acc $m:tt $name:ident [$($out:tt)*] #[doc = $d:literal] $f:ident : bool, $($rest:tt)*) => {
         req!(@acc $m $name [$($out)* #[doc = $d] #[serde(default, deserialize_with = "de::bool")] pub $f: bool,] $($rest)*);
+    };
+    (@acc $m:tt $name:ident [$($out:tt)*] #[doc = $d:literal] $f:ident : obool, $($rest:tt)*) => {
+        req!(@acc $m $name [$($out)* #[doc = $d] #[serde(default, deserialize_with = "de::bool", skip_serializing_if = "is_false")] pub $f: bool,] $($rest)*);
     };
     (@acc $m:tt $name:ident [$($out:tt)*] #[doc = $d:literal] $f:ident : str, $($rest:tt)*) => {
         req!(@acc $m $name [$($out)* #[doc = $d] #[serde(default, deserialize_with = "de::string")] pub $f: String,] $($rest)*);
@@ -409,6 +413,8 @@ signed!(
     PollHandshakes {
         /// The polling node.
         node_id: u32,
+        /// Ours (`spec/registry.md` §3.13): push [`Response::Push`] hints on this connection.
+        push: obool,
     }
 );
 
@@ -1092,7 +1098,23 @@ pub enum Response {
         /// Live beacons.
         beacons: Vec<BeaconEntry>,
     },
+    /// Ours: an unsolicited hint pushed to a connection that asked for it
+    /// with `poll_handshakes` `push: true` (`spec/registry.md` §3.13). It
+    /// answers no request.
+    #[serde(rename = "push")]
+    Push {
+        /// [`PUSH_HANDSHAKE`] or [`PUSH_TRUST_REVOKED`].
+        kind: String,
+        /// The node the hint is about (the requester, responder or revoker).
+        #[serde(default, deserialize_with = "de::u32")]
+        from: u32,
+    },
 }
+
+/// [`Response::Push`] kind: the handshake inbox has something new.
+pub const PUSH_HANDSHAKE: &str = "handshake";
+/// [`Response::Push`] kind: `from` revoked its trust pair with the node.
+pub const PUSH_TRUST_REVOKED: &str = "trust_revoked";
 
 impl Response {
     /// An error reply with this text.

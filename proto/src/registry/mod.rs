@@ -8,6 +8,8 @@
 //!   inbox polling with retries and exponential back-off.
 //! * [`snapshot`] — the reference's JSON snapshot format, for migrating state
 //!   in and out of a [`server::Registry`].
+//! * [`records`] — the state as keyed records and the change sets a
+//!   durable store applies atomically.
 //! * [`auth`] — Ed25519 request signatures (legacy fixed challenges and our
 //!   timestamped strong form) and admin-token comparison.
 //! * [`validate`] — hostname, tag and network-name rules.
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod codec;
 pub mod limits;
 pub mod ratelimit;
+pub mod records;
 pub mod server;
 pub mod snapshot;
 pub mod validate;

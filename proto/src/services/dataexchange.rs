@@ -805,9 +805,12 @@ impl DataExchangeService {
                 }
                 match sanitize_file_name(body.name()) {
                     Ok(safe) => {
-                        let seq = self.next_seq();
+                        // Ours: the file keeps its (sanitised) name; the
+                        // driver appends `-1`, `-2`, … before the extension
+                        // when it collides (`spec/services.md` §5.4).
+                        let _ = self.next_seq();
                         r.store = Some(Store::File {
-                            file_name: received_file_name(safe, at, seq),
+                            file_name: safe.to_owned(),
                             original: safe.to_owned(),
                             data,
                         });

@@ -327,6 +327,16 @@ pub enum TrustEvent {
         /// Peer.
         node: u32,
     },
+    /// Ours (logged only): the peer accepted our request; trust is mutual.
+    AcceptedByPeer {
+        /// Peer.
+        node: u32,
+    },
+    /// Ours (logged only): the peer rejected our request.
+    RejectedByPeer {
+        /// Peer.
+        node: u32,
+    },
 }
 
 /// What the daemon must do after a [`TrustStore`] call.
@@ -395,6 +405,9 @@ pub enum TrustError {
     /// Revoke of a node that is not trusted.
     #[error("node {0} is not trusted")]
     NotTrusted(u32),
+    /// Approve or reject of a node with no pending request.
+    #[error("no pending request from node {0}")]
+    NotPending(u32),
     /// Too many outstanding outgoing requests.
     #[error("too many outstanding requests")]
     TooManyOutgoing,
@@ -601,12 +614,15 @@ impl TrustStore {
                     self.grant(n, msg.public_key.clone(), true, 0, now);
                     fx.extend([
                         Effect::Persist,
+                        Effect::Event(TrustEvent::AcceptedByPeer { node: n }),
                         Effect::Registry(RegistryOp::ReportTrust { me, peer: n }),
                     ]);
                 }
             }
             MessageType::Reject => {
-                self.outgoing.remove(&n);
+                if self.outgoing.remove(&n).is_some() {
+                    fx.push(Effect::Event(TrustEvent::RejectedByPeer { node: n }));
+                }
             }
             MessageType::Revoke => {
                 fx.push(Effect::Event(TrustEvent::RevokedByPeer { node: n }));
@@ -693,19 +709,23 @@ impl TrustStore {
         }])
     }
 
-    /// Local operation: approve a pending request (no-op if none).
-    pub fn approve(&mut self, peer: u32, now: WallTime) -> Vec<Effect> {
+    /// Local operation: approve a pending request. The peer asked and we
+    /// accept, so both sides hold the trust: it is recorded as mutual
+    /// (ours; v1.8 records `false` here while the requester records
+    /// `true`). A request that came without a key gets it looked up.
+    pub fn approve(&mut self, peer: u32, now: WallTime) -> Result<Vec<Effect>, TrustError> {
         let Some(p) = self.pending.remove(&peer) else {
-            return Vec::new();
+            return Err(TrustError::NotPending(peer));
         };
-        self.grant(peer, p.public_key, false, 0, now);
+        let keyless = p.public_key.is_empty();
+        self.grant(peer, p.public_key, true, 0, now);
         let me = self.me;
         let respond = RegistryOp::RespondHandshake {
             from: me,
             to: peer,
             accept: true,
         };
-        vec![
+        let mut fx = vec![
             Effect::Persist,
             Effect::Event(TrustEvent::Approved { node: peer }),
             Effect::Registry(RegistryOp::ReportTrust { me, peer }),
@@ -715,16 +735,24 @@ impl TrustStore {
                 message: self.message(MessageType::Accept, peer, "", now),
                 fallback: Some(respond),
             },
-        ]
+        ];
+        if keyless {
+            fx.push(Effect::Registry(RegistryOp::Lookup { node: peer }));
+        }
+        Ok(fx)
     }
 
-    /// Local operation: reject a pending request.
-    pub fn reject(&mut self, peer: u32, reason: &str, now: WallTime) -> Vec<Effect> {
-        let was = self.pending.remove(&peer).is_some();
-        let mut fx = Vec::new();
-        if was {
-            fx.push(Effect::Persist);
+    /// Local operation: reject a pending request (an error if none).
+    pub fn reject(
+        &mut self,
+        peer: u32,
+        reason: &str,
+        now: WallTime,
+    ) -> Result<Vec<Effect>, TrustError> {
+        if self.pending.remove(&peer).is_none() {
+            return Err(TrustError::NotPending(peer));
         }
+        let mut fx = vec![Effect::Persist];
         fx.extend([
             Effect::Event(TrustEvent::Rejected {
                 node: peer,
@@ -741,7 +769,24 @@ impl TrustStore {
                 fallback: None,
             },
         ]);
-        fx
+        Ok(fx)
+    }
+
+    /// The registry no longer holds a trust pair with `peer` after it told
+    /// us `peer` revoked it (ours, `spec/services.md` §4.5): forget `peer`
+    /// as if its revoke message had arrived.
+    pub fn on_registry_revoke(&mut self, peer: u32) -> Vec<Effect> {
+        let was_trusted = self.trusted.remove(&peer).is_some();
+        let was_pending = self.pending.remove(&peer).is_some();
+        self.outgoing.remove(&peer);
+        if !was_trusted && !was_pending {
+            return Vec::new();
+        }
+        vec![
+            Effect::Event(TrustEvent::RevokedByPeer { node: peer }),
+            Effect::Persist,
+            Effect::DropTunnel(peer),
+        ]
     }
 
     /// Local operation: revoke trust in `peer`.
@@ -807,7 +852,9 @@ impl TrustStore {
     /// accept only counts for a request we sent.
     pub fn on_relayed_response(&mut self, from: u32, accept: bool, now: WallTime) -> Vec<Effect> {
         if !accept {
-            self.outgoing.remove(&from);
+            if self.outgoing.remove(&from).is_some() {
+                return vec![Effect::Event(TrustEvent::RejectedByPeer { node: from })];
+            }
             return Vec::new();
         }
         if self.trusted.contains_key(&from) || !self.outgoing.contains_key(&from) {
@@ -816,6 +863,7 @@ impl TrustStore {
         self.grant(from, String::new(), true, 0, now);
         vec![
             Effect::Persist,
+            Effect::Event(TrustEvent::AcceptedByPeer { node: from }),
             Effect::Registry(RegistryOp::ReportTrust {
                 me: self.me,
                 peer: from,
@@ -1093,15 +1141,23 @@ mod tests {
         assert!(fx.contains(&Effect::Persist));
         assert!(sent(&fx).is_empty());
         assert_eq!(b.pending()[&1].justification, "hi");
-        let fx = b.approve(1, at(T0 + 5));
+        let fx = b.approve(1, at(T0 + 5)).unwrap();
         assert!(b.trusted().contains_key(&1) && b.pending().is_empty());
-        assert!(!b.trusted()[&1].mutual);
+        // Approving a request makes trust mutual, as the requester sees it.
+        assert!(b.trusted()[&1].mutual);
+        assert!(!b.trusted()[&1].public_key.is_empty());
+        // The request carried its key: no lookup needed.
+        assert!(!fx.contains(&Effect::Registry(RegistryOp::Lookup { node: 1 })));
         assert_eq!(sent(&fx)[0].kind, MessageType::Accept);
         assert!(fx.contains(&Effect::Registry(RegistryOp::ReportTrust {
             me: 2,
             peer: 1
         })));
-        assert_eq!(b.approve(1, at(T0 + 6)), Vec::new());
+        assert_eq!(b.approve(1, at(T0 + 6)), Err(TrustError::NotPending(1)));
+        assert_eq!(
+            b.reject(1, "no", at(T0 + 6)),
+            Err(TrustError::NotPending(1))
+        );
     }
 
     #[test]
@@ -1154,9 +1210,12 @@ mod tests {
             }
         ));
         b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0));
-        let fx = b.approve(1, at(T0 + 1));
+        let fx = b.approve(1, at(T0 + 1)).unwrap();
         let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 1));
         assert!(a.trusted().contains_key(&2) && !a.is_outgoing(2));
+        assert!(fx.contains(&Effect::Event(TrustEvent::AcceptedByPeer { node: 2 })));
+        // Both sides list the relationship the same way.
+        assert!(a.trusted()[&2].mutual && b.trusted()[&1].mutual);
         assert!(fx.contains(&Effect::Registry(RegistryOp::ReportTrust {
             me: 1,
             peer: 2
@@ -1174,6 +1233,21 @@ mod tests {
             peer: 2
         })));
         assert_eq!(b.revoke(1, at(T0 + 4)), Err(TrustError::NotTrusted(1)));
+    }
+
+    #[test]
+    fn keyless_approval_looks_the_key_up_and_registry_revoke_forgets() {
+        let mut b = store(2, 2);
+        b.on_relayed_request(7, "via registry", at(T0));
+        let fx = b.approve(7, at(T0 + 1)).unwrap();
+        assert!(b.trusted()[&7].mutual);
+        assert!(fx.contains(&Effect::Registry(RegistryOp::Lookup { node: 7 })));
+        let fx = b.on_registry_revoke(7);
+        assert!(b.trusted().is_empty());
+        assert!(fx.contains(&Effect::Event(TrustEvent::RevokedByPeer { node: 7 })));
+        assert!(fx.contains(&Effect::Persist));
+        // Nothing to forget: nothing happens.
+        assert!(b.on_registry_revoke(7).is_empty());
     }
 
     #[test]
@@ -1199,7 +1273,7 @@ mod tests {
         let mut b = store(2, 2);
         b.on_relayed_request(7, "via registry", at(T0));
         assert!(b.pending()[&7].public_key.is_empty());
-        let fx = b.reject(7, "no", at(T0));
+        let fx = b.reject(7, "no", at(T0)).unwrap();
         assert!(b.pending().is_empty());
         assert!(fx.contains(&Effect::Registry(RegistryOp::RespondHandshake {
             from: 2,
@@ -1273,7 +1347,7 @@ mod tests {
         );
         b.on_message(EXAMPLE.as_bytes(), bound(1, 1), at(T0));
         b.on_relayed_request(9, "", at(T0));
-        b.approve(1, at(T0 + 60));
+        b.approve(1, at(T0 + 60)).unwrap();
         let j = b.to_file().to_json();
         assert!(
             j.contains("\"approved_at\": \"2026-01-01T00:01:00Z\""),

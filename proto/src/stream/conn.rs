@@ -21,12 +21,13 @@ use core::time::Duration;
 
 use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, RecoveryState};
 use super::consts::{
-    DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, GIVE_UP_SILENCE,
-    KEEPALIVE_INTERVAL, KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT,
-    MAX_UNACKED_SEGMENTS, PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR,
-    SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RETRIES,
-    SYN_MAX_RTO, TIME_WAIT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
+    DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, KEEPALIVE_INTERVAL,
+    KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_BACKOFF_RTO,
+    MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET,
+    REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS,
+    SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
 };
+use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
 use super::rtt::RttEstimator;
 use super::sack::{self, MAX_SACK_BLOCKS};
@@ -158,6 +159,9 @@ pub enum ResetReason {
     /// The peer process restarted (its tunnel key changed): this
     /// connection belonged to its previous incarnation.
     PeerRestarted,
+    /// Even the smallest segments do not get through while the peer still
+    /// answers: the path MTU is too small (`spec/transport.md` §5.4).
+    PathMtu,
 }
 
 /// Something the application (or node) must know.
@@ -210,6 +214,11 @@ pub struct ConnConfig {
     pub time_wait: Duration,
     /// Seed for RTO jitter.
     pub seed: u64,
+    /// User timeout (RFC 5482 spirit, `spec/transport.md` §7.3): the dial's
+    /// deadline, and how long the peer may stay silent while data or our
+    /// FIN is unacknowledged before the connection gives up. At least
+    /// [`MIN_USER_TIMEOUT`].
+    pub user_timeout: Duration,
 }
 
 impl Default for ConnConfig {
@@ -222,6 +231,7 @@ impl Default for ConnConfig {
             keepalive: Some(KEEPALIVE_INTERVAL),
             time_wait: TIME_WAIT,
             seed: 0,
+            user_timeout: USER_TIMEOUT,
         }
     }
 }
@@ -276,6 +286,10 @@ pub struct ConnStats {
     pub rto: Duration,
     /// Recovery state.
     pub recovery: Option<RecoveryKind>,
+    /// Current segment size (payload bytes), after any path-MTU reduction.
+    pub segment_size: usize,
+    /// Times black-hole detection shrank the segment size.
+    pub mss_reductions: u64,
 }
 
 /// Loss-recovery kind, for [`ConnStats`].
@@ -310,6 +324,8 @@ pub struct Connection {
     rtt: RttEstimator,
     cc: Box<dyn CongestionController + Send>,
     peer_window: Option<u16>,
+    /// Segment size and black-hole detection (§5.4).
+    seg_size: SegmentSize,
     rng: u64,
 
     // Output requests.
@@ -332,6 +348,13 @@ pub struct Connection {
     syn_hold: bool,
     syn_rto: Duration,
     syn_at: Option<Instant>,
+    /// A dial that has not completed by then fails (the user timeout).
+    dial_deadline: Instant,
+    /// When our FIN+ACK reply is itself our FIN (we had not closed and
+    /// nothing of ours was outstanding): its sequence number.
+    reply_fin: Option<Seq>,
+    /// The peer acknowledged `reply_fin`.
+    reply_fin_acked: bool,
     rto_at: Option<Instant>,
     last_heard: Instant,
     /// Retransmission timeouts since the peer was last heard.
@@ -378,6 +401,7 @@ impl core::fmt::Debug for Connection {
 impl Connection {
     fn new(now: Instant, mut cfg: ConnConfig, role: Role, isn: Seq, rcv_nxt: Seq) -> Self {
         cfg.mss = cfg.mss.max(1);
+        cfg.user_timeout = cfg.user_timeout.max(MIN_USER_TIMEOUT);
         let mss = cfg.mss;
         let send_cfg = SendConfig {
             mss,
@@ -394,6 +418,7 @@ impl Connection {
             rtt: RttEstimator::new(),
             cc: Box::new(NewReno::new(NewRenoConfig::for_segment(mss))),
             peer_window: None,
+            seg_size: SegmentSize::new(mss),
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
             syn_pending: false,
             synack_pending: false,
@@ -410,6 +435,9 @@ impl Connection {
             syn_hold: false,
             syn_rto: SYN_INITIAL_RTO,
             syn_at: None,
+            dial_deadline: now + cfg.user_timeout,
+            reply_fin: None,
+            reply_fin_acked: false,
             rto_at: None,
             last_heard: now,
             timeouts_unheard: 0,
@@ -487,6 +515,7 @@ impl Connection {
         s.srtt = self.rtt.srtt();
         s.rttvar = self.rtt.rttvar();
         s.rto = self.rtt.rto();
+        s.segment_size = self.seg_size.current();
         s.recovery = match self.cc.recovery() {
             RecoveryState::Open => None,
             RecoveryState::Fast => Some(RecoveryKind::Fast),
@@ -669,6 +698,13 @@ impl Connection {
         }
         self.stats.segments_received += 1;
         let f = seg.flags;
+        if f.contains(Flags::ACK) && !f.contains(Flags::SYN) {
+            if let Some(fin) = self.reply_fin {
+                if seg.ack == fin.add(1) {
+                    self.reply_fin_acked = true;
+                }
+            }
+        }
         if f.contains(Flags::SYN) && !f.contains(Flags::ACK) {
             self.on_syn(&seg);
         } else if f.contains(Flags::SYN) {
@@ -782,12 +818,22 @@ impl Connection {
             } else {
                 // Nothing of ours is outstanding: the FIN+ACK reply is our
                 // FIN, at the next sequence number.
+                self.reply_fin = Some(self.send.snd_nxt());
                 self.send.abandon();
                 self.rtx.clear();
                 self.rto_at = None;
             }
         }
         self.push_event(Event::Readable);
+    }
+
+    /// The peer acknowledged the end of our stream: our FIN (or the FIN+ACK
+    /// reply that was our FIN).
+    fn our_end_acked(&self) -> bool {
+        match self.reply_fin {
+            Some(_) => self.reply_fin_acked,
+            None => self.send.fin_acked() && self.send.is_idle(),
+        }
     }
 
     /// All our data is acknowledged and our FIN, if queued, has been sent
@@ -935,6 +981,7 @@ impl Connection {
                     self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
+                self.seg_size.on_progress();
                 let out = self.cc.on_ack(
                     now,
                     AckEvent {
@@ -1013,7 +1060,7 @@ impl Connection {
         let segs = (DUP_ACK_THRESHOLD as usize)
             .min(self.send.unacked_segments().saturating_sub(1))
             .max(1);
-        let threshold = segs.saturating_mul(self.cfg.mss);
+        let threshold = segs.saturating_mul(self.seg_size.current());
         if self.send.sacked_above_first_hole() >= threshold {
             let flight = self.send.flight_bytes(true);
             if self.cc.on_sack_loss(now, flight, self.send.snd_nxt()) {
@@ -1128,6 +1175,19 @@ impl Connection {
                 // (or our FIN) is still on its way: linger on until it is
                 // through; the retransmission and probe timers bound this.
                 self.linger_at = Some(now + self.cfg.time_wait);
+            } else if self.state == State::TimeWait
+                && !self.our_end_acked()
+                && now.saturating_duration_since(self.last_heard) < self.cfg.user_timeout
+            {
+                // Our FIN (or the FIN+ACK reply that is our FIN) was not
+                // acknowledged yet: the peer may be cut off by a partition
+                // and still retransmitting its FIN or data. Stay to answer
+                // it until it has been silent for the user timeout
+                // (spec/transport.md §8.2); leaving earlier would answer its
+                // retransmission with an RST, a reset for a peer whose data
+                // all arrived.
+                let until = self.last_heard + self.cfg.user_timeout;
+                self.linger_at = Some(until.min(now + self.cfg.time_wait).max(now));
             } else if matches!(self.state, State::TimeWait | State::FinWait) {
                 self.enter_closed(Event::Closed);
             }
@@ -1139,22 +1199,22 @@ impl Connection {
             self.syn_at = None;
             return;
         }
-        if self.syn_hold {
-            self.syn_at = Some(now + self.syn_rto);
-            return;
-        }
-        self.syn_retries += 1;
-        if self.syn_retries > SYN_MAX_RETRIES {
+        if now >= self.dial_deadline {
             self.enter_closed(Event::Reset(ResetReason::DialTimeout));
             return;
         }
+        if self.syn_hold {
+            self.syn_at = Some((now + self.syn_rto).min(self.dial_deadline));
+            return;
+        }
+        self.syn_retries += 1;
         if self.syn_retries == SYN_DIRECT_ATTEMPTS {
             self.syn_rto = SYN_INITIAL_RTO;
             self.push_event(Event::TryRelay);
         }
         self.syn_pending = true;
         self.syn_rto = (self.syn_rto * 2).min(SYN_MAX_RTO);
-        self.syn_at = Some(now + self.syn_rto);
+        self.syn_at = Some((now + self.syn_rto).min(self.dial_deadline));
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -1165,8 +1225,8 @@ impl Connection {
         let since = self
             .outstanding_since
             .map_or(self.last_heard, |o| o.max(self.last_heard));
-        if now.saturating_duration_since(since) >= GIVE_UP_SILENCE
-            && self.timeouts_unheard >= GIVE_UP_MIN_TIMEOUTS
+        if now.saturating_duration_since(since) >= self.cfg.user_timeout
+            && self.timeouts_unheard >= self.give_up_min_timeouts()
         {
             if self.send.flight_bytes(true) == 0
                 && self.state != State::Established
@@ -1183,6 +1243,22 @@ impl Connection {
             }
             return;
         }
+        // Path-MTU black hole (§5.4): the peer answered our probe since the
+        // previous timeout, with an open window, yet the data is still not
+        // acknowledged.
+        let hole_len = self.send.first_hole_len().unwrap_or(0);
+        let answered = self.timeouts_unheard == 0 && self.peer_window.is_some_and(|w| w > 0);
+        match self.seg_size.on_timeout(hole_len, answered) {
+            MtuVerdict::Keep => {}
+            MtuVerdict::Shrunk(n) => {
+                self.send.set_mss(n);
+                self.stats.mss_reductions += 1;
+            }
+            MtuVerdict::TooSmall => {
+                self.reset(ResetReason::PathMtu);
+                return;
+            }
+        }
         self.stats.timeouts += 1;
         self.timeouts_unheard = self.timeouts_unheard.saturating_add(1);
         self.rtx_next = self.send.snd_una();
@@ -1193,7 +1269,21 @@ impl Connection {
         self.rtt.backoff(j);
         self.rtx.clear();
         self.queue_retransmit(now, true);
+        if self.seg_size.wants_probe(hole_len) {
+            // A tiny probe the peer answers: tells a black hole for large
+            // segments from a silent peer at the next timeout.
+            self.probe_pending = true;
+        }
         self.rto_at = Some(now + self.rtt.rto());
+    }
+
+    /// Timeouts since the peer was last heard before giving up: 8, or one
+    /// per back-off cap of a shorter user timeout, at least 2 (§7.3).
+    fn give_up_min_timeouts(&self) -> u32 {
+        let per = self.cfg.user_timeout.as_millis() / MAX_BACKOFF_RTO.as_millis().max(1);
+        u32::try_from(per)
+            .unwrap_or(u32::MAX)
+            .clamp(2, GIVE_UP_MIN_TIMEOUTS)
     }
 
     fn on_zwp_timeout(&mut self, now: Instant) {
@@ -1291,9 +1381,9 @@ impl Connection {
     fn gate_open(&self) -> bool {
         let unacked = self.send.unacked_segments();
         let flight = self.send.flight_bytes(self.cc.in_fast_recovery());
-        let peer_bytes = self
-            .peer_window
-            .map_or(usize::MAX, |w| usize::from(w).saturating_mul(self.cfg.mss));
+        let peer_bytes = self.peer_window.map_or(usize::MAX, |w| {
+            usize::from(w).saturating_mul(self.seg_size.current())
+        });
         flight < self.cc.cwnd().min(peer_bytes)
             && self.peer_window.is_none_or(|w| unacked < usize::from(w))
             && unacked < MAX_UNACKED_SEGMENTS
@@ -1413,10 +1503,12 @@ impl Connection {
             }
         }
         if self.ack_now || self.probe_pending {
-            // Probes carry seq one below the next byte so that the peer
-            // answers them (spec/transport.md §9).
+            // Probes carry seq one below the oldest unacknowledged byte
+            // (the next byte, when nothing is in flight), which the peer
+            // has always received, so that it answers them
+            // (spec/transport.md §9.1, §5.4).
             let seq = if self.probe_pending && !self.ack_now {
-                self.send.snd_nxt().add(u32::MAX)
+                self.send.snd_una().add(u32::MAX)
             } else {
                 self.send.snd_nxt()
             };
@@ -1566,7 +1658,8 @@ mod tests {
                 match e {
                     Event::TryRelay => relay_at = Some(now.as_nanos() / 1_000_000),
                     Event::Reset(ResetReason::DialTimeout) => {
-                        assert_eq!(now, t(17_250));
+                        // The dial's deadline is the user timeout.
+                        assert_eq!(now, t(30_000));
                         assert!(c.is_closed());
                     }
                     other => panic!("unexpected {other:?}"),
@@ -1579,9 +1672,46 @@ mod tests {
             now = at;
             c.handle_timeout(now);
         }
-        assert_eq!(sent, vec![0, 250, 750, 1750, 2250, 3250, 5250, 9250]);
+        assert_eq!(
+            sent,
+            vec![
+                0, 250, 750, 1750, 2250, 3250, 5250, 9250, 13_250, 17_250, 21_250, 25_250, 29_250
+            ]
+        );
         assert_eq!(relay_at, Some(1750));
         assert!(c.is_closed());
+    }
+
+    #[test]
+    fn dial_retries_until_its_own_user_timeout() {
+        let cfg = ConnConfig {
+            user_timeout: Duration::from_secs(5),
+            ..ConnConfig::default()
+        };
+        let mut c = Connection::connect(t(0), cfg, 0);
+        let mut now = t(0);
+        let mut sent = vec![];
+        while !c.is_closed() {
+            if !out(&mut c, now).is_empty() {
+                sent.push(now.as_nanos() / 1_000_000);
+            }
+            let (at, _) = c.poll_timeout().expect("a dialing connection has a timer");
+            now = at;
+            c.handle_timeout(now);
+        }
+        assert_eq!(now, t(5000));
+        assert_eq!(sent, vec![0, 250, 750, 1750, 2250, 3250]);
+        assert!(events(&mut c).contains(&Event::Reset(ResetReason::DialTimeout)));
+        // Held retries (key exchange pending) do not move the deadline.
+        let mut c = Connection::connect(t(0), cfg, 0);
+        c.hold_syn_retries(true);
+        let mut now = t(0);
+        while !c.is_closed() {
+            out(&mut c, now);
+            now = c.poll_timeout().expect("timer").0;
+            c.handle_timeout(now);
+        }
+        assert_eq!(now, t(5000));
     }
 
     #[test]
@@ -2012,6 +2142,53 @@ mod tests {
             out(&mut b, t(1010)),
             vec![seg(Flags::FIN | A, 1, 2, 0, b"")]
         );
+    }
+
+    #[test]
+    fn time_wait_outlasts_a_partition_while_its_fin_is_unacknowledged() {
+        let mut b = acceptor(ConnConfig::default());
+        b.handle_segment(t(10), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(out(&mut b, t(10)), vec![seg(Flags::FIN | A, 1, 2, 0, b"")]);
+        // That reply (our FIN) is lost in a partition and the peer's
+        // retransmitted FINs too: B must still be there when it lifts.
+        let mut now = t(10);
+        while now < t(25_000) {
+            let (at, why) = b.poll_timeout().expect("lingering");
+            assert_eq!(why, TimerReason::TimeWait);
+            now = at.min(t(25_000));
+            b.handle_timeout(now);
+            assert_eq!(b.state(), State::TimeWait, "closed at {now:?}");
+        }
+        b.handle_segment(t(25_000), seg(Flags::FIN, 1, 0, 0, b""));
+        assert_eq!(
+            out(&mut b, t(25_000)),
+            vec![seg(Flags::FIN | A, 1, 2, 0, b"")]
+        );
+        // The peer's FIN+ACK acknowledges our FIN: the ordinary linger.
+        b.handle_segment(t(25_050), seg(Flags::FIN | A, 2, 2, 0, b""));
+        assert!(out(&mut b, t(25_050)).is_empty());
+        assert_eq!(b.poll_timeout(), Some((t(35_000), TimerReason::TimeWait)));
+        b.handle_timeout(t(35_000));
+        assert!(b.is_closed());
+        assert_eq!(events(&mut b).last(), Some(&Event::Closed));
+    }
+
+    #[test]
+    fn unacknowledged_time_wait_ends_after_a_user_timeout_of_silence() {
+        let cfg = ConnConfig {
+            user_timeout: Duration::from_secs(12),
+            ..ConnConfig::default()
+        };
+        let mut b = acceptor(cfg);
+        b.handle_segment(t(10), seg(Flags::FIN, 1, 0, 0, b""));
+        out(&mut b, t(10));
+        let mut now = t(10);
+        while !b.is_closed() {
+            now = b.poll_timeout().expect("lingering").0;
+            b.handle_timeout(now);
+        }
+        assert_eq!(now, t(12_010), "silent peer: user timeout after last heard");
+        assert_eq!(events(&mut b).last(), Some(&Event::Closed));
     }
 
     #[test]

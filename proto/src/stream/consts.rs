@@ -89,12 +89,21 @@ pub const MAX_RTO: Duration = Duration::from_secs(10);
 /// Clock granularity G of RFC 6298 (spec/transport.md §7.1).
 pub const CLOCK_GRANULARITY: Duration = Duration::from_millis(10);
 
-/// A connection with un-acknowledged data that has heard nothing from its
-/// peer for this long is reset (spec/transport.md §7.3).
-pub const GIVE_UP_SILENCE: Duration = Duration::from_secs(30);
+/// Default user timeout (RFC 5482 spirit): a dial fails, and a connection
+/// with un-acknowledged data (or FIN) gives up, once the peer has been
+/// silent this long; a TIME_WAIT whose own FIN is unacknowledged lingers
+/// at most this long after the peer was last heard. Configurable per
+/// connection ([`crate::stream::conn::ConnConfig::user_timeout`]) with a
+/// node/daemon default (spec/transport.md §7.3).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Smallest user timeout accepted; shorter values are raised to it.
+pub const MIN_USER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Fewest retransmission timeouts since the peer was last heard before the
-/// give-up rule may fire (spec/transport.md §7.3).
+/// give-up rule may fire, for user timeouts of 16 s and more; shorter user
+/// timeouts need one per [`MAX_BACKOFF_RTO`] of timeout, at least 2
+/// (spec/transport.md §7.3).
 pub const GIVE_UP_MIN_TIMEOUTS: u32 = 8;
 
 /// Exponential back-off stops doubling at this interval, or at the computed
@@ -104,11 +113,9 @@ pub const MAX_BACKOFF_RTO: Duration = Duration::from_secs(2);
 /// First SYN retransmission interval (spec/transport.md §4.1).
 pub const SYN_INITIAL_RTO: Duration = Duration::from_millis(250);
 
-/// Largest SYN retransmission interval (spec/transport.md §4.1).
-pub const SYN_MAX_RTO: Duration = Duration::from_secs(8);
-
-/// SYN retransmissions before a dial fails (spec/transport.md §4.1).
-pub const SYN_MAX_RETRIES: u32 = 7;
+/// Largest SYN retransmission interval; the dial retries until its
+/// deadline, the user timeout (spec/transport.md §4.1).
+pub const SYN_MAX_RTO: Duration = Duration::from_secs(4);
 
 /// SYNs sent on the direct path before the node may switch the peer to
 /// the relay; the back-off restarts then (spec/transport.md §4.1).
@@ -142,3 +149,19 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// TIME_WAIT (and FIN_WAIT) linger (spec/transport.md §8).
 pub const TIME_WAIT: Duration = Duration::from_secs(10);
+
+/// Smallest segment size path-MTU black-hole recovery shrinks to: with the
+/// 34-byte packet header and the tunnel's overhead a 464-byte segment
+/// travels in a 534-byte UDP payload, which fits the 576-byte IPv4
+/// minimum MTU (spec/transport.md §5.4).
+pub const SEGMENT_FLOOR: usize = 464;
+
+/// Retransmission timeouts in a row, each answered by the peer (probe)
+/// without the data being acknowledged, before the segment size halves;
+/// after a first reduction one such timeout is enough (spec/transport.md
+/// §5.4).
+pub const BLACKHOLE_EVIDENCE: u32 = 2;
+
+/// Such timeouts in a row at the floor before the connection ends with
+/// "path MTU too small" (spec/transport.md §5.4).
+pub const FLOOR_EVIDENCE: u32 = 4;

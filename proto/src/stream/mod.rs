@@ -10,6 +10,7 @@
 //! * [`sack`]: the SACK payload codec and the sender's SACK scoreboard.
 //! * [`rtt`]: RTT estimation and the retransmission timeout (RFC 6298).
 //! * [`cc`]: the congestion-controller trait and NewReno.
+//! * [`pmtu`]: the segment size and path-MTU black-hole detection.
 //! * [`recv_buf`]: reassembly, flow-control window and SACK generation.
 //! * [`send_buf`]: the bounded send buffer, segmentation, Nagle and the
 //!   retransmission queue.
@@ -19,6 +20,7 @@ pub mod cc;
 pub mod conn;
 
 pub mod consts;
+pub mod pmtu;
 pub mod recv_buf;
 pub mod rtt;
 pub mod sack;

@@ -653,6 +653,44 @@ impl SendBuffer {
         let s = self.queue.iter_mut().find(|s| !s.sacked)?;
         Some(s.retransmit(now, una))
     }
+
+    /// Payload length of the first segment a timeout would resend (the
+    /// first one not SACKed), if any.
+    pub fn first_hole_len(&self) -> Option<usize> {
+        self.queue.iter().find(|s| !s.sacked).map(|s| s.data.len())
+    }
+
+    /// Changes the segment size (path-MTU black-hole recovery,
+    /// `spec/transport.md` §5.4): new data is cut at `mss`, and sent,
+    /// un-acknowledged segments longer than `mss` are split into pieces
+    /// that keep their send times, transmission counts and SACK state, so
+    /// that retransmissions fit the path too. Sequence numbers do not
+    /// change; the receiver reassembles any segmentation.
+    pub fn set_mss(&mut self, mss: usize) {
+        let mss = mss.max(1);
+        self.cfg.mss = mss;
+        if self.queue.iter().all(|s| s.fin || s.data.len() <= mss) {
+            return;
+        }
+        let old = core::mem::take(&mut self.queue);
+        for s in old {
+            if s.fin || s.data.len() <= mss {
+                self.queue.push_back(s);
+                continue;
+            }
+            let mut off = 0;
+            while off < s.data.len() {
+                let end = (off + mss).min(s.data.len());
+                self.queue.push_back(Sent {
+                    seq: s.seq.add_len(off),
+                    data: s.data.slice(off..end),
+                    head_rtx: s.head_rtx && off == 0,
+                    ..s.clone()
+                });
+                off = end;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

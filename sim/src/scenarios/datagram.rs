@@ -1,7 +1,10 @@
 //! `datagram`: every node sends numbered datagrams to every other node.
 //! Checks: nothing delivered that was not sent, nothing delivered twice
 //! (even when the network duplicates), and, without loss, everything
-//! arrives.
+//! arrives. Datagrams a node drops itself (pending queue full while a key
+//! exchange runs, transmit queue full) are counted from the nodes' own
+//! statistics: figures `dg_pending_dropped` and `dg_node_dropped`, and
+//! named in the `all-delivered` check.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,6 +121,14 @@ impl Scenario for DatagramScenario {
                 Ok(())
             });
         }
+        let (mut pending_dropped, mut node_dropped) = (0u64, 0u64);
+        for &nid in &ids {
+            if let Some(p) = sim.node(nid) {
+                let st = p.node.stats();
+                pending_dropped += st.pending_dropped;
+                node_dropped += st.transmit_dropped;
+            }
+        }
         let mut out = Outcome::from_sim(&mut sim, result);
         let dups: u64 = delivered.values().filter(|c| **c > 1).count() as u64;
         let missing = sent.iter().filter(|s| !delivered.contains_key(*s)).count();
@@ -134,9 +145,10 @@ impl Scenario for DatagramScenario {
         let must_all = !lossy(cfg);
         out.checks.push(CheckResult::new(
             "all-delivered",
-            !must_all || (missing == 0 && send_errors == 0),
+            !must_all || (missing == 0 && send_errors == 0 && node_dropped == 0),
             format!(
-                "{missing} of {} missing, {send_errors} send errors{}",
+                "{missing} of {} missing, {send_errors} send errors, {node_dropped} dropped \
+                 by the sending node ({pending_dropped} by its pending queue){}",
                 sent.len(),
                 if must_all {
                     ""
@@ -149,6 +161,10 @@ impl Scenario for DatagramScenario {
         out.figures
             .insert("dg_delivered".into(), json!(delivered.len()));
         out.figures.insert("dg_rounds".into(), json!(rounds));
+        out.figures
+            .insert("dg_pending_dropped".into(), json!(pending_dropped));
+        out.figures
+            .insert("dg_node_dropped".into(), json!(node_dropped));
         out
     }
 }

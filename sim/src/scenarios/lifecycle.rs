@@ -1,5 +1,5 @@
 //! `tunnel-lifecycle`: two nodes go through every tunnel lifecycle
-//! sequence of `spec/crypto.md` §12, and after each step a dial plus an
+//! sequence of `spec/crypto.md` §13, and after each step a dial plus an
 //! echo must succeed in both directions within [`STEP_BOUND`] of virtual
 //! time.
 //!
@@ -244,8 +244,15 @@ fn on_event(sim: &mut Sim<Pilot>, st: &mut St, id: NodeId, ev: Event) -> Result<
                 let ep = st.addrs[j].unwrap_or(node_addr(j));
                 let key = *identity(Seed::new(st.seed), j).public();
                 sim.with_node(id, |p, now| {
-                    p.node.add_peer(pilot_addr(j), ep, Some(key));
-                    p.node.connect_tunnel(now, peer);
+                    if !p
+                        .node
+                        .identity_resolved(now, peer, pilot_addr(j).network, key)
+                    {
+                        // Nothing held (expired, or a PILK): learn the key
+                        // and start our own exchange.
+                        p.node.add_peer(pilot_addr(j), ep, Some(key));
+                        p.node.connect_tunnel(now, peer);
+                    }
                 })?;
             }
         }

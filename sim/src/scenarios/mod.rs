@@ -1,9 +1,10 @@
 //! The built-in scenarios over the protocol node ([`crate::pilot::Pilot`]):
-//! `datagram`, `ping`, `rekey`, `stream-transfer` and `tunnel-lifecycle`. Each honours the node
+//! `datagram`, `ping`, `rekey`, `stream-transfer`, `hostile` and `tunnel-lifecycle`. Each honours the node
 //! count, volume, duration, profile and every fault flag of the
 //! [`SimConfig`] (the engine applies the faults).
 
 pub mod datagram;
+pub mod hostile;
 pub mod lifecycle;
 pub mod ping;
 pub mod rekey;
@@ -23,6 +24,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(ping::PingScenario));
     r.register(Box::new(stream::StreamScenario));
     r.register(Box::new(rekey::RekeyScenario));
+    r.register(Box::new(hostile::HostileScenario));
     r.register(Box::new(lifecycle::LifecycleScenario));
 }
 
@@ -34,11 +36,15 @@ pub fn mesh(cfg: &SimConfig, seed: u64, min: usize) -> (Sim<Pilot>, Vec<NodeId>)
     let addrs: Vec<_> = (0..n).map(node_addr).collect();
     let mut sim = Sim::new(seed, cfg.faults(seed, &addrs));
     let profile = wire_profile(cfg);
+    let mut limits = Pilot::mesh_limits(n);
+    if let Some(p) = cfg.pending_peers {
+        limits.pending_peers = p;
+    }
     let ids = (0..n)
         .filter_map(|i| {
             sim.add_node(
                 node_addr(i),
-                Pilot::mesh_member(seed, i, n, 0, profile, Instant::ZERO),
+                Pilot::mesh_member_with(seed, i, n, 0, profile, Instant::ZERO, limits),
             )
             .ok()
         })

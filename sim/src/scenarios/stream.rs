@@ -4,12 +4,18 @@
 //! what was sent, and both ends of every stream close cleanly. Figures:
 //! goodput over virtual time, retransmissions, fast retransmits, RTO
 //! timeouts. `--duration-ms` is the least virtual time run; the run goes on
-//! (in 1-s steps, up to [`MAX_RUN`]) until every stream has closed.
+//! (in 1-s steps, up to [`MAX_RUN`]) until the outcome is decided: every
+//! stream end has closed or been reset, and every sender whose dial
+//! succeeded has its receiver (a sender whose dial failed has none; the
+//! run waits [`ORPHAN_GRACE`] for a SYN still on its way). Failing runs
+//! carry the figure `failure_class`: how the first broken stream ended
+//! (`dial-timeout`, `timed-out`, `remote-reset`, `zero-window`,
+//! `path-mtu`, `not-closed`, `wrong-data`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pilot_proto::node::{ConnId, Event, NodeError};
+use pilot_proto::node::{ConnId, Event, NodeError, ResetCause};
 use pilot_proto::stream::conn::StreamError;
 use pilot_proto::time::Instant;
 use serde_json::json;
@@ -27,6 +33,9 @@ use crate::scenario::{Outcome, Scenario};
 pub const PORT: u16 = 1000;
 /// Longest virtual run.
 pub const MAX_RUN: Duration = Duration::from_secs(3600);
+/// After every sender has ended, how long the run still waits for the
+/// receiver of a stream whose sender never connected.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 const CHUNK: usize = 64 * 1024;
 
 /// See the module docs.
@@ -47,8 +56,10 @@ struct Sender {
     written: u64,
     hash: Sha256,
     shut: bool,
+    connected: bool,
     closed: bool,
-    reset: bool,
+    reset: Option<ResetCause>,
+    ended_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -58,7 +69,7 @@ struct Receiver {
     hash: Sha256,
     eof_at: Option<Instant>,
     closed: bool,
-    reset: bool,
+    reset: Option<ResetCause>,
 }
 
 struct State {
@@ -70,10 +81,18 @@ struct State {
 }
 
 impl State {
-    fn done(&self) -> bool {
-        self.senders.values().all(|s| s.closed || s.reset)
-            && self.receivers.len() == self.senders.len()
-            && self.receivers.values().all(|r| r.closed || r.reset)
+    /// Every stream end has finished and no receiver can still appear.
+    fn done(&self, now: Instant) -> bool {
+        let senders_ended = self.senders.values().all(|s| s.closed || s.reset.is_some());
+        let receivers_ended = self
+            .receivers
+            .values()
+            .all(|r| r.closed || r.reset.is_some());
+        let last_end = self.senders.values().filter_map(|s| s.ended_at).max();
+        let all_there = self.receivers.len() == self.senders.len()
+            || (self.receivers.len() >= self.senders.values().filter(|s| s.connected).count()
+                && last_end.is_some_and(|t| now.saturating_duration_since(t) >= ORPHAN_GRACE));
+        senders_ended && receivers_ended && all_there
     }
 }
 
@@ -176,30 +195,73 @@ fn on_event(sim: &mut Sim<Pilot>, node: NodeId, ev: Event, st: &mut State) -> Re
                     r.closed = true;
                 }
             }
-            Event::Reset(id, _) => {
+            Event::Reset(id, cause) => {
                 if let Some(r) = st.receivers.get_mut(&id) {
-                    r.reset = true;
+                    r.reset = Some(cause);
                 }
             }
             _ => {}
         }
         return Ok(());
     }
+    let now = sim.now();
     match ev {
-        Event::Connected(_) | Event::Writable(_) => pump_writes(sim, node, st)?,
+        Event::Connected(id) => {
+            if let Some(s) = st.senders.get_mut(&node.0).filter(|s| s.conn == Some(id)) {
+                s.connected = true;
+            }
+            pump_writes(sim, node, st)?;
+        }
+        Event::Writable(_) => pump_writes(sim, node, st)?,
         Event::Closed(id) => {
             if let Some(s) = st.senders.get_mut(&node.0).filter(|s| s.conn == Some(id)) {
                 s.closed = true;
+                s.ended_at = Some(now);
             }
         }
-        Event::Reset(id, _) => {
+        Event::Reset(id, cause) => {
             if let Some(s) = st.senders.get_mut(&node.0).filter(|s| s.conn == Some(id)) {
-                s.reset = true;
+                s.reset = Some(cause);
+                s.ended_at = Some(now);
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The name of a reset cause in `failure_class`.
+fn cause_class(c: ResetCause) -> &'static str {
+    match c {
+        ResetCause::DialTimeout => "dial-timeout",
+        ResetCause::TimedOut => "timed-out",
+        ResetCause::Remote => "remote-reset",
+        ResetCause::ZeroWindow => "zero-window",
+        ResetCause::Aborted => "aborted",
+        ResetCause::PathMtu => "path-mtu",
+        ResetCause::PeerUnreachable => "peer-unreachable",
+        ResetCause::TunnelClosed => "tunnel-closed",
+        ResetCause::PeerRestarted => "peer-restarted",
+    }
+}
+
+/// How the first broken stream ended, or `None` if none broke.
+fn failure_class(st: &State, mismatched: usize) -> Option<&'static str> {
+    // The sender's view first: it is the end that knows why it gave up.
+    if let Some(c) = st.senders.values().find_map(|s| s.reset) {
+        return Some(cause_class(c));
+    }
+    if let Some(c) = st.receivers.values().find_map(|r| r.reset) {
+        return Some(cause_class(c));
+    }
+    if mismatched > 0 {
+        return Some("wrong-data");
+    }
+    let unclean = st.senders.values().any(|s| !s.closed)
+        || st.receivers.values().any(|r| !r.closed)
+        || st.receivers.len() != st.senders.len()
+        || st.errors > 0;
+    unclean.then_some("not-closed")
 }
 
 impl Scenario for StreamScenario {
@@ -250,7 +312,7 @@ impl Scenario for StreamScenario {
             result = sim.run_until(next.min(cap), |sim, node, ev| {
                 on_event(sim, node, ev, &mut st)
             });
-            if (st.done() && sim.now() >= min_end) || sim.now() >= cap {
+            if (st.done(sim.now()) && sim.now() >= min_end) || sim.now() >= cap {
                 break;
             }
         }
@@ -284,7 +346,8 @@ impl Scenario for StreamScenario {
             ),
         ));
         let unclean = st.senders.values().filter(|s| !s.closed).count()
-            + st.receivers.values().filter(|r| !r.closed).count();
+            + st.receivers.values().filter(|r| !r.closed).count()
+            + st.senders.len().saturating_sub(st.receivers.len());
         out.checks.push(CheckResult::new(
             "clean-close",
             unclean == 0 && st.errors == 0,
@@ -307,6 +370,9 @@ impl Scenario for StreamScenario {
                 fast += b;
                 rto += c;
             }
+        }
+        if let Some(class) = failure_class(&st, mismatched) {
+            out.figures.insert("failure_class".into(), json!(class));
         }
         out.figures.insert("goodput_mbps".into(), json!(goodput));
         out.figures.insert("transfer_ms".into(), json!(secs * 1e3));

@@ -174,6 +174,7 @@ fn loop_drives_sockets_files_and_stop() {
         ipc,
         registry,
         trust_path: dir.path().join("trust.json"),
+        profile_path: dir.path().join("profile.json"),
         received: SaveDir::open(dir.path().join("received"), 1 << 20).unwrap(),
         inbox: SaveDir::open(dir.path().join("inbox"), 1 << 20).unwrap(),
         handle_signals: false,

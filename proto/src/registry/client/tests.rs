@@ -193,6 +193,105 @@ fn resolves_and_polls_inbox() {
 }
 
 #[test]
+fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
+    let mut l = Link::new(
+        Config::default(),
+        ClientConfig {
+            inbox_poll_interval: Some(Duration::from_secs(30)),
+            push: true,
+            ..cfg()
+        },
+        1,
+    );
+    let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let other = ident(2);
+    let r = l.reg.handle(
+        l.now,
+        peer,
+        Request::Register(codec::Register {
+            listen_addr: "127.0.0.1:4001".into(),
+            public_key: other.public_key_b64(),
+            ..Default::default()
+        }),
+    );
+    assert!(r.error.is_none());
+    let hs = Request::RequestHandshake(codec::RequestHandshake {
+        from_node_id: 2,
+        to_node_id: 1,
+        justification: "now".into(),
+        signature: other.sign_b64(b"handshake:2:1"),
+        sig_ts: None,
+    });
+    assert!(l.reg.handle(l.now, peer, hs).error.is_none());
+    // A request is in flight when the push arrives: the push must not be
+    // taken for its reply.
+    l.client.resolve(l.now, 2).unwrap();
+    let req = l.client.poll_transmit().expect("resolve sent");
+    let push = |kind: &str| {
+        let bytes = format!(r#"{{"type":"push","kind":"{kind}","from":2}}"#);
+        decode_response(bytes.as_bytes()).unwrap()
+    };
+    l.client.handle_response(l.now, push(codec::PUSH_HANDSHAKE));
+    l.client
+        .handle_response(l.now, push(codec::PUSH_TRUST_REVOKED));
+    let reply = l.reg.handle(l.now, peer, req);
+    l.client.handle_response(l.now, reply.response);
+    l.settle();
+    assert!(
+        !l.log.contains(&ClientEvent::CloseConnection),
+        "{:?}",
+        l.log
+    );
+    assert!(
+        l.log
+            .iter()
+            .any(|e| matches!(e, ClientEvent::ResolveFailed { node_id: 2, .. }))
+    );
+    assert!(l.log.contains(&ClientEvent::TrustRevoked { by: 2 }));
+    // No time passed, yet the inbox was fetched.
+    let inbox = l.log.iter().find_map(|e| match e {
+        ClientEvent::HandshakeInbox { requests, .. } => Some(requests.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        inbox.expect("inbox fetched on push")[0].justification,
+        "now"
+    );
+}
+
+#[test]
+fn push_opt_in_is_sent_after_registering() {
+    let mut c = RegistryClient::new(
+        ClientConfig {
+            push: true,
+            ..cfg()
+        },
+        ident(1),
+        t_ms(0),
+    );
+    let mut reg = Registry::new(Config::default(), t_ms(0));
+    let peer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    let mut wanted = false;
+    for _ in 0..10 {
+        while let Some(e) = c.poll_event() {
+            if e == ClientEvent::Dial {
+                c.connected(t_ms(0));
+            }
+        }
+        let Some(req) = c.poll_transmit() else { break };
+        let reply = reg.handle(t_ms(0), peer, req);
+        wanted |= reply
+            .effects
+            .contains(&crate::registry::server::Effect::PushWanted(1));
+        c.handle_response(t_ms(0), reply.response);
+    }
+    assert!(
+        wanted,
+        "the client asked for pushes right after registering"
+    );
+}
+
+#[test]
 fn strong_signatures_pass_a_strict_registry() {
     let mut l = Link::new(
         Config {

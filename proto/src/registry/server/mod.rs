@@ -111,6 +111,14 @@ pub enum Notification {
         /// Decision.
         accept: bool,
     },
+    /// Ours: `from` revoked its trust pair with `to` (`spec/registry.md`
+    /// §3.12).
+    TrustRevoked {
+        /// The other side of the removed pair.
+        to: u32,
+        /// The revoker.
+        from: u32,
+    },
     /// A network invitation arrived for `to`.
     Invite {
         /// Invited node.
@@ -127,6 +135,12 @@ pub enum Effect {
     Persist(Change),
     /// Tell a node it has mail.
     Notify(Notification),
+    /// Ours: the connection that carried this request proved (by a valid
+    /// signature) that it speaks for this node and asked for pushes
+    /// (`poll_handshakes` with `push: true`, `spec/registry.md` §3.13). The
+    /// driver may then send [`Notification`]s for the node on it as
+    /// [`codec::Response::Push`] frames, after the changes are durable.
+    PushWanted(u32),
 }
 
 /// The outcome of one request.
@@ -928,6 +942,10 @@ impl Registry {
             return Err(RegistryError::NoTrustPair(r.node_id, r.peer_id));
         }
         self.commit(Change::TrustRemove(r.node_id, r.peer_id));
+        self.notify(Notification::TrustRevoked {
+            to: r.peer_id,
+            from: r.node_id,
+        });
         Ok(Response::RevokeTrustOk {})
     }
 
@@ -996,6 +1014,9 @@ impl Registry {
             .unwrap_or_default();
         if !requests.is_empty() || !responses.is_empty() {
             self.commit(Change::InboxClear(r.node_id));
+        }
+        if r.push {
+            self.effects.push(Effect::PushWanted(r.node_id));
         }
         Ok(Response::PollHandshakesOk {
             requests,

@@ -117,6 +117,23 @@ impl H {
             j.apply(&back);
         }
         assert_eq!(&j, self.reg.state());
+        // Change by change, the touched records written to a store load
+        // back as the same state.
+        let mut s = State::new(self.start);
+        let mut store = std::collections::BTreeMap::new();
+        let full = crate::registry::records::ChangeSet::full(&s).unwrap();
+        crate::registry::records::mem::apply(&mut store, &full);
+        for c in &self.log {
+            s.apply(c);
+            let set =
+                crate::registry::records::ChangeSet::from_changes(&s, std::slice::from_ref(c))
+                    .unwrap();
+            crate::registry::records::mem::apply(&mut store, &set);
+        }
+        assert_eq!(
+            &crate::registry::records::mem::load(&store, self.start),
+            self.reg.state()
+        );
     }
 }
 
@@ -246,7 +263,19 @@ fn register_errors() {
         e,
         RegistryError::InvalidPublicKey(auth::KeyError::Length(3))
     );
+    // The all-zero key is a curve point of order 4: refused, with a reason.
+    let e = h.err(Request::Register(Register {
+        listen_addr: "0.0.0.0:4000".into(),
+        public_key: auth::encode_public_key(&[0; 32]),
+        ..Default::default()
+    }));
+    assert_eq!(
+        e,
+        RegistryError::InvalidPublicKey(auth::KeyError::SmallOrder)
+    );
+    assert_eq!(e.to_string(), "invalid public key: small-order Ed25519 key");
     assert!(h.reg.state().nodes.is_empty());
+    assert!(h.log.is_empty(), "a refused key leaves no trace");
 }
 
 #[test]
@@ -753,6 +782,7 @@ fn poll(id: u32, seed: u8) -> Request {
         node_id: id,
         signature: sig(seed, &format!("poll_handshakes:{id}")),
         sig_ts: None,
+        push: false,
     })
 }
 
@@ -764,6 +794,52 @@ fn respond(id: u32, seed: u8, peer: u32, accept: bool) -> Request {
         signature: sig(seed, &format!("respond:{id}:{peer}")),
         sig_ts: None,
     })
+}
+
+#[test]
+fn push_opt_in_needs_a_valid_poll_and_revocation_notifies() {
+    let mut h = H::current();
+    let a = h.register(1);
+    let b = h.register(2);
+    let with_push = |id: u32, seed: u8| {
+        Request::PollHandshakes(PollHandshakes {
+            node_id: id,
+            signature: sig(seed, &format!("poll_handshakes:{id}")),
+            sig_ts: None,
+            push: true,
+        })
+    };
+    // A plain poll asks for nothing; a bad signature binds nothing.
+    assert!(!h.send(poll(a, 1)).effects.contains(&Effect::PushWanted(a)));
+    let forged = h.send(with_push(a, 9));
+    assert!(forged.error.is_some());
+    assert!(!forged.effects.contains(&Effect::PushWanted(a)));
+    assert!(
+        h.send(with_push(a, 1))
+            .effects
+            .contains(&Effect::PushWanted(a))
+    );
+    // Revoking a pair tells the other side.
+    h.ok(Request::ReportTrust(TrustPair {
+        node_id: a,
+        peer_id: b,
+        signature: sig(1, &format!("report_trust:{a}:{b}")),
+        sig_ts: None,
+    }));
+    let r = h.send(Request::RevokeTrust(TrustPair {
+        node_id: b,
+        peer_id: a,
+        signature: sig(2, &format!("revoke_trust:{b}:{a}")),
+        sig_ts: None,
+    }));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(
+        r.effects
+            .contains(&Effect::Notify(Notification::TrustRevoked {
+                to: a,
+                from: b
+            }))
+    );
 }
 
 #[test]
@@ -1672,6 +1748,7 @@ fn every_signed_request_checks_its_signer() {
                 node_id: a,
                 signature: s(&format!("poll_handshakes:{a}")),
                 sig_ts: None,
+                push: false,
             })
         }),
         ("request_handshake", |a, b, s| {

@@ -1,0 +1,707 @@
+//! What the registry persists, as keyed records (`spec/registry.md` §11.2).
+//!
+//! A durable store keeps the registry's [`State`] as a flat, ordered map of
+//! small records — one per node, key, owner, network, membership, trust
+//! pair, inbox, invitation list and signature timestamp, plus one for the
+//! ID counters — instead of a log plus periodic snapshots. After a batch of
+//! [`Change`]s, [`ChangeSet::from_changes`] names every record they touched
+//! and takes each one's current value from the state (or marks it deleted);
+//! the store applies the set atomically. Store size therefore follows the
+//! live state, and no write ever costs more than the records it touches.
+//! [`Loader`] rebuilds the state from the records at start-up.
+//!
+//! Keys are a one-byte kind followed by big-endian fields, so records of
+//! one kind sort together and networks load before their memberships.
+//! Values are JSON (the serde forms of the state's records).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::PublicKey;
+use super::server::{
+    Change, Invite, JoinRule, NetworkRecord, NodeRecord, PendingRequest, PendingResponse, State,
+    pair,
+};
+use crate::time::Instant;
+
+/// One persisted record's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKey {
+    /// The node and network ID counters.
+    Counters,
+    /// A live node.
+    Node(u32),
+    /// Public key → node ID.
+    Key(PublicKey),
+    /// Owner → node ID.
+    Owner(String),
+    /// A network's header (name, rule, token, creation time).
+    Network(u16),
+    /// One membership (network, node).
+    Member(u16, u32),
+    /// One trust pair (min, max).
+    Trust(u32, u32),
+    /// A target's handshake-request inbox.
+    Inbox(u32),
+    /// A requester's handshake-response inbox.
+    Responses(u32),
+    /// Unanswered handshake requests to a target.
+    Pending(u32),
+    /// A node's invitations.
+    Invites(u32),
+    /// A node's last accepted strong-signature timestamp.
+    SigTs(u32),
+}
+
+const K_COUNTERS: u8 = 1;
+const K_NODE: u8 = 2;
+const K_KEY: u8 = 3;
+const K_OWNER: u8 = 4;
+const K_NETWORK: u8 = 5;
+const K_MEMBER: u8 = 6;
+const K_TRUST: u8 = 7;
+const K_INBOX: u8 = 8;
+const K_RESPONSES: u8 = 9;
+const K_PENDING: u8 = 10;
+const K_INVITES: u8 = 11;
+const K_SIGTS: u8 = 12;
+
+fn be_u32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.try_into().ok()?))
+}
+
+impl RecordKey {
+    /// The key's bytes in the store.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9);
+        match self {
+            RecordKey::Counters => out.push(K_COUNTERS),
+            RecordKey::Node(id) => {
+                out.push(K_NODE);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::Key(k) => {
+                out.push(K_KEY);
+                out.extend_from_slice(k);
+            }
+            RecordKey::Owner(o) => {
+                out.push(K_OWNER);
+                out.extend_from_slice(o.as_bytes());
+            }
+            RecordKey::Network(id) => {
+                out.push(K_NETWORK);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::Member(net, node) => {
+                out.push(K_MEMBER);
+                out.extend_from_slice(&net.to_be_bytes());
+                out.extend_from_slice(&node.to_be_bytes());
+            }
+            RecordKey::Trust(a, b) => {
+                out.push(K_TRUST);
+                out.extend_from_slice(&a.to_be_bytes());
+                out.extend_from_slice(&b.to_be_bytes());
+            }
+            RecordKey::Inbox(id) => {
+                out.push(K_INBOX);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::Responses(id) => {
+                out.push(K_RESPONSES);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::Pending(id) => {
+                out.push(K_PENDING);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::Invites(id) => {
+                out.push(K_INVITES);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            RecordKey::SigTs(id) => {
+                out.push(K_SIGTS);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses stored key bytes; `None` if they are not a key this version
+    /// writes.
+    pub fn decode(b: &[u8]) -> Option<RecordKey> {
+        let (&kind, rest) = b.split_first()?;
+        Some(match kind {
+            K_COUNTERS if rest.is_empty() => RecordKey::Counters,
+            K_NODE => RecordKey::Node(be_u32(rest)?),
+            K_KEY => RecordKey::Key(rest.try_into().ok()?),
+            K_OWNER => RecordKey::Owner(String::from_utf8(rest.to_vec()).ok()?),
+            K_NETWORK => RecordKey::Network(u16::from_be_bytes(rest.try_into().ok()?)),
+            K_MEMBER if rest.len() == 6 => {
+                RecordKey::Member(u16::from_be_bytes([rest[0], rest[1]]), be_u32(&rest[2..])?)
+            }
+            K_TRUST if rest.len() == 8 => {
+                RecordKey::Trust(be_u32(&rest[..4])?, be_u32(&rest[4..])?)
+            }
+            K_INBOX => RecordKey::Inbox(be_u32(rest)?),
+            K_RESPONSES => RecordKey::Responses(be_u32(rest)?),
+            K_PENDING => RecordKey::Pending(be_u32(rest)?),
+            K_INVITES => RecordKey::Invites(be_u32(rest)?),
+            K_SIGTS => RecordKey::SigTs(be_u32(rest)?),
+            _ => return None,
+        })
+    }
+}
+
+/// Why records could not be encoded or loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A stored key is not one this version writes.
+    #[error("unknown record key {0}")]
+    UnknownKey(String),
+    /// A stored value does not decode as its key's record.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt {
+        /// The key, hex.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A value could not be encoded.
+    #[error("encode record: {0}")]
+    Encode(String),
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Counters {
+    next_node: u32,
+    next_net: u32,
+}
+
+/// A network without its members (they are [`RecordKey::Member`] records).
+#[derive(Serialize, Deserialize)]
+struct NetworkHeader {
+    id: u16,
+    name: String,
+    join_rule: JoinRule,
+    token: String,
+    created: u64,
+}
+
+fn json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, RecordError> {
+    serde_json::to_vec(v).map_err(|e| RecordError::Encode(e.to_string()))
+}
+
+/// The current value of `key` in `state`, `None` if the record does not
+/// exist (any more).
+pub fn record_value(state: &State, key: &RecordKey) -> Result<Option<Vec<u8>>, RecordError> {
+    let empty = || Ok(Some(Vec::new()));
+    match key {
+        RecordKey::Counters => json(&Counters {
+            next_node: state.next_node,
+            next_net: state.next_net,
+        })
+        .map(Some),
+        RecordKey::Node(id) => state.nodes.get(id).map(json).transpose(),
+        RecordKey::Key(k) => state.pub_key_idx.get(k).map(json).transpose(),
+        RecordKey::Owner(o) => state.owner_idx.get(o).map(json).transpose(),
+        RecordKey::Network(id) => state
+            .networks
+            .get(id)
+            .map(|n| {
+                json(&NetworkHeader {
+                    id: n.id,
+                    name: n.name.clone(),
+                    join_rule: n.join_rule,
+                    token: n.token.clone(),
+                    created: n.created.as_nanos(),
+                })
+            })
+            .transpose(),
+        RecordKey::Member(net, node) => {
+            if state
+                .networks
+                .get(net)
+                .is_some_and(|n| n.members.contains(node))
+            {
+                empty()
+            } else {
+                Ok(None)
+            }
+        }
+        RecordKey::Trust(a, b) => {
+            if state.trust_pairs.contains(&(*a, *b)) {
+                empty()
+            } else {
+                Ok(None)
+            }
+        }
+        RecordKey::Inbox(id) => state.handshake_inbox.get(id).map(json).transpose(),
+        RecordKey::Responses(id) => state.handshake_responses.get(id).map(json).transpose(),
+        RecordKey::Pending(id) => state.pending_handshakes.get(id).map(json).transpose(),
+        RecordKey::Invites(id) => state.invites.get(id).map(json).transpose(),
+        RecordKey::SigTs(id) => state.sig_ts.get(id).map(json).transpose(),
+    }
+}
+
+/// Adds the records `change` touches to `keys`. `state` is the state after
+/// the change (for [`Change::PutNetwork`], whose members are records too).
+fn touched(change: &Change, state: &State, keys: &mut BTreeSet<RecordKey>) {
+    match change {
+        Change::PutNode(n) => {
+            keys.insert(RecordKey::Node(n.id));
+        }
+        Change::Touch { node_id, .. } | Change::RemoveNode(node_id) => {
+            keys.insert(RecordKey::Node(*node_id));
+        }
+        Change::PutKey { key, .. } | Change::RemoveKey(key) => {
+            keys.insert(RecordKey::Key(*key));
+        }
+        Change::PutOwner { owner, .. } => {
+            keys.insert(RecordKey::Owner(owner.clone()));
+        }
+        Change::NextNode(_) | Change::NextNet(_) => {
+            keys.insert(RecordKey::Counters);
+        }
+        Change::PutNetwork(net) => {
+            keys.insert(RecordKey::Network(net.id));
+            for m in &net.members {
+                keys.insert(RecordKey::Member(net.id, *m));
+            }
+            if let Some(cur) = state.networks.get(&net.id) {
+                for m in &cur.members {
+                    keys.insert(RecordKey::Member(net.id, *m));
+                }
+            }
+        }
+        Change::Membership {
+            network_id,
+            node_id,
+            ..
+        } => {
+            keys.insert(RecordKey::Member(*network_id, *node_id));
+            keys.insert(RecordKey::Node(*node_id));
+        }
+        Change::TrustAdd(a, b) | Change::TrustRemove(a, b) => {
+            let (x, y) = pair(*a, *b);
+            keys.insert(RecordKey::Trust(x, y));
+        }
+        Change::InboxPush { to, .. } => {
+            keys.insert(RecordKey::Inbox(*to));
+        }
+        Change::ResponsePush { to, .. } => {
+            keys.insert(RecordKey::Responses(*to));
+        }
+        Change::InboxClear(id) => {
+            keys.insert(RecordKey::Inbox(*id));
+            keys.insert(RecordKey::Responses(*id));
+        }
+        Change::PendingAdd { to, .. } | Change::PendingRemove { to, .. } => {
+            keys.insert(RecordKey::Pending(*to));
+        }
+        Change::InvitePush { to, .. } | Change::InvitesSet { to, .. } => {
+            keys.insert(RecordKey::Invites(*to));
+        }
+        Change::SigTs { node_id, .. } => {
+            keys.insert(RecordKey::SigTs(*node_id));
+        }
+    }
+}
+
+/// Every record key of `state`.
+fn all_keys(state: &State) -> BTreeSet<RecordKey> {
+    let mut keys = BTreeSet::new();
+    keys.insert(RecordKey::Counters);
+    keys.extend(state.nodes.keys().map(|id| RecordKey::Node(*id)));
+    keys.extend(state.pub_key_idx.keys().map(|k| RecordKey::Key(*k)));
+    keys.extend(state.owner_idx.keys().map(|o| RecordKey::Owner(o.clone())));
+    for net in state.networks.values() {
+        keys.insert(RecordKey::Network(net.id));
+        keys.extend(net.members.iter().map(|m| RecordKey::Member(net.id, *m)));
+    }
+    keys.extend(
+        state
+            .trust_pairs
+            .iter()
+            .map(|(a, b)| RecordKey::Trust(*a, *b)),
+    );
+    keys.extend(state.handshake_inbox.keys().map(|id| RecordKey::Inbox(*id)));
+    keys.extend(
+        state
+            .handshake_responses
+            .keys()
+            .map(|id| RecordKey::Responses(*id)),
+    );
+    keys.extend(
+        state
+            .pending_handshakes
+            .keys()
+            .map(|id| RecordKey::Pending(*id)),
+    );
+    keys.extend(state.invites.keys().map(|id| RecordKey::Invites(*id)));
+    keys.extend(state.sig_ts.keys().map(|id| RecordKey::SigTs(*id)));
+    keys
+}
+
+/// Records to write (`Some`) or delete (`None`), applied atomically by a
+/// store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Delete every stored record first (an import replacing the state).
+    pub replace_all: bool,
+    /// Encoded key and new value, in key order, each key once.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl ChangeSet {
+    /// The records `changes` touched, valued from `state`, which must be
+    /// the state with every one of them applied (and nothing later).
+    pub fn from_changes(state: &State, changes: &[Change]) -> Result<ChangeSet, RecordError> {
+        let mut keys = BTreeSet::new();
+        for c in changes {
+            touched(c, state, &mut keys);
+        }
+        Self::of_keys(state, keys, false)
+    }
+
+    /// Every record of `state`, replacing whatever the store held.
+    pub fn full(state: &State) -> Result<ChangeSet, RecordError> {
+        Self::of_keys(state, all_keys(state), true)
+    }
+
+    fn of_keys(
+        state: &State,
+        keys: BTreeSet<RecordKey>,
+        replace_all: bool,
+    ) -> Result<ChangeSet, RecordError> {
+        let mut writes = Vec::with_capacity(keys.len());
+        for k in keys {
+            let v = record_value(state, &k)?;
+            writes.push((k.encode(), v));
+        }
+        Ok(ChangeSet {
+            replace_all,
+            writes,
+        })
+    }
+
+    /// `true` when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && !self.replace_all
+    }
+
+    /// Appends `later`, whose writes win over this set's for the same key.
+    pub fn merge(&mut self, later: ChangeSet) {
+        if later.replace_all {
+            *self = later;
+            return;
+        }
+        self.writes.extend(later.writes);
+    }
+}
+
+/// Rebuilds a [`State`] from stored records, fed in key order.
+#[derive(Debug)]
+pub struct Loader {
+    state: State,
+    records: u64,
+}
+
+impl Loader {
+    /// Starts from a fresh state at `now` (its backbone is replaced if a
+    /// stored one comes).
+    pub fn new(now: Instant) -> Self {
+        Loader {
+            state: State::new(now),
+            records: 0,
+        }
+    }
+
+    /// Adds one record.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        let rk = RecordKey::decode(key).ok_or_else(|| RecordError::UnknownKey(hex(key)))?;
+        let bad = |reason: String| RecordError::Corrupt {
+            key: hex(key),
+            reason,
+        };
+        fn de<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Result<T, String> {
+            serde_json::from_slice(v).map_err(|e| e.to_string())
+        }
+        let s = &mut self.state;
+        match rk {
+            RecordKey::Counters => {
+                let c: Counters = de(value).map_err(bad)?;
+                s.next_node = c.next_node;
+                s.next_net = c.next_net;
+            }
+            RecordKey::Node(id) => {
+                let n: NodeRecord = de(value).map_err(bad)?;
+                if n.id != id {
+                    return Err(bad(format!("holds node {}", n.id)));
+                }
+                s.nodes.insert(id, n);
+            }
+            RecordKey::Key(k) => {
+                s.pub_key_idx.insert(k, de(value).map_err(bad)?);
+            }
+            RecordKey::Owner(o) => {
+                s.owner_idx.insert(o, de(value).map_err(bad)?);
+            }
+            RecordKey::Network(id) => {
+                let h: NetworkHeader = de(value).map_err(bad)?;
+                if h.id != id {
+                    return Err(bad(format!("holds network {}", h.id)));
+                }
+                s.networks.insert(
+                    id,
+                    NetworkRecord {
+                        id,
+                        name: h.name,
+                        join_rule: h.join_rule,
+                        token: h.token,
+                        members: BTreeSet::new(),
+                        created: Instant::from_nanos(h.created),
+                    },
+                );
+            }
+            RecordKey::Member(net, node) => match s.networks.get_mut(&net) {
+                Some(n) => {
+                    n.members.insert(node);
+                }
+                None => return Err(bad(format!("member of unknown network {net}"))),
+            },
+            RecordKey::Trust(a, b) => {
+                s.trust_pairs.insert(pair(a, b));
+            }
+            RecordKey::Inbox(id) => {
+                let v: Vec<PendingRequest> = de(value).map_err(bad)?;
+                s.handshake_inbox.insert(id, v);
+            }
+            RecordKey::Responses(id) => {
+                let v: Vec<PendingResponse> = de(value).map_err(bad)?;
+                s.handshake_responses.insert(id, v);
+            }
+            RecordKey::Pending(id) => {
+                s.pending_handshakes.insert(id, de(value).map_err(bad)?);
+            }
+            RecordKey::Invites(id) => {
+                let v: Vec<Invite> = de(value).map_err(bad)?;
+                s.invites.insert(id, v);
+            }
+            RecordKey::SigTs(id) => {
+                s.sig_ts.insert(id, de(value).map_err(bad)?);
+            }
+        }
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Records added so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The rebuilt state (derived indexes included).
+    pub fn finish(mut self) -> State {
+        self.state.rebuild_indexes();
+        self.state
+    }
+}
+
+/// Test support: an in-memory store.
+#[cfg(test)]
+pub(crate) mod mem {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Applies a change set to a map the way a store does.
+    pub(crate) fn apply(store: &mut BTreeMap<Vec<u8>, Vec<u8>>, set: &ChangeSet) {
+        if set.replace_all {
+            store.clear();
+        }
+        for (k, v) in &set.writes {
+            match v {
+                Some(v) => store.insert(k.clone(), v.clone()),
+                None => store.remove(k),
+            };
+        }
+    }
+
+    /// Loads a map's records.
+    pub(crate) fn load(store: &BTreeMap<Vec<u8>, Vec<u8>>, now: Instant) -> State {
+        let mut l = Loader::new(now);
+        for (k, v) in store {
+            l.add(k, v).unwrap();
+        }
+        l.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mem::{apply, load};
+    use super::*;
+    use crate::registry::server::{Config, Effect, Registry};
+    use std::collections::BTreeMap;
+
+    fn t(s: u64) -> Instant {
+        Instant::from_nanos(1_767_225_600_000_000_000 + s * 1_000_000_000)
+    }
+
+    fn changes(effects: Vec<Effect>) -> Vec<Change> {
+        effects
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Persist(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_kind() {
+        let keys = [
+            RecordKey::Counters,
+            RecordKey::Node(7),
+            RecordKey::Key([9; 32]),
+            RecordKey::Owner("o@x".into()),
+            RecordKey::Network(3),
+            RecordKey::Member(3, 7),
+            RecordKey::Trust(1, 2),
+            RecordKey::Inbox(1),
+            RecordKey::Responses(1),
+            RecordKey::Pending(1),
+            RecordKey::Invites(1),
+            RecordKey::SigTs(1),
+        ];
+        for k in &keys {
+            assert_eq!(RecordKey::decode(&k.encode()).as_ref(), Some(k));
+        }
+        let enc: Vec<_> = keys.iter().map(RecordKey::encode).collect();
+        assert!(enc.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(RecordKey::decode(&[0xff, 1]), None);
+        assert_eq!(RecordKey::decode(&[K_NODE, 1, 2]), None);
+        assert_eq!(RecordKey::decode(&[]), None);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let mut l = Loader::new(t(0));
+        assert!(matches!(
+            l.add(&[0xee], b"{}"),
+            Err(RecordError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            l.add(&RecordKey::Node(1).encode(), b"not json"),
+            Err(RecordError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            l.add(&RecordKey::Member(9, 1).encode(), b""),
+            Err(RecordError::Corrupt { .. })
+        ));
+    }
+
+    /// A registry's change sets, applied to a map and loaded back, give the
+    /// live state after every request.
+    #[test]
+    fn change_sets_track_the_live_state() {
+        use crate::registry::auth::Identity;
+        use crate::registry::codec::{
+            CreateNetwork, Deregister, Register, Request, SetHostname, SetTags,
+        };
+        let peer: std::net::SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let admin = "secret".to_string();
+        let cfg = Config {
+            admin_token: Some(admin.clone()),
+            rate_limits: false,
+            ..Config::default()
+        };
+        let mut reg = Registry::new(cfg, t(0));
+        let mut store = BTreeMap::new();
+        apply(&mut store, &ChangeSet::full(reg.state()).unwrap());
+        let ids: Vec<Identity> = (0..6u8).map(|i| Identity::from_seed(&[i; 32])).collect();
+        let mut node_ids = Vec::new();
+        let step = |reg: &mut Registry, store: &mut BTreeMap<_, _>, req: Request, s: u64| {
+            let reply = reg.handle(t(s), peer, req);
+            let set = ChangeSet::from_changes(reg.state(), &changes(reply.effects)).unwrap();
+            apply(store, &set);
+            assert_eq!(&load(store, t(999)), reg.state());
+            reply.response
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let r = step(
+                &mut reg,
+                &mut store,
+                Request::Register(Register {
+                    listen_addr: "1.2.3.4:5".into(),
+                    public_key: id.public_key_b64(),
+                    owner: format!("o{i}"),
+                    ..Default::default()
+                }),
+                i as u64,
+            );
+            let crate::registry::codec::Response::RegisterOk(ok) = r else {
+                panic!("{r:?}")
+            };
+            node_ids.push(ok.node_id);
+        }
+        let sig = |i: usize, what: &str| ids[i].sign_b64(what.as_bytes());
+        step(
+            &mut reg,
+            &mut store,
+            Request::SetHostname(SetHostname {
+                node_id: node_ids[0],
+                hostname: "alpha".into(),
+                signature: sig(0, &format!("set_hostname:{}", node_ids[0])),
+                ..Default::default()
+            }),
+            10,
+        );
+        step(
+            &mut reg,
+            &mut store,
+            Request::SetTags(SetTags {
+                node_id: node_ids[1],
+                tags: vec!["gpu".into()],
+                signature: sig(1, &format!("set_tags:{}", node_ids[1])),
+                ..Default::default()
+            }),
+            11,
+        );
+        step(
+            &mut reg,
+            &mut store,
+            Request::CreateNetwork(CreateNetwork {
+                node_id: node_ids[2],
+                name: "lab".into(),
+                join_rule: "open".into(),
+                token: String::new(),
+                admin_token: admin.clone(),
+            }),
+            12,
+        );
+        step(
+            &mut reg,
+            &mut store,
+            Request::Deregister(Deregister {
+                node_id: node_ids[3],
+                signature: sig(3, &format!("deregister:{}", node_ids[3])),
+                ..Default::default()
+            }),
+            13,
+        );
+        // Reaping, then the full set of the final state equals the store.
+        let effects = reg.handle_timeout(t(100_000));
+        let set = ChangeSet::from_changes(reg.state(), &changes(effects)).unwrap();
+        apply(&mut store, &set);
+        assert_eq!(&load(&store, t(999)), reg.state());
+        assert!(reg.state().nodes.is_empty());
+        let mut fresh = BTreeMap::new();
+        apply(&mut fresh, &ChangeSet::full(reg.state()).unwrap());
+        assert_eq!(fresh, store);
+    }
+}
