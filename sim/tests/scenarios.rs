@@ -164,6 +164,39 @@ fn tunnel_lifecycle_recovers_in_both_profiles_under_loss_and_reordering() {
     }
 }
 
+/// Short mode of the must-show sweep (`--seeds 1..200 --loss 3` in both
+/// profiles, run with the release binary): 16 seeds per profile, plus seed
+/// 53 of the legacy profile, which stalled before the merge with main (an
+/// echo stream kept 4096 bytes in flight for 40 s after a lost ACK and the
+/// client's FIN).
+#[test]
+fn tunnel_lifecycle_short_sweep_under_loss_in_both_profiles() {
+    for profile in ["current", "legacy"] {
+        run_ok(
+            &[
+                "--scenario",
+                "tunnel-lifecycle",
+                "--profile",
+                profile,
+                "--loss",
+                "3",
+            ],
+            1..17,
+        );
+    }
+    run_ok(
+        &[
+            "--scenario",
+            "tunnel-lifecycle",
+            "--profile",
+            "legacy",
+            "--loss",
+            "3",
+        ],
+        53..54,
+    );
+}
+
 #[test]
 fn tunnel_lifecycle_is_deterministic_and_reports_every_round() {
     let cfg = cfg(&[

@@ -648,6 +648,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
         true
     }
 
+    /// Sends our unchanged key exchange to `peer` although a session is
+    /// installed, at most once per 3 s per session (shared with the bad-tag
+    /// resend, `spec/crypto.md` §2.2 item 7); no timer. The owner calls it
+    /// on authenticated news that the peer moved (a registry look-up).
+    /// Returns whether a key exchange was queued.
+    pub fn resend_key_exchange(&mut self, now: Instant, peer: u32) -> bool {
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return false;
+        };
+        if s.last_confirm_kx
+            .is_some_and(|t| now.saturating_duration_since(t) < REKEY_REQUEST_INTERVAL)
+        {
+            self.stats.rekey_suppressed += 1;
+            return false;
+        }
+        s.last_confirm_kx = Some(now);
+        self.push_tx(Tx::KeyExchange { peer });
+        true
+    }
+
     /// Retransmits pending key exchanges that are due (at most 64 peers per
     /// call) and gives up on peers after the last attempt.
     pub fn handle_timeout(&mut self, now: Instant) {

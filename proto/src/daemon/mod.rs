@@ -1521,7 +1521,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         "path MTU too small: even the smallest segments are lost on the way"
                     }
                     Some(ResetCause::Remote) | None => "connection refused",
-                    Some(_) => "dial failed: connection reset",
+                    // Dead peer, tunnel closed by a revoke, peer restarted.
+                    Some(c) => c.describe(),
                 };
                 self.reply_error(now, client, text);
             }
@@ -2009,10 +2010,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         let addr = Addr::new(r.network, node);
+        let before = self.node.as_ref().and_then(|n| n.peer_endpoint(node));
         let added = self
             .node
             .as_mut()
             .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
+        if added && before.is_some_and(|b| b != endpoint) {
+            // The registry has the peer elsewhere: it probably restarted
+            // and holds no session with us (`spec/crypto.md` §13 row 16).
+            if let Some(n) = self.node.as_mut() {
+                n.endpoint_changed(now, node);
+            }
+        }
         if !added {
             for w in r.waiters {
                 self.fail_waiter(now, node, w, "peer table full");

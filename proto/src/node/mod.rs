@@ -921,6 +921,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.peers.get(&peer).map(|p| p.endpoint)
     }
 
+    /// The owner learnt from the registry (an authenticated source, not
+    /// tunnel input) that `peer` now has another endpoint: it probably
+    /// restarted and holds no session with us, so our frames there are
+    /// dropped unanswered. With a session, our unchanged key exchange goes
+    /// to the new endpoint (at most once per 3 s, no timer); the peer's
+    /// verified reply replaces the session (`spec/crypto.md` §13 row 16).
+    /// Without one, a key exchange starts as [`Node::connect_tunnel`].
+    pub fn endpoint_changed(&mut self, now: Instant, peer: u32) {
+        if !self.encrypt || !self.peers.contains_key(&peer) {
+            return;
+        }
+        if self.sessions.session(peer).is_some() {
+            self.sessions.resend_key_exchange(now, peer);
+        } else {
+            self.sessions.connect(now, peer);
+        }
+        self.after_session(now);
+    }
+
     /// Starts a key exchange with a known peer now (optional: sending to it
     /// does so too). A peer's key exchange held for want of its identity
     /// key is processed through [`Node::identity_resolved`] instead.

@@ -368,6 +368,83 @@ fn restarted(i: u8, seed: u8) -> N {
     n
 }
 
+/// Row 16 of `spec/crypto.md` §13: node 1 restarted and knows nothing of
+/// node 2 (a daemon without trust), so node 2's frames under its old
+/// session are dropped there without an answer. When the registry tells
+/// node 2 that node 1 moved, node 2's unchanged key exchange goes out; the
+/// restarted node verifies it once the registry vouches, replies with its
+/// new key, and node 2 replaces the stale session.
+#[test]
+fn lifecycle_endpoint_change_from_the_registry_rekeys_a_stale_session() {
+    let mut v = mesh(2, true);
+    v[0].bind(7).unwrap();
+    v[1].bind(7).unwrap();
+    let t0 = Instant::from_millis(1);
+    v[0].send_datagram(t0, Addr::new(1, 2), 7, Some(7), b"before")
+        .unwrap();
+    let evs = advance(&mut v, t0, Instant::from_millis(500), [false; 2]);
+    assert!(got_datagram(&evs, 1, b"before"));
+    // Node 1 restarts knowing nobody.
+    let mut rng = ChaCha8Rng::from_seed([77; 32]);
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+    v[0] = Node::new(
+        Instant::from_millis(600),
+        NodeConfig {
+            addr: Addr::new(1, 1),
+            identity: Some(ident(1)),
+            tunnel_key,
+            profile: WireProfile::Current,
+            provider: RustCrypto,
+            rng,
+            encrypt: true,
+            admin_token: Vec::new(),
+            limits: Limits::default(),
+        },
+    );
+    v[0].bind(7).unwrap();
+    let t1 = Instant::from_millis(3000);
+    // Without news from the registry node 2's frames go nowhere.
+    v[1].send_datagram(t1, Addr::new(1, 1), 7, Some(7), b"lost")
+        .unwrap();
+    let evs = advance(&mut v, t1, Instant::from_millis(3500), [false; 2]);
+    assert!(!got_datagram(&evs, 0, b"lost"));
+    assert!(v[1].has_session(1), "a failed frame changes nothing");
+    // The registry look-up finds node 1 (here: at the same address).
+    let t2 = Instant::from_millis(3600);
+    v[1].endpoint_changed(t2, 1);
+    let mut now = t2;
+    let mut evs = Vec::new();
+    while now < Instant::from_millis(5000) {
+        let step = advance(&mut v, now, now, [false; 2]);
+        for (i, e) in &step {
+            if let Event::IdentityNeeded { peer } = e {
+                let p = *peer as u8;
+                v[*i].identity_resolved(now, *peer, 1, *ident(p).public());
+            }
+        }
+        evs.extend(step);
+        now = now + Duration::from_millis(100);
+    }
+    assert!(v[0].has_session(2), "{evs:?}");
+    v[1].send_datagram(now, Addr::new(1, 1), 7, Some(7), b"after")
+        .unwrap();
+    let evs = advance(&mut v, now, now + Duration::from_millis(300), [false; 2]);
+    assert!(got_datagram(&evs, 0, b"after"), "{evs:?}");
+    // Rate-limited: a second notice within 3 s sends nothing.
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let t3 = now + Duration::from_millis(400);
+    v[1].endpoint_changed(t3, 1);
+    v[1].endpoint_changed(t3 + Duration::from_millis(10), 1);
+    let mut kx = 0;
+    while v[1]
+        .poll_transmit(t3 + Duration::from_millis(10), &mut buf)
+        .is_some()
+    {
+        kx += usize::from(buf[..4] == *b"PILA");
+    }
+    assert_eq!(kx, 1);
+}
+
 #[test]
 fn lifecycle_table() {
     type Setup = fn(&mut Vec<N>, Instant);
