@@ -209,7 +209,11 @@ impl State {
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
             | Event::SessionDown { .. }
-            | Event::KeyExchangeGaveUp { .. } => {}
+            | Event::KeyExchangeGaveUp { .. }
+            // No registry here: the application's peers are static; a dead
+            // peer's streams already ended with `ResetCause::PeerUnreachable`.
+            | Event::ResolveNeeded { .. }
+            | Event::PeerUnreachable { .. } => {}
         }
     }
 

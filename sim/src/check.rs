@@ -100,6 +100,80 @@ pub trait Checker<E> {
     fn finish(&mut self, summary: &RunSummary) -> CheckResult;
 }
 
+/// Stall watchdog: a stream that has data to deliver must make progress
+/// (bytes acknowledged or received) or end within `bound`. Scenarios feed
+/// it samples of their connections ([`StallWatchdog::observe`]) and add
+/// its verdict ([`StallWatchdog::result`]) to their checks; the first
+/// stall is reported with the connection's last figures and the run's
+/// trace hash, so the seed can be replayed.
+#[derive(Debug)]
+pub struct StallWatchdog {
+    bound: core::time::Duration,
+    /// key → (progress figure, when it last changed, had work then).
+    conns: std::collections::BTreeMap<String, (u64, Instant)>,
+    samples: u64,
+    longest: core::time::Duration,
+    violation: Option<String>,
+}
+
+impl StallWatchdog {
+    /// A watchdog that tolerates `bound` without progress.
+    pub fn new(bound: core::time::Duration) -> Self {
+        StallWatchdog {
+            bound,
+            conns: Default::default(),
+            samples: 0,
+            longest: core::time::Duration::ZERO,
+            violation: None,
+        }
+    }
+
+    /// One sample of connection `key` at `now`: whether it has data to
+    /// deliver (`pending`), a figure that grows with progress, and a
+    /// description for the report. A connection without pending data is
+    /// never stalled.
+    pub fn observe(&mut self, now: Instant, key: &str, pending: bool, progress: u64, what: &str) {
+        self.samples += 1;
+        let e = self.conns.entry(key.to_owned()).or_insert((progress, now));
+        if e.0 != progress || !pending {
+            *e = (progress, now);
+            return;
+        }
+        let stuck = now.saturating_duration_since(e.1);
+        self.longest = self.longest.max(stuck);
+        if stuck > self.bound && self.violation.is_none() {
+            self.violation = Some(format!(
+                "stream {key} made no progress for {} ms (bound {} ms) at {} ms: {what}",
+                stuck.as_millis(),
+                self.bound.as_millis(),
+                now.as_nanos() / 1_000_000
+            ));
+        }
+    }
+
+    /// The connection `key` ended (closed or reset): stop watching it.
+    pub fn ended(&mut self, key: &str) {
+        self.conns.remove(key);
+    }
+
+    /// The verdict, as check `stall-watchdog`; `trace` names the run.
+    pub fn result(&self, trace: &TraceDigest) -> CheckResult {
+        match &self.violation {
+            Some(v) => CheckResult::new("stall-watchdog", false, format!("{v} (trace {trace})")),
+            None => CheckResult::new(
+                "stall-watchdog",
+                true,
+                format!(
+                    "{} samples, longest wait without progress {} ms (bound {} ms)",
+                    self.samples,
+                    self.longest.as_millis(),
+                    self.bound.as_millis()
+                ),
+            ),
+        }
+    }
+}
+
 /// The checkers the engine always runs.
 pub fn standard<E>() -> Vec<Box<dyn Checker<E>>> {
     vec![Box::new(Conservation::default())]
@@ -236,6 +310,32 @@ mod tests {
             Checker::<()>::on_datagram(&mut c, r);
         }
         Checker::<()>::finish(&mut c, &summary(in_flight))
+    }
+
+    #[test]
+    fn stall_watchdog_flags_only_pending_streams_without_progress() {
+        let ms = Instant::from_millis;
+        let mut w = StallWatchdog::new(core::time::Duration::from_secs(5));
+        // Idle (nothing pending) for a long time: fine.
+        w.observe(ms(0), "a", false, 0, "");
+        w.observe(ms(60_000), "a", false, 0, "");
+        // Pending with progress: fine.
+        for i in 0..10u64 {
+            w.observe(ms(i * 1000), "b", true, i, "");
+        }
+        // Ended before the bound: fine.
+        w.observe(ms(0), "c", true, 1, "");
+        w.observe(ms(4000), "c", true, 1, "");
+        w.ended("c");
+        w.observe(ms(9000), "c", true, 1, "");
+        let trace = crate::trace::TraceHash::new().digest();
+        assert!(w.result(&trace).ok, "{:?}", w.result(&trace));
+        // Pending and stuck past the bound: flagged with its description.
+        w.observe(ms(10_000), "d", true, 7, "");
+        w.observe(ms(15_001), "d", true, 7, "in_flight=3");
+        let r = w.result(&trace);
+        assert!(!r.ok);
+        assert!(r.detail.contains("stream d") && r.detail.contains("in_flight=3"));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const SIM_NETWORK: u16 = 1;
 pub struct Pilot {
     /// The node.
     pub node: ProtoNode,
+    /// Cut off from the network (a partition or a dead host): arriving
+    /// datagrams are ignored and whatever it sends is discarded before it
+    /// reaches the fault chain. Timers still run.
+    pub offline: bool,
     scratch: Vec<u8>,
 }
 
@@ -124,8 +128,14 @@ impl Pilot {
                 Some(*identity(seed, j).public()),
             );
         }
+        Pilot::wrap(node)
+    }
+
+    /// Wraps a node built elsewhere (online).
+    pub fn wrap(node: ProtoNode) -> Self {
         Pilot {
             node,
+            offline: false,
             scratch: vec![0; MIN_TRANSMIT_BUFFER],
         }
     }
@@ -135,6 +145,9 @@ impl SimNode for Pilot {
     type Event = Event;
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if self.offline {
+            return;
+        }
         let Some(buf) = self.scratch.get_mut(..bytes.len()) else {
             return;
         };
@@ -147,6 +160,9 @@ impl SimNode for Pilot {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while self.offline {
+            self.node.poll_transmit(now, buf)?;
+        }
         self.node.poll_transmit(now, buf).map(|t| Transmit {
             dst: t.dst,
             len: t.len,

@@ -33,8 +33,11 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 pub const DEFAULT_SOCKET: &str = "/tmp/pilot.sock";
 /// Keepalive probe and registry heartbeat period (daemon.md §3.1: 30 s).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
-/// Stream idle timeout (daemon.md §3.1: 120 s).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Peer timeout (`--idle-timeout`, spec/daemon.md §2): a tunnel peer
+/// silent this long despite probes is dead and its connections fail. The
+/// reference uses the flag for a 120-s close of idle healthy streams,
+/// which we do not do (spec/node.md §7.1).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = pilot_proto::node::PEER_TIMEOUT;
 
 /// Flags of `pilot-daemon` (also flattened into `pilotctl _daemon-run` and
 /// `pilotctl daemon start`). Every value is optional so that the config
@@ -98,8 +101,9 @@ pub struct DaemonArgs {
     /// plain seconds [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub keepalive: Option<Duration>,
-    /// Close streams idle this long [default: 120s] (accepted; not applied
-    /// yet: the core uses the transport's own idle handling)
+    /// How long a tunnel peer may stay silent, although probed, before its
+    /// tunnel is closed and its connections fail with "peer unreachable"
+    /// [default: 30s; at least 500ms]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Stream user timeout: a dial fails, and a connection whose data is
@@ -341,6 +345,12 @@ impl DaemonArgs {
                 "keepalive and idle timeout must be positive".into(),
             ));
         }
+        if idle_timeout < pilot_proto::node::MIN_PEER_TIMEOUT {
+            return Err(DaemonRunError::Config(format!(
+                "idle timeout {idle_timeout:?} is too short: a peer needs at least {:?} to answer a probe (try --idle-timeout 5s)",
+                pilot_proto::node::MIN_PEER_TIMEOUT
+            )));
+        }
         let on = |flag: bool, f: Option<bool>| flag || f.unwrap_or(false);
         let crypto = match (self.crypto, file.crypto.as_deref()) {
             (Some(c), _) => c,
@@ -444,6 +454,27 @@ mod tests {
         assert!(s.encrypt && s.echo && s.dataexchange && s.eventstream);
         assert_eq!(s.keepalive, DEFAULT_KEEPALIVE);
         assert!(!s.legacy && !s.public);
+        assert_eq!(
+            s.idle_timeout,
+            Duration::from_secs(30),
+            "well under a minute"
+        );
+    }
+
+    #[test]
+    fn idle_timeout_is_the_peer_timeout_and_refuses_tiny_values() {
+        let base = ["--dir", "/tmp/x", "--socket", "/tmp/x.sock"];
+        let with = |v: &str| {
+            let mut a = base.to_vec();
+            a.extend(["--idle-timeout", v]);
+            parse(&a).resolve()
+        };
+        assert_eq!(with("3s").unwrap().idle_timeout, Duration::from_secs(3));
+        let e = with("100ms").unwrap_err().to_string();
+        assert!(
+            e.contains("too short") && e.contains("--idle-timeout"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -46,13 +46,9 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.heartbeat = set.keepalive;
     cfg.node_limits.user_timeout = set.user_timeout;
     cfg.node_limits.pending_peers = set.pending_peers;
-    if set.idle_timeout != super::args::DEFAULT_IDLE_TIMEOUT {
-        // The sans-IO daemon has no stream idle-timeout setting yet.
-        tracing::warn!(
-            idle_timeout = ?set.idle_timeout,
-            "--idle-timeout is accepted but not applied yet; streams use the transport's default"
-        );
-    }
+    // A tunnel peer silent this long is dead: its session is dropped and
+    // its connections fail (`spec/crypto.md` §13).
+    cfg.peer_timeout = set.idle_timeout;
     Daemon::new(Instant::ZERO, cfg)
 }
 
@@ -186,6 +182,11 @@ impl Engine for RealDaemon {
         Daemon::handle_timeout(self, now);
     }
     fn poll_action(&mut self) -> Option<Action> {
+        // Tunnel-layer drops and lifecycle changes go to the debug log
+        // (the core keeps them bounded and counts them in Info `tunnel`).
+        while let Some(line) = Daemon::poll_diagnostic(self) {
+            tracing::debug!(target: "pilot::tunnel", "{line}");
+        }
         Daemon::poll_action(self).map(action)
     }
     fn shutdown(&mut self, now: Instant) {

@@ -69,10 +69,35 @@ pub struct RendezvousArgs {
     /// full this many seconds after its first byte [default: 10]
     #[arg(long, global = true)]
     pub frame_timeout_secs: Option<u64>,
+    /// Wire profile of the registry: `current`, or `legacy` to serve
+    /// February-2026 ("v1.8") daemons (their error texts, networks and
+    /// endpoint rule, spec/registry.md) [default: current]
+    #[arg(long, global = true, value_enum)]
+    pub profile: Option<ProfileArg>,
     /// Config file, JSON (`.json`) or TOML (anything else), with the same
     /// keys as the long flags in snake_case; flags take precedence
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+}
+
+/// The `--profile` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileArg {
+    /// The newest wire format.
+    #[default]
+    Current,
+    /// The February-2026 ("v1.8") wire format.
+    Legacy,
+}
+
+impl From<ProfileArg> for pilot_proto::registry::Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Current => pilot_proto::registry::Profile::Current,
+            ProfileArg::Legacy => pilot_proto::registry::Profile::Legacy,
+        }
+    }
 }
 
 /// The config file; every key optional.
@@ -90,6 +115,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     frame_timeout_secs: Option<u64>,
     no_rate_limits: Option<bool>,
+    profile: Option<ProfileArg>,
 }
 
 /// Why the rendezvous server could not start or stopped with an error.
@@ -208,6 +234,7 @@ impl RendezvousArgs {
         if self.no_rate_limits || file.no_rate_limits.unwrap_or(false) {
             cfg.registry.rate_limits = false;
         }
+        cfg.registry.profile = self.profile.or(file.profile).unwrap_or_default().into();
         let format = self.log_format.or(file.log_format).unwrap_or_default();
         Ok((cfg, format))
     }
@@ -231,4 +258,40 @@ pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     let _ = std::io::stdout().flush();
     server.run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RendezvousArgs,
+    }
+
+    fn profile_of(argv: &[&str]) -> pilot_proto::registry::Profile {
+        let cli = Cli::try_parse_from(argv).expect("valid arguments");
+        cli.args.resolve().expect("resolves").0.registry.profile
+    }
+
+    #[test]
+    fn profile_flag_selects_the_registry_wire_profile() {
+        use pilot_proto::registry::Profile;
+        assert_eq!(profile_of(&["x"]), Profile::Current);
+        assert_eq!(profile_of(&["x", "--profile", "legacy"]), Profile::Legacy);
+        assert_eq!(profile_of(&["x", "--profile", "current"]), Profile::Current);
+        assert!(Cli::try_parse_from(["x", "--profile", "v1.8"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.toml");
+        std::fs::write(&f, "profile = \"legacy\"\n").unwrap();
+        let path = f.to_str().unwrap();
+        assert_eq!(profile_of(&["x", "--config", path]), Profile::Legacy);
+        // The flag wins over the file.
+        assert_eq!(
+            profile_of(&["x", "--config", path, "--profile", "current"]),
+            Profile::Current
+        );
+    }
 }

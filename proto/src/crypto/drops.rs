@@ -24,6 +24,10 @@ pub enum AuthDrop {
     PilsReplay,
     /// Authentic PILS whose counter is older than the replay window.
     PilsOutsideWindow,
+    /// Authentic PILS under a nonce prefix the peer used before it
+    /// re-derived the session (a late or replayed frame of an earlier
+    /// receive epoch, `spec/crypto.md` §5.4).
+    PilsStaleEpoch,
     /// Opened PILS whose inner source differs from the tunnel sender.
     PilsSpoofedSource,
     /// PILT while encryption is on.
@@ -64,12 +68,13 @@ pub enum AuthDrop {
 
 impl AuthDrop {
     /// Every reason, in counter order.
-    pub const ALL: [AuthDrop; 20] = [
+    pub const ALL: [AuthDrop; 21] = [
         AuthDrop::Malformed,
         AuthDrop::PilsNoSession,
         AuthDrop::PilsBadTag,
         AuthDrop::PilsReplay,
         AuthDrop::PilsOutsideWindow,
+        AuthDrop::PilsStaleEpoch,
         AuthDrop::PilsSpoofedSource,
         AuthDrop::PlaintextRefused,
         AuthDrop::KxRateLimited,
@@ -95,6 +100,7 @@ impl AuthDrop {
             AuthDrop::PilsBadTag => "pils_bad_tag",
             AuthDrop::PilsReplay => "pils_replay",
             AuthDrop::PilsOutsideWindow => "pils_outside_window",
+            AuthDrop::PilsStaleEpoch => "pils_stale_epoch",
             AuthDrop::PilsSpoofedSource => "pils_spoofed_source",
             AuthDrop::PlaintextRefused => "plaintext_refused",
             AuthDrop::KxRateLimited => "kx_rate_limited",

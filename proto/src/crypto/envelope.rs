@@ -1,8 +1,9 @@
 //! The PILS envelope of one session (`spec/crypto.md` §4): AES-256-GCM
 //! sealing and opening *in place* on caller buffers, the nonce
 //! (random 4-byte prefix ‖ u64 BE counter starting at 1), the optional
-//! sender-ID AAD, and the replay window (checked before decryption,
-//! recorded only after authentication).
+//! sender-ID AAD, and the receive epochs: one replay window for the
+//! peer's current nonce prefix, plus a short list of its retired prefixes
+//! (checked only after authentication, so a forged frame changes nothing).
 //!
 //! Frame layout: `"PILS" | sender u32 | nonce[12] | ciphertext | tag[16]`.
 //! The caller places the plaintext at offset [`PILS_HEADER_LEN`] of its
@@ -50,7 +51,15 @@ pub enum OpenError {
     /// Authentic, but at least 256 behind the newest counter.
     #[error("counter outside the replay window")]
     Outside,
+    /// Authentic, but under a nonce prefix the peer has since replaced
+    /// (a frame of an earlier receive epoch, late or replayed).
+    #[error("frame of a retired receive epoch")]
+    StaleEpoch,
 }
+
+/// Retired receive prefixes remembered per session (`spec/crypto.md`
+/// §5.4): frames under them are refused as [`OpenError::StaleEpoch`].
+pub const RETIRED_EPOCHS: usize = 16;
 
 /// The parsed fixed part of a PILS frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +104,12 @@ pub struct Envelope<P: CryptoProvider> {
     prefix: [u8; NONCE_PREFIX_LEN],
     counter: u64,
     window: ReplayWindow,
+    /// The peer's current nonce prefix (`None` until its first frame).
+    rx_prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+    /// Prefixes the peer used before `rx_prefix`, oldest first.
+    retired: Vec<[u8; NONCE_PREFIX_LEN]>,
+    /// Receive epochs started after the first (peer restarted its counter).
+    epochs: u64,
 }
 
 impl<P: CryptoProvider> core::fmt::Debug for Envelope<P> {
@@ -122,7 +137,16 @@ impl<P: CryptoProvider> Envelope<P> {
             prefix,
             counter: 0,
             window: ReplayWindow::new(),
+            rx_prefix: None,
+            retired: Vec::new(),
+            epochs: 0,
         }
+    }
+
+    /// How many times the peer started a new receive epoch (a new nonce
+    /// prefix under the same key) after its first one.
+    pub const fn epochs(&self) -> u64 {
+        self.epochs
     }
 
     /// Our nonce prefix.
@@ -203,13 +227,18 @@ impl<P: CryptoProvider> Envelope<P> {
         self.seal_in_place(provider, sender, out, plaintext.len())
     }
 
-    /// Opens a whole PILS frame in place: checks the replay window,
-    /// verifies and decrypts the ciphertext where it lies, then records the
-    /// counter. Returns the header and the plaintext's range in `frame`.
+    /// Opens a whole PILS frame in place: verifies and decrypts the
+    /// ciphertext where it lies, then judges the nonce (`spec/crypto.md`
+    /// §4.2, §5.4): under the peer's current prefix by the replay window;
+    /// under a retired prefix it is refused; under a prefix never seen it
+    /// starts a new receive epoch with a fresh window (the peer derived the
+    /// same key again and restarted its counter). Returns the header and
+    /// the plaintext's range in `frame`.
     ///
-    /// On [`OpenError::Auth`] the window did not change and `frame`'s
-    /// bytes are unspecified (provider-dependent; drop it). On [`OpenError::Replay`]/[`OpenError::Outside`] the frame
-    /// was authentic (the body is now plaintext) but is refused.
+    /// On [`OpenError::Auth`] no window changed and `frame`'s bytes are
+    /// unspecified (provider-dependent; drop it). On
+    /// [`OpenError::Replay`]/[`OpenError::Outside`]/[`OpenError::StaleEpoch`]
+    /// the frame was authentic (the body is now plaintext) but is refused.
     pub fn open_in_place(
         &mut self,
         provider: &P,
@@ -217,7 +246,6 @@ impl<P: CryptoProvider> Envelope<P> {
     ) -> Result<(PilsHeader, core::ops::Range<usize>), OpenError> {
         let header = PilsHeader::parse(frame)?;
         let counter = header.counter();
-        let verdict = self.window.check(counter);
         let aad_bytes = header.sender.to_be_bytes();
         let aad: &[u8] = if self.rules.sender_id_aad {
             &aad_bytes
@@ -235,11 +263,27 @@ impl<P: CryptoProvider> Envelope<P> {
         provider
             .aead_open_in_place(&self.aead, &header.nonce, aad, body, tag)
             .map_err(|_| OpenError::Auth)?;
-        match verdict {
-            Verdict::Accept => {
-                self.window.record(counter);
-                Ok((header, PILS_HEADER_LEN..body_end))
+        let mut prefix = [0u8; NONCE_PREFIX_LEN];
+        prefix.copy_from_slice(&header.nonce[..NONCE_PREFIX_LEN]);
+        match self.rx_prefix {
+            Some(p) if p == prefix => {}
+            None => self.rx_prefix = Some(prefix),
+            Some(_) if self.retired.contains(&prefix) => return Err(OpenError::StaleEpoch),
+            Some(_) if counter == 0 => return Err(OpenError::Outside),
+            Some(old) => {
+                // A new epoch: the peer re-derived this key and restarted
+                // its counter under a fresh prefix.
+                if self.retired.len() >= RETIRED_EPOCHS {
+                    self.retired.remove(0);
+                }
+                self.retired.push(old);
+                self.rx_prefix = Some(prefix);
+                self.window = ReplayWindow::new();
+                self.epochs = self.epochs.saturating_add(1);
             }
+        }
+        match self.window.record(counter) {
+            Verdict::Accept => Ok((header, PILS_HEADER_LEN..body_end)),
             Verdict::Replay => Err(OpenError::Replay),
             Verdict::Outside => Err(OpenError::Outside),
         }
@@ -328,6 +372,43 @@ mod tests {
             f
         });
         assert_eq!(rx.window().max(), 1);
+    }
+
+    #[test]
+    fn a_new_prefix_starts_a_receive_epoch_and_retired_prefixes_are_refused() {
+        let k = key(K);
+        let mut rx = env(WireProfile::Current, K, [9; 4]);
+        let mut frames = Vec::new();
+        for prefix in [[1u8; 4], [2; 4]] {
+            let mut tx = Envelope::new(&RustCrypto, WireProfile::Current, &k, prefix);
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let mut f = vec![0u8; 64];
+                let n = tx.seal_to(&RustCrypto, 1, b"x", &mut f).unwrap();
+                f.truncate(n);
+                v.push(f);
+            }
+            frames.push(v);
+        }
+        let open = |rx: &mut Envelope<RustCrypto>, f: &Vec<u8>| {
+            let mut f = f.clone();
+            rx.open_in_place(&RustCrypto, &mut f).map(|_| ())
+        };
+        assert_eq!(open(&mut rx, &frames[0][0]), Ok(()));
+        assert_eq!(open(&mut rx, &frames[0][1]), Ok(()));
+        assert_eq!(open(&mut rx, &frames[0][1]), Err(OpenError::Replay));
+        // Counter 1 again, but a new prefix: a new epoch with a fresh window.
+        assert_eq!(open(&mut rx, &frames[1][0]), Ok(()));
+        assert_eq!(rx.epochs(), 1);
+        assert_eq!(open(&mut rx, &frames[1][0]), Err(OpenError::Replay));
+        assert_eq!(open(&mut rx, &frames[0][2]), Err(OpenError::StaleEpoch));
+        assert_eq!(open(&mut rx, &frames[1][2]), Ok(()));
+        // A forged frame under a new prefix changes nothing.
+        let mut forged = frames[1][1].clone();
+        forged[8] ^= 0xff;
+        assert_eq!(open(&mut rx, &forged), Err(OpenError::Auth));
+        assert_eq!(open(&mut rx, &frames[1][1]), Ok(()));
+        assert_eq!(rx.epochs(), 1);
     }
 
     #[test]

@@ -28,8 +28,10 @@ pub const REPLAY_WINDOW: u64 = 256;
 
 /// A same-key exchange this soon after an install is a duplicate. spec/crypto.md §2.4
 pub const DUPLICATE_KX_DEBOUNCE: Duration = Duration::from_millis(250);
-/// Silence (no decrypt) after which a same-key exchange gets a recovery reply. spec/crypto.md §2.4
-pub const RECOVERY_REPLY_SILENCE: Duration = Duration::from_secs(6);
+/// Silence (no decrypt) after which a same-key exchange gets a recovery
+/// reply (the reference waits 6 s; 1 s lets a peer that lost its session
+/// recover before a dial gives up, spec/crypto.md §2.4, §10).
+pub const RECOVERY_REPLY_SILENCE: Duration = Duration::from_secs(1);
 /// Minimum interval between two recovery replies to one peer. spec/crypto.md §2.4
 pub const RECOVERY_REPLY_INTERVAL: Duration = Duration::from_secs(1);
 /// Minimum interval between two rekey requests to one peer. spec/crypto.md §2.2

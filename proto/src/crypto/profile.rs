@@ -29,8 +29,10 @@ pub struct ProfileRules {
     /// Whether the sender's node ID (u32 BE) is authenticated as AEAD AAD.
     pub sender_id_aad: bool,
     /// Whether a key exchange sent to a peer without a session may be
-    /// followed by a key-request PILK. v1.8 peers do not know key requests
-    /// and would install an unauthenticated session from it.
+    /// followed by a key-request PILK. Both generations answer a PILK from
+    /// a node whose identity they know with their own PILA (a v1.8 daemon
+    /// always has an identity and looks the sender up), so it is on in
+    /// both; the field stays so a profile could turn it off.
     pub key_request_pilk: bool,
 }
 
@@ -46,7 +48,7 @@ impl ProfileRules {
             WireProfile::Legacy => ProfileRules {
                 derivation: Derivation::PrefixedSha256,
                 sender_id_aad: false,
-                key_request_pilk: false,
+                key_request_pilk: true,
             },
         }
     }

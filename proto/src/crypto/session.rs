@@ -581,7 +581,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
     /// session cap; idle entries are pruned first).
     fn peer_entry(&mut self, now: Instant, peer: u32) -> Option<&mut PeerKx> {
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.cfg.max_sessions {
-            self.peers.retain(|_, p| !p.is_idle(now));
+            // Under pressure a mere key-request flag does not keep an entry.
+            self.peers
+                .retain(|_, p| p.next.is_some() || p.gave_up_until.is_some_and(|t| now < t));
             if self.peers.len() >= self.cfg.max_sessions {
                 return None;
             }
@@ -667,6 +669,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
         if self.rules.key_request_pilk && self.has_identity {
             self.push_tx(Tx::KeyRequest { peer });
         }
+        true
+    }
+
+    /// Sends our unchanged key exchange to `peer` although a session is
+    /// installed, at most once per 3 s per session (shared with the bad-tag
+    /// resend, `spec/crypto.md` §2.2 item 7); no timer. The owner calls it
+    /// on authenticated news that the peer moved (a registry look-up).
+    /// Returns whether a key exchange was queued.
+    pub fn resend_key_exchange(&mut self, now: Instant, peer: u32) -> bool {
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return false;
+        };
+        if s.last_confirm_kx
+            .is_some_and(|t| now.saturating_duration_since(t) < REKEY_REQUEST_INTERVAL)
+        {
+            self.stats.rekey_suppressed += 1;
+            return false;
+        }
+        s.last_confirm_kx = Some(now);
+        self.push_tx(Tx::KeyExchange { peer });
         true
     }
 
@@ -1020,11 +1042,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
         }
     }
 
-    /// Removes the session with `peer` (for example when the peer is
-    /// forgotten). Returns whether there was one.
+    /// Removes the session with `peer` (trust revoked, peer dead) and
+    /// discards what was queued for it. The peer probably still holds its
+    /// session, which it keeps when it sees our unchanged key again, so the
+    /// peer is flagged: our next key exchange to it carries a key request
+    /// and the peer answers at once (`spec/crypto.md` §2.2, §13). Returns
+    /// whether there was a session.
     pub fn remove(&mut self, peer: u32) -> bool {
         let had = self.sessions.remove(&peer).is_some();
+        self.pending.take(peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.next = None;
+            p.sends = 0;
+            p.gave_up_until = None;
+        }
         if had {
+            if self.peers.contains_key(&peer) || self.peers.len() < self.cfg.max_sessions {
+                self.peers.entry(peer).or_default().flagged = true;
+            }
             self.push_event(SessionEvent::Dropped {
                 peer,
                 reason: DropReason::Removed,
@@ -1270,20 +1305,20 @@ mod tests {
         assert!(drain(&mut b.t, ms(249)).is_empty());
         // Same key, not a duplicate, but the peer is not silent: no reply.
         assert_eq!(
-            b.t.handle_key_exchange(ms(1000), IP_A, &kx, Some(&key)),
+            b.t.handle_key_exchange(ms(600), IP_A, &kx, Some(&key)),
             Ok(KxAccepted::Kept { duplicate: false })
         );
-        assert!(drain(&mut b.t, ms(1000)).is_empty());
-        // 6 s without a decrypt: one recovery reply, then not within 1 s.
-        b.t.handle_key_exchange(ms(6000), IP_A, &kx, Some(&key))
+        assert!(drain(&mut b.t, ms(600)).is_empty());
+        // 1 s without a decrypt: one recovery reply, then not within 1 s.
+        b.t.handle_key_exchange(ms(1000), IP_A, &kx, Some(&key))
             .unwrap();
-        assert_eq!(drain(&mut b.t, ms(6000)).len(), 1);
-        b.t.handle_key_exchange(ms(6999), IP_A, &kx, Some(&key))
+        assert_eq!(drain(&mut b.t, ms(1000)).len(), 1);
+        b.t.handle_key_exchange(ms(1999), IP_A, &kx, Some(&key))
             .unwrap();
-        assert!(drain(&mut b.t, ms(6999)).is_empty());
-        b.t.handle_key_exchange(ms(7000), IP_A, &kx, Some(&key))
+        assert!(drain(&mut b.t, ms(1999)).is_empty());
+        b.t.handle_key_exchange(ms(2000), IP_A, &kx, Some(&key))
             .unwrap();
-        assert_eq!(drain(&mut b.t, ms(7000)).len(), 1);
+        assert_eq!(drain(&mut b.t, ms(2000)).len(), 1);
         // The session itself was never replaced.
         assert_eq!(b.t.session(1).unwrap().prefix, prefix);
         assert!(events(&mut b.t).is_empty());
@@ -1561,6 +1596,56 @@ mod tests {
             a.t.handle_key_exchange(ms(3000), IP_B, &stale, Some(&key)),
             Ok(KxAccepted::Installed { replaced: true })
         );
+    }
+
+    #[test]
+    fn peer_rederiving_the_same_key_gets_a_fresh_receive_epoch_at_once() {
+        for profile in [WireProfile::Current, WireProfile::Legacy] {
+            let mut a = node(1, 1, profile);
+            let mut b = node(2, 2, profile);
+            handshake(&mut a, &mut b, ms(0));
+            drain(&mut a.t, ms(0));
+            drain(&mut b.t, ms(0));
+            let mut buf = [0u8; 128];
+            let mut old = Vec::new();
+            for i in 0..10u64 {
+                let SendOutcome::Sealed(n) = a.t.seal(ms(i), 2, b"old", &mut buf).unwrap() else {
+                    panic!()
+                };
+                let mut f = buf;
+                b.t.open_in_place(ms(i), &mut f[..n]).unwrap();
+                old.push(buf[..n].to_vec());
+            }
+            // A drops its session (revoke, dead peer) and installs again
+            // from B's unchanged key: counter back to 1 under a new prefix.
+            assert!(a.t.remove(2));
+            assert!(a.t.connect(ms(2000), 2));
+            deliver(&mut a, &mut b, ms(2000), IP_A);
+            deliver(&mut b, &mut a, ms(2000), IP_B);
+            assert!(a.t.session(2).is_some());
+            assert_eq!(a.t.session(2).unwrap().send_counter, 0);
+            for i in 0..10u64 {
+                let at = ms(70_000 + i);
+                let SendOutcome::Sealed(n) = a.t.seal(at, 2, b"new", &mut buf).unwrap() else {
+                    panic!()
+                };
+                let mut f = buf;
+                let o =
+                    b.t.open_in_place(at, &mut f[..n])
+                        .expect("new epoch accepted");
+                assert_eq!(&f[o.plaintext], b"new");
+            }
+            assert!(b.t.session(1).is_some(), "no drop, no rekey needed");
+            // Frames of the retired epoch are refused without harm.
+            for f in &old {
+                let mut f = f.clone();
+                assert_eq!(
+                    b.t.open_in_place(ms(80_000), &mut f),
+                    Err(OpenFailure::Rejected(OpenError::StaleEpoch))
+                );
+            }
+            assert!(b.t.session(1).is_some(), "stale epochs feed no drop rule");
+        }
     }
 
     #[test]

@@ -92,6 +92,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "ssthresh": st.ssthresh,
                     "in_flight": st.in_flight,
                     "unacked": st.in_flight,
+                    "ooo_buf": i.ooo_segments,
+                    "peer_recv_win": i.peer_window,
+                    "recv_win": i.recv_window,
                     "srtt_ms": st.srtt.map(ms).unwrap_or(0.0),
                     "rttvar_ms": ms(st.rttvar),
                     "in_recovery": st.recovery.is_some(),
@@ -140,11 +143,34 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "pkts_recv": self.stats.pkts_recv,
             "peer_list": peer_list,
             "conn_list": conns,
+            "tunnel": self.tunnel_json(),
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
             "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
         });
         fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
+    }
+
+    /// Tunnel lifecycle counters (an extra Info key; the reference's
+    /// clients ignore keys they do not know). Dropped frames and key
+    /// exchanges, per reason, are in `auth_drops`.
+    fn tunnel_json(&self) -> Value {
+        let n = self.node.as_ref().map(|n| n.stats()).unwrap_or_default();
+        let d = self.stats;
+        json!({
+            "kx_rejected": n.kx_rejected,
+            "frames_dropped": n.open_failed,
+            "early_frames_replayed": n.early_frames_replayed,
+            "probes_sent": n.probes_sent,
+            "peers_dead": n.peers_dead,
+            "tunnels_closed": n.tunnels_closed,
+            "tunnels_revoked": d.tunnels_revoked,
+            "conns_failed_peer_restart": n.conns_failed_restart,
+            "endpoint_moves": n.endpoint_moves,
+            "endpoint_refreshes": d.endpoint_refreshes,
+            "diagnostics_dropped": n.diagnostics_dropped + d.diagnostics_dropped,
+            "peer_timeout_ms": self.peer_timeout.as_millis() as u64,
+        })
     }
 
     /// The `HealthOk` JSON (current profile).

@@ -184,6 +184,9 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     pub max_clients: usize,
     /// Longest a graceful shutdown waits.
     pub shutdown_grace: Duration,
+    /// Peer timeout of the node (`spec/node.md` §7.1; pilot-daemon
+    /// `--idle-timeout`): a silent peer's connections fail after this.
+    pub peer_timeout: Duration,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R> {
@@ -215,6 +218,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             strong_signatures: false,
             max_clients: MAX_CLIENTS,
             shutdown_grace: SHUTDOWN_GRACE,
+            peer_timeout: crate::node::PEER_TIMEOUT,
         }
     }
 }
@@ -334,6 +338,9 @@ enum Waiter {
         data: Vec<u8>,
     },
     TrustSend(TrustOutbound),
+    /// The node asked for a fresh endpoint ([`Event::ResolveNeeded`]):
+    /// updating the peer table is all there is to do.
+    Refresh,
 }
 
 #[derive(Debug)]
@@ -415,6 +422,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     utc_offset_secs: i32,
     max_clients: usize,
     shutdown_grace: Duration,
+    peer_timeout: Duration,
     started: Instant,
     now: Instant,
 
@@ -453,6 +461,7 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     ports: BTreeMap<u16, PortOwner>,
 
     actions: VecDeque<Action>,
+    diagnostics: VecDeque<String>,
     stopping: Option<Instant>,
     deregistering: bool,
     stopped: bool,
@@ -475,7 +484,20 @@ pub struct DaemonStats {
     pub send_failures: u64,
     /// `RecvFrom` pushes dropped because a client's output was full.
     pub datagrams_dropped: u64,
+    /// Peer endpoints looked up again because the node suspected them stale.
+    pub endpoint_refreshes: u64,
+    /// Such look-ups that failed.
+    pub refresh_failures: u64,
+    /// Peers declared dead (silent past the peer timeout).
+    pub peers_dead: u64,
+    /// Tunnels closed because trust was revoked.
+    pub tunnels_revoked: u64,
+    /// Diagnostic lines dropped because their queue was full.
+    pub diagnostics_dropped: u64,
 }
+
+/// Most diagnostic lines queued for the driver's debug log.
+pub const DIAGNOSTIC_QUEUE: usize = 256;
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Daemon<P, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -519,6 +541,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             utc_offset_secs: cfg.utc_offset_secs,
             max_clients: cfg.max_clients,
             shutdown_grace: cfg.shutdown_grace,
+            peer_timeout: cfg.peer_timeout,
             started: now,
             now,
             seed: Some(NodeSeed {
@@ -559,6 +582,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             next_ipc_conn: 1,
             ports: BTreeMap::new(),
             actions: VecDeque::new(),
+            diagnostics: VecDeque::new(),
             stopping: None,
             deregistering: false,
             stopped: false,
@@ -611,7 +635,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let Some(seed) = self.seed.take() else {
             return;
         };
-        let node = Node::new(
+        let mut node = Node::new(
             now,
             NodeConfig {
                 addr,
@@ -625,11 +649,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 limits: self.node_limits,
             },
         );
+        node.set_peer_timeout(now, self.peer_timeout);
         self.node = Some(node);
         self.address = Some(addr);
         let mut store = TrustStore::from_identity(self.profile, addr.node, &self.identity);
         if let Some(file) = self.trust_file.take() {
             store.load(&file, self.wall(now));
+        }
+        // Trusted peers' identity keys from trust.json: a key exchange
+        // from one of them verifies without waiting for the registry.
+        let keys: Vec<(u32, [u8; 32])> = store
+            .trusted()
+            .iter()
+            .filter_map(|(n, t)| {
+                crate::registry::auth::decode_public_key(&t.public_key)
+                    .ok()
+                    .map(|k| (*n, k))
+            })
+            .collect();
+        for (n, k) in keys {
+            self.remember_key(n, k);
         }
         self.trust = Some(store);
         // Built-in services are bound before any client can bind.
@@ -979,6 +1018,34 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.actions.pop_front()
     }
 
+    /// The next line for the driver's debug log: every dropped key
+    /// exchange and frame with its reason, endpoint moves, dead peers and
+    /// tunnels closed by a revoke. Bounded; overflow is counted.
+    pub fn poll_diagnostic(&mut self) -> Option<String> {
+        if let Some(d) = self.diagnostics.pop_front() {
+            return Some(d);
+        }
+        use crate::node::Diagnostic;
+        let d = self.node.as_mut()?.poll_diagnostic()?;
+        Some(match d {
+            Diagnostic::Dropped { peer, from, reason } => format!(
+                "tunnel frame claiming node {peer} from {from} dropped: {}",
+                reason.name()
+            ),
+            Diagnostic::EndpointMoved { peer, old, new } => {
+                format!("node {peer} proved its identity from {new}; endpoint moved from {old}")
+            }
+        })
+    }
+
+    fn diagnostics_push(&mut self, line: String) {
+        if self.diagnostics.len() >= DIAGNOSTIC_QUEUE {
+            self.stats.diagnostics_dropped += 1;
+        } else {
+            self.diagnostics.push_back(line);
+        }
+    }
+
     /// Graceful stop: FIN on every connection, deregister, then
     /// [`Action::Stopped`] once done or after the shutdown grace period.
     pub fn shutdown(&mut self, now: Instant) {
@@ -1078,6 +1145,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Event::Closed(cid) => self.on_closed(now, cid, None),
             Event::Reset(cid, cause) => self.on_closed(now, cid, Some(cause)),
             Event::IdentityNeeded { peer } => self.identity_needed(now, peer),
+            Event::ResolveNeeded { peer } => {
+                // The endpoint may be stale (peer restarted elsewhere):
+                // look it up again; a resolution in progress covers it.
+                let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
+                if registered && !self.resolving.contains_key(&peer) {
+                    let network = self.peers.get(&peer).copied().unwrap_or(0);
+                    self.stats.endpoint_refreshes += 1;
+                    self.resolve_then(now, peer, network, Waiter::Refresh);
+                }
+            }
+            Event::PeerUnreachable { peer, silent } => {
+                self.stats.peers_dead += 1;
+                self.diagnostics_push(format!(
+                    "peer {peer} unreachable: nothing authenticated for {} ms; its connections failed and its tunnel closed",
+                    silent.as_millis()
+                ));
+            }
             Event::Pong { .. }
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
@@ -1437,7 +1521,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         "path MTU too small: even the smallest segments are lost on the way"
                     }
                     Some(ResetCause::Remote) | None => "connection refused",
-                    Some(_) => "dial failed: connection reset",
+                    // Dead peer, tunnel closed by a revoke, peer restarted.
+                    Some(c) => c.describe(),
                 };
                 self.reply_error(now, client, text);
             }
@@ -1908,6 +1993,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
             Waiter::SendTo { .. } => self.stats.send_failures += 1,
             Waiter::TrustSend(out) => self.trust_failed(now, out, reason),
+            Waiter::Refresh => self.stats.refresh_failures += 1,
         }
     }
 
@@ -1924,10 +2010,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         let addr = Addr::new(r.network, node);
+        let before = self.node.as_ref().and_then(|n| n.peer_endpoint(node));
         let added = self
             .node
             .as_mut()
             .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
+        if added && before.is_some_and(|b| b != endpoint) {
+            // The registry has the peer elsewhere: it probably restarted
+            // and holds no session with us (`spec/crypto.md` §13 row 16).
+            if let Some(n) = self.node.as_mut() {
+                n.endpoint_changed(now, node);
+            }
+        }
         if !added {
             for w in r.waiters {
                 self.fail_waiter(now, node, w, "peer table full");
@@ -1948,6 +2042,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     data,
                 } => self.send_datagram(now, Addr::new(network, node), port, &data),
                 Waiter::TrustSend(out) => self.open_trust_out(now, node, out),
+                Waiter::Refresh => {}
             }
         }
     }

@@ -1036,6 +1036,38 @@ fn client_limit_and_status_lists() {
     assert_eq!(list[0]["remote_port"], 7);
     assert_eq!(list[0]["remote_addr"], "0:0000.0000.0002");
     assert_eq!(list[0]["state"], "ESTABLISHED");
+    // Every per-stream key of the reference's `conn_list` (its clients
+    // read them all; a missing one crashed `pilotctl connections`).
+    for key in [
+        "id",
+        "local_port",
+        "remote_addr",
+        "remote_port",
+        "state",
+        "cong_win",
+        "ssthresh",
+        "in_flight",
+        "srtt_ms",
+        "rttvar_ms",
+        "unacked",
+        "ooo_buf",
+        "peer_recv_win",
+        "recv_win",
+        "in_recovery",
+        "bytes_sent",
+        "bytes_recv",
+        "segs_sent",
+        "segs_recv",
+        "retransmits",
+        "fast_retx",
+        "sack_recv",
+        "sack_sent",
+        "dup_acks",
+    ] {
+        assert!(list[0].get(key).is_some(), "conn_list lacks {key}: {info}");
+    }
+    assert!(list[0]["recv_win"].as_u64() > Some(0), "{info}");
+    assert!(list[0]["peer_recv_win"].as_u64() > Some(0), "{info}");
     assert_eq!(info["peer_list"][0]["encrypted"], true);
     assert_eq!(info["encrypted_peers"], 1);
     // Health (current profile).

@@ -63,10 +63,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 Effect::Registry(op) => self.trust_registry(now, op),
                 Effect::Persist => persist = true,
+                // Trust revoked: close our side of the tunnel at once, as
+                // the peer does (`spec/daemon.md` §6, `spec/crypto.md`
+                // §13). A later grant runs a fresh key exchange.
+                Effect::DropTunnel(peer) => {
+                    let closed = self
+                        .node
+                        .as_mut()
+                        .is_some_and(|n| n.close_tunnel(now, peer));
+                    if closed {
+                        self.stats.tunnels_revoked += 1;
+                        self.diagnostics_push(format!(
+                            "trust with node {peer} revoked: tunnel closed, its connections failed"
+                        ));
+                    }
+                }
                 Effect::Event(ev) => self.actions.push_back(super::Action::Trust(ev)),
-                // The node keeps no per-peer teardown yet; the session
-                // times out on its own (`spec/daemon.md` §6).
-                Effect::DropTunnel(_) => {}
             }
         }
         if persist {

@@ -38,8 +38,8 @@ use crate::crypto::kdf::KdfError;
 use crate::crypto::kx::{self, KeyExchange, KxError};
 use crate::crypto::provider::CryptoProvider;
 use crate::crypto::session::{
-    KxRejected, KxSource, OpenFailure, SendError, SendOutcome, SessionConfig, SessionEvent,
-    SessionTable,
+    KxAccepted, KxRejected, KxSource, OpenFailure, SendError, SendOutcome, SessionConfig,
+    SessionEvent, SessionTable,
 };
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
@@ -58,6 +58,31 @@ pub const KEEPALIVE_SWEEP: Duration = Duration::from_secs(5);
 /// Idle time towards a peer after which a keepalive is sent
 /// (`spec/node.md` §7).
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(25);
+/// Default peer timeout: a tunnel peer from which nothing authenticated
+/// arrived for this long, despite probes, is dead (`spec/node.md` §7.1).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Smallest accepted peer timeout.
+pub const MIN_PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// Payload of a liveness probe (a control ping with sequence 0; any
+/// daemon answers it with a pong). spec/node.md §7.1
+pub const PROBE_PAYLOAD: &[u8; 10] = b"pilot-live";
+/// A dial unanswered for this long asks for the peer's endpoint to be
+/// looked up again ([`Event::ResolveNeeded`]).
+pub const RESOLVE_AFTER: Duration = Duration::from_secs(1);
+/// PILS frames from senders without a session kept for a moment, in
+/// case the key exchange that installs the session is just behind them
+/// (`spec/node.md` §2). Oldest evicted first.
+pub const EARLY_FRAMES: usize = 16;
+/// Largest early frame kept, bytes.
+pub const EARLY_FRAME_MAX_LEN: usize = 2048;
+/// How long an early frame is kept.
+pub const EARLY_FRAME_TTL: Duration = Duration::from_secs(2);
+/// Bound of the diagnostics queue ([`Node::poll_diagnostic`]).
+pub const DIAGNOSTIC_QUEUE: usize = 256;
+/// Diagnostics that may be queued at once (token-bucket burst).
+pub const DIAGNOSTIC_BURST: f64 = 32.0;
+/// Diagnostics per second beyond the burst.
+pub const DIAGNOSTIC_RATE: f64 = 16.0;
 /// How long a ping waits for its pong (`spec/node.md` §5).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time a dial holds its SYN retries while the tunnel key exchange
@@ -240,6 +265,22 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
+    /// The UDP endpoint held for `peer` may be stale (a dial got no answer
+    /// for [`RESOLVE_AFTER`], the key exchange gave up, or the peer went
+    /// silent): look its endpoint up again and call [`Node::add_peer`].
+    ResolveNeeded {
+        /// Peer node ID.
+        peer: u32,
+    },
+    /// Nothing authenticated arrived from `peer` for the peer timeout
+    /// despite probes: its session was dropped and its connections failed
+    /// with [`ResetCause::PeerUnreachable`].
+    PeerUnreachable {
+        /// Peer node ID.
+        peer: u32,
+        /// How long it had been silent.
+        silent: Duration,
+    },
     /// A signed PILA from `peer` is held because its registered identity
     /// key is unknown: look it up and call [`Node::identity_resolved`] with
     /// it (`spec/node.md` §2, `spec/crypto.md` §2.8). Emitted once per held
@@ -266,6 +307,29 @@ pub enum ResetCause {
     /// The path MTU is too small for even the smallest segments
     /// (`spec/transport.md` §5.4).
     PathMtu,
+    /// The tunnel peer went silent past the peer timeout.
+    PeerUnreachable,
+    /// The tunnel to the peer was closed locally (trust revoked).
+    TunnelClosed,
+    /// The peer restarted; the connection belonged to its previous run.
+    PeerRestarted,
+}
+
+impl ResetCause {
+    /// A short human-readable reason, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResetCause::Remote => "connection reset by peer",
+            ResetCause::TimedOut => "peer stopped acknowledging data",
+            ResetCause::ZeroWindow => "peer kept a zero window too long",
+            ResetCause::DialTimeout => "dial timeout",
+            ResetCause::Aborted => "connection aborted",
+            ResetCause::PeerUnreachable => "peer unreachable: no answer within the peer timeout",
+            ResetCause::TunnelClosed => "tunnel to the peer closed (trust revoked)",
+            ResetCause::PeerRestarted => "peer restarted: connection lost",
+            ResetCause::PathMtu => "path MTU too small for the smallest segments",
+        }
+    }
 }
 
 impl From<ResetReason> for ResetCause {
@@ -277,6 +341,9 @@ impl From<ResetReason> for ResetCause {
             ResetReason::DialTimeout => ResetCause::DialTimeout,
             ResetReason::Aborted => ResetCause::Aborted,
             ResetReason::PathMtu => ResetCause::PathMtu,
+            ResetReason::PeerUnreachable => ResetCause::PeerUnreachable,
+            ResetReason::TunnelClosed => ResetCause::TunnelClosed,
+            ResetReason::PeerRestarted => ResetCause::PeerRestarted,
         }
     }
 }
@@ -301,6 +368,12 @@ pub struct ConnInfo {
     /// packet header + tunnel framing): the path MTU the connection
     /// currently relies on.
     pub path_mtu: usize,
+    /// Segments held out of order.
+    pub ooo_segments: usize,
+    /// The peer's advertised receive window, bytes.
+    pub peer_window: usize,
+    /// Our advertised receive window, bytes.
+    pub recv_window: usize,
 }
 
 /// One peer-table entry, from [`Node::peer_list`].
@@ -378,8 +451,24 @@ pub struct NodeStats {
     pub spoofed: u64,
     /// Packets whose destination is not this node.
     pub not_for_us: u64,
-    /// Key exchanges refused by the session table.
+    /// Key exchanges refused by the session table (all reasons; the
+    /// `kx_*` fields below split the main ones).
     pub kx_rejected: u64,
+    /// Liveness probes sent to silent peers.
+    pub probes_sent: u64,
+    /// Peers declared dead (silent past the peer timeout).
+    pub peers_dead: u64,
+    /// Tunnels closed locally ([`Node::close_tunnel`]).
+    pub tunnels_closed: u64,
+    /// Connections failed because their peer restarted.
+    pub conns_failed_restart: u64,
+    /// Peers whose UDP endpoint moved after an authenticated frame or key
+    /// exchange from a new address.
+    pub endpoint_moves: u64,
+    /// Diagnostics dropped because their queue was full.
+    pub diagnostics_dropped: u64,
+    /// Early frames opened once their sender's session was installed.
+    pub early_frames_replayed: u64,
     /// NAT keepalives received.
     pub keepalives_in: u64,
     /// NAT keepalives sent.
@@ -429,6 +518,35 @@ struct Peer {
     endpoint: SocketAddr,
     identity: Option<[u8; 32]>,
     last_sent: Instant,
+    /// Last liveness probe sent.
+    last_probe: Option<Instant>,
+    /// Last authenticated frame from the peer.
+    last_heard: Instant,
+}
+
+/// Something dropped or changed in the tunnel layer, for debug logs
+/// ([`Node::poll_diagnostic`]). Bounded; overflow is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A tunnel frame or key exchange was dropped (counted in
+    /// [`Node::auth_drops`]).
+    Dropped {
+        /// Claimed sender node (0 if the frame had none).
+        peer: u32,
+        /// Source endpoint.
+        from: SocketAddr,
+        /// Why.
+        reason: AuthDrop,
+    },
+    /// A peer proved its identity from a new UDP endpoint; it is used now.
+    EndpointMoved {
+        /// Peer node.
+        peer: u32,
+        /// Previous endpoint.
+        old: SocketAddr,
+        /// New endpoint.
+        new: SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -474,6 +592,11 @@ struct ConnEntry {
     /// When the connection was created (bounds the SYN hold).
     started: Instant,
     app_closed: bool,
+    /// [`Event::ResolveNeeded`] was already raised for this dial.
+    resolve_asked: bool,
+    /// Tunnel key of the peer run this connection last heard from (a
+    /// different key later means that run is gone).
+    peer_key: Option<[u8; 32]>,
 }
 
 struct Listener {
@@ -520,6 +643,12 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     half_open: HalfOpen,
     drops: AuthDrops,
     stats: NodeStats,
+    /// Peer timeout (`spec/node.md` §7.1).
+    peer_timeout: Duration,
+    /// Early PILS frames: (claimed sender, source, arrival, bytes).
+    early_frames: VecDeque<(u32, SocketAddr, Instant, Vec<u8>)>,
+    diagnostics: VecDeque<Diagnostic>,
+    diag_bucket: Option<Bucket>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
@@ -591,7 +720,124 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             ),
             drops: AuthDrops::default(),
             stats: NodeStats::default(),
+            peer_timeout: PEER_TIMEOUT,
+            early_frames: VecDeque::new(),
+            diagnostics: VecDeque::new(),
+            diag_bucket: None,
         }
+    }
+
+    /// Sets the peer timeout (at least [`MIN_PEER_TIMEOUT`]): a peer with
+    /// a session that sends nothing authenticated for this long, although
+    /// it was probed, is dead (`spec/node.md` §7.1).
+    pub fn set_peer_timeout(&mut self, now: Instant, timeout: Duration) {
+        self.peer_timeout = timeout.max(MIN_PEER_TIMEOUT);
+        let next = now + self.sweep_period();
+        if self
+            .timers
+            .get(TimeoutReason::Keepalive)
+            .is_none_or(|t| t > next)
+        {
+            self.timers.set(TimeoutReason::Keepalive, next);
+        }
+    }
+
+    /// The peer timeout in force.
+    pub fn peer_timeout(&self) -> Duration {
+        self.peer_timeout
+    }
+
+    /// Period of the keepalive/liveness sweep: 5 s, or an eighth of the
+    /// peer timeout when that is shorter.
+    fn sweep_period(&self) -> Duration {
+        KEEPALIVE_SWEEP.min(self.peer_timeout / 8)
+    }
+
+    /// The next tunnel-layer diagnostic (drops with their reasons,
+    /// endpoint moves), for debug logging.
+    pub fn poll_diagnostic(&mut self) -> Option<Diagnostic> {
+        self.diagnostics.pop_front()
+    }
+
+    /// Queues a diagnostic: at most [`DIAGNOSTIC_BURST`] at once and
+    /// [`DIAGNOSTIC_RATE`] per second, so a flood of forged frames cannot
+    /// flood the log; the rest are counted in `diagnostics_dropped`.
+    fn diag(&mut self, now: Instant, d: Diagnostic) {
+        let b = self
+            .diag_bucket
+            .get_or_insert(Bucket::full(DIAGNOSTIC_BURST, now));
+        if self.diagnostics.len() >= DIAGNOSTIC_QUEUE
+            || !b.take(now, DIAGNOSTIC_BURST, DIAGNOSTIC_RATE)
+        {
+            self.stats.diagnostics_dropped += 1;
+        } else {
+            self.diagnostics.push_back(d);
+        }
+    }
+
+    /// Closes the tunnel to `peer` at once (trust revoked): the session
+    /// and everything queued for it are dropped, and every connection to
+    /// the peer fails with [`ResetCause::TunnelClosed`] without sending
+    /// anything. The peer entry stays, so a later send (after trust is
+    /// granted again) runs a fresh key exchange, with a key request so a
+    /// peer still holding its session answers at once. Returns whether a
+    /// session or a connection was affected.
+    pub fn close_tunnel(&mut self, now: Instant, peer: u32) -> bool {
+        let had = self.sessions.remove(peer);
+        let failed = self.fail_peer_conns(peer, ResetReason::TunnelClosed);
+        if had || failed > 0 {
+            self.stats.tunnels_closed += 1;
+        }
+        self.after_session(now);
+        had || failed > 0
+    }
+
+    /// A session with `peer` was installed. If its tunnel key differs from
+    /// the one a connection last heard from, that peer process restarted:
+    /// the connection is dead there and fails now
+    /// ([`ResetCause::PeerRestarted`]). Dials still waiting for their first
+    /// answer carry on with the new run.
+    fn fail_restarted_peer_conns(&mut self, peer: u32) {
+        let Some(key) = self.sessions.session(peer).map(|s| s.peer_x25519) else {
+            return;
+        };
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                e.key.remote.node == peer
+                    && !e.conn.is_closed()
+                    && e.conn.state() != conn::State::SynSent
+                    && e.peer_key.is_some_and(|k| k != key)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stats.conns_failed_restart += 1;
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.conn.fail(ResetReason::PeerRestarted);
+            }
+            self.drain_conn_events(id);
+            self.touch(id);
+        }
+    }
+
+    /// Fails every connection to `peer` with `reason`; returns how many.
+    fn fail_peer_conns(&mut self, peer: u32, reason: ResetReason) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.key.remote.node == peer && !e.conn.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = self.conns.get_mut(id) {
+                e.conn.fail(reason);
+            }
+            self.drain_conn_events(*id);
+            self.touch(*id);
+        }
+        ids.len()
     }
 
     /// Our address.
@@ -663,6 +909,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 endpoint,
                 identity,
                 last_sent: Instant::ZERO,
+                last_probe: None,
+                last_heard: Instant::ZERO,
             },
         );
         true
@@ -673,13 +921,35 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         self.peers.get(&peer).map(|p| p.endpoint)
     }
 
-    /// Starts a key exchange with a known peer now (optional: sending to it
-    /// does so too).
-    pub fn connect_tunnel(&mut self, now: Instant, peer: u32) {
-        if self.encrypt && self.peers.contains_key(&peer) {
-            self.sessions.connect(now, peer);
-            self.after_session(now);
+    /// The owner learnt from the registry (an authenticated source, not
+    /// tunnel input) that `peer` now has another endpoint: it probably
+    /// restarted and holds no session with us, so our frames there are
+    /// dropped unanswered. With a session, our unchanged key exchange goes
+    /// to the new endpoint (at most once per 3 s, no timer); the peer's
+    /// verified reply replaces the session (`spec/crypto.md` §13 row 16).
+    /// Without one, a key exchange starts as [`Node::connect_tunnel`].
+    pub fn endpoint_changed(&mut self, now: Instant, peer: u32) {
+        if !self.encrypt || !self.peers.contains_key(&peer) {
+            return;
         }
+        if self.sessions.session(peer).is_some() {
+            self.sessions.resend_key_exchange(now, peer);
+        } else {
+            self.sessions.connect(now, peer);
+        }
+        self.after_session(now);
+    }
+
+    /// Starts a key exchange with a known peer now (optional: sending to it
+    /// does so too). A peer's key exchange held for want of its identity
+    /// key is processed through [`Node::identity_resolved`] instead.
+    pub fn connect_tunnel(&mut self, now: Instant, peer: u32) {
+        if !self.encrypt || !self.peers.contains_key(&peer) {
+            return;
+        }
+        self.sessions.connect(now, peer);
+        self.after_session(now);
+        self.replay_early_frames(now);
     }
 
     // ----- ports ----------------------------------------------------------
@@ -920,6 +1190,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 queued,
                 started: now,
                 app_closed: false,
+                resolve_asked: false,
+                peer_key: None,
             },
         );
         self.mark_ready(id);
@@ -1045,6 +1317,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         };
         self.conns.get(&id).map(|e| {
             let segment_size = e.conn.stats().segment_size;
+            let w = e.conn.window_figures();
             ConnInfo {
                 local_port: e.key.local_port,
                 remote: e.key.remote,
@@ -1053,6 +1326,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 readable: e.conn.readable(),
                 segment_size,
                 path_mtu: segment_size + HEADER_LEN + framing,
+                ooo_segments: w.ooo_segments,
+                peer_window: w.peer_window_bytes,
+                recv_window: w.recv_window_bytes,
             }
         })
     }
@@ -1188,6 +1464,31 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// dropped or re-keyed, no timer is armed, and no peer entry is created
     /// for a sender that has not proven its identity.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        // Tunnel frames carry the claimed sender right after the magic.
+        let claimed = bytes
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes);
+        let before = self.drops;
+        self.handle_datagram_inner(now, from, bytes);
+        if self.drops != before {
+            let now_drops = self.drops;
+            for ((reason, after), (_, was)) in now_drops.iter().zip(before.iter()) {
+                if after > was {
+                    self.diag(
+                        now,
+                        Diagnostic::Dropped {
+                            peer: claimed,
+                            from,
+                            reason,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
         self.stats.datagrams_in += 1;
         if bytes.get(..MAGIC_LEN) == Some(&MAGIC_PILS[..]) {
             if !self.encrypt {
@@ -1195,8 +1496,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 self.drop_frame(AuthDrop::Malformed);
                 return;
             }
-            self.handle_pils(now, bytes);
+            self.handle_pils(now, from, bytes, true);
             self.after_session(now);
+            self.replay_early_frames(now);
             return;
         }
         let frame = match Frame::decode(bytes) {
@@ -1220,6 +1522,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 self.handle_kx(now, from, &kx);
                 self.after_session(now);
+                self.replay_early_frames(now);
             }
             Frame::Pilt { packet } => {
                 if self.encrypt {
@@ -1243,7 +1546,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
-    fn handle_pils(&mut self, now: Instant, bytes: &mut [u8]) {
+    /// Opens a PILS frame and handles its packet. A frame that does not
+    /// open is counted and dropped and changes nothing (`spec/crypto.md`
+    /// §5.3, §12). A frame from a *known* peer without a session is kept
+    /// (when `keep`) in the small early-frame stash — it may have overtaken
+    /// the key exchange that installs the session (`spec/node.md` §2) —
+    /// and answered with a rate-limited rekey request. An authentic frame
+    /// of an authenticated session moves the peer's endpoint to its source.
+    fn handle_pils(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8], keep: bool) {
         let opened = match self.sessions.open_in_place(now, bytes) {
             Ok(o) => o,
             Err(e) => {
@@ -1256,21 +1566,40 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     OpenFailure::Rejected(OpenError::Auth) => AuthDrop::PilsBadTag,
                     OpenFailure::Rejected(OpenError::Replay) => AuthDrop::PilsReplay,
                     OpenFailure::Rejected(OpenError::Outside) => AuthDrop::PilsOutsideWindow,
+                    OpenFailure::Rejected(OpenError::StaleEpoch) => AuthDrop::PilsStaleEpoch,
                 };
                 self.drop_frame(reason);
                 if e == OpenFailure::NoSession {
                     // A peer we know lost its session (it restarted or we
                     // did): ask it to re-key, rate-limited, without a
-                    // timer. Strangers get nothing.
+                    // timer, and keep the frame a moment in case it
+                    // overtook the key exchange. Strangers get nothing.
                     let sender = PilsHeader::parse(bytes).ok().map(|h| h.sender);
                     if let Some(peer) = sender.filter(|p| self.peers.contains_key(p)) {
                         self.sessions.request_rekey(now, peer);
+                        if keep && bytes.len() <= EARLY_FRAME_MAX_LEN {
+                            if self.early_frames.len() >= EARLY_FRAMES {
+                                self.early_frames.pop_front();
+                            }
+                            self.early_frames
+                                .push_back((peer, from, now, bytes.to_vec()));
+                        }
                     }
                 }
                 return;
             }
         };
         let sender = opened.sender;
+        if let Some(p) = self.peers.get_mut(&sender) {
+            p.last_heard = now;
+        }
+        if self
+            .sessions
+            .session(sender)
+            .is_some_and(|s| s.authenticated)
+        {
+            self.move_endpoint(now, sender, from);
+        }
         let Some(pt) = bytes.get(opened.plaintext) else {
             return;
         };
@@ -1286,6 +1615,30 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
             }
             Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    /// Opens again the kept early frames whose sender now has a session
+    /// (in arrival order); drops the expired ones.
+    fn replay_early_frames(&mut self, now: Instant) {
+        if self.early_frames.is_empty() {
+            return;
+        }
+        self.early_frames
+            .retain(|f| now.saturating_duration_since(f.2) < EARLY_FRAME_TTL);
+        let ready: Vec<_> = {
+            let sessions = &self.sessions;
+            let (ready, keep): (VecDeque<_>, VecDeque<_>) = self
+                .early_frames
+                .drain(..)
+                .partition(|f| sessions.session(f.0).is_some());
+            self.early_frames = keep;
+            ready.into_iter().collect()
+        };
+        for (_, from, _, mut bytes) in ready {
+            self.stats.early_frames_replayed += 1;
+            self.handle_pils(now, from, &mut bytes, false);
+            self.after_session(now);
         }
     }
 
@@ -1342,8 +1695,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 let res = self
                     .sessions
                     .handle_admitted_key_exchange(now, kx, Some(&key));
-                if let Err(e) = res {
-                    self.kx_refused(e);
+                match res {
+                    // A verified PILA that installed a session (first, or
+                    // the peer restarted with a new key) proves the peer
+                    // is at `from` now (`spec/crypto.md` §13, row 17). A
+                    // kept session's PILA moves nothing: it could be a
+                    // replayed copy; authentic PILS move the endpoint.
+                    Ok(KxAccepted::Installed { .. }) => self.move_endpoint(now, kx.sender, from),
+                    Ok(KxAccepted::Kept { .. }) => {}
+                    Err(e) => self.kx_refused(e),
                 }
             }
             (Some(auth), None) => {
@@ -1391,6 +1751,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
+    /// The peer proved its identity from `from` (verified PILA, or a frame
+    /// of an authenticated session): use that endpoint from now on.
+    fn move_endpoint(&mut self, now: Instant, peer: u32, from: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.endpoint != from {
+                let old = p.endpoint;
+                p.endpoint = from;
+                self.stats.endpoint_moves += 1;
+                self.diag(
+                    now,
+                    Diagnostic::EndpointMoved {
+                        peer,
+                        old,
+                        new: from,
+                    },
+                );
+            }
+        }
+    }
+
     /// Takes one token of the global stranger budget; counts a drop if
     /// there is none.
     fn stranger_budget(&mut self, now: Instant) -> bool {
@@ -1431,7 +1811,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                         .sessions
                         .handle_admitted_key_exchange(now, &h.kx, Some(&key))
                     {
-                        Ok(_) => accepted = true,
+                        Ok(res) => {
+                            accepted = true;
+                            // Verified under the vouched key and installed:
+                            // the peer is where the frame came from.
+                            if matches!(res, KxAccepted::Installed { .. }) {
+                                self.move_endpoint(now, peer, h.from);
+                            }
+                        }
                         Err(e) => self.kx_refused(e),
                     }
                 } else {
@@ -1596,8 +1983,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             window: h.window,
             payload: bytes::Bytes::copy_from_slice(pkt.payload),
         };
+        let peer_key = self.sessions.session(sender).map(|s| s.peer_x25519);
         if let Some(&id) = self.conn_index.get(&key) {
             if let Some(e) = self.conns.get_mut(&id) {
+                e.peer_key = peer_key.or(e.peer_key);
                 e.conn.handle_segment(now, seg);
             }
             self.drain_conn_events(id);
@@ -1648,6 +2037,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             c.abort();
         }
         let id = self.insert_conn(now, key, c, false, !full);
+        if let Some(e) = self.conns.get_mut(&id) {
+            e.peer_key = peer_key;
+        }
         if full {
             if let Some(e) = self.conns.get_mut(&id) {
                 e.app_closed = true;
@@ -1671,9 +2063,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
                 TimeoutReason::Keepalive => {
                     self.keepalive_sweep(now);
+                    self.liveness_sweep(now);
                     self.expire_half_open(now);
                     self.timers
-                        .set(TimeoutReason::Keepalive, now + KEEPALIVE_SWEEP);
+                        .set(TimeoutReason::Keepalive, now + self.sweep_period());
                 }
                 TimeoutReason::Ping(id) => {
                     if self.pings.remove(&id).is_some() {
@@ -1690,8 +2083,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                         let young = now.saturating_duration_since(e.started) < SYN_HOLD_MAX;
                         e.conn.hold_syn_retries(kx_pending && young);
                         e.conn.handle_timeout(now);
+                        let ask = e.conn.state() == conn::State::SynSent
+                            && !e.resolve_asked
+                            && now.saturating_duration_since(e.started) >= RESOLVE_AFTER;
+                        if ask {
+                            e.resolve_asked = true;
+                        }
                         self.drain_conn_events(id);
                         self.touch(id);
+                        if let (true, Some(peer)) = (ask, peer) {
+                            self.push_event(Event::ResolveNeeded { peer });
+                        }
                     }
                 }
             }
@@ -1726,11 +2128,83 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
+    /// Dead-peer detection (`spec/node.md` §7.1). For every peer with a
+    /// session: silent (nothing authenticated received) for half the peer
+    /// timeout → a probe (control ping, answered by any daemon), repeated
+    /// every eighth of the timeout; silent for the whole timeout → dead:
+    /// session dropped, connections failed, [`Event::PeerUnreachable`].
+    fn liveness_sweep(&mut self, now: Instant) {
+        if !self.encrypt {
+            return;
+        }
+        let timeout = self.peer_timeout;
+        let mut dead = Vec::new();
+        let mut probe = Vec::new();
+        // Watched: peers with a session, and peers with connections that
+        // have heard from them (their session may have been dropped).
+        let mut watched: BTreeSet<u32> = self.sessions.peers().collect();
+        watched.extend(
+            self.conns
+                .values()
+                .filter(|e| !e.conn.is_closed() && e.conn.state() != conn::State::SynSent)
+                .map(|e| e.key.remote.node),
+        );
+        for peer in watched {
+            let heard = self
+                .peers
+                .get(&peer)
+                .map_or(Instant::ZERO, |p| p.last_heard);
+            let last = self
+                .sessions
+                .session(peer)
+                .map_or(heard, |s| s.last_inbound.max(heard));
+            let silent = now.saturating_duration_since(last);
+            if silent >= timeout {
+                dead.push((peer, silent));
+            } else if silent >= timeout / 2 {
+                let due = self.peers.get(&peer).is_some_and(|p| {
+                    p.last_probe
+                        .is_none_or(|t| now.saturating_duration_since(t) >= timeout / 8)
+                });
+                if due {
+                    probe.push(peer);
+                }
+            }
+        }
+        for peer in probe {
+            let network = self.peers.get(&peer).map_or(0, |p| p.network);
+            let h = self.header(
+                Protocol::CONTROL,
+                Addr::new(network, self.addr.node),
+                Addr::new(network, peer),
+                0,
+                0,
+            );
+            if self.queue_packet(peer, h, PROBE_PAYLOAD).is_ok() {
+                self.stats.probes_sent += 1;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.last_probe = Some(now);
+                }
+            }
+        }
+        for (peer, silent) in dead {
+            self.stats.peers_dead += 1;
+            self.sessions.remove(peer);
+            self.fail_peer_conns(peer, ResetReason::PeerUnreachable);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.last_probe = None;
+            }
+            self.push_event(Event::PeerUnreachable { peer, silent });
+            self.push_event(Event::ResolveNeeded { peer });
+        }
+    }
+
     /// Turns session-table events into node events and re-arms its timer.
     fn after_session(&mut self, now: Instant) {
         while let Some(ev) = self.sessions.poll_event() {
             let out = match ev {
                 SessionEvent::Installed { peer, .. } => {
+                    self.fail_restarted_peer_conns(peer);
                     self.tunnel_up(now, peer);
                     Event::SessionUp { peer }
                 }
@@ -1738,6 +2212,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 SessionEvent::PreferRelay { .. } => continue,
                 SessionEvent::GaveUp { peer, discarded } => {
                     self.stats.pending_dropped += discarded as u64;
+                    self.push_event(Event::ResolveNeeded { peer });
                     Event::KeyExchangeGaveUp { peer }
                 }
             };

@@ -296,6 +296,339 @@ fn stream_round_trip_and_reap() {
     assert_eq!((v[0].conn_count(), v[1].conn_count()), (0, 0));
 }
 
+// ----- tunnel lifecycle (spec/crypto.md §13), one row per transition -----
+
+/// Runs both nodes' timers and delivers everything (instantly) until `to`,
+/// in 100-ms steps; `deaf[i]` drops what node i sends and receives.
+fn advance(v: &mut [N], from: Instant, to: Instant, deaf: [bool; 2]) -> Vec<(usize, Event)> {
+    let mut evs = Vec::new();
+    let mut now = from;
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    while now <= to {
+        for n in v.iter_mut() {
+            while n.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        if deaf.iter().any(|d| *d) {
+            // Cut off: whatever a deaf node sends or is sent is lost.
+            loop {
+                let mut moved = false;
+                for i in 0..v.len() {
+                    while let Some(t) = v[i].poll_transmit(now, &mut buf) {
+                        moved = true;
+                        let j = usize::from(t.dst.ip().to_string().ends_with(".2"));
+                        if !deaf[i] && !deaf[j] && j != i {
+                            let mut bytes = buf[..t.len].to_vec();
+                            v[j].handle_datagram(now, ep(i as u8 + 1), &mut bytes);
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        } else {
+            pump(v, now);
+        }
+        for (i, n) in v.iter_mut().enumerate() {
+            evs.extend(events(n).into_iter().map(|e| (i, e)));
+        }
+        now = now + Duration::from_millis(100);
+    }
+    evs
+}
+
+fn got_datagram(evs: &[(usize, Event)], at: usize, data: &[u8]) -> bool {
+    evs.iter()
+        .any(|(i, e)| *i == at && matches!(e, Event::Datagram { data: d, .. } if d == data))
+}
+
+/// A restarted node 1: new tunnel key, same identity, peer 2's endpoint
+/// known but not its identity key (it must be looked up).
+fn restarted(i: u8, seed: u8) -> N {
+    let mut rng = ChaCha8Rng::from_seed([seed; 32]);
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+    let mut n = Node::new(
+        Instant::ZERO,
+        NodeConfig {
+            addr: Addr::new(1, u32::from(i)),
+            identity: Some(ident(i)),
+            tunnel_key,
+            profile: WireProfile::Current,
+            provider: RustCrypto,
+            rng,
+            encrypt: true,
+            admin_token: Vec::new(),
+            limits: Limits::default(),
+        },
+    );
+    let other = 3 - i;
+    n.add_peer(Addr::new(1, u32::from(other)), ep(other), None);
+    n
+}
+
+/// Row 16 of `spec/crypto.md` §13: node 1 restarted and knows nothing of
+/// node 2 (a daemon without trust), so node 2's frames under its old
+/// session are dropped there without an answer. When the registry tells
+/// node 2 that node 1 moved, node 2's unchanged key exchange goes out; the
+/// restarted node verifies it once the registry vouches, replies with its
+/// new key, and node 2 replaces the stale session.
+#[test]
+fn lifecycle_endpoint_change_from_the_registry_rekeys_a_stale_session() {
+    let mut v = mesh(2, true);
+    v[0].bind(7).unwrap();
+    v[1].bind(7).unwrap();
+    let t0 = Instant::from_millis(1);
+    v[0].send_datagram(t0, Addr::new(1, 2), 7, Some(7), b"before")
+        .unwrap();
+    let evs = advance(&mut v, t0, Instant::from_millis(500), [false; 2]);
+    assert!(got_datagram(&evs, 1, b"before"));
+    // Node 1 restarts knowing nobody.
+    let mut rng = ChaCha8Rng::from_seed([77; 32]);
+    let tunnel_key = TunnelKey::generate(&RustCrypto, &mut rng);
+    v[0] = Node::new(
+        Instant::from_millis(600),
+        NodeConfig {
+            addr: Addr::new(1, 1),
+            identity: Some(ident(1)),
+            tunnel_key,
+            profile: WireProfile::Current,
+            provider: RustCrypto,
+            rng,
+            encrypt: true,
+            admin_token: Vec::new(),
+            limits: Limits::default(),
+        },
+    );
+    v[0].bind(7).unwrap();
+    let t1 = Instant::from_millis(3000);
+    // Without news from the registry node 2's frames go nowhere.
+    v[1].send_datagram(t1, Addr::new(1, 1), 7, Some(7), b"lost")
+        .unwrap();
+    let evs = advance(&mut v, t1, Instant::from_millis(3500), [false; 2]);
+    assert!(!got_datagram(&evs, 0, b"lost"));
+    assert!(v[1].has_session(1), "a failed frame changes nothing");
+    // The registry look-up finds node 1 (here: at the same address).
+    let t2 = Instant::from_millis(3600);
+    v[1].endpoint_changed(t2, 1);
+    let mut now = t2;
+    let mut evs = Vec::new();
+    while now < Instant::from_millis(5000) {
+        let step = advance(&mut v, now, now, [false; 2]);
+        for (i, e) in &step {
+            if let Event::IdentityNeeded { peer } = e {
+                let p = *peer as u8;
+                v[*i].identity_resolved(now, *peer, 1, *ident(p).public());
+            }
+        }
+        evs.extend(step);
+        now = now + Duration::from_millis(100);
+    }
+    assert!(v[0].has_session(2), "{evs:?}");
+    v[1].send_datagram(now, Addr::new(1, 1), 7, Some(7), b"after")
+        .unwrap();
+    let evs = advance(&mut v, now, now + Duration::from_millis(300), [false; 2]);
+    assert!(got_datagram(&evs, 0, b"after"), "{evs:?}");
+    // Rate-limited: a second notice within 3 s sends nothing.
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    let t3 = now + Duration::from_millis(400);
+    v[1].endpoint_changed(t3, 1);
+    v[1].endpoint_changed(t3 + Duration::from_millis(10), 1);
+    let mut kx = 0;
+    while v[1]
+        .poll_transmit(t3 + Duration::from_millis(10), &mut buf)
+        .is_some()
+    {
+        kx += usize::from(buf[..4] == *b"PILA");
+    }
+    assert_eq!(kx, 1);
+}
+
+#[test]
+fn lifecycle_table() {
+    type Setup = fn(&mut Vec<N>, Instant);
+    // (row, what happens, who sends first)
+    let rows: [(&str, Setup, usize); 5] = [
+        (
+            "revoked-here-we-send",
+            |v, t| {
+                v[0].close_tunnel(t, 2);
+            },
+            0,
+        ),
+        (
+            "revoked-here-peer-sends",
+            |v, t| {
+                v[0].close_tunnel(t, 2);
+            },
+            1,
+        ),
+        (
+            "revoked-both-peer-sends",
+            |v, t| {
+                v[0].close_tunnel(t, 2);
+                v[1].close_tunnel(t, 1);
+            },
+            1,
+        ),
+        (
+            "we-restarted-peer-sends",
+            |v, _| {
+                v[0] = restarted(1, 99);
+            },
+            1,
+        ),
+        (
+            "we-restarted-we-send",
+            |v, _| {
+                v[0] = restarted(1, 98);
+            },
+            0,
+        ),
+    ];
+    for (name, setup, first) in rows {
+        let mut v = mesh(2, true);
+        let t0 = Instant::from_millis(1);
+        v[0].bind(7).unwrap();
+        v[1].bind(7).unwrap();
+        v[0].send_datagram(t0, Addr::new(1, 2), 7, Some(7), b"before")
+            .unwrap();
+        let evs = advance(&mut v, t0, Instant::from_millis(500), [false; 2]);
+        assert!(got_datagram(&evs, 1, b"before"), "{name}: warm-up");
+        let t1 = Instant::from_millis(600);
+        setup(&mut v, t1);
+        let _ = v[0].bind(7);
+        let other = 1 - first;
+        let dst = Addr::new(1, other as u32 + 1);
+        v[first]
+            .send_datagram(t1, dst, 7, Some(7), b"after")
+            .unwrap();
+        // The registry of this test: identity look-ups are answered. A
+        // restarted peer's new key is accepted once the old session has
+        // been quiet for 2 s, and rekey requests answer the sender's
+        // frames at most every 3 s, arming no timer (spec/crypto.md §2.2,
+        // §2.4): the application repeats its datagram every second, as
+        // any traffic with retransmissions does; delivery within 7 s.
+        let mut evs = Vec::new();
+        let mut now = t1;
+        while now < Instant::from_millis(7600) {
+            let since = now.saturating_duration_since(t1).as_millis();
+            if since > 0 && since % 1000 == 0 && !got_datagram(&evs, other, b"after") {
+                let _ = v[first].send_datagram(now, dst, 7, Some(7), b"after");
+            }
+            let step = advance(&mut v, now, now, [false; 2]);
+            for (i, e) in &step {
+                if let Event::IdentityNeeded { peer } = e {
+                    let p = *peer as u8;
+                    v[*i].identity_resolved(now, *peer, 1, *ident(p).public());
+                }
+            }
+            evs.extend(step);
+            now = now + Duration::from_millis(100);
+        }
+        assert!(
+            got_datagram(&evs, other, b"after"),
+            "{name}: no delivery within 7 s: {evs:?}"
+        );
+        // And back the other way.
+        v[other]
+            .send_datagram(now, Addr::new(1, first as u32 + 1), 7, Some(7), b"back")
+            .unwrap();
+        let evs = advance(&mut v, now, now + Duration::from_millis(300), [false; 2]);
+        assert!(got_datagram(&evs, first, b"back"), "{name}: no reply");
+    }
+}
+
+#[test]
+fn lifecycle_dead_peer_fails_connections_and_idle_peers_stay_alive() {
+    let mut v = mesh(2, true);
+    for n in v.iter_mut() {
+        n.set_peer_timeout(Instant::ZERO, Duration::from_secs(4));
+    }
+    v[1].listen(9).unwrap();
+    let t0 = Instant::from_millis(1);
+    let c = v[0].connect(t0, Addr::new(1, 2), 9).unwrap();
+    let evs = advance(&mut v, t0, Instant::from_millis(500), [false; 2]);
+    assert!(evs.contains(&(0, Event::Connected(c))), "{evs:?}");
+    // Idle for a minute: probes keep the tunnel and the connection.
+    let evs = advance(
+        &mut v,
+        Instant::from_millis(600),
+        Instant::from_millis(60_000),
+        [false; 2],
+    );
+    assert!(
+        !evs.iter()
+            .any(|(_, e)| matches!(e, Event::PeerUnreachable { .. } | Event::Reset(..))),
+        "{evs:?}"
+    );
+    assert!(v[0].stats().probes_sent + v[1].stats().probes_sent > 0);
+    assert!(v[0].has_session(2));
+    // Node 2 goes silent: within the timeout plus one sweep the
+    // connection fails with a clear cause and the session is gone.
+    v[0].write(Instant::from_millis(60_000), c, b"into the void")
+        .unwrap();
+    let t_cut = Instant::from_millis(60_000);
+    let evs = advance(&mut v, t_cut, Instant::from_millis(66_000), [false, true]);
+    let reset = evs
+        .iter()
+        .find(|(i, e)| *i == 0 && matches!(e, Event::Reset(id, _) if *id == c));
+    assert_eq!(
+        reset.map(|(_, e)| e.clone()),
+        Some(Event::Reset(c, ResetCause::PeerUnreachable)),
+        "{evs:?}"
+    );
+    assert!(evs.iter().any(|(i, e)| *i == 0
+        && matches!(e, Event::PeerUnreachable { peer: 2, silent } if *silent <= Duration::from_millis(4600))));
+    assert!(!v[0].has_session(2));
+    assert_eq!(v[0].conn_count(), 0, "buffers released");
+}
+
+#[test]
+fn lifecycle_peer_proving_identity_from_a_new_address_is_used_there() {
+    let mut v = mesh(2, true);
+    v[0].bind(7).unwrap();
+    v[1].bind(7).unwrap();
+    let t0 = Instant::from_millis(1);
+    v[0].connect_tunnel(t0, 2);
+    pump(&mut v, t0);
+    assert!(v[0].has_session(2));
+    // Node 2 sends from a new address (rebound socket, NAT change).
+    let moved = SocketAddr::from(([127, 0, 0, 9], 5000));
+    let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
+    v[1].send_datagram(t0, Addr::new(1, 1), 7, Some(7), b"moved")
+        .unwrap();
+    let tx = v[1].poll_transmit(t0, &mut buf).unwrap();
+    v[0].handle_datagram(t0, moved, &mut buf[..tx.len]);
+    assert_eq!(v[0].peer_endpoint(2), Some(moved));
+    assert_eq!(v[0].stats().endpoint_moves, 1);
+    // An unauthenticated or forged frame from yet another address moves
+    // nothing.
+    let mut junk = buf[..tx.len].to_vec();
+    let last = junk.len() - 1;
+    junk[last] ^= 1;
+    v[0].handle_datagram(t0, ep(7), &mut junk);
+    assert_eq!(v[0].peer_endpoint(2), Some(moved));
+    let d: Vec<_> = core::iter::from_fn(|| v[0].poll_diagnostic()).collect();
+    assert!(
+        d.iter()
+            .any(|x| matches!(x, Diagnostic::EndpointMoved { peer: 2, .. })),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().any(|x| matches!(
+            x,
+            Diagnostic::Dropped {
+                peer: 2,
+                reason: AuthDrop::PilsBadTag,
+                ..
+            }
+        )),
+        "{d:?}"
+    );
+}
+
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }

@@ -14,7 +14,8 @@ use crate::time::Instant;
 pub enum TimeoutReason {
     /// The session table (key-exchange retransmission or give-up).
     Session,
-    /// The periodic NAT-keepalive sweep (`spec/node.md` §7).
+    /// The periodic NAT-keepalive and peer-liveness sweep
+    /// (`spec/node.md` §7).
     Keepalive,
     /// An outstanding ping expires (its ping id).
     Ping(u32),

@@ -152,6 +152,13 @@ pub enum ResetReason {
     DialTimeout,
     /// The application aborted.
     Aborted,
+    /// The tunnel peer stayed silent past the peer timeout (dead peer).
+    PeerUnreachable,
+    /// The tunnel to the peer was closed locally (trust revoked).
+    TunnelClosed,
+    /// The peer process restarted (its tunnel key changed): this
+    /// connection belonged to its previous incarnation.
+    PeerRestarted,
     /// Even the smallest segments do not get through while the peer still
     /// answers: the path MTU is too small (`spec/transport.md` §5.4).
     PathMtu,
@@ -227,6 +234,17 @@ impl Default for ConnConfig {
             user_timeout: USER_TIMEOUT,
         }
     }
+}
+
+/// Window figures of one connection ([`Connection::window_figures`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowFigures {
+    /// Segments in the out-of-order buffer.
+    pub ooo_segments: usize,
+    /// The peer's advertised receive window, bytes (0 before it spoke).
+    pub peer_window_bytes: usize,
+    /// Our advertised receive window, bytes.
+    pub recv_window_bytes: usize,
 }
 
 /// Counters and gauges of one connection.
@@ -612,6 +630,20 @@ impl Connection {
         self.recv.readable()
     }
 
+    /// Window figures for status reports (`spec/daemon.md` §3.3):
+    /// segments held out of order, the peer's last advertised window and
+    /// the window we advertise, both in bytes (segments × MSS).
+    pub fn window_figures(&self) -> WindowFigures {
+        let mss = self.cfg.mss;
+        WindowFigures {
+            ooo_segments: self.recv.ooo_len(),
+            peer_window_bytes: self
+                .peer_window
+                .map_or(0, |w| usize::from(w).saturating_mul(mss)),
+            recv_window_bytes: usize::from(self.recv.window()).saturating_mul(mss),
+        }
+    }
+
     /// Switches Nagle off (`true`) or on.
     pub fn set_nodelay(&mut self, nodelay: bool) {
         self.send.set_nodelay(nodelay);
@@ -646,6 +678,15 @@ impl Connection {
         if self.state != State::Closed {
             self.rst_pending = true;
             self.enter_closed(Event::Reset(ResetReason::Aborted));
+        }
+    }
+
+    /// Ends the connection at once with `reason`, sending nothing (the
+    /// tunnel to the peer is gone or the peer is dead). Data already
+    /// received stays readable; send buffers are released.
+    pub fn fail(&mut self, reason: ResetReason) {
+        if self.state != State::Closed {
+            self.enter_closed(Event::Reset(reason));
         }
     }
 

@@ -1,10 +1,11 @@
 //! The built-in scenarios over the protocol node ([`crate::pilot::Pilot`]):
-//! `datagram`, `ping`, `rekey`, `stream-transfer` and `hostile`. Each honours the node
+//! `datagram`, `ping`, `rekey`, `stream-transfer`, `hostile` and `tunnel-lifecycle`. Each honours the node
 //! count, volume, duration, profile and every fault flag of the
 //! [`SimConfig`] (the engine applies the faults).
 
 pub mod datagram;
 pub mod hostile;
+pub mod lifecycle;
 pub mod ping;
 pub mod rekey;
 pub mod stream;
@@ -24,6 +25,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(stream::StreamScenario));
     r.register(Box::new(rekey::RekeyScenario));
     r.register(Box::new(hostile::HostileScenario));
+    r.register(Box::new(lifecycle::LifecycleScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every

@@ -239,6 +239,9 @@ fn cause_class(c: ResetCause) -> &'static str {
         ResetCause::ZeroWindow => "zero-window",
         ResetCause::Aborted => "aborted",
         ResetCause::PathMtu => "path-mtu",
+        ResetCause::PeerUnreachable => "peer-unreachable",
+        ResetCause::TunnelClosed => "tunnel-closed",
+        ResetCause::PeerRestarted => "peer-restarted",
     }
 }
 
