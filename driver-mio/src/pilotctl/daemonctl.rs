@@ -45,8 +45,9 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(h) = std::env::var_os("PILOT_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".pilot")
+    home::home_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".pilot")
 }
 
 /// Whether process `pid` exists (signal 0).
@@ -62,6 +63,20 @@ pub fn alive(pid: i32) -> bool {
 fn signal(pid: i32, sig: i32) -> bool {
     // SAFETY: plain kill(2) on a positive pid read from our own PID file.
     pid > 0 && unsafe { libc::kill(pid, sig) } == 0
+}
+
+/// Makes the child of `cmd` lead a new session, so it outlives this
+/// terminal and this process (no SIGHUP, no shared process group).
+fn detach(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -155,15 +170,7 @@ fn ensure_rendezvous(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::new("internal", format!("cannot start the rendezvous: {e}")))?;
@@ -295,15 +302,7 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::new("internal", format!("cannot start daemon: {e}")))?;
