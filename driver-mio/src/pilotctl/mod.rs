@@ -1043,7 +1043,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let v = c
                 .handshake_pending()
                 .map_err(|e| CliError::ipc(e, "internal"))?;
-            let list = v["pending"].as_array().cloned().unwrap_or_default();
+            let mut list = v["pending"].as_array().cloned().unwrap_or_default();
+            util::local_times(&mut list, "received_at");
             let text = util::table(
                 &list,
                 &[
@@ -1060,7 +1061,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let v = c
                 .handshake_trusted()
                 .map_err(|e| CliError::ipc(e, "internal"))?;
-            let list = v["trusted"].as_array().cloned().unwrap_or_default();
+            let mut list = v["trusted"].as_array().cloned().unwrap_or_default();
+            util::local_times(&mut list, "approved_at");
             let text = util::table(
                 &list,
                 &[

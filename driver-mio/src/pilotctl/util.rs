@@ -186,6 +186,21 @@ pub fn table(rows: &[Value], columns: &[(&str, &str)], empty: &str) -> String {
         .join("\n")
 }
 
+/// Replaces the Unix-seconds field `key` of each row by its local time,
+/// RFC 3339 (`2026-01-02T03:04:05+01:00`), for a table; rows without a
+/// number there are left alone.
+pub fn local_times(rows: &mut [Value], key: &str) {
+    for r in rows {
+        let Some(secs) = r[key].as_i64() else {
+            continue;
+        };
+        if let Ok(ts) = jiff::Timestamp::from_second(secs) {
+            let local = ts.to_zoned(jiff::tz::TimeZone::system());
+            r[key] = Value::String(local.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string());
+        }
+    }
+}
+
 /// Result alias of the command implementations.
 pub type CliResult<T> = Result<T, CliError>;
 
@@ -383,6 +398,19 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn unix_seconds_become_local_rfc3339_in_tables() {
+        let mut rows = vec![
+            serde_json::json!({"at": 1_767_323_045}),
+            serde_json::json!({"at": "x"}),
+        ];
+        local_times(&mut rows, "at");
+        let s = rows[0]["at"].as_str().unwrap();
+        let back: jiff::Timestamp = s.parse().unwrap();
+        assert_eq!(back.as_second(), 1_767_323_045, "{s}");
+        assert_eq!(rows[1]["at"], "x");
     }
 
     #[test]
