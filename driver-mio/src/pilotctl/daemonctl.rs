@@ -325,8 +325,17 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
             )
             .hint(format!("check logs: tail -f {}", log_file.display())));
         }
-        if let Some(info) = probe(&opts.socket, Duration::from_secs(2)) {
+        let info = probe(&opts.socket, Duration::from_secs(2));
+        // Ready once registered (a node id): a daemon answers on its socket
+        // before the registry has assigned one, and a restart answered with
+        // node id 0. Past the deadline a running but unregistered daemon
+        // is reported as such.
+        let registered = info
+            .as_ref()
+            .is_some_and(|i| i["node_id"].as_u64().is_some_and(|n| n != 0));
+        if let Some(info) = info.filter(|_| registered || Instant::now() >= deadline) {
             return Ok(json!({
+                "registered": registered,
                 "rendezvous": rendezvous.clone().unwrap_or(Value::Null),
                 "address": info.get("address").cloned().unwrap_or(Value::Null),
                 "hostname": info.get("hostname").cloned().unwrap_or(json!("")),
