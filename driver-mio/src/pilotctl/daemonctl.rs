@@ -244,7 +244,9 @@ pub fn stop_rendezvous(dir: &Path) -> Option<i32> {
 }
 
 /// `daemon start` (detached). Returns the reference's object
-/// `{"address","hostname","log_file","node_id","pid","socket"}`.
+/// `{"address","hostname","log_file","node_id","pid","socket"}`, plus
+/// `rendezvous` (the one it started, or null) and `registered` (false
+/// only when the daemon runs but had no node id by the deadline).
 pub fn start(opts: &StartOptions) -> CliResult<Value> {
     // Private from the start: the daemon keeps its identity here.
     crate::daemon::files::create_private_dir(&opts.dir)
