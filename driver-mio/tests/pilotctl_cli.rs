@@ -166,3 +166,121 @@ fn help_version_completions_man_and_one_duration_syntax() {
     assert_eq!(e["code"], "invalid_argument");
     assert!(e["message"].as_str().unwrap().contains("30s"), "{e}");
 }
+
+#[test]
+fn install_service_writes_the_unit_and_keeps_a_changed_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("s.sock");
+    let units = dir.path().join("units");
+    let units_s = units.to_str().unwrap();
+    let unit = units.join("pilot-daemon.service");
+    let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_pilotctl"))
+        .with_file_name("pilot-daemon")
+        .display()
+        .to_string();
+
+    // A user unit running the pilot-daemon next to this pilotctl.
+    let out = pilotctl(
+        &["--json", "daemon", "install-service", "--unit-dir", units_s],
+        &sock,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = one_json_line(&out.stdout);
+    assert_eq!(v["data"]["status"], "written", "{v}");
+    assert_eq!(v["data"]["scope"], "user");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.contains(&format!("ExecStart={daemon} --dir %h/.pilot")),
+        "{text}"
+    );
+    assert!(text.contains("WantedBy=default.target"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&unit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+
+    // Again: nothing to do.
+    let out = pilotctl(
+        &[
+            "--json",
+            "daemon",
+            "install-service",
+            "--user",
+            "--unit-dir",
+            units_s,
+        ],
+        &sock,
+    );
+    assert_eq!(one_json_line(&out.stdout)["data"]["status"], "unchanged");
+
+    // Edited by hand: kept, unless --force.
+    std::fs::write(&unit, format!("{text}\n# my edit\n")).unwrap();
+    let out = pilotctl(
+        &[
+            "--json",
+            "daemon",
+            "install-service",
+            "--system",
+            "--unit-dir",
+            units_s,
+        ],
+        &sock,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let e = one_json_line(&out.stderr);
+    assert_eq!(e["code"], "already_exists", "{e}");
+    assert!(e["hint"].as_str().unwrap().contains("--force"), "{e}");
+    assert!(
+        std::fs::read_to_string(&unit)
+            .unwrap()
+            .contains("# my edit")
+    );
+    let out = pilotctl(
+        &[
+            "--json",
+            "daemon",
+            "install-service",
+            "--system",
+            "--force",
+            "--daemon-bin",
+            "/opt/pilot/pilot-daemon",
+            "--unit-dir",
+            units_s,
+        ],
+        &sock,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(one_json_line(&out.stdout)["data"]["status"], "replaced");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.contains("ExecStart=/opt/pilot/pilot-daemon --dir /var/lib/pilot"),
+        "{text}"
+    );
+    assert!(text.contains("User=pilot") && !text.contains("# my edit"));
+
+    // systemd needs absolute paths; --user and --system exclude each other.
+    let out = pilotctl(
+        &[
+            "--json",
+            "daemon",
+            "install-service",
+            "--daemon-bin",
+            "pilot-daemon",
+            "--unit-dir",
+            units_s,
+        ],
+        &sock,
+    );
+    assert_eq!(one_json_line(&out.stderr)["code"], "invalid_argument");
+    let out = pilotctl(
+        &[
+            "daemon",
+            "install-service",
+            "--user",
+            "--system",
+            "--unit-dir",
+            units_s,
+        ],
+        &sock,
+    );
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -143,6 +143,33 @@ fn ping_keeps_its_deadline_and_errors_name_the_cause() {
     assert_eq!(e["code"], "not_trusted", "{e}");
     assert!(e["hint"].as_str().unwrap().contains("pilotctl handshake"));
 
+    // Once asked, the same failure says the request waits, on both sides,
+    // with the command that ends the wait.
+    let beta_id = beta.node_id.to_string();
+    let alpha_id = alpha.node_id.to_string();
+    alpha.ok(&["handshake", &beta_id, "please"]);
+    let e = alpha.err(&["ping", &beta_id, "--count", "1", "--timeout", "10s"]);
+    assert_eq!(e["code"], "trust_pending", "{e}");
+    let hint = e["hint"].as_str().unwrap();
+    assert!(
+        hint.contains(&format!("pilotctl approve {alpha_id}")),
+        "{e}"
+    );
+    pilotctl_support::eventually("the request at beta", || {
+        pilotctl_support::lists(&beta.ok(&["pending"]), "pending", alpha.node_id)
+    });
+    // beta has not approved: it cannot reach alpha either (alpha is
+    // private), and is told to approve.
+    let e = beta.err(&["ping", &alpha_id, "--count", "1", "--timeout", "10s"]);
+    assert_eq!(e["code"], "trust_pending", "{e}");
+    assert!(
+        e["hint"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pilotctl approve {alpha_id}")),
+        "{e}"
+    );
+
     // Local argument errors come before any network call.
     let e = alpha.err(&[
         "send-message",

@@ -13,26 +13,32 @@ use pilotctl_support::{Net, Node, PILOTCTL, log_of, trust};
 /// Runs `pilotctl <args>` against `node` on a pseudo-terminal; returns its
 /// exit code and everything it wrote, or `None` without `script`.
 fn on_terminal(node: &Node, args: &[&str]) -> Option<(i32, String)> {
+    let mut all = vec!["--socket", node.socket.to_str().unwrap()];
+    all.extend_from_slice(args);
+    pty(&all, &[])
+}
+
+/// Runs `pilotctl <args>` on a pseudo-terminal (util-linux `script`) with
+/// extra environment `env`; `None` (and a message) without `script`.
+fn pty(args: &[&str], env: &[(&str, &Path)]) -> Option<(i32, String)> {
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: util-linux `script` is not installed (no pseudo-terminal)");
         return None;
     }
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut line = format!(
-        "{} --socket {}",
-        quote(PILOTCTL),
-        quote(node.socket.to_str().unwrap())
-    );
+    let mut line = quote(PILOTCTL);
     for a in args {
         line.push(' ');
         line.push_str(&quote(a));
     }
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &line, "/dev/null"])
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
         .env_remove("NO_COLOR")
-        .env("TERM", "xterm-256color")
-        .output()
-        .expect("run script");
+        .env("TERM", "xterm-256color");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run script");
     Some((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -100,4 +106,73 @@ fn human_output_on_a_terminal_and_none_of_its_escapes_in_pipes_or_logs() {
         assert_plain(&format!("{name}'s log file"), &log);
     }
     assert!(Path::new(&beta.dir.join("received/notes.txt")).exists());
+
+    // The receiver lists what arrived: a table for people, sender included.
+    let beta_dir = beta.dir.to_str().unwrap();
+    let alpha_addr = pilot_proto::addr::Addr::new(0, alpha.node_id).to_string();
+    let (code, text) = piped(&beta, &["received", "--dir", beta_dir]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(
+        text.contains("notes.txt") && text.contains(&alpha_addr),
+        "{text}"
+    );
+    assert_plain("piped received", &text);
+    if let Some((code, text)) = on_terminal(&beta, &["received", "--dir", beta_dir]) {
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("notes.txt"), "{text}");
+    }
+}
+
+#[test]
+fn demo_reads_well_on_a_terminal_and_leaves_no_escape_codes_in_pipes_or_logs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let args = ["demo", "--bench-mb", "2"];
+    if let Some((code, text)) = pty(&args, &[("TMPDIR", tmp.path())]) {
+        assert_eq!(code, 0, "{text}");
+        for want in ["pilot demo in", "ok    trust", "ok    send-file", "demo ok"] {
+            assert!(
+                text.contains(want),
+                "demo on a terminal lacks {want:?}: {text}"
+            );
+        }
+    }
+    // Piped, with the directory kept so its log files can be read.
+    let out = Command::new(PILOTCTL)
+        .args(["demo", "--bench-mb", "2", "--keep"])
+        .env("TMPDIR", tmp.path())
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run demo");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("demo ok"), "{text}");
+    assert_plain("piped demo", &text);
+    let mut logs = 0;
+    for entry in walk(tmp.path()) {
+        if entry.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&entry).unwrap_or_default();
+            assert_plain(&entry.display().to_string(), &log);
+            logs += 1;
+        }
+    }
+    assert!(logs >= 3, "the kept demo directory has its logs ({logs})");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

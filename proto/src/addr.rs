@@ -13,8 +13,9 @@ use core::fmt;
 use core::str::FromStr;
 
 /// A virtual address: 16-bit network and 32-bit node (`spec/wire.md` §1.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, arbitrary::Arbitrary,
+)]
 pub struct Addr {
     /// Network ID; 0 is the backbone every node belongs to.
     pub network: u16,
@@ -218,8 +219,9 @@ impl fmt::Display for Addr {
 }
 
 /// A virtual address plus a port (`spec/wire.md` §1.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, arbitrary::Arbitrary,
+)]
 pub struct PilotSockAddr {
     /// The virtual address.
     pub addr: Addr,

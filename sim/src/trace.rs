@@ -29,10 +29,7 @@ pub struct TraceDigest(pub [u8; 32]);
 
 impl fmt::Display for TraceDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 

@@ -351,3 +351,25 @@ fn the_binary_reports_usage_errors() {
     assert_eq!(o.status.code(), Some(EXIT_USAGE));
     assert!(String::from_utf8_lossy(&o.stderr).contains("percentage"));
 }
+
+#[test]
+fn help_lists_the_scenarios_and_version_works() {
+    let bin = env!("CARGO_BIN_EXE_pilot-sim");
+    let o = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("Scenarios:"), "{help}");
+    for (name, _) in pilot_sim::scenario::Registry::builtin().list() {
+        assert!(help.contains(name), "--help lists {name}: {help}");
+    }
+    let o = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "--version exits 0");
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(v.trim(), format!("pilot-sim {}", env!("CARGO_PKG_VERSION")));
+}

@@ -15,6 +15,7 @@
 pub mod addr;
 pub mod beacon;
 pub mod beacon_server;
+pub mod insecure;
 pub mod ipc;
 pub mod packet;
 pub mod registry;

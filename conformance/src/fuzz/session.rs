@@ -9,6 +9,7 @@
 //! panics", it checks invariants: frames fit the buffer, queues stay within
 //! their bounds, and an opened frame yields exactly what the peer sealed.
 
+use super::insecure::InsecureProvider;
 use arbitrary::{Arbitrary, Unstructured};
 use pilot_proto::crypto::WireProfile;
 use pilot_proto::crypto::envelope::{Envelope, PILS_OVERHEAD};
@@ -16,7 +17,6 @@ use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::kdf::derive_session_key;
 use pilot_proto::crypto::kx::{KeyExchange, PilaAuth, challenge};
 use pilot_proto::crypto::params::PENDING_PER_PEER;
-use pilot_proto::crypto::provider::insecure::InsecureProvider;
 use pilot_proto::crypto::session::{KxSource, SessionConfig, SessionEvent, SessionTable};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::tunnel::Frame;

@@ -282,7 +282,7 @@ impl DaemonArgs {
             .clone()
             .or_else(|| env_path("PILOT_HOME"))
             .or(file.dir)
-            .or_else(|| env_path("HOME").map(|h| h.join(".pilot")))
+            .or_else(|| home::home_dir().map(|h| h.join(".pilot")))
             .ok_or_else(|| {
                 DaemonRunError::Config("no state directory: set --dir, PILOT_HOME or HOME".into())
             })?;

@@ -31,6 +31,8 @@ pub enum Action {
         name: String,
         /// Contents.
         data: Vec<u8>,
+        /// The sender, recorded in `received.jsonl`.
+        from: pilot_proto::addr::Addr,
     },
     /// Replace the node profile (`profile.json`) with this JSON text.
     SaveProfile(String),

@@ -780,10 +780,11 @@ impl<E: Engine> EventLoop<E> {
                             "saving trust.json failed");
                     }
                 }
-                Action::SaveReceivedFile { name, data } => {
+                Action::SaveReceivedFile { name, data, from } => {
                     match self.parts.received.save(&name, &data) {
                         Ok(p) => {
-                            tracing::info!(path = %p.display(), bytes = data.len(), "file received")
+                            tracing::info!(path = %p.display(), bytes = data.len(), %from, "file received");
+                            crate::daemon::files::record_received(&p, data.len(), from);
                         }
                         Err(e) => tracing::warn!(name, error = %e, "received file not saved"),
                     }

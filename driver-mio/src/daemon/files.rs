@@ -36,6 +36,48 @@ const NAME_TRIES: u32 = 1000;
 /// tags as last applied, so that they survive a restart.
 pub const PROFILE_FILE: &str = "profile.json";
 
+/// The index of received files next to `received/`: one JSON line per
+/// saved file, `{"bytes","from","name","received_at"}`, so `pilotctl
+/// received` can say who sent what (the file system keeps no sender).
+pub const RECEIVED_INDEX: &str = "received.jsonl";
+/// Size at which [`RECEIVED_INDEX`] is rotated to `received.jsonl.1`
+/// (the previous `.1` is dropped): the index stays under twice this.
+pub const RECEIVED_INDEX_MAX: u64 = 1 << 20;
+
+/// Appends the record of a file just saved at `path` (inside `received/`)
+/// to [`RECEIVED_INDEX`] in the state directory, mode 0600, rotating it at
+/// [`RECEIVED_INDEX_MAX`]. Best effort: a failure is logged, the file
+/// itself is already safe.
+pub fn record_received(path: &Path, bytes: usize, from: pilot_proto::addr::Addr) {
+    let (Some(name), Some(state)) = (
+        path.file_name().and_then(|n| n.to_str()),
+        path.parent().and_then(Path::parent),
+    ) else {
+        return;
+    };
+    let index = state.join(RECEIVED_INDEX);
+    let line = serde_json::json!({
+        "bytes": bytes,
+        "from": from.to_string(),
+        "name": name,
+        "received_at": jiff::Zoned::now().strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+    });
+    let result = (|| -> io::Result<()> {
+        if fs::metadata(&index).is_ok_and(|m| m.len() >= RECEIVED_INDEX_MAX) {
+            fs::rename(&index, state.join(format!("{RECEIVED_INDEX}.1")))?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&index)?;
+        f.write_all(format!("{line}\n").as_bytes())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %index.display(), error = %e, "received-file index not updated");
+    }
+}
+
 /// The node profile (`profile.json`).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Profile {

@@ -236,40 +236,13 @@ pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
 /// `udp` (best effort) and returns the sizes the kernel reports (0 if
 /// unknown).
 pub fn grow_udp_buffers(udp: &std::net::UdpSocket) -> (usize, usize) {
-    use std::os::fd::AsRawFd;
-    let fd = udp.as_raw_fd();
-    let want = libc::c_int::try_from(UDP_SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
-    let mut got = [0usize; 2];
-    for (slot, opt) in got.iter_mut().zip([libc::SO_RCVBUF, libc::SO_SNDBUF]) {
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `fd` is an open socket owned by `udp`; the option value
-        // points at a live c_int of the stated length.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&want as *const libc::c_int).cast(),
-                len,
-            );
-        }
-        let mut val: libc::c_int = 0;
-        let mut vlen = len;
-        // SAFETY: as above; `val` and `vlen` are live and writable.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut val as *mut libc::c_int).cast(),
-                &mut vlen,
-            )
-        };
-        if rc == 0 {
-            *slot = usize::try_from(val).unwrap_or(0);
-        }
-    }
-    (got[0], got[1])
+    let sock = socket2::SockRef::from(udp);
+    let _ = sock.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    (
+        sock.recv_buffer_size().unwrap_or(0),
+        sock.send_buffer_size().unwrap_or(0),
+    )
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.trust = s.trust;
     cfg.identity_persisted = true;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
+    // Local time, as spec/services.md §5.4 asks (trust.json, inbox names).
+    cfg.utc_offset_secs = jiff::Zoned::now().offset().seconds();
     cfg.heartbeat = set.keepalive;
     cfg.node_limits.user_timeout = set.user_timeout;
     cfg.node_limits.pending_peers = set.pending_peers;
@@ -57,7 +59,9 @@ fn action(a: pd::Action) -> Action {
         pd::Action::DialRegistry => Action::DialRegistry,
         pd::Action::CloseRegistry => Action::CloseRegistry,
         pd::Action::SaveTrust(t) => Action::SaveTrust(t),
-        pd::Action::SaveReceivedFile { name, data } => Action::SaveReceivedFile { name, data },
+        pd::Action::SaveReceivedFile { name, data, from } => {
+            Action::SaveReceivedFile { name, data, from }
+        }
         pd::Action::SaveInbox { name, json } => Action::SaveInbox { name, json },
         pd::Action::SaveProfile(text) => Action::SaveProfile(text),
         pd::Action::Registered { node_id, address } => Action::Registered { node_id, address },

@@ -45,8 +45,9 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(h) = std::env::var_os("PILOT_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".pilot")
+    home::home_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".pilot")
 }
 
 /// Whether process `pid` exists (signal 0).
@@ -62,6 +63,20 @@ pub fn alive(pid: i32) -> bool {
 fn signal(pid: i32, sig: i32) -> bool {
     // SAFETY: plain kill(2) on a positive pid read from our own PID file.
     pid > 0 && unsafe { libc::kill(pid, sig) } == 0
+}
+
+/// Makes the child of `cmd` lead a new session, so it outlives this
+/// terminal and this process (no SIGHUP, no shared process group).
+fn detach(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -155,15 +170,7 @@ fn ensure_rendezvous(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::new("internal", format!("cannot start the rendezvous: {e}")))?;
@@ -237,7 +244,9 @@ pub fn stop_rendezvous(dir: &Path) -> Option<i32> {
 }
 
 /// `daemon start` (detached). Returns the reference's object
-/// `{"address","hostname","log_file","node_id","pid","socket"}`.
+/// `{"address","hostname","log_file","node_id","pid","socket"}`, plus
+/// `rendezvous` (the one it started, or null) and `registered` (false
+/// only when the daemon runs but had no node id by the deadline).
 pub fn start(opts: &StartOptions) -> CliResult<Value> {
     // Private from the start: the daemon keeps its identity here.
     crate::daemon::files::create_private_dir(&opts.dir)
@@ -295,15 +304,7 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| CliError::new("internal", format!("cannot start daemon: {e}")))?;
@@ -326,8 +327,17 @@ pub fn start(opts: &StartOptions) -> CliResult<Value> {
             )
             .hint(format!("check logs: tail -f {}", log_file.display())));
         }
-        if let Some(info) = probe(&opts.socket, Duration::from_secs(2)) {
+        let info = probe(&opts.socket, Duration::from_secs(2));
+        // Ready once registered (a node id): a daemon answers on its socket
+        // before the registry has assigned one, and a restart answered with
+        // node id 0. Past the deadline a running but unregistered daemon
+        // is reported as such.
+        let registered = info
+            .as_ref()
+            .is_some_and(|i| i["node_id"].as_u64().is_some_and(|n| n != 0));
+        if let Some(info) = info.filter(|_| registered || Instant::now() >= deadline) {
             return Ok(json!({
+                "registered": registered,
                 "rendezvous": rendezvous.clone().unwrap_or(Value::Null),
                 "address": info.get("address").cloned().unwrap_or(Value::Null),
                 "hostname": info.get("hostname").cloned().unwrap_or(json!("")),

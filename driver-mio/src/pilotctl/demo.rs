@@ -90,23 +90,6 @@ impl Drop for Guard {
     }
 }
 
-fn unique_dir() -> std::io::Result<PathBuf> {
-    let base = std::env::temp_dir();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    for i in 0..100u32 {
-        let d = base.join(format!("pilot-demo-{}-{nanos:x}-{i}", std::process::id()));
-        match fs::create_dir(&d) {
-            Ok(()) => return Ok(d),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temp dir name"))
-}
-
 /// Spawns `pilotctl <args>` with stdout and stderr appended to `log`.
 fn spawn(cleanup: &Arc<Mutex<Cleanup>>, name: &str, args: &[String], log: &Path) -> CliResult<()> {
     let exe = std::env::current_exe()
@@ -361,7 +344,13 @@ fn run_steps(
     cleanup: &Arc<Mutex<Cleanup>>,
     report: &mut Report,
 ) -> Option<(f64, f64)> {
-    let dir = match unique_dir() {
+    // A fresh private (0700) directory; `Cleanup` removes it, also on a
+    // signal, so tempfile's own drop is not relied upon.
+    let dir = match tempfile::Builder::new()
+        .prefix("pilot-demo-")
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+    {
         Ok(d) => d,
         Err(e) => {
             report.step("setup", || Err(CliError::new("internal", e.to_string())));

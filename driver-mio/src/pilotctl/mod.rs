@@ -15,10 +15,12 @@
 pub mod daemonctl;
 pub mod demo;
 pub mod gateway;
+pub mod mailbox;
 pub mod nameserver;
 pub mod ops;
 pub mod runners;
 pub mod secure;
+pub mod service;
 pub mod skill;
 pub mod util;
 
@@ -228,6 +230,30 @@ enum Cmd {
         #[arg(long, default_value = "0", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// List the files received by data exchange (local files, no daemon
+    /// needed). Each is kept under the sender's file name in
+    /// <dir>/received/; when that name is taken, `-1`, `-2`, … go before
+    /// the extension (`a.tar.gz` → `a.tar-1.gz`), nothing is overwritten.
+    /// The sender is recorded in <dir>/received.jsonl. Quota 2 GiB.
+    Received {
+        /// Remove every received file (and the sender records)
+        #[arg(long)]
+        clear: bool,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the messages received by data exchange (send-message), one
+    /// JSON file each in <dir>/inbox/ named <TYPE>-<YYYYMMDD-HHMMSS.mmm>.json
+    /// (local files, no daemon needed). Quota 256 MiB.
+    Inbox {
+        /// Remove every message
+        #[arg(long)]
+        clear: bool,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// List the daemon's streams
     Connections,
     /// List tunnel peers
@@ -314,6 +340,10 @@ enum DaemonCmd {
         #[arg(long)]
         rendezvous: bool,
     },
+    /// Write a systemd unit for the daemon (user or system; prints the
+    /// systemctl commands to enable it). A unit that differs is kept
+    /// unless --force.
+    InstallService(service::InstallArgs),
     /// Is the daemon running and answering?
     Status {
         /// Print nothing; exit 0 if the daemon answers, else 1
@@ -487,6 +517,15 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // A trust request already waiting turns "not trusted" into
+            // "trust pending", with the next step.
+            let e = match e.code {
+                "not_trusted" => match connect_within(&socket, Duration::from_secs(3)) {
+                    Ok(c) => util::trust_pending(e, &c),
+                    Err(_) => e,
+                },
+                _ => e,
+            };
             print_error(&e, json_mode);
             ExitCode::from(1)
         }
@@ -935,6 +974,14 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             }
             data(v)
         }
+        Cmd::Received { clear, dir } => {
+            let (v, text) = mailbox::received(&daemonctl::state_dir(dir.as_deref()), clear)?;
+            listing(v, text)
+        }
+        Cmd::Inbox { clear, dir } => {
+            let (v, text) = mailbox::inbox(&daemonctl::state_dir(dir.as_deref()), clear)?;
+            listing(v, text)
+        }
         Cmd::Connections => {
             let c = connect(socket)?;
             let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;
@@ -1050,7 +1097,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let v = c
                 .handshake_pending()
                 .map_err(|e| CliError::ipc(e, "internal"))?;
-            let list = v["pending"].as_array().cloned().unwrap_or_default();
+            let mut list = v["pending"].as_array().cloned().unwrap_or_default();
+            util::local_times(&mut list, "received_at");
             let text = util::table(
                 &list,
                 &[
@@ -1067,7 +1115,8 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             let v = c
                 .handshake_trusted()
                 .map_err(|e| CliError::ipc(e, "internal"))?;
-            let list = v["trusted"].as_array().cloned().unwrap_or_default();
+            let mut list = v["trusted"].as_array().cloned().unwrap_or_default();
+            util::local_times(&mut list, "approved_at");
             let text = util::table(
                 &list,
                 &[
@@ -1160,6 +1209,10 @@ fn daemon_cmd(cmd: DaemonCmd, socket: &std::path::Path) -> CliResult<Output> {
                 return data(v);
             }
             data(stopped?)
+        }
+        DaemonCmd::InstallService(a) => {
+            let (v, text) = service::install(&a)?;
+            listing(v, text)
         }
         DaemonCmd::Status { check, dir } => {
             let dir = daemonctl::state_dir(dir.as_deref());

@@ -119,7 +119,11 @@ pub fn ping(
                 }
                 stop = matches!(
                     e.code,
-                    "not_trusted" | "peer_offline" | "registry_unreachable" | "timeout"
+                    "not_trusted"
+                        | "trust_pending"
+                        | "peer_offline"
+                        | "registry_unreachable"
+                        | "timeout"
                 );
                 let v = json!({"code": e.code, "error": e.message, "rtt_ms": rtt, "seq": seq});
                 first_error.get_or_insert(e);

@@ -1,10 +1,10 @@
 //! Small helpers of `pilotctl`: the error type with its envelope code,
 //! duration parsing, address arguments (`spec/daemon.md` §4.7 of the
-//! reference) and the hand-written progress bar.
+//! reference), plain tables and the progress bar.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pilot_proto::addr::Addr;
 use serde_json::Value;
@@ -20,6 +20,9 @@ pub struct CliError {
     pub message: String,
     /// Next step for the user, if any.
     pub hint: Option<String>,
+    /// The peer a `not_trusted` failure is about (lets the caller look
+    /// for a pending request, [`trust_pending`]).
+    pub peer: Option<u32>,
 }
 
 impl CliError {
@@ -29,6 +32,7 @@ impl CliError {
             code,
             message: message.into(),
             hint: None,
+            peer: None,
         }
     }
 
@@ -83,8 +87,10 @@ pub fn cause(what: &str, node: u32, m: &str) -> CliError {
         || lower.contains("denied")
         || lower.contains("mutual trust")
     {
-        CliError::new("not_trusted", format!("{what}: node {node} is private and does not trust this node yet ({m})"))
-            .hint(format!("ask for trust: pilotctl handshake {node} \"reason\"; once asked, the peer must run: pilotctl approve <this node id>"))
+        let mut e = CliError::new("not_trusted", format!("{what}: node {node} is private and does not trust this node yet ({m})"))
+            .hint(format!("ask for trust: pilotctl handshake {node} \"reason\"; once asked, the peer must run: pilotctl approve <this node id>"));
+        e.peer = Some(node);
+        e
     } else if lower.contains("not found")
         || lower.contains("dial timeout")
         || lower.contains("gave up")
@@ -95,6 +101,57 @@ pub fn cause(what: &str, node: u32, m: &str) -> CliError {
     } else {
         CliError::new("connection_failed", format!("{what}: {m}"))
     }
+}
+
+/// Turns a `not_trusted` failure into `trust_pending` when a trust request
+/// between this node and the peer is already waiting: ours to the peer
+/// (`outgoing` in the daemon's pending list — the peer must approve) or
+/// the peer's to us (`pending` — we must approve). Any other error, or a
+/// daemon that cannot say, is returned unchanged.
+pub fn trust_pending(e: CliError, client: &IpcClient) -> CliError {
+    let Some(node) = e.peer.filter(|_| e.code == "not_trusted") else {
+        return e;
+    };
+    let Ok(v) = client.handshake_pending() else {
+        return e;
+    };
+    let listed = |key: &str| {
+        v[key]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["node_id"] == node))
+    };
+    let me = client
+        .info()
+        .ok()
+        .and_then(|i| i["node_id"].as_u64())
+        .map_or_else(|| "<this node id>".to_owned(), |n| n.to_string());
+    let mut out = if listed("pending") {
+        CliError::new(
+            "trust_pending",
+            format!(
+                "{} — node {node} has asked to trust this node and waits for your approval",
+                e.message
+            ),
+        )
+        .hint(format!(
+            "approve it: pilotctl approve {node} (or pilotctl reject {node})"
+        ))
+    } else if listed("outgoing") {
+        CliError::new(
+            "trust_pending",
+            format!(
+                "{} — this node's trust request to node {node} is not approved yet",
+                e.message
+            ),
+        )
+        .hint(format!(
+            "node {node} must run: pilotctl approve {me}; then retry"
+        ))
+    } else {
+        return e;
+    };
+    out.peer = Some(node);
+    out
 }
 
 /// The error of a failed dial to `addr:port` reported by the daemon.
@@ -127,6 +184,21 @@ pub fn table(rows: &[Value], columns: &[(&str, &str)], empty: &str) -> String {
         .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Replaces the Unix-seconds field `key` of each row by its local time,
+/// RFC 3339 (`2026-01-02T03:04:05+01:00`), for a table; rows without a
+/// number there are left alone.
+pub fn local_times(rows: &mut [Value], key: &str) {
+    for r in rows {
+        let Some(secs) = r[key].as_i64() else {
+            continue;
+        };
+        if let Ok(ts) = jiff::Timestamp::from_second(secs) {
+            let local = ts.to_zoned(jiff::tz::TimeZone::system());
+            r[key] = Value::String(local.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string());
+        }
+    }
 }
 
 /// Result alias of the command implementations.
@@ -228,83 +300,51 @@ pub fn parse_node_id(arg: &str) -> CliResult<u32> {
         .map_err(|_| CliError::invalid(format!("invalid node id {arg:?}")))
 }
 
-/// A textual progress bar on stderr, drawn only when stderr is a terminal.
+/// A byte-count progress bar on stderr (`indicatif`), drawn only when
+/// stderr is a terminal and cleared when done, so no trace of it is left
+/// on the screen, in a pipe or in a log file.
 pub struct Progress {
-    label: String,
-    total: u64,
-    done: u64,
-    start: Instant,
-    last_draw: Option<Instant>,
-    enabled: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
-    /// A bar for `total` bytes; silent unless `show` and stderr is a TTY.
+    /// A bar for `total` bytes; hidden unless `show` and stderr is a TTY.
     pub fn new(label: &str, total: u64, show: bool) -> Self {
-        Progress {
-            label: label.to_owned(),
-            total,
-            done: 0,
-            start: Instant::now(),
-            last_draw: None,
-            enabled: show && std::io::stderr().is_terminal(),
-        }
+        Self::with_target(label, total, show && std::io::stderr().is_terminal())
     }
 
-    /// Records `n` more bytes done and redraws at most ten times a second.
+    fn with_target(label: &str, total: u64, visible: bool) -> Self {
+        let target = if visible {
+            // At most ten redraws a second.
+            indicatif::ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total), target);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {percent:>3}%  {bytes}/{total_bytes}  {binary_bytes_per_sec}  {eta}",
+        ) {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        bar.set_prefix(label.to_owned());
+        Progress { bar }
+    }
+
+    /// Records `n` more bytes done.
     pub fn add(&mut self, n: u64) {
-        self.done = self.done.saturating_add(n);
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        if self
-            .last_draw
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
-            && self.done < self.total
-        {
-            return;
-        }
-        self.last_draw = Some(now);
-        self.draw(now);
+        self.bar.inc(n);
     }
 
-    fn draw(&self, now: Instant) {
-        const WIDTH: u64 = 30;
-        let frac = if self.total == 0 {
-            1.0
-        } else {
-            (self.done as f64 / self.total as f64).min(1.0)
-        };
-        let filled = (frac * WIDTH as f64) as u64;
-        let bar: String = (0..WIDTH)
-            .map(|i| if i < filled { '#' } else { '-' })
-            .collect();
-        let secs = now.duration_since(self.start).as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.done as f64 / (1024.0 * 1024.0) / secs
-        } else {
-            0.0
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r{} [{bar}] {:5.1}%  {:.1}/{:.1} MiB  {rate:.1} MiB/s",
-            self.label,
-            frac * 100.0,
-            self.done as f64 / 1048576.0,
-            self.total as f64 / 1048576.0
-        );
-        let _ = err.flush();
+    /// Bytes recorded so far.
+    pub fn done(&self) -> u64 {
+        self.bar.position()
     }
 
-    /// Ends the bar (newline) if it was drawn.
+    /// Ends the bar and clears it from the terminal.
     pub fn finish(&mut self) {
-        if self.enabled && self.last_draw.is_some() {
-            self.draw(Instant::now());
-            eprintln!();
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
         }
-        self.enabled = false;
     }
 }
 
@@ -358,6 +398,30 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn unix_seconds_become_local_rfc3339_in_tables() {
+        let mut rows = vec![
+            serde_json::json!({"at": 1_767_323_045}),
+            serde_json::json!({"at": "x"}),
+        ];
+        local_times(&mut rows, "at");
+        let s = rows[0]["at"].as_str().unwrap();
+        let back: jiff::Timestamp = s.parse().unwrap();
+        assert_eq!(back.as_second(), 1_767_323_045, "{s}");
+        assert_eq!(rows[1]["at"], "x");
+    }
+
+    #[test]
+    fn hidden_progress_counts_and_finishes() {
+        let mut p = Progress::with_target("x", 100, false);
+        p.add(40);
+        p.add(70);
+        assert_eq!(p.done(), 110);
+        p.finish();
+        assert!(p.bar.is_finished());
+        assert!(p.bar.is_hidden());
     }
 
     #[test]

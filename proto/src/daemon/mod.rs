@@ -240,6 +240,8 @@ pub enum Action {
         name: String,
         /// Contents.
         data: Vec<u8>,
+        /// The sender's address.
+        from: Addr,
     },
     /// Write the node's profile (`{"hostname","public","tags"}` JSON) so
     /// that a restart applies it again (`spec/daemon.md` §2).
@@ -2394,10 +2396,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         while let Some(a) = self.host.poll_action() {
             match a {
                 HostAction::SaveReceivedFile {
-                    conn, name, data, ..
+                    conn,
+                    name,
+                    data,
+                    from,
+                    ..
                 } => {
-                    self.actions
-                        .push_back(Action::SaveReceivedFile { name, data });
+                    self.actions.push_back(Action::SaveReceivedFile {
+                        name,
+                        data,
+                        from: from.addr,
+                    });
                     self.host_saved(now, conn);
                 }
                 HostAction::SaveInbox {

@@ -859,7 +859,7 @@ fn data_exchange_file_is_saved_and_acknowledged() {
     let saved = net.actions[1]
         .iter()
         .find_map(|x| match x {
-            Action::SaveReceivedFile { name, data } => Some((name.clone(), data.clone())),
+            Action::SaveReceivedFile { name, data, .. } => Some((name.clone(), data.clone())),
             _ => None,
         })
         .expect("file handed to the driver");

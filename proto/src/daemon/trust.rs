@@ -330,7 +330,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         })
                     })
                     .collect();
-                let j = json!({ "pending": list }).to_string();
+                let outgoing: Vec<_> = store
+                    .outgoing()
+                    .iter()
+                    .map(|(n, sent)| json!({"node_id": n, "sent_at": sent}))
+                    .collect();
+                let j = json!({ "pending": list, "outgoing": outgoing }).to_string();
                 self.push(client, &IpcMessage::HandshakeOk(&j));
             }
             HandshakeRequest::ListTrusted => {

@@ -33,8 +33,7 @@ pub const fn max_payload(profile: WireProfile) -> u32 {
 }
 
 /// The type word of a frame (`spec/services.md` §5.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub enum FrameType {
     /// 1: UTF-8 text.
     Text,

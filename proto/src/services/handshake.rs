@@ -58,8 +58,7 @@ pub const fn max_message(profile: WireProfile) -> usize {
 }
 
 /// The four message types (`spec/services.md` §4.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub enum MessageType {
     /// Ask for trust.
     #[serde(rename = "handshake_request")]
@@ -77,8 +76,7 @@ pub enum MessageType {
 
 /// One handshake message. Field order is the canonical serialisation
 /// order (`spec/services.md` §4.1).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub struct HandshakeMessage {
     /// Message type.
     #[serde(rename = "type")]
@@ -468,6 +466,11 @@ impl TrustStore {
     /// Pending requests.
     pub fn pending(&self) -> &BTreeMap<u32, Pending> {
         &self.pending
+    }
+
+    /// Unanswered requests of ours: node id → Unix seconds sent.
+    pub fn outgoing(&self) -> &BTreeMap<u32, i64> {
+        &self.outgoing
     }
 
     /// Whether we have an unanswered request to `node`.
@@ -952,8 +955,7 @@ fn is_zero(n: &u16) -> bool {
 }
 
 /// A trusted entry of `trust.json` (`spec/services.md` §4.6).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub struct TrustedEntry {
     /// Peer node ID.
     pub node_id: u32,
@@ -971,8 +973,7 @@ pub struct TrustedEntry {
 }
 
 /// A pending entry of `trust.json` (`spec/services.md` §4.6).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub struct PendingEntry {
     /// Requester node ID.
     pub node_id: u32,
@@ -990,8 +991,7 @@ pub struct PendingEntry {
 }
 
 /// A revoked entry of `trust.json` (current generation; kept as read).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub struct RevokedEntry {
     /// Revoked node ID.
     pub node_id: u32,
@@ -1000,8 +1000,7 @@ pub struct RevokedEntry {
 }
 
 /// The whole `trust.json` document (`spec/services.md` §4.6).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, arbitrary::Arbitrary)]
 pub struct TrustFile {
     /// Trusted peers; `null` when empty.
     pub trusted: Option<Vec<TrustedEntry>>,

@@ -8,8 +8,7 @@ use core::fmt;
 use crate::time::civil::{civil_from_days, days_from_civil};
 
 /// A wall-clock instant plus the local UTC offset it is displayed in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, arbitrary::Arbitrary)]
 pub struct WallTime {
     /// Seconds since 1970-01-01T00:00:00Z.
     pub unix_secs: i64,

@@ -456,8 +456,7 @@ const ACTION_SET: u8 = 1;
 /// A one-byte switch where 1 means "yes" and every other value "no".
 ///
 /// The raw byte is kept so that re-encoding gives back the received bytes.
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flag(pub u8);
 
 impl Flag {
@@ -478,8 +477,7 @@ impl Flag {
 }
 
 /// A `Handshake` request (`spec/ipc.md` §5).
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HandshakeRequest<'a> {
     /// `0x01`: ask `node_id` to trust us.
     Request {
@@ -550,8 +548,7 @@ impl HandshakeRequest<'_> {
 }
 
 /// A `Network` request (`spec/ipc.md` §7).
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NetworkRequest<'a> {
     /// `0x01`: list networks.
     List,
@@ -606,8 +603,7 @@ impl NetworkRequest<'_> {
 }
 
 /// A `Managed` request (`spec/ipc.md` §7).
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ManagedRequest<'a> {
     /// `0x02`: status, of one network or (None) all.
     Status {
@@ -660,8 +656,7 @@ impl ManagedRequest<'_> {
 ///
 /// Variants holding a single `&str` are JSON documents (checked to be UTF-8,
 /// not parsed) unless documented otherwise.
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpcMessage<'a> {
     /// `0x01` bind a port.
     Bind {

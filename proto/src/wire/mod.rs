@@ -15,8 +15,7 @@ pub mod tunnel;
 ///
 /// `Current` is the newest behaviour and the default; `Legacy` is the
 /// February 2026 ("v1.8") behaviour, selected explicitly for compatibility.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub enum WireProfile {
     /// Newest rules (default).
     #[default]

@@ -84,7 +84,6 @@ impl Flags {
     }
 }
 
-#[cfg(feature = "arbitrary")]
 impl<'a> arbitrary::Arbitrary<'a> for Flags {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Flags> {
         Ok(Flags::from_bits_truncate(u8::arbitrary(u)?))
@@ -129,8 +128,7 @@ impl fmt::Debug for Flags {
 
 /// The protocol byte (`spec/wire.md` §2.1). Values other than the three
 /// constants decode fine and are kept as they are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Protocol(pub u8);
 
 impl Protocol {
@@ -149,8 +147,7 @@ impl Protocol {
 
 /// The decoded fields of a packet header, without the checksum
 /// (`spec/wire.md` §2.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, arbitrary::Arbitrary)]
 pub struct Header {
     /// Version nibble; always 1 when sending.
     pub version: u8,

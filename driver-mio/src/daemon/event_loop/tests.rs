@@ -91,10 +91,12 @@ impl Engine for Fake {
             self.actions.push_back(Action::SaveReceivedFile {
                 name: "f.bin".into(),
                 data: vec![1, 2, 3],
+                from: pilot_proto::addr::Addr::new(0, 5),
             });
             self.actions.push_back(Action::SaveReceivedFile {
                 name: "../escape".into(),
                 data: vec![9],
+                from: pilot_proto::addr::Addr::new(0, 5),
             });
             self.actions.push_back(Action::SaveInbox {
                 name: "TEXT-1.json".into(),
@@ -248,6 +250,16 @@ fn loop_drives_sockets_files_and_stop() {
         1
     );
     assert!(dir.path().join("inbox/TEXT-1.json").exists());
+    // The saved file is indexed with its sender; the refused one is not.
+    let index = std::fs::read_to_string(dir.path().join("received.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = index
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{index}");
+    assert_eq!(lines[0]["name"], "f.bin");
+    assert_eq!(lines[0]["bytes"], 3);
+    assert_eq!(lines[0]["from"], "0:0000.0000.0005");
 
     // A protocol error: the engine's last words arrive, then EOF.
     let mut c2 = StdUnix::connect(&sock).unwrap();
