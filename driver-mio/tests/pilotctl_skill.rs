@@ -389,3 +389,21 @@ fn committed_skill_file_is_current() {
         "SKILL.md is stale; regenerate it: cargo run -p pilot-driver-mio --bin pilotctl -- skill show > SKILL.md"
     );
 }
+
+/// `pilotctl skill show | head -1`: a reader that is gone before the
+/// output is written is no panic; pilotctl exits 0 (it used to die with
+/// "failed printing to stdout: Broken pipe"). The pipe's read end is
+/// closed before pilotctl starts, so the write always meets EPIPE.
+#[test]
+fn a_reader_that_leaves_early_is_no_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(PILOTCTL)
+        .args(["skill", "show"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}

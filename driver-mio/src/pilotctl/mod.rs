@@ -504,17 +504,14 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         Ok(Output::Done(code)) => code,
         Ok(Output::Data { mut data, text }) => {
             round_floats(&mut data);
-            if json_mode {
-                println!("{}", json!({"data": data, "status": "ok"}));
+            let out = if json_mode {
+                json!({"data": data, "status": "ok"}).to_string()
             } else if let Some(t) = text {
-                println!("{t}");
+                t
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            }
-            ExitCode::SUCCESS
+                serde_json::to_string_pretty(&data).unwrap_or_default()
+            };
+            write_stdout(&out)
         }
         Err(e) => {
             // A trust request already waiting turns "not trusted" into
@@ -527,6 +524,27 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
                 _ => e,
             };
             print_error(&e, json_mode);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes a command's result and a newline to stdout. A reader that went
+/// away early (`pilotctl skill show | head`) is not an error of ours: the
+/// command ran, so it exits 0 quietly instead of panicking as `println!`
+/// does on a broken pipe; any other write error exits 1 with a message.
+fn write_stdout(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the result to stdout: {e}");
             ExitCode::from(1)
         }
     }
