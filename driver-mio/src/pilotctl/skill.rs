@@ -64,7 +64,7 @@ pub const EXAMPLES: &[Example] = &[
     Example {
         command: "pending",
         argv: &["pending"],
-        output: r#"{"pending":[{"justification":"please trust me","node_id":2,"public_key":"","received_at":1796300040}]}"#,
+        output: r#"{"outgoing":[],"pending":[{"justification":"please trust me","node_id":2,"public_key":"","received_at":1796300040}]}"#,
     },
     Example {
         command: "approve",
@@ -117,7 +117,7 @@ pub const EXAMPLES: &[Example] = &[
     Example {
         command: "connections",
         argv: &["connections"],
-        output: r#"{"connections":[{"bytes_recv":10,"bytes_sent":15,"cong_win":40975,"dup_acks":0,"fast_retx":0,"id":2147483653,"in_flight":0,"in_recovery":false,"local_port":1002,"mss_reductions":0,"path_mtu":1222,"remote_addr":"0:0000.0000.0002","remote_port":49153,"retransmits":0,"rttvar_ms":0.754,"sack_recv":0,"sack_sent":0,"segment_size":1152,"segs_recv":5,"segs_sent":4,"srtt_ms":1.508,"ssthresh":524288,"state":"ESTABLISHED","unacked":0}],"total":1}"#,
+        output: r#"{"connections":[{"bytes_recv":10,"bytes_sent":15,"cong_win":40975,"dup_acks":0,"fast_retx":0,"id":2147483653,"in_flight":0,"in_recovery":false,"local_port":1002,"mss_reductions":0,"ooo_buf":0,"path_mtu":1222,"peer_recv_win":589824,"recv_win":589824,"remote_addr":"0:0000.0000.0002","remote_port":49153,"retransmits":0,"rttvar_ms":0.754,"sack_recv":0,"sack_sent":0,"segment_size":1152,"segs_recv":5,"segs_sent":4,"srtt_ms":1.508,"ssthresh":524288,"state":"ESTABLISHED","unacked":0}],"total":1}"#,
     },
 ];
 
