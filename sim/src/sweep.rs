@@ -126,6 +126,26 @@ pub struct CellResult {
     pub first_failed: Option<u64>,
 }
 
+/// Writes one row of the summary table: the cell (or `TOTAL`), its runs,
+/// ok count, whether it must succeed, and its failures by class.
+fn write_row(out: &mut dyn Write, label: &str, r: &CellResult, must: &str) -> io::Result<()> {
+    let classes = r
+        .failures
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    writeln!(
+        out,
+        "{:<60} {:>6} {:>6} {:>5}  {}",
+        label,
+        r.runs,
+        r.ok,
+        must,
+        if classes.is_empty() { "-" } else { &classes }
+    )
+}
+
 /// Runs one cell over the configured seeds.
 pub fn run_cell(cell: &Cell, cfg: &SimConfig, registry: &Registry) -> Result<CellResult, String> {
     let mut args = vec![
@@ -206,21 +226,8 @@ pub fn run(
                 return Ok(EXIT_USAGE);
             }
         };
-        let classes = r
-            .failures
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        writeln!(
-            out,
-            "{:<60} {:>6} {:>6} {:>5}  {}",
-            cell.flags,
-            r.runs,
-            r.ok,
-            if cell.must_succeed { "yes" } else { "no" },
-            if classes.is_empty() { "-" } else { &classes }
-        )?;
+        let must = if cell.must_succeed { "yes" } else { "no" };
+        write_row(out, &cell.flags, &r, must)?;
         out.flush()?;
         if cell.must_succeed && r.ok < r.runs {
             if let Some(seed) = r.first_failed {
@@ -236,21 +243,7 @@ pub fn run(
             *total.failures.entry(k).or_default() += v;
         }
     }
-    let classes = total
-        .failures
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    writeln!(
-        out,
-        "{:<60} {:>6} {:>6} {:>5}  {}",
-        "TOTAL",
-        total.runs,
-        total.ok,
-        "",
-        if classes.is_empty() { "-" } else { &classes }
-    )?;
+    write_row(out, "TOTAL", &total, "")?;
     writeln!(
         out,
         "{} cells that allow success had failures",
