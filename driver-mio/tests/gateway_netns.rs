@@ -4,18 +4,25 @@
 //! gateway live in namespace B, joined to A by a veth pair. An unmodified
 //! `curl http://10.4.0.1/` inside B fetches A's page through the gateway;
 //! `gateway list` shows the mapping; `unmap` removes it and curl fails;
-//! `stop` removes everything. Needs root (network namespaces); skips with
-//! a message otherwise.
+//! `stop` removes everything. The gateway's DNS stub runs on port 53 of
+//! B's loopback and B's resolv.conf points at it (`ip netns exec` mounts
+//! `/etc/netns/<B>/resolv.conf`), so `curl http://web-a.pilot/` resolves
+//! through the ordinary system resolver; a Rust client (hickory-proto)
+//! and `dig`, when installed, check the answers. Needs root (network
+//! namespaces); skips with a message otherwise.
 
 mod pilotctl_support;
 
 use std::fs::File;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use pilot_driver_mio::ipc_client::IpcClient;
 use pilot_driver_mio::rendezvous::server::{Server, ServerConfig};
 use pilot_driver_tokio::{Addr, Node, NodeConfig, RegistryConfig};
@@ -93,6 +100,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.b));
         // Deleting a namespace removes its veth end (and so the pair).
         let _ = run(&["ip", "netns", "del", &self.a]);
         let _ = run(&["ip", "netns", "del", &self.b]);
@@ -190,6 +198,41 @@ fn curl(ns: &Netns, url: &str) -> Output {
         .expect("run curl (install curl)")
 }
 
+/// One DNS query to the stub on B's `127.0.0.1:53`, from a thread inside
+/// namespace B: the answer's A addresses, or the error rcode.
+fn dns_query(ns: &Netns, name: &str, t: RecordType) -> Result<Vec<Ipv4Addr>, ResponseCode> {
+    let b = ns.b.clone();
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        enter(&b);
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut q = Message::new();
+        q.set_id(0x5150)
+            .set_message_type(MessageType::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(&name).unwrap(), t));
+        sock.send_to(&q.to_vec().unwrap(), "127.0.0.1:53").unwrap();
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).expect("a DNS reply within 20 s");
+        let r = Message::from_vec(&buf[..n]).expect("a valid DNS reply");
+        assert_eq!(r.id(), 0x5150);
+        if r.response_code() != ResponseCode::NoError {
+            return Err(r.response_code());
+        }
+        Ok(r.answers()
+            .iter()
+            .filter_map(|rec| match rec.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect())
+    })
+    .join()
+    .unwrap()
+}
+
 fn lo_has(ns: &Netns, ip: &str) -> bool {
     let out = run(&["ip", "-n", &ns.b, "-4", "addr", "show", "dev", "lo"]);
     String::from_utf8_lossy(&out.stdout).contains(&format!("{ip}/32"))
@@ -253,8 +296,21 @@ fn curl_reaches_a_peer_through_the_gateway() {
         }
     }
 
+    // B's system resolver asks the gateway's DNS stub.
+    let etc = Path::new("/etc/netns").join(&ns.b);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+
     // A hostname target is resolved through daemon B.
-    let (ok, v) = ctl(&["gateway", "start", "--ports", "80", "web-a"]);
+    let (ok, v) = ctl(&[
+        "gateway",
+        "start",
+        "--ports",
+        "80",
+        "--dns",
+        "127.0.0.1:53",
+        "web-a",
+    ]);
     assert!(ok, "gateway start: {v}");
     let _stop = StopGw(&ctl);
     let data = &v["data"];
@@ -308,11 +364,63 @@ fn curl_reaches_a_peer_through_the_gateway() {
     assert!(!ok);
     assert_eq!(v["message"], "IP 10.9.0.1 not in subnet 10.4.0.0/16");
 
+    // The DNS stub answers with the peer's current mapping, refuses other
+    // domains and says NXDOMAIN for unknown hosts.
+    assert_eq!(
+        dns_query(&ns, "web-a.pilot.", RecordType::A),
+        Ok(vec!["10.4.3.7".parse().unwrap()])
+    );
+    assert_eq!(
+        dns_query(&ns, "WEB-A.pilot.", RecordType::A),
+        Ok(vec!["10.4.3.7".parse().unwrap()])
+    );
+    assert_eq!(dns_query(&ns, "web-a.pilot.", RecordType::AAAA), Ok(vec![]));
+    assert_eq!(
+        dns_query(&ns, "nobody-here.pilot.", RecordType::A),
+        Err(ResponseCode::NXDomain)
+    );
+    assert_eq!(
+        dns_query(&ns, "example.com.", RecordType::A),
+        Err(ResponseCode::Refused)
+    );
+    // Unmapped, the name maps the peer again on first use: an ordinary
+    // curl by name goes resolver → stub → new mapping → Pilot stream.
+    let (ok, v) = ctl(&["gateway", "unmap", "10.4.3.7"]);
+    assert!(ok, "{v}");
+    let out = curl(&ns, "http://web-a.pilot/");
+    assert!(
+        out.status.success(),
+        "curl by name failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE);
+    let (ok, v) = ctl(&["gateway", "list"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["data"]["mappings"][0]["ip"], "10.4.0.1", "{v}");
+    assert_eq!(v["data"]["mappings"][0]["addr"], addr_a.to_string());
+    assert_eq!(v["data"]["dns"]["listen"], "127.0.0.1:53");
+    let q = &v["data"]["dns"]["queries"];
+    assert!(q["answered"].as_u64().unwrap() >= 3, "{q}");
+    assert_eq!(q["nxdomain"], 1, "{q}");
+    assert_eq!(q["refused"], 1, "{q}");
+    match ns
+        .in_b("dig")
+        .args(["+short", "+time=10", "@127.0.0.1", "web-a.pilot"])
+        .output()
+    {
+        Ok(out) => assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "10.4.0.1",
+            "dig: {out:?}"
+        ),
+        Err(e) => eprintln!("dig not installed ({e}); the Rust client checked the stub"),
+    }
+
     // Stop removes the addresses and the control socket.
     let (ok, v) = ctl(&["gateway", "stop"]);
     assert!(ok, "{v}");
     assert_eq!(v["data"]["stopped"], true);
-    assert!(!lo_has(&ns, "10.4.3.7"));
+    assert!(!lo_has(&ns, "10.4.0.1"));
     assert!(!control.exists());
     let (ok, v) = ctl(&["gateway", "list"]);
     assert!(!ok);

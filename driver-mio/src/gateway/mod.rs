@@ -14,8 +14,11 @@
 //!   change the running gateway.
 //! * [`control`] is the control socket's one-line JSON protocol, both
 //!   sides.
+//! * [`dns`] is the optional DNS stub that answers `<hostname>.pilot`
+//!   with the peer's gateway address (mapping it on first use).
 
 pub mod control;
+pub mod dns;
 pub mod server;
 pub mod table;
 

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::control::{ControlError, read_json};
+use super::dns::{self, DnsCounters, Lookup};
 use super::table::{Mapped, Subnet, Table};
 use crate::ipc_client::{IpcClient, IpcClientError};
 
@@ -36,6 +37,10 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 /// How long a proxied connection waits for the Pilot dial.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the DNS stub waits for the daemon to resolve a hostname
+/// (stub resolvers retry after a few seconds; answer SERVFAIL before).
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Linux capability number of `CAP_NET_ADMIN`.
 const CAP_NET_ADMIN: u32 = 12;
@@ -53,6 +58,9 @@ pub struct GatewayConfig {
     pub ports: Vec<u16>,
     /// Interface that carries the `/32` aliases.
     pub interface: String,
+    /// Where the DNS stub for `<hostname>.pilot` listens (UDP); `None`
+    /// runs no stub.
+    pub dns: Option<SocketAddr>,
 }
 
 /// Why the gateway cannot run. Each has the envelope code of `pilotctl`.
@@ -186,6 +194,8 @@ pub struct Gateway {
     state: Mutex<State>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    dns: DnsCounters,
+    dns_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Gateway {
@@ -199,7 +209,94 @@ impl Gateway {
             cfg,
             stop: Arc::new(AtomicBool::new(false)),
             counters: Arc::new(Counters::default()),
+            dns: DnsCounters::default(),
+            dns_thread: Mutex::new(None),
         })
+    }
+
+    /// Binds the DNS stub (if configured) and starts its thread; it runs
+    /// until the gateway stops. A bind failure is returned, not logged.
+    pub fn start_dns(self: &Arc<Self>) -> Result<(), ControlError> {
+        let Some(at) = self.cfg.dns else {
+            return Ok(());
+        };
+        let socket = std::net::UdpSocket::bind(at).map_err(|e| {
+            let c = ControlError::new("internal", format!("cannot bind the DNS stub on {at}: {e}"));
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                c.hint("ports below 1024 need root or CAP_NET_BIND_SERVICE; or pick another, e.g. --dns 127.0.0.1:5353")
+            } else {
+                c.hint("pick a free address and port with --dns IP:PORT")
+            }
+        })?;
+        let gw = self.clone();
+        let t = std::thread::Builder::new()
+            .name("gw-dns".into())
+            .spawn(move || {
+                let mut client: Option<IpcClient> = None;
+                dns::serve(socket, &gw.stop, &gw.dns, POLL, |host| {
+                    gw.dns_lookup(&mut client, host)
+                });
+            })
+            .map_err(|e| ControlError::new("internal", format!("spawn DNS stub: {e}")))?;
+        *self.dns_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        tracing::info!(%at, "DNS stub for .pilot listening");
+        Ok(())
+    }
+
+    /// Resolves `host` through the daemon and maps the peer (or finds its
+    /// mapping): the stub's answer. `client` is the stub's daemon
+    /// connection, made again after a failure.
+    fn dns_lookup(&self, client: &mut Option<IpcClient>, host: &str) -> Lookup {
+        if client.is_none() {
+            match IpcClient::connect(&self.cfg.daemon_socket) {
+                Ok(mut c) => {
+                    c.set_timeout(DNS_TIMEOUT);
+                    *client = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNS stub: daemon unreachable");
+                    return Lookup::Failed;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else {
+            return Lookup::Failed;
+        };
+        let v = match c.resolve_hostname(host) {
+            Ok(v) => v,
+            Err(IpcClientError::Daemon(m)) if m.contains("registry unreachable") => {
+                return Lookup::Failed;
+            }
+            Err(IpcClientError::Daemon(_)) => return Lookup::NotFound,
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "DNS stub: resolve failed");
+                *client = None;
+                return Lookup::Failed;
+            }
+        };
+        let addr = v
+            .get("address")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Addr>().ok())
+            .or_else(|| {
+                v.get("node_id")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(|n| Addr::new(0, n))
+            });
+        let Some(addr) = addr else {
+            return Lookup::NotFound;
+        };
+        match self.map(addr, None) {
+            Ok(m) => match m["ip"].as_str().and_then(|s| s.parse().ok()) {
+                Some(ip) => Lookup::Found(ip),
+                None => Lookup::Failed,
+            },
+            Err(e) => {
+                tracing::warn!(%host, %addr, error = %e.message, "DNS stub: cannot map");
+                Lookup::Failed
+            }
+        }
     }
 
     /// The control socket path.
@@ -247,6 +344,7 @@ impl Gateway {
             "accepted": self.counters.accepted.load(Ordering::Relaxed),
             "refused": self.counters.refused.load(Ordering::Relaxed),
             "dial_failed": self.counters.dial_failed.load(Ordering::Relaxed),
+            "dns": self.cfg.dns.map(|at| json!({"listen": at.to_string(), "queries": self.dns.to_json()})),
         })
     }
 
@@ -478,6 +576,14 @@ impl Gateway {
             let mut line = reply.to_string();
             line.push('\n');
             let _ = (&s).write_all(line.as_bytes());
+        }
+        if let Some(t) = self
+            .dns_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = t.join();
         }
         let removed = self.unmap_all();
         let _ = std::fs::remove_file(&self.cfg.control);

@@ -75,6 +75,11 @@ pub struct StartArgs {
     /// Interface that carries the local addresses
     #[arg(long, default_value = "lo")]
     interface: String,
+    /// Also run a DNS stub on this UDP address (e.g. 127.0.0.1:5353) that
+    /// answers `<hostname>.pilot` with the peer's gateway IP, mapping the
+    /// peer on first use; point your resolver's `pilot` domain at it
+    #[arg(long, value_name = "IP:PORT")]
+    dns: Option<std::net::SocketAddr>,
     /// Run in this process until SIGINT/SIGTERM
     #[arg(long)]
     foreground: bool,
@@ -126,8 +131,12 @@ fn mappings_text(v: &Value) -> String {
             m
         })
         .collect();
+    let dns = match v["dns"]["listen"].as_str() {
+        Some(at) => format!(", DNS stub for .pilot on {at}"),
+        None => String::new(),
+    };
     format!(
-        "gateway on subnet {} (pid {})\n{}",
+        "gateway on subnet {} (pid {}{dns})\n{}",
         v["subnet"].as_str().unwrap_or("?"),
         v["pid"],
         util::table(
@@ -209,6 +218,7 @@ fn config(a: &StartArgs, socket: &Path, control: &Path) -> GatewayConfig {
             a.ports.clone()
         },
         interface: a.interface.clone(),
+        dns: a.dns,
     }
 }
 
@@ -263,6 +273,9 @@ fn start(a: StartArgs, socket: &Path, control: &Path, json_mode: bool) -> CliRes
     if !a.ports.is_empty() {
         let p: Vec<String> = a.ports.iter().map(u16::to_string).collect();
         cmd.arg("--ports").arg(p.join(","));
+    }
+    if let Some(d) = a.dns {
+        cmd.arg("--dns").arg(d.to_string());
     }
     for (addr, ip) in &maps {
         cmd.arg(match ip {
@@ -345,6 +358,12 @@ pub fn run_gateway(
             let _ = std::fs::remove_file(gw.control());
             return Err(e);
         }
+    }
+    if let Err(e) = gw.start_dns() {
+        gw.unmap_all();
+        drop(listener);
+        let _ = std::fs::remove_file(gw.control());
+        return Err(e);
     }
     ready(&gw.list());
     Ok(gw.serve(listener))
