@@ -251,6 +251,8 @@ fn registry_down_at_start_then_up_registers_later() {
         child: rv_child,
         registry: registry.parse().unwrap(),
         beacon: "127.0.0.1:9".parse().unwrap(),
+        metrics: None,
+        http: None,
     };
     let line = rx.recv_timeout(STEP * 3).expect("no readiness line");
     assert!(line.starts_with("ready node_id="), "{line:?}");

@@ -303,3 +303,57 @@ fn heartbeats_and_reaping_across_frontends() {
     ta.join().unwrap().unwrap();
     tb.join().unwrap().unwrap();
 }
+
+/// Admin operations need the admin token on every frontend of a shared
+/// database: a frontend never honours an admin request without its own
+/// configured token, and one started without a token refuses them all.
+#[test]
+fn admin_token_is_required_on_every_frontend() {
+    use pilot_proto::registry::codec::{BeaconRegister, CreateNetwork, ListNetworks};
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("admin");
+    let with_a = Rv::start(url.as_ref(), &["--admin-token", "alpha"]);
+    let with_b = Rv::start(url.as_ref(), &["--admin-token", "alpha"]);
+    let without = Rv::start(url.as_ref(), &[]);
+    let mut a = Client::connect(with_a.registry);
+    let mut b = Client::connect(with_b.registry);
+    let mut n = Client::connect(without.registry);
+    let creator = a.register(1);
+    await_lookup(&mut b, creator);
+    await_lookup(&mut n, creator);
+    let create = |token: &str, name: &str| {
+        Request::CreateNetwork(CreateNetwork {
+            node_id: creator,
+            name: name.into(),
+            admin_token: token.into(),
+            ..Default::default()
+        })
+    };
+    let refused = |r: Response| matches!(r, Response::Error { .. });
+    for c in [&mut a, &mut b] {
+        assert!(refused(c.call(&create("", "nope"))), "no token");
+        assert!(refused(c.call(&create("beta", "nope"))), "wrong token");
+        let r = c.call(&Request::BeaconRegister(BeaconRegister {
+            beacon_id: 7,
+            addr: "127.0.0.1:9".into(),
+            admin_token: "wrong".into(),
+        }));
+        assert!(refused(r), "beacon_register with a wrong token");
+    }
+    // The right token works on the second frontend too…
+    match b.call(&create("alpha", "ops")) {
+        Response::CreateNetworkOk { name, .. } => assert_eq!(name, "ops"),
+        other => panic!("{other:?}"),
+    }
+    // …but not on a frontend that has no token configured, even though
+    // the others accept it and the network is visible there.
+    assert!(refused(n.call(&create("alpha", "ops2"))));
+    let listed = |c: &mut Client| match c.call(&Request::ListNetworks(ListNetworks {
+        admin_token: String::new(),
+    })) {
+        Response::ListNetworksOk { networks } => networks.iter().any(|x| x.name == "ops"),
+        other => panic!("{other:?}"),
+    };
+    wait_for("network visible without a token", || listed(&mut n));
+    wait_for("network visible on the first frontend", || listed(&mut a));
+}

@@ -21,6 +21,10 @@ use pilot_driver_mio::daemon::{DaemonArgs, run};
 struct Cli {
     #[command(flatten)]
     args: DaemonArgs,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics,
+    /// read from this daemon's IPC socket at each scrape
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -30,6 +34,18 @@ const EXAMPLES: &str = "Examples:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _metrics = match (cli.metrics_addr, cli.args.resolve()) {
+        (Some(addr), Ok(settings)) => {
+            match pilot_driver_mio::daemon_metrics::start(addr, &settings.socket) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    eprintln!("pilot-daemon: --metrics-addr {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     match run(cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

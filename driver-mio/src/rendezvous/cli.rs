@@ -74,6 +74,20 @@ pub struct RendezvousArgs {
     /// endpoint rule, spec/registry.md) [default: current]
     #[arg(long, global = true, value_enum)]
     pub profile: Option<ProfileArg>,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics
+    #[arg(long, global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve the HTML dashboard at http://ADDR/ (nodes online, networks,
+    /// tags, recent activity; never a private node's endpoint)
+    #[arg(long, global = true)]
+    pub http_addr: Option<SocketAddr>,
+    /// Serve the registry over TLS with this PEM certificate chain (leaf
+    /// first); needs --tls-key
+    #[arg(long, global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Config file, JSON (`.json`) or TOML (anything else), with the same
     /// keys as the long flags in snake_case; flags take precedence
     #[arg(long, global = true)]
@@ -116,6 +130,10 @@ struct FileConfig {
     frame_timeout_secs: Option<u64>,
     no_rate_limits: Option<bool>,
     profile: Option<ProfileArg>,
+    metrics_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Why the rendezvous server could not start or stopped with an error.
@@ -235,6 +253,20 @@ impl RendezvousArgs {
             cfg.registry.rate_limits = false;
         }
         cfg.registry.profile = self.profile.or(file.profile).unwrap_or_default().into();
+        cfg.metrics_addr = self.metrics_addr.or(file.metrics_addr);
+        cfg.http_addr = self.http_addr.or(file.http_addr);
+        cfg.tls = match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(RendezvousError::Invalid(
+                    "tls_cert and tls_key go together".into(),
+                ));
+            }
+        };
         let format = self.log_format.or(file.log_format).unwrap_or_default();
         Ok((cfg, format))
     }
@@ -254,7 +286,14 @@ pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     let reg = server.registry_addr().map_err(ServerError::Io)?;
     let bea = server.beacon_addr().map_err(ServerError::Io)?;
     tracing::info!(registry = %reg, beacon = %bea, "listening");
-    println!("listening registry={reg} beacon={bea}");
+    let mut line = format!("listening registry={reg} beacon={bea}");
+    if let Some(a) = server.metrics_addr() {
+        line.push_str(&format!(" metrics={a}"));
+    }
+    if let Some(a) = server.http_addr() {
+        line.push_str(&format!(" http={a}"));
+    }
+    println!("{line}");
     let _ = std::io::stdout().flush();
     server.run()?;
     Ok(())

@@ -2,8 +2,10 @@
 //! `pilot_proto` on one mio event loop, with a redb-backed durable store.
 
 pub mod cli;
+pub mod metrics;
 pub mod pgstore;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use cli::{RendezvousArgs, RendezvousError, run_rendezvous};

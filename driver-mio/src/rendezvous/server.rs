@@ -48,8 +48,13 @@ use pilot_proto::time::Instant;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use super::metrics::{
+    Activity, ActivityLog, ConnStats, DashboardShared, Levels, Outcome, RendezvousMetrics,
+    dashboard_json, online_count,
+};
 use super::pgstore::PgStore;
 use super::store::{FollowEvent, FollowSink, RedbStore, RemoteRow, Store, StoreError};
+use crate::http_endpoint::{Handler, HttpEndpoint};
 
 const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
@@ -137,6 +142,15 @@ pub struct ServerConfig {
     /// program (the daemon's embedded registry), which stops it with a
     /// [`StopHandle`] instead.
     pub handle_signals: bool,
+    /// Where to serve the Prometheus text endpoint (`/metrics`); `None`:
+    /// not served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the HTML dashboard (`/`, `/dashboard.json`); `None`:
+    /// not served.
+    pub http_addr: Option<SocketAddr>,
+    /// Serve the registry over TLS with this PEM certificate chain and
+    /// private key; `None`: plain TCP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerConfig {
@@ -152,6 +166,9 @@ impl ServerConfig {
             idle_timeout: IDLE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             handle_signals: true,
+            metrics_addr: None,
+            http_addr: None,
+            tls: None,
         }
     }
 }
@@ -168,6 +185,9 @@ pub enum ServerError {
     /// The store's writer thread is gone.
     #[error("store writer stopped unexpectedly")]
     WriterGone,
+    /// The TLS certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// The wall clock as a registry instant (nanoseconds since the Unix epoch,
@@ -204,8 +224,9 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     /// Replies waiting for a change set to be durable: (its sequence
-    /// number, the framed reply, whether it is a push), in order.
-    held: VecDeque<(u64, Vec<u8>, bool)>,
+    /// number, the framed reply, the request it answers or `None` for a
+    /// push), in order.
+    held: VecDeque<(u64, Vec<u8>, Option<ReqMark>)>,
     held_bytes: usize,
     /// Accepted, or last complete request handled.
     last_active: std::time::Instant,
@@ -216,6 +237,8 @@ struct Conn {
     /// Reading suspended because too many replies wait, or the writer is
     /// too far behind.
     paused: bool,
+    /// The TLS session when the listener serves TLS (`--tls-cert`).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -226,16 +249,28 @@ impl Conn {
     /// Moves replies whose change set is settled (up to `settled`) to the
     /// write buffer; a reply whose change set failed (`failed` ranges) is
     /// replaced by `error`, a push of one is dropped.
-    fn release(&mut self, settled: u64, failed: &[(u64, u64)], error: &[u8]) -> bool {
+    fn release(
+        &mut self,
+        settled: u64,
+        failed: &[(u64, u64)],
+        error: &[u8],
+        metrics: &RendezvousMetrics,
+    ) -> bool {
         let mut any = false;
         while self.held.front().is_some_and(|(seq, _, _)| *seq <= settled) {
-            if let Some((seq, bytes, push)) = self.held.pop_front() {
+            if let Some((seq, bytes, req)) = self.held.pop_front() {
                 self.held_bytes -= bytes.len();
                 let lost = failed.iter().any(|(a, b)| (*a..=*b).contains(&seq));
                 if !lost {
                     self.wbuf.extend_from_slice(&bytes);
-                } else if !push {
+                } else if req.is_some() {
                     self.wbuf.extend_from_slice(error);
+                }
+                if let Some(mut m) = req {
+                    if lost {
+                        m.outcome = Outcome::Unavailable;
+                    }
+                    m.done(metrics);
                 }
                 any = true;
             }
@@ -258,14 +293,20 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Connections closed or refused by the limits, for the logs.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct LimitStats {
-    per_ip_refused: u64,
-    full_refused: u64,
-    evicted: u64,
-    frame_timeouts: u64,
-    idle_closed: u64,
+/// A request whose reply is on its way: counted and timed when the reply
+/// is handed to the socket buffer.
+#[derive(Clone, Copy, Debug)]
+struct ReqMark {
+    ty: Option<usize>,
+    outcome: Outcome,
+    started: std::time::Instant,
+}
+
+impl ReqMark {
+    fn done(self, metrics: &RendezvousMetrics) {
+        metrics.request(self.ty, self.outcome);
+        metrics.latency(self.ty, self.started.elapsed());
+    }
 }
 
 /// A request to the writer thread.
@@ -310,7 +351,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(store: Box<dyn Store>, waker: Arc<mio::Waker>) -> io::Result<Writer> {
+    fn start(
+        store: Box<dyn Store>,
+        waker: Arc<mio::Waker>,
+        metrics: Arc<RendezvousMetrics>,
+    ) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let shared = Arc::new(WriterShared {
             queued_writes: AtomicU64::new(0),
@@ -321,7 +366,7 @@ impl Writer {
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("rendezvous-store".into())
-            .spawn(move || writer_loop(store, rx, &sh, &waker))?;
+            .spawn(move || writer_loop(store, rx, &sh, &waker, &metrics))?;
         Ok(Writer {
             tx: Some(tx),
             shared,
@@ -382,6 +427,7 @@ fn writer_loop(
     rx: mpsc::Receiver<WriterMsg>,
     sh: &WriterShared,
     waker: &mio::Waker,
+    metrics: &RendezvousMetrics,
 ) {
     let report = |ev: WriterEvent| {
         if let Ok(mut e) = sh.events.lock() {
@@ -413,10 +459,12 @@ fn writer_loop(
             let last = batch.last().map_or(0, |(seq, _)| *seq);
             let writes: u64 = batch.iter().map(|(_, s)| s.writes.len() as u64).sum();
             let sets: Vec<ChangeSet> = batch.into_iter().map(|(_, s)| s).collect();
+            let started = std::time::Instant::now();
             let result = match &down {
                 Some(why) => Err(StoreError::Db(why.clone())),
                 None => store.apply(&sets),
             };
+            metrics.commit(started.elapsed(), writes, result.is_ok());
             sh.queued_writes.fetch_sub(writes, Ordering::SeqCst);
             match result {
                 Ok(rev) => report(WriterEvent::Committed { upto: last, rev }),
@@ -553,8 +601,8 @@ pub struct Server {
     dirty: Vec<Token>,
     /// Connections paused until the writer catches up.
     stalled: Vec<Token>,
-    limit_stats: LimitStats,
-    logged_stats: LimitStats,
+    limit_stats: ConnStats,
+    logged_stats: ConnStats,
     /// Push subscriptions (`spec/registry.md` §3.13): node → the connection
     /// that last proved it speaks for the node and asked for pushes. At
     /// most one entry per connection.
@@ -583,6 +631,16 @@ pub struct Server {
     lease_pending: bool,
     /// No lease is asked for before this (after a failed one).
     lease_retry: std::time::Instant,
+    /// Every metric (`--metrics-addr`).
+    metrics: Arc<RendezvousMetrics>,
+    /// The `/metrics` endpoint, if served.
+    metrics_http: Option<HttpEndpoint>,
+    /// The dashboard's snapshot slot and endpoint, if served.
+    dashboard: Option<(Arc<DashboardShared>, HttpEndpoint)>,
+    /// Recent state-changing or refused requests, for the dashboard.
+    activity: ActivityLog,
+    /// TLS configuration of the registry listener, if it serves TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -657,7 +715,35 @@ impl Server {
             // Until the follower holds the reaper lock.
             registry.set_reaping(false);
         }
-        let writer = Writer::start(store, stop.waker.clone())?;
+        let tls = match &cfg.tls {
+            Some((cert, key)) => {
+                Some(super::tls::server_config(cert, key).map_err(ServerError::Tls)?)
+            }
+            None => None,
+        };
+        let metrics = Arc::new(RendezvousMetrics::new());
+        let metrics_http = match cfg.metrics_addr {
+            Some(addr) => {
+                let m = metrics.clone();
+                let handler: Arc<Handler> =
+                    Arc::new(move |path: &str| (path == "/metrics").then(|| m.page()));
+                Some(HttpEndpoint::start(addr, "rendezvous-metrics", handler)?)
+            }
+            None => None,
+        };
+        let dashboard = match cfg.http_addr {
+            Some(addr) => {
+                let shared = Arc::new(DashboardShared::new(stop.waker.clone()));
+                let d = shared.clone();
+                let handler: Arc<Handler> = Arc::new(move |path: &str| d.page(path));
+                Some((
+                    shared,
+                    HttpEndpoint::start(addr, "rendezvous-dashboard", handler)?,
+                ))
+            }
+            None => None,
+        };
+        let writer = Writer::start(store, stop.waker.clone(), metrics.clone())?;
         Ok(Server {
             cfg,
             poll,
@@ -678,8 +764,8 @@ impl Server {
             durable: 0,
             dirty: Vec::new(),
             stalled: Vec::new(),
-            limit_stats: LimitStats::default(),
-            logged_stats: LimitStats::default(),
+            limit_stats: ConnStats::default(),
+            logged_stats: ConnStats::default(),
             push_conn: HashMap::new(),
             push_node: HashMap::new(),
             pushes: Vec::new(),
@@ -692,7 +778,54 @@ impl Server {
             deferred: Vec::new(),
             lease_pending: false,
             lease_retry: std::time::Instant::now(),
+            metrics,
+            metrics_http,
+            dashboard,
+            activity: ActivityLog::default(),
+            tls,
         })
+    }
+
+    /// The bound `/metrics` address, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_http.as_ref().map(HttpEndpoint::local_addr)
+    }
+
+    /// The bound dashboard address, if served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.dashboard.as_ref().map(|(_, e)| e.local_addr())
+    }
+
+    /// The current gauge values (online counting walks every node).
+    fn levels(&self, now: Instant, count_online: bool) -> Levels {
+        let state = self.registry.state();
+        Levels {
+            registered: state.nodes.len(),
+            online: if count_online {
+                online_count(state, now)
+            } else {
+                0
+            },
+            networks: state.networks.len(),
+            connections: self.conns.len(),
+            push_subscribers: self.push_conn.len(),
+            beacon_nodes: self.beacon.node_count(),
+            beacon_peers: self.beacon.peer_count(),
+        }
+    }
+
+    /// Builds and hands over a dashboard snapshot if the HTTP thread asked.
+    fn serve_dashboard(&mut self, now: Instant) {
+        let Some((shared, _)) = &self.dashboard else {
+            return;
+        };
+        if !shared.take_wanted() {
+            return;
+        }
+        let shared = shared.clone();
+        let levels = self.levels(now, true);
+        let json = dashboard_json(self.registry.state(), now, levels, &self.activity);
+        shared.publish(json.to_string());
     }
 
     /// The bound registry (TCP) address.
@@ -757,6 +890,7 @@ impl Server {
                 }
             }
             self.timers(now);
+            self.serve_dashboard(now);
             self.ship(false)?;
             self.queue_pushes();
             self.flush_conns(now);
@@ -772,7 +906,7 @@ impl Server {
         self.durable = self.next_seq.saturating_sub(1);
         let err = error_frame("store unavailable: not stored");
         for c in self.conns.values_mut() {
-            c.release(u64::MAX, &self.failed, &err);
+            c.release(u64::MAX, &self.failed, &err, &self.metrics);
         }
         self.dirty.extend(self.conns.keys().copied());
         let now = wall_now();
@@ -863,7 +997,7 @@ impl Server {
                 self.store_down.as_deref().unwrap_or("change not stored")
             ));
             for (token, c) in self.conns.iter_mut() {
-                if c.release(settled, &self.failed, &err) {
+                if c.release(settled, &self.failed, &err, &self.metrics) {
                     self.dirty.push(*token);
                 }
             }
@@ -1004,6 +1138,16 @@ impl Server {
                         tracing::debug!(%peer, "connection limit reached; closing");
                         continue;
                     }
+                    let tls = match &self.tls {
+                        Some(cfg) => match super::tls::accept(cfg) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "TLS session setup failed; closing");
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     self.poll.registry().register(
@@ -1028,6 +1172,7 @@ impl Server {
                             frame_started: None,
                             closing: false,
                             paused: false,
+                            tls,
                         },
                     );
                 }
@@ -1099,6 +1244,7 @@ impl Server {
                             Ok(req) => Some(self.handle_request(now, token, conn.peer, req)),
                             Err(e) => {
                                 tracing::debug!(peer = %conn.peer, error = %e, "invalid request; closing");
+                                self.limit_stats.bad_frames += 1;
                                 None
                             }
                         };
@@ -1106,12 +1252,13 @@ impl Server {
                         conn.frame_started = None;
                         conn.last_active = std::time::Instant::now();
                         match reply {
-                            Some(bytes) => {
+                            Some((bytes, mark)) => {
                                 if conn.held.is_empty() && self.barrier <= self.durable {
                                     conn.wbuf.extend_from_slice(&bytes);
+                                    mark.done(&self.metrics);
                                 } else {
                                     conn.held_bytes += bytes.len();
-                                    conn.held.push_back((self.barrier, bytes, false));
+                                    conn.held.push_back((self.barrier, bytes, Some(mark)));
                                 }
                             }
                             None => conn.closing = true,
@@ -1120,6 +1267,7 @@ impl Server {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(peer = %conn.peer, error = %e, "bad frame; closing");
+                        self.limit_stats.bad_frames += 1;
                         conn.closing = true;
                     }
                 }
@@ -1127,7 +1275,11 @@ impl Server {
             if conn.closing || conn.paused {
                 break;
             }
-            match conn.stream.read(&mut chunk) {
+            let got = match conn.tls.as_deref_mut() {
+                Some(tls) => super::tls::read_plain(tls, &mut conn.stream, &mut chunk),
+                None => conn.stream.read(&mut chunk),
+            };
+            match got {
                 Ok(0) => {
                     conn.closing = true;
                     break;
@@ -1162,13 +1314,38 @@ impl Server {
         token: Token,
         peer: SocketAddr,
         req: pilot_proto::registry::codec::Request,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, ReqMark) {
+        let mut mark = ReqMark {
+            ty: req.type_index(),
+            outcome: Outcome::Ok,
+            started: std::time::Instant::now(),
+        };
         if let Some(why) = &self.store_down {
-            return error_frame(&format!("store unavailable: {why}"));
+            mark.outcome = Outcome::Unavailable;
+            return (error_frame(&format!("store unavailable: {why}")), mark);
         }
         let reply = self.registry.handle(now, peer, req);
         if let Some(err) = &reply.error {
             tracing::debug!(%peer, error = %err, "request refused");
+            mark.outcome = Outcome::Refused;
+        }
+        let changed = reply
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(c) if !c.is_lazy()));
+        if changed || mark.outcome == Outcome::Refused {
+            self.activity.push(Activity {
+                at: now.as_nanos() / 1_000_000_000,
+                request: pilot_proto::registry::codec::REQUEST_TYPES
+                    .get(mark.ty.unwrap_or(usize::MAX))
+                    .copied()
+                    .unwrap_or("unknown"),
+                outcome: if mark.outcome == Outcome::Ok {
+                    "ok"
+                } else {
+                    "refused"
+                },
+            });
         }
         for e in &reply.effects {
             if let Effect::PushWanted(node) = *e {
@@ -1178,7 +1355,7 @@ impl Server {
         self.apply_effects(now, reply.effects);
         let json = encode_response(&reply.response)
             .unwrap_or_else(|_| br#"{"error":"request failed","type":"error"}"#.to_vec());
-        frame_vec(&json).unwrap_or_default()
+        (frame_vec(&json).unwrap_or_default(), mark)
     }
 
     fn apply_effects(&mut self, now: Instant, effects: Vec<Effect>) {
@@ -1254,7 +1431,7 @@ impl Server {
                     self.dirty.push(token);
                 } else {
                     conn.held_bytes += frame.len();
-                    conn.held.push_back((self.barrier, frame, true));
+                    conn.held.push_back((self.barrier, frame, None));
                 }
             }
         }
@@ -1290,6 +1467,11 @@ impl Server {
             for t in stale {
                 tracing::debug!("closing idle connection");
                 self.close(t);
+            }
+            if self.metrics_http.is_some() {
+                let levels = self.levels(now, true);
+                self.metrics
+                    .tick(levels, self.beacon.stats(), self.limit_stats);
             }
             if self.limit_stats != self.logged_stats {
                 let s = self.limit_stats;
@@ -1343,7 +1525,20 @@ impl Server {
                     continue;
                 };
                 let mut failed = false;
-                while conn.wpos < conn.wbuf.len() {
+                if let Some(tls) = conn.tls.as_deref_mut() {
+                    // Handshake records go out even with no reply pending.
+                    loop {
+                        match super::tls::write_out(tls, &mut conn.stream, &conn.wbuf[conn.wpos..])
+                        {
+                            Ok(n) => conn.wpos += n,
+                            Err(_) => failed = true,
+                        }
+                        if failed || conn.wpos == conn.wbuf.len() || tls.wants_write() {
+                            break;
+                        }
+                    }
+                }
+                while conn.tls.is_none() && conn.wpos < conn.wbuf.len() {
                     match conn.stream.write(&conn.wbuf[conn.wpos..]) {
                         Ok(0) => {
                             failed = true;
@@ -1365,7 +1560,10 @@ impl Server {
                     conn.wbuf.drain(..conn.wpos);
                     conn.wpos = 0;
                 }
-                let done = conn.closing && conn.wbuf.is_empty() && conn.held.is_empty();
+                let done = conn.closing
+                    && conn.wbuf.is_empty()
+                    && conn.held.is_empty()
+                    && !conn.tls.as_ref().is_some_and(|t| t.wants_write());
                 if failed || done {
                     None
                 } else {

@@ -23,6 +23,10 @@ pub struct Rv {
     pub child: Child,
     pub registry: SocketAddr,
     pub beacon: SocketAddr,
+    /// `--metrics-addr`, when given.
+    pub metrics: Option<SocketAddr>,
+    /// `--http-addr`, when given.
+    pub http: Option<SocketAddr>,
 }
 
 impl Rv {
@@ -66,9 +70,16 @@ impl Rv {
                 .parse()
                 .unwrap()
         };
+        let optional = |k: &str| -> Option<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(|a| a.parse().unwrap())
+        };
         Rv {
             registry: field("registry="),
             beacon: field("beacon="),
+            metrics: optional("metrics="),
+            http: optional("http="),
             child,
         }
     }

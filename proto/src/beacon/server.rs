@@ -164,6 +164,8 @@ pub struct ServerStats {
     pub forwarded: u64,
     /// Relays delivered to a registered endpoint.
     pub delivered: u64,
+    /// Inner-frame bytes of the relays delivered or forwarded.
+    pub relayed_bytes: u64,
     /// Outputs dropped because the queue was full.
     pub queue_full: u64,
     /// Outputs dropped because the caller's buffer was too small.
@@ -250,6 +252,11 @@ impl BeaconServer {
     /// Number of node entries held (some may be stale until the next sweep).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Number of peer beacons configured.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
     }
 
     /// The live endpoint registered for `node`, if any.
@@ -555,6 +562,7 @@ impl BeaconServer {
             };
             if self.push(e.endpoint, &msg) {
                 self.stats.delivered += 1;
+                self.stats.relayed_bytes += inner.len() as u64;
             }
             return;
         }
@@ -573,6 +581,7 @@ impl BeaconServer {
             Some(addr) => {
                 if self.push_raw(addr, raw) {
                     self.stats.forwarded += 1;
+                    self.stats.relayed_bytes += inner.len() as u64;
                 }
             }
             None => self.stats.unknown_destination += 1,
@@ -827,6 +836,8 @@ mod tests {
         drain(&mut s);
         s.handle_datagram(t(3), src, &relay(5, 10, b"PILS"));
         assert_eq!(drain(&mut s)[0].1, b"\x06\x00\x00\x00\x05PILS");
+        assert_eq!(s.stats().delivered, 3);
+        assert_eq!(s.stats().relayed_bytes, 7 + 7 + 4, "inner bytes");
     }
 
     #[test]
@@ -1034,6 +1045,7 @@ mod tests {
             vec![(peer, r.clone())],
             "forwarded unchanged"
         );
+        assert_eq!(s.stats().relayed_bytes, 7, "forwarded inner bytes");
         let r3 = relay(5, 3, b"PILS");
         s.handle_datagram(t(2), ep("192.0.2.5:5"), &r3);
         assert_eq!(drain(&mut s)[0].0, ep("192.0.2.3:1"), "local node wins");

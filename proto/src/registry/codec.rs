@@ -688,6 +688,54 @@ pub const REQUEST_TYPES: [&str; 31] = [
     "beacon_list",
 ];
 
+impl Request {
+    /// Index of this request's type in [`REQUEST_TYPES`]; `None` for
+    /// [`Request::Unknown`]. Metrics label requests with it.
+    pub fn type_index(&self) -> Option<usize> {
+        Some(match self {
+            Request::Register(_) => 0,
+            Request::Lookup(_) => 1,
+            Request::Resolve(_) => 2,
+            Request::Heartbeat(_) => 3,
+            Request::Deregister(_) => 4,
+            Request::SetVisibility(_) => 5,
+            Request::SetHostname(_) => 6,
+            Request::ResolveHostname(_) => 7,
+            Request::SetTags(_) => 8,
+            Request::SetTaskExec(_) => 9,
+            Request::RotateKey(_) => 10,
+            Request::ReportTrust(_) => 11,
+            Request::RevokeTrust(_) => 12,
+            Request::CheckTrust(_) => 13,
+            Request::RequestHandshake(_) => 14,
+            Request::PollHandshakes(_) => 15,
+            Request::RespondHandshake(_) => 16,
+            Request::Punch(_) => 17,
+            Request::ListNetworks(_) => 18,
+            Request::ListNodes(_) => 19,
+            Request::CreateNetwork(_) => 20,
+            Request::JoinNetwork(_) => 21,
+            Request::LeaveNetwork(_) => 22,
+            Request::InviteToNetwork(_) => 23,
+            Request::PollInvites(_) => 24,
+            Request::RespondInvite(_) => 25,
+            Request::UpdatePoloScore(_) => 26,
+            Request::SetPoloScore(_) => 27,
+            Request::GetPoloScore(_) => 28,
+            Request::BeaconRegister(_) => 29,
+            Request::BeaconList(_) => 30,
+            Request::Unknown(_) => return None,
+        })
+    }
+
+    /// The `"type"` string of this request (`"unknown"` for an unknown one).
+    pub fn type_name(&self) -> &'static str {
+        self.type_index()
+            .and_then(|i| REQUEST_TYPES.get(i).copied())
+            .unwrap_or("unknown")
+    }
+}
+
 /// Decodes one request payload (the JSON of one frame).
 ///
 /// Invalid JSON or a non-object is an error (the server closes the
@@ -1397,6 +1445,7 @@ mod tests {
             let bytes = encode_request(req).unwrap();
             let v: Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(v["type"], *ty);
+            assert_eq!(req.type_name(), ty);
             assert_eq!(&decode_request(&bytes).unwrap(), req, "{ty}");
         }
     }
