@@ -47,7 +47,6 @@ use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause
 use crate::registry::auth::Identity as RegistryIdentity;
 use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
 use crate::registry::codec::{self, Response};
-use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
 use crate::services::handshake::{TrustFile, TrustStore};
 use crate::services::host::{HostAction, HostConfig, IoError, ServiceHost, StreamIo};
 use crate::services::walltime::WallTime;
@@ -353,7 +352,6 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     owner: String,
 
     registry: Option<RegistryClient>,
-    reg_in: Vec<u8>,
     /// The registry connection is up or being dialled (a disconnect report
     /// after our own `CloseRegistry` is ignored).
     reg_live: bool,
@@ -484,7 +482,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             tags: cfg.tags,
             owner: cfg.owner,
             registry,
-            reg_in: Vec::new(),
             reg_live: false,
             registered_once: false,
             calls: BTreeMap::new(),
@@ -767,7 +764,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The registry connection asked for by [`Action::DialRegistry`] is up.
     pub fn registry_connected(&mut self, now: Instant) {
         self.input(now);
-        self.reg_in.clear();
         if let Some(r) = self.registry.as_mut() {
             r.connected(now);
         }
@@ -778,7 +774,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// it fail at once ([`REGISTRY_UNREACHABLE`]).
     pub fn registry_disconnected(&mut self, now: Instant) {
         self.input(now);
-        self.reg_in.clear();
         if self.reg_live {
             self.reg_live = false;
             if let Some(r) = self.registry.as_mut() {
@@ -792,65 +787,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// Bytes read from the registry connection (any split).
+    /// Bytes read from the registry connection (any split; the registry
+    /// client reassembles and decodes them). A stream that is not the
+    /// registry's closes the connection ([`Output::CloseRegistry`]).
     pub fn handle_registry_bytes(&mut self, now: Instant, bytes: &[u8]) {
         self.input(now);
         if !self.reg_live {
             return;
         }
-        self.reg_in.extend_from_slice(bytes);
-        let mut start = 0;
-        let mut broken = false;
-        let mut responses = Vec::new();
-        loop {
-            let rest = self.reg_in.get(start..).unwrap_or(&[]);
-            match codec::decode_frame(rest, REGISTRY_MAX_FRAME) {
-                Ok(Some((payload, used))) => {
-                    match codec::decode_response(payload) {
-                        Ok(r) => responses.push(r),
-                        Err(_) => {
-                            broken = true;
-                            break;
-                        }
-                    }
-                    start += used;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
-        }
-        self.reg_in.drain(..start.min(self.reg_in.len()));
-        for r in responses {
-            if let Some(reg) = self.registry.as_mut() {
-                reg.handle_response(now, r);
-            }
-            self.drive(now);
-        }
-        if broken {
-            self.reg_in.clear();
-            self.reg_live = false;
-            self.outputs.push_back(Output::CloseRegistry);
-            if let Some(reg) = self.registry.as_mut() {
-                reg.disconnected(now);
-            }
+        if let Some(reg) = self.registry.as_mut() {
+            // An error is reported by the client as a close request.
+            let _ = reg.handle_bytes(now, bytes);
         }
         self.drive(now);
     }
 
     /// The next framed request to write to the registry connection.
     fn next_registry_bytes(&mut self) -> Option<Vec<u8>> {
-        let reg = self.registry.as_mut()?;
-        while let Some(req) = reg.poll_transmit() {
-            if let Ok(payload) = codec::encode_request(&req) {
-                if let Ok(v) = codec::frame_vec(&payload) {
-                    return Some(v);
-                }
-            }
-        }
-        None
+        self.registry.as_mut()?.poll_bytes()
     }
 
     // ----- IPC ------------------------------------------------------------
@@ -2005,12 +1959,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         match ev {
             ClientEvent::Dial => {
                 self.reg_live = true;
-                self.reg_in.clear();
                 self.outputs.push_back(Output::DialRegistry);
             }
             ClientEvent::CloseConnection => {
                 self.reg_live = false;
-                self.reg_in.clear();
                 self.outputs.push_back(Output::CloseRegistry);
             }
             ClientEvent::Registered {

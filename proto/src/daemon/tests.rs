@@ -6,6 +6,7 @@ use super::*;
 use crate::addr::ports;
 use crate::crypto::provider::RustCrypto;
 use crate::node::MIN_TRANSMIT_BUFFER;
+use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
 use crate::registry::server::{Config as RegConfig, Registry};
 use crate::wire::ipc::{HandshakeRequest, encode_frame};
 use rand_chacha::ChaCha8Rng;
@@ -891,30 +892,10 @@ fn shutdown_deregisters_and_stops() {
 
 #[test]
 fn data_exchange_file_is_saved_and_acknowledged() {
-    use crate::services::dataexchange::{FileBody, Frame, FrameType};
     let mut net = Net::mesh(2);
     let a = net.open(0);
     let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
-    let body = FileBody::Named {
-        name: b"notes.txt",
-        data: b"file contents",
-    };
-    let mut payload = vec![0u8; body.encoded_len()];
-    body.encode(&mut payload).unwrap();
-    let f = Frame {
-        frame_type: FrameType::File,
-        payload: &payload,
-    };
-    let mut bytes = vec![0u8; f.encoded_len()];
-    f.encode(&mut bytes).unwrap();
-    net.send(
-        a,
-        &IpcMessage::Send {
-            conn_id: conn,
-            data: &bytes,
-        },
-    );
-    net.advance(Duration::from_millis(200));
+    let reply = send_file_and_read_reply(&mut net, a, conn);
     let saved = net.actions[1]
         .iter()
         .find_map(|x| match x {
@@ -928,14 +909,7 @@ fn data_exchange_file_is_saved_and_acknowledged() {
     assert!(saved.0.contains("notes"), "{}", saved.0);
     assert_eq!(saved.1, b"file contents");
     // The ACK frame comes back on the stream.
-    let mut got = Vec::new();
-    for body in net.bodies(a) {
-        if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
-            got.extend_from_slice(data);
-        }
-    }
-    let (ack, _) = Frame::parse(&got, u32::MAX).unwrap().expect("ACK frame");
-    assert_eq!(ack.payload, b"ACK FILE 13 bytes");
+    assert_eq!(reply.as_deref(), Some("ACK FILE 13 bytes"));
 }
 
 /// Sends one data-exchange file frame from client `a` of daemon 0 to
@@ -962,13 +936,18 @@ fn send_file_and_read_reply(net: &mut Net, a: usize, conn: u32) -> Option<String
         },
     );
     net.advance(Duration::from_millis(200));
+    read_reply(net, a)
+}
+
+/// The text of the first data-exchange frame client `a` received, if any.
+fn read_reply(net: &mut Net, a: usize) -> Option<String> {
     let mut got = Vec::new();
     for body in net.bodies(a) {
         if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
             got.extend_from_slice(data);
         }
     }
-    Frame::parse(&got, u32::MAX)
+    crate::services::dataexchange::Frame::parse(&got, u32::MAX)
         .unwrap()
         .map(|(f, _)| String::from_utf8_lossy(f.payload).into_owned())
 }
@@ -1006,16 +985,11 @@ fn the_ack_waits_for_the_disk_write() {
     let now = net.now;
     net.ds[1].disk_done(now, token, Ok(()));
     net.advance(Duration::from_millis(200));
-    let mut got = Vec::new();
-    for body in net.bodies(a) {
-        if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
-            got.extend_from_slice(data);
-        }
-    }
-    let (ack, _) = crate::services::dataexchange::Frame::parse(&got, u32::MAX)
-        .unwrap()
-        .expect("ACK frame after the write");
-    assert_eq!(ack.payload, b"ACK FILE 13 bytes");
+    assert_eq!(
+        read_reply(&mut net, a).as_deref(),
+        Some("ACK FILE 13 bytes"),
+        "ACK after the write"
+    );
 }
 
 #[test]
