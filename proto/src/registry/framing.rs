@@ -68,13 +68,14 @@ impl ResponseReader {
     }
 }
 
+/// A request frame's payload: the request, or why it does not decode.
+pub type DecodedRequest = Result<Request, CodecError>;
+
 /// One request frame at the start of `buf` (server side): `Ok(None)` when
 /// more bytes are needed; otherwise the decoded request (or why it does
 /// not decode) and the bytes to drop. A length prefix beyond the maximum
 /// is an error (close the connection).
-pub fn next_request(
-    buf: &[u8],
-) -> Result<Option<(Result<Request, CodecError>, usize)>, FrameError> {
+pub fn next_request(buf: &[u8]) -> Result<Option<(DecodedRequest, usize)>, FrameError> {
     Ok(codec::decode_frame(buf, MAX_FRAME_LEN)?
         .map(|(payload, used)| (codec::decode_request(payload), used)))
 }
