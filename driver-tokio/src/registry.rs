@@ -10,10 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pilot_proto::crypto::identity::Identity;
 use pilot_proto::registry::auth;
+use pilot_proto::registry::client::Response;
 use pilot_proto::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
-use pilot_proto::registry::codec;
-use pilot_proto::registry::codec::Response;
-use pilot_proto::registry::limits::MAX_FRAME_LEN;
 use pilot_proto::time::Instant as PInstant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -146,7 +144,6 @@ async fn run(
 ) {
     let mut reg_tx = Some(reg_tx);
     let mut conn: Option<TcpStream> = None;
-    let mut rbuf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     // Lookups in flight (call id → node), and who waits for each node.
     let mut calls: HashMap<CallId, u32> = HashMap::new();
@@ -166,7 +163,6 @@ async fn run(
                             Ok(Ok(s)) => {
                                 let _ = s.set_nodelay(true);
                                 conn = Some(s);
-                                rbuf.clear();
                                 client.connected(now(epoch));
                             }
                             _ => client.disconnected(now(epoch)),
@@ -214,15 +210,11 @@ async fn run(
                     _ => {}
                 }
             }
-            while let Some(req) = client.poll_transmit() {
+            while let Some(bytes) = client.poll_bytes() {
                 progress = true;
-                let bytes = codec::encode_request(&req)
-                    .ok()
-                    .and_then(|p| codec::frame_vec(&p).ok());
-                let ok = match (bytes, conn.as_mut()) {
-                    (Some(b), Some(s)) => s.write_all(&b).await.is_ok(),
-                    (None, _) => true,
-                    (_, None) => false,
+                let ok = match conn.as_mut() {
+                    Some(s) => s.write_all(&bytes).await.is_ok(),
+                    None => false,
                 };
                 if !ok {
                     conn = None;
@@ -240,23 +232,9 @@ async fn run(
         tokio::select! {
             r = read_some(&mut conn, &mut chunk) => match r {
                 Ok(n) if n > 0 => {
-                    rbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    loop {
-                        match codec::decode_frame(&rbuf, MAX_FRAME_LEN) {
-                            Ok(Some((payload, used))) => {
-                                if let Ok(resp) = codec::decode_response(payload) {
-                                    client.handle_response(now(epoch), resp);
-                                }
-                                rbuf.drain(..used);
-                            }
-                            Ok(None) => break,
-                            Err(_) => {
-                                conn = None;
-                                client.disconnected(now(epoch));
-                                break;
-                            }
-                        }
-                    }
+                    // A stream that is not the registry's makes the client
+                    // ask to close it (CloseConnection, handled above).
+                    let _ = client.handle_bytes(now(epoch), chunk.get(..n).unwrap_or_default());
                 }
                 _ => {
                     conn = None;

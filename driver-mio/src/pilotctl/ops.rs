@@ -413,6 +413,15 @@ fn dataexchange_send(
         "{total} bytes were handed to the local daemon for {addr}; whether they arrived is unknown"
     );
     match r {
+        // The receiver answered but did not store the data (`spec/services.md`
+        // §5.3: a refused name, a failed disk write).
+        Ok(Some(reply)) if reply.starts_with("ERR ") => Err(CliError::new(
+            "refused",
+            format!("the receiver did not store the data: {reply}"),
+        )
+        .hint(
+            "the receiver's disk or quota is the likely cause; ask its operator, then send again",
+        )),
         Ok(Some(ack)) => Ok(ack),
         Ok(None) => Err(CliError::new(
             "connection_failed",

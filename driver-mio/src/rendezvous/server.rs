@@ -35,11 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use pilot_proto::beacon::server::{BeaconServer, ServerConfig as BeaconConfig};
-use pilot_proto::registry::codec::{
-    PUSH_HANDSHAKE, PUSH_TRUST_REVOKED, Response, decode_frame, decode_request, encode_response,
-    frame_vec,
-};
-use pilot_proto::registry::limits::{IDLE_TIMEOUT, MAX_FRAME_LEN};
+use pilot_proto::registry::framing::{self, PushKind, error_frame, next_request, reply_frame};
+use pilot_proto::registry::limits::IDLE_TIMEOUT;
 use pilot_proto::registry::records::ChangeSet;
 use pilot_proto::registry::server::{
     Change, Config as RegistryConfig, Effect, Notification, Registry, State,
@@ -1238,9 +1235,9 @@ impl Server {
                     self.stalled.push(token);
                     break;
                 }
-                match decode_frame(&conn.rbuf, MAX_FRAME_LEN) {
-                    Ok(Some((payload, used))) => {
-                        let reply = match decode_request(payload) {
+                match next_request(&conn.rbuf) {
+                    Ok(Some((decoded, used))) => {
+                        let reply = match decoded {
                             Ok(req) => Some(self.handle_request(now, token, conn.peer, req)),
                             Err(e) => {
                                 tracing::debug!(peer = %conn.peer, error = %e, "invalid request; closing");
@@ -1313,7 +1310,7 @@ impl Server {
         now: Instant,
         token: Token,
         peer: SocketAddr,
-        req: pilot_proto::registry::codec::Request,
+        req: pilot_proto::registry::server::Request,
     ) -> (Vec<u8>, ReqMark) {
         let mut mark = ReqMark {
             ty: req.type_index(),
@@ -1353,9 +1350,7 @@ impl Server {
             }
         }
         self.apply_effects(now, reply.effects);
-        let json = encode_response(&reply.response)
-            .unwrap_or_else(|_| br#"{"error":"request failed","type":"error"}"#.to_vec());
-        (frame_vec(&json).unwrap_or_default(), mark)
+        (reply_frame(&reply.response), mark)
     }
 
     fn apply_effects(&mut self, now: Instant, effects: Vec<Effect>) {
@@ -1374,10 +1369,10 @@ impl Server {
                     | Notification::HandshakeResponse { to, from, .. },
                 ) => {
                     self.beacon.notify_handshake(now, to);
-                    self.push(to, PUSH_HANDSHAKE, from);
+                    self.push(to, PushKind::Handshake, from);
                 }
                 Effect::Notify(Notification::TrustRevoked { to, from }) => {
-                    self.push(to, PUSH_TRUST_REVOKED, from);
+                    self.push(to, PushKind::TrustRevoked, from);
                 }
                 Effect::Notify(Notification::Invite { .. }) | Effect::PushWanted(_) => {}
             }
@@ -1400,17 +1395,11 @@ impl Server {
 
     /// Queues a push hint for `to`, if a connection asked for it; it is
     /// written after the changes it describes are committed.
-    fn push(&mut self, to: u32, kind: &str, from: u32) {
+    fn push(&mut self, to: u32, kind: PushKind, from: u32) {
         if !self.push_conn.contains_key(&to) {
             return;
         }
-        let msg = Response::Push {
-            kind: kind.to_owned(),
-            from,
-        };
-        if let Some(frame) = encode_response(&msg).ok().and_then(|j| frame_vec(&j).ok()) {
-            self.pushes.push((to, frame));
-        }
+        self.pushes.push((to, framing::push_frame(kind, from)));
     }
 
     /// Appends the queued push frames to their connections (after a commit).
@@ -1628,13 +1617,4 @@ impl Server {
             }
         }
     }
-}
-
-/// A framed `{"type":"error"}` reply with `msg`.
-fn error_frame(msg: &str) -> Vec<u8> {
-    let json = encode_response(&Response::Error {
-        error: msg.to_owned(),
-    })
-    .unwrap_or_else(|_| br#"{"error":"request failed","type":"error"}"#.to_vec());
-    frame_vec(&json).unwrap_or_default()
 }

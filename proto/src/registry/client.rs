@@ -19,7 +19,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
 
 use super::auth::{self, Identity};
-use super::codec::{self, InboxRequest, InboxResponse, Request, Response};
+use super::codec::{self, InboxRequest, InboxResponse, Request};
 use super::limits::{
     CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_DIAL_TIMEOUT, CLIENT_HEARTBEAT,
     CLIENT_HEARTBEAT_FAILURES, CLIENT_MAX_QUEUE, CLIENT_RESPONSE_TIMEOUT,
@@ -247,6 +247,9 @@ enum Conn {
     Up,
 }
 
+/// The registry's answers as [`ClientEvent::CallDone`] carries them.
+pub use super::codec::Response;
+
 /// The node-side registry client.
 #[derive(Debug)]
 pub struct RegistryClient {
@@ -267,6 +270,8 @@ pub struct RegistryClient {
     last_sig_ts: u64,
     calls: BTreeMap<CallId, Call>,
     next_call: u64,
+    /// Reassembly of the connection's bytes ([`RegistryClient::handle_bytes`]).
+    reader: super::framing::ResponseReader,
 }
 
 /// Bound of undelivered events.
@@ -294,6 +299,7 @@ impl RegistryClient {
             last_sig_ts: 0,
             calls: BTreeMap::new(),
             next_call: 1,
+            reader: super::framing::ResponseReader::default(),
         };
         c.handle_timeout(now);
         c
@@ -376,6 +382,7 @@ impl RegistryClient {
     /// The connection the client asked for is up.
     pub fn connected(&mut self, now: Instant) {
         self.conn = Conn::Up;
+        self.reader.clear();
         if self.cfg.push && self.node_id.is_some() {
             // A new connection: ask for pushes on it (and catch up).
             let _ = self.enqueue(Op::PollInbox);
@@ -386,6 +393,7 @@ impl RegistryClient {
     /// The connection failed or closed.
     pub fn disconnected(&mut self, now: Instant) {
         self.outbox = None;
+        self.reader.clear();
         if let Some((mut p, _)) = self.in_flight.take() {
             if p.retries == 0 || p.op == Op::Register {
                 p.retries = p.retries.saturating_add(1);
@@ -410,6 +418,41 @@ impl RegistryClient {
     /// The next request to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Request> {
         self.outbox.take()
+    }
+
+    /// The next request to send as bytes for the connection (framed).
+    pub fn poll_bytes(&mut self) -> Option<Vec<u8>> {
+        while let Some(req) = self.outbox.take() {
+            if let Some(b) = super::framing::request_frame(&req) {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    /// Bytes read from the connection, in any split. Every complete
+    /// response is handled. A stream that is not the registry's (a frame
+    /// over the limit, a payload that is not a response) is an error: the
+    /// client counts the connection as lost and asks to close it
+    /// ([`ClientEvent::CloseConnection`]); the caller does not report a
+    /// disconnect for it.
+    pub fn handle_bytes(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<(), super::framing::StreamError> {
+        self.reader.push(bytes);
+        loop {
+            match self.reader.next_response() {
+                Ok(Some(r)) => self.handle_response(now, r),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.disconnected(now);
+                    self.event(ClientEvent::CloseConnection);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// The next event, if any.

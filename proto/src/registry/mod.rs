@@ -2,6 +2,8 @@
 //!
 //! * [`codec`] — the TCP framing (`[u32 length][JSON]`) and the typed
 //!   request/response messages.
+//! * [`framing`] — that framing for drivers: a client moves bytes through
+//!   [`client::RegistryClient`], a server uses the frame helpers.
 //! * [`server`] — the registry state machine: requests and time go in,
 //!   replies, durable [`server::Change`]s and notifications come out.
 //! * [`client`] — the node-side half: registration, heartbeats, resolves and
@@ -25,6 +27,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod codec;
+pub mod framing;
 pub mod limits;
 pub mod ratelimit;
 pub mod records;

@@ -22,6 +22,9 @@ use core::time::Duration;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+/// The requests [`Registry::handle`] takes (decoded by
+/// [`super::framing::next_request`]).
+pub use super::codec::Request;
 pub use error::{GENERIC_ERROR, RegistryError, SAFE_KEYWORDS};
 pub use state::{
     Change, Invite, JoinRule, MAX_PENDING_PER_TARGET, NetworkRecord, NodeRecord, PendingRequest,
@@ -31,7 +34,7 @@ pub use state::{
 use super::Profile;
 use super::auth::{self, PublicKey, SigError};
 use super::clock::unix_secs;
-use super::codec::{self, Request, Response, SigFields};
+use super::codec::{self, Response, SigFields};
 use super::format_addr;
 use super::limits::*;
 use super::ratelimit::RateLimiter;
