@@ -28,7 +28,6 @@ pub use state::{
     PendingResponse, State, pair,
 };
 
-use super::Profile;
 use super::auth::{self, PublicKey, SigError};
 use super::clock::unix_secs;
 use super::codec::{self, Request, Response, SigFields};
@@ -37,6 +36,7 @@ use super::limits::*;
 use super::ratelimit::RateLimiter;
 use super::validate;
 use crate::time::Instant;
+use crate::wire::WireProfile;
 
 /// Invitations expire after this (`spec/registry.md` §3.15).
 pub const INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -48,7 +48,7 @@ pub const MAX_LIST_NODES: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Wire profile (error texts, networks, polo score, endpoint rule).
-    pub profile: Profile,
+    pub profile: WireProfile,
     /// Operator secret; `None` disables admin operations.
     pub admin_token: Option<String>,
     /// Refuse the legacy (replayable) signature form.
@@ -76,7 +76,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            profile: Profile::Current,
+            profile: WireProfile::Current,
             admin_token: None,
             strict_signatures: false,
             sig_freshness: SIG_FRESHNESS,
@@ -300,8 +300,8 @@ impl Registry {
         let nets: Vec<u16> = match self.config.profile {
             // Current: only the backbone membership goes; the rest is kept
             // so that the node gets its networks back when it returns.
-            Profile::Current => vec![0],
-            Profile::Legacy => node.networks.clone(),
+            WireProfile::Current => vec![0],
+            WireProfile::Legacy => node.networks.clone(),
         };
         for network_id in nets {
             self.commit(Change::Membership {
@@ -346,7 +346,7 @@ impl Registry {
     }
 
     fn dispatch(&mut self, now: Instant, peer: SocketAddr, req: Request) -> Res {
-        let legacy = self.config.profile == Profile::Legacy;
+        let legacy = self.config.profile == WireProfile::Legacy;
         match req {
             Request::Register(r) => self.register(now, peer, r),
             Request::Lookup(r) => {
@@ -417,7 +417,7 @@ impl Registry {
 
     fn query_limit(&mut self, now: Instant, ip: IpAddr) -> Result<(), RegistryError> {
         if self.config.rate_limits
-            && self.config.profile == Profile::Current
+            && self.config.profile == WireProfile::Current
             && !self.query_rl.allow(ip, now)
         {
             return Err(RegistryError::QueryRateLimited(ip));
@@ -458,7 +458,8 @@ impl Registry {
         sig: SigFields<'_>,
         admin_token: Option<&str>,
     ) -> Result<(), RegistryError> {
-        if self.config.profile == Profile::Current && admin_token.is_some_and(|t| self.admin_ok(t))
+        if self.config.profile == WireProfile::Current
+            && admin_token.is_some_and(|t| self.admin_ok(t))
         {
             return Ok(());
         }
@@ -518,8 +519,8 @@ impl Registry {
     fn endpoint(&self, listen_addr: &str, peer: SocketAddr) -> String {
         let parsed = split_host_port(listen_addr);
         match (self.config.profile, parsed) {
-            (Profile::Legacy, Some((_, port))) => SocketAddr::new(peer.ip(), port).to_string(),
-            (Profile::Current, Some((host, port))) => {
+            (WireProfile::Legacy, Some((_, port))) => SocketAddr::new(peer.ip(), port).to_string(),
+            (WireProfile::Current, Some((host, port))) => {
                 // Only a globally routable IP literal is kept; names are not
                 // (peers need an address, spec/registry.md §12).
                 let replace = host
@@ -659,7 +660,7 @@ impl Registry {
                 Err(e) => hostname_error = Some(e.to_string()),
                 Ok(()) => match self.state.hostname_idx.get(&r.hostname) {
                     Some(holder) if *holder != id && self.state.nodes.contains_key(holder) => {
-                        if self.config.profile == Profile::Current {
+                        if self.config.profile == WireProfile::Current {
                             hostname_error =
                                 Some(format!("hostname \"{}\" already in use", r.hostname));
                         }
@@ -708,7 +709,7 @@ impl Registry {
                 });
             }
         }
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         Ok(Response::RegisterOk(codec::RegisterOk {
             address: Self::backbone_addr(id),
             network_id: 0,
@@ -734,7 +735,7 @@ impl Registry {
             return Err(RegistryError::RegistryFull);
         }
         let mut n = new_node(id, key, owner, now);
-        if self.config.profile == Profile::Current {
+        if self.config.profile == WireProfile::Current {
             n.networks.extend(
                 self.state
                     .networks
@@ -751,7 +752,7 @@ impl Registry {
 
     fn lookup(&self, id: u32) -> Res {
         let n = self.node(id)?;
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let first = n.networks.first().copied().unwrap_or(0);
         let real = n.public.then(|| n.real_addr.clone());
         Ok(Response::LookupOk(codec::LookupOk {
@@ -771,7 +772,7 @@ impl Registry {
 
     fn resolve(&mut self, now: Instant, ip: IpAddr, r: codec::Resolve) -> Res {
         if self.config.rate_limits
-            && self.config.profile == Profile::Current
+            && self.config.profile == WireProfile::Current
             && !self.resolve_rl.allow(ip, now)
         {
             return Err(RegistryError::QueryRateLimited(ip));
@@ -785,7 +786,7 @@ impl Registry {
         if !self.may_resolve(r.requester_id, r.node_id) {
             return Err(RegistryError::Private(r.node_id));
         }
-        let lan = (self.config.profile == Profile::Current && !t.lan_addrs.is_empty())
+        let lan = (self.config.profile == WireProfile::Current && !t.lan_addrs.is_empty())
             .then(|| t.lan_addrs.clone());
         Ok(Response::ResolveOk(codec::ResolveOk {
             node_id: r.node_id,
@@ -805,7 +806,7 @@ impl Registry {
             .get(&r.hostname)
             .ok_or_else(not_found)?;
         let n = self.state.nodes.get(&id).ok_or_else(not_found)?;
-        if self.config.profile == Profile::Current
+        if self.config.profile == WireProfile::Current
             && !n.public
             && !(r.requester_id != 0 && self.may_resolve(r.requester_id, id))
         {
@@ -1164,7 +1165,7 @@ impl Registry {
     // ----- networks ----------------------------------------------------
 
     fn list_networks(&self, admin_token: &str) -> Response {
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let show_members = !current || self.admin_ok(admin_token);
         Response::ListNetworksOk {
             networks: self
@@ -1185,7 +1186,7 @@ impl Registry {
 
     fn list_nodes(&self, r: codec::ListNodes) -> Res {
         if r.network_id == 0
-            && !(self.config.profile == Profile::Current && self.admin_ok(&r.admin_token))
+            && !(self.config.profile == WireProfile::Current && self.admin_ok(&r.admin_token))
         {
             return Err(RegistryError::BackboneListing);
         }
@@ -1194,7 +1195,7 @@ impl Registry {
             .networks
             .get(&r.network_id)
             .ok_or(RegistryError::NetworkNotFound(r.network_id))?;
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let nodes = net
             .members
             .iter()
@@ -1467,7 +1468,7 @@ impl Registry {
     // ----- beacons -----------------------------------------------------
 
     fn beacon_register(&mut self, now: Instant, r: codec::BeaconRegister) -> Res {
-        if self.config.profile == Profile::Current {
+        if self.config.profile == WireProfile::Current {
             self.require_admin(&r.admin_token)?;
         }
         if r.beacon_id == 0 {
