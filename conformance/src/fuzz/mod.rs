@@ -3,8 +3,10 @@
 //! runs scripts, not one message), the crypto session table
 //! (`spec/crypto.md`), the registry codec and state machine
 //! (`spec/registry.md`), the stream transport (`spec/transport.md`;
-//! `stream` runs operation scripts against two connections) and the
-//! built-in services (`spec/services.md`).
+//! `stream` runs operation scripts against two connections), one whole
+//! node (`node`: datagrams, timeouts and application calls interleaved),
+//! one whole daemon (`daemon`: IPC, UDP and registry bytes and timeouts)
+//! and the built-in services (`spec/services.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -15,8 +17,10 @@
 pub mod addr;
 pub mod beacon;
 pub mod beacon_server;
+pub mod daemon;
 pub mod insecure;
 pub mod ipc;
+pub mod node;
 pub mod packet;
 pub mod registry;
 pub mod services;
@@ -50,7 +54,9 @@ pub const TARGETS: &[&str] = &[
     "addr",
     "beacon",
     "beacon_server",
+    "daemon",
     "ipc",
+    "node",
     "packet",
     "services",
     "session",
@@ -74,6 +80,8 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "beacon_server" => &["wire_beacon.json"],
         // Operation scripts, not wire bytes: the body's own seeds.
         "session" => return session::seeds(),
+        "node" => return node::seeds(),
+        "daemon" => return daemon::seeds(),
         "registry" => &["registry.json"],
         _ => &[],
     };
