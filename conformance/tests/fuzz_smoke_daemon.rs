@@ -4,7 +4,7 @@
 //! messages.
 
 use pilot_conformance::fuzz::daemon::{drive, parse, run, seeds};
-use pilot_conformance::fuzz::{TARGETS, seeds_for};
+use pilot_conformance::fuzz::{TARGETS, mutate, seeds_for};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -33,22 +33,7 @@ fn mutated_scripts_never_panic() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for round in 0..ROUNDS {
         let mut s = seeds[round % seeds.len()].clone();
-        for _ in 0..(rng.next_u32() % 8) {
-            let i = rng.next_u32() as usize % s.len().max(1);
-            match rng.next_u32() % 3 {
-                0 => {
-                    if let Some(b) = s.get_mut(i) {
-                        *b ^= 1 << (rng.next_u32() % 8);
-                    }
-                }
-                1 => s.insert(i.min(s.len()), rng.next_u32() as u8),
-                _ => {
-                    if i < s.len() {
-                        s.remove(i);
-                    }
-                }
-            }
-        }
+        mutate(&mut rng, &mut s);
         run(&s);
     }
     for _ in 0..ROUNDS / 4 {

@@ -4,7 +4,7 @@
 //! stream data read by the application.
 
 use pilot_conformance::fuzz::node::{Reach, run_with_reach, seeds};
-use pilot_conformance::fuzz::{TARGETS, seeds_for};
+use pilot_conformance::fuzz::{TARGETS, mutate, seeds_for};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -28,23 +28,7 @@ fn mutated_scripts_never_panic_and_stay_deep() {
     let mut total = Reach::default();
     for round in 0..ROUNDS {
         let mut s = seeds[round % seeds.len()].clone();
-        for _ in 0..(rng.next_u32() % 8) {
-            let n = s.len().max(1);
-            let i = rng.next_u32() as usize % n;
-            match rng.next_u32() % 3 {
-                0 => {
-                    if let Some(b) = s.get_mut(i) {
-                        *b ^= 1 << (rng.next_u32() % 8);
-                    }
-                }
-                1 => s.insert(i.min(s.len()), rng.next_u32() as u8),
-                _ => {
-                    if i < s.len() {
-                        s.remove(i);
-                    }
-                }
-            }
-        }
+        mutate(&mut rng, &mut s);
         total.add(run_with_reach(&s));
     }
     // Random bytes too.

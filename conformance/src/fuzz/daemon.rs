@@ -62,17 +62,11 @@ pub enum Step {
 
 /// The configuration byte and the steps of a script.
 pub fn parse(data: &[u8]) -> (bool, Vec<Step>) {
-    let Some((&cfg, mut rest)) = data.split_first() else {
+    let Some((&cfg, rest)) = data.split_first() else {
         return (false, Vec::new());
     };
     let mut steps = Vec::new();
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let (len, tail) = match tail.split_first() {
-            Some((&len, tail)) => (usize::from(len), tail),
-            None => (0, tail),
-        };
-        let (chunk, tail) = tail.split_at(len.min(tail.len()));
-        rest = tail;
+    for (ctl, chunk) in super::records(rest) {
         let arg = ctl >> 3;
         steps.push(match ctl & 7 {
             0 => Step::Ipc(usize::from(arg) % CLIENTS, chunk.to_vec()),
@@ -196,11 +190,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     use pilot_proto::wire::ipc::IpcMessage;
     use pilot_proto::wire::ipc::client::frame;
     let mut s = vec![0u8];
-    let mut rec = |ctl: u8, chunk: &[u8]| {
-        s.push(ctl);
-        s.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
-        s.extend_from_slice(chunk.get(..255).unwrap_or(chunk));
-    };
+    let mut rec = |ctl: u8, chunk: &[u8]| super::record(&mut s, ctl, chunk);
     let msgs = [
         IpcMessage::Info,
         IpcMessage::Health,

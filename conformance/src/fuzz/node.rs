@@ -220,14 +220,7 @@ pub fn run_with_reach(data: &[u8]) -> Reach {
         reach: Reach::default(),
     };
     let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER.max(65_536)];
-    let mut rest = data;
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let (len, tail) = match tail.split_first() {
-            Some((&len, tail)) => (usize::from(len), tail),
-            None => (0, tail),
-        };
-        let (chunk, tail) = tail.split_at(len.min(tail.len()));
-        rest = tail;
+    for (ctl, chunk) in super::records(data) {
         match ctl & 7 {
             0 => {
                 if let Some(mut d) = b.out.pop_front() {
@@ -283,12 +276,7 @@ pub fn run_with_reach(data: &[u8]) -> Reach {
     r
 }
 
-/// A record of the script format.
-fn rec(out: &mut Vec<u8>, ctl: u8, chunk: &[u8]) {
-    out.push(ctl);
-    out.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
-    out.extend_from_slice(chunk.get(..255).unwrap_or(chunk));
-}
+use super::record as rec;
 
 /// Lets the two nodes talk: `rounds` deliveries each way with a little
 /// time passing.

@@ -590,7 +590,7 @@ impl ClientSession {
         if self.closed.is_some() {
             return Err(RequestError::Closed);
         }
-        if !cmd.reply().is_some_and(|r| !r.is_push()) {
+        if cmd.reply().is_none_or(|r| r.is_push()) {
             return Err(RequestError::NoReply(cmd.name()));
         }
         if self.outstanding.iter().any(|o| !o.abandoned) || self.reply.is_some() {
