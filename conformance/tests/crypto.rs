@@ -6,7 +6,7 @@
 //! provider open with the other.
 
 use pilot_conformance::{field, load, name, unhex};
-use pilot_proto::crypto::WireProfile;
+use pilot_proto::WireProfile;
 use pilot_proto::crypto::envelope::{Envelope, OpenError};
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::kdf::derive_session_key;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use pilot_conformance::fuzz::{registry as fuzz_registry, vector_inputs};
 use pilot_conformance::{field, load, name, unhex};
-use pilot_proto::registry::Profile;
+use pilot_proto::WireProfile;
 use pilot_proto::registry::auth::{self, Identity};
 use pilot_proto::registry::codec::{
     Register, Request, decode_frame, decode_request, encode_request, encode_response, frame_vec,
@@ -31,10 +31,10 @@ fn now(v: &Value) -> Instant {
     Instant::from_nanos(secs * 1_000_000_000)
 }
 
-fn profile(v: &Value) -> Profile {
+fn profile(v: &Value) -> WireProfile {
     match field(v, "profile") {
-        "legacy" => Profile::Legacy,
-        "current" => Profile::Current,
+        "legacy" => WireProfile::Legacy,
+        "current" => WireProfile::Current,
         other => panic!("{}: unknown profile {other}", name(v)),
     }
 }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pilot_driver_mio::ipc_client::IpcClient;
+use pilot_proto::WireProfile;
 use pilot_proto::addr::Addr;
-use pilot_proto::crypto::WireProfile;
 use pilot_proto::crypto::envelope::Envelope;
 use pilot_proto::crypto::provider::{CryptoProvider, Ring, RustCrypto};
 use pilot_proto::wire::ipc::{IpcMessage, LENGTH_PREFIX_LEN, encode_frame};

@@ -1,27 +1,23 @@
 //! A blocking client for the daemon's IPC socket (`spec/ipc.md`).
 //!
-//! [`IpcClient`] owns one `UnixStream` to the daemon. A background reader
-//! thread parses frames with `pilot_proto::wire::ipc` and routes them:
+//! [`IpcClient`] owns one `UnixStream` to the daemon and one
+//! [`ClientSession`], the sans-IO client session of `pilot-proto` that
+//! decides everything about routing, buffering and bad input
+//! (`spec/ipc.md` §11). This file only moves bytes and blocks: a background
+//! reader thread feeds what it reads into the session (never more than the
+//! session has room for, so a full connection buffer back-pressures the
+//! daemon), writes the `Close` frames the session asks for, and wakes the
+//! callers, which wait on a condition variable with a timeout.
 //!
-//! * **pushes** (`Accept`, `Recv`, `CloseOk`, `RecvFrom`, `spec/ipc.md`
-//!   §2.3) go into per-port accept queues, per-connection receive queues and
-//!   one datagram queue;
-//! * every other frame is the reply to the single reply-expecting request
-//!   the client keeps outstanding (a request lock serialises them), matched
-//!   by command byte (`…Ok` or `Error`).
-//!
-//! `CloseOk` is always treated as "this connection is finished"; `Close` is
-//! sent without waiting (`spec/ipc.md` §9.1). Every wait has a timeout so
-//! nothing hangs forever, and every queue is bounded: a connection's receive
-//! queue holds at most [`CONN_QUEUE_LIMIT`] bytes, after which the reader
-//! thread stops reading the socket until the application consumes (the
-//! daemon then stops reading the overlay stream: back-pressure end to end).
+//! Requests that expect a reply are serialised by a lock (one outstanding,
+//! `spec/ipc.md` §2.3); one whose caller times out is abandoned, and a dial
+//! abandoned that way is closed when its reply comes. `Close` is sent
+//! without waiting (`spec/ipc.md` §9.1).
 //!
 //! All methods take `&self`, so one client may be shared between threads
 //! (for example one thread sending a bulk stream while another receives the
 //! echo).
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -31,9 +27,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pilot_proto::addr::Addr;
+pub use pilot_proto::wire::ipc::client::{Accepted, Datagram};
+use pilot_proto::wire::ipc::client::{
+    ClientSession, Read as SessionRead, ReplyError, RequestError,
+};
 use pilot_proto::wire::ipc::{
-    Command, EncodeError, Flag, HandshakeRequest, IpcError, IpcMessage, MAX_SEND_DATA,
-    encode_frame, parse_frame,
+    EncodeError, Flag, HandshakeRequest, IpcError, IpcMessage, MAX_SEND_DATA, client,
 };
 use serde_json::Value;
 use thiserror::Error;
@@ -50,21 +49,12 @@ pub const SOCKET_ENV: &str = "PILOT_SOCKET";
 /// dial that fails is reported with the daemon's message, not as a timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// Most bytes buffered for one connection before the reader thread stops
-/// reading the socket until the application consumes some.
-pub const CONN_QUEUE_LIMIT: usize = 8 * 1024 * 1024;
-
-/// Most accepted-but-not-yet-taken streams queued per bound port; further
-/// ones are closed at once.
-pub const ACCEPT_QUEUE_LIMIT: usize = 1024;
-
-/// Most datagrams queued; the oldest is dropped when a new one arrives
-/// (datagrams are unreliable anyway).
-pub const DATAGRAM_QUEUE_LIMIT: usize = 1024;
-
 /// How long a blocking socket write may make no progress before the client
 /// gives up (a daemon that stops reading for this long is stuck).
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest single socket read of the reader thread.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// The socket path to use: `explicit` if given, else `$PILOT_SOCKET`, else
 /// [`DEFAULT_SOCKET_PATH`].
@@ -116,78 +106,67 @@ pub enum IpcClientError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, IpcClientError>;
 
-/// A stream accepted on a port this client bound (`Accept` push).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Accepted {
-    /// Local port the stream arrived on.
-    pub local_port: u16,
-    /// Connection id for `send`/`recv`/`close`.
-    pub conn_id: u32,
-    /// Remote virtual address.
-    pub remote: Addr,
-    /// Remote port.
-    pub remote_port: u16,
-}
-
-/// A datagram pushed by the daemon (`RecvFrom`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Datagram {
-    /// Source address.
-    pub src: Addr,
-    /// Source port.
-    pub src_port: u16,
-    /// Destination port (the local port).
-    pub dst_port: u16,
-    /// Payload.
-    pub data: Vec<u8>,
-}
-
-/// Receive state of one connection.
-#[derive(Default)]
-struct ConnQueue {
-    chunks: VecDeque<Vec<u8>>,
-    bytes: usize,
-    /// `CloseOk` arrived: no more data after the queued chunks.
-    eof: bool,
-}
-
 /// State shared between the reader thread and the callers.
-#[derive(Default)]
 struct State {
-    /// Command of the outstanding reply-expecting request.
-    pending: Option<Command>,
-    /// Body of its reply (success or `Error`), once it arrived.
-    reply: Option<Vec<u8>>,
-    conns: HashMap<u32, ConnQueue>,
-    accepts: HashMap<u16, VecDeque<Accepted>>,
-    datagrams: VecDeque<Datagram>,
-    /// Reader thread finished (EOF, error, or shutdown).
-    closed: bool,
-    /// Why the reader stopped, if it was an error.
-    close_reason: Option<String>,
-    /// Client dropped: the reader must stop waiting for queue space.
+    session: ClientSession,
+    /// Client dropped: the reader must stop waiting for input room.
     shutdown: bool,
-    /// Replies to requests nobody waits for (e.g. a v1.8 error for a
-    /// failed `Send`); the last one is kept for diagnostics.
-    stray: Option<Vec<u8>>,
 }
 
 struct Shared {
     state: Mutex<State>,
     /// Signalled whenever anything in `state` changes.
     changed: Condvar,
+    writer: Mutex<UnixStream>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn wait<'a>(
+        &'a self,
+        guard: MutexGuard<'a, State>,
+        dur: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        match dur {
+            Some(d) => match self.changed.wait_timeout(guard, d) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            },
+            None => self.changed.wait(guard).unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Writes one whole frame.
+    fn write_raw(&self, bytes: &[u8]) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lock().session.is_closed() {
+            return Err(IpcClientError::Disconnected);
+        }
+        w.write_all(bytes).map_err(map_write_err)
+    }
+
+    /// Wakes the waiters after a session change and sends the frames the
+    /// session asked for.
+    fn settle(&self, mut st: MutexGuard<'_, State>) {
+        while st.session.poll_ready().is_some() {}
+        let out: Vec<Vec<u8>> = std::iter::from_fn(|| st.session.poll_transmit()).collect();
+        drop(st);
+        self.changed.notify_all();
+        for frame in out {
+            // Best effort: the daemon also closes them when we go away.
+            if self.write_raw(&frame).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// A blocking IPC client (see the module docs).
 pub struct IpcClient {
     shared: Arc<Shared>,
-    writer: Mutex<UnixStream>,
     request_lock: Mutex<()>,
     reader: Option<JoinHandle<()>>,
     timeout: Duration,
@@ -214,8 +193,12 @@ impl IpcClient {
         let reader_stream = stream.try_clone()?;
         stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                session: ClientSession::default(),
+                shutdown: false,
+            }),
             changed: Condvar::new(),
+            writer: Mutex::new(stream),
         });
         let thread_shared = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
@@ -223,7 +206,6 @@ impl IpcClient {
             .spawn(move || reader_loop(reader_stream, &thread_shared))?;
         Ok(IpcClient {
             shared,
-            writer: Mutex::new(stream),
             request_lock: Mutex::new(()),
             reader: Some(reader),
             timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -248,7 +230,18 @@ impl IpcClient {
 
     /// Whether the daemon side is gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.lock().session.is_closed()
+    }
+
+    /// Why the session ended, when it was not a plain hang-up (a bad frame
+    /// from the daemon, a read error).
+    pub fn close_reason(&self) -> Option<String> {
+        self.shared.lock().session.close_reason().map(str::to_owned)
+    }
+
+    /// What the session dropped so far (`spec/ipc.md` §11).
+    pub fn stats(&self) -> client::SessionStats {
+        self.shared.lock().session.stats()
     }
 
     // ---------------------------------------------------------------
@@ -256,14 +249,7 @@ impl IpcClient {
     // ---------------------------------------------------------------
 
     fn write_msg(&self, msg: &IpcMessage<'_>) -> Result<()> {
-        let mut buf = vec![0u8; msg.encoded_len()];
-        let n = encode_frame(msg, &mut buf)?;
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.shared.lock().closed {
-            return Err(IpcClientError::Disconnected);
-        }
-        w.write_all(&buf[..n]).map_err(map_write_err)?;
-        Ok(())
+        self.shared.write_raw(&client::frame(msg)?)
     }
 
     /// Sends `msg` (a request with a reply) and waits up to `timeout` for
@@ -271,45 +257,47 @@ impl IpcClient {
     /// an `Error` reply.
     pub fn request_raw(&self, msg: &IpcMessage<'_>, timeout: Duration) -> Result<Vec<u8>> {
         let cmd = msg.command();
-        if cmd.reply().is_none() {
-            return Err(IpcClientError::Protocol(format!(
-                "{} expects no reply",
-                cmd.name()
-            )));
-        }
         let _guard = self.request_lock.lock().unwrap_or_else(|p| p.into_inner());
-        {
+        let bytes = self
+            .shared
+            .lock()
+            .session
+            .request(msg)
+            .map_err(|e| match e {
+                RequestError::Closed => IpcClientError::Disconnected,
+                RequestError::Encode(e) => IpcClientError::Encode(e),
+                other => IpcClientError::Protocol(other.to_string()),
+            })?;
+        if let Err(e) = self.shared.write_raw(&bytes) {
             let mut st = self.shared.lock();
-            if st.closed {
-                return Err(IpcClientError::Disconnected);
-            }
-            st.pending = Some(cmd);
-            st.reply = None;
-        }
-        if let Err(e) = self.write_msg(msg) {
-            self.shared.lock().pending = None;
+            st.session.abandon_request();
+            self.shared.settle(st);
             return Err(e);
         }
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
         loop {
-            if let Some(body) = st.reply.take() {
-                st.pending = None;
+            if let Some(reply) = st.session.take_reply() {
                 drop(st);
-                return reply_result(body);
+                return match reply.payload() {
+                    Ok(_) => Ok(reply.into_body()),
+                    Err(ReplyError::Daemon(m)) => Err(IpcClientError::Daemon(m)),
+                    Err(e) => Err(IpcClientError::Protocol(e.to_string())),
+                };
             }
-            if st.closed {
-                st.pending = None;
+            if st.session.is_closed() {
                 return Err(IpcClientError::Disconnected);
             }
             let now = Instant::now();
             if now >= deadline {
-                // Leave `pending` set: a late reply is then recognised and
-                // parked instead of being mistaken for the next request's.
-                // The next request overwrites it.
+                // A late reply is then recognised and dropped (a dial's
+                // connection closed) instead of being taken for the next
+                // request's.
+                st.session.abandon_request();
+                self.shared.settle(st);
                 return Err(IpcClientError::Timeout(format!("{} reply", cmd.name())));
             }
-            st = wait(&self.shared, st, deadline - now);
+            st = self.shared.wait(st, Some(deadline - now));
         }
     }
 
@@ -318,18 +306,48 @@ impl IpcClient {
         json_payload(&body)
     }
 
+    /// Waits until `take` gives something, the session ends or `timeout`
+    /// passes (`what` names it in the timeout error).
+    fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: impl FnOnce() -> String,
+        mut take: impl FnMut(&mut ClientSession) -> Option<Result<T>>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(r) = take(&mut st.session) {
+                self.shared.settle(st);
+                return r;
+            }
+            if st.session.is_closed() {
+                return Err(IpcClientError::Disconnected);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(IpcClientError::Timeout(what()));
+            }
+            st = self.shared.wait(st, Some(deadline - now));
+        }
+    }
+
     // ---------------------------------------------------------------
     // Streams
     // ---------------------------------------------------------------
 
-    /// Binds `port` for this client (`Bind`); returns the bound port.
+    /// Binds `port` for this client (`Bind`); returns the bound port. The
+    /// session queues accepts and datagrams for the port from before the
+    /// request, so none that follow the reply at once is lost.
     pub fn bind(&self, port: u16) -> Result<u16> {
+        {
+            let mut st = self.shared.lock();
+            st.session.listen(port);
+            st.session.open_datagrams(port);
+        }
         let body = self.request_raw(&IpcMessage::Bind { port }, self.timeout)?;
         match IpcMessage::decode(&body) {
-            Ok(IpcMessage::BindOk { port }) => {
-                self.shared.lock().accepts.entry(port).or_default();
-                Ok(port)
-            }
+            Ok(IpcMessage::BindOk { port }) => Ok(port),
             other => Err(unexpected("bind_ok", other)),
         }
     }
@@ -342,8 +360,8 @@ impl IpcClient {
     }
 
     /// Like [`IpcClient::dial`], giving up after `timeout` (a
-    /// [`IpcClientError::Timeout`]); the daemon may still finish the dial,
-    /// and closes it when this client goes away.
+    /// [`IpcClientError::Timeout`]); a dial the daemon still finishes is
+    /// closed as soon as its reply arrives.
     pub fn dial_timeout(&self, addr: Addr, port: u16, timeout: Duration) -> Result<u32> {
         let body = self.request_raw(&IpcMessage::Dial { addr, port }, timeout)?;
         match IpcMessage::decode(&body) {
@@ -356,9 +374,6 @@ impl IpcClient {
     /// [`MAX_SEND_DATA`] bytes). No reply is expected; a broken stream shows
     /// up as end of stream on `recv`.
     pub fn send(&self, conn_id: u32, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
         for chunk in data.chunks(MAX_SEND_DATA) {
             self.write_msg(&IpcMessage::Send {
                 conn_id,
@@ -369,36 +384,19 @@ impl IpcClient {
     }
 
     /// Waits up to `timeout` for data on a stream. `Ok(Some(chunk))` is data
-    /// (chunk boundaries are arbitrary), `Ok(None)` is end of stream.
+    /// (chunk boundaries are arbitrary), `Ok(None)` is end of stream (or a
+    /// connection this client does not know).
     pub fn recv(&self, conn_id: u32, timeout: Duration) -> Result<Option<Vec<u8>>> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            match st.conns.get_mut(&conn_id) {
-                Some(q) => {
-                    if let Some(chunk) = q.chunks.pop_front() {
-                        q.bytes -= chunk.len();
-                        self.shared.changed.notify_all();
-                        return Ok(Some(chunk));
-                    }
-                    if q.eof {
-                        return Ok(None);
-                    }
-                }
-                // Unknown (never opened, or already closed and removed).
-                None => return Ok(None),
-            }
-            if st.closed {
-                return Err(IpcClientError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(IpcClientError::Timeout(format!(
-                    "data on connection {conn_id}"
-                )));
-            }
-            st = wait(&self.shared, st, deadline - now);
-        }
+        self.wait_for(
+            timeout,
+            || format!("data on connection {conn_id}"),
+            |s| match s.read_chunk(conn_id) {
+                SessionRead::Data(chunk) => Some(Ok(Some(chunk))),
+                SessionRead::Eof => Some(Ok(None)),
+                SessionRead::Closed => Some(Err(IpcClientError::Disconnected)),
+                SessionRead::Pending => None,
+            },
+        )
     }
 
     /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -409,71 +407,41 @@ impl IpcClient {
         buf: &mut [u8],
         timeout: Duration,
     ) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
         let mut filled = 0;
-        while filled < buf.len() {
-            let mut st = self.shared.lock();
-            let Some(q) = st.conns.get_mut(&conn_id) else {
-                return Ok(filled);
-            };
-            if let Some(front) = q.chunks.front_mut() {
-                let n = front.len().min(buf.len() - filled);
-                buf[filled..filled + n].copy_from_slice(&front[..n]);
-                filled += n;
-                q.bytes -= n;
-                if n == front.len() {
-                    q.chunks.pop_front();
-                } else {
-                    front.drain(..n);
+        self.wait_for(
+            timeout,
+            || format!("data on connection {conn_id}"),
+            |s| loop {
+                if filled == buf.len() {
+                    return Some(Ok(filled));
                 }
-                self.shared.changed.notify_all();
-                continue;
-            }
-            if q.eof {
-                return Ok(filled);
-            }
-            if st.closed {
-                return Err(IpcClientError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(IpcClientError::Timeout(format!(
-                    "data on connection {conn_id}"
-                )));
-            }
-            drop(wait(&self.shared, st, deadline - now));
-        }
-        Ok(filled)
+                match s.read(conn_id, buf.get_mut(filled..).unwrap_or_default()) {
+                    SessionRead::Data(n) => filled += n,
+                    SessionRead::Eof => return Some(Ok(filled)),
+                    SessionRead::Closed => return Some(Err(IpcClientError::Disconnected)),
+                    SessionRead::Pending => return None,
+                }
+            },
+        )
     }
 
     /// Closes a stream (`Close`, sent without waiting; `spec/ipc.md` §9.1)
     /// and forgets anything still queued for it.
     pub fn close(&self, conn_id: u32) -> Result<()> {
-        self.shared.lock().conns.remove(&conn_id);
-        self.shared.changed.notify_all();
-        self.write_msg(&IpcMessage::Close { conn_id })
+        let mut st = self.shared.lock();
+        let frame = st.session.close(conn_id);
+        self.shared.settle(st);
+        self.shared.write_raw(&frame)
     }
 
     /// Waits up to `timeout` for a stream accepted on `port` (which this
     /// client must have bound).
     pub fn accept(&self, port: u16, timeout: Duration) -> Result<Accepted> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(a) = st.accepts.get_mut(&port).and_then(VecDeque::pop_front) {
-                return Ok(a);
-            }
-            if st.closed {
-                return Err(IpcClientError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(IpcClientError::Timeout(format!(
-                    "a connection on port {port}"
-                )));
-            }
-            st = wait(&self.shared, st, deadline - now);
-        }
+        self.wait_for(
+            timeout,
+            || format!("a connection on port {port}"),
+            |s| s.accept(port).map(Ok),
+        )
     }
 
     // ---------------------------------------------------------------
@@ -490,28 +458,15 @@ impl IpcClient {
     }
 
     /// Waits up to `timeout` for a datagram whose destination port is
-    /// `port`. Datagrams for other ports stay queued (bounded, oldest
-    /// dropped first).
+    /// `port`. From the first call on (or [`IpcClient::bind`]), datagrams for
+    /// the port are queued (bounded; the newcomer is dropped when full).
     pub fn recv_from(&self, port: u16, timeout: Duration) -> Result<Datagram> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(i) = st.datagrams.iter().position(|d| d.dst_port == port) {
-                if let Some(d) = st.datagrams.remove(i) {
-                    return Ok(d);
-                }
-            }
-            if st.closed {
-                return Err(IpcClientError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(IpcClientError::Timeout(format!(
-                    "a datagram on port {port}"
-                )));
-            }
-            st = wait(&self.shared, st, deadline - now);
-        }
+        self.shared.lock().session.open_datagrams(port);
+        self.wait_for(
+            timeout,
+            || format!("a datagram on port {port}"),
+            |s| s.recv_datagram(port).map(Ok),
+        )
     }
 
     // ---------------------------------------------------------------
@@ -623,28 +578,14 @@ impl IpcClient {
 
 impl Drop for IpcClient {
     fn drop(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.shutdown = true;
-        }
+        self.shared.lock().shutdown = true;
         self.shared.changed.notify_all();
-        if let Ok(w) = self.writer.lock() {
+        if let Ok(w) = self.shared.writer.lock() {
             let _ = w.shutdown(Shutdown::Both);
         }
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
-    }
-}
-
-fn wait<'a>(
-    shared: &'a Shared,
-    guard: MutexGuard<'a, State>,
-    dur: Duration,
-) -> MutexGuard<'a, State> {
-    match shared.changed.wait_timeout(guard, dur) {
-        Ok((g, _)) => g,
-        Err(p) => p.into_inner().0,
     }
 }
 
@@ -665,22 +606,6 @@ fn unexpected(what: &str, got: std::result::Result<IpcMessage<'_>, IpcError>) ->
     }
 }
 
-/// Turns a reply body into `Ok(body)` or the daemon's error.
-fn reply_result(body: Vec<u8>) -> Result<Vec<u8>> {
-    if body.first() == Some(&Command::Error.byte()) {
-        return match IpcMessage::decode(&body) {
-            Ok(IpcMessage::Error { message, .. }) => {
-                Err(IpcClientError::Daemon(message.to_owned()))
-            }
-            Ok(_) => Err(IpcClientError::Protocol("malformed error frame".into())),
-            Err(e) => Err(IpcClientError::Protocol(format!(
-                "malformed error frame: {e}"
-            ))),
-        };
-    }
-    Ok(body)
-}
-
 /// Parses the JSON payload of a `…Ok` reply body.
 fn json_payload(body: &[u8]) -> Result<Value> {
     let payload = body.get(1..).unwrap_or_default();
@@ -694,146 +619,50 @@ fn json_payload(body: &[u8]) -> Result<Value> {
 // Reader thread
 // -------------------------------------------------------------------
 
+/// Feeds the session what the socket gives, never more than it has room
+/// for, until the socket ends, the session ends or the client is dropped.
 fn reader_loop(mut stream: UnixStream, shared: &Shared) {
-    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
-    let mut tmp = vec![0u8; 256 * 1024];
-    let reason = 'outer: loop {
-        // Route every complete frame in the buffer.
-        let mut start = 0;
-        loop {
-            match parse_frame(&buf[start..]) {
-                Ok(Some((body, used))) => {
-                    if !body.is_empty() {
-                        if let Err(reason) = route(shared, body) {
-                            break 'outer Some(reason);
-                        }
-                    }
-                    start += used;
+    let mut tmp = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        let room = {
+            let mut st = shared.lock();
+            loop {
+                if st.shutdown || st.session.is_closed() {
+                    break 0;
                 }
-                Ok(None) => break,
-                Err(e) => break 'outer Some(format!("bad frame from daemon: {e}")),
+                let room = st.session.input_room();
+                if room > 0 {
+                    break room;
+                }
+                // A connection's buffer is full: wait for the application.
+                st = shared.wait(st, None);
             }
+        };
+        if room == 0 {
+            break None;
         }
-        buf.drain(..start);
-        match stream.read(&mut tmp) {
+        let want = room.min(tmp.len());
+        match stream.read(tmp.get_mut(..want).unwrap_or_default()) {
             Ok(0) => break None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Ok(n) => {
+                let mut st = shared.lock();
+                st.session.handle_input(tmp.get(..n).unwrap_or_default());
+                shared.settle(st);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => break Some(format!("read: {e}")),
         }
     };
     let mut st = shared.lock();
-    st.closed = true;
-    if !st.shutdown {
-        st.close_reason = reason;
-    }
-    drop(st);
-    shared.changed.notify_all();
-}
-
-/// Routes one frame body. Blocks while the target connection's queue is
-/// full. Returns an error text when the reader must stop.
-fn route(shared: &Shared, body: &[u8]) -> std::result::Result<(), String> {
-    let Some(&cmd_byte) = body.first() else {
-        return Ok(());
-    };
-    let cmd = Command::from_byte(cmd_byte);
-    let is_push = cmd.is_some_and(Command::is_push);
-    let mut st = shared.lock();
-    if !is_push {
-        match (st.pending, cmd) {
-            (Some(req), Some(c)) if c.completes(req) && st.reply.is_none() => {
-                if req == Command::Dial && c == Command::DialOk {
-                    // Register the connection now so pushes that follow the
-                    // reply are kept even before the caller sees it.
-                    if let Ok(IpcMessage::DialOk { conn_id }) = IpcMessage::decode(body) {
-                        st.conns.entry(conn_id).or_default();
-                    }
-                }
-                st.reply = Some(body.to_vec());
-            }
-            _ => st.stray = Some(body.to_vec()),
-        }
-        drop(st);
-        shared.changed.notify_all();
-        return Ok(());
-    }
-    let msg = IpcMessage::decode(body).map_err(|e| format!("bad push from daemon: {e}"))?;
-    match msg {
-        IpcMessage::Recv { conn_id, data } => {
-            loop {
-                if st.shutdown {
-                    return Err("client dropped".into());
-                }
-                match st.conns.get(&conn_id) {
-                    None => return Ok(()), // closed or unknown: discard
-                    Some(q) if q.bytes + data.len() > CONN_QUEUE_LIMIT && q.bytes > 0 => {
-                        st = match shared.changed.wait(st) {
-                            Ok(g) => g,
-                            Err(p) => p.into_inner(),
-                        };
-                    }
-                    Some(_) => break,
-                }
-            }
-            if let Some(q) = st.conns.get_mut(&conn_id) {
-                if !data.is_empty() && !q.eof {
-                    q.bytes += data.len();
-                    q.chunks.push_back(data.to_vec());
-                }
-            }
-        }
-        IpcMessage::CloseOk { conn_id } => {
-            if let Some(q) = st.conns.get_mut(&conn_id) {
-                q.eof = true;
-            }
-        }
-        IpcMessage::Accept {
-            local_port,
-            conn_id,
-            remote,
-            remote_port,
-        } => {
-            let q = st.accepts.entry(local_port).or_default();
-            if q.len() >= ACCEPT_QUEUE_LIMIT {
-                // Nobody takes them: drop this one (its data is discarded
-                // and the daemon closes it when this client goes away).
-                return Ok(());
-            }
-            q.push_back(Accepted {
-                local_port,
-                conn_id,
-                remote,
-                remote_port,
-            });
-            st.conns.entry(conn_id).or_default();
-        }
-        IpcMessage::RecvFrom {
-            src,
-            src_port,
-            dst_port,
-            data,
-        } => {
-            if st.datagrams.len() >= DATAGRAM_QUEUE_LIMIT {
-                st.datagrams.pop_front();
-            }
-            st.datagrams.push_back(Datagram {
-                src,
-                src_port,
-                dst_port,
-                data: data.to_vec(),
-            });
-        }
-        _ => {}
-    }
-    drop(st);
-    shared.changed.notify_all();
-    Ok(())
+    let reason = if st.shutdown { None } else { reason };
+    st.session.handle_closed(reason);
+    shared.settle(st);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pilot_proto::wire::ipc::{Command, encode_frame, parse_frame};
     use std::os::unix::net::UnixListener;
 
     /// A scripted fake daemon: reads frames and answers through `handler`.
@@ -876,11 +705,21 @@ mod tests {
         let (_dir, path, h) =
             fake_daemon(|body, s| match IpcMessage::decode(body).expect("decode") {
                 IpcMessage::Bind { port } => {
-                    // A push before the reply must not be taken as the reply.
+                    // A push before the reply must not be taken as the
+                    // reply, and is kept: the port is open from before the
+                    // request. (A datagram for a port this client never
+                    // opened is dropped: every client gets every datagram.)
                     s.write_all(&frame(&IpcMessage::RecvFrom {
                         src: Addr::new(0, 9),
                         src_port: 49160,
-                        dst_port: 5000,
+                        dst_port: 5001,
+                        data: b"not ours",
+                    }))
+                    .expect("w");
+                    s.write_all(&frame(&IpcMessage::RecvFrom {
+                        src: Addr::new(0, 9),
+                        src_port: 49160,
+                        dst_port: port,
                         data: b"hi",
                     }))
                     .expect("w");
@@ -913,7 +752,7 @@ mod tests {
             });
         let c = IpcClient::connect(&path).expect("connect");
         assert_eq!(c.bind(1000).expect("bind"), 1000);
-        let d = c.recv_from(5000, Duration::from_secs(5)).expect("dgram");
+        let d = c.recv_from(1000, Duration::from_secs(5)).expect("dgram");
         assert_eq!(
             (d.src, d.src_port, d.data.as_slice()),
             (Addr::new(0, 9), 49160, &b"hi"[..])
@@ -935,6 +774,7 @@ mod tests {
         c.close(conn).expect("close");
         // The CloseOk answering our Close must not be mistaken for the Info reply.
         assert_eq!(c.info().expect("info")["node_id"], 3);
+        assert_eq!(c.stats().dropped_datagrams, 1, "the one for port 5001");
         drop(c);
         h.join().expect("daemon thread");
     }
@@ -1069,6 +909,31 @@ mod tests {
             "set_tags_ok"
         );
         assert_eq!(c.set_visibility(true).expect("vis")["public"], true);
+        drop(c);
+        h.join().expect("daemon thread");
+    }
+
+    #[test]
+    fn an_accept_nobody_listens_for_is_answered_with_close() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (_dir, path, h) = fake_daemon(move |body, s| match IpcMessage::decode(body) {
+            Ok(IpcMessage::Bind { port }) => {
+                let mut out = frame(&IpcMessage::BindOk { port });
+                out.extend(frame(&IpcMessage::Accept {
+                    local_port: port + 1,
+                    conn_id: 21,
+                    remote: Addr::new(0, 7),
+                    remote_port: 49153,
+                }));
+                s.write_all(&out).expect("w");
+            }
+            Ok(IpcMessage::Close { conn_id }) => tx.send(conn_id).expect("send"),
+            other => panic!("unexpected {other:?}"),
+        });
+        let c = IpcClient::connect(&path).expect("connect");
+        c.bind(1000).expect("bind");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(21));
+        assert_eq!(c.stats().refused_accepts, 1);
         drop(c);
         h.join().expect("daemon thread");
     }

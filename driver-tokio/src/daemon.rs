@@ -2,19 +2,22 @@
 //! (`spec/ipc.md`), handing out the same [`Stream`], [`Listener`] and
 //! [`DatagramSocket`] types as the embedded node.
 //!
-//! One reader task owns the read half of the Unix socket and routes every
-//! frame: pushes (`Accept`, `Recv`, `CloseOk`, `RecvFrom`) by command byte
-//! to per-connection and per-port queues, anything else as the reply to the
-//! one outstanding request. Requests that expect a reply are serialised
-//! (at most one outstanding, `spec/ipc.md` §2.3) and run in their own task,
-//! so a cancelled caller never desynchronises the reply order; a dial whose
-//! caller went away is closed as soon as its `DialOk` arrives.
+//! Everything about routing, buffering and bad input is decided by
+//! [`ClientSession`], the sans-IO client session of `pilot-proto`
+//! (`spec/ipc.md` §11), which this client shares with the blocking one of
+//! `pilot-driver-mio`. This file moves bytes and wakes tasks: one reader
+//! task feeds the session what the socket gives (never more than the
+//! session has room for, so a full connection buffer pauses the reader and
+//! back-pressures the daemon), and every change is settled by waking the
+//! tasks waiting on what the session reports ready and writing the `Close`
+//! frames it asks for.
 //!
-//! Back-pressure: each connection buffers at most [`CONN_BUFFER`] bytes of
-//! received data; when one is full the reader stops reading the socket
-//! until the application drains it, so the daemon pauses that client (and
-//! memory stays bounded). A stream's writes go out as `Send` frames of at
-//! most [`SEND_CHUNK`] bytes, one in flight per stream, and block when the
+//! Requests that expect a reply are serialised (at most one outstanding,
+//! `spec/ipc.md` §2.3) and their frames written by a task of their own, so
+//! a cancelled caller never cuts a frame in half; a cancelled request is
+//! abandoned, and a dial abandoned that way is closed as soon as its
+//! `DialOk` arrives. A stream's writes go out as `Send` frames of at most
+//! [`SEND_CHUNK`] bytes, one in flight per stream, and block when the
 //! daemon stops reading.
 //!
 //! Differences from the embedded mode: IPC has no half-close, so
@@ -23,7 +26,7 @@
 //! [`DatagramSocket`] leave from an ephemeral port chosen by the daemon;
 //! a bound port stays bound until the client disconnects.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,74 +35,91 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use pilot_proto::addr::Addr;
-use pilot_proto::wire::ipc::{self, IpcMessage};
+use pilot_proto::wire::ipc::IpcMessage;
+use pilot_proto::wire::ipc::client::{
+    self, ClientSession, Read as SessionRead, Ready, Reply, ReplyError, RequestError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
 
-/// Received bytes buffered per connection before the reader pauses.
-pub const CONN_BUFFER: usize = 256 * 1024;
 /// Largest `Send` frame payload a stream writes at once.
 pub const SEND_CHUNK: usize = 64 * 1024;
-/// Accepted connections queued per port before further ones are closed.
-pub const ACCEPT_QUEUE: usize = 64;
-/// Datagrams queued per port before new ones are dropped.
-pub const DATAGRAM_QUEUE: usize = 256;
 /// Default socket path when `PILOT_SOCKET` is not set (`spec/ipc.md` §1).
 pub const DEFAULT_SOCKET: &str = "/tmp/pilot.sock";
 
-/// A reply to a request, owned.
-#[derive(Debug)]
-enum Reply {
-    BindOk(u16),
-    DialOk(u32),
-    Error(String),
-    /// Any JSON-carrying reply (`InfoOk`, `HealthOk`, ...).
-    Json(String),
-    /// A reply with no payload of interest.
-    Other,
-}
+/// Largest single socket read of the reader task.
+const READ_CHUNK: usize = 64 * 1024;
 
-#[derive(Default)]
-struct DConn {
-    buf: VecDeque<u8>,
-    eof: bool,
-    read: Option<Waker>,
-}
-
-#[derive(Default)]
-struct DPort {
-    listening: bool,
-    datagrams: bool,
-    accepts: VecDeque<(u32, Addr, u16)>,
-    accept: Option<Waker>,
-    dgrams: VecDeque<Datagram>,
-    recv: Option<Waker>,
-}
-
+/// The session and the tasks waiting on it.
 #[derive(Default)]
 struct CState {
-    conns: HashMap<u32, DConn>,
-    ports: HashMap<u16, DPort>,
-    pending: Option<oneshot::Sender<Reply>>,
-    gone: bool,
+    session: ClientSession,
+    /// Ports this client has bound at the daemon.
+    bound: BTreeSet<u16>,
+    reply: Option<Waker>,
+    conns: BTreeMap<u32, Waker>,
+    accepts: BTreeMap<u16, Waker>,
+    dgrams: BTreeMap<u16, Waker>,
 }
 
 struct Inner {
     state: Mutex<CState>,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     requests: tokio::sync::Mutex<()>,
-    /// Wakes the reader once a full connection buffer was drained.
+    /// Wakes the reader once the session has input room again.
     resume: Notify,
 }
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, CState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a session change: wakes whoever waits on what became ready,
+    /// resumes the reader if it may read, and writes the frames the session
+    /// asked for.
+    fn settle(&self, mut st: MutexGuard<'_, CState>) {
+        let mut wake = Vec::new();
+        while let Some(r) = st.session.poll_ready() {
+            match r {
+                Ready::Reply => wake.extend(st.reply.take()),
+                Ready::Conn(id) => wake.extend(st.conns.remove(&id)),
+                Ready::Accept(port) => wake.extend(st.accepts.remove(&port)),
+                Ready::Datagram(port) => wake.extend(st.dgrams.remove(&port)),
+                Ready::Closed => {
+                    wake.extend(st.reply.take());
+                    wake.extend(std::mem::take(&mut st.conns).into_values());
+                    wake.extend(std::mem::take(&mut st.accepts).into_values());
+                    wake.extend(std::mem::take(&mut st.dgrams).into_values());
+                }
+            }
+        }
+        let out: Vec<Vec<u8>> = std::iter::from_fn(|| st.session.poll_transmit()).collect();
+        let resume = st.session.input_room() > 0;
+        drop(st);
+        for w in wake {
+            w.wake();
+        }
+        if resume {
+            self.resume.notify_one();
+        }
+        if !out.is_empty() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let writer = self.writer.clone();
+                rt.spawn(async move {
+                    for f in out {
+                        if write_frame(&writer, &f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -110,11 +130,16 @@ fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
+fn set_waker_in<K: Ord>(map: &mut BTreeMap<K, Waker>, key: K, cx: &Context<'_>) {
+    let mut slot = map.remove(&key);
+    set_waker(&mut slot, cx);
+    if let Some(w) = slot {
+        map.insert(key, w);
+    }
+}
+
 fn frame(msg: &IpcMessage<'_>) -> Result<Vec<u8>, Error> {
-    let mut out = vec![0u8; msg.encoded_len()];
-    let n = ipc::encode_frame(msg, &mut out).map_err(|e| Error::Protocol(e.to_string()))?;
-    out.truncate(n);
-    Ok(out)
+    client::frame(msg).map_err(|e| Error::Protocol(e.to_string()))
 }
 
 async fn write_frame(
@@ -123,6 +148,33 @@ async fn write_frame(
 ) -> Result<(), Error> {
     writer.lock().await.write_all(bytes).await?;
     Ok(())
+}
+
+fn reply_error(e: ReplyError) -> Error {
+    match e {
+        ReplyError::Daemon(m) => Error::Daemon(m),
+        other => Error::Protocol(other.to_string()),
+    }
+}
+
+fn unexpected(r: &Reply) -> Error {
+    Error::Protocol(format!("unexpected reply {:?}", r.message()))
+}
+
+/// Abandons the live request unless disarmed (the caller went away).
+struct AbandonOnDrop<'a> {
+    inner: &'a Inner,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self.inner.lock();
+            st.session.abandon_request();
+            self.inner.settle(st);
+        }
+    }
 }
 
 /// A connection to a running daemon. Cloning shares the connection.
@@ -164,49 +216,56 @@ impl DaemonClient {
         DaemonClient { inner }
     }
 
-    /// Sends a reply-expecting request in its own task (so a cancelled
-    /// caller cannot desynchronise replies) and waits for the reply.
-    async fn request(&self, bytes: Vec<u8>) -> Result<Reply, Error> {
-        let inner = self.inner.clone();
-        let (tx, rx) = oneshot::channel::<Result<Reply, Error>>();
-        tokio::spawn(async move {
-            let _turn = inner.requests.lock().await;
-            let (rtx, rrx) = oneshot::channel();
-            {
-                let mut st = inner.lock();
-                if st.gone {
-                    let _ = tx.send(Err(Error::Stopped));
-                    return;
-                }
-                st.pending = Some(rtx);
+    /// What the session dropped so far (`spec/ipc.md` §11).
+    pub fn stats(&self) -> client::SessionStats {
+        self.inner.lock().session.stats()
+    }
+
+    /// Sends a reply-expecting request and waits for its reply (an `Error`
+    /// reply is [`Error::Daemon`]). Cancel-safe: the frame is written by a
+    /// task of its own, and a request whose caller went away is abandoned.
+    async fn request(&self, msg: &IpcMessage<'_>) -> Result<Reply, Error> {
+        let _turn = self.inner.requests.lock().await;
+        let bytes = self
+            .inner
+            .lock()
+            .session
+            .request(msg)
+            .map_err(|e| match e {
+                RequestError::Closed => Error::Stopped,
+                other => Error::Protocol(other.to_string()),
+            })?;
+        let mut guard = AbandonOnDrop {
+            inner: &self.inner,
+            armed: true,
+        };
+        let writer = self.inner.writer.clone();
+        tokio::spawn(async move { write_frame(&writer, &bytes).await })
+            .await
+            .map_err(|_| Error::Stopped)??;
+        let reply = std::future::poll_fn(|cx| {
+            let mut st = self.inner.lock();
+            if let Some(r) = st.session.take_reply() {
+                return Poll::Ready(Ok(r));
             }
-            if let Err(e) = write_frame(&inner.writer, &bytes).await {
-                inner.lock().pending = None;
-                let _ = tx.send(Err(e));
-                return;
+            if st.session.is_closed() {
+                return Poll::Ready(Err(Error::Stopped));
             }
-            let reply = rrx.await.map_err(|_| Error::Stopped);
-            if let Err(Ok(Reply::DialOk(id))) = tx.send(reply) {
-                // The caller gave up on the dial: close the connection.
-                inner.lock().conns.remove(&id);
-                if let Ok(f) = frame(&IpcMessage::Close { conn_id: id }) {
-                    let _ = write_frame(&inner.writer, &f).await;
-                }
-            }
-        });
-        match rx.await {
-            Ok(Ok(Reply::Error(m))) => Err(Error::Daemon(m)),
-            Ok(r) => r,
-            Err(_) => Err(Error::Stopped),
-        }
+            set_waker(&mut st.reply, cx);
+            Poll::Pending
+        })
+        .await;
+        guard.armed = false;
+        let reply = reply?;
+        reply.payload().map_err(reply_error)?;
+        Ok(reply)
     }
 
     /// The daemon's status document (`Info`).
     pub async fn info(&self) -> Result<serde_json::Value, Error> {
-        match self.request(frame(&IpcMessage::Info)?).await? {
-            Reply::Json(s) => serde_json::from_str(&s).map_err(|e| Error::Protocol(e.to_string())),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
-        }
+        let reply = self.request(&IpcMessage::Info).await?;
+        let payload = reply.payload().map_err(reply_error)?;
+        serde_json::from_slice(payload).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// The daemon's virtual address (from `Info`).
@@ -219,43 +278,60 @@ impl DaemonClient {
     }
 
     async fn bind_port(&self, port: u16) -> Result<(), Error> {
-        match self.request(frame(&IpcMessage::Bind { port })?).await? {
-            Reply::BindOk(p) if p == port => Ok(()),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+        let reply = self.request(&IpcMessage::Bind { port }).await?;
+        match reply.message() {
+            Ok(IpcMessage::BindOk { port: p }) if p == port => Ok(()),
+            _ => Err(unexpected(&reply)),
         }
     }
 
-    /// Claims `port` locally for one use, binding it at the daemon first
-    /// if this client has not yet.
+    /// Claims `port` locally for one use (listening or datagrams), binding
+    /// it at the daemon first if this client has not yet. The session
+    /// queues for the port from before the `Bind`, so nothing that follows
+    /// the reply at once is refused.
     async fn claim(&self, port: u16, listen: bool) -> Result<(), Error> {
         let fresh = {
-            let st = self.inner.lock();
-            if st.gone {
+            let mut st = self.inner.lock();
+            if st.session.is_closed() {
                 return Err(Error::Stopped);
             }
-            match st.ports.get(&port) {
-                Some(p) if (listen && p.listening) || (!listen && p.datagrams) => {
-                    return Err(Error::PortInUse(port));
-                }
-                Some(_) => false,
-                None => true,
+            let used = if listen {
+                st.session.is_listening(port)
+            } else {
+                st.session.has_datagrams(port)
+            };
+            if used {
+                return Err(Error::PortInUse(port));
             }
+            if listen {
+                st.session.listen(port);
+            } else {
+                st.session.open_datagrams(port);
+            }
+            !st.bound.contains(&port)
         };
         if fresh {
-            self.bind_port(port).await?;
+            if let Err(e) = self.bind_port(port).await {
+                self.release(port, listen);
+                return Err(e);
+            }
+            self.inner.lock().bound.insert(port);
         }
-        let mut st = self.inner.lock();
-        let p = st.ports.entry(port).or_default();
-        let used = if listen {
-            &mut p.listening
-        } else {
-            &mut p.datagrams
-        };
-        if *used {
-            return Err(Error::PortInUse(port));
-        }
-        *used = true;
         Ok(())
+    }
+
+    /// Gives up one use of `port` (the port stays bound at the daemon: IPC
+    /// has no unbind). Streams accepted but not taken are closed.
+    fn release(&self, port: u16, listen: bool) {
+        let mut st = self.inner.lock();
+        if listen {
+            st.session.stop_listening(port);
+            st.accepts.remove(&port);
+        } else {
+            st.session.close_datagrams(port);
+            st.dgrams.remove(&port);
+        }
+        self.inner.settle(st);
     }
 
     /// Binds `port` at the daemon and listens for streams on it.
@@ -279,18 +355,16 @@ impl DaemonClient {
     /// Opens a stream to `dst:port` through the daemon. Cancel-safe: a
     /// dial whose caller went away is closed when it completes.
     pub async fn connect(&self, dst: Addr, port: u16) -> Result<Stream, Error> {
-        match self
-            .request(frame(&IpcMessage::Dial { addr: dst, port })?)
-            .await?
-        {
-            Reply::DialOk(id) => Ok(Stream::from_daemon(DaemonConn::new(
+        let reply = self.request(&IpcMessage::Dial { addr: dst, port }).await?;
+        match reply.message() {
+            Ok(IpcMessage::DialOk { conn_id }) => Ok(Stream::from_daemon(DaemonConn::new(
                 self.clone(),
-                id,
+                conn_id,
                 0,
                 dst,
                 port,
             ))),
-            r => Err(Error::Protocol(format!("unexpected reply {r:?}"))),
+            _ => Err(unexpected(&reply)),
         }
     }
 
@@ -308,13 +382,12 @@ impl DaemonClient {
     /// Forgets connection `id` and sends `Close` for it, after `before`
     /// (the stream's last `Send`) has gone out.
     fn close_conn(&self, id: u32, before: Option<WriteTask>) {
-        self.inner.lock().conns.remove(&id);
-        self.inner.resume.notify_one();
+        let mut st = self.inner.lock();
+        let f = st.session.close(id);
+        st.conns.remove(&id);
+        self.inner.settle(st);
         let writer = self.inner.writer.clone();
-        if let (Ok(f), Ok(rt)) = (
-            frame(&IpcMessage::Close { conn_id: id }),
-            tokio::runtime::Handle::try_current(),
-        ) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Some(t) = before {
                     let _ = t.await;
@@ -325,164 +398,50 @@ impl DaemonClient {
     }
 }
 
-/// Routes every frame from the daemon until the socket closes.
-async fn read_loop(inner: std::sync::Weak<Inner>, mut r: tokio::net::unix::OwnedReadHalf) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    'outer: loop {
-        // Handle every complete frame in the buffer.
-        loop {
-            let Some(inner) = inner.upgrade() else {
+/// Feeds the session every byte from the daemon until the socket closes or
+/// the session ends.
+async fn read_loop(weak: std::sync::Weak<Inner>, mut r: tokio::net::unix::OwnedReadHalf) {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        let room = {
+            let Some(inner) = weak.upgrade() else {
                 return;
             };
-            let (consumed, full_conn) = match ipc::parse_frame(&buf) {
-                Ok(None) => break,
-                Ok(Some((body, consumed))) => {
-                    let full = if body.is_empty() {
-                        None
-                    } else {
-                        route(&inner, body)
-                    };
-                    (consumed, full)
-                }
-                Err(_) => break 'outer,
-            };
-            buf.drain(..consumed);
-            // Back-pressure: wait until that connection's buffer drains.
-            if let Some(id) = full_conn {
-                loop {
-                    let notified = inner.resume.notified();
-                    {
-                        let st = inner.lock();
-                        if st.gone || st.conns.get(&id).is_none_or(|c| c.buf.len() < CONN_BUFFER) {
-                            break;
-                        }
+            loop {
+                let notified = inner.resume.notified();
+                {
+                    let st = inner.lock();
+                    if st.session.is_closed() {
+                        return;
                     }
-                    notified.await;
+                    let room = st.session.input_room();
+                    if room > 0 {
+                        break room;
+                    }
                 }
+                // A connection's buffer is full: wait for the application.
+                notified.await;
             }
-        }
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
-    }
-    if let Some(inner) = inner.upgrade() {
-        let mut st = inner.lock();
-        st.gone = true;
-        st.pending = None;
-        let mut wake = Vec::new();
-        for c in st.conns.values_mut() {
-            c.eof = true;
-            wake.extend(c.read.take());
-        }
-        for p in st.ports.values_mut() {
-            wake.extend(p.accept.take());
-            wake.extend(p.recv.take());
-        }
-        drop(st);
-        for w in wake {
-            w.wake();
-        }
-    }
-}
-
-/// Routes one frame; returns a connection id whose buffer is now full.
-fn route(inner: &Inner, body: &[u8]) -> Option<u32> {
-    let msg = match IpcMessage::decode(body) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::debug!(error = %e, "undecodable frame from the daemon");
-            return None;
+        };
+        let want = room.min(chunk.len());
+        match r.read(chunk.get_mut(..want).unwrap_or_default()).await {
+            Ok(0) => break None,
+            Ok(n) => {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let mut st = inner.lock();
+                st.session.handle_input(chunk.get(..n).unwrap_or_default());
+                inner.settle(st);
+            }
+            Err(e) => break Some(format!("read: {e}")),
         }
     };
-    let mut st = inner.lock();
-    let mut wake: Option<Waker> = None;
-    let mut full = None;
-    let mut close_extra = None;
-    match msg {
-        IpcMessage::Recv { conn_id, data } => {
-            if let Some(c) = st.conns.get_mut(&conn_id) {
-                c.buf.extend(data);
-                wake = c.read.take();
-                if c.buf.len() >= CONN_BUFFER {
-                    full = Some(conn_id);
-                }
-            }
-        }
-        IpcMessage::CloseOk { conn_id } => {
-            if let Some(c) = st.conns.get_mut(&conn_id) {
-                c.eof = true;
-                wake = c.read.take();
-            }
-        }
-        IpcMessage::Accept {
-            local_port,
-            conn_id,
-            remote,
-            remote_port,
-        } => match st.ports.get_mut(&local_port) {
-            Some(p) if p.listening && p.accepts.len() < ACCEPT_QUEUE => {
-                p.accepts.push_back((conn_id, remote, remote_port));
-                wake = p.accept.take();
-                st.conns.insert(conn_id, DConn::default());
-            }
-            _ => close_extra = Some(conn_id),
-        },
-        IpcMessage::RecvFrom {
-            src,
-            src_port,
-            dst_port,
-            data,
-        } => {
-            if let Some(p) = st.ports.get_mut(&dst_port) {
-                if p.datagrams && p.dgrams.len() < DATAGRAM_QUEUE {
-                    p.dgrams.push_back(Datagram {
-                        src,
-                        src_port,
-                        dst_port,
-                        data: data.to_vec(),
-                    });
-                    wake = p.recv.take();
-                }
-            }
-        }
-        reply => {
-            let r = match reply {
-                IpcMessage::BindOk { port } => Reply::BindOk(port),
-                IpcMessage::DialOk { conn_id } => {
-                    // Register before any Recv push for it can arrive.
-                    st.conns.insert(conn_id, DConn::default());
-                    Reply::DialOk(conn_id)
-                }
-                IpcMessage::Error { message, .. } => Reply::Error(message.to_string()),
-                IpcMessage::InfoOk(s)
-                | IpcMessage::HealthOk(s)
-                | IpcMessage::HandshakeOk(s)
-                | IpcMessage::ResolveHostnameOk(s) => Reply::Json(s.to_string()),
-                _ => Reply::Other,
-            };
-            match st.pending.take() {
-                Some(tx) => {
-                    let _ = tx.send(r);
-                }
-                None => tracing::debug!(reply = ?r, "reply without a request"),
-            }
-        }
+    if let Some(inner) = weak.upgrade() {
+        let mut st = inner.lock();
+        st.session.handle_closed(reason);
+        inner.settle(st);
     }
-    drop(st);
-    if let Some(w) = wake {
-        w.wake();
-    }
-    if let Some(id) = close_extra {
-        if let Ok(f) = frame(&IpcMessage::Close { conn_id: id }) {
-            let writer = inner.writer.clone();
-            tokio::spawn(async move {
-                let _ = write_frame(&writer, &f).await;
-            });
-        }
-    }
-    full
 }
 
 type WriteTask = tokio::task::JoinHandle<Result<(), Error>>;
@@ -523,30 +482,25 @@ impl DaemonConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut st = self.c.inner.lock();
-        let Some(c) = st.conns.get_mut(&self.id) else {
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
-        };
-        if !c.buf.is_empty() {
-            let was_full = c.buf.len() >= CONN_BUFFER;
-            let n = buf.remaining().min(c.buf.len());
-            let (a, b) = c.buf.as_slices();
-            let na = n.min(a.len());
-            buf.put_slice(a.get(..na).unwrap_or_default());
-            buf.put_slice(b.get(..n - na).unwrap_or_default());
-            c.buf.drain(..n);
-            let resume = was_full && c.buf.len() < CONN_BUFFER;
-            drop(st);
-            if resume {
-                self.c.inner.resume.notify_one();
+        }
+        let inner = &self.c.inner;
+        let mut st = inner.lock();
+        match st.session.read(self.id, buf.initialize_unfilled()) {
+            SessionRead::Data(n) => {
+                buf.advance(n);
+                // Reading may have made room for a held-up frame.
+                inner.settle(st);
+                Poll::Ready(Ok(()))
             }
-            return Poll::Ready(Ok(()));
+            // End of stream, or the daemon went away: both read as EOF.
+            SessionRead::Eof | SessionRead::Closed => Poll::Ready(Ok(())),
+            SessionRead::Pending => {
+                set_waker_in(&mut st.conns, self.id, cx);
+                Poll::Pending
+            }
         }
-        if c.eof {
-            return Poll::Ready(Ok(()));
-        }
-        set_waker(&mut c.read, cx);
-        Poll::Pending
     }
 
     fn poll_drive_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -572,10 +526,10 @@ impl DaemonConn {
         }
         {
             let st = self.c.inner.lock();
-            if st.gone {
+            if st.session.is_closed() {
                 return Poll::Ready(Err(Error::Stopped.into()));
             }
-            if st.conns.get(&self.id).is_none_or(|c| c.eof) {
+            if !st.session.is_writable(self.id) {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "stream closed by the peer",
@@ -613,8 +567,10 @@ impl DaemonConn {
 impl Drop for DaemonConn {
     fn drop(&mut self) {
         if self.closed {
-            self.c.inner.lock().conns.remove(&self.id);
-            self.c.inner.resume.notify_one();
+            let mut st = self.c.inner.lock();
+            st.session.forget(self.id);
+            st.conns.remove(&self.id);
+            self.c.inner.settle(st);
         } else {
             self.c.close_conn(self.id, self.writing.take());
         }
@@ -634,44 +590,27 @@ impl DaemonListener {
 
     pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<DaemonConn, Error>> {
         let mut st = self.c.inner.lock();
-        let gone = st.gone;
-        let Some(p) = st.ports.get_mut(&self.port) else {
-            return Poll::Ready(Err(Error::Stopped));
-        };
-        if let Some((id, remote, rport)) = p.accepts.pop_front() {
+        if let Some(a) = st.session.accept(self.port) {
             drop(st);
             return Poll::Ready(Ok(DaemonConn::new(
                 self.c.clone(),
-                id,
+                a.conn_id,
                 self.port,
-                remote,
-                rport,
+                a.remote,
+                a.remote_port,
             )));
         }
-        if gone {
+        if st.session.is_closed() || !st.session.is_listening(self.port) {
             return Poll::Ready(Err(Error::Stopped));
         }
-        set_waker(&mut p.accept, cx);
+        set_waker_in(&mut st.accepts, self.port, cx);
         Poll::Pending
     }
 }
 
 impl Drop for DaemonListener {
     fn drop(&mut self) {
-        let queued: Vec<u32> = {
-            let mut st = self.c.inner.lock();
-            let Some(p) = st.ports.get_mut(&self.port) else {
-                return;
-            };
-            p.listening = false;
-            p.accept = None;
-            p.accepts.drain(..).map(|a| a.0).collect()
-        };
-        // The port stays bound at the daemon (IPC has no unbind); streams
-        // that were never accepted are closed.
-        for id in queued {
-            self.c.close_conn(id, None);
-        }
+        self.c.release(self.port, true);
     }
 }
 
@@ -692,28 +631,24 @@ impl DaemonDatagrams {
 
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Datagram, Error>> {
         let mut st = self.c.inner.lock();
-        let gone = st.gone;
-        let Some(p) = st.ports.get_mut(&self.port) else {
-            return Poll::Ready(Err(Error::Stopped));
-        };
-        if let Some(d) = p.dgrams.pop_front() {
-            return Poll::Ready(Ok(d));
+        if let Some(d) = st.session.recv_datagram(self.port) {
+            return Poll::Ready(Ok(Datagram {
+                src: d.src,
+                src_port: d.src_port,
+                dst_port: d.dst_port,
+                data: d.data,
+            }));
         }
-        if gone {
+        if st.session.is_closed() || !st.session.has_datagrams(self.port) {
             return Poll::Ready(Err(Error::Stopped));
         }
-        set_waker(&mut p.recv, cx);
+        set_waker_in(&mut st.dgrams, self.port, cx);
         Poll::Pending
     }
 }
 
 impl Drop for DaemonDatagrams {
     fn drop(&mut self) {
-        let mut st = self.c.inner.lock();
-        if let Some(p) = st.ports.get_mut(&self.port) {
-            p.datagrams = false;
-            p.recv = None;
-            p.dgrams.clear();
-        }
+        self.c.release(self.port, false);
     }
 }

@@ -57,14 +57,7 @@ pub fn run_with_stats(data: &[u8]) -> ServerStats {
     server.set_peers(&src[6..]);
     let mut now_ms = 0u64;
     let mut buf = vec![0u8; MAX_RELAY_PAYLOAD + 16];
-    let mut rest = data;
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let (len, tail) = match tail.split_first() {
-            Some((&len, tail)) => (usize::from(len), tail),
-            None => (0, tail),
-        };
-        let (chunk, tail) = tail.split_at(len.min(tail.len()));
-        rest = tail;
+    for (ctl, chunk) in super::records(data) {
         now_ms += u64::from(ctl >> 4) * 137;
         let now = Instant::from_millis(now_ms);
         let from = src[usize::from(ctl & 7)];

@@ -3,8 +3,10 @@
 //! runs scripts, not one message), the crypto session table
 //! (`spec/crypto.md`), the registry codec and state machine
 //! (`spec/registry.md`), the stream transport (`spec/transport.md`;
-//! `stream` runs operation scripts against two connections) and the
-//! built-in services (`spec/services.md`).
+//! `stream` runs operation scripts against two connections), one whole
+//! node (`node`: datagrams, timeouts and application calls interleaved),
+//! one whole daemon (`daemon`: IPC, UDP and registry bytes and timeouts)
+//! and the built-in services (`spec/services.md`).
 //!
 //! Each submodule has `pub fn run(data: &[u8])`: it decodes the input and,
 //! if that succeeds, re-encodes and asserts that the encoding reproduces the
@@ -15,8 +17,10 @@
 pub mod addr;
 pub mod beacon;
 pub mod beacon_server;
+pub mod daemon;
 pub mod insecure;
 pub mod ipc;
+pub mod node;
 pub mod packet;
 pub mod registry;
 pub mod services;
@@ -50,7 +54,9 @@ pub const TARGETS: &[&str] = &[
     "addr",
     "beacon",
     "beacon_server",
+    "daemon",
     "ipc",
+    "node",
     "packet",
     "services",
     "session",
@@ -74,8 +80,55 @@ pub fn seeds_for(target: &str) -> Vec<Vec<u8>> {
         "beacon_server" => &["wire_beacon.json"],
         // Operation scripts, not wire bytes: the body's own seeds.
         "session" => return session::seeds(),
+        "node" => return node::seeds(),
+        "daemon" => return daemon::seeds(),
         "registry" => &["registry.json"],
         _ => &[],
     };
     files.iter().flat_map(|f| vector_inputs(f)).collect()
+}
+
+/// Splits a script into its records `ctl ‖ len ‖ len bytes`, the format of
+/// the state-machine bodies (`beacon_server`, `node`, `daemon`): a missing
+/// length byte reads as 0, a short record takes what is left.
+pub fn records(mut rest: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&ctl, tail) = rest.split_first()?;
+        let (len, tail) = match tail.split_first() {
+            Some((&len, tail)) => (usize::from(len), tail),
+            None => (0, tail),
+        };
+        let (chunk, tail) = tail.split_at(len.min(tail.len()));
+        rest = tail;
+        Some((ctl, chunk))
+    })
+}
+
+/// Appends one record (`chunk` cut to 255 bytes) to a script.
+pub fn record(out: &mut Vec<u8>, ctl: u8, chunk: &[u8]) {
+    let chunk = chunk.get(..255).unwrap_or(chunk);
+    out.push(ctl);
+    out.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
+    out.extend_from_slice(chunk);
+}
+
+/// Mutates a script in place, as a fuzzer would: up to seven bit flips,
+/// byte insertions or removals at places `rng` picks.
+pub fn mutate(rng: &mut impl rand_core::RngCore, s: &mut Vec<u8>) {
+    for _ in 0..(rng.next_u32() % 8) {
+        let i = rng.next_u32() as usize % s.len().max(1);
+        match rng.next_u32() % 3 {
+            0 => {
+                if let Some(b) = s.get_mut(i) {
+                    *b ^= 1 << (rng.next_u32() % 8);
+                }
+            }
+            1 => s.insert(i.min(s.len()), rng.next_u32() as u8),
+            _ => {
+                if i < s.len() {
+                    s.remove(i);
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@
 
 use super::insecure::InsecureProvider;
 use arbitrary::{Arbitrary, Unstructured};
-use pilot_proto::crypto::WireProfile;
+use pilot_proto::WireProfile;
 use pilot_proto::crypto::envelope::{Envelope, PILS_OVERHEAD};
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::kdf::derive_session_key;

@@ -105,11 +105,11 @@ pub enum ProfileArg {
     Legacy,
 }
 
-impl From<ProfileArg> for pilot_proto::registry::Profile {
+impl From<ProfileArg> for pilot_proto::WireProfile {
     fn from(p: ProfileArg) -> Self {
         match p {
-            ProfileArg::Current => pilot_proto::registry::Profile::Current,
-            ProfileArg::Legacy => pilot_proto::registry::Profile::Legacy,
+            ProfileArg::Current => pilot_proto::WireProfile::Current,
+            ProfileArg::Legacy => pilot_proto::WireProfile::Legacy,
         }
     }
 }
@@ -310,27 +310,33 @@ mod tests {
         args: RendezvousArgs,
     }
 
-    fn profile_of(argv: &[&str]) -> pilot_proto::registry::Profile {
+    fn profile_of(argv: &[&str]) -> pilot_proto::WireProfile {
         let cli = Cli::try_parse_from(argv).expect("valid arguments");
         cli.args.resolve().expect("resolves").0.registry.profile
     }
 
     #[test]
     fn profile_flag_selects_the_registry_wire_profile() {
-        use pilot_proto::registry::Profile;
-        assert_eq!(profile_of(&["x"]), Profile::Current);
-        assert_eq!(profile_of(&["x", "--profile", "legacy"]), Profile::Legacy);
-        assert_eq!(profile_of(&["x", "--profile", "current"]), Profile::Current);
+        use pilot_proto::WireProfile;
+        assert_eq!(profile_of(&["x"]), WireProfile::Current);
+        assert_eq!(
+            profile_of(&["x", "--profile", "legacy"]),
+            WireProfile::Legacy
+        );
+        assert_eq!(
+            profile_of(&["x", "--profile", "current"]),
+            WireProfile::Current
+        );
         assert!(Cli::try_parse_from(["x", "--profile", "v1.8"]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("r.toml");
         std::fs::write(&f, "profile = \"legacy\"\n").unwrap();
         let path = f.to_str().unwrap();
-        assert_eq!(profile_of(&["x", "--config", path]), Profile::Legacy);
+        assert_eq!(profile_of(&["x", "--config", path]), WireProfile::Legacy);
         // The flag wins over the file.
         assert_eq!(
             profile_of(&["x", "--config", path, "--profile", "current"]),
-            Profile::Current
+            WireProfile::Current
         );
     }
 }

@@ -17,13 +17,7 @@ pub mod path;
 pub mod server;
 
 /// One datagram written into the caller's buffer by a `poll_transmit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to send it.
-    pub dst: SocketAddr,
-    /// How many bytes of the caller's buffer it occupies.
-    pub len: usize,
-}
+pub use crate::wire::Transmit;
 
 /// A node endpoint stays known this long after its last discover or punch
 /// request (`spec/beacon.md` §3.1).

@@ -11,9 +11,10 @@
 //! no byte of the packet is copied.
 
 use super::params::{NONCE_LEN, NONCE_PREFIX_LEN, TAG_LEN};
-use super::profile::{ProfileRules, WireProfile};
+use super::profile::ProfileRules;
 use super::provider::CryptoProvider;
 use super::replay::{ReplayWindow, Verdict};
+use crate::wire::WireProfile;
 
 use crate::wire::tunnel::{MAGIC_PILS, pils_header};
 pub use crate::wire::tunnel::{PILS_HEADER_LEN, PILS_OVERHEAD};

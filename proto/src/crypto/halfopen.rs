@@ -88,12 +88,8 @@ impl HalfOpen {
         self.entries.len()
     }
 
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Whether a frame of `sender` is held.
+    #[cfg(test)]
     pub fn contains(&self, sender: u32) -> bool {
         self.entries.contains_key(&sender)
     }

@@ -2,8 +2,9 @@
 //! (`spec/crypto.md` §3).
 
 use super::params::{HKDF_INFO, LEGACY_KDF_PREFIX};
-use super::profile::{Derivation, ProfileRules, WireProfile};
+use super::profile::{Derivation, ProfileRules};
 use super::provider::CryptoProvider;
+use crate::wire::WireProfile;
 
 /// Why no session key could be derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

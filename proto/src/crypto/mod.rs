@@ -10,17 +10,15 @@
 
 pub mod drops;
 pub mod envelope;
-pub mod halfopen;
+pub(crate) mod halfopen;
 pub mod identity;
 pub mod kdf;
 pub mod kx;
 pub mod params;
-pub mod pending;
-pub mod profile;
+pub(crate) mod pending;
+pub(crate) mod profile;
 pub mod provider;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod replay;
-pub mod salvage;
+pub(crate) mod salvage;
 pub mod session;
-
-pub use profile::WireProfile;

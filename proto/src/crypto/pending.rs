@@ -95,12 +95,8 @@ impl PendingQueues {
         self.queues.get(&peer).map_or(0, VecDeque::len)
     }
 
-    /// Whether nothing is queued at all.
-    pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
-    }
-
     /// Total bytes queued.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

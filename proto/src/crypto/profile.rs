@@ -4,7 +4,7 @@
 //! All profile-dependent behaviour of the crypto layer asks
 //! [`ProfileRules::of`]; nothing else matches on the profile.
 
-pub use crate::wire::WireProfile;
+use crate::wire::WireProfile;
 
 /// How the session key is derived from the X25519 shared secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,13 +45,9 @@ impl<K: Ord + Copy> RateLimiter<K> {
     }
 
     /// Number of tracked keys.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buckets.len()
-    }
-
-    /// Whether no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 
     /// Takes one token for `key`; false if the frame must be dropped.

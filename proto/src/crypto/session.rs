@@ -31,12 +31,13 @@ use super::kdf::{KdfError, derive_session_key};
 use super::kx::{self, KeyExchange, KxError, PILA_LEN, PILK_LEN};
 use super::params::*;
 use super::pending::{PendingError, PendingLimits, PendingQueues};
-use super::profile::{ProfileRules, WireProfile};
+use super::profile::ProfileRules;
 use super::provider::CryptoProvider;
 use super::ratelimit::RateLimiter;
 use super::replay::ReplayWindow;
 use super::salvage::SalvageRing;
 use crate::time::Instant;
+use crate::wire::WireProfile;
 
 /// Configuration of a [`SessionTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +204,7 @@ pub enum TransmitKind {
 
 /// A frame written into the caller's buffer by [`SessionTable::poll_transmit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
+pub struct SealedFrame {
     /// Destination node; the caller picks the path (direct, relay, both).
     pub peer: u32,
     /// Frame length in the buffer.
@@ -502,7 +503,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
     /// Writes the next outgoing frame into `buf` (size it for the largest
     /// packet plus [`super::envelope::PILS_OVERHEAD`]). Items that no longer
     /// apply (session changed) or do not fit are dropped and counted.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<SealedFrame> {
         while let Some(item) = self.tx.pop_front() {
             let (peer, kind, res) = match item {
                 Tx::KeyExchange { peer } => {
@@ -540,7 +541,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
                 }
             };
             match res {
-                Some(len) => return Some(Transmit { peer, len, kind }),
+                Some(len) => return Some(SealedFrame { peer, len, kind }),
                 None => self.stats.transmit_dropped += 1,
             }
         }
@@ -1109,7 +1110,7 @@ mod tests {
         KeyExchange::from_frame(&crate::wire::tunnel::Frame::decode(f).ok()?)
     }
 
-    fn drain(t: &mut Table, now: Instant) -> Vec<(Transmit, Vec<u8>)> {
+    fn drain(t: &mut Table, now: Instant) -> Vec<(SealedFrame, Vec<u8>)> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 70_000];
         while let Some(tx) = t.poll_transmit(now, &mut buf) {

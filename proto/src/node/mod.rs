@@ -19,8 +19,8 @@
 //! Every queue is bounded by [`Limits`]; malformed or unwanted input is
 //! counted in [`NodeStats`] and dropped, never a panic.
 
-pub mod ports;
-pub mod timer;
+pub(crate) mod ports;
+pub(crate) mod timer;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -389,15 +389,9 @@ pub struct PeerInfo {
     pub authenticated: bool,
 }
 
-/// A datagram written by [`Node::poll_transmit`]: `len` bytes at the start
-/// of the buffer, for UDP endpoint `dst`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination UDP endpoint.
-    pub dst: SocketAddr,
-    /// Bytes written.
-    pub len: usize,
-}
+/// A datagram written by [`Node::poll_transmit`] (one type for every
+/// state machine that emits UDP, defined in [`crate::wire`]).
+pub use crate::wire::Transmit;
 
 /// Why an application command failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -1977,7 +1971,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             remote_port: h.src_port,
         };
         let seg = Segment {
-            flags: conn::Flags(h.flags.bits()),
+            flags: h.flags,
             seq: Seq(h.seq),
             ack: Seq(h.ack),
             window: h.window,
@@ -2290,7 +2284,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
             let header = Header {
                 version: VERSION,
-                flags: Flags::from_bits_truncate(seg.flags.0),
+                flags: seg.flags,
                 protocol: Protocol::STREAM,
                 payload_len: 0,
                 src: Addr::new(key.remote.network, self.addr.node),

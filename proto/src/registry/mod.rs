@@ -25,19 +25,15 @@
 
 pub mod auth;
 pub mod client;
-pub mod clock;
+pub(crate) mod clock;
 pub mod codec;
 pub mod framing;
 pub mod limits;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod records;
 pub mod server;
 pub mod snapshot;
-pub mod validate;
-
-/// The wire profile; the registry follows the crate-wide switch
-/// (`spec/registry.md` §9 lists what it changes here).
-pub use crate::wire::WireProfile as Profile;
+pub(crate) mod validate;
 
 /// Text form of a virtual address, `N:NNNN.HHHH.LLLL` (`spec/wire.md` §1.2).
 pub fn format_addr(network: u16, node: u32) -> String {

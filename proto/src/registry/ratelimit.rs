@@ -2,9 +2,16 @@
 //! most `capacity` tokens and refills continuously at `capacity` per
 //! `window`. The set of buckets is bounded: when it is full, the bucket
 //! that was used least recently is forgotten.
+//!
+//! The keys are source addresses an attacker chooses, so the maps are
+//! ordered ones (`BTreeMap`/`BTreeSet`): O(log n) per operation whatever
+//! the keys (no hash flooding), and the same iteration order on every run
+//! (no `RandomState`, so seeded simulations replay exactly). A second index
+//! ordered by last use finds the bucket to forget in O(log n) instead of a
+//! scan of every bucket per new source.
 
 use core::time::Duration;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::time::Instant;
@@ -23,7 +30,11 @@ pub struct RateLimiter {
     capacity: u32,
     window: Duration,
     max_buckets: usize,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: BTreeMap<IpAddr, Bucket>,
+    /// `(last use, ip)` of every bucket: the first entry is the one to
+    /// forget. Kept in step with `buckets` by [`RateLimiter::put`] and
+    /// [`RateLimiter::sweep`] only.
+    by_last: BTreeSet<(Instant, IpAddr)>,
 }
 
 impl RateLimiter {
@@ -34,7 +45,8 @@ impl RateLimiter {
             capacity,
             window,
             max_buckets: max_buckets.max(1),
-            buckets: HashMap::new(),
+            buckets: BTreeMap::new(),
+            by_last: BTreeSet::new(),
         }
     }
 
@@ -52,16 +64,19 @@ impl RateLimiter {
         }
     }
 
+    /// Stores `b` for `ip`, keeping the last-use index in step.
+    fn put(&mut self, ip: IpAddr, b: Bucket) {
+        if let Some(old) = self.buckets.insert(ip, b) {
+            self.by_last.remove(&(old.last, ip));
+        }
+        self.by_last.insert((b.last, ip));
+    }
+
     /// Takes one token for `ip` if available. Returns `false` when the
     /// request must be refused.
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_buckets {
-            if let Some(oldest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(k, _)| *k)
-            {
+            if let Some((_, oldest)) = self.by_last.pop_first() {
                 self.buckets.remove(&oldest);
             }
         }
@@ -76,23 +91,30 @@ impl RateLimiter {
         if ok {
             b.credit -= unit;
         }
-        self.buckets.insert(ip, b);
+        self.put(ip, b);
         ok
     }
 
     /// Drops buckets idle for more than two windows.
     pub fn sweep(&mut self, now: Instant) {
         let idle = self.window.saturating_mul(2);
-        self.buckets
-            .retain(|_, b| now.saturating_duration_since(b.last) <= idle);
+        while let Some(&(last, ip)) = self.by_last.first() {
+            if now.saturating_duration_since(last) <= idle {
+                break;
+            }
+            self.by_last.pop_first();
+            self.buckets.remove(&ip);
+        }
     }
 
     /// Number of buckets currently remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
 
     /// `true` if no bucket is remembered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
@@ -140,5 +162,32 @@ mod tests {
         assert!(rl.allow(ip(1), t + Duration::from_secs(3)));
         rl.sweep(t + Duration::from_secs(200));
         assert!(rl.is_empty());
+    }
+
+    #[test]
+    fn eviction_follows_last_use_and_the_index_stays_in_step() {
+        let mut rl = RateLimiter::new(100, Duration::from_secs(60), 3);
+        let t = Instant::from_millis(0);
+        let at = |s| t + Duration::from_secs(s);
+        assert!(rl.allow(ip(1), at(0)));
+        assert!(rl.allow(ip(2), at(1)));
+        assert!(rl.allow(ip(3), at(2)));
+        // ip(1) used again: ip(2) is now the least recently used.
+        assert!(rl.allow(ip(1), at(3)));
+        assert!(rl.allow(ip(4), at(4)));
+        let kept: Vec<IpAddr> = rl.buckets.keys().copied().collect();
+        assert_eq!(kept, vec![ip(1), ip(3), ip(4)]);
+        assert_eq!(rl.by_last.len(), rl.buckets.len());
+        // A sweep at 125 s drops what was idle for more than 120 s.
+        rl.sweep(at(123));
+        let kept: Vec<IpAddr> = rl.buckets.keys().copied().collect();
+        assert_eq!(kept, vec![ip(1), ip(4)]);
+        assert_eq!(rl.by_last.len(), 2);
+        // Many new sources: the set stays bounded and consistent.
+        for i in 0..=255u8 {
+            rl.allow(IpAddr::from([10, 0, 0, i]), at(200 + u64::from(i)));
+            assert!(rl.len() <= 3);
+            assert_eq!(rl.by_last.len(), rl.len());
+        }
     }
 }

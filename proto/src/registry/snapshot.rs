@@ -529,10 +529,10 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Profile;
     use crate::registry::auth::Identity;
     use crate::registry::codec::*;
     use crate::registry::server::{Config, Registry};
+    use crate::wire::WireProfile;
     use core::time::Duration;
     use std::net::SocketAddr;
 
@@ -547,7 +547,7 @@ mod tests {
     }
 
     /// A registry with every kind of state in it.
-    fn rich_registry(profile: Profile) -> Registry {
+    fn rich_registry(profile: WireProfile) -> Registry {
         let now = Instant::from_nanos(T0 * 1_000_000_000 + 123_456_789);
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mut r = Registry::new(
@@ -656,7 +656,7 @@ mod tests {
                 sig_ts: Some(ts),
             }),
         );
-        if profile == Profile::Current {
+        if profile == WireProfile::Current {
             ok(
                 &mut r,
                 Request::CreateNetwork(CreateNetwork {
@@ -720,7 +720,7 @@ mod tests {
 
     #[test]
     fn export_import_round_trip_preserves_everything() {
-        for profile in [Profile::Current, Profile::Legacy] {
+        for profile in [WireProfile::Current, WireProfile::Legacy] {
             let reg = rich_registry(profile);
             let snap = Snapshot::from_state(reg.state());
             let bytes = snap.to_json().unwrap();
@@ -740,7 +740,7 @@ mod tests {
 
     #[test]
     fn restored_registry_keeps_working() {
-        let reg = rich_registry(Profile::Current);
+        let reg = rich_registry(WireProfile::Current);
         let (state, _) = Snapshot::from_state(reg.state()).into_state(Instant::ZERO);
         let now = Instant::from_nanos((T0 + 5) * 1_000_000_000);
         let mut r2 = Registry::from_state(Config::default(), state, now);

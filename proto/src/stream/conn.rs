@@ -35,34 +35,9 @@ use super::send_buf::{AckKind, Outgoing, SendBuffer, SendConfig};
 use super::seq::Seq;
 use crate::time::Instant;
 
-/// Segment flag bits (same values as the packet header's flag nibble).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Flags(pub u8);
-
-impl Flags {
-    /// No flags.
-    pub const NONE: Flags = Flags(0);
-    /// Synchronise (open).
-    pub const SYN: Flags = Flags(0x1);
-    /// The acknowledgement number is valid.
-    pub const ACK: Flags = Flags(0x2);
-    /// Finish (close).
-    pub const FIN: Flags = Flags(0x4);
-    /// Reset (abort).
-    pub const RST: Flags = Flags(0x8);
-
-    /// True if every flag of `other` is set.
-    pub const fn contains(self, other: Flags) -> bool {
-        self.0 & other.0 == other.0
-    }
-}
-
-impl core::ops::BitOr for Flags {
-    type Output = Flags;
-    fn bitor(self, o: Flags) -> Flags {
-        Flags(self.0 | o.0)
-    }
-}
+/// Segment flag bits: the packet header's flag nibble, one definition
+/// (`spec/wire.md` §2.1).
+pub use crate::wire::packet::Flags;
 
 /// One stream segment, as the connection sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -3569,7 +3544,7 @@ mod prop_tests {
                 } => c.handle_segment(
                     now,
                     Segment {
-                        flags: Flags(*flags),
+                        flags: Flags::from_bits_truncate(*flags),
                         seq: Seq(*seq),
                         ack: Seq(*ack),
                         window: *window,

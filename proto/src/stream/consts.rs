@@ -4,13 +4,9 @@
 
 use core::time::Duration;
 
-/// Largest payload put in one data segment, `current` profile
-/// (spec/transport.md §5.1).
-pub const SEGMENT_SIZE_CURRENT: usize = 1152;
-
-/// Largest payload put in one data segment, `legacy` profile
-/// (spec/transport.md §5.1).
-pub const SEGMENT_SIZE_LEGACY: usize = 4096;
+/// Largest payload put in one data segment, per profile
+/// (spec/transport.md §5.1); defined once, next to [`crate::WireProfile`].
+pub use crate::wire::{SEGMENT_SIZE_CURRENT, SEGMENT_SIZE_LEGACY};
 
 /// Unit of congestion-control arithmetic (IW, ABC limit, ssthresh floor,
 /// post-timeout cwnd), independent of the segment size (spec/transport.md §7.4).

@@ -1770,5 +1770,7 @@ fn read_action(r: &mut Reader<'_>) -> Result<bool, IpcError> {
     }
 }
 
+pub mod client;
+
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,17 @@ impl WireProfile {
     }
 }
 
+/// One UDP datagram a state machine wrote into the caller's buffer
+/// (`Node::poll_transmit`, the beacon client and server): `len` bytes at the
+/// start of the buffer, for UDP endpoint `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination UDP endpoint.
+    pub dst: std::net::SocketAddr,
+    /// Bytes written.
+    pub len: usize,
+}
+
 /// Why an encoder refused to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {

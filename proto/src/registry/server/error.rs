@@ -4,9 +4,9 @@
 
 use std::net::IpAddr;
 
-use crate::registry::Profile;
 use crate::registry::auth::{KeyError, SigError};
 use crate::registry::validate::NameError;
+use crate::wire::WireProfile;
 
 /// The generic reply text (`spec/registry.md` §2).
 pub const GENERIC_ERROR: &str = "request failed";
@@ -218,11 +218,11 @@ impl RegistryError {
 
     /// The `"error"` text sent to the client: always the generic text in
     /// the legacy profile; the reason when it is safe in the current one.
-    pub fn wire_text(&self, profile: Profile) -> String {
+    pub fn wire_text(&self, profile: WireProfile) -> String {
         match profile {
-            Profile::Legacy => GENERIC_ERROR.to_owned(),
-            Profile::Current if self.is_safe() => self.to_string(),
-            Profile::Current => GENERIC_ERROR.to_owned(),
+            WireProfile::Legacy => GENERIC_ERROR.to_owned(),
+            WireProfile::Current if self.is_safe() => self.to_string(),
+            WireProfile::Current => GENERIC_ERROR.to_owned(),
         }
     }
 }

@@ -31,7 +31,6 @@ pub use state::{
     PendingResponse, State, pair,
 };
 
-use super::Profile;
 use super::auth::{self, PublicKey, SigError};
 use super::clock::unix_secs;
 use super::codec::{self, Response, SigFields};
@@ -40,6 +39,7 @@ use super::limits::*;
 use super::ratelimit::RateLimiter;
 use super::validate;
 use crate::time::Instant;
+use crate::wire::WireProfile;
 
 /// Invitations expire after this (`spec/registry.md` §3.15).
 pub const INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -51,7 +51,7 @@ pub const MAX_LIST_NODES: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Wire profile (error texts, networks, polo score, endpoint rule).
-    pub profile: Profile,
+    pub profile: WireProfile,
     /// Operator secret; `None` disables admin operations.
     pub admin_token: Option<String>,
     /// Refuse the legacy (replayable) signature form.
@@ -79,7 +79,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            profile: Profile::Current,
+            profile: WireProfile::Current,
             admin_token: None,
             strict_signatures: false,
             sig_freshness: SIG_FRESHNESS,
@@ -303,8 +303,8 @@ impl Registry {
         let nets: Vec<u16> = match self.config.profile {
             // Current: only the backbone membership goes; the rest is kept
             // so that the node gets its networks back when it returns.
-            Profile::Current => vec![0],
-            Profile::Legacy => node.networks.clone(),
+            WireProfile::Current => vec![0],
+            WireProfile::Legacy => node.networks.clone(),
         };
         for network_id in nets {
             self.commit(Change::Membership {
@@ -349,7 +349,7 @@ impl Registry {
     }
 
     fn dispatch(&mut self, now: Instant, peer: SocketAddr, req: Request) -> Res {
-        let legacy = self.config.profile == Profile::Legacy;
+        let legacy = self.config.profile == WireProfile::Legacy;
         match req {
             Request::Register(r) => self.register(now, peer, r),
             Request::Lookup(r) => {
@@ -420,7 +420,7 @@ impl Registry {
 
     fn query_limit(&mut self, now: Instant, ip: IpAddr) -> Result<(), RegistryError> {
         if self.config.rate_limits
-            && self.config.profile == Profile::Current
+            && self.config.profile == WireProfile::Current
             && !self.query_rl.allow(ip, now)
         {
             return Err(RegistryError::QueryRateLimited(ip));
@@ -461,7 +461,8 @@ impl Registry {
         sig: SigFields<'_>,
         admin_token: Option<&str>,
     ) -> Result<(), RegistryError> {
-        if self.config.profile == Profile::Current && admin_token.is_some_and(|t| self.admin_ok(t))
+        if self.config.profile == WireProfile::Current
+            && admin_token.is_some_and(|t| self.admin_ok(t))
         {
             return Ok(());
         }
@@ -521,8 +522,8 @@ impl Registry {
     fn endpoint(&self, listen_addr: &str, peer: SocketAddr) -> String {
         let parsed = split_host_port(listen_addr);
         match (self.config.profile, parsed) {
-            (Profile::Legacy, Some((_, port))) => SocketAddr::new(peer.ip(), port).to_string(),
-            (Profile::Current, Some((host, port))) => {
+            (WireProfile::Legacy, Some((_, port))) => SocketAddr::new(peer.ip(), port).to_string(),
+            (WireProfile::Current, Some((host, port))) => {
                 // Only a globally routable IP literal is kept; names are not
                 // (peers need an address, spec/registry.md §12).
                 let replace = host
@@ -662,7 +663,7 @@ impl Registry {
                 Err(e) => hostname_error = Some(e.to_string()),
                 Ok(()) => match self.state.hostname_idx.get(&r.hostname) {
                     Some(holder) if *holder != id && self.state.nodes.contains_key(holder) => {
-                        if self.config.profile == Profile::Current {
+                        if self.config.profile == WireProfile::Current {
                             hostname_error =
                                 Some(format!("hostname \"{}\" already in use", r.hostname));
                         }
@@ -711,7 +712,7 @@ impl Registry {
                 });
             }
         }
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         Ok(Response::RegisterOk(codec::RegisterOk {
             address: Self::backbone_addr(id),
             network_id: 0,
@@ -737,7 +738,7 @@ impl Registry {
             return Err(RegistryError::RegistryFull);
         }
         let mut n = new_node(id, key, owner, now);
-        if self.config.profile == Profile::Current {
+        if self.config.profile == WireProfile::Current {
             n.networks.extend(
                 self.state
                     .networks
@@ -754,7 +755,7 @@ impl Registry {
 
     fn lookup(&self, id: u32) -> Res {
         let n = self.node(id)?;
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let first = n.networks.first().copied().unwrap_or(0);
         let real = n.public.then(|| n.real_addr.clone());
         Ok(Response::LookupOk(codec::LookupOk {
@@ -774,7 +775,7 @@ impl Registry {
 
     fn resolve(&mut self, now: Instant, ip: IpAddr, r: codec::Resolve) -> Res {
         if self.config.rate_limits
-            && self.config.profile == Profile::Current
+            && self.config.profile == WireProfile::Current
             && !self.resolve_rl.allow(ip, now)
         {
             return Err(RegistryError::QueryRateLimited(ip));
@@ -788,7 +789,7 @@ impl Registry {
         if !self.may_resolve(r.requester_id, r.node_id) {
             return Err(RegistryError::Private(r.node_id));
         }
-        let lan = (self.config.profile == Profile::Current && !t.lan_addrs.is_empty())
+        let lan = (self.config.profile == WireProfile::Current && !t.lan_addrs.is_empty())
             .then(|| t.lan_addrs.clone());
         Ok(Response::ResolveOk(codec::ResolveOk {
             node_id: r.node_id,
@@ -808,7 +809,7 @@ impl Registry {
             .get(&r.hostname)
             .ok_or_else(not_found)?;
         let n = self.state.nodes.get(&id).ok_or_else(not_found)?;
-        if self.config.profile == Profile::Current
+        if self.config.profile == WireProfile::Current
             && !n.public
             && !(r.requester_id != 0 && self.may_resolve(r.requester_id, id))
         {
@@ -1167,7 +1168,7 @@ impl Registry {
     // ----- networks ----------------------------------------------------
 
     fn list_networks(&self, admin_token: &str) -> Response {
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let show_members = !current || self.admin_ok(admin_token);
         Response::ListNetworksOk {
             networks: self
@@ -1188,7 +1189,7 @@ impl Registry {
 
     fn list_nodes(&self, r: codec::ListNodes) -> Res {
         if r.network_id == 0
-            && !(self.config.profile == Profile::Current && self.admin_ok(&r.admin_token))
+            && !(self.config.profile == WireProfile::Current && self.admin_ok(&r.admin_token))
         {
             return Err(RegistryError::BackboneListing);
         }
@@ -1197,7 +1198,7 @@ impl Registry {
             .networks
             .get(&r.network_id)
             .ok_or(RegistryError::NetworkNotFound(r.network_id))?;
-        let current = self.config.profile == Profile::Current;
+        let current = self.config.profile == WireProfile::Current;
         let nodes = net
             .members
             .iter()
@@ -1470,7 +1471,7 @@ impl Registry {
     // ----- beacons -----------------------------------------------------
 
     fn beacon_register(&mut self, now: Instant, r: codec::BeaconRegister) -> Res {
-        if self.config.profile == Profile::Current {
+        if self.config.profile == WireProfile::Current {
             self.require_admin(&r.admin_token)?;
         }
         if r.beacon_id == 0 {

@@ -44,7 +44,7 @@ impl H {
 
     fn legacy() -> Self {
         Self::new(Config {
-            profile: Profile::Legacy,
+            profile: WireProfile::Legacy,
             ..Config::default()
         })
     }
@@ -1322,17 +1322,17 @@ fn unknown_type_and_standby() {
 #[test]
 fn error_text_per_profile() {
     let e = RegistryError::Private(2);
-    assert_eq!(e.wire_text(Profile::Legacy), "request failed");
+    assert_eq!(e.wire_text(WireProfile::Legacy), "request failed");
     assert_eq!(
-        e.wire_text(Profile::Current),
+        e.wire_text(WireProfile::Current),
         "resolve denied: node 2 is private (establish mutual trust first)"
     );
     assert_eq!(
-        RegistryError::RegistryFull.wire_text(Profile::Current),
+        RegistryError::RegistryFull.wire_text(WireProfile::Current),
         "request failed"
     );
     assert_eq!(
-        RegistryError::NodeNotFound(3).wire_text(Profile::Current),
+        RegistryError::NodeNotFound(3).wire_text(WireProfile::Current),
         "node 3: node not found"
     );
 }
@@ -1646,7 +1646,7 @@ mod prop {
             legacy in any::<bool>(),
         ) {
             let mut h = H::new(Config {
-                profile: if legacy { Profile::Legacy } else { Profile::Current },
+                profile: if legacy { WireProfile::Legacy } else { WireProfile::Current },
                 admin_token: Some("adm".into()),
                 rate_limits: false,
                 ..Config::default()
