@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::RustCrypto;
-use pilot_proto::daemon::{Daemon, DaemonConfig};
+use pilot_proto::daemon::{Daemon, DaemonConfig, OUT_DATAGRAM_CAP, OUT_HIGH_WATER, Output};
 use pilot_proto::node::MIN_TRANSMIT_BUFFER;
 use pilot_proto::time::Instant;
 use rand_chacha::ChaCha8Rng;
@@ -35,9 +35,11 @@ use rand_core::SeedableRng;
 
 /// Most IPC clients a script names.
 const CLIENTS: usize = 4;
-/// Most bytes of one IPC client's output the body holds before it stops
-/// reading it (the daemon must pause the client, not grow).
-const IPC_OUT_CAP: usize = 1 << 20;
+/// Most bytes handed to one IPC client and not yet reported written that
+/// the daemon may have out at once: its high-water mark plus the datagram
+/// allowance plus one largest frame (the body reads only when time
+/// passes, so a daemon that ignores back-pressure would exceed it).
+const IPC_OUT_CAP: usize = OUT_HIGH_WATER + OUT_DATAGRAM_CAP + (1 << 20);
 
 /// One input to the daemon, independent of the daemon's API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +122,8 @@ pub fn drive(registry: bool, steps: &[Step]) -> Reach {
     let mut clients = Vec::new();
     let mut reach = Reach::default();
     let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER.max(65_536)];
+    let mut disk_writes = 0u64;
+    let mut unread = std::collections::BTreeMap::new();
     for step in steps {
         match step {
             Step::Ipc(n, bytes) => {
@@ -136,6 +140,10 @@ pub fn drive(registry: bool, steps: &[Step]) -> Reach {
             Step::Registry(bytes) => d.handle_registry_bytes(now, bytes),
             Step::Advance(ms) => {
                 now = now + core::time::Duration::from_millis(*ms);
+                // The clients read what they were given.
+                for (c, n) in std::mem::take(&mut unread) {
+                    d.ipc_consumed(now, c, n);
+                }
                 if d.poll_timeout().is_some_and(|t| t <= now) {
                     d.handle_timeout(now);
                 }
@@ -150,6 +158,7 @@ pub fn drive(registry: bool, steps: &[Step]) -> Reach {
             Step::IpcClose(n) => {
                 if *n < clients.len() {
                     let c = clients.remove(*n);
+                    unread.remove(&c);
                     d.ipc_closed(now, c);
                 }
             }
@@ -157,28 +166,44 @@ pub fn drive(registry: bool, steps: &[Step]) -> Reach {
             Step::RegistryLink(false) => d.registry_disconnected(now),
             Step::Shutdown => d.shutdown(now),
         }
-        // Drain every output.
-        while let Some(t) = d.poll_transmit(now, &mut buf) {
-            assert!(t.len <= buf.len(), "transmit longer than the buffer");
-            reach.transmits += 1;
-        }
-        while d.poll_registry_bytes().is_some() {
-            reach.registry_msgs += 1;
-        }
-        for &c in &clients {
-            let mut taken = 0;
-            while let Some(out) = d.ipc_output(c) {
-                let n = out.len();
-                if n == 0 || taken >= IPC_OUT_CAP {
-                    break;
+        // Drain every output (the daemon's one output channel). Disk work
+        // completes at once; every third write fails, as a full disk would.
+        let mut outputs = 0usize;
+        while let Some(o) = d.poll_output(&mut buf) {
+            outputs += 1;
+            assert!(outputs < 1_000_000, "poll_output never ends");
+            match o {
+                Output::Transmit(t) => {
+                    assert!(t.len <= buf.len(), "transmit longer than the buffer");
+                    reach.transmits += 1;
                 }
-                taken += n;
-                d.ipc_consumed(c, n);
+                Output::RegistryBytes(_) => reach.registry_msgs += 1,
+                Output::Ipc { client, data } => {
+                    reach.ipc_bytes += data.len();
+                    let held = unread.entry(client).or_insert(0);
+                    *held += data.len();
+                    assert!(*held <= IPC_OUT_CAP, "IPC output ignores back-pressure");
+                }
+                Output::CloseClient(c) => {
+                    clients.retain(|&x| x != c);
+                    unread.remove(&c);
+                    d.ipc_closed(now, c);
+                }
+                Output::Disk(w) => {
+                    disk_writes += 1;
+                    let outcome = if disk_writes % 3 == 0 {
+                        Err("no space left on device".to_owned())
+                    } else {
+                        Ok(())
+                    };
+                    d.disk_done(now, w.token, outcome);
+                }
+                Output::DialRegistry
+                | Output::CloseRegistry
+                | Output::Event(_)
+                | Output::Timeout(_) => {}
             }
-            reach.ipc_bytes += taken;
         }
-        while d.poll_action().is_some() {}
-        while d.poll_diagnostic().is_some() {}
     }
     reach
 }
