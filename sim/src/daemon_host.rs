@@ -121,6 +121,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct DaemonHost {
     daemon: SimDaemon,
     endpoint: SocketAddr,
+    public: bool,
     tcp: Option<TcpEnd>,
     tcp_reported_open: bool,
     next_conn: u32,
@@ -167,6 +168,7 @@ impl DaemonHost {
         let mut h = DaemonHost {
             daemon,
             endpoint: cfg.endpoint,
+            public: cfg.public,
             tcp: None,
             tcp_reported_open: false,
             next_conn: 1,
@@ -186,6 +188,11 @@ impl DaemonHost {
     /// The daemon's virtual address, once registered.
     pub fn address(&self) -> Option<Addr> {
         self.daemon.address()
+    }
+
+    /// Whether the daemon was configured public.
+    pub fn public(&self) -> bool {
+        self.public
     }
 
     /// The host's UDP endpoint.

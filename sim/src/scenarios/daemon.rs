@@ -194,6 +194,27 @@ fn setup(net: &mut Net, s: &mut Script) -> Option<(Vec<Addr>, Vec<AppId>)> {
     ) {
         return None;
     }
+    // A public daemon reports its address when the registration is
+    // accepted; its visibility is a second request (`register` has no
+    // such field), so for a moment it is still private to look-ups.
+    // Applications in these scripts start once the registry has applied
+    // the visibility each daemon asked for.
+    let want: Vec<(u32, bool)> = (0..n)
+        .filter_map(|i| Some((net.addr(i)?.node, net.host(i)?.public())))
+        .collect();
+    let visible = net.run_until(REGISTER_TIMEOUT, Duration::from_millis(50), |net| {
+        net.rendezvous().and_then(|r| r.registry()).is_some_and(|r| {
+            want.iter()
+                .all(|(id, p)| r.state().nodes.get(id).is_some_and(|rec| rec.public == *p))
+        })
+    });
+    if !s.check(
+        "visibility-applied",
+        visible,
+        "the registry shows each daemon with the visibility it asked for",
+    ) {
+        return None;
+    }
     let apps: Vec<AppId> = (0..n).filter_map(|i| net.open_app(i)).collect();
     if !s.check("ipc-open", apps.len() == n, format!("{} of {n} applications connected", apps.len())) {
         return None;
