@@ -17,6 +17,8 @@
 //! - [`config`]: the command-line contract as a library value
 //!   ([`config::SimConfig`]) and the fault chain it implies.
 //! - [`pilot`]: the protocol node as a [`SimNode`].
+//! - [`pair`]: two ends of one stream connection on a simulated path (the
+//!   transport's lossy-path tests).
 //! - [`tcp`]: the reliable byte stream the registry's TCP connections
 //!   are modelled with (loss becomes delay).
 //! - [`rendezvous`]: the registry and beacon state machines with an
@@ -47,6 +49,7 @@ pub mod fault;
 pub mod hashing;
 pub mod net;
 pub mod node;
+pub mod pair;
 pub mod pilot;
 pub mod rendezvous;
 pub mod scenario;
