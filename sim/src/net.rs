@@ -340,7 +340,10 @@ impl Net {
             return;
         }
         self.run_for(down);
-        let disk = self.rendezvous().map(|r| r.disk.clone()).unwrap_or_default();
+        let disk = self
+            .rendezvous()
+            .map(|r| r.disk.clone())
+            .unwrap_or_default();
         let fresh = Rendezvous::restore(self.registry_cfg.clone(), disk, self.sim.now());
         if let Err(e) = self.sim.replace_node(id, NetNode::Rendezvous(fresh)) {
             self.error = self.error.take().or(Some(e));

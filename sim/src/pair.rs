@@ -13,9 +13,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pilot_proto::stream::conn::{
-    ConnConfig, Connection, Event, Flags, Segment, State,
-};
+use pilot_proto::stream::conn::{ConnConfig, Connection, Event, Flags, Segment, State};
 use pilot_proto::time::Instant;
 
 use crate::engine::{Sim, SimError};
@@ -254,8 +252,8 @@ impl ConnEnd {
             } => {
                 let due = self.next_read.is_none_or(|t| t <= now);
                 let ms = now.as_nanos() / 1_000_000;
-                let reading = period.as_millis() > 0
-                    && u128::from(ms) % period.as_millis() < on.as_millis();
+                let reading =
+                    period.as_millis() > 0 && u128::from(ms) % period.as_millis() < on.as_millis();
                 if due {
                     if reading {
                         let b = bite.min(buf.len());
@@ -406,7 +404,11 @@ impl Pair {
 
     /// Runs in 10-ms steps until `done` holds for both ends (or `limit`
     /// of virtual time passes).
-    pub fn run(&mut self, limit: Duration, done: impl Fn(&ConnEnd, &ConnEnd) -> bool) -> PairResult {
+    pub fn run(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&ConnEnd, &ConnEnd) -> bool,
+    ) -> PairResult {
         let end = Instant::ZERO + limit;
         let mut engine = Ok(());
         while self.sim.now() < end {

@@ -166,7 +166,12 @@ impl Rendezvous {
         r
     }
 
-    fn with(cfg: RegistryConfig, registry: Option<Registry>, disk: RecordDisk, now: Instant) -> Self {
+    fn with(
+        cfg: RegistryConfig,
+        registry: Option<Registry>,
+        disk: RecordDisk,
+        now: Instant,
+    ) -> Self {
         Rendezvous {
             cfg,
             registry,
@@ -435,7 +440,12 @@ impl SimNode for Rendezvous {
             .registry
             .as_ref()
             .and_then(|r| r.poll_timeout())
-            .map(|t| Instant::from_nanos(t.as_nanos().saturating_sub(registry_time(Instant::ZERO).as_nanos())));
+            .map(|t| {
+                Instant::from_nanos(
+                    t.as_nanos()
+                        .saturating_sub(registry_time(Instant::ZERO).as_nanos()),
+                )
+            });
         let beacon = self
             .registry
             .is_some()

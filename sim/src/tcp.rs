@@ -284,16 +284,14 @@ impl TcpEnd {
                 }
                 self.send_ctl(Kind::Ack, self.recv_next);
             }
-            (TcpState::Open, Kind::Ack) => {
-                if seg.seq > self.acked && seg.seq <= self.next {
-                    let n = (seg.seq - self.acked) as usize;
-                    self.unacked.drain(..n.min(self.unacked.len()));
-                    self.acked = seg.seq;
-                    self.last_progress = now;
-                    self.rto = INITIAL_RTO;
-                    self.rto_at = (self.next > self.acked).then(|| now + self.rto);
-                    self.pump(now);
-                }
+            (TcpState::Open, Kind::Ack) if seg.seq > self.acked && seg.seq <= self.next => {
+                let n = (seg.seq - self.acked) as usize;
+                self.unacked.drain(..n.min(self.unacked.len()));
+                self.acked = seg.seq;
+                self.last_progress = now;
+                self.rto = INITIAL_RTO;
+                self.rto_at = (self.next > self.acked).then(|| now + self.rto);
+                self.pump(now);
             }
             _ => {}
         }

@@ -28,7 +28,13 @@ fn t(ms: u64) -> Instant {
 
 /// Runs a bulk transfer until both ends closed (or only the dialer, when
 /// the path dies); returns the pair and the end time.
-fn bulk(seed: u64, path: PathSpec, total: usize, reader: Reader, b_cfg: ConnConfig) -> (Pair, Instant) {
+fn bulk(
+    seed: u64,
+    path: PathSpec,
+    total: usize,
+    reader: Reader,
+    b_cfg: ConnConfig,
+) -> (Pair, Instant) {
     let dead = path.dead_after.is_some();
     let mut p = Pair::bulk(seed, path, data(total), b_cfg, reader).unwrap();
     let r = p.run(Duration::from_secs(3600), |a, b| {
@@ -44,15 +50,30 @@ fn bulk_transfer_survives_25_percent_loss_both_ways() {
     for seed in from..from + env("LOSSY_SEEDS", 8) {
         let total = 200_000;
         let loss = if seed % 2 == 0 { 25.0 } else { 20.0 };
-        let (p, end) = bulk(seed, PathSpec::lossy(loss), total, Reader::Greedy, ConnConfig::default());
+        let (p, end) = bulk(
+            seed,
+            PathSpec::lossy(loss),
+            total,
+            Reader::Greedy,
+            ConnConfig::default(),
+        );
         let (a, b) = (p.a().unwrap(), p.b().unwrap());
         if a.events.contains(&Event::Reset(ResetReason::DialTimeout)) {
             // Every SYN or its answer lost: the reference's dial budget.
             assert!(b.received.is_empty());
             continue;
         }
-        assert_eq!(a.events.last(), Some(&Event::Closed), "seed {seed}: {:?}", a.events);
-        assert!(b.received == data(total), "seed {seed}: {} bytes", b.received.len());
+        assert_eq!(
+            a.events.last(),
+            Some(&Event::Closed),
+            "seed {seed}: {:?}",
+            a.events
+        );
+        assert!(
+            b.received == data(total),
+            "seed {seed}: {} bytes",
+            b.received.len()
+        );
         let st = a.conn().unwrap().stats();
         assert!(st.retransmissions > 0);
         assert!(st.sack_blocks_received > 0);
@@ -63,7 +84,13 @@ fn bulk_transfer_survives_25_percent_loss_both_ways() {
 #[test]
 fn clean_transfer_is_exact_and_closes() {
     let total = 300_000;
-    let (p, _) = bulk(7, PathSpec::lossy(0.0), total, Reader::Greedy, ConnConfig::default());
+    let (p, _) = bulk(
+        7,
+        PathSpec::lossy(0.0),
+        total,
+        Reader::Greedy,
+        ConnConfig::default(),
+    );
     let (a, b) = (p.a().unwrap(), p.b().unwrap());
     assert!(b.received == data(total));
     let st = a.conn().unwrap().stats();
@@ -84,8 +111,17 @@ fn reordering_and_duplication_keep_the_stream_exact() {
         };
         let (p, _) = bulk(seed, path, total, Reader::Greedy, ConnConfig::default());
         let (a, b) = (p.a().unwrap(), p.b().unwrap());
-        assert!(b.received == data(total), "seed {seed}: {} bytes", b.received.len());
-        assert_eq!(a.events.last(), Some(&Event::Closed), "seed {seed}: {:?}", a.events);
+        assert!(
+            b.received == data(total),
+            "seed {seed}: {} bytes",
+            b.received.len()
+        );
+        assert_eq!(
+            a.events.last(),
+            Some(&Event::Closed),
+            "seed {seed}: {:?}",
+            a.events
+        );
     }
 }
 
@@ -114,8 +150,17 @@ fn slow_reader_with_tiny_window_and_loss_gets_everything() {
         };
         let (p, end) = bulk(seed, path, total, reader, tiny);
         let (a, b) = (p.a().unwrap(), p.b().unwrap());
-        assert_eq!(a.events.last(), Some(&Event::Closed), "seed {seed}: {:?}", a.events);
-        assert!(b.received == data(total), "seed {seed}: {} bytes at {end:?}", b.received.len());
+        assert_eq!(
+            a.events.last(),
+            Some(&Event::Closed),
+            "seed {seed}: {:?}",
+            a.events
+        );
+        assert!(
+            b.received == data(total),
+            "seed {seed}: {} bytes at {end:?}",
+            b.received.len()
+        );
     }
 }
 
@@ -129,7 +174,9 @@ fn bidirectional_transfer_over_lossy_path() {
             ..PathSpec::lossy(15.0)
         };
         let mut p = Pair::exchange(seed, path, expect.clone()).unwrap();
-        let r = p.run(Duration::from_secs(3600), |a, b| a.is_closed() && b.is_closed());
+        let r = p.run(Duration::from_secs(3600), |a, b| {
+            a.is_closed() && b.is_closed()
+        });
         r.engine.unwrap();
         let (a, b) = (p.a().unwrap(), p.b().unwrap());
         assert!(
@@ -150,7 +197,11 @@ fn dead_peer_is_detected_promptly() {
     let (p, end) = bulk(1, path, 5_000_000, Reader::Greedy, ConnConfig::default());
     let a = p.a().unwrap();
     assert!(a.is_closed());
-    assert!(a.events.contains(&Event::Reset(ResetReason::TimedOut)), "{:?}", a.events);
+    assert!(
+        a.events.contains(&Event::Reset(ResetReason::TimedOut)),
+        "{:?}",
+        a.events
+    );
     let secs = end.as_nanos() / 1_000_000_000;
     assert!((30..=40).contains(&secs), "detected after {secs} s");
 }
@@ -170,7 +221,10 @@ fn dead_peer_on_a_lossy_path_is_detected_promptly() {
             a.events
         );
         let secs = end.as_nanos() / 1_000_000_000;
-        assert!((30..=45).contains(&secs), "seed {seed}: detected at {secs} s");
+        assert!(
+            (30..=45).contains(&secs),
+            "seed {seed}: detected at {secs} s"
+        );
     }
 }
 
@@ -183,8 +237,17 @@ fn pair_runs_are_deterministic() {
         ..PathSpec::default()
     };
     let hash = |seed| {
-        let mut p = Pair::bulk(seed, path, data(50_000), ConnConfig::default(), Reader::Greedy).unwrap();
-        p.run(Duration::from_secs(600), |a, b| a.is_closed() && b.is_closed());
+        let mut p = Pair::bulk(
+            seed,
+            path,
+            data(50_000),
+            ConnConfig::default(),
+            Reader::Greedy,
+        )
+        .unwrap();
+        p.run(Duration::from_secs(600), |a, b| {
+            a.is_closed() && b.is_closed()
+        });
         p.sim.trace_hash()
     };
     assert_eq!(hash(3), hash(3));

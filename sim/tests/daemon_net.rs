@@ -10,7 +10,16 @@ use pilot_sim::config::SimConfig;
 use pilot_sim::net::Net;
 use pilot_sim::scenario::{Registry, check_determinism};
 
-const FAULTS: &[&str] = &["--loss", "5", "--dup", "2", "--reorder", "5", "--jitter-ms", "5"];
+const FAULTS: &[&str] = &[
+    "--loss",
+    "5",
+    "--dup",
+    "2",
+    "--reorder",
+    "5",
+    "--jitter-ms",
+    "5",
+];
 
 fn cfg(args: &[&str]) -> SimConfig {
     let mut v = vec!["pilot-sim", "--seed", "1"];
@@ -41,7 +50,10 @@ fn with_faults<'a>(args: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn daemon_trust_four_nodes_under_faults() {
-    run_ok(&with_faults(&["--scenario", "daemon-trust", "--nodes", "4"]), 1..4);
+    run_ok(
+        &with_faults(&["--scenario", "daemon-trust", "--nodes", "4"]),
+        1..4,
+    );
 }
 
 #[test]
@@ -54,7 +66,10 @@ fn daemon_echo_under_faults() {
 
 #[test]
 fn registry_restart_under_faults() {
-    run_ok(&with_faults(&["--scenario", "registry-restart", "--nodes", "3"]), 1..3);
+    run_ok(
+        &with_faults(&["--scenario", "registry-restart", "--nodes", "3"]),
+        1..3,
+    );
 }
 
 #[test]
@@ -82,7 +97,12 @@ fn private_peer_fails_the_echo_dial() {
     let app = net.open_app(0).unwrap();
     let to = net.addr(1).unwrap();
     let r = net
-        .call(0, app, &IpcMessage::Dial { addr: to, port: 7 }, Duration::from_secs(60))
+        .call(
+            0,
+            app,
+            &IpcMessage::Dial { addr: to, port: 7 },
+            Duration::from_secs(60),
+        )
         .unwrap();
     match IpcMessage::decode(&r).unwrap() {
         IpcMessage::Error { message, .. } => {
@@ -94,7 +114,12 @@ fn private_peer_fails_the_echo_dial() {
     let app1 = net.open_app(1).unwrap();
     let to0 = net.addr(0).unwrap();
     let r = net
-        .call(1, app1, &IpcMessage::Dial { addr: to0, port: 7 }, Duration::from_secs(60))
+        .call(
+            1,
+            app1,
+            &IpcMessage::Dial { addr: to0, port: 7 },
+            Duration::from_secs(60),
+        )
         .unwrap();
     assert!(
         matches!(IpcMessage::decode(&r).unwrap(), IpcMessage::DialOk { .. }),

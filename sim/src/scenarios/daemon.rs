@@ -117,7 +117,12 @@ fn describe(body: Option<&Vec<u8>>) -> String {
 }
 
 /// A handshake call; the reply JSON, or the reply's description.
-fn handshake(net: &mut Net, i: usize, app: AppId, h: HandshakeRequest<'_>) -> Result<Value, String> {
+fn handshake(
+    net: &mut Net,
+    i: usize,
+    app: AppId,
+    h: HandshakeRequest<'_>,
+) -> Result<Value, String> {
     let r = net.call(i, app, &IpcMessage::Handshake(h), CALL_TIMEOUT);
     match r.as_deref().and_then(decode) {
         Some(IpcMessage::HandshakeOk(j)) => serde_json::from_str(j).map_err(|e| e.to_string()),
@@ -149,7 +154,15 @@ fn wait_listed(net: &mut Net, i: usize, app: AppId, pending: bool, node: u32) ->
 /// Dials `to` port 7 from `app` of host `i`: the connection id, or the
 /// reply's description.
 fn dial(net: &mut Net, i: usize, app: AppId, to: Addr) -> Result<u32, String> {
-    let r = net.call(i, app, &IpcMessage::Dial { addr: to, port: ECHO }, CALL_TIMEOUT);
+    let r = net.call(
+        i,
+        app,
+        &IpcMessage::Dial {
+            addr: to,
+            port: ECHO,
+        },
+        CALL_TIMEOUT,
+    );
     match r.as_deref().and_then(decode) {
         Some(IpcMessage::DialOk { conn_id }) => Ok(conn_id),
         _ => Err(describe(r.as_ref())),
@@ -159,12 +172,21 @@ fn dial(net: &mut Net, i: usize, app: AppId, to: Addr) -> Result<u32, String> {
 /// Dials `to`'s echo port, sends `data`, reads it back and closes.
 fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Result<(), String> {
     let conn = dial(net, i, app, to)?;
-    net.send(i, app, &IpcMessage::Send { conn_id: conn, data });
+    net.send(
+        i,
+        app,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data,
+        },
+    );
     let mut got = Vec::new();
     net.run_until(CALL_TIMEOUT, Duration::from_millis(10), |net| {
-        while let Some(b) = net.take_where(i, app, |m| {
-            matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn)
-        }) {
+        while let Some(b) = net.take_where(
+            i,
+            app,
+            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
+        ) {
             if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
                 got.extend_from_slice(data);
             }
@@ -173,7 +195,11 @@ fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Resu
     });
     let r = net.call(i, app, &IpcMessage::Close { conn_id: conn }, CALL_TIMEOUT);
     if got != data {
-        return Err(format!("echo returned {} of {} bytes", got.len(), data.len()));
+        return Err(format!(
+            "echo returned {} of {} bytes",
+            got.len(),
+            data.len()
+        ));
     }
     match r.as_deref().and_then(decode) {
         Some(IpcMessage::CloseOk { .. }) => Ok(()),
@@ -203,10 +229,12 @@ fn setup(net: &mut Net, s: &mut Script) -> Option<(Vec<Addr>, Vec<AppId>)> {
         .filter_map(|i| Some((net.addr(i)?.node, net.host(i)?.public())))
         .collect();
     let visible = net.run_until(REGISTER_TIMEOUT, Duration::from_millis(50), |net| {
-        net.rendezvous().and_then(|r| r.registry()).is_some_and(|r| {
-            want.iter()
-                .all(|(id, p)| r.state().nodes.get(id).is_some_and(|rec| rec.public == *p))
-        })
+        net.rendezvous()
+            .and_then(|r| r.registry())
+            .is_some_and(|r| {
+                want.iter()
+                    .all(|(id, p)| r.state().nodes.get(id).is_some_and(|rec| rec.public == *p))
+            })
     });
     if !s.check(
         "visibility-applied",
@@ -216,7 +244,11 @@ fn setup(net: &mut Net, s: &mut Script) -> Option<(Vec<Addr>, Vec<AppId>)> {
         return None;
     }
     let apps: Vec<AppId> = (0..n).filter_map(|i| net.open_app(i)).collect();
-    if !s.check("ipc-open", apps.len() == n, format!("{} of {n} applications connected", apps.len())) {
+    if !s.check(
+        "ipc-open",
+        apps.len() == n,
+        format!("{} of {n} applications connected", apps.len()),
+    ) {
         return None;
     }
     Some((addrs, apps))
@@ -264,7 +296,10 @@ fn trust_script(net: &mut Net, s: &mut Script, addrs: &[Addr], apps: &[AppId]) {
         "unreachable-before-trust",
         before.is_empty(),
         if before.is_empty() {
-            format!("{} dials to private peers refused at resolution", pairs.len())
+            format!(
+                "{} dials to private peers refused at resolution",
+                pairs.len()
+            )
         } else {
             before.join("; ")
         },
@@ -309,7 +344,11 @@ fn trust_script(net: &mut Net, s: &mut Script, addrs: &[Addr], apps: &[AppId]) {
                     justification: "sim",
                 },
             );
-            if !s.check(&format!("{name}-request-back"), back.is_ok(), format!("{back:?}")) {
+            if !s.check(
+                &format!("{name}-request-back"),
+                back.is_ok(),
+                format!("{back:?}"),
+            ) {
                 continue;
             }
         }
@@ -388,9 +427,9 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
     let total = cfg.bytes;
     let start = net.sim.now();
     let mut conns = Vec::new();
-    for i in 0..n {
+    for (i, app) in apps.iter().enumerate() {
         let j = (i + 1) % n;
-        match dial(net, i, apps[i], addrs[j]) {
+        match dial(net, i, *app, addrs[j]) {
             Ok(c) => conns.push(Some(c)),
             Err(e) => {
                 s.check(&format!("dial-{i}-{j}"), false, e);
@@ -410,7 +449,14 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
             let len = (SEND_CHUNK as u64).min(total - k);
             let data: Vec<u8> = (k..k + len).map(|x| byte(i, x)).collect();
             h.update(&data);
-            net.send(i, apps[i], &IpcMessage::Send { conn_id: conn, data: &data });
+            net.send(
+                i,
+                apps[i],
+                &IpcMessage::Send {
+                    conn_id: conn,
+                    data: &data,
+                },
+            );
             k += len;
         }
         sent_hash.push(h.finalize());
@@ -421,9 +467,11 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
     net.run_until(ECHO_MAX_RUN, Duration::from_millis(50), |net| {
         for i in 0..n {
             let Some(conn) = conns[i] else { continue };
-            while let Some(b) = net.take_where(i, apps[i], |m| {
-                matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn)
-            }) {
+            while let Some(b) = net.take_where(
+                i,
+                apps[i],
+                |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
+            ) {
                 if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
                     got[i] += data.len() as u64;
                     hashes[i].update(data);
@@ -446,13 +494,25 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
             format!(
                 "{} of {total} bytes back, sha256 {}",
                 got[i],
-                if h == sent_hash[i] { "equal" } else { "differs" }
+                if h == sent_hash[i] {
+                    "equal"
+                } else {
+                    "differs"
+                }
             ),
         );
-        let r = net.call(i, apps[i], &IpcMessage::Close { conn_id: conn }, CALL_TIMEOUT);
+        let r = net.call(
+            i,
+            apps[i],
+            &IpcMessage::Close { conn_id: conn },
+            CALL_TIMEOUT,
+        );
         s.check(
             &format!("close-{i}-{j}"),
-            matches!(r.as_deref().and_then(decode), Some(IpcMessage::CloseOk { .. })),
+            matches!(
+                r.as_deref().and_then(decode),
+                Some(IpcMessage::CloseOk { .. })
+            ),
             describe(r.as_ref()),
         );
         if let Some(t) = done_at[i] {
@@ -515,7 +575,13 @@ pub const SHORT_OUTAGE: Duration = Duration::from_secs(2);
 pub const LONG_OUTAGE: Duration = Duration::from_secs(200);
 
 /// One crash and restart; returns how many registrations followed it.
-fn restart_phase(net: &mut Net, s: &mut Script, addrs: &[Addr], phase: &str, down: Duration) -> usize {
+fn restart_phase(
+    net: &mut Net,
+    s: &mut Script,
+    addrs: &[Addr],
+    phase: &str,
+    down: Duration,
+) -> usize {
     let n = addrs.len();
     net.restart_rendezvous(down);
     let restored_at = net.sim.now();
@@ -543,11 +609,16 @@ fn restart_phase(net: &mut Net, s: &mut Script, addrs: &[Addr], phase: &str, dow
     // Every daemon reconnects and is heard by the restored registry.
     let t0 = crate::rendezvous::registry_time(restored_at);
     let live = |net: &mut Net| {
-        net.rendezvous().and_then(|r| r.registry()).is_some_and(|r| {
-            addrs
-                .iter()
-                .all(|a| r.state().nodes.get(&a.node).is_some_and(|rec| rec.last_seen > t0))
-        })
+        net.rendezvous()
+            .and_then(|r| r.registry())
+            .is_some_and(|r| {
+                addrs.iter().all(|a| {
+                    r.state()
+                        .nodes
+                        .get(&a.node)
+                        .is_some_and(|rec| rec.last_seen > t0)
+                })
+            })
     };
     let all = net.run_until(REGISTER_TIMEOUT, Duration::from_millis(100), live);
     let ups = (0..n)
