@@ -10,6 +10,8 @@
 //!   must list the other as trusted, and then dial and echo through the
 //!   other's port 7, both ways. With 4 or more nodes, nodes 0 and 2 (no
 //!   trust between them) still cannot reach each other at the end.
+//!   Finally node i of the first pair revokes j: the registry drops the
+//!   pair and j, told by a push, forgets i too.
 //! - `daemon-echo`: `--nodes` public daemons (at least 2); the application
 //!   of node i dials port 7 (echo) of node i+1, writes `--bytes` in 16-KiB
 //!   `Send` frames, reads the echo back and compares SHA-256, then closes.
@@ -368,6 +370,33 @@ fn trust_script(net: &mut Net, s: &mut Script, addrs: &[Addr], apps: &[AppId]) {
             &format!("{name}-reachable"),
             a.is_ok() && b.is_ok(),
             format!("{i}->{j}: {a:?}; {j}->{i}: {b:?}"),
+        );
+    }
+    // Revoke: node 0 revokes its first pair; the registry forgets the
+    // pair and, told by the push, the peer forgets node 0 as well.
+    let (i, j) = pairs[0];
+    let (ai, aj) = (addrs[i].node, addrs[j].node);
+    let r = handshake(net, i, apps[i], HandshakeRequest::Revoke { node_id: aj });
+    let ok = r.as_ref().is_ok_and(|v| v["status"] == "revoked");
+    if s.check("revoke", ok, format!("{i} revokes {j}: {r:?}")) {
+        let gone = |net: &mut Net, k: usize, node: u32| {
+            handshake(net, k, apps[k], HandshakeRequest::ListTrusted)
+                .is_ok_and(|v| !lists(&v, "trusted", node))
+        };
+        let here = gone(net, i, aj);
+        let there = net.run_until(TRUST_TIMEOUT, Duration::from_millis(500), |net| {
+            gone(net, j, ai)
+        });
+        let registry = net
+            .rendezvous()
+            .and_then(|r| r.registry())
+            .is_some_and(|r| !r.state().has_trust(ai, aj));
+        s.check(
+            "revoke-reaches-both-ends",
+            here && there && registry,
+            format!(
+                "{i} forgot {j}: {here}; {j} forgot {i}: {there}; registry pair gone: {registry}"
+            ),
         );
     }
     if n >= 4 {
