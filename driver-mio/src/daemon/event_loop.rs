@@ -1,17 +1,19 @@
-//! The daemon's mio event loop: one thread, one `Poll`, around an
-//! [`Engine`] (the sans-IO daemon). It owns the tunnel UDP socket, the
-//! registry TCP connection, the IPC listener and its clients, the signal
-//! pipe and one timer, and performs the engine's [`Action`]s (files,
-//! registry dialing, readiness line, exit).
+//! The daemon's mio event loop: one thread, one `Poll`, around the
+//! sans-IO [`Daemon`] (`spec/daemon.md` §1.1). It owns the tunnel UDP
+//! socket, the registry TCP connection, the IPC listener and its clients,
+//! the signal pipe and one timer, and does what each [`Output`] asks
+//! (datagrams, registry and IPC bytes, disk writes, logs, exit).
 //!
-//! Per turn: wait for readiness (or the engine's timer), read what is
+//! Per turn: wait for readiness (or the daemon's timer), read what is
 //! ready within per-turn budgets (so one busy source cannot starve the
-//! others), run due timers, then drain every engine output until a full
-//! pass makes no progress. Writes that would block are retried on the
-//! next writable event; reading an IPC client stops while the engine says
-//! it is paused (back-pressure), and resumes without a new event.
+//! others), run due timers, then drain [`Daemon::poll_output`] until it
+//! returns `None`. Writes that would block are kept and retried on the
+//! next writable event; a datagram the tunnel socket cannot take yet
+//! pauses the drain until it can. Reading an IPC client stops while the
+//! daemon says it is paused (back-pressure), and resumes without a new
+//! event.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +27,10 @@ use pilot_proto::time::Instant;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use super::engine::{Action, ClientId, Engine};
+use pilot_proto::daemon::{ClientId, DaemonEvent, DiskWork, DiskWrite, Output};
+use pilot_proto::services::handshake::{AutoReason, TrustEvent};
+
+use super::RealDaemon as Daemon;
 use super::files::{SaveDir, write_atomic};
 use super::ipc_socket::IpcSocket;
 
@@ -49,8 +54,8 @@ const IPC_CHUNK: usize = 64 * 1024;
 /// Registry bytes queued for writing before the connection is dropped
 /// (registry requests are small; a backlog this large means it is stuck).
 const REGISTRY_WBUF_MAX: usize = 4 << 20;
-/// Output passes per turn before yielding to the poll (zero timeout).
-const MAX_PASSES: usize = 64;
+/// Outputs handled per turn before yielding to the poll (zero timeout).
+const MAX_OUTPUTS: usize = 1 << 16;
 
 /// What the loop needs besides the engine.
 #[derive(Debug)]
@@ -59,7 +64,7 @@ pub struct LoopParts {
     pub udp: UdpSocket,
     /// The bound IPC socket.
     pub ipc: IpcSocket,
-    /// Where [`Action::DialRegistry`] connects.
+    /// Where [`Output::DialRegistry`] connects.
     pub registry: SocketAddr,
     /// `trust.json` path.
     pub trust_path: PathBuf,
@@ -73,7 +78,7 @@ pub struct LoopParts {
     pub handle_signals: bool,
     /// Print the readiness line on stdout at the first registration.
     pub print_ready: bool,
-    /// Longest wait for [`Action::Stopped`] after a stop request.
+    /// Longest wait for [`DaemonEvent::Stopped`] after a stop request.
     pub shutdown_grace: Duration,
 }
 
@@ -88,7 +93,7 @@ pub enum LoopError {
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// The engine reported [`Action::Stopped`].
+    /// The daemon reported [`DaemonEvent::Stopped`].
     Stopped,
     /// The shutdown grace period ran out.
     GraceExpired,
@@ -126,11 +131,20 @@ struct Client {
     want_read: bool,
     /// A write returned WouldBlock; wait for a writable event.
     write_blocked: bool,
+    /// Bytes of [`Output::Ipc`] not yet written; `wpos` marks the front.
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+/// The mio token of an IPC client: ids are unique for the daemon's
+/// lifetime, so the token needs no table.
+fn client_token(id: ClientId) -> Token {
+    Token(FIRST_CLIENT.saturating_add(usize::try_from(id.0).unwrap_or(usize::MAX)))
 }
 
 /// The event loop.
-pub struct EventLoop<E: Engine> {
-    engine: E,
+pub struct EventLoop {
+    engine: Daemon,
     poll: Poll,
     parts: LoopParts,
     signals: Option<Signals>,
@@ -140,8 +154,11 @@ pub struct EventLoop<E: Engine> {
     /// Registry dials or connections that failed since it last worked: the
     /// first is a warning, the repeats are summarised when it comes back.
     reg_failures: u32,
-    clients: HashMap<Token, Client>,
-    next_token: usize,
+    clients: BTreeMap<Token, Client>,
+    /// The daemon's timer, from the last [`Output::Timeout`].
+    timer: Option<Instant>,
+    /// The last drain stopped at its bound with outputs left.
+    more_output: bool,
     udp_more: bool,
     udp_writable: bool,
     tx_buf: Vec<u8>,
@@ -159,7 +176,7 @@ pub struct EventLoop<E: Engine> {
     next_drop_log: Instant,
 }
 
-impl<E: Engine> std::fmt::Debug for EventLoop<E> {
+impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop")
             .field("clients", &self.clients.len())
@@ -175,11 +192,11 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-impl<E: Engine> EventLoop<E> {
-    /// Registers every socket; `start` is the instant the engine's clock
+impl EventLoop {
+    /// Registers every socket; `start` is the instant the daemon's clock
     /// counts from ([`Instant::ZERO`]).
     pub fn new(
-        engine: E,
+        engine: Daemon,
         mut parts: LoopParts,
         start: std::time::Instant,
     ) -> Result<Self, LoopError> {
@@ -209,8 +226,9 @@ impl<E: Engine> EventLoop<E> {
             start,
             reg: None,
             reg_failures: 0,
-            clients: HashMap::new(),
-            next_token: FIRST_CLIENT,
+            clients: BTreeMap::new(),
+            timer: None,
+            more_output: false,
             udp_more: true,
             udp_writable: true,
             tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
@@ -231,8 +249,8 @@ impl<E: Engine> EventLoop<E> {
         self.stop.clone()
     }
 
-    /// The engine (for tests and diagnostics).
-    pub fn engine(&self) -> &E {
+    /// The daemon (for tests and diagnostics).
+    pub fn engine(&self) -> &Daemon {
         &self.engine
     }
 
@@ -289,7 +307,9 @@ impl<E: Engine> EventLoop<E> {
             }
             self.read_udp(now);
             self.read_clients(now);
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.write_clients(now);
+            if self.timer.is_some_and(|t| t <= now) {
+                self.timer = None;
                 self.engine.handle_timeout(now);
             }
             self.drain(now);
@@ -312,7 +332,9 @@ impl<E: Engine> EventLoop<E> {
             return;
         }
         self.next_drop_log = now + DROP_LOG_INTERVAL;
-        let current = self.engine.auth_drops();
+        let current: Vec<(&'static str, u64)> = self.engine.node().map_or_else(Vec::new, |n| {
+            n.auth_drops().iter().map(|(r, c)| (r.name(), c)).collect()
+        });
         let mut parts = Vec::new();
         for (name, n) in &current {
             let before = self
@@ -332,16 +354,16 @@ impl<E: Engine> EventLoop<E> {
 
     fn next_timeout(&self) -> Option<Duration> {
         let busy = self.udp_more
-            || self.clients.values().any(|c| {
-                c.want_read
-                    && !self.engine.ipc_read_paused(c.id)
-                    && !self.engine.ipc_should_close(c.id)
-            });
+            || self.more_output
+            || self
+                .clients
+                .values()
+                .any(|c| c.want_read && !self.engine.ipc_read_paused(c.id));
         if busy {
             return Some(Duration::ZERO);
         }
         let now = self.now();
-        let due = [self.engine.poll_timeout(), self.stopping_deadline]
+        let due = [self.timer, self.stopping_deadline]
             .into_iter()
             .flatten()
             .min()?;
@@ -405,40 +427,34 @@ impl<E: Engine> EventLoop<E> {
         // Budget used up: more may be waiting (udp_more stays set).
     }
 
-    /// Sends what the engine has; returns whether anything was sent.
-    fn send_udp(&mut self, now: Instant) -> bool {
-        let mut progress = false;
+    /// Sends the datagram waiting in `tx_buf`, if any. Returns `false`
+    /// while the socket cannot take it (the drain waits for writable).
+    fn send_pending(&mut self) -> bool {
         loop {
-            if self.tx_pending.is_none() {
-                match self.engine.poll_transmit(now, &mut self.tx_buf) {
-                    Some(d) => self.tx_pending = Some((d.len, d.dst)),
-                    None => return progress,
-                }
-            }
-            if !self.udp_writable {
-                return progress;
-            }
             let Some((len, dst)) = self.tx_pending else {
-                return progress;
+                return true;
             };
+            if !self.udp_writable {
+                return false;
+            }
             let Some(bytes) = self.tx_buf.get(..len) else {
                 self.tx_pending = None;
-                continue;
+                return true;
             };
             match self.parts.udp.send_to(bytes, dst) {
                 Ok(_) => {
                     self.tx_pending = None;
-                    progress = true;
+                    return true;
                 }
                 Err(e) if would_block(&e) => {
                     self.udp_writable = false;
-                    return progress;
+                    return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::debug!(error = %e, %dst, "udp send failed; datagram dropped");
                     self.tx_pending = None;
-                    progress = true;
+                    return true;
                 }
             }
         }
@@ -559,21 +575,23 @@ impl<E: Engine> EventLoop<E> {
         }
     }
 
-    /// Queues the engine's registry bytes and writes what the socket takes.
-    fn flush_registry(&mut self, now: Instant) -> bool {
-        let mut progress = false;
-        while let Some(bytes) = self.engine.poll_registry_bytes() {
-            progress = true;
-            match self.reg.as_mut() {
-                Some(r) => r.wbuf.extend_from_slice(&bytes),
-                None => tracing::debug!("registry bytes without a connection; dropped"),
-            }
+    /// Queues registry bytes of the daemon and writes what the socket
+    /// takes.
+    fn registry_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        match self.reg.as_mut() {
+            Some(r) => r.wbuf.extend_from_slice(bytes),
+            None => tracing::debug!("registry bytes without a connection; dropped"),
         }
+        self.flush_registry(now);
+    }
+
+    /// Writes what the registry socket takes of the queued bytes.
+    fn flush_registry(&mut self, now: Instant) {
         let Some(r) = self.reg.as_mut() else {
-            return progress;
+            return;
         };
         if !r.connected {
-            return progress;
+            return;
         }
         while r.wpos < r.wbuf.len() {
             let Some(rest) = r.wbuf.get(r.wpos..) else {
@@ -582,14 +600,14 @@ impl<E: Engine> EventLoop<E> {
             match r.stream.write(rest) {
                 Ok(0) => {
                     self.registry_lost(now, "write returned 0");
-                    return true;
+                    return;
                 }
                 Ok(n) => r.wpos += n,
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.registry_lost(now, &e.to_string());
-                    return true;
+                    return;
                 }
             }
         }
@@ -598,9 +616,7 @@ impl<E: Engine> EventLoop<E> {
             r.wpos = 0;
         } else if r.wbuf.len() - r.wpos > REGISTRY_WBUF_MAX {
             self.registry_lost(now, "registry not reading");
-            return true;
         }
-        progress
     }
 
     // ---- IPC ----
@@ -609,12 +625,14 @@ impl<E: Engine> EventLoop<E> {
         loop {
             match self.parts.ipc.listener.accept() {
                 Ok((mut stream, _)) => {
-                    let Some(id) = self.engine.ipc_open(now) else {
-                        tracing::warn!("IPC client limit reached; connection closed");
-                        continue;
+                    let id = match self.engine.ipc_open(now) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "IPC client refused; connection closed");
+                            continue;
+                        }
                     };
-                    let token = Token(self.next_token);
-                    self.next_token += 1;
+                    let token = client_token(id);
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         token,
@@ -624,7 +642,7 @@ impl<E: Engine> EventLoop<E> {
                         self.engine.ipc_closed(now, id);
                         continue;
                     }
-                    tracing::debug!(client = id, "IPC client connected");
+                    tracing::debug!(client = id.0, "IPC client connected");
                     self.clients.insert(
                         token,
                         Client {
@@ -632,6 +650,8 @@ impl<E: Engine> EventLoop<E> {
                             id,
                             want_read: true,
                             write_blocked: false,
+                            wbuf: Vec::new(),
+                            wpos: 0,
                         },
                     );
                 }
@@ -649,7 +669,7 @@ impl<E: Engine> EventLoop<E> {
     fn close_client(&mut self, now: Instant, token: Token) {
         if let Some(mut c) = self.clients.remove(&token) {
             let _ = self.poll.registry().deregister(&mut c.stream);
-            tracing::debug!(client = c.id, "IPC client closed");
+            tracing::debug!(client = c.id.0, "IPC client closed");
             self.engine.ipc_closed(now, c.id);
         }
     }
@@ -669,7 +689,7 @@ impl<E: Engine> EventLoop<E> {
         for token in tokens {
             let mut budget = IPC_READ_BUDGET;
             while let Some(c) = self.clients.get_mut(&token) {
-                if self.engine.ipc_read_paused(c.id) || self.engine.ipc_should_close(c.id) {
+                if self.engine.ipc_read_paused(c.id) {
                     break;
                 }
                 if budget == 0 {
@@ -702,136 +722,244 @@ impl<E: Engine> EventLoop<E> {
         self.ipc_buf = chunk;
     }
 
-    /// Writes every client's pending output; closes the ones the engine
-    /// is done with. Returns whether anything happened.
-    fn flush_clients(&mut self, now: Instant) -> bool {
-        let mut progress = false;
-        let tokens: Vec<Token> = self.clients.keys().copied().collect();
+    /// Writes what every client's socket takes of its pending output.
+    fn write_clients(&mut self, now: Instant) {
+        let tokens: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.write_blocked && c.wpos < c.wbuf.len())
+            .map(|(t, _)| *t)
+            .collect();
         for token in tokens {
-            let mut failed = false;
-            if let Some(c) = self.clients.get_mut(&token) {
-                while !c.write_blocked {
-                    let Some(out) = self.engine.ipc_output(c.id) else {
-                        break;
-                    };
-                    if out.is_empty() {
-                        break;
-                    }
-                    match c.stream.write(out) {
-                        Ok(0) => {
-                            failed = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            self.engine.ipc_consumed(c.id, n);
-                            progress = true;
-                        }
-                        Err(e) if would_block(&e) => c.write_blocked = true,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-            } else {
-                continue;
-            }
-            let done = self.clients.get_mut(&token).is_some_and(|c| {
-                self.engine.ipc_should_close(c.id)
-                    && self.engine.ipc_output(c.id).is_none_or(|o| o.is_empty())
-            });
-            if failed || done {
-                self.close_client(now, token);
-                progress = true;
-            }
+            self.write_client(now, token);
         }
-        progress
     }
 
-    // ---- outputs and actions ----
-
-    fn drain(&mut self, now: Instant) {
-        for _ in 0..MAX_PASSES {
-            let mut progress = self.actions(now);
-            progress |= self.send_udp(now);
-            progress |= self.flush_registry(now);
-            progress |= self.flush_clients(now);
-            if let Some(line) = self.ready_line.take() {
-                println!("{line}");
-                let _ = io::stdout().flush();
+    /// Writes what the client's socket takes and reports it to the
+    /// daemon; a failed write closes the client.
+    fn write_client(&mut self, now: Instant, token: Token) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let mut written = 0usize;
+        let mut failed = false;
+        while !c.write_blocked && c.wpos < c.wbuf.len() {
+            let Some(rest) = c.wbuf.get(c.wpos..) else {
+                break;
+            };
+            match c.stream.write(rest) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.wpos += n;
+                    written += n;
+                }
+                Err(e) if would_block(&e) => c.write_blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
             }
-            if !progress || self.exit.is_some() {
+        }
+        if c.wpos >= c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        }
+        let id = c.id;
+        if written > 0 {
+            self.engine.ipc_consumed(now, id, written);
+        }
+        if failed {
+            self.close_client(now, token);
+        }
+    }
+
+    // ---- outputs ----
+
+    /// Does what the daemon asks until it has nothing more (or a datagram
+    /// waits for the socket, or the per-turn bound is reached).
+    fn drain(&mut self, now: Instant) {
+        self.more_output = true;
+        for _ in 0..MAX_OUTPUTS {
+            if !self.send_pending() {
+                // Resumed when the socket is writable.
+                self.more_output = false;
+                return;
+            }
+            let Some(out) = self.engine.poll_output(&mut self.tx_buf) else {
+                self.more_output = false;
+                break;
+            };
+            self.output(now, out);
+            if self.exit.is_some() {
                 return;
             }
         }
+        if let Some(line) = self.ready_line.take() {
+            println!("{line}");
+            let _ = io::stdout().flush();
+        }
     }
 
-    fn actions(&mut self, now: Instant) -> bool {
-        let mut any = false;
-        while let Some(action) = self.engine.poll_action() {
-            any = true;
-            match action {
-                Action::DialRegistry => self.dial_registry(now),
-                Action::CloseRegistry => self.drop_registry(),
-                Action::SaveTrust(text) => {
-                    if let Err(e) = write_atomic(&self.parts.trust_path, text.as_bytes()) {
-                        tracing::error!(path = %self.parts.trust_path.display(), error = %e,
-                            "saving trust.json failed");
+    fn output(&mut self, now: Instant, out: Output) {
+        match out {
+            Output::Transmit(t) => self.tx_pending = Some((t.len, t.dst)),
+            Output::DialRegistry => self.dial_registry(now),
+            Output::CloseRegistry => self.drop_registry(),
+            Output::RegistryBytes(bytes) => self.registry_bytes(now, &bytes),
+            Output::Ipc { client, data } => {
+                let token = client_token(client);
+                if let Some(c) = self.clients.get_mut(&token) {
+                    if c.wbuf.is_empty() {
+                        c.wbuf = data;
+                        c.wpos = 0;
+                    } else {
+                        c.wbuf.extend_from_slice(&data);
                     }
-                }
-                Action::SaveReceivedFile { name, data, from } => {
-                    match self.parts.received.save(&name, &data) {
-                        Ok(p) => {
-                            tracing::info!(path = %p.display(), bytes = data.len(), %from, "file received");
-                            crate::daemon::files::record_received(&p, data.len(), from);
-                        }
-                        Err(e) => tracing::warn!(name, error = %e, "received file not saved"),
-                    }
-                }
-                Action::SaveProfile(text) => {
-                    if let Err(e) = write_atomic(&self.parts.profile_path, text.as_bytes()) {
-                        tracing::error!(path = %self.parts.profile_path.display(), error = %e,
-                            "saving the node profile failed");
-                    }
-                }
-                Action::SaveInbox { name, json } => {
-                    match self.parts.inbox.save(&name, json.as_bytes()) {
-                        Ok(p) => tracing::info!(path = %p.display(), "message received"),
-                        Err(e) => tracing::warn!(name, error = %e, "inbox message not saved"),
-                    }
-                }
-                Action::Registered { node_id, address } => {
-                    let udp = self
-                        .parts
-                        .udp
-                        .local_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
-                    tracing::info!(node_id, %address, %udp, "registered");
-                    if self.parts.print_ready && !self.ready_printed {
-                        self.ready_printed = true;
-                        // Printed after this pass has written the requests
-                        // that follow registration (visibility, hostname).
-                        self.ready_line = Some(format!(
-                            "ready node_id={node_id} address={address} socket={} udp={udp} registry={}",
-                            self.parts.ipc.path().display(),
-                            self.parts.registry
-                        ));
-                    }
-                }
-                Action::Trust {
-                    event,
-                    node,
-                    message,
-                } => tracing::info!(event, node, "{message}"),
-                Action::Stopped => {
-                    tracing::info!("stopped");
-                    self.exit = Some(Exit::Stopped);
+                    self.write_client(now, token);
                 }
             }
+            Output::CloseClient(client) => self.close_client(now, client_token(client)),
+            Output::Disk(work) => self.disk(now, work),
+            Output::Event(ev) => self.event(ev),
+            Output::Timeout(t) => self.timer = t,
         }
-        any
+    }
+
+    /// Performs a disk write and reports its outcome to the daemon.
+    fn disk(&mut self, now: Instant, work: DiskWork) {
+        let outcome = match work.write {
+            DiskWrite::Trust(text) => write_atomic(&self.parts.trust_path, text.as_bytes())
+                .map_err(|e| {
+                    tracing::error!(path = %self.parts.trust_path.display(), error = %e,
+                        "saving trust.json failed");
+                    e.to_string()
+                }),
+            DiskWrite::Profile(text) => write_atomic(&self.parts.profile_path, text.as_bytes())
+                .map_err(|e| {
+                    tracing::error!(path = %self.parts.profile_path.display(), error = %e,
+                        "saving the node profile failed");
+                    e.to_string()
+                }),
+            DiskWrite::ReceivedFile { name, data, from } => {
+                match self.parts.received.save(&name, &data) {
+                    Ok(p) => {
+                        tracing::info!(path = %p.display(), bytes = data.len(), %from, "file received");
+                        crate::daemon::files::record_received(&p, data.len(), from);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(name, error = %e, "received file not saved");
+                        Err(e.to_string())
+                    }
+                }
+            }
+            DiskWrite::Inbox { name, json } => {
+                match self.parts.inbox.save(&name, json.as_bytes()) {
+                    Ok(p) => {
+                        tracing::info!(path = %p.display(), "message received");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(name, error = %e, "inbox message not saved");
+                        Err(e.to_string())
+                    }
+                }
+            }
+        };
+        self.engine.disk_done(now, work.token, outcome);
+    }
+
+    fn event(&mut self, ev: DaemonEvent) {
+        match ev {
+            DaemonEvent::Registered { node_id, address } => {
+                let udp = self
+                    .parts
+                    .udp
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(node_id, %address, %udp, "registered");
+                if self.parts.print_ready && !self.ready_printed {
+                    self.ready_printed = true;
+                    // Printed at the end of this drain, after the requests
+                    // that follow registration (visibility, hostname).
+                    self.ready_line = Some(format!(
+                        "ready node_id={node_id} address={address} socket={} udp={udp} registry={}",
+                        self.parts.ipc.path().display(),
+                        self.parts.registry
+                    ));
+                }
+            }
+            DaemonEvent::Trust(ev) => {
+                let (event, node, message) = describe_trust(ev);
+                tracing::info!(event, node, "{message}");
+            }
+            DaemonEvent::Diagnostic(line) => tracing::debug!(target: "pilot::tunnel", "{line}"),
+            DaemonEvent::Stopped => {
+                tracing::info!("stopped");
+                self.exit = Some(Exit::Stopped);
+            }
+        }
+    }
+}
+
+/// Names and describes a trust event for the log: its name
+/// (`handshake.pending`, …), the peer and a sentence for people.
+fn describe_trust(ev: TrustEvent) -> (&'static str, u32, String) {
+    match ev {
+        TrustEvent::Received { node } => (
+            "handshake.received",
+            node,
+            format!("trust request from node {node}"),
+        ),
+        TrustEvent::Pending { node } => (
+            "handshake.pending",
+            node,
+            format!("trust request from node {node} is pending (pilotctl approve {node})"),
+        ),
+        TrustEvent::AutoApproved { node, reason } => {
+            let why = match reason {
+                AutoReason::Mutual => "both sides asked".to_owned(),
+                AutoReason::SameNetwork(n) => format!("shared network {n}"),
+            };
+            (
+                "handshake.auto_approved",
+                node,
+                format!("node {node} trusted automatically: {why}"),
+            )
+        }
+        TrustEvent::Approved { node } => {
+            ("handshake.approved", node, format!("approved node {node}"))
+        }
+        TrustEvent::Rejected { node, reason } => (
+            "handshake.rejected",
+            node,
+            format!("rejected node {node}: {reason}"),
+        ),
+        TrustEvent::Revoked { node } => (
+            "trust.revoked",
+            node,
+            format!("revoked trust in node {node}"),
+        ),
+        TrustEvent::RevokedByPeer { node } => (
+            "trust.revoked_by_peer",
+            node,
+            format!("node {node} revoked its trust"),
+        ),
+        TrustEvent::AcceptedByPeer { node } => (
+            "handshake.accepted",
+            node,
+            format!("node {node} accepted our trust request"),
+        ),
+        TrustEvent::RejectedByPeer { node } => (
+            "handshake.rejected_by_peer",
+            node,
+            format!("node {node} rejected our trust request"),
+        ),
     }
 }
 

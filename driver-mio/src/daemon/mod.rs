@@ -3,27 +3,27 @@
 //! cannot do itself: flags and config file ([`args`]), the state directory
 //! ([`files`]), the IPC socket file ([`ipc_socket`]), the default
 //! in-process registry ([`embedded`]) and the event loop ([`event_loop`]),
-//! which drives the core through the [`engine::Engine`] trait.
+//! which drives the core directly ([`RealDaemon`], one output channel).
 //!
 //! Entry point: [`run`] (used by the `pilot-daemon` binary and by
 //! `pilotctl _daemon-run`).
 
 pub mod args;
 pub mod embedded;
-pub mod engine;
 pub mod event_loop;
 pub mod files;
 pub mod ipc_socket;
-pub mod real;
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pilot_proto::crypto::identity::Identity;
-use pilot_proto::crypto::provider::RustCrypto;
+use pilot_proto::crypto::identity::{Identity, TunnelKey};
+use pilot_proto::crypto::provider::{RustCrypto, Selected};
+use pilot_proto::daemon::{Daemon, DaemonConfig, Services};
 use pilot_proto::services::handshake::TrustFile;
+use pilot_proto::wire::WireProfile;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -127,17 +127,13 @@ pub struct Startup {
 /// `ready node_id=N address=A socket=S udp=U registry=R` on stdout once
 /// registered with the IPC socket listening.
 pub fn run(args: DaemonArgs) -> Result<(), DaemonRunError> {
-    run_with(args, |s| Ok(real::build(s))).map(|_| ())
+    run_until_stopped(args).map(|_| ())
 }
 
-/// Runs a daemon with the engine built by `make`, until it is stopped.
-/// Sets up logging, the state directory, identity, trust, the default
-/// registry, the tunnel socket and the IPC socket, then runs the loop.
-pub fn run_with<E, F>(args: DaemonArgs, make: F) -> Result<Exit, DaemonRunError>
-where
-    E: engine::Engine,
-    F: FnOnce(Startup) -> Result<E, DaemonRunError>,
-{
+/// Runs a daemon until it is stopped. Sets up logging, the state
+/// directory, identity, trust, the default registry, the tunnel socket
+/// and the IPC socket, then runs the loop around the sans-IO daemon.
+pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
     let settings = args.resolve()?;
     init_logging_with(settings.log_format, settings.log_level.as_deref(), "info");
     let dir = settings.dir.clone();
@@ -207,7 +203,7 @@ where
         unix_ms_at_epoch,
         rng: ChaCha20Rng::from_seed(os_seed()?),
     };
-    let engine = make(startup)?;
+    let engine = build(startup);
     let parts = LoopParts {
         udp: mio::net::UdpSocket::from_std(udp),
         ipc,
@@ -223,6 +219,46 @@ where
     let exit = EventLoop::new(engine, parts, start)?.run()?;
     tracing::info!(?exit, "daemon exited");
     Ok(exit)
+}
+
+/// The sans-IO daemon the driver runs.
+pub type RealDaemon = Daemon<Selected, ChaCha20Rng>;
+
+/// Builds the sans-IO daemon from what the driver prepared.
+pub fn build(mut s: Startup) -> RealDaemon {
+    let set = &s.settings;
+    let provider = set.crypto;
+    let tunnel_key = TunnelKey::generate(&provider, &mut s.rng);
+    let mut cfg = DaemonConfig::new(s.identity, tunnel_key, provider, s.rng);
+    cfg.profile = if set.legacy {
+        WireProfile::Legacy
+    } else {
+        WireProfile::Current
+    };
+    cfg.encrypt = set.encrypt;
+    cfg.registry = true;
+    cfg.listen_addr = s.endpoint.to_string();
+    cfg.hostname = set.hostname.clone().unwrap_or_default();
+    cfg.public = set.public;
+    cfg.tags = set.tags.clone();
+    cfg.owner = set.owner.clone().unwrap_or_default();
+    cfg.services = Services {
+        echo: set.echo,
+        dataexchange: set.dataexchange,
+        eventstream: set.eventstream,
+    };
+    cfg.trust = s.trust;
+    cfg.identity_persisted = true;
+    cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
+    // Local time, as spec/services.md §5.4 asks (trust.json, inbox names).
+    cfg.utc_offset_secs = jiff::Zoned::now().offset().seconds();
+    cfg.heartbeat = set.keepalive;
+    cfg.node_limits.user_timeout = set.user_timeout;
+    cfg.node_limits.pending_peers = set.pending_peers;
+    // A tunnel peer silent this long is dead: its session is dropped and
+    // its connections fail (`spec/crypto.md` §13).
+    cfg.peer_timeout = set.idle_timeout;
+    Daemon::new(pilot_proto::time::Instant::ZERO, cfg)
 }
 
 /// Receive and send buffer size asked for on the tunnel socket. The

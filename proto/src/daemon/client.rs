@@ -1,7 +1,7 @@
 //! One IPC client session of the daemon (`spec/daemon.md` §2): the bounded
-//! reassembly buffer of received bytes, the output buffer the driver
-//! drains, and what the client owns (ports, connections, requests in
-//! progress).
+//! reassembly buffer of received bytes, the output buffer handed to the
+//! driver, and what the client owns (ports, requests in progress); its
+//! connections are in the daemon's connection table (`conns.rs`).
 
 use std::collections::BTreeSet;
 
@@ -21,11 +21,15 @@ pub(crate) struct Client {
     /// Received bytes not yet consumed; `in_start` marks the front.
     pub inbuf: Vec<u8>,
     pub in_start: usize,
-    /// Bytes for the driver to write; `out_start` marks the front.
+    /// Bytes not yet handed to the driver.
     pub out: Vec<u8>,
-    pub out_start: usize,
+    /// Bytes handed to the driver ([`super::Output::Ipc`]) that it has not
+    /// reported written yet: they still count against the output bound.
+    pub handed: usize,
     /// A protocol error happened: flush the output, then close.
     pub should_close: bool,
+    /// [`super::Output::CloseClient`] was given.
+    pub close_given: bool,
     /// The frame at the front of the input is a `Send` whose first
     /// `.1` data bytes were accepted by connection `.0`, which is full.
     pub blocked: Option<(ConnId, usize)>,
@@ -33,16 +37,26 @@ pub(crate) struct Client {
     pub inflight: usize,
     /// Ports this client bound.
     pub ports: BTreeSet<u16>,
-    /// Overlay connections this client owns (dialing ones included).
-    pub conns: BTreeSet<ConnId>,
     /// Connections whose reading waits for this client's output to drain.
     pub paused: BTreeSet<ConnId>,
 }
 
 impl Client {
-    /// Bytes waiting for the driver.
+    /// Bytes not yet written by the driver (queued here or handed over).
     pub fn out_len(&self) -> usize {
-        self.out.len().saturating_sub(self.out_start)
+        self.out.len().saturating_add(self.handed)
+    }
+
+    /// Hands the queued output to the driver.
+    pub fn take_out(&mut self) -> Vec<u8> {
+        let data = core::mem::take(&mut self.out);
+        self.handed = self.handed.saturating_add(data.len());
+        data
+    }
+
+    /// The client is to be closed and everything it was sent is written.
+    pub fn close_due(&self) -> bool {
+        self.should_close && !self.close_given && self.out_len() == 0
     }
 
     /// Unprocessed input bytes.
@@ -90,16 +104,9 @@ impl Client {
         self.out.truncate(old + n);
     }
 
-    /// The driver wrote `n` bytes of the output.
+    /// The driver wrote `n` bytes of what it was handed.
     pub fn consumed(&mut self, n: usize) {
-        self.out_start = self.out_start.saturating_add(n).min(self.out.len());
-        if self.out_start == self.out.len() {
-            self.out.clear();
-            self.out_start = 0;
-        } else if self.out_start >= COMPACT_AT {
-            self.out.drain(..self.out_start);
-            self.out_start = 0;
-        }
+        self.handed = self.handed.saturating_sub(n);
     }
 
     /// Drops `n` processed input bytes from the front.

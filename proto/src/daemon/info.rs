@@ -69,18 +69,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 drops.insert(reason.name().to_owned(), json!(n));
             }
             half_open = node.half_open_len();
-            for (cid, c) in &self.conns {
-                let Some(i) = node.conn_info(*cid) else {
+            for (cid, role) in self.conns.iter() {
+                let Some(i) = node.conn_info(cid) else {
                     continue;
                 };
                 if matches!(i.state, State::SynSent | State::Established) {
                     active += 1;
                 }
-                let id = match c.role {
-                    Role::Client { ipc_id, .. } => u64::from(ipc_id),
-                    _ => u64::from(super::service_conn_id(*cid)),
+                let id = match role {
+                    Role::Client { ipc_id, .. } => u64::from(*ipc_id),
+                    _ => u64::from(super::service_conn_id(cid)),
                 };
-                let st = node.conn_stats(*cid).unwrap_or_default();
+                let st = node.conn_stats(cid).unwrap_or_default();
                 let ms = |d: core::time::Duration| d.as_secs_f64() * 1000.0;
                 conns.push(json!({
                     "id": id,

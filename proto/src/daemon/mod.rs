@@ -10,15 +10,14 @@
 //! [`Daemon::registry_connected`], [`Daemon::registry_disconnected`],
 //! [`Daemon::ipc_open`], [`Daemon::handle_ipc_bytes`],
 //! [`Daemon::ipc_consumed`], [`Daemon::ipc_closed`],
-//! [`Daemon::handle_timeout`] and [`Daemon::shutdown`]. After **any**
-//! input the driver drains [`Daemon::poll_transmit`],
-//! [`Daemon::poll_registry_bytes`], [`Daemon::poll_action`] and, for every
-//! client, [`Daemon::ipc_output`] (then [`Daemon::ipc_consumed`] with what
-//! it wrote), closes clients for which [`Daemon::ipc_should_close`] holds
-//! once their output is written, stops reading clients for which
-//! [`Daemon::ipc_read_paused`] holds, and finally re-arms one timer at
-//! [`Daemon::poll_timeout`]. Time comes in only as an argument; the wall
-//! clock is `unix_ms_at_epoch` plus the instant.
+//! [`Daemon::disk_done`], [`Daemon::handle_timeout`] and
+//! [`Daemon::shutdown`]; each takes `now`. After **any** input the driver
+//! drains [`Daemon::poll_output`] until it returns `None` (the last
+//! output of a drain is always [`Output::Timeout`]), doing what each
+//! [`Output`] asks, and sleeps until that timeout or the next input. It
+//! does not read a client for which [`Daemon::ipc_read_paused`] holds.
+//! Time comes in only as an argument; the wall clock is
+//! `unix_ms_at_epoch` plus the instant.
 //!
 //! Every queue is bounded (`spec/daemon.md` §7): stream data is read from
 //! an overlay connection only while its client's output is below a high
@@ -26,7 +25,9 @@
 //! it sends on has no room, so bulk transfers flow with bounded memory.
 
 mod client;
+mod conns;
 mod info;
+mod output;
 mod trust;
 
 #[cfg(test)]
@@ -47,7 +48,7 @@ use crate::registry::auth::Identity as RegistryIdentity;
 use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
 use crate::registry::codec::{self, Response};
 use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
-use crate::services::handshake::{RegistryOp, TrustFile, TrustStore};
+use crate::services::handshake::{TrustFile, TrustStore};
 use crate::services::host::{HostAction, HostConfig, IoError, ServiceHost, StreamIo};
 use crate::services::walltime::WallTime;
 use crate::stream::conn::StreamError;
@@ -60,6 +61,8 @@ use crate::wire::ipc::{
 
 use client::Client;
 pub use client::ClientId;
+use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
+pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WorkToken};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
@@ -80,14 +83,6 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// dial or connection failed (`spec/daemon.md` §5).
 pub const REGISTRY_UNREACHABLE: &str = "registry unreachable";
 
-/// The top bit of the ids `info` lists for the daemon's own streams
-/// (services, trust messages), so they never collide with IPC ids.
-const SERVICE_CONN_BIT: u32 = 1 << 31;
-
-/// The id `info` lists for a stream the daemon itself owns.
-fn service_conn_id(cid: ConnId) -> u32 {
-    SERVICE_CONN_BIT | (cid.0 as u32 & !SERVICE_CONN_BIT)
-}
 /// Most requests waiting for one peer resolution (`spec/daemon.md` §7).
 pub const RESOLVE_WAITERS: usize = 64;
 /// Most peer resolutions in progress (`spec/daemon.md` §7).
@@ -150,7 +145,7 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     /// Admin token for broadcast (empty disables it).
     pub admin_token: Vec<u8>,
     /// Use a registry: the driver is asked to dial it
-    /// ([`Action::DialRegistry`]) and the node's address comes from the
+    /// ([`Output::DialRegistry`]) and the node's address comes from the
     /// registration.
     pub registry: bool,
     /// Without a registry: this node's address (peers come from
@@ -223,49 +218,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
     }
 }
 
-/// Something only the driver can do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Open the registry TCP connection, then call
-    /// [`Daemon::registry_connected`] (or [`Daemon::registry_disconnected`]).
-    DialRegistry,
-    /// Close the registry connection (the daemon already counts it as
-    /// closed; do not report it back).
-    CloseRegistry,
-    /// Write `trust.json` (this text) atomically.
-    SaveTrust(String),
-    /// Store a received file under `<dir>/received/` (name already safe).
-    SaveReceivedFile {
-        /// File name.
-        name: String,
-        /// Contents.
-        data: Vec<u8>,
-        /// The sender's address.
-        from: Addr,
-    },
-    /// Write the node's profile (`{"hostname","public","tags"}` JSON) so
-    /// that a restart applies it again (`spec/daemon.md` §2).
-    SaveProfile(String),
-    /// Store an inbox record under `<dir>/inbox/` (name already safe).
-    SaveInbox {
-        /// File name.
-        name: String,
-        /// JSON text.
-        json: String,
-    },
-    /// A trust event to log (`spec/daemon.md` §6).
-    Trust(crate::services::handshake::TrustEvent),
-    /// The registry accepted the node (logs, readiness).
-    Registered {
-        /// Node ID.
-        node_id: u32,
-        /// Backbone address text.
-        address: String,
-    },
-    /// [`Daemon::shutdown`] finished: exit.
-    Stopped,
-}
-
 /// Why the daemon refused an operation of the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DaemonError {
@@ -281,42 +233,6 @@ pub enum DaemonError {
     /// The node does not exist yet (not registered).
     #[error("node not ready")]
     NotReady,
-}
-
-/// Who owns an overlay connection and what it is doing.
-#[derive(Debug)]
-enum Role {
-    /// An IPC client's stream.
-    Client {
-        client: ClientId,
-        ipc_id: u32,
-        /// The client waits for `DialOk`.
-        dialing: bool,
-    },
-    /// A built-in service of the [`ServiceHost`].
-    Host,
-    /// An outgoing trust message.
-    TrustOut {
-        out: TrustOutbound,
-        written: usize,
-        connected: bool,
-    },
-}
-
-/// A trust message on its way to a peer's port 444.
-#[derive(Debug)]
-struct TrustOutbound {
-    /// The JSON bytes.
-    msg: Vec<u8>,
-    /// Registry relay to use when the peer cannot be dialled.
-    fallback: Option<RegistryOp>,
-    /// An IPC handshake request waiting for the outcome: client and peer.
-    notify: Option<(ClientId, u32)>,
-}
-
-#[derive(Debug)]
-struct Conn {
-    role: Role,
 }
 
 /// Owner of a bound port.
@@ -457,16 +373,24 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
 
     clients: BTreeMap<ClientId, Client>,
     next_client: u64,
-    conns: BTreeMap<ConnId, Conn>,
-    ipc_conns: BTreeMap<u32, ConnId>,
-    next_ipc_conn: u32,
+    conns: ConnTable,
     ports: BTreeMap<u16, PortOwner>,
 
-    actions: VecDeque<Action>,
+    /// Outputs other than transmits, registry and IPC bytes, in order.
+    outputs: VecDeque<Output>,
     diagnostics: VecDeque<String>,
+    /// Received files and inbox records being written: the data-exchange
+    /// connection waiting for each write's outcome.
+    saves: BTreeMap<WorkToken, ConnId>,
+    next_work: u64,
+    /// The IPC client served last (round robin of [`Output::Ipc`]).
+    ipc_cursor: ClientId,
+    /// The closing [`Output::Timeout`] of this drain was given.
+    timeout_given: bool,
     stopping: Option<Instant>,
     deregistering: bool,
     stopped: bool,
+    stop_given: bool,
 
     stats: DaemonStats,
 }
@@ -496,6 +420,8 @@ pub struct DaemonStats {
     pub tunnels_revoked: u64,
     /// Diagnostic lines dropped because their queue was full.
     pub diagnostics_dropped: u64,
+    /// Disk writes the driver reported failed.
+    pub disk_failures: u64,
 }
 
 /// Most diagnostic lines queued for the driver's debug log.
@@ -515,7 +441,7 @@ type Reply = Result<String, String>;
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// A daemon at `now`. With a registry it asks to dial it at once
-    /// ([`Action::DialRegistry`]); without one the node starts with the
+    /// ([`Output::DialRegistry`]); without one the node starts with the
     /// configured address.
     pub fn new(now: Instant, cfg: DaemonConfig<P, R>) -> Self {
         let registry = cfg.registry.then(|| {
@@ -579,15 +505,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             resolving: BTreeMap::new(),
             clients: BTreeMap::new(),
             next_client: 1,
-            conns: BTreeMap::new(),
-            ipc_conns: BTreeMap::new(),
-            next_ipc_conn: 1,
+            conns: ConnTable::default(),
             ports: BTreeMap::new(),
-            actions: VecDeque::new(),
+            outputs: VecDeque::new(),
             diagnostics: VecDeque::new(),
+            saves: BTreeMap::new(),
+            next_work: 1,
+            ipc_cursor: ClientId(0),
+            timeout_given: false,
             stopping: None,
             deregistering: false,
             stopped: false,
+            stop_given: false,
             stats: DaemonStats::default(),
         };
         if d.registry.is_none() {
@@ -693,6 +622,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         endpoint: SocketAddr,
         identity: Option<[u8; 32]>,
     ) -> Result<(), DaemonError> {
+        self.input(now);
         let node = self.node.as_mut().ok_or(DaemonError::NotReady)?;
         if !node.add_peer(addr, endpoint, identity) {
             return Err(DaemonError::PeerRefused);
@@ -716,7 +646,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// One UDP datagram from the tunnel socket (beacon messages share it
     /// and are ignored). PILS frames are decrypted in place.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
-        self.now = now.max(self.now);
+        self.input(now);
         self.stats.pkts_recv += 1;
         self.stats.bytes_recv += bytes.len() as u64;
         if let Some(node) = self.node.as_mut() {
@@ -725,24 +655,118 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// The next datagram to send (`buf` should hold
-    /// [`crate::node::MIN_TRANSMIT_BUFFER`] bytes).
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    /// The next datagram to send.
+    fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let now = self.now;
         let t = self.node.as_mut()?.poll_transmit(now, buf);
         if let Some(t) = t {
             self.stats.pkts_sent += 1;
             self.stats.bytes_sent += t.len as u64;
+            // Sending may have produced events (writable room, closes).
+            self.drive(now);
         }
-        // Sending may have produced events (writable room, closes).
-        self.drive(now);
         t
+    }
+
+    /// Every input starts here: time only moves forward, and the drain
+    /// that follows ends with a fresh [`Output::Timeout`].
+    fn input(&mut self, now: Instant) {
+        self.now = now.max(self.now);
+        self.timeout_given = false;
+    }
+
+    /// The next thing the driver must do (`buf` should hold
+    /// [`crate::node::MIN_TRANSMIT_BUFFER`] bytes: an
+    /// [`Output::Transmit`] is written into it). Call after every input
+    /// until it returns `None`; the last output of a drain is
+    /// [`Output::Timeout`].
+    pub fn poll_output(&mut self, buf: &mut [u8]) -> Option<Output> {
+        if let Some(o) = self.outputs.pop_front() {
+            return Some(o);
+        }
+        if let Some(line) = self.next_diagnostic() {
+            return Some(Output::Event(DaemonEvent::Diagnostic(line)));
+        }
+        if let Some(bytes) = self.next_registry_bytes() {
+            return Some(Output::RegistryBytes(bytes));
+        }
+        if let Some(o) = self.next_ipc_output() {
+            return Some(o);
+        }
+        if let Some(t) = self.next_transmit(buf) {
+            return Some(Output::Transmit(t));
+        }
+        // A transmit may have queued more (events of the node).
+        if let Some(o) = self.outputs.pop_front() {
+            return Some(o);
+        }
+        if self.stopped && !self.stop_given {
+            self.stop_given = true;
+            return Some(Output::Event(DaemonEvent::Stopped));
+        }
+        if !self.timeout_given {
+            self.timeout_given = true;
+            return Some(Output::Timeout(self.poll_timeout()));
+        }
+        None
+    }
+
+    /// The driver finished the disk work `token` ([`Output::Disk`]):
+    /// `Err(text)` when it failed. A received file or inbox record is
+    /// acknowledged to its sender only now, and a failure is reported to
+    /// the sender as an error (`spec/daemon.md` §1.1).
+    pub fn disk_done(&mut self, now: Instant, token: WorkToken, outcome: Result<(), String>) {
+        self.input(now);
+        if outcome.is_err() {
+            self.stats.disk_failures += 1;
+        }
+        if let Some(conn) = self.saves.remove(&token) {
+            let wall = self.wall(now);
+            if let Some(node) = self.node.as_mut() {
+                let mut io = NodeIo { node, now };
+                let outcome = outcome.as_ref().map(|_| ()).map_err(|e| e.as_str());
+                self.host.save_finished(&mut io, conn, now, wall, outcome);
+            }
+            self.host_actions(now);
+        }
+        self.drive(now);
+    }
+
+    /// Queues disk work and returns its token.
+    fn disk(&mut self, write: DiskWrite) -> WorkToken {
+        let token = WorkToken(self.next_work);
+        self.next_work += 1;
+        self.outputs
+            .push_back(Output::Disk(DiskWork { token, write }));
+        token
+    }
+
+    /// Hands over the output of the next client that has some (round
+    /// robin), or asks to close a client that is done.
+    fn next_ipc_output(&mut self) -> Option<Output> {
+        use core::ops::Bound::{Excluded, Unbounded};
+        let cursor = self.ipc_cursor;
+        let pick = self
+            .clients
+            .range((Excluded(cursor), Unbounded))
+            .chain(self.clients.range(..=cursor))
+            .find(|(_, c)| !c.out.is_empty() || c.close_due())
+            .map(|(id, _)| *id)?;
+        self.ipc_cursor = pick;
+        let c = self.clients.get_mut(&pick)?;
+        if c.out.is_empty() {
+            c.close_given = true;
+            return Some(Output::CloseClient(pick));
+        }
+        let data = c.take_out();
+        Some(Output::Ipc { client: pick, data })
     }
 
     // ----- registry connection -----------------------------------------
 
     /// The registry connection asked for by [`Action::DialRegistry`] is up.
     pub fn registry_connected(&mut self, now: Instant) {
-        self.now = now.max(self.now);
+        self.input(now);
         self.reg_in.clear();
         if let Some(r) = self.registry.as_mut() {
             r.connected(now);
@@ -753,7 +777,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The registry connection failed or closed. Resolutions waiting for
     /// it fail at once ([`REGISTRY_UNREACHABLE`]).
     pub fn registry_disconnected(&mut self, now: Instant) {
-        self.now = now.max(self.now);
+        self.input(now);
         self.reg_in.clear();
         if self.reg_live {
             self.reg_live = false;
@@ -770,7 +794,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Bytes read from the registry connection (any split).
     pub fn handle_registry_bytes(&mut self, now: Instant, bytes: &[u8]) {
-        self.now = now.max(self.now);
+        self.input(now);
         if !self.reg_live {
             return;
         }
@@ -808,7 +832,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if broken {
             self.reg_in.clear();
             self.reg_live = false;
-            self.actions.push_back(Action::CloseRegistry);
+            self.outputs.push_back(Output::CloseRegistry);
             if let Some(reg) = self.registry.as_mut() {
                 reg.disconnected(now);
             }
@@ -817,7 +841,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// The next framed request to write to the registry connection.
-    pub fn poll_registry_bytes(&mut self) -> Option<Vec<u8>> {
+    fn next_registry_bytes(&mut self) -> Option<Vec<u8>> {
         let reg = self.registry.as_mut()?;
         while let Some(req) = reg.poll_transmit() {
             if let Ok(payload) = codec::encode_request(&req) {
@@ -834,7 +858,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// A new IPC client connected. Refused above the client limit and
     /// during shutdown (close the connection).
     pub fn ipc_open(&mut self, now: Instant) -> Result<ClientId, DaemonError> {
-        self.now = now.max(self.now);
+        self.input(now);
         if self.stopping.is_some() {
             return Err(DaemonError::ShuttingDown);
         }
@@ -852,7 +876,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// [`IN_MAX`] unprocessed bytes is a protocol error that closes the
     /// client.
     pub fn handle_ipc_bytes(&mut self, now: Instant, client: ClientId, bytes: &[u8]) {
-        self.now = now.max(self.now);
+        self.input(now);
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
@@ -874,16 +898,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The client disconnected: close its connections, release its ports,
     /// forget its requests (`spec/daemon.md` §2.5).
     pub fn ipc_closed(&mut self, now: Instant, client: ClientId) {
-        self.now = now.max(self.now);
+        self.input(now);
         let Some(c) = self.clients.remove(&client) else {
             return;
         };
-        for cid in c.conns {
-            if let Some(conn) = self.conns.remove(&cid) {
-                if let Role::Client { ipc_id, .. } = conn.role {
-                    self.ipc_conns.remove(&ipc_id);
-                }
-            }
+        for cid in self.conns.detach_client(client) {
             if let Some(node) = self.node.as_mut() {
                 let _ = node.close(now, cid);
             }
@@ -920,16 +939,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         })
     }
 
-    /// Bytes waiting to be written to the client, if any.
-    pub fn ipc_output(&mut self, client: ClientId) -> Option<&[u8]> {
-        let c = self.clients.get(&client)?;
-        let out = c.out.get(c.out_start..)?;
-        (!out.is_empty()).then_some(out)
-    }
-
-    /// The driver wrote the first `n` bytes of [`Daemon::ipc_output`].
-    pub fn ipc_consumed(&mut self, client: ClientId, n: usize) {
-        let now = self.now;
+    /// The driver wrote `n` more bytes of the [`Output::Ipc`] data of
+    /// `client` to its socket.
+    pub fn ipc_consumed(&mut self, now: Instant, client: ClientId, n: usize) {
+        self.input(now);
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
@@ -942,12 +955,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.process_input(now, client);
             self.drive(now);
         }
-    }
-
-    /// Whether the client must be closed once its output is written (after
-    /// a protocol error such as an oversized frame).
-    pub fn ipc_should_close(&self, client: ClientId) -> bool {
-        self.clients.get(&client).is_some_and(|c| c.should_close)
     }
 
     // ----- time -------------------------------------------------------------
@@ -982,7 +989,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Runs everything due at `now` (spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now.max(self.now);
+        self.input(now);
         if let Some(node) = self.node.as_mut() {
             if node.poll_timeout().is_some_and(|(t, _)| t <= now) {
                 node.handle_timeout(now);
@@ -1015,15 +1022,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     // ----- actions and shutdown --------------------------------------------
 
-    /// The next thing only the driver can do.
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
     /// The next line for the driver's debug log: every dropped key
     /// exchange and frame with its reason, endpoint moves, dead peers and
     /// tunnels closed by a revoke. Bounded; overflow is counted.
-    pub fn poll_diagnostic(&mut self) -> Option<String> {
+    fn next_diagnostic(&mut self) -> Option<String> {
         if let Some(d) = self.diagnostics.pop_front() {
             return Some(d);
         }
@@ -1049,14 +1051,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// Graceful stop: FIN on every connection, deregister, then
-    /// [`Action::Stopped`] once done or after the shutdown grace period.
+    /// [`DaemonEvent::Stopped`] once done or after the shutdown grace period.
     pub fn shutdown(&mut self, now: Instant) {
-        self.now = now.max(self.now);
+        self.input(now);
         if self.stopping.is_some() {
             return;
         }
         self.stopping = Some(now + self.shutdown_grace);
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(c, _)| c).collect();
         if let Some(node) = self.node.as_mut() {
             for cid in ids {
                 let _ = node.close(now, cid);
@@ -1082,8 +1084,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         }
         let conns_done = self.node.as_ref().is_none_or(|n| {
-            self.conns.keys().all(|cid| {
-                n.conn_info(*cid).is_none_or(|i| {
+            self.conns.iter().all(|(cid, _)| {
+                n.conn_info(cid).is_none_or(|i| {
                     matches!(
                         i.state,
                         crate::stream::conn::State::TimeWait | crate::stream::conn::State::Closed
@@ -1093,7 +1095,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         });
         if now >= deadline || (!self.deregistering && conns_done) {
             self.stopped = true;
-            self.actions.push_back(Action::Stopped);
         }
     }
 
@@ -1223,37 +1224,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
-    fn alloc_ipc_id(&mut self, cid: ConnId) -> u32 {
-        loop {
-            let id = self.next_ipc_conn;
-            // IPC ids stay below 2^31; the ids `info` gives the daemon's
-            // own streams have the top bit set ([`service_conn_id`]).
-            self.next_ipc_conn = (self.next_ipc_conn.wrapping_add(1) & !SERVICE_CONN_BIT).max(1);
-            if let std::collections::btree_map::Entry::Vacant(e) = self.ipc_conns.entry(id) {
-                e.insert(cid);
-                return id;
-            }
-        }
-    }
-
     /// Gives connection `cid` an IPC id and records it as owned by
-    /// `client` (in the connection table and the client's own set).
+    /// `client`.
     fn attach_client_conn(&mut self, cid: ConnId, client: ClientId, dialing: bool) -> u32 {
-        let ipc_id = self.alloc_ipc_id(cid);
-        self.conns.insert(
-            cid,
-            Conn {
-                role: Role::Client {
-                    client,
-                    ipc_id,
-                    dialing,
-                },
-            },
-        );
-        if let Some(c) = self.clients.get_mut(&client) {
-            c.conns.insert(cid);
-        }
-        ipc_id
+        self.conns.attach_client(cid, client, dialing)
     }
 
     fn on_incoming(&mut self, now: Instant, port: u16) {
@@ -1268,10 +1242,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             let owner = self.ports.get(&port).copied();
             match owner {
                 Some(PortOwner::Client(client)) => {
-                    let full = self
-                        .clients
-                        .get(&client)
-                        .is_none_or(|c| c.conns.len() >= MAX_CONNS_PER_CLIENT);
+                    let full = !self.clients.contains_key(&client)
+                        || self.conns.client_count(client) >= MAX_CONNS_PER_CLIENT;
                     if full {
                         if let Some(node) = self.node.as_mut() {
                             let _ = node.close(now, cid);
@@ -1296,7 +1268,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         .is_some_and(|t| t.trusted().contains_key(&info.remote.node));
                     let remote = PilotSockAddr::new(info.remote, info.remote_port);
                     if self.host.on_accept(now, port, cid, remote, trusted).is_ok() {
-                        self.conns.insert(cid, Conn { role: Role::Host });
+                        self.conns.attach(cid, Role::Host);
                         self.host_io(now, cid, true);
                         self.host_io(now, cid, false);
                     } else if let Some(node) = self.node.as_mut() {
@@ -1313,10 +1285,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn on_connected(&mut self, now: Instant, cid: ConnId) {
-        let Some(conn) = self.conns.get_mut(&cid) else {
+        let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
-        match &mut conn.role {
+        match role {
             Role::Client {
                 client,
                 ipc_id,
@@ -1359,17 +1331,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Reads what a connection has, as far as its consumer has room.
     fn pump_rx(&mut self, now: Instant, cid: ConnId) {
-        if matches!(self.conns.get(&cid).map(|c| &c.role), Some(Role::Host)) {
+        if matches!(self.conns.get(cid), Some(Role::Host)) {
             self.host_io(now, cid, false);
             return;
         }
-        let Some(conn) = self.conns.get_mut(&cid) else {
+        let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
         let Some(node) = self.node.as_mut() else {
             return;
         };
-        match &mut conn.role {
+        match role {
             Role::Client {
                 client,
                 ipc_id,
@@ -1425,7 +1397,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     // End of stream: one CloseOk push, then the connection
                     // is finished for the client.
                     let _ = c.push(&IpcMessage::CloseOk { conn_id: ipc_id });
-                    c.conns.remove(&cid);
                     c.paused.remove(&cid);
                     if c.blocked.is_some_and(|(b, _)| b == cid) {
                         c.blocked = None;
@@ -1436,8 +1407,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             c.input_consumed(used);
                         }
                     }
-                    self.ipc_conns.remove(&ipc_id);
-                    self.conns.remove(&cid);
+                    self.conns.detach(cid);
                     let _ = node.close(now, cid);
                     self.process_input(now, client);
                 }
@@ -1456,17 +1426,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn on_writable(&mut self, now: Instant, cid: ConnId) {
-        if matches!(self.conns.get(&cid).map(|c| &c.role), Some(Role::Host)) {
+        if matches!(self.conns.get(cid), Some(Role::Host)) {
             self.host_io(now, cid, true);
             return;
         }
-        let Some(conn) = self.conns.get_mut(&cid) else {
+        let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
         let Some(node) = self.node.as_mut() else {
             return;
         };
-        match &mut conn.role {
+        match role {
             Role::Client { client, .. } => {
                 let client = *client;
                 let blocked = self
@@ -1493,7 +1463,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     // Message written: close (the FIN follows the data).
                     let _ = node.close(now, cid);
                     let notify = out.notify;
-                    self.conns.remove(&cid);
+                    self.conns.detach(cid);
                     if let Some((client, peer)) = notify {
                         self.handshake_sent(now, client, peer);
                     }
@@ -1503,20 +1473,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn on_closed(&mut self, now: Instant, cid: ConnId, cause: Option<ResetCause>) {
-        let Some(conn) = self.conns.get(&cid) else {
+        let Some(role) = self.conns.get(cid) else {
             return;
         };
-        match conn.role {
+        match *role {
             Role::Client {
                 client,
-                ipc_id,
                 dialing: true,
+                ..
             } => {
-                self.conns.remove(&cid);
-                self.ipc_conns.remove(&ipc_id);
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.conns.remove(&cid);
-                }
+                self.conns.detach(cid);
                 let text = match cause {
                     Some(ResetCause::DialTimeout) => "dial timeout",
                     Some(ResetCause::PathMtu) => {
@@ -1536,15 +1502,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 // Let the service see the end of stream, then forget it.
                 self.host_io(now, cid, false);
                 self.host.on_closed(cid);
-                self.conns.remove(&cid);
+                self.conns.detach(cid);
             }
             Role::TrustOut { connected, .. } => {
                 // Still here, so the message was not completely written.
-                if let Some(Conn {
-                    role: Role::TrustOut { out, .. },
-                    ..
-                }) = self.conns.remove(&cid)
-                {
+                if let Some(Role::TrustOut { out, .. }) = self.conns.detach(cid) {
                     let reason = if connected {
                         "connection reset"
                     } else {
@@ -1741,10 +1703,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.push_error(client, &"dial: daemon not registered yet");
             return;
         }
-        let quota = self
-            .clients
-            .get(&client)
-            .is_some_and(|c| c.conns.len() >= MAX_CONNS_PER_CLIENT);
+        let quota = self.conns.client_count(client) >= MAX_CONNS_PER_CLIENT;
         if quota {
             self.push_error(
                 client,
@@ -1799,12 +1758,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         data: &[u8],
         resume: Option<(ConnId, usize)>,
     ) -> Option<(ConnId, usize)> {
-        let Some(&cid) = self.ipc_conns.get(&conn_id) else {
+        let Some(cid) = self.conns.by_ipc(conn_id) else {
             self.stats.send_failures += 1;
             return None;
         };
         let owned = matches!(
-            self.conns.get(&cid).map(|c| &c.role),
+            self.conns.get(cid),
             Some(Role::Client { client: o, dialing: false, .. }) if *o == client
         );
         let node = self.node.as_mut()?;
@@ -1835,17 +1794,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// stream ends for its owner with a `CloseOk` push, a service's stream
     /// is closed like any other.
     fn ipc_close(&mut self, now: Instant, client: ClientId, conn_id: u32) {
-        if let Some(&cid) = self.ipc_conns.get(&conn_id) {
-            let owner = match self.conns.get(&cid).map(|c| &c.role) {
-                Some(Role::Client { client: o, .. }) => Some(*o),
+        if let Some(cid) = self.conns.by_ipc(conn_id) {
+            let owner = match self.conns.detach(cid) {
+                Some(Role::Client { client: o, .. }) => Some(o),
                 _ => None,
             };
-            self.ipc_conns.remove(&conn_id);
-            self.conns.remove(&cid);
             let mut resume = None;
             if let Some(o) = owner {
                 if let Some(c) = self.clients.get_mut(&o) {
-                    c.conns.remove(&cid);
                     c.paused.remove(&cid);
                     if o != client {
                         let _ = c.push(&IpcMessage::CloseOk { conn_id });
@@ -1869,13 +1825,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.process_input(now, o);
             }
         } else {
-            let other = self
-                .conns
-                .iter()
-                .find(|(cid, c)| {
-                    service_conn_id(**cid) == conn_id && !matches!(c.role, Role::Client { .. })
-                })
-                .map(|(cid, _)| *cid);
+            let other = self.conns.own_by_listed_id(conn_id);
             if let (Some(cid), Some(node)) = (other, self.node.as_mut()) {
                 // A service's or a trust message's stream: its owner sees
                 // the close through the node's events.
@@ -2056,12 +2006,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             ClientEvent::Dial => {
                 self.reg_live = true;
                 self.reg_in.clear();
-                self.actions.push_back(Action::DialRegistry);
+                self.outputs.push_back(Output::DialRegistry);
             }
             ClientEvent::CloseConnection => {
                 self.reg_live = false;
                 self.reg_in.clear();
-                self.actions.push_back(Action::CloseRegistry);
+                self.outputs.push_back(Output::CloseRegistry);
             }
             ClientEvent::Registered {
                 node_id, address, ..
@@ -2136,8 +2086,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.fire(now, Call::ReportTrust(p));
             }
         }
-        self.actions
-            .push_back(Action::Registered { node_id, address });
+        self.outputs
+            .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
     }
 
     /// Asks the driver to persist hostname, visibility and tags.
@@ -2147,7 +2097,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "public": self.public,
             "tags": self.tags,
         });
-        self.actions.push_back(Action::SaveProfile(j.to_string()));
+        self.disk(DiskWrite::Profile(j.to_string()));
     }
 
     /// A registry call whose answer is not needed.
@@ -2390,8 +2340,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// Carries out what the service host asked for. Files and inbox
-    /// records are handed to the driver ([`Action::SaveReceivedFile`],
-    /// [`Action::SaveInbox`]) and reported saved at once.
+    /// records become disk work ([`DiskWrite::ReceivedFile`],
+    /// [`DiskWrite::Inbox`]); the connection waits for
+    /// [`Daemon::disk_done`] before its ACK (or error) goes out.
     fn host_actions(&mut self, now: Instant) {
         while let Some(a) = self.host.poll_action() {
             match a {
@@ -2402,32 +2353,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     from,
                     ..
                 } => {
-                    self.actions.push_back(Action::SaveReceivedFile {
+                    let token = self.disk(DiskWrite::ReceivedFile {
                         name,
                         data,
                         from: from.addr,
                     });
-                    self.host_saved(now, conn);
+                    self.saves.insert(token, conn);
                 }
                 HostAction::SaveInbox {
                     conn, name, json, ..
                 } => {
-                    self.actions.push_back(Action::SaveInbox { name, json });
-                    self.host_saved(now, conn);
+                    let token = self.disk(DiskWrite::Inbox { name, json });
+                    self.saves.insert(token, conn);
                 }
                 HostAction::TrustMessage { from, bytes } => {
                     self.on_trust_bytes(now, bytes, from.node);
                 }
                 HostAction::Event(_) => {}
             }
-        }
-    }
-
-    fn host_saved(&mut self, now: Instant, conn: ConnId) {
-        let wall = self.wall(now);
-        if let Some(node) = self.node.as_mut() {
-            let mut io = NodeIo { node, now };
-            self.host.save_finished(&mut io, conn, now, wall, Ok(()));
         }
     }
 }

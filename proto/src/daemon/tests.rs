@@ -62,6 +62,10 @@ struct Tc {
     /// Largest output backlog the daemon held for this client.
     max_backlog: usize,
     paused_seen: bool,
+    /// Output handed over by the daemon, not yet "written".
+    pending: Vec<u8>,
+    /// The daemon asked to close this client ([`Output::CloseClient`]).
+    closed: bool,
 }
 
 struct Net {
@@ -69,8 +73,14 @@ struct Net {
     ds: Vec<D>,
     reg: Option<Registry>,
     reg_rx: Vec<Vec<u8>>,
-    actions: Vec<Vec<Action>>,
+    /// Outputs other than transmits, registry and IPC bytes, per daemon.
+    actions: Vec<Vec<Output>>,
     cs: Vec<Tc>,
+    /// Per daemon: disk work fails with this text.
+    disk_fail: Vec<Option<String>>,
+    /// Per daemon: disk work is kept in `held`, not completed.
+    hold_disk: Vec<bool>,
+    held: Vec<(usize, DiskWork)>,
 }
 
 impl Net {
@@ -95,6 +105,9 @@ impl Net {
             reg_rx: vec![Vec::new(); n],
             actions: vec![Vec::new(); n],
             cs: Vec::new(),
+            disk_fail: vec![None; n],
+            hold_disk: vec![false; n],
+            held: Vec::new(),
         };
         net.settle();
         net
@@ -129,39 +142,55 @@ impl Net {
             let mut udp = Vec::new();
             for i in 0..self.ds.len() {
                 let now = self.now;
-                while let Some(t) = self.ds[i].poll_transmit(now, &mut buf) {
-                    udp.push((ep(i), t.dst, buf[..t.len].to_vec()));
-                }
-                while let Some(a) = self.ds[i].poll_action() {
-                    moved = true;
-                    match a {
-                        Action::DialRegistry => {
+                while let Some(o) = self.ds[i].poll_output(&mut buf) {
+                    match o {
+                        Output::Transmit(t) => udp.push((ep(i), t.dst, buf[..t.len].to_vec())),
+                        Output::Timeout(_) => {}
+                        Output::DialRegistry => {
+                            moved = true;
                             if self.reg.is_some() {
                                 self.ds[i].registry_connected(now);
                             } else {
                                 self.ds[i].registry_disconnected(now);
                             }
                         }
-                        other => self.actions[i].push(other),
-                    }
-                }
-                while let Some(bytes) = self.ds[i].poll_registry_bytes() {
-                    moved = true;
-                    self.reg_rx[i].extend_from_slice(&bytes);
-                    while let Some((payload, used)) =
-                        codec::decode_frame(&self.reg_rx[i], REGISTRY_MAX_FRAME).unwrap()
-                    {
-                        let req = codec::decode_request(payload).unwrap();
-                        self.reg_rx[i].drain(..used);
-                        let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + i as u16));
-                        let reply = self.reg.as_mut().unwrap().handle(now, peer, req);
-                        let out =
-                            codec::frame_vec(&codec::encode_response(&reply.response).unwrap())
-                                .unwrap();
-                        // Deliver in two pieces to exercise reassembly.
-                        let (a, b) = out.split_at(out.len() / 2);
-                        self.ds[i].handle_registry_bytes(now, a);
-                        self.ds[i].handle_registry_bytes(now, b);
+                        Output::RegistryBytes(bytes) => {
+                            moved = true;
+                            self.registry_bytes(i, &bytes);
+                        }
+                        Output::Ipc { client, data } => {
+                            moved = true;
+                            let c = self
+                                .cs
+                                .iter_mut()
+                                .find(|c| c.d == i && c.id == client)
+                                .expect("output for a known client");
+                            c.pending.extend_from_slice(&data);
+                        }
+                        Output::CloseClient(client) => {
+                            moved = true;
+                            for c in self.cs.iter_mut().filter(|c| c.d == i && c.id == client) {
+                                c.closed = true;
+                            }
+                            self.ds[i].ipc_closed(now, client);
+                        }
+                        Output::Disk(w) if self.hold_disk[i] => {
+                            moved = true;
+                            self.held.push((i, w));
+                        }
+                        Output::Disk(w) => {
+                            moved = true;
+                            let outcome = match &self.disk_fail[i] {
+                                Some(e) => Err(e.clone()),
+                                None => Ok(()),
+                            };
+                            self.ds[i].disk_done(now, w.token, outcome);
+                            self.actions[i].push(Output::Disk(w));
+                        }
+                        other => {
+                            moved = true;
+                            self.actions[i].push(other);
+                        }
                     }
                 }
             }
@@ -178,14 +207,12 @@ impl Net {
                     c.tx_pos = end;
                     moved = true;
                 }
-                if let Some(out) = d.ipc_output(c.id) {
-                    c.max_backlog = c.max_backlog.max(out.len());
-                    let n = c.rate.map_or(out.len(), |r| r.min(out.len()));
-                    if n > 0 {
-                        c.rx.extend_from_slice(&out[..n]);
-                        d.ipc_consumed(c.id, n);
-                        moved = true;
-                    }
+                c.max_backlog = c.max_backlog.max(c.pending.len());
+                let n = c.rate.map_or(c.pending.len(), |r| r.min(c.pending.len()));
+                if n > 0 && !c.closed {
+                    c.rx.extend(c.pending.drain(..n));
+                    d.ipc_consumed(self.now, c.id, n);
+                    moved = true;
                 }
             }
             for (from, dst, mut bytes) in udp {
@@ -195,10 +222,34 @@ impl Net {
                 self.ds[idx].handle_udp(now, from, &mut bytes);
             }
             if !moved {
+                // The connection table's indices agree after every step.
+                for d in &self.ds {
+                    d.conns.check();
+                }
                 return;
             }
         }
         panic!("network did not settle");
+    }
+
+    /// Bytes daemon `i` wrote to the registry connection: every complete
+    /// request is answered, the reply delivered in two pieces to exercise
+    /// reassembly.
+    fn registry_bytes(&mut self, i: usize, bytes: &[u8]) {
+        let now = self.now;
+        self.reg_rx[i].extend_from_slice(bytes);
+        while let Some((payload, used)) =
+            codec::decode_frame(&self.reg_rx[i], REGISTRY_MAX_FRAME).unwrap()
+        {
+            let req = codec::decode_request(payload).unwrap();
+            self.reg_rx[i].drain(..used);
+            let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + i as u16));
+            let reply = self.reg.as_mut().unwrap().handle(now, peer, req);
+            let out = codec::frame_vec(&codec::encode_response(&reply.response).unwrap()).unwrap();
+            let (a, b) = out.split_at(out.len() / 2);
+            self.ds[i].handle_registry_bytes(now, a);
+            self.ds[i].handle_registry_bytes(now, b);
+        }
     }
 
     fn advance(&mut self, dur: Duration) {
@@ -244,6 +295,8 @@ impl Net {
             rate: None,
             max_backlog: 0,
             paused_seen: false,
+            pending: Vec::new(),
+            closed: false,
         });
         self.cs.len() - 1
     }
@@ -372,7 +425,9 @@ fn registers_and_reports_status() {
         let reg = net.actions[i]
             .iter()
             .find_map(|a| match a {
-                Action::Registered { node_id, address } => Some((*node_id, address.clone())),
+                Output::Event(DaemonEvent::Registered { node_id, address }) => {
+                    Some((*node_id, address.clone()))
+                }
                 _ => None,
             })
             .expect("registered");
@@ -570,7 +625,7 @@ fn error_replies_and_oversized_frame_closes_only_that_client() {
     // Malformed payload: named error, connection stays.
     net.raw(a, &[0, 0, 0, 2, 0x01, 0x03]);
     assert_eq!(net.error_text(a), "bind: missing port");
-    assert!(!net.ds[0].ipc_should_close(net.cs[a].id));
+    assert!(!net.cs[a].closed);
     // Dial to an unknown node without a registry.
     net.send(
         a,
@@ -584,8 +639,8 @@ fn error_replies_and_oversized_frame_closes_only_that_client() {
     net.raw(a, &[0x00, 0x10, 0x00, 0x01, 0x06]);
     let text = net.error_text(a);
     assert!(text.starts_with("frame too large"), "{text}");
-    assert!(net.ds[0].ipc_should_close(net.cs[a].id));
-    assert!(!net.ds[0].ipc_should_close(net.cs[other].id));
+    assert!(net.cs[a].closed, "closed once the error was written");
+    assert!(!net.cs[other].closed);
     let info = net.info(other);
     assert_eq!(info["node_id"], 1);
 }
@@ -667,7 +722,7 @@ fn private_node_unreachable_until_manual_approval() {
     assert_eq!(r["status"], "approved");
     net.advance(Duration::from_secs(31));
     assert!(net.actions[1].iter().any(
-        |a| matches!(a, Action::SaveTrust(t) if t.contains(&format!("\"node_id\": {}", aa.node)))
+        |a| matches!(a, Output::Disk(DiskWork { write: DiskWrite::Trust(t), .. }) if t.contains(&format!("\"node_id\": {}", aa.node)))
     ));
     let t = net.handshake(a, HandshakeRequest::ListTrusted);
     assert_eq!(t["trusted"][0]["node_id"], bb.node, "{t}");
@@ -825,7 +880,11 @@ fn shutdown_deregisters_and_stops() {
     net.ds[0].shutdown(now);
     assert!(net.ds[0].ipc_open(now).is_err());
     net.advance(Duration::from_secs(4));
-    assert!(net.actions[0].contains(&Action::Stopped));
+    assert!(
+        net.actions[0].contains(&Output::Event(DaemonEvent::Stopped)),
+        "{:?}",
+        net.actions[0]
+    );
     let reg = net.reg.as_ref().unwrap();
     assert!(!reg.state().nodes.contains_key(&id), "deregistered");
 }
@@ -859,7 +918,10 @@ fn data_exchange_file_is_saved_and_acknowledged() {
     let saved = net.actions[1]
         .iter()
         .find_map(|x| match x {
-            Action::SaveReceivedFile { name, data, .. } => Some((name.clone(), data.clone())),
+            Output::Disk(DiskWork {
+                write: DiskWrite::ReceivedFile { name, data, .. },
+                ..
+            }) => Some((name.clone(), data.clone())),
             _ => None,
         })
         .expect("file handed to the driver");
@@ -873,6 +935,86 @@ fn data_exchange_file_is_saved_and_acknowledged() {
         }
     }
     let (ack, _) = Frame::parse(&got, u32::MAX).unwrap().expect("ACK frame");
+    assert_eq!(ack.payload, b"ACK FILE 13 bytes");
+}
+
+/// Sends one data-exchange file frame from client `a` of daemon 0 to
+/// daemon 1 and returns the text of the reply frame on the stream, if any.
+fn send_file_and_read_reply(net: &mut Net, a: usize, conn: u32) -> Option<String> {
+    use crate::services::dataexchange::{FileBody, Frame, FrameType};
+    let body = FileBody::Named {
+        name: b"notes.txt",
+        data: b"file contents",
+    };
+    let mut payload = vec![0u8; body.encoded_len()];
+    body.encode(&mut payload).unwrap();
+    let f = Frame {
+        frame_type: FrameType::File,
+        payload: &payload,
+    };
+    let mut bytes = vec![0u8; f.encoded_len()];
+    f.encode(&mut bytes).unwrap();
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: &bytes,
+        },
+    );
+    net.advance(Duration::from_millis(200));
+    let mut got = Vec::new();
+    for body in net.bodies(a) {
+        if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
+            got.extend_from_slice(data);
+        }
+    }
+    Frame::parse(&got, u32::MAX)
+        .unwrap()
+        .map(|(f, _)| String::from_utf8_lossy(f.payload).into_owned())
+}
+
+#[test]
+fn a_failed_file_write_is_reported_to_the_sender_not_acknowledged() {
+    let mut net = Net::mesh(2);
+    net.disk_fail[1] = Some("No space left on device".into());
+    let a = net.open(0);
+    let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
+    let reply = send_file_and_read_reply(&mut net, a, conn).expect("a reply frame");
+    assert_eq!(reply, "ERR FILE save failed: No space left on device");
+    assert_eq!(net.ds[1].stats().disk_failures, 1);
+}
+
+#[test]
+fn the_ack_waits_for_the_disk_write() {
+    // The driver holds the write: no ACK goes out until it reports.
+    let mut net = Net::mesh(2);
+    let a = net.open(0);
+    let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
+    net.hold_disk[1] = true;
+    assert_eq!(
+        send_file_and_read_reply(&mut net, a, conn),
+        None,
+        "no ACK yet"
+    );
+    let token = net
+        .held
+        .iter()
+        .find_map(|(i, w)| {
+            (*i == 1 && matches!(w.write, DiskWrite::ReceivedFile { .. })).then_some(w.token)
+        })
+        .expect("the file write was requested");
+    let now = net.now;
+    net.ds[1].disk_done(now, token, Ok(()));
+    net.advance(Duration::from_millis(200));
+    let mut got = Vec::new();
+    for body in net.bodies(a) {
+        if let IpcMessage::Recv { data, .. } = IpcMessage::decode(&body).unwrap() {
+            got.extend_from_slice(data);
+        }
+    }
+    let (ack, _) = crate::services::dataexchange::Frame::parse(&got, u32::MAX)
+        .unwrap()
+        .expect("ACK frame after the write");
     assert_eq!(ack.payload, b"ACK FILE 13 bytes");
 }
 
@@ -1132,7 +1274,7 @@ fn same_network_request_auto_approves() {
     assert_eq!(tb["trusted"][0]["network"], shared, "{tb}");
     assert_eq!(tb["trusted"][0]["mutual"], false, "{tb}");
     assert!(net.actions[1].iter().any(
-        |x| matches!(x, Action::SaveTrust(t) if t.contains(&format!("\"node_id\": {}", aa.node)))
+        |x| matches!(x, Output::Disk(DiskWork { write: DiskWrite::Trust(t), .. }) if t.contains(&format!("\"node_id\": {}", aa.node)))
     ));
     // B's accept reached A, which now trusts B too.
     let ta = net.handshake(a, HandshakeRequest::ListTrusted);

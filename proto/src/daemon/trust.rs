@@ -7,7 +7,7 @@
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use serde_json::json;
 
-use super::{ClientId, Conn, Daemon, Purpose, Role, TrustOutbound, TrustWaiter, Waiter};
+use super::{ClientId, Daemon, Purpose, Role, TrustOutbound, TrustWaiter, Waiter};
 use crate::addr::{Addr, ports};
 use crate::crypto::provider::CryptoProvider;
 use crate::registry::client::Call;
@@ -78,13 +78,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         ));
                     }
                 }
-                Effect::Event(ev) => self.actions.push_back(super::Action::Trust(ev)),
+                Effect::Event(ev) => self
+                    .outputs
+                    .push_back(super::Output::Event(super::DaemonEvent::Trust(ev))),
             }
         }
         if persist {
-            if let Some(t) = self.trust.as_ref() {
-                self.actions
-                    .push_back(super::Action::SaveTrust(t.to_file().to_json()));
+            if let Some(text) = self.trust.as_ref().map(|t| t.to_file().to_json()) {
+                self.disk(super::DiskWrite::Trust(text));
             }
         }
         self.check_trust_waiters(now);
@@ -156,14 +157,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .map(|n| n.connect(now, addr, ports::HANDSHAKE));
         match res {
             Some(Ok(cid)) => {
-                self.conns.insert(
+                self.conns.attach(
                     cid,
-                    Conn {
-                        role: Role::TrustOut {
-                            out,
-                            written: 0,
-                            connected: false,
-                        },
+                    Role::TrustOut {
+                        out,
+                        written: 0,
+                        connected: false,
                     },
                 );
             }
