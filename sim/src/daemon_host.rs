@@ -1,6 +1,6 @@
 //! A full daemon inside the simulator: the **one** module that drives
-//! `pilot_proto::daemon::Daemon` (its inputs, its output queues, its
-//! actions). Everything else in the simulator talks to a [`DaemonHost`]
+//! `pilot_proto::daemon::Daemon` (its inputs and its single output
+//! channel, `poll_output`). Everything else in the simulator talks to a [`DaemonHost`]
 //! through IPC bytes, datagrams and virtual time, so a change of the
 //! daemon's API is a change of this file alone.
 //!
@@ -14,15 +14,19 @@
 //!   when the daemon asks to dial (`registry_connected` once the connect
 //!   completes, `registry_disconnected` when it fails or is reset).
 //! - **Disk**: [`MemDisk`], an in-memory file tree receiving `trust.json`,
-//!   received files, inbox records and the profile.
+//!   received files, inbox records and the profile; every write is
+//!   reported done (or failed, when [`MemDisk::fail`] is set).
 //! - **Applications**: IPC clients ([`AppId`]). An application writes
 //!   encoded IPC frames ([`DaemonHost::app_send`]) and every complete
 //!   frame the daemon writes back is reported as [`HostEvent::Ipc`]
 //!   (bytes, decoded by the scenario with the IPC wire codec). Input is
 //!   fed only while the daemon does not pause reading, as a socket would.
 //!
-//! After every input the host drains the daemon completely (transmits,
-//! registry bytes, actions, IPC output, diagnostics) until nothing moves.
+//! After every input the host drains `poll_output` until `None`, carries
+//! out each output (datagrams, registry bytes, IPC bytes, client closes,
+//! disk work, events, the timer), reports the completions back
+//! (`ipc_consumed`, `disk_done`, `ipc_closed`) and repeats until nothing
+//! moves.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,7 +34,9 @@ use std::net::SocketAddr;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::RustCrypto;
-use pilot_proto::daemon::{Action, ClientId, Daemon, DaemonConfig};
+use pilot_proto::daemon::{
+    ClientId, Daemon, DaemonConfig, DaemonEvent, DiskWrite, Output, WorkToken,
+};
 use pilot_proto::node::MIN_TRANSMIT_BUFFER;
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
@@ -87,6 +93,28 @@ pub struct MemDisk {
     /// Files by path (`trust.json`, `received/NAME`, `inbox/NAME`,
     /// `profile.json`).
     pub files: BTreeMap<String, Vec<u8>>,
+    /// When set, every write fails with this text (a full or read-only
+    /// disk).
+    pub fail: Option<String>,
+}
+
+impl MemDisk {
+    /// Performs one write the daemon asked for; the path written.
+    pub fn write(&mut self, w: &DiskWrite) -> Result<String, String> {
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        let (path, data) = match w {
+            DiskWrite::Trust(t) => ("trust.json".to_owned(), t.as_bytes().to_vec()),
+            DiskWrite::Profile(p) => ("profile.json".to_owned(), p.as_bytes().to_vec()),
+            DiskWrite::ReceivedFile { name, data, .. } => {
+                (format!("received/{name}"), data.clone())
+            }
+            DiskWrite::Inbox { name, json } => (format!("inbox/{name}"), json.as_bytes().to_vec()),
+        };
+        self.files.insert(path.clone(), data);
+        Ok(path)
+    }
 }
 
 /// How to build a daemon.
@@ -131,6 +159,8 @@ pub struct DaemonHost {
     pub disk: MemDisk,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<HostEvent>,
+    /// The daemon's timer (its last [`Output::Timeout`]).
+    timer: Option<Instant>,
     buf: Vec<u8>,
     /// Debug-log lines the daemon produced (counted, not kept).
     pub diagnostics: u64,
@@ -177,6 +207,7 @@ impl DaemonHost {
             disk: MemDisk::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            timer: None,
             buf: vec![0; MIN_TRANSMIT_BUFFER],
             diagnostics: 0,
             registry_dials: 0,
@@ -268,28 +299,67 @@ impl DaemonHost {
         self.pump(now);
     }
 
-    /// Drains every output of the daemon until nothing moves.
+    /// Drains the daemon's output channel until nothing moves: every
+    /// [`Output`] is carried out, then the completions it implies (IPC
+    /// bytes written, disk work done, clients closed) and the registry
+    /// connection's news go back in, and the applications' input is fed
+    /// while the daemon reads.
     fn pump(&mut self, now: Instant) {
         for _ in 0..1_000_000 {
-            let mut moved = false;
-            while let Some(t) = self.daemon.poll_transmit(now, &mut self.buf) {
-                moved = true;
-                if let Some(b) = self.buf.get(..t.len) {
-                    self.out.push_back((t.dst, b.to_vec()));
+            let mut written: Vec<(ClientId, usize)> = Vec::new();
+            let mut disk_done: Vec<(WorkToken, Result<(), String>)> = Vec::new();
+            let mut closed: Vec<ClientId> = Vec::new();
+            while let Some(o) = self.daemon.poll_output(&mut self.buf) {
+                match o {
+                    Output::Transmit(t) => {
+                        if let Some(b) = self.buf.get(..t.len) {
+                            self.out.push_back((t.dst, b.to_vec()));
+                        }
+                    }
+                    Output::DialRegistry => self.dial_registry(now),
+                    Output::CloseRegistry => {
+                        if let Some(mut old) = self.tcp.take() {
+                            old.reset();
+                            self.flush_tcp(&mut old);
+                        }
+                    }
+                    Output::RegistryBytes(bytes) => {
+                        if let Some(t) = self.tcp.as_mut() {
+                            t.write(now, &bytes);
+                        }
+                    }
+                    Output::Ipc { client, data } => {
+                        // The application reads everything at once.
+                        if let Some(a) = self.apps.values_mut().find(|a| a.id == client) {
+                            a.rx.extend_from_slice(&data);
+                        }
+                        written.push((client, data.len()));
+                    }
+                    Output::CloseClient(client) => closed.push(client),
+                    Output::Disk(work) => {
+                        let r = self.disk.write(&work.write);
+                        if let Ok(path) = &r {
+                            self.events.push_back(HostEvent::Saved(path.clone()));
+                        }
+                        disk_done.push((work.token, r.map(|_| ())));
+                    }
+                    Output::Event(ev) => self.event(ev),
+                    Output::Timeout(t) => self.timer = t,
                 }
             }
-            while let Some(bytes) = self.daemon.poll_registry_bytes() {
-                moved = true;
-                if let Some(t) = self.tcp.as_mut() {
-                    t.write(now, &bytes);
+            let mut moved = !(written.is_empty() && disk_done.is_empty() && closed.is_empty());
+            for (client, n) in written {
+                self.daemon.ipc_consumed(now, client, n);
+            }
+            for (token, r) in disk_done {
+                self.daemon.disk_done(now, token, r);
+            }
+            for client in closed {
+                if let Some((app, a)) = self.apps.iter_mut().find(|(_, a)| a.id == client) {
+                    a.closed = true;
+                    self.events.push_back(HostEvent::AppClosed(*app));
                 }
-            }
-            while let Some(a) = self.daemon.poll_action() {
-                moved = true;
-                self.action(now, a);
-            }
-            while self.daemon.poll_diagnostic().is_some() {
-                self.diagnostics += 1;
+                self.daemon.ipc_closed(now, client);
             }
             moved |= self.pump_tcp(now);
             moved |= self.pump_apps(now);
@@ -299,44 +369,27 @@ impl DaemonHost {
         }
     }
 
-    fn action(&mut self, now: Instant, a: Action) {
-        match a {
-            Action::DialRegistry => {
-                if let Some(mut old) = self.tcp.take() {
-                    old.reset();
-                    self.flush_tcp(&mut old);
-                }
-                self.registry_dials += 1;
-                let conn = self.next_conn;
-                self.next_conn = self.next_conn.wrapping_add(1);
-                self.tcp = Some(TcpEnd::connect(now, RENDEZVOUS_ADDR, conn));
-                self.tcp_reported_open = false;
-            }
-            Action::CloseRegistry => {
-                if let Some(mut old) = self.tcp.take() {
-                    old.reset();
-                    self.flush_tcp(&mut old);
-                }
-            }
-            Action::SaveTrust(text) => self.save("trust.json".into(), text.into_bytes()),
-            Action::SaveProfile(text) => self.save("profile.json".into(), text.into_bytes()),
-            Action::SaveReceivedFile { name, data, .. } => {
-                self.save(format!("received/{name}"), data)
-            }
-            Action::SaveInbox { name, json } => {
-                self.save(format!("inbox/{name}"), json.into_bytes())
-            }
-            Action::Trust(ev) => self.events.push_back(HostEvent::Trust(format!("{ev:?}"))),
-            Action::Registered { node_id, address } => self
-                .events
-                .push_back(HostEvent::Registered { node_id, address }),
-            Action::Stopped => self.events.push_back(HostEvent::Stopped),
+    fn dial_registry(&mut self, now: Instant) {
+        if let Some(mut old) = self.tcp.take() {
+            old.reset();
+            self.flush_tcp(&mut old);
         }
+        self.registry_dials += 1;
+        let conn = self.next_conn;
+        self.next_conn = self.next_conn.wrapping_add(1);
+        self.tcp = Some(TcpEnd::connect(now, RENDEZVOUS_ADDR, conn));
+        self.tcp_reported_open = false;
     }
 
-    fn save(&mut self, path: String, data: Vec<u8>) {
-        self.events.push_back(HostEvent::Saved(path.clone()));
-        self.disk.files.insert(path, data);
+    fn event(&mut self, ev: DaemonEvent) {
+        match ev {
+            DaemonEvent::Registered { node_id, address } => self
+                .events
+                .push_back(HostEvent::Registered { node_id, address }),
+            DaemonEvent::Trust(t) => self.events.push_back(HostEvent::Trust(format!("{t:?}"))),
+            DaemonEvent::Diagnostic(_) => self.diagnostics += 1,
+            DaemonEvent::Stopped => self.events.push_back(HostEvent::Stopped),
+        }
     }
 
     fn flush_tcp(&mut self, t: &mut TcpEnd) {
@@ -377,44 +430,26 @@ impl DaemonHost {
 
     fn pump_apps(&mut self, now: Instant) -> bool {
         let mut moved = false;
-        let ids: Vec<AppId> = self.apps.keys().copied().collect();
-        for app in ids {
-            let Some(a) = self.apps.get_mut(&app) else {
-                continue;
-            };
+        for (app, a) in self.apps.iter_mut() {
             if a.closed {
                 continue;
             }
-            let cid = a.id;
             // Input, while the daemon reads.
-            while !a.tx.is_empty() && !self.daemon.ipc_read_paused(cid) {
+            while !a.tx.is_empty() && !self.daemon.ipc_read_paused(a.id) {
                 let n = a.tx.len().min(READ_CHUNK);
                 let chunk: Vec<u8> = a.tx.drain(..n).collect();
-                self.daemon.handle_ipc_bytes(now, cid, &chunk);
-                moved = true;
-            }
-            // Output, all of it (the application reads promptly).
-            if let Some(out) = self.daemon.ipc_output(cid) {
-                let n = out.len();
-                a.rx.extend_from_slice(out);
-                self.daemon.ipc_consumed(cid, n);
+                self.daemon.handle_ipc_bytes(now, a.id, &chunk);
                 moved = true;
             }
             let mut pos = 0;
             while let Ok(Some((body, used))) = parse_frame(a.rx.get(pos..).unwrap_or(&[])) {
                 self.events.push_back(HostEvent::Ipc {
-                    app,
+                    app: *app,
                     body: body.to_vec(),
                 });
                 pos += used;
             }
             a.rx.drain(..pos.min(a.rx.len()));
-            if self.daemon.ipc_should_close(cid) && self.daemon.ipc_output(cid).is_none() {
-                a.closed = true;
-                self.daemon.ipc_closed(now, cid);
-                self.events.push_back(HostEvent::AppClosed(app));
-                moved = true;
-            }
         }
         moved
     }
@@ -441,7 +476,7 @@ impl SimNode for DaemonHost {
         if let Some(t) = self.tcp.as_mut() {
             t.handle_timeout(now);
         }
-        if self.daemon.poll_timeout().is_some_and(|t| t <= now) {
+        if self.timer.is_some_and(|t| t <= now) {
             self.daemon.handle_timeout(now);
         }
         self.pump(now);
@@ -457,9 +492,8 @@ impl SimNode for DaemonHost {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let d = self.daemon.poll_timeout();
         let t = self.tcp.as_ref().and_then(|t| t.poll_timeout());
-        d.into_iter().chain(t).min()
+        self.timer.into_iter().chain(t).min()
     }
 
     fn poll_event(&mut self) -> Option<HostEvent> {
