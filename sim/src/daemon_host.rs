@@ -221,6 +221,11 @@ impl DaemonHost {
         self.daemon.address()
     }
 
+    /// The daemon's counters.
+    pub fn daemon_stats(&self) -> pilot_proto::daemon::DaemonStats {
+        self.daemon.stats()
+    }
+
     /// Whether the daemon was configured public.
     pub fn public(&self) -> bool {
         self.public

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pilot_proto::wire::ipc::IpcMessage;
+use pilot_proto::wire::ipc::{HandshakeRequest, IpcMessage};
 use pilot_sim::config::SimConfig;
 use pilot_sim::net::Net;
 use pilot_sim::scenario::{Registry, check_determinism};
@@ -151,4 +151,53 @@ fn restart_restores_from_the_records_only() {
     for id in &ids {
         assert!(reg.state().nodes.contains_key(id));
     }
+}
+
+/// A disk that refuses writes: the daemon learns it (counted), trust still
+/// holds in memory, and nothing lands on that disk.
+#[test]
+fn failed_trust_write_is_reported_and_not_saved() {
+    let c = cfg(&["--scenario", "daemon-trust"]);
+    let mut net = Net::new(&c, 3, 2, |_| false);
+    assert!(net.wait_registered(Duration::from_secs(60)));
+    net.with_host(1, |h, _| {
+        h.disk.fail = Some("no space left on device".into())
+    });
+    let (a0, a1) = (net.addr(0).unwrap().node, net.addr(1).unwrap().node);
+    let apps = [net.open_app(0).unwrap(), net.open_app(1).unwrap()];
+    for (i, peer) in [(0, a1), (1, a0)] {
+        let m = IpcMessage::Handshake(HandshakeRequest::Request {
+            node_id: peer,
+            justification: "t",
+        });
+        let r = net.call(i, apps[i], &m, Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            IpcMessage::decode(&r).unwrap(),
+            IpcMessage::HandshakeOk(_)
+        ));
+    }
+    let trusted = |net: &mut Net, i: usize, peer: u32| {
+        let m = IpcMessage::Handshake(HandshakeRequest::ListTrusted);
+        let r = net.call(i, apps[i], &m, Duration::from_secs(60));
+        r.as_deref()
+            .and_then(|b| match IpcMessage::decode(b).ok()? {
+                IpcMessage::HandshakeOk(j) => serde_json::from_str::<serde_json::Value>(j).ok(),
+                _ => None,
+            })
+            .is_some_and(|v| {
+                v["trusted"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|e| e["node_id"] == peer))
+            })
+    };
+    assert!(net.run_until(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        |net| { trusted(net, 0, a1) && trusted(net, 1, a0) }
+    ));
+    let (h0, h1) = (net.host(0).unwrap(), net.host(1).unwrap());
+    assert!(h0.disk.files.contains_key("trust.json"));
+    assert!(!h1.disk.files.contains_key("trust.json"));
+    assert_eq!(h0.daemon_stats().disk_failures, 0);
+    assert!(h1.daemon_stats().disk_failures > 0);
 }
