@@ -17,6 +17,16 @@
 //! - [`config`]: the command-line contract as a library value
 //!   ([`config::SimConfig`]) and the fault chain it implies.
 //! - [`pilot`]: the protocol node as a [`SimNode`].
+//! - [`pair`]: two ends of one stream connection on a simulated path (the
+//!   transport's lossy-path tests).
+//! - [`tcp`]: the reliable byte stream the registry's TCP connections
+//!   are modelled with (loss becomes delay).
+//! - [`rendezvous`]: the registry and beacon state machines with an
+//!   in-memory store, as a [`SimNode`].
+//! - [`daemon_host`]: a full daemon with its disk and IPC applications,
+//!   as a [`SimNode`] (the only module that drives the daemon's API).
+//! - [`net`]: whole networks (a rendezvous and daemon hosts) and the
+//!   harness that scripts them.
 //! - [`scenarios`]: the built-in scenarios over it.
 //! - [`cli`]: the `pilot-sim` runner (seeds, JSON lines, repro commands).
 //!
@@ -33,15 +43,20 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon_host;
 pub mod engine;
 pub mod fault;
 pub mod hashing;
+pub mod net;
 pub mod node;
+pub mod pair;
 pub mod pilot;
+pub mod rendezvous;
 pub mod scenario;
 pub mod scenarios;
 pub mod seed;
 pub mod sweep;
+pub mod tcp;
 pub mod trace;
 
 pub use check::{CheckResult, Checker};

@@ -3,6 +3,7 @@
 //! count, volume, duration, profile and every fault flag of the
 //! [`SimConfig`] (the engine applies the faults).
 
+pub mod daemon;
 pub mod datagram;
 pub mod hostile;
 pub mod lifecycle;
@@ -26,6 +27,9 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(rekey::RekeyScenario));
     r.register(Box::new(hostile::HostileScenario));
     r.register(Box::new(lifecycle::LifecycleScenario));
+    r.register(Box::new(daemon::DaemonTrustScenario));
+    r.register(Box::new(daemon::DaemonEchoScenario));
+    r.register(Box::new(daemon::RegistryRestartScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every

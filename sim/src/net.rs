@@ -1,0 +1,366 @@
+//! Whole networks: one rendezvous ([`Rendezvous`]) and N daemon hosts
+//! ([`DaemonHost`]) in one [`Sim`], and [`Net`], the harness scenarios and
+//! tests use to script them (open applications, send IPC messages, wait
+//! for replies in virtual time, restart the rendezvous).
+//!
+//! Host *i* sits at [`node_addr`]`(i)`; the rendezvous at
+//! [`RENDEZVOUS_ADDR`]. The configuration's fault chain covers every
+//! datagram between them, the registry's TCP segments included (see
+//! [`crate::tcp`] for how loss becomes delay there).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pilot_proto::addr::Addr;
+use pilot_proto::registry::server::Config as RegistryConfig;
+use pilot_proto::time::Instant;
+use pilot_proto::wire::ipc::{Command, IpcMessage};
+
+use crate::config::SimConfig;
+use crate::daemon_host::{AppId, DaemonHost, HostConfig, HostEvent};
+use crate::engine::{Sim, SimError};
+use crate::node::{NodeId, SimNode, Transmit, node_addr};
+use crate::pilot::wire_profile;
+use crate::rendezvous::{RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
+use crate::seed::Seed;
+
+/// A node of a whole network.
+#[allow(clippy::large_enum_variant)]
+pub enum NetNode {
+    /// The rendezvous (registry and beacon).
+    Rendezvous(Rendezvous),
+    /// A daemon host.
+    Host(Box<DaemonHost>),
+}
+
+/// What a node of a whole network reports.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum NetEvent {
+    /// From a daemon host.
+    Host(HostEvent),
+    /// From the rendezvous.
+    Rendezvous(RendezvousEvent),
+}
+
+macro_rules! both {
+    ($self:ident, $n:ident => $e:expr) => {
+        match $self {
+            NetNode::Rendezvous($n) => $e,
+            NetNode::Host($n) => $e,
+        }
+    };
+}
+
+impl SimNode for NetNode {
+    type Event = NetEvent;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        both!(self, n => n.handle_datagram(now, from, bytes))
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        both!(self, n => n.handle_timeout(now))
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        both!(self, n => n.poll_transmit(now, buf))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        both!(self, n => n.poll_timeout())
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent> {
+        match self {
+            NetNode::Rendezvous(n) => n.poll_event().map(NetEvent::Rendezvous),
+            NetNode::Host(n) => n.poll_event().map(NetEvent::Host),
+        }
+    }
+}
+
+/// The registry configuration of simulated networks: the defaults
+/// (rate limits on), nothing else.
+pub fn registry_config(cfg: &SimConfig) -> RegistryConfig {
+    RegistryConfig {
+        profile: wire_profile(cfg),
+        ..RegistryConfig::default()
+    }
+}
+
+/// A rendezvous and `n` daemon hosts, and what they reported.
+pub struct Net {
+    /// The simulation.
+    pub sim: Sim<NetNode>,
+    /// The rendezvous node.
+    pub rendezvous: NodeId,
+    /// The hosts, by index.
+    pub hosts: Vec<NodeId>,
+    registry_cfg: RegistryConfig,
+    /// IPC frame bodies received per (host index, application), in order,
+    /// not yet taken.
+    inbox: BTreeMap<(usize, AppId), VecDeque<Vec<u8>>>,
+    /// Every other event: (time, host index or `None` for the
+    /// rendezvous, event).
+    pub log: Vec<(Instant, Option<usize>, NetEvent)>,
+    /// The first engine error; once set, nothing runs any more.
+    pub error: Option<SimError>,
+}
+
+impl Net {
+    /// Builds the network of `cfg` with `n` hosts; `public(i)` says whether
+    /// host `i` is public.
+    pub fn new(cfg: &SimConfig, seed: u64, n: usize, public: impl Fn(usize) -> bool) -> Net {
+        let seed = Seed::new(seed);
+        let mut addrs: Vec<SocketAddr> = (0..n).map(node_addr).collect();
+        addrs.push(RENDEZVOUS_ADDR);
+        let mut sim = Sim::new(seed, cfg.faults(seed, &addrs));
+        let registry_cfg = registry_config(cfg);
+        let mut error = None;
+        let rendezvous = match sim.add_node(
+            RENDEZVOUS_ADDR,
+            NetNode::Rendezvous(Rendezvous::new(registry_cfg.clone(), Instant::ZERO)),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                error = Some(e);
+                NodeId(0)
+            }
+        };
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let hc = HostConfig {
+                index: i,
+                incarnation: 0,
+                endpoint: node_addr(i),
+                public: public(i),
+                profile: wire_profile(cfg),
+            };
+            let host = DaemonHost::new(seed, &hc, Instant::ZERO);
+            match sim.add_node(node_addr(i), NetNode::Host(Box::new(host))) {
+                Ok(id) => hosts.push(id),
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
+        let mut net = Net {
+            sim,
+            rendezvous,
+            hosts,
+            registry_cfg,
+            inbox: BTreeMap::new(),
+            log: Vec::new(),
+            error,
+        };
+        net.collect();
+        net
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.hosts.iter().position(|h| *h == id)
+    }
+
+    /// Files the events queued so far (outside of a run).
+    fn collect(&mut self) {
+        while let Some((id, ev)) = self.sim.take_event() {
+            self.file(id, ev);
+        }
+    }
+
+    fn file(&mut self, id: NodeId, ev: NetEvent) {
+        let who = self.index_of(id);
+        match (who, ev) {
+            (Some(i), NetEvent::Host(HostEvent::Ipc { app, body })) => {
+                self.inbox.entry((i, app)).or_default().push_back(body);
+            }
+            (who, ev) => self.log.push((self.sim.now(), who, ev)),
+        }
+    }
+
+    /// Whether the run is still healthy (no engine error).
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        if self.error.is_some() {
+            return;
+        }
+        let mut got = Vec::new();
+        let r = self.sim.run_for(d, |_, id, ev| {
+            got.push((id, ev));
+            Ok(())
+        });
+        // Events are filed after the run: run_for's callback cannot
+        // borrow `self`, and nothing here reacts within the run.
+        for (id, ev) in got {
+            self.file(id, ev);
+        }
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
+    }
+
+    /// Runs in steps of `step` until `done(self)` holds or `timeout`
+    /// passes; returns whether it held.
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        step: Duration,
+        mut done: impl FnMut(&mut Net) -> bool,
+    ) -> bool {
+        let end = self.sim.now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.error.is_some() || self.sim.now() >= end {
+                return false;
+            }
+            let left = end.saturating_duration_since(self.sim.now());
+            self.run_for(step.min(left));
+        }
+    }
+
+    /// Gives `f` host `i` (for application calls), then drains it.
+    pub fn with_host<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut DaemonHost, Instant) -> R,
+    ) -> Option<R> {
+        let id = *self.hosts.get(i)?;
+        let r = self.sim.with_node(id, |n, now| match n {
+            NetNode::Host(h) => Some(f(h, now)),
+            NetNode::Rendezvous(_) => None,
+        });
+        self.collect();
+        match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.error = self.error.take().or(Some(e));
+                None
+            }
+        }
+    }
+
+    /// Read access to host `i`.
+    pub fn host(&self, i: usize) -> Option<&DaemonHost> {
+        match self.sim.node(*self.hosts.get(i)?)? {
+            NetNode::Host(h) => Some(h),
+            NetNode::Rendezvous(_) => None,
+        }
+    }
+
+    /// Read access to the rendezvous.
+    pub fn rendezvous(&self) -> Option<&Rendezvous> {
+        match self.sim.node(self.rendezvous)? {
+            NetNode::Rendezvous(r) => Some(r),
+            NetNode::Host(_) => None,
+        }
+    }
+
+    /// Host `i`'s virtual address, once registered.
+    pub fn addr(&self, i: usize) -> Option<Addr> {
+        self.host(i)?.address()
+    }
+
+    /// Runs until every host is registered (or `timeout`).
+    pub fn wait_registered(&mut self, timeout: Duration) -> bool {
+        let n = self.hosts.len();
+        self.run_until(timeout, Duration::from_millis(50), |net| {
+            (0..n).all(|i| net.addr(i).is_some())
+        })
+    }
+
+    /// Opens an application on host `i`.
+    pub fn open_app(&mut self, i: usize) -> Option<AppId> {
+        self.with_host(i, |h, now| h.app_open(now)).flatten()
+    }
+
+    /// Application `app` of host `i` sends `msg`.
+    pub fn send(&mut self, i: usize, app: AppId, msg: &IpcMessage<'_>) -> bool {
+        self.with_host(i, |h, now| h.app_send(now, app, msg))
+            .unwrap_or(false)
+    }
+
+    /// Takes the oldest frame received by `app` of host `i`.
+    pub fn take(&mut self, i: usize, app: AppId) -> Option<Vec<u8>> {
+        self.inbox.get_mut(&(i, app))?.pop_front()
+    }
+
+    /// Takes the oldest frame of `app` on host `i` that `pick` accepts,
+    /// leaving the others in order.
+    pub fn take_where(
+        &mut self,
+        i: usize,
+        app: AppId,
+        mut pick: impl FnMut(&IpcMessage<'_>) -> bool,
+    ) -> Option<Vec<u8>> {
+        let q = self.inbox.get_mut(&(i, app))?;
+        let pos = q
+            .iter()
+            .position(|b| IpcMessage::decode(b).is_ok_and(|m| pick(&m)))?;
+        q.remove(pos)
+    }
+
+    /// Sends `msg` from `app` of host `i` and waits up to `timeout` for
+    /// the reply (the first frame that is not a push, or a `CloseOk`
+    /// answering a `Close`); returns its body.
+    pub fn call(
+        &mut self,
+        i: usize,
+        app: AppId,
+        msg: &IpcMessage<'_>,
+        timeout: Duration,
+    ) -> Option<Vec<u8>> {
+        let req = msg.command();
+        if !self.send(i, app, msg) {
+            return None;
+        }
+        let mut reply = None;
+        self.run_until(timeout, Duration::from_millis(10), |net| {
+            reply = net.take_where(i, app, |m| is_reply_to(req, m));
+            reply.is_some()
+        });
+        reply
+    }
+
+    /// Crashes the rendezvous (its store survives), leaves it down for
+    /// `down`, then restarts it from its store alone.
+    pub fn restart_rendezvous(&mut self, down: Duration) {
+        let id = self.rendezvous;
+        let r = self.sim.with_node(id, |n, _| {
+            if let NetNode::Rendezvous(r) = n {
+                r.crash();
+            }
+        });
+        self.collect();
+        if let Err(e) = r {
+            self.error = self.error.take().or(Some(e));
+            return;
+        }
+        self.run_for(down);
+        let disk = self
+            .rendezvous()
+            .map(|r| r.disk.clone())
+            .unwrap_or_default();
+        let fresh = Rendezvous::restore(self.registry_cfg.clone(), disk, self.sim.now());
+        if let Err(e) = self.sim.replace_node(id, NetNode::Rendezvous(fresh)) {
+            self.error = self.error.take().or(Some(e));
+        }
+        self.collect();
+    }
+}
+
+/// Whether `m` answers a request with command `req`: a reply command, an
+/// error, or the `CloseOk` of a `Close`.
+pub fn is_reply_to(req: Command, m: &IpcMessage<'_>) -> bool {
+    let c = m.command();
+    if c == Command::Error {
+        return true;
+    }
+    if c == Command::CloseOk {
+        return req == Command::Close;
+    }
+    !c.is_push() && c.completes(req)
+}
