@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod ipc_client;
 pub mod pilotctl;
 pub mod rendezvous;
+pub mod udp_io;

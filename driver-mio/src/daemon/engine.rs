@@ -79,6 +79,18 @@ pub trait Engine {
     fn handle_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]);
     /// The next datagram to send, written into `buf`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Datagram>;
+    /// Up to `max_segments` datagrams for one destination, back to back in
+    /// `buf`, all of `segment_size` bytes but a shorter last one (the GSO
+    /// layout); `(dst, len, segment_size)`. By default one datagram.
+    fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<(SocketAddr, usize, usize)> {
+        let _ = max_segments;
+        self.poll_transmit(now, buf).map(|d| (d.dst, d.len, d.len))
+    }
     /// The registry connection is established.
     fn registry_connected(&mut self, now: Instant);
     /// The registry connection failed or closed.

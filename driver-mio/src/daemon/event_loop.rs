@@ -28,6 +28,7 @@ use signal_hook_mio::v1_0::Signals;
 use super::engine::{Action, ClientId, Engine};
 use super::files::{SaveDir, write_atomic};
 use super::ipc_socket::IpcSocket;
+use crate::udp_io::UdpIo;
 
 const UDP: Token = Token(0);
 const REGISTRY: Token = Token(1);
@@ -144,9 +145,9 @@ pub struct EventLoop<E: Engine> {
     next_token: usize,
     udp_more: bool,
     udp_writable: bool,
-    tx_buf: Vec<u8>,
-    /// A datagram in `tx_buf` that could not be sent yet.
-    tx_pending: Option<(usize, SocketAddr)>,
+    /// Batched I/O of the tunnel socket.
+    udp_io: UdpIo,
+    /// Registry read buffer.
     rx_buf: Vec<u8>,
     /// IPC read buffer, allocated (and zeroed) once, reused every turn.
     ipc_buf: Vec<u8>,
@@ -184,6 +185,7 @@ impl<E: Engine> EventLoop<E> {
         start: std::time::Instant,
     ) -> Result<Self, LoopError> {
         let poll = Poll::new()?;
+        let udp_io = UdpIo::new(&parts.udp)?;
         poll.registry()
             .register(&mut parts.udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
         poll.registry()
@@ -213,8 +215,7 @@ impl<E: Engine> EventLoop<E> {
             next_token: FIRST_CLIENT,
             udp_more: true,
             udp_writable: true,
-            tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
-            tx_pending: None,
+            udp_io,
             rx_buf: vec![0u8; DATAGRAM_MAX],
             ipc_buf: vec![0u8; IPC_CHUNK],
             stopping_deadline: None,
@@ -293,6 +294,7 @@ impl<E: Engine> EventLoop<E> {
                 self.engine.handle_timeout(now);
             }
             self.drain(now);
+            self.udp_io.release_if_idle(std::time::Instant::now());
             self.log_drops(now);
             if let Some(deadline) = self.stopping_deadline {
                 if self.exit.is_none() && now >= deadline {
@@ -383,13 +385,13 @@ impl<E: Engine> EventLoop<E> {
         if !self.udp_more {
             return;
         }
-        for _ in 0..UDP_BUDGET {
-            match self.parts.udp.recv_from(&mut self.rx_buf) {
-                Ok((n, from)) => {
-                    if let Some(bytes) = self.rx_buf.get_mut(..n) {
-                        self.engine.handle_udp(now, from, bytes);
-                    }
-                }
+        let mut read = 0;
+        while read < UDP_BUDGET {
+            let engine = &mut self.engine;
+            match self.udp_io.recv(&self.parts.udp, |from, bytes| {
+                engine.handle_udp(now, from, bytes);
+            }) {
+                Ok(n) => read += n.max(1),
                 Err(e) if would_block(&e) => {
                     self.udp_more = false;
                     return;
@@ -409,35 +411,28 @@ impl<E: Engine> EventLoop<E> {
     fn send_udp(&mut self, now: Instant) -> bool {
         let mut progress = false;
         loop {
-            if self.tx_pending.is_none() {
-                match self.engine.poll_transmit(now, &mut self.tx_buf) {
-                    Some(d) => self.tx_pending = Some((d.len, d.dst)),
+            if !self.udp_io.has_pending() {
+                let max = self.udp_io.max_segments();
+                match self
+                    .engine
+                    .poll_transmit_batch(now, self.udp_io.tx_buf(), max)
+                {
+                    Some((dst, len, seg)) => self.udp_io.queue(dst, len, seg),
                     None => return progress,
                 }
             }
             if !self.udp_writable {
                 return progress;
             }
-            let Some((len, dst)) = self.tx_pending else {
-                return progress;
-            };
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                self.tx_pending = None;
-                continue;
-            };
-            match self.parts.udp.send_to(bytes, dst) {
-                Ok(_) => {
-                    self.tx_pending = None;
-                    progress = true;
-                }
+            match self.udp_io.flush(&self.parts.udp) {
+                Ok(()) => progress = true,
                 Err(e) if would_block(&e) => {
                     self.udp_writable = false;
                     return progress;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, %dst, "udp send failed; datagram dropped");
-                    self.tx_pending = None;
+                    tracing::debug!(error = %e, "udp send failed; datagram dropped");
                     progress = true;
                 }
             }

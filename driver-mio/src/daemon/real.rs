@@ -140,6 +140,15 @@ impl Engine for RealDaemon {
             len: t.len,
         })
     }
+    fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<(SocketAddr, usize, usize)> {
+        Daemon::poll_transmit_batch(self, now, buf, max_segments)
+            .map(|b| (b.dst, b.len, b.segment_size))
+    }
     fn registry_connected(&mut self, now: Instant) {
         Daemon::registry_connected(self, now);
     }

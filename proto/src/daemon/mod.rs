@@ -738,6 +738,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         t
     }
 
+    /// Up to `max_segments` datagrams for one destination, back to back
+    /// in `buf` ([`crate::node::Node::poll_transmit_batch`]).
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<crate::node::TransmitBatch> {
+        let t = self
+            .node
+            .as_mut()?
+            .poll_transmit_batch(now, buf, max_segments);
+        if let Some(t) = t {
+            self.stats.pkts_sent += t.segments as u64;
+            self.stats.bytes_sent += t.len as u64;
+        }
+        self.drive(now);
+        t
+    }
+
     // ----- registry connection -----------------------------------------
 
     /// The registry connection asked for by [`Action::DialRegistry`] is up.

@@ -219,6 +219,12 @@ pub struct ConnConfig {
     /// FIN is unacknowledged before the connection gives up. At least
     /// [`MIN_USER_TIMEOUT`].
     pub user_timeout: Duration,
+    /// Largest window in segments, both ways: receive-window autotuning
+    /// grows the ready queue up to it, and the sender keeps up to this
+    /// many segments (and `mss` times as many bytes of congestion window)
+    /// in flight. The default, [`MAX_UNACKED_SEGMENTS`], means no
+    /// autotuning (`spec/transport.md` §6.2).
+    pub window_cap_segments: usize,
 }
 
 impl Default for ConnConfig {
@@ -232,6 +238,7 @@ impl Default for ConnConfig {
             time_wait: TIME_WAIT,
             seed: 0,
             user_timeout: USER_TIMEOUT,
+            window_cap_segments: MAX_UNACKED_SEGMENTS,
         }
     }
 }
@@ -385,6 +392,8 @@ pub struct Connection {
 
     events: VecDeque<Event>,
     stats: ConnStats,
+    /// The sender filled our receive window (autotuning wants more).
+    window_limited: bool,
 }
 
 impl core::fmt::Debug for Connection {
@@ -396,6 +405,29 @@ impl core::fmt::Debug for Connection {
             .field("rcv_nxt", &self.recv.rcv_nxt())
             .finish_non_exhaustive()
     }
+}
+
+/// Congestion control for the connection's window cap: the largest
+/// congestion window is 1 MiB or the cap × segment size, whichever is
+/// larger, and the initial slow-start threshold half of it (as
+/// `INITIAL_SSTHRESH` is half of `MAX_CWND`).
+fn cc_config(cfg: &ConnConfig) -> NewRenoConfig {
+    let base = NewRenoConfig::for_segment(cfg.mss);
+    let max_cwnd = base
+        .max_cwnd
+        .max(cfg.window_cap_segments.saturating_mul(cfg.mss));
+    NewRenoConfig {
+        max_cwnd,
+        initial_ssthresh: base.initial_ssthresh.max(max_cwnd / 2),
+        ..base
+    }
+}
+
+/// A receive buffer with the connection's autotuning cap.
+fn recv_buffer(rcv_nxt: Seq, cfg: &ConnConfig) -> RecvBuffer {
+    let mut r = RecvBuffer::new(rcv_nxt, cfg.recv);
+    r.set_max_segments(cfg.window_cap_segments);
+    r
 }
 
 impl Connection {
@@ -414,9 +446,9 @@ impl Connection {
             isn,
             peer_isn: rcv_nxt.add(u32::MAX),
             send: SendBuffer::new(isn.add(1), send_cfg),
-            recv: RecvBuffer::new(rcv_nxt, cfg.recv),
+            recv: recv_buffer(rcv_nxt, &cfg),
             rtt: RttEstimator::new(),
-            cc: Box::new(NewReno::new(NewRenoConfig::for_segment(mss))),
+            cc: Box::new(NewReno::new(cc_config(&cfg))),
             peer_window: None,
             seg_size: SegmentSize::new(mss),
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -438,6 +470,7 @@ impl Connection {
             dial_deadline: now + cfg.user_timeout,
             reply_fin: None,
             reply_fin_acked: false,
+            window_limited: false,
             rto_at: None,
             last_heard: now,
             timeouts_unheard: 0,
@@ -759,7 +792,7 @@ impl Connection {
         match self.state {
             State::SynSent if seg.ack == self.isn.add(1) => {
                 self.peer_isn = seg.seq;
-                self.recv = RecvBuffer::new(seg.seq.add(1), self.cfg.recv);
+                self.recv = recv_buffer(seg.seq.add(1), &self.cfg);
                 self.peer_window = Some(seg.window);
                 self.state = State::Established;
                 self.syn_pending = false;
@@ -947,6 +980,9 @@ impl Connection {
         }
         let had_fin = self.recv.fin_received();
         let outcome = self.recv.on_data(seg.seq, seg.payload);
+        if self.recv.take_window_limited() {
+            self.window_limited = true;
+        }
         match outcome {
             DataOutcome::Delivered { bytes } => {
                 self.stats.bytes_received += bytes as u64;
@@ -1412,11 +1448,39 @@ impl Connection {
         });
         flight < self.cc.cwnd().min(peer_bytes)
             && self.peer_window.is_none_or(|w| unacked < usize::from(w))
-            && unacked < MAX_UNACKED_SEGMENTS
+            && unacked < MAX_UNACKED_SEGMENTS.max(self.cfg.window_cap_segments)
+    }
+
+    /// The receive window (in segments) autotuning asks for: the sender
+    /// filled the current one while the application kept up. The node
+    /// grants it, within its memory cap, with [`Connection::grow_window`].
+    pub fn window_growth_wanted(&self) -> Option<usize> {
+        if self.window_limited {
+            self.recv.growth_wanted()
+        } else {
+            None
+        }
+    }
+
+    /// Ready-queue slots now (the largest window this side advertises).
+    pub fn window_limit(&self) -> usize {
+        self.recv.limit()
+    }
+
+    /// Grows the receive window to `segments` (see
+    /// [`Connection::window_growth_wanted`]); the next ACK carries it.
+    pub fn grow_window(&mut self, segments: usize) {
+        self.window_limited = false;
+        let before = self.recv.limit();
+        self.recv.grow(segments);
+        if self.recv.limit() > before {
+            self.ack_now = true;
+        }
     }
 
     fn ack_fields(&mut self) -> (Seq, u16) {
         let w = self.recv.window();
+        self.recv.advertised(w);
         self.last_adv_window = w;
         self.ack_now = false;
         self.pending_acks = 0;

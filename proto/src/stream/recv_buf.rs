@@ -18,6 +18,9 @@ use super::consts::{MAX_SEGMENT_BUDGET, OOO_SEGMENTS, RECV_QUEUE_SEGMENTS};
 use super::sack::{MAX_SACK_BLOCKS, SackBlock, SackBlocks};
 use super::seq::Seq;
 
+/// Slot-array capacity kept by an emptied queue; larger ones are freed.
+const IDLE_SLOTS: usize = 16;
+
 /// Capacities of a [`RecvBuffer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecvConfig {
@@ -82,6 +85,18 @@ pub struct RecvBuffer {
     fin: Option<Seq>,
     eof: bool,
     closed: bool,
+    /// Ready-queue slots now (the largest window advertised now); starts
+    /// at `cfg.queue_segments` and grows by autotuning up to `max_limit`
+    /// (`spec/transport.md` §6.2).
+    limit: usize,
+    max_limit: usize,
+    /// `rcv_nxt` and window of the last advertisement.
+    adv_base: Seq,
+    adv_window: u16,
+    /// A segment reached the right edge of the last advertised window
+    /// while it was at least half the limit: the sender is limited by
+    /// our window.
+    edge_reached: bool,
 }
 
 impl RecvBuffer {
@@ -98,6 +113,75 @@ impl RecvBuffer {
             fin: None,
             eof: false,
             closed: false,
+            limit: cfg.queue_segments,
+            max_limit: cfg.queue_segments,
+            adv_base: rcv_nxt,
+            adv_window: 0,
+            edge_reached: false,
+        }
+    }
+
+    /// Lets autotuning grow the ready queue (and the out-of-order buffer
+    /// with it) up to `max_segments` slots (at most `u16::MAX`, the
+    /// largest window field); never below the configured size.
+    pub fn set_max_segments(&mut self, max_segments: usize) {
+        self.max_limit = max_segments
+            .min(usize::from(u16::MAX))
+            .max(self.cfg.queue_segments);
+    }
+
+    /// Ready-queue slots now (the largest window advertised now).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The advertised window `window` was just sent with `rcv_nxt`.
+    pub fn advertised(&mut self, window: u16) {
+        self.adv_base = self.rcv_nxt;
+        self.adv_window = window;
+    }
+
+    /// Whether the sender filled our window since the last call (a
+    /// segment reached the right edge of a window of at least half the
+    /// limit), while the application kept up (the ready queue at most a
+    /// quarter full): the window, not the path or the reader, limits the
+    /// stream. Clears the flag.
+    pub fn take_window_limited(&mut self) -> bool {
+        let limited = self.edge_reached && self.ready.len() <= self.limit / 4;
+        self.edge_reached = false;
+        limited
+    }
+
+    /// The slots autotuning would like next (twice the limit, capped),
+    /// or `None` at the cap.
+    pub fn growth_wanted(&self) -> Option<usize> {
+        let want = self.limit.saturating_mul(2).min(self.max_limit);
+        (want > self.limit).then_some(want)
+    }
+
+    /// Grows the limit to `segments` (never shrinks, never above the cap).
+    pub fn grow(&mut self, segments: usize) {
+        self.limit = segments.min(self.max_limit).max(self.limit);
+    }
+
+    /// Out-of-order slots: the configured number, grown by as many slots
+    /// as autotuning added to the ready queue.
+    fn ooo_limit(&self) -> usize {
+        self.cfg
+            .ooo_segments
+            .saturating_add(self.limit.saturating_sub(self.cfg.queue_segments))
+    }
+
+    /// Notes how far a received segment reached.
+    fn note_reach(&mut self, seq: Seq, len: usize) {
+        let w = usize::from(self.adv_window);
+        if len == 0 || w < 2 || w.saturating_mul(2) < self.limit {
+            return;
+        }
+        let reach = u64::from(seq.add_len(len).since(self.adv_base));
+        let edge = (w as u64 - 1).saturating_mul(len as u64);
+        if reach >= edge && reach < (1u64 << 31) {
+            self.edge_reached = true;
         }
     }
 
@@ -117,26 +201,23 @@ impl RecvBuffer {
     }
 
     fn ready_byte_cap(&self) -> usize {
-        self.cfg.queue_segments.saturating_mul(MAX_SEGMENT_BUDGET)
+        self.limit.saturating_mul(MAX_SEGMENT_BUDGET)
     }
 
     fn ooo_byte_cap(&self) -> usize {
-        self.cfg.ooo_segments.saturating_mul(MAX_SEGMENT_BUDGET)
+        self.ooo_limit().saturating_mul(MAX_SEGMENT_BUDGET)
     }
 
     /// Furthest distance ahead of `rcv_nxt` accepted into the OOO buffer.
     fn horizon(&self) -> u32 {
-        let segs = self
-            .cfg
-            .queue_segments
-            .saturating_add(self.cfg.ooo_segments);
+        let segs = self.limit.saturating_add(self.ooo_limit());
         u32::try_from(segs.saturating_mul(MAX_SEGMENT_BUDGET)).unwrap_or(u32::MAX / 2)
     }
 
     /// The window to advertise: free ready-queue slots (in segments),
     /// reduced if the byte budget is nearly used up, clamped to `u16`.
     pub fn window(&self) -> u16 {
-        let free_slots = self.cfg.queue_segments.saturating_sub(self.ready.len());
+        let free_slots = self.limit.saturating_sub(self.ready.len());
         let free_bytes = self.ready_byte_cap().saturating_sub(self.ready_bytes);
         let w = free_slots.min(free_bytes / MAX_SEGMENT_BUDGET);
         u16::try_from(w).unwrap_or(u16::MAX)
@@ -178,7 +259,7 @@ impl RecvBuffer {
     }
 
     fn push_ready(&mut self, data: Bytes) -> bool {
-        if self.ready.len() >= self.cfg.queue_segments
+        if self.ready.len() >= self.limit
             || self.ready_bytes.saturating_add(data.len()) > self.ready_byte_cap()
         {
             return false;
@@ -270,6 +351,7 @@ impl RecvBuffer {
         let Some((seq, data)) = self.trim(seq, data) else {
             return DataOutcome::Dropped;
         };
+        self.note_reach(seq, data.len());
         if seq == self.rcv_nxt {
             let len = data.len();
             if !self.push_ready(data) {
@@ -308,7 +390,7 @@ impl RecvBuffer {
                 DataOutcome::Buffered
             }
             Err(i) => {
-                if self.ooo.len() >= self.cfg.ooo_segments
+                if self.ooo.len() >= self.ooo_limit()
                     || self.ooo_bytes + data.len() > self.ooo_byte_cap()
                 {
                     return DataOutcome::Dropped;
@@ -437,6 +519,14 @@ impl RecvBuffer {
         {
             self.drain_ooo();
             self.check_fin();
+        }
+        // Release the queues' slot arrays once drained after a burst, so
+        // an idle connection holds no memory sized for its peak window.
+        if self.ready.is_empty() && self.ready.capacity() > IDLE_SLOTS {
+            self.ready = VecDeque::new();
+        }
+        if self.ooo.is_empty() && self.ooo.capacity() > IDLE_SLOTS {
+            self.ooo = VecDeque::new();
         }
     }
 
@@ -743,5 +833,60 @@ mod prop_tests {
             prop_assert_eq!(r.ooo_len(), 0);
             prop_assert_eq!(r.ack_number(), Seq(start).add_len(len));
         }
+    }
+
+    /// Issue #14 autotuning: the limit doubles (up to the cap) when the
+    /// sender reaches the right edge of the advertised window while the
+    /// reader keeps up; not for a slow reader, not for a sender that
+    /// stays inside the window.
+    #[test]
+    fn window_grows_only_when_the_sender_fills_it_and_the_reader_keeps_up() {
+        let cfg = RecvConfig {
+            queue_segments: 8,
+            ooo_segments: 8,
+        };
+        let seg = |i: u32| (Seq(i * 100), Bytes::from(vec![7u8; 100]));
+        let mut r = RecvBuffer::new(Seq(0), cfg);
+        r.set_max_segments(20);
+        r.advertised(r.window());
+        let mut b = [0u8; 100];
+        for i in 0..8 {
+            let (q, d) = seg(i);
+            r.on_data(q, d);
+            assert_eq!(r.read(&mut b), 100);
+        }
+        assert!(r.take_window_limited());
+        assert!(!r.take_window_limited(), "the flag is taken once");
+        assert_eq!(r.growth_wanted(), Some(16));
+        r.grow(16);
+        assert_eq!((r.limit(), r.window()), (16, 16));
+        assert_eq!(r.growth_wanted(), Some(20));
+        r.grow(1000);
+        assert_eq!(r.limit(), 20);
+        assert_eq!(r.growth_wanted(), None);
+
+        // A slow reader: the queue fills up, the window is not the limit.
+        let mut s = RecvBuffer::new(Seq(0), cfg);
+        s.set_max_segments(20);
+        s.advertised(s.window());
+        for i in 0..8 {
+            let (q, d) = seg(i);
+            s.on_data(q, d);
+        }
+        assert!(!s.take_window_limited());
+
+        // A sender that stays well inside the window.
+        let mut u = RecvBuffer::new(Seq(0), cfg);
+        u.set_max_segments(20);
+        u.advertised(u.window());
+        for i in 0..4 {
+            let (q, d) = seg(i);
+            u.on_data(q, d);
+            u.read(&mut b);
+        }
+        assert!(!u.take_window_limited());
+        // Without a cap above the configured size nothing grows.
+        let v = RecvBuffer::new(Seq(0), cfg);
+        assert_eq!(v.growth_wanted(), None);
     }
 }
