@@ -394,6 +394,16 @@ pub struct Connection {
     stats: ConnStats,
     /// The sender filled our receive window (autotuning wants more).
     window_limited: bool,
+    /// Creation time (the SYN or the SYN-ACK leaves about then).
+    created: Instant,
+    /// RTT measured by the handshake (Karn: not after a retransmitted SYN).
+    hs_rtt: Option<Duration>,
+    hs_retried: bool,
+    /// Autotuning epoch: start and bytes delivered since.
+    tune_start: Option<Instant>,
+    tune_bytes: usize,
+    /// Largest data segment received.
+    seg_seen: usize,
 }
 
 impl core::fmt::Debug for Connection {
@@ -471,6 +481,12 @@ impl Connection {
             reply_fin: None,
             reply_fin_acked: false,
             window_limited: false,
+            created: now,
+            hs_rtt: None,
+            hs_retried: false,
+            tune_start: None,
+            tune_bytes: 0,
+            seg_seen: 0,
             rto_at: None,
             last_heard: now,
             timeouts_unheard: 0,
@@ -784,6 +800,7 @@ impl Connection {
             && seg.seq == self.peer_isn
             && matches!(self.state, State::Established | State::FinWait)
         {
+            self.hs_retried = true;
             self.synack_pending = true;
         }
     }
@@ -791,6 +808,9 @@ impl Connection {
     fn on_synack(&mut self, now: Instant, seg: &Segment) {
         match self.state {
             State::SynSent if seg.ack == self.isn.add(1) => {
+                if self.syn_retries == 0 {
+                    self.hs_rtt = Some(now.saturating_duration_since(self.created));
+                }
                 self.peer_isn = seg.seq;
                 self.recv = recv_buffer(seg.seq.add(1), &self.cfg);
                 self.peer_window = Some(seg.window);
@@ -979,9 +999,14 @@ impl Connection {
             return;
         }
         let had_fin = self.recv.fin_received();
+        let seg_len = seg.payload.len();
+        if self.hs_rtt.is_none() && !self.hs_retried && self.role == Role::Acceptor {
+            // The dialer's first data follows our SYN-ACK by about an RTT.
+            self.hs_rtt = Some(now.saturating_duration_since(self.created));
+        }
         let outcome = self.recv.on_data(seg.seq, seg.payload);
-        if self.recv.take_window_limited() {
-            self.window_limited = true;
+        if let DataOutcome::Delivered { bytes } = outcome {
+            self.tune_window(now, seg_len, bytes);
         }
         match outcome {
             DataOutcome::Delivered { bytes } => {
@@ -1002,6 +1027,30 @@ impl Connection {
             let ack = self.recv.ack_number();
             self.peer_fin_effective(now, ack);
         }
+    }
+
+    /// Receive-window autotuning (`spec/transport.md` §6.2): over each
+    /// RTT (SRTT, else the handshake's), the bytes delivered in order; if
+    /// they reach ¾ of the window (limit × largest segment seen) while the
+    /// reader keeps up, the window is what limits the sender.
+    fn tune_window(&mut self, now: Instant, seg_len: usize, delivered: usize) {
+        self.seg_seen = self.seg_seen.max(seg_len);
+        let Some(rtt) = self.rtt.srtt().or(self.hs_rtt) else {
+            return;
+        };
+        let start = *self.tune_start.get_or_insert(now);
+        self.tune_bytes = self.tune_bytes.saturating_add(delivered);
+        if now.saturating_duration_since(start) < rtt {
+            return;
+        }
+        let window = self.recv.limit().saturating_mul(self.seg_seen.max(1));
+        if self.tune_bytes.saturating_mul(4) >= window.saturating_mul(3)
+            && self.recv.reader_keeps_up()
+        {
+            self.window_limited = true;
+        }
+        self.tune_start = Some(now);
+        self.tune_bytes = 0;
     }
 
     fn schedule_ack(&mut self, now: Instant) {
@@ -1480,7 +1529,6 @@ impl Connection {
 
     fn ack_fields(&mut self) -> (Seq, u16) {
         let w = self.recv.window();
-        self.recv.advertised(w);
         self.last_adv_window = w;
         self.ack_now = false;
         self.pending_acks = 0;

@@ -90,13 +90,6 @@ pub struct RecvBuffer {
     /// (`spec/transport.md` §6.2).
     limit: usize,
     max_limit: usize,
-    /// `rcv_nxt` and window of the last advertisement.
-    adv_base: Seq,
-    adv_window: u16,
-    /// A segment reached the right edge of the last advertised window
-    /// while it was at least half the limit: the sender is limited by
-    /// our window.
-    edge_reached: bool,
 }
 
 impl RecvBuffer {
@@ -115,9 +108,6 @@ impl RecvBuffer {
             closed: false,
             limit: cfg.queue_segments,
             max_limit: cfg.queue_segments,
-            adv_base: rcv_nxt,
-            adv_window: 0,
-            edge_reached: false,
         }
     }
 
@@ -135,21 +125,11 @@ impl RecvBuffer {
         self.limit
     }
 
-    /// The advertised window `window` was just sent with `rcv_nxt`.
-    pub fn advertised(&mut self, window: u16) {
-        self.adv_base = self.rcv_nxt;
-        self.adv_window = window;
-    }
-
-    /// Whether the sender filled our window since the last call (a
-    /// segment reached the right edge of a window of at least half the
-    /// limit), while the application kept up (the ready queue at most a
-    /// quarter full): the window, not the path or the reader, limits the
-    /// stream. Clears the flag.
-    pub fn take_window_limited(&mut self) -> bool {
-        let limited = self.edge_reached && self.ready.len() <= self.limit / 4;
-        self.edge_reached = false;
-        limited
+    /// Whether the application keeps up: the ready queue is at most a
+    /// quarter full, so a full window per RTT is the sender's limit, not
+    /// the reader's.
+    pub fn reader_keeps_up(&self) -> bool {
+        self.ready.len() <= self.limit / 4
     }
 
     /// The slots autotuning would like next (twice the limit, capped),
@@ -170,19 +150,6 @@ impl RecvBuffer {
         self.cfg
             .ooo_segments
             .saturating_add(self.limit.saturating_sub(self.cfg.queue_segments))
-    }
-
-    /// Notes how far a received segment reached.
-    fn note_reach(&mut self, seq: Seq, len: usize) {
-        let w = usize::from(self.adv_window);
-        if len == 0 || w < 2 || w.saturating_mul(2) < self.limit {
-            return;
-        }
-        let reach = u64::from(seq.add_len(len).since(self.adv_base));
-        let edge = (w as u64 - 1).saturating_mul(len as u64);
-        if reach >= edge && reach < (1u64 << 31) {
-            self.edge_reached = true;
-        }
     }
 
     /// Next in-order sequence number expected (not counting a FIN).
@@ -351,7 +318,6 @@ impl RecvBuffer {
         let Some((seq, data)) = self.trim(seq, data) else {
             return DataOutcome::Dropped;
         };
-        self.note_reach(seq, data.len());
         if seq == self.rcv_nxt {
             let len = data.len();
             if !self.push_ready(data) {
@@ -835,58 +801,40 @@ mod prop_tests {
         }
     }
 
-    /// Issue #14 autotuning: the limit doubles (up to the cap) when the
-    /// sender reaches the right edge of the advertised window while the
-    /// reader keeps up; not for a slow reader, not for a sender that
-    /// stays inside the window.
+    /// Issue #14 autotuning: the limit doubles up to the cap and never
+    /// shrinks; the out-of-order buffer grows with it; a slow reader is
+    /// told apart.
     #[test]
-    fn window_grows_only_when_the_sender_fills_it_and_the_reader_keeps_up() {
+    fn window_limit_grows_to_the_cap_only() {
         let cfg = RecvConfig {
             queue_segments: 8,
-            ooo_segments: 8,
+            ooo_segments: 4,
         };
-        let seg = |i: u32| (Seq(i * 100), Bytes::from(vec![7u8; 100]));
         let mut r = RecvBuffer::new(Seq(0), cfg);
+        assert_eq!(r.growth_wanted(), None, "no cap above the configured size");
         r.set_max_segments(20);
-        r.advertised(r.window());
-        let mut b = [0u8; 100];
-        for i in 0..8 {
-            let (q, d) = seg(i);
-            r.on_data(q, d);
-            assert_eq!(r.read(&mut b), 100);
-        }
-        assert!(r.take_window_limited());
-        assert!(!r.take_window_limited(), "the flag is taken once");
         assert_eq!(r.growth_wanted(), Some(16));
         r.grow(16);
         assert_eq!((r.limit(), r.window()), (16, 16));
         assert_eq!(r.growth_wanted(), Some(20));
         r.grow(1000);
+        r.grow(3);
         assert_eq!(r.limit(), 20);
         assert_eq!(r.growth_wanted(), None);
-
-        // A slow reader: the queue fills up, the window is not the limit.
+        // Out of order: 4 + 12 slots now.
+        for i in 0..16u32 {
+            let d = Bytes::from(vec![1u8; 10]);
+            assert_eq!(r.on_data(Seq(100 + i * 10), d), DataOutcome::Buffered);
+        }
+        assert_eq!(
+            r.on_data(Seq(1000), Bytes::from(vec![1u8; 10])),
+            DataOutcome::Dropped
+        );
         let mut s = RecvBuffer::new(Seq(0), cfg);
-        s.set_max_segments(20);
-        s.advertised(s.window());
-        for i in 0..8 {
-            let (q, d) = seg(i);
-            s.on_data(q, d);
+        assert!(s.reader_keeps_up());
+        for i in 0..3u32 {
+            s.on_data(Seq(i * 10), Bytes::from(vec![1u8; 10]));
         }
-        assert!(!s.take_window_limited());
-
-        // A sender that stays well inside the window.
-        let mut u = RecvBuffer::new(Seq(0), cfg);
-        u.set_max_segments(20);
-        u.advertised(u.window());
-        for i in 0..4 {
-            let (q, d) = seg(i);
-            u.on_data(q, d);
-            u.read(&mut b);
-        }
-        assert!(!u.take_window_limited());
-        // Without a cap above the configured size nothing grows.
-        let v = RecvBuffer::new(Seq(0), cfg);
-        assert_eq!(v.growth_wanted(), None);
+        assert!(!s.reader_keeps_up());
     }
 }
