@@ -334,7 +334,7 @@ fn raw_udp_batched(t: &mut Table, count: usize) {
     });
     let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut io = UdpIo::new(&tx).expect("udp io");
-    let per = io.max_segments().min(60_000 / PILOT_DATAGRAM).max(1);
+    let per = io.max_segments().clamp(1, 60_000 / PILOT_DATAGRAM);
     io.tx_buf()[..per * PILOT_DATAGRAM].fill(0xa5);
     let mut sent = 0;
     while sent < count {
