@@ -302,6 +302,67 @@ fn raw_udp(t: &mut Table, count: usize) {
     );
 }
 
+/// Raw UDP with the drivers' batching (`udp_io`: GSO sends of up to 64
+/// equal datagrams, recvmmsg/GRO receives): the ceiling for the batched
+/// data path.
+fn raw_udp_batched(t: &mut Table, count: usize) {
+    use pilot_driver_mio::udp_io::UdpIo;
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    set_rcvbuf(&rx, 4 << 20);
+    let dst = rx.local_addr().expect("addr");
+    let cpu = Cpu::start(&[]);
+    let reader = std::thread::spawn(move || {
+        let mut io = UdpIo::new(&rx).expect("udp io");
+        let mut got = 0usize;
+        let mut first = None;
+        let mut last = Instant::now();
+        loop {
+            match io.recv(&rx, |_, d| got += d.len()) {
+                Ok(_) => {
+                    first.get_or_insert_with(Instant::now);
+                    last = Instant::now();
+                }
+                Err(_) => {
+                    if last.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        (got, first.map(|f| last.duration_since(f)))
+    });
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut io = UdpIo::new(&tx).expect("udp io");
+    let per = io.max_segments().clamp(1, 60_000 / PILOT_DATAGRAM);
+    io.tx_buf()[..per * PILOT_DATAGRAM].fill(0xa5);
+    let mut sent = 0;
+    while sent < count {
+        let n = per.min(count - sent);
+        io.queue(dst, n * PILOT_DATAGRAM, PILOT_DATAGRAM);
+        loop {
+            match io.flush(&tx) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                _ => break,
+            }
+        }
+        sent += n;
+    }
+    let (got, span) = reader.join().expect("reader");
+    let secs = span.map_or(f64::INFINITY, |d| d.as_secs_f64().max(1e-6));
+    t.rate(
+        &format!("raw UDP, loopback, {PILOT_DATAGRAM} B datagrams, batched ({per} per GSO send)"),
+        got as f64 / MIB / secs,
+        Some(cpu.per_gib(got.max(1))),
+        &format!(
+            "ceiling; received {:.1} % of sent",
+            got as f64 * 100.0 / (count * PILOT_DATAGRAM) as f64
+        ),
+    );
+}
+
 fn set_rcvbuf(s: &UdpSocket, bytes: i32) {
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt with a valid fd and an int option value.
@@ -919,6 +980,7 @@ fn main() {
     eprintln!("datapath bench ({})", if short { "short" } else { "full" });
     kernel_tcp(&mut t, plan.tcp_bytes);
     raw_udp(&mut t, plan.udp_datagrams);
+    raw_udp_batched(&mut t, plan.udp_datagrams);
     aead_rows(&mut t, plan.aead_secs);
     envelope_row(&mut t, plan.aead_secs);
     embedded_row(&mut t, plan.embedded_bytes);

@@ -11,3 +11,4 @@ pub mod http_endpoint;
 pub mod ipc_client;
 pub mod pilotctl;
 pub mod rendezvous;
+pub mod udp_io;

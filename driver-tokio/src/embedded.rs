@@ -13,9 +13,7 @@ use std::time::Duration;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::Selected;
-use pilot_proto::node::{
-    self as pnode, ConnId, Event, Limits, MIN_TRANSMIT_BUFFER, NodeError, NodeStats, ResetCause,
-};
+use pilot_proto::node::{self as pnode, ConnId, Event, Limits, NodeError, NodeStats, ResetCause};
 use pilot_proto::stream::conn::StreamError;
 use pilot_proto::time::Instant as PInstant;
 use pilot_proto::wire::WireProfile;
@@ -28,6 +26,7 @@ use tokio::sync::Notify;
 use crate::error::Error;
 use crate::registry::{RegistryConfig, RegistryHandle};
 use crate::stream::{Datagram, DatagramSocket, Listener, Stream};
+use crate::udp_io::UdpIo;
 
 /// The `proto` node type this driver runs.
 pub(crate) type ProtoNode = pnode::Node<Selected, ChaCha20Rng>;
@@ -36,8 +35,6 @@ pub(crate) type ProtoNode = pnode::Node<Selected, ChaCha20Rng>;
 pub const DATAGRAM_QUEUE: usize = 256;
 /// Datagrams read from the socket per lock acquisition.
 const RECV_BATCH: usize = 64;
-/// Largest UDP datagram we read.
-const RECV_BUFFER: usize = 65_536;
 
 /// Configuration of an embedded [`Node`].
 #[derive(Clone, Debug)]
@@ -541,14 +538,20 @@ fn bind_tunnel_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
 // ----- the driver task ------------------------------------------------------
 
 async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
-    let mut tx = vec![0u8; MIN_TRANSMIT_BUFFER];
-    let mut rx = vec![0u8; RECV_BUFFER];
+    let mut udp = match UdpIo::new(&socket) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "udp socket setup failed");
+            return;
+        }
+    };
     let mut wake: Vec<Waker> = Vec::new();
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     loop {
         // Run due timers, then drain the node's outputs (spec/node.md §1).
-        let mut blocked: Option<(usize, SocketAddr)> = None;
+        let mut blocked = false;
+        udp.release_if_idle(std::time::Instant::now());
         let deadline;
         let closing = shared.handles.load(Ordering::Acquire) == 0;
         {
@@ -561,18 +564,20 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                 while let Some(ev) = st.node.poll_event() {
                     st.dispatch(ev, &mut wake);
                 }
-                let Some(t) = st.node.poll_transmit(now, &mut tx) else {
+                let max = udp.max_segments();
+                let Some(b) = st.node.poll_transmit_batch(now, udp.tx_buf(), max) else {
                     break;
                 };
-                match socket.try_send_to(&tx[..t.len], t.dst) {
-                    Ok(_) => {}
+                udp.queue(b.dst, b.len, b.segment_size);
+                match udp.flush(&socket) {
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        blocked = Some((t.len, t.dst));
+                        blocked = true;
                         break;
                     }
                     Err(e) => {
                         st.stats.send_errors += 1;
-                        tracing::debug!(error = %e, dst = %t.dst, "udp send failed");
+                        tracing::debug!(error = %e, dst = %b.dst, "udp send failed");
                     }
                 }
             }
@@ -591,9 +596,17 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
         for w in wake.drain(..) {
             w.wake();
         }
-        if let Some((len, dst)) = blocked {
-            if let Err(e) = socket.send_to(&tx[..len], dst).await {
-                tracing::debug!(error = %e, %dst, "udp send failed");
+        if blocked {
+            while udp.has_pending() {
+                if let Err(e) = socket.writable().await {
+                    tracing::debug!(error = %e, "udp socket failed");
+                    break;
+                }
+                match udp.flush(&socket) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => tracing::debug!(error = %e, "udp send failed"),
+                    Ok(()) => {}
+                }
             }
             continue;
         }
@@ -610,25 +623,23 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
         // handles must not starve the socket (ACKs would stall).
         tokio::select! {
             biased;
-            r = socket.recv_from(&mut rx) => match r {
-                Ok((n, from)) => {
+            r = socket.readable() => match r {
+                Ok(()) => {
                     let mut st = shared.lock();
                     let now = shared.now();
-                    if let Some(b) = rx.get_mut(..n) {
-                        st.node.handle_datagram(now, from, b);
-                    }
-                    for _ in 1..RECV_BATCH {
-                        match socket.try_recv_from(&mut rx) {
-                            Ok((n, from)) => {
-                                if let Some(b) = rx.get_mut(..n) {
-                                    st.node.handle_datagram(now, from, b);
-                                }
+                    let mut read = 0;
+                    while read < RECV_BATCH {
+                        match udp.recv(&socket, |from, b| st.node.handle_datagram(now, from, b)) {
+                            Ok(n) => read += n.max(1),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "udp receive failed");
+                                break;
                             }
-                            Err(_) => break,
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
+                Err(e) => tracing::debug!(error = %e, "udp socket failed"),
             },
             () = shared.notify.notified() => {}
             () = &mut sleep => {}

@@ -42,6 +42,7 @@ mod pilot;
 mod registry;
 pub mod secure;
 mod stream;
+mod udp_io;
 
 pub use daemon::DaemonClient;
 pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig};

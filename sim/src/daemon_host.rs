@@ -321,6 +321,15 @@ impl DaemonHost {
                             self.out.push_back((t.dst, b.to_vec()));
                         }
                     }
+                    // Batches come only after `set_max_segments`, which the
+                    // simulator never calls; split one anyway.
+                    Output::TransmitBatch(b) => {
+                        if let Some(bytes) = self.buf.get(..b.len) {
+                            for seg in bytes.chunks(b.segment_size.max(1)) {
+                                self.out.push_back((b.dst, seg.to_vec()));
+                            }
+                        }
+                    }
                     Output::DialRegistry => self.dial_registry(now),
                     Output::CloseRegistry => {
                         if let Some(mut old) = self.tcp.take() {

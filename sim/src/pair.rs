@@ -26,7 +26,7 @@ use crate::seed::Seed;
 /// Encodes a segment: `flags[1] seq[4] ack[4] window[2] payload`.
 pub fn encode_segment(s: &Segment) -> Vec<u8> {
     let mut v = Vec::with_capacity(11 + s.payload.len());
-    v.push(s.flags.0);
+    v.push(s.flags.bits());
     v.extend_from_slice(&s.seq.0.to_be_bytes());
     v.extend_from_slice(&s.ack.0.to_be_bytes());
     v.extend_from_slice(&s.window.to_be_bytes());
@@ -36,7 +36,7 @@ pub fn encode_segment(s: &Segment) -> Vec<u8> {
 
 /// Decodes [`encode_segment`]'s format.
 pub fn decode_segment(b: &[u8]) -> Option<Segment> {
-    let flags = Flags(*b.first()?);
+    let flags = Flags::from_bits_truncate(*b.first()?);
     let seq = u32::from_be_bytes(b.get(1..5)?.try_into().ok()?);
     let ack = u32::from_be_bytes(b.get(5..9)?.try_into().ok()?);
     let window = u16::from_be_bytes(b.get(9..11)?.try_into().ok()?);

@@ -177,6 +177,10 @@ pub fn drive(registry: bool, steps: &[Step]) -> Reach {
                     assert!(t.len <= buf.len(), "transmit longer than the buffer");
                     reach.transmits += 1;
                 }
+                Output::TransmitBatch(b) => {
+                    assert!(b.len <= buf.len(), "batch longer than the buffer");
+                    reach.transmits += b.segments;
+                }
                 Output::RegistryBytes(_) => reach.registry_msgs += 1,
                 Output::Ipc { client, data } => {
                     reach.ipc_bytes += data.len();

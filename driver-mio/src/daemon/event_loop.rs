@@ -33,6 +33,7 @@ use pilot_proto::services::handshake::{AutoReason, TrustEvent};
 use super::RealDaemon as Daemon;
 use super::files::{SaveDir, write_atomic};
 use super::ipc_socket::IpcSocket;
+use crate::udp_io::UdpIo;
 
 const UDP: Token = Token(0);
 const REGISTRY: Token = Token(1);
@@ -161,9 +162,9 @@ pub struct EventLoop {
     more_output: bool,
     udp_more: bool,
     udp_writable: bool,
-    tx_buf: Vec<u8>,
-    /// A datagram in `tx_buf` that could not be sent yet.
-    tx_pending: Option<(usize, SocketAddr)>,
+    /// Batched I/O of the tunnel socket.
+    udp_io: UdpIo,
+    /// Registry read buffer.
     rx_buf: Vec<u8>,
     /// IPC read buffer, allocated (and zeroed) once, reused every turn.
     ipc_buf: Vec<u8>,
@@ -196,11 +197,14 @@ impl EventLoop {
     /// Registers every socket; `start` is the instant the daemon's clock
     /// counts from ([`Instant::ZERO`]).
     pub fn new(
-        engine: Daemon,
+        mut engine: Daemon,
         mut parts: LoopParts,
         start: std::time::Instant,
     ) -> Result<Self, LoopError> {
         let poll = Poll::new()?;
+        let udp_io = UdpIo::new(&parts.udp)?;
+        // As many datagrams per transmit as one GSO send can carry here.
+        engine.set_max_segments(udp_io.max_segments());
         poll.registry()
             .register(&mut parts.udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
         poll.registry()
@@ -231,8 +235,7 @@ impl EventLoop {
             more_output: false,
             udp_more: true,
             udp_writable: true,
-            tx_buf: vec![0u8; DATAGRAM_MAX.max(pilot_proto::node::MIN_TRANSMIT_BUFFER)],
-            tx_pending: None,
+            udp_io,
             rx_buf: vec![0u8; DATAGRAM_MAX],
             ipc_buf: vec![0u8; IPC_CHUNK],
             stopping_deadline: None,
@@ -313,6 +316,7 @@ impl EventLoop {
                 self.engine.handle_timeout(now);
             }
             self.drain(now);
+            self.udp_io.release_if_idle(std::time::Instant::now());
             self.log_drops(now);
             if let Some(deadline) = self.stopping_deadline {
                 if self.exit.is_none() && now >= deadline {
@@ -405,13 +409,13 @@ impl EventLoop {
         if !self.udp_more {
             return;
         }
-        for _ in 0..UDP_BUDGET {
-            match self.parts.udp.recv_from(&mut self.rx_buf) {
-                Ok((n, from)) => {
-                    if let Some(bytes) = self.rx_buf.get_mut(..n) {
-                        self.engine.handle_udp(now, from, bytes);
-                    }
-                }
+        let mut read = 0;
+        while read < UDP_BUDGET {
+            let engine = &mut self.engine;
+            match self.udp_io.recv(&self.parts.udp, |from, bytes| {
+                engine.handle_udp(now, from, bytes);
+            }) {
+                Ok(n) => read += n.max(1),
                 Err(e) if would_block(&e) => {
                     self.udp_more = false;
                     return;
@@ -427,34 +431,27 @@ impl EventLoop {
         // Budget used up: more may be waiting (udp_more stays set).
     }
 
-    /// Sends the datagram waiting in `tx_buf`, if any. Returns `false`
+    /// Sends the batch waiting in the UDP layer, if any. Returns `false`
     /// while the socket cannot take it (the drain waits for writable).
     fn send_pending(&mut self) -> bool {
         loop {
-            let Some((len, dst)) = self.tx_pending else {
+            if !self.udp_io.has_pending() {
                 return true;
-            };
+            }
             if !self.udp_writable {
                 return false;
             }
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                self.tx_pending = None;
-                return true;
-            };
-            match self.parts.udp.send_to(bytes, dst) {
-                Ok(_) => {
-                    self.tx_pending = None;
-                    return true;
-                }
+            match self.udp_io.flush(&self.parts.udp) {
+                Ok(()) => {}
                 Err(e) if would_block(&e) => {
                     self.udp_writable = false;
                     return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, %dst, "udp send failed; datagram dropped");
-                    self.tx_pending = None;
-                    return true;
+                    // The failed datagram is dropped (the transport
+                    // retransmits); the rest of the batch still goes.
+                    tracing::debug!(error = %e, "udp send failed; datagram dropped");
                 }
             }
         }
@@ -789,7 +786,7 @@ impl EventLoop {
                 self.more_output = false;
                 return;
             }
-            let Some(out) = self.engine.poll_output(&mut self.tx_buf) else {
+            let Some(out) = self.engine.poll_output(self.udp_io.tx_buf()) else {
                 self.more_output = false;
                 break;
             };
@@ -806,7 +803,8 @@ impl EventLoop {
 
     fn output(&mut self, now: Instant, out: Output) {
         match out {
-            Output::Transmit(t) => self.tx_pending = Some((t.len, t.dst)),
+            Output::Transmit(t) => self.udp_io.queue(t.dst, t.len, t.len),
+            Output::TransmitBatch(b) => self.udp_io.queue(b.dst, b.len, b.segment_size),
             Output::DialRegistry => self.dial_registry(now),
             Output::CloseRegistry => self.drop_registry(),
             Output::RegistryBytes(bytes) => self.registry_bytes(now, &bytes),

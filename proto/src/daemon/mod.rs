@@ -43,7 +43,7 @@ use rand_core::{CryptoRng, RngCore, SeedableRng};
 use crate::addr::{Addr, PilotSockAddr};
 use crate::crypto::identity::{Identity, TunnelKey};
 use crate::crypto::provider::CryptoProvider;
-use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause, Transmit};
+use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause};
 use crate::registry::auth::Identity as RegistryIdentity;
 use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
 use crate::registry::codec::{self, Response};
@@ -385,6 +385,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     ipc_cursor: ClientId,
     /// The closing [`Output::Timeout`] of this drain was given.
     timeout_given: bool,
+    /// Most datagrams in one transmit output ([`Self::set_max_segments`]).
+    max_segments: usize,
     stopping: Option<Instant>,
     deregistering: bool,
     stopped: bool,
@@ -510,6 +512,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             next_work: 1,
             ipc_cursor: ClientId(0),
             timeout_given: false,
+            max_segments: 1,
             stopping: None,
             deregistering: false,
             stopped: false,
@@ -653,16 +656,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// The next datagram to send.
-    fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+    fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Output> {
         let now = self.now;
-        let t = self.node.as_mut()?.poll_transmit(now, buf);
-        if let Some(t) = t {
+        let node = self.node.as_mut()?;
+        let out = if self.max_segments > 1 {
+            let b = node.poll_transmit_batch(now, buf, self.max_segments)?;
+            self.stats.pkts_sent += b.segments as u64;
+            self.stats.bytes_sent += b.len as u64;
+            Output::TransmitBatch(b)
+        } else {
+            let t = node.poll_transmit(now, buf)?;
             self.stats.pkts_sent += 1;
             self.stats.bytes_sent += t.len as u64;
-            // Sending may have produced events (writable room, closes).
-            self.drive(now);
-        }
-        t
+            Output::Transmit(t)
+        };
+        // Sending may have produced events (writable room, closes).
+        self.drive(now);
+        Some(out)
     }
 
     /// Every input starts here: time only moves forward, and the drain
@@ -691,7 +701,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return Some(o);
         }
         if let Some(t) = self.next_transmit(buf) {
-            return Some(Output::Transmit(t));
+            return Some(t);
         }
         // A transmit may have queued more (events of the node).
         if let Some(o) = self.outputs.pop_front() {
@@ -757,6 +767,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let data = c.take_out();
         Some(Output::Ipc { client: pick, data })
+    }
+
+    /// Lets one [`Output::TransmitBatch`] carry up to `n` datagrams for one
+    /// destination (the driver's GSO limit); 1, the default, gives only
+    /// [`Output::Transmit`].
+    pub fn set_max_segments(&mut self, n: usize) {
+        self.max_segments = n.max(1);
     }
 
     // ----- registry connection -----------------------------------------

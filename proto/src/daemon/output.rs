@@ -16,6 +16,12 @@ pub enum Output {
     /// Send the first `len` bytes of the buffer given to `poll_output` as
     /// one UDP datagram to `dst`.
     Transmit(Transmit),
+    /// Send the first `len` bytes of the buffer as datagrams of
+    /// `segment_size` bytes (the last may be shorter), all to `dst`: one
+    /// GSO send, or one send each. Only after
+    /// [`super::Daemon::set_max_segments`] above 1; `buf` must then hold
+    /// that many segments of the largest size.
+    TransmitBatch(crate::node::TransmitBatch),
     /// Open the registry TCP connection, then report
     /// [`super::Daemon::registry_connected`] (or
     /// [`super::Daemon::registry_disconnected`]).

@@ -44,6 +44,7 @@ use crate::crypto::session::{
 use crate::stream::conn::{
     self, ConnConfig, ConnStats, Connection, ResetReason, Segment, StreamError,
 };
+use crate::stream::consts::MAX_SEGMENT_BUDGET;
 use crate::stream::seq::Seq;
 use crate::time::Instant;
 use crate::wire::WireProfile;
@@ -152,6 +153,15 @@ pub struct Limits {
     /// §7.3): dial deadline and give-up silence; 30 s. Per connection see
     /// [`Node::connect_with_timeout`].
     pub user_timeout: Duration,
+    /// Memory cap of one stream's receive window (autotuning,
+    /// `spec/transport.md` §6.2): the window grows up to this many bytes
+    /// ÷ 4096 segments, and the sender keeps as many in flight; 8 MiB
+    /// (2048 segments).
+    pub conn_window_bytes: usize,
+    /// Memory cap of all streams' window growth together: the bytes of
+    /// receive window granted beyond the initial 512 segments, summed
+    /// over the connections; 64 MiB.
+    pub window_bytes_total: usize,
 }
 
 impl Default for Limits {
@@ -177,6 +187,8 @@ impl Default for Limits {
             pending_per_peer: crate::crypto::params::PENDING_PER_PEER,
             pending_bytes: crate::crypto::pending::PENDING_MAX_BYTES,
             user_timeout: crate::stream::consts::USER_TIMEOUT,
+            conn_window_bytes: 8 << 20,
+            window_bytes_total: 64 << 20,
         }
     }
 }
@@ -393,6 +405,23 @@ pub struct PeerInfo {
 /// state machine that emits UDP, defined in [`crate::wire`]).
 pub use crate::wire::Transmit;
 
+/// A batch written by [`Node::poll_transmit_batch`]: `segments` datagrams
+/// for one UDP endpoint, back to back in the first `len` bytes of the
+/// buffer, each `segment_size` bytes except the last, which may be
+/// shorter. This is the layout UDP generic segmentation offload (GSO)
+/// sends in one call; without GSO the driver sends the segments one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransmitBatch {
+    /// Destination UDP endpoint of every segment.
+    pub dst: SocketAddr,
+    /// Bytes written, all segments.
+    pub len: usize,
+    /// Size of every segment but the last.
+    pub segment_size: usize,
+    /// Number of datagrams.
+    pub segments: usize,
+}
+
 /// Why an application command failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
@@ -435,6 +464,8 @@ pub struct NodeStats {
     pub datagrams_in: u64,
     /// UDP datagrams written by [`Node::poll_transmit`].
     pub datagrams_out: u64,
+    /// Receive windows grown by autotuning (`spec/transport.md` §6.2).
+    pub window_grants: u64,
     /// Undecodable frames or packets.
     pub malformed: u64,
     /// PILS frames that did not open (no session, auth, replay, window).
@@ -591,6 +622,9 @@ struct ConnEntry {
     /// Tunnel key of the peer run this connection last heard from (a
     /// different key later means that run is gone).
     peer_key: Option<[u8; 32]>,
+    /// Receive-window bytes granted to this connection beyond its initial
+    /// window (counted in [`Node`]'s `window_granted`).
+    window_granted: usize,
 }
 
 struct Listener {
@@ -643,6 +677,14 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     early_frames: VecDeque<(u32, SocketAddr, Instant, Vec<u8>)>,
     diagnostics: VecDeque<Diagnostic>,
     diag_bucket: Option<Bucket>,
+    /// A datagram written by [`Node::poll_transmit_batch`] that did not
+    /// fit the batch (another destination or a larger size): returned
+    /// first by the next poll. At most one datagram.
+    carry: Vec<u8>,
+    carry_dst: Option<SocketAddr>,
+    /// Receive-window bytes granted beyond the initial windows, all
+    /// connections ([`Limits::window_bytes_total`]).
+    window_granted: usize,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
@@ -718,6 +760,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             early_frames: VecDeque::new(),
             diagnostics: VecDeque::new(),
             diag_bucket: None,
+            carry: Vec::new(),
+            carry_dst: None,
+            window_granted: 0,
         }
     }
 
@@ -1159,6 +1204,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             mss: self.profile.segment_size(),
             seed: self.rng.next_u64(),
             user_timeout: self.limits.user_timeout,
+            window_cap_segments: (self.limits.conn_window_bytes / MAX_SEGMENT_BUDGET)
+                .max(crate::stream::consts::RECV_QUEUE_SEGMENTS),
             ..ConnConfig::default()
         }
     }
@@ -1186,6 +1233,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 app_closed: false,
                 resolve_asked: false,
                 peer_key: None,
+                window_granted: 0,
             },
         );
         self.mark_ready(id);
@@ -1418,6 +1466,33 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         }
     }
 
+    /// Grants a connection the larger receive window autotuning asks
+    /// for, within [`Limits::window_bytes_total`] (`spec/transport.md`
+    /// §6.2).
+    fn autotune(&mut self, id: ConnId) {
+        let room = self
+            .limits
+            .window_bytes_total
+            .saturating_sub(self.window_granted);
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(want) = e.conn.window_growth_wanted() else {
+            return;
+        };
+        let now_limit = e.conn.window_limit();
+        let extra = want
+            .saturating_sub(now_limit)
+            .min(room / MAX_SEGMENT_BUDGET);
+        e.conn.grow_window(now_limit + extra);
+        let bytes = extra * MAX_SEGMENT_BUDGET;
+        e.window_granted += bytes;
+        self.window_granted += bytes;
+        if extra > 0 {
+            self.stats.window_grants += 1;
+        }
+    }
+
     fn maybe_reap(&mut self, id: ConnId) {
         let done = self
             .conns
@@ -1427,6 +1502,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             return;
         }
         if let Some(e) = self.conns.remove(&id) {
+            self.window_granted = self.window_granted.saturating_sub(e.window_granted);
             let st = e.conn.stats();
             self.stats.stream_retransmits += st.retransmissions;
             self.stats.stream_fast_retransmits += st.fast_retransmits;
@@ -1983,6 +2059,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 e.peer_key = peer_key.or(e.peer_key);
                 e.conn.handle_segment(now, seg);
             }
+            self.autotune(id);
             self.drain_conn_events(id);
             self.touch(id);
             return;
@@ -2234,9 +2311,68 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         Some(p.endpoint)
     }
 
+    /// Writes up to `max_segments` datagrams for one destination into
+    /// `buf`, back to back, all of the size of the first except a shorter
+    /// last one (see [`TransmitBatch`]). The batch takes at most
+    /// `buf.len() - MIN_TRANSMIT_BUFFER` bytes beyond its first datagram:
+    /// each further datagram is written behind the batch, and one that
+    /// does not belong to it (another destination, a larger size, no room
+    /// left) is kept and returned first by the next poll, so nothing is
+    /// lost or reordered. `buf` needs at least [`MIN_TRANSMIT_BUFFER`]
+    /// bytes; a driver sizes it as its largest batch plus that.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<TransmitBatch> {
+        let first = self.poll_transmit(now, buf)?;
+        let (dst, seg) = (first.dst, first.len);
+        let mut batch = TransmitBatch {
+            dst,
+            len: seg,
+            segment_size: seg,
+            segments: 1,
+        };
+        let room = buf.len().saturating_sub(MIN_TRANSMIT_BUFFER);
+        while batch.segments < max_segments && batch.len.saturating_add(seg) <= room {
+            let Some(rest) = buf.get_mut(batch.len..) else {
+                break;
+            };
+            let Some(t) = self.poll_transmit(now, rest) else {
+                break;
+            };
+            if t.dst != dst || t.len > seg {
+                if let Some(bytes) = rest.get(..t.len) {
+                    self.carry.clear();
+                    self.carry.extend_from_slice(bytes);
+                    self.carry_dst = Some(t.dst);
+                }
+                break;
+            }
+            batch.len += t.len;
+            batch.segments += 1;
+            if t.len < seg {
+                break;
+            }
+        }
+        Some(batch)
+    }
+
     /// Writes the next datagram into `buf` (at least
     /// [`MIN_TRANSMIT_BUFFER`] bytes to carry every packet).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(dst) = self.carry_dst.take() {
+            let len = self.carry.len();
+            if let Some(out) = buf.get_mut(..len) {
+                out.copy_from_slice(&self.carry);
+                if self.carry.capacity() > SPARE_BUFFER_MAX {
+                    self.carry = Vec::new();
+                }
+                return Some(Transmit { dst, len });
+            }
+            self.stats.transmit_dropped += 1;
+        }
         loop {
             // 1. Key exchanges and flushed or salvaged packets.
             if self.encrypt {

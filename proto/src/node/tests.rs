@@ -986,3 +986,53 @@ fn queued_packet_buffers_are_reused_and_bounded() {
     pump(&mut v, t);
     assert_eq!(v[0].spare.len(), SPARE_BUFFERS);
 }
+
+/// Issue #14: `poll_transmit_batch` packs stream segments for one peer back
+/// to back in equal sizes (the GSO layout), keeps a datagram for another
+/// peer for the next poll, and the segments, split at `segment_size`,
+/// deliver the stream intact and in order.
+#[test]
+fn transmit_batches_are_equal_segments_for_one_destination() {
+    let mut v = mesh(3, true);
+    let t = Instant::from_millis(1);
+    v[1].listen(80).unwrap();
+    v[2].bind(7).unwrap();
+    let c = v[0].connect(t, Addr::new(1, 2), 80).unwrap();
+    v[0].connect_tunnel(t, 3);
+    pump(&mut v, t);
+    let s = v[1].accept(80).unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(v[0].write(t, c, &data).unwrap(), data.len());
+    v[0].send_datagram(t, Addr::new(1, 3), 7, None, b"to three")
+        .unwrap();
+    let mut buf = vec![0u8; 8 * 1300 + MIN_TRANSMIT_BUFFER];
+    let mut multi = 0;
+    let mut to_three = 0;
+    while let Some(b) = v[0].poll_transmit_batch(t, &mut buf, 8) {
+        assert!(b.segments >= 1 && b.segments <= 8);
+        assert!(b.len <= b.segment_size * b.segments);
+        assert!(b.len > b.segment_size * (b.segments - 1));
+        if b.segments > 1 {
+            multi += 1;
+        }
+        let to = if b.dst == ep(3) { 2 } else { 1 };
+        for chunk in buf[..b.len].chunks(b.segment_size) {
+            if to == 2 {
+                to_three += 1;
+            }
+            v[to].handle_datagram(t, ep(1), &mut chunk.to_vec());
+        }
+    }
+    assert!(multi > 0, "no batch held more than one segment");
+    assert_eq!(to_three, 1);
+    pump(&mut v, t);
+    let mut got = vec![0u8; data.len() + 1];
+    let mut n = 0;
+    while let Ok(k) = v[1].read(s, &mut got[n..]) {
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(&got[..n], &data[..]);
+}

@@ -194,6 +194,12 @@ pub struct ConnConfig {
     /// FIN is unacknowledged before the connection gives up. At least
     /// [`MIN_USER_TIMEOUT`].
     pub user_timeout: Duration,
+    /// Largest window in segments, both ways: receive-window autotuning
+    /// grows the ready queue up to it, and the sender keeps up to this
+    /// many segments (and `mss` times as many bytes of congestion window)
+    /// in flight. The default, [`MAX_UNACKED_SEGMENTS`], means no
+    /// autotuning (`spec/transport.md` §6.2).
+    pub window_cap_segments: usize,
 }
 
 impl Default for ConnConfig {
@@ -207,6 +213,7 @@ impl Default for ConnConfig {
             time_wait: TIME_WAIT,
             seed: 0,
             user_timeout: USER_TIMEOUT,
+            window_cap_segments: MAX_UNACKED_SEGMENTS,
         }
     }
 }
@@ -360,6 +367,18 @@ pub struct Connection {
 
     events: VecDeque<Event>,
     stats: ConnStats,
+    /// The sender filled our receive window (autotuning wants more).
+    window_limited: bool,
+    /// Creation time (the SYN or the SYN-ACK leaves about then).
+    created: Instant,
+    /// RTT measured by the handshake (Karn: not after a retransmitted SYN).
+    hs_rtt: Option<Duration>,
+    hs_retried: bool,
+    /// Autotuning epoch: start and bytes delivered since.
+    tune_start: Option<Instant>,
+    tune_bytes: usize,
+    /// Largest data segment received.
+    seg_seen: usize,
 }
 
 impl core::fmt::Debug for Connection {
@@ -371,6 +390,29 @@ impl core::fmt::Debug for Connection {
             .field("rcv_nxt", &self.recv.rcv_nxt())
             .finish_non_exhaustive()
     }
+}
+
+/// Congestion control for the connection's window cap: the largest
+/// congestion window is 1 MiB or the cap × segment size, whichever is
+/// larger, and the initial slow-start threshold half of it (as
+/// `INITIAL_SSTHRESH` is half of `MAX_CWND`).
+fn cc_config(cfg: &ConnConfig) -> NewRenoConfig {
+    let base = NewRenoConfig::for_segment(cfg.mss);
+    let max_cwnd = base
+        .max_cwnd
+        .max(cfg.window_cap_segments.saturating_mul(cfg.mss));
+    NewRenoConfig {
+        max_cwnd,
+        initial_ssthresh: base.initial_ssthresh.max(max_cwnd / 2),
+        ..base
+    }
+}
+
+/// A receive buffer with the connection's autotuning cap.
+fn recv_buffer(rcv_nxt: Seq, cfg: &ConnConfig) -> RecvBuffer {
+    let mut r = RecvBuffer::new(rcv_nxt, cfg.recv);
+    r.set_max_segments(cfg.window_cap_segments);
+    r
 }
 
 impl Connection {
@@ -389,9 +431,9 @@ impl Connection {
             isn,
             peer_isn: rcv_nxt.add(u32::MAX),
             send: SendBuffer::new(isn.add(1), send_cfg),
-            recv: RecvBuffer::new(rcv_nxt, cfg.recv),
+            recv: recv_buffer(rcv_nxt, &cfg),
             rtt: RttEstimator::new(),
-            cc: Box::new(NewReno::new(NewRenoConfig::for_segment(mss))),
+            cc: Box::new(NewReno::new(cc_config(&cfg))),
             peer_window: None,
             seg_size: SegmentSize::new(mss),
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -413,6 +455,13 @@ impl Connection {
             dial_deadline: now + cfg.user_timeout,
             reply_fin: None,
             reply_fin_acked: false,
+            window_limited: false,
+            created: now,
+            hs_rtt: None,
+            hs_retried: false,
+            tune_start: None,
+            tune_bytes: 0,
+            seg_seen: 0,
             rto_at: None,
             last_heard: now,
             timeouts_unheard: 0,
@@ -726,6 +775,7 @@ impl Connection {
             && seg.seq == self.peer_isn
             && matches!(self.state, State::Established | State::FinWait)
         {
+            self.hs_retried = true;
             self.synack_pending = true;
         }
     }
@@ -733,8 +783,11 @@ impl Connection {
     fn on_synack(&mut self, now: Instant, seg: &Segment) {
         match self.state {
             State::SynSent if seg.ack == self.isn.add(1) => {
+                if self.syn_retries == 0 {
+                    self.hs_rtt = Some(now.saturating_duration_since(self.created));
+                }
                 self.peer_isn = seg.seq;
-                self.recv = RecvBuffer::new(seg.seq.add(1), self.cfg.recv);
+                self.recv = recv_buffer(seg.seq.add(1), &self.cfg);
                 self.peer_window = Some(seg.window);
                 self.state = State::Established;
                 self.syn_pending = false;
@@ -921,7 +974,15 @@ impl Connection {
             return;
         }
         let had_fin = self.recv.fin_received();
+        let seg_len = seg.payload.len();
+        if self.hs_rtt.is_none() && !self.hs_retried && self.role == Role::Acceptor {
+            // The dialer's first data follows our SYN-ACK by about an RTT.
+            self.hs_rtt = Some(now.saturating_duration_since(self.created));
+        }
         let outcome = self.recv.on_data(seg.seq, seg.payload);
+        if let DataOutcome::Delivered { bytes } = outcome {
+            self.tune_window(now, seg_len, bytes);
+        }
         match outcome {
             DataOutcome::Delivered { bytes } => {
                 self.stats.bytes_received += bytes as u64;
@@ -941,6 +1002,30 @@ impl Connection {
             let ack = self.recv.ack_number();
             self.peer_fin_effective(now, ack);
         }
+    }
+
+    /// Receive-window autotuning (`spec/transport.md` §6.2): over each
+    /// RTT (SRTT, else the handshake's), the bytes delivered in order; if
+    /// they reach ¾ of the window (limit × largest segment seen) while the
+    /// reader keeps up, the window is what limits the sender.
+    fn tune_window(&mut self, now: Instant, seg_len: usize, delivered: usize) {
+        self.seg_seen = self.seg_seen.max(seg_len);
+        let Some(rtt) = self.rtt.srtt().or(self.hs_rtt) else {
+            return;
+        };
+        let start = *self.tune_start.get_or_insert(now);
+        self.tune_bytes = self.tune_bytes.saturating_add(delivered);
+        if now.saturating_duration_since(start) < rtt {
+            return;
+        }
+        let window = self.recv.limit().saturating_mul(self.seg_seen.max(1));
+        if self.tune_bytes.saturating_mul(4) >= window.saturating_mul(3)
+            && self.recv.reader_keeps_up()
+        {
+            self.window_limited = true;
+        }
+        self.tune_start = Some(now);
+        self.tune_bytes = 0;
     }
 
     fn schedule_ack(&mut self, now: Instant) {
@@ -1387,7 +1472,34 @@ impl Connection {
         });
         flight < self.cc.cwnd().min(peer_bytes)
             && self.peer_window.is_none_or(|w| unacked < usize::from(w))
-            && unacked < MAX_UNACKED_SEGMENTS
+            && unacked < MAX_UNACKED_SEGMENTS.max(self.cfg.window_cap_segments)
+    }
+
+    /// The receive window (in segments) autotuning asks for: the sender
+    /// filled the current one while the application kept up. The node
+    /// grants it, within its memory cap, with [`Connection::grow_window`].
+    pub fn window_growth_wanted(&self) -> Option<usize> {
+        if self.window_limited {
+            self.recv.growth_wanted()
+        } else {
+            None
+        }
+    }
+
+    /// Ready-queue slots now (the largest window this side advertises).
+    pub fn window_limit(&self) -> usize {
+        self.recv.limit()
+    }
+
+    /// Grows the receive window to `segments` (see
+    /// [`Connection::window_growth_wanted`]); the next ACK carries it.
+    pub fn grow_window(&mut self, segments: usize) {
+        self.window_limited = false;
+        let before = self.recv.limit();
+        self.recv.grow(segments);
+        if self.recv.limit() > before {
+            self.ack_now = true;
+        }
     }
 
     fn ack_fields(&mut self) -> (Seq, u16) {

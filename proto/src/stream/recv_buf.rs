@@ -18,6 +18,9 @@ use super::consts::{MAX_SEGMENT_BUDGET, OOO_SEGMENTS, RECV_QUEUE_SEGMENTS};
 use super::sack::{MAX_SACK_BLOCKS, SackBlock, SackBlocks};
 use super::seq::Seq;
 
+/// Slot-array capacity kept by an emptied queue; larger ones are freed.
+const IDLE_SLOTS: usize = 16;
+
 /// Capacities of a [`RecvBuffer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecvConfig {
@@ -82,6 +85,11 @@ pub struct RecvBuffer {
     fin: Option<Seq>,
     eof: bool,
     closed: bool,
+    /// Ready-queue slots now (the largest window advertised now); starts
+    /// at `cfg.queue_segments` and grows by autotuning up to `max_limit`
+    /// (`spec/transport.md` §6.2).
+    limit: usize,
+    max_limit: usize,
 }
 
 impl RecvBuffer {
@@ -98,7 +106,50 @@ impl RecvBuffer {
             fin: None,
             eof: false,
             closed: false,
+            limit: cfg.queue_segments,
+            max_limit: cfg.queue_segments,
         }
+    }
+
+    /// Lets autotuning grow the ready queue (and the out-of-order buffer
+    /// with it) up to `max_segments` slots (at most `u16::MAX`, the
+    /// largest window field); never below the configured size.
+    pub fn set_max_segments(&mut self, max_segments: usize) {
+        self.max_limit = max_segments
+            .min(usize::from(u16::MAX))
+            .max(self.cfg.queue_segments);
+    }
+
+    /// Ready-queue slots now (the largest window advertised now).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether the application keeps up: the ready queue is at most a
+    /// quarter full, so a full window per RTT is the sender's limit, not
+    /// the reader's.
+    pub fn reader_keeps_up(&self) -> bool {
+        self.ready.len() <= self.limit / 4
+    }
+
+    /// The slots autotuning would like next (twice the limit, capped),
+    /// or `None` at the cap.
+    pub fn growth_wanted(&self) -> Option<usize> {
+        let want = self.limit.saturating_mul(2).min(self.max_limit);
+        (want > self.limit).then_some(want)
+    }
+
+    /// Grows the limit to `segments` (never shrinks, never above the cap).
+    pub fn grow(&mut self, segments: usize) {
+        self.limit = segments.min(self.max_limit).max(self.limit);
+    }
+
+    /// Out-of-order slots: the configured number, grown by as many slots
+    /// as autotuning added to the ready queue.
+    fn ooo_limit(&self) -> usize {
+        self.cfg
+            .ooo_segments
+            .saturating_add(self.limit.saturating_sub(self.cfg.queue_segments))
     }
 
     /// Next in-order sequence number expected (not counting a FIN).
@@ -117,26 +168,23 @@ impl RecvBuffer {
     }
 
     fn ready_byte_cap(&self) -> usize {
-        self.cfg.queue_segments.saturating_mul(MAX_SEGMENT_BUDGET)
+        self.limit.saturating_mul(MAX_SEGMENT_BUDGET)
     }
 
     fn ooo_byte_cap(&self) -> usize {
-        self.cfg.ooo_segments.saturating_mul(MAX_SEGMENT_BUDGET)
+        self.ooo_limit().saturating_mul(MAX_SEGMENT_BUDGET)
     }
 
     /// Furthest distance ahead of `rcv_nxt` accepted into the OOO buffer.
     fn horizon(&self) -> u32 {
-        let segs = self
-            .cfg
-            .queue_segments
-            .saturating_add(self.cfg.ooo_segments);
+        let segs = self.limit.saturating_add(self.ooo_limit());
         u32::try_from(segs.saturating_mul(MAX_SEGMENT_BUDGET)).unwrap_or(u32::MAX / 2)
     }
 
     /// The window to advertise: free ready-queue slots (in segments),
     /// reduced if the byte budget is nearly used up, clamped to `u16`.
     pub fn window(&self) -> u16 {
-        let free_slots = self.cfg.queue_segments.saturating_sub(self.ready.len());
+        let free_slots = self.limit.saturating_sub(self.ready.len());
         let free_bytes = self.ready_byte_cap().saturating_sub(self.ready_bytes);
         let w = free_slots.min(free_bytes / MAX_SEGMENT_BUDGET);
         u16::try_from(w).unwrap_or(u16::MAX)
@@ -178,7 +226,7 @@ impl RecvBuffer {
     }
 
     fn push_ready(&mut self, data: Bytes) -> bool {
-        if self.ready.len() >= self.cfg.queue_segments
+        if self.ready.len() >= self.limit
             || self.ready_bytes.saturating_add(data.len()) > self.ready_byte_cap()
         {
             return false;
@@ -308,7 +356,7 @@ impl RecvBuffer {
                 DataOutcome::Buffered
             }
             Err(i) => {
-                if self.ooo.len() >= self.cfg.ooo_segments
+                if self.ooo.len() >= self.ooo_limit()
                     || self.ooo_bytes + data.len() > self.ooo_byte_cap()
                 {
                     return DataOutcome::Dropped;
@@ -437,6 +485,14 @@ impl RecvBuffer {
         {
             self.drain_ooo();
             self.check_fin();
+        }
+        // Release the queues' slot arrays once drained after a burst, so
+        // an idle connection holds no memory sized for its peak window.
+        if self.ready.is_empty() && self.ready.capacity() > IDLE_SLOTS {
+            self.ready = VecDeque::new();
+        }
+        if self.ooo.is_empty() && self.ooo.capacity() > IDLE_SLOTS {
+            self.ooo = VecDeque::new();
         }
     }
 
@@ -743,5 +799,42 @@ mod prop_tests {
             prop_assert_eq!(r.ooo_len(), 0);
             prop_assert_eq!(r.ack_number(), Seq(start).add_len(len));
         }
+    }
+
+    /// Issue #14 autotuning: the limit doubles up to the cap and never
+    /// shrinks; the out-of-order buffer grows with it; a slow reader is
+    /// told apart.
+    #[test]
+    fn window_limit_grows_to_the_cap_only() {
+        let cfg = RecvConfig {
+            queue_segments: 8,
+            ooo_segments: 4,
+        };
+        let mut r = RecvBuffer::new(Seq(0), cfg);
+        assert_eq!(r.growth_wanted(), None, "no cap above the configured size");
+        r.set_max_segments(20);
+        assert_eq!(r.growth_wanted(), Some(16));
+        r.grow(16);
+        assert_eq!((r.limit(), r.window()), (16, 16));
+        assert_eq!(r.growth_wanted(), Some(20));
+        r.grow(1000);
+        r.grow(3);
+        assert_eq!(r.limit(), 20);
+        assert_eq!(r.growth_wanted(), None);
+        // Out of order: 4 + 12 slots now.
+        for i in 0..16u32 {
+            let d = Bytes::from(vec![1u8; 10]);
+            assert_eq!(r.on_data(Seq(100 + i * 10), d), DataOutcome::Buffered);
+        }
+        assert_eq!(
+            r.on_data(Seq(1000), Bytes::from(vec![1u8; 10])),
+            DataOutcome::Dropped
+        );
+        let mut s = RecvBuffer::new(Seq(0), cfg);
+        assert!(s.reader_keeps_up());
+        for i in 0..3u32 {
+            s.on_data(Seq(i * 10), Bytes::from(vec![1u8; 10]));
+        }
+        assert!(!s.reader_keeps_up());
     }
 }

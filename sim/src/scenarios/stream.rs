@@ -362,13 +362,14 @@ impl Scenario for StreamScenario {
         } else {
             0.0
         };
-        let (mut rtx, mut fast, mut rto) = (0, 0, 0);
+        let (mut rtx, mut fast, mut rto, mut grants) = (0, 0, 0, 0);
         for &nid in &ids {
             if let Some(p) = sim.node(nid) {
                 let (a, b, c) = p.node.stream_totals();
                 rtx += a;
                 fast += b;
                 rto += c;
+                grants += p.node.stats().window_grants;
             }
         }
         if let Some(class) = failure_class(&st, mismatched) {
@@ -380,6 +381,7 @@ impl Scenario for StreamScenario {
         out.figures.insert("retransmits".into(), json!(rtx));
         out.figures.insert("fast_retransmits".into(), json!(fast));
         out.figures.insert("rto_timeouts".into(), json!(rto));
+        out.figures.insert("window_grants".into(), json!(grants));
         out
     }
 }
