@@ -14,16 +14,7 @@ async fn main() -> Result<(), Error> {
 
     let server = Node::start(NodeConfig::new(Addr::new(1, 100))).await?;
     let client = Node::start(NodeConfig::new(Addr::new(1, 200))).await?;
-    server.add_peer(
-        client.addr(),
-        client.local_udp_addr(),
-        Some(client.identity_key()),
-    )?;
-    client.add_peer(
-        server.addr(),
-        server.local_udp_addr(),
-        Some(server.identity_key()),
-    )?;
+    server.introduce(&client)?;
 
     // Server: echo every accepted stream until the peer's end of stream.
     let listener = server.listen(7)?;

@@ -22,16 +22,7 @@ async fn hello(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byte
 async fn main() -> Result<(), BoxError> {
     let server = Node::start(NodeConfig::new(Addr::new(1, 80))).await?;
     let client = Node::start(NodeConfig::new(Addr::new(1, 81))).await?;
-    server.add_peer(
-        client.addr(),
-        client.local_udp_addr(),
-        Some(client.identity_key()),
-    )?;
-    client.add_peer(
-        server.addr(),
-        server.local_udp_addr(),
-        Some(server.identity_key()),
-    )?;
+    server.introduce(&client)?;
 
     let listener = server.listen(80)?;
     tokio::spawn(async move {

@@ -18,16 +18,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     let server = Node::start(NodeConfig::new(Addr::new(1, 443))).await?;
     let client = Node::start(NodeConfig::new(Addr::new(1, 444))).await?;
-    server.add_peer(
-        client.addr(),
-        client.local_udp_addr(),
-        Some(client.identity_key()),
-    )?;
-    client.add_peer(
-        server.addr(),
-        server.local_udp_addr(),
-        Some(server.identity_key()),
-    )?;
+    server.introduce(&client)?;
 
     let listener = server.listen(443)?;
     let task = tokio::spawn(async move {

@@ -426,6 +426,22 @@ impl Node {
         }
     }
 
+    /// Makes this node and `other` (both in this process) static peers of
+    /// each other, with address, UDP endpoint and identity key: what two
+    /// nodes without a registry need before they can talk.
+    pub fn introduce(&self, other: &Node) -> Result<(), Error> {
+        self.add_peer(
+            other.addr(),
+            other.local_udp_addr(),
+            Some(other.identity_key()),
+        )?;
+        other.add_peer(
+            self.addr(),
+            self.local_udp_addr(),
+            Some(self.identity_key()),
+        )
+    }
+
     /// Opens a stream to `dst:port`. With a registry, an unknown peer is
     /// resolved first. Cancel-safe: dropping the future abandons the dial.
     pub async fn connect(&self, dst: Addr, port: u16) -> Result<Stream, Error> {

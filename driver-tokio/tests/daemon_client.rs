@@ -218,10 +218,7 @@ async fn setup(dir: &Path) -> (Node, DaemonClient, Addr) {
     let d = Node::start(NodeConfig::new(Addr::new(0, 40)))
         .await
         .unwrap();
-    e.add_peer(d.addr(), d.local_udp_addr(), Some(d.identity_key()))
-        .unwrap();
-    d.add_peer(e.addr(), e.local_udp_addr(), Some(e.identity_key()))
-        .unwrap();
+    e.introduce(&d).unwrap();
     let path = dir.join("pilot.sock");
     let daddr = d.addr();
     fake_daemon(d, &path).await;

@@ -37,16 +37,22 @@ fn daemon_bin() -> PathBuf {
                 return p;
             }
         }
+        // Built in this test's own profile, so a `--release` test run
+        // (the README's) reuses its artifacts instead of a debug build.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec![
+            "build",
+            "-p",
+            "pilot-driver-mio",
+            "--bin",
+            "pilot-daemon",
+            "--message-format=json",
+        ];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
         let out = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "pilot-driver-mio",
-                "--bin",
-                "pilot-daemon",
-                "--message-format=json",
-            ])
+            .args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())
             .output()

@@ -15,10 +15,7 @@ async fn pair() -> (Node, Node) {
     let b = Node::start(NodeConfig::new(Addr::new(1, 20)))
         .await
         .unwrap();
-    a.add_peer(b.addr(), b.local_udp_addr(), Some(b.identity_key()))
-        .unwrap();
-    b.add_peer(a.addr(), a.local_udp_addr(), Some(a.identity_key()))
-        .unwrap();
+    a.introduce(&b).unwrap();
     (a, b)
 }
 
@@ -308,10 +305,7 @@ async fn ring_and_rustcrypto_nodes_interoperate() {
         cb.profile = profile;
         let a = Node::start(ca).await.unwrap();
         let b = Node::start(cb).await.unwrap();
-        a.add_peer(b.addr(), b.local_udp_addr(), Some(b.identity_key()))
-            .unwrap();
-        b.add_peer(a.addr(), a.local_udp_addr(), Some(a.identity_key()))
-            .unwrap();
+        a.introduce(&b).unwrap();
         let listener = b.listen(90).unwrap();
         let data = pattern(7, 300_000);
         let server = tokio::spawn(async move {

@@ -14,20 +14,7 @@ use tokio::time::timeout;
 async fn http_request_response_over_pilot() {
     let server = Node::start(NodeConfig::new(Addr::new(2, 1))).await.unwrap();
     let client = Node::start(NodeConfig::new(Addr::new(2, 2))).await.unwrap();
-    server
-        .add_peer(
-            client.addr(),
-            client.local_udp_addr(),
-            Some(client.identity_key()),
-        )
-        .unwrap();
-    client
-        .add_peer(
-            server.addr(),
-            server.local_udp_addr(),
-            Some(server.identity_key()),
-        )
-        .unwrap();
+    server.introduce(&client).unwrap();
 
     let listener = server.listen(80).unwrap();
     let srv = tokio::spawn(async move {

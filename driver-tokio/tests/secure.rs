@@ -19,10 +19,7 @@ async fn pair(net: u16) -> (Node, Node) {
     let b = Node::start(NodeConfig::new(Addr::new(net, 2)))
         .await
         .unwrap();
-    a.add_peer(b.addr(), b.local_udp_addr(), Some(b.identity_key()))
-        .unwrap();
-    b.add_peer(a.addr(), a.local_udp_addr(), Some(a.identity_key()))
-        .unwrap();
+    a.introduce(&b).unwrap();
     (a, b)
 }
 

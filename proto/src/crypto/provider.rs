@@ -153,6 +153,43 @@ impl CryptoProvider for RustCrypto {
     }
 }
 
+/// The key-exchange half of a provider that takes X25519 and Ed25519
+/// from [`RustCrypto`] (they run once per key exchange, not per packet):
+/// one definition for every such provider.
+#[cfg(feature = "ring")]
+macro_rules! rustcrypto_key_exchange {
+    () => {
+        fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32] {
+            RustCrypto.x25519_public(secret)
+        }
+        fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32] {
+            RustCrypto.x25519_dh(secret, peer_public)
+        }
+        fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32] {
+            RustCrypto.ed25519_public(seed)
+        }
+        fn ed25519_sign(&self, seed: &[u8; 32], msg: &[u8]) -> [u8; 64] {
+            RustCrypto.ed25519_sign(seed, msg)
+        }
+        fn ed25519_verify(&self, public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
+            RustCrypto.ed25519_verify(public, msg, sig)
+        }
+    };
+}
+
+/// SHA-256 and HKDF from [`RustCrypto`], likewise.
+#[cfg(feature = "ring")]
+macro_rules! rustcrypto_hashes {
+    () => {
+        fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+            RustCrypto.sha256(parts)
+        }
+        fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+            RustCrypto.hkdf_sha256(salt, ikm, info)
+        }
+    };
+}
+
 /// AES-256-GCM from `ring`; X25519, Ed25519, SHA-256 and HKDF as
 /// [`RustCrypto`] (they run once per key exchange, not per packet, and
 /// `ring` has no X25519 with a static secret). Interoperates frame for
@@ -167,21 +204,7 @@ impl CryptoProvider for Ring {
     /// operation with it then fails instead of panicking.
     type AeadKey = Option<ring::aead::LessSafeKey>;
 
-    fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.x25519_public(secret)
-    }
-    fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.x25519_dh(secret, peer_public)
-    }
-    fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.ed25519_public(seed)
-    }
-    fn ed25519_sign(&self, seed: &[u8; 32], msg: &[u8]) -> [u8; 64] {
-        RustCrypto.ed25519_sign(seed, msg)
-    }
-    fn ed25519_verify(&self, public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
-        RustCrypto.ed25519_verify(public, msg, sig)
-    }
+    rustcrypto_key_exchange!();
 
     fn aead_key(&self, key: &[u8; 32]) -> Self::AeadKey {
         ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
@@ -229,12 +252,7 @@ impl CryptoProvider for Ring {
             .map_err(|_| AeadFailure)
     }
 
-    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
-        RustCrypto.sha256(parts)
-    }
-    fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
-        RustCrypto.hkdf_sha256(salt, ikm, info)
-    }
+    rustcrypto_hashes!();
 }
 
 /// Which AEAD implementation a [`Selected`] provider uses.
@@ -294,21 +312,7 @@ impl core::fmt::Debug for SelectedKey {
 impl CryptoProvider for Selected {
     type AeadKey = SelectedKey;
 
-    fn x25519_public(&self, secret: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.x25519_public(secret)
-    }
-    fn x25519_dh(&self, secret: &[u8; 32], peer_public: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.x25519_dh(secret, peer_public)
-    }
-    fn ed25519_public(&self, seed: &[u8; 32]) -> [u8; 32] {
-        RustCrypto.ed25519_public(seed)
-    }
-    fn ed25519_sign(&self, seed: &[u8; 32], msg: &[u8]) -> [u8; 64] {
-        RustCrypto.ed25519_sign(seed, msg)
-    }
-    fn ed25519_verify(&self, public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
-        RustCrypto.ed25519_verify(public, msg, sig)
-    }
+    rustcrypto_key_exchange!();
     fn aead_key(&self, key: &[u8; 32]) -> SelectedKey {
         match self {
             Selected::RustCrypto => SelectedKey::RustCrypto(RustCrypto.aead_key(key)),
@@ -341,10 +345,5 @@ impl CryptoProvider for Selected {
             SelectedKey::Ring(k) => Ring.aead_open_in_place(k, nonce, aad, buf, tag),
         }
     }
-    fn sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
-        RustCrypto.sha256(parts)
-    }
-    fn hkdf_sha256(&self, salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
-        RustCrypto.hkdf_sha256(salt, ikm, info)
-    }
+    rustcrypto_hashes!();
 }
