@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use pilot_proto::beacon::server::ServerStats;
-use pilot_proto::registry::codec::REQUEST_TYPES;
+use pilot_proto::registry::server::REQUEST_TYPES;
 use pilot_proto::registry::server::State;
 use pilot_proto::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;

@@ -1333,7 +1333,7 @@ impl Server {
         if changed || mark.outcome == Outcome::Refused {
             self.activity.push(Activity {
                 at: now.as_nanos() / 1_000_000_000,
-                request: pilot_proto::registry::codec::REQUEST_TYPES
+                request: pilot_proto::registry::server::REQUEST_TYPES
                     .get(mark.ty.unwrap_or(usize::MAX))
                     .copied()
                     .unwrap_or("unknown"),

@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The requests [`Registry::handle`] takes (decoded by
 /// [`super::framing::next_request`]).
-pub use super::codec::Request;
+pub use super::codec::{REQUEST_TYPES, Request};
 pub use error::{GENERIC_ERROR, RegistryError, SAFE_KEYWORDS};
 pub use state::{
     Change, Invite, JoinRule, MAX_PENDING_PER_TARGET, NetworkRecord, NodeRecord, PendingRequest,
