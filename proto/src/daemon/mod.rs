@@ -277,6 +277,9 @@ enum Purpose {
         reply: Command,
         op: &'static str,
     },
+    /// The visibility call after a registration: the `Registered` event
+    /// goes out when it is answered (either way).
+    Announce { node_id: u32, address: String },
     /// First step of resolving a peer.
     Lookup(u32),
     /// Second step (private peers).
@@ -2034,8 +2037,24 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let again = self.registered_once;
         self.registered_once = true;
+        // A public daemon announces itself only once the registry says it
+        // is public: before that, dials to it are refused as private.
+        let mut announce_later = false;
         if self.public {
-            self.fire(now, Call::SetVisibility(true));
+            if let Some(Ok(id)) = self
+                .registry
+                .as_mut()
+                .map(|r| r.call(now, Call::SetVisibility(true)))
+            {
+                self.calls.insert(
+                    id,
+                    Purpose::Announce {
+                        node_id,
+                        address: address.clone(),
+                    },
+                );
+                announce_later = true;
+            }
         }
         if !self.tags.is_empty() {
             let tags = self.tags.clone();
@@ -2055,8 +2074,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.fire(now, Call::ReportTrust(p));
             }
         }
-        self.outputs
-            .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
+        if !announce_later {
+            self.outputs
+                .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
+        }
     }
 
     /// Asks the driver to persist hostname, visibility and tags.
@@ -2083,6 +2104,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         match purpose {
+            Purpose::Announce { node_id, address } => {
+                if let Err(e) = &result {
+                    self.diagnostics_push(format!("set_visibility after registration failed: {e}"));
+                }
+                self.outputs
+                    .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
+            }
             Purpose::Ipc { client, reply, op } => {
                 let out: Reply = match result {
                     Ok(resp) => {

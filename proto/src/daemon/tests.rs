@@ -82,6 +82,9 @@ struct Net {
     /// Per daemon: disk work is kept in `held`, not completed.
     hold_disk: Vec<bool>,
     held: Vec<(usize, DiskWork)>,
+    /// Per daemon, per `Registered` event: the node's visibility in the
+    /// registry when the event came.
+    public_at_registered: Vec<Vec<Option<bool>>>,
 }
 
 impl Net {
@@ -109,6 +112,7 @@ impl Net {
             disk_fail: vec![None; n],
             hold_disk: vec![false; n],
             held: Vec::new(),
+            public_at_registered: vec![Vec::new(); n],
         };
         net.settle();
         net
@@ -190,6 +194,16 @@ impl Net {
                         }
                         other => {
                             moved = true;
+                            // What the registry says of a node at the moment
+                            // its daemon announces the registration.
+                            if let Output::Event(DaemonEvent::Registered { node_id, .. }) = &other {
+                                let public = self
+                                    .reg
+                                    .as_ref()
+                                    .and_then(|r| r.state().nodes.get(node_id))
+                                    .map(|n| n.public);
+                                self.public_at_registered[i].push(public);
+                            }
                             self.actions[i].push(other);
                         }
                     }
@@ -417,6 +431,17 @@ fn public_cfg(i: usize) -> Cfg {
     let mut c = cfg(i, true);
     c.public = true;
     c
+}
+
+/// Found by the simulator (`daemon-echo` seeds 5 and 13 under faults): a
+/// public daemon announced `Registered` before its `set_visibility` was
+/// applied, so a peer dialling at once was refused as private.
+#[test]
+fn a_public_daemon_announces_registration_only_once_public() {
+    let net = Net::new(vec![public_cfg(0), cfg(1, true)], true);
+    assert_eq!(net.public_at_registered[0], vec![Some(true)]);
+    // A private daemon announces at once (nothing to wait for).
+    assert_eq!(net.public_at_registered[1], vec![Some(false)]);
 }
 
 #[test]
