@@ -173,6 +173,22 @@ pub struct IpcClient {
     path: PathBuf,
 }
 
+/// The peer address in a `ResolveHostname` reply: its `address`, else
+/// node `node_id` of network 0.
+pub fn resolved_addr(reply: &Value) -> Option<Addr> {
+    reply
+        .get("address")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Addr>().ok())
+        .or_else(|| {
+            reply
+                .get("node_id")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Addr::new(0, n))
+        })
+}
+
 impl std::fmt::Debug for IpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IpcClient")

@@ -27,7 +27,7 @@ use thiserror::Error;
 use super::control::{ControlError, read_json};
 use super::dns::{self, DnsCounters, Lookup};
 use super::table::{Mapped, Subnet, Table};
-use crate::ipc_client::{IpcClient, IpcClientError};
+use crate::ipc_client::{IpcClient, IpcClientError, resolved_addr};
 
 /// How often blocked loops look at their stop flag.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -274,17 +274,7 @@ impl Gateway {
                 return Lookup::Failed;
             }
         };
-        let addr = v
-            .get("address")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Addr>().ok())
-            .or_else(|| {
-                v.get("node_id")
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .map(|n| Addr::new(0, n))
-            });
-        let Some(addr) = addr else {
+        let Some(addr) = resolved_addr(&v) else {
             return Lookup::NotFound;
         };
         match self.map(addr, None) {

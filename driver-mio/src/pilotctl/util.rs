@@ -270,17 +270,7 @@ pub fn resolve_target(client: &IpcClient, arg: &str, quiet: bool) -> CliResult<T
         }
         Err(e) => return Err(CliError::ipc(e, "not_found")),
     };
-    let addr = v
-        .get("address")
-        .and_then(Value::as_str)
-        .and_then(|s| Addr::from_str(s).ok())
-        .or_else(|| {
-            v.get("node_id")
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok())
-                .map(|n| Addr::new(0, n))
-        })
-        .ok_or_else(not_found)?;
+    let addr = crate::ipc_client::resolved_addr(&v).ok_or_else(not_found)?;
     if !quiet {
         eprintln!("resolved {arg:?} → {addr}");
     }
