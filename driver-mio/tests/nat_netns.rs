@@ -1,0 +1,406 @@
+//! Pilot across real network boundaries (issue #13): labs of Linux network
+//! namespaces built by `scripts/natlab.sh` — a "public" namespace with
+//! `pilot-rendezvous` (registry + beacon) and home namespaces, each behind
+//! its own router doing no NAT, a port-keeping masquerade (endpoint-
+//! independent mapping) or a random-port masquerade (symmetric NAT), all
+//! dropping unsolicited inbound packets. Real `pilot-daemon` processes run
+//! in the homes; the tests drive them through their IPC sockets and
+//! `pilotctl --json`: first contact timed to the first echoed byte, ping,
+//! a 16 MiB stream with SHA-256 compared, a file by data exchange and an
+//! event through a peer's pub/sub broker. The path a pair used is read from
+//! the network itself — the public side's nftables counters say whether the
+//! bulk bytes went router to router (direct) or through the beacon (relay)
+//! — and from `pilotctl peers --json`.
+//!
+//! `lab_nats_behave_as_declared` checks the lab itself with plain UDP
+//! sockets, so the Pilot tests cannot pass on a lab that quietly lost its
+//! NAT. Needs root (network namespaces) and nftables; skips with a message
+//! when namespaces cannot be made. `measure_direct_vs_relay` (ignored)
+//! prints first-byte times and throughputs, direct and relayed.
+
+mod natlab_support;
+mod pilotctl_support;
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use natlab_support::{
+    FirstByte, Lab, Nat, Transfer, address, first_byte, peer_entry, send_file, transfer,
+};
+use pilotctl_support::{Node, finish, trust};
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+/// The bulk stream of every pair.
+const BULK: usize = 16 * MIB;
+
+/// Builds a lab or prints why it is skipped.
+fn lab(test: &str, nats: &[Nat]) -> Option<Lab> {
+    match Lab::up(nats) {
+        Ok(l) => Some(l),
+        Err(why) => {
+            eprintln!("SKIP {test}: network namespaces unavailable ({why})");
+            None
+        }
+    }
+}
+
+/// The path a pair is expected to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path_ {
+    Direct,
+    Relay,
+}
+
+/// What one pair measured.
+#[derive(Clone, Copy, Debug)]
+struct PairReport {
+    first: FirstByte,
+    bulk: Transfer,
+}
+
+/// A daemon in each home of `lab` (public, so first contact needs no
+/// trust): `a` in home 1, `b` in home 2, `c` in home 3, ...
+fn daemons(lab: &mut Lab) -> Vec<(usize, Node)> {
+    lab.start_rendezvous();
+    (1..=lab.nats.len())
+        .map(|i| {
+            let name = ((b'a' + (i as u8 - 1)) as char).to_string();
+            (i, lab.daemon(i, &name, &["--public"]))
+        })
+        .collect()
+}
+
+/// `from` (in home `hf`) makes first contact with `to` (in home `ht`),
+/// timed to the first echoed byte; then ping, the 16 MiB stream
+/// from → to, trust, a file by data exchange from → to and an event
+/// through `to`'s broker seen by a subscriber on `from`. Asserts that the
+/// bulk bytes took `path`, on the wire and in `peers --json`.
+fn exercise(
+    lab: &Lab,
+    (hf, from): (usize, &Node),
+    (ht, to): (usize, &Node),
+    path: Path_,
+) -> PairReport {
+    let addr_to = address(to);
+    let to_id = to.node_id.to_string();
+
+    let first = first_byte(from, addr_to);
+
+    let v = from.ok(&["ping", &to_id, "--count", "3", "--timeout", "60s"]);
+    let results = v["results"].as_array().expect("ping results");
+    assert_eq!(results.len(), 3, "{v}");
+    for r in results {
+        assert!(r["error"].is_null() && r["rtt_ms"].is_number(), "{v}");
+    }
+
+    let before = lab.counters();
+    let bulk = transfer(from, to, addr_to, 5000, BULK);
+    let moved = lab.counters().since(&before);
+    let (direct, via_beacon) = (moved.direct(hf, ht), moved.beacon(hf));
+    eprintln!(
+        "{:?} -> {:?} {:?}: first byte {:?} (dial {:?}); 16 MiB in {:?} ({:.1} MiB/s); \
+         during the bulk: {direct} B router to router, {via_beacon} B sender <-> beacon",
+        lab.nats[hf - 1],
+        lab.nats[ht - 1],
+        path,
+        first.first_byte,
+        first.dial,
+        bulk.elapsed,
+        bulk.mib_per_s()
+    );
+    match path {
+        Path_::Direct => {
+            assert!(
+                direct >= BULK as u64,
+                "direct path: only {direct} B went router to router"
+            );
+            assert!(
+                via_beacon < MIB as u64,
+                "direct path: {via_beacon} B went through the beacon"
+            );
+        }
+        Path_::Relay => {
+            assert!(
+                via_beacon >= BULK as u64,
+                "relayed path: only {via_beacon} B went through the beacon"
+            );
+            assert!(
+                direct < MIB as u64,
+                "relayed path: {direct} B went router to router"
+            );
+        }
+    }
+    check_peer_path(lab, (hf, from), (ht, to), path);
+    check_peer_path(lab, (ht, to), (hf, from), path);
+
+    // Data exchange and pub/sub need mutual trust.
+    trust(from, to);
+    let file = lab
+        .dir
+        .path()
+        .join(format!("file-{}-{}.bin", from.name, to.name));
+    std::fs::write(&file, natlab_support::pattern(3 * MIB + 17, 77)).unwrap();
+    send_file(from, to, &file);
+    pubsub(to, from);
+
+    PairReport { first, bulk }
+}
+
+/// `peers --json` on `n` shows `peer` on the expected path. The path field
+/// arrives with NAT traversal (#13); until then the endpoint is checked
+/// where it says the path (a public home's own address is direct).
+fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Path_) {
+    let e = peer_entry(n, peer.node_id)
+        .unwrap_or_else(|| panic!("{} has no peer entry for {}", n.name, peer.name));
+    if let Some(p) = e.get("path").and_then(Value::as_str) {
+        let want = match path {
+            Path_::Direct => "direct",
+            Path_::Relay => "relay",
+        };
+        assert_eq!(p, want, "{}'s path to {}: {e}", n.name, peer.name);
+    }
+    if path == Path_::Direct && lab.nats[hp - 1] == Nat::None {
+        assert_eq!(
+            e["endpoint"],
+            format!("10.200.{hp}.2:{}", natlab_support::TUNNEL_PORT),
+            "{}'s peer entry for the public {}: {e}",
+            n.name,
+            peer.name
+        );
+    }
+}
+
+/// `sub` subscribes to topic `natlab` at `broker`'s event stream from its
+/// own home, and an event published there (from `sub`'s home too, so it
+/// crosses the boundary twice) reaches it.
+fn pubsub(broker: &Node, sub: &Node) {
+    let target = broker.node_id.to_string();
+    let watcher = sub.spawn(&[
+        "subscribe",
+        &target,
+        "natlab",
+        "--count",
+        "1",
+        "--timeout",
+        "90s",
+    ]);
+    // The subscription may not be in place yet: publish until it has seen
+    // one (each publish returns once the broker passed the event on).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut watcher = Some(watcher);
+    loop {
+        sub.ok(&["publish", &target, "natlab", "--data", "over the NAT"]);
+        let done = watcher
+            .as_mut()
+            .is_some_and(|w| matches!(w.0.try_wait(), Ok(Some(_))));
+        if done || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let got = finish(watcher.take().unwrap());
+    assert_eq!(got["events"][0]["topic"], "natlab", "{got}");
+    assert_eq!(got["events"][0]["data"], "over the NAT", "{got}");
+}
+
+/// Builds `nats`, starts a daemon per home and runs [`exercise`] from home
+/// 2 to home 1 expecting `path`.
+fn pair(test: &str, nats: [Nat; 2], path: Path_) -> Option<PairReport> {
+    let mut lab = lab(test, &nats)?;
+    let d = daemons(&mut lab);
+    Some(exercise(&lab, (2, &d[1].1), (1, &d[0].1), path))
+}
+
+#[test]
+fn public_homes_talk_direct() {
+    pair(
+        "public_homes_talk_direct",
+        [Nat::None, Nat::None],
+        Path_::Direct,
+    );
+}
+
+/// Homes behind either NAT reach a public node (home 1) directly: their
+/// own packets open the mapping the replies come back through.
+#[test]
+fn natted_homes_reach_a_public_node_directly() {
+    let Some(mut lab) = lab(
+        "natted_homes_reach_a_public_node_directly",
+        &[Nat::None, Nat::Stable, Nat::Symmetric],
+    ) else {
+        return;
+    };
+    let d = daemons(&mut lab);
+    let public = (1, &d[0].1);
+    exercise(&lab, (2, &d[1].1), public, Path_::Direct);
+    exercise(&lab, (3, &d[2].1), public, Path_::Direct);
+}
+
+#[test]
+#[ignore = "needs NAT traversal (#13)"]
+fn stable_nat_pair_goes_direct() {
+    pair(
+        "stable_nat_pair_goes_direct",
+        [Nat::Stable, Nat::Stable],
+        Path_::Direct,
+    );
+}
+
+#[test]
+#[ignore = "needs NAT traversal (#13)"]
+fn symmetric_nat_pair_goes_relay() {
+    pair(
+        "symmetric_nat_pair_goes_relay",
+        [Nat::Symmetric, Nat::Symmetric],
+        Path_::Relay,
+    );
+}
+
+/// First contact and throughput, direct (two stable NATs) against relayed
+/// (two symmetric NATs), one after the other; and what the reference's
+/// documented timers would give (`registry.md` §2.3: the SYN goes direct
+/// at 0, 1 and 3 s and to the relay when the third timer fires, 7 s after
+/// the first SYN).
+#[test]
+#[ignore = "measurement: cargo test --release -p pilot-driver-mio --test nat_netns -- --ignored measure --nocapture"]
+fn measure_direct_vs_relay() {
+    let Some(direct) = pair("measure", [Nat::Stable, Nat::Stable], Path_::Direct) else {
+        return;
+    };
+    let relay = pair("measure", [Nat::Symmetric, Nat::Symmetric], Path_::Relay).unwrap();
+    // The reference spends 7 s on direct SYNs, then needs what a relayed
+    // round trip needs (our first byte less our dial's own wait).
+    let relay_rtt = relay.first.first_byte.saturating_sub(relay.first.dial);
+    let reference_relay = Duration::from_secs(7) + relay_rtt;
+    eprintln!("== NAT lab measurement (real daemons in namespaces, 16 MiB stream)");
+    eprintln!(
+        "first byte: direct {:?}, relay {:?}; the reference's relay ≥ {:?} (7 s of direct SYNs first)",
+        direct.first.first_byte, relay.first.first_byte, reference_relay
+    );
+    eprintln!(
+        "throughput: direct {:.1} MiB/s, relay {:.1} MiB/s (relay/direct = {:.2})",
+        direct.bulk.mib_per_s(),
+        relay.bulk.mib_per_s(),
+        relay.bulk.mib_per_s() / direct.bulk.mib_per_s()
+    );
+}
+
+// ---------------------------------------------------------------------
+// The lab itself, with plain UDP sockets
+// ---------------------------------------------------------------------
+
+/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in
+/// the namespace it was made in, so the calling thread never moves).
+fn socket_in(ns: &str, addr: &str) -> UdpSocket {
+    let ns = ns.to_owned();
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let f = File::open(Path::new("/var/run/netns").join(&ns)).expect("open netns");
+        // SAFETY: a valid namespace fd; only this short-lived thread moves.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let s = UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"));
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// Everything `s` receives within `wait`, with its source.
+fn drain(s: &UdpSocket, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+    let end = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), from));
+        }
+    }
+    got
+}
+
+/// The endpoint `probe` (a socket in the public namespace) sees for `s`.
+fn observed(s: &UdpSocket, probe: &UdpSocket) -> SocketAddr {
+    let to = probe.local_addr().unwrap();
+    for _ in 0..10 {
+        s.send_to(b"where am I", to).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((_, from)) = probe.recv_from(&mut buf) {
+            return from;
+        }
+    }
+    panic!("probe {to} got nothing");
+}
+
+#[test]
+fn lab_nats_behave_as_declared() {
+    let nats = [Nat::Stable, Nat::Symmetric, Nat::Stable, Nat::Symmetric];
+    let Some(lab) = lab("lab_nats_behave_as_declared", &nats) else {
+        return;
+    };
+    let pub_ns = lab.ns("pub");
+    let p1 = socket_in(&pub_ns, "198.18.0.1:9101");
+    let p2 = socket_in(&pub_ns, "198.18.0.1:9102");
+    let homes: Vec<UdpSocket> = (1..=4)
+        .map(|i| socket_in(&lab.ns(&format!("h{i}")), "0.0.0.0:4000"))
+        .collect();
+    let seen: Vec<(SocketAddr, SocketAddr)> = homes
+        .iter()
+        .map(|h| (observed(h, &p1), observed(h, &p2)))
+        .collect();
+    for (i, (nat, (o1, o2))) in nats.iter().zip(&seen).enumerate() {
+        let wan = format!("198.18.{}.2", i + 1);
+        assert_eq!(o1.ip().to_string(), wan, "home {} is masqueraded", i + 1);
+        assert_eq!(o2.ip().to_string(), wan);
+        match nat {
+            Nat::Stable => {
+                assert_eq!(o1.port(), 4000, "stable NAT keeps the port");
+                assert_eq!(o1, o2, "stable NAT: one mapping for all destinations");
+            }
+            Nat::Symmetric => {
+                assert_ne!(o1, o2, "symmetric NAT: a mapping per destination")
+            }
+            Nat::None => unreachable!(),
+        }
+    }
+    // Filtering: a packet from an endpoint the home never sent to is
+    // dropped, even on a live mapping.
+    let stranger = socket_in(&pub_ns, "198.18.0.1:9103");
+    for (i, (o1, _)) in seen.iter().enumerate() {
+        stranger.send_to(b"unsolicited", o1).unwrap();
+        let got = drain(&homes[i], Duration::from_millis(400));
+        assert!(
+            !got.iter().any(|(d, _)| d == b"unsolicited"),
+            "home {} accepted an unsolicited packet",
+            i + 1
+        );
+    }
+    // Hole punching with endpoints learned from the probe: both sides send
+    // to each other's observed endpoint; through two stable NATs this
+    // opens a path, through two symmetric NATs it cannot.
+    let punch = |x: usize, y: usize| -> (bool, bool) {
+        for _ in 0..5 {
+            homes[x].send_to(b"punch", seen[y].0).unwrap();
+            homes[y].send_to(b"punch", seen[x].0).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hx = drain(&homes[x], Duration::from_millis(600));
+        let hy = drain(&homes[y], Duration::from_millis(600));
+        (
+            hx.iter().any(|(d, _)| d == b"punch"),
+            hy.iter().any(|(d, _)| d == b"punch"),
+        )
+    };
+    assert_eq!(punch(0, 2), (true, true), "stable + stable: punched");
+    assert_eq!(
+        punch(1, 3),
+        (false, false),
+        "symmetric + symmetric: no path"
+    );
+}
