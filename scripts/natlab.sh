@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # natlab: a small Internet of Linux network namespaces for NAT tests.
 #
-#   natlab.sh up LAB KIND...      build lab LAB with one home per KIND
+#   natlab.sh up [--udp-timeout S] LAB KIND...
+#                                 build lab LAB with one home per KIND;
+#                                 --udp-timeout: the routers forget a UDP
+#                                 mapping after S seconds without traffic
+#                                 (conntrack; Linux default 30 s, 120 s once
+#                                 both sides have sent)
 #   natlab.sh down LAB            delete every namespace of LAB
 #   natlab.sh exec LAB NS CMD...  run CMD inside namespace NS of LAB
 #                                 (NS = pub, r1, h1, r2, h2, ...)
@@ -111,6 +116,10 @@ up() {
         ip -n "$r" route add default via "198.18.$i.1"
         ip -n "$h" route add default via "10.200.$i.1"
         nsysctl "$r" net/ipv4/ip_forward 1
+        if [ -n "$udp_timeout" ]; then
+            nsysctl "$r" net/netfilter/nf_conntrack_udp_timeout "$udp_timeout"
+            nsysctl "$r" net/netfilter/nf_conntrack_udp_timeout_stream "$udp_timeout"
+        fi
         local masq
         case $kind in
         none)
@@ -157,7 +166,13 @@ cmd=${1:-}
 shift
 case $cmd in
 up)
-    [ $# -ge 2 ] || die "usage: natlab.sh up LAB KIND..."
+    udp_timeout=
+    if [ "${1:-}" = --udp-timeout ]; then
+        [[ ${2:-} =~ ^[1-9][0-9]{0,5}$ ]] || die "--udp-timeout needs whole seconds"
+        udp_timeout=$2
+        shift 2
+    fi
+    [ $# -ge 2 ] || die "usage: natlab.sh up [--udp-timeout S] LAB KIND..."
     lab=$1
     shift
     [[ $lab =~ ^[A-Za-z0-9_]{1,40}$ ]] || die "LAB must be 1-40 of [A-Za-z0-9_]"

@@ -341,8 +341,12 @@ fn observed(s: &UdpSocket, probe: &UdpSocket) -> SocketAddr {
 #[test]
 fn lab_nats_behave_as_declared() {
     let nats = [Nat::Stable, Nat::Symmetric, Nat::Stable, Nat::Symmetric];
-    let Some(lab) = lab("lab_nats_behave_as_declared", &nats) else {
-        return;
+    let lab = match Lab::up_with(&nats, Some(UDP_TIMEOUT)) {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("SKIP lab_nats_behave_as_declared: network namespaces unavailable ({why})");
+            return;
+        }
     };
     let pub_ns = lab.ns("pub");
     let p1 = socket_in(&pub_ns, "198.18.0.1:9101");
@@ -403,4 +407,31 @@ fn lab_nats_behave_as_declared() {
         (false, false),
         "symmetric + symmetric: no path"
     );
+
+    // Binding timeout: a mapping kept busy (a packet every second) still
+    // lets replies in after the timeout; one left idle does not.
+    let idle_for = Duration::from_secs(u64::from(UDP_TIMEOUT) + 2);
+    let start = Instant::now();
+    while start.elapsed() < idle_for {
+        homes[0]
+            .send_to(b"keepalive", p1.local_addr().unwrap())
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drain(&p1, Duration::from_millis(300));
+    p1.send_to(b"late reply", seen[0].0).unwrap();
+    p1.send_to(b"late reply", seen[2].0).unwrap();
+    let kept = drain(&homes[0], Duration::from_millis(500));
+    let idle = drain(&homes[2], Duration::from_millis(500));
+    assert!(
+        kept.iter().any(|(d, _)| d == b"late reply"),
+        "kept-alive mapping lost"
+    );
+    assert!(
+        !idle.iter().any(|(d, _)| d == b"late reply"),
+        "idle mapping outlived the timeout"
+    );
 }
+
+/// UDP mapping timeout of the self-test's routers (seconds).
+const UDP_TIMEOUT: u32 = 3;

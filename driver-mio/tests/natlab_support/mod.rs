@@ -81,6 +81,12 @@ impl Lab {
     /// namespaces cannot be made here (the caller skips). Root without
     /// `ip`/`nft` is a broken setup, not a reason to skip: it panics.
     pub fn up(nats: &[Nat]) -> Result<Lab, String> {
+        Self::up_with(nats, None)
+    }
+
+    /// Like [`Lab::up`], the routers forgetting a UDP mapping after
+    /// `udp_timeout_secs` without traffic (`natlab.sh up --udp-timeout`).
+    pub fn up_with(nats: &[Nat], udp_timeout_secs: Option<u32>) -> Result<Lab, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not root (network namespaces need CAP_NET_ADMIN)".into());
@@ -108,7 +114,12 @@ impl Lab {
             Command::new("nft").arg("--version").output().is_ok(),
             "nft is missing: install nftables (apt-get install nftables)"
         );
-        let mut args = vec!["up", name.as_str()];
+        let timeout = udp_timeout_secs.map(|s| s.to_string());
+        let mut args = vec!["up"];
+        if let Some(t) = &timeout {
+            args.extend(["--udp-timeout", t.as_str()]);
+        }
+        args.push(name.as_str());
         args.extend(nats.iter().map(|n| n.arg()));
         let out = script(&args);
         assert!(
