@@ -10,7 +10,17 @@
 #   natlab.sh down LAB            delete every namespace of LAB
 #   natlab.sh exec LAB NS CMD...  run CMD inside namespace NS of LAB
 #                                 (NS = pub, r1, h1, r2, h2, ...)
-#   natlab.sh counters LAB        the public side's traffic counters (JSON)
+#   natlab.sh counters LAB        traffic counters, one "NS NAME BYTES" a line:
+#                                 pub fwd_I_J   UDP pub forwarded from router
+#                                               I to router J (offered)
+#                                 pub beacon_in_I / beacon_out_I
+#                                               UDP between router I and
+#                                               the beacon port
+#                                 rJ from_I     UDP delivered into home J
+#                                               straight from home I
+#                                 rJ from_beacon
+#                                               UDP delivered into home J
+#                                               from the beacon (relay)
 #   natlab.sh ls                  list the namespaces of running labs
 #
 # KIND is the NAT of a home's router:
@@ -116,6 +126,22 @@ up() {
         ip -n "$r" route add default via "198.18.$i.1"
         ip -n "$h" route add default via "10.200.$i.1"
         nsysctl "$r" net/ipv4/ip_forward 1
+        # What reaches the home (counted after the NAT's filter, so a
+        # packet the router drops is not counted): from each other home
+        # (its router's address, or its own when it has no NAT) and from
+        # the beacon.
+        local cnt="table inet natlab {"$'\n'"counter from_beacon { }"$'\n'
+        for ((j = 1; j <= n; j++)); do
+            [ "$i" = "$j" ] || cnt+="counter from_$j { }"$'\n'
+        done
+        cnt+="chain forward { type filter hook forward priority 10; policy accept;"$'\n'
+        cnt+="iifname \"wan\" oifname \"lan\" ip saddr 198.18.0.1 udp sport 9001 counter name from_beacon"$'\n'
+        for ((j = 1; j <= n; j++)); do
+            [ "$i" = "$j" ] ||
+                cnt+="iifname \"wan\" oifname \"lan\" ip saddr { 198.18.$j.2, 10.200.$j.2 } meta l4proto udp counter name from_$j"$'\n'
+        done
+        cnt+="}"$'\n'"}"$'\n'
+        echo "$cnt" | ip netns exec "$r" nft -f -
         if [ -n "$udp_timeout" ]; then
             nsysctl "$r" net/netfilter/nf_conntrack_udp_timeout "$udp_timeout"
             nsysctl "$r" net/netfilter/nf_conntrack_udp_timeout_stream "$udp_timeout"
@@ -194,7 +220,15 @@ exec)
     ;;
 counters)
     [ $# -eq 1 ] || die "usage: natlab.sh counters LAB"
-    ip netns exec "$1-pub" nft -j list counters table inet natlab
+    for ns in $(ip netns list | awk '{print $1}'); do
+        case $ns in
+        "$1"-pub | "$1"-r[0-9]*) ;;
+        *) continue ;;
+        esac
+        ip netns exec "$ns" nft list counters table inet natlab |
+            awk -v ns="${ns#"$1"-}" '$1 == "counter" { name = $2 }
+                $1 == "packets" { print ns, name, $4 }'
+    done
     ;;
 ls)
     ip netns list | awk '{print $1}' | grep -E -- '-(pub|r[0-9]+|h[0-9]+)$' || true

@@ -211,10 +211,8 @@ impl Lab {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// The public side's counters: name → bytes. `fwd_I_J` counts UDP
-    /// forwarded from router I to router J (a direct path between homes);
-    /// `beacon_in_I` / `beacon_out_I` count UDP between router I and the
-    /// beacon port (relayed frames and beacon control traffic).
+    /// Every traffic counter of the lab (`natlab.sh counters`), as
+    /// `"ns.name"` → bytes; see [`Counters`].
     pub fn counters(&self) -> Counters {
         let out = script(&["counters", &self.name]);
         assert!(
@@ -222,14 +220,14 @@ impl Lab {
             "natlab.sh counters: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("nft JSON");
         let mut bytes = HashMap::new();
-        for item in v["nftables"].as_array().expect("nftables list") {
-            let c = &item["counter"];
-            if let (Some(name), Some(b)) = (c["name"].as_str(), c["bytes"].as_u64()) {
-                bytes.insert(name.to_owned(), b);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [ns, name, b] = f[..] {
+                bytes.insert(format!("{ns}.{name}"), b.parse().expect("byte count"));
             }
         }
+        assert!(!bytes.is_empty(), "no counters in lab {}", self.name);
         Counters(bytes)
     }
 }
@@ -258,7 +256,7 @@ impl Drop for Lab {
     }
 }
 
-/// A snapshot of the public side's counters (bytes).
+/// A snapshot of the lab's traffic counters (bytes).
 #[derive(Clone, Debug, Default)]
 pub struct Counters(pub HashMap<String, u64>);
 
@@ -267,14 +265,28 @@ impl Counters {
         self.0.get(k).copied().unwrap_or(0)
     }
 
-    /// UDP bytes forwarded directly between homes `i` and `j` (both ways).
-    pub fn direct(&self, i: usize, j: usize) -> u64 {
-        self.get(&format!("fwd_{i}_{j}")) + self.get(&format!("fwd_{j}_{i}"))
+    /// UDP bytes delivered into home `to` straight from home `from`
+    /// (counted by `to`'s router after its NAT filter: what got through).
+    pub fn delivered_direct(&self, to: usize, from: usize) -> u64 {
+        self.get(&format!("r{to}.from_{from}"))
     }
 
-    /// UDP bytes between home `i` and the beacon (both ways).
+    /// UDP bytes delivered into home `to` from the beacon (relayed frames
+    /// and beacon control traffic).
+    pub fn delivered_relayed(&self, to: usize) -> u64 {
+        self.get(&format!("r{to}.from_beacon"))
+    }
+
+    /// UDP bytes the public side forwarded between the routers of homes
+    /// `i` and `j`, both ways, whether or not the far router let them in
+    /// (direct attempts included).
+    pub fn offered_direct(&self, i: usize, j: usize) -> u64 {
+        self.get(&format!("pub.fwd_{i}_{j}")) + self.get(&format!("pub.fwd_{j}_{i}"))
+    }
+
+    /// UDP bytes between home `i`'s router and the beacon, both ways.
     pub fn beacon(&self, i: usize) -> u64 {
-        self.get(&format!("beacon_in_{i}")) + self.get(&format!("beacon_out_{i}"))
+        self.get(&format!("pub.beacon_in_{i}")) + self.get(&format!("pub.beacon_out_{i}"))
     }
 
     /// The growth of every counter since `before`.
