@@ -176,7 +176,13 @@ impl Lab {
 
     /// Starts a `pilot-daemon` named `name` in home `home` (1-based),
     /// listening on `0.0.0.0:4000` there, and waits until it registered.
+    /// Heartbeats every second unless `extra` sets `--keepalive`.
     pub fn daemon(&self, home: usize, name: &str, extra: &[&str]) -> Node {
+        let keepalive: &[&str] = if extra.contains(&"--keepalive") {
+            &[]
+        } else {
+            &["--keepalive", "1s"]
+        };
         assert!((1..=self.nats.len()).contains(&home), "no home {home}");
         let dir = self.dir.path().join(name);
         let socket = self.dir.path().join(format!("{name}.sock"));
@@ -185,7 +191,8 @@ impl Lab {
             .exec(&format!("h{home}"), DAEMON)
             .args(["--registry", REGISTRY, "--beacon", BEACON])
             .args(["--listen", &format!("0.0.0.0:{TUNNEL_PORT}")])
-            .args(["--hostname", name, "--keepalive", "1s"])
+            .args(["--hostname", name])
+            .args(keepalive)
             .arg("--socket")
             .arg(&socket)
             .arg("--dir")
