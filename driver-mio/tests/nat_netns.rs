@@ -267,6 +267,61 @@ fn symmetric_nat_pair_goes_relay() {
     );
 }
 
+/// Keepalives hold NAT bindings open: the routers forget a UDP mapping
+/// after 4 idle seconds (`lab_nats_behave_as_declared` shows an idle one
+/// dies), the daemons send NAT keepalives every second, heartbeats only
+/// every 30 s. A direct pair left idle for 12 s still talks directly and
+/// its path never changed (a lost binding would have sent it back to
+/// racing through the beacon).
+#[test]
+#[ignore = "needs NAT traversal (#13)"]
+fn keepalives_hold_nat_bindings() {
+    let mut lab = match Lab::up_with(&[Nat::Stable, Nat::Stable], Some(4)) {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("SKIP keepalives_hold_nat_bindings: network namespaces unavailable ({why})");
+            return;
+        }
+    };
+    lab.start_rendezvous();
+    let args = ["--public", "--keepalive", "30s", "--nat-keepalive", "1s"];
+    let a = lab.daemon(1, "a", &args);
+    let b = lab.daemon(2, "b", &args);
+    let addr_a = address(&a);
+    first_byte(&b, addr_a);
+    transfer(&b, &a, addr_a, 5000, MIB);
+    let direct_now =
+        |n: &Node, peer: &Node| peer_entry(n, peer.node_id).is_some_and(|e| e["path"] == "direct");
+    pilotctl_support::eventually("a direct path both ways", || {
+        direct_now(&b, &a) && direct_now(&a, &b)
+    });
+    let changes =
+        |n: &Node, peer: &Node| peer_entry(n, peer.node_id).unwrap()["path_changes"].clone();
+    let before = (changes(&b, &a), changes(&a, &b));
+    assert!(
+        before.0.is_u64(),
+        "path_changes in peers --json: {:?}",
+        peer_entry(&b, a.node_id)
+    );
+    let counted = lab.counters();
+    std::thread::sleep(Duration::from_secs(12));
+    let t = transfer(&b, &a, addr_a, 5001, MIB);
+    let moved = lab.counters().since(&counted);
+    eprintln!(
+        "after 12 s idle: 1 MiB in {:?}; into a: {} B direct, {} B from the beacon",
+        t.elapsed,
+        moved.delivered_direct(1, 2),
+        moved.delivered_relayed(1)
+    );
+    assert!(moved.delivered_direct(1, 2) >= MIB as u64);
+    assert_eq!(
+        (changes(&b, &a), changes(&a, &b)),
+        before,
+        "the path changed while idle"
+    );
+    assert!(direct_now(&b, &a) && direct_now(&a, &b));
+}
+
 /// First contact and throughput, direct (two stable NATs) against relayed
 /// (two symmetric NATs), one after the other; and what the reference's
 /// documented timers would give (`registry.md` §2.3: the SYN goes direct
