@@ -321,7 +321,7 @@ impl Scenario for NatMatrixScenario {
                 &pairs,
                 total,
                 total,
-                Duration::from_millis(50),
+                Duration::from_millis(10),
                 |_, _| {},
             );
             let mut rows = Vec::new();
@@ -421,10 +421,11 @@ impl Scenario for NatRebindScenario {
                     }),
                 "the NAT rebound while the stream was still running",
             );
-            // The next discover (within the keepalive interval) sees the
-            // new mapping; the daemon registers it again.
+            // The next discover (within the keepalive interval, or the one
+            // after if a datagram was lost) sees the new mapping; the
+            // daemon registers it again.
             let before = before_pub;
-            net.run_until(Duration::from_secs(40), Duration::from_millis(100), |net| {
+            net.run_until(Duration::from_secs(80), Duration::from_millis(100), |net| {
                 net.host(0)
                     .and_then(|h| h.daemon().paths()?.public_endpoint())
                     != before
@@ -463,8 +464,38 @@ impl Scenario for NatRebindScenario {
 /// See the module docs.
 pub struct NatIdleScenario;
 
-/// Idle time of `nat-idle`, well past the 30 s bindings.
+/// Idle time of `nat-idle`, far past the bindings.
 const IDLE: Duration = Duration::from_secs(120);
+/// NAT binding lifetime in `nat-idle`.
+const IDLE_BINDING: Duration = Duration::from_secs(10);
+/// Keepalive interval of the pair that keeps its bindings.
+const IDLE_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Sends `tag` on `conn` from host `i` and waits for the echo.
+fn echo_on(net: &mut Net, i: usize, app: AppId, conn: u32, tag: &[u8]) -> bool {
+    net.send(
+        i,
+        app,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: tag,
+        },
+    );
+    let mut got = Vec::new();
+    net.run_until(CALL_TIMEOUT, Duration::from_millis(10), |net| {
+        while let Some(b) = net.take_where(
+            i,
+            app,
+            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
+        ) {
+            if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
+                got.extend_from_slice(data);
+            }
+        }
+        got.len() >= tag.len()
+    });
+    got == tag
+}
 
 impl Scenario for NatIdleScenario {
     fn name(&self) -> &'static str {
@@ -472,11 +503,13 @@ impl Scenario for NatIdleScenario {
     }
 
     fn about(&self) -> &'static str {
-        "NAT bindings vs idle time: keepalives keep the direct path; without them the path is recovered through the beacon"
+        "NAT bindings vs idle time: keepalives keep the stream on the direct path; without them the path is found again through the beacon"
     }
 
     fn run(&self, cfg: &SimConfig, seed: u64) -> Outcome {
         let mut setup = NatSetup::new(vec![NatKind::PortRestricted; 4]);
+        setup.binding_timeout = IDLE_BINDING;
+        setup.keepalive = Some(IDLE_KEEPALIVE);
         setup.keepalive_off = vec![2, 3];
         let mut net = Net::with_nats(cfg, seed, &setup, FaultChain::new());
         let mut s = Script::default();
@@ -484,81 +517,70 @@ impl Scenario for NatIdleScenario {
             let pairs = [(0, 1), (2, 3)];
             let mut conns = Vec::new();
             for &(a, b) in &pairs {
-                conns.push(dial(&mut net, a, apps[a], addrs[b]).ok());
-            }
-            let echo = |net: &mut Net, i: usize, conn: u32, tag: &[u8]| -> bool {
-                net.send(
-                    i,
-                    apps[i],
-                    &IpcMessage::Send {
-                        conn_id: conn,
-                        data: tag,
-                    },
-                );
-                let mut got = Vec::new();
-                net.run_until(CALL_TIMEOUT, Duration::from_millis(10), |net| {
-                    while let Some(b) = net.take_where(
-                        i,
-                        apps[i],
-                        |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-                    ) {
-                        if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                            got.extend_from_slice(data);
-                        }
-                    }
-                    got.len() >= tag.len()
-                });
-                got == tag
-            };
-            let mut lost_before = Vec::new();
-            for (k, &(a, b)) in pairs.iter().enumerate() {
-                let Some(conn) = conns[k] else {
-                    s.check(&format!("dial-{a}-{b}"), false, "dial failed");
-                    continue;
-                };
-                let ok = echo(&mut net, a, conn, b"before idle");
-                s.check(&format!("echo-before-{a}-{b}"), ok, "echo before idle");
-                let lost = net
-                    .host(a)
-                    .and_then(|h| h.daemon().paths())
-                    .map_or(0, |p| p.stats().direct_lost);
-                lost_before.push(lost);
-            }
-            net.run_for(IDLE);
-            let mut figures = Vec::new();
-            for (k, &(a, b)) in pairs.iter().enumerate() {
-                let Some(conn) = conns[k] else { continue };
-                let t0 = net.sim.now();
-                let ok = echo(&mut net, a, conn, b"after idle: same stream");
-                let took = net.sim.now().saturating_duration_since(t0);
-                let keepalive = k == 0;
+                let c = dial(&mut net, a, apps[a], addrs[b]).ok();
+                let ok = c.is_some_and(|c| echo_on(&mut net, a, apps[a], c, b"before idle"));
                 s.check(
-                    &format!("echo-after-idle-{a}-{b}"),
+                    &format!("echo-before-{a}-{b}"),
                     ok,
-                    format!("keepalives {}", if keepalive { "on" } else { "off" }),
+                    "dial and echo before idle",
                 );
-                let stats = net
-                    .host(a)
-                    .and_then(|h| h.daemon().paths())
-                    .map(|p| p.stats());
-                let lost =
-                    stats.map_or(0, |s| s.direct_lost) - lost_before.get(k).copied().unwrap_or(0);
-                if keepalive {
-                    s.check(
-                        "keepalive-holds-path",
-                        lost == 0 && path_name(path_of(&net, a, addrs[b].node)) == "direct",
-                        format!("direct path went silent {lost} times while idle"),
-                    );
-                }
-                figures.push(json!({
-                    "pair": format!("{a}-{b}"),
-                    "keepalive": keepalive,
-                    "echo_after_idle_ms": ms(took),
-                    "direct_lost": lost,
-                    "path": path_name(path_of(&net, a, addrs[b].node)),
-                }));
+                conns.push(c);
             }
-            s.figures.push(("pairs".into(), Value::Array(figures)));
+            let lost_before = net
+                .host(0)
+                .and_then(|h| h.daemon().paths())
+                .map_or(0, |p| p.stats().direct_lost);
+            net.run_for(IDLE);
+            // Keepalives on: the same stream, still direct, never silent.
+            if let Some(conn) = conns[0] {
+                let ok = echo_on(&mut net, 0, apps[0], conn, b"after idle: same stream");
+                s.check(
+                    "echo-after-idle-keepalive",
+                    ok,
+                    "same connection after idle",
+                );
+                let lost = net
+                    .host(0)
+                    .and_then(|h| h.daemon().paths())
+                    .map_or(0, |p| p.stats().direct_lost)
+                    - lost_before;
+                let path = path_name(path_of(&net, 0, addrs[1].node));
+                s.check(
+                    "keepalive-holds-path",
+                    lost == 0 && path == "direct",
+                    format!("path {path}; direct path went silent {lost} times"),
+                );
+            }
+            // Keepalives off: the bindings (beacon's included) expired; a
+            // new dial finds the peer again through the beacon once both
+            // have rediscovered and re-registered their endpoints.
+            let t0 = net.sim.now();
+            let mut recovered = false;
+            for _ in 0..3 {
+                if let Ok(c) = dial(&mut net, 2, apps[2], addrs[3]) {
+                    recovered = echo_on(&mut net, 2, apps[2], c, b"after idle: new stream");
+                    if recovered {
+                        break;
+                    }
+                }
+            }
+            let took = net.sim.now().saturating_duration_since(t0);
+            s.check(
+                "recovered-without-keepalive",
+                recovered,
+                format!("new stream echoed after {:.0} ms", ms(took)),
+            );
+            let changes = net
+                .host(2)
+                .and_then(|h| h.daemon().paths())
+                .map_or(0, |p| p.stats().endpoint_changes);
+            s.figures.push(("recover_ms".into(), json!(ms(took))));
+            s.figures
+                .push(("endpoint_changes_without_keepalive".into(), json!(changes)));
+            s.figures.push((
+                "path_without_keepalive".into(),
+                json!(path_name(path_of(&net, 2, addrs[3].node))),
+            ));
         }
         s.finish(net, cfg)
     }
