@@ -389,7 +389,12 @@ impl SimConfig {
     /// rule draws from its own fork of `seed`. The partition (if any)
     /// separates the first half of `nodes` (rounded up) from the rest.
     pub fn faults(&self, seed: Seed, nodes: &[SocketAddr]) -> FaultChain {
-        let mut c = FaultChain::new();
+        self.faults_after(FaultChain::new(), seed, nodes)
+    }
+
+    /// The fault chain of [`Self::faults`] behind the rules already in `c`
+    /// (NAT boxes go first, so later rules see translated addresses).
+    pub fn faults_after(&self, mut c: FaultChain, seed: Seed, nodes: &[SocketAddr]) -> FaultChain {
         if let Some((start, end)) = self.partition_ms {
             let half = nodes.len().div_ceil(2);
             let (a, b) = nodes.split_at(half.min(nodes.len()));

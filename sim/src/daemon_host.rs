@@ -131,6 +131,11 @@ pub struct HostConfig {
     pub public: bool,
     /// Wire profile.
     pub profile: WireProfile,
+    /// The beacon to use (endpoint discovery, punching, relay); `None`:
+    /// direct only.
+    pub beacon: Option<SocketAddr>,
+    /// NAT keepalive interval (`None`: off).
+    pub keepalive: Option<std::time::Duration>,
 }
 
 struct App {
@@ -194,6 +199,8 @@ impl DaemonHost {
         dc.listen_addr = cfg.endpoint.to_string();
         dc.public = cfg.public;
         dc.unix_ms_at_epoch = UNIX_SECS_AT_ZERO * 1000;
+        dc.beacon = cfg.beacon;
+        dc.keepalive = cfg.keepalive;
         let daemon = Daemon::new(now, dc);
         let mut h = DaemonHost {
             daemon,
@@ -219,6 +226,11 @@ impl DaemonHost {
     /// The daemon's virtual address, once registered.
     pub fn address(&self) -> Option<Addr> {
         self.daemon.address()
+    }
+
+    /// The daemon (read-only: paths, node, trust).
+    pub fn daemon(&self) -> &SimDaemon {
+        &self.daemon
     }
 
     /// The daemon's counters.

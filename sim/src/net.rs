@@ -9,7 +9,7 @@
 //! [`crate::tcp`] for how loss becomes delay there).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use pilot_proto::addr::Addr;
@@ -20,6 +20,7 @@ use pilot_proto::wire::ipc::{Command, IpcMessage};
 use crate::config::SimConfig;
 use crate::daemon_host::{AppId, DaemonHost, HostConfig, HostEvent};
 use crate::engine::{Sim, SimError};
+use crate::fault::{FaultChain, Group, Nat, NatFiltering, NatMapping};
 use crate::node::{NodeId, SimNode, Transmit, node_addr};
 use crate::pilot::wire_profile;
 use crate::rendezvous::{RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
@@ -111,10 +112,68 @@ impl Net {
     /// Builds the network of `cfg` with `n` hosts; `public(i)` says whether
     /// host `i` is public.
     pub fn new(cfg: &SimConfig, seed: u64, n: usize, public: impl Fn(usize) -> bool) -> Net {
+        let specs: Vec<HostSpec> = (0..n)
+            .map(|i| HostSpec {
+                endpoint: node_addr(i),
+                public: public(i),
+                beacon: None,
+                keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
+            })
+            .collect();
+        Net::build(cfg, seed, &specs, FaultChain::new())
+    }
+
+    /// Builds a network whose hosts sit behind the NAT boxes of `setup`
+    /// (host *i* behind `setup.kinds[i]`), every daemon public and using
+    /// the rendezvous' beacon. `extra` rules go right behind the NATs.
+    pub fn with_nats(cfg: &SimConfig, seed: u64, setup: &NatSetup, extra: FaultChain) -> Net {
+        let mut chain = FaultChain::new();
+        let mut specs = Vec::new();
+        for (i, kind) in setup.kinds.iter().enumerate() {
+            let endpoint = nat_private_addr(i, *kind);
+            if let Some((mapping, filtering)) = kind.behaviour() {
+                let mut nat = Nat::new(
+                    nat_public_ip(i, *kind),
+                    Group::of([endpoint]),
+                    mapping,
+                    filtering,
+                    40_000,
+                    setup.binding_timeout,
+                );
+                let rebinds: Vec<Instant> = setup
+                    .rebinds
+                    .iter()
+                    .filter(|(h, _)| *h == i)
+                    .map(|(_, t)| *t)
+                    .collect();
+                if !rebinds.is_empty() {
+                    nat = nat.with_rebinds(rebinds);
+                }
+                if let Some(c) = setup.triggers.get(i).cloned().flatten() {
+                    nat = nat.with_trigger(c);
+                }
+                chain.push(nat);
+            }
+            specs.push(HostSpec {
+                endpoint,
+                public: true,
+                beacon: Some(RENDEZVOUS_ADDR),
+                keepalive: if setup.keepalive_off.contains(&i) {
+                    None
+                } else {
+                    setup.keepalive
+                },
+            });
+        }
+        chain.append(extra);
+        Net::build(cfg, seed, &specs, chain)
+    }
+
+    fn build(cfg: &SimConfig, seed: u64, specs: &[HostSpec], prefix: FaultChain) -> Net {
         let seed = Seed::new(seed);
-        let mut addrs: Vec<SocketAddr> = (0..n).map(node_addr).collect();
+        let mut addrs: Vec<SocketAddr> = specs.iter().map(|s| s.endpoint).collect();
         addrs.push(RENDEZVOUS_ADDR);
-        let mut sim = Sim::new(seed, cfg.faults(seed, &addrs));
+        let mut sim = Sim::new(seed, cfg.faults_after(prefix, seed, &addrs));
         let registry_cfg = registry_config(cfg);
         let mut error = None;
         let rendezvous = match sim.add_node(
@@ -128,16 +187,18 @@ impl Net {
             }
         };
         let mut hosts = Vec::new();
-        for i in 0..n {
+        for (i, spec) in specs.iter().enumerate() {
             let hc = HostConfig {
                 index: i,
                 incarnation: 0,
-                endpoint: node_addr(i),
-                public: public(i),
+                endpoint: spec.endpoint,
+                public: spec.public,
                 profile: wire_profile(cfg),
+                beacon: spec.beacon,
+                keepalive: spec.keepalive,
             };
             let host = DaemonHost::new(seed, &hc, Instant::ZERO);
-            match sim.add_node(node_addr(i), NetNode::Host(Box::new(host))) {
+            match sim.add_node(spec.endpoint, NetNode::Host(Box::new(host))) {
                 Ok(id) => hosts.push(id),
                 Err(e) => error = error.or(Some(e)),
             }
@@ -349,6 +410,142 @@ impl Net {
             self.error = self.error.take().or(Some(e));
         }
         self.collect();
+    }
+}
+
+/// How one host of a [`Net`] is set up.
+#[derive(Clone, Copy, Debug)]
+struct HostSpec {
+    endpoint: SocketAddr,
+    public: bool,
+    beacon: Option<SocketAddr>,
+    keepalive: Option<Duration>,
+}
+
+/// The NAT in front of a host (RFC 4787 behaviours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NatKind {
+    /// No NAT: the host has a public address.
+    None,
+    /// Endpoint-independent mapping and filtering ("full cone").
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    Restricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering ("symmetric").
+    Symmetric,
+}
+
+impl NatKind {
+    /// Every kind, in matrix order.
+    pub const ALL: [NatKind; 5] = [
+        NatKind::None,
+        NatKind::FullCone,
+        NatKind::Restricted,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::None => "none",
+            NatKind::FullCone => "ei-eif",
+            NatKind::Restricted => "ei-adf",
+            NatKind::PortRestricted => "ei-apdf",
+            NatKind::Symmetric => "symmetric",
+        }
+    }
+
+    /// Mapping and filtering of the box (`None`: no box).
+    pub fn behaviour(self) -> Option<(NatMapping, NatFiltering)> {
+        use NatFiltering as F;
+        use NatMapping as M;
+        match self {
+            NatKind::None => None,
+            NatKind::FullCone => Some((M::EndpointIndependent, F::EndpointIndependent)),
+            NatKind::Restricted => Some((M::EndpointIndependent, F::AddressDependent)),
+            NatKind::PortRestricted => Some((M::EndpointIndependent, F::AddressAndPortDependent)),
+            NatKind::Symmetric => Some((M::AddressAndPortDependent, F::AddressAndPortDependent)),
+        }
+    }
+
+    fn symmetric(self) -> bool {
+        self == NatKind::Symmetric
+    }
+
+    /// Whether a host behind `self` admits a peer whose source port it
+    /// has never sent to (it sent to the peer's IP only).
+    fn admits_new_port(self) -> bool {
+        matches!(
+            self,
+            NatKind::None | NatKind::FullCone | NatKind::Restricted
+        )
+    }
+
+    /// Whether hosts behind `a` and `b` can reach each other directly
+    /// after a punch: both mappings endpoint-independent (each side's
+    /// punch opens its own filter for the other's stable endpoint), or one
+    /// symmetric side facing a filter that admits its unpredictable port.
+    pub fn direct_expected(a: NatKind, b: NatKind) -> bool {
+        match (a.symmetric(), b.symmetric()) {
+            (false, false) => true,
+            (true, true) => false,
+            (true, false) => b.admits_new_port(),
+            (false, true) => a.admits_new_port(),
+        }
+    }
+}
+
+/// NAT boxes of a [`Net::with_nats`] network.
+#[derive(Clone, Debug)]
+pub struct NatSetup {
+    /// The NAT in front of each host.
+    pub kinds: Vec<NatKind>,
+    /// The daemons' keepalive interval (`None`: off).
+    pub keepalive: Option<Duration>,
+    /// Idle time after which a NAT binding expires.
+    pub binding_timeout: Duration,
+    /// (host, instant): that host's NAT forgets its bindings then.
+    pub rebinds: Vec<(usize, Instant)>,
+    /// Per host: a counter whose every increment makes its NAT rebind.
+    pub triggers: Vec<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>>,
+    /// Hosts whose daemons run without keepalives.
+    pub keepalive_off: Vec<usize>,
+}
+
+impl NatSetup {
+    /// Hosts behind `kinds`, keepalives on, 30 s bindings, no rebinding.
+    pub fn new(kinds: Vec<NatKind>) -> Self {
+        NatSetup {
+            kinds,
+            keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
+            binding_timeout: Duration::from_secs(30),
+            rebinds: Vec::new(),
+            triggers: Vec::new(),
+            keepalive_off: Vec::new(),
+        }
+    }
+}
+
+/// The endpoint of host `i` behind `kind`: a private address behind a
+/// box, else its public [`node_addr`].
+pub fn nat_private_addr(i: usize, kind: NatKind) -> SocketAddr {
+    match kind {
+        NatKind::None => node_addr(i),
+        _ => SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(192, 168, (i + 1) as u8, 2)),
+            crate::node::SIM_PORT,
+        ),
+    }
+}
+
+/// The public IP of host `i` behind `kind`.
+pub fn nat_public_ip(i: usize, kind: NatKind) -> IpAddr {
+    match kind {
+        NatKind::None => node_addr(i).ip(),
+        _ => IpAddr::V4(Ipv4Addr::new(10, 201, 0, (i + 1) as u8)),
     }
 }
 

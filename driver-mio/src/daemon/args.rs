@@ -106,6 +106,11 @@ pub struct DaemonArgs {
     /// [default: 30s; at least 500ms]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// NAT keepalive interval towards the beacon and tunnel peers; `0`
+    /// turns keepalives off (discovery then follows the heartbeat only)
+    /// [default: 25s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub nat_keepalive: Option<Duration>,
     /// Stream user timeout: a dial fails, and a connection whose data is
     /// unacknowledged gives up, after the peer was silent this long; at
     /// least 1s [default: 30s]
@@ -160,6 +165,7 @@ struct FileConfig {
     no_eventstream: Option<bool>,
     keepalive: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
+    nat_keepalive: Option<DurationValue>,
     user_timeout: Option<DurationValue>,
     pending_peers: Option<usize>,
     log_level: Option<String>,
@@ -232,6 +238,8 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Stream idle timeout.
     pub idle_timeout: Duration,
+    /// NAT keepalive interval (`None`: off).
+    pub nat_keepalive: Option<Duration>,
     /// Stream user timeout (dial deadline, give-up silence).
     pub user_timeout: Duration,
     /// Pending-queue peer limit of the node.
@@ -320,6 +328,13 @@ impl DaemonArgs {
             DEFAULT_IDLE_TIMEOUT,
             "idle_timeout",
         )?;
+        let nat_keepalive = dur(
+            self.nat_keepalive,
+            &file.nat_keepalive,
+            pilot_proto::daemon::paths::KEEPALIVE,
+            "nat_keepalive",
+        )?;
+        let nat_keepalive = (!nat_keepalive.is_zero()).then_some(nat_keepalive);
         let user_timeout = dur(
             self.user_timeout,
             &file.user_timeout,
@@ -377,6 +392,7 @@ impl DaemonArgs {
             eventstream: !on(self.no_eventstream, file.no_eventstream),
             keepalive,
             idle_timeout,
+            nat_keepalive,
             user_timeout,
             pending_peers,
             log_level: self.log_level.clone().or(file.log_level),

@@ -253,6 +253,11 @@ pub fn build(mut s: Startup) -> RealDaemon {
     // Local time, as spec/services.md §5.4 asks (trust.json, inbox names).
     cfg.utc_offset_secs = jiff::Zoned::now().offset().seconds();
     cfg.heartbeat = set.keepalive;
+    // Endpoint discovery, punching and relay through the beacon
+    // (`spec/beacon.md` §6); `--endpoint` pins what is advertised.
+    cfg.beacon = set.beacon;
+    cfg.endpoint_override = set.endpoint;
+    cfg.keepalive = set.nat_keepalive;
     cfg.node_limits.user_timeout = set.user_timeout;
     cfg.node_limits.pending_peers = set.pending_peers;
     // A tunnel peer silent this long is dead: its session is dropped and

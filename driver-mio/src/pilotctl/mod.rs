@@ -1049,7 +1049,10 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                 &list,
                 &[
                     ("NODE", "node_id"),
+                    ("PATH", "path"),
                     ("ENDPOINT", "endpoint"),
+                    ("RTT MS", "srtt_ms"),
+                    ("CHANGED S AGO", "path_changed_secs_ago"),
                     ("ENCRYPTED", "encrypted"),
                     ("AUTHENTICATED", "authenticated"),
                 ],

@@ -64,6 +64,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let (mut encrypted, mut authenticated) = (0u64, 0u64);
         let mut drops = serde_json::Map::new();
         let mut half_open = 0usize;
+        let mut peer_srtt: std::collections::BTreeMap<u32, f64> = Default::default();
         if let Some(node) = self.node.as_ref() {
             for (reason, n) in node.auth_drops().iter() {
                 drops.insert(reason.name().to_owned(), json!(n));
@@ -82,6 +83,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 };
                 let st = node.conn_stats(cid).unwrap_or_default();
                 let ms = |d: core::time::Duration| d.as_secs_f64() * 1000.0;
+                if let Some(rtt) = st.srtt.map(ms) {
+                    let e = peer_srtt.entry(i.remote.node).or_insert(rtt);
+                    *e = e.min(rtt);
+                }
                 conns.push(json!({
                     "id": id,
                     "local_port": i.local_port,
@@ -115,12 +120,36 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             for p in node.peer_list() {
                 encrypted += u64::from(p.encrypted);
                 authenticated += u64::from(p.authenticated);
-                peer_list.push(json!({
+                let mut entry = json!({
                     "node_id": p.node,
                     "endpoint": p.endpoint.to_string(),
                     "encrypted": p.encrypted,
                     "authenticated": p.authenticated,
-                }));
+                    "srtt_ms": peer_srtt.get(&p.node).copied().unwrap_or(0.0),
+                    "path": "direct",
+                });
+                // With a beacon the node holds path labels: show the path
+                // part's view (`spec/beacon.md` §6.6).
+                if let (Some(paths), Some(o)) = (self.paths.as_ref(), entry.as_object_mut()) {
+                    let v = paths.view(p.node);
+                    let kind = v.map_or("relay", |v| v.kind.name());
+                    let ep = v.and_then(|v| v.endpoint);
+                    o.insert("path".into(), json!(kind));
+                    o.insert(
+                        "endpoint".into(),
+                        json!(ep.map(|e| e.to_string()).unwrap_or_default()),
+                    );
+                    o.insert(
+                        "direct_confirmed".into(),
+                        json!(v.is_some_and(|v| v.confirmed)),
+                    );
+                    if let Some(v) = v {
+                        let ago = now.saturating_duration_since(v.changed).as_secs();
+                        o.insert("path_changed_secs_ago".into(), json!(ago));
+                        o.insert("path_changes".into(), json!(v.changes));
+                    }
+                }
+                peer_list.push(entry);
             }
         }
         let v: Value = json!({
@@ -147,8 +176,42 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
             "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
+            "nat": self.nat_json(),
         });
         fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
+    }
+
+    /// Endpoint discovery and path counters (`spec/beacon.md` §6.6): the
+    /// public endpoint the beacon observed, what is advertised, whether the
+    /// socket is translated and whether its mapping has stayed stable.
+    fn nat_json(&self) -> Value {
+        let Some(p) = self.paths.as_ref() else {
+            return json!({"beacon": null});
+        };
+        let s = p.stats();
+        let public = p.public_endpoint();
+        let registry = self.registry.as_ref().map(|r| r.listen_addr().to_owned());
+        json!({
+            "beacon": p.config().beacon.to_string(),
+            "public_endpoint": public.map(|e| e.to_string()),
+            "advertised": registry,
+            "endpoint_override": p.config().endpoint_override.map(|e| e.to_string()),
+            "endpoint_changes": s.endpoint_changes,
+            "mapping": match (public, s.endpoint_changes) {
+                (None, _) => "unknown",
+                (Some(_), 0) => "stable",
+                _ => "changed (rebinding)",
+            },
+            "keepalive_secs": self.keepalive.map(|k| k.as_secs_f64()),
+            "direct_out": s.direct_out,
+            "relay_out": s.relay_out,
+            "relay_in": s.relay_in,
+            "to_direct": s.to_direct,
+            "to_relay": s.to_relay,
+            "direct_lost": s.direct_lost,
+            "punches": s.punches,
+            "dropped": s.dropped,
+        })
     }
 
     /// Tunnel lifecycle counters (an extra Info key; the reference's

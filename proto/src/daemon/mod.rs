@@ -28,6 +28,7 @@ mod client;
 mod conns;
 mod info;
 mod output;
+pub mod paths;
 mod trust;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ use client::Client;
 pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WorkToken};
+use paths::{BeaconInput, DELIVER_OFFSET, Paths, PathsConfig, label_peer, path_label};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
@@ -181,6 +183,14 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     /// Peer timeout of the node (`spec/node.md` §7.1; pilot-daemon
     /// `--idle-timeout`): a silent peer's connections fail after this.
     pub peer_timeout: Duration,
+    /// The beacon (UDP): endpoint discovery, hole punching and relay
+    /// (`spec/beacon.md` §6). `None`: every peer is reached directly.
+    pub beacon: Option<SocketAddr>,
+    /// `--endpoint`: advertise this endpoint, not the observed one.
+    pub endpoint_override: Option<SocketAddr>,
+    /// NAT keepalive interval (`None`: off), default
+    /// [`paths::KEEPALIVE`].
+    pub keepalive: Option<Duration>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R> {
@@ -213,6 +223,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             max_clients: MAX_CLIENTS,
             shutdown_grace: SHUTDOWN_GRACE,
             peer_timeout: crate::node::PEER_TIMEOUT,
+            beacon: None,
+            endpoint_override: None,
+            keepalive: Some(paths::KEEPALIVE),
         }
     }
 }
@@ -394,6 +407,10 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     deregistering: bool,
     stopped: bool,
     stop_given: bool,
+    /// Path selection (direct, relay) when a beacon is configured and the
+    /// tunnel is encrypted (`spec/beacon.md` §6).
+    paths: Option<Paths>,
+    keepalive: Option<Duration>,
 
     stats: DaemonStats,
 }
@@ -520,6 +537,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             deregistering: false,
             stopped: false,
             stop_given: false,
+            paths: cfg.beacon.filter(|_| cfg.encrypt).map(|beacon| {
+                Paths::new(
+                    PathsConfig {
+                        beacon,
+                        keepalive: cfg.keepalive,
+                        heartbeat: cfg.heartbeat,
+                        endpoint_override: cfg.endpoint_override,
+                    },
+                    now,
+                )
+            }),
+            keepalive: cfg.keepalive,
             stats: DaemonStats::default(),
         };
         if d.registry.is_none() {
@@ -584,6 +613,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             },
         );
         node.set_peer_timeout(now, self.peer_timeout);
+        node.set_keepalive_idle(self.keepalive);
         self.node = Some(node);
         self.address = Some(addr);
         let mut store = TrustStore::from_identity(self.profile, addr.node, &self.identity);
@@ -630,6 +660,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if !node.add_peer(addr, endpoint, identity) {
             return Err(DaemonError::PeerRefused);
         }
+        self.adopt_peer(now, addr.node, false);
         self.peers.insert(addr.node, addr.network);
         if let Some(k) = identity {
             self.remember_key(addr.node, k);
@@ -652,30 +683,187 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.input(now);
         self.stats.pkts_recv += 1;
         self.stats.bytes_recv += bytes.len() as u64;
-        if let Some(node) = self.node.as_mut() {
+        if self.paths.is_some() {
+            self.routed_udp(now, from, bytes);
+        } else if let Some(node) = self.node.as_mut() {
             node.handle_datagram(now, from, bytes);
         }
         self.drive(now);
     }
 
+    /// A datagram while [`Paths`] routes: beacon messages go to it, relayed
+    /// frames and direct frames to the node, and whatever authenticates
+    /// tells the path part which path works (`spec/beacon.md` §6).
+    fn routed_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
+        let Some(paths) = self.paths.as_mut() else {
+            return;
+        };
+        if bytes
+            .first()
+            .is_some_and(|&b| b < crate::wire::beacon::BEACON_TYPE_LIMIT)
+        {
+            match paths.handle_beacon(now, from, bytes) {
+                BeaconInput::None => {}
+                BeaconInput::PublicEndpoint(ep) => self.on_public_endpoint(now, ep),
+                BeaconInput::HandshakeWaiting => {
+                    if let Some(reg) = self.registry.as_mut() {
+                        let _ = reg.poll_inbox(now);
+                    }
+                }
+                BeaconInput::Relayed { sender } => {
+                    let Some(node) = self.node.as_mut() else {
+                        return;
+                    };
+                    let _ = node.take_authenticated();
+                    if let Some(frame) = bytes.get_mut(DELIVER_OFFSET..) {
+                        node.handle_datagram(now, path_label(sender), frame);
+                    }
+                    if let Some(p) = node.take_authenticated() {
+                        self.adopt_peer(now, p, true);
+                    }
+                }
+            }
+            return;
+        }
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        // A PILS frame names its sender; it is opened as coming from the
+        // sender's label (where the node's peer table has it) and proves
+        // the path only if it opens. Key exchanges keep their source for
+        // the node's per-source limits.
+        let sender = bytes
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes);
+        let pils = bytes.get(..4) == Some(&crate::wire::tunnel::MAGIC_PILS[..]);
+        let feed = match sender {
+            Some(s) if pils => path_label(s),
+            _ => from,
+        };
+        let _ = node.take_authenticated();
+        node.handle_datagram(now, feed, bytes);
+        let proved = node.take_authenticated();
+        let direct = !paths.is_beacon(from);
+        if let Some(p) = proved {
+            if Some(p) == sender && direct {
+                paths.on_authenticated(now, p, Some(from));
+            }
+            self.adopt_peer(now, p, Some(p) != sender || !direct);
+        }
+    }
+
+    /// Puts `peer`'s label into the node's peer table if it holds a real
+    /// address there (a registry endpoint, a static peer, or where a
+    /// verified key exchange came from), telling [`Paths`] about that
+    /// address; `authenticated` frames that came via the relay count for
+    /// the relay path.
+    fn adopt_peer(&mut self, now: Instant, peer: u32, authenticated: bool) {
+        let (Some(paths), Some(node)) = (self.paths.as_mut(), self.node.as_mut()) else {
+            return;
+        };
+        let Some(ep) = node.peer_endpoint(peer) else {
+            return;
+        };
+        if label_peer(ep) == Some(peer) {
+            if authenticated {
+                paths.on_authenticated(now, peer, None);
+            }
+            return;
+        }
+        if authenticated {
+            paths.on_authenticated(now, peer, Some(ep));
+        } else {
+            paths.add_candidate(now, peer, ep);
+        }
+        node.set_peer_endpoint(peer, path_label(peer));
+    }
+
+    /// Pings the peers the path part wants probed: the answer comes back
+    /// authenticated on whichever path works (`spec/beacon.md` §8.3).
+    fn send_probes(&mut self, now: Instant) {
+        let (Some(paths), Some(node)) = (self.paths.as_mut(), self.node.as_mut()) else {
+            return;
+        };
+        let own = self.address.map_or(0, |a| a.network);
+        while let Some(peer) = paths.take_probe() {
+            if node.has_session(peer) {
+                let network = self.peers.get(&peer).copied().unwrap_or(own);
+                let _ = node.ping(now, Addr::new(network, peer));
+            }
+        }
+    }
+
+    /// The beacon observed a new public endpoint: advertise it (unless
+    /// `--endpoint` overrides), registering again if it changed.
+    fn on_public_endpoint(&mut self, now: Instant, ep: SocketAddr) {
+        let over = self
+            .paths
+            .as_ref()
+            .and_then(|p| p.config().endpoint_override);
+        if over.is_some() {
+            return;
+        }
+        self.diagnostics_push(format!("public endpoint {ep} (observed by the beacon)"));
+        if let Some(reg) = self.registry.as_mut() {
+            reg.set_listen_addr(now, crate::beacon::wire_endpoint(ep).to_string());
+        }
+    }
+
+    /// The path part's view of the peers (for Info).
+    pub fn paths(&self) -> Option<&Paths> {
+        self.paths.as_ref()
+    }
+
     /// The next datagram to send.
     fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Output> {
         let now = self.now;
-        let node = self.node.as_mut()?;
-        let out = if self.max_segments > 1 {
-            let b = node.poll_transmit_batch(now, buf, self.max_segments)?;
-            self.stats.pkts_sent += b.segments as u64;
-            self.stats.bytes_sent += b.len as u64;
-            Output::TransmitBatch(b)
+        if let Some(paths) = self.paths.as_mut() {
+            if let Some((dst, len, seg)) = paths.poll_transmit(now, buf) {
+                return Some(self.transmit_output(dst, len, seg));
+            }
+        }
+        loop {
+            let node = self.node.as_mut()?;
+            let (dst, len, seg) = if self.max_segments > 1 {
+                let b = node.poll_transmit_batch(now, buf, self.max_segments)?;
+                (b.dst, b.len, b.segment_size)
+            } else {
+                let t = node.poll_transmit(now, buf)?;
+                (t.dst, t.len, t.len)
+            };
+            let routed = match (self.paths.as_mut(), label_peer(dst)) {
+                (Some(paths), Some(peer)) => paths
+                    .route_in_place(now, peer, buf, len, seg)
+                    .map(|t| (t.dst, t.len, t.segment_size)),
+                _ => Some((dst, len, seg)),
+            };
+            let Some((dst, len, seg)) = routed else {
+                continue;
+            };
+            let out = self.transmit_output(dst, len, seg);
+            // Sending may have produced events (writable room, closes).
+            self.drive(now);
+            return Some(out);
+        }
+    }
+
+    /// A transmit output of `len` bytes in `seg`-byte datagrams.
+    fn transmit_output(&mut self, dst: SocketAddr, len: usize, seg: usize) -> Output {
+        let seg = seg.max(1);
+        let segments = len.div_ceil(seg).max(1);
+        self.stats.pkts_sent += segments as u64;
+        self.stats.bytes_sent += len as u64;
+        if self.max_segments > 1 {
+            Output::TransmitBatch(crate::node::TransmitBatch {
+                dst,
+                len,
+                segment_size: seg,
+                segments,
+            })
         } else {
-            let t = node.poll_transmit(now, buf)?;
-            self.stats.pkts_sent += 1;
-            self.stats.bytes_sent += t.len as u64;
-            Output::Transmit(t)
-        };
-        // Sending may have produced events (writable room, closes).
-        self.drive(now);
-        Some(out)
+            Output::Transmit(crate::node::Transmit { dst, len })
+        }
     }
 
     /// Every input starts here: time only moves forward, and the drain
@@ -948,6 +1136,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 .map(|x| x.0),
         );
         take(self.registry.as_ref().and_then(|r| r.poll_timeout()));
+        take(self.paths.as_ref().and_then(|p| p.poll_timeout()));
         for r in self.resolving.values() {
             take(Some(r.deadline));
         }
@@ -972,6 +1161,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if let Some(reg) = self.registry.as_mut() {
             reg.handle_timeout(now);
         }
+        if let Some(p) = self.paths.as_mut() {
+            if p.poll_timeout().is_some_and(|t| t <= now) {
+                p.handle_timeout(now);
+            }
+        }
+        self.send_probes(now);
         // Resolutions that took too long.
         let late: Vec<u32> = self
             .resolving
@@ -1193,9 +1388,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let Some(node) = self.node.as_mut() else {
             return;
         };
+        let _ = node.take_authenticated();
         if node.identity_resolved(now, peer, network, key) {
             self.peers.entry(peer).or_insert(network);
         }
+        let proved = node.take_authenticated() == Some(peer);
+        self.adopt_peer(now, peer, proved);
     }
 
     /// Gives connection `cid` an IPC id and records it as owned by
@@ -1634,6 +1832,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 ),
             },
             IpcMessage::Cancel(_) => {}
+            IpcMessage::PreferDirect { node_id } => self.ipc_prefer_direct(now, client, node_id),
             other => {
                 let name = other.command().name();
                 self.push_error(client, &format!("{name}: not supported by this daemon"));
@@ -1810,6 +2009,32 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.push(client, &IpcMessage::CloseOk { conn_id });
     }
 
+    /// PreferDirect (`spec/daemon.md` §3.2): race the direct path against
+    /// the relay again at once (punch through the beacon) and look the
+    /// peer's endpoint up again. The reply names the path in use now.
+    fn ipc_prefer_direct(&mut self, now: Instant, client: ClientId, node_id: u32) {
+        let raced = self
+            .paths
+            .as_mut()
+            .is_some_and(|p| p.prefer_direct(now, node_id));
+        self.send_probes(now);
+        let network = self.peers.get(&node_id).copied();
+        if let (Some(network), true) = (network, self.registry.is_some()) {
+            self.resolve_then(now, node_id, network, Waiter::Refresh);
+        }
+        let path = match self.paths.as_ref() {
+            Some(p) => p.view(node_id).map_or("relay", |v| v.kind.name()),
+            None => "direct",
+        };
+        let json = serde_json::json!({
+            "node_id": node_id,
+            "path": path,
+            "probing": raced,
+        })
+        .to_string();
+        self.push(client, &IpcMessage::PreferDirectOk(&json));
+    }
+
     fn ipc_send_to(&mut self, now: Instant, dst: Addr, port: u16, data: &[u8]) {
         if self.node.is_none() || dst.is_broadcast() {
             self.stats.send_failures += 1;
@@ -1936,11 +2161,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         let addr = Addr::new(r.network, node);
-        let before = self.node.as_ref().and_then(|n| n.peer_endpoint(node));
+        let before = match self.paths.as_ref() {
+            Some(p) => p.view(node).and_then(|v| v.endpoint),
+            None => self.node.as_ref().and_then(|n| n.peer_endpoint(node)),
+        };
         let added = self
             .node
             .as_mut()
             .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
+        if added {
+            self.adopt_peer(now, node, false);
+        }
         if added && before.is_some_and(|b| b != endpoint) {
             // The registry has the peer elsewhere: it probably restarted
             // and holds no session with us (`spec/crypto.md` §13 row 16).
@@ -2034,6 +2265,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .unwrap_or_else(|_| Addr::new(0, node_id));
         if self.node.is_none() {
             self.start_node(now, addr);
+        }
+        if let Some(p) = self.paths.as_mut() {
+            p.set_node_id(node_id, now);
         }
         let again = self.registered_once;
         self.registered_once = true;

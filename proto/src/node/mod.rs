@@ -685,6 +685,13 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// Receive-window bytes granted beyond the initial windows, all
     /// connections ([`Limits::window_bytes_total`]).
     window_granted: usize,
+    /// Idle time after which a session peer gets a NAT keepalive (`None`:
+    /// never).
+    keepalive_idle: Option<Duration>,
+    /// The last peer that proved itself (a frame opened under its session,
+    /// or a verified key exchange installed one), for the owner's path
+    /// bookkeeping ([`Node::take_authenticated`]).
+    last_authenticated: Option<u32>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Node<P, R> {
@@ -763,6 +770,35 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             carry: Vec::new(),
             carry_dst: None,
             window_granted: 0,
+            keepalive_idle: Some(KEEPALIVE_IDLE),
+            last_authenticated: None,
+        }
+    }
+
+    /// Sets the idle time after which a peer with a session gets a NAT
+    /// keepalive (`None` turns keepalives off; default [`KEEPALIVE_IDLE`]).
+    pub fn set_keepalive_idle(&mut self, idle: Option<Duration>) {
+        self.keepalive_idle = idle;
+    }
+
+    /// The peer whose frame or key exchange last authenticated (since the
+    /// previous call), then forgets it. An owner that routes frames itself
+    /// (`spec/beacon.md` §6) calls this after [`Node::handle_datagram`] to
+    /// learn which path just proved to work.
+    pub fn take_authenticated(&mut self) -> Option<u32> {
+        self.last_authenticated.take()
+    }
+
+    /// Replaces the UDP endpoint of a known peer without any check: the
+    /// owner decides (e.g. a path label it routes itself). False if the
+    /// peer is unknown.
+    pub fn set_peer_endpoint(&mut self, peer: u32, endpoint: SocketAddr) -> bool {
+        match self.peers.get_mut(&peer) {
+            Some(p) => {
+                p.endpoint = endpoint;
+                true
+            }
+            None => false,
         }
     }
 
@@ -1662,6 +1698,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         let sender = opened.sender;
         if let Some(p) = self.peers.get_mut(&sender) {
             p.last_heard = now;
+            self.last_authenticated = Some(sender);
         }
         if self
             .sessions
@@ -1771,7 +1808,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     // is at `from` now (`spec/crypto.md` §13, row 17). A
                     // kept session's PILA moves nothing: it could be a
                     // replayed copy; authentic PILS move the endpoint.
-                    Ok(KxAccepted::Installed { .. }) => self.move_endpoint(now, kx.sender, from),
+                    Ok(KxAccepted::Installed { .. }) => {
+                        self.last_authenticated = Some(kx.sender);
+                        self.move_endpoint(now, kx.sender, from)
+                    }
                     Ok(KxAccepted::Kept { .. }) => {}
                     Err(e) => self.kx_refused(e),
                 }
@@ -1886,6 +1926,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                             // Verified under the vouched key and installed:
                             // the peer is where the frame came from.
                             if matches!(res, KxAccepted::Installed { .. }) {
+                                self.last_authenticated = Some(peer);
                                 self.move_endpoint(now, peer, h.from);
                             }
                         }
@@ -2173,16 +2214,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     }
 
     fn keepalive_sweep(&mut self, now: Instant) {
-        if !self.encrypt {
+        let Some(idle) = self.keepalive_idle.filter(|_| self.encrypt) else {
             return;
-        }
+        };
         let due: Vec<u32> = self
             .sessions
             .peers()
             .filter(|n| {
                 self.peers
                     .get(n)
-                    .is_some_and(|p| now.saturating_duration_since(p.last_sent) >= KEEPALIVE_IDLE)
+                    .is_some_and(|p| now.saturating_duration_since(p.last_sent) >= idle)
             })
             .collect();
         for peer in due {

@@ -272,6 +272,8 @@ pub struct RegistryClient {
     next_call: u64,
     /// Reassembly of the connection's bytes ([`RegistryClient::handle_bytes`]).
     reader: super::framing::ResponseReader,
+    /// The `listen_addr` of the last register request built.
+    sent_listen: Option<String>,
 }
 
 /// Bound of undelivered events.
@@ -300,9 +302,29 @@ impl RegistryClient {
             calls: BTreeMap::new(),
             next_call: 1,
             reader: super::framing::ResponseReader::default(),
+            sent_listen: None,
         };
         c.handle_timeout(now);
         c
+    }
+
+    /// The advertised tunnel endpoint.
+    pub fn listen_addr(&self) -> &str {
+        &self.cfg.listen_addr
+    }
+
+    /// Changes the advertised tunnel endpoint (an observed public endpoint
+    /// changed, `spec/beacon.md` §6.1). A registered client registers again
+    /// at once with the same key; a registration under way with the old
+    /// value is repeated when it succeeds.
+    pub fn set_listen_addr(&mut self, now: Instant, listen_addr: String) {
+        if self.cfg.listen_addr == listen_addr {
+            return;
+        }
+        self.cfg.listen_addr = listen_addr;
+        if self.node_id.is_some() {
+            self.reregister(now);
+        }
     }
 
     /// The node ID, once registered.
@@ -564,6 +586,7 @@ impl RegistryClient {
         let id = self.node_id.unwrap_or(0);
         match op {
             Op::Register => {
+                self.sent_listen = Some(self.cfg.listen_addr.clone());
                 let key = self.identity.public_key_b64();
                 let (signature, sig_ts) = if self.cfg.strong_signatures {
                     let c = format!("register:{}:{}", self.cfg.listen_addr, key);
@@ -779,6 +802,11 @@ impl RegistryClient {
                     observed_addr: ok.observed_addr,
                     hostname_error: ok.hostname_error,
                 });
+                if self.sent_listen.as_deref() != Some(self.cfg.listen_addr.as_str()) {
+                    // The endpoint changed while this registration was
+                    // under way: register again with the new one.
+                    self.reregister(now);
+                }
             }
             (Op::Register, _) => {
                 let reason = error.unwrap_or_else(|| "unexpected reply".to_owned());

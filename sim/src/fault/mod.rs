@@ -228,6 +228,12 @@ impl FaultChain {
         self
     }
 
+    /// Appends every rule of `other`, in order.
+    pub fn append(&mut self, other: FaultChain) -> &mut Self {
+        self.rules.extend(other.rules);
+        self
+    }
+
     /// Names of the rules, in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.rules.iter().map(|r| r.name()).collect()

@@ -65,6 +65,13 @@ pub struct Nat {
     next_port: Option<u16>,
     by_flow: FastMap<(EndpointKey, Option<EndpointKey>), u16>,
     by_port: FastMap<u16, Binding>,
+    /// Instants at which the box forgets every binding (a NAT reboot or
+    /// an ISP rebinding), in order.
+    rebinds: Vec<Instant>,
+    /// Bindings forgotten by rebinds so far.
+    pub rebound: u64,
+    /// A rebind happens whenever this counter moves (set by a script).
+    trigger: Option<(std::sync::Arc<std::sync::atomic::AtomicU64>, u64)>,
 }
 
 impl Nat {
@@ -88,6 +95,48 @@ impl Nat {
             next_port: Some(first_port),
             by_flow: FastMap::default(),
             by_port: FastMap::default(),
+            rebinds: Vec::new(),
+            rebound: 0,
+            trigger: None,
+        }
+    }
+
+    /// The box forgets every binding whenever `counter` grows (a script
+    /// triggers NAT rebinding at a moment of its choice).
+    pub fn with_trigger(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        let seen = counter.load(std::sync::atomic::Ordering::Relaxed);
+        self.trigger = Some((counter, seen));
+        self
+    }
+
+    /// The box forgets every binding at each of `at` (the next outbound
+    /// datagram gets a new public port): NAT rebinding.
+    pub fn with_rebinds(mut self, mut at: Vec<Instant>) -> Self {
+        at.sort();
+        at.reverse();
+        self.rebinds = at;
+        self
+    }
+
+    fn rebind_due(&mut self, now: Instant) {
+        let mut forget = false;
+        if let Some((c, seen)) = self.trigger.as_mut() {
+            let v = c.load(std::sync::atomic::Ordering::Relaxed);
+            if v != *seen {
+                *seen = v;
+                forget = true;
+            }
+        }
+        if forget {
+            self.rebound += self.by_port.len() as u64;
+            self.by_flow.clear();
+            self.by_port.clear();
+        }
+        while self.rebinds.last().is_some_and(|t| *t <= now) {
+            self.rebinds.pop();
+            self.rebound += self.by_port.len() as u64;
+            self.by_flow.clear();
+            self.by_port.clear();
         }
     }
 
@@ -156,6 +205,7 @@ impl FaultRule for Nat {
     }
 
     fn on_send(&mut self, now: Instant, pkt: &mut InFlight) -> Verdict {
+        self.rebind_due(now);
         if self.is_inside(&pkt.src) && !self.is_inside(&pkt.dst) {
             match self.outbound(now, pkt.src, pkt.dst) {
                 Some(port) => pkt.src = SocketAddr::new(self.public_ip, port),
@@ -166,6 +216,7 @@ impl FaultRule for Nat {
     }
 
     fn on_deliver(&mut self, now: Instant, pkt: &mut Arrival) -> Verdict {
+        self.rebind_due(now);
         if pkt.dst.ip() != self.public_ip {
             return Verdict::Continue;
         }
@@ -307,6 +358,22 @@ mod tests {
             inb(&mut n, 3, "10.201.0.1:40001", PUB),
             Ok(a("192.168.0.3:4000"))
         );
+    }
+
+    #[test]
+    fn rebinding_forgets_bindings_and_moves_the_port() {
+        let mut n = nat(
+            NatMapping::EndpointIndependent,
+            NatFiltering::EndpointIndependent,
+        )
+        .with_rebinds(vec![Instant::from_millis(1_000)]);
+        let p = out(&mut n, 0, "192.168.0.2:4000", "10.100.0.1:1");
+        assert_eq!(p.src, a(PUB));
+        assert!(inb(&mut n, 999, "10.100.0.1:1", PUB).is_ok());
+        assert!(inb(&mut n, 1_000, "10.100.0.1:1", PUB).is_err());
+        let q = out(&mut n, 1_001, "192.168.0.2:4000", "10.100.0.1:1");
+        assert_eq!(q.src, a("10.201.0.1:40001"));
+        assert_eq!(n.rebound, 1);
     }
 
     #[test]

@@ -55,18 +55,18 @@ const ECHO: u16 = 7;
 
 /// Checks and figures of a script, for the outcome.
 #[derive(Default)]
-struct Script {
-    checks: Vec<CheckResult>,
-    figures: Vec<(String, Value)>,
+pub(crate) struct Script {
+    pub(crate) checks: Vec<CheckResult>,
+    pub(crate) figures: Vec<(String, Value)>,
 }
 
 impl Script {
-    fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
+    pub(crate) fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
         self.checks.push(CheckResult::new(name, ok, detail));
         ok
     }
 
-    fn finish(self, mut net: Net, cfg: &SimConfig) -> Outcome {
+    pub(crate) fn finish(self, mut net: Net, cfg: &SimConfig) -> Outcome {
         // At least --duration-ms of virtual time.
         let min = Duration::from_millis(cfg.duration_ms);
         let now = Duration::from_nanos(net.sim.now().as_nanos());
@@ -104,12 +104,12 @@ impl Script {
 }
 
 /// Decodes a frame body.
-fn decode(body: &[u8]) -> Option<IpcMessage<'_>> {
+pub(crate) fn decode(body: &[u8]) -> Option<IpcMessage<'_>> {
     IpcMessage::decode(body).ok()
 }
 
 /// A short text of a reply for check details.
-fn describe(body: Option<&Vec<u8>>) -> String {
+pub(crate) fn describe(body: Option<&Vec<u8>>) -> String {
     match body.map(|b| IpcMessage::decode(b)) {
         None => "no reply".into(),
         Some(Ok(IpcMessage::Error { message, .. })) => format!("error: {message}"),
@@ -155,7 +155,7 @@ fn wait_listed(net: &mut Net, i: usize, app: AppId, pending: bool, node: u32) ->
 
 /// Dials `to` port 7 from `app` of host `i`: the connection id, or the
 /// reply's description.
-fn dial(net: &mut Net, i: usize, app: AppId, to: Addr) -> Result<u32, String> {
+pub(crate) fn dial(net: &mut Net, i: usize, app: AppId, to: Addr) -> Result<u32, String> {
     let r = net.call(
         i,
         app,
@@ -444,7 +444,7 @@ impl Scenario for DaemonEchoScenario {
 }
 
 /// Byte `k` of the stream of node `i`.
-fn byte(i: usize, k: u64) -> u8 {
+pub(crate) fn byte(i: usize, k: u64) -> u8 {
     let x = k
         .wrapping_add((i as u64) << 40)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datagram;
 pub mod hostile;
 pub mod lifecycle;
+pub mod nat;
 pub mod ping;
 pub mod rekey;
 pub mod stream;
@@ -30,6 +31,10 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(daemon::DaemonTrustScenario));
     r.register(Box::new(daemon::DaemonEchoScenario));
     r.register(Box::new(daemon::RegistryRestartScenario));
+    r.register(Box::new(nat::NatMatrixScenario));
+    r.register(Box::new(nat::NatRebindScenario));
+    r.register(Box::new(nat::NatIdleScenario));
+    r.register(Box::new(nat::NatUpgradeScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every

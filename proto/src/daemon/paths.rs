@@ -1,0 +1,885 @@
+//! The daemon's path part (`spec/beacon.md` §6): endpoint discovery, hole
+//! punching, and the choice per peer between the direct path and the
+//! beacon relay.
+//!
+//! [`Paths`] owns the node's [`BeaconClient`] and one [`PeerState`] per
+//! peer. The node's peer table does not hold real addresses while this
+//! part is active: every peer's endpoint there is its *path label*
+//! ([`path_label`], an address of the IPv6 discard prefix `100::/64`
+//! carrying the node ID), so every frame the node emits names its peer,
+//! and [`Paths::route`] decides where it goes: directly, wrapped for the
+//! beacon (`05 ‖ own ‖ peer ‖ frame`), or both while the paths race. The
+//! tunnel, its sessions and streams are keyed by node ID, so switching the
+//! path never touches them. A path is *confirmed* only by an authenticated
+//! frame ([`Paths::on_authenticated`]); the direct endpoint moves only then.
+//!
+//! States of a peer: `Both` (racing: every frame goes both ways, for
+//! [`RACE_WINDOW`] after first contact, a fallback, or for
+//! [`PROBE_WINDOW`] on each background probe), `Direct` (an authenticated
+//! frame arrived directly; falls back to `Both` when nothing authenticated
+//! came back directly for [`DIRECT_SILENCE`] after a send) and `Relay`
+//! (probed again every [`PROBE_INTERVAL`] while in use: a punch request
+//! through the beacon plus a [`PROBE_WINDOW`] of direct copies).
+//!
+//! Bounds: at most [`MAX_PATH_PEERS`] peers (frames for more go by relay,
+//! counted), [`COPY_QUEUE`] duplicate datagrams waiting, [`PUNCH_PENDING`]
+//! punch requests awaiting their command.
+
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::beacon::client::{BeaconClient, BeaconEvent, ClientConfig as BeaconClientConfig};
+use crate::beacon::same_endpoint;
+use crate::time::Instant;
+use crate::wire::beacon::{RELAY_DELIVER_OVERHEAD, RELAY_OVERHEAD, relay_header};
+
+/// How long a new peer's paths race before an unproven direct path is
+/// given up for relay (`spec/beacon.md` §6.3).
+pub const RACE_WINDOW: Duration = Duration::from_secs(3);
+/// Sending directly without anything authenticated coming back directly
+/// for this long makes the paths race again (`spec/beacon.md` §8.3)...
+pub const DIRECT_SILENCE: Duration = Duration::from_secs(3);
+/// ...once at least this many datagrams went out unanswered (one-way
+/// keepalives alone do not count as silence).
+pub const SILENT_SENDS: u32 = 4;
+/// Most peers waiting for an authenticated probe (a ping).
+pub const PROBE_QUEUE: usize = 64;
+/// A relay peer in use is probed for a direct path this often.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a probe sends direct copies.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(1500);
+/// A peer counts as in use this long after the last frame either way.
+pub const IN_USE: Duration = Duration::from_secs(60);
+/// Default NAT keepalive interval: under the common 30 s UDP binding
+/// timeout (`spec/beacon.md` §6.5).
+pub const KEEPALIVE: Duration = Duration::from_secs(25);
+/// Most peers with path state.
+pub const MAX_PATH_PEERS: usize = 16_384;
+/// Most duplicate datagrams waiting to be sent.
+pub const COPY_QUEUE: usize = 64;
+/// Most punch requests waiting for the beacon's command.
+pub const PUNCH_PENDING: usize = 16;
+/// A punch command answers a request of ours sent at most this long ago.
+pub const PUNCH_MATCH: Duration = Duration::from_secs(3);
+
+/// The path label of `peer`: the endpoint the node's peer table holds for
+/// it while [`Paths`] routes (`100::<node id>`, port 1; RFC 6666 discard
+/// prefix, never sent to).
+pub fn path_label(peer: u32) -> SocketAddr {
+    let ip = Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, (peer >> 16) as u16, peer as u16);
+    SocketAddr::new(IpAddr::V6(ip), 1)
+}
+
+/// The peer a path label names.
+pub fn label_peer(ep: SocketAddr) -> Option<u32> {
+    match ep.ip() {
+        IpAddr::V6(v6) if ep.port() == 1 => {
+            let s = v6.segments();
+            (s[..6] == [0x0100, 0, 0, 0, 0, 0]).then(|| (u32::from(s[6]) << 16) | u32::from(s[7]))
+        }
+        _ => None,
+    }
+}
+
+/// The path in use for a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// Frames go directly to the confirmed endpoint.
+    Direct,
+    /// Frames go via the beacon.
+    Relay,
+    /// Racing or probing: frames go both ways.
+    Both,
+}
+
+impl PathKind {
+    /// The name shown by `pilotctl peers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+            PathKind::Both => "racing",
+        }
+    }
+}
+
+/// Configuration of the path part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathsConfig {
+    /// The beacon (UDP).
+    pub beacon: SocketAddr,
+    /// NAT keepalive interval (`None`: off; discovery then follows the
+    /// heartbeat period only).
+    pub keepalive: Option<Duration>,
+    /// The registry heartbeat period.
+    pub heartbeat: Duration,
+    /// `--endpoint`: advertise this instead of the observed endpoint.
+    pub endpoint_override: Option<SocketAddr>,
+}
+
+/// Where one frame for a peer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Send it directly here.
+    pub direct: Option<SocketAddr>,
+    /// Send a relay-wrapped copy to the beacon.
+    pub relay: bool,
+}
+
+/// What a beacon datagram meant for the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeaconInput {
+    /// Nothing more to do.
+    None,
+    /// The observed public endpoint changed (first one included).
+    PublicEndpoint(SocketAddr),
+    /// The registry holds a relayed trust handshake: poll the inbox.
+    HandshakeWaiting,
+    /// A relayed tunnel frame sits at `bytes[RELAY_DELIVER_OVERHEAD..]`;
+    /// process it as coming from `path_label(sender)`.
+    Relayed {
+        /// The sender the frame names (untrusted until it authenticates).
+        sender: u32,
+    },
+}
+
+/// A snapshot of one peer's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// Path in use.
+    pub kind: PathKind,
+    /// Direct endpoint (confirmed or candidate).
+    pub endpoint: Option<SocketAddr>,
+    /// An authenticated frame arrived from `endpoint`.
+    pub confirmed: bool,
+    /// When the path last changed.
+    pub changed: Instant,
+    /// Path changes so far.
+    pub changes: u32,
+}
+
+/// Counters of the path part.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Datagrams sent directly.
+    pub direct_out: u64,
+    /// Datagrams sent via the beacon.
+    pub relay_out: u64,
+    /// Relayed frames received.
+    pub relay_in: u64,
+    /// Moves to the direct path.
+    pub to_direct: u64,
+    /// Moves to the relay path.
+    pub to_relay: u64,
+    /// Direct paths that went silent (back to racing).
+    pub direct_lost: u64,
+    /// Punch requests sent.
+    pub punches: u64,
+    /// Observed public endpoint changes.
+    pub endpoint_changes: u64,
+    /// Datagrams dropped: copy queue full, no room to wrap, or peer cap.
+    pub dropped: u64,
+}
+
+/// Per-peer path state (see the module docs).
+#[derive(Clone, Copy, Debug)]
+struct PeerState {
+    kind: PathKind,
+    direct: Option<SocketAddr>,
+    confirmed: bool,
+    /// End of the current race or probe window (`Both`).
+    window_end: Instant,
+    /// Next probe (`Relay`).
+    next_probe: Instant,
+    changed: Instant,
+    changes: u32,
+    last_rx: Instant,
+    last_tx: Instant,
+    /// First direct send after the last direct authenticated frame.
+    silent_since: Option<Instant>,
+    /// Direct sends since the last direct authenticated frame.
+    silent_sends: u32,
+}
+
+/// The path part of the daemon; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    cfg: PathsConfig,
+    client: BeaconClient,
+    node_id: u32,
+    peers: BTreeMap<u32, PeerState>,
+    copies: VecDeque<(SocketAddr, Vec<u8>, usize)>,
+    punch_pending: VecDeque<(u32, Instant)>,
+    probes: VecDeque<u32>,
+    public_history: u32,
+    stats: PathStats,
+}
+
+impl Paths {
+    /// The path part at `now`; the first discover goes out at once.
+    pub fn new(cfg: PathsConfig, now: Instant) -> Self {
+        let mut bc = BeaconClientConfig::new(cfg.beacon, 0);
+        bc.discover_interval = cfg.keepalive.unwrap_or(cfg.heartbeat).min(cfg.heartbeat);
+        Paths {
+            cfg,
+            client: BeaconClient::new(bc, now),
+            node_id: 0,
+            peers: BTreeMap::new(),
+            copies: VecDeque::new(),
+            punch_pending: VecDeque::new(),
+            probes: VecDeque::new(),
+            public_history: 0,
+            stats: PathStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PathsConfig {
+        &self.cfg
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PathStats {
+        self.stats
+    }
+
+    /// The beacon client's counters.
+    pub fn beacon_stats(&self) -> crate::beacon::client::ClientStats {
+        self.client.stats()
+    }
+
+    /// The public endpoint the beacon last reported.
+    pub fn public_endpoint(&self) -> Option<SocketAddr> {
+        self.client.public_endpoint()
+    }
+
+    /// The endpoint to advertise to the registry: the override, else the
+    /// observed one.
+    pub fn advertised(&self) -> Option<SocketAddr> {
+        self.cfg.endpoint_override.or(self.public_endpoint())
+    }
+
+    /// Whether `from` is the beacon.
+    pub fn is_beacon(&self, from: SocketAddr) -> bool {
+        same_endpoint(from, self.cfg.beacon)
+    }
+
+    /// Adopts our node ID (registration) and discovers again at once.
+    pub fn set_node_id(&mut self, node_id: u32, now: Instant) {
+        self.node_id = node_id;
+        self.client.set_node_id(node_id, now);
+    }
+
+    /// A snapshot of `peer`'s path.
+    pub fn view(&self, peer: u32) -> Option<PeerView> {
+        self.peers.get(&peer).map(|p| PeerView {
+            kind: p.kind,
+            endpoint: p.direct,
+            confirmed: p.confirmed,
+            changed: p.changed,
+            changes: p.changes,
+        })
+    }
+
+    /// Forgets `peer`.
+    pub fn forget(&mut self, peer: u32) {
+        self.peers.remove(&peer);
+    }
+
+    fn state(&mut self, now: Instant, peer: u32) -> Option<&mut PeerState> {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PATH_PEERS {
+            return None;
+        }
+        Some(self.peers.entry(peer).or_insert(PeerState {
+            kind: PathKind::Relay,
+            direct: None,
+            confirmed: false,
+            window_end: now,
+            next_probe: now,
+            changed: now,
+            changes: 0,
+            last_rx: now,
+            last_tx: now,
+            silent_since: None,
+            silent_sends: 0,
+        }))
+    }
+
+    fn set_kind(&mut self, now: Instant, peer: u32, kind: PathKind) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.kind == kind {
+            return;
+        }
+        p.kind = kind;
+        p.changed = now;
+        p.changes = p.changes.saturating_add(1);
+        match kind {
+            PathKind::Direct => {
+                p.silent_since = None;
+                p.silent_sends = 0;
+                self.stats.to_direct += 1;
+            }
+            PathKind::Relay => {
+                p.next_probe = now + PROBE_INTERVAL;
+                self.stats.to_relay += 1;
+            }
+            PathKind::Both => {}
+        }
+    }
+
+    /// Races the paths for `window`, asks the beacon to punch and asks
+    /// for an authenticated probe (the owner pings the peer, so an idle
+    /// peer answers on whichever path works).
+    fn race(&mut self, now: Instant, peer: u32, window: Duration) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.window_end = now + window;
+            if p.kind != PathKind::Direct {
+                p.kind = PathKind::Both;
+            }
+        }
+        self.punch(now, peer);
+        if !self.probes.contains(&peer) {
+            if self.probes.len() >= PROBE_QUEUE {
+                self.probes.pop_front();
+            }
+            self.probes.push_back(peer);
+        }
+    }
+
+    /// The next peer to probe with an authenticated frame (a ping).
+    pub fn take_probe(&mut self) -> Option<u32> {
+        self.probes.pop_front()
+    }
+
+    fn punch(&mut self, now: Instant, peer: u32) {
+        if self.node_id == 0 {
+            return;
+        }
+        self.client.request_punch(peer);
+        self.stats.punches += 1;
+        if self.punch_pending.len() >= PUNCH_PENDING {
+            self.punch_pending.pop_front();
+        }
+        self.punch_pending.push_back((peer, now));
+    }
+
+    /// The registry says `peer` is at `endpoint` (first contact or a
+    /// refresh): race direct against relay unless a direct path is
+    /// already confirmed there.
+    pub fn add_candidate(&mut self, now: Instant, peer: u32, endpoint: SocketAddr) {
+        let Some(p) = self.state(now, peer) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if p.confirmed && p.kind == PathKind::Direct {
+            return;
+        }
+        if !p.confirmed || p.direct.is_none() {
+            p.direct = Some(endpoint);
+        }
+        self.race(now, peer, RACE_WINDOW);
+    }
+
+    /// "Prefer direct" (IPC): race again at once, with a punch.
+    pub fn prefer_direct(&mut self, now: Instant, peer: u32) -> bool {
+        if self.state(now, peer).is_none() {
+            return false;
+        }
+        self.race(now, peer, RACE_WINDOW);
+        true
+    }
+
+    /// A frame of `peer` authenticated; it came directly from `from`, or
+    /// via the beacon (`None`). Only this moves the direct endpoint.
+    pub fn on_authenticated(&mut self, now: Instant, peer: u32, from: Option<SocketAddr>) {
+        let Some(p) = self.state(now, peer) else {
+            return;
+        };
+        p.last_rx = now;
+        match from {
+            Some(ep) => {
+                p.direct = Some(ep);
+                p.confirmed = true;
+                p.silent_since = None;
+                p.silent_sends = 0;
+                self.set_kind(now, peer, PathKind::Direct);
+            }
+            None => {
+                // First contact through the relay: look for a direct
+                // path at once.
+                if p.direct.is_none() && p.changes == 0 && p.kind == PathKind::Relay {
+                    p.changes = 1;
+                    self.race(now, peer, PROBE_WINDOW);
+                }
+            }
+        }
+    }
+
+    /// Where the next frame for `peer` goes; records the send.
+    pub fn route(&mut self, now: Instant, peer: u32) -> Route {
+        let Some(p) = self.state(now, peer) else {
+            self.stats.dropped += 1;
+            return Route {
+                direct: None,
+                relay: true,
+            };
+        };
+        p.last_tx = now;
+        let r = match (p.kind, p.direct) {
+            (PathKind::Direct, Some(ep)) => Route {
+                direct: Some(ep),
+                relay: false,
+            },
+            (PathKind::Both, Some(ep)) => Route {
+                direct: Some(ep),
+                relay: true,
+            },
+            _ => Route {
+                direct: None,
+                relay: true,
+            },
+        };
+        if r.direct.is_some() {
+            p.silent_since.get_or_insert(now);
+            p.silent_sends = p.silent_sends.saturating_add(1);
+        }
+        r
+    }
+
+    /// Sends due discovers and moves races, silences and probes on.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.client.handle_timeout(now);
+        let mut race = Vec::new();
+        let mut relay = Vec::new();
+        let mut lost = Vec::new();
+        for (&id, p) in self.peers.iter_mut() {
+            match p.kind {
+                PathKind::Both if now >= p.window_end => relay.push(id),
+                PathKind::Direct => {
+                    if p.silent_sends >= SILENT_SENDS
+                        && p.silent_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= DIRECT_SILENCE)
+                    {
+                        lost.push(id);
+                    }
+                }
+                PathKind::Relay if now >= p.next_probe => {
+                    let used = now.saturating_duration_since(p.last_tx.max(p.last_rx)) < IN_USE;
+                    if used {
+                        race.push(id);
+                    }
+                    p.next_probe = now + PROBE_INTERVAL;
+                }
+                _ => {}
+            }
+        }
+        for id in relay {
+            self.set_kind(now, id, PathKind::Relay);
+        }
+        for id in lost {
+            self.stats.direct_lost += 1;
+            self.set_kind(now, id, PathKind::Both);
+            self.race(now, id, RACE_WINDOW);
+        }
+        for id in race {
+            self.race(now, id, PROBE_WINDOW);
+        }
+        let late = |t: &(u32, Instant)| now.saturating_duration_since(t.1) >= PUNCH_MATCH;
+        while self.punch_pending.front().is_some_and(late) {
+            self.punch_pending.pop_front();
+        }
+    }
+
+    /// When [`Self::handle_timeout`] is due next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.client.poll_timeout();
+        let mut take = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        for p in self.peers.values() {
+            match p.kind {
+                PathKind::Both => take(p.window_end),
+                PathKind::Relay => take(p.next_probe),
+                PathKind::Direct => {
+                    if let Some(s) = p.silent_since.filter(|_| p.silent_sends >= SILENT_SENDS) {
+                        take(s + DIRECT_SILENCE);
+                    }
+                }
+            }
+        }
+        if let Some(&(_, at)) = self.punch_pending.front() {
+            take(at + PUNCH_MATCH);
+        }
+        t
+    }
+
+    /// Handles a beacon message (first byte below 0x10) from `from`.
+    pub fn handle_beacon(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> BeaconInput {
+        match self.client.handle_datagram(now, from, bytes) {
+            None => BeaconInput::None,
+            Some(BeaconEvent::PublicEndpoint(ep)) => {
+                self.public_history = self.public_history.saturating_add(1);
+                if self.public_history > 1 {
+                    self.stats.endpoint_changes += 1;
+                }
+                BeaconInput::PublicEndpoint(ep)
+            }
+            Some(BeaconEvent::HandshakeWaiting) => BeaconInput::HandshakeWaiting,
+            Some(BeaconEvent::Punch(ep)) => {
+                // The command answering our oldest pending request names
+                // that peer's endpoint: a candidate, proven only by an
+                // authenticated frame.
+                while let Some((peer, at)) = self.punch_pending.pop_front() {
+                    if now.saturating_duration_since(at) < PUNCH_MATCH {
+                        // A working direct path keeps its endpoint; any
+                        // other takes the fresh one (the peer's mapping
+                        // may have changed while idle).
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            if p.kind != PathKind::Direct && p.direct != Some(ep) {
+                                p.direct = Some(ep);
+                                p.confirmed = false;
+                            }
+                        }
+                        break;
+                    }
+                }
+                BeaconInput::None
+            }
+            Some(BeaconEvent::Relayed {
+                claimed_source,
+                frame,
+            }) => {
+                self.stats.relay_in += 1;
+                // The frame names its own sender after its magic.
+                let sender = frame
+                    .get(4..8)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(claimed_source, u32::from_be_bytes);
+                BeaconInput::Relayed { sender }
+            }
+        }
+    }
+
+    /// The next datagram of the path part itself (discover, punch
+    /// request, punch probes, a duplicate copy), written into `buf`.
+    /// Returns the destination, length and segment size.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, usize, usize)> {
+        if let Some(t) = self.client.poll_transmit(now, buf) {
+            return Some((t.dst, t.len, t.len));
+        }
+        while let Some((dst, bytes, seg)) = self.copies.pop_front() {
+            if let Some(out) = buf.get_mut(..bytes.len()) {
+                out.copy_from_slice(&bytes);
+                return Some((dst, bytes.len(), seg));
+            }
+            self.stats.dropped += 1;
+        }
+        None
+    }
+
+    /// Routes `len` bytes in `buf` (`segment_size`-byte datagrams for
+    /// `peer`, the last possibly shorter) as [`Self::route`] says: returns
+    /// the destination, new length and segment size of what is in `buf`
+    /// afterwards, with a duplicate queued when the paths race. `None`: the
+    /// datagrams were dropped (counted).
+    pub fn route_in_place(
+        &mut self,
+        now: Instant,
+        peer: u32,
+        buf: &mut [u8],
+        len: usize,
+        segment_size: usize,
+    ) -> Option<Transmit2> {
+        let r = self.route(now, peer);
+        let segments = len.div_ceil(segment_size.max(1)).max(1);
+        if let Some(ep) = r.direct {
+            self.stats.direct_out += segments as u64;
+            if !r.relay {
+                return Some(Transmit2 {
+                    dst: ep,
+                    len,
+                    segment_size,
+                });
+            }
+            if self.copies.len() >= COPY_QUEUE {
+                self.stats.dropped += segments as u64;
+            } else if let Some(b) = buf.get(..len) {
+                self.copies.push_back((ep, b.to_vec(), segment_size));
+            }
+        }
+        match wrap_relay(buf, len, segment_size, self.node_id, peer) {
+            Some((len, seg)) => {
+                self.stats.relay_out += segments as u64;
+                Some(Transmit2 {
+                    dst: self.cfg.beacon,
+                    len,
+                    segment_size: seg,
+                })
+            }
+            None => {
+                self.stats.dropped += segments as u64;
+                // The direct copy, if any, still goes.
+                self.copies.pop_back().map(|(dst, bytes, seg)| {
+                    let n = bytes.len();
+                    if let Some(b) = buf.get_mut(..n) {
+                        b.copy_from_slice(&bytes);
+                    }
+                    Transmit2 {
+                        dst,
+                        len: n,
+                        segment_size: seg,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// A routed datagram or batch in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit2 {
+    /// Destination.
+    pub dst: SocketAddr,
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// Size of each datagram but the last.
+    pub segment_size: usize,
+}
+
+/// Wraps each `seg`-byte datagram of the `len` bytes in `buf` as
+/// `05 ‖ sender ‖ dest ‖ frame`, in place (from the back). Returns the new
+/// length and segment size, or `None` if `buf` has no room.
+fn wrap_relay(
+    buf: &mut [u8],
+    len: usize,
+    seg: usize,
+    sender: u32,
+    dest: u32,
+) -> Option<(usize, usize)> {
+    let seg = seg.max(1);
+    let segments = len.div_ceil(seg).max(1);
+    let new_len = len.checked_add(segments.checked_mul(RELAY_OVERHEAD)?)?;
+    if buf.len() < new_len || len == 0 {
+        return None;
+    }
+    for i in (0..segments).rev() {
+        let start = i * seg;
+        let end = (start + seg).min(len);
+        let to = i * (seg + RELAY_OVERHEAD);
+        buf.copy_within(start..end, to + RELAY_OVERHEAD);
+        relay_header(buf.get_mut(to..)?, sender, dest).ok()?;
+    }
+    Some((new_len, seg + RELAY_OVERHEAD))
+}
+
+/// Bytes in front of the frame of a relay delivery.
+pub const DELIVER_OFFSET: usize = RELAY_DELIVER_OVERHEAD;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+    const BEACON: &str = "192.0.2.100:9001";
+
+    fn paths() -> Paths {
+        let mut p = Paths::new(
+            PathsConfig {
+                beacon: ep(BEACON),
+                keepalive: Some(KEEPALIVE),
+                heartbeat: Duration::from_secs(30),
+                endpoint_override: None,
+            },
+            t(0),
+        );
+        p.set_node_id(5, t(0));
+        p
+    }
+
+    fn drain(p: &mut Paths, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut buf = [0u8; 256];
+        let mut out = Vec::new();
+        while let Some((dst, len, _)) = p.poll_transmit(now, &mut buf) {
+            out.push((dst, buf[..len].to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn labels_round_trip_and_are_not_real_addresses() {
+        for n in [0, 1, 0xffff, 0x1_0000, u32::MAX] {
+            assert_eq!(label_peer(path_label(n)), Some(n));
+        }
+        assert_eq!(label_peer(ep("10.0.0.1:1")), None);
+        assert_eq!(label_peer(ep("[100::5]:2")), None);
+        assert_eq!(label_peer(ep("[101::5]:1")), None);
+    }
+
+    #[test]
+    fn discovers_at_start_and_after_registration() {
+        let mut p = paths();
+        p.handle_timeout(t(0));
+        let out = drain(&mut p, t(0));
+        assert_eq!(out, vec![(ep(BEACON), vec![1, 0, 0, 0, 5])]);
+        assert_eq!(p.poll_timeout(), Some(t(25_000)), "keepalive period");
+        let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
+        assert_eq!(
+            p.handle_beacon(t(1), ep(BEACON), &reply),
+            BeaconInput::PublicEndpoint(ep("203.0.113.7:40000"))
+        );
+        assert_eq!(p.advertised(), Some(ep("203.0.113.7:40000")));
+        // Rebinding: a new observed endpoint is reported and counted.
+        let moved = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
+        assert!(matches!(
+            p.handle_beacon(t(2), ep(BEACON), &moved),
+            BeaconInput::PublicEndpoint(_)
+        ));
+        assert_eq!(p.stats().endpoint_changes, 1);
+    }
+
+    #[test]
+    fn first_contact_races_then_falls_back_to_relay() {
+        let mut p = paths();
+        drain(&mut p, t(0));
+        let peer_ep = ep("198.51.100.9:4000");
+        p.add_candidate(t(0), 9, peer_ep);
+        // Punch request goes to the beacon.
+        assert_eq!(
+            drain(&mut p, t(0)),
+            vec![(ep(BEACON), vec![3, 0, 0, 0, 5, 0, 0, 0, 9])]
+        );
+        assert_eq!(
+            p.route(t(1), 9),
+            Route {
+                direct: Some(peer_ep),
+                relay: true
+            }
+        );
+        p.handle_timeout(t(3_000));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Relay);
+        assert_eq!(
+            p.route(t(3_001), 9),
+            Route {
+                direct: None,
+                relay: true
+            }
+        );
+        // Background probe while in use: punch + direct copies again.
+        p.handle_timeout(t(8_000));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Both);
+        assert_eq!(p.stats().punches, 2);
+        // A direct authenticated frame upgrades without anything else.
+        p.on_authenticated(t(8_100), 9, Some(ep("198.51.100.9:4001")));
+        let v = p.view(9).unwrap();
+        assert_eq!(v.kind, PathKind::Direct);
+        assert_eq!(v.endpoint, Some(ep("198.51.100.9:4001")));
+        assert_eq!(
+            p.route(t(8_200), 9),
+            Route {
+                direct: Some(ep("198.51.100.9:4001")),
+                relay: false
+            }
+        );
+    }
+
+    #[test]
+    fn silent_direct_path_races_again_and_relay_frames_do_not_move_it() {
+        let mut p = paths();
+        let a = ep("198.51.100.9:4000");
+        p.add_candidate(t(0), 9, a);
+        p.on_authenticated(t(10), 9, Some(a));
+        p.on_authenticated(t(20), 9, None);
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
+        assert_eq!(p.view(9).unwrap().endpoint, Some(a));
+        // One unanswered send (a keepalive) is not silence.
+        p.route(t(100), 9);
+        p.handle_timeout(t(3_200));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
+        for ms in [150, 200, 250] {
+            p.route(t(ms), 9);
+        }
+        p.handle_timeout(t(3_099));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
+        p.handle_timeout(t(3_100));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Both);
+        assert_eq!(p.stats().direct_lost, 1);
+        // Still sends both ways, so nothing is lost while it races.
+        assert_eq!(
+            p.route(t(3_200), 9),
+            Route {
+                direct: Some(a),
+                relay: true
+            }
+        );
+    }
+
+    #[test]
+    fn punch_command_gives_the_requested_peer_a_candidate() {
+        let mut p = paths();
+        p.prefer_direct(t(0), 7);
+        drain(&mut p, t(0));
+        let cmd = [0x04, 4, 198, 51, 100, 10, 0x13, 0x88];
+        assert_eq!(p.handle_beacon(t(5), ep(BEACON), &cmd), BeaconInput::None);
+        assert_eq!(p.view(7).unwrap().endpoint, Some(ep("198.51.100.10:5000")));
+        assert!(!p.view(7).unwrap().confirmed);
+        // The three punch probes.
+        assert_eq!(drain(&mut p, t(5)).len(), 3);
+    }
+
+    #[test]
+    fn relay_wrapping_in_place_keeps_every_segment() {
+        let mut p = paths();
+        let mut buf = vec![0u8; 64];
+        buf[..10].copy_from_slice(b"PILSabPILS");
+        // Two segments: 6 and 4 bytes.
+        let out = p.route_in_place(t(0), 9, &mut buf, 10, 6).unwrap();
+        assert_eq!(out.dst, ep(BEACON));
+        assert_eq!(out.segment_size, 15);
+        assert_eq!(out.len, 28);
+        assert_eq!(&buf[..15], b"\x05\0\0\0\x05\0\0\0\x09PILSab");
+        assert_eq!(&buf[15..28], b"\x05\0\0\0\x05\0\0\0\x09PILS");
+        // No room: dropped and counted.
+        let mut small = vec![0u8; 13];
+        small[..4].copy_from_slice(b"PILS");
+        assert!(p.route_in_place(t(0), 9, &mut small, 4, 4).is_some());
+        let mut tiny = vec![0u8; 8];
+        assert!(p.route_in_place(t(0), 9, &mut tiny, 4, 4).is_none());
+        assert_eq!(p.stats().dropped, 1);
+    }
+
+    #[test]
+    fn racing_queues_a_direct_copy() {
+        let mut p = paths();
+        drain(&mut p, t(0));
+        let a = ep("198.51.100.9:4000");
+        p.add_candidate(t(0), 9, a);
+        drain(&mut p, t(0));
+        let mut buf = vec![0u8; 64];
+        buf[..6].copy_from_slice(b"PILSxy");
+        let out = p.route_in_place(t(1), 9, &mut buf, 6, 6).unwrap();
+        assert_eq!(out.dst, ep(BEACON));
+        let copies = drain(&mut p, t(1));
+        assert_eq!(copies, vec![(a, b"PILSxy".to_vec())]);
+    }
+
+    #[test]
+    fn peer_table_is_bounded() {
+        let mut p = paths();
+        for i in 0..MAX_PATH_PEERS as u32 + 10 {
+            p.add_candidate(t(0), i + 1, ep("198.51.100.9:4000"));
+        }
+        assert_eq!(p.peers.len(), MAX_PATH_PEERS);
+        assert_eq!(p.stats().dropped, 10);
+        assert!(p.copies.len() <= COPY_QUEUE);
+    }
+}
