@@ -32,7 +32,6 @@ use natlab_support::{
     FirstByte, Lab, Nat, Transfer, address, first_byte, peer_entry, send_file, transfer,
 };
 use pilotctl_support::{Node, finish, trust};
-use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 /// The bulk stream of every pair.
@@ -88,6 +87,8 @@ fn exercise(
 ) -> PairReport {
     let addr_to = address(to);
     let to_id = to.node_id.to_string();
+    check_public_endpoint(lab, (hf, from));
+    check_public_endpoint(lab, (ht, to));
 
     let first = first_byte(from, addr_to);
 
@@ -157,19 +158,16 @@ fn exercise(
     PairReport { first, bulk }
 }
 
-/// `peers --json` on `n` shows `peer` on the expected path. The path field
-/// arrives with NAT traversal (#13); until then the endpoint is checked
-/// where it says the path (a public home's own address is direct).
+/// `peers --json` on `n` shows `peer` on the expected path; a public
+/// peer's direct endpoint is its own address.
 fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Path_) {
     let e = peer_entry(n, peer.node_id)
         .unwrap_or_else(|| panic!("{} has no peer entry for {}", n.name, peer.name));
-    if let Some(p) = e.get("path").and_then(Value::as_str) {
-        let want = match path {
-            Path_::Direct => "direct",
-            Path_::Relay => "relay",
-        };
-        assert_eq!(p, want, "{}'s path to {}: {e}", n.name, peer.name);
-    }
+    let want = match path {
+        Path_::Direct => "direct",
+        Path_::Relay => "relay",
+    };
+    assert_eq!(e["path"], want, "{}'s path to {}: {e}", n.name, peer.name);
     if path == Path_::Direct && lab.nats[hp - 1] == Nat::None {
         assert_eq!(
             e["endpoint"],
@@ -178,6 +176,33 @@ fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node)
             n.name,
             peer.name
         );
+    }
+}
+
+/// `info`'s `nat.public_endpoint` of the daemon in home `h` is what the
+/// beacon really saw through that home's router: its own address without
+/// NAT, the router's address and the same port through a stable NAT, the
+/// router's address through a symmetric one.
+fn check_public_endpoint(lab: &Lab, (h, n): (usize, &Node)) {
+    let port = natlab_support::TUNNEL_PORT;
+    let mut seen = String::new();
+    let ok = pilotctl_support::within(Duration::from_secs(30), || {
+        let info = n.client().info().expect("info");
+        seen = info["nat"]["public_endpoint"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        !seen.is_empty()
+    });
+    assert!(
+        ok.is_some(),
+        "{} never observed its public endpoint",
+        n.name
+    );
+    match lab.nats[h - 1] {
+        Nat::None => assert_eq!(seen, format!("10.200.{h}.2:{port}")),
+        Nat::Stable => assert_eq!(seen, format!("198.18.{h}.2:{port}")),
+        Nat::Symmetric => assert!(seen.starts_with(&format!("198.18.{h}.2:")), "{seen}"),
     }
 }
 
@@ -248,7 +273,6 @@ fn natted_homes_reach_a_public_node_directly() {
 }
 
 #[test]
-#[ignore = "needs NAT traversal (#13)"]
 fn stable_nat_pair_goes_direct() {
     pair(
         "stable_nat_pair_goes_direct",
@@ -258,11 +282,22 @@ fn stable_nat_pair_goes_direct() {
 }
 
 #[test]
-#[ignore = "needs NAT traversal (#13)"]
 fn symmetric_nat_pair_goes_relay() {
     pair(
         "symmetric_nat_pair_goes_relay",
         [Nat::Symmetric, Nat::Symmetric],
+        Path_::Relay,
+    );
+}
+
+/// A stable NAT facing a symmetric one: the symmetric side's packets to
+/// the stable side come from a port nobody announced, and both routers
+/// filter by address and port, so no punch can work: relay.
+#[test]
+fn stable_and_symmetric_pair_goes_relay() {
+    pair(
+        "stable_and_symmetric_pair_goes_relay",
+        [Nat::Stable, Nat::Symmetric],
         Path_::Relay,
     );
 }
@@ -274,7 +309,6 @@ fn symmetric_nat_pair_goes_relay() {
 /// its path never changed (a lost binding would have sent it back to
 /// racing through the beacon).
 #[test]
-#[ignore = "needs NAT traversal (#13)"]
 fn keepalives_hold_nat_bindings() {
     let mut lab = match Lab::up_with(&[Nat::Stable, Nat::Stable], Some(4)) {
         Ok(l) => l,
