@@ -50,7 +50,7 @@ fn lab(test: &str, nats: &[Nat]) -> Option<Lab> {
 
 /// The path a pair is expected to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path_ {
+enum Via {
     Direct,
     Relay,
 }
@@ -83,7 +83,7 @@ fn exercise(
     lab: &Lab,
     (hf, from): (usize, &Node),
     (ht, to): (usize, &Node),
-    path: Path_,
+    path: Via,
 ) -> PairReport {
     let addr_to = address(to);
     let to_id = to.node_id.to_string();
@@ -121,7 +121,7 @@ fn exercise(
         moved.offered_direct(hf, ht),
     );
     match path {
-        Path_::Direct => {
+        Via::Direct => {
             assert!(
                 direct >= BULK as u64,
                 "direct path: only {direct} B arrived straight from the sender"
@@ -131,7 +131,7 @@ fn exercise(
                 "direct path: {relayed} B arrived through the beacon"
             );
         }
-        Path_::Relay => {
+        Via::Relay => {
             assert!(
                 relayed >= BULK as u64,
                 "relayed path: only {relayed} B arrived through the beacon"
@@ -160,15 +160,15 @@ fn exercise(
 
 /// `peers --json` on `n` shows `peer` on the expected path; a public
 /// peer's direct endpoint is its own address.
-fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Path_) {
+fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Via) {
     let e = peer_entry(n, peer.node_id)
         .unwrap_or_else(|| panic!("{} has no peer entry for {}", n.name, peer.name));
     let want = match path {
-        Path_::Direct => "direct",
-        Path_::Relay => "relay",
+        Via::Direct => "direct",
+        Via::Relay => "relay",
     };
     assert_eq!(e["path"], want, "{}'s path to {}: {e}", n.name, peer.name);
-    if path == Path_::Direct && lab.nats[hp - 1] == Nat::None {
+    if path == Via::Direct && lab.nats[hp - 1] == Nat::None {
         assert_eq!(
             e["endpoint"],
             format!("10.200.{hp}.2:{}", natlab_support::TUNNEL_PORT),
@@ -241,7 +241,7 @@ fn pubsub(broker: &Node, sub: &Node) {
 
 /// Builds `nats`, starts a daemon per home and runs [`exercise`] from home
 /// 2 to home 1 expecting `path`.
-fn pair(test: &str, nats: [Nat; 2], path: Path_) -> Option<PairReport> {
+fn pair(test: &str, nats: [Nat; 2], path: Via) -> Option<PairReport> {
     let mut lab = lab(test, &nats)?;
     let d = daemons(&mut lab);
     Some(exercise(&lab, (2, &d[1].1), (1, &d[0].1), path))
@@ -252,7 +252,7 @@ fn public_homes_talk_direct() {
     pair(
         "public_homes_talk_direct",
         [Nat::None, Nat::None],
-        Path_::Direct,
+        Via::Direct,
     );
 }
 
@@ -268,8 +268,8 @@ fn natted_homes_reach_a_public_node_directly() {
     };
     let d = daemons(&mut lab);
     let public = (1, &d[0].1);
-    exercise(&lab, (2, &d[1].1), public, Path_::Direct);
-    exercise(&lab, (3, &d[2].1), public, Path_::Direct);
+    exercise(&lab, (2, &d[1].1), public, Via::Direct);
+    exercise(&lab, (3, &d[2].1), public, Via::Direct);
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn stable_nat_pair_goes_direct() {
     pair(
         "stable_nat_pair_goes_direct",
         [Nat::Stable, Nat::Stable],
-        Path_::Direct,
+        Via::Direct,
     );
 }
 
@@ -286,7 +286,7 @@ fn symmetric_nat_pair_goes_relay() {
     pair(
         "symmetric_nat_pair_goes_relay",
         [Nat::Symmetric, Nat::Symmetric],
-        Path_::Relay,
+        Via::Relay,
     );
 }
 
@@ -298,7 +298,7 @@ fn stable_and_symmetric_pair_goes_relay() {
     pair(
         "stable_and_symmetric_pair_goes_relay",
         [Nat::Stable, Nat::Symmetric],
-        Path_::Relay,
+        Via::Relay,
     );
 }
 
@@ -364,10 +364,10 @@ fn keepalives_hold_nat_bindings() {
 #[test]
 #[ignore = "measurement: cargo test --release -p pilot-driver-mio --test nat_netns -- --ignored measure --nocapture"]
 fn measure_direct_vs_relay() {
-    let Some(direct) = pair("measure", [Nat::Stable, Nat::Stable], Path_::Direct) else {
+    let Some(direct) = pair("measure", [Nat::Stable, Nat::Stable], Via::Direct) else {
         return;
     };
-    let relay = pair("measure", [Nat::Symmetric, Nat::Symmetric], Path_::Relay).unwrap();
+    let relay = pair("measure", [Nat::Symmetric, Nat::Symmetric], Via::Relay).unwrap();
     // The reference (registry.md §2.3) sends the first SYN direct and
     // retransmits it at 1 and 3 s; when the third timer fires, 7 s after
     // the first SYN, it marks the peer relay and starts over through the
