@@ -65,7 +65,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let mut drops = serde_json::Map::new();
         let mut half_open = 0usize;
         let mut peer_srtt: std::collections::BTreeMap<u32, f64> = Default::default();
-        if let Some(node) = self.node.as_ref() {
+        if let Some(node) = self.life.node() {
             for (reason, n) in node.auth_drops().iter() {
                 drops.insert(reason.name().to_owned(), json!(n));
             }
@@ -153,8 +153,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         let v: Value = json!({
-            "node_id": self.address.map(|a| a.node).unwrap_or(0),
-            "address": self.address.map(|a| a.to_string()).unwrap_or_default(),
+            "node_id": self.life.address().map(|a| a.node).unwrap_or(0),
+            "address": self.life.address().map(|a| a.to_string()).unwrap_or_default(),
             "hostname": self.hostname,
             "uptime_secs": uptime as f64,
             "connections": active,
@@ -175,7 +175,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "tunnel": self.tunnel_json(),
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
-            "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
+            "pending_dropped": self.life.node().map_or(0, |n| n.stats().pending_dropped),
             "nat": self.nat_json(),
         });
         fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
@@ -218,7 +218,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// clients ignore keys they do not know). Dropped frames and key
     /// exchanges, per reason, are in `auth_drops`.
     fn tunnel_json(&self) -> Value {
-        let n = self.node.as_ref().map(|n| n.stats()).unwrap_or_default();
+        let n = self.life.node().map(|n| n.stats()).unwrap_or_default();
         let d = self.stats;
         json!({
             "kx_rejected": n.kx_rejected,
@@ -240,14 +240,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     pub(super) fn health_json(&self, now: Instant) -> String {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let (mut peers, mut encrypted, mut authenticated) = (0u64, 0u64, 0u64);
-        if let Some(node) = self.node.as_ref() {
+        if let Some(node) = self.life.node() {
             for p in node.peer_list() {
                 peers += 1;
                 encrypted += u64::from(p.encrypted);
                 authenticated += u64::from(p.authenticated);
             }
         }
-        let pending = self.trust.as_ref().map_or(0, |t| t.pending().len());
+        let pending = self.life.trust().map_or(0, |t| t.pending().len());
         json!({
             "status": "ok",
             "uptime_seconds": uptime,

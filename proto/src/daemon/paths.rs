@@ -458,13 +458,13 @@ impl Paths {
         for (&id, p) in self.peers.iter_mut() {
             match p.kind {
                 PathKind::Both if now >= p.window_end => relay.push(id),
-                PathKind::Direct => {
+                PathKind::Direct
                     if p.silent_sends >= SILENT_SENDS
-                        && p.silent_since
-                            .is_some_and(|t| now.saturating_duration_since(t) >= DIRECT_SILENCE)
-                    {
-                        lost.push(id);
-                    }
+                        && p.silent_since.is_some_and(|t| {
+                            now.saturating_duration_since(t) >= DIRECT_SILENCE
+                        }) =>
+                {
+                    lost.push(id);
                 }
                 PathKind::Relay if now >= p.next_probe => {
                     let used = now.saturating_duration_since(p.last_tx.max(p.last_rx)) < IN_USE;

@@ -161,20 +161,30 @@ struct Flow {
     done: Option<Instant>,
 }
 
-/// Dials every pair, then streams `total` bytes per flow, `chunk` bytes
-/// per flow each `step` (everything at once when `chunk >= total`),
-/// calling `tick(net, elapsed)` before each step. Returns the flows.
-fn transfer(
-    net: &mut Net,
-    s: &mut Script,
-    addrs: &[Addr],
-    apps: &[AppId],
-    pairs: &[(usize, usize)],
+/// What [`transfer`] streams: `total` bytes per pair, `chunk` bytes per
+/// pair each `step` (everything at once when `chunk >= total`).
+struct Plan<'a> {
+    pairs: &'a [(usize, usize)],
     total: u64,
     chunk: u64,
     step: Duration,
+}
+
+/// Dials every pair of `plan`, then streams, calling `tick(net, elapsed)`
+/// before each step. Returns the flows.
+fn transfer(
+    net: &mut Net,
+    s: &mut Script,
+    (addrs, apps): (&[Addr], &[AppId]),
+    plan: &Plan<'_>,
     mut tick: impl FnMut(&mut Net, Duration),
 ) -> Vec<Flow> {
+    let Plan {
+        pairs,
+        total,
+        chunk,
+        step,
+    } = *plan;
     let mut flows: Vec<Flow> = pairs
         .iter()
         .map(|&(from, to)| Flow {
@@ -316,12 +326,13 @@ impl Scenario for NatMatrixScenario {
             let flows = transfer(
                 &mut net,
                 &mut s,
-                &addrs,
-                &apps,
-                &pairs,
-                total,
-                total,
-                Duration::from_millis(10),
+                (&addrs, &apps),
+                &Plan {
+                    pairs: &pairs,
+                    total,
+                    chunk: total,
+                    step: Duration::from_millis(10),
+                },
                 |_, _| {},
             );
             let mut rows = Vec::new();
@@ -396,12 +407,13 @@ impl Scenario for NatRebindScenario {
             let flows = transfer(
                 &mut net,
                 &mut s,
-                &addrs,
-                &apps,
-                &[(0, 1)],
-                total,
-                chunk,
-                Duration::from_millis(100),
+                (&addrs, &apps),
+                &Plan {
+                    pairs: &[(0, 1)],
+                    total,
+                    chunk,
+                    step: Duration::from_millis(100),
+                },
                 |net, elapsed| {
                     if elapsed >= Duration::from_secs(2) && trigger.load(Ordering::Relaxed) == 0 {
                         before_seen = net
@@ -621,12 +633,13 @@ impl Scenario for NatUpgradeScenario {
             let flows = transfer(
                 &mut net,
                 &mut s,
-                &addrs,
-                &apps,
-                &[(0, 1)],
-                total,
-                chunk,
-                Duration::from_millis(100),
+                (&addrs, &apps),
+                &Plan {
+                    pairs: &[(0, 1)],
+                    total,
+                    chunk,
+                    step: Duration::from_millis(100),
+                },
                 |net, elapsed| {
                     if elapsed >= Duration::from_secs(4) && !open.load(Ordering::Relaxed) {
                         at_open = Some((
