@@ -6,6 +6,11 @@
 //! event loop only asks for a batch buffer, queues what the node wrote
 //! into it, flushes, and hands received datagrams to the node.
 //!
+//! This file is the one implementation of both drivers: driver-tokio
+//! compiles it into its own `udp_io` (`#[path]`) and wraps `flush`/`recv`
+//! in tokio's `try_io`, so it must stay generic over [`AsFd`] and use
+//! nothing but `std`, `libc`, `quinn-udp` and `pilot-proto`.
+//!
 //! The socket keeps the kernel's default fragmentation behaviour: the
 //! path MTU is found by the transport's probes (`spec/transport.md` §5.4),
 //! and a legacy peer's 4096-byte segments must still cross 1500-byte
