@@ -316,8 +316,6 @@ struct PmtuProbe {
     /// The probe's end: our oldest unacknowledged byte when it left, which
     /// the answer acknowledges.
     end: Seq,
-    /// The peer's window then; the answer repeats it.
-    window: Option<u16>,
     /// Unanswered by then: lost.
     deadline: Instant,
 }
@@ -425,14 +423,17 @@ impl core::fmt::Debug for Connection {
 /// Congestion control for the connection's window cap: the largest
 /// congestion window is 1 MiB or the cap × segment size, whichever is
 /// larger, and the initial slow-start threshold half of it (as
-/// `INITIAL_SSTHRESH` is half of `MAX_CWND`).
+/// `INITIAL_SSTHRESH` is half of `MAX_CWND`). Where the upward PMTU
+/// search may raise the segment size (§5.5), the largest window is the
+/// cap × the search's ceiling, so the window cap in segments, not the
+/// congestion cap, still binds once segments are larger.
 fn cc_config(cfg: &ConnConfig) -> NewRenoConfig {
     let base = NewRenoConfig::for_segment(cfg.mss);
     let max_cwnd = base
         .max_cwnd
         .max(cfg.window_cap_segments.saturating_mul(cfg.mss));
     NewRenoConfig {
-        max_cwnd,
+        max_cwnd: max_cwnd.max(cfg.window_cap_segments.saturating_mul(cfg.pmtu_ceiling)),
         initial_ssthresh: base.initial_ssthresh.max(max_cwnd / 2),
         ..base
     }
@@ -965,9 +966,9 @@ impl Connection {
             }
         }
         if self.is_pmtu_answer(now, &seg, stale) {
-            // The peer acknowledged our padded duplicate (§5.5): nothing
-            // else to learn from it (it repeats the cumulative ACK and the
-            // window we hold), and it is not a duplicate ACK.
+            // The peer acknowledged our padded duplicate (§5.5): it
+            // repeats the cumulative ACK (its window was taken above), and
+            // it is not a duplicate ACK.
             if let Some(p) = self.pmtu_probe.take() {
                 if self.seg_size.on_probe_acked(p.size) {
                     self.send.set_mss(self.seg_size.current());
@@ -1582,8 +1583,12 @@ impl Connection {
     }
 
     /// Whether `seg` answers our upward path-MTU probe (§5.5): a pure ACK
-    /// (no SACK) in time, acknowledging exactly the probe's end with the
-    /// window the peer had then, and not itself a probe of the peer's.
+    /// (no SACK) in time, acknowledging exactly the probe's end, and not
+    /// itself a probe of the peer's. (The window is not compared: a reader
+    /// that caught up since the last ACK answers with a larger one. A
+    /// window update crossing the probe could be taken for its answer; a
+    /// size the path does not carry then ends in black-hole detection,
+    /// which falls back to the base, §5.4.)
     fn is_pmtu_answer(&self, now: Instant, seg: &Segment, stale: bool) -> bool {
         let Some(p) = self.pmtu_probe else {
             return false;
@@ -1591,7 +1596,6 @@ impl Connection {
         !stale
             && seg.payload.is_empty()
             && seg.ack == p.end
-            && Some(seg.window) == p.window
             && !seg.seq.before(self.recv.rcv_nxt())
             && now <= p.deadline
     }
@@ -1625,7 +1629,6 @@ impl Connection {
         self.pmtu_probe = Some(PmtuProbe {
             size,
             end,
-            window: self.peer_window,
             deadline: now + self.rtt.rto(),
         });
         self.stats.pmtu_probes += 1;
