@@ -175,10 +175,14 @@ fn a_1500_byte_path_converges_below_its_limit() {
         let size = r.segment_size();
         assert!(
             size <= fits && size + 2 * 64 > fits,
-            "seed {seed}: converged to {size}, the path carries {fits}; {:?}", r.totals()
+            "seed {seed}: converged to {size}, the path carries {fits}; {:?}",
+            r.totals()
         );
         let (probes, raises, largest) = r.totals();
-        assert!(raises >= 1 && probes <= 24, "{probes} probes, {raises} raises");
+        assert!(
+            raises >= 1 && probes <= 24,
+            "{probes} probes, {raises} raises"
+        );
         assert_eq!(largest, size);
         assert!(r.sim.stats().dropped_for(DropReason::Mtu) > 0);
         assert_eq!(r.mss_reductions(), 0, "no black hole was ever seen");
@@ -220,5 +224,9 @@ fn a_black_hole_after_the_raise_falls_back_to_the_base() {
     assert_eq!(r.segment_size(), 1152);
     assert_eq!(r.mss_reductions(), 1);
     let (probes, _, largest) = r.totals();
-    assert_eq!((probes, largest), (1, 4096), "no probing after the fall-back");
+    assert_eq!(
+        (probes, largest),
+        (1, 4096),
+        "no probing after the fall-back"
+    );
 }

@@ -22,10 +22,11 @@ use core::time::Duration;
 use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, RecoveryState};
 use super::consts::{
     DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, KEEPALIVE_INTERVAL,
-    KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_BACKOFF_RTO,
-    MAX_ACCEPTED_SEGMENT, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET,
-    REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS,
-    SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
+    KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_ACCEPTED_SEGMENT,
+    MAX_BACKOFF_RTO, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE,
+    QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP,
+    SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL,
+    ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
@@ -2178,11 +2179,17 @@ mod tests {
         // Before the deadline nothing is probed again.
         a.write(t(ms), &[1u8; 100]).unwrap();
         let o = out(&mut a, t(ms));
-        assert_eq!(o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(), vec![1888, 100]);
+        assert_eq!(
+            o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+            vec![1888, 100]
+        );
         a.handle_segment(t(ms + 5), seg(A, 1, acked + 100, 512, b""));
         a.write(t(ms + 10), &[1u8; 100]).unwrap();
         let o = out(&mut a, t(ms + 10));
-        assert_eq!(o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(), vec![100]);
+        assert_eq!(
+            o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+            vec![100]
+        );
     }
 
     /// The receiving side: a probe is a duplicate, acknowledged at once

@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(size, 1152);
         assert!(probes > 0 && probes <= 3 * 8);
         // No search where the ceiling is the profile's size (legacy).
-        assert_eq!(SegmentSize::with_ceiling(4096, 4096).probe_candidate(), None);
+        assert_eq!(
+            SegmentSize::with_ceiling(4096, 4096).probe_candidate(),
+            None
+        );
         assert_eq!(SegmentSize::new(1152).probe_candidate(), None);
     }
 
