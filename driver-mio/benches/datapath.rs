@@ -866,6 +866,8 @@ fn concurrent_dials(t: &mut Table, net: &Net, count: usize) {
 }
 
 fn idle_rss(t: &mut Table, net: &Net) {
+    // Quiet for longer than the batch buffers' idle release (2 s).
+    std::thread::sleep(pilot_driver_mio::udp_io::IDLE_RELEASE + Duration::from_secs(1));
     let v: Vec<String> = net
         .pids()
         .iter()

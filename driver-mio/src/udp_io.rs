@@ -6,6 +6,11 @@
 //! event loop only asks for a batch buffer, queues what the node wrote
 //! into it, flushes, and hands received datagrams to the node.
 //!
+//! This file is the one implementation of both drivers: driver-tokio
+//! compiles it into its own `udp_io` (`#[path]`) and wraps `flush`/`recv`
+//! in tokio's `try_io`, so it must stay generic over [`AsFd`] and use
+//! nothing but `std`, `libc`, `quinn-udp` and `pilot-proto`.
+//!
 //! The socket keeps the kernel's default fragmentation behaviour: the
 //! path MTU is found by the transport's probes (`spec/transport.md` §5.4),
 //! and a legacy peer's 4096-byte segments must still cross 1500-byte
@@ -225,10 +230,21 @@ impl UdpIo {
         if now.saturating_duration_since(self.last_used) < IDLE_RELEASE {
             return;
         }
+        if !self.buffers_held() {
+            return;
+        }
         if self.pending.is_none() {
             self.tx = Vec::new();
         }
         self.rx = Vec::new();
+        give_back_free_memory();
+    }
+
+    /// When [`Self::release_if_idle`] frees the buffers if no datagram
+    /// moves until then (`None` while none are held): an event loop that
+    /// would otherwise sleep longer wakes up for it.
+    pub fn release_due(&self) -> Option<std::time::Instant> {
+        self.buffers_held().then(|| self.last_used + IDLE_RELEASE)
     }
 
     /// Whether the batch buffers are allocated now.
@@ -239,6 +255,17 @@ impl UdpIo {
     /// Counters so far.
     pub fn stats(&self) -> UdpIoStats {
         self.stats
+    }
+}
+
+/// Returns freed heap memory to the kernel (glibc keeps freed chunks, and
+/// after the first 512 KiB receive buffer was freed it serves the next one
+/// from the heap rather than a mapping of its own); elsewhere a no-op.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -326,9 +353,12 @@ mod tests {
         eprintln!("gso segments {}, {:?}", ia.max_segments(), ib.stats());
         // Buffers go when the socket has been quiet for a while.
         assert!(ib.buffers_held());
+        let due = ib.release_due().expect("buffers held");
+        assert!(due > Instant::now() + IDLE_RELEASE / 2);
         ib.release_if_idle(Instant::now());
         assert!(ib.buffers_held());
-        ib.release_if_idle(Instant::now() + IDLE_RELEASE);
+        ib.release_if_idle(due);
         assert!(!ib.buffers_held());
+        assert_eq!(ib.release_due(), None);
     }
 }

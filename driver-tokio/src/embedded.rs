@@ -629,10 +629,14 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
         if closing {
             return;
         }
-        let at = deadline.map_or_else(
+        let mut at = deadline.map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(3600),
             |t| shared.to_tokio(t),
         );
+        // Wake up to free idle batch buffers even when no timer is due.
+        if let Some(release) = udp.release_due() {
+            at = at.min(tokio::time::Instant::from_std(release));
+        }
         sleep.as_mut().reset(at);
         // Incoming packets first: handle work is drained at the top of
         // every iteration anyway, so a steady stream of nudges from busy

@@ -143,6 +143,10 @@ pub struct Args {
     /// whole mesh, at least the node default of 256.
     #[arg(long, value_name = "N")]
     pub pending_peers: Option<usize>,
+    /// Ceiling of the streams' upward path-MTU search (node
+    /// `Limits::pmtu_ceiling`, default 4096; 0 turns probing off).
+    #[arg(long, value_name = "BYTES")]
+    pub pmtu_ceiling: Option<usize>,
     /// Virtual run time in ms.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_DURATION_MS)]
     pub duration_ms: u64,
@@ -237,6 +241,8 @@ pub struct SimConfig {
     pub bytes: u64,
     /// Pending-queue peer limit of every node (`None`: sized for the mesh).
     pub pending_peers: Option<usize>,
+    /// Upward path-MTU search ceiling of every node (`None`: the default).
+    pub pmtu_ceiling: Option<usize>,
     /// Virtual run time, ms.
     pub duration_ms: u64,
     /// Wire profile.
@@ -350,6 +356,7 @@ impl TryFrom<Args> for SimConfig {
             partition_ms,
             bytes: a.bytes,
             pending_peers: a.pending_peers,
+            pmtu_ceiling: a.pmtu_ceiling,
             duration_ms: a.duration_ms,
             profile: a.profile,
             check_determinism: a.check_determinism,
@@ -493,6 +500,9 @@ impl SimConfig {
         }
         if let Some(p) = self.pending_peers {
             add(format_args!(" --pending-peers {p}"));
+        }
+        if let Some(p) = self.pmtu_ceiling {
+            add(format_args!(" --pmtu-ceiling {p}"));
         }
         if self.duration_ms != DEFAULT_DURATION_MS {
             add(format_args!(" --duration-ms {}", self.duration_ms));

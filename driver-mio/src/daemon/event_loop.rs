@@ -13,8 +13,8 @@
 //! daemon says it is paused (back-pressure), and resumes without a new
 //! event.
 
-use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,9 +132,32 @@ struct Client {
     want_read: bool,
     /// A write returned WouldBlock; wait for a writable event.
     write_blocked: bool,
-    /// Bytes of [`Output::Ipc`] not yet written; `wpos` marks the front.
-    wbuf: Vec<u8>,
+    /// [`Output::Ipc`] buffers not yet (fully) written, oldest first,
+    /// written with one vectored write; `wpos` marks the written part of
+    /// the front one. Buffers are queued as the daemon hands them over,
+    /// never copied together.
+    wbuf: VecDeque<Vec<u8>>,
     wpos: usize,
+}
+
+/// Most buffers one vectored IPC write takes.
+const IPC_IOVECS: usize = 16;
+
+/// After a write of `n` bytes from the front of `q` (the first buffer
+/// from offset `pos`): drops the buffers written in full and leaves `pos`
+/// at the written part of the new front.
+fn advance_written(q: &mut VecDeque<Vec<u8>>, pos: &mut usize, n: usize) {
+    let mut left = n;
+    while let Some(front) = q.front() {
+        let rest = front.len().saturating_sub(*pos);
+        if left < rest {
+            *pos += left;
+            return;
+        }
+        left -= rest;
+        *pos = 0;
+        q.pop_front();
+    }
 }
 
 /// The mio token of an IPC client: ids are unique for the daemon's
@@ -367,11 +390,21 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let now = self.now();
+        // Idle batch buffers are freed on the first turn after they have
+        // been quiet long enough; make sure there is one.
+        let release = self
+            .udp_io
+            .release_due()
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()));
         let due = [self.timer, self.stopping_deadline]
             .into_iter()
             .flatten()
-            .min()?;
-        let d = due.saturating_duration_since(now);
+            .min()
+            .map(|due| due.saturating_duration_since(now));
+        let d = match (due, release) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         // Round up to whole milliseconds so a sub-millisecond wait does
         // not spin.
         Some(Duration::from_millis(
@@ -647,7 +680,7 @@ impl EventLoop {
                             id,
                             want_read: true,
                             write_blocked: false,
-                            wbuf: Vec::new(),
+                            wbuf: VecDeque::new(),
                             wpos: 0,
                         },
                     );
@@ -724,7 +757,7 @@ impl EventLoop {
         let tokens: Vec<Token> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.write_blocked && c.wpos < c.wbuf.len())
+            .filter(|(_, c)| !c.write_blocked && !c.wbuf.is_empty())
             .map(|(t, _)| *t)
             .collect();
         for token in tokens {
@@ -740,18 +773,25 @@ impl EventLoop {
         };
         let mut written = 0usize;
         let mut failed = false;
-        while !c.write_blocked && c.wpos < c.wbuf.len() {
-            let Some(rest) = c.wbuf.get(c.wpos..) else {
-                break;
-            };
-            match c.stream.write(rest) {
+        while !c.write_blocked && !c.wbuf.is_empty() {
+            let mut iov = [IoSlice::new(&[]); IPC_IOVECS];
+            let mut n_iov = 0;
+            for (slot, (i, b)) in iov.iter_mut().zip(c.wbuf.iter().enumerate()) {
+                let from = if i == 0 { c.wpos } else { 0 };
+                *slot = IoSlice::new(b.get(from..).unwrap_or_default());
+                n_iov += 1;
+            }
+            match c
+                .stream
+                .write_vectored(iov.get(..n_iov).unwrap_or_default())
+            {
                 Ok(0) => {
                     failed = true;
                     break;
                 }
                 Ok(n) => {
-                    c.wpos += n;
                     written += n;
+                    advance_written(&mut c.wbuf, &mut c.wpos, n);
                 }
                 Err(e) if would_block(&e) => c.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -760,10 +800,6 @@ impl EventLoop {
                     break;
                 }
             }
-        }
-        if c.wpos >= c.wbuf.len() {
-            c.wbuf.clear();
-            c.wpos = 0;
         }
         let id = c.id;
         if written > 0 {
@@ -811,11 +847,8 @@ impl EventLoop {
             Output::Ipc { client, data } => {
                 let token = client_token(client);
                 if let Some(c) = self.clients.get_mut(&token) {
-                    if c.wbuf.is_empty() {
-                        c.wbuf = data;
-                        c.wpos = 0;
-                    } else {
-                        c.wbuf.extend_from_slice(&data);
+                    if !data.is_empty() {
+                        c.wbuf.push_back(data);
                     }
                     self.write_client(now, token);
                 }

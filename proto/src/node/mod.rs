@@ -162,6 +162,12 @@ pub struct Limits {
     /// receive window granted beyond the initial 512 segments, summed
     /// over the connections; 64 MiB.
     pub window_bytes_total: usize,
+    /// Ceiling of the streams' upward path-MTU search
+    /// (`spec/transport.md` §5.5): segments grow from the profile's size
+    /// up to this many payload bytes where probes show the path carries
+    /// them; 4096 (the largest segment a receiver accepts). At or below
+    /// the profile's size (e.g. 0) no connection probes.
+    pub pmtu_ceiling: usize,
 }
 
 impl Default for Limits {
@@ -189,6 +195,7 @@ impl Default for Limits {
             user_timeout: crate::stream::consts::USER_TIMEOUT,
             conn_window_bytes: 8 << 20,
             window_bytes_total: 64 << 20,
+            pmtu_ceiling: crate::stream::consts::MAX_ACCEPTED_SEGMENT,
         }
     }
 }
@@ -530,6 +537,13 @@ pub struct NodeStats {
     pub stream_fast_retransmits: u64,
     /// Stream retransmission timeouts of connections already dropped.
     pub stream_rto_timeouts: u64,
+    /// Upward path-MTU probes sent by connections already dropped
+    /// (`spec/transport.md` §5.5; [`Node::pmtu_totals`] adds live ones).
+    pub stream_pmtu_probes: u64,
+    /// Of those, probes answered (each raised the segment size).
+    pub stream_pmtu_raises: u64,
+    /// Largest segment size any stream of this node reached.
+    pub stream_max_segment: usize,
     /// Packets dropped while waiting for a key exchange: refused by a full
     /// pending queue (per-peer, peer-count or byte limit), sent during the
     /// give-up cool-down, or discarded when the exchange gave up. Also
@@ -1242,6 +1256,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             user_timeout: self.limits.user_timeout,
             window_cap_segments: (self.limits.conn_window_bytes / MAX_SEGMENT_BUDGET)
                 .max(crate::stream::consts::RECV_QUEUE_SEGMENTS),
+            pmtu_ceiling: self.limits.pmtu_ceiling,
             ..ConnConfig::default()
         }
     }
@@ -1383,6 +1398,20 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     c + s.timeouts,
                 )
             },
+        )
+    }
+
+    /// Upward path-MTU search totals over every connection, live or
+    /// dropped: (probes sent, probes answered, largest segment size
+    /// reached).
+    pub fn pmtu_totals(&self) -> (u64, u64, usize) {
+        self.conns.values().map(|e| e.conn.stats()).fold(
+            (
+                self.stats.stream_pmtu_probes,
+                self.stats.stream_pmtu_raises,
+                self.stats.stream_max_segment,
+            ),
+            |(a, b, c), s| (a + s.pmtu_probes, b + s.pmtu_raises, c.max(s.max_segment)),
         )
     }
 
@@ -1543,6 +1572,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             self.stats.stream_retransmits += st.retransmissions;
             self.stats.stream_fast_retransmits += st.fast_retransmits;
             self.stats.stream_rto_timeouts += st.timeouts;
+            self.stats.stream_pmtu_probes += st.pmtu_probes;
+            self.stats.stream_pmtu_raises += st.pmtu_raises;
+            self.stats.stream_max_segment = self.stats.stream_max_segment.max(st.max_segment);
             self.conn_index.remove(&e.key);
             if let Some(c) = self.conns_per_port.get_mut(&e.key.local_port) {
                 *c = c.saturating_sub(1);

@@ -22,10 +22,11 @@ use core::time::Duration;
 use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, RecoveryState};
 use super::consts::{
     DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, KEEPALIVE_INTERVAL,
-    KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_BACKOFF_RTO,
-    MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET,
-    REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS,
-    SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
+    KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_ACCEPTED_SEGMENT,
+    MAX_BACKOFF_RTO, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE,
+    QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP,
+    SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL,
+    ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
@@ -200,6 +201,10 @@ pub struct ConnConfig {
     /// in flight. The default, [`MAX_UNACKED_SEGMENTS`], means no
     /// autotuning (`spec/transport.md` §6.2).
     pub window_cap_segments: usize,
+    /// Largest segment the upward path-MTU search may probe
+    /// (`spec/transport.md` §5.5); at or below `mss` (the default) the
+    /// connection never probes and keeps `mss`.
+    pub pmtu_ceiling: usize,
 }
 
 impl Default for ConnConfig {
@@ -214,6 +219,7 @@ impl Default for ConnConfig {
             seed: 0,
             user_timeout: USER_TIMEOUT,
             window_cap_segments: MAX_UNACKED_SEGMENTS,
+            pmtu_ceiling: SEGMENT_SIZE_CURRENT,
         }
     }
 }
@@ -272,6 +278,12 @@ pub struct ConnStats {
     pub segment_size: usize,
     /// Times black-hole detection shrank the segment size.
     pub mss_reductions: u64,
+    /// Upward path-MTU probes sent (§5.5).
+    pub pmtu_probes: u64,
+    /// Probes answered, each raising the segment size.
+    pub pmtu_raises: u64,
+    /// Largest segment size this connection used.
+    pub max_segment: usize,
 }
 
 /// Loss-recovery kind, for [`ConnStats`].
@@ -294,6 +306,21 @@ const EVENT_CAP: usize = 16;
 /// Most retransmissions waiting to be polled.
 const RTX_CAP: usize = 8;
 
+/// Zero bytes the upward path-MTU probes are padded with (§5.5).
+static PMTU_PADDING: [u8; MAX_ACCEPTED_SEGMENT] = [0; MAX_ACCEPTED_SEGMENT];
+
+/// An upward path-MTU probe waiting for its answer (§5.5).
+#[derive(Clone, Copy, Debug)]
+struct PmtuProbe {
+    /// Payload bytes of the probe.
+    size: usize,
+    /// The probe's end: our oldest unacknowledged byte when it left, which
+    /// the answer acknowledges.
+    end: Seq,
+    /// Unanswered by then: lost.
+    deadline: Instant,
+}
+
 /// One stream connection.
 pub struct Connection {
     cfg: ConnConfig,
@@ -306,8 +333,10 @@ pub struct Connection {
     rtt: RttEstimator,
     cc: Box<dyn CongestionController + Send>,
     peer_window: Option<u16>,
-    /// Segment size and black-hole detection (§5.4).
+    /// Segment size, black-hole detection and the upward search (§5.4, §5.5).
     seg_size: SegmentSize,
+    /// The upward path-MTU probe in flight.
+    pmtu_probe: Option<PmtuProbe>,
     rng: u64,
 
     // Output requests.
@@ -395,14 +424,17 @@ impl core::fmt::Debug for Connection {
 /// Congestion control for the connection's window cap: the largest
 /// congestion window is 1 MiB or the cap × segment size, whichever is
 /// larger, and the initial slow-start threshold half of it (as
-/// `INITIAL_SSTHRESH` is half of `MAX_CWND`).
+/// `INITIAL_SSTHRESH` is half of `MAX_CWND`). Where the upward PMTU
+/// search may raise the segment size (§5.5), the largest window is the
+/// cap × the search's ceiling, so the window cap in segments, not the
+/// congestion cap, still binds once segments are larger.
 fn cc_config(cfg: &ConnConfig) -> NewRenoConfig {
     let base = NewRenoConfig::for_segment(cfg.mss);
     let max_cwnd = base
         .max_cwnd
         .max(cfg.window_cap_segments.saturating_mul(cfg.mss));
     NewRenoConfig {
-        max_cwnd,
+        max_cwnd: max_cwnd.max(cfg.window_cap_segments.saturating_mul(cfg.pmtu_ceiling)),
         initial_ssthresh: base.initial_ssthresh.max(max_cwnd / 2),
         ..base
     }
@@ -435,7 +467,8 @@ impl Connection {
             rtt: RttEstimator::new(),
             cc: Box::new(NewReno::new(cc_config(&cfg))),
             peer_window: None,
-            seg_size: SegmentSize::new(mss),
+            seg_size: SegmentSize::with_ceiling(mss, cfg.pmtu_ceiling),
+            pmtu_probe: None,
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
             syn_pending: false,
             synack_pending: false,
@@ -566,6 +599,7 @@ impl Connection {
         s.rttvar = self.rtt.rttvar();
         s.rto = self.rtt.rto();
         s.segment_size = self.seg_size.current();
+        s.max_segment = self.seg_size.largest();
         s.recovery = match self.cc.recovery() {
             RecoveryState::Open => None,
             RecoveryState::Fast => Some(RecoveryKind::Fast),
@@ -931,6 +965,18 @@ impl Connection {
             if old_window == Some(0) && seg.window > 0 {
                 self.zwp_reset();
             }
+        }
+        if self.is_pmtu_answer(now, &seg, stale) {
+            // The peer acknowledged our padded duplicate (§5.5): it
+            // repeats the cumulative ACK (its window was taken above), and
+            // it is not a duplicate ACK.
+            if let Some(p) = self.pmtu_probe.take() {
+                if self.seg_size.on_probe_acked(p.size) {
+                    self.send.set_mss(self.seg_size.current());
+                    self.stats.pmtu_raises += 1;
+                }
+            }
+            return;
         }
         let sack_blocks = if seg.payload.is_empty() {
             None
@@ -1339,6 +1385,7 @@ impl Connection {
             MtuVerdict::Shrunk(n) => {
                 self.send.set_mss(n);
                 self.stats.mss_reductions += 1;
+                self.pmtu_probe = None;
             }
             MtuVerdict::TooSmall => {
                 self.reset(ResetReason::PathMtu);
@@ -1536,6 +1583,66 @@ impl Connection {
         }
     }
 
+    /// Whether `seg` answers our upward path-MTU probe (§5.5): a pure ACK
+    /// (no SACK) in time, acknowledging exactly the probe's end, and not
+    /// itself a probe of the peer's. (The window is not compared: a reader
+    /// that caught up since the last ACK answers with a larger one. A
+    /// window update crossing the probe could be taken for its answer; a
+    /// size the path does not carry then ends in black-hole detection,
+    /// which falls back to the base, §5.4.)
+    fn is_pmtu_answer(&self, now: Instant, seg: &Segment, stale: bool) -> bool {
+        let Some(p) = self.pmtu_probe else {
+            return false;
+        };
+        !stale
+            && seg.payload.is_empty()
+            && seg.ack == p.end
+            && !seg.seq.before(self.recv.rcv_nxt())
+            && now <= p.deadline
+    }
+
+    /// The next upward path-MTU probe, when one is due (§5.5): the search
+    /// has a candidate, written data waits to be sent and nothing is in
+    /// flight. The probe is a data segment of the candidate's size, padded
+    /// with zeros, lying wholly below our oldest unacknowledged byte: the
+    /// receiver (any implementation) drops it as a duplicate and
+    /// acknowledges it at once, so it needs no retransmission and costs
+    /// the congestion window nothing.
+    fn pmtu_probe_segment(&mut self, now: Instant) -> Option<Segment> {
+        if let Some(p) = self.pmtu_probe {
+            if now <= p.deadline {
+                return None;
+            }
+            self.pmtu_probe = None;
+            self.seg_size.on_probe_lost(p.size);
+        }
+        if self.state != State::Established
+            || self.send.unsent() == 0
+            || self.send.has_unacked()
+            || !self.rtx.is_empty()
+            || self.peer_window.is_none()
+        {
+            return None;
+        }
+        let size = self.seg_size.probe_candidate()?;
+        let payload = Bytes::from_static(PMTU_PADDING.get(..size)?);
+        let end = self.send.snd_una();
+        self.pmtu_probe = Some(PmtuProbe {
+            size,
+            end,
+            deadline: now + self.rtt.rto(),
+        });
+        self.stats.pmtu_probes += 1;
+        let (ack, window) = self.ack_fields();
+        Some(Segment {
+            flags: Flags::ACK,
+            seq: Seq(end.0.wrapping_sub(u32::try_from(size).ok()?)),
+            ack,
+            window,
+            payload,
+        })
+    }
+
     /// The next segment to transmit, if any.
     pub fn poll_segment(&mut self, now: Instant) -> Option<Segment> {
         self.now = self.now.max(now);
@@ -1570,6 +1677,9 @@ impl Connection {
                 self.stats.retransmissions += 1;
             }
             let seg = self.data_segment(now, o);
+            return self.emit(seg);
+        }
+        if let Some(seg) = self.pmtu_probe_segment(now) {
             return self.emit(seg);
         }
         // In TIME_WAIT only after our own close: the rest of our data and
@@ -2005,6 +2115,93 @@ mod tests {
             o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
             vec![1808]
         );
+    }
+
+    fn probing() -> ConnConfig {
+        ConnConfig {
+            nodelay: true,
+            pmtu_ceiling: MAX_ACCEPTED_SEGMENT,
+            ..ConnConfig::default()
+        }
+    }
+
+    /// Upward PMTU search (§5.5): with data waiting and nothing in flight
+    /// the dialer sends a 4096-byte zero-padded duplicate ending at its
+    /// oldest unacknowledged byte, then the data; the peer's pure ACK of
+    /// exactly that byte raises the segment size for what follows.
+    #[test]
+    fn pmtu_probe_raises_the_segment_size_when_answered() {
+        let mut a = dialer(probing());
+        a.write(t(20), &[7u8; 3000]).unwrap();
+        let o = out(&mut a, t(20));
+        let lens: Vec<usize> = o.iter().map(|s| s.payload.len()).collect();
+        assert_eq!(lens, vec![4096, 1152, 1152, 696]);
+        assert_eq!(o[0].seq, Seq(1u32.wrapping_sub(4096)));
+        assert!(o[0].payload.iter().all(|&b| b == 0));
+        assert_eq!(o[1].seq, Seq(1));
+        // The answer: ACK 1 with the window we knew (512).
+        a.handle_segment(t(30), seg(A, 1, 1, 512, b""));
+        assert_eq!(a.stats().pmtu_raises, 1);
+        assert_eq!(a.stats().segment_size, 4096);
+        assert_eq!(a.stats().dup_acks, 0, "the answer is no duplicate ACK");
+        a.handle_segment(t(31), seg(A, 1, 3001, 512, b""));
+        a.write(t(40), &[8u8; 9000]).unwrap();
+        let lens: Vec<usize> = out(&mut a, t(40)).iter().map(|s| s.payload.len()).collect();
+        assert_eq!(lens, vec![4096, 4096, 808], "search over: no more probes");
+        assert_eq!(a.stats().pmtu_probes, 1);
+        assert_eq!(a.stats().max_segment, 4096);
+    }
+
+    /// A probe nobody answers (a path that drops it, a peer that ignores
+    /// it) is retried only after its deadline, at the next moment with
+    /// nothing in flight; three losses at one size move the search down.
+    #[test]
+    fn unanswered_pmtu_probes_move_the_search_down() {
+        let mut a = dialer(probing());
+        let mut sizes = Vec::new();
+        let mut ms = 20;
+        let mut acked = 1u32;
+        for _ in 0..6 {
+            a.write(t(ms), &[1u8; 100]).unwrap();
+            for s in out(&mut a, t(ms)) {
+                if s.payload.len() > 100 {
+                    sizes.push(s.payload.len());
+                }
+            }
+            acked += 100;
+            // The data is acknowledged (a new ACK number), the probe never.
+            a.handle_segment(t(ms + 5), seg(A, 1, acked, 512, b""));
+            ms += 1500;
+        }
+        assert_eq!(sizes, vec![4096, 4096, 4096, 2624, 2624, 2624]);
+        assert_eq!(a.stats().segment_size, 1152);
+        assert_eq!(a.stats().pmtu_raises, 0);
+        // Before the deadline nothing is probed again.
+        a.write(t(ms), &[1u8; 100]).unwrap();
+        let o = out(&mut a, t(ms));
+        assert_eq!(
+            o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+            vec![1888, 100]
+        );
+        a.handle_segment(t(ms + 5), seg(A, 1, acked + 100, 512, b""));
+        a.write(t(ms + 10), &[1u8; 100]).unwrap();
+        let o = out(&mut a, t(ms + 10));
+        assert_eq!(
+            o.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+            vec![100]
+        );
+    }
+
+    /// The receiving side: a probe is a duplicate, acknowledged at once
+    /// and never delivered.
+    #[test]
+    fn a_pmtu_probe_is_acknowledged_and_not_delivered() {
+        let mut b = acceptor(ConnConfig::default());
+        let probe = vec![0u8; 4096];
+        b.handle_segment(t(10), seg(A, 1u32.wrapping_sub(4096), 1, 512, &probe));
+        assert_eq!(out(&mut b, t(10)), vec![seg(A, 1, 1, 512, b"")]);
+        assert_eq!(b.readable(), 0);
+        assert_eq!(b.stats().bytes_received, 0);
     }
 
     #[test]

@@ -161,3 +161,16 @@ pub const BLACKHOLE_EVIDENCE: u32 = 2;
 /// Such timeouts in a row at the floor before the connection ends with
 /// "path MTU too small" (spec/transport.md §5.4).
 pub const FLOOR_EVIDENCE: u32 = 4;
+
+/// Largest data segment a receiver accepts (the reference's documented
+/// maximum, `spec/transport.md` §1): the ceiling of upward path-MTU
+/// probing (§5.5).
+pub const MAX_ACCEPTED_SEGMENT: usize = 4096;
+
+/// Unanswered probes of one size before the search takes that size as
+/// too large (RFC 8899 `MAX_PROBES`; `spec/transport.md` §5.5).
+pub const PMTU_MAX_PROBES: u32 = 3;
+
+/// The upward search stops when the next candidate would be less than
+/// this many bytes above the largest confirmed size (§5.5).
+pub const PMTU_SEARCH_STEP: usize = 64;

@@ -1,7 +1,7 @@
-//! Segment size of one connection and path-MTU black-hole detection
-//! (`spec/transport.md` §5.4). This is the one place that decides how
-//! large a data segment may be; upward probing (a later PMTU search) would
-//! extend it here.
+//! Segment size of one connection: path-MTU black-hole detection
+//! (`spec/transport.md` §5.4) and the upward search (datagram
+//! packetization-layer PMTU discovery, RFC 8899; §5.5). This is the one
+//! place that decides how large a data segment may be.
 //!
 //! A path whose MTU is below our segments silently drops every full-size
 //! data segment while small packets (handshake, ACKs, probes) get through.
@@ -18,8 +18,20 @@
 //! and must end by the user timeout instead). A silent peer
 //! (partition, dead host) is never evidence: nothing shrinks, and the
 //! ordinary give-up rule applies.
+//!
+//! Upward, the profile's size is the base and the floor of the search:
+//! the connection probes sizes up to a ceiling (the largest segment a
+//! receiver accepts, [`MAX_ACCEPTED_SEGMENT`](super::consts::MAX_ACCEPTED_SEGMENT)),
+//! the ceiling first, then by bisection between the largest confirmed
+//! size and the smallest one that went unanswered [`PMTU_MAX_PROBES`]
+//! times. A confirmed probe raises the segment size at once. Black-hole
+//! detection above the base falls straight back to the base and ends the
+//! search. The connection sends the probes and recognises their answers
+//! (`conn.rs`); this type only keeps the search.
 
-use super::consts::{BLACKHOLE_EVIDENCE, FLOOR_EVIDENCE, SEGMENT_FLOOR};
+use super::consts::{
+    BLACKHOLE_EVIDENCE, FLOOR_EVIDENCE, PMTU_MAX_PROBES, PMTU_SEARCH_STEP, SEGMENT_FLOOR,
+};
 
 /// What a retransmission timeout did to the segment size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,13 +56,32 @@ pub struct SegmentSize {
     /// the path carries floor-size segments, so a later run of answered
     /// timeouts is loss, not a black hole, and never ends the connection.
     floor_carried: bool,
+    /// Largest size the upward search may try (`max` when it is off).
+    ceiling: usize,
+    /// Largest size known to cross the path (`max` until a probe succeeds).
+    confirmed: usize,
+    /// Smallest size found too large (`ceiling + 1` while none is).
+    too_large: usize,
+    /// Unanswered probes of the current candidate.
+    attempts: u32,
+    /// The search ended for good (a black hole above the base).
+    search_stopped: bool,
+    /// Largest size used so far.
+    largest: usize,
 }
 
 impl SegmentSize {
     /// Starts at `max` (the profile's segment size); never goes below
     /// [`SEGMENT_FLOOR`] (or `max`, if that is smaller).
     pub fn new(max: usize) -> Self {
+        Self::with_ceiling(max, max)
+    }
+
+    /// Starts at `max` and searches upward up to `ceiling` (no search when
+    /// `ceiling <= max`).
+    pub fn with_ceiling(max: usize, ceiling: usize) -> Self {
         let max = max.max(1);
+        let ceiling = ceiling.max(max);
         SegmentSize {
             max,
             current: max,
@@ -58,7 +89,63 @@ impl SegmentSize {
             evidence: 0,
             shrunk: false,
             floor_carried: false,
+            ceiling,
+            confirmed: max,
+            too_large: ceiling.saturating_add(1),
+            attempts: 0,
+            search_stopped: ceiling == max,
+            largest: max,
         }
+    }
+
+    /// The size the next upward probe should have, or `None` when the
+    /// search is over (converged, off, or stopped by a black hole).
+    pub fn probe_candidate(&self) -> Option<usize> {
+        if self.search_stopped || self.current < self.confirmed {
+            return None;
+        }
+        let c = if self.too_large > self.ceiling {
+            self.ceiling
+        } else {
+            self.confirmed.saturating_add(self.too_large) / 2
+        };
+        (c >= self.confirmed.saturating_add(PMTU_SEARCH_STEP) && c < self.too_large).then_some(c)
+    }
+
+    /// A probe of `size` bytes was answered: the path carries it. Returns
+    /// whether the segment size grew.
+    pub fn on_probe_acked(&mut self, size: usize) -> bool {
+        if self.search_stopped || size <= self.confirmed || size > self.ceiling {
+            return false;
+        }
+        self.confirmed = size;
+        self.attempts = 0;
+        if size > self.current {
+            self.current = size;
+            self.largest = self.largest.max(size);
+            return true;
+        }
+        false
+    }
+
+    /// A probe of `size` bytes went unanswered; after
+    /// [`PMTU_MAX_PROBES`] of them the size counts as too large.
+    pub fn on_probe_lost(&mut self, size: usize) {
+        self.attempts = self.attempts.saturating_add(1);
+        if self.attempts >= PMTU_MAX_PROBES {
+            self.attempts = 0;
+            self.too_large = self.too_large.min(size);
+        }
+    }
+
+    /// The largest size confirmed so far (the base until a probe succeeds).
+    pub fn confirmed(&self) -> usize {
+        self.confirmed
+    }
+
+    /// The largest segment size used so far.
+    pub fn largest(&self) -> usize {
+        self.largest
     }
 
     /// The largest payload of a data segment now.
@@ -66,7 +153,8 @@ impl SegmentSize {
         self.current
     }
 
-    /// The configured (largest) segment size.
+    /// The profile's segment size: the base of the upward search and the
+    /// start of black-hole halving.
     pub fn max(&self) -> usize {
         self.max
     }
@@ -99,6 +187,16 @@ impl SegmentSize {
         self.evidence = self.evidence.saturating_add(1);
         if self.current > self.floor && len > self.floor {
             let need = if self.shrunk { 1 } else { BLACKHOLE_EVIDENCE };
+            if self.evidence >= need && self.current > self.max {
+                // A probed size stopped getting through: back to the base
+                // (never proven bad), and no more searching.
+                self.too_large = self.current;
+                self.current = self.max;
+                self.confirmed = self.max;
+                self.search_stopped = true;
+                self.evidence = 0;
+                return MtuVerdict::Shrunk(self.current);
+            }
             if self.evidence >= need {
                 self.current = (self.current / 2).max(self.floor);
                 self.shrunk = true;
@@ -180,5 +278,66 @@ mod tests {
         t.on_progress(SEGMENT_FLOOR - 1);
         let verdicts: Vec<_> = (0..20).map(|_| t.on_timeout(t.current(), true)).collect();
         assert!(verdicts.contains(&MtuVerdict::TooSmall));
+    }
+
+    /// Runs the upward search against a path that carries segments up to
+    /// `limit` bytes; returns the final size and the probes it took.
+    fn search(limit: usize) -> (usize, usize) {
+        let mut s = SegmentSize::with_ceiling(1152, 4096);
+        let mut probes = 0;
+        while let Some(c) = s.probe_candidate() {
+            probes += 1;
+            assert!(probes < 100, "the search must end");
+            if c <= limit {
+                s.on_probe_acked(c);
+            } else {
+                s.on_probe_lost(c);
+            }
+        }
+        (s.current(), probes)
+    }
+
+    #[test]
+    fn upward_search_converges_below_the_path_limit() {
+        for limit in [1000, 1152, 1200, 1300, 1430, 2000, 3000, 4095, 4096, 9000] {
+            let (size, probes) = search(limit);
+            let want = limit.clamp(1152, 4096);
+            assert!(size <= want, "limit {limit}: {size}");
+            assert!(
+                want - size < 2 * PMTU_SEARCH_STEP,
+                "limit {limit}: {size} too far below"
+            );
+            assert!(probes <= 3 * 8, "limit {limit}: {probes} probes");
+        }
+        // An open path takes one probe.
+        assert_eq!(search(9000), (4096, 1));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_stays_at_the_base() {
+        let (size, probes) = search(0);
+        assert_eq!(size, 1152);
+        assert!(probes > 0 && probes <= 3 * 8);
+        // No search where the ceiling is the profile's size (legacy).
+        assert_eq!(
+            SegmentSize::with_ceiling(4096, 4096).probe_candidate(),
+            None
+        );
+        assert_eq!(SegmentSize::new(1152).probe_candidate(), None);
+    }
+
+    #[test]
+    fn a_black_hole_above_the_base_falls_back_to_the_base() {
+        let mut s = SegmentSize::with_ceiling(1152, 4096);
+        assert_eq!(s.probe_candidate(), Some(4096));
+        assert!(s.on_probe_acked(4096));
+        assert_eq!(s.current(), 4096);
+        assert_eq!(s.on_timeout(4096, true), MtuVerdict::Keep);
+        assert_eq!(s.on_timeout(4096, true), MtuVerdict::Shrunk(1152));
+        assert_eq!(s.probe_candidate(), None, "the search ends");
+        assert!(!s.on_probe_acked(4096));
+        // Below the base, halving still needs the full evidence.
+        assert_eq!(s.on_timeout(1152, true), MtuVerdict::Keep);
+        assert_eq!(s.on_timeout(1152, true), MtuVerdict::Shrunk(576));
     }
 }

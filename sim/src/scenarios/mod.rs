@@ -49,6 +49,9 @@ pub fn mesh(cfg: &SimConfig, seed: u64, min: usize) -> (Sim<Pilot>, Vec<NodeId>)
     if let Some(p) = cfg.pending_peers {
         limits.pending_peers = p;
     }
+    if let Some(c) = cfg.pmtu_ceiling {
+        limits.pmtu_ceiling = c;
+    }
     let ids = (0..n)
         .filter_map(|i| {
             sim.add_node(

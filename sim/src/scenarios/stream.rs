@@ -363,8 +363,12 @@ impl Scenario for StreamScenario {
             0.0
         };
         let (mut rtx, mut fast, mut rto, mut grants) = (0, 0, 0, 0);
+        let (mut probes, mut max_segment) = (0, 0);
         for &nid in &ids {
             if let Some(p) = sim.node(nid) {
+                let (pr, _, largest) = p.node.pmtu_totals();
+                probes += pr;
+                max_segment = max_segment.max(largest);
                 let (a, b, c) = p.node.stream_totals();
                 rtx += a;
                 fast += b;
@@ -382,6 +386,8 @@ impl Scenario for StreamScenario {
         out.figures.insert("fast_retransmits".into(), json!(fast));
         out.figures.insert("rto_timeouts".into(), json!(rto));
         out.figures.insert("window_grants".into(), json!(grants));
+        out.figures.insert("pmtu_probes".into(), json!(probes));
+        out.figures.insert("max_segment".into(), json!(max_segment));
         out
     }
 }

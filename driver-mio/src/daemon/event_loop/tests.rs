@@ -120,3 +120,21 @@ fn loop_drives_a_real_daemon_through_its_outputs() {
     // The loop (and its socket) are gone: the path was unlinked.
     assert!(!sock.exists());
 }
+
+/// Partial vectored writes to an IPC client: written buffers leave the
+/// queue, a partly written one keeps its offset, nothing is skipped.
+#[test]
+fn partial_vectored_writes_keep_the_queue_in_order() {
+    let mut q: VecDeque<Vec<u8>> = [vec![1u8; 3], vec![2u8; 4], vec![3u8; 5]].into();
+    let mut pos = 0;
+    advance_written(&mut q, &mut pos, 2);
+    assert_eq!((q.len(), pos), (3, 2));
+    advance_written(&mut q, &mut pos, 1);
+    assert_eq!((q.len(), pos), (2, 0), "the first buffer is done");
+    advance_written(&mut q, &mut pos, 6);
+    assert_eq!((q.len(), pos), (1, 2));
+    assert_eq!(q.front().map(|b| b[pos]), Some(3));
+    advance_written(&mut q, &mut pos, 3);
+    assert!(q.is_empty());
+    assert_eq!(pos, 0);
+}
