@@ -22,9 +22,8 @@ use std::time::Instant;
 mod common;
 
 use pilot_proto::registry::auth::Identity;
-use pilot_proto::registry::codec::{
-    Lookup, Register, Request, Response, decode_response, encode_request, frame_vec,
-};
+use pilot_proto::registry::framing::{ResponseReader, request_frame};
+use pilot_proto::registry::messages::{Lookup, Register, Request, Response};
 
 const DEFAULT_CONNS: u32 = 64;
 const REGISTRATIONS: u32 = 40_000;
@@ -48,11 +47,19 @@ fn register_frame(seed: u32) -> Vec<u8> {
         public_key: Identity::from_seed(&s).public_key_b64(),
         ..Default::default()
     });
-    frame_vec(&encode_request(&req).unwrap()).unwrap()
+    request_frame(&req).unwrap()
 }
 
 fn lookup_frame(node_id: u32) -> Vec<u8> {
-    frame_vec(&encode_request(&Request::Lookup(Lookup { node_id })).unwrap()).unwrap()
+    request_frame(&Request::Lookup(Lookup { node_id })).unwrap()
+}
+
+/// Decodes one response body (as [`read_frame`] returns it).
+fn decode(body: &[u8]) -> Response {
+    let mut r = ResponseReader::default();
+    r.push(&(body.len() as u32).to_be_bytes());
+    r.push(body);
+    r.next_response().unwrap().unwrap()
 }
 
 fn read_frame(s: &mut TcpStream) -> Vec<u8> {
@@ -114,7 +121,8 @@ fn echo_server(reply_len: usize) -> SocketAddr {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
                 s.set_nodelay(true).unwrap();
-                let reply = frame_vec(&vec![b'x'; reply_len]).unwrap();
+                let mut reply = (reply_len as u32).to_be_bytes().to_vec();
+                reply.resize(4 + reply_len, b'x');
                 let mut len = [0u8; 4];
                 while s.read_exact(&mut len).is_ok() {
                     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -250,8 +258,8 @@ fn postgres_rows(conns: u32) {
                 .map(|(c, i)| {
                     s.write_all(&register_frame(c * 1_000_000 + i)).unwrap();
                     let reply = read_frame(&mut s);
-                    match decode_response(&reply) {
-                        Ok(Response::RegisterOk(ok)) => ok.node_id,
+                    match decode(&reply) {
+                        Response::RegisterOk(ok) => ok.node_id,
                         other => panic!("{other:?}"),
                     }
                 })
@@ -283,10 +291,7 @@ fn main() {
     // Sanity: one lookup succeeds.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&lookup_frame(1)).unwrap();
-    assert!(matches!(
-        decode_response(&read_frame(&mut s)),
-        Ok(Response::LookupOk(_))
-    ));
+    assert!(matches!(decode(&read_frame(&mut s)), Response::LookupOk(_)));
     let lk_frame = move |c: u32, i: u32| lookup_frame(1 + (c * 7919 + i) % registered);
     let (lookups, lookup_reply) = drive(addr, conns, lookups_per_conn, lk_frame);
     let rss_after = rss(pid);
