@@ -61,14 +61,33 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 /// One record another frontend committed: key, value (`None` = deleted)
-/// and the revision of its commit.
+/// and the record's revision (per key, increasing in commit order).
 pub type RemoteRow = (Vec<u8>, Option<Vec<u8>>, u64);
+
+/// What one commit of a shared store reports: the revision each written
+/// key got (increasing per key in commit order) and the commit's
+/// transaction number, which [`FollowEvent::Rows`] horizons are compared
+/// with.
+#[derive(Debug, Default, Clone)]
+pub struct Committed {
+    /// `(key, revision)` for every key written.
+    pub keys: Vec<(Vec<u8>, u64)>,
+    /// The committing transaction's number (0 for an unshared store).
+    pub txn: u64,
+}
 
 /// What a follower thread reports to the event loop.
 #[derive(Debug)]
 pub enum FollowEvent {
-    /// Records committed by other frontends, in commit order.
-    Rows(Vec<RemoteRow>),
+    /// Records committed by other frontends (each key at its latest
+    /// value), read in one snapshot that saw every commit whose
+    /// transaction number is below `horizon`.
+    Rows {
+        /// The records.
+        rows: Vec<RemoteRow>,
+        /// Every commit with a lower transaction number is reflected.
+        horizon: u64,
+    },
     /// The follower lost track (its connection dropped): reload the state.
     Resync,
 }
@@ -97,6 +116,13 @@ pub trait Store: Send {
     /// when this returns. Returns the commit's revision (0 for a store
     /// that is not shared).
     fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError>;
+
+    /// [`Store::apply`], reporting each written key's revision for a
+    /// shared store (what the server compares the other frontends' rows
+    /// with). An unshared store reports nothing.
+    fn apply_committed(&mut self, sets: &[ChangeSet]) -> Result<Committed, StoreError> {
+        self.apply(sets).map(|_| Committed::default())
+    }
 
     /// Replaces the whole content with an imported reference snapshot and
     /// returns the imported state.
