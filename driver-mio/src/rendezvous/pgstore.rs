@@ -78,6 +78,27 @@ const MIGRATIONS: &[&str] = &[
 
 /// The current transaction's number (`xid8`, never wraps).
 const TXID: &str = "pg_current_xact_id()::text::bigint";
+/// A commit's rows, `$1` keys, `$2` values (NULL: deleted), `$3` origin:
+/// upserted in array order, then `NOTIFY pilot_records`; returns each
+/// key's revision and the transaction's number.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS (SELECT nextval('pilot_rev_seq') AS rev, {TXID} AS txid),
+         w AS (
+             INSERT INTO pilot_records AS r (key, value, rev, origin, txid)
+             SELECT t.k, t.v, c.rev, $3, c.txid
+             FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS t(k, v, n), c
+             ORDER BY t.n
+             ON CONFLICT (key) DO UPDATE
+             SET value = EXCLUDED.value, rev = GREATEST(EXCLUDED.rev, r.rev + 1),
+                 origin = EXCLUDED.origin, txid = EXCLUDED.txid, changed = now()
+             RETURNING r.key, r.rev, r.txid
+         ),
+         n AS (SELECT pg_notify('pilot_records', '')::text AS sent)
+         SELECT w.key, w.rev, w.txid FROM w CROSS JOIN n"
+    )
+});
+
 /// The oldest transaction still running in this snapshot (every lower
 /// one has finished).
 const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
@@ -105,6 +126,8 @@ pub struct PgStore {
     loaded_horizon: i64,
     /// The last failure was a lost connection.
     broken: bool,
+    /// [`UPSERT`], prepared on this connection.
+    upsert: Option<postgres::Statement>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -145,6 +168,7 @@ impl PgStore {
             origin: random_origin(),
             loaded_horizon: 0,
             broken: false,
+            upsert: None,
         };
         store.migrate(now)?;
         Ok(store)
@@ -262,7 +286,9 @@ impl PgStore {
 
     /// One attempt of a commit: the rows upserted in key order (no two
     /// commits wait on each other in a cycle), each `rev` above the row's
-    /// previous one, then a notification.
+    /// previous one, and a notification, in one prepared statement that
+    /// is its own transaction (one round trip); an import's deletions
+    /// first make it a two-statement transaction.
     fn commit_once(
         &mut self,
         replace_all: bool,
@@ -270,8 +296,16 @@ impl PgStore {
         values: &[Option<&[u8]>],
     ) -> Result<Committed, postgres::Error> {
         let origin = self.origin;
-        let mut tx = self.client.transaction()?;
-        if replace_all {
+        let upsert = match &self.upsert {
+            Some(st) => st.clone(),
+            None => {
+                let st = self.client.prepare(&UPSERT)?;
+                self.upsert = Some(st.clone());
+                st
+            }
+        };
+        let rows = if replace_all {
+            let mut tx = self.client.transaction()?;
             tx.execute(
                 &format!(
                     "UPDATE pilot_records SET value = NULL,
@@ -281,21 +315,12 @@ impl PgStore {
                 ),
                 &[&origin],
             )?;
-        }
-        let rows = tx.query(
-            &format!(
-                "WITH c AS (SELECT nextval('pilot_rev_seq') AS rev, {TXID} AS txid)
-                 INSERT INTO pilot_records AS r (key, value, rev, origin, txid)
-                 SELECT t.k, t.v, c.rev, $3, c.txid
-                 FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS t(k, v, n), c
-                 ORDER BY t.n
-                 ON CONFLICT (key) DO UPDATE
-                 SET value = EXCLUDED.value, rev = GREATEST(EXCLUDED.rev, r.rev + 1),
-                     origin = EXCLUDED.origin, txid = EXCLUDED.txid, changed = now()
-                 RETURNING r.key, r.rev, r.txid"
-            ),
-            &[&keys, &values, &origin],
-        )?;
+            let rows = tx.query(&upsert, &[&keys, &values, &origin])?;
+            tx.commit()?;
+            rows
+        } else {
+            self.client.query(&upsert, &[&keys, &values, &origin])?
+        };
         let mut done = Committed::default();
         for row in rows {
             let rev: i64 = row.get(1);
@@ -303,8 +328,6 @@ impl PgStore {
             done.txn = txid as u64;
             done.keys.push((row.get(0), rev as u64));
         }
-        tx.execute("SELECT pg_notify('pilot_records', '')", &[])?;
-        tx.commit()?;
         Ok(done)
     }
 }
@@ -388,6 +411,7 @@ impl Store for PgStore {
 
     fn reconnect(&mut self) -> Result<(), StoreError> {
         self.client = Client::connect(&self.url, NoTls).map_err(pgerr)?;
+        self.upsert = None;
         self.broken = false;
         Ok(())
     }
