@@ -1,36 +1,43 @@
 //! Throughput of the real `pilot-rendezvous` binary on loopback (not a
 //! test: it only prints figures). Run with
-//! `cargo bench -p pilot-driver-mio --bench rendezvous`.
+//! `cargo bench -p pilot-driver-mio --bench rendezvous` (short mode:
+//! 40,000 registered nodes) or `… -- --long` (1,000,000 registered nodes).
 //!
 //! Measures durable registrations/s (every reply after its change is
-//! committed; commits grouped by the store's writer thread) and lookups/s
-//! over `CONNS` client connections (64; `RV_BENCH_CONNS` overrides), one
-//! request in flight each, and, as a yardstick in the same run, a bare
-//! thread-per-connection TCP request/response echo with the same request
-//! and reply sizes. Request frames are built before the clock starts.
-//! Also: resident memory growth per registered node (embedded store), and
-//! PostgreSQL (`spec/registry.md` §11.3) with 1, 2 and 3 frontends on one
-//! database (a throwaway cluster; skipped when PostgreSQL is absent),
-//! connections spread over the frontends.
+//! durable) and lookups/s over `CONNS` client connections (64;
+//! `RV_BENCH_CONNS` overrides), one request in flight each, and, as a
+//! yardstick in the same run, a bare thread-per-connection TCP
+//! request/response echo with the same request and reply sizes. Request
+//! frames are built before the clock starts. Rows:
+//! * the embedded store: the whole population registered (the rate over
+//!   all of it), then lookups spread over it; resident memory per node;
+//! * PostgreSQL (`spec/registry.md` §11.3, a throwaway cluster; skipped
+//!   when PostgreSQL is absent or `RV_BENCH_NO_PG` is set) on one
+//!   database: 1, then 2, then 3 frontends, each registering a third of
+//!   the population (so the last row runs against the full population)
+//!   and then looking up nodes, connections spread over the frontends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use pilot_proto::registry::auth::Identity;
-use pilot_proto::registry::codec::{
-    Lookup, Register, Request, Response, decode_response, encode_request, frame_vec,
-};
+use pilot_proto::registry::framing::{ResponseReader, request_frame};
+use pilot_proto::registry::messages::{Lookup, Register, Request, Response};
 
 const DEFAULT_CONNS: u32 = 64;
-const REGISTRATIONS: u32 = 40_000;
+/// Registered nodes: short mode, `--long`.
+const POPULATION: u32 = 40_000;
+const LONG_POPULATION: u32 = 1_000_000;
+/// Lookups per row.
 const LOOKUPS: u32 = 200_000;
-/// Registrations per PostgreSQL configuration.
-const PG_REGISTRATIONS: u32 = 20_000;
+/// Requests per echo yardstick.
+const ECHOES: u32 = 200_000;
 
 fn conns() -> u32 {
     std::env::var("RV_BENCH_CONNS")
@@ -48,11 +55,19 @@ fn register_frame(seed: u32) -> Vec<u8> {
         public_key: Identity::from_seed(&s).public_key_b64(),
         ..Default::default()
     });
-    frame_vec(&encode_request(&req).unwrap()).unwrap()
+    request_frame(&req).unwrap()
 }
 
 fn lookup_frame(node_id: u32) -> Vec<u8> {
-    frame_vec(&encode_request(&Request::Lookup(Lookup { node_id })).unwrap()).unwrap()
+    request_frame(&Request::Lookup(Lookup { node_id })).unwrap()
+}
+
+/// Decodes one response body (as [`read_frame`] returns it).
+fn decode(body: &[u8]) -> Response {
+    let mut r = ResponseReader::default();
+    r.push(&(body.len() as u32).to_be_bytes());
+    r.push(body);
+    r.next_response().unwrap().unwrap()
 }
 
 fn read_frame(s: &mut TcpStream) -> Vec<u8> {
@@ -64,39 +79,43 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// Runs `per_conn` request/responses on each of `conns` connections in
-/// parallel, the frames built beforehand by `frame(conn, i)`; returns
-/// requests per second and the last reply size.
+/// parallel, connection `c` to `addrs[c % addrs.len()]`; each thread
+/// builds its frames (`frame(conn, i)`) before the clock starts. Returns
+/// requests per second and the last reply size; an error reply panics.
 fn drive(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     conns: u32,
     per_conn: u32,
-    frame: impl Fn(u32, u32) -> Vec<u8>,
+    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
 ) -> (f64, usize) {
-    let frames: Vec<Vec<Vec<u8>>> = (0..conns)
-        .map(|c| (0..per_conn).map(|i| frame(c, i)).collect())
-        .collect();
-    let streams: Vec<TcpStream> = (0..conns)
-        .map(|_| {
-            let s = TcpStream::connect(addr).unwrap();
-            s.set_nodelay(true).unwrap();
-            s
-        })
-        .collect();
-    let start = Instant::now();
-    let threads: Vec<_> = streams
-        .into_iter()
-        .zip(frames)
-        .map(|(mut s, frames)| {
+    let frame = Arc::new(frame);
+    let ready = Arc::new(Barrier::new(conns as usize + 1));
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let addr = addrs[c as usize % addrs.len()];
+            let (frame, ready) = (frame.clone(), ready.clone());
             std::thread::spawn(move || {
+                let frames: Vec<Vec<u8>> = (0..per_conn).map(|i| frame(c, i)).collect();
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                ready.wait();
                 let mut size = 0;
                 for f in &frames {
                     s.write_all(f).unwrap();
-                    size = read_frame(&mut s).len();
+                    let reply = read_frame(&mut s);
+                    assert!(
+                        !reply.starts_with(br#"{"error""#),
+                        "{}",
+                        String::from_utf8_lossy(&reply)
+                    );
+                    size = reply.len();
                 }
                 size
             })
         })
         .collect();
+    ready.wait();
+    let start = Instant::now();
     let mut size = 0;
     for t in threads {
         size = t.join().unwrap();
@@ -114,7 +133,8 @@ fn echo_server(reply_len: usize) -> SocketAddr {
             let Ok(mut s) = s else { return };
             std::thread::spawn(move || {
                 s.set_nodelay(true).unwrap();
-                let reply = frame_vec(&vec![b'x'; reply_len]).unwrap();
+                let mut reply = (reply_len as u32).to_be_bytes().to_vec();
+                reply.resize(4 + reply_len, b'x');
                 let mut len = [0u8; 4];
                 while s.read_exact(&mut len).is_ok() {
                     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -183,91 +203,89 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Like [`drive`], connection `c` going to `addrs[c % addrs.len()]`.
-fn drive_many(
-    addrs: &[SocketAddr],
-    conns: u32,
-    per_conn: u32,
-    frame: impl Fn(u32, u32) -> Vec<u8>,
-) -> f64 {
-    let frames: Vec<Vec<Vec<u8>>> = (0..conns)
-        .map(|c| (0..per_conn).map(|i| frame(c, i)).collect())
-        .collect();
-    let streams: Vec<TcpStream> = (0..conns)
-        .map(|c| {
-            let s = TcpStream::connect(addrs[c as usize % addrs.len()]).unwrap();
-            s.set_nodelay(true).unwrap();
-            s
-        })
-        .collect();
-    let start = Instant::now();
-    let threads: Vec<_> = streams
-        .into_iter()
-        .zip(frames)
-        .map(|(mut s, frames)| {
-            std::thread::spawn(move || {
-                for f in &frames {
-                    s.write_all(f).unwrap();
-                    let reply = read_frame(&mut s);
-                    assert!(
-                        !reply.starts_with(br#"{"error""#),
-                        "{}",
-                        String::from_utf8_lossy(&reply)
-                    );
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    f64::from(conns * per_conn) / start.elapsed().as_secs_f64()
+/// Seed of connection `c`'s `i`-th registration.
+fn seed(c: u32, i: u32) -> u32 {
+    c * 100_000 + i
 }
 
-/// PostgreSQL with 1, 2 and 3 frontends on one fresh database each;
-/// skipped (saying why) when PostgreSQL is not installed.
-fn postgres_rows(conns: u32) {
+/// Every how many registrations of a connection one is sampled, for
+/// about 2,000 samples out of `registered`.
+fn sample_step(registered: u32) -> usize {
+    (registered / 2_000).max(1) as usize
+}
+
+/// Node IDs of a sample of the registered identities (re-registering an
+/// identity answers its ID).
+fn sample_ids(addr: SocketAddr, seeds: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    seeds
+        .map(|sd| {
+            s.write_all(&register_frame(sd)).unwrap();
+            match decode(&read_frame(&mut s)) {
+                Response::RegisterOk(ok) => ok.node_id,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect()
+}
+
+/// PostgreSQL on one database: 1, then 2, then 3 frontends, each
+/// registering a third of `population`; skipped (saying why) when
+/// PostgreSQL is not installed.
+fn postgres_rows(conns: u32, population: u32) {
     let Some(pg) = common::Pg::start() else {
-        println!("postgresql: skipped (not installed)");
+        println!("  postgresql: skipped (not installed)");
         return;
     };
-    let regs_per_conn = PG_REGISTRATIONS / conns;
+    let url = pg.database("bench");
+    let per_conn = population / 3 / conns;
     let lookups_per_conn = LOOKUPS / conns;
-    let registered = conns * regs_per_conn;
+    let mut registered = 0;
+    let mut fronts: Vec<Front> = Vec::new();
     for n in 1..=3u32 {
-        let url = pg.database(&format!("bench{n}"));
-        let fronts: Vec<Front> = (0..n).map(|_| start_front(url.as_ref())).collect();
+        fronts.push(start_front(url.as_ref()));
         let addrs: Vec<SocketAddr> = fronts.iter().map(|f| f.addr).collect();
-        let regs = drive_many(&addrs, conns, regs_per_conn, |c, i| {
-            register_frame(c * 1_000_000 + i)
+        let base = (n - 1) * per_conn;
+        let rss0: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
+        let (regs, _) = drive(&addrs, conns, per_conn, move |c, i| {
+            register_frame(seed(c, base + i))
         });
+        registered += conns * per_conn;
+        let rss1: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
         // Node IDs come in leased blocks (not 1..=n): learn a sample.
-        let ids: Vec<u32> = {
-            let mut s = TcpStream::connect(addrs[0]).unwrap();
-            // Re-register a sample to learn IDs (same key, same ID back).
-            (0..conns)
-                .flat_map(|c| (0..8).map(move |i| (c, i)))
-                .map(|(c, i)| {
-                    s.write_all(&register_frame(c * 1_000_000 + i)).unwrap();
-                    let reply = read_frame(&mut s);
-                    match decode_response(&reply) {
-                        Ok(Response::RegisterOk(ok)) => ok.node_id,
-                        other => panic!("{other:?}"),
-                    }
-                })
-                .collect()
-        };
-        let lookups = drive_many(&addrs, conns, lookups_per_conn, |c, i| {
+        let ids = Arc::new(sample_ids(
+            addrs[0],
+            (0..conns).flat_map(|c| {
+                (0..(base + per_conn))
+                    .step_by(sample_step(conns * (base + per_conn)))
+                    .map(move |i| seed(c, i))
+            }),
+        ));
+        let (lookups, _) = drive(&addrs, conns, lookups_per_conn, move |c, i| {
             lookup_frame(ids[((c * 7919 + i) as usize) % ids.len()])
         });
         println!(
-            "  postgresql, {n} frontend(s): register {regs:>8.0} req/s ({registered} nodes)   lookup {lookups:>8.0} req/s"
+            "  postgresql, {n} frontend(s): register {regs:>8.0} req/s (+{} nodes, {registered} registered)   lookup {lookups:>8.0} req/s   frontends' resident growth {} B",
+            conns * per_conn,
+            rss1.saturating_sub(rss0)
         );
-        drop(fronts);
     }
 }
 
+/// The echo yardstick for requests like `frame` answered with
+/// `reply_len` bytes.
+fn echo(
+    conns: u32,
+    reply_len: usize,
+    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
+) -> f64 {
+    let addr = echo_server(reply_len);
+    drive(&[addr], conns, ECHOES / conns, frame).0
+}
+
 fn main() {
+    let long = std::env::args().any(|a| a == "--long");
+    let population = if long { LONG_POPULATION } else { POPULATION };
     let dir = std::env::temp_dir().join(format!("pilot-rv-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let front = start_front(&dir.join("bench.redb"));
@@ -275,20 +293,30 @@ fn main() {
     let pid = front.child.id();
     let rss_before = rss(pid);
     let conns = conns();
-    let regs_per_conn = REGISTRATIONS / conns;
+    let regs_per_conn = population / conns;
     let lookups_per_conn = LOOKUPS / conns;
     let registered = conns * regs_per_conn;
-    let reg_frame = |c: u32, i: u32| register_frame(c * 1_000_000 + i);
-    let (regs, reg_reply) = drive(addr, conns, regs_per_conn, reg_frame);
-    // Sanity: one lookup succeeds.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&lookup_frame(1)).unwrap();
-    assert!(matches!(
-        decode_response(&read_frame(&mut s)),
-        Ok(Response::LookupOk(_))
+    println!(
+        "pilot-rendezvous on loopback, {conns} connections, one request in flight each, {} mode",
+        if long { "long" } else { "short" }
+    );
+    let started = Instant::now();
+    let (regs, reg_reply) = drive(&[addr], conns, regs_per_conn, |c, i| {
+        register_frame(seed(c, i))
+    });
+    let reg_secs = started.elapsed().as_secs_f64();
+    let ids = Arc::new(sample_ids(
+        addr,
+        (0..conns).flat_map(|c| {
+            (0..regs_per_conn)
+                .step_by(sample_step(registered))
+                .map(move |i| seed(c, i))
+        }),
     ));
-    let lk_frame = move |c: u32, i: u32| lookup_frame(1 + (c * 7919 + i) % registered);
-    let (lookups, lookup_reply) = drive(addr, conns, lookups_per_conn, lk_frame);
+    let lk_ids = ids.clone();
+    let (lookups, lookup_reply) = drive(&[addr], conns, lookups_per_conn, move |c, i| {
+        lookup_frame(lk_ids[((c * 7919 + i) as usize) % lk_ids.len()])
+    });
     let rss_after = rss(pid);
     drop(front);
     let store_bytes = std::fs::metadata(dir.join("bench.redb")).map_or(0, |m| m.len());
@@ -296,30 +324,32 @@ fn main() {
 
     let reg_req = register_frame(1).len() - 4;
     let lk_req = lookup_frame(1).len() - 4;
-    let echo_reg = echo_server(reg_reply);
-    let (echo_regs, _) = drive(echo_reg, conns, regs_per_conn, reg_frame);
-    let echo_lk = echo_server(lookup_reply);
-    let (echo_lookups, _) = drive(echo_lk, conns, lookups_per_conn, lk_frame);
-
-    println!("pilot-rendezvous on loopback, {conns} connections, one request in flight each");
+    let echo_regs = echo(conns, reg_reply, |c, i| register_frame(seed(c, i)));
+    let echo_lookups = echo(conns, lookup_reply, move |c, i| {
+        lookup_frame(ids[((c * 7919 + i) as usize) % ids.len()])
+    });
     println!(
-        "  register: {regs:>10.0} req/s   ({registered} nodes; request {reg_req} B, reply {reg_reply} B; durable, group commit)"
+        "  embedded register: {regs:>10.0} req/s   ({registered} nodes in {reg_secs:.1} s; request {reg_req} B, reply {reg_reply} B; durable)"
     );
     println!(
-        "  lookup:   {lookups:>10.0} req/s   ({} lookups; request {lk_req} B, reply {lookup_reply} B)",
+        "  embedded lookup:   {lookups:>10.0} req/s   ({} lookups over {registered} nodes; request {lk_req} B, reply {lookup_reply} B)",
         conns * lookups_per_conn
     );
     println!(
-        "  store:    {store_bytes} B after {registered} registrations ({} B/node)",
+        "  embedded store:    {store_bytes} B after {registered} registrations ({} B/node)",
         store_bytes / u64::from(registered.max(1))
     );
     println!(
-        "  memory:   {} B resident growth for {registered} nodes ({} B/node)",
+        "  embedded memory:   {} B resident growth for {registered} nodes ({} B/node)",
         rss_after.saturating_sub(rss_before),
         rss_after.saturating_sub(rss_before) / u64::from(registered.max(1))
     );
-    postgres_rows(conns);
     println!("bare TCP echo yardstick (thread per connection, same sizes, same run)");
-    println!("  register-sized: {echo_regs:>10.0} req/s");
-    println!("  lookup-sized:   {echo_lookups:>10.0} req/s");
+    println!("  register-sized:    {echo_regs:>10.0} req/s");
+    println!("  lookup-sized:      {echo_lookups:>10.0} req/s");
+    if std::env::var_os("RV_BENCH_NO_PG").is_none() {
+        postgres_rows(conns, population);
+        let echo_regs = echo(conns, reg_reply, |c, i| register_frame(seed(c, i)));
+        println!("  register-sized echo after the PostgreSQL rows: {echo_regs:>10.0} req/s");
+    }
 }

@@ -74,7 +74,7 @@ fn bad_clients_only_hurt_themselves() {
     c2.stream.set_read_timeout(Some(STEP)).unwrap();
     assert!(matches!(
         c2.read_response().unwrap(),
-        pilot_proto::registry::codec::Response::LookupOk(_)
+        pilot_proto::registry::messages::Response::LookupOk(_)
     ));
     drop(slow);
 }
@@ -146,7 +146,7 @@ fn pipelined_burst_with_backpressure_gets_every_reply_in_order() {
     for i in 0..N {
         let want = if i % 2 == 0 { a } else { b };
         match c.read_response().unwrap() {
-            pilot_proto::registry::codec::Response::LookupOk(ok) => assert_eq!(ok.node_id, want),
+            pilot_proto::registry::messages::Response::LookupOk(ok) => assert_eq!(ok.node_id, want),
             r => panic!("reply {i}: {r:?}"),
         }
     }

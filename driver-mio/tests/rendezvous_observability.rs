@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pilot_driver_mio::http_endpoint::get;
-use pilot_proto::registry::codec::{
+use pilot_proto::registry::messages::{
     CreateNetwork, Lookup, Register, Request, Response, SetHostname, SetTags, SetVisibility,
 };
 

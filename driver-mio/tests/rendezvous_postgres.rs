@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Client, Pg, Rv, STEP, ident, sign};
-use pilot_proto::registry::codec::{
+use pilot_proto::registry::messages::{
     PUSH_HANDSHAKE, PollHandshakes, Request, RequestHandshake, Response,
 };
 
 /// Waits (bounded by [`STEP`]) until `c` can look up `id`.
-fn await_lookup(c: &mut Client, id: u32) -> pilot_proto::registry::codec::LookupOk {
+fn await_lookup(c: &mut Client, id: u32) -> pilot_proto::registry::messages::LookupOk {
     let deadline = Instant::now() + STEP;
     loop {
         if let Some(ok) = c.lookup(id) {
@@ -254,7 +254,7 @@ fn postgres_restart_under_load_fails_clearly_and_loses_nothing() {
 #[test]
 fn heartbeats_and_reaping_across_frontends() {
     use pilot_driver_mio::rendezvous::server::{Server, ServerConfig};
-    use pilot_proto::registry::codec::Heartbeat;
+    use pilot_proto::registry::messages::Heartbeat;
     let Some(pg) = Pg::start() else { return };
     let url = pg.database("reap");
     let start = || {
@@ -309,7 +309,7 @@ fn heartbeats_and_reaping_across_frontends() {
 /// configured token, and one started without a token refuses them all.
 #[test]
 fn admin_token_is_required_on_every_frontend() {
-    use pilot_proto::registry::codec::{BeaconRegister, CreateNetwork, ListNetworks};
+    use pilot_proto::registry::messages::{BeaconRegister, CreateNetwork, ListNetworks};
     let Some(pg) = Pg::start() else { return };
     let url = pg.database("admin");
     let with_a = Rv::start(url.as_ref(), &["--admin-token", "alpha"]);

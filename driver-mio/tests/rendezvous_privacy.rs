@@ -2,7 +2,7 @@
 
 mod common;
 
-use pilot_proto::registry::codec::{Request, Resolve, Response, SetVisibility, TrustPair};
+use pilot_proto::registry::messages::{Request, Resolve, Response, SetVisibility, TrustPair};
 
 use common::{Client, Rv, sign};
 

@@ -9,21 +9,15 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 
-use pilot_proto::registry::codec::{
-    Lookup, Request, Response, decode_response, encode_request, frame_vec,
-};
+use pilot_proto::registry::messages::{Lookup, Request, Response};
 use rustls::pki_types::ServerName;
 
-use common::{Rv, STEP, register_req};
+use common::{Rv, STEP, frame, read_response, register_req};
 
 fn call(s: &mut impl ReadWrite, req: &Request) -> std::io::Result<Response> {
-    s.write_all(&frame_vec(&encode_request(req).unwrap()).unwrap())?;
+    s.write_all(&frame(req))?;
     s.flush()?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body)?;
-    decode_response(&body).map_err(|e| std::io::Error::other(e.to_string()))
+    read_response(s)
 }
 
 trait ReadWrite: Read + Write {}

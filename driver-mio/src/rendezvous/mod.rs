@@ -7,5 +7,6 @@ pub mod pgstore;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod wal;
 
 pub use cli::{RendezvousArgs, RendezvousError, run_rendezvous};

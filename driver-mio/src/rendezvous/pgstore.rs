@@ -9,12 +9,20 @@
 //!   a deleted record keeps its row with `value` NULL (a tombstone) so
 //!   that followers learn of the deletion; tombstones older than
 //!   [`TOMBSTONE_TTL`] are removed by the reaper frontend.
-//! * A commit takes a transaction-level advisory lock, draws one revision
-//!   from `pilot_rev_seq` and stamps every row it writes with it, so that
-//!   commits become visible in revision order: a follower that has seen
-//!   revision *r* has seen everything below it.
+//! * Commits run concurrently (no global lock): each is one statement that
+//!   upserts its rows in key order (so two commits never deadlock) and
+//!   stamps them with its transaction number (`txid`, from
+//!   `pg_current_xact_id()`). A row's `rev` grows in commit order per key:
+//!   an update sets it above the row's previous `rev` (the row lock orders
+//!   writers of one key), which is what decides between a remote row and
+//!   a write of our own in flight.
+//! * Followers read by visibility horizon: in one snapshot, every row whose
+//!   `txid` lies between the previous horizon and this snapshot's `xmin`
+//!   (the oldest transaction still running). Transactions below `xmin` are
+//!   finished, and no later transaction gets a lower number, so no commit
+//!   is ever skipped, whatever order the commits finish in.
 //! * Each commit ends with `NOTIFY pilot_records`; followers `LISTEN` and
-//!   fetch the rows above their last revision, skipping their own.
+//!   fetch above their horizon, skipping their own rows.
 //! * Node IDs come in blocks of [`ID_BLOCK`] from `pilot_node_block_seq`.
 //! * The frontend whose follower holds the session advisory lock
 //!   [`REAPER_LOCK`] reaps stale nodes; the others do not.
@@ -28,12 +36,13 @@ use pilot_proto::time::Instant;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use super::store::{FollowEvent, FollowSink, RemoteRow, Store, StoreError};
+use super::store::{Committed, FollowEvent, FollowSink, RemoteRow, Store, StoreError};
 
 /// Node IDs per leased block.
 pub const ID_BLOCK: u32 = 16_384;
-/// Advisory lock serialising commits (and so the revision order).
-const COMMIT_LOCK: i64 = 0x7069_6c6f_0001;
+/// Attempts of one commit that PostgreSQL aborted as a deadlock or a
+/// serialisation failure (not expected: rows are locked in key order).
+const COMMIT_ATTEMPTS: u32 = 5;
 /// Advisory lock serialising schema migrations at start-up.
 const MIGRATE_LOCK: i64 = 0x7069_6c6f_0002;
 /// Session advisory lock held by the one frontend that reaps.
@@ -61,7 +70,38 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX pilot_records_rev ON pilot_records (rev, key);
      CREATE SEQUENCE pilot_rev_seq;
      CREATE SEQUENCE pilot_node_block_seq MINVALUE 0 START 0;",
+    // 2: commits without a global lock; followers read by the writing
+    // transaction's number.
+    "ALTER TABLE pilot_records ADD COLUMN txid bigint NOT NULL DEFAULT 0;
+     CREATE INDEX pilot_records_txid ON pilot_records (txid, key);",
 ];
+
+/// The current transaction's number (`xid8`, never wraps).
+const TXID: &str = "pg_current_xact_id()::text::bigint";
+/// A commit's rows, `$1` keys, `$2` values (NULL: deleted), `$3` origin:
+/// upserted in array order, then `NOTIFY pilot_records`; returns each
+/// key's revision and the transaction's number.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS (SELECT nextval('pilot_rev_seq') AS rev, {TXID} AS txid),
+         w AS (
+             INSERT INTO pilot_records AS r (key, value, rev, origin, txid)
+             SELECT t.k, t.v, c.rev, $3, c.txid
+             FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS t(k, v, n), c
+             ORDER BY t.n
+             ON CONFLICT (key) DO UPDATE
+             SET value = EXCLUDED.value, rev = GREATEST(EXCLUDED.rev, r.rev + 1),
+                 origin = EXCLUDED.origin, txid = EXCLUDED.txid, changed = now()
+             RETURNING r.key, r.rev, r.txid
+         ),
+         n AS (SELECT pg_notify('pilot_records', '')::text AS sent)
+         SELECT w.key, w.rev, w.txid FROM w CROSS JOIN n"
+    )
+});
+
+/// The oldest transaction still running in this snapshot (every lower
+/// one has finished).
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
 fn pgerr(e: postgres::Error) -> StoreError {
     // The server's message (with its SQLSTATE) when there is one.
@@ -81,11 +121,13 @@ pub struct PgStore {
     client: Client,
     /// This frontend's identity in `origin` (random per start).
     origin: i64,
-    /// Highest revision the loaded state covers (where the follower
+    /// The visibility horizon of the loaded state (where the follower
     /// starts).
-    loaded_rev: i64,
+    loaded_horizon: i64,
     /// The last failure was a lost connection.
     broken: bool,
+    /// [`UPSERT`], prepared on this connection.
+    upsert: Option<postgres::Statement>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -124,8 +166,9 @@ impl PgStore {
             url: url.to_owned(),
             client,
             origin: random_origin(),
-            loaded_rev: 0,
+            loaded_horizon: 0,
             broken: false,
+            upsert: None,
         };
         store.migrate(now)?;
         Ok(store)
@@ -207,8 +250,8 @@ impl PgStore {
         pgerr(e)
     }
 
-    fn try_apply(&mut self, sets: &[ChangeSet]) -> Result<u64, postgres::Error> {
-        // The last write of each key wins within the batch.
+    fn try_apply(&mut self, sets: &[ChangeSet]) -> Result<Committed, postgres::Error> {
+        // The last write of each key wins within the batch; keys sorted.
         let mut replace_all = false;
         let mut last: std::collections::BTreeMap<&[u8], Option<&[u8]>> =
             std::collections::BTreeMap::new();
@@ -221,30 +264,71 @@ impl PgStore {
                 last.insert(k.as_slice(), v.as_deref());
             }
         }
-        let origin = self.origin;
-        let mut tx = self.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])?;
-        let rev: i64 = tx.query_one("SELECT nextval('pilot_rev_seq')", &[])?.get(0);
-        if replace_all {
-            tx.execute(
-                "UPDATE pilot_records SET value = NULL, rev = $1, origin = $2, changed = now()
-                 WHERE value IS NOT NULL",
-                &[&rev, &origin],
-            )?;
-        }
         let keys: Vec<&[u8]> = last.keys().copied().collect();
         let values: Vec<Option<&[u8]>> = last.values().copied().collect();
-        tx.execute(
-            "INSERT INTO pilot_records (key, value, rev, origin)
-             SELECT k, v, $3, $4 FROM unnest($1::bytea[], $2::bytea[]) AS t(k, v)
-             ON CONFLICT (key) DO UPDATE
-             SET value = EXCLUDED.value, rev = EXCLUDED.rev, origin = EXCLUDED.origin,
-                 changed = now()",
-            &[&keys, &values, &rev, &origin],
-        )?;
-        tx.execute("SELECT pg_notify('pilot_records', $1)", &[&rev.to_string()])?;
-        tx.commit()?;
-        Ok(rev as u64)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_once(replace_all, &keys, &values) {
+                Err(e)
+                    if attempt < COMMIT_ATTEMPTS
+                        && e.code().is_some_and(|c| {
+                            *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                                || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                        }) =>
+                {
+                    tracing::debug!(error = %e, attempt, "commit retried");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of a commit: the rows upserted in key order (no two
+    /// commits wait on each other in a cycle), each `rev` above the row's
+    /// previous one, and a notification, in one prepared statement that
+    /// is its own transaction (one round trip); an import's deletions
+    /// first make it a two-statement transaction.
+    fn commit_once(
+        &mut self,
+        replace_all: bool,
+        keys: &[&[u8]],
+        values: &[Option<&[u8]>],
+    ) -> Result<Committed, postgres::Error> {
+        let origin = self.origin;
+        let upsert = match &self.upsert {
+            Some(st) => st.clone(),
+            None => {
+                let st = self.client.prepare(&UPSERT)?;
+                self.upsert = Some(st.clone());
+                st
+            }
+        };
+        let rows = if replace_all {
+            let mut tx = self.client.transaction()?;
+            tx.execute(
+                &format!(
+                    "UPDATE pilot_records SET value = NULL,
+                     rev = GREATEST(nextval('pilot_rev_seq'), rev + 1), origin = $1,
+                     txid = {TXID}, changed = now()
+                     WHERE value IS NOT NULL"
+                ),
+                &[&origin],
+            )?;
+            let rows = tx.query(&upsert, &[&keys, &values, &origin])?;
+            tx.commit()?;
+            rows
+        } else {
+            self.client.query(&upsert, &[&keys, &values, &origin])?
+        };
+        let mut done = Committed::default();
+        for row in rows {
+            let rev: i64 = row.get(1);
+            let txid: i64 = row.get(2);
+            done.txn = txid as u64;
+            done.keys.push((row.get(0), rev as u64));
+        }
+        Ok(done)
     }
 }
 
@@ -257,9 +341,7 @@ impl Store for PgStore {
                 .isolation_level(postgres::IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
-            let rev: i64 = tx
-                .query_one("SELECT coalesce(max(rev), 0) FROM pilot_records", &[])?
-                .get(0);
+            let rev: i64 = tx.query_one(&format!("SELECT {HORIZON}"), &[])?.get(0);
             let mut loader = Loader::new(now);
             let mut bad = None;
             let mut it = tx.query_raw(
@@ -284,14 +366,18 @@ impl Store for PgStore {
         }
         let n = loader.records();
         let state = loader.finish();
-        self.loaded_rev = rev;
+        self.loaded_horizon = rev;
         self.advance_blocks(&state)?;
         Ok((state, n))
     }
 
     fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError> {
+        self.apply_committed(sets).map(|c| c.txn)
+    }
+
+    fn apply_committed(&mut self, sets: &[ChangeSet]) -> Result<Committed, StoreError> {
         if sets.iter().all(ChangeSet::is_empty) {
-            return Ok(0);
+            return Ok(Committed::default());
         }
         self.try_apply(sets).map_err(|e| self.note(e))
     }
@@ -325,6 +411,7 @@ impl Store for PgStore {
 
     fn reconnect(&mut self) -> Result<(), StoreError> {
         self.client = Client::connect(&self.url, NoTls).map_err(pgerr)?;
+        self.upsert = None;
         self.broken = false;
         Ok(())
     }
@@ -335,7 +422,7 @@ impl Store for PgStore {
     ) -> Result<Option<std::thread::JoinHandle<()>>, StoreError> {
         let url = self.url.clone();
         let origin = self.origin;
-        let from = self.loaded_rev;
+        let from = self.loaded_horizon;
         let t = std::thread::Builder::new()
             .name("rendezvous-follow".into())
             .spawn(move || follow(url, origin, from, sink))
@@ -399,36 +486,50 @@ fn follow_on(
                 &[&ttl],
             )?;
         }
-        // Everything committed above `rev`, in pages ordered by (rev, key)
-        // (one commit may write more rows than a page).
+        // Everything written by transactions between the last horizon and
+        // this snapshot's, in pages ordered by (txid, key), all in one
+        // snapshot (one commit may write more rows than a page).
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let horizon: i64 = tx.query_one(&format!("SELECT {HORIZON}"), &[])?.get(0);
         let mut after: (i64, Option<Vec<u8>>) = (*rev, None);
+        let mut out: Vec<RemoteRow> = Vec::new();
         loop {
-            let rows = client.query(
-                "SELECT key, value, rev, origin FROM pilot_records
-                 WHERE rev > $1 OR (rev = $1 AND $2::bytea IS NOT NULL AND key > $2)
-                 ORDER BY rev, key LIMIT $3",
-                &[&after.0, &after.1, &FOLLOW_BATCH],
+            let rows = tx.query(
+                "SELECT key, value, rev, origin, txid FROM pilot_records
+                 WHERE txid < $4
+                   AND (txid > $1 OR (txid = $1 AND ($2::bytea IS NULL OR key > $2)))
+                 ORDER BY txid, key LIMIT $3",
+                &[&after.0, &after.1, &FOLLOW_BATCH, &horizon],
             )?;
             let n = rows.len();
-            let mut out: Vec<RemoteRow> = Vec::with_capacity(n);
             for row in rows {
-                let r: i64 = row.get(2);
-                after = (r, Some(row.get(0)));
-                *rev = (*rev).max(r);
+                let t: i64 = row.get(4);
+                after = (t, Some(row.get(0)));
                 let o: i64 = row.get(3);
                 if o != origin {
+                    let r: i64 = row.get(2);
                     out.push((row.get(0), row.get(1), r as u64));
                 }
-            }
-            if !out.is_empty() {
-                if sink.tx.send(FollowEvent::Rows(out)).is_err() {
-                    return Ok(());
-                }
-                let _ = sink.waker.wake();
             }
             if n < FOLLOW_BATCH as usize {
                 break;
             }
+        }
+        tx.commit()?;
+        if horizon > *rev {
+            *rev = horizon;
+            let ev = FollowEvent::Rows {
+                rows: out,
+                horizon: horizon as u64,
+            };
+            if sink.tx.send(ev).is_err() {
+                return Ok(());
+            }
+            let _ = sink.waker.wake();
         }
         // Wait for a notification (or the poll interval); drain the rest.
         let mut notes = client.notifications();

@@ -50,7 +50,7 @@ use super::metrics::{
     dashboard_json, online_count,
 };
 use super::pgstore::PgStore;
-use super::store::{FollowEvent, FollowSink, RedbStore, RemoteRow, Store, StoreError};
+use super::store::{Committed, FollowEvent, FollowSink, RedbStore, RemoteRow, Store, StoreError};
 use crate::http_endpoint::{Handler, HttpEndpoint};
 
 const LISTENER: Token = Token(0);
@@ -319,8 +319,8 @@ enum WriterMsg {
 /// What the writer thread reports, in order.
 enum WriterEvent {
     /// Every change set up to this sequence number is durable, in a
-    /// commit of this revision.
-    Committed { upto: u64, rev: u64 },
+    /// commit that reported `done` (key revisions of a shared store).
+    Committed { upto: u64, done: Committed },
     /// The change sets `from..=upto` were not stored.
     Failed { from: u64, upto: u64, error: String },
     /// A leased node-ID block.
@@ -459,12 +459,12 @@ fn writer_loop(
             let started = std::time::Instant::now();
             let result = match &down {
                 Some(why) => Err(StoreError::Db(why.clone())),
-                None => store.apply(&sets),
+                None => store.apply_committed(&sets),
             };
             metrics.commit(started.elapsed(), writes, result.is_ok());
             sh.queued_writes.fetch_sub(writes, Ordering::SeqCst);
             match result {
-                Ok(rev) => report(WriterEvent::Committed { upto: last, rev }),
+                Ok(done) => report(WriterEvent::Committed { upto: last, done }),
                 Err(e) if down.is_some() || store.recoverable() => {
                     if down.is_none() {
                         tracing::error!(error = %e, "store commit failed; refusing requests until it is back");
@@ -624,6 +624,11 @@ pub struct Server {
     /// Shared store: remote rows for keys in flight, decided once they
     /// settle.
     deferred: Vec<RemoteRow>,
+    /// Shared store: our settled writes, key → (revision, commit's
+    /// transaction number), kept until the follower's horizon passes the
+    /// commit; a remote row at or below that revision is older than our
+    /// write (read in a snapshot taken before it) and is dropped.
+    own_revs: HashMap<Vec<u8>, (u64, u64)>,
     /// A node-ID lease was asked for and not yet delivered.
     lease_pending: bool,
     /// No lease is asked for before this (after a failed one).
@@ -773,6 +778,7 @@ impl Server {
             failed: Vec::new(),
             inflight: HashMap::new(),
             deferred: Vec::new(),
+            own_revs: HashMap::new(),
             lease_pending: false,
             lease_retry: std::time::Instant::now(),
             metrics,
@@ -934,12 +940,20 @@ impl Server {
     /// stalled on the writer.
     fn release_durable(&mut self, now: Instant) -> Result<(), ServerError> {
         let mut settled = self.durable;
-        let mut committed: Vec<(u64, u64)> = Vec::new();
+        let mut committed = false;
         for ev in self.writer.events() {
             match ev {
-                WriterEvent::Committed { upto, rev } => {
+                WriterEvent::Committed { upto, done } => {
                     settled = settled.max(upto);
-                    committed.push((upto, rev));
+                    committed = true;
+                    if self.follower.is_some() {
+                        for (k, rev) in done.keys {
+                            let e = self.own_revs.entry(k).or_insert((rev, done.txn));
+                            if rev >= e.0 {
+                                *e = (rev, done.txn);
+                            }
+                        }
+                    }
                 }
                 WriterEvent::Failed { from, upto, error } => {
                     settled = settled.max(upto);
@@ -977,6 +991,7 @@ impl Server {
                     self.store_down = None;
                     self.deferred.clear();
                     self.inflight.clear();
+                    self.own_revs.clear();
                     tracing::info!(
                         nodes = self.registry.state().nodes.len(),
                         "registry state reloaded from the store"
@@ -984,8 +999,8 @@ impl Server {
                 }
             }
         }
-        if !committed.is_empty() && !self.inflight.is_empty() {
-            self.settle_inflight(&committed, settled);
+        if committed && !self.inflight.is_empty() {
+            self.settle_inflight(settled);
         }
         if settled > self.durable {
             self.durable = settled;
@@ -1019,26 +1034,11 @@ impl Server {
 
     /// Shared store: forgets keys whose writes settled, and decides the
     /// remote rows deferred on them: a row committed after our write
-    /// (higher revision) wins, an older one is already overwritten.
-    fn settle_inflight(&mut self, committed: &[(u64, u64)], settled: u64) {
-        let rev_of = |seq: u64| {
-            committed
-                .iter()
-                .find(|(upto, _)| *upto >= seq)
-                .map_or(0, |(_, rev)| *rev)
-        };
-        let mut local_rev: HashMap<Vec<u8>, u64> = HashMap::new();
-        let keep_revs = !self.deferred.is_empty();
-        self.inflight.retain(|k, seq| {
-            if *seq > settled {
-                return true;
-            }
-            if keep_revs {
-                local_rev.insert(k.clone(), rev_of(*seq));
-            }
-            false
-        });
-        if !keep_revs {
+    /// (higher revision of its key) wins, an older one is already
+    /// overwritten ([`Server::apply_remote`] compares with `own_revs`).
+    fn settle_inflight(&mut self, settled: u64) {
+        self.inflight.retain(|_, seq| *seq > settled);
+        if self.deferred.is_empty() {
             return;
         }
         let deferred = std::mem::take(&mut self.deferred);
@@ -1046,7 +1046,7 @@ impl Server {
         for row in deferred {
             if self.inflight.contains_key(&row.0) {
                 self.deferred.push(row);
-            } else if local_rev.get(&row.0).is_none_or(|r| row.2 > *r) {
+            } else {
                 apply.push(row);
             }
         }
@@ -1059,6 +1059,14 @@ impl Server {
         for row in rows {
             if self.inflight.contains_key(&row.0) {
                 self.deferred.push(row);
+                continue;
+            }
+            if self
+                .own_revs
+                .get(&row.0)
+                .is_some_and(|(rev, _)| row.2 <= *rev)
+            {
+                // Read before our later write of the key committed.
                 continue;
             }
             match self.registry.apply_remote_record(&row.0, row.1.as_deref()) {
@@ -1087,9 +1095,16 @@ impl Server {
         let reaper = f.reaper.load(Ordering::SeqCst);
         let mut rows = Vec::new();
         let mut resync = false;
+        let mut horizon = None;
         while let Ok(ev) = f.rx.try_recv() {
             match ev {
-                FollowEvent::Rows(r) => rows.extend(r),
+                FollowEvent::Rows {
+                    rows: r,
+                    horizon: h,
+                } => {
+                    rows.extend(r);
+                    horizon = Some(h);
+                }
                 FollowEvent::Resync => resync = true,
             }
         }
@@ -1102,6 +1117,10 @@ impl Server {
                 self.writer.msg(WriterMsg::Reload)?;
             } else {
                 self.apply_remote(now, rows);
+                if let Some(h) = horizon {
+                    // Later snapshots see our commits below `h`.
+                    self.own_revs.retain(|_, (_, txn)| *txn >= h);
+                }
             }
         }
         if self.store_down.is_none()

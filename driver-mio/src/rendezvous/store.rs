@@ -4,10 +4,14 @@
 //! state at start-up and apply [`ChangeSet`]s atomically and durably. What
 //! to persist is decided by `pilot_proto::registry::records`; a store only
 //! keeps keyed records. [`RedbStore`] is the embedded backend: one redb
-//! table `records` (key bytes → value bytes), one write transaction per
-//! call of [`Store::apply`], fsynced before it returns. The file holds the
-//! live records only — there is no log and no compaction — so its size
-//! follows the live state and no write costs more than what it touches.
+//! table `records` (key bytes → value bytes). A call of [`Store::apply`]
+//! is durable when it returns: its change sets are appended to the
+//! write-ahead log ([`super::wal`], one write and one `fdatasync`), and
+//! every [`CHECKPOINT_WRITES`] records or [`CHECKPOINT_AGE`] the logged
+//! sets go into the redb file in one fsynced transaction and the log
+//! starts a new generation. Opening the store replays what the log holds
+//! beyond the last checkpoint. The redb file holds the live records only —
+//! there is no compaction — so its size follows the live state.
 //!
 //! Files written by earlier versions (a `log` of JSON changes plus a
 //! `meta` snapshot) are migrated on open, in one transaction.
@@ -27,6 +31,13 @@ use pilot_proto::registry::server::{Change, State};
 use pilot_proto::registry::snapshot::{Snapshot, SnapshotError};
 use pilot_proto::time::Instant;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+
+use super::wal::{WAL_BYTES, Wal, wal_path};
+
+/// Logged records that trigger a checkpoint into the redb file.
+pub const CHECKPOINT_WRITES: usize = 16_384;
+/// Age of the oldest logged change set that triggers a checkpoint.
+pub const CHECKPOINT_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
 /// Tables of the earlier log-plus-snapshot layout (read for migration).
@@ -61,14 +72,33 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 /// One record another frontend committed: key, value (`None` = deleted)
-/// and the revision of its commit.
+/// and the record's revision (per key, increasing in commit order).
 pub type RemoteRow = (Vec<u8>, Option<Vec<u8>>, u64);
+
+/// What one commit of a shared store reports: the revision each written
+/// key got (increasing per key in commit order) and the commit's
+/// transaction number, which [`FollowEvent::Rows`] horizons are compared
+/// with.
+#[derive(Debug, Default, Clone)]
+pub struct Committed {
+    /// `(key, revision)` for every key written.
+    pub keys: Vec<(Vec<u8>, u64)>,
+    /// The committing transaction's number (0 for an unshared store).
+    pub txn: u64,
+}
 
 /// What a follower thread reports to the event loop.
 #[derive(Debug)]
 pub enum FollowEvent {
-    /// Records committed by other frontends, in commit order.
-    Rows(Vec<RemoteRow>),
+    /// Records committed by other frontends (each key at its latest
+    /// value), read in one snapshot that saw every commit whose
+    /// transaction number is below `horizon`.
+    Rows {
+        /// The records.
+        rows: Vec<RemoteRow>,
+        /// Every commit with a lower transaction number is reflected.
+        horizon: u64,
+    },
     /// The follower lost track (its connection dropped): reload the state.
     Resync,
 }
@@ -97,6 +127,13 @@ pub trait Store: Send {
     /// when this returns. Returns the commit's revision (0 for a store
     /// that is not shared).
     fn apply(&mut self, sets: &[ChangeSet]) -> Result<u64, StoreError>;
+
+    /// [`Store::apply`], reporting each written key's revision for a
+    /// shared store (what the server compares the other frontends' rows
+    /// with). An unshared store reports nothing.
+    fn apply_committed(&mut self, sets: &[ChangeSet]) -> Result<Committed, StoreError> {
+        self.apply(sets).map(|_| Committed::default())
+    }
 
     /// Replaces the whole content with an imported reference snapshot and
     /// returns the imported state.
@@ -139,6 +176,14 @@ pub trait Store: Send {
 /// The embedded redb store.
 pub struct RedbStore {
     db: Database,
+    /// The write-ahead log (`None` while opening).
+    wal: Option<Wal>,
+    /// Change sets in the log and not yet in the redb file.
+    logged: Vec<ChangeSet>,
+    /// Records in `logged`.
+    logged_writes: usize,
+    /// When the oldest of `logged` was appended.
+    logged_since: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -162,7 +207,13 @@ impl RedbStore {
                 .collect();
             names.iter().any(|n| n == "log" || n == "meta")
         };
-        let mut store = RedbStore { db };
+        let mut store = RedbStore {
+            db,
+            wal: None,
+            logged: Vec::new(),
+            logged_writes: 0,
+            logged_since: None,
+        };
         if legacy {
             let state = store.load_legacy(now)?;
             let tx = store.db.begin_write().map_err(dberr)?;
@@ -192,7 +243,44 @@ impl RedbStore {
                 store.apply(&[ChangeSet::full(&State::new(now))?])?;
             }
         }
+        // What the log holds beyond the last checkpoint goes into the file.
+        let (mut wal, sets) = Wal::open(&wal_path(path)).map_err(dberr)?;
+        if !sets.is_empty() {
+            tracing::info!(sets = sets.len(), "store: replaying the write-ahead log");
+            store.commit_file(&sets)?;
+            wal.reset().map_err(dberr)?;
+        }
+        store.wal = Some(wal);
         Ok(store)
+    }
+
+    /// One fsynced redb transaction applying `sets` in order.
+    fn commit_file(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(RECORDS).map_err(dberr)?;
+            for set in sets {
+                write_set(&mut t, set)?;
+            }
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// Moves the logged change sets (and `more`) into the redb file, then
+    /// starts a new log generation.
+    fn checkpoint(&mut self, more: &[ChangeSet]) -> Result<(), StoreError> {
+        if self.logged.is_empty() && more.is_empty() {
+            return Ok(());
+        }
+        let mut sets = std::mem::take(&mut self.logged);
+        sets.extend_from_slice(more);
+        self.commit_file(&sets)?;
+        self.logged_writes = 0;
+        self.logged_since = None;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.reset().map_err(dberr)?;
+        }
+        Ok(())
     }
 
     /// The state held in the legacy tables: the snapshot, then every later
@@ -255,6 +343,7 @@ fn write_set(t: &mut redb::Table<'_, &[u8], &[u8]>, set: &ChangeSet) -> Result<(
 
 impl Store for RedbStore {
     fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError> {
+        self.checkpoint(&[])?;
         let rtx = self.db.begin_read().map_err(dberr)?;
         let t = rtx.open_table(RECORDS).map_err(dberr)?;
         let mut loader = Loader::new(now);
@@ -270,15 +359,39 @@ impl Store for RedbStore {
         if sets.iter().all(ChangeSet::is_empty) {
             return Ok(0);
         }
-        let tx = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = tx.open_table(RECORDS).map_err(dberr)?;
-            for set in sets {
-                write_set(&mut t, set)?;
-            }
+        let Some(wal) = self.wal.as_mut() else {
+            // Opening: straight into the file.
+            self.commit_file(sets)?;
+            return Ok(0);
+        };
+        if !wal.append(sets).map_err(dberr)? {
+            // Too big for what is left of the log.
+            self.checkpoint(sets)?;
+            return Ok(0);
         }
-        tx.commit().map_err(dberr)?;
+        let used = wal.used();
+        self.logged.extend_from_slice(sets);
+        self.logged_writes += sets.iter().map(|s| s.writes.len()).sum::<usize>();
+        let since = *self
+            .logged_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.logged_writes >= CHECKPOINT_WRITES
+            || used >= WAL_BYTES / 2
+            || since.elapsed() >= CHECKPOINT_AGE
+        {
+            self.checkpoint(&[])?;
+        }
         Ok(0)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Best effort: a clean stop leaves the log empty (the log is
+        // replayed on open anyway).
+        if let Err(e) = self.checkpoint(&[]) {
+            tracing::warn!(error = %e, "store: checkpoint at close failed");
+        }
     }
 }
 

@@ -11,9 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pilot_proto::registry::auth::Identity;
-use pilot_proto::registry::codec::{
-    Lookup, Register, Request, Response, decode_response, encode_request, frame_vec,
-};
+use pilot_proto::registry::framing::{ResponseReader, request_frame};
+use pilot_proto::registry::messages::{Lookup, LookupOk, Register, Request, Response};
 
 /// Bound on every wait in these tests.
 pub const STEP: Duration = Duration::from_secs(20);
@@ -129,17 +128,12 @@ impl Client {
 
     /// One request/response; `Err` if the connection failed or closed.
     pub fn try_call(&mut self, req: &Request) -> std::io::Result<Response> {
-        let frame = frame_vec(&encode_request(req).unwrap()).unwrap();
-        self.stream.write_all(&frame)?;
+        self.stream.write_all(&frame(req))?;
         self.read_response()
     }
 
     pub fn read_response(&mut self) -> std::io::Result<Response> {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body)?;
-        decode_response(&body).map_err(|e| std::io::Error::other(e.to_string()))
+        read_response(&mut self.stream)
     }
 
     pub fn call(&mut self, req: &Request) -> Response {
@@ -159,11 +153,32 @@ impl Client {
     }
 
     /// Looks up a node; `None` if the registry does not know it.
-    pub fn lookup(&mut self, node_id: u32) -> Option<pilot_proto::registry::codec::LookupOk> {
+    pub fn lookup(&mut self, node_id: u32) -> Option<LookupOk> {
         match self.call(&Request::Lookup(Lookup { node_id })) {
             Response::LookupOk(ok) => Some(ok),
             _ => None,
         }
+    }
+}
+
+/// `req` as one frame.
+pub fn frame(req: &Request) -> Vec<u8> {
+    request_frame(req).expect("encodable request")
+}
+
+/// Reads exactly one response frame from `r`.
+pub fn read_response(r: &mut impl Read) -> std::io::Result<Response> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body)?;
+    let mut reader = ResponseReader::default();
+    reader.push(&len);
+    reader.push(&body);
+    match reader.next_response() {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(std::io::Error::other("incomplete response")),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! * [`codec`] — the TCP framing (`[u32 length][JSON]`) and the typed
 //!   request/response messages.
+//! * [`messages`] — the typed requests and responses, for callers that
+//!   build and read messages as values (tests, benchmarks, tools).
 //! * [`framing`] — that framing for drivers: a client moves bytes through
 //!   [`client::RegistryClient`], a server uses the frame helpers.
 //! * [`server`] — the registry state machine: requests and time go in,
@@ -29,6 +31,7 @@ pub(crate) mod clock;
 pub mod codec;
 pub mod framing;
 pub mod limits;
+pub mod messages;
 pub(crate) mod ratelimit;
 pub mod records;
 pub mod server;
