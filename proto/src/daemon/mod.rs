@@ -27,6 +27,7 @@
 mod client;
 mod conns;
 mod info;
+mod network;
 mod output;
 mod trust;
 
@@ -311,6 +312,10 @@ enum Purpose {
     Fire,
     /// The registry relay of an IPC handshake request: answer the client.
     HandshakeRelay { client: ClientId, peer: u32 },
+    /// A broadcast waiting for its network's member list.
+    Broadcast(Box<network::PendingBroadcast>),
+    /// Our own lookup after registration: the networks we belong to.
+    OwnNetworks,
     /// The deregistration of a shutdown.
     ShutdownDeregister,
 }
@@ -353,6 +358,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     public: bool,
     tags: Vec<String>,
     owner: String,
+    /// Non-backbone networks this node belongs to, as last heard.
+    networks: BTreeSet<u16>,
 
     registry: Option<RegistryClient>,
     /// The registry connection is up or being dialled (a disconnect report
@@ -486,6 +493,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             public: cfg.public,
             tags: cfg.tags,
             owner: cfg.owner,
+            networks: BTreeSet::new(),
             registry,
             reg_live: false,
             registered_once: false,
@@ -894,6 +902,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.trust_waiters.retain(|w| w.client != client);
         for p in self.calls.values_mut() {
             if matches!(p, Purpose::Ipc { client: c, .. } | Purpose::HandshakeRelay { client: c, .. } if *c == client)
+                || matches!(p, Purpose::Broadcast(b) if b.client == client)
             {
                 *p = Purpose::Fire;
             }
@@ -1633,6 +1642,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     Call::SetTags(tags),
                 ),
             },
+            IpcMessage::Network(n) => self.ipc_network(now, client, n),
+            IpcMessage::Managed(m) => self.ipc_managed(now, client, m),
+            IpcMessage::Broadcast {
+                network,
+                port,
+                token,
+                data,
+            } => self.ipc_broadcast(now, client, network, port, token.as_bytes(), data),
             IpcMessage::Cancel(_) => {}
             other => {
                 let name = other.command().name();
@@ -2037,6 +2054,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let again = self.registered_once;
         self.registered_once = true;
+        self.refresh_own_networks(now, node_id);
         // A public daemon announces itself only once the registry says it
         // is public: before that, dials to it are refused as private.
         let mut announce_later = false;
@@ -2127,7 +2145,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                                 self.tags = tags.clone().unwrap_or_default();
                                 self.save_profile();
                             }
-                            _ => {}
+                            other => self.note_network_reply(other),
                         }
                         codec::encode_response(&resp)
                             .ok()
@@ -2143,6 +2161,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             Command::SetHostnameOk => IpcMessage::SetHostnameOk(&json),
                             Command::SetVisibilityOk => IpcMessage::SetVisibilityOk(&json),
                             Command::DeregisterOk => IpcMessage::DeregisterOk(&json),
+                            Command::NetworkOk => IpcMessage::NetworkOk(&json),
+                            Command::ManagedOk => IpcMessage::ManagedOk(&json),
                             _ => IpcMessage::SetTagsOk(&json),
                         };
                         self.reply_msg(now, client, &msg);
@@ -2272,6 +2292,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             n.identity_unknown(now, node);
                         }
                     }
+                }
+            }
+            Purpose::Broadcast(b) => self.broadcast_members(now, *b, result),
+            Purpose::OwnNetworks => {
+                if let Ok(resp) = &result {
+                    self.note_network_reply(resp);
                 }
             }
             Purpose::HandshakeRelay { client, peer } => match result {
