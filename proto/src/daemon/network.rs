@@ -171,14 +171,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     ) {
         let ours = String::from_utf8_lossy(&self.admin_token);
         let given = String::from_utf8_lossy(token);
-        if self.admin_token.is_empty()
-            || !crate::registry::auth::token_matches(&ours, &given)
-        {
+        if self.admin_token.is_empty() || !crate::registry::auth::token_matches(&ours, &given) {
             self.push_error(client, &"broadcast: invalid admin token");
             return;
         }
         if network == 0 {
-            self.push_error(client, &"broadcast: cannot broadcast on the backbone network");
+            self.push_error(
+                client,
+                &"broadcast: cannot broadcast on the backbone network",
+            );
             return;
         }
         let Some(reg) = self.registry.as_mut() else {
@@ -272,8 +273,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             } => {
                 self.networks.insert(*network_id);
             }
-            Response::LeaveNetworkOk { network_id }
-            | Response::DeleteNetworkOk { network_id } => {
+            Response::LeaveNetworkOk { network_id } | Response::DeleteNetworkOk { network_id } => {
                 self.networks.remove(network_id);
             }
             Response::KickMemberOk(r) if Some(r.node_id) == me => {

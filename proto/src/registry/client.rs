@@ -870,8 +870,7 @@ impl RegistryClient {
                 })
             }
             NetCall::RespondInvite { network, accept } => {
-                let (signature, sig_ts) =
-                    self.sign(now, &format!("respond_invite:{id}:{network}"));
+                let (signature, sig_ts) = self.sign(now, &format!("respond_invite:{id}:{network}"));
                 Request::RespondInvite(codec::RespondInvite {
                     node_id: id,
                     network_id: network,
@@ -881,8 +880,7 @@ impl RegistryClient {
                 })
             }
             NetCall::Delete(network) => {
-                let (signature, sig_ts) =
-                    self.sign(now, &format!("delete_network:{id}:{network}"));
+                let (signature, sig_ts) = self.sign(now, &format!("delete_network:{id}:{network}"));
                 Request::DeleteNetwork(codec::DeleteNetwork {
                     node_id: id,
                     network_id: network,
@@ -908,8 +906,7 @@ impl RegistryClient {
                 network,
                 target,
             } => {
-                let (signature, sig_ts) =
-                    self.sign(now, &format!("{op}:{id}:{network}:{target}"));
+                let (signature, sig_ts) = self.sign(now, &format!("{op}:{id}:{network}:{target}"));
                 let a = codec::MemberAction {
                     node_id: id,
                     network_id: network,

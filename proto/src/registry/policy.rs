@@ -124,12 +124,12 @@ pub fn parse_policy(v: &Value) -> Result<NetworkPolicy, PolicyError> {
         match k.as_str() {
             "version" => {}
             "max_members" => {
-                p.max_members = val
-                    .as_u64()
-                    .filter(|n| *n <= 65_535)
-                    .ok_or(PolicyError::BadValue(
-                        "max_members must be an integer 0..=65535",
-                    ))? as u32;
+                p.max_members =
+                    val.as_u64()
+                        .filter(|n| *n <= 65_535)
+                        .ok_or(PolicyError::BadValue(
+                            "max_members must be an integer 0..=65535",
+                        ))? as u32;
             }
             "allowed_ports" => {
                 let arr = val.as_array().ok_or(PolicyError::BadValue(
@@ -137,12 +137,9 @@ pub fn parse_policy(v: &Value) -> Result<NetworkPolicy, PolicyError> {
                 ))?;
                 let mut ports = Vec::with_capacity(arr.len().min(MAX_POLICY_PORTS));
                 for x in arr {
-                    let port = x
-                        .as_u64()
-                        .and_then(|n| u16::try_from(n).ok())
-                        .ok_or(PolicyError::BadValue(
-                            "allowed_ports entries must be integers 0..=65535",
-                        ))?;
+                    let port = x.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or(
+                        PolicyError::BadValue("allowed_ports entries must be integers 0..=65535"),
+                    )?;
                     ports.push(port);
                 }
                 ports.sort_unstable();
@@ -191,12 +188,17 @@ mod tests {
     fn policy_table() {
         let ok = |v: Value| parse_policy(&v).unwrap();
         let err = |v: Value| parse_policy(&v).unwrap_err().to_string();
-        assert_eq!(ok(json!({"version":1})), NetworkPolicy {
-            version: 1,
-            ..Default::default()
-        });
-        let p = ok(json!({"version":1,"max_members":3,"allowed_ports":[7,1000,7],
-            "description":"d","member_invites":true}));
+        assert_eq!(
+            ok(json!({"version":1})),
+            NetworkPolicy {
+                version: 1,
+                ..Default::default()
+            }
+        );
+        let p = ok(
+            json!({"version":1,"max_members":3,"allowed_ports":[7,1000,7],
+            "description":"d","member_invites":true}),
+        );
         assert_eq!(p.allowed_ports, vec![7, 1000]);
         assert!(p.port_allowed(7) && !p.port_allowed(8));
         assert!(p.has_room(2) && !p.has_room(3));
@@ -207,14 +209,26 @@ mod tests {
             (json!([]), "JSON object"),
             (json!({}), "version must be 1"),
             (json!({"version":2}), "version must be 1"),
-            (json!({"version":1,"max_member":3}), "unknown key \"max_member\""),
+            (
+                json!({"version":1,"max_member":3}),
+                "unknown key \"max_member\"",
+            ),
             (json!({"version":1,"max_members":-1}), "max_members"),
             (json!({"version":1,"max_members":70000}), "max_members"),
-            (json!({"version":1,"allowed_ports":[70000]}), "allowed_ports"),
+            (
+                json!({"version":1,"allowed_ports":[70000]}),
+                "allowed_ports",
+            ),
             (json!({"version":1,"allowed_ports":"7"}), "allowed_ports"),
             (json!({"version":1,"description":5}), "description"),
-            (json!({"version":1,"description":"x".repeat(257)}), "too long"),
-            (json!({"version":1,"member_invites":"yes"}), "member_invites"),
+            (
+                json!({"version":1,"description":"x".repeat(257)}),
+                "too long",
+            ),
+            (
+                json!({"version":1,"member_invites":"yes"}),
+                "member_invites",
+            ),
             (
                 json!({"version":1,"allowed_ports":(0..65).collect::<Vec<u32>>()}),
                 "more than 64",

@@ -1462,12 +1462,11 @@ impl<'a> IpcMessage<'a> {
                     }
                     NetworkRequest::Create { rule, name, token } => {
                         put_u8(s, rule)?;
-                        let len = u16::try_from(name.len()).map_err(|_| {
-                            EncodeError::FieldTooLong {
+                        let len =
+                            u16::try_from(name.len()).map_err(|_| EncodeError::FieldTooLong {
                                 field: "network name",
                                 len: name.len(),
-                            }
-                        })?;
+                            })?;
                         put_u16(s, len)?;
                         s.put(name.as_bytes())?;
                         s.put(token.as_bytes())

@@ -205,7 +205,9 @@ pub enum RegistryError {
     #[error("unknown message type: \"{0}\"")]
     UnknownType(String),
     /// The acting node's role does not allow the operation.
-    #[error("permission denied: {op} requires role {need} in network {network_id} (node {node_id} is {has})")]
+    #[error(
+        "permission denied: {op} requires role {need} in network {network_id} (node {node_id} is {has})"
+    )]
     RoleDenied {
         /// Operation.
         op: &'static str,

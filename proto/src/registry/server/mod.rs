@@ -1668,7 +1668,12 @@ impl Registry {
             &r.admin_token,
             &[Role::Owner],
         )?;
-        let members = self.network(r.network_id)?.members.iter().copied().collect();
+        let members = self
+            .network(r.network_id)?
+            .members
+            .iter()
+            .copied()
+            .collect();
         self.commit(Change::RemoveNetwork {
             network_id: r.network_id,
             members,

@@ -125,7 +125,13 @@ pub struct NetworkRecord {
 
 impl NetworkRecord {
     /// A network without members, roles, tags or policy.
-    pub fn new(id: u16, name: String, join_rule: JoinRule, token: String, created: Instant) -> Self {
+    pub fn new(
+        id: u16,
+        name: String,
+        join_rule: JoinRule,
+        token: String,
+        created: Instant,
+    ) -> Self {
         NetworkRecord {
             id,
             name,

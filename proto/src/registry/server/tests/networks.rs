@@ -83,29 +83,113 @@ fn member_actions_table() {
     let before: Roles = [Some(Owner), Some(Admin), Some(Member), Some(Member)];
     let rows: &[(&str, u32, u32, Option<&str>, Roles)] = &[
         // kick
-        ("kick_member", A, C, None, [Some(Owner), Some(Admin), None, Some(Member)]),
-        ("kick_member", A, B, None, [Some(Owner), None, Some(Member), Some(Member)]),
-        ("kick_member", B, C, None, [Some(Owner), Some(Admin), None, Some(Member)]),
-        ("kick_member", B, A, Some("cannot kick the network owner"), before),
+        (
+            "kick_member",
+            A,
+            C,
+            None,
+            [Some(Owner), Some(Admin), None, Some(Member)],
+        ),
+        (
+            "kick_member",
+            A,
+            B,
+            None,
+            [Some(Owner), None, Some(Member), Some(Member)],
+        ),
+        (
+            "kick_member",
+            B,
+            C,
+            None,
+            [Some(Owner), Some(Admin), None, Some(Member)],
+        ),
+        (
+            "kick_member",
+            B,
+            A,
+            Some("cannot kick the network owner"),
+            before,
+        ),
         ("kick_member", A, A, Some("cannot kick yourself"), before),
-        ("kick_member", C, D, Some("permission denied: kick_member requires role owner or admin"), before),
-        ("kick_member", E, C, Some("is not a member of network"), before),
+        (
+            "kick_member",
+            C,
+            D,
+            Some("permission denied: kick_member requires role owner or admin"),
+            before,
+        ),
+        (
+            "kick_member",
+            E,
+            C,
+            Some("is not a member of network"),
+            before,
+        ),
         ("kick_member", A, E, Some("node 5 is not a member"), before),
         // promote
-        ("promote_member", A, C, None, [Some(Owner), Some(Admin), Some(Admin), Some(Member)]),
+        (
+            "promote_member",
+            A,
+            C,
+            None,
+            [Some(Owner), Some(Admin), Some(Admin), Some(Member)],
+        ),
         ("promote_member", A, B, Some("already an admin"), before),
-        ("promote_member", B, C, Some("requires role owner in network 1 (node 2 is admin)"), before),
+        (
+            "promote_member",
+            B,
+            C,
+            Some("requires role owner in network 1 (node 2 is admin)"),
+            before,
+        ),
         ("promote_member", C, D, Some("(node 3 is member)"), before),
-        ("promote_member", A, A, Some("cannot promote the network owner"), before),
+        (
+            "promote_member",
+            A,
+            A,
+            Some("cannot promote the network owner"),
+            before,
+        ),
         // demote
-        ("demote_member", A, B, None, [Some(Owner), Some(Member), Some(Member), Some(Member)]),
+        (
+            "demote_member",
+            A,
+            B,
+            None,
+            [Some(Owner), Some(Member), Some(Member), Some(Member)],
+        ),
         ("demote_member", A, C, Some("not an admin"), before),
         ("demote_member", B, B, Some("requires role owner"), before),
-        ("demote_member", A, A, Some("cannot demote the network owner"), before),
+        (
+            "demote_member",
+            A,
+            A,
+            Some("cannot demote the network owner"),
+            before,
+        ),
         // transfer
-        ("transfer_ownership", A, C, None, [Some(Admin), Some(Admin), Some(Owner), Some(Member)]),
-        ("transfer_ownership", A, B, None, [Some(Admin), Some(Owner), Some(Member), Some(Member)]),
-        ("transfer_ownership", B, C, Some("requires role owner"), before),
+        (
+            "transfer_ownership",
+            A,
+            C,
+            None,
+            [Some(Admin), Some(Admin), Some(Owner), Some(Member)],
+        ),
+        (
+            "transfer_ownership",
+            A,
+            B,
+            None,
+            [Some(Admin), Some(Owner), Some(Member), Some(Member)],
+        ),
+        (
+            "transfer_ownership",
+            B,
+            C,
+            Some("requires role owner"),
+            before,
+        ),
         ("transfer_ownership", A, A, Some("current owner"), before),
         ("transfer_ownership", A, E, Some("is not a member"), before),
     ];
@@ -202,7 +286,11 @@ fn invite_leave_and_kicked_member_rules() {
             ..Default::default()
         })
     };
-    assert!(w.h.err(leave(A)).to_string().contains("cannot leave a network you own"));
+    assert!(
+        w.h.err(leave(A))
+            .to_string()
+            .contains("cannot leave a network you own")
+    );
     w.h.ok(leave(D));
     // A kicked member loses the network, its trust through it, and its
     // role and tags; it may be invited back as a plain member.
@@ -238,17 +326,27 @@ fn rename_delete_tags_and_policy() {
             node_id: actor,
             network_id: net,
             name: name.into(),
-            signature: sig(seed_of(actor), &format!("rename_network:{actor}:{net}:{name}")),
+            signature: sig(
+                seed_of(actor),
+                &format!("rename_network:{actor}:{net}:{name}"),
+            ),
             ..Default::default()
         })
     };
-    assert!(w.h.err(rename(B, "x")).to_string().contains("requires role owner"));
+    assert!(
+        w.h.err(rename(B, "x"))
+            .to_string()
+            .contains("requires role owner")
+    );
     create(&mut w.h, E, "taken", "", "");
     assert_eq!(
         w.h.err(rename(A, "taken")),
         RegistryError::NetworkExists("taken".into())
     );
-    assert!(matches!(w.h.err(rename(A, "Bad Name!")), RegistryError::NetworkName(_)));
+    assert!(matches!(
+        w.h.err(rename(A, "Bad Name!")),
+        RegistryError::NetworkName(_)
+    ));
     w.h.ok(rename(A, "crew2"));
     w.h.ok(rename(A, "crew2")); // its own name is not "taken"
     assert_eq!(w.h.reg.state().networks[&net].name, "crew2");
@@ -260,7 +358,10 @@ fn rename_delete_tags_and_policy() {
             network_id: net,
             target_node_id: target,
             tags: t.iter().map(|s| s.to_string()).collect(),
-            signature: sig(seed_of(actor), &format!("set_member_tags:{actor}:{net}:{target}")),
+            signature: sig(
+                seed_of(actor),
+                &format!("set_member_tags:{actor}:{net}:{target}"),
+            ),
             ..Default::default()
         })
     };
@@ -274,7 +375,10 @@ fn rename_delete_tags_and_policy() {
         })
     );
     assert!(w.h.err(tags(C, D, &["x"])).to_string().contains("denied"));
-    assert!(matches!(w.h.err(tags(A, D, &["bad tag"])), RegistryError::Tags(_)));
+    assert!(matches!(
+        w.h.err(tags(A, D, &["bad tag"])),
+        RegistryError::Tags(_)
+    ));
     assert!(matches!(
         w.h.err(tags(A, E, &["x"])),
         RegistryError::NotMember { .. }
@@ -301,7 +405,10 @@ fn rename_delete_tags_and_policy() {
     };
     assert!(policy.is_none());
     let d = nodes.iter().find(|n| n.node_id == D).unwrap();
-    assert_eq!((d.role.as_deref(), d.member_tags.len()), (Some("member"), 2));
+    assert_eq!(
+        (d.role.as_deref(), d.member_tags.len()),
+        (Some("member"), 2)
+    );
     assert_eq!(nodes[0].role.as_deref(), Some("owner"));
 
     // Policy: owner only, validated, enforced at join time.
@@ -341,7 +448,10 @@ fn rename_delete_tags_and_policy() {
     })) else {
         panic!()
     };
-    assert_eq!(p.policy.unwrap()["allowed_ports"], serde_json::json!([1000]));
+    assert_eq!(
+        p.policy.unwrap()["allowed_ports"],
+        serde_json::json!([1000])
+    );
     let mut clear = set_policy(A, serde_json::Value::Null);
     if let Request::SetNetworkPolicy(r) = &mut clear {
         r.policy = None;
@@ -358,7 +468,11 @@ fn rename_delete_tags_and_policy() {
             ..Default::default()
         })
     };
-    assert!(w.h.err(delete(B)).to_string().contains("requires role owner"));
+    assert!(
+        w.h.err(delete(B))
+            .to_string()
+            .contains("requires role owner")
+    );
     w.h.ok(delete(A));
     assert!(!w.h.reg.state().networks.contains_key(&net));
     for n in [A, B, C] {
@@ -381,7 +495,9 @@ fn management_types_unknown_in_legacy_profile() {
     let mut h = H::legacy();
     h.register(1);
     assert_eq!(
-        h.err(Request::GetNetworkPolicy(GetNetworkPolicy { network_id: 1 })),
+        h.err(Request::GetNetworkPolicy(GetNetworkPolicy {
+            network_id: 1
+        })),
         RegistryError::UnknownType("get_network_policy".into())
     );
     assert_eq!(
