@@ -186,22 +186,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.push_error(client, &"broadcast: no registry configured");
             return;
         };
-        match reg.call(now, Call::Net(NetCall::Members(network))) {
-            Ok(id) => {
-                self.calls.insert(
-                    id,
-                    Purpose::Broadcast(Box::new(PendingBroadcast {
-                        client,
-                        network,
-                        port,
-                        data: data.to_vec(),
-                    })),
-                );
+        let purpose = Purpose::Broadcast(Box::new(PendingBroadcast {
+            client,
+            network,
+            port,
+            data: data.to_vec(),
+        }));
+        match self
+            .calls
+            .start(reg, now, Call::Net(NetCall::Members(network)), purpose)
+        {
+            Ok(_) => {
                 if let Some(c) = self.clients.get_mut(&client) {
                     c.inflight += 1;
                 }
             }
-            Err(e) => self.push_error(client, &format!("broadcast: registry: {e}")),
+            Err(e) => self.push_error(client, &format!("broadcast: registry: {}", e.error)),
         }
     }
 
@@ -212,7 +212,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         b: PendingBroadcast,
         result: Result<Response, String>,
     ) {
-        let me = self.address.map(|a| a.node);
+        let me = self.address().map(|a| a.node);
         let (nodes, policy) = match result {
             Ok(Response::ListNodesOk { nodes, policy }) => (nodes, policy),
             Ok(_) => {
@@ -261,7 +261,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// Keeps [`Self::networks`] in step with what a network reply says
     /// about this node.
     pub(super) fn note_network_reply(&mut self, resp: &Response) {
-        let me = self.address.map(|a| a.node);
+        let me = self.address().map(|a| a.node);
         match resp {
             Response::CreateNetworkOk { network_id, .. }
             | Response::JoinNetworkOk { network_id, .. } => {
@@ -288,12 +288,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// After (re-)registration: learn our networks from our own lookup.
     pub(super) fn refresh_own_networks(&mut self, now: Instant, node_id: u32) {
-        if let Some(Ok(id)) = self
-            .registry
-            .as_mut()
-            .map(|r| r.call(now, Call::Lookup(node_id)))
-        {
-            self.calls.insert(id, Purpose::OwnNetworks);
+        if let Some(reg) = self.registry.as_mut() {
+            // Best effort: a refused call only leaves `networks` as it was.
+            let _ = self
+                .calls
+                .start(reg, now, Call::Lookup(node_id), Purpose::OwnNetworks);
         }
     }
 }
