@@ -317,6 +317,11 @@ impl IpcClient {
         }
     }
 
+    /// Sends `msg` and returns its JSON reply (within the client's timeout).
+    pub fn request_value(&self, msg: &IpcMessage<'_>) -> Result<Value> {
+        self.request_json(msg, self.timeout)
+    }
+
     fn request_json(&self, msg: &IpcMessage<'_>, timeout: Duration) -> Result<Value> {
         let body = self.request_raw(msg, timeout)?;
         json_payload(&body)

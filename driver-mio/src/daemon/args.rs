@@ -82,6 +82,10 @@ pub struct DaemonArgs {
     /// Owner string sent at registration (key recovery)
     #[arg(long)]
     pub owner: Option<String>,
+    /// The registry's admin token: lets this daemon create networks and
+    /// authorises `broadcast` requests [env: PILOT_ADMIN_TOKEN]
+    #[arg(long, env = "PILOT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Make this node publicly visible after registering
     #[arg(long)]
     pub public: bool,
@@ -158,6 +162,7 @@ struct FileConfig {
     identity: Option<PathBuf>,
     hostname: Option<String>,
     owner: Option<String>,
+    admin_token: Option<String>,
     public: Option<bool>,
     no_encrypt: Option<bool>,
     no_echo: Option<bool>,
@@ -222,6 +227,8 @@ pub struct Settings {
     pub hostname: Option<String>,
     /// Owner string.
     pub owner: Option<String>,
+    /// The registry's admin token (network creation, broadcast).
+    pub admin_token: Option<String>,
     /// Public visibility.
     pub public: bool,
     /// Tags to set after registering (from `profile.json`).
@@ -384,6 +391,7 @@ impl DaemonArgs {
             identity,
             hostname: self.hostname.clone().or(file.hostname),
             owner: self.owner.clone().or(file.owner),
+            admin_token: self.admin_token.clone().or(file.admin_token),
             public: on(self.public, file.public),
             tags: Vec::new(),
             encrypt: !on(self.no_encrypt, file.no_encrypt),

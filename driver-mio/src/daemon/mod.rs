@@ -242,6 +242,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     cfg.public = set.public;
     cfg.tags = set.tags.clone();
     cfg.owner = set.owner.clone().unwrap_or_default();
+    cfg.admin_token = set.admin_token.clone().unwrap_or_default().into_bytes();
     cfg.services = Services {
         echo: set.echo,
         dataexchange: set.dataexchange,

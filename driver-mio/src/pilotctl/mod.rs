@@ -17,6 +17,7 @@ pub mod demo;
 pub mod gateway;
 pub mod mailbox;
 pub mod nameserver;
+pub mod network;
 pub mod ops;
 pub mod runners;
 pub mod secure;
@@ -300,6 +301,15 @@ enum Cmd {
     /// IP gateway: reach peers' services from ordinary TCP clients through
     /// local IPs (start|stop|map|unmap|list)
     Gateway(gateway::GatewayArgs),
+    /// Networks: list|create|delete|rename|join|leave|members|invite|
+    /// invites|accept|reject|kick|promote|demote|transfer|role
+    Network(network::NetworkArgs),
+    /// Managed networks: status, policy-get|policy-set|policy-validate,
+    /// member tags
+    Managed(network::ManagedArgs),
+    /// Send one datagram to every other member of a network (needs the
+    /// daemon's admin token)
+    Broadcast(network::BroadcastArgs),
     /// The agent skill file (SKILL.md) teaching an LLM agent to use
     /// pilotctl --json: show, install, status
     Skill(skill::SkillArgs),
@@ -668,6 +678,27 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
             Ok(Output::Done(ExitCode::SUCCESS))
         }
         Cmd::Daemon { command } => daemon_cmd(command, socket),
+        Cmd::Network(args) => {
+            let (data, text) = network::run_network(args, &connect(socket)?)?;
+            Ok(Output::Data {
+                data,
+                text: Some(text),
+            })
+        }
+        Cmd::Managed(args) => {
+            let (data, text) = network::run_managed(args, || connect(socket))?;
+            Ok(Output::Data {
+                data,
+                text: Some(text),
+            })
+        }
+        Cmd::Broadcast(args) => {
+            let (data, text) = network::run_broadcast(args, &connect(socket)?)?;
+            Ok(Output::Data {
+                data,
+                text: Some(text),
+            })
+        }
         Cmd::Info => {
             let c = connect(socket)?;
             let info = c.info().map_err(|e| CliError::ipc(e, "internal"))?;

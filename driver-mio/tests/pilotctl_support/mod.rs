@@ -111,6 +111,11 @@ pub struct Net {
 impl Net {
     /// Starts the rendezvous on free loopback ports.
     pub fn new() -> Net {
+        Self::new_with(&[])
+    }
+
+    /// Like [`Net::new`], with extra rendezvous flags.
+    pub fn new_with(extra: &[&str]) -> Net {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(PILOTCTL)
             .args([
@@ -122,6 +127,7 @@ impl Net {
                 "--store",
             ])
             .arg(dir.path().join("rv.redb"))
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -70,6 +70,10 @@ pub(crate) enum Purpose {
     Fire,
     /// The registry relay of an IPC handshake request: answer the client.
     HandshakeRelay { client: ClientId, peer: u32 },
+    /// A broadcast waiting for its network's member list.
+    Broadcast(Box<super::network::PendingBroadcast>),
+    /// Our own lookup after registration: the networks we belong to.
+    OwnNetworks,
     /// The deregistration of a shutdown.
     ShutdownDeregister,
 }
@@ -89,6 +93,7 @@ impl Purpose {
     fn client(&self) -> Option<ClientId> {
         match self {
             Purpose::Ipc { client, .. } | Purpose::HandshakeRelay { client, .. } => Some(*client),
+            Purpose::Broadcast(b) => Some(b.client),
             _ => None,
         }
     }

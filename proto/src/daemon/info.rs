@@ -156,6 +156,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "node_id": self.life.address().map(|a| a.node).unwrap_or(0),
             "address": self.life.address().map(|a| a.to_string()).unwrap_or_default(),
             "hostname": self.hostname,
+            "networks": self.networks,
             "uptime_secs": uptime as f64,
             "connections": active,
             "ports": self.ports.len(),

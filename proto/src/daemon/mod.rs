@@ -29,6 +29,7 @@ mod client;
 mod conns;
 mod info;
 mod lifecycle;
+mod network;
 mod output;
 pub mod paths;
 mod trust;
@@ -362,6 +363,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     public: bool,
     tags: Vec<String>,
     owner: String,
+    /// Non-backbone networks this node belongs to, as last heard.
+    networks: BTreeSet<u16>,
 
     registry: Option<RegistryClient>,
     /// The registry connection is up or being dialled (a disconnect report
@@ -493,6 +496,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             public: cfg.public,
             tags: cfg.tags,
             owner: cfg.owner,
+            networks: BTreeSet::new(),
             registry,
             reg_live: false,
             registered_once: false,
@@ -1829,6 +1833,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     Call::SetTags(tags),
                 ),
             },
+            IpcMessage::Network(n) => self.ipc_network(now, client, n),
+            IpcMessage::Managed(m) => self.ipc_managed(now, client, m),
+            IpcMessage::Broadcast {
+                network,
+                port,
+                token,
+                data,
+            } => self.ipc_broadcast(now, client, network, port, token.as_bytes(), data),
             IpcMessage::Cancel(_) => {}
             IpcMessage::PreferDirect { node_id } => self.ipc_prefer_direct(now, client, node_id),
             other => {
@@ -2269,6 +2281,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let again = self.registered_once;
         self.registered_once = true;
+        self.refresh_own_networks(now, node_id);
         // A public daemon announces itself only once the registry says it
         // is public: before that, dials to it are refused as private.
         let mut announce_later = false;
@@ -2364,7 +2377,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                                 self.tags = tags.clone().unwrap_or_default();
                                 self.save_profile();
                             }
-                            _ => {}
+                            other => self.note_network_reply(other),
                         }
                         codec::encode_response(&resp)
                             .ok()
@@ -2380,6 +2393,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             Command::SetHostnameOk => IpcMessage::SetHostnameOk(&json),
                             Command::SetVisibilityOk => IpcMessage::SetVisibilityOk(&json),
                             Command::DeregisterOk => IpcMessage::DeregisterOk(&json),
+                            Command::NetworkOk => IpcMessage::NetworkOk(&json),
+                            Command::ManagedOk => IpcMessage::ManagedOk(&json),
                             _ => IpcMessage::SetTagsOk(&json),
                         };
                         self.reply_msg(now, client, &msg);
@@ -2504,6 +2519,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             n.identity_unknown(now, node);
                         }
                     }
+                }
+            }
+            Purpose::Broadcast(b) => self.broadcast_members(now, *b, result),
+            Purpose::OwnNetworks => {
+                if let Ok(resp) = &result {
+                    self.note_network_reply(resp);
                 }
             }
             Purpose::HandshakeRelay { client, peer } => match result {

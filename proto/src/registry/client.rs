@@ -198,6 +198,97 @@ pub enum Call {
         /// Accept or reject.
         accept: bool,
     },
+    /// A network operation (`spec/registry.md` §3.15), signed as this node.
+    Net(NetCall),
+}
+
+/// The network operations a daemon makes for its IPC clients
+/// (`spec/daemon.md` §2.7). Mutations are signed by this node; `Create`
+/// carries the daemon's configured admin token (the registry requires one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetCall {
+    /// `list_networks`.
+    List,
+    /// `list_nodes`.
+    Members(u16),
+    /// `create_network`.
+    Create {
+        /// Name.
+        name: String,
+        /// `open`, `token` or `invite`.
+        join_rule: String,
+        /// Join token.
+        token: String,
+        /// The daemon's admin token.
+        admin_token: String,
+    },
+    /// `join_network`.
+    Join {
+        /// Network.
+        network: u16,
+        /// Join token.
+        token: String,
+    },
+    /// `leave_network`.
+    Leave(u16),
+    /// `invite_to_network`.
+    Invite {
+        /// Network.
+        network: u16,
+        /// Invited node.
+        target: u32,
+    },
+    /// `poll_invites`.
+    PollInvites,
+    /// `respond_invite`.
+    RespondInvite {
+        /// Network.
+        network: u16,
+        /// Accept or decline.
+        accept: bool,
+    },
+    /// `delete_network`.
+    Delete(u16),
+    /// `rename_network`.
+    Rename {
+        /// Network.
+        network: u16,
+        /// New name.
+        name: String,
+    },
+    /// `kick_member`, `promote_member`, `demote_member`,
+    /// `transfer_ownership` (the request type).
+    Member {
+        /// One of the four type names.
+        op: &'static str,
+        /// Network.
+        network: u16,
+        /// The member.
+        target: u32,
+    },
+    /// `get_member_role`.
+    Role {
+        /// Network.
+        network: u16,
+        /// The member.
+        target: u32,
+    },
+    /// `get_member_tags` (`tags: None`) or `set_member_tags`.
+    MemberTags {
+        /// Network.
+        network: u16,
+        /// The member.
+        target: u32,
+        /// New tags for a set.
+        tags: Option<Vec<String>>,
+    },
+    /// `get_network_policy` (`policy: None`) or `set_network_policy`.
+    Policy {
+        /// Network.
+        network: u16,
+        /// The policy for a set (`Value::Null` clears).
+        policy: Option<serde_json::Value>,
+    },
 }
 
 /// Command refused.
@@ -740,6 +831,172 @@ impl RegistryClient {
                     node_id: id,
                     peer_id: peer,
                     accept,
+                    signature,
+                    sig_ts,
+                })
+            }
+            Call::Net(n) => self.build_net(now, id, n),
+        }
+    }
+
+    fn build_net(&mut self, now: Instant, id: u32, call: NetCall) -> Request {
+        match call {
+            NetCall::List => Request::ListNetworks(codec::ListNetworks::default()),
+            NetCall::Members(network_id) => Request::ListNodes(codec::ListNodes {
+                network_id,
+                admin_token: String::new(),
+            }),
+            NetCall::Create {
+                name,
+                join_rule,
+                token,
+                admin_token,
+            } => Request::CreateNetwork(codec::CreateNetwork {
+                node_id: id,
+                name,
+                join_rule,
+                token,
+                admin_token,
+            }),
+            NetCall::Join { network, token } => {
+                let (signature, sig_ts) = self.sign(now, &format!("join_network:{id}:{network}"));
+                Request::JoinNetwork(codec::JoinNetwork {
+                    node_id: id,
+                    network_id: network,
+                    token,
+                    signature,
+                    sig_ts,
+                    ..Default::default()
+                })
+            }
+            NetCall::Leave(network) => {
+                let (signature, sig_ts) = self.sign(now, &format!("leave_network:{id}:{network}"));
+                Request::LeaveNetwork(codec::LeaveNetwork {
+                    node_id: id,
+                    network_id: network,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::Invite { network, target } => {
+                let (signature, sig_ts) =
+                    self.sign(now, &format!("invite:{id}:{network}:{target}"));
+                Request::InviteToNetwork(codec::InviteToNetwork {
+                    network_id: network,
+                    inviter_id: id,
+                    target_node_id: target,
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::PollInvites => {
+                let (signature, sig_ts) = self.sign(now, &format!("poll_invites:{id}"));
+                Request::PollInvites(codec::PollInvites {
+                    node_id: id,
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::RespondInvite { network, accept } => {
+                let (signature, sig_ts) = self.sign(now, &format!("respond_invite:{id}:{network}"));
+                Request::RespondInvite(codec::RespondInvite {
+                    node_id: id,
+                    network_id: network,
+                    accept,
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::Delete(network) => {
+                let (signature, sig_ts) = self.sign(now, &format!("delete_network:{id}:{network}"));
+                Request::DeleteNetwork(codec::DeleteNetwork {
+                    node_id: id,
+                    network_id: network,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::Rename { network, name } => {
+                let (signature, sig_ts) =
+                    self.sign(now, &format!("rename_network:{id}:{network}:{name}"));
+                Request::RenameNetwork(codec::RenameNetwork {
+                    node_id: id,
+                    network_id: network,
+                    name,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::Member {
+                op,
+                network,
+                target,
+            } => {
+                let (signature, sig_ts) = self.sign(now, &format!("{op}:{id}:{network}:{target}"));
+                let a = codec::MemberAction {
+                    node_id: id,
+                    network_id: network,
+                    target_node_id: target,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                };
+                match op {
+                    "kick_member" => Request::KickMember(a),
+                    "promote_member" => Request::PromoteMember(a),
+                    "demote_member" => Request::DemoteMember(a),
+                    _ => Request::TransferOwnership(a),
+                }
+            }
+            NetCall::Role { network, target } => Request::GetMemberRole(codec::MemberQuery {
+                network_id: network,
+                target_node_id: target,
+            }),
+            NetCall::MemberTags {
+                network,
+                target,
+                tags: None,
+            } => Request::GetMemberTags(codec::MemberQuery {
+                network_id: network,
+                target_node_id: target,
+            }),
+            NetCall::MemberTags {
+                network,
+                target,
+                tags: Some(tags),
+            } => {
+                let (signature, sig_ts) =
+                    self.sign(now, &format!("set_member_tags:{id}:{network}:{target}"));
+                Request::SetMemberTags(codec::SetMemberTags {
+                    node_id: id,
+                    network_id: network,
+                    target_node_id: target,
+                    tags,
+                    admin_token: String::new(),
+                    signature,
+                    sig_ts,
+                })
+            }
+            NetCall::Policy {
+                network,
+                policy: None,
+            } => Request::GetNetworkPolicy(codec::GetNetworkPolicy {
+                network_id: network,
+            }),
+            NetCall::Policy {
+                network,
+                policy: Some(p),
+            } => {
+                let (signature, sig_ts) =
+                    self.sign(now, &format!("set_network_policy:{id}:{network}"));
+                Request::SetNetworkPolicy(codec::SetNetworkPolicy {
+                    node_id: id,
+                    network_id: network,
+                    policy: (!p.is_null()).then_some(p),
+                    admin_token: String::new(),
                     signature,
                     sig_ts,
                 })

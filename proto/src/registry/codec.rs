@@ -221,6 +221,9 @@ macro_rules! req {
     (@acc $m:tt $name:ident [$($out:tt)*] #[doc = $d:literal] $f:ident : i64, $($rest:tt)*) => {
         req!(@acc $m $name [$($out)* #[doc = $d] #[serde(default, deserialize_with = "de::i64", skip_serializing_if = "Option::is_none")] pub $f: Option<i64>,] $($rest)*);
     };
+    (@acc $m:tt $name:ident [$($out:tt)*] #[doc = $d:literal] $f:ident : json, $($rest:tt)*) => {
+        req!(@acc $m $name [$($out)* #[doc = $d] #[serde(default, skip_serializing_if = "Option::is_none")] pub $f: Option<Value>,] $($rest)*);
+    };
     ($(#[$m:meta])* $name:ident { $($body:tt)* }) => {
         req!(@acc [$(#[$m])*] $name [] $($body)*);
     };
@@ -536,6 +539,101 @@ signed!(
     }
 );
 
+signed!(
+    /// `delete_network` (`spec/registry.md` §3.15.1): owner, signed
+    /// `delete_network:<node>:<net>`, or admin token.
+    DeleteNetwork {
+        /// Acting node.
+        node_id: u32,
+        /// Network.
+        network_id: u16,
+        /// Operator override instead of a signature and role.
+        admin_token: ostr,
+    }
+);
+
+signed!(
+    /// `rename_network` (`spec/registry.md` §3.15.1): owner, signed
+    /// `rename_network:<node>:<net>:<name>`, or admin token.
+    RenameNetwork {
+        /// Acting node.
+        node_id: u32,
+        /// Network.
+        network_id: u16,
+        /// New name.
+        name: str,
+        /// Operator override instead of a signature and role.
+        admin_token: ostr,
+    }
+);
+
+signed!(
+    /// `kick_member`, `promote_member`, `demote_member`,
+    /// `transfer_ownership` (`spec/registry.md` §3.15.1): signed
+    /// `<type>:<node>:<net>:<target>`, or admin token.
+    MemberAction {
+        /// Acting node.
+        node_id: u32,
+        /// Network.
+        network_id: u16,
+        /// The member acted on.
+        target_node_id: u32,
+        /// Operator override instead of a signature and role.
+        admin_token: ostr,
+    }
+);
+
+req!(
+    /// `get_member_role` and `get_member_tags` (no auth).
+    MemberQuery {
+        /// Network.
+        network_id: u16,
+        /// The member.
+        target_node_id: u32,
+    }
+);
+
+signed!(
+    /// `set_member_tags` (`spec/registry.md` §3.15.2): owner or admin,
+    /// signed `set_member_tags:<node>:<net>:<target>`, or admin token.
+    SetMemberTags {
+        /// Acting node.
+        node_id: u32,
+        /// Network.
+        network_id: u16,
+        /// The member whose tags change.
+        target_node_id: u32,
+        /// New tags (empty clears).
+        tags: strs,
+        /// Operator override instead of a signature and role.
+        admin_token: ostr,
+    }
+);
+
+req!(
+    /// `get_network_policy` (no auth).
+    GetNetworkPolicy {
+        /// Network.
+        network_id: u16,
+    }
+);
+
+signed!(
+    /// `set_network_policy` (`spec/registry.md` §3.15.3): owner, signed
+    /// `set_network_policy:<node>:<net>`, or admin token. A `null` or
+    /// absent policy clears it.
+    SetNetworkPolicy {
+        /// Acting node.
+        node_id: u32,
+        /// Network.
+        network_id: u16,
+        /// The policy document (`registry::policy`).
+        policy: json,
+        /// Operator override instead of a signature and role.
+        admin_token: ostr,
+    }
+);
+
 req!(
     /// `update_polo_score` (legacy profile only, `spec/registry.md` §3.16).
     UpdatePoloScore {
@@ -647,6 +745,28 @@ pub enum Request {
     BeaconRegister(BeaconRegister),
     /// `beacon_list`.
     BeaconList(BeaconList),
+    /// `delete_network`.
+    DeleteNetwork(DeleteNetwork),
+    /// `rename_network`.
+    RenameNetwork(RenameNetwork),
+    /// `kick_member`.
+    KickMember(MemberAction),
+    /// `promote_member`.
+    PromoteMember(MemberAction),
+    /// `demote_member`.
+    DemoteMember(MemberAction),
+    /// `transfer_ownership`.
+    TransferOwnership(MemberAction),
+    /// `get_member_role`.
+    GetMemberRole(MemberQuery),
+    /// `set_member_tags`.
+    SetMemberTags(SetMemberTags),
+    /// `get_member_tags`.
+    GetMemberTags(MemberQuery),
+    /// `set_network_policy`.
+    SetNetworkPolicy(SetNetworkPolicy),
+    /// `get_network_policy`.
+    GetNetworkPolicy(GetNetworkPolicy),
     /// Any other `"type"` (answered with `unknown message type`); holds the
     /// type string (empty if missing or not a string). Never encoded.
     #[serde(skip)]
@@ -654,7 +774,7 @@ pub enum Request {
 }
 
 /// The `"type"` strings of every known request, in [`Request`] order.
-pub const REQUEST_TYPES: [&str; 31] = [
+pub const REQUEST_TYPES: [&str; 42] = [
     "register",
     "lookup",
     "resolve",
@@ -686,6 +806,17 @@ pub const REQUEST_TYPES: [&str; 31] = [
     "get_polo_score",
     "beacon_register",
     "beacon_list",
+    "delete_network",
+    "rename_network",
+    "kick_member",
+    "promote_member",
+    "demote_member",
+    "transfer_ownership",
+    "get_member_role",
+    "set_member_tags",
+    "get_member_tags",
+    "set_network_policy",
+    "get_network_policy",
 ];
 
 impl Request {
@@ -724,6 +855,17 @@ impl Request {
             Request::GetPoloScore(_) => 28,
             Request::BeaconRegister(_) => 29,
             Request::BeaconList(_) => 30,
+            Request::DeleteNetwork(_) => 31,
+            Request::RenameNetwork(_) => 32,
+            Request::KickMember(_) => 33,
+            Request::PromoteMember(_) => 34,
+            Request::DemoteMember(_) => 35,
+            Request::TransferOwnership(_) => 36,
+            Request::GetMemberRole(_) => 37,
+            Request::SetMemberTags(_) => 38,
+            Request::GetMemberTags(_) => 39,
+            Request::SetNetworkPolicy(_) => 40,
+            Request::GetNetworkPolicy(_) => 41,
             Request::Unknown(_) => return None,
         })
     }
@@ -903,6 +1045,12 @@ pub struct NodeEntry {
     /// Member whose node record is gone (current profile).
     #[serde(default, skip_serializing_if = "is_false")]
     pub offline: bool,
+    /// Role in the listed network (current profile, non-backbone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Member tags in the listed network, when any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_tags: Vec<String>,
 }
 
 /// One `poll_invites_ok` entry.
@@ -927,6 +1075,40 @@ pub struct BeaconEntry {
     pub addr: String,
     /// Beacon ID.
     pub id: u32,
+}
+
+/// Replies naming one member's role (`kick_member_ok` reports the role
+/// the member had).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRoleOk {
+    /// Network.
+    pub network_id: u16,
+    /// The member.
+    pub node_id: u32,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+}
+
+/// Replies carrying one member's tags.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberTagsOk {
+    /// Network.
+    pub network_id: u16,
+    /// The member.
+    pub node_id: u32,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Replies carrying a network's policy (`null` = none set).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOk {
+    /// Network.
+    pub network_id: u16,
+    /// The policy, or `null`.
+    #[serde(default)]
+    pub policy: Option<Value>,
 }
 
 /// Polo-score replies (`update_/set_/get_polo_score_ok`).
@@ -1080,6 +1262,10 @@ pub enum Response {
     ListNodesOk {
         /// Members.
         nodes: Vec<NodeEntry>,
+        /// Ours: the network's policy, when one is set
+        /// (`spec/registry.md` §3.15.3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<Value>,
     },
     /// `create_network_ok`.
     #[serde(rename = "create_network_ok")]
@@ -1140,6 +1326,47 @@ pub enum Response {
         /// The beacon.
         beacon_id: u32,
     },
+    /// `delete_network_ok`.
+    #[serde(rename = "delete_network_ok")]
+    DeleteNetworkOk {
+        /// Network.
+        network_id: u16,
+    },
+    /// `rename_network_ok`.
+    #[serde(rename = "rename_network_ok")]
+    RenameNetworkOk {
+        /// New name.
+        name: String,
+        /// Network.
+        network_id: u16,
+    },
+    /// `kick_member_ok`.
+    #[serde(rename = "kick_member_ok")]
+    KickMemberOk(MemberRoleOk),
+    /// `promote_member_ok`.
+    #[serde(rename = "promote_member_ok")]
+    PromoteMemberOk(MemberRoleOk),
+    /// `demote_member_ok`.
+    #[serde(rename = "demote_member_ok")]
+    DemoteMemberOk(MemberRoleOk),
+    /// `transfer_ownership_ok` (`node_id` = the new owner).
+    #[serde(rename = "transfer_ownership_ok")]
+    TransferOwnershipOk(MemberRoleOk),
+    /// `get_member_role_ok`.
+    #[serde(rename = "get_member_role_ok")]
+    GetMemberRoleOk(MemberRoleOk),
+    /// `set_member_tags_ok`.
+    #[serde(rename = "set_member_tags_ok")]
+    SetMemberTagsOk(MemberTagsOk),
+    /// `get_member_tags_ok`.
+    #[serde(rename = "get_member_tags_ok")]
+    GetMemberTagsOk(MemberTagsOk),
+    /// `set_network_policy_ok` / `get_network_policy_ok`.
+    #[serde(rename = "set_network_policy_ok")]
+    SetNetworkPolicyOk(PolicyOk),
+    /// `get_network_policy_ok`.
+    #[serde(rename = "get_network_policy_ok")]
+    GetNetworkPolicyOk(PolicyOk),
     /// `beacon_list_ok`.
     #[serde(rename = "beacon_list_ok")]
     BeaconListOk {
@@ -1434,7 +1661,56 @@ mod tests {
                 admin_token: String::new(),
             }),
             Request::BeaconList(BeaconList {}),
+            Request::DeleteNetwork(DeleteNetwork {
+                node_id: 1,
+                network_id: 2,
+                signature: "c2ln".into(),
+                ..Default::default()
+            }),
+            Request::RenameNetwork(RenameNetwork {
+                node_id: 1,
+                network_id: 2,
+                name: "lab".into(),
+                ..Default::default()
+            }),
+            Request::KickMember(member_action()),
+            Request::PromoteMember(member_action()),
+            Request::DemoteMember(member_action()),
+            Request::TransferOwnership(member_action()),
+            Request::GetMemberRole(MemberQuery {
+                network_id: 2,
+                target_node_id: 3,
+            }),
+            Request::SetMemberTags(SetMemberTags {
+                node_id: 1,
+                network_id: 2,
+                target_node_id: 3,
+                tags: vec!["gpu".into()],
+                ..Default::default()
+            }),
+            Request::GetMemberTags(MemberQuery {
+                network_id: 2,
+                target_node_id: 3,
+            }),
+            Request::SetNetworkPolicy(SetNetworkPolicy {
+                node_id: 1,
+                network_id: 2,
+                policy: Some(serde_json::json!({"version":1,"max_members":3})),
+                admin_token: "adm".into(),
+                ..Default::default()
+            }),
+            Request::GetNetworkPolicy(GetNetworkPolicy { network_id: 2 }),
         ]
+    }
+
+    fn member_action() -> MemberAction {
+        MemberAction {
+            node_id: 1,
+            network_id: 2,
+            target_node_id: 3,
+            sig_ts: Some(5),
+            ..Default::default()
+        }
     }
 
     #[test]

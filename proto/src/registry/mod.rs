@@ -16,6 +16,7 @@
 //!   durable store applies atomically.
 //! * [`auth`] — Ed25519 request signatures (legacy fixed challenges and our
 //!   timestamped strong form) and admin-token comparison.
+//! * [`policy`] — network roles and the managed-network policy language.
 //! * [`validate`] — hostname, tag and network-name rules.
 //! * [`ratelimit`] — the per-source-IP token buckets.
 //! * [`clock`] — Unix-time and RFC 3339 conversions for the registry's
@@ -32,6 +33,7 @@ pub mod codec;
 pub mod framing;
 pub mod limits;
 pub mod messages;
+pub mod policy;
 pub(crate) mod ratelimit;
 pub mod records;
 pub mod server;

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::auth::PublicKey;
+use super::policy::{NetworkPolicy, Role};
 use super::server::{
     Change, Invite, JoinRule, NetworkRecord, NodeRecord, Notification, PendingRequest,
     PendingResponse, State, pair,
@@ -190,6 +191,51 @@ struct NetworkHeader {
     join_rule: JoinRule,
     token: String,
     created: u64,
+    /// Managed-network policy (absent in records written before policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<NetworkPolicy>,
+}
+
+/// A membership record's value: empty for a plain member without tags
+/// (the only form written before roles), else this JSON.
+#[derive(Serialize, Deserialize, Default)]
+struct MemberValue {
+    #[serde(default)]
+    role: Role,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+}
+
+fn member_value(net: &NetworkRecord, node: u32) -> Result<Vec<u8>, RecordError> {
+    let v = MemberValue {
+        role: net.role(node),
+        tags: net.tags_of(node).to_vec(),
+    };
+    if v.role == Role::Member && v.tags.is_empty() {
+        Ok(Vec::new())
+    } else {
+        json(&v)
+    }
+}
+
+fn parse_member_value(value: &[u8]) -> Result<MemberValue, String> {
+    if value.is_empty() {
+        return Ok(MemberValue::default());
+    }
+    serde_json::from_slice(value).map_err(|e| e.to_string())
+}
+
+fn set_member_meta(net: &mut NetworkRecord, node: u32, v: MemberValue) {
+    if v.role == Role::Member {
+        net.roles.remove(&node);
+    } else {
+        net.roles.insert(node, v.role);
+    }
+    if v.tags.is_empty() {
+        net.member_tags.remove(&node);
+    } else {
+        net.member_tags.insert(node, v.tags);
+    }
 }
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, RecordError> {
@@ -219,20 +265,14 @@ pub fn record_value(state: &State, key: &RecordKey) -> Result<Option<Vec<u8>>, R
                     join_rule: n.join_rule,
                     token: n.token.clone(),
                     created: n.created.as_nanos(),
+                    policy: n.policy.clone(),
                 })
             })
             .transpose(),
-        RecordKey::Member(net, node) => {
-            if state
-                .networks
-                .get(net)
-                .is_some_and(|n| n.members.contains(node))
-            {
-                empty()
-            } else {
-                Ok(None)
-            }
-        }
+        RecordKey::Member(net, node) => match state.networks.get(net) {
+            Some(n) if n.members.contains(node) => member_value(n, *node).map(Some),
+            _ => Ok(None),
+        },
         RecordKey::Trust(a, b) => {
             if state.trust_pairs.contains(&(*a, *b)) {
                 empty()
@@ -308,6 +348,23 @@ fn touched(change: &Change, state: &State, keys: &mut BTreeSet<RecordKey>) {
         }
         Change::SigTs { node_id, .. } => {
             keys.insert(RecordKey::SigTs(*node_id));
+        }
+        Change::MemberMeta {
+            network_id,
+            node_id,
+            ..
+        } => {
+            keys.insert(RecordKey::Member(*network_id, *node_id));
+        }
+        Change::RemoveNetwork {
+            network_id,
+            members,
+        } => {
+            keys.insert(RecordKey::Network(*network_id));
+            for m in members {
+                keys.insert(RecordKey::Member(*network_id, *m));
+                keys.insert(RecordKey::Node(*m));
+            }
         }
     }
 }
@@ -456,21 +513,21 @@ impl Loader {
                 if h.id != id {
                     return Err(bad(format!("holds network {}", h.id)));
                 }
-                s.networks.insert(
+                let mut rec = NetworkRecord::new(
                     id,
-                    NetworkRecord {
-                        id,
-                        name: h.name,
-                        join_rule: h.join_rule,
-                        token: h.token,
-                        members: BTreeSet::new(),
-                        created: Instant::from_nanos(h.created),
-                    },
+                    h.name,
+                    h.join_rule,
+                    h.token,
+                    Instant::from_nanos(h.created),
                 );
+                rec.policy = h.policy;
+                s.networks.insert(id, rec);
             }
             RecordKey::Member(net, node) => match s.networks.get_mut(&net) {
                 Some(n) => {
+                    let meta = parse_member_value(value).map_err(bad)?;
                     n.members.insert(node);
+                    set_member_meta(n, node, meta);
                 }
                 None => return Err(bad(format!("member of unknown network {net}"))),
             },
@@ -601,24 +658,32 @@ pub fn apply_record(
             if h.id != id {
                 return Err(bad(format!("holds network {}", h.id)));
             }
-            let net = s.networks.entry(id).or_insert_with(|| NetworkRecord {
-                id,
-                name: String::new(),
-                join_rule: JoinRule::Open,
-                token: String::new(),
-                members: BTreeSet::new(),
-                created: Instant::from_nanos(h.created),
+            let net = s.networks.entry(id).or_insert_with(|| {
+                NetworkRecord::new(
+                    id,
+                    String::new(),
+                    JoinRule::Open,
+                    String::new(),
+                    Instant::from_nanos(h.created),
+                )
             });
             net.name = h.name;
             net.join_rule = h.join_rule;
             net.token = h.token;
             net.created = Instant::from_nanos(h.created);
+            net.policy = h.policy;
         }
-        RecordKey::Member(network_id, node_id) => s.apply(&Change::Membership {
-            network_id,
-            node_id,
-            member: true,
-        }),
+        RecordKey::Member(network_id, node_id) => {
+            let meta = parse_member_value(value).map_err(bad)?;
+            s.apply(&Change::Membership {
+                network_id,
+                node_id,
+                member: true,
+            });
+            if let Some(n) = s.networks.get_mut(&network_id) {
+                set_member_meta(n, node_id, meta);
+            }
+        }
         RecordKey::Trust(a, b) => {
             s.trust_pairs.insert(pair(a, b));
         }

@@ -14,6 +14,7 @@ use super::clock::{parse_rfc3339, to_rfc3339};
 use super::server::{
     Invite, JoinRule, NetworkRecord, NodeRecord, PendingRequest, PendingResponse, State, pair,
 };
+use crate::registry::policy::Role;
 use crate::time::Instant;
 
 /// Snapshot (de)serialisation failure.
@@ -97,6 +98,15 @@ pub struct SnapNetwork {
     /// RFC 3339.
     #[serde(default)]
     pub created: String,
+    /// Ours: roles other than `member` (`spec/registry.md` §3.15.2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_roles: BTreeMap<u32, crate::registry::policy::Role>,
+    /// Ours: non-empty member tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_tags: BTreeMap<u32, Vec<String>>,
+    /// Ours: the managed-network policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::registry::policy::NetworkPolicy>,
 }
 
 /// A handshake request in the snapshot.
@@ -247,6 +257,9 @@ impl Snapshot {
                         token: n.token.clone(),
                         members: Some(n.members.iter().copied().collect()),
                         created: to_rfc3339(n.created),
+                        member_roles: n.roles.clone(),
+                        member_tags: n.member_tags.clone(),
+                        policy: n.policy.clone(),
                     },
                 )
             })
@@ -359,7 +372,24 @@ impl Snapshot {
                     .filter(|m| *m != 0)
                     .collect(),
                 created: time_or_zero(&n.created, &mut rep),
+                // Absent from the reference's snapshots; ours carry them.
+                roles: Default::default(),
+                member_tags: Default::default(),
+                policy: n.policy.clone(),
             };
+            let mut rec = rec;
+            rec.roles = n
+                .member_roles
+                .iter()
+                .filter(|(m, r)| rec.members.contains(m) && **r != Role::Member)
+                .map(|(m, r)| (*m, *r))
+                .collect();
+            rec.member_tags = n
+                .member_tags
+                .iter()
+                .filter(|(m, t)| rec.members.contains(m) && !t.is_empty())
+                .map(|(m, t)| (*m, t.clone()))
+                .collect();
             st.networks.insert(id, rec);
         }
         if !st.networks.contains_key(&0) {

@@ -425,6 +425,22 @@ sub_commands! {
         PollInvites = 0x06, "network poll-invites";
         /// Accept or decline an invitation.
         RespondInvite = 0x07, "network respond-invite";
+        /// Ours: create a network.
+        Create = 0x08, "network create";
+        /// Ours: delete a network (owner).
+        Delete = 0x09, "network delete";
+        /// Ours: rename a network (owner).
+        Rename = 0x0A, "network rename";
+        /// Ours: remove a member (owner, admin).
+        Kick = 0x0B, "network kick";
+        /// Ours: make a member an admin (owner).
+        Promote = 0x0C, "network promote";
+        /// Ours: make an admin a plain member (owner).
+        Demote = 0x0D, "network demote";
+        /// Ours: hand ownership to a member (owner).
+        Transfer = 0x0E, "network transfer";
+        /// Ours: a member's role.
+        Role = 0x0F, "network role";
     }
 }
 
@@ -585,6 +601,66 @@ pub enum NetworkRequest<'a> {
         /// 1 = accept.
         accept: Flag,
     },
+    /// `0x08` (ours): create a network:
+    /// `[u8 rule: 0 open, 1 token, 2 invite][u16 name_len][name][token…]`.
+    Create {
+        /// Join-rule byte (other values are refused by the daemon).
+        rule: u8,
+        /// Network name.
+        name: &'a str,
+        /// Join token (token networks).
+        token: &'a str,
+    },
+    /// `0x09` (ours): delete `[u16 net]`.
+    Delete {
+        /// Network id.
+        network: u16,
+    },
+    /// `0x0A` (ours): rename `[u16 net][name…]`.
+    Rename {
+        /// Network id.
+        network: u16,
+        /// New name.
+        name: &'a str,
+    },
+    /// `0x0B`–`0x0F` (ours): `[u16 net][u32 node]` kick, promote, demote,
+    /// transfer ownership, role.
+    Member {
+        /// Which of the five.
+        sub: MemberSub,
+        /// Network id.
+        network: u16,
+        /// The member.
+        target: u32,
+    },
+}
+
+/// The member operations of [`NetworkRequest::Member`].
+#[derive(arbitrary::Arbitrary, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemberSub {
+    /// `0x0B` kick.
+    Kick,
+    /// `0x0C` promote.
+    Promote,
+    /// `0x0D` demote.
+    Demote,
+    /// `0x0E` transfer ownership.
+    Transfer,
+    /// `0x0F` get role.
+    Role,
+}
+
+impl MemberSub {
+    /// The sub-command byte.
+    pub const fn sub(self) -> NetworkSub {
+        match self {
+            MemberSub::Kick => NetworkSub::Kick,
+            MemberSub::Promote => NetworkSub::Promote,
+            MemberSub::Demote => NetworkSub::Demote,
+            MemberSub::Transfer => NetworkSub::Transfer,
+            MemberSub::Role => NetworkSub::Role,
+        }
+    }
 }
 
 impl NetworkRequest<'_> {
@@ -598,6 +674,10 @@ impl NetworkRequest<'_> {
             Self::Invite { .. } => NetworkSub::Invite,
             Self::PollInvites => NetworkSub::PollInvites,
             Self::RespondInvite { .. } => NetworkSub::RespondInvite,
+            Self::Create { .. } => NetworkSub::Create,
+            Self::Delete { .. } => NetworkSub::Delete,
+            Self::Rename { .. } => NetworkSub::Rename,
+            Self::Member { sub, .. } => sub.sub(),
         }
     }
 }
@@ -1380,6 +1460,28 @@ impl<'a> IpcMessage<'a> {
                         put_u16(s, network)?;
                         put_u8(s, accept.0)
                     }
+                    NetworkRequest::Create { rule, name, token } => {
+                        put_u8(s, rule)?;
+                        let len =
+                            u16::try_from(name.len()).map_err(|_| EncodeError::FieldTooLong {
+                                field: "network name",
+                                len: name.len(),
+                            })?;
+                        put_u16(s, len)?;
+                        s.put(name.as_bytes())?;
+                        s.put(token.as_bytes())
+                    }
+                    NetworkRequest::Delete { network } => put_u16(s, network),
+                    NetworkRequest::Rename { network, name } => {
+                        put_u16(s, network)?;
+                        s.put(name.as_bytes())
+                    }
+                    NetworkRequest::Member {
+                        network, target, ..
+                    } => {
+                        put_u16(s, network)?;
+                        put_u32(s, target)
+                    }
                 }
             }
             M::Managed(m) => {
@@ -1695,6 +1797,37 @@ fn decode_network<'a>(r: &mut Reader<'a>) -> Result<NetworkRequest<'a>, IpcError
         NetworkSub::RespondInvite => NetworkRequest::RespondInvite {
             network: r.u16("network_id")?,
             accept: Flag(r.u8("accept flag")?),
+        },
+        NetworkSub::Create => {
+            let rule = r.u8("join rule")?;
+            let len = r.u16("name length")?;
+            NetworkRequest::Create {
+                rule,
+                name: r.str_len(usize::from(len), "name")?,
+                token: r.str_rest("token")?,
+            }
+        }
+        NetworkSub::Delete => NetworkRequest::Delete {
+            network: r.u16("network_id")?,
+        },
+        NetworkSub::Rename => NetworkRequest::Rename {
+            network: r.u16("network_id")?,
+            name: r.str_rest("name")?,
+        },
+        NetworkSub::Kick
+        | NetworkSub::Promote
+        | NetworkSub::Demote
+        | NetworkSub::Transfer
+        | NetworkSub::Role => NetworkRequest::Member {
+            sub: match sub {
+                NetworkSub::Kick => MemberSub::Kick,
+                NetworkSub::Promote => MemberSub::Promote,
+                NetworkSub::Demote => MemberSub::Demote,
+                NetworkSub::Transfer => MemberSub::Transfer,
+                _ => MemberSub::Role,
+            },
+            network: r.u16("network_id")?,
+            target: r.u32("target_node_id")?,
         },
     })
 }

@@ -204,6 +204,31 @@ pub enum RegistryError {
     /// Unknown request type.
     #[error("unknown message type: \"{0}\"")]
     UnknownType(String),
+    /// The acting node's role does not allow the operation.
+    #[error(
+        "permission denied: {op} requires role {need} in network {network_id} (node {node_id} is {has})"
+    )]
+    RoleDenied {
+        /// Operation.
+        op: &'static str,
+        /// Required role(s), e.g. `owner` or `owner or admin`.
+        need: &'static str,
+        /// Network.
+        network_id: u16,
+        /// Acting node.
+        node_id: u32,
+        /// Its role (`member`, `admin`, `owner`, or `not a member`).
+        has: &'static str,
+    },
+    /// An operation the role rules forbid whoever asks.
+    #[error("cannot {0}")]
+    RoleRule(&'static str),
+    /// `max_members` of the network's policy reached.
+    #[error("network membership limit reached (max_members {0}): cannot join")]
+    MembershipLimit(u32),
+    /// Policy document refused.
+    #[error(transparent)]
+    Policy(crate::registry::policy::PolicyError),
     /// A field exceeds one of our size bounds.
     #[error("{0} too long")]
     FieldTooLong(&'static str),

@@ -36,6 +36,7 @@ use super::clock::unix_secs;
 use super::codec::{self, Response, SigFields};
 use super::format_addr;
 use super::limits::*;
+use super::policy::{self as netpolicy, NetworkPolicy, Role};
 use super::ratelimit::RateLimiter;
 use super::validate;
 use crate::time::Instant;
@@ -46,6 +47,40 @@ pub const INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// At most this many entries in one `list_nodes` or `list_networks` reply
 /// (our bound, `spec/registry.md` §6).
 pub const MAX_LIST_NODES: usize = 10_000;
+
+/// Index in [`REQUEST_TYPES`] of the first network-management type that
+/// only the current profile knows (`delete_network` onwards).
+const FIRST_OURS_NETWORK_TYPE: usize = 31;
+
+/// The member operations of [`MemberAction`](codec::MemberAction) requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberOp {
+    Kick,
+    Promote,
+    Demote,
+    Transfer,
+}
+
+impl MemberOp {
+    fn name(self) -> &'static str {
+        match self {
+            MemberOp::Kick => "kick_member",
+            MemberOp::Promote => "promote_member",
+            MemberOp::Demote => "demote_member",
+            MemberOp::Transfer => "transfer_ownership",
+        }
+    }
+}
+
+/// Who performs a network-management operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Actor {
+    /// The operator (valid admin token): every role rule but the ones
+    /// about the owner is waived.
+    Operator,
+    /// A member with this role.
+    Member(Role),
+}
 
 /// Registry configuration.
 #[derive(Clone, Debug)]
@@ -412,6 +447,42 @@ impl Registry {
             Request::GetPoloScore(r) => self.polo(r.node_id, |s| s).map(Response::GetPoloScoreOk),
             Request::BeaconRegister(r) => self.beacon_register(now, r),
             Request::BeaconList(_) => Ok(self.beacon_list(now)),
+            r if legacy && r.type_index().is_some_and(|i| i >= FIRST_OURS_NETWORK_TYPE) => {
+                Err(unknown(r.type_name()))
+            }
+            Request::DeleteNetwork(r) => self.delete_network(now, r),
+            Request::RenameNetwork(r) => self.rename_network(now, r),
+            Request::KickMember(r) => self.member_action(now, MemberOp::Kick, r),
+            Request::PromoteMember(r) => self.member_action(now, MemberOp::Promote, r),
+            Request::DemoteMember(r) => self.member_action(now, MemberOp::Demote, r),
+            Request::TransferOwnership(r) => self.member_action(now, MemberOp::Transfer, r),
+            Request::GetMemberRole(r) => {
+                let net = self.network(r.network_id)?;
+                Self::must_be_member(net, r.target_node_id)?;
+                Ok(Response::GetMemberRoleOk(codec::MemberRoleOk {
+                    network_id: r.network_id,
+                    node_id: r.target_node_id,
+                    role: net.role(r.target_node_id).as_str().to_owned(),
+                }))
+            }
+            Request::SetMemberTags(r) => self.set_member_tags(now, r),
+            Request::GetMemberTags(r) => {
+                let net = self.network(r.network_id)?;
+                Self::must_be_member(net, r.target_node_id)?;
+                Ok(Response::GetMemberTagsOk(codec::MemberTagsOk {
+                    network_id: r.network_id,
+                    node_id: r.target_node_id,
+                    tags: net.tags_of(r.target_node_id).to_vec(),
+                }))
+            }
+            Request::SetNetworkPolicy(r) => self.set_network_policy(now, r),
+            Request::GetNetworkPolicy(r) => {
+                let net = self.network(r.network_id)?;
+                Ok(Response::GetNetworkPolicyOk(codec::PolicyOk {
+                    network_id: r.network_id,
+                    policy: net.policy.as_ref().map(NetworkPolicy::to_value),
+                }))
+            }
             Request::Unknown(t) => Err(RegistryError::UnknownType(t)),
         }
     }
@@ -1199,6 +1270,7 @@ impl Registry {
             .get(&r.network_id)
             .ok_or(RegistryError::NetworkNotFound(r.network_id))?;
         let current = self.config.profile == WireProfile::Current;
+        let with_roles = current && r.network_id != 0;
         let nodes = net
             .members
             .iter()
@@ -1210,18 +1282,32 @@ impl Registry {
                     task_exec: n.task_exec,
                     real_addr: n.public.then(|| n.real_addr.clone()),
                     offline: false,
+                    role: with_roles.then(|| net.role(*id).as_str().to_owned()),
+                    member_tags: if with_roles {
+                        net.tags_of(*id).to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 }),
                 None if current => Some(codec::NodeEntry {
                     address: format_addr(r.network_id, *id),
                     node_id: *id,
                     offline: true,
+                    role: with_roles.then(|| net.role(*id).as_str().to_owned()),
                     ..Default::default()
                 }),
                 None => None,
             })
             .take(MAX_LIST_NODES)
             .collect();
-        Ok(Response::ListNodesOk { nodes })
+        Ok(Response::ListNodesOk {
+            nodes,
+            policy: net
+                .policy
+                .as_ref()
+                .filter(|_| current)
+                .map(NetworkPolicy::to_value),
+        })
     }
 
     fn create_network(&mut self, now: Instant, r: codec::CreateNetwork) -> Res {
@@ -1249,23 +1335,31 @@ impl Registry {
             .filter(|id| *id != 0)
             .ok_or(RegistryError::NetworkIdsExhausted)?;
         self.commit(Change::NextNet(self.state.next_net + 1));
-        self.commit(Change::PutNetwork(Box::new(NetworkRecord {
+        let token = if rule == JoinRule::Token {
+            r.token
+        } else {
+            String::new()
+        };
+        self.commit(Change::PutNetwork(Box::new(NetworkRecord::new(
             id,
-            name: r.name.clone(),
-            join_rule: rule,
-            token: if rule == JoinRule::Token {
-                r.token
-            } else {
-                String::new()
-            },
-            members: Default::default(),
-            created: now,
-        })));
+            r.name.clone(),
+            rule,
+            token,
+            now,
+        ))));
         self.commit(Change::Membership {
             network_id: id,
             node_id: r.node_id,
             member: true,
         });
+        if self.config.profile == WireProfile::Current {
+            self.commit(Change::MemberMeta {
+                network_id: id,
+                node_id: r.node_id,
+                role: Role::Owner,
+                tags: Vec::new(),
+            });
+        }
         Ok(Response::CreateNetworkOk {
             name: r.name,
             network_id: id,
@@ -1298,6 +1392,11 @@ impl Registry {
             .is_some_and(|n| n.networks.len() > MAX_NETWORKS_PER_NODE)
         {
             return Err(RegistryError::TooManyNetworks(node_id));
+        }
+        if let Some(p) = &net.policy {
+            if !p.has_room(net.members.len()) {
+                return Err(RegistryError::MembershipLimit(p.max_members));
+            }
         }
         Ok(net)
     }
@@ -1345,6 +1444,11 @@ impl Registry {
                 network_id: r.network_id,
             });
         }
+        if net.role(r.node_id) == Role::Owner {
+            return Err(RegistryError::RoleRule(
+                "leave a network you own (transfer ownership or delete it first)",
+            ));
+        }
         self.commit(Change::Membership {
             network_id: r.network_id,
             node_id: r.node_id,
@@ -1368,6 +1472,19 @@ impl Registry {
             return Err(RegistryError::NotMember {
                 node_id: r.inviter_id,
                 network_id: r.network_id,
+            });
+        }
+        let role = net.role(r.inviter_id);
+        let members_may = net.policy.as_ref().is_some_and(|p| p.member_invites)
+            // Networks from before roles have no owner: keep the old rule.
+            || net.owner().is_none();
+        if role == Role::Member && !members_may {
+            return Err(RegistryError::RoleDenied {
+                op: "invite_to_network",
+                need: "owner or admin",
+                network_id: r.network_id,
+                node_id: r.inviter_id,
+                has: role.as_str(),
             });
         }
         let q = self.live_invites(r.target_node_id, now);
@@ -1399,6 +1516,8 @@ impl Registry {
             .map(|q| {
                 q.iter()
                     .filter(|i| now.saturating_duration_since(i.timestamp) <= INVITE_TTL)
+                    // Invitations to deleted networks lapse with them.
+                    .filter(|i| self.state.networks.contains_key(&i.network_id))
                     .cloned()
                     .collect()
             })
@@ -1466,6 +1585,289 @@ impl Registry {
             accept: r.accept,
             network_id: r.network_id,
         })
+    }
+
+    // ----- network management (ours; `spec/registry.md` §3.15.1) -------
+
+    fn network(&self, id: u16) -> Result<&NetworkRecord, RegistryError> {
+        self.state
+            .networks
+            .get(&id)
+            .ok_or(RegistryError::NetworkNotFound(id))
+    }
+
+    fn must_be_member(net: &NetworkRecord, node_id: u32) -> Result<(), RegistryError> {
+        if net.members.contains(&node_id) {
+            Ok(())
+        } else {
+            Err(RegistryError::NotMember {
+                node_id,
+                network_id: net.id,
+            })
+        }
+    }
+
+    /// Authenticates the actor of a management operation on `network_id`
+    /// and checks its role against `need` (the roles allowed). A valid admin
+    /// token makes the operator the actor.
+    #[allow(clippy::too_many_arguments)]
+    fn actor(
+        &mut self,
+        now: Instant,
+        op: &'static str,
+        node_id: u32,
+        network_id: u16,
+        challenge: &str,
+        sig: SigFields<'_>,
+        admin_token: &str,
+        need: &[Role],
+    ) -> Result<Actor, RegistryError> {
+        if network_id == 0 {
+            return Err(RegistryError::RoleRule("manage the backbone network"));
+        }
+        if self.admin_ok(admin_token) {
+            self.network(network_id)?;
+            return Ok(Actor::Operator);
+        }
+        self.node(node_id)?;
+        self.authenticate(now, node_id, challenge, sig, None)?;
+        let net = self.network(network_id)?;
+        let has = if net.members.contains(&node_id) {
+            net.role(node_id)
+        } else {
+            return Err(RegistryError::NotMember {
+                node_id,
+                network_id,
+            });
+        };
+        if !need.contains(&has) {
+            return Err(RegistryError::RoleDenied {
+                op,
+                need: if need.len() == 1 {
+                    "owner"
+                } else {
+                    "owner or admin"
+                },
+                network_id,
+                node_id,
+                has: has.as_str(),
+            });
+        }
+        Ok(Actor::Member(has))
+    }
+
+    fn delete_network(&mut self, now: Instant, r: codec::DeleteNetwork) -> Res {
+        let challenge = format!("delete_network:{}:{}", r.node_id, r.network_id);
+        self.actor(
+            now,
+            "delete_network",
+            r.node_id,
+            r.network_id,
+            &challenge,
+            r.sig(),
+            &r.admin_token,
+            &[Role::Owner],
+        )?;
+        let members = self
+            .network(r.network_id)?
+            .members
+            .iter()
+            .copied()
+            .collect();
+        self.commit(Change::RemoveNetwork {
+            network_id: r.network_id,
+            members,
+        });
+        Ok(Response::DeleteNetworkOk {
+            network_id: r.network_id,
+        })
+    }
+
+    fn rename_network(&mut self, now: Instant, r: codec::RenameNetwork) -> Res {
+        let challenge = format!("rename_network:{}:{}:{}", r.node_id, r.network_id, r.name);
+        self.actor(
+            now,
+            "rename_network",
+            r.node_id,
+            r.network_id,
+            &challenge,
+            r.sig(),
+            &r.admin_token,
+            &[Role::Owner],
+        )?;
+        validate::network_name(&r.name).map_err(RegistryError::NetworkName)?;
+        if self
+            .state
+            .networks
+            .values()
+            .any(|n| n.name == r.name && n.id != r.network_id)
+        {
+            return Err(RegistryError::NetworkExists(r.name));
+        }
+        let mut net = self.network(r.network_id)?.clone();
+        net.name = r.name.clone();
+        self.commit(Change::PutNetwork(Box::new(net)));
+        Ok(Response::RenameNetworkOk {
+            name: r.name,
+            network_id: r.network_id,
+        })
+    }
+
+    fn member_action(&mut self, now: Instant, op: MemberOp, r: codec::MemberAction) -> Res {
+        let challenge = format!(
+            "{}:{}:{}:{}",
+            op.name(),
+            r.node_id,
+            r.network_id,
+            r.target_node_id
+        );
+        let need: &[Role] = match op {
+            MemberOp::Kick => &[Role::Owner, Role::Admin],
+            _ => &[Role::Owner],
+        };
+        let actor = self.actor(
+            now,
+            op.name(),
+            r.node_id,
+            r.network_id,
+            &challenge,
+            r.sig(),
+            &r.admin_token,
+            need,
+        )?;
+        let net = self.network(r.network_id)?;
+        Self::must_be_member(net, r.target_node_id)?;
+        let target_role = net.role(r.target_node_id);
+        let tags = net.tags_of(r.target_node_id).to_vec();
+        let old_owner = net.owner();
+        let (net_id, target) = (r.network_id, r.target_node_id);
+        let meta = |node_id: u32, role: Role, tags: Vec<String>| Change::MemberMeta {
+            network_id: net_id,
+            node_id,
+            role,
+            tags,
+        };
+        let role_ok = |role: Role| codec::MemberRoleOk {
+            network_id: net_id,
+            node_id: target,
+            role: role.as_str().to_owned(),
+        };
+        match op {
+            MemberOp::Kick => {
+                if actor != Actor::Operator && target == r.node_id {
+                    return Err(RegistryError::RoleRule("kick yourself (use leave)"));
+                }
+                if target_role == Role::Owner {
+                    return Err(RegistryError::RoleRule(
+                        "kick the network owner (transfer ownership first)",
+                    ));
+                }
+                if actor == Actor::Member(Role::Admin) && target_role == Role::Admin {
+                    return Err(RegistryError::RoleRule(
+                        "kick an admin unless you are the owner",
+                    ));
+                }
+                self.commit(Change::Membership {
+                    network_id: net_id,
+                    node_id: target,
+                    member: false,
+                });
+                Ok(Response::KickMemberOk(role_ok(target_role)))
+            }
+            MemberOp::Promote => match target_role {
+                Role::Member => {
+                    self.commit(meta(target, Role::Admin, tags));
+                    Ok(Response::PromoteMemberOk(role_ok(Role::Admin)))
+                }
+                Role::Admin => Err(RegistryError::RoleRule(
+                    "promote a member who is already an admin",
+                )),
+                Role::Owner => Err(RegistryError::RoleRule("promote the network owner")),
+            },
+            MemberOp::Demote => match target_role {
+                Role::Admin => {
+                    self.commit(meta(target, Role::Member, tags));
+                    Ok(Response::DemoteMemberOk(role_ok(Role::Member)))
+                }
+                Role::Member => Err(RegistryError::RoleRule(
+                    "demote a member who is not an admin",
+                )),
+                Role::Owner => Err(RegistryError::RoleRule(
+                    "demote the network owner (transfer ownership instead)",
+                )),
+            },
+            MemberOp::Transfer => {
+                if target_role == Role::Owner {
+                    return Err(RegistryError::RoleRule(
+                        "transfer ownership to the current owner",
+                    ));
+                }
+                if let Some(old) = old_owner {
+                    let old_tags = self.network(net_id)?.tags_of(old).to_vec();
+                    self.commit(meta(old, Role::Admin, old_tags));
+                }
+                self.commit(meta(target, Role::Owner, tags));
+                Ok(Response::TransferOwnershipOk(role_ok(Role::Owner)))
+            }
+        }
+    }
+
+    fn set_member_tags(&mut self, now: Instant, r: codec::SetMemberTags) -> Res {
+        let challenge = format!(
+            "set_member_tags:{}:{}:{}",
+            r.node_id, r.network_id, r.target_node_id
+        );
+        self.actor(
+            now,
+            "set_member_tags",
+            r.node_id,
+            r.network_id,
+            &challenge,
+            r.sig(),
+            &r.admin_token,
+            &[Role::Owner, Role::Admin],
+        )?;
+        let tags = validate::tags(&r.tags).map_err(RegistryError::Tags)?;
+        let net = self.network(r.network_id)?;
+        Self::must_be_member(net, r.target_node_id)?;
+        let role = net.role(r.target_node_id);
+        self.commit(Change::MemberMeta {
+            network_id: r.network_id,
+            node_id: r.target_node_id,
+            role,
+            tags: tags.clone(),
+        });
+        Ok(Response::SetMemberTagsOk(codec::MemberTagsOk {
+            network_id: r.network_id,
+            node_id: r.target_node_id,
+            tags,
+        }))
+    }
+
+    fn set_network_policy(&mut self, now: Instant, r: codec::SetNetworkPolicy) -> Res {
+        let challenge = format!("set_network_policy:{}:{}", r.node_id, r.network_id);
+        self.actor(
+            now,
+            "set_network_policy",
+            r.node_id,
+            r.network_id,
+            &challenge,
+            r.sig(),
+            &r.admin_token,
+            &[Role::Owner],
+        )?;
+        let policy = match &r.policy {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(netpolicy::parse_policy(v).map_err(RegistryError::Policy)?),
+        };
+        let mut net = self.network(r.network_id)?.clone();
+        net.policy = policy;
+        let value = net.policy.as_ref().map(NetworkPolicy::to_value);
+        self.commit(Change::PutNetwork(Box::new(net)));
+        Ok(Response::SetNetworkPolicyOk(codec::PolicyOk {
+            network_id: r.network_id,
+            policy: value,
+        }))
     }
 
     // ----- beacons -----------------------------------------------------
@@ -1556,6 +1958,9 @@ fn allowed_on_standby(req: &Request) -> bool {
             | Request::BeaconList(_)
             | Request::CheckTrust(_)
             | Request::PollInvites(_)
+            | Request::GetMemberRole(_)
+            | Request::GetMemberTags(_)
+            | Request::GetNetworkPolicy(_)
     )
 }
 

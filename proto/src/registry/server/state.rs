@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::registry::auth::PublicKey;
 use crate::registry::limits::{BACKBONE_NAME, MAX_INBOX, MAX_RESPONSE_INBOX};
+use crate::registry::policy::{NetworkPolicy, Role};
 use crate::time::Instant;
 
 /// Serde form of an [`Instant`] inside a [`Change`]: its nanosecond count,
@@ -111,6 +112,56 @@ pub struct NetworkRecord {
     /// Creation time.
     #[serde(with = "nanos")]
     pub created: Instant,
+    /// Roles other than [`Role::Member`] (members only; at most one owner).
+    #[serde(default)]
+    pub roles: BTreeMap<u32, Role>,
+    /// Non-empty member tags (members only).
+    #[serde(default)]
+    pub member_tags: BTreeMap<u32, Vec<String>>,
+    /// Managed-network policy, if one was set.
+    #[serde(default)]
+    pub policy: Option<NetworkPolicy>,
+}
+
+impl NetworkRecord {
+    /// A network without members, roles, tags or policy.
+    pub fn new(
+        id: u16,
+        name: String,
+        join_rule: JoinRule,
+        token: String,
+        created: Instant,
+    ) -> Self {
+        NetworkRecord {
+            id,
+            name,
+            join_rule,
+            token,
+            members: BTreeSet::new(),
+            created,
+            roles: BTreeMap::new(),
+            member_tags: BTreeMap::new(),
+            policy: None,
+        }
+    }
+
+    /// The role of `node` (plain members and non-members: [`Role::Member`]).
+    pub fn role(&self, node: u32) -> Role {
+        self.roles.get(&node).copied().unwrap_or_default()
+    }
+
+    /// The owner, if the network has one.
+    pub fn owner(&self) -> Option<u32> {
+        self.roles
+            .iter()
+            .find(|(_, r)| **r == Role::Owner)
+            .map(|(id, _)| *id)
+    }
+
+    /// The tags of member `node` (empty if none).
+    pub fn tags_of(&self, node: u32) -> &[String] {
+        self.member_tags.get(&node).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A pending handshake request in a target's inbox.
@@ -186,14 +237,13 @@ impl State {
         let mut networks = BTreeMap::new();
         networks.insert(
             0,
-            NetworkRecord {
-                id: 0,
-                name: BACKBONE_NAME.to_owned(),
-                join_rule: JoinRule::Open,
-                token: String::new(),
-                members: BTreeSet::new(),
-                created: now,
-            },
+            NetworkRecord::new(
+                0,
+                BACKBONE_NAME.to_owned(),
+                JoinRule::Open,
+                String::new(),
+                now,
+            ),
         );
         State {
             next_node: 1,
@@ -285,6 +335,8 @@ impl State {
                         net.members.insert(*node_id);
                     } else {
                         net.members.remove(node_id);
+                        net.roles.remove(node_id);
+                        net.member_tags.remove(node_id);
                     }
                 }
                 if let Some(node) = self.nodes.get_mut(node_id) {
@@ -351,6 +403,40 @@ impl State {
             }
             Change::SigTs { node_id, ts } => {
                 self.sig_ts.insert(*node_id, *ts);
+            }
+            Change::MemberMeta {
+                network_id,
+                node_id,
+                role,
+                tags,
+            } => {
+                if let Some(net) = self.networks.get_mut(network_id) {
+                    if net.members.contains(node_id) {
+                        if *role == Role::Member {
+                            net.roles.remove(node_id);
+                        } else {
+                            net.roles.insert(*node_id, *role);
+                        }
+                        if tags.is_empty() {
+                            net.member_tags.remove(node_id);
+                        } else {
+                            net.member_tags.insert(*node_id, tags.clone());
+                        }
+                    }
+                }
+            }
+            Change::RemoveNetwork {
+                network_id,
+                members,
+            } => {
+                if *network_id != 0 {
+                    self.networks.remove(network_id);
+                    for m in members {
+                        if let Some(node) = self.nodes.get_mut(m) {
+                            node.networks.retain(|n| n != network_id);
+                        }
+                    }
+                }
             }
         }
     }
@@ -464,6 +550,24 @@ pub enum Change {
         node_id: u32,
         /// Unix milliseconds.
         ts: u64,
+    },
+    /// Set one member's role and tags (ignored for non-members).
+    MemberMeta {
+        /// Network.
+        network_id: u16,
+        /// Member.
+        node_id: u32,
+        /// New role.
+        role: Role,
+        /// New tags (empty = none).
+        tags: Vec<String>,
+    },
+    /// Delete a network (never the backbone) and every membership in it.
+    RemoveNetwork {
+        /// Network.
+        network_id: u16,
+        /// Its members at deletion (their node records change too).
+        members: Vec<u32>,
     },
 }
 

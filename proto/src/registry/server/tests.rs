@@ -1153,14 +1153,14 @@ fn networks_current() {
         })),
         RegistryError::BackboneListing
     );
-    let Response::ListNodesOk { nodes } = h.ok(Request::ListNodes(ListNodes {
+    let Response::ListNodesOk { nodes, .. } = h.ok(Request::ListNodes(ListNodes {
         network_id: 0,
         admin_token: "adm".into(),
     })) else {
         panic!()
     };
     assert_eq!(nodes.len(), 3);
-    let Response::ListNodesOk { nodes } = h.ok(Request::ListNodes(ListNodes {
+    let Response::ListNodesOk { nodes, .. } = h.ok(Request::ListNodes(ListNodes {
         network_id: open,
         admin_token: String::new(),
     })) else {
@@ -1207,7 +1207,7 @@ fn networks_current() {
     );
     // Reaped members keep non-backbone memberships and get them back.
     h.advance(400);
-    let Response::ListNodesOk { nodes } = h.ok(Request::ListNodes(ListNodes {
+    let Response::ListNodesOk { nodes, .. } = h.ok(Request::ListNodes(ListNodes {
         network_id: tok,
         admin_token: String::new(),
     })) else {
@@ -1826,3 +1826,5 @@ fn every_signed_request_checks_its_signer() {
         h.check_replay();
     }
 }
+
+mod networks;
