@@ -75,6 +75,8 @@ pub struct LoopParts {
     pub received: SaveDir,
     /// `inbox/`.
     pub inbox: SaveDir,
+    /// `tasks/` (created on first use).
+    pub tasks_dir: PathBuf,
     /// Catch SIGTERM/SIGINT (off in unit tests, which use [`LoopStop`]).
     pub handle_signals: bool,
     /// Print the readiness line on stdout at the first registration.
@@ -851,6 +853,22 @@ impl EventLoop {
                     }
                     Err(e) => {
                         tracing::warn!(name, error = %e, "received file not saved");
+                        Err(e.to_string())
+                    }
+                }
+            }
+            DiskWrite::Task(effect) => {
+                match crate::daemon::task_files::apply(&self.parts.tasks_dir, &effect) {
+                    Ok(Some(p)) => {
+                        tracing::info!(path = %p.display(), "task file written");
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        tracing::debug!(?effect, "task update for no task of ours");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "task file not written");
                         Err(e.to_string())
                     }
                 }

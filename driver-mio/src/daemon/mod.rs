@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod event_loop;
 pub mod files;
 pub mod ipc_socket;
+pub mod task_files;
 
 use std::io;
 use std::net::SocketAddr;
@@ -212,6 +213,7 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
         profile_path,
         received,
         inbox,
+        tasks_dir: dir.join("tasks"),
         handle_signals: true,
         print_ready: true,
         shutdown_grace: SHUTDOWN_GRACE,

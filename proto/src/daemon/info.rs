@@ -195,6 +195,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "encrypted_peers": encrypted,
             "authenticated_peers": authenticated,
             "handshake_pending_count": pending,
+            "version": env!("CARGO_PKG_VERSION"),
         })
         .to_string()
     }

@@ -28,6 +28,7 @@ mod client;
 mod conns;
 mod info;
 mod output;
+mod tasks;
 mod trust;
 
 #[cfg(test)]
@@ -383,6 +384,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// Received files and inbox records being written: the data-exchange
     /// connection waiting for each write's outcome.
     saves: BTreeMap<WorkToken, ConnId>,
+    /// Task service state (`tasks.rs`).
+    tasks: tasks::TaskState,
     next_work: u64,
     /// The IPC client served last (round robin of [`Output::Ipc`]).
     ipc_cursor: ClientId,
@@ -495,6 +498,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 trust: true,
                 data_exchange: cfg.services.dataexchange,
                 event_stream: cfg.services.eventstream,
+                tasks: true,
                 ..HostConfig::new(cfg.profile)
             }),
             trust: None,
@@ -512,6 +516,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             outputs: VecDeque::new(),
             diagnostics: VecDeque::new(),
             saves: BTreeMap::new(),
+            tasks: tasks::TaskState::default(),
             next_work: 1,
             ipc_cursor: ClientId(0),
             timeout_given: false,
@@ -1633,6 +1638,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     Call::SetTags(tags),
                 ),
             },
+            IpcMessage::SetTaskExec(f) => self.ipc_set_task_exec(client, f.is_set()),
             IpcMessage::Cancel(_) => {}
             other => {
                 let name = other.command().name();
@@ -2366,6 +2372,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 HostAction::TrustMessage { from, bytes } => {
                     self.on_trust_bytes(now, bytes, from.node);
                 }
+                HostAction::TaskFrame {
+                    conn,
+                    from,
+                    frame_type,
+                    payload,
+                } => self.on_task_frame(now, conn, from, frame_type, &payload),
                 HostAction::Event(_) => {}
             }
         }

@@ -94,6 +94,9 @@ pub enum DiskWrite {
         /// JSON text.
         json: String,
     },
+    /// A task file under `<dir>/tasks/` (`spec/services.md` §12.3);
+    /// nothing waits for the outcome.
+    Task(crate::services::tasks::TaskEffect),
 }
 
 /// Something the daemon reports (logs, readiness, exit).
