@@ -266,11 +266,29 @@ pub const RECIPES: &[Recipe] = &[
         ],
     },
     Recipe {
-        title: "Submit a task",
-        steps: &[(
-            "pilotctl --json send-message <peer> --type json --data '{\"task\":\"…\"}'",
-            "there is no task-submission command yet (port 1003); send the task as a JSON message and agree on the format with the peer",
-        )],
+        title: "Hand a peer a task, or do one",
+        steps: &[
+            (
+                "pilotctl --json task submit <peer> --task \"what to do\"",
+                "the peer must have run `pilotctl enable-tasks`; keep `task_id`",
+            ),
+            (
+                "pilotctl --json task queue",
+                "(receiver) tasks waiting; then `task accept --id <task_id>` within a minute",
+            ),
+            (
+                "pilotctl --json task execute",
+                "(receiver) start the oldest accepted task; do the work",
+            ),
+            (
+                "pilotctl --json task send-results --id <task_id> --results \"…\"",
+                "(receiver) or --file <path>; the submitter's copy becomes COMPLETED",
+            ),
+            (
+                "pilotctl --json task list --type submitted",
+                "(submitter) poll for status COMPLETED; results are in <dir>/tasks/results/",
+            ),
+        ],
     },
     Recipe {
         title: "Reach a peer's web service with ordinary tools",
