@@ -64,7 +64,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let (mut encrypted, mut authenticated) = (0u64, 0u64);
         let mut drops = serde_json::Map::new();
         let mut half_open = 0usize;
-        if let Some(node) = self.node.as_ref() {
+        if let Some(node) = self.life.node() {
             for (reason, n) in node.auth_drops().iter() {
                 drops.insert(reason.name().to_owned(), json!(n));
             }
@@ -124,8 +124,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         let v: Value = json!({
-            "node_id": self.address.map(|a| a.node).unwrap_or(0),
-            "address": self.address.map(|a| a.to_string()).unwrap_or_default(),
+            "node_id": self.life.address().map(|a| a.node).unwrap_or(0),
+            "address": self.life.address().map(|a| a.to_string()).unwrap_or_default(),
             "hostname": self.hostname,
             "uptime_secs": uptime as f64,
             "connections": active,
@@ -146,7 +146,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "tunnel": self.tunnel_json(),
             "auth_drops": Value::Object(drops),
             "half_open": half_open,
-            "pending_dropped": self.node.as_ref().map_or(0, |n| n.stats().pending_dropped),
+            "pending_dropped": self.life.node().map_or(0, |n| n.stats().pending_dropped),
         });
         fit_info(v, crate::wire::ipc::MAX_BODY_LEN - 1)
     }
@@ -155,7 +155,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// clients ignore keys they do not know). Dropped frames and key
     /// exchanges, per reason, are in `auth_drops`.
     fn tunnel_json(&self) -> Value {
-        let n = self.node.as_ref().map(|n| n.stats()).unwrap_or_default();
+        let n = self.life.node().map(|n| n.stats()).unwrap_or_default();
         let d = self.stats;
         json!({
             "kx_rejected": n.kx_rejected,
@@ -177,14 +177,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     pub(super) fn health_json(&self, now: Instant) -> String {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let (mut peers, mut encrypted, mut authenticated) = (0u64, 0u64, 0u64);
-        if let Some(node) = self.node.as_ref() {
+        if let Some(node) = self.life.node() {
             for p in node.peer_list() {
                 peers += 1;
                 encrypted += u64::from(p.encrypted);
                 authenticated += u64::from(p.authenticated);
             }
         }
-        let pending = self.trust.as_ref().map_or(0, |t| t.pending().len());
+        let pending = self.life.trust().map_or(0, |t| t.pending().len());
         json!({
             "status": "ok",
             "uptime_seconds": uptime,

@@ -24,9 +24,11 @@
 //! water mark, and a client's input is not processed while the connection
 //! it sends on has no room, so bulk transfers flow with bounded memory.
 
+mod calls;
 mod client;
 mod conns;
 mod info;
+mod lifecycle;
 mod output;
 mod tasks;
 mod trust;
@@ -59,9 +61,11 @@ use crate::wire::ipc::{
     MAX_INFLIGHT_PER_CLIENT, MAX_SEND_DATA, MAX_TAGS, parse_frame,
 };
 
+use calls::{Calls, Purpose};
 use client::Client;
 pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
+use lifecycle::Lifecycle;
 pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WorkToken};
 
 /// Largest chunk read from a connection into one `Recv` push
@@ -269,53 +273,6 @@ struct Resolution {
     waiters: Vec<Waiter>,
 }
 
-/// What a registry call was for.
-#[derive(Debug)]
-enum Purpose {
-    /// Reply to an IPC request.
-    Ipc {
-        client: ClientId,
-        reply: Command,
-        op: &'static str,
-    },
-    /// The visibility call after a registration: the `Registered` event
-    /// goes out when it is answered (either way).
-    Announce { node_id: u32, address: String },
-    /// First step of resolving a peer.
-    Lookup(u32),
-    /// Second step (private peers).
-    Resolve(u32),
-    /// A received trust message waits for the sender's `lookup` (its
-    /// registry key and networks); `known` is a key we already had.
-    TrustKey {
-        bytes: Vec<u8>,
-        source: u32,
-        known: Option<[u8; 32]>,
-    },
-    /// A received trust request waits for our own `lookup`, to find a
-    /// non-backbone network shared with the sender.
-    TrustOwnNetworks {
-        bytes: Vec<u8>,
-        source: u32,
-        key: Option<[u8; 32]>,
-        peer_networks: Vec<u16>,
-    },
-    /// Back-fill the key of a peer trusted through the registry relay.
-    KeyBackfill(u32),
-    /// The registry pushed that this peer revoked our pair: confirm with
-    /// `check_trust` before forgetting it.
-    RevokeCheck(u32),
-    /// A peer's key exchange waits for its identity key.
-    PeerKey(u32),
-    /// A trust relay used as the fallback of a failed direct send, or a
-    /// plain trust bookkeeping call: nothing to do with the answer.
-    Fire,
-    /// The registry relay of an IPC handshake request: answer the client.
-    HandshakeRelay { client: ClientId, peer: u32 },
-    /// The deregistration of a shutdown.
-    ShutdownDeregister,
-}
-
 /// A handshake "wait for trust" request.
 #[derive(Debug)]
 struct TrustWaiter {
@@ -324,11 +281,51 @@ struct TrustWaiter {
     deadline: Instant,
 }
 
-/// Parts of the node kept until the address is known.
+/// Parts of the node kept until the address is known
+/// ([`Lifecycle::Starting`]).
 struct NodeSeed<P, R> {
     provider: P,
     rng: R,
     tunnel_key: TunnelKey,
+    /// `trust.json` as loaded, for the trust store.
+    trust_file: Option<TrustFile>,
+}
+
+/// What exists once the address is known ([`Lifecycle::Running`]).
+struct Live<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
+    node: Node<P, R>,
+    address: Addr,
+    trust: TrustStore,
+}
+
+/// The daemon's lifecycle with its node parts.
+type Life<P, R> = Lifecycle<NodeSeed<P, R>, Live<P, R>>;
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Life<P, R> {
+    /// The node, once the address is known.
+    fn node(&self) -> Option<&Node<P, R>> {
+        self.live().map(|l| &l.node)
+    }
+
+    /// The node, mutably.
+    fn node_mut(&mut self) -> Option<&mut Node<P, R>> {
+        self.live_mut().map(|l| &mut l.node)
+    }
+
+    /// Our address, once known.
+    fn address(&self) -> Option<Addr> {
+        self.live().map(|l| l.address)
+    }
+
+    /// The trust store, once the address is known.
+    fn trust(&self) -> Option<&TrustStore> {
+        self.live().map(|l| &l.trust)
+    }
+
+    /// The trust store, mutably.
+    fn trust_mut(&mut self) -> Option<&mut TrustStore> {
+        self.live_mut().map(|l| &mut l.trust)
+    }
 }
 
 /// The sans-IO daemon. See the module docs for the call order.
@@ -347,9 +344,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     started: Instant,
     now: Instant,
 
-    seed: Option<NodeSeed<P, R>>,
-    node: Option<Node<P, R>>,
-    address: Option<Addr>,
+    /// The phase, and the node, address and trust store once they exist.
+    life: Life<P, R>,
     hostname: String,
     public: bool,
     tags: Vec<String>,
@@ -360,11 +356,10 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// after our own `CloseRegistry` is ignored).
     reg_live: bool,
     registered_once: bool,
-    calls: BTreeMap<CallId, Purpose>,
+    /// Outstanding registry calls and what each is for.
+    calls: Calls,
 
     host: ServiceHost,
-    trust: Option<TrustStore>,
-    trust_file: Option<TrustFile>,
     trust_waiters: Vec<TrustWaiter>,
     peer_keys: BTreeMap<u32, [u8; 32]>,
     key_fetch: BTreeSet<u32>,
@@ -393,10 +388,6 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     timeout_given: bool,
     /// Most datagrams in one transmit output ([`Self::set_max_segments`]).
     max_segments: usize,
-    stopping: Option<Instant>,
-    deregistering: bool,
-    stopped: bool,
-    stop_given: bool,
 
     stats: DaemonStats,
 }
@@ -436,7 +427,7 @@ pub const DIAGNOSTIC_QUEUE: usize = 256;
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> core::fmt::Debug for Daemon<P, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Daemon")
-            .field("address", &self.address)
+            .field("address", &self.life.address())
             .field("clients", &self.clients.len())
             .field("conns", &self.conns.len())
             .finish_non_exhaustive()
@@ -478,13 +469,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             peer_timeout: cfg.peer_timeout,
             started: now,
             now,
-            seed: Some(NodeSeed {
+            life: Lifecycle::Starting(NodeSeed {
                 provider: cfg.provider,
                 rng: cfg.rng,
                 tunnel_key: cfg.tunnel_key,
+                trust_file: cfg.trust,
             }),
-            node: None,
-            address: None,
             hostname: cfg.hostname,
             public: cfg.public,
             tags: cfg.tags,
@@ -492,7 +482,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             registry,
             reg_live: false,
             registered_once: false,
-            calls: BTreeMap::new(),
+            calls: Calls::default(),
             host: ServiceHost::new(HostConfig {
                 echo: cfg.services.echo,
                 trust: true,
@@ -501,8 +491,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 tasks: true,
                 ..HostConfig::new(cfg.profile)
             }),
-            trust: None,
-            trust_file: cfg.trust,
             trust_waiters: Vec::new(),
             peer_keys: BTreeMap::new(),
             key_fetch: BTreeSet::new(),
@@ -521,10 +509,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             ipc_cursor: ClientId(0),
             timeout_given: false,
             max_segments: 1,
-            stopping: None,
-            deregistering: false,
-            stopped: false,
-            stop_given: false,
             stats: DaemonStats::default(),
         };
         if d.registry.is_none() {
@@ -540,17 +524,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Our address, once known.
     pub fn address(&self) -> Option<Addr> {
-        self.address
+        self.life.address()
     }
 
     /// The node, once the address is known (read-only diagnostics).
     pub fn node(&self) -> Option<&Node<P, R>> {
-        self.node.as_ref()
+        self.life.node()
     }
 
     /// The trust store, once the address is known.
     pub fn trust(&self) -> Option<&TrustStore> {
-        self.trust.as_ref()
+        self.life.trust()
+    }
+
+    /// Asserts the invariants of the daemon's parts (tests).
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        self.conns.check();
+        let reg = self.registry.as_ref();
+        self.calls.check(
+            |id| reg.is_some_and(|r| r.holds_call(id)),
+            |c| self.clients.contains_key(&c),
+        );
     }
 
     /// Counters.
@@ -570,49 +565,64 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
+    /// `Starting → Running`: builds the node and the trust store at
+    /// `addr` (nothing happens in any other phase).
     fn start_node(&mut self, now: Instant, addr: Addr) {
-        let Some(seed) = self.seed.take() else {
+        let wall = self.wall(now);
+        let (identity, profile) = (&self.identity, self.profile);
+        let (encrypt, admin_token, limits) = (self.encrypt, &self.admin_token, self.node_limits);
+        let peer_timeout = self.peer_timeout;
+        let started = self.life.start(|seed| {
+            let mut node = Node::new(
+                now,
+                NodeConfig {
+                    addr,
+                    identity: Some(identity.clone()),
+                    tunnel_key: seed.tunnel_key,
+                    profile,
+                    provider: seed.provider,
+                    rng: seed.rng,
+                    encrypt,
+                    admin_token: admin_token.clone(),
+                    limits,
+                },
+            );
+            node.set_peer_timeout(now, peer_timeout);
+            let mut trust = TrustStore::from_identity(profile, addr.node, identity);
+            if let Some(file) = seed.trust_file {
+                trust.load(&file, wall);
+            }
+            Live {
+                node,
+                address: addr,
+                trust,
+            }
+        });
+        if !started {
             return;
-        };
-        let mut node = Node::new(
-            now,
-            NodeConfig {
-                addr,
-                identity: Some(self.identity.clone()),
-                tunnel_key: seed.tunnel_key,
-                profile: self.profile,
-                provider: seed.provider,
-                rng: seed.rng,
-                encrypt: self.encrypt,
-                admin_token: self.admin_token.clone(),
-                limits: self.node_limits,
-            },
-        );
-        node.set_peer_timeout(now, self.peer_timeout);
-        self.node = Some(node);
-        self.address = Some(addr);
-        let mut store = TrustStore::from_identity(self.profile, addr.node, &self.identity);
-        if let Some(file) = self.trust_file.take() {
-            store.load(&file, self.wall(now));
         }
         // Trusted peers' identity keys from trust.json: a key exchange
         // from one of them verifies without waiting for the registry.
-        let keys: Vec<(u32, [u8; 32])> = store
-            .trusted()
-            .iter()
-            .filter_map(|(n, t)| {
-                crate::registry::auth::decode_public_key(&t.public_key)
-                    .ok()
-                    .map(|k| (*n, k))
+        let keys: Vec<(u32, [u8; 32])> = self
+            .life
+            .trust()
+            .map(|t| {
+                t.trusted()
+                    .iter()
+                    .filter_map(|(n, t)| {
+                        crate::registry::auth::decode_public_key(&t.public_key)
+                            .ok()
+                            .map(|k| (*n, k))
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         for (n, k) in keys {
             self.remember_key(n, k);
         }
-        self.trust = Some(store);
         // Built-in services are bound before any client can bind.
         let builtin: Vec<u16> = self.host.ports().collect();
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             for port in builtin {
                 if node.bind(port).is_ok() {
                     self.ports.insert(port, PortOwner::Host);
@@ -631,7 +641,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         identity: Option<[u8; 32]>,
     ) -> Result<(), DaemonError> {
         self.input(now);
-        let node = self.node.as_mut().ok_or(DaemonError::NotReady)?;
+        let node = self.life.node_mut().ok_or(DaemonError::NotReady)?;
         if !node.add_peer(addr, endpoint, identity) {
             return Err(DaemonError::PeerRefused);
         }
@@ -657,7 +667,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.input(now);
         self.stats.pkts_recv += 1;
         self.stats.bytes_recv += bytes.len() as u64;
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             node.handle_datagram(now, from, bytes);
         }
         self.drive(now);
@@ -666,7 +676,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The next datagram to send.
     fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Output> {
         let now = self.now;
-        let node = self.node.as_mut()?;
+        let node = self.life.node_mut()?;
         let out = if self.max_segments > 1 {
             let b = node.poll_transmit_batch(now, buf, self.max_segments)?;
             self.stats.pkts_sent += b.segments as u64;
@@ -715,8 +725,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if let Some(o) = self.outputs.pop_front() {
             return Some(o);
         }
-        if self.stopped && !self.stop_given {
-            self.stop_given = true;
+        if self.life.take_stop_announcement() {
             return Some(Output::Event(DaemonEvent::Stopped));
         }
         if !self.timeout_given {
@@ -737,7 +746,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         if let Some(conn) = self.saves.remove(&token) {
             let wall = self.wall(now);
-            if let Some(node) = self.node.as_mut() {
+            if let Some(node) = self.life.node_mut() {
                 let mut io = NodeIo { node, now };
                 let outcome = outcome.as_ref().map(|_| ()).map_err(|e| e.as_str());
                 self.host.save_finished(&mut io, conn, now, wall, outcome);
@@ -838,7 +847,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// during shutdown (close the connection).
     pub fn ipc_open(&mut self, now: Instant) -> Result<ClientId, DaemonError> {
         self.input(now);
-        if self.stopping.is_some() {
+        if self.life.is_stopping() {
             return Err(DaemonError::ShuttingDown);
         }
         if self.clients.len() >= self.max_clients {
@@ -882,13 +891,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         for cid in self.conns.detach_client(client) {
-            if let Some(node) = self.node.as_mut() {
+            if let Some(node) = self.life.node_mut() {
                 let _ = node.close(now, cid);
             }
         }
         for port in c.ports {
             self.ports.remove(&port);
-            if let Some(node) = self.node.as_mut() {
+            if let Some(node) = self.life.node_mut() {
                 let _ = node.unbind(now, port);
             }
         }
@@ -897,12 +906,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 .retain(|w| !matches!(w, Waiter::Dial { client: c, .. } if *c == client));
         }
         self.trust_waiters.retain(|w| w.client != client);
-        for p in self.calls.values_mut() {
-            if matches!(p, Purpose::Ipc { client: c, .. } | Purpose::HandshakeRelay { client: c, .. } if *c == client)
-            {
-                *p = Purpose::Fire;
-            }
-        }
+        self.calls.forget_client(client);
         self.drive(now);
     }
 
@@ -946,12 +950,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         };
-        take(
-            self.node
-                .as_ref()
-                .and_then(|n| n.poll_timeout())
-                .map(|x| x.0),
-        );
+        take(self.life.node().and_then(|n| n.poll_timeout()).map(|x| x.0));
         take(self.registry.as_ref().and_then(|r| r.poll_timeout()));
         for r in self.resolving.values() {
             take(Some(r.deadline));
@@ -960,16 +959,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         for w in &self.trust_waiters {
             take(Some(w.deadline));
         }
-        if !self.stopped {
-            take(self.stopping);
-        }
+        take(self.life.drain_deadline());
         t
     }
 
     /// Runs everything due at `now` (spurious calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.input(now);
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             if node.poll_timeout().is_some_and(|(t, _)| t <= now) {
                 node.handle_timeout(now);
             }
@@ -989,7 +986,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         // Service connections past their deadline.
         if self.host.poll_timeout().is_some_and(|t| t <= now) {
-            if let Some(node) = self.node.as_mut() {
+            if let Some(node) = self.life.node_mut() {
                 let mut io = NodeIo { node, now };
                 self.host.handle_timeout(&mut io, now);
             }
@@ -1009,7 +1006,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return Some(d);
         }
         use crate::node::Diagnostic;
-        let d = self.node.as_mut()?.poll_diagnostic()?;
+        let d = self.life.node_mut()?.poll_diagnostic()?;
         Some(match d {
             Diagnostic::Dropped { peer, from, reason } => format!(
                 "tunnel frame claiming node {peer} from {from} dropped: {}",
@@ -1033,48 +1030,43 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// [`DaemonEvent::Stopped`] once done or after the shutdown grace period.
     pub fn shutdown(&mut self, now: Instant) {
         self.input(now);
-        if self.stopping.is_some() {
+        if self.life.is_stopping() {
             return;
         }
-        self.stopping = Some(now + self.shutdown_grace);
         let ids: Vec<ConnId> = self.conns.iter().map(|(c, _)| c).collect();
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             for cid in ids {
                 let _ = node.close(now, cid);
             }
         }
-        let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
-        if registered {
-            if let Some(reg) = self.registry.as_mut() {
-                if let Ok(id) = reg.call(now, Call::Deregister) {
-                    self.calls.insert(id, Purpose::ShutdownDeregister);
-                    self.deregistering = true;
-                }
-            }
+        let mut deregistering = false;
+        if let Some(reg) = self.registry.as_mut().filter(|r| r.is_registered()) {
+            deregistering = self
+                .calls
+                .start(reg, now, Call::Deregister, Purpose::ShutdownDeregister)
+                .is_ok();
         }
+        self.life.drain(now + self.shutdown_grace, deregistering);
         self.drive(now);
     }
 
+    /// `Draining → Stopped` when the deadline passed or every connection
+    /// is closed and the deregistration answered.
     fn check_stopped(&mut self, now: Instant) {
-        let Some(deadline) = self.stopping else {
-            return;
-        };
-        if self.stopped {
-            return;
-        }
-        let conns_done = self.node.as_ref().is_none_or(|n| {
-            self.conns.iter().all(|(cid, _)| {
-                n.conn_info(cid).is_none_or(|i| {
-                    matches!(
-                        i.state,
-                        crate::stream::conn::State::TimeWait | crate::stream::conn::State::Closed
-                    )
+        let conns = &self.conns;
+        self.life.finish_if(now, |live| {
+            live.is_none_or(|l| {
+                conns.iter().all(|(cid, _)| {
+                    l.node.conn_info(cid).is_none_or(|i| {
+                        matches!(
+                            i.state,
+                            crate::stream::conn::State::TimeWait
+                                | crate::stream::conn::State::Closed
+                        )
+                    })
                 })
             })
         });
-        if now >= deadline || (!self.deregistering && conns_done) {
-            self.stopped = true;
-        }
     }
 
     // ----- the event loop ------------------------------------------------------
@@ -1083,13 +1075,23 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     fn drive(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
-            while let Some(ev) = self.node.as_mut().and_then(|n| n.poll_event()) {
+            while let Some(ev) = self.life.node_mut().and_then(|n| n.poll_event()) {
                 progressed = true;
                 self.on_node_event(now, ev);
             }
             while let Some(ev) = self.registry.as_mut().and_then(|r| r.poll_event()) {
                 progressed = true;
                 self.on_registry_event(now, ev);
+            }
+            // Calls whose answer the registry client decided but could not
+            // report (its event queue overflowed) fail now.
+            let reg = self.registry.as_ref();
+            let lost = self
+                .calls
+                .reconcile(|id| reg.is_some_and(|r| r.holds_call(id)));
+            for (_, purpose) in lost {
+                progressed = true;
+                self.on_call_answer(now, purpose, Err(calls::ANSWER_LOST.to_owned()));
             }
             if !progressed {
                 break;
@@ -1164,18 +1166,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
         if !registered || self.key_fetch.len() >= MAX_KEY_FETCHES || !self.take_key_lookup(now) {
-            if let Some(n) = self.node.as_mut() {
+            if let Some(n) = self.life.node_mut() {
                 n.identity_lookup_refused(now, peer);
             }
             return;
         }
-        if let Some(id) = self
-            .registry
-            .as_mut()
-            .and_then(|r| r.call(now, Call::Lookup(peer)).ok())
-        {
+        if let Some(Ok(_)) = self.call(now, Call::Lookup(peer), Purpose::PeerKey(peer)) {
             self.key_fetch.insert(peer);
-            self.calls.insert(id, Purpose::PeerKey(peer));
         }
     }
 
@@ -1193,9 +1190,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// accepts a key exchange it held for it (creating the peer entry only
     /// now), or a peer it already knows learns its key.
     fn install_peer_key(&mut self, now: Instant, peer: u32, key: [u8; 32]) {
-        let network = self.address.map_or(0, |a| a.network);
+        let network = self.life.address().map_or(0, |a| a.network);
         let network = self.peers.get(&peer).copied().unwrap_or(network);
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.life.node_mut() else {
             return;
         };
         if node.identity_resolved(now, peer, network, key) {
@@ -1211,10 +1208,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     fn on_incoming(&mut self, now: Instant, port: u16) {
         loop {
-            let Some(cid) = self.node.as_mut().and_then(|n| n.accept(port)) else {
+            let Some(cid) = self.life.node_mut().and_then(|n| n.accept(port)) else {
                 return;
             };
-            let info = self.node.as_ref().and_then(|n| n.conn_info(cid));
+            let info = self.life.node().and_then(|n| n.conn_info(cid));
             let Some(info) = info else {
                 continue;
             };
@@ -1224,7 +1221,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     let full = !self.clients.contains_key(&client)
                         || self.conns.client_count(client) >= MAX_CONNS_PER_CLIENT;
                     if full {
-                        if let Some(node) = self.node.as_mut() {
+                        if let Some(node) = self.life.node_mut() {
                             let _ = node.close(now, cid);
                         }
                         continue;
@@ -1242,20 +1239,20 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
                 Some(PortOwner::Host) => {
                     let trusted = self
-                        .trust
-                        .as_ref()
+                        .life
+                        .trust()
                         .is_some_and(|t| t.trusted().contains_key(&info.remote.node));
                     let remote = PilotSockAddr::new(info.remote, info.remote_port);
                     if self.host.on_accept(now, port, cid, remote, trusted).is_ok() {
                         self.conns.attach(cid, Role::Host);
                         self.host_io(now, cid, true);
                         self.host_io(now, cid, false);
-                    } else if let Some(node) = self.node.as_mut() {
+                    } else if let Some(node) = self.life.node_mut() {
                         let _ = node.close(now, cid);
                     }
                 }
                 None => {
-                    if let Some(node) = self.node.as_mut() {
+                    if let Some(node) = self.life.node_mut() {
                         let _ = node.close(now, cid);
                     }
                 }
@@ -1317,7 +1314,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.life.node_mut() else {
             return;
         };
         match role {
@@ -1412,7 +1409,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.life.node_mut() else {
             return;
         };
         match role {
@@ -1661,7 +1658,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn ipc_bind(&mut self, client: ClientId, port: u16) {
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.life.node_mut() else {
             self.push_error(client, &"bind: daemon not registered yet");
             return;
         };
@@ -1679,7 +1676,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn ipc_dial(&mut self, now: Instant, client: ClientId, addr: Addr, port: u16) {
-        if self.node.is_none() {
+        if self.life.node().is_none() {
             self.push_error(client, &"dial: daemon not registered yet");
             return;
         }
@@ -1691,7 +1688,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             );
             return;
         }
-        if addr.is_broadcast() || addr.node == 0 || Some(addr.node) == self.address.map(|a| a.node)
+        if addr.is_broadcast()
+            || addr.node == 0
+            || Some(addr.node) == self.life.address().map(|a| a.node)
         {
             self.push_error(client, &format!("dial: cannot dial {addr}"));
             return;
@@ -1716,7 +1715,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn start_dial(&mut self, now: Instant, client: ClientId, addr: Addr, port: u16) {
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.life.node_mut() else {
             return;
         };
         if !self.clients.contains_key(&client) {
@@ -1746,7 +1745,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.conns.get(cid),
             Some(Role::Client { client: o, dialing: false, .. }) if *o == client
         );
-        let node = self.node.as_mut()?;
+        let node = self.life.node_mut()?;
         if !owned {
             self.stats.send_failures += 1;
             return None;
@@ -1798,7 +1797,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
-            if let Some(node) = self.node.as_mut() {
+            if let Some(node) = self.life.node_mut() {
                 let _ = node.close(now, cid);
             }
             if let Some(o) = resume {
@@ -1806,7 +1805,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         } else {
             let other = self.conns.own_by_listed_id(conn_id);
-            if let (Some(cid), Some(node)) = (other, self.node.as_mut()) {
+            if let (Some(cid), Some(node)) = (other, self.life.node_mut()) {
                 // A service's or a trust message's stream: its owner sees
                 // the close through the node's events.
                 let _ = node.close(now, cid);
@@ -1817,7 +1816,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn ipc_send_to(&mut self, now: Instant, dst: Addr, port: u16, data: &[u8]) {
-        if self.node.is_none() || dst.is_broadcast() {
+        if self.life.node().is_none() || dst.is_broadcast() {
             self.stats.send_failures += 1;
             return;
         }
@@ -1838,7 +1837,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn send_datagram(&mut self, now: Instant, dst: Addr, port: u16, data: &[u8]) {
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             if node.send_datagram(now, dst, port, None, data).is_err() {
                 self.stats.send_failures += 1;
             }
@@ -1861,14 +1860,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.push_error(client, &format!("{op}: {REGISTRY_UNREACHABLE}"));
             return;
         }
-        match reg.call(now, call) {
-            Ok(id) => {
-                self.calls.insert(id, Purpose::Ipc { client, reply, op });
+        match self
+            .calls
+            .start(reg, now, call, Purpose::Ipc { client, reply, op })
+        {
+            Ok(_) => {
                 if let Some(c) = self.clients.get_mut(&client) {
                     c.inflight += 1;
                 }
             }
-            Err(e) => self.push_error(client, &format!("{op}: registry: {e}")),
+            Err(e) => self.push_error(client, &format!("{op}: registry: {}", e.error)),
         }
     }
 
@@ -1893,13 +1894,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         } else {
             match self.registry.as_mut() {
                 None => Err("no registry configured"),
-                Some(reg) => match reg.call(now, Call::Lookup(node)) {
-                    Ok(id) => {
-                        self.calls.insert(id, Purpose::Lookup(node));
-                        Ok(())
+                Some(reg) => {
+                    match self
+                        .calls
+                        .start(reg, now, Call::Lookup(node), Purpose::Lookup(node))
+                    {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err("registry: queue full"),
                     }
-                    Err(_) => Err("registry: queue full"),
-                },
+                }
             }
         };
         match started {
@@ -1942,15 +1945,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             return;
         };
         let addr = Addr::new(r.network, node);
-        let before = self.node.as_ref().and_then(|n| n.peer_endpoint(node));
+        let before = self.life.node().and_then(|n| n.peer_endpoint(node));
         let added = self
-            .node
-            .as_mut()
+            .life
+            .node_mut()
             .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
         if added && before.is_some_and(|b| b != endpoint) {
             // The registry has the peer elsewhere: it probably restarted
             // and holds no session with us (`spec/crypto.md` §13 row 16).
-            if let Some(n) = self.node.as_mut() {
+            if let Some(n) = self.life.node_mut() {
                 n.endpoint_changed(now, node);
             }
         }
@@ -2000,7 +2003,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             } => {
                 let wall = self.wall(now);
                 let mut fx = Vec::new();
-                if let Some(store) = self.trust.as_mut() {
+                if let Some(store) = self.life.trust_mut() {
                     for r in requests {
                         fx.extend(store.on_relayed_request(r.from_node_id, &r.justification, wall));
                     }
@@ -2012,17 +2015,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
             ClientEvent::TrustRevoked { by } => {
                 let trusted = self
-                    .trust
-                    .as_ref()
+                    .life
+                    .trust()
                     .is_some_and(|t| t.trusted().contains_key(&by));
                 if trusted {
-                    if let Some(Ok(id)) = self
-                        .registry
-                        .as_mut()
-                        .map(|r| r.call(now, Call::CheckTrust(by)))
-                    {
-                        self.calls.insert(id, Purpose::RevokeCheck(by));
-                    }
+                    let _ = self.call(now, Call::CheckTrust(by), Purpose::RevokeCheck(by));
                 }
             }
             ClientEvent::CallDone { id, result } => self.on_call_done(now, id, result),
@@ -2038,7 +2035,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let addr = address
             .parse::<Addr>()
             .unwrap_or_else(|_| Addr::new(0, node_id));
-        if self.node.is_none() {
+        if self.life.node().is_none() {
             self.start_node(now, addr);
         }
         let again = self.registered_once;
@@ -2047,20 +2044,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         // is public: before that, dials to it are refused as private.
         let mut announce_later = false;
         if self.public {
-            if let Some(Ok(id)) = self
-                .registry
-                .as_mut()
-                .map(|r| r.call(now, Call::SetVisibility(true)))
-            {
-                self.calls.insert(
-                    id,
-                    Purpose::Announce {
-                        node_id,
-                        address: address.clone(),
-                    },
-                );
-                announce_later = true;
-            }
+            let announce = Purpose::Announce {
+                node_id,
+                address: address.clone(),
+            };
+            announce_later = matches!(
+                self.call(now, Call::SetVisibility(true), announce),
+                Some(Ok(_))
+            );
         }
         if !self.tags.is_empty() {
             let tags = self.tags.clone();
@@ -2072,8 +2063,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.fire(now, Call::SetHostname(h));
             }
             let peers: Vec<u32> = self
-                .trust
-                .as_ref()
+                .life
+                .trust()
                 .map(|t| t.trusted().keys().copied().collect())
                 .unwrap_or_default();
             for p in peers {
@@ -2098,17 +2089,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// A registry call whose answer is not needed.
     fn fire(&mut self, now: Instant, call: Call) {
-        if let Some(reg) = self.registry.as_mut() {
-            if let Ok(id) = reg.call(now, call) {
-                self.calls.insert(id, Purpose::Fire);
-            }
-        }
+        let _ = self.call(now, call, Purpose::Fire);
+    }
+
+    /// Makes a registry call for `purpose` (`None`: no registry).
+    fn call(
+        &mut self,
+        now: Instant,
+        call: Call,
+        purpose: Purpose,
+    ) -> Option<Result<CallId, calls::Refused>> {
+        let reg = self.registry.as_mut()?;
+        Some(self.calls.start(reg, now, call, purpose))
     }
 
     fn on_call_done(&mut self, now: Instant, id: CallId, result: Result<Response, String>) {
-        let Some(purpose) = self.calls.remove(&id) else {
-            return;
-        };
+        if let Some(purpose) = self.calls.finish(id) {
+            self.on_call_answer(now, purpose, result);
+        }
+    }
+
+    /// Acts on the answer of a call made for `purpose`.
+    fn on_call_answer(&mut self, now: Instant, purpose: Purpose, result: Result<Response, String>) {
         match purpose {
             Purpose::Announce { node_id, address } => {
                 if let Err(e) = &result {
@@ -2174,15 +2176,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         Some(ep) => self.resolution_done(now, node, ep),
                         None => {
                             // Private: ask for the endpoint (privacy-gated).
-                            let started = self
-                                .registry
-                                .as_mut()
-                                .and_then(|r| r.call(now, Call::Resolve(node)).ok());
-                            match started {
-                                Some(id) => {
-                                    self.calls.insert(id, Purpose::Resolve(node));
-                                }
-                                None => self.resolution_failed(now, node, "registry: queue full"),
+                            let started =
+                                self.call(now, Call::Resolve(node), Purpose::Resolve(node));
+                            if !matches!(started, Some(Ok(_))) {
+                                self.resolution_failed(now, node, "registry: queue full");
                             }
                         }
                     }
@@ -2242,8 +2239,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     if let Ok(k) = crate::registry::auth::decode_public_key(&ok.public_key) {
                         self.remember_key(node, k);
                         let fx = self
-                            .trust
-                            .as_mut()
+                            .life
+                            .trust_mut()
                             .map(|t| t.key_learned(node, &k))
                             .unwrap_or_default();
                         self.apply_trust(now, fx);
@@ -2253,8 +2250,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Purpose::RevokeCheck(node) => {
                 if let Ok(Response::CheckTrustOk { trusted: false }) = result {
                     let fx = self
-                        .trust
-                        .as_mut()
+                        .life
+                        .trust_mut()
                         .map(|t| t.on_registry_revoke(node))
                         .unwrap_or_default();
                     self.apply_trust(now, fx);
@@ -2274,7 +2271,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         self.install_peer_key(now, node, k);
                     }
                     None => {
-                        if let Some(n) = self.node.as_mut() {
+                        if let Some(n) = self.life.node_mut() {
                             n.identity_unknown(now, node);
                         }
                     }
@@ -2287,9 +2284,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
             },
             Purpose::Fire => {}
-            Purpose::ShutdownDeregister => {
-                self.deregistering = false;
-            }
+            Purpose::ShutdownDeregister => self.life.deregistered(),
         }
     }
 }
@@ -2331,7 +2326,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// else: data or end of stream to read), then carries out its actions.
     fn host_io(&mut self, now: Instant, cid: ConnId, writable: bool) {
         let wall = self.wall(now);
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             let mut io = NodeIo { node, now };
             if writable {
                 self.host.on_writable(&mut io, cid, now, wall);

@@ -237,9 +237,9 @@ impl Net {
                 self.ds[idx].handle_udp(now, from, &mut bytes);
             }
             if !moved {
-                // The connection table's indices agree after every step.
+                // The parts' invariants hold after every step.
                 for d in &self.ds {
-                    d.conns.check();
+                    d.check_invariants();
                 }
                 return;
             }

@@ -68,8 +68,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 // §13). A later grant runs a fresh key exchange.
                 Effect::DropTunnel(peer) => {
                     let closed = self
-                        .node
-                        .as_mut()
+                        .life
+                        .node_mut()
                         .is_some_and(|n| n.close_tunnel(now, peer));
                     if closed {
                         self.stats.tunnels_revoked += 1;
@@ -84,7 +84,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         if persist {
-            if let Some(text) = self.trust.as_ref().map(|t| t.to_file().to_json()) {
+            if let Some(text) = self.life.trust().map(|t| t.to_file().to_json()) {
                 self.disk(super::DiskWrite::Trust(text));
             }
         }
@@ -94,11 +94,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// Performs a registry operation of the trust store.
     pub(super) fn trust_registry(&mut self, now: Instant, op: RegistryOp) {
         let (call, purpose) = registry_call(op);
-        if let Some(reg) = self.registry.as_mut() {
-            if let Ok(id) = reg.call(now, call) {
-                self.calls.insert(id, purpose);
-            }
-        }
+        let _ = self.call(now, call, purpose);
     }
 
     /// Delivers a trust message to `to:444`, resolving the peer first if
@@ -117,15 +113,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         match (out.fallback, out.notify) {
             (Some(op), Some((client, peer))) => {
                 let call = registry_call(op).0;
-                let started = self.registry.as_mut().map(|r| r.call(now, call));
+                let started = self.call(now, call, Purpose::HandshakeRelay { client, peer });
                 match started {
-                    Some(Ok(id)) => {
-                        self.calls
-                            .insert(id, Purpose::HandshakeRelay { client, peer });
-                    }
-                    Some(Err(e)) => {
-                        self.reply_error(now, client, &format!("handshake request: registry: {e}"))
-                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => self.reply_error(
+                        now,
+                        client,
+                        &format!("handshake request: registry: {}", e.error),
+                    ),
                     None => self.reply_error(
                         now,
                         client,
@@ -152,8 +147,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let network = self.peers.get(&to).copied().unwrap_or(0);
         let addr = Addr::new(network, to);
         let res = self
-            .node
-            .as_mut()
+            .life
+            .node_mut()
             .map(|n| n.connect(now, addr, ports::HANDSHAKE));
         match res {
             Some(Ok(cid)) => {
@@ -186,21 +181,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if known.is_none() || wants_networks {
             let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
             if registered {
-                let id = self
-                    .registry
-                    .as_mut()
-                    .and_then(|r| r.call(now, Call::Lookup(msg.node_id)).ok());
-                if let Some(id) = id {
-                    self.calls.insert(
-                        id,
-                        Purpose::TrustKey {
-                            bytes: buf,
-                            source,
-                            known,
-                        },
-                    );
-                    return;
+                let purpose = Purpose::TrustKey {
+                    bytes: buf,
+                    source,
+                    known,
+                };
+                // Refused (queue full): process it with what we know.
+                if let Some(Err(refused)) = self.call(now, Call::Lookup(msg.node_id), purpose) {
+                    if let Some(bytes) = refused.purpose.into_trust_bytes() {
+                        self.process_trust_message(now, &bytes, source, known, None);
+                    }
                 }
+                return;
             }
         }
         self.process_trust_message(now, &buf, source, known, None);
@@ -220,22 +212,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .is_ok_and(|m| m.kind == MessageType::Request);
         let peer_networks: Vec<u16> = peer_networks.into_iter().filter(|n| *n != 0).collect();
         if is_request && !peer_networks.is_empty() {
-            let me = self.registry.as_ref().and_then(|r| r.node_id());
-            let id = me.and_then(|me| {
-                self.registry
-                    .as_mut()
-                    .and_then(|r| r.call(now, Call::Lookup(me)).ok())
-            });
-            if let Some(id) = id {
-                self.calls.insert(
-                    id,
-                    Purpose::TrustOwnNetworks {
-                        bytes,
-                        source,
-                        key,
-                        peer_networks,
-                    },
-                );
+            if let Some(me) = self.registry.as_ref().and_then(|r| r.node_id()) {
+                let purpose = Purpose::TrustOwnNetworks {
+                    bytes,
+                    source,
+                    key,
+                    peer_networks,
+                };
+                // Refused (queue full): process it without a shared network.
+                if let Some(Err(refused)) = self.call(now, Call::Lookup(me), purpose) {
+                    if let Some(bytes) = refused.purpose.into_trust_bytes() {
+                        self.process_trust_message(now, &bytes, source, key, None);
+                    }
+                }
                 return;
             }
         }
@@ -259,8 +248,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             shared_network,
         };
         let fx = self
-            .trust
-            .as_mut()
+            .life
+            .trust_mut()
             .map(|t| t.on_message(bytes, inbound, wall))
             .unwrap_or_default();
         self.apply_trust(now, fx);
@@ -274,7 +263,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         h: HandshakeRequest<'_>,
     ) {
         let wall = self.wall(now);
-        let Some(store) = self.trust.as_mut() else {
+        let Some(store) = self.life.trust_mut() else {
             self.push_error(client, &"handshake: daemon not registered yet");
             return;
         };
@@ -390,7 +379,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Answers "wait for trust" requests whose peer became trusted.
     pub(super) fn check_trust_waiters(&mut self, now: Instant) {
-        let Some(store) = self.trust.as_ref() else {
+        let Some(store) = self.life.trust() else {
             return;
         };
         let (done, keep): (Vec<_>, Vec<_>) = core::mem::take(&mut self.trust_waiters)

@@ -360,6 +360,12 @@ impl RegistryClient {
         Ok(id)
     }
 
+    /// Whether call `id` is still undecided here (queued or in flight). A
+    /// call leaves when its [`ClientEvent::CallDone`] is queued.
+    pub fn holds_call(&self, id: CallId) -> bool {
+        self.calls.contains_key(&id)
+    }
+
     /// Whether the registry is known to be unreachable: the last dial or
     /// connection failed and no connection is up (requests queued now wait
     /// for the next successful dial).
