@@ -269,6 +269,8 @@ fn no_command_answers_not_supported() {
                 "5s",
             ],
         ),
+        ("set-webhook", vec!["set-webhook", "http://192.0.2.1/hook"]),
+        ("clear-webhook", vec!["clear-webhook"]),
         ("enable-tasks", vec!["enable-tasks"]),
         ("disable-tasks", vec!["disable-tasks"]),
         (

@@ -1,4 +1,4 @@
-//! Tasks on port 1003 with real processes (`spec/services.md` §10): a
+//! Tasks on port 1003 with real processes (`spec/services.md` §12): a
 //! task submitted, accepted, executed and answered; refused while the
 //! receiver has not enabled tasks; the CLI's status rules.
 

@@ -416,6 +416,7 @@ impl DaemonHost {
             DaemonEvent::Trust(t) => self.events.push_back(HostEvent::Trust(format!("{t:?}"))),
             DaemonEvent::Diagnostic(_) => self.diagnostics += 1,
             DaemonEvent::Stopped => self.events.push_back(HostEvent::Stopped),
+            DaemonEvent::Webhook(_) => {}
         }
     }
 

@@ -143,6 +143,8 @@ pub const RETURNS: &[(&str, &str)] = &[
         "{tasks[{task_id, status, status_justification, from, to, created_at, description, results, type}]}",
     ),
     ("task queue", "{count, queue[…]}"),
+    ("set-webhook", "{applied, webhook}"),
+    ("clear-webhook", "{applied, webhook: \"\"}"),
     (
         "enable-tasks",
         "{task_exec: true, type: \"set_task_exec_ok\"}",

@@ -26,6 +26,7 @@ pub mod service;
 pub mod skill;
 pub mod tasks;
 pub mod util;
+pub mod webhook;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -353,6 +354,21 @@ enum Cmd {
     /// Tasks on port 1003: submit, accept, decline, execute, send-results,
     /// list, queue (files in <dir>/tasks/; --dir or PILOT_HOME)
     Task(tasks::TaskArgs),
+    /// POST the daemon's events as JSON to URL (http://; kept in
+    /// config.json, applied to the running daemon)
+    SetWebhook {
+        /// The URL
+        url: String,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop posting events (removes the URL from config.json too)
+    ClearWebhook {
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Let peers submit tasks to this node (until the daemon restarts)
     EnableTasks,
     /// Refuse task submissions (the default)
@@ -785,6 +801,21 @@ fn run_command(
             let (data, text) = tasks::run(args, socket, quiet)?;
             Ok(Output::Data { data, text })
         }
+        Cmd::SetWebhook { url, dir } => {
+            if url.is_empty() {
+                return Err(CliError::invalid("empty URL (use clear-webhook)"));
+            }
+            data(webhook::set(
+                &daemonctl::state_dir(dir.as_deref()),
+                socket,
+                &url,
+            )?)
+        }
+        Cmd::ClearWebhook { dir } => data(webhook::set(
+            &daemonctl::state_dir(dir.as_deref()),
+            socket,
+            "",
+        )?),
         Cmd::EnableTasks => data(tasks::set_exec(socket, true)?),
         Cmd::DisableTasks => data(tasks::set_exec(socket, false)?),
         Cmd::Health => {

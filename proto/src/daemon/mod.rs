@@ -32,6 +32,7 @@ mod lifecycle;
 mod output;
 mod tasks;
 mod trust;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -66,7 +67,7 @@ use client::Client;
 pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 use lifecycle::Lifecycle;
-pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WorkToken};
+pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WebhookOutput, WorkToken};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
@@ -381,6 +382,8 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     saves: BTreeMap<WorkToken, ConnId>,
     /// Task service state (`tasks.rs`).
     tasks: tasks::TaskState,
+    /// Webhook URL, event numbering and delivery counters (`webhook.rs`).
+    webhook: webhook::WebhookState,
     next_work: u64,
     /// The IPC client served last (round robin of [`Output::Ipc`]).
     ipc_cursor: ClientId,
@@ -505,6 +508,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             diagnostics: VecDeque::new(),
             saves: BTreeMap::new(),
             tasks: tasks::TaskState::default(),
+            webhook: webhook::WebhookState::default(),
             next_work: 1,
             ipc_cursor: ClientId(0),
             timeout_given: false,
@@ -1636,6 +1640,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 ),
             },
             IpcMessage::SetTaskExec(f) => self.ipc_set_task_exec(client, f.is_set()),
+            IpcMessage::SetWebhook(url) => self.ipc_set_webhook(client, url),
             IpcMessage::Cancel(_) => {}
             other => {
                 let name = other.command().name();
@@ -2072,6 +2077,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         if !announce_later {
+            self.webhook_event(
+                now,
+                "node.registered",
+                serde_json::json!({"address": address}),
+            );
             self.outputs
                 .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
         }
@@ -2116,6 +2126,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 if let Err(e) = &result {
                     self.diagnostics_push(format!("set_visibility after registration failed: {e}"));
                 }
+                self.webhook_event(
+                    now,
+                    "node.registered",
+                    serde_json::json!({"address": address}),
+                );
                 self.outputs
                     .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
             }
@@ -2373,7 +2388,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     frame_type,
                     payload,
                 } => self.on_task_frame(now, conn, from, frame_type, &payload),
-                HostAction::Event(_) => {}
+                HostAction::Event(e) => self.webhook_pubsub(now, e),
             }
         }
     }

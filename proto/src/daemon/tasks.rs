@@ -66,7 +66,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             ..wall
         };
         let stamp = utc.rfc3339().to_string();
-        let own = self.address.map(|a| a.to_string()).unwrap_or_default();
+        let own = self.address().map(|a| a.to_string()).unwrap_or_default();
         let from_text = from.to_string();
         let rx = Receiver {
             enabled: self.tasks.enabled,
@@ -77,16 +77,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             now: &stamp,
         };
         let outcome = tasks::receive(&rx, frame_type, payload);
-        if outcome.queued.is_some() {
+        if let Some(id) = &outcome.queued {
             self.tasks.recent.push_back(now);
             self.tasks.received += 1;
+            let data = serde_json::json!({"task_id": id, "from": from_text});
+            self.webhook_event(now, "task.received", data);
         } else if frame_type == FrameType::Submit {
             self.tasks.refused += 1;
         }
         for e in outcome.effects {
             self.disk(DiskWrite::Task(e));
         }
-        if let Some(node) = self.node.as_mut() {
+        if let Some(node) = self.life.node_mut() {
             let mut io = NodeIo { node, now };
             self.host
                 .task_reply(&mut io, conn, now, wall, outcome.reply);

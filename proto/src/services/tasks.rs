@@ -95,9 +95,12 @@ pub enum FrameError {
     TooLong(u32),
 }
 
+/// A decoded frame: its type, its payload and the bytes it used.
+pub type Decoded<'a> = (FrameType, &'a [u8], usize);
+
 /// One frame at the start of `buf`: `Ok(None)` until it is complete; then
 /// its type, payload and the bytes it used.
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(FrameType, &[u8], usize)>, FrameError> {
+pub fn decode_frame(buf: &[u8]) -> Result<Option<Decoded<'_>>, FrameError> {
     let Some(head) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
