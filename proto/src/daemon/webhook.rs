@@ -120,7 +120,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let mut doc = serde_json::Map::new();
         doc.insert("event_id".into(), json!(self.webhook.seq));
         doc.insert("event".into(), json!(name));
-        doc.insert("node_id".into(), json!(self.address().map_or(0, |a| a.node)));
+        doc.insert(
+            "node_id".into(),
+            json!(self.address().map_or(0, |a| a.node)),
+        );
         doc.insert("timestamp".into(), json!(utc.rfc3339().to_string()));
         if !data.is_null() {
             doc.insert("data".into(), data);
