@@ -12,3 +12,4 @@ pub mod ipc_client;
 pub mod pilotctl;
 pub mod rendezvous;
 pub mod udp_io;
+pub mod webhook;

@@ -111,6 +111,19 @@ impl MemDisk {
                 (format!("received/{name}"), data.clone())
             }
             DiskWrite::Inbox { name, json } => (format!("inbox/{name}"), json.as_bytes().to_vec()),
+            DiskWrite::Task(pilot_proto::services::tasks::TaskEffect::Create {
+                dir,
+                name,
+                bytes,
+            }) => (format!("tasks/{}/{name}", dir.name()), bytes.clone()),
+            DiskWrite::Task(pilot_proto::services::tasks::TaskEffect::UpdateSubmitted {
+                task_id,
+                patch,
+                ..
+            }) => (
+                format!("tasks/submitted/{task_id}.update"),
+                patch.to_string().into_bytes(),
+            ),
         };
         self.files.insert(path.clone(), data);
         Ok(path)
@@ -415,6 +428,7 @@ impl DaemonHost {
             DaemonEvent::Trust(t) => self.events.push_back(HostEvent::Trust(format!("{t:?}"))),
             DaemonEvent::Diagnostic(_) => self.diagnostics += 1,
             DaemonEvent::Stopped => self.events.push_back(HostEvent::Stopped),
+            DaemonEvent::Webhook(_) => {}
         }
     }
 

@@ -137,6 +137,19 @@ pub struct DaemonArgs {
     /// the current one
     #[arg(long)]
     pub legacy: bool,
+    /// Webhook URL (http://): daemon events are POSTed there as JSON
+    /// (`spec/services.md` §13); `pilotctl set-webhook` changes it at run
+    /// time
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Let webhooks go to loopback, private and link-local addresses
+    /// (refused by default)
+    #[arg(long)]
+    pub webhook_allow_private: bool,
+    /// Key of the `X-Pilot-Signature-256` HMAC-SHA256 header of webhook
+    /// posts [env: PILOT_WEBHOOK_SECRET]
+    #[arg(long, value_name = "SECRET")]
+    pub webhook_secret: Option<String>,
     /// AES-256-GCM implementation: `ring` (fastest here) or `rustcrypto`
     /// (pure Rust) [default: ring]; both speak the same frames
     #[arg(long, value_name = "PROVIDER", value_parser = parse_crypto)]
@@ -177,6 +190,9 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     legacy: Option<bool>,
     crypto: Option<String>,
+    webhook: Option<String>,
+    webhook_allow_private: Option<bool>,
+    webhook_secret: Option<String>,
 }
 
 /// A duration in a config file: a string (`"30s"`) or a number of seconds.
@@ -259,6 +275,12 @@ pub struct Settings {
     pub legacy: bool,
     /// The AEAD implementation.
     pub crypto: Selected,
+    /// Webhook URL at start.
+    pub webhook: Option<String>,
+    /// Webhooks may target internal addresses.
+    pub webhook_allow_private: bool,
+    /// HMAC key of webhook posts.
+    pub webhook_secret: Option<String>,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, DaemonRunError> {
@@ -407,6 +429,18 @@ impl DaemonArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             legacy: on(self.legacy, file.legacy),
             dir,
+            webhook: self
+                .webhook
+                .clone()
+                .or(file.webhook)
+                .filter(|u| !u.is_empty()),
+            webhook_allow_private: on(self.webhook_allow_private, file.webhook_allow_private),
+            webhook_secret: self
+                .webhook_secret
+                .clone()
+                .or_else(|| std::env::var("PILOT_WEBHOOK_SECRET").ok())
+                .or(file.webhook_secret)
+                .filter(|s| !s.is_empty()),
         })
     }
 }

@@ -58,6 +58,15 @@ const REGISTRY_WBUF_MAX: usize = 4 << 20;
 /// Outputs handled per turn before yielding to the poll (zero timeout).
 const MAX_OUTPUTS: usize = 1 << 16;
 
+/// Webhook delivery options (the URL comes from the daemon).
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSettings {
+    /// Let internal targets through.
+    pub allow_private: bool,
+    /// HMAC key.
+    pub secret: Option<Vec<u8>>,
+}
+
 /// What the loop needs besides the engine.
 #[derive(Debug)]
 pub struct LoopParts {
@@ -75,6 +84,10 @@ pub struct LoopParts {
     pub received: SaveDir,
     /// `inbox/`.
     pub inbox: SaveDir,
+    /// `tasks/` (created on first use).
+    pub tasks_dir: PathBuf,
+    /// How webhooks are delivered.
+    pub webhook: WebhookSettings,
     /// Catch SIGTERM/SIGINT (off in unit tests, which use [`LoopStop`]).
     pub handle_signals: bool,
     /// Print the readiness line on stdout at the first registration.
@@ -193,6 +206,8 @@ pub struct EventLoop {
     ipc_buf: Vec<u8>,
     stopping_deadline: Option<Instant>,
     exit: Option<Exit>,
+    /// The webhook deliverer, while a URL is set.
+    hook: Option<crate::webhook::Webhook>,
     ready_printed: bool,
     ready_line: Option<String>,
     /// Drop totals at the last drop log line.
@@ -263,6 +278,7 @@ impl EventLoop {
             ipc_buf: vec![0u8; IPC_CHUNK],
             stopping_deadline: None,
             exit: None,
+            hook: None,
             ready_printed: false,
             ready_line: None,
             drops_logged: Vec::new(),
@@ -888,6 +904,22 @@ impl EventLoop {
                     }
                 }
             }
+            DiskWrite::Task(effect) => {
+                match crate::daemon::task_files::apply(&self.parts.tasks_dir, &effect) {
+                    Ok(Some(p)) => {
+                        tracing::info!(path = %p.display(), "task file written");
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        tracing::debug!(?effect, "task update for no task of ours");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "task file not written");
+                        Err(e.to_string())
+                    }
+                }
+            }
             DiskWrite::Inbox { name, json } => {
                 match self.parts.inbox.save(&name, json.as_bytes()) {
                     Ok(p) => {
@@ -934,6 +966,48 @@ impl EventLoop {
                 tracing::info!("stopped");
                 self.exit = Some(Exit::Stopped);
             }
+            DaemonEvent::Webhook(w) => self.webhook(w),
+        }
+    }
+}
+
+impl EventLoop {
+    /// Starts, stops or feeds the webhook deliverer, then reports its
+    /// counters to the daemon (`health`).
+    fn webhook(&mut self, w: pilot_proto::daemon::WebhookOutput) {
+        use pilot_proto::daemon::WebhookOutput;
+        match w {
+            WebhookOutput::Url(None) => self.hook = None,
+            WebhookOutput::Url(Some(url)) => {
+                let cfg = crate::webhook::WebhookConfig {
+                    allow_private: self.parts.webhook.allow_private,
+                    secret: self.parts.webhook.secret.clone(),
+                    ..crate::webhook::WebhookConfig::new(&url)
+                };
+                self.hook = match crate::webhook::Webhook::start(cfg) {
+                    Ok(h) => {
+                        tracing::info!(%url, "webhook set");
+                        Some(h)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook not started");
+                        None
+                    }
+                };
+            }
+            WebhookOutput::Event(body) => {
+                if let Some(h) = &self.hook {
+                    if !h.push(body.into_bytes()) {
+                        tracing::debug!("webhook queue full: event dropped");
+                    }
+                }
+            }
+        }
+        if let Some(h) = &self.hook {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = h.stats();
+            self.engine
+                .set_webhook_counters(s.dropped.load(Relaxed), s.circuit_skips.load(Relaxed));
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod event_loop;
 pub mod files;
 pub mod ipc_socket;
+pub mod task_files;
 
 use std::io;
 use std::net::SocketAddr;
@@ -203,7 +204,21 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
         unix_ms_at_epoch,
         rng: ChaCha20Rng::from_seed(os_seed()?),
     };
-    let engine = build(startup);
+    let webhook_url = startup.settings.webhook.clone();
+    let webhook = crate::daemon::event_loop::WebhookSettings {
+        allow_private: startup.settings.webhook_allow_private,
+        secret: startup
+            .settings
+            .webhook_secret
+            .clone()
+            .map(String::into_bytes),
+    };
+    let mut engine = build(startup);
+    if let Some(url) = webhook_url {
+        engine
+            .set_webhook(&url)
+            .map_err(|e| DaemonRunError::Config(format!("webhook: {e}")))?;
+    }
     let parts = LoopParts {
         udp: mio::net::UdpSocket::from_std(udp),
         ipc,
@@ -212,6 +227,8 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
         profile_path,
         received,
         inbox,
+        tasks_dir: dir.join("tasks"),
+        webhook,
         handle_signals: true,
         print_ready: true,
         shutdown_grace: SHUTDOWN_GRACE,

@@ -12,6 +12,8 @@
 //! (hidden sub-commands `_daemon-run` and `_rendezvous-run`), so
 //! `daemon start` and `demo` need no other binary.
 
+pub mod bootstrap;
+pub mod context;
 pub mod daemonctl;
 pub mod demo;
 pub mod gateway;
@@ -23,7 +25,9 @@ pub mod runners;
 pub mod secure;
 pub mod service;
 pub mod skill;
+pub mod tasks;
 pub mod util;
+pub mod webhook;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -296,6 +300,80 @@ enum Cmd {
         /// Node id
         node_id: String,
     },
+    /// Write config.json in the state directory (registry, beacon, socket,
+    /// hostname); keeps the keys already there that are not given
+    Init {
+        /// Registry HOST:PORT [default: 127.0.0.1:9000]
+        #[arg(long)]
+        registry: Option<String>,
+        /// Beacon HOST:PORT [default: 127.0.0.1:9001]
+        #[arg(long)]
+        beacon: Option<String>,
+        /// Hostname `daemon start` claims
+        #[arg(long)]
+        hostname: Option<String>,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show config.json (with the effective registry and socket), or store
+    /// one string with --set KEY=VALUE
+    Config {
+        /// KEY=VALUE to store
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Option<String>,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Machine-readable catalogue of every command: arguments, outputs,
+    /// error codes (generated from this CLI's own definition)
+    Context,
+    /// Ask the registry directly for a node's record (key, visibility,
+    /// address)
+    Lookup {
+        /// Node id (or full address)
+        node_id: String,
+        /// Registry HOST:PORT [env: PILOT_REGISTRY; config key registry;
+        /// default: 127.0.0.1:9000]
+        #[arg(long)]
+        registry: Option<String>,
+        /// Deadline
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The daemon's health counters (answered even when it is busy)
+    Health,
+    /// pilotctl's version, and the running daemon's
+    Version,
+    /// Forget a peer's cached endpoint and relay and resolve it again,
+    /// preferring a direct path
+    PreferDirect {
+        /// Address, node id or hostname
+        target: String,
+    },
+    /// Tasks on port 1003: submit, accept, decline, execute, send-results,
+    /// list, queue (files in <dir>/tasks/; --dir or PILOT_HOME)
+    Task(tasks::TaskArgs),
+    /// POST the daemon's events as JSON to URL (http://; kept in
+    /// config.json, applied to the running daemon)
+    SetWebhook {
+        /// The URL
+        url: String,
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop posting events (removes the URL from config.json too)
+    ClearWebhook {
+        /// State directory [env: PILOT_HOME; default: ~/.pilot]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Let peers submit tasks to this node (until the daemon restarts)
+    EnableTasks,
+    /// Refuse task submissions (the default)
+    DisableTasks,
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),
     /// IP gateway: reach peers' services from ordinary TCP clients through
@@ -509,8 +587,16 @@ pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
         return ExitCode::from(2);
     };
     let json_mode = json_mode || cli.json;
-    let socket = socket_path(cli.socket.as_deref());
-    match run_command(command, &socket, json_mode) {
+    // Flag, then PILOT_SOCKET, then config.json's `socket`, then the default.
+    let env_socket = std::env::var_os("PILOT_SOCKET").filter(|v| !v.is_empty());
+    let socket = match (&cli.socket, env_socket) {
+        (None, None) => bootstrap::configured(&daemonctl::state_dir(None), "socket")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| socket_path(None)),
+        (given, _) => socket_path(given.as_deref()),
+    };
+    let explicit = cli.socket.clone();
+    match run_command(command, &socket, explicit.as_deref(), json_mode) {
         Ok(Output::Done(code)) => code,
         Ok(Output::Data { mut data, text }) => {
             round_floats(&mut data);
@@ -646,7 +732,12 @@ fn connect_within(socket: &std::path::Path, timeout: Duration) -> CliResult<IpcC
     Ok(c)
 }
 
-fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult<Output> {
+fn run_command(
+    cmd: Cmd,
+    socket: &std::path::Path,
+    explicit_socket: Option<&std::path::Path>,
+    json_mode: bool,
+) -> CliResult<Output> {
     let quiet = json_mode;
     match cmd {
         Cmd::DaemonRun { .. } | Cmd::RendezvousRun { .. } => {
@@ -698,6 +789,82 @@ fn run_command(cmd: Cmd, socket: &std::path::Path, json_mode: bool) -> CliResult
                 data,
                 text: Some(text),
             })
+        }
+        Cmd::Init {
+            registry,
+            beacon,
+            hostname,
+            dir,
+        } => {
+            let opts = bootstrap::InitOptions {
+                registry,
+                beacon,
+                hostname,
+                socket: explicit_socket.map(std::path::Path::to_path_buf),
+            };
+            let (v, text) = bootstrap::init(&daemonctl::state_dir(dir.as_deref()), &opts)?;
+            listing(v, text)
+        }
+        Cmd::Config { set, dir } => {
+            let dir = daemonctl::state_dir(dir.as_deref());
+            match set {
+                Some(kv) => data(bootstrap::set(&dir, &kv)?),
+                None => data(bootstrap::show(&dir, socket)?),
+            }
+        }
+        Cmd::Context => {
+            let v = context::context(&cli_command());
+            let text = context::context_text(&v);
+            listing(v, text)
+        }
+        Cmd::Lookup {
+            node_id,
+            registry,
+            timeout,
+        } => {
+            let node = parse_node_id(&node_id)?;
+            let addr = bootstrap::registry_addr(registry.as_deref(), &daemonctl::state_dir(None))?;
+            let v = bootstrap::lookup(addr, node, timeout)?;
+            let text = bootstrap::lookup_text(&v);
+            listing(v, text)
+        }
+        Cmd::Task(args) => {
+            let (data, text) = tasks::run(args, socket, quiet)?;
+            Ok(Output::Data { data, text })
+        }
+        Cmd::SetWebhook { url, dir } => {
+            if url.is_empty() {
+                return Err(CliError::invalid("empty URL (use clear-webhook)"));
+            }
+            data(webhook::set(
+                &daemonctl::state_dir(dir.as_deref()),
+                socket,
+                &url,
+            )?)
+        }
+        Cmd::ClearWebhook { dir } => data(webhook::set(
+            &daemonctl::state_dir(dir.as_deref()),
+            socket,
+            "",
+        )?),
+        Cmd::EnableTasks => data(tasks::set_exec(socket, true)?),
+        Cmd::DisableTasks => data(tasks::set_exec(socket, false)?),
+        Cmd::Health => {
+            let c = connect(socket)?;
+            let (v, text) = bootstrap::health(&c)?;
+            listing(v, text)
+        }
+        Cmd::Version => {
+            let (v, text) = bootstrap::version(socket);
+            listing(v, text)
+        }
+        Cmd::PreferDirect { target } => {
+            let c = connect(socket)?;
+            let node = match parse_node_id(&target) {
+                Ok(n) => n,
+                Err(_) => resolve_target(&c, &target, quiet)?.addr.node,
+            };
+            data(bootstrap::prefer_direct(&c, node)?)
         }
         Cmd::Info => {
             let c = connect(socket)?;

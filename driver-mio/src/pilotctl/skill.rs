@@ -164,6 +164,22 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "permission_denied",
         "needs root or a capability (the gateway); the hint says how",
     ),
+    (
+        "refused",
+        "the peer refused (a closed port, a full service, a declined request); the message says which",
+    ),
+    (
+        "trust_pending",
+        "your trust request waits for the peer's approval; poll `pilotctl trust`",
+    ),
+    (
+        "invalid_state",
+        "a task is not in the status the command needs (e.g. execute before accept); `pilotctl task list`",
+    ),
+    (
+        "expired",
+        "a task older than a minute can no longer be accepted",
+    ),
     ("internal", "anything else; the message has the details"),
 ];
 
@@ -250,11 +266,29 @@ pub const RECIPES: &[Recipe] = &[
         ],
     },
     Recipe {
-        title: "Submit a task",
-        steps: &[(
-            "pilotctl --json send-message <peer> --type json --data '{\"task\":\"…\"}'",
-            "there is no task-submission command yet (port 1003); send the task as a JSON message and agree on the format with the peer",
-        )],
+        title: "Hand a peer a task, or do one",
+        steps: &[
+            (
+                "pilotctl --json task submit <peer> --task \"what to do\"",
+                "the peer must have run `pilotctl enable-tasks`; keep `task_id`",
+            ),
+            (
+                "pilotctl --json task queue",
+                "(receiver) tasks waiting; then `task accept --id <task_id>` within a minute",
+            ),
+            (
+                "pilotctl --json task execute",
+                "(receiver) start the oldest accepted task; do the work",
+            ),
+            (
+                "pilotctl --json task send-results --id <task_id> --results \"…\"",
+                "(receiver) or --file <path>; the submitter's copy becomes COMPLETED",
+            ),
+            (
+                "pilotctl --json task list --type submitted",
+                "(submitter) poll for status COMPLETED; results are in <dir>/tasks/results/",
+            ),
+        ],
     },
     Recipe {
         title: "Reach a peer's web service with ordinary tools",
@@ -378,9 +412,19 @@ fn walk(cmd: &clap::Command, path: &mut Vec<String>, out: &mut Vec<CommandDoc>) 
 /// Every visible leaf command of `root` meant for agents, in definition
 /// order.
 pub fn catalog(root: &clap::Command) -> Vec<CommandDoc> {
+    catalog_filtered(root, NOT_FOR_AGENTS)
+}
+
+/// Every visible leaf command of `root`, the ones for people included
+/// (`pilotctl context`).
+pub fn catalog_all(root: &clap::Command) -> Vec<CommandDoc> {
+    catalog_filtered(root, &[])
+}
+
+fn catalog_filtered(root: &clap::Command, skip: &[&str]) -> Vec<CommandDoc> {
     let mut out = Vec::new();
     for s in root.get_subcommands().filter(|c| !c.is_hide_set()) {
-        if NOT_FOR_AGENTS.contains(&s.get_name()) {
+        if skip.contains(&s.get_name()) {
             continue;
         }
         let mut path = vec![s.get_name().to_owned()];

@@ -259,6 +259,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "encrypted_peers": encrypted,
             "authenticated_peers": authenticated,
             "handshake_pending_count": pending,
+            "version": env!("CARGO_PKG_VERSION"),
+            "webhook_queue_dropped": self.webhook.dropped,
+            "webhook_circuit_skips": self.webhook.circuit_skips,
         })
         .to_string()
     }

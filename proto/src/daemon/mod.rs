@@ -32,7 +32,9 @@ mod lifecycle;
 mod network;
 mod output;
 pub mod paths;
+mod tasks;
 mod trust;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -67,8 +69,8 @@ use client::Client;
 pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 use lifecycle::Lifecycle;
-pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WorkToken};
 use paths::{BeaconInput, DELIVER_OFFSET, Paths, PathsConfig, label_peer, path_label};
+pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WebhookOutput, WorkToken};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
@@ -394,6 +396,10 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// Received files and inbox records being written: the data-exchange
     /// connection waiting for each write's outcome.
     saves: BTreeMap<WorkToken, ConnId>,
+    /// Task service state (`tasks.rs`).
+    tasks: tasks::TaskState,
+    /// Webhook URL, event numbering and delivery counters (`webhook.rs`).
+    webhook: webhook::WebhookState,
     next_work: u64,
     /// The IPC client served last (round robin of [`Output::Ipc`]).
     ipc_cursor: ClientId,
@@ -506,6 +512,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 trust: true,
                 data_exchange: cfg.services.dataexchange,
                 event_stream: cfg.services.eventstream,
+                tasks: true,
                 ..HostConfig::new(cfg.profile)
             }),
             trust_waiters: Vec::new(),
@@ -521,6 +528,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             outputs: VecDeque::new(),
             diagnostics: VecDeque::new(),
             saves: BTreeMap::new(),
+            tasks: tasks::TaskState::default(),
+            webhook: webhook::WebhookState::default(),
             next_work: 1,
             ipc_cursor: ClientId(0),
             timeout_given: false,
@@ -1841,6 +1850,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 token,
                 data,
             } => self.ipc_broadcast(now, client, network, port, token.as_bytes(), data),
+            IpcMessage::SetTaskExec(f) => self.ipc_set_task_exec(client, f.is_set()),
+            IpcMessage::SetWebhook(url) => self.ipc_set_webhook(client, url),
             IpcMessage::Cancel(_) => {}
             IpcMessage::PreferDirect { node_id } => self.ipc_prefer_direct(now, client, node_id),
             other => {
@@ -2314,6 +2325,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         if !announce_later {
+            self.webhook_event(
+                now,
+                "node.registered",
+                serde_json::json!({"address": address}),
+            );
             self.outputs
                 .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
         }
@@ -2358,6 +2374,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 if let Err(e) = &result {
                     self.diagnostics_push(format!("set_visibility after registration failed: {e}"));
                 }
+                self.webhook_event(
+                    now,
+                    "node.registered",
+                    serde_json::json!({"address": address}),
+                );
                 self.outputs
                     .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
             }
@@ -2617,7 +2638,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 HostAction::TrustMessage { from, bytes } => {
                     self.on_trust_bytes(now, bytes, from.node);
                 }
-                HostAction::Event(_) => {}
+                HostAction::TaskFrame {
+                    conn,
+                    from,
+                    frame_type,
+                    payload,
+                } => self.on_task_frame(now, conn, from, frame_type, &payload),
+                HostAction::Event(e) => self.webhook_pubsub(now, e),
             }
         }
     }

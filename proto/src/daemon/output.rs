@@ -94,6 +94,9 @@ pub enum DiskWrite {
         /// JSON text.
         json: String,
     },
+    /// A task file under `<dir>/tasks/` (`spec/services.md` §12.3);
+    /// nothing waits for the outcome.
+    Task(crate::services::tasks::TaskEffect),
 }
 
 /// Something the daemon reports (logs, readiness, exit).
@@ -114,4 +117,15 @@ pub enum DaemonEvent {
     Diagnostic(String),
     /// [`super::Daemon::shutdown`] finished: exit.
     Stopped,
+    /// Webhook work for the driver (`spec/services.md` §13).
+    Webhook(WebhookOutput),
+}
+
+/// What the driver's webhook deliverer must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookOutput {
+    /// Deliver to this URL from now on (`None`: stop delivering).
+    Url(Option<String>),
+    /// POST this JSON document (one event).
+    Event(String),
 }

@@ -466,8 +466,9 @@ fn registers_and_reports_status() {
     assert_eq!(info["node_id"], net.addr(0).node);
     assert_eq!(info["address"], net.addr(0).to_string());
     assert_eq!(info["encrypt"], true);
-    // Built-in services: echo 7, trust 444, data exchange 1001, events 1002.
-    assert_eq!(info["ports"], 4);
+    // Built-in services: echo 7, trust 444, data exchange 1001, events
+    // 1002, tasks 1003.
+    assert_eq!(info["ports"], 5);
     // Heartbeats keep the node registered across several periods.
     net.advance(Duration::from_secs(200));
     let reg = net.reg.as_ref().unwrap();

@@ -78,9 +78,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         ));
                     }
                 }
-                Effect::Event(ev) => self
-                    .outputs
-                    .push_back(super::Output::Event(super::DaemonEvent::Trust(ev))),
+                Effect::Event(ev) => {
+                    self.webhook_trust(now, &ev);
+                    self.outputs
+                        .push_back(super::Output::Event(super::DaemonEvent::Trust(ev)));
+                }
             }
         }
         if persist {

@@ -87,6 +87,21 @@ pub fn request_frame(req: &Request) -> Option<Vec<u8>> {
         .and_then(|p| codec::frame_vec(&p).ok())
 }
 
+/// A `lookup` request for `node_id` as one frame (a one-shot client such
+/// as `pilotctl lookup`, `spec/registry.md` §3.2).
+pub fn lookup_frame(node_id: u32) -> Option<Vec<u8>> {
+    request_frame(&Request::Lookup(codec::Lookup { node_id }))
+}
+
+/// A response as the JSON object the registry sent (`type` included),
+/// for tools that print it.
+pub fn response_value(resp: &Response) -> serde_json::Value {
+    codec::encode_response(resp)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A response as one frame (server side).
 pub fn reply_frame(resp: &Response) -> Vec<u8> {
     let json = codec::encode_response(resp).unwrap_or_else(|_| FALLBACK_ERROR.to_vec());

@@ -1,6 +1,7 @@
 //! The daemon's built-in stream services as one sans-IO host
 //! (`spec/services.md` §9): echo on 7, the trust-message intake on 444,
-//! data exchange on 1001 and the event-stream broker on 1002. Each accepted
+//! data exchange on 1001, the event-stream broker on 1002 and task
+//! submission on 1003 (one frame per stream, `spec/services.md` §12). Each accepted
 //! connection is a small state machine driven through the [`StreamIo`]
 //! trait; whatever only the daemon can do (write a file, feed the trust
 //! store, report an event) comes out of [`ServiceHost::poll_action`].
@@ -20,6 +21,7 @@ use super::dataexchange::{DataExchangeService, FileNameError, Frame, FrameType, 
 use super::dataexchange::{HEADER_LEN as DX_HEADER_LEN, TraceAck, max_payload};
 use super::eventstream::{Broker, BrokerEffect, Event};
 use super::handshake::max_message;
+use super::tasks;
 use super::walltime::WallTime;
 use crate::addr::{Addr, PilotSockAddr, ports};
 use crate::node::ConnId;
@@ -40,6 +42,8 @@ pub const DATA_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CONNS_PER_SERVICE: usize = 256;
 /// Longest save-error text put into an `ERR` reply, bytes (`spec/services.md` §9.5).
 pub const MAX_ERROR_TEXT: usize = 256;
+/// How long a port-1003 connection may take to deliver its frame.
+pub const TASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Event-stream notifications ([`HostAction::Event`]) queued at most; more
 /// are counted and dropped (`spec/services.md` §9.3).
 pub const QUEUED_EVENTS: usize = 1024;
@@ -81,15 +85,18 @@ pub enum Service {
     DataExchange,
     /// Port 1002.
     EventStream,
+    /// Port 1003 (task submission; the daemon decides on each frame).
+    Tasks,
 }
 
 impl Service {
     /// Every service, in port order.
-    pub const ALL: [Service; 4] = [
+    pub const ALL: [Service; 5] = [
         Service::Echo,
         Service::Trust,
         Service::DataExchange,
         Service::EventStream,
+        Service::Tasks,
     ];
 
     /// The service's virtual port.
@@ -99,6 +106,7 @@ impl Service {
             Service::Trust => ports::HANDSHAKE,
             Service::DataExchange => ports::DATA_EXCHANGE,
             Service::EventStream => ports::EVENT_STREAM,
+            Service::Tasks => tasks::PORT,
         }
     }
 
@@ -109,6 +117,7 @@ impl Service {
             ports::HANDSHAKE => Some(Service::Trust),
             ports::DATA_EXCHANGE => Some(Service::DataExchange),
             ports::EVENT_STREAM => Some(Service::EventStream),
+            tasks::PORT => Some(Service::Tasks),
             _ => None,
         }
     }
@@ -166,6 +175,8 @@ pub struct HostConfig {
     pub data_exchange: bool,
     /// Run the event stream on 1002.
     pub event_stream: bool,
+    /// Take task frames on 1003 ([`HostAction::TaskFrame`]).
+    pub tasks: bool,
     /// Bounds.
     pub limits: HostLimits,
 }
@@ -179,6 +190,7 @@ impl HostConfig {
             trust: true,
             data_exchange: true,
             event_stream: true,
+            tasks: false,
             limits: HostLimits::for_profile(profile),
         }
     }
@@ -190,6 +202,7 @@ impl HostConfig {
             Service::Trust => self.trust,
             Service::DataExchange => self.data_exchange,
             Service::EventStream => self.event_stream,
+            Service::Tasks => self.tasks,
         }
     }
 }
@@ -286,6 +299,18 @@ pub enum HostAction {
         /// The message bytes (one JSON object).
         bytes: Vec<u8>,
     },
+    /// A complete port-1003 frame; answer with
+    /// [`ServiceHost::task_reply`] (the connection waits for it).
+    TaskFrame {
+        /// The connection.
+        conn: ConnId,
+        /// The stream's actual remote node.
+        from: Addr,
+        /// Frame type.
+        frame_type: tasks::FrameType,
+        /// JSON payload.
+        payload: Vec<u8>,
+    },
     /// An event-stream notification.
     Event(ServiceEvent),
 }
@@ -364,11 +389,23 @@ struct EventConn {
 }
 
 #[derive(Debug)]
+struct TaskConn {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    out_off: usize,
+    waiting: bool,
+    /// The daemon answered: write `out`, then close.
+    answered: bool,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
 enum ConnState {
     Echo(EchoConn),
     Trust(TrustConn),
     Data(DataConn),
     Events(EventConn),
+    Tasks(TaskConn),
 }
 
 impl ConnState {
@@ -378,6 +415,7 @@ impl ConnState {
             ConnState::Trust(_) => Service::Trust,
             ConnState::Data(_) => Service::DataExchange,
             ConnState::Events(_) => Service::EventStream,
+            ConnState::Tasks(_) => Service::Tasks,
         }
     }
 
@@ -387,6 +425,7 @@ impl ConnState {
             ConnState::Trust(t) => t.buf.capacity(),
             ConnState::Data(d) => d.inbuf.capacity() + d.out.capacity(),
             ConnState::Events(e) => e.inbuf.capacity() + e.cur.as_ref().map_or(0, |(b, _)| b.len()),
+            ConnState::Tasks(t) => t.buf.capacity() + t.out.capacity(),
         }
     }
 
@@ -394,6 +433,7 @@ impl ConnState {
         match self {
             ConnState::Trust(t) => Some(t.deadline),
             ConnState::Data(d) if d.waiting.is_none() => d.deadline,
+            ConnState::Tasks(t) if !t.waiting => Some(t.deadline),
             _ => None,
         }
     }
@@ -726,6 +766,14 @@ impl ServiceHost {
                     .map_err(|_| HostError::TooManyConnections(port))?;
                 ConnState::Events(EventConn::default())
             }
+            Service::Tasks => ConnState::Tasks(TaskConn {
+                buf: Vec::new(),
+                out: Vec::new(),
+                out_off: 0,
+                waiting: false,
+                answered: false,
+                deadline: now + TASK_TIMEOUT,
+            }),
         };
         self.conns.insert(conn, Conn { remote, state });
         Ok(())
@@ -779,6 +827,35 @@ impl ServiceHost {
         self.drive(io, conn, now, wall);
     }
 
+    /// The daemon's answer to a [`HostAction::TaskFrame`]: `reply` is
+    /// written (if any), then the connection is closed.
+    pub fn task_reply(
+        &mut self,
+        io: &mut dyn StreamIo,
+        conn: ConnId,
+        now: Instant,
+        wall: WallTime,
+        reply: Option<Vec<u8>>,
+    ) {
+        let Some(Conn {
+            state: ConnState::Tasks(st),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            return;
+        };
+        if !st.waiting {
+            return;
+        }
+        st.waiting = false;
+        st.answered = true;
+        st.out = reply.unwrap_or_default();
+        st.out_off = 0;
+        // Writing the reply may take a while; it gets a fresh deadline.
+        st.deadline = now + TASK_TIMEOUT;
+        self.drive(io, conn, now, wall);
+    }
+
     /// `conn` is gone (closed or reset by the node); forget it.
     pub fn on_closed(&mut self, conn: ConnId) {
         self.forget(conn);
@@ -826,6 +903,7 @@ impl ServiceHost {
                 self.dirty.insert(conn);
                 self.pump_events(io, conn, now)
             }
+            Service::Tasks => self.pump_task(io, conn),
         };
         if flow == Flow::Done {
             self.finish(io, conn);
@@ -905,6 +983,65 @@ impl ServiceHost {
                 Ok(n) => st.end = n.min(chunk),
                 Err(IoError::WouldBlock) => return Flow::Keep,
                 Err(IoError::Closed) => return Flow::Done,
+            }
+        }
+    }
+
+    /// Port 1003 (`spec/services.md` §12.2): read one frame (bounded by
+    /// [`tasks::MAX_PAYLOAD`]), hand it to the daemon, write its answer,
+    /// close. Anything after the first frame is ignored.
+    fn pump_task(&mut self, io: &mut dyn StreamIo, conn: ConnId) -> Flow {
+        let chunk = self.cfg.limits.read_chunk.max(1);
+        let Some(Conn {
+            state: ConnState::Tasks(st),
+            remote,
+        }) = self.conns.get_mut(&conn)
+        else {
+            return Flow::Keep;
+        };
+        if st.waiting {
+            return Flow::Keep;
+        }
+        if st.answered {
+            while st.out_off < st.out.len() {
+                let Some(rest) = st.out.get(st.out_off..) else {
+                    return Flow::Done;
+                };
+                match write_some(io, conn, rest) {
+                    Err(()) => return Flow::Done,
+                    Ok(0) => return Flow::Keep,
+                    Ok(n) => st.out_off += n,
+                }
+            }
+            return Flow::Done;
+        }
+        loop {
+            match tasks::decode_frame(&st.buf) {
+                Err(_) => {
+                    self.stats.protocol_errors += 1;
+                    return Flow::Done;
+                }
+                Ok(Some((frame_type, payload, _))) => {
+                    let payload = payload.to_vec();
+                    st.buf = Vec::new();
+                    st.waiting = true;
+                    self.stats.frames += 1;
+                    self.actions.push_back(HostAction::TaskFrame {
+                        conn,
+                        from: remote.addr,
+                        frame_type,
+                        payload,
+                    });
+                    return Flow::Keep;
+                }
+                Ok(None) => {}
+            }
+            // Never more than one frame's worth of input.
+            let room = (tasks::HEADER_LEN + tasks::MAX_PAYLOAD).saturating_sub(st.buf.len());
+            match read_append(io, conn, &mut st.buf, room.min(chunk)) {
+                Ok(0) | Err(IoError::Closed) => return Flow::Done,
+                Err(IoError::WouldBlock) => return Flow::Keep,
+                Ok(_) => {}
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod host;
 pub mod nameserver;
 pub mod secure;
+pub mod tasks;
 pub mod walltime;
 
 /// Why a service encoder refused to write.

@@ -223,10 +223,12 @@ commands! {
     SetWebhook = 0x1B, "set_webhook", ToDaemon, Both;
     /// Reply JSON.
     SetWebhookOk = 0x1C, "set_webhook_ok", FromDaemon, Both;
-    /// Enable task execution: `[u8]` (1 = enable). Legacy only.
-    SetTaskExec = 0x1D, "set_task_exec", ToDaemon, LegacyOnly;
-    /// Registry reply JSON. Legacy only.
-    SetTaskExecOk = 0x1E, "set_task_exec_ok", FromDaemon, LegacyOnly;
+    /// Enable task execution: `[u8]` (1 = enable). The later reference
+    /// dropped it with its task service; this implementation keeps both
+    /// (`spec/services.md` §12).
+    SetTaskExec = 0x1D, "set_task_exec", ToDaemon, Both;
+    /// Reply JSON `{"task_exec":bool,"type":"set_task_exec_ok"}`.
+    SetTaskExecOk = 0x1E, "set_task_exec_ok", FromDaemon, Both;
     /// Network operation: `[u8 sub][…]`.
     Network = 0x1F, "network", ToDaemon, CurrentOnly;
     /// Network reply JSON.

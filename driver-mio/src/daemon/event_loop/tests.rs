@@ -72,6 +72,8 @@ fn loop_drives_a_real_daemon_through_its_outputs() {
         profile_path: dir.path().join("profile.json"),
         received: SaveDir::open(dir.path().join("received"), 1 << 20).unwrap(),
         inbox: SaveDir::open(dir.path().join("inbox"), 1 << 20).unwrap(),
+        tasks_dir: dir.path().join("tasks"),
+        webhook: Default::default(),
         handle_signals: false,
         print_ready: false,
         shutdown_grace: STEP,

@@ -1014,3 +1014,61 @@ mod over_nodes {
         assert!(saved == &data);
     }
 }
+
+#[test]
+fn a_task_connection_hands_over_one_frame_writes_the_answer_and_closes() {
+    let mut cfg = HostConfig::new(WireProfile::Current);
+    cfg.tasks = true;
+    let mut h = Harness::new(cfg);
+    assert!(h.host.ports().any(|p| p == tasks::PORT));
+    let c = h.accept(tasks::PORT, 7);
+    let frame = tasks::encode_frame(tasks::FrameType::Submit, br#"{"task_id":"x"}"#).unwrap();
+    // Split: nothing until the frame is complete; a second frame after it
+    // is ignored.
+    h.feed(c, &frame[..5]);
+    assert!(h.actions().is_empty());
+    let mut rest = frame[5..].to_vec();
+    rest.extend_from_slice(&frame);
+    h.feed(c, &rest);
+    let acts = h.actions();
+    assert_eq!(
+        acts,
+        vec![HostAction::TaskFrame {
+            conn: c,
+            from: Addr::new(0, 7),
+            frame_type: tasks::FrameType::Submit,
+            payload: br#"{"task_id":"x"}"#.to_vec(),
+        }]
+    );
+    // Waiting for the daemon: no deadline closes it meanwhile.
+    assert_eq!(h.host.poll_timeout(), None);
+    assert!(!h.io.conn(c).closed);
+    h.host
+        .task_reply(&mut h.io, c, h.now, WALL, Some(b"answer".to_vec()));
+    assert_eq!(h.output(c), b"answer");
+    assert!(h.io.conn(c).closed);
+    assert_eq!(h.host.conn_count(), 0);
+
+    // No answer to give (a status update): closed at once all the same.
+    let e = h.accept(tasks::PORT, 9);
+    h.feed(
+        e,
+        &tasks::encode_frame(tasks::FrameType::StatusUpdate, b"{}").unwrap(),
+    );
+    assert_eq!(h.actions().len(), 1);
+    h.host.task_reply(&mut h.io, e, h.now, WALL, None);
+    assert!(h.io.conn(e).closed);
+    assert!(h.output(e).is_empty());
+
+    // A bad header closes the connection and is counted.
+    let d = h.accept(tasks::PORT, 8);
+    h.feed(d, &[0, 0, 0, 9, 0, 0, 0, 0]);
+    assert!(h.io.conn(d).closed);
+    assert_eq!(h.host.stats().protocol_errors, 1);
+    // Off by default: port 1003 is not served.
+    let mut host = ServiceHost::new(HostConfig::new(WireProfile::Current));
+    assert_eq!(
+        host.on_accept(Instant::ZERO, tasks::PORT, ConnId(1), remote(1), true),
+        Err(HostError::NotServed(tasks::PORT))
+    );
+}

@@ -545,7 +545,8 @@ fn addresses_use_the_six_byte_wire_form() {
 fn profiles_select_commands() {
     use WireProfile::{Current, Legacy};
     assert!(Command::SetTaskExec.is_available_in(Legacy));
-    assert!(!Command::SetTaskExec.is_available_in(Current));
+    assert!(Command::SetTaskExec.is_available_in(Current));
+    assert!(!Command::Network.is_available_in(Legacy));
     assert!(Command::Health.is_available_in(Current));
     assert!(!Command::Health.is_available_in(Legacy));
     assert!(Command::Bind.is_available_in(Legacy) && Command::Bind.is_available_in(Current));

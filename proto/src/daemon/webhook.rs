@@ -1,0 +1,191 @@
+//! The daemon's webhook events (`spec/services.md` §13): the configured
+//! URL (`SetWebhook`, checked for its form here; its addresses are checked
+//! by the driver at every delivery), the event documents
+//! `{"event_id","event","node_id","timestamp","data"}` handed to the
+//! driver as [`DaemonEvent::Webhook`], and the driver's delivery counters
+//! shown by `Health`.
+
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::crypto::provider::CryptoProvider;
+use crate::services::handshake::TrustEvent;
+use crate::services::host::ServiceEvent;
+use crate::services::walltime::WallTime;
+use crate::time::Instant;
+use crate::wire::ipc::IpcMessage;
+
+use super::output::{DaemonEvent, Output, WebhookOutput};
+use super::{ClientId, Daemon};
+
+/// Longest webhook URL.
+pub const MAX_URL: usize = 2048;
+
+/// Webhook state.
+#[derive(Debug, Default)]
+pub(super) struct WebhookState {
+    /// The URL events go to; `None`: no events are made.
+    pub(super) url: Option<String>,
+    /// Last `event_id` given.
+    seq: u64,
+    /// Driver counters: events dropped (queue full), skipped (breaker).
+    pub(super) dropped: u64,
+    pub(super) circuit_skips: u64,
+}
+
+/// Checks the form of a webhook URL: `http://` or `https://`, a host, no
+/// user part, no spaces or control characters, at most [`MAX_URL`].
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_URL || url.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!("set_webhook: invalid URL {url:?}"));
+    }
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .ok_or_else(|| format!("set_webhook: {url:?} must start with http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("set_webhook: {url:?} has no host (or a user part)"));
+    }
+    Ok(())
+}
+
+fn trust_event(ev: &TrustEvent) -> Option<(&'static str, Value)> {
+    Some(match ev {
+        TrustEvent::Received { node } => ("handshake.received", json!({"peer_node_id": node})),
+        TrustEvent::Pending { node } => ("handshake.pending", json!({"peer_node_id": node})),
+        TrustEvent::AutoApproved { node, reason } => (
+            "handshake.auto_approved",
+            json!({"peer_node_id": node, "reason": format!("{reason:?}").to_lowercase()}),
+        ),
+        TrustEvent::Approved { node } => ("handshake.approved", json!({"peer_node_id": node})),
+        TrustEvent::Rejected { node, reason } => (
+            "handshake.rejected",
+            json!({"peer_node_id": node, "reason": reason}),
+        ),
+        TrustEvent::Revoked { node } => ("trust.revoked", json!({"peer_node_id": node})),
+        TrustEvent::RevokedByPeer { node } => {
+            ("trust.revoked_by_peer", json!({"peer_node_id": node}))
+        }
+        TrustEvent::AcceptedByPeer { .. } | TrustEvent::RejectedByPeer { .. } => return None,
+    })
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
+    /// Sets (or, with `""`, clears) the webhook URL. `Err` names the
+    /// problem.
+    pub fn set_webhook(&mut self, url: &str) -> Result<(), String> {
+        if url.is_empty() {
+            self.webhook.url = None;
+        } else {
+            check_url(url)?;
+            self.webhook.url = Some(url.to_owned());
+        }
+        self.outputs
+            .push_back(Output::Event(DaemonEvent::Webhook(WebhookOutput::Url(
+                self.webhook.url.clone(),
+            ))));
+        Ok(())
+    }
+
+    /// The driver's delivery counters, for `Health`.
+    pub fn set_webhook_counters(&mut self, dropped: u64, circuit_skips: u64) {
+        self.webhook.dropped = dropped;
+        self.webhook.circuit_skips = circuit_skips;
+    }
+
+    /// `SetWebhook` from an IPC client.
+    pub(super) fn ipc_set_webhook(&mut self, client: ClientId, url: &str) {
+        match self.set_webhook(url) {
+            Ok(()) => {
+                let reply = json!({"webhook": url}).to_string();
+                self.push(client, &IpcMessage::SetWebhookOk(&reply));
+            }
+            Err(e) => self.push_error(client, &e),
+        }
+    }
+
+    /// Makes event `name` with `data` (if a URL is set).
+    pub(super) fn webhook_event(&mut self, now: Instant, name: &'static str, data: Value) {
+        if self.webhook.url.is_none() {
+            return;
+        }
+        self.webhook.seq += 1;
+        let wall = self.wall(now);
+        let utc = WallTime {
+            offset_secs: 0,
+            ..wall
+        };
+        let mut doc = serde_json::Map::new();
+        doc.insert("event_id".into(), json!(self.webhook.seq));
+        doc.insert("event".into(), json!(name));
+        doc.insert(
+            "node_id".into(),
+            json!(self.address().map_or(0, |a| a.node)),
+        );
+        doc.insert("timestamp".into(), json!(utc.rfc3339().to_string()));
+        if !data.is_null() {
+            doc.insert("data".into(), data);
+        }
+        let body = Value::Object(doc).to_string();
+        self.outputs
+            .push_back(Output::Event(DaemonEvent::Webhook(WebhookOutput::Event(
+                body,
+            ))));
+    }
+
+    /// The webhook event of a trust event, if it has one.
+    pub(super) fn webhook_trust(&mut self, now: Instant, ev: &TrustEvent) {
+        if let Some((name, data)) = trust_event(ev) {
+            self.webhook_event(now, name, data);
+        }
+    }
+}
+
+impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
+    /// The webhook event of an event-stream notification.
+    pub(super) fn webhook_pubsub(&mut self, now: Instant, e: ServiceEvent) {
+        let text = |t: &[u8]| String::from_utf8_lossy(t).into_owned();
+        let (name, data) = match e {
+            ServiceEvent::Subscribed { remote, topic, .. } => (
+                "pubsub.subscribed",
+                json!({"topic": text(&topic), "remote": remote.to_string()}),
+            ),
+            ServiceEvent::Published {
+                remote,
+                topic,
+                size,
+                ..
+            } => (
+                "pubsub.published",
+                json!({"topic": text(&topic), "size": size, "from": remote.to_string()}),
+            ),
+            ServiceEvent::Unsubscribed { remote, topic, .. } => (
+                "pubsub.unsubscribed",
+                json!({"topic": topic.as_deref().map(text), "remote": remote.to_string()}),
+            ),
+        };
+        self.webhook_event(now, name, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_need_a_scheme_and_a_host() {
+        assert!(check_url("http://example.com/hook").is_ok());
+        assert!(check_url("https://h:8443").is_ok());
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://u@h/",
+            "http://h /",
+            "example.com",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+}
