@@ -62,13 +62,17 @@ pub(crate) type Found = (SocketAddr, Option<[u8; 32]>);
 
 type ResolveReply = oneshot::Sender<Result<Found, String>>;
 
+/// The reply channel of a key request (`Err(true)`: refused, retry later;
+/// `Err(false)`: unknown).
+type KeyReply = oneshot::Sender<Result<[u8; 32], bool>>;
+
 /// A request of the node to its registry task.
 enum Cmd {
     /// Resolve a peer.
     Resolve(Addr, ResolveReply),
     /// The identity key of a stranger whose key exchange is held
     /// (`Err(true)`: refused, retry later; `Err(false)`: unknown).
-    Key(u32, oneshot::Sender<Result<[u8; 32], bool>>),
+    Key(u32, KeyReply),
     /// A call whose answer only matters as success or failure.
     Call(Call, oneshot::Sender<Result<(), String>>),
 }
@@ -219,7 +223,7 @@ struct Link {
     public: bool,
     /// Key requests waiting for the resolver's answer, per node (the
     /// resolver makes one look-up; these are only the reply channels).
-    keys: BTreeMap<u32, Vec<oneshot::Sender<Result<[u8; 32], bool>>>>,
+    keys: BTreeMap<u32, Vec<KeyReply>>,
     /// Plain calls waiting for their outcome.
     calls: BTreeMap<CallId, oneshot::Sender<Result<(), String>>>,
 }
