@@ -442,6 +442,19 @@ impl Node {
         )
     }
 
+    /// Tells the registry that this node trusts `peer` (`report_trust`):
+    /// from then on `peer` may resolve this node even while it is private.
+    /// Needs a registry.
+    pub async fn report_trust(&self, peer: u32) -> Result<(), Error> {
+        let reg = self
+            .h
+            .registry
+            .as_ref()
+            .ok_or_else(|| Error::Registry("no registry configured".into()))?;
+        reg.call(pilot_proto::registry::client::Call::ReportTrust(peer))
+            .await
+    }
+
     /// Opens a stream to `dst:port`. With a registry, an unknown peer is
     /// resolved first. Cancel-safe: dropping the future abandons the dial.
     pub async fn connect(&self, dst: Addr, port: u16) -> Result<Stream, Error> {
@@ -478,9 +491,7 @@ async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
     if dst.is_broadcast() || h.lock().known.contains(&dst.node) {
         return Ok(());
     }
-    let (endpoint, key) = reg.lookup(dst.node).await?;
-    let endpoint = endpoint
-        .ok_or_else(|| Error::Registry(format!("node {} has no visible endpoint", dst.node)))?;
+    let (endpoint, key) = reg.resolve(dst).await?;
     let mut st = h.lock();
     if st.node.add_peer(dst, endpoint, key) {
         st.known.insert(dst.node);
@@ -495,21 +506,21 @@ async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
     let Some(reg) = shared.registry.as_ref() else {
         return;
     };
-    let key = match reg.lookup(peer).await {
-        Ok((_, Some(key))) => Some(key),
-        _ => None,
-    };
+    let key = reg.key(peer).await;
     {
         let now = shared.now();
         let mut st = shared.lock();
         match key {
-            Some(key) => {
-                st.node.identity_resolved(now, peer, 0, key);
+            Ok(Some(key)) => {
+                // A stranger is added on our own network.
+                let network = st.node.addr().network;
+                st.node.identity_resolved(now, peer, network, key);
                 if st.node.peer_endpoint(peer).is_some() {
                     st.known.insert(peer);
                 }
             }
-            None => st.node.identity_unknown(now, peer),
+            Ok(None) => st.node.identity_unknown(now, peer),
+            Err(_) => st.node.identity_lookup_refused(now, peer),
         }
     }
     shared.kick();

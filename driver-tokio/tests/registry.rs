@@ -79,3 +79,57 @@ async fn unreachable_registry_fails_the_start() {
     let r = Node::start(NodeConfig::with_registry(rc)).await;
     assert!(matches!(r, Err(Error::Registry(_))), "{r:?}");
 }
+
+/// A private node resolves only for peers it trusts: the first dial fails
+/// at the registry (look-up says private, the second `resolve` step is
+/// refused), and after `report_trust` the same dial goes through the
+/// second step and reaches it. The refusal is cached for a few seconds,
+/// so the dial is retried until the negative answer expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_peer_is_reached_after_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = start_registry(dir.path());
+    let rc = RegistryConfig::new(reg);
+    let a = Node::start(NodeConfig::with_registry(rc.clone()))
+        .await
+        .unwrap();
+    let b = Node::start(NodeConfig::with_registry(rc)).await.unwrap();
+    let l = b.listen(80).unwrap();
+    let server = tokio::spawn(async move {
+        let mut s = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+
+    let before = a.connect(b.addr(), 80).await;
+    match &before {
+        Err(Error::Registry(e)) => assert!(e.starts_with("resolve node"), "{e}"),
+        other => panic!("a private peer resolved without trust: {other:?}"),
+    }
+    // The refusal is remembered: asking again fails at once, the same way.
+    let again = a.connect(b.addr(), 80).await;
+    assert!(matches!(again, Err(Error::Registry(_))), "{again:?}");
+
+    b.report_trust(a.addr().node).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut s = timeout(LIMIT, async {
+        loop {
+            match a.connect(b.addr(), 80).await {
+                Ok(s) => break s,
+                Err(Error::Registry(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("reachable after trust");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the negative answer expires in seconds"
+    );
+    s.write_all(b"private, but trusted").await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = timeout(LIMIT, server).await.unwrap().unwrap();
+    assert_eq!(got, b"private, but trusted");
+}

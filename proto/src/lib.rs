@@ -20,6 +20,9 @@
 //!   the built-in services.
 //! * [`registry`], [`beacon`]: the rendezvous state machines and their
 //!   clients.
+//! * [`resolve`]: the peer [`resolve::Resolver`] on top of the registry
+//!   client (look-up, private second step, identity keys), shared by the
+//!   daemon and embedders.
 //! * [`services`]: the built-in port services.
 //! * [`addr`], [`time`]: virtual addresses and the monotonic [`Instant`].
 //!
@@ -43,6 +46,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod node;
 pub mod registry;
+pub mod resolve;
 pub mod services;
 pub mod stream;
 pub mod time;

@@ -39,10 +39,6 @@ pub(crate) enum Purpose {
     /// The visibility call after a registration: the `Registered` event
     /// goes out when it is answered (either way).
     Announce { node_id: u32, address: String },
-    /// First step of resolving a peer.
-    Lookup(u32),
-    /// Second step (private peers).
-    Resolve(u32),
     /// A received trust message waits for the sender's `lookup` (its
     /// registry key and networks); `known` is a key we already had.
     TrustKey {
@@ -63,8 +59,6 @@ pub(crate) enum Purpose {
     /// The registry pushed that this peer revoked our pair: confirm with
     /// `check_trust` before forgetting it.
     RevokeCheck(u32),
-    /// A peer's key exchange waits for its identity key.
-    PeerKey(u32),
     /// A trust relay used as the fallback of a failed direct send, or a
     /// plain trust bookkeeping call: nothing to do with the answer.
     Fire,
@@ -215,7 +209,12 @@ mod tests {
         let mut accepted = 0;
         let refused = loop {
             let i = accepted as u32;
-            match calls.start(&mut r, Instant::ZERO, Call::Lookup(i), Purpose::PeerKey(i)) {
+            match calls.start(
+                &mut r,
+                Instant::ZERO,
+                Call::Lookup(i),
+                Purpose::KeyBackfill(i),
+            ) {
                 Ok(_) => accepted += 1,
                 Err(e) => break e,
             }
@@ -228,7 +227,7 @@ mod tests {
         assert_eq!(refused.error, ClientError::QueueFull);
         let last = accepted as u32;
         assert!(
-            matches!(refused.purpose, Purpose::PeerKey(n) if n == last),
+            matches!(refused.purpose, Purpose::KeyBackfill(n) if n == last),
             "the purpose is handed back"
         );
         assert_eq!(calls.len(), accepted, "a refused call is not kept");
@@ -240,15 +239,25 @@ mod tests {
         let mut r = reg();
         let mut calls = Calls::default();
         let a = calls
-            .start(&mut r, Instant::ZERO, Call::Lookup(5), Purpose::Lookup(5))
+            .start(
+                &mut r,
+                Instant::ZERO,
+                Call::Lookup(5),
+                Purpose::KeyBackfill(5),
+            )
             .unwrap();
         let b = calls
-            .start(&mut r, Instant::ZERO, Call::Resolve(5), Purpose::Resolve(5))
+            .start(
+                &mut r,
+                Instant::ZERO,
+                Call::Resolve(5),
+                Purpose::RevokeCheck(5),
+            )
             .unwrap();
         assert_ne!(a, b);
-        assert!(matches!(calls.finish(b), Some(Purpose::Resolve(5))));
+        assert!(matches!(calls.finish(b), Some(Purpose::RevokeCheck(5))));
         assert!(calls.finish(b).is_none(), "a second answer finds nothing");
-        assert!(matches!(calls.finish(a), Some(Purpose::Lookup(5))));
+        assert!(matches!(calls.finish(a), Some(Purpose::KeyBackfill(5))));
         assert_eq!(calls.len(), 0);
     }
 
@@ -295,10 +304,20 @@ mod tests {
         let mut r = reg();
         let mut calls = Calls::default();
         let a = calls
-            .start(&mut r, Instant::ZERO, Call::Lookup(1), Purpose::Lookup(1))
+            .start(
+                &mut r,
+                Instant::ZERO,
+                Call::Lookup(1),
+                Purpose::KeyBackfill(1),
+            )
             .unwrap();
         let b = calls
-            .start(&mut r, Instant::ZERO, Call::Lookup(2), Purpose::Lookup(2))
+            .start(
+                &mut r,
+                Instant::ZERO,
+                Call::Lookup(2),
+                Purpose::KeyBackfill(2),
+            )
             .unwrap();
         // Everything held: nothing is lost.
         assert!(calls.reconcile(|id| r.holds_call(id)).is_empty());
@@ -307,8 +326,8 @@ mod tests {
         let lost = calls.reconcile(|id| id != a);
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].0, a);
-        assert!(matches!(lost[0].1, Purpose::Lookup(1)));
+        assert!(matches!(lost[0].1, Purpose::KeyBackfill(1)));
         assert_eq!(calls.len(), 1);
-        assert!(matches!(calls.finish(b), Some(Purpose::Lookup(2))));
+        assert!(matches!(calls.finish(b), Some(Purpose::KeyBackfill(2))));
     }
 }

@@ -39,7 +39,7 @@ mod webhook;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -53,6 +53,7 @@ use crate::node::{ConnId, Event, Limits, Node, NodeConfig, NodeError, ResetCause
 use crate::registry::auth::Identity as RegistryIdentity;
 use crate::registry::client::{Call, CallId, ClientConfig, ClientEvent, RegistryClient};
 use crate::registry::codec::{self, Response};
+use crate::resolve::{KeyFetch, ResolveEvent, Resolver, ResolverConfig};
 use crate::services::handshake::{TrustFile, TrustStore};
 use crate::services::host::{HostAction, HostConfig, IoError, ServiceHost, StreamIo};
 use crate::services::walltime::WallTime;
@@ -84,32 +85,13 @@ pub const OUT_DATAGRAM_CAP: usize = 4 * 1024 * 1024;
 /// Most unprocessed input bytes of a client: one complete frame plus one
 /// driver read of 1 MiB (`spec/daemon.md` §7).
 pub const IN_MAX: usize = 2 * (LENGTH_PREFIX_LEN + crate::wire::ipc::MAX_BODY_LEN);
-/// How long a peer resolution may take before the waiting requests fail
-/// (`spec/daemon.md` §4).
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The error text of a request that needs the registry while its last
-/// dial or connection failed (`spec/daemon.md` §5).
-pub const REGISTRY_UNREACHABLE: &str = "registry unreachable";
-
-/// Most requests waiting for one peer resolution (`spec/daemon.md` §7).
-pub const RESOLVE_WAITERS: usize = 64;
-/// Most peer resolutions in progress (`spec/daemon.md` §7).
-pub const MAX_RESOLUTIONS: usize = 256;
+pub use crate::resolve::{
+    KEY_LOOKUP_BURST, KEY_LOOKUP_RATE, MAX_KEY_FETCHES, MAX_PEER_KEYS, MAX_RESOLUTIONS,
+    REGISTRY_UNREACHABLE, RESOLVE_TIMEOUT, RESOLVE_WAITERS,
+};
 /// Longest a graceful shutdown waits for FINs and the deregistration
 /// (`spec/daemon.md` §8).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// Most registry keys remembered for peers (`spec/daemon.md` §7).
-pub const MAX_PEER_KEYS: usize = 65_536;
-/// Most identity-key look-ups for key exchanges in progress
-/// (`spec/daemon.md` §7).
-pub const MAX_KEY_FETCHES: usize = 1024;
-/// Burst of registry look-ups for the identity keys of strangers whose
-/// key exchanges are held (`spec/daemon.md` §7, `spec/crypto.md` §2.8).
-pub const KEY_LOOKUP_BURST: f64 = 16.0;
-/// Refill of that budget per second: well under the registry's query
-/// limit (500 per minute per IP), so a flood of signed key exchanges with
-/// random sender IDs cannot use up the daemon's own look-ups.
-pub const KEY_LOOKUP_RATE: f64 = 4.0;
 /// Registry heartbeat period by default (`spec/daemon.md` §4).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -280,14 +262,6 @@ enum Waiter {
     Refresh,
 }
 
-#[derive(Debug)]
-struct Resolution {
-    deadline: Instant,
-    network: u16,
-    key: Option<[u8; 32]>,
-    waiters: Vec<Waiter>,
-}
-
 /// A handshake "wait for trust" request.
 #[derive(Debug)]
 struct TrustWaiter {
@@ -378,12 +352,10 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
 
     host: ServiceHost,
     trust_waiters: Vec<TrustWaiter>,
-    peer_keys: BTreeMap<u32, [u8; 32]>,
-    key_fetch: BTreeSet<u32>,
-    /// Look-up budget for strangers' keys: (tokens, last refill).
-    key_lookup_budget: (f64, Instant),
     peers: BTreeMap<u32, u16>,
-    resolving: BTreeMap<u32, Resolution>,
+    /// Peer resolutions, identity-key look-ups and what the registry told
+    /// us about other nodes.
+    resolver: Resolver<Waiter>,
 
     clients: BTreeMap<ClientId, Client>,
     next_client: u64,
@@ -516,11 +488,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 ..HostConfig::new(cfg.profile)
             }),
             trust_waiters: Vec::new(),
-            peer_keys: BTreeMap::new(),
-            key_fetch: BTreeSet::new(),
-            key_lookup_budget: (KEY_LOOKUP_BURST, now),
             peers: BTreeMap::new(),
-            resolving: BTreeMap::new(),
+            resolver: Resolver::new(ResolverConfig::default(), now),
             clients: BTreeMap::new(),
             next_client: 1,
             conns: ConnTable::default(),
@@ -583,6 +552,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             |id| reg.is_some_and(|r| r.holds_call(id)),
             |c| self.clients.contains_key(&c),
         );
+        self.resolver
+            .check(|id| reg.is_some_and(|r| r.holds_call(id)));
     }
 
     /// Counters.
@@ -694,9 +665,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn remember_key(&mut self, node: u32, key: [u8; 32]) {
-        if self.peer_keys.contains_key(&node) || self.peer_keys.len() < MAX_PEER_KEYS {
-            self.peer_keys.insert(node, key);
-        }
+        self.resolver.remember_key(node, key);
     }
 
     // ----- tunnel -------------------------------------------------------
@@ -1011,10 +980,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 r.disconnected(now);
             }
         }
-        let waiting: Vec<u32> = self.resolving.keys().copied().collect();
-        for n in waiting {
-            self.resolution_failed(now, n, REGISTRY_UNREACHABLE);
-        }
+        self.resolver.fail_all(REGISTRY_UNREACHABLE);
+        self.resolver_events(now);
         self.drive(now);
     }
 
@@ -1098,10 +1065,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 let _ = node.unbind(now, port);
             }
         }
-        for r in self.resolving.values_mut() {
-            r.waiters
-                .retain(|w| !matches!(w, Waiter::Dial { client: c, .. } if *c == client));
-        }
+        self.resolver
+            .retain_waiters(|w| !matches!(w, Waiter::Dial { client: c, .. } if *c == client));
         self.trust_waiters.retain(|w| w.client != client);
         self.calls.forget_client(client);
         self.drive(now);
@@ -1150,9 +1115,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         take(self.life.node().and_then(|n| n.poll_timeout()).map(|x| x.0));
         take(self.registry.as_ref().and_then(|r| r.poll_timeout()));
         take(self.paths.as_ref().and_then(|p| p.poll_timeout()));
-        for r in self.resolving.values() {
-            take(Some(r.deadline));
-        }
+        take(self.resolver.poll_timeout());
         take(self.host.poll_timeout());
         for w in &self.trust_waiters {
             take(Some(w.deadline));
@@ -1179,15 +1142,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         self.send_probes(now);
         // Resolutions that took too long.
-        let late: Vec<u32> = self
-            .resolving
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in late {
-            self.resolution_failed(now, n, "registry: request timed out");
-        }
+        self.resolver.handle_timeout(now);
+        self.resolver_events(now);
         // Service connections past their deadline.
         if self.host.poll_timeout().is_some_and(|t| t <= now) {
             if let Some(node) = self.life.node_mut() {
@@ -1297,6 +1253,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 progressed = true;
                 self.on_call_answer(now, purpose, Err(calls::ANSWER_LOST.to_owned()));
             }
+            let reg = self.registry.as_ref();
+            self.resolver
+                .reconcile(now, |id| reg.is_some_and(|r| r.holds_call(id)));
+            if self.resolver.has_events() {
+                progressed = true;
+                self.resolver_events(now);
+            }
             if !progressed {
                 break;
             }
@@ -1337,7 +1300,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 // The endpoint may be stale (peer restarted elsewhere):
                 // look it up again; a resolution in progress covers it.
                 let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
-                if registered && !self.resolving.contains_key(&peer) {
+                if registered && !self.resolver.is_resolving(peer) {
                     let network = self.peers.get(&peer).copied().unwrap_or(0);
                     self.stats.endpoint_refreshes += 1;
                     self.resolve_then(now, peer, network, Waiter::Refresh);
@@ -1359,35 +1322,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// A peer's key exchange needs its registered identity key: use the
-    /// one we know or look it up.
+    /// one we know or look it up (paced, `spec/daemon.md` §4).
     fn identity_needed(&mut self, now: Instant, peer: u32) {
-        if let Some(key) = self.peer_keys.get(&peer).copied() {
-            self.install_peer_key(now, peer, key);
-            return;
-        }
-        if self.key_fetch.contains(&peer) {
-            return;
-        }
-        let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
-        if !registered || self.key_fetch.len() >= MAX_KEY_FETCHES || !self.take_key_lookup(now) {
-            if let Some(n) = self.life.node_mut() {
-                n.identity_lookup_refused(now, peer);
+        match self.resolver.fetch_key(self.registry.as_mut(), now, peer) {
+            KeyFetch::Known(key) => self.install_peer_key(now, peer, key),
+            KeyFetch::Started => {}
+            KeyFetch::Refused => {
+                if let Some(n) = self.life.node_mut() {
+                    n.identity_lookup_refused(now, peer);
+                }
             }
-            return;
         }
-        if let Some(Ok(_)) = self.call(now, Call::Lookup(peer), Purpose::PeerKey(peer)) {
-            self.key_fetch.insert(peer);
-        }
-    }
-
-    /// Takes one token of the stranger key look-up budget.
-    fn take_key_lookup(&mut self, now: Instant) -> bool {
-        let (tokens, at) = self.key_lookup_budget;
-        let dt = now.saturating_duration_since(at).as_secs_f64();
-        let tokens = (tokens + dt * KEY_LOOKUP_RATE).min(KEY_LOOKUP_BURST);
-        let ok = tokens >= 1.0;
-        self.key_lookup_budget = (if ok { tokens - 1.0 } else { tokens }, now.max(at));
-        ok
     }
 
     /// The registry vouches for `key` as `peer`'s identity: the node
@@ -2122,45 +2067,42 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// public node, the endpoint; then resolve for a private one) and runs
     /// `waiter` once done.
     fn resolve_then(&mut self, now: Instant, node: u32, network: u16, waiter: Waiter) {
-        if let Some(r) = self.resolving.get_mut(&node) {
-            if r.waiters.len() < RESOLVE_WAITERS {
-                r.waiters.push(waiter);
-            } else {
-                self.fail_waiter(now, node, waiter, "too many requests waiting");
-            }
-            return;
+        let peer = Addr::new(network, node);
+        if let Err((w, reason)) = self
+            .resolver
+            .resolve(self.registry.as_mut(), now, peer, waiter)
+        {
+            self.fail_waiter(now, node, w, &reason);
         }
-        let started = if self.resolving.len() >= MAX_RESOLUTIONS {
-            Err("too many resolutions in progress")
-        } else if self.registry.as_ref().is_some_and(|r| r.is_unreachable()) {
-            Err(REGISTRY_UNREACHABLE)
-        } else {
-            match self.registry.as_mut() {
-                None => Err("no registry configured"),
-                Some(reg) => {
-                    match self
-                        .calls
-                        .start(reg, now, Call::Lookup(node), Purpose::Lookup(node))
-                    {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err("registry: queue full"),
+    }
+
+    /// Carries out what the resolver decided.
+    fn resolver_events(&mut self, now: Instant) {
+        while let Some(ev) = self.resolver.poll_event() {
+            match ev {
+                ResolveEvent::Found {
+                    node,
+                    network,
+                    endpoint,
+                    key,
+                    waiters,
+                } => self.resolution_done(now, node, network, endpoint, key, waiters),
+                ResolveEvent::Failed {
+                    node,
+                    reason,
+                    waiters,
+                } => {
+                    for w in waiters {
+                        self.fail_waiter(now, node, w, &reason);
+                    }
+                }
+                ResolveEvent::KeyFound { node, key } => self.install_peer_key(now, node, key),
+                ResolveEvent::KeyUnknown { node } => {
+                    if let Some(n) = self.life.node_mut() {
+                        n.identity_unknown(now, node);
                     }
                 }
             }
-        };
-        match started {
-            Ok(()) => {
-                self.resolving.insert(
-                    node,
-                    Resolution {
-                        deadline: now + RESOLVE_TIMEOUT,
-                        network,
-                        key: None,
-                        waiters: vec![waiter],
-                    },
-                );
-            }
-            Err(reason) => self.fail_waiter(now, node, waiter, reason),
         }
     }
 
@@ -2175,19 +2117,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
-    fn resolution_failed(&mut self, now: Instant, node: u32, reason: &str) {
-        if let Some(r) = self.resolving.remove(&node) {
-            for w in r.waiters {
-                self.fail_waiter(now, node, w, reason);
-            }
-        }
-    }
-
-    fn resolution_done(&mut self, now: Instant, node: u32, endpoint: SocketAddr) {
-        let Some(r) = self.resolving.remove(&node) else {
-            return;
-        };
-        let addr = Addr::new(r.network, node);
+    fn resolution_done(
+        &mut self,
+        now: Instant,
+        node: u32,
+        network: u16,
+        endpoint: SocketAddr,
+        key: Option<[u8; 32]>,
+        waiters: Vec<Waiter>,
+    ) {
+        let addr = Addr::new(network, node);
         let before = match self.paths.as_ref() {
             Some(p) => p.view(node).and_then(|v| v.endpoint),
             None => self.life.node().and_then(|n| n.peer_endpoint(node)),
@@ -2195,7 +2134,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let added = self
             .life
             .node_mut()
-            .is_some_and(|n| n.add_peer(addr, endpoint, r.key));
+            .is_some_and(|n| n.add_peer(addr, endpoint, key));
         if added {
             self.adopt_peer(now, node, false);
         }
@@ -2207,13 +2146,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         if !added {
-            for w in r.waiters {
+            for w in waiters {
                 self.fail_waiter(now, node, w, "peer table full");
             }
             return;
         }
-        self.peers.insert(node, r.network);
-        for w in r.waiters {
+        self.peers.insert(node, network);
+        for w in waiters {
             match w {
                 Waiter::Dial {
                     client,
@@ -2271,10 +2210,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     let _ = self.call(now, Call::CheckTrust(by), Purpose::RevokeCheck(by));
                 }
             }
+            ClientEvent::CallDone { id, result } if self.resolver.owns(id) => {
+                self.resolver
+                    .on_call_done(self.registry.as_mut(), now, id, result);
+                self.resolver_events(now);
+            }
             ClientEvent::CallDone { id, result } => self.on_call_done(now, id, result),
             ClientEvent::RegistrationFailed { .. }
-            | ClientEvent::Resolved { .. }
-            | ClientEvent::ResolveFailed { .. }
             | ClientEvent::Reregistering
             | ClientEvent::RequestDropped { .. } => {}
         }
@@ -2423,47 +2365,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     Err(text) => self.reply_error(now, client, &text),
                 }
             }
-            Purpose::Lookup(node) => match result {
-                Ok(Response::LookupOk(ok)) => {
-                    let key = crate::registry::auth::decode_public_key(&ok.public_key).ok();
-                    if let Some(k) = key {
-                        self.remember_key(node, k);
-                    }
-                    if let Some(r) = self.resolving.get_mut(&node) {
-                        r.key = key;
-                    }
-                    let endpoint = ok
-                        .real_addr
-                        .as_deref()
-                        .or(ok.endpoint.as_deref())
-                        .and_then(|s| s.parse::<SocketAddr>().ok());
-                    match endpoint {
-                        Some(ep) => self.resolution_done(now, node, ep),
-                        None => {
-                            // Private: ask for the endpoint (privacy-gated).
-                            let started =
-                                self.call(now, Call::Resolve(node), Purpose::Resolve(node));
-                            if !matches!(started, Some(Ok(_))) {
-                                self.resolution_failed(now, node, "registry: queue full");
-                            }
-                        }
-                    }
-                }
-                Ok(_) => self.resolution_failed(now, node, "registry: unexpected reply"),
-                Err(e) => self.resolution_failed(now, node, &e),
-            },
-            Purpose::Resolve(node) => match result {
-                Ok(Response::ResolveOk(ok)) => match ok.real_addr.parse::<SocketAddr>() {
-                    Ok(ep) => self.resolution_done(now, node, ep),
-                    Err(_) => self.resolution_failed(
-                        now,
-                        node,
-                        &format!("node {node} has no real address"),
-                    ),
-                },
-                Ok(_) => self.resolution_failed(now, node, "registry: unexpected reply"),
-                Err(e) => self.resolution_failed(now, node, &e),
-            },
             Purpose::TrustKey {
                 bytes,
                 source,
@@ -2520,26 +2421,6 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         .map(|t| t.on_registry_revoke(node))
                         .unwrap_or_default();
                     self.apply_trust(now, fx);
-                }
-            }
-            Purpose::PeerKey(node) => {
-                self.key_fetch.remove(&node);
-                let key = match result {
-                    Ok(Response::LookupOk(ok)) => {
-                        crate::registry::auth::decode_public_key(&ok.public_key).ok()
-                    }
-                    _ => None,
-                };
-                match key {
-                    Some(k) => {
-                        self.remember_key(node, k);
-                        self.install_peer_key(now, node, k);
-                    }
-                    None => {
-                        if let Some(n) = self.life.node_mut() {
-                            n.identity_unknown(now, node);
-                        }
-                    }
                 }
             }
             Purpose::Broadcast(b) => self.broadcast_members(now, *b, result),

@@ -62,7 +62,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     self.trust_send(now, to, out);
                 }
                 Effect::Registry(op) => self.trust_registry(now, op),
-                Effect::Persist => persist = true,
+                Effect::Persist => {
+                    persist = true;
+                    // Trust changed: the registry may now give us nodes it
+                    // refused before.
+                    self.resolver.clear_negative();
+                }
                 // Trust revoked: close our side of the tunnel at once, as
                 // the peer does (`spec/daemon.md` §6, `spec/crypto.md`
                 // §13). A later grant runs a fresh key exchange.
@@ -178,7 +183,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let Ok(msg) = HandshakeMessage::decode(&buf, self.profile) else {
             return;
         };
-        let known = self.peer_keys.get(&msg.node_id).copied();
+        let known = self.resolver.key(msg.node_id);
         let wants_networks = msg.kind == MessageType::Request;
         if known.is_none() || wants_networks {
             let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());

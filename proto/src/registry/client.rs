@@ -3,8 +3,9 @@
 //!
 //! Inputs: [`RegistryClient::connected`], [`RegistryClient::disconnected`],
 //! [`RegistryClient::handle_response`], [`RegistryClient::handle_timeout`]
-//! and the commands [`RegistryClient::resolve`] and
-//! [`RegistryClient::poll_inbox`]. Outputs: [`RegistryClient::poll_transmit`]
+//! and the commands [`RegistryClient::call`] and
+//! [`RegistryClient::poll_inbox`]. Peer resolution on top of it is
+//! [`crate::resolve::Resolver`]. Outputs: [`RegistryClient::poll_transmit`]
 //! (the next request to frame and send), [`RegistryClient::poll_event`] and
 //! [`RegistryClient::poll_timeout`]. After every input, drain
 //! `poll_transmit` and `poll_event` until they return `None`, then arm a
@@ -104,22 +105,6 @@ pub enum ClientEvent {
     },
     /// Registration was refused; it is retried after a back-off.
     RegistrationFailed {
-        /// The registry's reason text.
-        reason: String,
-    },
-    /// A resolve succeeded.
-    Resolved {
-        /// Target.
-        node_id: u32,
-        /// Its tunnel endpoint.
-        real_addr: String,
-        /// Its LAN endpoints, if any.
-        lan_addrs: Vec<String>,
-    },
-    /// A resolve failed.
-    ResolveFailed {
-        /// Target.
-        node_id: u32,
         /// The registry's reason text.
         reason: String,
     },
@@ -303,7 +288,6 @@ pub enum ClientError {
 enum Op {
     Register,
     Heartbeat,
-    Resolve(u32),
     PollInbox,
     Call(CallId),
 }
@@ -313,7 +297,6 @@ impl Op {
         match self {
             Op::Register => "register",
             Op::Heartbeat => "heartbeat",
-            Op::Resolve(_) => "resolve",
             Op::PollInbox => "poll_handshakes",
             Op::Call(_) => "call",
         }
@@ -444,14 +427,6 @@ impl RegistryClient {
         } else {
             self.queue.push_back(Pending { op, retries: 0 });
         }
-        Ok(())
-    }
-
-    /// Asks for `node_id`'s endpoint; answered by a `Resolved` or
-    /// `ResolveFailed` event.
-    pub fn resolve(&mut self, now: Instant, node_id: u32) -> Result<(), ClientError> {
-        self.enqueue(Op::Resolve(node_id))?;
-        self.pump(now);
         Ok(())
     }
 
@@ -706,15 +681,6 @@ impl RegistryClient {
                 let (signature, sig_ts) = self.sign(now, &format!("heartbeat:{id}"));
                 Request::Heartbeat(codec::Heartbeat {
                     node_id: id,
-                    signature,
-                    sig_ts,
-                })
-            }
-            Op::Resolve(target) => {
-                let (signature, sig_ts) = self.sign(now, &format!("resolve:{id}:{target}"));
-                Request::Resolve(codec::Resolve {
-                    node_id: target,
-                    requester_id: id,
                     signature,
                     sig_ts,
                 })
@@ -1085,15 +1051,6 @@ impl RegistryClient {
                     self.heartbeat_failed(now);
                 }
             }
-            (Op::Resolve(_), Response::ResolveOk(ok)) => self.event(ClientEvent::Resolved {
-                node_id: ok.node_id,
-                real_addr: ok.real_addr,
-                lan_addrs: ok.lan_addrs.unwrap_or_default(),
-            }),
-            (Op::Resolve(node_id), _) => self.event(ClientEvent::ResolveFailed {
-                node_id,
-                reason: error.unwrap_or_else(|| "unexpected reply".to_owned()),
-            }),
             (
                 Op::PollInbox,
                 Response::PollHandshakesOk {

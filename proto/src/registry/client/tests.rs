@@ -153,11 +153,11 @@ fn resolves_and_polls_inbox() {
         }),
     );
     assert!(r.error.is_none());
-    l.client.resolve(l.now, 2).unwrap();
+    let id = l.client.call(l.now, Call::Resolve(2)).unwrap();
     l.settle();
-    assert!(l.log.contains(&ClientEvent::ResolveFailed {
-        node_id: 2,
-        reason: "resolve denied: node 2 is private (establish mutual trust first)".into()
+    assert!(l.log.contains(&ClientEvent::CallDone {
+        id,
+        result: Err("resolve denied: node 2 is private (establish mutual trust first)".into())
     }));
     let hs = Request::RequestHandshake(codec::RequestHandshake {
         from_node_id: 2,
@@ -183,12 +183,15 @@ fn resolves_and_polls_inbox() {
         ..Default::default()
     });
     assert!(l.reg.handle(l.now, peer, vis).error.is_none());
-    l.client.resolve(l.now, 2).unwrap();
+    let id = l.client.call(l.now, Call::Resolve(2)).unwrap();
     l.settle();
-    assert!(l.log.contains(&ClientEvent::Resolved {
-        node_id: 2,
-        real_addr: "127.0.0.1:4001".into(),
-        lan_addrs: vec![]
+    assert!(l.log.contains(&ClientEvent::CallDone {
+        id,
+        result: Ok(Response::ResolveOk(codec::ResolveOk {
+            node_id: 2,
+            real_addr: "127.0.0.1:4001".into(),
+            lan_addrs: None,
+        }))
     }));
 }
 
@@ -225,7 +228,7 @@ fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
     assert!(l.reg.handle(l.now, peer, hs).error.is_none());
     // A request is in flight when the push arrives: the push must not be
     // taken for its reply.
-    l.client.resolve(l.now, 2).unwrap();
+    let id = l.client.call(l.now, Call::Resolve(2)).unwrap();
     let req = l.client.poll_transmit().expect("resolve sent");
     let push = |kind: &str| {
         let bytes = format!(r#"{{"type":"push","kind":"{kind}","from":2}}"#);
@@ -243,9 +246,9 @@ fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
         l.log
     );
     assert!(
-        l.log
-            .iter()
-            .any(|e| matches!(e, ClientEvent::ResolveFailed { node_id: 2, .. }))
+        l.log.iter().any(
+            |e| matches!(e, ClientEvent::CallDone { id: done, result: Err(_) } if *done == id)
+        )
     );
     assert!(l.log.contains(&ClientEvent::TrustRevoked { by: 2 }));
     // No time passed, yet the inbox was fetched.
@@ -384,7 +387,7 @@ fn in_flight_request_is_retried_once_then_dropped() {
         }),
     );
     events(&mut c);
-    c.resolve(now, 9).unwrap();
+    let id = c.call(now, Call::Resolve(9)).unwrap();
     assert!(matches!(c.poll_transmit(), Some(Request::Resolve(r)) if r.node_id == 9));
     // Connection breaks: after reconnecting the same resolve goes again.
     c.disconnected(now);
@@ -397,7 +400,10 @@ fn in_flight_request_is_retried_once_then_dropped() {
     c.disconnected(t1);
     assert_eq!(
         events(&mut c),
-        vec![ClientEvent::RequestDropped { kind: "resolve" }]
+        vec![ClientEvent::CallDone {
+            id,
+            result: Err("request failed".into())
+        }]
     );
     let t2 = c.poll_timeout().unwrap();
     c.handle_timeout(t2);
@@ -489,11 +495,12 @@ fn unsolicited_reply_closes_connection_and_queue_is_bounded() {
     c.handle_response(t_ms(0), Response::HeartbeatOk { time: 1 });
     assert_eq!(events(&mut c), vec![ClientEvent::CloseConnection]);
     for n in 0..CLIENT_MAX_QUEUE as u32 - 1 {
-        c.resolve(t_ms(0), n + 100).unwrap();
+        c.call(t_ms(0), Call::Resolve(n + 100)).unwrap();
     }
-    assert_eq!(c.resolve(t_ms(0), 5), Err(ClientError::QueueFull));
-    // Asking for the same target twice does not take a second slot.
-    assert_eq!(c.resolve(t_ms(0), 100), Ok(()));
+    assert_eq!(
+        c.call(t_ms(0), Call::Resolve(5)),
+        Err(ClientError::QueueFull)
+    );
 }
 
 #[test]
@@ -557,7 +564,7 @@ mod prop {
                     0 => c.connected(now),
                     1 => c.disconnected(now),
                     2 => c.handle_response(now, reply(x, u32::from(y))),
-                    3 => { let _ = c.resolve(now, u32::from(y)); }
+                    3 => { let _ = c.call(now, Call::Resolve(u32::from(y))); }
                     4 => { let _ = c.poll_inbox(now); }
                     _ => {
                         now = now + Duration::from_millis(u64::from(y) * 10);
