@@ -175,6 +175,30 @@ fn to_json(m: &IpcMessage<'_>) -> Value {
                     put("network", network.into());
                     put("accept", accept.0.into());
                 }
+                N::Create { rule, name, token } => {
+                    put("sub", "create".into());
+                    put("rule", rule.into());
+                    put("name", name.into());
+                    put("token", token.into());
+                }
+                N::Delete { network } => {
+                    put("sub", "delete".into());
+                    put("network", network.into());
+                }
+                N::Rename { network, name } => {
+                    put("sub", "rename".into());
+                    put("network", network.into());
+                    put("name", name.into());
+                }
+                N::Member {
+                    sub,
+                    network,
+                    target,
+                } => {
+                    put("sub", format!("{sub:?}").to_lowercase().into());
+                    put("network", network.into());
+                    put("target", target.into());
+                }
             }
         }
         M::Managed(r) => {

@@ -58,10 +58,8 @@ fn three_daemons_form_an_invite_network_broadcast_and_kick() {
 
     // Create: alpha owns an invite-only network.
     let created = a.ok(&["network", "create", "crew", "--rule", "invite"]);
-    let id = created["network_id"]
-        .as_u64()
-        .expect("network_id")
-        .to_string();
+    let id_num = created["network_id"].as_u64().expect("network_id");
+    let id = id_num.to_string();
     // Without an admin token the daemon says why.
     let e = b.err(&["network", "create", "other"]);
     assert_eq!(e["code"], "auth_required", "{e}");
@@ -77,7 +75,7 @@ fn three_daemons_form_an_invite_network_broadcast_and_kick() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|i| i["network_id"].to_string() == id && i["network_name"] == "crew"),
+                .any(|i| i["network_id"].as_u64() == Some(id_num) && i["network_name"] == "crew"),
             "{inv}"
         );
         n.ok(&["network", "accept", &id]);
@@ -118,7 +116,7 @@ fn three_daemons_form_an_invite_network_broadcast_and_kick() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n.to_string() == id),
+            .any(|n| n.as_u64() == Some(id_num)),
         "{info}"
     );
 

@@ -259,6 +259,14 @@ fn sub_command_tables_match_the_spec() {
             (5, "network invite"),
             (6, "network poll-invites"),
             (7, "network respond-invite"),
+            (8, "network create"),
+            (9, "network delete"),
+            (10, "network rename"),
+            (11, "network kick"),
+            (12, "network promote"),
+            (13, "network demote"),
+            (14, "network transfer"),
+            (15, "network role"),
         ],
     );
     check(
