@@ -148,12 +148,6 @@ fn run(node: &Node, home: &std::path::Path, registry: &str, args: &[String]) -> 
 /// A well-formed task id nobody submitted.
 const FAKE_TASK: &str = "00000000-0000-0000-0000-000000000000";
 
-/// Commands whose daemon side another branch builds (`nat`: the IPC
-/// `PreferDirect` handler). Until it is merged the daemon refuses them and
-/// the test checks only that the CLI reports that refusal as an error;
-/// remove the entry once the handler is in.
-const DAEMON_SIDE_ELSEWHERE: &[&str] = &["prefer-direct"];
-
 /// Commands not run against the daemon, and why.
 const NOT_RUN: &[(&str, &str)] = &[
     (
@@ -329,14 +323,6 @@ fn no_command_answers_not_supported() {
         )
         .to_lowercase();
         let unsupported = all.contains("not supported") || all.contains("unknown command");
-        if unsupported && DAEMON_SIDE_ELSEWHERE.contains(name) {
-            // The CLI passes the daemon's refusal on as it is: an error
-            // envelope naming the operation, never a silent success.
-            assert_eq!(out.status.code(), Some(1), "{name}: {all}");
-            assert!(all.contains("prefer_direct"), "{name}: {all}");
-            eprintln!("{name}: daemon side not on this branch yet: {all}");
-            continue;
-        }
         if unsupported {
             failures.push(format!("{name}: {all}"));
         }

@@ -39,7 +39,7 @@ mod webhook;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -70,8 +70,8 @@ use client::Client;
 pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 use lifecycle::Lifecycle;
-use paths::{BeaconInput, DELIVER_OFFSET, Paths, PathsConfig, label_peer, path_label};
 pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WebhookOutput, WorkToken};
+use paths::{BeaconInput, DELIVER_OFFSET, Paths, PathsConfig, label_peer, path_label};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
