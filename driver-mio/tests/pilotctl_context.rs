@@ -188,6 +188,48 @@ fn no_command_answers_not_supported() {
         ("config", vec!["config"]),
         ("lookup", vec!["lookup", &beta_id]),
         ("prefer-direct", vec!["prefer-direct", &beta_id]),
+        // Network commands: refusals (no admin token, no such network)
+        // are fine here; "not supported" is not.
+        ("network list", vec!["network", "list"]),
+        ("network create", vec!["network", "create", "ctx-net"]),
+        ("network delete", vec!["network", "delete", "4242"]),
+        ("network rename", vec!["network", "rename", "4242", "other"]),
+        ("network join", vec!["network", "join", "4242"]),
+        ("network leave", vec!["network", "leave", "4242"]),
+        ("network members", vec!["network", "members", "4242"]),
+        (
+            "network invite",
+            vec!["network", "invite", "4242", &beta_id],
+        ),
+        ("network invites", vec!["network", "invites"]),
+        ("network accept", vec!["network", "accept", "4242"]),
+        ("network reject", vec!["network", "reject", "4242"]),
+        ("network kick", vec!["network", "kick", "4242", &beta_id]),
+        (
+            "network promote",
+            vec!["network", "promote", "4242", &beta_id],
+        ),
+        (
+            "network demote",
+            vec!["network", "demote", "4242", &beta_id],
+        ),
+        (
+            "network transfer",
+            vec!["network", "transfer", "4242", &beta_id],
+        ),
+        ("network role", vec!["network", "role", "4242", &beta_id]),
+        ("managed status", vec!["managed", "status", "4242"]),
+        ("managed policy-get", vec!["managed", "policy-get", "4242"]),
+        (
+            "managed policy-set",
+            vec!["managed", "policy-set", "4242", "null"],
+        ),
+        (
+            "managed policy-validate",
+            vec!["managed", "policy-validate", "{\"version\":1}"],
+        ),
+        ("managed tags", vec!["managed", "tags", "4242", &beta_id]),
+        ("broadcast", vec!["broadcast", "4242", "hello"]),
         ("daemon status", vec!["daemon", "status"]),
         ("daemon start", vec!["daemon", "start", "--dir", &h]),
         ("daemon stop", vec!["daemon", "stop", "--dir", &h]),

@@ -121,6 +121,85 @@ pub const RETURNS: &[(&str, &str)] = &[
         "{version, daemon_running, daemon_version, wire_profiles[]}",
     ),
     (
+        "network list",
+        "the registry's list_networks_ok object without `type` {networks[]}",
+    ),
+    (
+        "network create",
+        "the registry's create_network_ok object without `type` (the new network's id and name)",
+    ),
+    (
+        "network delete",
+        "the registry's delete_network_ok object without `type`",
+    ),
+    (
+        "network rename",
+        "the registry's rename_network_ok object without `type`",
+    ),
+    (
+        "network join",
+        "the registry's join_network_ok object without `type`",
+    ),
+    (
+        "network leave",
+        "the registry's leave_network_ok object without `type`",
+    ),
+    ("network members", "{network_id, members[], total, policy}"),
+    (
+        "network invite",
+        "the registry's invite_to_network_ok object without `type`",
+    ),
+    (
+        "network invites",
+        "the registry's poll_invites_ok object without `type` {invites[]}",
+    ),
+    (
+        "network accept",
+        "the registry's respond_invite_ok object without `type`",
+    ),
+    (
+        "network reject",
+        "the registry's respond_invite_ok object without `type`",
+    ),
+    (
+        "network kick",
+        "the registry's kick_member_ok object without `type`",
+    ),
+    (
+        "network promote",
+        "the registry's promote_member_ok object without `type`",
+    ),
+    (
+        "network demote",
+        "the registry's demote_member_ok object without `type`",
+    ),
+    (
+        "network transfer",
+        "the registry's transfer_ownership_ok object without `type`",
+    ),
+    (
+        "network role",
+        "the registry's get_member_role_ok object without `type` (the member's role)",
+    ),
+    ("managed status", "{network_id, managed, members, policy}"),
+    (
+        "managed policy-get",
+        "the network's policy document (null when none)",
+    ),
+    (
+        "managed policy-set",
+        "the registry's set_network_policy_ok object without `type`",
+    ),
+    (
+        "managed policy-validate",
+        "the normalised policy document (checked locally, nothing sent)",
+    ),
+    (
+        "managed tags",
+        "the member's tags (get_member_tags_ok / set_member_tags_ok without `type`)",
+    ),
+    ("broadcast", "{network_id, port, bytes}"),
+    (
         "prefer-direct",
         "the daemon's prefer_direct_ok object, with node_id",
     ),
