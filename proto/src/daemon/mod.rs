@@ -730,8 +730,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_be_bytes);
         let pils = bytes.get(..4) == Some(&crate::wire::tunnel::MAGIC_PILS[..]);
+        // A key exchange from the direct endpoint the path part already
+        // holds for its sender is that peer's own (charged to the peer's
+        // bucket, as without paths); from anywhere else it keeps its real
+        // source and pays the per-source and stranger budgets, so a flood
+        // of forged key exchanges from one address cannot delay a known
+        // peer's (found by daemon_hostile's first-ping-during-a-flood).
+        let kx = matches!(
+            bytes.get(..4),
+            Some(m) if m == crate::wire::tunnel::MAGIC_PILA || m == crate::wire::tunnel::MAGIC_PILK
+        );
         let feed = match sender {
             Some(s) if pils => path_label(s),
+            Some(s)
+                if kx
+                    && paths.view(s).and_then(|v| v.endpoint) == Some(from)
+                    && node.peer_endpoint(s).and_then(label_peer) == Some(s) =>
+            {
+                path_label(s)
+            }
             _ => from,
         };
         let _ = node.take_authenticated();
