@@ -112,7 +112,7 @@ pub const EXAMPLES: &[Example] = &[
     Example {
         command: "peers",
         argv: &["peers"],
-        output: r#"{"peers":[{"authenticated":true,"encrypted":true,"endpoint":"127.0.0.1:52909","node_id":1}],"total":1}"#,
+        output: r#"{"peers":[{"authenticated":true,"direct_confirmed":true,"encrypted":true,"endpoint":"127.0.0.1:52909","node_id":1,"path":"direct","path_changed_secs_ago":12,"path_changes":1,"srtt_ms":0.412}],"total":1}"#,
     },
     Example {
         command: "connections",
