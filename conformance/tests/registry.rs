@@ -15,7 +15,7 @@ use pilot_proto::registry::codec::{
 };
 use pilot_proto::registry::limits::MAX_FRAME_LEN;
 use pilot_proto::registry::server::{Config, Registry};
-use pilot_proto::time::Instant;
+use pilot_proto::time::UnixTime;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde_json::Value;
@@ -26,9 +26,9 @@ fn seed(v: &Value) -> [u8; 32] {
     unhex(field(v, "seed")).try_into().unwrap()
 }
 
-fn now(v: &Value) -> Instant {
+fn now(v: &Value) -> UnixTime {
     let secs = v.get("now_unix").and_then(Value::as_u64).unwrap();
-    Instant::from_nanos(secs * 1_000_000_000)
+    UnixTime::from_nanos(secs * 1_000_000_000)
 }
 
 fn profile(v: &Value) -> WireProfile {

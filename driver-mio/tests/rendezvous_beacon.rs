@@ -15,7 +15,8 @@ fn discover_reports_the_observed_endpoint() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .unwrap();
-    let now = pilot_driver_mio::rendezvous::server::wall_now();
+    // The beacon client runs on a node's monotonic clock, not Unix time.
+    let now = pilot_proto::time::Instant::ZERO;
     let mut client = BeaconClient::new(ClientConfig::new(rv.beacon, 42), now);
     let deadline = std::time::Instant::now() + STEP;
     let mut buf = vec![0u8; 2048];

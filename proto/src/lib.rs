@@ -24,7 +24,8 @@
 //!   client (look-up, private second step, identity keys), shared by the
 //!   daemon and embedders.
 //! * [`services`]: the built-in port services.
-//! * [`addr`], [`time`]: virtual addresses and the monotonic [`Instant`].
+//! * [`addr`], [`time`]: virtual addresses, the monotonic [`Instant`] and
+//!   the registry's wall-clock [`UnixTime`].
 //!
 //! ## Call order
 //!
@@ -55,5 +56,5 @@ pub mod wire;
 pub use addr::Addr;
 pub use daemon::{Daemon, DaemonConfig};
 pub use node::{ConnId, Event, Node, NodeConfig, NodeError};
-pub use time::Instant;
+pub use time::{Instant, UnixTime};
 pub use wire::{Transmit, WireProfile};

@@ -16,17 +16,22 @@
 //! - **Disk**: [`MemDisk`], an in-memory file tree receiving `trust.json`,
 //!   received files, inbox records and the profile; every write is
 //!   reported done (or failed, when [`MemDisk::fail`] is set).
-//! - **Applications**: IPC clients ([`AppId`]). An application writes
-//!   encoded IPC frames ([`DaemonHost::app_send`]) and every complete
-//!   frame the daemon writes back is reported as [`HostEvent::Ipc`]
-//!   (bytes, decoded by the scenario with the IPC wire codec). Input is
-//!   fed only while the daemon does not pause reading, as a socket would.
+//! - **Applications**: IPC clients ([`AppId`]), each a
+//!   [`ClientSession`] — the sans-IO client session the blocking client of
+//!   `pilot-driver-mio` and the async one of `pilot-driver-tokio` wrap — on
+//!   a socket of the machine. An application starts requests
+//!   ([`DaemonHost::app_request`]), sends frames that need no reply
+//!   ([`DaemonHost::app_send`]) and reads replies, stream data, accepts and
+//!   datagrams through its session ([`DaemonHost::session`]). The session
+//!   reads from the socket only as much as it has room for, so the daemon
+//!   sees a real socket's back-pressure.
 //!
-//! After every input the host drains `poll_output` until `None`, carries
-//! out each output (datagrams, registry bytes, IPC bytes, client closes,
-//! disk work, events, the timer), reports the completions back
-//! (`ipc_consumed`, `disk_done`, `ipc_closed`) and repeats until nothing
-//! moves.
+//! The daemon, its disk and its sockets are a
+//! [`pilot_proto::daemon::machine::Machine`], the harness the daemon's own
+//! unit tests run on too. After every input the host steps the machine
+//! and carries out what it queued (datagrams, registry-connection work),
+//! moves bytes between the sockets and the sessions, and repeats until
+//! nothing moves.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,15 +39,16 @@ use std::net::SocketAddr;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::RustCrypto;
-use pilot_proto::daemon::{
-    ClientId, Daemon, DaemonConfig, DaemonEvent, DiskWrite, Output, WorkToken,
-};
-use pilot_proto::node::MIN_TRANSMIT_BUFFER;
+use pilot_proto::daemon::machine::{Machine, RegistryIo};
+use pilot_proto::daemon::{ClientId, Daemon, DaemonConfig, DaemonEvent, Output};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::WireProfile;
-use pilot_proto::wire::ipc::{IpcMessage, encode_frame, parse_frame};
+use pilot_proto::wire::ipc::IpcMessage;
+use pilot_proto::wire::ipc::client::{ClientSession, Read, RequestError, frame};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+
+pub use pilot_proto::daemon::machine::MemDisk;
 
 use crate::node::{SimNode, Transmit};
 use crate::rendezvous::{RENDEZVOUS_ADDR, UNIX_SECS_AT_ZERO};
@@ -59,13 +65,6 @@ pub struct AppId(pub u64);
 /// What a host reports.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum HostEvent {
-    /// One complete IPC frame body the daemon wrote to application `app`.
-    Ipc {
-        /// The application.
-        app: AppId,
-        /// The frame body (command byte and payload).
-        body: Vec<u8>,
-    },
     /// The daemon closed application `app` (after a protocol error).
     AppClosed(AppId),
     /// The registry accepted the node.
@@ -85,49 +84,6 @@ pub enum HostEvent {
     Saved(String),
     /// The daemon finished a shutdown.
     Stopped,
-}
-
-/// The host's disk: path to contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemDisk {
-    /// Files by path (`trust.json`, `received/NAME`, `inbox/NAME`,
-    /// `profile.json`).
-    pub files: BTreeMap<String, Vec<u8>>,
-    /// When set, every write fails with this text (a full or read-only
-    /// disk).
-    pub fail: Option<String>,
-}
-
-impl MemDisk {
-    /// Performs one write the daemon asked for; the path written.
-    pub fn write(&mut self, w: &DiskWrite) -> Result<String, String> {
-        if let Some(e) = &self.fail {
-            return Err(e.clone());
-        }
-        let (path, data) = match w {
-            DiskWrite::Trust(t) => ("trust.json".to_owned(), t.as_bytes().to_vec()),
-            DiskWrite::Profile(p) => ("profile.json".to_owned(), p.as_bytes().to_vec()),
-            DiskWrite::ReceivedFile { name, data, .. } => {
-                (format!("received/{name}"), data.clone())
-            }
-            DiskWrite::Inbox { name, json } => (format!("inbox/{name}"), json.as_bytes().to_vec()),
-            DiskWrite::Task(pilot_proto::services::tasks::TaskEffect::Create {
-                dir,
-                name,
-                bytes,
-            }) => (format!("tasks/{}/{name}", dir.name()), bytes.clone()),
-            DiskWrite::Task(pilot_proto::services::tasks::TaskEffect::UpdateSubmitted {
-                task_id,
-                patch,
-                ..
-            }) => (
-                format!("tasks/submitted/{task_id}.update"),
-                patch.to_string().into_bytes(),
-            ),
-        };
-        self.files.insert(path.clone(), data);
-        Ok(path)
-    }
 }
 
 /// How to build a daemon.
@@ -153,19 +109,13 @@ pub struct HostConfig {
 
 struct App {
     id: ClientId,
-    /// Frames written by the application, not yet read by the daemon.
-    tx: VecDeque<u8>,
-    /// Bytes the daemon wrote, not yet a complete frame.
-    rx: Vec<u8>,
+    session: ClientSession,
     closed: bool,
 }
 
-/// Most bytes handed to the daemon per read (a socket read's size).
-const READ_CHUNK: usize = 64 * 1024;
-
 /// A daemon, its registry connection, its disk and its applications.
 pub struct DaemonHost {
-    daemon: SimDaemon,
+    machine: Machine<RustCrypto, ChaCha8Rng>,
     endpoint: SocketAddr,
     public: bool,
     tcp: Option<TcpEnd>,
@@ -173,13 +123,8 @@ pub struct DaemonHost {
     next_conn: u32,
     apps: BTreeMap<AppId, App>,
     next_app: u64,
-    /// The disk.
-    pub disk: MemDisk,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<HostEvent>,
-    /// The daemon's timer (its last [`Output::Timeout`]).
-    timer: Option<Instant>,
-    buf: Vec<u8>,
     /// Debug-log lines the daemon produced (counted, not kept).
     pub diagnostics: u64,
     /// Registry connections dialled.
@@ -214,9 +159,9 @@ impl DaemonHost {
         dc.unix_ms_at_epoch = UNIX_SECS_AT_ZERO * 1000;
         dc.beacon = cfg.beacon;
         dc.keepalive = cfg.keepalive;
-        let daemon = Daemon::new(now, dc);
+        let machine = Machine::new(Daemon::new(now, dc));
         let mut h = DaemonHost {
-            daemon,
+            machine,
             endpoint: cfg.endpoint,
             public: cfg.public,
             tcp: None,
@@ -224,11 +169,8 @@ impl DaemonHost {
             next_conn: 1,
             apps: BTreeMap::new(),
             next_app: 1,
-            disk: MemDisk::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
-            timer: None,
-            buf: vec![0; MIN_TRANSMIT_BUFFER],
             diagnostics: 0,
             registry_dials: 0,
         };
@@ -238,17 +180,27 @@ impl DaemonHost {
 
     /// The daemon's virtual address, once registered.
     pub fn address(&self) -> Option<Addr> {
-        self.daemon.address()
+        self.machine.daemon.address()
     }
 
     /// The daemon (read-only: paths, node, trust).
     pub fn daemon(&self) -> &SimDaemon {
-        &self.daemon
+        &self.machine.daemon
     }
 
     /// The daemon's counters.
     pub fn daemon_stats(&self) -> pilot_proto::daemon::DaemonStats {
-        self.daemon.stats()
+        self.machine.daemon.stats()
+    }
+
+    /// The host's disk.
+    pub fn disk(&self) -> &MemDisk {
+        &self.machine.disk
+    }
+
+    /// The host's disk, to make it fail ([`MemDisk::fail`]).
+    pub fn disk_mut(&mut self) -> &mut MemDisk {
+        &mut self.machine.disk
     }
 
     /// Whether the daemon was configured public.
@@ -271,15 +223,14 @@ impl DaemonHost {
     /// A new application connects to the daemon's IPC socket; `None` if
     /// the daemon refuses it.
     pub fn app_open(&mut self, now: Instant) -> Option<AppId> {
-        let id = self.daemon.ipc_open(now).ok()?;
+        let id = self.machine.open(now).ok()?;
         let app = AppId(self.next_app);
         self.next_app += 1;
         self.apps.insert(
             app,
             App {
                 id,
-                tx: VecDeque::new(),
-                rx: Vec::new(),
+                session: ClientSession::default(),
                 closed: false,
             },
         );
@@ -287,119 +238,135 @@ impl DaemonHost {
         Some(app)
     }
 
-    /// The application writes one IPC message (encoded with the wire
-    /// codec). Returns `false` if the message cannot be encoded or the
-    /// application is gone.
+    /// The client session of application `app` (replies, stream data,
+    /// accepts, datagrams).
+    pub fn session(&mut self, app: AppId) -> Option<&mut ClientSession> {
+        self.apps.get_mut(&app).map(|a| &mut a.session)
+    }
+
+    /// Application `app` starts a request that expects a reply (take it
+    /// from its [`DaemonHost::session`]).
+    pub fn app_request(
+        &mut self,
+        now: Instant,
+        app: AppId,
+        msg: &IpcMessage<'_>,
+    ) -> Result<(), RequestError> {
+        let a = self
+            .apps
+            .get_mut(&app)
+            .filter(|a| !a.closed)
+            .ok_or(RequestError::Closed)?;
+        let bytes = a.session.request(msg)?;
+        self.app_write(now, app, &bytes);
+        Ok(())
+    }
+
+    /// Application `app` writes one IPC message that expects no reply
+    /// (`Send`, `SendTo`). Returns `false` if the message cannot be
+    /// encoded or the application is gone.
     pub fn app_send(&mut self, now: Instant, app: AppId, msg: &IpcMessage<'_>) -> bool {
-        let mut frame = vec![0u8; msg.encoded_len()];
-        if encode_frame(msg, &mut frame).is_err() {
-            return false;
+        match frame(msg) {
+            Ok(bytes) => self.app_write(now, app, &bytes),
+            Err(_) => false,
         }
-        self.app_write(now, app, &frame)
+    }
+
+    /// Application `app` takes what its stream `conn_id` received so far;
+    /// `true` with it once the stream ended (or the session did).
+    pub fn app_read(&mut self, now: Instant, app: AppId, conn_id: u32) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let mut ended = true;
+        if let Some(a) = self.apps.get_mut(&app) {
+            ended = loop {
+                match a.session.read_chunk(conn_id) {
+                    Read::Data(d) => got.extend_from_slice(&d),
+                    Read::Eof | Read::Closed => break true,
+                    Read::Pending => break false,
+                }
+            };
+        }
+        // Reading made room in the session: the daemon may write on.
+        self.pump(now);
+        (got, ended)
+    }
+
+    /// Application `app` closes its stream `conn_id` (the session sees the
+    /// end of stream once the daemon's `CloseOk` arrives).
+    pub fn app_close_conn(&mut self, now: Instant, app: AppId, conn_id: u32) -> bool {
+        let Some(a) = self.apps.get_mut(&app) else {
+            return false;
+        };
+        let bytes = a.session.close(conn_id);
+        self.app_write(now, app, &bytes)
     }
 
     /// The application writes raw bytes to its IPC socket.
     pub fn app_write(&mut self, now: Instant, app: AppId, bytes: &[u8]) -> bool {
-        let Some(a) = self.apps.get_mut(&app).filter(|a| !a.closed) else {
+        let Some(a) = self.apps.get(&app).filter(|a| !a.closed) else {
             return false;
         };
-        a.tx.extend(bytes);
+        let ok = self.machine.write(a.id, bytes);
         self.pump(now);
-        true
+        ok
     }
 
     /// Bytes the application wrote that the daemon has not read yet.
     pub fn app_backlog(&self, app: AppId) -> usize {
-        self.apps.get(&app).map_or(0, |a| a.tx.len())
+        self.apps
+            .get(&app)
+            .and_then(|a| self.machine.socket(a.id))
+            .map_or(0, |s| s.backlog())
     }
 
     /// The application disconnects.
     pub fn app_close(&mut self, now: Instant, app: AppId) {
         if let Some(a) = self.apps.remove(&app) {
-            if !a.closed {
-                self.daemon.ipc_closed(now, a.id);
-            }
+            self.machine.close(now, a.id);
         }
         self.pump(now);
     }
 
     /// Graceful stop of the daemon ([`HostEvent::Stopped`] follows).
     pub fn shutdown(&mut self, now: Instant) {
-        self.daemon.shutdown(now);
+        self.machine.daemon.shutdown(now);
         self.pump(now);
     }
 
-    /// Drains the daemon's output channel until nothing moves: every
-    /// [`Output`] is carried out, then the completions it implies (IPC
-    /// bytes written, disk work done, clients closed) and the registry
-    /// connection's news go back in, and the applications' input is fed
-    /// while the daemon reads.
+    /// Steps the machine until nothing moves: its registry work goes to
+    /// the modelled TCP connection, its datagrams out, its events to the
+    /// host's, and bytes move between the sockets and the applications'
+    /// sessions.
     fn pump(&mut self, now: Instant) {
         for _ in 0..1_000_000 {
-            let mut written: Vec<(ClientId, usize)> = Vec::new();
-            let mut disk_done: Vec<(WorkToken, Result<(), String>)> = Vec::new();
-            let mut closed: Vec<ClientId> = Vec::new();
-            while let Some(o) = self.daemon.poll_output(&mut self.buf) {
-                match o {
-                    Output::Transmit(t) => {
-                        if let Some(b) = self.buf.get(..t.len) {
-                            self.out.push_back((t.dst, b.to_vec()));
-                        }
-                    }
-                    // Batches come only after `set_max_segments`, which the
-                    // simulator never calls; split one anyway.
-                    Output::TransmitBatch(b) => {
-                        if let Some(bytes) = self.buf.get(..b.len) {
-                            for seg in bytes.chunks(b.segment_size.max(1)) {
-                                self.out.push_back((b.dst, seg.to_vec()));
-                            }
-                        }
-                    }
-                    Output::DialRegistry => self.dial_registry(now),
-                    Output::CloseRegistry => {
+            let mut moved = self.machine.step(now);
+            while let Some(io) = self.machine.registry.pop_front() {
+                moved = true;
+                match io {
+                    RegistryIo::Dial => self.dial_registry(now),
+                    RegistryIo::Close => {
                         if let Some(mut old) = self.tcp.take() {
                             old.reset();
                             self.flush_tcp(&mut old);
                         }
                     }
-                    Output::RegistryBytes(bytes) => {
+                    RegistryIo::Bytes(bytes) => {
                         if let Some(t) = self.tcp.as_mut() {
                             t.write(now, &bytes);
                         }
                     }
-                    Output::Ipc { client, data } => {
-                        // The application reads everything at once.
-                        if let Some(a) = self.apps.values_mut().find(|a| a.id == client) {
-                            a.rx.extend_from_slice(&data);
-                        }
-                        written.push((client, data.len()));
-                    }
-                    Output::CloseClient(client) => closed.push(client),
-                    Output::Disk(work) => {
-                        let r = self.disk.write(&work.write);
-                        if let Ok(path) = &r {
-                            self.events.push_back(HostEvent::Saved(path.clone()));
-                        }
-                        disk_done.push((work.token, r.map(|_| ())));
-                    }
+                }
+            }
+            for o in std::mem::take(&mut self.machine.log) {
+                match o {
                     Output::Event(ev) => self.event(ev),
-                    Output::Timeout(t) => self.timer = t,
+                    Output::Disk(w) if self.machine.disk.fail.is_none() => self
+                        .events
+                        .push_back(HostEvent::Saved(MemDisk::file_of(&w.write).0)),
+                    _ => {}
                 }
             }
-            let mut moved = !(written.is_empty() && disk_done.is_empty() && closed.is_empty());
-            for (client, n) in written {
-                self.daemon.ipc_consumed(now, client, n);
-            }
-            for (token, r) in disk_done {
-                self.daemon.disk_done(now, token, r);
-            }
-            for client in closed {
-                if let Some((app, a)) = self.apps.iter_mut().find(|(_, a)| a.id == client) {
-                    a.closed = true;
-                    self.events.push_back(HostEvent::AppClosed(*app));
-                }
-                self.daemon.ipc_closed(now, client);
-            }
+            self.out.extend(self.machine.transmits.drain(..));
             moved |= self.pump_tcp(now);
             moved |= self.pump_apps(now);
             if !moved {
@@ -449,12 +416,12 @@ impl DaemonHost {
                 self.tcp_reported_open = true;
                 self.tcp = Some(t);
                 self.events.push_back(HostEvent::RegistryUp);
-                self.daemon.registry_connected(now);
+                self.machine.daemon.registry_connected(now);
                 return true;
             }
             TcpState::Failed => {
                 self.events.push_back(HostEvent::RegistryDown);
-                self.daemon.registry_disconnected(now);
+                self.machine.daemon.registry_disconnected(now);
                 return true;
             }
             _ => {}
@@ -463,33 +430,37 @@ impl DaemonHost {
         self.tcp = Some(t);
         if !bytes.is_empty() {
             moved = true;
-            self.daemon.handle_registry_bytes(now, &bytes);
+            self.machine.daemon.handle_registry_bytes(now, &bytes);
         }
         moved
     }
 
+    /// Moves bytes between each application's socket and its session: what
+    /// the daemon wrote, as far as the session has room; what the session
+    /// itself wants sent (a `Close` for a refused accept). A socket the
+    /// daemon closed ends the session.
     fn pump_apps(&mut self, now: Instant) -> bool {
         let mut moved = false;
         for (app, a) in self.apps.iter_mut() {
             if a.closed {
                 continue;
             }
-            // Input, while the daemon reads.
-            while !a.tx.is_empty() && !self.daemon.ipc_read_paused(a.id) {
-                let n = a.tx.len().min(READ_CHUNK);
-                let chunk: Vec<u8> = a.tx.drain(..n).collect();
-                self.daemon.handle_ipc_bytes(now, a.id, &chunk);
+            let room = a.session.input_room();
+            let bytes = self.machine.read(now, a.id, room);
+            if !bytes.is_empty() {
+                a.session.handle_input(&bytes);
                 moved = true;
             }
-            let mut pos = 0;
-            while let Ok(Some((body, used))) = parse_frame(a.rx.get(pos..).unwrap_or(&[])) {
-                self.events.push_back(HostEvent::Ipc {
-                    app: *app,
-                    body: body.to_vec(),
-                });
-                pos += used;
+            while let Some(f) = a.session.poll_transmit() {
+                moved |= self.machine.write(a.id, &f);
             }
-            a.rx.drain(..pos.min(a.rx.len()));
+            let sock_closed = self.machine.socket(a.id).is_none_or(|s| s.closed);
+            if sock_closed && self.machine.socket(a.id).is_none_or(|s| s.unread() == 0) {
+                a.closed = true;
+                a.session.handle_closed(None);
+                self.events.push_back(HostEvent::AppClosed(*app));
+                moved = true;
+            }
         }
         moved
     }
@@ -505,9 +476,9 @@ impl SimNode for DaemonHost {
                     t.handle(now, &seg);
                 }
             }
-        } else if let Some(b) = self.buf.get_mut(..bytes.len()) {
-            b.copy_from_slice(bytes);
-            self.daemon.handle_udp(now, from, b);
+        } else {
+            let mut b = bytes.to_vec();
+            self.machine.daemon.handle_udp(now, from, &mut b);
         }
         self.pump(now);
     }
@@ -516,8 +487,8 @@ impl SimNode for DaemonHost {
         if let Some(t) = self.tcp.as_mut() {
             t.handle_timeout(now);
         }
-        if self.timer.is_some_and(|t| t <= now) {
-            self.daemon.handle_timeout(now);
+        if self.machine.timer.is_some_and(|t| t <= now) {
+            self.machine.daemon.handle_timeout(now);
         }
         self.pump(now);
     }
@@ -533,7 +504,7 @@ impl SimNode for DaemonHost {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let t = self.tcp.as_ref().and_then(|t| t.poll_timeout());
-        self.timer.into_iter().chain(t).min()
+        self.machine.timer.into_iter().chain(t).min()
     }
 
     fn poll_event(&mut self) -> Option<HostEvent> {

@@ -8,14 +8,13 @@
 //! datagram between them, the registry's TCP segments included (see
 //! [`crate::tcp`] for how loss becomes delay there).
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use pilot_proto::addr::Addr;
 use pilot_proto::registry::server::Config as RegistryConfig;
 use pilot_proto::time::Instant;
-use pilot_proto::wire::ipc::{Command, IpcMessage};
+use pilot_proto::wire::ipc::IpcMessage;
 
 use crate::config::SimConfig;
 use crate::daemon_host::{AppId, DaemonHost, HostConfig, HostEvent};
@@ -98,10 +97,7 @@ pub struct Net {
     /// The hosts, by index.
     pub hosts: Vec<NodeId>,
     registry_cfg: RegistryConfig,
-    /// IPC frame bodies received per (host index, application), in order,
-    /// not yet taken.
-    inbox: BTreeMap<(usize, AppId), VecDeque<Vec<u8>>>,
-    /// Every other event: (time, host index or `None` for the
+    /// Every event: (time, host index or `None` for the
     /// rendezvous, event).
     pub log: Vec<(Instant, Option<usize>, NetEvent)>,
     /// The first engine error; once set, nothing runs any more.
@@ -208,7 +204,6 @@ impl Net {
             rendezvous,
             hosts,
             registry_cfg,
-            inbox: BTreeMap::new(),
             log: Vec::new(),
             error,
         };
@@ -229,12 +224,7 @@ impl Net {
 
     fn file(&mut self, id: NodeId, ev: NetEvent) {
         let who = self.index_of(id);
-        match (who, ev) {
-            (Some(i), NetEvent::Host(HostEvent::Ipc { app, body })) => {
-                self.inbox.entry((i, app)).or_default().push_back(body);
-            }
-            (who, ev) => self.log.push((self.sim.now(), who, ev)),
-        }
+        self.log.push((self.sim.now(), who, ev));
     }
 
     /// Whether the run is still healthy (no engine error).
@@ -338,35 +328,17 @@ impl Net {
         self.with_host(i, |h, now| h.app_open(now)).flatten()
     }
 
-    /// Application `app` of host `i` sends `msg`.
+    /// Application `app` of host `i` sends `msg`, a message that expects
+    /// no reply (`Send`, `SendTo`).
     pub fn send(&mut self, i: usize, app: AppId, msg: &IpcMessage<'_>) -> bool {
         self.with_host(i, |h, now| h.app_send(now, app, msg))
             .unwrap_or(false)
     }
 
-    /// Takes the oldest frame received by `app` of host `i`.
-    pub fn take(&mut self, i: usize, app: AppId) -> Option<Vec<u8>> {
-        self.inbox.get_mut(&(i, app))?.pop_front()
-    }
-
-    /// Takes the oldest frame of `app` on host `i` that `pick` accepts,
-    /// leaving the others in order.
-    pub fn take_where(
-        &mut self,
-        i: usize,
-        app: AppId,
-        mut pick: impl FnMut(&IpcMessage<'_>) -> bool,
-    ) -> Option<Vec<u8>> {
-        let q = self.inbox.get_mut(&(i, app))?;
-        let pos = q
-            .iter()
-            .position(|b| IpcMessage::decode(b).is_ok_and(|m| pick(&m)))?;
-        q.remove(pos)
-    }
-
-    /// Sends `msg` from `app` of host `i` and waits up to `timeout` for
-    /// the reply (the first frame that is not a push, or a `CloseOk`
-    /// answering a `Close`); returns its body.
+    /// Sends the request `msg` from `app` of host `i` through its client
+    /// session and waits up to `timeout` for the reply; returns its body.
+    /// A request that times out is abandoned (a late reply is dropped, a
+    /// late dial closed), as the drivers' clients do.
     pub fn call(
         &mut self,
         i: usize,
@@ -374,16 +346,55 @@ impl Net {
         msg: &IpcMessage<'_>,
         timeout: Duration,
     ) -> Option<Vec<u8>> {
-        let req = msg.command();
-        if !self.send(i, app, msg) {
+        if !self
+            .with_host(i, |h, now| h.app_request(now, app, msg).is_ok())
+            .unwrap_or(false)
+        {
             return None;
         }
         let mut reply = None;
         self.run_until(timeout, Duration::from_millis(10), |net| {
-            reply = net.take_where(i, app, |m| is_reply_to(req, m));
+            reply = net
+                .with_host(i, |h, _| h.session(app).and_then(|s| s.take_reply()))
+                .flatten();
             reply.is_some()
         });
-        reply
+        if reply.is_none() {
+            self.with_host(i, |h, _| {
+                if let Some(s) = h.session(app) {
+                    s.abandon_request();
+                }
+            });
+        }
+        reply.map(|r| r.into_body())
+    }
+
+    /// Takes what stream `conn` of `app` on host `i` received so far;
+    /// `true` with it once the stream ended.
+    pub fn read(&mut self, i: usize, app: AppId, conn: u32) -> (Vec<u8>, bool) {
+        self.with_host(i, |h, now| h.app_read(now, app, conn))
+            .unwrap_or((Vec::new(), true))
+    }
+
+    /// Closes stream `conn` of `app` on host `i` and waits up to `timeout`
+    /// for the daemon's `CloseOk` (the session's end of stream); whether it
+    /// came. Data still arriving meanwhile is discarded.
+    pub fn close_conn(&mut self, i: usize, app: AppId, conn: u32, timeout: Duration) -> bool {
+        if !self
+            .with_host(i, |h, now| h.app_close_conn(now, app, conn))
+            .unwrap_or(false)
+        {
+            return false;
+        }
+        let ok = self.run_until(timeout, Duration::from_millis(10), |net| {
+            net.read(i, app, conn).1
+        });
+        self.with_host(i, |h, _| {
+            if let Some(s) = h.session(app) {
+                s.forget(conn);
+            }
+        });
+        ok
     }
 
     /// Crashes the rendezvous (its store survives), leaves it down for
@@ -547,17 +558,4 @@ pub fn nat_public_ip(i: usize, kind: NatKind) -> IpAddr {
         NatKind::None => node_addr(i).ip(),
         _ => IpAddr::V4(Ipv4Addr::new(10, 201, 0, (i + 1) as u8)),
     }
-}
-
-/// Whether `m` answers a request with command `req`: a reply command, an
-/// error, or the `CloseOk` of a `Close`.
-pub fn is_reply_to(req: Command, m: &IpcMessage<'_>) -> bool {
-    let c = m.command();
-    if c == Command::Error {
-        return true;
-    }
-    if c == Command::CloseOk {
-        return req == Command::Close;
-    }
-    !c.is_push() && c.completes(req)
 }

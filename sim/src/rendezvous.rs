@@ -29,7 +29,7 @@ use pilot_proto::registry::records::{ChangeSet, Loader};
 use pilot_proto::registry::server::{
     Config as RegistryConfig, Effect, Notification, Registry, State,
 };
-use pilot_proto::time::Instant;
+use pilot_proto::time::{Instant, UnixTime};
 
 use crate::node::{SimNode, Transmit};
 use crate::tcp::{self, Kind, Segment, TcpEnd, TcpState};
@@ -43,12 +43,18 @@ pub const RENDEZVOUS_ADDR: SocketAddr =
 /// at zero, so the rendezvous adds this and daemons are told the same.
 pub const UNIX_SECS_AT_ZERO: u64 = 1_767_225_600;
 
-/// The registry's instant for virtual time `now`.
-pub fn registry_time(now: Instant) -> Instant {
+/// The registry's wall-clock time for virtual time `now`.
+pub fn registry_time(now: Instant) -> UnixTime {
+    UnixTime::of_instant(UnixTime::from_secs(UNIX_SECS_AT_ZERO), now)
+}
+
+/// The virtual time of the registry's wall-clock time `t` (its timer).
+pub fn virtual_time(t: UnixTime) -> Instant {
     Instant::from_nanos(
-        UNIX_SECS_AT_ZERO
-            .saturating_mul(1_000_000_000)
-            .saturating_add(now.as_nanos()),
+        t.saturating_duration_since(registry_time(Instant::ZERO))
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX),
     )
 }
 
@@ -440,12 +446,7 @@ impl SimNode for Rendezvous {
             .registry
             .as_ref()
             .and_then(|r| r.poll_timeout())
-            .map(|t| {
-                Instant::from_nanos(
-                    t.as_nanos()
-                        .saturating_sub(registry_time(Instant::ZERO).as_nanos()),
-                )
-            });
+            .map(virtual_time);
         let beacon = self
             .registry
             .is_some()

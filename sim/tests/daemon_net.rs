@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use pilot_proto::wire::ipc::{HandshakeRequest, IpcMessage};
-use pilot_sim::config::SimConfig;
 use pilot_sim::net::Net;
 use pilot_sim::scenario::{Registry, check_determinism};
+use support::cfg;
+
+mod support;
 
 const FAULTS: &[&str] = &[
     "--loss",
@@ -21,19 +23,9 @@ const FAULTS: &[&str] = &[
     "5",
 ];
 
-fn cfg(args: &[&str]) -> SimConfig {
-    let mut v = vec!["pilot-sim", "--seed", "1"];
-    v.extend_from_slice(args);
-    SimConfig::parse_from(v).expect("valid arguments")
-}
-
+/// Every seed passes and ran the script's checks, not just the set-up.
 fn run_ok(args: &[&str], seeds: std::ops::Range<u64>) {
-    let cfg = cfg(args);
-    let reg = Registry::builtin();
-    let sc = reg.get(&cfg.scenario).expect("registered");
-    for seed in seeds {
-        let out = sc.run(&cfg, seed);
-        assert!(out.ok(), "seed {seed} {args:?}: {:#?}", out.checks);
+    for out in support::run_ok(args, seeds) {
         assert!(
             out.checks.len() > 5,
             "the script ran its checks: {:#?}",
@@ -161,7 +153,7 @@ fn failed_trust_write_is_reported_and_not_saved() {
     let mut net = Net::new(&c, 3, 2, |_| false);
     assert!(net.wait_registered(Duration::from_secs(60)));
     net.with_host(1, |h, _| {
-        h.disk.fail = Some("no space left on device".into())
+        h.disk_mut().fail = Some("no space left on device".into())
     });
     let (a0, a1) = (net.addr(0).unwrap().node, net.addr(1).unwrap().node);
     let apps = [net.open_app(0).unwrap(), net.open_app(1).unwrap()];
@@ -196,8 +188,8 @@ fn failed_trust_write_is_reported_and_not_saved() {
         |net| { trusted(net, 0, a1) && trusted(net, 1, a0) }
     ));
     let (h0, h1) = (net.host(0).unwrap(), net.host(1).unwrap());
-    assert!(h0.disk.files.contains_key("trust.json"));
-    assert!(!h1.disk.files.contains_key("trust.json"));
+    assert!(h0.disk().files.contains_key("trust.json"));
+    assert!(!h1.disk().files.contains_key("trust.json"));
     assert_eq!(h0.daemon_stats().disk_failures, 0);
     assert!(h1.daemon_stats().disk_failures > 0);
 }

@@ -1,23 +1,9 @@
 //! Short runs of every built-in scenario over the protocol node.
 
-use pilot_sim::config::SimConfig;
+mod support;
+
 use pilot_sim::scenario::{Registry, check_determinism};
-
-fn cfg(args: &[&str]) -> SimConfig {
-    let mut v = vec!["pilot-sim", "--seed", "1"];
-    v.extend_from_slice(args);
-    SimConfig::parse_from(v).expect("valid arguments")
-}
-
-fn run_ok(args: &[&str], seeds: std::ops::Range<u64>) {
-    let cfg = cfg(args);
-    let reg = Registry::builtin();
-    let sc = reg.get(&cfg.scenario).expect("registered");
-    for seed in seeds {
-        let out = sc.run(&cfg, seed);
-        assert!(out.ok(), "seed {seed} {args:?}: {:#?}", out.checks);
-    }
-}
+use support::{cfg, run_ok};
 
 #[test]
 fn datagram_clean_network_delivers_everything() {

@@ -7,7 +7,7 @@ use pilot_proto::registry::codec::{
 };
 use pilot_proto::registry::limits::MAX_FRAME_LEN;
 use pilot_proto::registry::server::{Config, Registry};
-use pilot_proto::time::Instant;
+use pilot_proto::time::UnixTime;
 
 /// Treats `data` as a frame, as a request payload and as a response
 /// payload: whatever decodes must re-encode and decode to the same value,
@@ -27,7 +27,7 @@ pub fn run(data: &[u8]) {
                 "request round trip"
             );
         }
-        let now = Instant::from_nanos(1_767_225_600_000_000_000);
+        let now = UnixTime::from_nanos(1_767_225_600_000_000_000);
         let mut reg = Registry::new(Config::default(), now);
         let reply = reg.handle(now, ([127, 0, 0, 1], 9).into(), req);
         let bytes = encode_response(&reply.response).expect("replies encode");

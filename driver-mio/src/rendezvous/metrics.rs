@@ -17,7 +17,7 @@ use std::time::Duration;
 use pilot_proto::beacon::server::ServerStats;
 use pilot_proto::registry::server::REQUEST_TYPES;
 use pilot_proto::registry::server::State;
-use pilot_proto::time::Instant;
+use pilot_proto::time::UnixTime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -394,12 +394,12 @@ impl ActivityLog {
 /// included.
 pub fn dashboard_json(
     state: &State,
-    now: Instant,
+    now: UnixTime,
     levels: Levels,
     activity: &ActivityLog,
 ) -> serde_json::Value {
     let mut tags: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut recent: Vec<(Instant, u32)> = Vec::with_capacity(state.nodes.len());
+    let mut recent: Vec<(UnixTime, u32)> = Vec::with_capacity(state.nodes.len());
     for n in state.nodes.values() {
         for t in &n.tags {
             *tags.entry(t.as_str()).or_default() += 1;
@@ -466,7 +466,7 @@ pub fn dashboard_json(
 }
 
 /// Counts the registered nodes heard from within [`ONLINE_WINDOW`].
-pub fn online_count(state: &State, now: Instant) -> usize {
+pub fn online_count(state: &State, now: UnixTime) -> usize {
     state
         .nodes
         .values()

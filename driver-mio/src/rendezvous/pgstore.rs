@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use pilot_proto::registry::records::{ChangeSet, Loader};
 use pilot_proto::registry::server::State;
-use pilot_proto::time::Instant;
+use pilot_proto::time::UnixTime;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
@@ -160,7 +160,7 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), applies the
     /// schema migrations this version knows, and writes a fresh state at
     /// `now` if the database holds none.
-    pub fn open(url: &str, now: Instant) -> Result<PgStore, StoreError> {
+    pub fn open(url: &str, now: UnixTime) -> Result<PgStore, StoreError> {
         let client = Client::connect(url, NoTls).map_err(pgerr)?;
         let mut store = PgStore {
             url: url.to_owned(),
@@ -174,7 +174,7 @@ impl PgStore {
         Ok(store)
     }
 
-    fn migrate(&mut self, now: Instant) -> Result<(), StoreError> {
+    fn migrate(&mut self, now: UnixTime) -> Result<(), StoreError> {
         let mut tx = self.client.transaction().map_err(pgerr)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
             .map_err(pgerr)?;
@@ -333,7 +333,7 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError> {
+    fn load(&mut self, now: UnixTime) -> Result<(State, u64), StoreError> {
         let result = (|| {
             let mut tx = self
                 .client
@@ -382,7 +382,7 @@ impl Store for PgStore {
         self.try_apply(sets).map_err(|e| self.note(e))
     }
 
-    fn import(&mut self, json: &[u8], now: Instant) -> Result<State, StoreError> {
+    fn import(&mut self, json: &[u8], now: UnixTime) -> Result<State, StoreError> {
         let (state, _report) =
             pilot_proto::registry::snapshot::Snapshot::from_json(json)?.into_state(now);
         self.apply(&[ChangeSet::full(&state)?])?;

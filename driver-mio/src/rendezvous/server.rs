@@ -41,7 +41,7 @@ use pilot_proto::registry::records::ChangeSet;
 use pilot_proto::registry::server::{
     Change, Config as RegistryConfig, Effect, Notification, Registry, State,
 };
-use pilot_proto::time::Instant;
+use pilot_proto::time::{Instant, UnixTime};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -90,7 +90,7 @@ pub fn is_store_url(store: &std::path::Path) -> bool {
 
 /// The store `cfg` names: a PostgreSQL URL (`postgres://…`) or a redb
 /// file path.
-pub fn open_store(cfg: &ServerConfig, now: Instant) -> Result<Box<dyn Store>, StoreError> {
+pub fn open_store(cfg: &ServerConfig, now: UnixTime) -> Result<Box<dyn Store>, StoreError> {
     if is_store_url(&cfg.store_path) {
         let url = cfg.store_path.to_str().unwrap_or_default();
         Ok(Box::new(PgStore::open(url, now)?))
@@ -189,11 +189,18 @@ pub enum ServerError {
 
 /// The wall clock as a registry instant (nanoseconds since the Unix epoch,
 /// `spec/registry.md`).
-pub fn wall_now() -> Instant {
+pub fn wall_now() -> UnixTime {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Instant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or_default();
+    UnixTime::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The beacon's monotonic-style clock at wall time `now`. The beacon only
+/// measures intervals, so any epoch does; here it is the Unix epoch, and
+/// this is the one place the two kinds of time are converted.
+fn beacon_time(now: UnixTime) -> Instant {
+    Instant::from_nanos(now.as_nanos())
 }
 
 /// Asks a running [`Server`] to commit what is pending and return from
@@ -680,7 +687,7 @@ impl Server {
         if let Some((start, end)) = store.lease_node_ids()? {
             registry.lease_node_ids(start, end);
         }
-        let beacon = BeaconServer::new(BeaconConfig::default(), now);
+        let beacon = BeaconServer::new(BeaconConfig::default(), beacon_time(now));
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.registry_addr)?;
         let mut udp = UdpSocket::bind(cfg.beacon_addr)?;
@@ -800,7 +807,7 @@ impl Server {
     }
 
     /// The current gauge values (online counting walks every node).
-    fn levels(&self, now: Instant, count_online: bool) -> Levels {
+    fn levels(&self, now: UnixTime, count_online: bool) -> Levels {
         let state = self.registry.state();
         Levels {
             registered: state.nodes.len(),
@@ -818,7 +825,7 @@ impl Server {
     }
 
     /// Builds and hands over a dashboard snapshot if the HTTP thread asked.
-    fn serve_dashboard(&mut self, now: Instant) {
+    fn serve_dashboard(&mut self, now: UnixTime) {
         let Some((shared, _)) = &self.dashboard else {
             return;
         };
@@ -925,11 +932,11 @@ impl Server {
         }
         let now = wall_now();
         let mut t = HOUSEKEEPING;
-        for due in [self.registry.poll_timeout(), self.beacon.poll_timeout()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(due) = self.registry.poll_timeout() {
             t = t.min(due.saturating_duration_since(now));
+        }
+        if let Some(due) = self.beacon.poll_timeout() {
+            t = t.min(due.saturating_duration_since(beacon_time(now)));
         }
         t
     }
@@ -938,7 +945,7 @@ impl Server {
     /// settled to their connections (an error for those not stored),
     /// installs leases and reloaded states, and resumes connections
     /// stalled on the writer.
-    fn release_durable(&mut self, now: Instant) -> Result<(), ServerError> {
+    fn release_durable(&mut self, now: UnixTime) -> Result<(), ServerError> {
         let mut settled = self.durable;
         let mut committed = false;
         for ev in self.writer.events() {
@@ -1055,7 +1062,7 @@ impl Server {
 
     /// Applies records other frontends committed (deferring those whose
     /// key has a write of ours in flight) and pushes the hints they imply.
-    fn apply_remote(&mut self, now: Instant, rows: Vec<RemoteRow>) {
+    fn apply_remote(&mut self, now: UnixTime, rows: Vec<RemoteRow>) {
         for row in rows {
             if self.inflight.contains_key(&row.0) {
                 self.deferred.push(row);
@@ -1088,7 +1095,7 @@ impl Server {
     }
 
     /// Takes what the follower of a shared store delivered.
-    fn follow(&mut self, now: Instant) -> Result<(), ServerError> {
+    fn follow(&mut self, now: UnixTime) -> Result<(), ServerError> {
         let Some(f) = &self.follower else {
             return Ok(());
         };
@@ -1232,7 +1239,7 @@ impl Server {
 
     /// Handles every complete frame buffered for `token`, reading more while
     /// the reply backlog allows.
-    fn serve_conn(&mut self, now: Instant, token: Token) {
+    fn serve_conn(&mut self, now: UnixTime, token: Token) {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
@@ -1326,7 +1333,7 @@ impl Server {
 
     fn handle_request(
         &mut self,
-        now: Instant,
+        now: UnixTime,
         token: Token,
         peer: SocketAddr,
         req: pilot_proto::registry::server::Request,
@@ -1372,7 +1379,7 @@ impl Server {
         (reply_frame(&reply.response), mark)
     }
 
-    fn apply_effects(&mut self, now: Instant, effects: Vec<Effect>) {
+    fn apply_effects(&mut self, now: UnixTime, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Persist(change) => {
@@ -1387,7 +1394,7 @@ impl Server {
                     Notification::HandshakeRequest { to, from }
                     | Notification::HandshakeResponse { to, from, .. },
                 ) => {
-                    self.beacon.notify_handshake(now, to);
+                    self.beacon.notify_handshake(beacon_time(now), to);
                     self.push(to, PushKind::Handshake, from);
                 }
                 Effect::Notify(Notification::TrustRevoked { to, from }) => {
@@ -1445,12 +1452,12 @@ impl Server {
         }
     }
 
-    fn timers(&mut self, now: Instant) {
+    fn timers(&mut self, now: UnixTime) {
         if self.store_down.is_none() {
             let effects = self.registry.handle_timeout(now);
             self.apply_effects(now, effects);
         }
-        self.beacon.handle_timeout(now);
+        self.beacon.handle_timeout(beacon_time(now));
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
             self.last_housekeeping = std::time::Instant::now();
             let idle = self.cfg.idle_timeout;
@@ -1523,7 +1530,7 @@ impl Server {
         Ok(())
     }
 
-    fn flush_conns(&mut self, now: Instant) {
+    fn flush_conns(&mut self, now: UnixTime) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -1609,11 +1616,13 @@ impl Server {
         }
     }
 
-    fn recv_datagrams(&mut self, now: Instant) {
+    fn recv_datagrams(&mut self, now: UnixTime) {
         let mut buf = vec![0u8; DATAGRAM_MAX];
         loop {
             match self.udp.recv_from(&mut buf) {
-                Ok((n, from)) => self.beacon.handle_datagram(now, from, &buf[..n]),
+                Ok((n, from)) => self
+                    .beacon
+                    .handle_datagram(beacon_time(now), from, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -1625,9 +1634,9 @@ impl Server {
         }
     }
 
-    fn send_datagrams(&mut self, now: Instant) {
+    fn send_datagrams(&mut self, now: UnixTime) {
         let mut buf = vec![0u8; DATAGRAM_MAX];
-        while let Some(tx) = self.beacon.poll_transmit(now, &mut buf) {
+        while let Some(tx) = self.beacon.poll_transmit(beacon_time(now), &mut buf) {
             let Some(bytes) = buf.get(..tx.len) else {
                 continue;
             };

@@ -29,7 +29,7 @@ use std::path::Path;
 use pilot_proto::registry::records::{ChangeSet, Loader, RecordError};
 use pilot_proto::registry::server::{Change, State};
 use pilot_proto::registry::snapshot::{Snapshot, SnapshotError};
-use pilot_proto::time::Instant;
+use pilot_proto::time::UnixTime;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 use super::wal::{WAL_BYTES, Wal, wal_path};
@@ -121,7 +121,7 @@ pub struct FollowSink {
 pub trait Store: Send {
     /// Loads the state (a fresh one at `now` if the store is empty) and the
     /// number of records read.
-    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError>;
+    fn load(&mut self, now: UnixTime) -> Result<(State, u64), StoreError>;
 
     /// Applies `sets`, in order, as one atomic transaction that is durable
     /// when this returns. Returns the commit's revision (0 for a store
@@ -137,7 +137,7 @@ pub trait Store: Send {
 
     /// Replaces the whole content with an imported reference snapshot and
     /// returns the imported state.
-    fn import(&mut self, json: &[u8], now: Instant) -> Result<State, StoreError> {
+    fn import(&mut self, json: &[u8], now: UnixTime) -> Result<State, StoreError> {
         let (state, _report) = Snapshot::from_json(json)?.into_state(now);
         self.apply(&[ChangeSet::full(&state)?])?;
         Ok(state)
@@ -196,7 +196,7 @@ impl RedbStore {
     /// Opens (creating if needed) the store at `path`, migrating a file of
     /// the earlier log-plus-snapshot layout. A fresh store gets the records
     /// of a fresh state at `now`, so the backbone's creation time is kept.
-    pub fn open(path: &Path, now: Instant) -> Result<RedbStore, StoreError> {
+    pub fn open(path: &Path, now: UnixTime) -> Result<RedbStore, StoreError> {
         let db = Database::create(path).map_err(dberr)?;
         let legacy = {
             let rtx = db.begin_read().map_err(dberr)?;
@@ -285,7 +285,7 @@ impl RedbStore {
 
     /// The state held in the legacy tables: the snapshot, then every later
     /// log entry replayed.
-    fn load_legacy(&self, now: Instant) -> Result<State, StoreError> {
+    fn load_legacy(&self, now: UnixTime) -> Result<State, StoreError> {
         let rtx = self.db.begin_read().map_err(dberr)?;
         let (mut state, after) = match rtx.open_table(LEGACY_META) {
             Ok(meta) => match meta.get("snapshot").map_err(dberr)? {
@@ -342,7 +342,7 @@ fn write_set(t: &mut redb::Table<'_, &[u8], &[u8]>, set: &ChangeSet) -> Result<(
 }
 
 impl Store for RedbStore {
-    fn load(&mut self, now: Instant) -> Result<(State, u64), StoreError> {
+    fn load(&mut self, now: UnixTime) -> Result<(State, u64), StoreError> {
         self.checkpoint(&[])?;
         let rtx = self.db.begin_read().map_err(dberr)?;
         let t = rtx.open_table(RECORDS).map_err(dberr)?;
@@ -400,8 +400,8 @@ mod tests {
     use super::*;
     use pilot_proto::registry::server::NodeRecord;
 
-    fn now() -> Instant {
-        Instant::from_nanos(1_767_225_600_000_000_000)
+    fn now() -> UnixTime {
+        UnixTime::from_nanos(1_767_225_600_000_000_000)
     }
 
     fn node(id: u32) -> Change {
@@ -448,7 +448,7 @@ mod tests {
             commit(&mut s, &mut expected, &[Change::RemoveNode(1)]);
         }
         // A later start time does not change the stored backbone.
-        let later = Instant::from_nanos(now().as_nanos() + 5_000_000_000);
+        let later = UnixTime::from_nanos(now().as_nanos() + 5_000_000_000);
         let mut s = RedbStore::open(&path, later).unwrap();
         let (got, _) = s.load(later).unwrap();
         assert_eq!(got, expected);

@@ -29,6 +29,7 @@ mod client;
 mod conns;
 mod info;
 mod lifecycle;
+pub mod machine;
 mod network;
 mod output;
 pub mod paths;
@@ -563,9 +564,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// The wall clock at `now`.
     fn wall(&self, now: Instant) -> WallTime {
-        let ms = self
-            .unix_ms_at_epoch
-            .saturating_add(now.as_nanos() / 1_000_000);
+        let ms = crate::time::UnixTime::of_instant(
+            crate::time::UnixTime::from_millis(self.unix_ms_at_epoch),
+            now,
+        )
+        .as_millis();
         WallTime {
             unix_secs: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
             millis: (ms % 1000) as u16,

@@ -5,13 +5,13 @@
 use super::*;
 use crate::addr::ports;
 use crate::crypto::provider::RustCrypto;
-use crate::node::MIN_TRANSMIT_BUFFER;
 use crate::registry::limits::MAX_FRAME_LEN as REGISTRY_MAX_FRAME;
 use crate::registry::server::{Config as RegConfig, Registry};
+use crate::time::UnixTime;
 use crate::wire::ipc::{HandshakeRequest, encode_frame};
+use machine::{Machine, RegistryIo, Socket};
 use rand_chacha::ChaCha8Rng;
 
-type D = Daemon<RustCrypto, ChaCha8Rng>;
 type Cfg = DaemonConfig<RustCrypto, ChaCha8Rng>;
 
 const T0: u64 = 1_767_225_600;
@@ -21,6 +21,12 @@ const ADMIN: &str = "test-admin";
 
 fn t0() -> Instant {
     Instant::from_nanos(T0 * 1_000_000_000)
+}
+
+/// The registry's wall clock at `now`: the daemons' clock here counts from
+/// the Unix epoch (`unix_ms_at_epoch` 0).
+fn wall(now: Instant) -> UnixTime {
+    UnixTime::from_nanos(now.as_nanos())
 }
 
 fn ep(i: usize) -> SocketAddr {
@@ -50,41 +56,29 @@ fn frame(msg: &IpcMessage<'_>) -> Vec<u8> {
     v
 }
 
-/// A test IPC client.
+/// A test IPC client: raw bytes over one [`Machine`] socket.
 struct Tc {
     d: usize,
     id: ClientId,
+    /// Bytes read, not yet parsed into frames.
     rx: Vec<u8>,
-    /// Bytes still to feed (respecting `ipc_read_paused`).
-    tx: Vec<u8>,
-    tx_pos: usize,
     /// Most bytes read per network round (`None` = everything).
     rate: Option<usize>,
-    /// Largest output backlog the daemon held for this client.
-    max_backlog: usize,
-    paused_seen: bool,
-    /// Output handed over by the daemon, not yet "written".
-    pending: Vec<u8>,
-    /// The daemon asked to close this client ([`Output::CloseClient`]).
-    closed: bool,
 }
 
+/// Daemons on [`Machine`]s (the harness shared with the simulator), an
+/// instant network between them and an in-process registry.
 struct Net {
     now: Instant,
-    ds: Vec<D>,
+    ms: Vec<Machine<RustCrypto, ChaCha8Rng>>,
     reg: Option<Registry>,
     reg_rx: Vec<Vec<u8>>,
-    /// Outputs other than transmits, registry and IPC bytes, per daemon.
-    actions: Vec<Vec<Output>>,
     cs: Vec<Tc>,
-    /// Per daemon: disk work fails with this text.
-    disk_fail: Vec<Option<String>>,
-    /// Per daemon: disk work is kept in `held`, not completed.
-    hold_disk: Vec<bool>,
-    held: Vec<(usize, DiskWork)>,
     /// Per daemon, per `Registered` event: the node's visibility in the
     /// registry when the event came.
     public_at_registered: Vec<Vec<Option<bool>>>,
+    /// Per daemon: how much of its log was looked at.
+    log_seen: Vec<usize>,
 }
 
 impl Net {
@@ -98,21 +92,21 @@ impl Net {
                     admin_token: Some(ADMIN.into()),
                     ..RegConfig::default()
                 },
-                now,
+                wall(now),
             )
         });
-        let ds = cfgs.into_iter().map(|c| Daemon::new(now, c)).collect();
+        let ms = cfgs
+            .into_iter()
+            .map(|c| Machine::new(Daemon::new(now, c)))
+            .collect();
         let mut net = Net {
             now,
-            ds,
+            ms,
             reg,
             reg_rx: vec![Vec::new(); n],
-            actions: vec![Vec::new(); n],
             cs: Vec::new(),
-            disk_fail: vec![None; n],
-            hold_disk: vec![false; n],
-            held: Vec::new(),
             public_at_registered: vec![Vec::new(); n],
+            log_seen: vec![0; n],
         };
         net.settle();
         net
@@ -125,7 +119,8 @@ impl Net {
             for b in 0..n {
                 if a != b {
                     let now = net.now;
-                    net.ds[a]
+                    net.ms[a]
+                        .daemon
                         .add_peer(
                             now,
                             Addr::new(0, b as u32 + 1),
@@ -140,93 +135,54 @@ impl Net {
         net
     }
 
+    /// The socket of client `c`.
+    fn sock(&self, c: usize) -> &Socket {
+        let tc = &self.cs[c];
+        self.ms[tc.d].socket(tc.id).expect("an open client")
+    }
+
     fn settle(&mut self) {
-        let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
         for _ in 0..100_000 {
             let mut moved = false;
             let mut udp = Vec::new();
-            for i in 0..self.ds.len() {
+            for i in 0..self.ms.len() {
                 let now = self.now;
-                while let Some(o) = self.ds[i].poll_output(&mut buf) {
-                    match o {
-                        Output::Transmit(t) => udp.push((ep(i), t.dst, buf[..t.len].to_vec())),
-                        Output::Timeout(_) => {}
-                        Output::DialRegistry => {
-                            moved = true;
-                            if self.reg.is_some() {
-                                self.ds[i].registry_connected(now);
-                            } else {
-                                self.ds[i].registry_disconnected(now);
-                            }
+                moved |= self.ms[i].step(now);
+                while let Some(io) = self.ms[i].registry.pop_front() {
+                    match io {
+                        RegistryIo::Dial if self.reg.is_some() => {
+                            self.ms[i].daemon.registry_connected(now)
                         }
-                        Output::RegistryBytes(bytes) => {
-                            moved = true;
-                            self.registry_bytes(i, &bytes);
-                        }
-                        Output::Ipc { client, data } => {
-                            moved = true;
-                            let c = self
-                                .cs
-                                .iter_mut()
-                                .find(|c| c.d == i && c.id == client)
-                                .expect("output for a known client");
-                            c.pending.extend_from_slice(&data);
-                        }
-                        Output::CloseClient(client) => {
-                            moved = true;
-                            for c in self.cs.iter_mut().filter(|c| c.d == i && c.id == client) {
-                                c.closed = true;
-                            }
-                            self.ds[i].ipc_closed(now, client);
-                        }
-                        Output::Disk(w) if self.hold_disk[i] => {
-                            moved = true;
-                            self.held.push((i, w));
-                        }
-                        Output::Disk(w) => {
-                            moved = true;
-                            let outcome = match &self.disk_fail[i] {
-                                Some(e) => Err(e.clone()),
-                                None => Ok(()),
-                            };
-                            self.ds[i].disk_done(now, w.token, outcome);
-                            self.actions[i].push(Output::Disk(w));
-                        }
-                        other => {
-                            moved = true;
-                            // What the registry says of a node at the moment
-                            // its daemon announces the registration.
-                            if let Output::Event(DaemonEvent::Registered { node_id, .. }) = &other {
-                                let public = self
-                                    .reg
-                                    .as_ref()
-                                    .and_then(|r| r.state().nodes.get(node_id))
-                                    .map(|n| n.public);
-                                self.public_at_registered[i].push(public);
-                            }
-                            self.actions[i].push(other);
-                        }
+                        RegistryIo::Dial => self.ms[i].daemon.registry_disconnected(now),
+                        RegistryIo::Bytes(bytes) => self.registry_bytes(i, &bytes),
+                        RegistryIo::Close => {}
                     }
                 }
+                // What the registry says of a node at the moment its
+                // daemon announces the registration.
+                for o in &self.ms[i].log[self.log_seen[i]..] {
+                    if let Output::Event(DaemonEvent::Registered { node_id, .. }) = o {
+                        let public = self
+                            .reg
+                            .as_ref()
+                            .and_then(|r| r.state().nodes.get(node_id))
+                            .map(|n| n.public);
+                        self.public_at_registered[i].push(public);
+                    }
+                }
+                self.log_seen[i] = self.ms[i].log.len();
+                udp.extend(
+                    self.ms[i]
+                        .transmits
+                        .drain(..)
+                        .map(|(dst, b)| (ep(i), dst, b)),
+                );
             }
             for c in self.cs.iter_mut() {
-                let d = &mut self.ds[c.d];
-                // Feed queued input while the daemon accepts it.
-                while c.tx_pos < c.tx.len() {
-                    if d.ipc_read_paused(c.id) {
-                        c.paused_seen = true;
-                        break;
-                    }
-                    let end = (c.tx_pos + 65_536).min(c.tx.len());
-                    d.handle_ipc_bytes(self.now, c.id, &c.tx[c.tx_pos..end]);
-                    c.tx_pos = end;
-                    moved = true;
-                }
-                c.max_backlog = c.max_backlog.max(c.pending.len());
-                let n = c.rate.map_or(c.pending.len(), |r| r.min(c.pending.len()));
-                if n > 0 && !c.closed {
-                    c.rx.extend(c.pending.drain(..n));
-                    d.ipc_consumed(self.now, c.id, n);
+                let now = self.now;
+                let got = self.ms[c.d].read(now, c.id, c.rate.unwrap_or(usize::MAX));
+                if !got.is_empty() {
+                    c.rx.extend_from_slice(&got);
                     moved = true;
                 }
             }
@@ -234,12 +190,12 @@ impl Net {
                 moved = true;
                 let idx = usize::from(dst.port() - 4000);
                 let now = self.now;
-                self.ds[idx].handle_udp(now, from, &mut bytes);
+                self.ms[idx].daemon.handle_udp(now, from, &mut bytes);
             }
             if !moved {
                 // The parts' invariants hold after every step.
-                for d in &self.ds {
-                    d.check_invariants();
+                for m in &self.ms {
+                    m.daemon.check_invariants();
                 }
                 return;
             }
@@ -259,11 +215,11 @@ impl Net {
             let req = codec::decode_request(payload).unwrap();
             self.reg_rx[i].drain(..used);
             let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + i as u16));
-            let reply = self.reg.as_mut().unwrap().handle(now, peer, req);
+            let reply = self.reg.as_mut().unwrap().handle(wall(now), peer, req);
             let out = codec::frame_vec(&codec::encode_response(&reply.response).unwrap()).unwrap();
             let (a, b) = out.split_at(out.len() / 2);
-            self.ds[i].handle_registry_bytes(now, a);
-            self.ds[i].handle_registry_bytes(now, b);
+            self.ms[i].daemon.handle_registry_bytes(now, a);
+            self.ms[i].daemon.handle_registry_bytes(now, b);
         }
     }
 
@@ -272,20 +228,25 @@ impl Net {
         for _ in 0..1_000_000 {
             self.settle();
             let next = self
-                .ds
+                .ms
                 .iter()
-                .filter_map(|d| d.poll_timeout())
-                .chain(self.reg.as_ref().and_then(|r| r.poll_timeout()))
+                .filter_map(|m| m.daemon.poll_timeout())
+                .chain(
+                    self.reg
+                        .as_ref()
+                        .and_then(|r| r.poll_timeout())
+                        .map(|t| Instant::from_nanos(t.as_nanos())),
+                )
                 .min();
             match next {
                 Some(t) if t <= target => {
                     self.now = self.now.max(t);
                     let now = self.now;
-                    for d in self.ds.iter_mut() {
-                        d.handle_timeout(now);
+                    for m in self.ms.iter_mut() {
+                        m.daemon.handle_timeout(now);
                     }
                     if let Some(r) = self.reg.as_mut() {
-                        let _ = r.handle_timeout(now);
+                        let _ = r.handle_timeout(wall(now));
                     }
                 }
                 _ => break,
@@ -293,31 +254,31 @@ impl Net {
         }
         self.now = target;
         let now = self.now;
-        for d in self.ds.iter_mut() {
-            d.handle_timeout(now);
+        for m in self.ms.iter_mut() {
+            m.daemon.handle_timeout(now);
         }
         self.settle();
     }
 
     fn open(&mut self, d: usize) -> usize {
-        let id = self.ds[d].ipc_open(self.now).unwrap();
+        let id = self.ms[d].open(self.now).unwrap();
         self.cs.push(Tc {
             d,
             id,
             rx: Vec::new(),
-            tx: Vec::new(),
-            tx_pos: 0,
             rate: None,
-            max_backlog: 0,
-            paused_seen: false,
-            pending: Vec::new(),
-            closed: false,
         });
         self.cs.len() - 1
     }
 
+    /// Queues raw bytes from client `c` without running the network.
+    fn queue(&mut self, c: usize, bytes: &[u8]) {
+        let (d, id) = (self.cs[c].d, self.cs[c].id);
+        assert!(self.ms[d].write(id, bytes), "client {c} is closed");
+    }
+
     fn raw(&mut self, c: usize, bytes: &[u8]) {
-        self.cs[c].tx.extend_from_slice(bytes);
+        self.queue(c, bytes);
         self.settle();
     }
 
@@ -388,7 +349,7 @@ impl Net {
         let peer = SocketAddr::from(([127, 0, 0, 1], 6999));
         let reg = self.reg.as_mut().unwrap();
         let reply = reg.handle(
-            now,
+            wall(now),
             peer,
             Request::CreateNetwork(CreateNetwork {
                 node_id: ids[0],
@@ -404,7 +365,7 @@ impl Net {
         };
         for n in &ids[1..] {
             let reply = reg.handle(
-                now,
+                wall(now),
                 peer,
                 Request::JoinNetwork(JoinNetwork {
                     node_id: *n,
@@ -423,7 +384,7 @@ impl Net {
     }
 
     fn addr(&self, d: usize) -> Addr {
-        self.ds[d].address().unwrap()
+        self.ms[d].daemon.address().unwrap()
     }
 }
 
@@ -448,7 +409,8 @@ fn a_public_daemon_announces_registration_only_once_public() {
 fn registers_and_reports_status() {
     let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
     for i in 0..2 {
-        let reg = net.actions[i]
+        let reg = net.ms[i]
+            .log
             .iter()
             .find_map(|a| match a {
                 Output::Event(DaemonEvent::Registered { node_id, address }) => {
@@ -457,8 +419,8 @@ fn registers_and_reports_status() {
                 _ => None,
             })
             .expect("registered");
-        assert_eq!(net.ds[i].address(), Some(reg.1.parse().unwrap()));
-        assert_eq!(net.ds[i].address().unwrap().node, reg.0);
+        assert_eq!(net.ms[i].daemon.address(), Some(reg.1.parse().unwrap()));
+        assert_eq!(net.ms[i].daemon.address().unwrap().node, reg.0);
     }
     assert_ne!(net.addr(0), net.addr(1));
     let c = net.open(0);
@@ -570,7 +532,7 @@ fn accept_recv_and_end_of_stream_pushes() {
         },
     );
     assert!(net.bodies(b).is_empty());
-    assert_eq!(net.ds[1].stats().send_failures, 1);
+    assert_eq!(net.ms[1].daemon.stats().send_failures, 1);
 }
 
 #[test]
@@ -652,7 +614,7 @@ fn error_replies_and_oversized_frame_closes_only_that_client() {
     // Malformed payload: named error, connection stays.
     net.raw(a, &[0, 0, 0, 2, 0x01, 0x03]);
     assert_eq!(net.error_text(a), "bind: missing port");
-    assert!(!net.cs[a].closed);
+    assert!(!net.sock(a).closed);
     // Dial to an unknown node without a registry.
     net.send(
         a,
@@ -666,8 +628,8 @@ fn error_replies_and_oversized_frame_closes_only_that_client() {
     net.raw(a, &[0x00, 0x10, 0x00, 0x01, 0x06]);
     let text = net.error_text(a);
     assert!(text.starts_with("frame too large"), "{text}");
-    assert!(net.cs[a].closed, "closed once the error was written");
-    assert!(!net.cs[other].closed);
+    assert!(net.sock(a).closed, "closed once the error was written");
+    assert!(!net.sock(other).closed);
     let info = net.info(other);
     assert_eq!(info["node_id"], 1);
 }
@@ -688,7 +650,7 @@ fn client_cleanup_releases_ports_and_connections() {
     // B's client goes away: its port is free again and A sees end of stream.
     let bid = net.cs[b].id;
     let now = net.now;
-    net.ds[1].ipc_closed(now, bid);
+    net.ms[1].close(now, bid);
     net.advance(Duration::from_millis(200));
     assert!(net.one(
         a,
@@ -748,7 +710,7 @@ fn private_node_unreachable_until_manual_approval() {
     let r = net.handshake(b, HandshakeRequest::Approve { node_id: aa.node });
     assert_eq!(r["status"], "approved");
     net.advance(Duration::from_secs(31));
-    assert!(net.actions[1].iter().any(
+    assert!(net.ms[1].log.iter().any(
         |a| matches!(a, Output::Disk(DiskWork { write: DiskWrite::Trust(t), .. }) if t.contains(&format!("\"node_id\": {}", aa.node)))
     ));
     let t = net.handshake(a, HandshakeRequest::ListTrusted);
@@ -840,8 +802,8 @@ fn registry_pass_through_replies() {
     ));
 }
 
-#[test]
-fn flood_of_sends_with_slow_reader_stays_bounded() {
+/// Two unencrypted static peers, a client on each, B's bound to `port`.
+fn plaintext_pair_listening(port: u16) -> (Net, usize, usize) {
     let mut cfgs: Vec<Cfg> = (0..2).map(|i| cfg(i, false)).collect();
     for c in cfgs.iter_mut() {
         c.encrypt = false;
@@ -849,14 +811,21 @@ fn flood_of_sends_with_slow_reader_stays_bounded() {
     let mut net = Net::new(cfgs, false);
     for (x, y) in [(0usize, 1usize), (1, 0)] {
         let now = net.now;
-        net.ds[x]
+        net.ms[x]
+            .daemon
             .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
             .unwrap();
     }
     let a = net.open(0);
     let b = net.open(1);
-    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.send(b, &IpcMessage::Bind { port });
     net.bodies(b);
+    (net, a, b)
+}
+
+#[test]
+fn flood_of_sends_with_slow_reader_stays_bounded() {
+    let (mut net, a, b) = plaintext_pair_listening(1000);
     let conn = net.dial(a, Addr::new(0, 2), 1000);
     net.bodies(b);
     // 4 MiB in 64 KiB Sends, queued at once; B reads 16 KiB per round.
@@ -865,10 +834,13 @@ fn flood_of_sends_with_slow_reader_stays_bounded() {
     for k in 0..TOTAL / 65_536 {
         let chunk: Vec<u8> = (0..65_536).map(|i| ((i * 7 + k) % 251) as u8).collect();
         expect.extend_from_slice(&chunk);
-        net.cs[a].tx.extend_from_slice(&frame(&IpcMessage::Send {
-            conn_id: conn,
-            data: &chunk,
-        }));
+        net.queue(
+            a,
+            &frame(&IpcMessage::Send {
+                conn_id: conn,
+                data: &chunk,
+            }),
+        );
     }
     net.cs[b].rate = Some(16 * 1024);
     let mut got = Vec::new();
@@ -880,7 +852,12 @@ fn flood_of_sends_with_slow_reader_stays_bounded() {
             }
         }
         // Memory stays bounded on both sides.
-        let a_in = net.ds[0].clients.get(&net.cs[a].id).unwrap().in_len();
+        let a_in = net.ms[0]
+            .daemon
+            .clients
+            .get(&net.cs[a].id)
+            .unwrap()
+            .in_len();
         assert!(a_in <= IN_MAX);
         if got.len() >= TOTAL {
             break;
@@ -888,11 +865,11 @@ fn flood_of_sends_with_slow_reader_stays_bounded() {
     }
     assert_eq!(got.len(), TOTAL);
     assert!(got == expect, "stream corrupted");
-    assert!(net.cs[a].paused_seen, "the sender was never paused");
+    assert!(net.sock(a).paused_seen, "the sender was never paused");
     assert!(
-        net.cs[b].max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
+        net.sock(b).max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
         "backlog {}",
-        net.cs[b].max_backlog
+        net.sock(b).max_backlog
     );
 }
 
@@ -904,13 +881,13 @@ fn shutdown_deregisters_and_stops() {
     let _conn = net.dial(c, b, 7);
     let id = net.addr(0).node;
     let now = net.now;
-    net.ds[0].shutdown(now);
-    assert!(net.ds[0].ipc_open(now).is_err());
+    net.ms[0].daemon.shutdown(now);
+    assert!(net.ms[0].daemon.ipc_open(now).is_err());
     net.advance(Duration::from_secs(4));
     assert!(
-        net.actions[0].contains(&Output::Event(DaemonEvent::Stopped)),
+        net.ms[0].log.contains(&Output::Event(DaemonEvent::Stopped)),
         "{:?}",
-        net.actions[0]
+        net.ms[0].log
     );
     let reg = net.reg.as_ref().unwrap();
     assert!(!reg.state().nodes.contains_key(&id), "deregistered");
@@ -922,7 +899,8 @@ fn data_exchange_file_is_saved_and_acknowledged() {
     let a = net.open(0);
     let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
     let reply = send_file_and_read_reply(&mut net, a, conn);
-    let saved = net.actions[1]
+    let saved = net.ms[1]
+        .log
         .iter()
         .find_map(|x| match x {
             Output::Disk(DiskWork {
@@ -981,12 +959,12 @@ fn read_reply(net: &mut Net, a: usize) -> Option<String> {
 #[test]
 fn a_failed_file_write_is_reported_to_the_sender_not_acknowledged() {
     let mut net = Net::mesh(2);
-    net.disk_fail[1] = Some("No space left on device".into());
+    net.ms[1].disk.fail = Some("No space left on device".into());
     let a = net.open(0);
     let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
     let reply = send_file_and_read_reply(&mut net, a, conn).expect("a reply frame");
     assert_eq!(reply, "ERR FILE save failed: No space left on device");
-    assert_eq!(net.ds[1].stats().disk_failures, 1);
+    assert_eq!(net.ms[1].daemon.stats().disk_failures, 1);
 }
 
 #[test]
@@ -995,21 +973,19 @@ fn the_ack_waits_for_the_disk_write() {
     let mut net = Net::mesh(2);
     let a = net.open(0);
     let conn = net.dial(a, Addr::new(0, 2), ports::DATA_EXCHANGE);
-    net.hold_disk[1] = true;
+    net.ms[1].hold_disk = true;
     assert_eq!(
         send_file_and_read_reply(&mut net, a, conn),
         None,
         "no ACK yet"
     );
-    let token = net
+    let token = net.ms[1]
         .held
         .iter()
-        .find_map(|(i, w)| {
-            (*i == 1 && matches!(w.write, DiskWrite::ReceivedFile { .. })).then_some(w.token)
-        })
+        .find_map(|w| matches!(w.write, DiskWrite::ReceivedFile { .. }).then_some(w.token))
         .expect("the file write was requested");
     let now = net.now;
-    net.ds[1].disk_done(now, token, Ok(()));
+    net.ms[1].daemon.disk_done(now, token, Ok(()));
     net.advance(Duration::from_millis(200));
     assert_eq!(
         read_reply(&mut net, a).as_deref(),
@@ -1020,21 +996,7 @@ fn the_ack_waits_for_the_disk_write() {
 
 #[test]
 fn bulk_64_mib_each_way_with_bounded_memory() {
-    let mut cfgs: Vec<Cfg> = (0..2).map(|i| cfg(i, false)).collect();
-    for c in cfgs.iter_mut() {
-        c.encrypt = false;
-    }
-    let mut net = Net::new(cfgs, false);
-    for (x, y) in [(0usize, 1usize), (1, 0)] {
-        let now = net.now;
-        net.ds[x]
-            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
-            .unwrap();
-    }
-    let a = net.open(0);
-    let b = net.open(1);
-    net.send(b, &IpcMessage::Bind { port: 1000 });
-    net.bodies(b);
+    let (mut net, a, b) = plaintext_pair_listening(1000);
     let aconn = net.dial(a, Addr::new(0, 2), 1000);
     let bconn = net.one(b, |m| match m {
         IpcMessage::Accept { conn_id, .. } => conn_id,
@@ -1047,10 +1009,13 @@ fn bulk_64_mib_each_way_with_bounded_memory() {
     for (c, conn, dir) in [(a, aconn, 0usize), (b, bconn, 1usize)] {
         for k in 0..TOTAL / CHUNK {
             let data: Vec<u8> = (0..CHUNK).map(|i| pattern(dir, k * CHUNK + i)).collect();
-            net.cs[c].tx.extend_from_slice(&frame(&IpcMessage::Send {
-                conn_id: conn,
-                data: &data,
-            }));
+            net.queue(
+                c,
+                &frame(&IpcMessage::Send {
+                    conn_id: conn,
+                    data: &data,
+                }),
+            );
         }
         net.cs[c].rate = Some(256 * 1024);
     }
@@ -1070,13 +1035,14 @@ fn bulk_64_mib_each_way_with_bounded_memory() {
         }
         for c in [a, b] {
             let d = net.cs[c].d;
-            max_in = max_in.max(net.ds[d].clients.get(&net.cs[c].id).unwrap().in_len());
-        }
-        // Drop what the test already delivered so its own memory stays small.
-        for c in [a, b] {
-            let pos = net.cs[c].tx_pos;
-            net.cs[c].tx.drain(..pos);
-            net.cs[c].tx_pos = 0;
+            max_in = max_in.max(
+                net.ms[d]
+                    .daemon
+                    .clients
+                    .get(&net.cs[c].id)
+                    .unwrap()
+                    .in_len(),
+            );
         }
         if got == [TOTAL, TOTAL] {
             break;
@@ -1086,11 +1052,11 @@ fn bulk_64_mib_each_way_with_bounded_memory() {
     assert!(max_in <= IN_MAX, "input backlog {max_in}");
     for c in [a, b] {
         assert!(
-            net.cs[c].max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
+            net.sock(c).max_backlog <= OUT_HIGH_WATER + RECV_CHUNK + 64,
             "output backlog {}",
-            net.cs[c].max_backlog
+            net.sock(c).max_backlog
         );
-        assert!(net.cs[c].paused_seen);
+        assert!(net.sock(c).paused_seen);
     }
 }
 
@@ -1156,7 +1122,8 @@ fn client_limit_and_status_lists() {
     let mut net = Net::new(vec![c0, cfg(1, false)], false);
     for (x, y) in [(0usize, 1usize), (1, 0)] {
         let now = net.now;
-        net.ds[x]
+        net.ms[x]
+            .daemon
             .add_peer(
                 now,
                 Addr::new(0, y as u32 + 1),
@@ -1168,7 +1135,10 @@ fn client_limit_and_status_lists() {
     let a = net.open(0);
     let _second = net.open(0);
     let now = net.now;
-    assert_eq!(net.ds[0].ipc_open(now), Err(DaemonError::TooManyClients));
+    assert_eq!(
+        net.ms[0].daemon.ipc_open(now),
+        Err(DaemonError::TooManyClients)
+    );
     let conn = net.dial(a, Addr::new(0, 2), ports::ECHO);
     let info = net.info(a);
     assert_eq!(info["connections"], 1);
@@ -1273,7 +1243,7 @@ fn same_network_request_auto_approves() {
     assert_eq!(tb["trusted"][0]["node_id"], aa.node, "{tb}");
     assert_eq!(tb["trusted"][0]["network"], shared, "{tb}");
     assert_eq!(tb["trusted"][0]["mutual"], false, "{tb}");
-    assert!(net.actions[1].iter().any(
+    assert!(net.ms[1].log.iter().any(
         |x| matches!(x, Output::Disk(DiskWork { write: DiskWrite::Trust(t), .. }) if t.contains(&format!("\"node_id\": {}", aa.node)))
     ));
     // B's accept reached A, which now trusts B too.

@@ -25,7 +25,7 @@ use super::limits::{
     CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_DIAL_TIMEOUT, CLIENT_HEARTBEAT,
     CLIENT_HEARTBEAT_FAILURES, CLIENT_MAX_QUEUE, CLIENT_RESPONSE_TIMEOUT,
 };
-use crate::time::Instant;
+use crate::time::{Instant, UnixTime};
 
 /// Client configuration.
 #[derive(Clone, Debug)]
@@ -644,7 +644,7 @@ impl RegistryClient {
     fn sign(&mut self, now: Instant, challenge: &str) -> (String, Option<u64>) {
         match (self.cfg.strong_signatures, self.cfg.unix_ms_at_epoch) {
             (true, Some(base)) => {
-                let ms = base.saturating_add(now.as_nanos() / 1_000_000);
+                let ms = UnixTime::of_instant(UnixTime::from_millis(base), now).as_millis();
                 let ts = ms.max(self.last_sig_ts.saturating_add(1));
                 self.last_sig_ts = ts;
                 let msg = auth::strong_message(challenge, ts);

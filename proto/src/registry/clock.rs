@@ -3,19 +3,19 @@
 //! them into Unix seconds and RFC 3339 text and back, without a clock and
 //! without a date library.
 
-use crate::time::Instant;
+use crate::time::UnixTime;
 use crate::time::civil::{civil_from_days, days_from_civil};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Whole Unix seconds of a registry instant.
-pub fn unix_secs(t: Instant) -> u64 {
+pub fn unix_secs(t: UnixTime) -> u64 {
     t.as_nanos() / NANOS_PER_SEC
 }
 
 /// Formats an instant as RFC 3339 in UTC (`2026-01-01T00:00:00Z`), with the
 /// fraction of a second only when it is non-zero (trailing zeros trimmed).
-pub fn to_rfc3339(t: Instant) -> String {
+pub fn to_rfc3339(t: UnixTime) -> String {
     let secs = t.as_nanos() / NANOS_PER_SEC;
     let nanos = t.as_nanos() % NANOS_PER_SEC;
     let days = (secs / 86_400) as i64;
@@ -55,7 +55,7 @@ fn digits(s: &str) -> Result<u32, TimeParseError> {
 }
 
 /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into an instant.
-pub fn parse_rfc3339(s: &str) -> Result<Instant, TimeParseError> {
+pub fn parse_rfc3339(s: &str) -> Result<UnixTime, TimeParseError> {
     let (date, rest) = s
         .split_once(['T', 't', ' '])
         .ok_or(TimeParseError::Malformed)?;
@@ -123,7 +123,7 @@ pub fn parse_rfc3339(s: &str) -> Result<Instant, TimeParseError> {
     total
         .checked_mul(NANOS_PER_SEC)
         .and_then(|n| n.checked_add(nanos))
-        .map(Instant::from_nanos)
+        .map(UnixTime::from_nanos)
         .ok_or(TimeParseError::OutOfRange)
 }
 
@@ -133,11 +133,11 @@ mod tests {
 
     #[test]
     fn known_dates() {
-        let t = Instant::from_nanos(1_767_225_600 * NANOS_PER_SEC);
+        let t = UnixTime::from_nanos(1_767_225_600 * NANOS_PER_SEC);
         assert_eq!(to_rfc3339(t), "2026-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339("2026-01-01T00:00:00Z"), Ok(t));
         assert_eq!(unix_secs(t), 1_767_225_600);
-        assert_eq!(to_rfc3339(Instant::ZERO), "1970-01-01T00:00:00Z");
+        assert_eq!(to_rfc3339(UnixTime::ZERO), "1970-01-01T00:00:00Z");
         // 2024 is a leap year.
         let leap = parse_rfc3339("2024-02-29T12:34:56Z").map(unix_secs);
         assert_eq!(leap, Ok(1_709_210_096));
@@ -151,7 +151,7 @@ mod tests {
         let n = parse_rfc3339("2026-02-27T15:03:44.123456789+02:00")
             .map(|t| t.as_nanos() % NANOS_PER_SEC);
         assert_eq!(n, Ok(123_456_789));
-        let t = Instant::from_nanos(1_767_225_600 * NANOS_PER_SEC + 500_000_000);
+        let t = UnixTime::from_nanos(1_767_225_600 * NANOS_PER_SEC + 500_000_000);
         assert_eq!(to_rfc3339(t), "2026-01-01T00:00:00.5Z");
         assert_eq!(parse_rfc3339(&to_rfc3339(t)), Ok(t));
     }
@@ -180,7 +180,7 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407)
                 % (4_000_000_000 * NANOS_PER_SEC);
-            let i = Instant::from_nanos(t);
+            let i = UnixTime::from_nanos(t);
             assert_eq!(parse_rfc3339(&to_rfc3339(i)), Ok(i));
         }
     }

@@ -23,8 +23,12 @@
 //!   wall-clock fields.
 //!
 //! Time convention: the registry hands out wall-clock values (heartbeat
-//! `time`, inbox timestamps, snapshot dates), so every [`crate::time::Instant`]
-//! given to this module is read as **nanoseconds since the Unix epoch**.
+//! `time`, inbox timestamps, snapshot dates), so the server, its state,
+//! records, snapshots and rate limits take a [`crate::time::UnixTime`], never a
+//! node's monotonic [`crate::time::Instant`]. The node-side
+//! [`client::RegistryClient`] runs on the node's `Instant` and converts
+//! explicitly ([`crate::time::UnixTime::of_instant`]) where it signs a
+//! timestamp.
 
 pub mod auth;
 pub mod client;

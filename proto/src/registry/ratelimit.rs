@@ -14,14 +14,14 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::time::Instant;
+use crate::time::UnixTime;
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     /// Credit in units of `1 / window_nanos` tokens, so refilling is exact
     /// integer arithmetic: `capacity × elapsed_nanos` units per step.
     credit: u128,
-    last: Instant,
+    last: UnixTime,
 }
 
 /// A bounded family of token buckets keyed by IP address.
@@ -34,7 +34,7 @@ pub struct RateLimiter {
     /// `(last use, ip)` of every bucket: the first entry is the one to
     /// forget. Kept in step with `buckets` by [`RateLimiter::put`] and
     /// [`RateLimiter::sweep`] only.
-    by_last: BTreeSet<(Instant, IpAddr)>,
+    by_last: BTreeSet<(UnixTime, IpAddr)>,
 }
 
 impl RateLimiter {
@@ -54,7 +54,7 @@ impl RateLimiter {
         self.window.as_nanos().max(1)
     }
 
-    fn refill(&self, b: &mut Bucket, now: Instant) {
+    fn refill(&self, b: &mut Bucket, now: UnixTime) {
         let elapsed = now.saturating_duration_since(b.last).as_nanos();
         let cap = u128::from(self.capacity).saturating_mul(self.unit());
         let add = u128::from(self.capacity).saturating_mul(elapsed);
@@ -74,7 +74,7 @@ impl RateLimiter {
 
     /// Takes one token for `ip` if available. Returns `false` when the
     /// request must be refused.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub fn allow(&mut self, ip: IpAddr, now: UnixTime) -> bool {
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_buckets {
             if let Some((_, oldest)) = self.by_last.pop_first() {
                 self.buckets.remove(&oldest);
@@ -96,7 +96,7 @@ impl RateLimiter {
     }
 
     /// Drops buckets idle for more than two windows.
-    pub fn sweep(&mut self, now: Instant) {
+    pub fn sweep(&mut self, now: UnixTime) {
         let idle = self.window.saturating_mul(2);
         while let Some(&(last, ip)) = self.by_last.first() {
             if now.saturating_duration_since(last) <= idle {
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn ten_per_minute_with_refill() {
         let mut rl = RateLimiter::new(10, Duration::from_secs(60), 16);
-        let t0 = Instant::from_millis(1_000);
+        let t0 = UnixTime::from_millis(1_000);
         for i in 0..10 {
             assert!(rl.allow(ip(1), t0), "request {i}");
         }
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn bounded_and_swept() {
         let mut rl = RateLimiter::new(1, Duration::from_secs(60), 2);
-        let t = Instant::from_millis(0);
+        let t = UnixTime::from_millis(0);
         assert!(rl.allow(ip(1), t));
         assert!(rl.allow(ip(2), t + Duration::from_secs(1)));
         assert!(rl.allow(ip(3), t + Duration::from_secs(2)));
@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn eviction_follows_last_use_and_the_index_stays_in_step() {
         let mut rl = RateLimiter::new(100, Duration::from_secs(60), 3);
-        let t = Instant::from_millis(0);
+        let t = UnixTime::from_millis(0);
         let at = |s| t + Duration::from_secs(s);
         assert!(rl.allow(ip(1), at(0)));
         assert!(rl.allow(ip(2), at(1)));

@@ -24,7 +24,7 @@ use super::server::{
     Change, Invite, JoinRule, NetworkRecord, NodeRecord, Notification, PendingRequest,
     PendingResponse, State, pair,
 };
-use crate::time::Instant;
+use crate::time::UnixTime;
 
 /// One persisted record's identity.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -471,7 +471,7 @@ pub struct Loader {
 impl Loader {
     /// Starts from a fresh state at `now` (its backbone is replaced if a
     /// stored one comes).
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: UnixTime) -> Self {
         Loader {
             state: State::new(now),
             records: 0,
@@ -518,7 +518,7 @@ impl Loader {
                     h.name,
                     h.join_rule,
                     h.token,
-                    Instant::from_nanos(h.created),
+                    UnixTime::from_nanos(h.created),
                 );
                 rec.policy = h.policy;
                 s.networks.insert(id, rec);
@@ -664,13 +664,13 @@ pub fn apply_record(
                     String::new(),
                     JoinRule::Open,
                     String::new(),
-                    Instant::from_nanos(h.created),
+                    UnixTime::from_nanos(h.created),
                 )
             });
             net.name = h.name;
             net.join_rule = h.join_rule;
             net.token = h.token;
-            net.created = Instant::from_nanos(h.created);
+            net.created = UnixTime::from_nanos(h.created);
             net.policy = h.policy;
         }
         RecordKey::Member(network_id, node_id) => {
@@ -750,7 +750,7 @@ pub(crate) mod mem {
     }
 
     /// Loads a map's records.
-    pub(crate) fn load(store: &BTreeMap<Vec<u8>, Vec<u8>>, now: Instant) -> State {
+    pub(crate) fn load(store: &BTreeMap<Vec<u8>, Vec<u8>>, now: UnixTime) -> State {
         let mut l = Loader::new(now);
         for (k, v) in store {
             l.add(k, v).unwrap();
@@ -766,8 +766,8 @@ mod tests {
     use crate::registry::server::{Config, Effect, Registry};
     use std::collections::BTreeMap;
 
-    fn t(s: u64) -> Instant {
-        Instant::from_nanos(1_767_225_600_000_000_000 + s * 1_000_000_000)
+    fn t(s: u64) -> UnixTime {
+        UnixTime::from_nanos(1_767_225_600_000_000_000 + s * 1_000_000_000)
     }
 
     fn changes(effects: Vec<Effect>) -> Vec<Change> {

@@ -15,7 +15,7 @@ use super::server::{
     Invite, JoinRule, NetworkRecord, NodeRecord, PendingRequest, PendingResponse, State, pair,
 };
 use crate::registry::policy::Role;
-use crate::time::Instant;
+use crate::time::UnixTime;
 
 /// Snapshot (de)serialisation failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,13 +207,13 @@ fn parse_id(s: &str) -> Option<u32> {
     s.parse::<u32>().ok().filter(|v| *v != 0)
 }
 
-fn time_or_zero(s: &str, report: &mut ImportReport) -> Instant {
+fn time_or_zero(s: &str, report: &mut ImportReport) -> UnixTime {
     if s.is_empty() {
-        return Instant::ZERO;
+        return UnixTime::ZERO;
     }
     parse_rfc3339(s).unwrap_or_else(|_| {
         report.bad_entries += 1;
-        Instant::ZERO
+        UnixTime::ZERO
     })
 }
 
@@ -347,7 +347,7 @@ impl Snapshot {
 
     /// Imports into a registry state. `now` dates a backbone that the
     /// snapshot lacks.
-    pub fn into_state(self, now: Instant) -> (State, ImportReport) {
+    pub fn into_state(self, now: UnixTime) -> (State, ImportReport) {
         let mut rep = ImportReport::default();
         let mut st = State::new(now);
         st.networks.clear();
@@ -420,7 +420,7 @@ impl Snapshot {
             }
             let last_seen = match &n.last_seen {
                 Some(t) => time_or_zero(t, &mut rep),
-                None => Instant::ZERO,
+                None => UnixTime::ZERO,
             };
             st.nodes.insert(
                 id,
@@ -578,7 +578,7 @@ mod tests {
 
     /// A registry with every kind of state in it.
     fn rich_registry(profile: WireProfile) -> Registry {
-        let now = Instant::from_nanos(T0 * 1_000_000_000 + 123_456_789);
+        let now = UnixTime::from_nanos(T0 * 1_000_000_000 + 123_456_789);
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let mut r = Registry::new(
             Config {
@@ -756,7 +756,7 @@ mod tests {
             let bytes = snap.to_json().unwrap();
             let back = Snapshot::from_json(&bytes).unwrap();
             assert_eq!(back, snap);
-            let (state, report) = back.into_state(Instant::ZERO);
+            let (state, report) = back.into_state(UnixTime::ZERO);
             assert_eq!(report, ImportReport::default());
             assert_eq!(&state, reg.state(), "{profile:?}");
             // Sanity: the state really holds what we claim to preserve.
@@ -771,8 +771,8 @@ mod tests {
     #[test]
     fn restored_registry_keeps_working() {
         let reg = rich_registry(WireProfile::Current);
-        let (state, _) = Snapshot::from_state(reg.state()).into_state(Instant::ZERO);
-        let now = Instant::from_nanos((T0 + 5) * 1_000_000_000);
+        let (state, _) = Snapshot::from_state(reg.state()).into_state(UnixTime::ZERO);
+        let now = UnixTime::from_nanos((T0 + 5) * 1_000_000_000);
         let mut r2 = Registry::from_state(Config::default(), state, now);
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         // Node 2's key gets its ID back; node 4 can still accept node 3.
@@ -837,7 +837,7 @@ mod tests {
         );
         let (s, rep) = Snapshot::from_json(json.as_bytes())
             .unwrap()
-            .into_state(Instant::ZERO);
+            .into_state(UnixTime::ZERO);
         assert_eq!(
             rep,
             ImportReport {
@@ -861,7 +861,7 @@ mod tests {
         // Missing backbone → recreated.
         let (s, _) = Snapshot::from_json(b"{}")
             .unwrap()
-            .into_state(Instant::ZERO);
+            .into_state(UnixTime::ZERO);
         assert_eq!(s.networks[&0].name, "backbone");
         assert_eq!(Snapshot::from_json(b"\"x\""), Err(SnapshotError::Json));
     }

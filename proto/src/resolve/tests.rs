@@ -6,6 +6,7 @@ use super::*;
 use crate::registry::auth::Identity;
 use crate::registry::client::{ClientConfig, ClientEvent};
 use crate::registry::server::{Config as RegConfig, Registry};
+use crate::time::UnixTime;
 
 const T0: u64 = 1_767_225_600;
 
@@ -33,7 +34,8 @@ impl World {
                 rate_limits: false,
                 ..RegConfig::default()
             },
-            now,
+            // The node clock here counts from the Unix epoch.
+            UnixTime::from_nanos(now.as_nanos()),
         );
         let clients = (0..public.len())
             .map(|i| {
@@ -97,7 +99,9 @@ impl World {
                 while let Some(req) = self.clients[i].poll_transmit() {
                     moved = true;
                     let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + i as u16));
-                    let reply = self.reg.handle(self.now, peer, req);
+                    let reply =
+                        self.reg
+                            .handle(UnixTime::from_nanos(self.now.as_nanos()), peer, req);
                     self.clients[i].handle_response(self.now, reply.response);
                 }
             }

@@ -86,7 +86,7 @@ impl Script {
                 json!({
                     "address": h.address().map(|a| a.to_string()),
                     "registry_dials": h.registry_dials,
-                    "files": h.disk.files.len(),
+                    "files": h.disk().files.len(),
                 })
             })
             .collect();
@@ -171,6 +171,26 @@ pub(crate) fn dial(net: &mut Net, i: usize, app: AppId, to: Addr) -> Result<u32,
     }
 }
 
+/// Takes what stream `conn` of `app` on host `i` receives while virtual
+/// time runs in 10 ms steps, until `n` bytes arrived, the stream ended or
+/// `timeout` passed. Every scenario that waits for echoed bytes uses it.
+pub(crate) fn recv_until(
+    net: &mut Net,
+    i: usize,
+    app: AppId,
+    conn: u32,
+    n: usize,
+    timeout: Duration,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    net.run_until(timeout, Duration::from_millis(10), |net| {
+        let (data, ended) = net.read(i, app, conn);
+        got.extend_from_slice(&data);
+        ended || got.len() >= n
+    });
+    got
+}
+
 /// Dials `to`'s echo port, sends `data`, reads it back and closes.
 fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Result<(), String> {
     let conn = dial(net, i, app, to)?;
@@ -182,20 +202,8 @@ fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Resu
             data,
         },
     );
-    let mut got = Vec::new();
-    net.run_until(CALL_TIMEOUT, Duration::from_millis(10), |net| {
-        while let Some(b) = net.take_where(
-            i,
-            app,
-            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-        ) {
-            if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                got.extend_from_slice(data);
-            }
-        }
-        got.len() >= data.len()
-    });
-    let r = net.call(i, app, &IpcMessage::Close { conn_id: conn }, CALL_TIMEOUT);
+    let got = recv_until(net, i, app, conn, data.len(), CALL_TIMEOUT);
+    let closed = net.close_conn(i, app, conn, CALL_TIMEOUT);
     if got != data {
         return Err(format!(
             "echo returned {} of {} bytes",
@@ -203,9 +211,10 @@ fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Resu
             data.len()
         ));
     }
-    match r.as_deref().and_then(decode) {
-        Some(IpcMessage::CloseOk { .. }) => Ok(()),
-        _ => Err(format!("close: {}", describe(r.as_ref()))),
+    if closed {
+        Ok(())
+    } else {
+        Err("close: no CloseOk".into())
     }
 }
 
@@ -410,7 +419,7 @@ fn trust_script(net: &mut Net, s: &mut Script, addrs: &[Addr], apps: &[AppId]) {
     let saved = (0..n)
         .filter(|i| {
             net.host(*i)
-                .is_some_and(|h| h.disk.files.contains_key("trust.json"))
+                .is_some_and(|h| h.disk().files.contains_key("trust.json"))
         })
         .count();
     s.check(
@@ -496,16 +505,9 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
     net.run_until(ECHO_MAX_RUN, Duration::from_millis(50), |net| {
         for i in 0..n {
             let Some(conn) = conns[i] else { continue };
-            while let Some(b) = net.take_where(
-                i,
-                apps[i],
-                |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-            ) {
-                if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                    got[i] += data.len() as u64;
-                    hashes[i].update(data);
-                }
-            }
+            let (data, _) = net.read(i, apps[i], conn);
+            got[i] += data.len() as u64;
+            hashes[i].update(&data);
             if got[i] >= total && done_at[i].is_none() {
                 done_at[i] = Some(net.sim.now());
             }
@@ -530,19 +532,11 @@ fn echo_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], a
                 }
             ),
         );
-        let r = net.call(
-            i,
-            apps[i],
-            &IpcMessage::Close { conn_id: conn },
-            CALL_TIMEOUT,
-        );
+        let closed = net.close_conn(i, apps[i], conn, CALL_TIMEOUT);
         s.check(
             &format!("close-{i}-{j}"),
-            matches!(
-                r.as_deref().and_then(decode),
-                Some(IpcMessage::CloseOk { .. })
-            ),
-            describe(r.as_ref()),
+            closed,
+            if closed { "CloseOk" } else { "no CloseOk" },
         );
         if let Some(t) = done_at[i] {
             times.push(t.saturating_duration_since(start).as_secs_f64() * 1e3);

@@ -44,7 +44,7 @@ use crate::net::{NatKind, NatSetup, Net, nat_public_ip};
 use crate::rendezvous::RENDEZVOUS_ADDR;
 use crate::scenario::{Outcome, Scenario};
 
-use super::daemon::{CALL_TIMEOUT, REGISTER_TIMEOUT, SEND_CHUNK, Script, byte, decode, dial};
+use super::daemon::{CALL_TIMEOUT, REGISTER_TIMEOUT, SEND_CHUNK, Script, byte, dial, recv_until};
 
 /// Bytes each pair streams unless `--bytes` says otherwise.
 pub const NAT_BYTES: u64 = 4 << 20;
@@ -245,19 +245,12 @@ fn transfer(
         let now = net.sim.now();
         for f in &mut flows {
             let Some(conn) = f.conn else { continue };
-            while let Some(b) = net.take_where(
-                f.from,
-                apps[f.from],
-                |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-            ) {
-                if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                    if f.first.is_none() && !data.is_empty() {
-                        f.first = Some(now);
-                    }
-                    f.got += data.len() as u64;
-                    f.rx.update(data);
-                }
+            let (data, _) = net.read(f.from, apps[f.from], conn);
+            if f.first.is_none() && !data.is_empty() {
+                f.first = Some(now);
             }
+            f.got += data.len() as u64;
+            f.rx.update(&data);
             if f.got >= total && f.done.is_none() {
                 f.done = Some(now);
             }
@@ -493,20 +486,7 @@ fn echo_on(net: &mut Net, i: usize, app: AppId, conn: u32, tag: &[u8]) -> bool {
             data: tag,
         },
     );
-    let mut got = Vec::new();
-    net.run_until(CALL_TIMEOUT, Duration::from_millis(10), |net| {
-        while let Some(b) = net.take_where(
-            i,
-            app,
-            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-        ) {
-            if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                got.extend_from_slice(data);
-            }
-        }
-        got.len() >= tag.len()
-    });
-    got == tag
+    recv_until(net, i, app, conn, tag.len(), CALL_TIMEOUT) == tag
 }
 
 impl Scenario for NatIdleScenario {

@@ -13,6 +13,12 @@ fn t_ms(ms: u64) -> Instant {
     Instant::from_nanos(T0 * 1_000_000_000 + ms * 1_000_000)
 }
 
+/// The registry's wall clock at node time `t`: the node clock here counts
+/// from the Unix epoch.
+fn wall(t: Instant) -> crate::time::UnixTime {
+    crate::time::UnixTime::from_nanos(t.as_nanos())
+}
+
 fn ident(seed: u8) -> Identity {
     Identity::from_seed(&[seed; 32])
 }
@@ -41,7 +47,7 @@ impl Link {
     fn new(reg_cfg: Config, client_cfg: ClientConfig, seed: u8) -> Self {
         let now = t_ms(0);
         let mut l = Link {
-            reg: Registry::new(reg_cfg, now),
+            reg: Registry::new(reg_cfg, wall(now)),
             client: RegistryClient::new(client_cfg, ident(seed), now),
             now,
             up: false,
@@ -68,7 +74,7 @@ impl Link {
                 let bytes = encode_request(&req).unwrap();
                 let req = decode_request(&bytes).unwrap();
                 let peer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-                let reply = self.reg.handle(self.now, peer, req);
+                let reply = self.reg.handle(wall(self.now), peer, req);
                 let bytes = encode_response(&reply.response).unwrap();
                 self.client
                     .handle_response(self.now, decode_response(&bytes).unwrap());
@@ -86,11 +92,11 @@ impl Link {
             }
             self.now = self.now.max(t);
             self.client.handle_timeout(self.now);
-            self.reg.handle_timeout(self.now);
+            self.reg.handle_timeout(wall(self.now));
             self.settle();
         }
         self.now = end;
-        self.reg.handle_timeout(end);
+        self.reg.handle_timeout(wall(end));
     }
 }
 
@@ -109,7 +115,7 @@ fn registers_heartbeats_and_survives_reaping() {
     // Ten minutes of heartbeats keep the node alive.
     l.run_until(t_ms(600_000));
     assert!(l.reg.state().nodes.contains_key(&1));
-    assert_eq!(l.reg.state().nodes[&1].last_seen, t_ms(600_000));
+    assert_eq!(l.reg.state().nodes[&1].last_seen, wall(t_ms(600_000)));
     // The registry restarts empty-handed on this node (e.g. it was reaped
     // during a partition): the next heartbeat gets "not found" and the
     // client registers again, getting the same ID back.
@@ -118,7 +124,8 @@ fn registers_heartbeats_and_survives_reaping() {
         signature: ident(1).sign_b64(b"deregister:1"),
         ..Default::default()
     });
-    l.reg.handle(l.now, "127.0.0.1:1".parse().unwrap(), dereg);
+    l.reg
+        .handle(wall(l.now), "127.0.0.1:1".parse().unwrap(), dereg);
     l.log.clear();
     l.run_until(t_ms(640_000));
     assert!(l.log.contains(&ClientEvent::Reregistering), "{:?}", l.log);
@@ -144,7 +151,7 @@ fn resolves_and_polls_inbox() {
     let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     let other = ident(2);
     let r = l.reg.handle(
-        l.now,
+        wall(l.now),
         peer,
         Request::Register(codec::Register {
             listen_addr: "127.0.0.1:4001".into(),
@@ -166,7 +173,7 @@ fn resolves_and_polls_inbox() {
         signature: other.sign_b64(b"handshake:2:1"),
         sig_ts: None,
     });
-    assert!(l.reg.handle(l.now, peer, hs).error.is_none());
+    assert!(l.reg.handle(wall(l.now), peer, hs).error.is_none());
     l.run_until(t_ms(10_000));
     let inbox = l.log.iter().find_map(|e| match e {
         ClientEvent::HandshakeInbox { requests, .. } => Some(requests.clone()),
@@ -182,7 +189,7 @@ fn resolves_and_polls_inbox() {
         signature: other.sign_b64(b"set_visibility:2"),
         ..Default::default()
     });
-    assert!(l.reg.handle(l.now, peer, vis).error.is_none());
+    assert!(l.reg.handle(wall(l.now), peer, vis).error.is_none());
     let id = l.client.call(l.now, Call::Resolve(2)).unwrap();
     l.settle();
     assert!(l.log.contains(&ClientEvent::CallDone {
@@ -209,7 +216,7 @@ fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
     let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     let other = ident(2);
     let r = l.reg.handle(
-        l.now,
+        wall(l.now),
         peer,
         Request::Register(codec::Register {
             listen_addr: "127.0.0.1:4001".into(),
@@ -225,7 +232,7 @@ fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
         signature: other.sign_b64(b"handshake:2:1"),
         sig_ts: None,
     });
-    assert!(l.reg.handle(l.now, peer, hs).error.is_none());
+    assert!(l.reg.handle(wall(l.now), peer, hs).error.is_none());
     // A request is in flight when the push arrives: the push must not be
     // taken for its reply.
     let id = l.client.call(l.now, Call::Resolve(2)).unwrap();
@@ -237,7 +244,7 @@ fn pushes_fetch_the_inbox_at_once_and_never_count_as_replies() {
     l.client.handle_response(l.now, push(codec::PUSH_HANDSHAKE));
     l.client
         .handle_response(l.now, push(codec::PUSH_TRUST_REVOKED));
-    let reply = l.reg.handle(l.now, peer, req);
+    let reply = l.reg.handle(wall(l.now), peer, req);
     l.client.handle_response(l.now, reply.response);
     l.settle();
     assert!(
@@ -272,7 +279,7 @@ fn push_opt_in_is_sent_after_registering() {
         ident(1),
         t_ms(0),
     );
-    let mut reg = Registry::new(Config::default(), t_ms(0));
+    let mut reg = Registry::new(Config::default(), wall(t_ms(0)));
     let peer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
     let mut wanted = false;
     for _ in 0..10 {
@@ -282,7 +289,7 @@ fn push_opt_in_is_sent_after_registering() {
             }
         }
         let Some(req) = c.poll_transmit() else { break };
-        let reply = reg.handle(t_ms(0), peer, req);
+        let reply = reg.handle(wall(t_ms(0)), peer, req);
         wanted |= reply
             .effects
             .contains(&crate::registry::server::Effect::PushWanted(1));

@@ -10,7 +10,7 @@
 //! dropping idle rate-limit buckets) happens in [`Registry::handle_timeout`];
 //! [`Registry::poll_timeout`] says when to call it.
 //!
-//! Instants are nanoseconds since the Unix epoch (see [`crate::registry`]).
+//! Its time is wall-clock [`UnixTime`] (see [`crate::registry`]).
 
 mod error;
 mod state;
@@ -39,7 +39,7 @@ use super::limits::*;
 use super::policy::{self as netpolicy, NetworkPolicy, Role};
 use super::ratelimit::RateLimiter;
 use super::validate;
-use crate::time::Instant;
+use crate::time::UnixTime;
 use crate::wire::WireProfile;
 
 /// Invitations expire after this (`spec/registry.md` §3.15).
@@ -196,7 +196,7 @@ pub struct Reply {
 #[derive(Clone, Debug)]
 struct Beacon {
     addr: String,
-    last_seen: Instant,
+    last_seen: UnixTime,
 }
 
 /// The registry.
@@ -208,7 +208,7 @@ pub struct Registry {
     register_rl: RateLimiter,
     resolve_rl: RateLimiter,
     query_rl: RateLimiter,
-    next_tick: Instant,
+    next_tick: UnixTime,
     effects: Vec<Effect>,
     /// Ours: new node IDs come from this range `[next, end)` handed out by
     /// a store shared by several frontends, instead of `state.next_node`.
@@ -222,12 +222,12 @@ type Res = Result<Response, RegistryError>;
 
 impl Registry {
     /// A fresh registry (backbone only) at `now`.
-    pub fn new(config: Config, now: Instant) -> Self {
+    pub fn new(config: Config, now: UnixTime) -> Self {
         Self::from_state(config, State::new(now), now)
     }
 
     /// A registry restored from `state` (snapshot + replayed changes).
-    pub fn from_state(config: Config, mut state: State, now: Instant) -> Self {
+    pub fn from_state(config: Config, mut state: State, now: UnixTime) -> Self {
         state.rebuild_indexes();
         let next_tick = now + config.reap_interval;
         Registry {
@@ -291,14 +291,14 @@ impl Registry {
     }
 
     /// When [`Registry::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<UnixTime> {
         Some(self.next_tick)
     }
 
     /// Periodic work: reap nodes silent for longer than the stale threshold
     /// (at most [`MAX_REAP_PER_TICK`] per call), expire beacons and drop idle
     /// rate-limit buckets. Spurious calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Effect> {
+    pub fn handle_timeout(&mut self, now: UnixTime) -> Vec<Effect> {
         if now < self.next_tick {
             return Vec::new();
         }
@@ -361,7 +361,7 @@ impl Registry {
     }
 
     /// Handles one request from the connection whose TCP source is `peer`.
-    pub fn handle(&mut self, now: Instant, peer: SocketAddr, req: Request) -> Reply {
+    pub fn handle(&mut self, now: UnixTime, peer: SocketAddr, req: Request) -> Reply {
         self.effects.clear();
         let result = if self.config.standby && !allowed_on_standby(&req) {
             Err(RegistryError::Standby)
@@ -383,7 +383,7 @@ impl Registry {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, peer: SocketAddr, req: Request) -> Res {
+    fn dispatch(&mut self, now: UnixTime, peer: SocketAddr, req: Request) -> Res {
         let legacy = self.config.profile == WireProfile::Legacy;
         match req {
             Request::Register(r) => self.register(now, peer, r),
@@ -489,7 +489,7 @@ impl Registry {
 
     // ----- helpers -----------------------------------------------------
 
-    fn query_limit(&mut self, now: Instant, ip: IpAddr) -> Result<(), RegistryError> {
+    fn query_limit(&mut self, now: UnixTime, ip: IpAddr) -> Result<(), RegistryError> {
         if self.config.rate_limits
             && self.config.profile == WireProfile::Current
             && !self.query_rl.allow(ip, now)
@@ -526,7 +526,7 @@ impl Registry {
     /// form); in the current profile a valid `admin_token` may stand in.
     fn authenticate(
         &mut self,
-        now: Instant,
+        now: UnixTime,
         node_id: u32,
         challenge: &str,
         sig: SigFields<'_>,
@@ -545,7 +545,7 @@ impl Registry {
     /// the node whose last timestamp must be exceeded (and is updated).
     fn check_sig(
         &mut self,
-        now: Instant,
+        now: UnixTime,
         replay_id: Option<u32>,
         key: &PublicKey,
         challenge: &str,
@@ -561,7 +561,7 @@ impl Registry {
             Some(ts) => {
                 let msg = auth::strong_message(challenge, ts);
                 auth::verify(key, msg.as_bytes(), sig.signature)?;
-                let now_ms = now.as_nanos() / 1_000_000;
+                let now_ms = now.as_millis();
                 let window =
                     u64::try_from(self.config.sig_freshness.as_millis()).unwrap_or(u64::MAX);
                 if ts.abs_diff(now_ms) > window {
@@ -616,7 +616,7 @@ impl Registry {
 
     // ----- register ----------------------------------------------------
 
-    fn register(&mut self, now: Instant, peer: SocketAddr, r: codec::Register) -> Res {
+    fn register(&mut self, now: UnixTime, peer: SocketAddr, r: codec::Register) -> Res {
         if r.public_key.is_empty() {
             return Err(RegistryError::PublicKeyRequired);
         }
@@ -803,7 +803,7 @@ impl Registry {
         id: u32,
         key: PublicKey,
         owner: &str,
-        now: Instant,
+        now: UnixTime,
     ) -> Result<NodeRecord, RegistryError> {
         if self.state.nodes.len() >= self.config.max_nodes {
             return Err(RegistryError::RegistryFull);
@@ -844,7 +844,7 @@ impl Registry {
         }))
     }
 
-    fn resolve(&mut self, now: Instant, ip: IpAddr, r: codec::Resolve) -> Res {
+    fn resolve(&mut self, now: UnixTime, ip: IpAddr, r: codec::Resolve) -> Res {
         if self.config.rate_limits
             && self.config.profile == WireProfile::Current
             && !self.resolve_rl.allow(ip, now)
@@ -896,7 +896,7 @@ impl Registry {
 
     // ----- node updates ------------------------------------------------
 
-    fn heartbeat(&mut self, now: Instant, r: codec::Heartbeat) -> Res {
+    fn heartbeat(&mut self, now: UnixTime, r: codec::Heartbeat) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("heartbeat:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -909,7 +909,7 @@ impl Registry {
         })
     }
 
-    fn deregister(&mut self, now: Instant, r: codec::Deregister) -> Res {
+    fn deregister(&mut self, now: UnixTime, r: codec::Deregister) -> Res {
         let Some(node) = self.state.nodes.get(&r.node_id) else {
             return Ok(Response::DeregisterOk {});
         };
@@ -949,7 +949,7 @@ impl Registry {
         Ok(())
     }
 
-    fn set_visibility(&mut self, now: Instant, r: codec::SetVisibility) -> Res {
+    fn set_visibility(&mut self, now: UnixTime, r: codec::SetVisibility) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("set_visibility:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), Some(&r.admin_token))?;
@@ -960,7 +960,7 @@ impl Registry {
         })
     }
 
-    fn set_hostname(&mut self, now: Instant, r: codec::SetHostname) -> Res {
+    fn set_hostname(&mut self, now: UnixTime, r: codec::SetHostname) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("set_hostname:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), Some(&r.admin_token))?;
@@ -981,7 +981,7 @@ impl Registry {
         })
     }
 
-    fn set_tags(&mut self, now: Instant, r: codec::SetTags) -> Res {
+    fn set_tags(&mut self, now: UnixTime, r: codec::SetTags) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("set_tags:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), Some(&r.admin_token))?;
@@ -994,7 +994,7 @@ impl Registry {
         })
     }
 
-    fn set_task_exec(&mut self, now: Instant, r: codec::SetTaskExec) -> Res {
+    fn set_task_exec(&mut self, now: UnixTime, r: codec::SetTaskExec) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("set_task_exec:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1005,7 +1005,7 @@ impl Registry {
         })
     }
 
-    fn rotate_key(&mut self, now: Instant, r: codec::RotateKey) -> Res {
+    fn rotate_key(&mut self, now: UnixTime, r: codec::RotateKey) -> Res {
         if r.signature.is_empty() {
             return Err(RegistryError::RotateNeedsSignature);
         }
@@ -1061,7 +1061,7 @@ impl Registry {
 
     // ----- trust and handshakes ----------------------------------------
 
-    fn report_trust(&mut self, now: Instant, r: codec::TrustPair) -> Res {
+    fn report_trust(&mut self, now: UnixTime, r: codec::TrustPair) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("report_trust:{}:{}", r.node_id, r.peer_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1075,7 +1075,7 @@ impl Registry {
         Ok(Response::ReportTrustOk {})
     }
 
-    fn revoke_trust(&mut self, now: Instant, r: codec::TrustPair) -> Res {
+    fn revoke_trust(&mut self, now: UnixTime, r: codec::TrustPair) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("revoke_trust:{}:{}", r.node_id, r.peer_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1090,7 +1090,7 @@ impl Registry {
         Ok(Response::RevokeTrustOk {})
     }
 
-    fn request_handshake(&mut self, now: Instant, r: codec::RequestHandshake) -> Res {
+    fn request_handshake(&mut self, now: UnixTime, r: codec::RequestHandshake) -> Res {
         let (from, to) = (r.from_node_id, r.to_node_id);
         self.node(from)?;
         let challenge = format!("handshake:{from}:{to}");
@@ -1121,7 +1121,7 @@ impl Registry {
         })
     }
 
-    fn poll_handshakes(&mut self, now: Instant, r: codec::PollHandshakes) -> Res {
+    fn poll_handshakes(&mut self, now: UnixTime, r: codec::PollHandshakes) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("poll_handshakes:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1165,7 +1165,7 @@ impl Registry {
         })
     }
 
-    fn respond_handshake(&mut self, now: Instant, r: codec::RespondHandshake) -> Res {
+    fn respond_handshake(&mut self, now: UnixTime, r: codec::RespondHandshake) -> Res {
         let (me, peer) = (r.node_id, r.peer_id);
         self.node(me)?;
         let challenge = format!("respond:{me}:{peer}");
@@ -1209,7 +1209,7 @@ impl Registry {
         })
     }
 
-    fn punch(&mut self, now: Instant, r: codec::Punch) -> Res {
+    fn punch(&mut self, now: UnixTime, r: codec::Punch) -> Res {
         self.node(r.requester_id)?;
         let challenge = format!("punch:{}:{}", r.node_a, r.node_b);
         self.authenticate(now, r.requester_id, &challenge, r.sig(), None)?;
@@ -1310,7 +1310,7 @@ impl Registry {
         })
     }
 
-    fn create_network(&mut self, now: Instant, r: codec::CreateNetwork) -> Res {
+    fn create_network(&mut self, now: UnixTime, r: codec::CreateNetwork) -> Res {
         self.require_admin(&r.admin_token)?;
         self.node(r.node_id)?;
         validate::network_name(&r.name).map_err(RegistryError::NetworkName)?;
@@ -1401,7 +1401,7 @@ impl Registry {
         Ok(net)
     }
 
-    fn join_network(&mut self, now: Instant, r: codec::JoinNetwork) -> Res {
+    fn join_network(&mut self, now: UnixTime, r: codec::JoinNetwork) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("join_network:{}:{}", r.node_id, r.network_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), Some(&r.admin_token))?;
@@ -1426,7 +1426,7 @@ impl Registry {
         })
     }
 
-    fn leave_network(&mut self, now: Instant, r: codec::LeaveNetwork) -> Res {
+    fn leave_network(&mut self, now: UnixTime, r: codec::LeaveNetwork) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("leave_network:{}:{}", r.node_id, r.network_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), Some(&r.admin_token))?;
@@ -1459,7 +1459,7 @@ impl Registry {
         })
     }
 
-    fn invite(&mut self, now: Instant, r: codec::InviteToNetwork) -> Res {
+    fn invite(&mut self, now: UnixTime, r: codec::InviteToNetwork) -> Res {
         self.node(r.inviter_id)?;
         let challenge = format!(
             "invite:{}:{}:{}",
@@ -1509,7 +1509,7 @@ impl Registry {
         })
     }
 
-    fn live_invites(&self, id: u32, now: Instant) -> Vec<Invite> {
+    fn live_invites(&self, id: u32, now: UnixTime) -> Vec<Invite> {
         self.state
             .invites
             .get(&id)
@@ -1524,7 +1524,7 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    fn poll_invites(&mut self, now: Instant, r: codec::PollInvites) -> Res {
+    fn poll_invites(&mut self, now: UnixTime, r: codec::PollInvites) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("poll_invites:{}", r.node_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1554,7 +1554,7 @@ impl Registry {
         Ok(Response::PollInvitesOk { invites })
     }
 
-    fn respond_invite(&mut self, now: Instant, r: codec::RespondInvite) -> Res {
+    fn respond_invite(&mut self, now: UnixTime, r: codec::RespondInvite) -> Res {
         self.node(r.node_id)?;
         let challenge = format!("respond_invite:{}:{}", r.node_id, r.network_id);
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
@@ -1613,7 +1613,7 @@ impl Registry {
     #[allow(clippy::too_many_arguments)]
     fn actor(
         &mut self,
-        now: Instant,
+        now: UnixTime,
         op: &'static str,
         node_id: u32,
         network_id: u16,
@@ -1656,7 +1656,7 @@ impl Registry {
         Ok(Actor::Member(has))
     }
 
-    fn delete_network(&mut self, now: Instant, r: codec::DeleteNetwork) -> Res {
+    fn delete_network(&mut self, now: UnixTime, r: codec::DeleteNetwork) -> Res {
         let challenge = format!("delete_network:{}:{}", r.node_id, r.network_id);
         self.actor(
             now,
@@ -1683,7 +1683,7 @@ impl Registry {
         })
     }
 
-    fn rename_network(&mut self, now: Instant, r: codec::RenameNetwork) -> Res {
+    fn rename_network(&mut self, now: UnixTime, r: codec::RenameNetwork) -> Res {
         let challenge = format!("rename_network:{}:{}:{}", r.node_id, r.network_id, r.name);
         self.actor(
             now,
@@ -1713,7 +1713,7 @@ impl Registry {
         })
     }
 
-    fn member_action(&mut self, now: Instant, op: MemberOp, r: codec::MemberAction) -> Res {
+    fn member_action(&mut self, now: UnixTime, op: MemberOp, r: codec::MemberAction) -> Res {
         let challenge = format!(
             "{}:{}:{}:{}",
             op.name(),
@@ -1812,7 +1812,7 @@ impl Registry {
         }
     }
 
-    fn set_member_tags(&mut self, now: Instant, r: codec::SetMemberTags) -> Res {
+    fn set_member_tags(&mut self, now: UnixTime, r: codec::SetMemberTags) -> Res {
         let challenge = format!(
             "set_member_tags:{}:{}:{}",
             r.node_id, r.network_id, r.target_node_id
@@ -1844,7 +1844,7 @@ impl Registry {
         }))
     }
 
-    fn set_network_policy(&mut self, now: Instant, r: codec::SetNetworkPolicy) -> Res {
+    fn set_network_policy(&mut self, now: UnixTime, r: codec::SetNetworkPolicy) -> Res {
         let challenge = format!("set_network_policy:{}:{}", r.node_id, r.network_id);
         self.actor(
             now,
@@ -1872,7 +1872,7 @@ impl Registry {
 
     // ----- beacons -----------------------------------------------------
 
-    fn beacon_register(&mut self, now: Instant, r: codec::BeaconRegister) -> Res {
+    fn beacon_register(&mut self, now: UnixTime, r: codec::BeaconRegister) -> Res {
         if self.config.profile == WireProfile::Current {
             self.require_admin(&r.admin_token)?;
         }
@@ -1907,7 +1907,7 @@ impl Registry {
         })
     }
 
-    fn beacon_list(&self, now: Instant) -> Response {
+    fn beacon_list(&self, now: UnixTime) -> Response {
         Response::BeaconListOk {
             beacons: self
                 .beacons
@@ -1926,7 +1926,7 @@ fn unknown(t: &str) -> RegistryError {
     RegistryError::UnknownType(t.to_owned())
 }
 
-fn new_node(id: u32, key: PublicKey, owner: &str, now: Instant) -> NodeRecord {
+fn new_node(id: u32, key: PublicKey, owner: &str, now: UnixTime) -> NodeRecord {
     NodeRecord {
         id,
         owner: owner.to_owned(),

@@ -8,20 +8,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::registry::auth::PublicKey;
 use crate::registry::limits::{BACKBONE_NAME, MAX_INBOX, MAX_RESPONSE_INBOX};
 use crate::registry::policy::{NetworkPolicy, Role};
-use crate::time::Instant;
+use crate::time::UnixTime;
 
-/// Serde form of an [`Instant`] inside a [`Change`]: its nanosecond count,
+/// Serde form of an [`UnixTime`] inside a [`Change`]: its nanosecond count,
 /// so drivers can log changes (e.g. as JSON) and replay them exactly.
 mod nanos {
-    use crate::time::Instant;
+    use crate::time::UnixTime;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(t: &UnixTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(t.as_nanos())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
-        u64::deserialize(d).map(Instant::from_nanos)
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnixTime, D::Error> {
+        u64::deserialize(d).map(UnixTime::from_nanos)
     }
 }
 
@@ -48,7 +48,7 @@ pub struct NodeRecord {
     pub public: bool,
     /// Last registration/heartbeat.
     #[serde(with = "nanos")]
-    pub last_seen: Instant,
+    pub last_seen: UnixTime,
     /// Hostname; empty if none.
     pub hostname: String,
     /// Tags.
@@ -111,7 +111,7 @@ pub struct NetworkRecord {
     pub members: BTreeSet<u32>,
     /// Creation time.
     #[serde(with = "nanos")]
-    pub created: Instant,
+    pub created: UnixTime,
     /// Roles other than [`Role::Member`] (members only; at most one owner).
     #[serde(default)]
     pub roles: BTreeMap<u32, Role>,
@@ -130,7 +130,7 @@ impl NetworkRecord {
         name: String,
         join_rule: JoinRule,
         token: String,
-        created: Instant,
+        created: UnixTime,
     ) -> Self {
         NetworkRecord {
             id,
@@ -173,7 +173,7 @@ pub struct PendingRequest {
     pub justification: String,
     /// When it arrived.
     #[serde(with = "nanos")]
-    pub timestamp: Instant,
+    pub timestamp: UnixTime,
 }
 
 /// A handshake decision waiting in the original requester's inbox.
@@ -185,7 +185,7 @@ pub struct PendingResponse {
     pub accept: bool,
     /// When it was made.
     #[serde(with = "nanos")]
-    pub timestamp: Instant,
+    pub timestamp: UnixTime,
 }
 
 /// A network invitation waiting for the invited node.
@@ -197,7 +197,7 @@ pub struct Invite {
     pub inviter_id: u32,
     /// When it was made.
     #[serde(with = "nanos")]
-    pub timestamp: Instant,
+    pub timestamp: UnixTime,
 }
 
 /// Everything the registry must keep across restarts.
@@ -233,7 +233,7 @@ pub struct State {
 
 impl State {
     /// A fresh registry: only the backbone, created at `now`.
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: UnixTime) -> Self {
         let mut networks = BTreeMap::new();
         networks.insert(
             0,
@@ -461,7 +461,7 @@ pub enum Change {
         node_id: u32,
         /// New time.
         #[serde(with = "nanos")]
-        last_seen: Instant,
+        last_seen: UnixTime,
     },
     /// Delete a live node record (keys, owners, trust and inboxes stay).
     RemoveNode(u32),

@@ -6,8 +6,8 @@ use crate::registry::codec::*;
 
 const T0_SECS: u64 = 1_767_225_600;
 
-fn t(secs: u64) -> Instant {
-    Instant::from_nanos((T0_SECS + secs) * 1_000_000_000)
+fn t(secs: u64) -> UnixTime {
+    UnixTime::from_nanos((T0_SECS + secs) * 1_000_000_000)
 }
 
 fn peer() -> SocketAddr {
@@ -20,9 +20,9 @@ fn ident(seed: u8) -> Identity {
 
 struct H {
     reg: Registry,
-    now: Instant,
+    now: UnixTime,
     log: Vec<Change>,
-    start: Instant,
+    start: UnixTime,
 }
 
 impl H {
@@ -1669,7 +1669,7 @@ mod prop {
             let snap = crate::registry::snapshot::Snapshot::from_state(h.reg.state());
             let (back, _) = crate::registry::snapshot::Snapshot::from_json(&snap.to_json().unwrap())
                 .unwrap()
-                .into_state(Instant::ZERO);
+                .into_state(UnixTime::ZERO);
             prop_assert_eq!(&back, h.reg.state());
         }
     }
