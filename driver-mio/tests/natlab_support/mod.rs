@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pilot_driver_mio::ipc_client::IpcClient;
 use pilot_proto::addr::Addr;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::pilotctl_support::{Node, Proc};
+use crate::pilotctl_support::{Node, Proc, wait_registered};
 
 /// The topology script (single definition of the lab).
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/natlab.sh");
@@ -203,7 +202,7 @@ impl Lab {
             .spawn()
             .expect("spawn pilot-daemon");
         let proc = Proc(child);
-        let node_id = wait_registered(&socket, || self.log(name));
+        let node_id = wait_registered(&socket, Duration::from_secs(60), || self.log(name));
         Node {
             name: name.to_owned(),
             socket,
@@ -305,22 +304,6 @@ impl Counters {
                 .collect(),
         )
     }
-}
-
-fn wait_registered(socket: &Path, log: impl Fn() -> String) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(mut c) = IpcClient::connect(socket) {
-            c.set_timeout(Duration::from_secs(5));
-            if let Ok(info) = c.info() {
-                if let Some(id) = info["node_id"].as_u64().filter(|&n| n != 0) {
-                    return id as u32;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("daemon did not register: {}", log());
 }
 
 /// The virtual address of a daemon (from `info`).

@@ -184,7 +184,10 @@ impl Net {
             .spawn()
             .expect("spawn daemon");
         let proc = Proc(child);
-        let node_id = wait_registered(&socket, &self.dir.path().join(format!("{name}.log")));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let node_id = wait_registered(&socket, Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
         Node {
             name: name.to_owned(),
             socket,
@@ -195,8 +198,11 @@ impl Net {
     }
 }
 
-fn wait_registered(socket: &Path, log: &Path) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits up to `limit` until the daemon at `socket` answers `info` with a
+/// node ID (it registered) and returns it; panics with `log()` (the
+/// daemon's log) otherwise. Shared by the pilotctl and NAT-lab suites.
+pub fn wait_registered(socket: &Path, limit: Duration, log: impl Fn() -> String) -> u32 {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(mut c) = IpcClient::connect(socket) {
             c.set_timeout(Duration::from_secs(5));
@@ -208,10 +214,7 @@ fn wait_registered(socket: &Path, log: &Path) -> u32 {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!(
-        "daemon did not register: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    panic!("daemon did not register: {}", log());
 }
 
 /// Whether a `{"trusted":[…]}` / `{"pending":[…]}` list names `node`.

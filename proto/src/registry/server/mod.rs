@@ -72,6 +72,59 @@ impl MemberOp {
     }
 }
 
+/// The network-management operations, each with its name (the first field
+/// of its signed challenge, and the text of a role error) and the roles
+/// allowed to perform it: one table ([`NetOp::rule`]) instead of a check
+/// in every handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetOp {
+    DeleteNetwork,
+    RenameNetwork,
+    Member(MemberOp),
+    SetMemberTags,
+    SetNetworkPolicy,
+}
+
+impl NetOp {
+    /// The operation's name and the roles allowed.
+    fn rule(self) -> (&'static str, &'static [Role]) {
+        const OWNER: &[Role] = &[Role::Owner];
+        const OWNER_OR_ADMIN: &[Role] = &[Role::Owner, Role::Admin];
+        match self {
+            NetOp::DeleteNetwork => ("delete_network", OWNER),
+            NetOp::RenameNetwork => ("rename_network", OWNER),
+            NetOp::Member(MemberOp::Kick) => (MemberOp::Kick.name(), OWNER_OR_ADMIN),
+            NetOp::Member(m) => (m.name(), OWNER),
+            NetOp::SetMemberTags => ("set_member_tags", OWNER_OR_ADMIN),
+            NetOp::SetNetworkPolicy => ("set_network_policy", OWNER),
+        }
+    }
+}
+
+/// The fields every network-management request carries.
+trait NetRequest {
+    /// Acting node, network, signature fields and admin token.
+    fn caller(&self) -> (u32, u16, SigFields<'_>, &str);
+}
+
+macro_rules! net_request {
+    ($($t:ident),*) => {
+        $(impl NetRequest for codec::$t {
+            fn caller(&self) -> (u32, u16, SigFields<'_>, &str) {
+                (self.node_id, self.network_id, self.sig(), &self.admin_token)
+            }
+        })*
+    };
+}
+
+net_request!(
+    DeleteNetwork,
+    RenameNetwork,
+    MemberAction,
+    SetMemberTags,
+    SetNetworkPolicy
+);
+
 /// Who performs a network-management operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Actor {
@@ -1607,21 +1660,23 @@ impl Registry {
         }
     }
 
-    /// Authenticates the actor of a management operation on `network_id`
-    /// and checks its role against `need` (the roles allowed). A valid admin
-    /// token makes the operator the actor.
-    #[allow(clippy::too_many_arguments)]
+    /// Authenticates the actor of management operation `op` asked by `r`
+    /// and checks its role against the operation's rule ([`NetOp::rule`]).
+    /// The signed challenge is `name:node:network`, then `:extra` when
+    /// given. A valid admin token makes the operator the actor.
     fn actor(
         &mut self,
         now: UnixTime,
-        op: &'static str,
-        node_id: u32,
-        network_id: u16,
-        challenge: &str,
-        sig: SigFields<'_>,
-        admin_token: &str,
-        need: &[Role],
+        op: NetOp,
+        r: &impl NetRequest,
+        extra: Option<&dyn core::fmt::Display>,
     ) -> Result<Actor, RegistryError> {
+        let (name, need) = op.rule();
+        let (node_id, network_id, sig, admin_token) = r.caller();
+        let challenge = match extra {
+            Some(x) => format!("{name}:{node_id}:{network_id}:{x}"),
+            None => format!("{name}:{node_id}:{network_id}"),
+        };
         if network_id == 0 {
             return Err(RegistryError::RoleRule("manage the backbone network"));
         }
@@ -1630,7 +1685,7 @@ impl Registry {
             return Ok(Actor::Operator);
         }
         self.node(node_id)?;
-        self.authenticate(now, node_id, challenge, sig, None)?;
+        self.authenticate(now, node_id, &challenge, sig, None)?;
         let net = self.network(network_id)?;
         let has = if net.members.contains(&node_id) {
             net.role(node_id)
@@ -1642,7 +1697,7 @@ impl Registry {
         };
         if !need.contains(&has) {
             return Err(RegistryError::RoleDenied {
-                op,
+                op: name,
                 need: if need.len() == 1 {
                     "owner"
                 } else {
@@ -1657,17 +1712,7 @@ impl Registry {
     }
 
     fn delete_network(&mut self, now: UnixTime, r: codec::DeleteNetwork) -> Res {
-        let challenge = format!("delete_network:{}:{}", r.node_id, r.network_id);
-        self.actor(
-            now,
-            "delete_network",
-            r.node_id,
-            r.network_id,
-            &challenge,
-            r.sig(),
-            &r.admin_token,
-            &[Role::Owner],
-        )?;
+        self.actor(now, NetOp::DeleteNetwork, &r, None)?;
         let members = self
             .network(r.network_id)?
             .members
@@ -1684,17 +1729,7 @@ impl Registry {
     }
 
     fn rename_network(&mut self, now: UnixTime, r: codec::RenameNetwork) -> Res {
-        let challenge = format!("rename_network:{}:{}:{}", r.node_id, r.network_id, r.name);
-        self.actor(
-            now,
-            "rename_network",
-            r.node_id,
-            r.network_id,
-            &challenge,
-            r.sig(),
-            &r.admin_token,
-            &[Role::Owner],
-        )?;
+        self.actor(now, NetOp::RenameNetwork, &r, Some(&r.name))?;
         validate::network_name(&r.name).map_err(RegistryError::NetworkName)?;
         if self
             .state
@@ -1714,27 +1749,7 @@ impl Registry {
     }
 
     fn member_action(&mut self, now: UnixTime, op: MemberOp, r: codec::MemberAction) -> Res {
-        let challenge = format!(
-            "{}:{}:{}:{}",
-            op.name(),
-            r.node_id,
-            r.network_id,
-            r.target_node_id
-        );
-        let need: &[Role] = match op {
-            MemberOp::Kick => &[Role::Owner, Role::Admin],
-            _ => &[Role::Owner],
-        };
-        let actor = self.actor(
-            now,
-            op.name(),
-            r.node_id,
-            r.network_id,
-            &challenge,
-            r.sig(),
-            &r.admin_token,
-            need,
-        )?;
+        let actor = self.actor(now, NetOp::Member(op), &r, Some(&r.target_node_id))?;
         let net = self.network(r.network_id)?;
         Self::must_be_member(net, r.target_node_id)?;
         let target_role = net.role(r.target_node_id);
@@ -1813,20 +1828,7 @@ impl Registry {
     }
 
     fn set_member_tags(&mut self, now: UnixTime, r: codec::SetMemberTags) -> Res {
-        let challenge = format!(
-            "set_member_tags:{}:{}:{}",
-            r.node_id, r.network_id, r.target_node_id
-        );
-        self.actor(
-            now,
-            "set_member_tags",
-            r.node_id,
-            r.network_id,
-            &challenge,
-            r.sig(),
-            &r.admin_token,
-            &[Role::Owner, Role::Admin],
-        )?;
+        self.actor(now, NetOp::SetMemberTags, &r, Some(&r.target_node_id))?;
         let tags = validate::tags(&r.tags).map_err(RegistryError::Tags)?;
         let net = self.network(r.network_id)?;
         Self::must_be_member(net, r.target_node_id)?;
@@ -1845,17 +1847,7 @@ impl Registry {
     }
 
     fn set_network_policy(&mut self, now: UnixTime, r: codec::SetNetworkPolicy) -> Res {
-        let challenge = format!("set_network_policy:{}:{}", r.node_id, r.network_id);
-        self.actor(
-            now,
-            "set_network_policy",
-            r.node_id,
-            r.network_id,
-            &challenge,
-            r.sig(),
-            &r.admin_token,
-            &[Role::Owner],
-        )?;
+        self.actor(now, NetOp::SetNetworkPolicy, &r, None)?;
         let policy = match &r.policy {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(netpolicy::parse_policy(v).map_err(RegistryError::Policy)?),
