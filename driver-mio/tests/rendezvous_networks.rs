@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Client, Rv, sign};
-use pilot_proto::registry::codec::{
+use pilot_proto::registry::messages::{
     CreateNetwork, GetNetworkPolicy, InviteToNetwork, ListNodes, MemberAction, MemberQuery,
     Request, RespondInvite, Response, SetMemberTags, SetNetworkPolicy,
 };

@@ -1279,3 +1279,85 @@ fn request_without_shared_network_stays_pending() {
     let tb = net.handshake(b, HandshakeRequest::ListTrusted);
     assert_eq!(tb["trusted"].as_array().unwrap().len(), 0, "{tb}");
 }
+
+/// Revoking trust tears the peer's tunnel and its connections down at once
+/// (`spec/daemon.md` §6): the revoker's application sees its stream end in
+/// the same step as the revoke's reply, no timeout involved; the peer
+/// follows when the registry tells it.
+#[test]
+fn revoking_trust_tears_the_tunnel_and_connections_down_at_once() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    for (c, to, why) in [(a, bb, "a->b"), (b, aa, "b->a")] {
+        net.handshake(
+            c,
+            HandshakeRequest::Request {
+                node_id: to.node,
+                justification: why,
+            },
+        );
+        net.advance(Duration::from_secs(1));
+    }
+    let ta = net.handshake(a, HandshakeRequest::ListTrusted);
+    assert_eq!(ta["trusted"][0]["node_id"], bb.node, "{ta}");
+    let conn = net.dial(a, bb, 7);
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"ping",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.one(
+        a,
+        |m| matches!(m, IpcMessage::Recv { data, .. } if data == b"ping")
+    ));
+    assert_eq!(net.ms[0].daemon.stats().tunnels_revoked, 0);
+    // The revoke: no virtual time passes before the checks.
+    let now = net.now;
+    net.send(
+        a,
+        &IpcMessage::Handshake(HandshakeRequest::Revoke { node_id: bb.node }),
+    );
+    assert_eq!(net.now, now);
+    let bodies: Vec<Vec<u8>> = net.bodies(a);
+    let msgs: Vec<IpcMessage<'_>> = bodies
+        .iter()
+        .map(|b| IpcMessage::decode(b).unwrap())
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, IpcMessage::HandshakeOk(j) if j.contains("revoked"))),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, IpcMessage::CloseOk { conn_id } if *conn_id == conn)),
+        "the stream ends with the revoke: {msgs:?}"
+    );
+    assert_eq!(net.ms[0].daemon.stats().tunnels_revoked, 1);
+    // Sending on it now is refused: the connection is gone.
+    net.send(
+        a,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data: b"late",
+        },
+    );
+    assert!(
+        net.bodies(a)
+            .iter()
+            .all(|b| !matches!(IpcMessage::decode(b), Ok(IpcMessage::Recv { .. }))),
+        "nothing is echoed any more"
+    );
+    // The peer learns it from the registry and drops its side too.
+    net.advance(Duration::from_secs(2));
+    let tb = net.handshake(b, HandshakeRequest::ListTrusted);
+    assert!(
+        tb["trusted"].as_array().is_none_or(|l| l.is_empty()),
+        "{tb}"
+    );
+}

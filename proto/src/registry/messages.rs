@@ -8,11 +8,13 @@
 //! [`super::framing::ResponseReader`].
 
 pub use super::codec::{
-    BeaconEntry, BeaconList, BeaconRegister, CheckTrust, CreateNetwork, Deregister, GetPoloScore,
-    Heartbeat, InboxRequest, InboxResponse, InviteEntry, InviteToNetwork, JoinNetwork,
-    LeaveNetwork, ListNetworks, ListNodes, Lookup, LookupOk, NetworkSummary, NodeEntry,
-    PUSH_HANDSHAKE, PUSH_TRUST_REVOKED, PollHandshakes, PollInvites, PoloScoreOk, Punch, Register,
-    RegisterOk, Request, RequestHandshake, Resolve, ResolveHostname, ResolveOk, RespondHandshake,
-    RespondInvite, Response, RotateKey, SetHostname, SetPoloScore, SetTags, SetTaskExec,
-    SetVisibility, TrustPair, UpdatePoloScore,
+    BeaconEntry, BeaconList, BeaconRegister, CheckTrust, CreateNetwork, DeleteNetwork, Deregister,
+    GetNetworkPolicy, GetPoloScore, Heartbeat, InboxRequest, InboxResponse, InviteEntry,
+    InviteToNetwork, JoinNetwork, LeaveNetwork, ListNetworks, ListNodes, Lookup, LookupOk,
+    MemberAction, MemberQuery, MemberRoleOk, MemberTagsOk, NetworkSummary, NodeEntry,
+    PUSH_HANDSHAKE, PUSH_TRUST_REVOKED, PolicyOk, PollHandshakes, PollInvites, PoloScoreOk, Punch,
+    Register, RegisterOk, RenameNetwork, Request, RequestHandshake, Resolve, ResolveHostname,
+    ResolveOk, RespondHandshake, RespondInvite, Response, RotateKey, SetHostname, SetMemberTags,
+    SetNetworkPolicy, SetPoloScore, SetTags, SetTaskExec, SetVisibility, TrustPair,
+    UpdatePoloScore,
 };
