@@ -36,6 +36,7 @@ pub mod paths;
 mod tasks;
 mod trust;
 mod webhook;
+mod work;
 
 #[cfg(test)]
 mod tests;
@@ -366,14 +367,13 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// Outputs other than transmits, registry and IPC bytes, in order.
     outputs: VecDeque<Output>,
     diagnostics: VecDeque<String>,
-    /// Received files and inbox records being written: the data-exchange
-    /// connection waiting for each write's outcome.
-    saves: BTreeMap<WorkToken, ConnId>,
+    /// Disk work handed out, and the data-exchange connection waiting for
+    /// each received file or inbox record (`work.rs`).
+    jobs: work::DiskJobs,
     /// Task service state (`tasks.rs`).
     tasks: tasks::TaskState,
     /// Webhook URL, event numbering and delivery counters (`webhook.rs`).
     webhook: webhook::WebhookState,
-    next_work: u64,
     /// The IPC client served last (round robin of [`Output::Ipc`]).
     ipc_cursor: ClientId,
     /// The closing [`Output::Timeout`] of this drain was given.
@@ -497,10 +497,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             ports: BTreeMap::new(),
             outputs: VecDeque::new(),
             diagnostics: VecDeque::new(),
-            saves: BTreeMap::new(),
+            jobs: work::DiskJobs::new(),
             tasks: tasks::TaskState::default(),
             webhook: webhook::WebhookState::default(),
-            next_work: 1,
             ipc_cursor: ClientId(0),
             timeout_given: false,
             max_segments: 1,
@@ -548,6 +547,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         self.conns.check();
+        self.jobs.check();
         let reg = self.registry.as_ref();
         self.calls.check(
             |id| reg.is_some_and(|r| r.holds_call(id)),
@@ -930,7 +930,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if outcome.is_err() {
             self.stats.disk_failures += 1;
         }
-        if let Some(conn) = self.saves.remove(&token) {
+        if let Some(conn) = self.jobs.finished(token) {
             let wall = self.wall(now);
             if let Some(node) = self.life.node_mut() {
                 let mut io = NodeIo { node, now };
@@ -942,13 +942,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// Queues disk work and returns its token.
-    fn disk(&mut self, write: DiskWrite) -> WorkToken {
-        let token = WorkToken(self.next_work);
-        self.next_work += 1;
-        self.outputs
-            .push_back(Output::Disk(DiskWork { token, write }));
-        token
+    /// Queues disk work; `waiter` is the data-exchange connection to
+    /// answer once it is done.
+    fn disk_for(&mut self, write: DiskWrite, waiter: Option<ConnId>) {
+        let work = self.jobs.request(write, waiter);
+        self.outputs.push_back(Output::Disk(work));
+    }
+
+    /// Queues disk work nobody waits for.
+    fn disk(&mut self, write: DiskWrite) {
+        self.disk_for(write, None);
     }
 
     /// Hands over the output of the next client that has some (round
@@ -2523,18 +2526,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     from,
                     ..
                 } => {
-                    let token = self.disk(DiskWrite::ReceivedFile {
-                        name,
-                        data,
-                        from: from.addr,
-                    });
-                    self.saves.insert(token, conn);
+                    self.disk_for(
+                        DiskWrite::ReceivedFile {
+                            name,
+                            data,
+                            from: from.addr,
+                        },
+                        Some(conn),
+                    );
                 }
                 HostAction::SaveInbox {
                     conn, name, json, ..
                 } => {
-                    let token = self.disk(DiskWrite::Inbox { name, json });
-                    self.saves.insert(token, conn);
+                    self.disk_for(DiskWrite::Inbox { name, json }, Some(conn));
                 }
                 HostAction::TrustMessage { from, bytes } => {
                     self.on_trust_bytes(now, bytes, from.node);
