@@ -3,30 +3,26 @@
 //! duplication and reordering, their determinism, and the expectation
 //! table the matrix checks against.
 
+mod support;
+
 use pilot_sim::config::SimConfig;
 use pilot_sim::net::NatKind;
 use pilot_sim::scenario::{Registry, check_determinism};
 
 const FAULTS: &[&str] = &["--loss", "1", "--dup", "1", "--reorder", "1"];
 
-fn cfg(args: &[&str]) -> SimConfig {
-    let mut v = vec!["pilot-sim", "--seed", "1"];
-    v.extend_from_slice(args);
+fn with_faults<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = args.to_vec();
     v.extend_from_slice(FAULTS);
-    SimConfig::parse_from(v).expect("valid arguments")
+    v
+}
+
+fn cfg(args: &[&str]) -> SimConfig {
+    support::cfg(&with_faults(args))
 }
 
 fn run_ok(args: &[&str], seeds: std::ops::Range<u64>) -> Vec<pilot_sim::scenario::Outcome> {
-    let cfg = cfg(args);
-    let reg = Registry::builtin();
-    let sc = reg.get(&cfg.scenario).expect("registered");
-    seeds
-        .map(|seed| {
-            let out = sc.run(&cfg, seed);
-            assert!(out.ok(), "seed {seed} {args:?}: {:#?}", out.checks);
-            out
-        })
-        .collect()
+    support::run_ok(&with_faults(args), seeds)
 }
 
 #[test]
