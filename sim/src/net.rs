@@ -33,6 +33,9 @@ pub enum NetNode {
     Rendezvous(Rendezvous),
     /// A daemon host.
     Host(Box<DaemonHost>),
+    /// Any other node (a forger, a shim) a scenario adds with
+    /// [`Net::add_other`].
+    Other(Box<dyn SimNode<Event = NetEvent>>),
 }
 
 /// What a node of a whole network reports.
@@ -49,6 +52,7 @@ macro_rules! both {
         match $self {
             NetNode::Rendezvous($n) => $e,
             NetNode::Host($n) => $e,
+            NetNode::Other($n) => $e,
         }
     };
 }
@@ -76,6 +80,7 @@ impl SimNode for NetNode {
         match self {
             NetNode::Rendezvous(n) => n.poll_event().map(NetEvent::Rendezvous),
             NetNode::Host(n) => n.poll_event().map(NetEvent::Host),
+            NetNode::Other(n) => n.poll_event(),
         }
     }
 }
@@ -106,6 +111,9 @@ pub struct Net {
     pub log: Vec<(Instant, Option<usize>, NetEvent)>,
     /// The first engine error; once set, nothing runs any more.
     pub error: Option<SimError>,
+    seed: Seed,
+    specs: Vec<HostSpec>,
+    incarnations: Vec<u64>,
 }
 
 impl Net {
@@ -211,6 +219,9 @@ impl Net {
             inbox: BTreeMap::new(),
             log: Vec::new(),
             error,
+            seed,
+            specs: specs.to_vec(),
+            incarnations: vec![0; specs.len()],
         };
         net.collect();
         net
@@ -292,7 +303,7 @@ impl Net {
         let id = *self.hosts.get(i)?;
         let r = self.sim.with_node(id, |n, now| match n {
             NetNode::Host(h) => Some(f(h, now)),
-            NetNode::Rendezvous(_) => None,
+            _ => None,
         });
         self.collect();
         match r {
@@ -308,7 +319,7 @@ impl Net {
     pub fn host(&self, i: usize) -> Option<&DaemonHost> {
         match self.sim.node(*self.hosts.get(i)?)? {
             NetNode::Host(h) => Some(h),
-            NetNode::Rendezvous(_) => None,
+            _ => None,
         }
     }
 
@@ -316,8 +327,44 @@ impl Net {
     pub fn rendezvous(&self) -> Option<&Rendezvous> {
         match self.sim.node(self.rendezvous)? {
             NetNode::Rendezvous(r) => Some(r),
-            NetNode::Host(_) => None,
+            _ => None,
         }
+    }
+
+    /// Crashes host `i` and starts it again at once: the same identity
+    /// and endpoint, a new tunnel key, an empty disk (it registers again
+    /// and knows no peers).
+    pub fn restart_host(&mut self, i: usize) {
+        let (Some(&id), Some(spec)) = (self.hosts.get(i), self.specs.get(i).copied()) else {
+            return;
+        };
+        let Some(inc) = self.incarnations.get_mut(i) else {
+            return;
+        };
+        *inc += 1;
+        let hc = HostConfig {
+            index: i,
+            incarnation: *inc,
+            endpoint: spec.endpoint,
+            public: spec.public,
+            profile: self.registry_cfg.profile,
+            beacon: spec.beacon,
+            keepalive: spec.keepalive,
+        };
+        let host = DaemonHost::new(self.seed, &hc, self.sim.now());
+        if let Err(e) = self.sim.replace_node(id, NetNode::Host(Box::new(host))) {
+            self.error = self.error.take().or(Some(e));
+        }
+        self.collect();
+    }
+
+    /// Adds `node` at `addr` (not a host: [`Net::hosts`] does not list
+    /// it). The fault chain covers its datagrams like any other's.
+    pub fn add_other(&mut self, addr: SocketAddr, node: Box<dyn SimNode<Event = NetEvent>>) {
+        if let Err(e) = self.sim.add_node(addr, NetNode::Other(node)) {
+            self.error = self.error.take().or(Some(e));
+        }
+        self.collect();
     }
 
     /// Host `i`'s virtual address, once registered.
