@@ -204,6 +204,18 @@ fn check_public_endpoint(lab: &Lab, (h, n): (usize, &Node)) {
         Nat::Stable => assert_eq!(seen, format!("198.18.{h}.2:{port}")),
         Nat::Symmetric => assert!(seen.starts_with(&format!("198.18.{h}.2:")), "{seen}"),
     }
+    // Mapping detection: the beacon and its observer address (another
+    // port) see the same endpoint unless the NAT picks a port per flow.
+    let want = match lab.nats[h - 1] {
+        Nat::None | Nat::Stable => "endpoint-independent",
+        Nat::Symmetric => "destination-dependent",
+    };
+    let mut nat = serde_json::Value::Null;
+    let ok = pilotctl_support::within(Duration::from_secs(30), || {
+        nat = n.client().info().expect("info")["nat"].clone();
+        nat["mapping_behaviour"] == want
+    });
+    assert!(ok.is_some(), "{}: mapping {nat}, expected {want}", n.name);
 }
 
 /// `sub` subscribes to topic `natlab` at `broker`'s event stream from its

@@ -23,7 +23,7 @@ use crate::engine::{Sim, SimError};
 use crate::fault::{FaultChain, Group, Nat, NatFiltering, NatMapping};
 use crate::node::{NodeId, SimNode, Transmit, node_addr};
 use crate::pilot::wire_profile;
-use crate::rendezvous::{RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
+use crate::rendezvous::{OBSERVER_ADDR, RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
 use crate::seed::Seed;
 
 /// A node of a whole network.
@@ -125,6 +125,7 @@ impl Net {
                 endpoint: node_addr(i),
                 public: public(i),
                 beacon: None,
+                observer: None,
                 keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
             })
             .collect();
@@ -166,6 +167,7 @@ impl Net {
                 endpoint,
                 public: true,
                 beacon: Some(RENDEZVOUS_ADDR),
+                observer: Some(OBSERVER_ADDR),
                 keepalive: if setup.keepalive_off.contains(&i) {
                     None
                 } else {
@@ -204,11 +206,19 @@ impl Net {
                 profile: wire_profile(cfg),
                 beacon: spec.beacon,
                 keepalive: spec.keepalive,
+                observer: spec.observer,
             };
             let host = DaemonHost::new(seed, &hc, Instant::ZERO);
             match sim.add_node(spec.endpoint, NetNode::Host(Box::new(host))) {
                 Ok(id) => hosts.push(id),
                 Err(e) => error = error.or(Some(e)),
+            }
+        }
+        if specs.iter().any(|s| s.observer.is_some()) {
+            if let Err(e) =
+                sim.add_node(OBSERVER_ADDR, NetNode::Other(Box::new(Observer::default())))
+            {
+                error = error.or(Some(e));
             }
         }
         let mut net = Net {
@@ -350,6 +360,7 @@ impl Net {
             profile: self.registry_cfg.profile,
             beacon: spec.beacon,
             keepalive: spec.keepalive,
+            observer: spec.observer,
         };
         let host = DaemonHost::new(self.seed, &hc, self.sim.now());
         if let Err(e) = self.sim.replace_node(id, NetNode::Host(Box::new(host))) {
@@ -466,7 +477,44 @@ struct HostSpec {
     endpoint: SocketAddr,
     public: bool,
     beacon: Option<SocketAddr>,
+    observer: Option<SocketAddr>,
     keepalive: Option<Duration>,
+}
+
+/// The beacon's observer address: answers discovers with the endpoint it
+/// saw ([`pilot_proto::beacon::observe`]), nothing else.
+#[derive(Default)]
+struct Observer {
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl SimNode for Observer {
+    type Event = NetEvent;
+
+    fn handle_datagram(&mut self, _: Instant, from: SocketAddr, bytes: &[u8]) {
+        let mut out = [0u8; 64];
+        if let Some(n) = pilot_proto::beacon::observe(from, bytes, &mut out) {
+            if self.out.len() < 1024 {
+                self.out.push_back((from, out[..n].to_vec()));
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, _: Instant) {}
+
+    fn poll_transmit(&mut self, _: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (dst, b) = self.out.pop_front()?;
+        buf.get_mut(..b.len())?.copy_from_slice(&b);
+        Some(Transmit { dst, len: b.len() })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent> {
+        None
+    }
 }
 
 /// The NAT in front of a host (RFC 4787 behaviours).

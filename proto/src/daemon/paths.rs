@@ -173,6 +173,41 @@ pub enum BeaconInput {
     },
 }
 
+/// The NAT mapping behaviour seen from two destinations (the beacon and
+/// its observer address), `spec/beacon.md` §8.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Both destinations saw the same public endpoint: the mapping does
+    /// not depend on the destination (hole punching works towards peers
+    /// whose filtering allows it).
+    EndpointIndependent,
+    /// The two destinations saw different public endpoints (a symmetric
+    /// NAT): peers cannot predict our endpoint; expect the relay unless
+    /// the peer's NAT admits any source.
+    DestinationDependent,
+    /// Not known, with the reason.
+    Unknown(&'static str),
+}
+
+impl Mapping {
+    /// The name shown by `pilotctl info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::DestinationDependent => "destination-dependent",
+            Mapping::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Why it is unknown.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Mapping::Unknown(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// A snapshot of one peer's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -243,6 +278,8 @@ struct PeerState {
 pub struct Paths {
     cfg: PathsConfig,
     client: BeaconClient,
+    /// Discovers through the observer address (`cfg.observer`).
+    observer: Option<BeaconClient>,
     node_id: u32,
     peers: BTreeMap<u32, PeerState>,
     copies: VecDeque<(SocketAddr, Vec<u8>, usize)>,
@@ -257,9 +294,15 @@ impl Paths {
     pub fn new(cfg: PathsConfig, now: Instant) -> Self {
         let mut bc = BeaconClientConfig::new(cfg.beacon, 0);
         bc.discover_interval = cfg.keepalive.unwrap_or(cfg.heartbeat).min(cfg.heartbeat);
+        let observer = cfg.observer.map(|o| {
+            let mut oc = BeaconClientConfig::new(o, 0);
+            oc.discover_interval = bc.discover_interval;
+            BeaconClient::new(oc, now)
+        });
         Paths {
             cfg,
             client: BeaconClient::new(bc, now),
+            observer,
             node_id: 0,
             peers: BTreeMap::new(),
             copies: VecDeque::new(),
@@ -290,6 +333,27 @@ impl Paths {
         self.client.public_endpoint()
     }
 
+    /// The public endpoint the observer address last reported.
+    pub fn observed_by_observer(&self) -> Option<SocketAddr> {
+        self.observer.as_ref().and_then(|o| o.public_endpoint())
+    }
+
+    /// The NAT's mapping behaviour: the endpoints the beacon and the
+    /// observer address observed, compared (`spec/beacon.md` §8.1).
+    pub fn mapping(&self) -> Mapping {
+        let Some(o) = self.observer.as_ref() else {
+            return Mapping::Unknown(
+                "one beacon address: a second (--beacon-observer) is needed to compare",
+            );
+        };
+        match (self.public_endpoint(), o.public_endpoint()) {
+            (None, _) => Mapping::Unknown("no discover reply from the beacon yet"),
+            (_, None) => Mapping::Unknown("no discover reply from the observer address yet"),
+            (Some(a), Some(b)) if a == b => Mapping::EndpointIndependent,
+            _ => Mapping::DestinationDependent,
+        }
+    }
+
     /// The endpoint to advertise to the registry: the override, else the
     /// observed one.
     pub fn advertised(&self) -> Option<SocketAddr> {
@@ -305,6 +369,9 @@ impl Paths {
     pub fn set_node_id(&mut self, node_id: u32, now: Instant) {
         self.node_id = node_id;
         self.client.set_node_id(node_id, now);
+        if let Some(o) = self.observer.as_mut() {
+            o.set_node_id(node_id, now);
+        }
     }
 
     /// A snapshot of `peer`'s path.
@@ -505,6 +572,9 @@ impl Paths {
     /// Sends due discovers and moves races, silences and probes on.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.client.handle_timeout(now);
+        if let Some(o) = self.observer.as_mut() {
+            o.handle_timeout(now);
+        }
         let mut race = Vec::new();
         let mut relay = Vec::new();
         let mut lost = Vec::new();
@@ -555,6 +625,9 @@ impl Paths {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.client.poll_timeout();
         let mut take = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(x) = self.observer.as_ref().and_then(|o| o.poll_timeout()) {
+            take(x);
+        }
         for p in self.peers.values() {
             match p.kind {
                 PathKind::Both => take(p.window_end.min(p.next_ping)),
@@ -574,6 +647,13 @@ impl Paths {
 
     /// Handles a beacon message (first byte below 0x10) from `from`.
     pub fn handle_beacon(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> BeaconInput {
+        if let Some(o) = self.observer.as_mut() {
+            if same_endpoint(from, o.config().beacon) {
+                // The observer only ever answers discovers.
+                let _ = o.handle_datagram(now, from, bytes);
+                return BeaconInput::None;
+            }
+        }
         match self.client.handle_datagram(now, from, bytes) {
             None => BeaconInput::None,
             Some(BeaconEvent::PublicEndpoint(ep)) => {
@@ -627,6 +707,14 @@ impl Paths {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize, usize)> {
+        if let Some(t) = self
+            .observer
+            .as_mut()
+            .and_then(|o| o.poll_transmit(now, buf))
+        {
+            // Only discovers go to the observer.
+            return Some((t.dst, t.len, t.len));
+        }
         if let Some(t) = self.client.poll_transmit(now, buf) {
             if !self.is_beacon(t.dst) {
                 self.stats.direct_bytes += t.len as u64;
@@ -990,6 +1078,40 @@ mod tests {
             BeaconInput::PublicEndpoint(_)
         ));
         assert_eq!(p.stats().endpoint_changes, 1);
+    }
+
+    #[test]
+    fn mapping_compares_two_destinations() {
+        let mut p = paths();
+        assert_eq!(p.mapping().name(), "unknown");
+        assert!(p.mapping().reason().unwrap().contains("one beacon address"));
+        let obs = ep("192.0.2.101:9001");
+        let mut q = Paths::new(
+            PathsConfig {
+                observer: Some(obs),
+                ..*p.config()
+            },
+            t(0),
+        );
+        q.set_node_id(5, t(0));
+        let sent = drain(&mut q, t(0));
+        assert!(sent.contains(&(obs, vec![1, 0, 0, 0, 5])), "{sent:?}");
+        assert!(
+            sent.contains(&(ep(BEACON), vec![1, 0, 0, 0, 5])),
+            "{sent:?}"
+        );
+        let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
+        q.handle_beacon(t(1), ep(BEACON), &reply);
+        assert!(q.mapping().reason().unwrap().contains("observer"));
+        // The observer's reply does not change the advertised endpoint.
+        let other = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
+        assert_eq!(q.handle_beacon(t(2), obs, &other), BeaconInput::None);
+        assert_eq!(q.public_endpoint(), Some(ep("203.0.113.7:40000")));
+        assert_eq!(q.mapping(), Mapping::DestinationDependent);
+        q.handle_beacon(t(3), obs, &reply);
+        assert_eq!(q.mapping(), Mapping::EndpointIndependent);
+        p.handle_beacon(t(1), ep(BEACON), &reply);
+        assert!(matches!(p.mapping(), Mapping::Unknown(_)));
     }
 
     #[test]

@@ -357,6 +357,31 @@ impl Scenario for NatMatrixScenario {
                     ),
                 );
                 connected += usize::from(f.done.is_some());
+                // Mapping detection: the beacon and its observer address
+                // saw the same endpoint unless the NAT is symmetric.
+                let mapping = |i: usize, k: NatKind| {
+                    let got = net
+                        .host(i)
+                        .and_then(|h| h.daemon().paths())
+                        .map_or("none", |p| p.mapping().name());
+                    let want = if k == NatKind::Symmetric {
+                        "destination-dependent"
+                    } else {
+                        "endpoint-independent"
+                    };
+                    (got, want)
+                };
+                let (ma, wa) = mapping(f.from, ka);
+                let (mb, wb) = mapping(f.to, kb);
+                s.check(
+                    &format!("mapping-{name}"),
+                    ma == wa && mb == wb,
+                    format!(
+                        "{}: {ma} (expected {wa}); {}: {mb} (expected {wb})",
+                        ka.name(),
+                        kb.name()
+                    ),
+                );
                 let direct_bytes = |i: usize| {
                     net.host(i)
                         .and_then(|h| h.daemon().paths())
@@ -372,6 +397,7 @@ impl Scenario for NatMatrixScenario {
                     "echo_ms": since(f.done, f.begin),
                     "bytes": f.got,
                     "direct_bytes": [direct_bytes(f.from), direct_bytes(f.to)],
+                    "mapping": [ma, mb],
                 }));
             }
             s.check(
