@@ -163,11 +163,20 @@ fn exercise(
 fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Via) {
     let e = peer_entry(n, peer.node_id)
         .unwrap_or_else(|| panic!("{} has no peer entry for {}", n.name, peer.name));
-    let want = match path {
-        Via::Direct => "direct",
-        Via::Relay => "relay",
+    // A relayed peer may be in a racing window (a background probe or
+    // a refresh) when asked: racing sends data via the relay only and
+    // probes the direct path with small frames (spec/beacon.md 8.3), so
+    // both mean "relayed"; the wire counters above prove where the bytes
+    // went.
+    let ok = match path {
+        Via::Direct => e["path"] == "direct",
+        Via::Relay => e["path"] == "relay" || e["path"] == "racing",
     };
-    assert_eq!(e["path"], want, "{}'s path to {}: {e}", n.name, peer.name);
+    assert!(
+        ok,
+        "{}'s path to {} ({path:?} expected): {e}",
+        n.name, peer.name
+    );
     if path == Via::Direct && lab.nats[hp - 1] == Nat::None {
         assert_eq!(
             e["endpoint"],
