@@ -163,11 +163,20 @@ fn exercise(
 fn check_peer_path(lab: &Lab, (_, n): (usize, &Node), (hp, peer): (usize, &Node), path: Via) {
     let e = peer_entry(n, peer.node_id)
         .unwrap_or_else(|| panic!("{} has no peer entry for {}", n.name, peer.name));
-    let want = match path {
-        Via::Direct => "direct",
-        Via::Relay => "relay",
+    // A relayed peer may be in a racing window (a background probe or
+    // a refresh) when asked: racing sends data via the relay only and
+    // probes the direct path with small frames (spec/beacon.md 8.3), so
+    // both mean "relayed"; the wire counters above prove where the bytes
+    // went.
+    let ok = match path {
+        Via::Direct => e["path"] == "direct",
+        Via::Relay => e["path"] == "relay" || e["path"] == "racing",
     };
-    assert_eq!(e["path"], want, "{}'s path to {}: {e}", n.name, peer.name);
+    assert!(
+        ok,
+        "{}'s path to {} ({path:?} expected): {e}",
+        n.name, peer.name
+    );
     if path == Via::Direct && lab.nats[hp - 1] == Nat::None {
         assert_eq!(
             e["endpoint"],
@@ -204,6 +213,18 @@ fn check_public_endpoint(lab: &Lab, (h, n): (usize, &Node)) {
         Nat::Stable => assert_eq!(seen, format!("198.18.{h}.2:{port}")),
         Nat::Symmetric => assert!(seen.starts_with(&format!("198.18.{h}.2:")), "{seen}"),
     }
+    // Mapping detection: the beacon and its observer address (another
+    // port) see the same endpoint unless the NAT picks a port per flow.
+    let want = match lab.nats[h - 1] {
+        Nat::None | Nat::Stable => "endpoint-independent",
+        Nat::Symmetric => "destination-dependent",
+    };
+    let mut nat = serde_json::Value::Null;
+    let ok = pilotctl_support::within(Duration::from_secs(30), || {
+        nat = n.client().info().expect("info")["nat"].clone();
+        nat["mapping_behaviour"] == want
+    });
+    assert!(ok.is_some(), "{}: mapping {nat}, expected {want}", n.name);
 }
 
 /// `sub` subscribes to topic `natlab` at `broker`'s event stream from its

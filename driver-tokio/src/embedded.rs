@@ -1,6 +1,13 @@
 //! The embedded node: one driver task owning the UDP socket, the timer and
 //! (behind a short-held lock) the `proto` node, plus the per-connection and
 //! per-port state the handles park their wakers in.
+//!
+//! With a beacon ([`NodeConfig::beacon`]) the node's paths are chosen by
+//! the same `proto` part as the daemon's ([`pilot_proto::daemon::paths`],
+//! `spec/beacon.md` §8): endpoint discovery (the observed endpoint is
+//! advertised to the registry), hole punching, racing direct against the
+//! beacon relay, upgrade and fallback, NAT keepalives, and peers keyed by
+//! node through path labels.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -13,6 +20,7 @@ use std::time::Duration;
 use pilot_proto::addr::Addr;
 use pilot_proto::crypto::identity::{Identity, TunnelKey};
 use pilot_proto::crypto::provider::Selected;
+use pilot_proto::daemon::paths::{self, PathKind, PathStats, Paths, PathsConfig, UdpInput};
 use pilot_proto::node::{self as pnode, ConnId, Event, Limits, NodeError, NodeStats, ResetCause};
 use pilot_proto::stream::conn::StreamError;
 use pilot_proto::time::Instant as PInstant;
@@ -61,6 +69,17 @@ pub struct NodeConfig {
     /// fastest; [`Selected::RustCrypto`] is pure Rust). Both speak the
     /// same frames.
     pub crypto: Selected,
+    /// The beacon (UDP) of the rendezvous: turns on NAT traversal
+    /// (`spec/beacon.md` §8) when the tunnel is encrypted. `None`: every
+    /// peer is reached directly at the endpoint given or resolved.
+    pub beacon: Option<SocketAddr>,
+    /// NAT keepalive interval (`None`: off); default
+    /// [`paths::KEEPALIVE`].
+    pub nat_keepalive: Option<Duration>,
+    /// A second beacon address answering discovers (the rendezvous'
+    /// observer), to tell the NAT's mapping behaviour
+    /// ([`Node::nat_mapping`]).
+    pub beacon_observer: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -76,6 +95,9 @@ impl NodeConfig {
             seed: None,
             registry: None,
             crypto: Selected::default(),
+            beacon: None,
+            nat_keepalive: Some(paths::KEEPALIVE),
+            beacon_observer: None,
         }
     }
 
@@ -119,6 +141,19 @@ struct PortSlot {
     queue: VecDeque<Datagram>,
 }
 
+/// One peer's path as the node's path part sees it ([`Node::path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Path in use: direct, relay, or racing (both).
+    pub kind: PathKind,
+    /// The peer's direct endpoint (confirmed or candidate).
+    pub endpoint: Option<SocketAddr>,
+    /// An authenticated frame arrived directly from `endpoint`.
+    pub confirmed: bool,
+    /// Path changes so far.
+    pub changes: u32,
+}
+
 /// Counters of the driver (beyond the node's own [`NodeStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
@@ -130,6 +165,8 @@ pub struct DriverStats {
 
 pub(crate) struct State {
     pub(crate) node: ProtoNode,
+    /// The path part, with a beacon.
+    paths: Option<Paths>,
     conns: HashMap<ConnId, ConnSlot>,
     ports: HashMap<u16, PortSlot>,
     stopped: bool,
@@ -148,6 +185,76 @@ fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl State {
+    /// With paths on, gives a peer the node holds at a real address its
+    /// label ([`Paths::adopt_peer`]).
+    fn adopt(&mut self, now: PInstant, peer: u32, authenticated: bool) {
+        if let Some(p) = self.paths.as_mut() {
+            p.adopt_peer(&mut self.node, now, peer, authenticated);
+        }
+    }
+
+    /// One datagram from the tunnel socket.
+    fn datagram(
+        &mut self,
+        now: PInstant,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        reg: Option<&RegistryHandle>,
+    ) {
+        match self.paths.as_mut() {
+            None => self.node.handle_datagram(now, from, bytes),
+            Some(p) => match p.handle_udp(&mut self.node, now, from, bytes) {
+                UdpInput::PublicEndpoint(ep) => {
+                    if let Some(reg) = reg {
+                        let _ = reg.set_listen_addr(ep);
+                    }
+                }
+                // No trust handshakes here.
+                UdpInput::HandshakeWaiting | UdpInput::None => {}
+            },
+        }
+    }
+
+    /// Runs due timers of the node and the path part.
+    fn timers(&mut self, now: PInstant) {
+        if self.node.poll_timeout().is_some_and(|(t, _)| t <= now) {
+            self.node.handle_timeout(now);
+        }
+        if let Some(p) = self.paths.as_mut() {
+            if p.poll_timeout().is_some_and(|t| t <= now) {
+                p.handle_timeout(now);
+            }
+            let network = self.node.addr().network;
+            p.send_probes(&mut self.node, now, |_| network);
+        }
+    }
+
+    /// The next datagram or batch to send, in `buf`.
+    fn transmit(
+        &mut self,
+        now: PInstant,
+        buf: &mut [u8],
+        max: usize,
+    ) -> Option<(SocketAddr, usize, usize)> {
+        match self.paths.as_mut() {
+            Some(p) => p.poll_transmit_node(&mut self.node, now, buf, max),
+            None => self
+                .node
+                .poll_transmit_batch(now, buf, max)
+                .map(|b| (b.dst, b.len, b.segment_size)),
+        }
+    }
+
+    /// When a timer is due next.
+    fn deadline(&self) -> Option<PInstant> {
+        let n = self.node.poll_timeout().map(|(t, _)| t);
+        let p = self.paths.as_ref().and_then(|p| p.poll_timeout());
+        match (n, p) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn dispatch(&mut self, ev: Event, wake: &mut Vec<Waker>) {
         match ev {
             Event::Readable(id) => {
@@ -342,7 +449,7 @@ impl Node {
             s
         });
         let identity_public = *identity.public();
-        let node = ProtoNode::new(
+        let mut node = ProtoNode::new(
             PInstant::ZERO,
             pnode::NodeConfig {
                 addr,
@@ -356,9 +463,32 @@ impl Node {
                 limits: cfg.limits,
             },
         );
+        let paths = cfg.beacon.filter(|_| cfg.encrypt).map(|beacon| {
+            let now = {
+                let d = tokio::time::Instant::now().saturating_duration_since(epoch);
+                PInstant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            };
+            node.set_keepalive_idle(cfg.nat_keepalive);
+            let mut p = Paths::new(
+                PathsConfig {
+                    beacon,
+                    keepalive: cfg.nat_keepalive,
+                    heartbeat: pilot_proto::registry::client::ClientConfig::default()
+                        .heartbeat_interval,
+                    endpoint_override: None,
+                    observer: cfg.beacon_observer,
+                },
+                now,
+            );
+            if addr.node != 0 {
+                p.set_node_id(addr.node, now);
+            }
+            p
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 node,
+                paths,
                 conns: HashMap::new(),
                 ports: HashMap::new(),
                 stopped: false,
@@ -404,6 +534,35 @@ impl Node {
         self.h.lock().stats
     }
 
+    /// The path to `peer` (with a beacon; `None` without one, or before
+    /// the first frame to or from it).
+    pub fn path(&self, peer: u32) -> Option<PathInfo> {
+        let st = self.h.lock();
+        let v = st.paths.as_ref()?.view(peer)?;
+        Some(PathInfo {
+            kind: v.kind,
+            endpoint: v.endpoint,
+            confirmed: v.confirmed,
+            changes: v.changes,
+        })
+    }
+
+    /// The public endpoint the beacon observed for the tunnel socket.
+    pub fn public_endpoint(&self) -> Option<SocketAddr> {
+        self.h.lock().paths.as_ref()?.public_endpoint()
+    }
+
+    /// The NAT's mapping behaviour, from the endpoints the beacon and its
+    /// observer address ([`NodeConfig::beacon_observer`]) observed.
+    pub fn nat_mapping(&self) -> Option<paths::Mapping> {
+        self.h.lock().paths.as_ref().map(|p| p.mapping())
+    }
+
+    /// The path part's counters (with a beacon).
+    pub fn path_stats(&self) -> Option<PathStats> {
+        self.h.lock().paths.as_ref().map(|p| p.stats())
+    }
+
     /// Number of live connections in the node.
     pub fn conn_count(&self) -> usize {
         self.h.lock().node.conn_count()
@@ -417,9 +576,11 @@ impl Node {
         udp: SocketAddr,
         identity: Option<[u8; 32]>,
     ) -> Result<(), Error> {
+        let now = self.h.now();
         let mut st = self.h.lock();
         if st.node.add_peer(addr, udp, identity) {
             st.known.insert(addr.node);
+            st.adopt(now, addr.node, false);
             Ok(())
         } else {
             Err(Error::Node(NodeError::UnknownPeer))
@@ -492,9 +653,11 @@ async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
         return Ok(());
     }
     let (endpoint, key) = reg.resolve(dst).await?;
+    let now = h.now();
     let mut st = h.lock();
     if st.node.add_peer(dst, endpoint, key) {
         st.known.insert(dst.node);
+        st.adopt(now, dst.node, false);
     }
     Ok(())
 }
@@ -514,9 +677,12 @@ async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
             Ok(Some(key)) => {
                 // A stranger is added on our own network.
                 let network = st.node.addr().network;
+                let _ = st.node.take_authenticated();
                 st.node.identity_resolved(now, peer, network, key);
+                let proved = st.node.take_authenticated() == Some(peer);
                 if st.node.peer_endpoint(peer).is_some() {
                     st.known.insert(peer);
+                    st.adopt(now, peer, proved);
                 }
             }
             Ok(None) => st.node.identity_unknown(now, peer),
@@ -584,18 +750,16 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
         {
             let mut st = shared.lock();
             let now = shared.now();
-            if st.node.poll_timeout().is_some_and(|(t, _)| t <= now) {
-                st.node.handle_timeout(now);
-            }
+            st.timers(now);
             loop {
                 while let Some(ev) = st.node.poll_event() {
                     st.dispatch(ev, &mut wake);
                 }
                 let max = udp.max_segments();
-                let Some(b) = st.node.poll_transmit_batch(now, udp.tx_buf(), max) else {
+                let Some((dst, len, seg)) = st.transmit(now, udp.tx_buf(), max) else {
                     break;
                 };
-                udp.queue(b.dst, b.len, b.segment_size);
+                udp.queue(dst, len, seg);
                 match udp.flush(&socket) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -604,11 +768,11 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                     }
                     Err(e) => {
                         st.stats.send_errors += 1;
-                        tracing::debug!(error = %e, dst = %b.dst, "udp send failed");
+                        tracing::debug!(error = %e, %dst, "udp send failed");
                     }
                 }
             }
-            deadline = st.node.poll_timeout().map(|(t, _)| t);
+            deadline = st.deadline();
             if shared.registry.is_some() {
                 for peer in st.identity_wanted.drain(..) {
                     tokio::spawn(fetch_identity(shared.clone(), peer));
@@ -658,9 +822,10 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
                 Ok(()) => {
                     let mut st = shared.lock();
                     let now = shared.now();
+                    let reg = shared.registry.as_ref();
                     let mut read = 0;
                     while read < RECV_BATCH {
-                        match udp.recv(&socket, |from, b| st.node.handle_datagram(now, from, b)) {
+                        match udp.recv(&socket, |from, b| st.datagram(now, from, b, reg)) {
                             Ok(n) => read += n.max(1),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => {

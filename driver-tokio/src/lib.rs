@@ -45,11 +45,12 @@ mod stream;
 mod udp_io;
 
 pub use daemon::DaemonClient;
-pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig};
+pub use embedded::{DATAGRAM_QUEUE, DriverStats, Node, NodeConfig, PathInfo};
 pub use error::Error;
 pub use pilot::Pilot;
 pub use pilot_proto::addr::Addr;
 pub use pilot_proto::crypto::provider::Selected as CryptoChoice;
+pub use pilot_proto::daemon::paths::{PathKind, PathStats};
 pub use pilot_proto::wire::WireProfile;
 pub use registry::RegistryConfig;
 pub use stream::{Datagram, DatagramSocket, Listener, Stream};

@@ -75,6 +75,9 @@ enum Cmd {
     Key(u32, KeyReply),
     /// A call whose answer only matters as success or failure.
     Call(Call, oneshot::Sender<Result<(), String>>),
+    /// Advertise this tunnel endpoint (the beacon observed a new one):
+    /// register again with it.
+    ListenAddr(String),
 }
 
 /// The node's link to its registry task; dropping it stops the task.
@@ -130,6 +133,14 @@ impl RegistryHandle {
             Ok(Err(_)) => Err(stopped()),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Advertises `endpoint` as our tunnel endpoint from now on (the
+    /// registration is repeated with it); never blocks: if the task's
+    /// queue is full the next observation tries again.
+    pub(crate) fn set_listen_addr(&self, endpoint: SocketAddr) -> bool {
+        let ep = pilot_proto::beacon::wire_endpoint(endpoint).to_string();
+        self.tx.try_send(Cmd::ListenAddr(ep)).is_ok()
     }
 
     /// Makes a registry call and waits for its outcome.
@@ -297,6 +308,7 @@ impl Link {
                     let _ = reply.send(Err(true));
                 }
             },
+            Cmd::ListenAddr(ep) => self.client.set_listen_addr(t, ep),
             Cmd::Call(call, reply) => match self.client.call(t, call) {
                 Ok(id) => {
                     self.calls.insert(id, reply);

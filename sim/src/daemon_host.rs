@@ -105,6 +105,8 @@ pub struct HostConfig {
     pub beacon: Option<SocketAddr>,
     /// NAT keepalive interval (`None`: off).
     pub keepalive: Option<std::time::Duration>,
+    /// The beacon's observer address (mapping detection).
+    pub observer: Option<SocketAddr>,
 }
 
 struct App {
@@ -158,6 +160,7 @@ impl DaemonHost {
         dc.public = cfg.public;
         dc.unix_ms_at_epoch = UNIX_SECS_AT_ZERO * 1000;
         dc.beacon = cfg.beacon;
+        dc.beacon_observer = cfg.observer;
         dc.keepalive = cfg.keepalive;
         let machine = Machine::new(Daemon::new(now, dc));
         let mut h = DaemonHost {

@@ -22,7 +22,7 @@ use crate::engine::{Sim, SimError};
 use crate::fault::{FaultChain, Group, Nat, NatFiltering, NatMapping};
 use crate::node::{NodeId, SimNode, Transmit, node_addr};
 use crate::pilot::wire_profile;
-use crate::rendezvous::{RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
+use crate::rendezvous::{OBSERVER_ADDR, RENDEZVOUS_ADDR, Rendezvous, RendezvousEvent};
 use crate::seed::Seed;
 
 /// A node of a whole network.
@@ -32,6 +32,9 @@ pub enum NetNode {
     Rendezvous(Rendezvous),
     /// A daemon host.
     Host(Box<DaemonHost>),
+    /// Any other node (a forger, a shim) a scenario adds with
+    /// [`Net::add_other`].
+    Other(Box<dyn SimNode<Event = NetEvent>>),
 }
 
 /// What a node of a whole network reports.
@@ -48,6 +51,7 @@ macro_rules! both {
         match $self {
             NetNode::Rendezvous($n) => $e,
             NetNode::Host($n) => $e,
+            NetNode::Other($n) => $e,
         }
     };
 }
@@ -75,6 +79,7 @@ impl SimNode for NetNode {
         match self {
             NetNode::Rendezvous(n) => n.poll_event().map(NetEvent::Rendezvous),
             NetNode::Host(n) => n.poll_event().map(NetEvent::Host),
+            NetNode::Other(n) => n.poll_event(),
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct Net {
     pub log: Vec<(Instant, Option<usize>, NetEvent)>,
     /// The first engine error; once set, nothing runs any more.
     pub error: Option<SimError>,
+    seed: Seed,
+    specs: Vec<HostSpec>,
+    incarnations: Vec<u64>,
 }
 
 impl Net {
@@ -113,6 +121,7 @@ impl Net {
                 endpoint: node_addr(i),
                 public: public(i),
                 beacon: None,
+                observer: None,
                 keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
             })
             .collect();
@@ -154,6 +163,7 @@ impl Net {
                 endpoint,
                 public: true,
                 beacon: Some(RENDEZVOUS_ADDR),
+                observer: Some(OBSERVER_ADDR),
                 keepalive: if setup.keepalive_off.contains(&i) {
                     None
                 } else {
@@ -192,11 +202,19 @@ impl Net {
                 profile: wire_profile(cfg),
                 beacon: spec.beacon,
                 keepalive: spec.keepalive,
+                observer: spec.observer,
             };
             let host = DaemonHost::new(seed, &hc, Instant::ZERO);
             match sim.add_node(spec.endpoint, NetNode::Host(Box::new(host))) {
                 Ok(id) => hosts.push(id),
                 Err(e) => error = error.or(Some(e)),
+            }
+        }
+        if specs.iter().any(|s| s.observer.is_some()) {
+            if let Err(e) =
+                sim.add_node(OBSERVER_ADDR, NetNode::Other(Box::new(Observer::default())))
+            {
+                error = error.or(Some(e));
             }
         }
         let mut net = Net {
@@ -206,6 +224,9 @@ impl Net {
             registry_cfg,
             log: Vec::new(),
             error,
+            seed,
+            specs: specs.to_vec(),
+            incarnations: vec![0; specs.len()],
         };
         net.collect();
         net
@@ -282,7 +303,7 @@ impl Net {
         let id = *self.hosts.get(i)?;
         let r = self.sim.with_node(id, |n, now| match n {
             NetNode::Host(h) => Some(f(h, now)),
-            NetNode::Rendezvous(_) => None,
+            _ => None,
         });
         self.collect();
         match r {
@@ -298,7 +319,7 @@ impl Net {
     pub fn host(&self, i: usize) -> Option<&DaemonHost> {
         match self.sim.node(*self.hosts.get(i)?)? {
             NetNode::Host(h) => Some(h),
-            NetNode::Rendezvous(_) => None,
+            _ => None,
         }
     }
 
@@ -306,8 +327,45 @@ impl Net {
     pub fn rendezvous(&self) -> Option<&Rendezvous> {
         match self.sim.node(self.rendezvous)? {
             NetNode::Rendezvous(r) => Some(r),
-            NetNode::Host(_) => None,
+            _ => None,
         }
+    }
+
+    /// Crashes host `i` and starts it again at once: the same identity
+    /// and endpoint, a new tunnel key, an empty disk (it registers again
+    /// and knows no peers).
+    pub fn restart_host(&mut self, i: usize) {
+        let (Some(&id), Some(spec)) = (self.hosts.get(i), self.specs.get(i).copied()) else {
+            return;
+        };
+        let Some(inc) = self.incarnations.get_mut(i) else {
+            return;
+        };
+        *inc += 1;
+        let hc = HostConfig {
+            index: i,
+            incarnation: *inc,
+            endpoint: spec.endpoint,
+            public: spec.public,
+            profile: self.registry_cfg.profile,
+            beacon: spec.beacon,
+            keepalive: spec.keepalive,
+            observer: spec.observer,
+        };
+        let host = DaemonHost::new(self.seed, &hc, self.sim.now());
+        if let Err(e) = self.sim.replace_node(id, NetNode::Host(Box::new(host))) {
+            self.error = self.error.take().or(Some(e));
+        }
+        self.collect();
+    }
+
+    /// Adds `node` at `addr` (not a host: [`Net::hosts`] does not list
+    /// it). The fault chain covers its datagrams like any other's.
+    pub fn add_other(&mut self, addr: SocketAddr, node: Box<dyn SimNode<Event = NetEvent>>) {
+        if let Err(e) = self.sim.add_node(addr, NetNode::Other(node)) {
+            self.error = self.error.take().or(Some(e));
+        }
+        self.collect();
     }
 
     /// Host `i`'s virtual address, once registered.
@@ -430,7 +488,44 @@ struct HostSpec {
     endpoint: SocketAddr,
     public: bool,
     beacon: Option<SocketAddr>,
+    observer: Option<SocketAddr>,
     keepalive: Option<Duration>,
+}
+
+/// The beacon's observer address: answers discovers with the endpoint it
+/// saw ([`pilot_proto::beacon::observe`]), nothing else.
+#[derive(Default)]
+struct Observer {
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl SimNode for Observer {
+    type Event = NetEvent;
+
+    fn handle_datagram(&mut self, _: Instant, from: SocketAddr, bytes: &[u8]) {
+        let mut out = [0u8; 64];
+        if let Some(n) = pilot_proto::beacon::observe(from, bytes, &mut out) {
+            if self.out.len() < 1024 {
+                self.out.push_back((from, out[..n].to_vec()));
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, _: Instant) {}
+
+    fn poll_transmit(&mut self, _: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (dst, b) = self.out.pop_front()?;
+        buf.get_mut(..b.len())?.copy_from_slice(&b);
+        Some(Transmit { dst, len: b.len() })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<NetEvent> {
+        None
+    }
 }
 
 /// The NAT in front of a host (RFC 4787 behaviours).

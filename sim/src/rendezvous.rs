@@ -38,6 +38,11 @@ use crate::tcp::{self, Kind, Segment, TcpEnd, TcpState};
 pub const RENDEZVOUS_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 9000);
 
+/// The beacon's observer address (`spec/beacon.md` §3.7) in networks
+/// whose hosts use it ([`crate::net::Net::with_nats`]). A label.
+pub const OBSERVER_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 2)), 9001);
+
 /// Unix time of virtual time zero, in seconds (2026-01-01T00:00:00Z). The
 /// registry reads its instants as Unix time; the simulator's clock starts
 /// at zero, so the rendezvous adds this and daemons are told the same.

@@ -57,6 +57,13 @@ pub struct DaemonArgs {
     /// Beacon address HOST:PORT [default: 127.0.0.1:9001]
     #[arg(long, value_name = "HOST:PORT")]
     pub beacon: Option<String>,
+    /// A second beacon address answering discovers (the rendezvous'
+    /// `--beacon-observer-addr`): the daemon discovers through both and
+    /// compares the public endpoints they observe, so `info` can say
+    /// whether the NAT's mapping depends on the destination
+    /// (spec/beacon.md §8.1) [default: none]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub beacon_observer: Option<String>,
     /// UDP tunnel listen address [default: 127.0.0.1:0]
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
@@ -168,6 +175,7 @@ pub fn parse_crypto(text: &str) -> Result<Selected, String> {
 struct FileConfig {
     registry: Option<String>,
     beacon: Option<String>,
+    beacon_observer: Option<String>,
     listen: Option<SocketAddr>,
     endpoint: Option<SocketAddr>,
     socket: Option<PathBuf>,
@@ -229,6 +237,8 @@ pub struct Settings {
     pub registry: Option<SocketAddr>,
     /// Beacon address; `None` = disabled (only when configured as "").
     pub beacon: Option<SocketAddr>,
+    /// Second beacon address (observer) for mapping detection.
+    pub beacon_observer: Option<SocketAddr>,
     /// Tunnel UDP listen address.
     pub listen: SocketAddr,
     /// Advertised endpoint override.
@@ -313,6 +323,14 @@ impl DaemonArgs {
             Some(b) if b.is_empty() => None,
             Some(b) => Some(resolve_addr("beacon", b)?),
             None => Some(DEFAULT_BEACON),
+        };
+        let beacon_observer = match self
+            .beacon_observer
+            .as_ref()
+            .or(file.beacon_observer.as_ref())
+        {
+            Some(b) if !b.is_empty() => Some(resolve_addr("beacon-observer", b)?),
+            _ => None,
         };
         let dir = self
             .dir
@@ -407,6 +425,7 @@ impl DaemonArgs {
             crypto,
             registry,
             beacon,
+            beacon_observer,
             listen: self.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             endpoint: self.endpoint.or(file.endpoint),
             socket,

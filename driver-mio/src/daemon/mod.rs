@@ -274,6 +274,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     // Endpoint discovery, punching and relay through the beacon
     // (`spec/beacon.md` §6); `--endpoint` pins what is advertised.
     cfg.beacon = set.beacon;
+    cfg.beacon_observer = set.beacon_observer;
     cfg.endpoint_override = set.endpoint;
     cfg.keepalive = set.nat_keepalive;
     cfg.node_limits.user_timeout = set.user_timeout;

@@ -34,6 +34,12 @@ pub struct RendezvousArgs {
     /// UDP address of the beacon [default: 127.0.0.1:9001]
     #[arg(long, global = true)]
     pub beacon_addr: Option<SocketAddr>,
+    /// A second UDP address where the beacon answers discovers only, so
+    /// daemons given it (`pilot-daemon --beacon-observer`) can tell whether
+    /// their NAT's mapping depends on the destination (spec/beacon.md §3.7)
+    /// [default: none]
+    #[arg(long, global = true)]
+    pub beacon_observer_addr: Option<SocketAddr>,
     /// Store: a redb file (created if missing), or a `postgres://user@host:port/db`
     /// URL shared by several frontends (spec/registry.md §11.3)
     /// [default: rendezvous.redb]
@@ -120,6 +126,7 @@ impl From<ProfileArg> for pilot_proto::WireProfile {
 struct FileConfig {
     registry_addr: Option<SocketAddr>,
     beacon_addr: Option<SocketAddr>,
+    beacon_observer_addr: Option<SocketAddr>,
     store: Option<PathBuf>,
     admin_token: Option<String>,
     strict_signatures: Option<bool>,
@@ -218,6 +225,9 @@ impl RendezvousArgs {
         if let Some(a) = self.registry_addr.or(file.registry_addr) {
             cfg.registry_addr = a;
         }
+        if let Some(a) = self.beacon_observer_addr.or(file.beacon_observer_addr) {
+            cfg.observer_addr = Some(a);
+        }
         if let Some(a) = self.beacon_addr.or(file.beacon_addr) {
             cfg.beacon_addr = a;
         }
@@ -292,6 +302,9 @@ pub fn run_rendezvous(args: RendezvousArgs) -> Result<(), RendezvousError> {
     }
     if let Some(a) = server.http_addr() {
         line.push_str(&format!(" http={a}"));
+    }
+    if let Some(a) = server.observer_addr() {
+        line.push_str(&format!(" observer={a}"));
     }
     println!("{line}");
     let _ = std::io::stdout().flush();

@@ -57,7 +57,8 @@ const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const WAKER: Token = Token(3);
-const FIRST_CONN: usize = 4;
+const OBSERVER: Token = Token(4);
+const FIRST_CONN: usize = 5;
 
 /// Stop reading a connection while this many reply bytes wait for it.
 const WBUF_HIGH: usize = 1 << 20;
@@ -118,6 +119,10 @@ pub struct ServerConfig {
     pub registry_addr: SocketAddr,
     /// UDP address of the beacon.
     pub beacon_addr: SocketAddr,
+    /// A second UDP address answering beacon discovers only (the
+    /// *observer*, `spec/beacon.md` §3.7), so daemons can tell whether
+    /// their NAT's mapping depends on the destination; `None`: off.
+    pub observer_addr: Option<SocketAddr>,
     /// Path of the redb store file, or a `postgres://` URL of a database
     /// shared by several frontends.
     pub store_path: PathBuf,
@@ -156,6 +161,7 @@ impl ServerConfig {
         ServerConfig {
             registry_addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
             beacon_addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            observer_addr: None,
             store_path,
             registry: RegistryConfig::default(),
             max_connections: 4096,
@@ -582,6 +588,8 @@ pub struct Server {
     poll: Poll,
     listener: TcpListener,
     udp: UdpSocket,
+    /// The observer socket (`ServerConfig::observer_addr`).
+    observer: Option<UdpSocket>,
     signals: Option<Signals>,
     stop: StopHandle,
     registry: Registry,
@@ -695,6 +703,15 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
+        let observer = match cfg.observer_addr {
+            Some(a) => {
+                let mut s = UdpSocket::bind(a)?;
+                poll.registry()
+                    .register(&mut s, OBSERVER, Interest::READABLE)?;
+                Some(s)
+            }
+            None => None,
+        };
         let signals = if cfg.handle_signals {
             let mut signals = Signals::new([SIGTERM, SIGINT])?;
             poll.registry()
@@ -758,6 +775,7 @@ impl Server {
             poll,
             listener,
             udp,
+            observer,
             signals,
             stop,
             registry,
@@ -875,6 +893,7 @@ impl Server {
                 match ev.token() {
                     LISTENER => self.accept()?,
                     UDP => self.recv_datagrams(now),
+                    OBSERVER => self.observe(),
                     SIGNALS => {
                         if let Some(signals) = self.signals.as_mut() {
                             for sig in signals.pending() {
@@ -1632,6 +1651,35 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Answers discovers on the observer socket (stateless, nothing else
+    /// is answered).
+    fn observe(&mut self) {
+        let Some(sock) = self.observer.as_ref() else {
+            return;
+        };
+        let mut buf = [0u8; 1500];
+        let mut out = [0u8; 64];
+        loop {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let reply = buf
+                        .get(..n)
+                        .and_then(|b| pilot_proto::beacon::observe(from, b, &mut out));
+                    if let Some(len) = reply {
+                        let _ = sock.send_to(&out[..len], from);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The bound observer address, if any.
+    pub fn observer_addr(&self) -> Option<SocketAddr> {
+        self.observer.as_ref().and_then(|s| s.local_addr().ok())
     }
 
     fn send_datagrams(&mut self, now: UnixTime) {

@@ -31,6 +31,8 @@ pub const RENDEZVOUS: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
 pub const REGISTRY: &str = "198.18.0.1:9000";
 /// Beacon address inside the lab.
 pub const BEACON: &str = "198.18.0.1:9001";
+/// The beacon's observer address (discovers only; mapping detection).
+pub const OBSERVER: &str = "198.18.0.1:9002";
 /// UDP tunnel port every home daemon listens on (each home is its own
 /// namespace, so they can all use it).
 pub const TUNNEL_PORT: u16 = 4000;
@@ -153,6 +155,7 @@ impl Lab {
         let mut child = self
             .exec("pub", RENDEZVOUS)
             .args(["--registry-addr", REGISTRY, "--beacon-addr", BEACON])
+            .args(["--beacon-observer-addr", OBSERVER])
             .arg("--store")
             .arg(self.dir.path().join("rv.redb"))
             .stdout(Stdio::piped())
@@ -189,6 +192,7 @@ impl Lab {
         let child = self
             .exec(&format!("h{home}"), DAEMON)
             .args(["--registry", REGISTRY, "--beacon", BEACON])
+            .args(["--beacon-observer", OBSERVER])
             .args(["--listen", &format!("0.0.0.0:{TUNNEL_PORT}")])
             .args(["--hostname", name])
             .args(keepalive)

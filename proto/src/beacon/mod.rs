@@ -74,9 +74,45 @@ pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
+/// The answer of an *observer* address of the beacon (`spec/beacon.md`
+/// §3.7): a second UDP address that answers discovers only, so a node can
+/// compare the public endpoints two destinations see. To a discover from
+/// `from` it writes the discover reply naming `from` into `out` and returns
+/// its length; anything else gets no answer. Stateless: nothing is kept per
+/// sender.
+pub fn observe(from: SocketAddr, bytes: &[u8], out: &mut [u8]) -> Option<usize> {
+    use crate::wire::beacon::BeaconMsg;
+    match BeaconMsg::decode(bytes).ok()? {
+        BeaconMsg::Discover { .. } => BeaconMsg::DiscoverReply {
+            endpoint: wire_endpoint(from),
+        }
+        .encode(out)
+        .ok(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observer_answers_discovers_only() {
+        let from: SocketAddr = "[::ffff:203.0.113.7]:40000".parse().unwrap();
+        let mut out = [0u8; 64];
+        let n = observe(from, &[1, 0, 0, 0, 5], &mut out).unwrap();
+        assert_eq!(&out[..n], &[0x02, 4, 203, 0, 113, 7, 0x9c, 0x40]);
+        // Punch requests, relays, replies, garbage: no answer.
+        for bytes in [
+            &[3u8, 0, 0, 0, 5, 0, 0, 0, 9][..],
+            &[2, 4, 1, 2, 3, 4, 0, 1],
+            &[0xff],
+            &[],
+        ] {
+            assert_eq!(observe(from, bytes, &mut out), None, "{bytes:?}");
+        }
+        assert_eq!(observe(from, &[1, 0, 0, 0, 5], &mut [0u8; 3]), None);
+    }
 
     #[test]
     fn mapped_and_plain_ipv4_are_the_same_endpoint() {

@@ -73,7 +73,7 @@ pub use client::ClientId;
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 use lifecycle::Lifecycle;
 pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WebhookOutput, WorkToken};
-use paths::{BeaconInput, DELIVER_OFFSET, Paths, PathsConfig, label_peer, path_label};
+use paths::{Paths, PathsConfig, UdpInput};
 
 /// Largest chunk read from a connection into one `Recv` push
 /// (`spec/daemon.md` §7).
@@ -177,6 +177,10 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     /// The beacon (UDP): endpoint discovery, hole punching and relay
     /// (`spec/beacon.md` §6). `None`: every peer is reached directly.
     pub beacon: Option<SocketAddr>,
+    /// A second beacon address answering discovers only (the rendezvous'
+    /// observer): the observed endpoints are compared to tell the NAT's
+    /// mapping behaviour (`spec/beacon.md` §8.1).
+    pub beacon_observer: Option<SocketAddr>,
     /// `--endpoint`: advertise this endpoint, not the observed one.
     pub endpoint_override: Option<SocketAddr>,
     /// NAT keepalive interval (`None`: off), default
@@ -215,6 +219,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             shutdown_grace: SHUTDOWN_GRACE,
             peer_timeout: crate::node::PEER_TIMEOUT,
             beacon: None,
+            beacon_observer: None,
             endpoint_override: None,
             keepalive: Some(paths::KEEPALIVE),
         }
@@ -510,6 +515,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         keepalive: cfg.keepalive,
                         heartbeat: cfg.heartbeat,
                         endpoint_override: cfg.endpoint_override,
+                        observer: cfg.beacon_observer,
                     },
                     now,
                 )
@@ -687,124 +693,37 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.drive(now);
     }
 
-    /// A datagram while [`Paths`] routes: beacon messages go to it, relayed
-    /// frames and direct frames to the node, and whatever authenticates
-    /// tells the path part which path works (`spec/beacon.md` §6).
+    /// A datagram while [`Paths`] routes ([`Paths::handle_udp`]).
     fn routed_udp(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) {
-        let Some(paths) = self.paths.as_mut() else {
-            return;
-        };
-        if bytes
-            .first()
-            .is_some_and(|&b| b < crate::wire::beacon::BEACON_TYPE_LIMIT)
-        {
-            match paths.handle_beacon(now, from, bytes) {
-                BeaconInput::None => {}
-                BeaconInput::PublicEndpoint(ep) => self.on_public_endpoint(now, ep),
-                BeaconInput::HandshakeWaiting => {
-                    if let Some(reg) = self.registry.as_mut() {
-                        let _ = reg.poll_inbox(now);
-                    }
-                }
-                BeaconInput::Relayed { sender } => {
-                    let Some(node) = self.life.node_mut() else {
-                        return;
-                    };
-                    let _ = node.take_authenticated();
-                    if let Some(frame) = bytes.get_mut(DELIVER_OFFSET..) {
-                        node.handle_datagram(now, path_label(sender), frame);
-                    }
-                    if let Some(p) = node.take_authenticated() {
-                        self.adopt_peer(now, p, true);
-                    }
-                }
-            }
-            return;
-        }
-        let Some(node) = self.life.node_mut() else {
-            return;
-        };
-        // A PILS frame names its sender; it is opened as coming from the
-        // sender's label (where the node's peer table has it) and proves
-        // the path only if it opens. Key exchanges keep their source for
-        // the node's per-source limits.
-        let sender = bytes
-            .get(4..8)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_be_bytes);
-        let pils = bytes.get(..4) == Some(&crate::wire::tunnel::MAGIC_PILS[..]);
-        // A key exchange from the direct endpoint the path part already
-        // holds for its sender is that peer's own (charged to the peer's
-        // bucket, as without paths); from anywhere else it keeps its real
-        // source and pays the per-source and stranger budgets, so a flood
-        // of forged key exchanges from one address cannot delay a known
-        // peer's (found by daemon_hostile's first-ping-during-a-flood).
-        let kx = matches!(
-            bytes.get(..4),
-            Some(m) if m == crate::wire::tunnel::MAGIC_PILA || m == crate::wire::tunnel::MAGIC_PILK
-        );
-        let feed = match sender {
-            Some(s) if pils => path_label(s),
-            Some(s)
-                if kx
-                    && paths.view(s).and_then(|v| v.endpoint) == Some(from)
-                    && node.peer_endpoint(s).and_then(label_peer) == Some(s) =>
-            {
-                path_label(s)
-            }
-            _ => from,
-        };
-        let _ = node.take_authenticated();
-        node.handle_datagram(now, feed, bytes);
-        let proved = node.take_authenticated();
-        let direct = !paths.is_beacon(from);
-        if let Some(p) = proved {
-            if Some(p) == sender && direct {
-                paths.on_authenticated(now, p, Some(from));
-            }
-            self.adopt_peer(now, p, Some(p) != sender || !direct);
-        }
-    }
-
-    /// Puts `peer`'s label into the node's peer table if it holds a real
-    /// address there (a registry endpoint, a static peer, or where a
-    /// verified key exchange came from), telling [`Paths`] about that
-    /// address; `authenticated` frames that came via the relay count for
-    /// the relay path.
-    fn adopt_peer(&mut self, now: Instant, peer: u32, authenticated: bool) {
         let (Some(paths), Some(node)) = (self.paths.as_mut(), self.life.node_mut()) else {
             return;
         };
-        let Some(ep) = node.peer_endpoint(peer) else {
-            return;
-        };
-        if label_peer(ep) == Some(peer) {
-            if authenticated {
-                paths.on_authenticated(now, peer, None);
+        match paths.handle_udp(node, now, from, bytes) {
+            UdpInput::None => {}
+            UdpInput::PublicEndpoint(ep) => self.on_public_endpoint(now, ep),
+            UdpInput::HandshakeWaiting => {
+                if let Some(reg) = self.registry.as_mut() {
+                    let _ = reg.poll_inbox(now);
+                }
             }
-            return;
         }
-        if authenticated {
-            paths.on_authenticated(now, peer, Some(ep));
-        } else {
-            paths.add_candidate(now, peer, ep);
-        }
-        node.set_peer_endpoint(peer, path_label(peer));
     }
 
-    /// Pings the peers the path part wants probed: the answer comes back
-    /// authenticated on whichever path works (`spec/beacon.md` §8.3).
+    /// [`Paths::adopt_peer`] for the daemon's node.
+    fn adopt_peer(&mut self, now: Instant, peer: u32, authenticated: bool) {
+        if let (Some(paths), Some(node)) = (self.paths.as_mut(), self.life.node_mut()) {
+            paths.adopt_peer(node, now, peer, authenticated);
+        }
+    }
+
+    /// Pings the peers the path part wants probed ([`Paths::send_probes`]).
     fn send_probes(&mut self, now: Instant) {
         let own = self.life.address().map_or(0, |a| a.network);
         let (Some(paths), Some(node)) = (self.paths.as_mut(), self.life.node_mut()) else {
             return;
         };
-        while let Some(peer) = paths.take_probe() {
-            if node.has_session(peer) {
-                let network = self.peers.get(&peer).copied().unwrap_or(own);
-                let _ = node.ping(now, Addr::new(network, peer));
-            }
-        }
+        let peers = &self.peers;
+        paths.send_probes(node, now, |p| peers.get(&p).copied().unwrap_or(own));
     }
 
     /// The beacon observed a new public endpoint: advertise it (unless
@@ -831,34 +750,30 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// The next datagram to send.
     fn next_transmit(&mut self, buf: &mut [u8]) -> Option<Output> {
         let now = self.now;
-        if let Some(paths) = self.paths.as_mut() {
-            if let Some((dst, len, seg)) = paths.poll_transmit(now, buf) {
-                return Some(self.transmit_output(dst, len, seg));
+        let max = self.max_segments;
+        let (dst, len, seg) = match self.paths.as_mut() {
+            Some(paths) => {
+                let node = self.life.node_mut();
+                match node {
+                    Some(node) => paths.poll_transmit_node(node, now, buf, max)?,
+                    None => paths.poll_transmit(now, buf)?,
+                }
             }
-        }
-        loop {
-            let node = self.life.node_mut()?;
-            let (dst, len, seg) = if self.max_segments > 1 {
-                let b = node.poll_transmit_batch(now, buf, self.max_segments)?;
-                (b.dst, b.len, b.segment_size)
-            } else {
-                let t = node.poll_transmit(now, buf)?;
-                (t.dst, t.len, t.len)
-            };
-            let routed = match (self.paths.as_mut(), label_peer(dst)) {
-                (Some(paths), Some(peer)) => paths
-                    .route_in_place(now, peer, buf, len, seg)
-                    .map(|t| (t.dst, t.len, t.segment_size)),
-                _ => Some((dst, len, seg)),
-            };
-            let Some((dst, len, seg)) = routed else {
-                continue;
-            };
-            let out = self.transmit_output(dst, len, seg);
-            // Sending may have produced events (writable room, closes).
-            self.drive(now);
-            return Some(out);
-        }
+            None => {
+                let node = self.life.node_mut()?;
+                if max > 1 {
+                    let b = node.poll_transmit_batch(now, buf, max)?;
+                    (b.dst, b.len, b.segment_size)
+                } else {
+                    let t = node.poll_transmit(now, buf)?;
+                    (t.dst, t.len, t.len)
+                }
+            }
+        };
+        let out = self.transmit_output(dst, len, seg);
+        // Sending may have produced events (writable room, closes).
+        self.drive(now);
+        Some(out)
     }
 
     /// A transmit output of `len` bytes in `seg`-byte datagrams.

@@ -13,13 +13,23 @@
 //! path never touches them. A path is *confirmed* only by an authenticated
 //! frame ([`Paths::on_authenticated`]); the direct endpoint moves only then.
 //!
-//! States of a peer: `Both` (racing: every frame goes both ways, for
-//! [`RACE_WINDOW`] after first contact, a fallback, or for
-//! [`PROBE_WINDOW`] on each background probe), `Direct` (an authenticated
-//! frame arrived directly; falls back to `Both` when nothing authenticated
-//! came back directly for [`DIRECT_SILENCE`] after a send) and `Relay`
-//! (probed again every [`PROBE_INTERVAL`] while in use: a punch request
-//! through the beacon plus a [`PROBE_WINDOW`] of direct copies).
+//! States of a peer: `Both` (racing, for [`RACE_WINDOW`] after first
+//! contact or a fallback, or for [`PROBE_WINDOW`] on each background probe:
+//! every frame goes via the relay, and small ones — key exchanges, pings,
+//! acknowledgements, at most one per [`PROBE_COPY_GAP`], plus a ping every
+//! [`PROBE_PING`] — also go directly, so the direct path is tested without
+//! copying the data), `Direct` (an authenticated frame arrived directly;
+//! falls back to `Both` when nothing authenticated came back directly for
+//! [`DIRECT_SILENCE`] after a send) and `Relay` (probed again every
+//! [`PROBE_INTERVAL`] while in use: a punch request through the beacon plus
+//! a [`PROBE_WINDOW`] of racing).
+//!
+//! The part drives a [`Node`] it is given (the daemon's, or driver-tokio's
+//! embedded node): [`Paths::handle_udp`] takes every tunnel-socket
+//! datagram, [`Paths::adopt_peer`] turns a peer the node learnt with a real
+//! address into a labelled one, [`Paths::send_probes`] pings the peers it
+//! wants probed, and [`Paths::poll_transmit_node`] routes the node's output.
+//! Both owners use these, so the behaviour is the same everywhere.
 //!
 //! Bounds: at most [`MAX_PATH_PEERS`] peers (frames for more go by relay,
 //! counted), [`COPY_QUEUE`] duplicate datagrams waiting, [`PUNCH_PENDING`]
@@ -29,8 +39,13 @@ use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
 
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+
+use crate::addr::Addr;
 use crate::beacon::client::{BeaconClient, BeaconEvent, ClientConfig as BeaconClientConfig};
 use crate::beacon::same_endpoint;
+use crate::crypto::provider::CryptoProvider;
+use crate::node::Node;
 use crate::time::Instant;
 use crate::wire::beacon::{RELAY_DELIVER_OVERHEAD, RELAY_OVERHEAD, relay_header};
 
@@ -47,8 +62,17 @@ pub const SILENT_SENDS: u32 = 4;
 pub const PROBE_QUEUE: usize = 64;
 /// A relay peer in use is probed for a direct path this often.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a probe sends direct copies.
+/// How long a probe races.
 pub const PROBE_WINDOW: Duration = Duration::from_millis(1500);
+/// While racing, a datagram this small or smaller (a key exchange, a
+/// ping, an acknowledgement; never a full data segment) is also sent
+/// directly as a probe of the direct path.
+pub const PROBE_COPY_MAX: usize = 256;
+/// While racing, at most one direct probe copy per peer this often.
+pub const PROBE_COPY_GAP: Duration = Duration::from_millis(50);
+/// While racing, the owner is asked to ping the peer this often (the ping
+/// is a small authenticated frame, so it also goes directly).
+pub const PROBE_PING: Duration = Duration::from_millis(250);
 /// A peer counts as in use this long after the last frame either way.
 pub const IN_USE: Duration = Duration::from_secs(60);
 /// Default NAT keepalive interval: under the common 30 s UDP binding
@@ -89,7 +113,8 @@ pub enum PathKind {
     Direct,
     /// Frames go via the beacon.
     Relay,
-    /// Racing or probing: frames go both ways.
+    /// Racing or probing: frames go via the relay, small ones also
+    /// directly.
     Both,
 }
 
@@ -116,6 +141,10 @@ pub struct PathsConfig {
     pub heartbeat: Duration,
     /// `--endpoint`: advertise this instead of the observed endpoint.
     pub endpoint_override: Option<SocketAddr>,
+    /// A second beacon address that answers discovers (`--beacon-observer`):
+    /// discovery goes to both and the observed endpoints are compared
+    /// ([`Paths::mapping`]).
+    pub observer: Option<SocketAddr>,
 }
 
 /// Where one frame for a peer goes.
@@ -144,6 +173,41 @@ pub enum BeaconInput {
     },
 }
 
+/// The NAT mapping behaviour seen from two destinations (the beacon and
+/// its observer address), `spec/beacon.md` §8.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// Both destinations saw the same public endpoint: the mapping does
+    /// not depend on the destination (hole punching works towards peers
+    /// whose filtering allows it).
+    EndpointIndependent,
+    /// The two destinations saw different public endpoints (a symmetric
+    /// NAT): peers cannot predict our endpoint; expect the relay unless
+    /// the peer's NAT admits any source.
+    DestinationDependent,
+    /// Not known, with the reason.
+    Unknown(&'static str),
+}
+
+impl Mapping {
+    /// The name shown by `pilotctl info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::DestinationDependent => "destination-dependent",
+            Mapping::Unknown(_) => "unknown",
+        }
+    }
+
+    /// Why it is unknown.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Mapping::Unknown(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// A snapshot of one peer's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -164,6 +228,9 @@ pub struct PeerView {
 pub struct PathStats {
     /// Datagrams sent directly.
     pub direct_out: u64,
+    /// Bytes sent on direct paths (frames, probe copies and punch
+    /// probes; what a relayed peer costs in direct attempts).
+    pub direct_bytes: u64,
     /// Datagrams sent via the beacon.
     pub relay_out: u64,
     /// Relayed frames received.
@@ -192,6 +259,10 @@ struct PeerState {
     window_end: Instant,
     /// Next probe (`Relay`).
     next_probe: Instant,
+    /// Earliest next direct probe copy (`Both`).
+    next_copy: Instant,
+    /// Next ping asked for (`Both`).
+    next_ping: Instant,
     changed: Instant,
     changes: u32,
     last_rx: Instant,
@@ -207,6 +278,8 @@ struct PeerState {
 pub struct Paths {
     cfg: PathsConfig,
     client: BeaconClient,
+    /// Discovers through the observer address (`cfg.observer`).
+    observer: Option<BeaconClient>,
     node_id: u32,
     peers: BTreeMap<u32, PeerState>,
     copies: VecDeque<(SocketAddr, Vec<u8>, usize)>,
@@ -221,9 +294,15 @@ impl Paths {
     pub fn new(cfg: PathsConfig, now: Instant) -> Self {
         let mut bc = BeaconClientConfig::new(cfg.beacon, 0);
         bc.discover_interval = cfg.keepalive.unwrap_or(cfg.heartbeat).min(cfg.heartbeat);
+        let observer = cfg.observer.map(|o| {
+            let mut oc = BeaconClientConfig::new(o, 0);
+            oc.discover_interval = bc.discover_interval;
+            BeaconClient::new(oc, now)
+        });
         Paths {
             cfg,
             client: BeaconClient::new(bc, now),
+            observer,
             node_id: 0,
             peers: BTreeMap::new(),
             copies: VecDeque::new(),
@@ -254,6 +333,27 @@ impl Paths {
         self.client.public_endpoint()
     }
 
+    /// The public endpoint the observer address last reported.
+    pub fn observed_by_observer(&self) -> Option<SocketAddr> {
+        self.observer.as_ref().and_then(|o| o.public_endpoint())
+    }
+
+    /// The NAT's mapping behaviour: the endpoints the beacon and the
+    /// observer address observed, compared (`spec/beacon.md` §8.1).
+    pub fn mapping(&self) -> Mapping {
+        let Some(o) = self.observer.as_ref() else {
+            return Mapping::Unknown(
+                "one beacon address: a second (--beacon-observer) is needed to compare",
+            );
+        };
+        match (self.public_endpoint(), o.public_endpoint()) {
+            (None, _) => Mapping::Unknown("no discover reply from the beacon yet"),
+            (_, None) => Mapping::Unknown("no discover reply from the observer address yet"),
+            (Some(a), Some(b)) if a == b => Mapping::EndpointIndependent,
+            _ => Mapping::DestinationDependent,
+        }
+    }
+
     /// The endpoint to advertise to the registry: the override, else the
     /// observed one.
     pub fn advertised(&self) -> Option<SocketAddr> {
@@ -269,6 +369,9 @@ impl Paths {
     pub fn set_node_id(&mut self, node_id: u32, now: Instant) {
         self.node_id = node_id;
         self.client.set_node_id(node_id, now);
+        if let Some(o) = self.observer.as_mut() {
+            o.set_node_id(node_id, now);
+        }
     }
 
     /// A snapshot of `peer`'s path.
@@ -297,6 +400,8 @@ impl Paths {
             confirmed: false,
             window_end: now,
             next_probe: now,
+            next_copy: now,
+            next_ping: now,
             changed: now,
             changes: 0,
             last_rx: now,
@@ -341,6 +446,16 @@ impl Paths {
             }
         }
         self.punch(now, peer);
+        self.ask_ping(now, peer);
+    }
+
+    /// Queues an authenticated probe (a ping by the owner) of `peer` and
+    /// lets its next small datagram go directly.
+    fn ask_ping(&mut self, now: Instant, peer: u32) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.next_copy = now;
+            p.next_ping = now + PROBE_PING;
+        }
         if !self.probes.contains(&peer) {
             if self.probes.len() >= PROBE_QUEUE {
                 self.probes.pop_front();
@@ -418,8 +533,10 @@ impl Paths {
         }
     }
 
-    /// Where the next frame for `peer` goes; records the send.
-    pub fn route(&mut self, now: Instant, peer: u32) -> Route {
+    /// Where the next datagram for `peer` goes (`small`: a single datagram
+    /// of at most [`PROBE_COPY_MAX`] bytes, which may probe the direct path
+    /// while racing); records the send.
+    pub fn route(&mut self, now: Instant, peer: u32, small: bool) -> Route {
         let Some(p) = self.state(now, peer) else {
             self.stats.dropped += 1;
             return Route {
@@ -433,16 +550,19 @@ impl Paths {
                 direct: Some(ep),
                 relay: false,
             },
-            (PathKind::Both, Some(ep)) => Route {
-                direct: Some(ep),
-                relay: true,
-            },
+            (PathKind::Both, Some(ep)) if small && now >= p.next_copy => {
+                p.next_copy = now + PROBE_COPY_GAP;
+                Route {
+                    direct: Some(ep),
+                    relay: true,
+                }
+            }
             _ => Route {
                 direct: None,
                 relay: true,
             },
         };
-        if r.direct.is_some() {
+        if r.direct.is_some() && !r.relay {
             p.silent_since.get_or_insert(now);
             p.silent_sends = p.silent_sends.saturating_add(1);
         }
@@ -452,12 +572,17 @@ impl Paths {
     /// Sends due discovers and moves races, silences and probes on.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.client.handle_timeout(now);
+        if let Some(o) = self.observer.as_mut() {
+            o.handle_timeout(now);
+        }
         let mut race = Vec::new();
         let mut relay = Vec::new();
         let mut lost = Vec::new();
+        let mut ping = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
             match p.kind {
                 PathKind::Both if now >= p.window_end => relay.push(id),
+                PathKind::Both if now >= p.next_ping => ping.push(id),
                 PathKind::Direct
                     if p.silent_sends >= SILENT_SENDS
                         && p.silent_since.is_some_and(|t| {
@@ -487,6 +612,9 @@ impl Paths {
         for id in race {
             self.race(now, id, PROBE_WINDOW);
         }
+        for id in ping {
+            self.ask_ping(now, id);
+        }
         let late = |t: &(u32, Instant)| now.saturating_duration_since(t.1) >= PUNCH_MATCH;
         while self.punch_pending.front().is_some_and(late) {
             self.punch_pending.pop_front();
@@ -497,9 +625,12 @@ impl Paths {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.client.poll_timeout();
         let mut take = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(x) = self.observer.as_ref().and_then(|o| o.poll_timeout()) {
+            take(x);
+        }
         for p in self.peers.values() {
             match p.kind {
-                PathKind::Both => take(p.window_end),
+                PathKind::Both => take(p.window_end.min(p.next_ping)),
                 PathKind::Relay => take(p.next_probe),
                 PathKind::Direct => {
                     if let Some(s) = p.silent_since.filter(|_| p.silent_sends >= SILENT_SENDS) {
@@ -516,6 +647,13 @@ impl Paths {
 
     /// Handles a beacon message (first byte below 0x10) from `from`.
     pub fn handle_beacon(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> BeaconInput {
+        if let Some(o) = self.observer.as_mut() {
+            if same_endpoint(from, o.config().beacon) {
+                // The observer only ever answers discovers.
+                let _ = o.handle_datagram(now, from, bytes);
+                return BeaconInput::None;
+            }
+        }
         match self.client.handle_datagram(now, from, bytes) {
             None => BeaconInput::None,
             Some(BeaconEvent::PublicEndpoint(ep)) => {
@@ -569,11 +707,23 @@ impl Paths {
         now: Instant,
         buf: &mut [u8],
     ) -> Option<(SocketAddr, usize, usize)> {
+        if let Some(t) = self
+            .observer
+            .as_mut()
+            .and_then(|o| o.poll_transmit(now, buf))
+        {
+            // Only discovers go to the observer.
+            return Some((t.dst, t.len, t.len));
+        }
         if let Some(t) = self.client.poll_transmit(now, buf) {
+            if !self.is_beacon(t.dst) {
+                self.stats.direct_bytes += t.len as u64;
+            }
             return Some((t.dst, t.len, t.len));
         }
         while let Some((dst, bytes, seg)) = self.copies.pop_front() {
             if let Some(out) = buf.get_mut(..bytes.len()) {
+                self.stats.direct_bytes += bytes.len() as u64;
                 out.copy_from_slice(&bytes);
                 return Some((dst, bytes.len(), seg));
             }
@@ -585,8 +735,9 @@ impl Paths {
     /// Routes `len` bytes in `buf` (`segment_size`-byte datagrams for
     /// `peer`, the last possibly shorter) as [`Self::route`] says: returns
     /// the destination, new length and segment size of what is in `buf`
-    /// afterwards, with a duplicate queued when the paths race. `None`: the
-    /// datagrams were dropped (counted).
+    /// afterwards, with a direct probe copy queued when the paths race and
+    /// this is one small datagram. `None`: the datagrams were dropped
+    /// (counted).
     pub fn route_in_place(
         &mut self,
         now: Instant,
@@ -595,11 +746,12 @@ impl Paths {
         len: usize,
         segment_size: usize,
     ) -> Option<Transmit2> {
-        let r = self.route(now, peer);
         let segments = len.div_ceil(segment_size.max(1)).max(1);
+        let r = self.route(now, peer, segments == 1 && len <= PROBE_COPY_MAX);
         if let Some(ep) = r.direct {
             self.stats.direct_out += segments as u64;
             if !r.relay {
+                self.stats.direct_bytes += len as u64;
                 return Some(Transmit2 {
                     dst: ep,
                     len,
@@ -635,6 +787,186 @@ impl Paths {
                         segment_size: seg,
                     }
                 })
+            }
+        }
+    }
+}
+
+/// What a tunnel-socket datagram meant for the owner, beyond the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpInput {
+    /// Nothing more to do.
+    None,
+    /// The observed public endpoint changed (first one included):
+    /// advertise it unless an override is configured.
+    PublicEndpoint(SocketAddr),
+    /// The registry holds a relayed trust handshake: poll the inbox.
+    HandshakeWaiting,
+}
+
+impl Paths {
+    /// One datagram from the tunnel socket while this part routes: beacon
+    /// messages go to the part, relayed and direct frames to `node`, and
+    /// whatever authenticates tells the part which path works
+    /// (`spec/beacon.md` §8.2, §8.3). PILS frames are decrypted in place.
+    pub fn handle_udp<P, R>(
+        &mut self,
+        node: &mut Node<P, R>,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &mut [u8],
+    ) -> UdpInput
+    where
+        P: CryptoProvider,
+        R: RngCore + CryptoRng + SeedableRng,
+    {
+        if bytes
+            .first()
+            .is_some_and(|&b| b < crate::wire::beacon::BEACON_TYPE_LIMIT)
+        {
+            return match self.handle_beacon(now, from, bytes) {
+                BeaconInput::None => UdpInput::None,
+                BeaconInput::PublicEndpoint(ep) => UdpInput::PublicEndpoint(ep),
+                BeaconInput::HandshakeWaiting => UdpInput::HandshakeWaiting,
+                BeaconInput::Relayed { sender } => {
+                    let _ = node.take_authenticated();
+                    if let Some(frame) = bytes.get_mut(DELIVER_OFFSET..) {
+                        node.handle_datagram(now, path_label(sender), frame);
+                    }
+                    if let Some(p) = node.take_authenticated() {
+                        self.adopt_peer(node, now, p, true);
+                    }
+                    UdpInput::None
+                }
+            };
+        }
+        // A PILS frame names its sender; it is opened as coming from the
+        // sender's label (where the node's peer table has it) and proves
+        // the path only if it opens. Key exchanges keep their source for
+        // the node's per-source limits.
+        let sender = bytes
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes);
+        let pils = bytes.get(..4) == Some(&crate::wire::tunnel::MAGIC_PILS[..]);
+        // A key exchange from the direct endpoint this part already holds
+        // for its sender is that peer's own (charged to the peer's bucket,
+        // as without paths); from anywhere else it keeps its real source
+        // and pays the per-source and stranger budgets, so a flood of
+        // forged key exchanges from one address cannot delay a known
+        // peer's (sim scenario `nat-kx-flood`; daemon_hostile's
+        // first-ping-during-a-flood).
+        let kx = matches!(
+            bytes.get(..4),
+            Some(m) if m == crate::wire::tunnel::MAGIC_PILA || m == crate::wire::tunnel::MAGIC_PILK
+        );
+        let feed = match sender {
+            Some(s) if pils => path_label(s),
+            Some(s)
+                if kx
+                    && self.view(s).and_then(|v| v.endpoint) == Some(from)
+                    && node.peer_endpoint(s).and_then(label_peer) == Some(s) =>
+            {
+                path_label(s)
+            }
+            _ => from,
+        };
+        let _ = node.take_authenticated();
+        node.handle_datagram(now, feed, bytes);
+        let proved = node.take_authenticated();
+        let direct = !self.is_beacon(from);
+        if let Some(p) = proved {
+            if Some(p) == sender && direct {
+                self.on_authenticated(now, p, Some(from));
+            }
+            self.adopt_peer(node, now, p, Some(p) != sender || !direct);
+        }
+        UdpInput::None
+    }
+
+    /// Puts `peer`'s label into `node`'s peer table if it holds a real
+    /// address there (a registry endpoint, a static peer, or where a
+    /// verified key exchange came from), taking that address as the
+    /// peer's candidate (or, if `authenticated`, confirmed) direct
+    /// endpoint; `authenticated` frames that came via the relay count for
+    /// the relay path.
+    pub fn adopt_peer<P, R>(
+        &mut self,
+        node: &mut Node<P, R>,
+        now: Instant,
+        peer: u32,
+        authenticated: bool,
+    ) where
+        P: CryptoProvider,
+        R: RngCore + CryptoRng + SeedableRng,
+    {
+        let Some(ep) = node.peer_endpoint(peer) else {
+            return;
+        };
+        if label_peer(ep) == Some(peer) {
+            if authenticated {
+                self.on_authenticated(now, peer, None);
+            }
+            return;
+        }
+        if authenticated {
+            self.on_authenticated(now, peer, Some(ep));
+        } else {
+            self.add_candidate(now, peer, ep);
+        }
+        node.set_peer_endpoint(peer, path_label(peer));
+    }
+
+    /// Pings the peers this part wants probed (`network_of` names a peer's
+    /// network): the answer comes back authenticated on whichever path
+    /// works (`spec/beacon.md` §8.3).
+    pub fn send_probes<P, R>(
+        &mut self,
+        node: &mut Node<P, R>,
+        now: Instant,
+        network_of: impl Fn(u32) -> u16,
+    ) where
+        P: CryptoProvider,
+        R: RngCore + CryptoRng + SeedableRng,
+    {
+        while let Some(peer) = self.take_probe() {
+            if node.has_session(peer) {
+                let _ = node.ping(now, Addr::new(network_of(peer), peer));
+            }
+        }
+    }
+
+    /// The next datagram (or batch of up to `max_segments`) to send, in
+    /// `buf`: this part's own first (discover, punch, probe copies), then
+    /// the node's, routed for the peer its label names. Returns the
+    /// destination, length and segment size.
+    pub fn poll_transmit_node<P, R>(
+        &mut self,
+        node: &mut Node<P, R>,
+        now: Instant,
+        buf: &mut [u8],
+        max_segments: usize,
+    ) -> Option<(SocketAddr, usize, usize)>
+    where
+        P: CryptoProvider,
+        R: RngCore + CryptoRng + SeedableRng,
+    {
+        if let Some(t) = self.poll_transmit(now, buf) {
+            return Some(t);
+        }
+        loop {
+            let (dst, len, seg) = if max_segments > 1 {
+                let b = node.poll_transmit_batch(now, buf, max_segments)?;
+                (b.dst, b.len, b.segment_size)
+            } else {
+                let t = node.poll_transmit(now, buf)?;
+                (t.dst, t.len, t.len)
+            };
+            let Some(peer) = label_peer(dst) else {
+                return Some((dst, len, seg));
+            };
+            if let Some(t) = self.route_in_place(now, peer, buf, len, seg) {
+                return Some((t.dst, t.len, t.segment_size));
             }
         }
     }
@@ -699,6 +1031,7 @@ mod tests {
                 keepalive: Some(KEEPALIVE),
                 heartbeat: Duration::from_secs(30),
                 endpoint_override: None,
+                observer: None,
             },
             t(0),
         );
@@ -748,6 +1081,40 @@ mod tests {
     }
 
     #[test]
+    fn mapping_compares_two_destinations() {
+        let mut p = paths();
+        assert_eq!(p.mapping().name(), "unknown");
+        assert!(p.mapping().reason().unwrap().contains("one beacon address"));
+        let obs = ep("192.0.2.101:9001");
+        let mut q = Paths::new(
+            PathsConfig {
+                observer: Some(obs),
+                ..*p.config()
+            },
+            t(0),
+        );
+        q.set_node_id(5, t(0));
+        let sent = drain(&mut q, t(0));
+        assert!(sent.contains(&(obs, vec![1, 0, 0, 0, 5])), "{sent:?}");
+        assert!(
+            sent.contains(&(ep(BEACON), vec![1, 0, 0, 0, 5])),
+            "{sent:?}"
+        );
+        let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
+        q.handle_beacon(t(1), ep(BEACON), &reply);
+        assert!(q.mapping().reason().unwrap().contains("observer"));
+        // The observer's reply does not change the advertised endpoint.
+        let other = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
+        assert_eq!(q.handle_beacon(t(2), obs, &other), BeaconInput::None);
+        assert_eq!(q.public_endpoint(), Some(ep("203.0.113.7:40000")));
+        assert_eq!(q.mapping(), Mapping::DestinationDependent);
+        q.handle_beacon(t(3), obs, &reply);
+        assert_eq!(q.mapping(), Mapping::EndpointIndependent);
+        p.handle_beacon(t(1), ep(BEACON), &reply);
+        assert!(matches!(p.mapping(), Mapping::Unknown(_)));
+    }
+
+    #[test]
     fn first_contact_races_then_falls_back_to_relay() {
         let mut p = paths();
         drain(&mut p, t(0));
@@ -759,16 +1126,24 @@ mod tests {
             vec![(ep(BEACON), vec![3, 0, 0, 0, 5, 0, 0, 0, 9])]
         );
         assert_eq!(
-            p.route(t(1), 9),
+            p.route(t(1), 9, true),
             Route {
                 direct: Some(peer_ep),
+                relay: true
+            }
+        );
+        // Data is not copied: only small datagrams probe the direct path.
+        assert_eq!(
+            p.route(t(2), 9, false),
+            Route {
+                direct: None,
                 relay: true
             }
         );
         p.handle_timeout(t(3_000));
         assert_eq!(p.view(9).unwrap().kind, PathKind::Relay);
         assert_eq!(
-            p.route(t(3_001), 9),
+            p.route(t(3_001), 9, true),
             Route {
                 direct: None,
                 relay: true
@@ -784,7 +1159,7 @@ mod tests {
         assert_eq!(v.kind, PathKind::Direct);
         assert_eq!(v.endpoint, Some(ep("198.51.100.9:4001")));
         assert_eq!(
-            p.route(t(8_200), 9),
+            p.route(t(8_200), 9, false),
             Route {
                 direct: Some(ep("198.51.100.9:4001")),
                 relay: false
@@ -802,20 +1177,28 @@ mod tests {
         assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
         assert_eq!(p.view(9).unwrap().endpoint, Some(a));
         // One unanswered send (a keepalive) is not silence.
-        p.route(t(100), 9);
+        p.route(t(100), 9, true);
         p.handle_timeout(t(3_200));
         assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
         for ms in [150, 200, 250] {
-            p.route(t(ms), 9);
+            p.route(t(ms), 9, false);
         }
         p.handle_timeout(t(3_099));
         assert_eq!(p.view(9).unwrap().kind, PathKind::Direct);
         p.handle_timeout(t(3_100));
         assert_eq!(p.view(9).unwrap().kind, PathKind::Both);
         assert_eq!(p.stats().direct_lost, 1);
-        // Still sends both ways, so nothing is lost while it races.
+        // Racing: data goes via the relay, so nothing is lost while it
+        // races; a small datagram also probes the direct path.
         assert_eq!(
-            p.route(t(3_200), 9),
+            p.route(t(3_200), 9, false),
+            Route {
+                direct: None,
+                relay: true
+            }
+        );
+        assert_eq!(
+            p.route(t(3_201), 9, true),
             Route {
                 direct: Some(a),
                 relay: true
@@ -870,6 +1253,38 @@ mod tests {
         assert_eq!(out.dst, ep(BEACON));
         let copies = drain(&mut p, t(1));
         assert_eq!(copies, vec![(a, b"PILSxy".to_vec())]);
+    }
+
+    #[test]
+    fn racing_copies_only_small_datagrams_at_a_bounded_rate() {
+        let mut p = paths();
+        drain(&mut p, t(0));
+        let a = ep("198.51.100.9:4000");
+        p.add_candidate(t(0), 9, a);
+        drain(&mut p, t(0));
+        assert_eq!(p.take_probe(), Some(9), "a ping is asked for at once");
+        let before = p.stats().direct_bytes;
+        // A full data segment and a batch are relayed only.
+        let mut buf = vec![0u8; 4096];
+        let out = p.route_in_place(t(1), 9, &mut buf, 1200, 1200).unwrap();
+        assert_eq!(out.dst, ep(BEACON));
+        let out = p.route_in_place(t(2), 9, &mut buf, 200, 100).unwrap();
+        assert_eq!(out.dst, ep(BEACON));
+        assert!(drain(&mut p, t(2)).is_empty());
+        // Small ones: the first goes directly too, the next within the gap
+        // does not.
+        for ms in [3, 4] {
+            buf[..4].copy_from_slice(b"PILS");
+            p.route_in_place(t(ms), 9, &mut buf, 60, 60).unwrap();
+        }
+        assert_eq!(drain(&mut p, t(4)).len(), 1);
+        p.route_in_place(t(3 + 50), 9, &mut buf, 60, 60).unwrap();
+        assert_eq!(drain(&mut p, t(53)).len(), 1);
+        assert_eq!(p.stats().direct_bytes - before, 120);
+        // Another ping is asked for every PROBE_PING while racing.
+        assert!(p.poll_timeout().is_some_and(|d| d <= t(250)));
+        p.handle_timeout(t(250));
+        assert_eq!(p.take_probe(), Some(9));
     }
 
     #[test]

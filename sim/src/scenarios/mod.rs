@@ -35,6 +35,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(nat::NatRebindScenario));
     r.register(Box::new(nat::NatIdleScenario));
     r.register(Box::new(nat::NatUpgradeScenario));
+    r.register(Box::new(nat::NatKxFloodScenario));
 }
 
 /// A simulation of `n` mesh members (at least `min`), each knowing every

@@ -350,6 +350,36 @@ impl Scenario for NatMatrixScenario {
                     ),
                 );
                 connected += usize::from(f.done.is_some());
+                // Mapping detection: the beacon and its observer address
+                // saw the same endpoint unless the NAT is symmetric.
+                let mapping = |i: usize, k: NatKind| {
+                    let got = net
+                        .host(i)
+                        .and_then(|h| h.daemon().paths())
+                        .map_or("none", |p| p.mapping().name());
+                    let want = if k == NatKind::Symmetric {
+                        "destination-dependent"
+                    } else {
+                        "endpoint-independent"
+                    };
+                    (got, want)
+                };
+                let (ma, wa) = mapping(f.from, ka);
+                let (mb, wb) = mapping(f.to, kb);
+                s.check(
+                    &format!("mapping-{name}"),
+                    ma == wa && mb == wb,
+                    format!(
+                        "{}: {ma} (expected {wa}); {}: {mb} (expected {wb})",
+                        ka.name(),
+                        kb.name()
+                    ),
+                );
+                let direct_bytes = |i: usize| {
+                    net.host(i)
+                        .and_then(|h| h.daemon().paths())
+                        .map_or(0, |p| p.stats().direct_bytes)
+                };
                 rows.push(json!({
                     "pair": name,
                     "expected": want,
@@ -359,6 +389,8 @@ impl Scenario for NatMatrixScenario {
                     "first_byte_ms": since(f.first, f.begin),
                     "echo_ms": since(f.done, f.begin),
                     "bytes": f.got,
+                    "direct_bytes": [direct_bytes(f.from), direct_bytes(f.to)],
+                    "mapping": [ma, mb],
                 }));
             }
             s.check(
@@ -664,6 +696,215 @@ impl Scenario for NatUpgradeScenario {
                     json!(ms(at.saturating_duration_since(opened))),
                 ));
             }
+        }
+        s.finish(net, cfg)
+    }
+}
+
+/// See [`NatKxFloodScenario`].
+pub struct NatKxFloodScenario;
+
+/// Forged key exchanges per second in `nat-kx-flood`, by `seed % 3`.
+pub const KX_FLOOD_RATES: [u64; 3] = [100, 500, 2_000];
+/// The flood runs this long before the first dial.
+const KX_FLOOD_LEAD: Duration = Duration::from_millis(500);
+/// Longest the trusted peer's first echo may take under the flood (the
+/// bug took 3–8 s; unflooded it takes a few round trips).
+pub const KX_FLOOD_FIRST_ECHO: Duration = Duration::from_millis(1_500);
+
+/// Forged key exchanges from one source at a fixed rate: PILKs and PILAs
+/// (signed by the forger's own key) with random sender IDs or claiming
+/// `spoof` (the victim's real peer).
+struct KxForger {
+    target: std::net::SocketAddr,
+    frames: Vec<Vec<u8>>,
+    every: Duration,
+    next: Instant,
+    stop: Instant,
+    k: usize,
+    sent: Arc<AtomicU64>,
+}
+
+impl KxForger {
+    fn new(
+        seed: u64,
+        target: std::net::SocketAddr,
+        spoof: u32,
+        rate: u64,
+        (start, stop): (Instant, Instant),
+        sent: Arc<AtomicU64>,
+    ) -> Self {
+        use pilot_proto::crypto::identity::{Identity, TunnelKey};
+        use pilot_proto::crypto::kx::{PILA_LEN, PILK_LEN, build_pila, build_pilk};
+        use pilot_proto::crypto::provider::RustCrypto;
+        use rand_core::{RngCore, SeedableRng};
+        let mut fork = crate::seed::Seed::new(seed).fork("nat-kx-flood/forger", 0);
+        let mut s = [0u8; 32];
+        fork.fill_bytes(&mut s);
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(s);
+        let mut id_seed = [0u8; 32];
+        rng.fill_bytes(&mut id_seed);
+        let id = Identity::from_seed(&RustCrypto, id_seed);
+        let tunnel = TunnelKey::generate(&RustCrypto, &mut rng);
+        let mut frames = Vec::new();
+        for i in 0..32u32 {
+            let sender = if i % 8 == 0 {
+                spoof
+            } else {
+                rng.next_u32() | 0x4000_0000
+            };
+            let mut pilk = vec![0u8; PILK_LEN];
+            let _ = build_pilk(sender, &tunnel, &mut pilk);
+            frames.push(pilk);
+            let mut pila = vec![0u8; PILA_LEN];
+            let _ = build_pila(&RustCrypto, sender, &tunnel, &id, &mut pila);
+            frames.push(pila);
+        }
+        KxForger {
+            target,
+            frames,
+            every: Duration::from_nanos(1_000_000_000 / rate.max(1)),
+            next: start,
+            stop,
+            k: 0,
+            sent,
+        }
+    }
+}
+
+impl crate::node::SimNode for KxForger {
+    type Event = crate::net::NetEvent;
+
+    fn handle_datagram(&mut self, _: Instant, _: std::net::SocketAddr, _: &[u8]) {}
+
+    fn handle_timeout(&mut self, _: Instant) {}
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<crate::node::Transmit> {
+        if now < self.next || now >= self.stop {
+            return None;
+        }
+        self.next = self.next + self.every;
+        let f = &self.frames[self.k % self.frames.len()];
+        self.k += 1;
+        let out = buf.get_mut(..f.len())?;
+        out.copy_from_slice(f);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Some(crate::node::Transmit {
+            dst: self.target,
+            len: f.len(),
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.next < self.stop).then_some(self.next)
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+}
+
+impl Scenario for NatKxFloodScenario {
+    fn name(&self) -> &'static str {
+        "nat-kx-flood"
+    }
+
+    fn about(&self) -> &'static str {
+        "paths on, a flood of forged key exchanges from the peer's own IP: the trusted peer's first echo stays fast"
+    }
+
+    /// Two public daemons with paths on (beacon discovery, path labels)
+    /// echo once, so host 1 holds a confirmed direct path to host 0. Host
+    /// 0 then restarts (same identity and endpoint, new tunnel key, knows
+    /// no peers) and, `KX_FLOOD_LEAD` into a flood of forged PILKs and
+    /// PILAs (`KX_FLOOD_RATES[seed % 3]` per second) from a forger on host
+    /// 1's IP (another port), dials host 1 again. Host 1 answers the new
+    /// key exchange on its direct path only, from the endpoint host 0's
+    /// path part holds for it: that key exchange must be charged to host
+    /// 1's own bucket (`spec/beacon.md` §8.2), not to the per-IP and
+    /// stranger budgets the flood drains, so the first echo completes
+    /// within `KX_FLOOD_FIRST_ECHO`.
+    fn run(&self, cfg: &SimConfig, seed: u64) -> Outcome {
+        let kinds = vec![NatKind::None, NatKind::None];
+        let mut net = Net::with_nats(cfg, seed, &NatSetup::new(kinds), FaultChain::new());
+        let mut s = Script::default();
+        if let Some((addrs, apps)) = ready(&mut net, &mut s) {
+            let before = dial(&mut net, 0, apps[0], addrs[1])
+                .is_ok_and(|c| echo_on(&mut net, 0, apps[0], c, b"before"));
+            let direct = path_of(&net, 1, addrs[0].node) == Some(PathKind::Direct);
+            s.check(
+                "echo-before",
+                before && direct,
+                format!(
+                    "first echo {}; host 1's path to host 0 {}",
+                    if before { "back" } else { "missing" },
+                    path_name(path_of(&net, 1, addrs[0].node))
+                ),
+            );
+            // Past the key-change quiet time of host 1's old session.
+            net.run_for(Duration::from_secs(5));
+            net.restart_host(0);
+            let back = net.wait_registered(REGISTER_TIMEOUT)
+                && net.run_until(REGISTER_TIMEOUT, Duration::from_millis(50), |net| {
+                    net.host(0)
+                        .and_then(|h| h.daemon().paths()?.public_endpoint())
+                        .is_some()
+                });
+            let app = net.open_app(0);
+            s.check(
+                "restarted",
+                back && app.is_some(),
+                "host 0 restarted and registered",
+            );
+            let rate = KX_FLOOD_RATES[(seed % 3) as usize];
+            let victim = net.host(0).map(|h| h.endpoint());
+            let peer = net.host(1).map(|h| h.endpoint());
+            let sent = Arc::new(AtomicU64::new(0));
+            if let (Some(victim), Some(peer)) = (victim, peer) {
+                let at = std::net::SocketAddr::new(peer.ip(), peer.port().wrapping_add(1));
+                let now = net.sim.now();
+                net.add_other(
+                    at,
+                    Box::new(KxForger::new(
+                        seed,
+                        victim,
+                        addrs[1].node,
+                        rate,
+                        (now, now + Duration::from_secs(3600)),
+                        sent.clone(),
+                    )),
+                );
+            }
+            net.run_for(KX_FLOOD_LEAD);
+            let t0 = net.sim.now();
+            let ok = app.is_some_and(|app| {
+                dial(&mut net, 0, app, addrs[1])
+                    .is_ok_and(|c| echo_on(&mut net, 0, app, c, b"first"))
+            });
+            let took = net.sim.now().saturating_duration_since(t0);
+            let drops = net
+                .host(0)
+                .and_then(|h| h.daemon().node())
+                .map_or(0, |n| n.auth_drops().total());
+            s.check(
+                "first-echo-fast",
+                ok && took <= KX_FLOOD_FIRST_ECHO,
+                format!(
+                    "first echo after the restart {} after {:.0} ms (bound {} ms) under {rate} forged/s",
+                    if ok { "back" } else { "missing" },
+                    ms(took),
+                    KX_FLOOD_FIRST_ECHO.as_millis()
+                ),
+            );
+            let forged = sent.load(Ordering::Relaxed);
+            s.check(
+                "flood-counted",
+                forged > 0 && drops > 0,
+                format!("{forged} forged frames sent, {drops} authentication drops counted"),
+            );
+            s.figures.push(("first_echo_ms".into(), json!(ms(took))));
+            s.figures.push(("forged_per_s".into(), json!(rate)));
+            s.figures.push(("forged_sent".into(), json!(forged)));
         }
         s.finish(net, cfg)
     }
