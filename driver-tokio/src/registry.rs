@@ -72,7 +72,9 @@ enum Cmd {
     Resolve(Addr, ResolveReply),
     /// The identity key of a stranger whose key exchange is held
     /// (`Err(true)`: refused, retry later; `Err(false)`: unknown).
-    Key(u32, KeyReply),
+    /// A node's identity key; `true`: forget the cached one first (its key
+    /// exchange carried another key).
+    Key(u32, bool, KeyReply),
     /// A call whose answer only matters as success or failure.
     Call(Call, oneshot::Sender<Result<(), String>>),
 }
@@ -117,10 +119,10 @@ impl RegistryHandle {
 
     /// The registered identity key of `peer`: `Ok(None)` when it cannot be
     /// had, `Err` when the look-up was refused (budget) or the task is gone.
-    pub(crate) async fn key(&self, peer: u32) -> Result<Option<[u8; 32]>, Error> {
+    pub(crate) async fn key(&self, peer: u32, fresh: bool) -> Result<Option<[u8; 32]>, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Key(peer, tx))
+            .send(Cmd::Key(peer, fresh, tx))
             .await
             .map_err(|_| stopped())?;
         match tokio::time::timeout(self.resolve_timeout, rx).await {
@@ -287,8 +289,12 @@ impl Link {
                     let _ = reply.send(Err(reason));
                 }
             }
-            Cmd::Key(node, reply) => match self.resolver.fetch_key(Some(&mut self.client), t, node)
-            {
+            Cmd::Key(node, fresh, reply) => match {
+                if fresh {
+                    self.resolver.forget_key(node);
+                }
+                self.resolver.fetch_key(Some(&mut self.client), t, node)
+            } {
                 KeyFetch::Known(k) => {
                     let _ = reply.send(Ok(k));
                 }

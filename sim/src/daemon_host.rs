@@ -124,6 +124,15 @@ impl MemDisk {
                 format!("tasks/submitted/{task_id}.update"),
                 patch.to_string().into_bytes(),
             ),
+            DiskWrite::IdentityNext(id) => ("identity.json.next".to_owned(), id.public().to_vec()),
+            DiskWrite::IdentityCommit(id) => {
+                self.files.remove("identity.json.next");
+                ("identity.json".to_owned(), id.public().to_vec())
+            }
+            DiskWrite::IdentityNextDiscard => {
+                self.files.remove("identity.json.next");
+                return Ok("identity.json.next".to_owned());
+            }
         };
         self.files.insert(path.clone(), data);
         Ok(path)

@@ -1309,3 +1309,221 @@ fn request_without_shared_network_stays_pending() {
     let tb = net.handshake(b, HandshakeRequest::ListTrusted);
     assert_eq!(tb["trusted"].as_array().unwrap().len(), 0, "{tb}");
 }
+
+/// The new identity a rotation of daemon `d` saved (its `.next` write).
+fn rotated_identity(net: &Net, d: usize) -> Identity {
+    net.actions[d]
+        .iter()
+        .find_map(|o| match o {
+            Output::Disk(DiskWork {
+                write: DiskWrite::IdentityNext(id),
+                ..
+            }) => Some(id.clone()),
+            _ => None,
+        })
+        .expect("the rotation saved its new key first")
+}
+
+fn rotate(net: &mut Net, c: usize) -> Result<serde_json::Value, String> {
+    net.send(c, &IpcMessage::RotateKey);
+    net.advance(Duration::from_millis(200));
+    net.one(c, |m| match m {
+        IpcMessage::RotateKeyOk(j) => Ok(serde_json::from_str(j).unwrap()),
+        IpcMessage::Error { message, .. } => Err(message.to_owned()),
+        other => panic!("expected RotateKeyOk, got {other:?}"),
+    })
+}
+
+fn echo(net: &mut Net, c: usize, conn: u32, data: &[u8]) {
+    net.send(
+        c,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data,
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    let got = net.one(c, |m| match m {
+        IpcMessage::Recv { conn_id, data } => (conn_id, data.to_vec()),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(got, (conn, data.to_vec()));
+}
+
+/// Key rotation end to end (`spec/daemon.md` §2.9): the new key is saved
+/// before the registry is asked, the identity file replaced after; the
+/// open stream goes on; the peer, whose cached key no longer verifies our
+/// key exchange, takes the new key from the registry; heartbeats are
+/// signed with the new key; trust is by node ID and stays.
+#[test]
+fn a_key_rotation_keeps_the_stream_and_the_peer_learns_the_new_key() {
+    let mut cfgs = vec![public_cfg(0), public_cfg(1)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let (a, b) = (net.addr(0), net.addr(1));
+    let conn = net.dial(c, b, 7);
+    echo(&mut net, c, conn, b"before");
+    let old = *ident(0).public();
+    assert_eq!(net.ds[1].node().unwrap().peer_identity(a.node), Some(old));
+
+    let reply = rotate(&mut net, c).expect("rotation accepted");
+    assert_eq!(reply["type"], "rotate_key_ok");
+    assert_eq!(reply["node_id"], a.node);
+    assert_eq!(reply["persisted"], true);
+    let new = rotated_identity(&net, 0);
+    let new_b64 = crate::registry::auth::encode_public_key(new.public());
+    assert_eq!(reply["public_key"], new_b64.as_str());
+    assert_ne!(new.public(), &old);
+    // Disk order: `.next` first, then the identity file.
+    let writes: Vec<&str> = net.actions[0]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Disk(DiskWork { write, .. }) => match write {
+                DiskWrite::IdentityNext(_) => Some("next"),
+                DiskWrite::IdentityCommit(_) => Some("commit"),
+                DiskWrite::IdentityNextDiscard => Some("discard"),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, ["next", "commit"]);
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *new.public());
+    assert_eq!(reg.retired_keys.get(&old), Some(&a.node));
+    // The peer verified our announced key exchange under the registry's
+    // new key; the session (and the stream) stayed.
+    assert_eq!(
+        net.ds[1].node().unwrap().peer_identity(a.node),
+        Some(*new.public())
+    );
+    assert_eq!(net.ds[1].node().unwrap().stats().identity_refetches, 1);
+    echo(&mut net, c, conn, b"after");
+    // Heartbeats (signed with the new key) keep the node registered.
+    net.advance(Duration::from_secs(90));
+    assert!(
+        net.reg
+            .as_ref()
+            .unwrap()
+            .state()
+            .nodes
+            .contains_key(&a.node)
+    );
+    let info = net.info(c);
+    assert_eq!(info["public_key"], new_b64.as_str());
+    assert_eq!(info["key_rotations"], 1);
+    echo(&mut net, c, conn, b"later");
+    // A second rotation later works the same way ...
+    let second = rotate(&mut net, c).expect("second rotation");
+    assert_ne!(second["public_key"], new_b64.as_str());
+    assert_eq!(
+        net.reg.as_ref().unwrap().state().nodes[&a.node].key_rot_count,
+        2
+    );
+    echo(&mut net, c, conn, b"second");
+    // ... but a third at once is refused by the registry's cool-down, and
+    // the `.next` it saved is removed again.
+    let e = rotate(&mut net, c).unwrap_err();
+    assert!(e.contains("rotated its key"), "{e}");
+    assert!(matches!(
+        net.actions[0].last(),
+        Some(Output::Disk(DiskWork {
+            write: DiskWrite::IdentityNextDiscard,
+            ..
+        }))
+    ));
+}
+
+/// A failed `.next` write ends the rotation before the registry hears of
+/// it: nothing changes.
+#[test]
+fn a_rotation_whose_new_key_cannot_be_saved_changes_nothing() {
+    let mut cfgs = vec![public_cfg(0)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let a = net.addr(0);
+    net.disk_fail[0] = Some("No space left on device".into());
+    let e = rotate(&mut net, c).unwrap_err();
+    assert!(e.contains("could not save the new key"), "{e}");
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *ident(0).public());
+    assert!(reg.retired_keys.is_empty());
+    net.disk_fail[0] = None;
+    assert_eq!(net.info(c)["key_rotations"], 0);
+}
+
+/// The identity file could not be replaced after the registry accepted:
+/// the daemon says so, keeps working with the new key, and a restart with
+/// the old identity file plus `.next` adopts the new key (the registry
+/// refuses the old one as retired) instead of losing the node.
+#[test]
+fn a_restart_after_an_unfinished_rotation_adopts_the_new_key() {
+    let mut cfgs = vec![public_cfg(0)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let a = net.addr(0);
+    net.hold_disk[0] = true;
+    net.send(c, &IpcMessage::RotateKey);
+    net.advance(Duration::from_millis(100));
+    // `.next` written; then the identity file write fails.
+    let (_, next) = net.held.remove(0);
+    let new = match &next.write {
+        DiskWrite::IdentityNext(id) => id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let now = net.now;
+    net.ds[0].disk_done(now, next.token, Ok(()));
+    net.settle();
+    let (_, commit) = net.held.remove(0);
+    assert!(matches!(commit.write, DiskWrite::IdentityCommit(_)));
+    net.ds[0].disk_done(now, commit.token, Err("read-only file system".into()));
+    net.hold_disk[0] = false;
+    net.settle();
+    let reply = net.one(c, |m| match m {
+        IpcMessage::RotateKeyOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(reply["persisted"], false);
+    assert!(reply["warning"].as_str().unwrap().contains(".next"));
+
+    // Restart from the old identity file and `.next`.
+    let mut c0 = public_cfg(0);
+    c0.identity_persisted = true;
+    c0.next_identity = Some(new.clone());
+    net.reg_rx[0].clear();
+    net.actions[0].clear();
+    net.ds[0] = Daemon::new(net.now, c0);
+    net.settle();
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.ds[0].address(), Some(a), "same node ID");
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *new.public());
+    assert!(net.actions[0].iter().any(|o| matches!(
+        o,
+        Output::Disk(DiskWork { write: DiskWrite::IdentityCommit(id), .. }) if id == &new
+    )));
+
+    // A restart with a `.next` the registry never took (old key still
+    // current) removes the file and keeps the old key.
+    let mut net = Net::new(vec![public_cfg(0)], true);
+    let mut c0 = public_cfg(0);
+    c0.identity_persisted = true;
+    c0.next_identity = Some(ident(9));
+    net.reg_rx[0].clear();
+    net.actions[0].clear();
+    net.ds[0] = Daemon::new(net.now, c0);
+    net.settle();
+    net.advance(Duration::from_secs(5));
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *ident(0).public());
+    assert!(net.actions[0].iter().any(|o| matches!(
+        o,
+        Output::Disk(DiskWork {
+            write: DiskWrite::IdentityNextDiscard,
+            ..
+        })
+    )));
+}
