@@ -120,7 +120,14 @@ fn rotate_key_mid_transfer_keeps_the_stream_and_retires_the_old_key() {
     assert_eq!(info["public_key"], new_b64.as_str());
     assert_eq!(info["key_rotations"], 1);
     let a_id = a.node_id.to_string();
-    assert_eq!(b.ok(&["lookup", &a_id])["public_key"], new_b64.as_str());
+    let out = std::process::Command::new(pilotctl_support::PILOTCTL)
+        .args(["--json", "lookup", &a_id])
+        .env("PILOT_SOCKET", &b.socket)
+        .env("PILOT_REGISTRY", &net.registry)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("lookup envelope");
+    assert_eq!(v["data"]["public_key"], new_b64.as_str(), "{v}");
 
     // The old key can no longer rotate the node, nor register.
     let mut rc = common::Client::connect(net.registry.parse().unwrap());
