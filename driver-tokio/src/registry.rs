@@ -289,20 +289,20 @@ impl Link {
                     let _ = reply.send(Err(reason));
                 }
             }
-            Cmd::Key(node, fresh, reply) => match {
+            Cmd::Key(node, fresh, reply) => {
                 if fresh {
                     self.resolver.forget_key(node);
                 }
-                self.resolver.fetch_key(Some(&mut self.client), t, node)
-            } {
-                KeyFetch::Known(k) => {
-                    let _ = reply.send(Ok(k));
+                match self.resolver.fetch_key(Some(&mut self.client), t, node) {
+                    KeyFetch::Known(k) => {
+                        let _ = reply.send(Ok(k));
+                    }
+                    KeyFetch::Started => self.keys.entry(node).or_default().push(reply),
+                    KeyFetch::Refused => {
+                        let _ = reply.send(Err(true));
+                    }
                 }
-                KeyFetch::Started => self.keys.entry(node).or_default().push(reply),
-                KeyFetch::Refused => {
-                    let _ = reply.send(Err(true));
-                }
-            },
+            }
             Cmd::Call(call, reply) => match self.client.call(t, call) {
                 Ok(id) => {
                     self.calls.insert(id, reply);
