@@ -1372,6 +1372,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// A peer's key exchange needs its registered identity key: use the
     /// one we know or look it up (paced, `spec/daemon.md` §4).
     fn identity_needed(&mut self, now: Instant, peer: u32) {
+        // A remembered key (trust.json, an earlier look-up) that the held
+        // frame does not carry may be stale: the peer may have rotated its
+        // key (`spec/crypto.md` §2.9). Only the registry's answer counts.
+        let held = self.life.node().and_then(|n| n.held_identity(peer));
+        if let (Some(h), Some(k)) = (held, self.resolver.key(peer)) {
+            if h != k {
+                self.resolver.forget_key(peer);
+            }
+        }
         match self.resolver.fetch_key(self.registry.as_mut(), now, peer) {
             KeyFetch::Known(key) => self.install_peer_key(now, peer, key),
             KeyFetch::Started => {}

@@ -1527,3 +1527,67 @@ fn a_restart_after_an_unfinished_rotation_adopts_the_new_key() {
         })
     )));
 }
+
+/// Found while writing key rotation: a daemon that restarts with the
+/// peer's old key in `trust.json` (remembered for its key exchanges) must
+/// not drop the rotated peer's key exchange as unvouched for ever; the
+/// remembered key that the held frame does not carry is looked up afresh.
+/// Fails without the fix in `identity_needed` (the dial times out).
+#[test]
+fn a_restarted_peer_with_the_old_key_in_trust_json_accepts_the_rotated_key() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let (a, b) = (net.open(0), net.open(1));
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "a->b",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    net.handshake(
+        b,
+        HandshakeRequest::Request {
+            node_id: aa.node,
+            justification: "b->a",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    let trust = net.actions[1]
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Disk(DiskWork {
+                write: DiskWrite::Trust(t),
+                ..
+            }) if t.contains(&crate::registry::auth::encode_public_key(ident(0).public())) => {
+                Some(t.clone())
+            }
+            _ => None,
+        })
+        .expect("b saved trust.json with a's key");
+    rotate(&mut net, a).expect("rotation");
+    // b restarts (new tunnel key) from its trust.json, which still names
+    // a's old key.
+    let mut c1 = public_cfg(1);
+    c1.tunnel_key = TunnelKey::generate(&RustCrypto, &mut ChaCha8Rng::from_seed([99; 32]));
+    c1.trust = Some(crate::services::handshake::TrustFile::from_json(trust.as_bytes()).unwrap());
+    net.reg_rx[1].clear();
+    net.ds[1] = Daemon::new(net.now, c1);
+    net.cs.retain(|c| c.d != 1);
+    net.settle();
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.ds[1].address(), Some(bb));
+    // a reaches the restarted b: b verifies a's key exchange under the
+    // registry's new key, not the stale one.
+    net.send(a, &IpcMessage::Dial { addr: bb, port: 7 });
+    net.advance(Duration::from_secs(20));
+    let conn = net.one(a, |m| match m {
+        IpcMessage::DialOk { conn_id } => conn_id,
+        other => panic!("expected DialOk, got {other:?}"),
+    });
+    echo(&mut net, a, conn, b"after restart");
+    let new = net.reg.as_ref().unwrap().state().nodes[&aa.node].public_key;
+    assert_eq!(net.ds[1].node().unwrap().peer_identity(aa.node), Some(new));
+}

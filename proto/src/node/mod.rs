@@ -1036,6 +1036,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         true
     }
 
+    /// The identity key a PILA held for `peer` carries (waiting for the
+    /// registry, [`Event::IdentityNeeded`] / [`Event::IdentityStale`]).
+    pub fn held_identity(&self, peer: u32) -> Option<[u8; 32]> {
+        self.half_open.key_of(peer)
+    }
+
     /// The identity key the peer table holds for `peer` (the registry's,
     /// or one a verified key exchange proved after the registry vouched).
     pub fn peer_identity(&self, peer: u32) -> Option<[u8; 32]> {
