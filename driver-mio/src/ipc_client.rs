@@ -533,6 +533,12 @@ impl IpcClient {
         self.request_json(&IpcMessage::Deregister, self.timeout)
     }
 
+    /// Rotates the node's identity key (`RotateKey`, `spec/daemon.md`
+    /// §2.9): the registry's `rotate_key_ok` object plus `persisted`.
+    pub fn rotate_key(&self) -> Result<Value> {
+        self.request_json(&IpcMessage::RotateKey, self.timeout)
+    }
+
     /// Health probe (`Health`, current profile).
     pub fn health(&self) -> Result<Value> {
         self.request_json(&IpcMessage::Health, self.timeout)

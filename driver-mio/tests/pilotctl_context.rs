@@ -336,6 +336,7 @@ fn no_command_answers_not_supported() {
         ("man", vec!["man"]),
         ("clear-hostname", vec!["clear-hostname"]),
         ("untrust", vec!["untrust", &beta_id]),
+        ("rotate-key", vec!["rotate-key"]),
         ("deregister", vec!["deregister"]),
     ];
     let ctx = context(home.path());

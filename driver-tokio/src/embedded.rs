@@ -174,7 +174,7 @@ pub(crate) struct State {
     /// Peers added to the node (statically or after a resolve).
     known: HashSet<u32>,
     /// Peers whose key exchange waits for their identity key.
-    identity_wanted: Vec<u32>,
+    identity_wanted: Vec<(u32, bool)>,
 }
 
 fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
@@ -308,7 +308,9 @@ impl State {
                 }
                 _ => self.stats.datagrams_dropped += 1,
             },
-            Event::IdentityNeeded { peer } => self.identity_wanted.push(peer),
+            Event::IdentityNeeded { peer } => self.identity_wanted.push((peer, false)),
+            // The peer may have rotated its key: ask the registry afresh.
+            Event::IdentityStale { peer } => self.identity_wanted.push((peer, true)),
             Event::Pong { .. }
             | Event::PingTimeout { .. }
             | Event::SessionUp { .. }
@@ -665,11 +667,11 @@ async fn ensure_peer(h: &Handle, dst: Addr) -> Result<(), Error> {
 /// A peer's key exchange is held until its registered identity key is
 /// known: look it up and give it to the node, which installs the session
 /// if the held frame carries that key (`spec/crypto.md` §2.8) or drops it.
-async fn fetch_identity(shared: Arc<Shared>, peer: u32) {
+async fn fetch_identity(shared: Arc<Shared>, peer: u32, fresh: bool) {
     let Some(reg) = shared.registry.as_ref() else {
         return;
     };
-    let key = reg.key(peer).await;
+    let key = reg.key(peer, fresh).await;
     {
         let now = shared.now();
         let mut st = shared.lock();
@@ -774,8 +776,8 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket) {
             }
             deadline = st.deadline();
             if shared.registry.is_some() {
-                for peer in st.identity_wanted.drain(..) {
-                    tokio::spawn(fetch_identity(shared.clone(), peer));
+                for (peer, fresh) in st.identity_wanted.drain(..) {
+                    tokio::spawn(fetch_identity(shared.clone(), peer, fresh));
                 }
             } else {
                 st.identity_wanted.clear();

@@ -72,7 +72,9 @@ enum Cmd {
     Resolve(Addr, ResolveReply),
     /// The identity key of a stranger whose key exchange is held
     /// (`Err(true)`: refused, retry later; `Err(false)`: unknown).
-    Key(u32, KeyReply),
+    /// A node's identity key; `true`: forget the cached one first (its key
+    /// exchange carried another key).
+    Key(u32, bool, KeyReply),
     /// A call whose answer only matters as success or failure.
     Call(Call, oneshot::Sender<Result<(), String>>),
     /// Advertise this tunnel endpoint (the beacon observed a new one):
@@ -120,10 +122,10 @@ impl RegistryHandle {
 
     /// The registered identity key of `peer`: `Ok(None)` when it cannot be
     /// had, `Err` when the look-up was refused (budget) or the task is gone.
-    pub(crate) async fn key(&self, peer: u32) -> Result<Option<[u8; 32]>, Error> {
+    pub(crate) async fn key(&self, peer: u32, fresh: bool) -> Result<Option<[u8; 32]>, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Key(peer, tx))
+            .send(Cmd::Key(peer, fresh, tx))
             .await
             .map_err(|_| stopped())?;
         match tokio::time::timeout(self.resolve_timeout, rx).await {
@@ -298,16 +300,20 @@ impl Link {
                     let _ = reply.send(Err(reason));
                 }
             }
-            Cmd::Key(node, reply) => match self.resolver.fetch_key(Some(&mut self.client), t, node)
-            {
-                KeyFetch::Known(k) => {
-                    let _ = reply.send(Ok(k));
+            Cmd::Key(node, fresh, reply) => {
+                if fresh {
+                    self.resolver.forget_key(node);
                 }
-                KeyFetch::Started => self.keys.entry(node).or_default().push(reply),
-                KeyFetch::Refused => {
-                    let _ = reply.send(Err(true));
+                match self.resolver.fetch_key(Some(&mut self.client), t, node) {
+                    KeyFetch::Known(k) => {
+                        let _ = reply.send(Ok(k));
+                    }
+                    KeyFetch::Started => self.keys.entry(node).or_default().push(reply),
+                    KeyFetch::Refused => {
+                        let _ = reply.send(Err(true));
+                    }
                 }
-            },
+            }
             Cmd::ListenAddr(ep) => self.client.set_listen_addr(t, ep),
             Cmd::Call(call, reply) => match self.client.call(t, call) {
                 Ok(id) => {

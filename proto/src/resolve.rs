@@ -343,6 +343,13 @@ impl<W> Resolver<W> {
         }
     }
 
+    /// Forgets the key remembered for `node` (its key exchange carried
+    /// another one: it may have rotated its key), so the next
+    /// [`Resolver::fetch_key`] asks the registry.
+    pub fn forget_key(&mut self, node: u32) {
+        self.keys.remove(&node);
+    }
+
     /// Forgets every negative answer (trust changed, so the registry may
     /// answer differently now).
     pub fn clear_negative(&mut self) {

@@ -193,3 +193,14 @@ fn failed_trust_write_is_reported_and_not_saved() {
     assert_eq!(h0.daemon_stats().disk_failures, 0);
     assert!(h1.daemon_stats().disk_failures > 0);
 }
+
+/// Key rotation mid-transfer under loss, duplication, reordering and
+/// jitter (`daemon-rotate`): the stream completes byte-exact and the peer
+/// verifies the new key (`spec/daemon.md` §2.9, `spec/crypto.md` §2.9).
+#[test]
+fn key_rotation_mid_transfer_under_faults() {
+    run_ok(
+        &with_faults(&["--scenario", "daemon-rotate", "--bytes", "2000000"]),
+        1..4,
+    );
+}

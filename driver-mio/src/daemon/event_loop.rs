@@ -78,6 +78,9 @@ pub struct LoopParts {
     pub registry: SocketAddr,
     /// `trust.json` path.
     pub trust_path: PathBuf,
+    /// The identity file (key rotation replaces it; `<path>.next` holds a
+    /// rotation's new key until then, `spec/daemon.md` §2.9).
+    pub identity_path: PathBuf,
     /// Where the node's profile (hostname, visibility, tags) is kept.
     pub profile_path: PathBuf,
     /// `received/`.
@@ -919,6 +922,38 @@ impl EventLoop {
                         Err(e.to_string())
                     }
                 }
+            }
+            DiskWrite::IdentityNext(id) => {
+                let next = crate::daemon::files::next_identity_path(&self.parts.identity_path);
+                crate::daemon::files::save_identity(&next, &id).map_err(|e| {
+                    tracing::error!(path = %next.display(), error = %e,
+                        "saving the rotation's new key failed");
+                    e.to_string()
+                })
+            }
+            DiskWrite::IdentityCommit(id) => {
+                let path = &self.parts.identity_path;
+                let next = crate::daemon::files::next_identity_path(path);
+                let r = crate::daemon::files::save_identity(path, &id)
+                    .and_then(|()| crate::daemon::files::remove_durably(&next));
+                match r {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "identity file replaced by the rotated key");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e,
+                            "replacing the identity file failed; the new key stays in the .next file");
+                        Err(e.to_string())
+                    }
+                }
+            }
+            DiskWrite::IdentityNextDiscard => {
+                let next = crate::daemon::files::next_identity_path(&self.parts.identity_path);
+                crate::daemon::files::remove_durably(&next).map_err(|e| {
+                    tracing::warn!(path = %next.display(), error = %e, "removing the .next identity failed");
+                    e.to_string()
+                })
             }
             DiskWrite::Inbox { name, json } => {
                 match self.parts.inbox.save(&name, json.as_bytes()) {

@@ -224,6 +224,57 @@ pub fn load_or_create_identity<P: CryptoProvider, R: RngCore + CryptoRng>(
     }
 }
 
+/// Where a key rotation keeps its new key until the identity file is
+/// replaced: `<identity>.next` (`spec/daemon.md` §2.9).
+pub fn next_identity_path(identity: &Path) -> PathBuf {
+    let mut s = identity.as_os_str().to_owned();
+    s.push(".next");
+    PathBuf::from(s)
+}
+
+/// Writes `id` as an identity file at `path` atomically (mode 0600).
+pub fn save_identity(path: &Path, id: &Identity) -> io::Result<()> {
+    let mut buf = [0u8; IDENTITY_FILE_MAX];
+    let n = id
+        .encode_file(&mut buf)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    write_atomic(path, buf.get(..n).unwrap_or_default())
+}
+
+/// Removes `path` (absent is fine) and syncs its directory.
+pub fn remove_durably(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// The identity in `<identity>.next`, if one is there and valid (an
+/// unreadable one is logged and ignored: it was written atomically, so it
+/// is not a half-finished rotation).
+pub fn load_next_identity<P: CryptoProvider>(identity: &Path, provider: &P) -> Option<Identity> {
+    let next = next_identity_path(identity);
+    match read_bounded(&next, IDENTITY_FILE_MAX as u64) {
+        Ok(Some(bytes)) => match Identity::decode_file(provider, &bytes) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(path = %next.display(), error = %e, "ignoring an unreadable .next identity");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(path = %next.display(), error = %e, "ignoring an unreadable .next identity");
+            None
+        }
+    }
+}
+
 /// Loads `trust.json`; `Ok(None)` when it does not exist yet. A corrupt
 /// file is refused (starting with an empty store would silently drop
 /// every trust relation).

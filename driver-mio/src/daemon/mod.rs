@@ -111,6 +111,9 @@ pub struct Startup {
     pub settings: Settings,
     /// The node's long-term identity (loaded or created).
     pub identity: Identity,
+    /// `<identity>.next`: a key rotation's new key that did not reach the
+    /// identity file (`spec/daemon.md` §2.9).
+    pub next_identity: Option<Identity>,
     /// `trust.json` as loaded (`None`: first start).
     pub trust: Option<TrustFile>,
     /// The registry address in use.
@@ -147,6 +150,12 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
     let (identity, created) =
         files::load_or_create_identity(&settings.identity, &RustCrypto, &mut rng)?;
     tracing::info!(path = %settings.identity.display(), created, "identity ready");
+    let next_identity = files::load_next_identity(&settings.identity, &RustCrypto);
+    if next_identity.is_some() {
+        tracing::warn!(path = %settings.identity.display(),
+            "a key rotation did not finish: its new key is adopted if the registry retired the current one");
+    }
+    let identity_path = settings.identity.clone();
     let trust_path = dir.join("trust.json");
     let trust = files::load_trust(&trust_path)?;
     // What `set-hostname`, `set-public`/`set-private` and `set-tags` last
@@ -198,6 +207,7 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
     let startup = Startup {
         settings,
         identity,
+        next_identity,
         trust,
         registry,
         endpoint,
@@ -224,6 +234,7 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
         ipc,
         registry,
         trust_path,
+        identity_path,
         profile_path,
         received,
         inbox,
@@ -267,6 +278,7 @@ pub fn build(mut s: Startup) -> RealDaemon {
     };
     cfg.trust = s.trust;
     cfg.identity_persisted = true;
+    cfg.next_identity = s.next_identity;
     cfg.unix_ms_at_epoch = s.unix_ms_at_epoch;
     // Local time, as spec/services.md §5.4 asks (trust.json, inbox names).
     cfg.utc_offset_secs = jiff::Zoned::now().offset().seconds();

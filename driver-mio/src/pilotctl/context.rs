@@ -42,6 +42,10 @@ pub const RETURNS: &[(&str, &str)] = &[
     ("clear-tags", "{tags: []}"),
     ("deregister", "{type: \"deregister_ok\"}"),
     (
+        "rotate-key",
+        "{address, node_id, persisted, public_key, type: \"rotate_key_ok\"[, warning]}",
+    ),
+    (
         "ping",
         "{results[{bytes, rtt_ms, seq} | {error, seq}], target, timeout}",
     ),

@@ -93,6 +93,9 @@ enum Cmd {
     ClearTags,
     /// Remove this node from the registry (the daemon keeps running)
     Deregister,
+    /// Replace this node's identity key with a new one, signed by the old
+    /// (same node ID, address, trust and open streams)
+    RotateKey,
     /// Round trips through the peer's echo service (port 7)
     Ping {
         /// Address, node id or hostname
@@ -950,6 +953,23 @@ fn run_command(
         Cmd::Deregister => {
             let c = connect(socket)?;
             data(c.deregister().map_err(|e| CliError::ipc(e, "internal"))?)
+        }
+        Cmd::RotateKey => {
+            let c = connect(socket)?;
+            let v = c.rotate_key().map_err(ops::rotate_key_error)?;
+            let mut text = format!(
+                "identity key rotated\n  node:        {}\n  address:     {}\n  public key:  {}",
+                v["node_id"],
+                v["address"].as_str().unwrap_or_default(),
+                v["public_key"].as_str().unwrap_or_default()
+            );
+            if let Some(w) = v["warning"].as_str() {
+                text.push_str(&format!("\n  warning:     {w}"));
+            }
+            Ok(Output::Data {
+                data: v,
+                text: Some(text),
+            })
         }
         Cmd::Ping {
             target,

@@ -742,3 +742,30 @@ pub fn listen(
     }
     Ok(json!({"messages": messages, "timeout": timed_out}))
 }
+
+/// The error of `rotate-key`, with a code and a hint that say what to do.
+pub fn rotate_key_error(e: IpcClientError) -> CliError {
+    match e {
+        IpcClientError::Daemon(m) if m.contains("not registered") => {
+            CliError::new("registry_unreachable", m)
+                .hint("wait until `pilotctl info` shows a node_id, then retry")
+        }
+        IpcClientError::Daemon(m) if m.contains("in progress") => {
+            CliError::new("already_exists", m).hint("wait for the running rotation to finish")
+        }
+        IpcClientError::Daemon(m) if m.contains("too soon") || m.contains("rotated its key") => {
+            CliError::new("refused", m).hint("the registry allows one rotation per node every 10 s; retry later")
+        }
+        IpcClientError::Daemon(m)
+            if m.contains("request failed") || m.contains("answer lost") || m.contains("registry: registry") =>
+        {
+            CliError::new("registry_unreachable", m).hint(
+                "the outcome is unknown; the daemon keeps the new key and adopts it if the registry took it. Check with `pilotctl info`",
+            )
+        }
+        IpcClientError::Daemon(m) if m.contains("could not save") => CliError::new("internal", m)
+            .hint("the daemon could not write beside its identity file; free space or fix permissions, then retry"),
+        IpcClientError::Daemon(m) => CliError::new("refused", m),
+        other => CliError::ipc(other, "internal"),
+    }
+}

@@ -421,6 +421,9 @@ mod tests {
             polo_score: 0,
             task_exec: false,
             version: String::new(),
+            key_rotated_ns: 0,
+            key_rot_count: 0,
+            prev_key: None,
         }))
     }
 

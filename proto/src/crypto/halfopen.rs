@@ -94,6 +94,13 @@ impl HalfOpen {
         self.entries.contains_key(&sender)
     }
 
+    /// The identity key the frame held for `sender` carries.
+    pub fn key_of(&self, sender: u32) -> Option<[u8; 32]> {
+        self.entries
+            .get(&sender)
+            .and_then(|h| h.kx.auth.map(|a| a.ed25519))
+    }
+
     fn remove_entry(&mut self, sender: u32) -> Option<Held> {
         let h = self.entries.remove(&sender)?;
         let ip = h.from.ip();

@@ -423,6 +423,40 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
         }
     }
 
+    /// Signs our key exchange with a new identity from now on (a key
+    /// rotation, `spec/crypto.md` §2.9); the tunnel key and every session
+    /// stay as they are. Without an identity before, nothing changes.
+    pub fn set_identity(&mut self, identity: &Identity) {
+        if !self.has_identity {
+            return;
+        }
+        let mut f = vec![0u8; PILA_LEN];
+        if kx::build_pila(
+            &self.provider,
+            self.cfg.local_node,
+            &self.tunnel,
+            identity,
+            &mut f,
+        )
+        .is_ok()
+        {
+            self.kx_frame = f;
+        }
+    }
+
+    /// Queues our key exchange once to every peer we hold a session with,
+    /// without marking them pending: it tells them our new identity key
+    /// and changes no session (`spec/crypto.md` §2.9). Returns how many
+    /// were queued (bounded by the transmit queue).
+    pub fn announce(&mut self) -> usize {
+        let peers: Vec<u32> = self.sessions.keys().copied().collect();
+        let before = self.tx.len();
+        for peer in peers {
+            self.push_tx(Tx::KeyExchange { peer });
+        }
+        self.tx.len() - before
+    }
+
     /// The crypto provider (for checks the owner runs before the table).
     pub fn provider(&self) -> &P {
         &self.provider

@@ -70,6 +70,8 @@ pub(crate) enum Purpose {
     OwnNetworks,
     /// The deregistration of a shutdown.
     ShutdownDeregister,
+    /// The daemon's key rotation (`super::rotate`).
+    Rotate,
 }
 
 impl Purpose {
@@ -129,6 +131,12 @@ impl Calls {
             }
             Err(error) => Err(Refused { error, purpose }),
         }
+    }
+
+    /// Records a call the registry client already accepted (a rotation,
+    /// started through [`RegistryClient::rotate_key`]).
+    pub fn record(&mut self, id: CallId, purpose: Purpose) {
+        self.map.insert(id, purpose);
     }
 
     /// The answer of `id` arrived: what it was for (`None`: not ours, or

@@ -166,6 +166,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "encrypt": self.encrypt,
             "identity": self.identity_persisted,
             "public_key": B64.encode(self.identity.public()),
+            "key_rotations": self.keys.rotations,
             "owner": self.owner,
             "bytes_sent": self.stats.bytes_sent,
             "bytes_recv": self.stats.bytes_recv,

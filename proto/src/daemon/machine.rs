@@ -62,6 +62,12 @@ impl MemDisk {
             DiskWrite::Task(TaskEffect::Create { dir, name, bytes }) => {
                 (format!("tasks/{}/{name}", dir.name()), bytes.clone())
             }
+            DiskWrite::IdentityNext(id) => (
+                "identity.json.next".to_owned(),
+                id.public().to_vec(),
+            ),
+            DiskWrite::IdentityCommit(id) => ("identity.json".to_owned(), id.public().to_vec()),
+            DiskWrite::IdentityNextDiscard => ("identity.json.next".to_owned(), Vec::new()),
             DiskWrite::Task(TaskEffect::UpdateSubmitted { task_id, patch, .. }) => (
                 format!("tasks/submitted/{task_id}.update"),
                 patch.to_string().into_bytes(),
@@ -76,7 +82,20 @@ impl MemDisk {
             return Err(e.clone());
         }
         let (path, data) = Self::file_of(w);
-        self.files.insert(path.clone(), data);
+        match w {
+            // The commit replaces the identity and drops `.next`; the
+            // discard only drops `.next`.
+            DiskWrite::IdentityNextDiscard => {
+                self.files.remove(&path);
+            }
+            DiskWrite::IdentityCommit(_) => {
+                self.files.remove("identity.json.next");
+                self.files.insert(path.clone(), data);
+            }
+            _ => {
+                self.files.insert(path.clone(), data);
+            }
+        }
         Ok(path)
     }
 }

@@ -33,6 +33,7 @@ pub mod machine;
 mod network;
 mod output;
 pub mod paths;
+mod rotate;
 mod tasks;
 mod trust;
 mod webhook;
@@ -186,6 +187,10 @@ pub struct DaemonConfig<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng>
     /// NAT keepalive interval (`None`: off), default
     /// [`paths::KEEPALIVE`].
     pub keepalive: Option<Duration>,
+    /// The identity in `<identity file>.next` (a key rotation that did not
+    /// finish, `spec/daemon.md` §2.9): adopted if the registry answers
+    /// that the identity's key was retired, else the file is removed.
+    pub next_identity: Option<Identity>,
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R> {
@@ -222,6 +227,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> DaemonConfig<P, R>
             beacon_observer: None,
             endpoint_override: None,
             keepalive: Some(paths::KEEPALIVE),
+            next_identity: None,
         }
     }
 }
@@ -356,6 +362,9 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     registered_once: bool,
     /// Outstanding registry calls and what each is for.
     calls: Calls,
+    /// Key rotation in progress and a new key not yet known to be the
+    /// registry's (`rotate`).
+    keys: rotate::KeyState,
 
     host: ServiceHost,
     trust_waiters: Vec<TrustWaiter>,
@@ -454,7 +463,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 unix_ms_at_epoch: Some(cfg.unix_ms_at_epoch),
                 ..ClientConfig::default()
             };
-            RegistryClient::new(rcfg, RegistryIdentity::from_seed(cfg.identity.seed()), now)
+            let mut c =
+                RegistryClient::new(rcfg, RegistryIdentity::from_seed(cfg.identity.seed()), now);
+            c.set_fallback_identity(
+                cfg.next_identity
+                    .as_ref()
+                    .map(|n| RegistryIdentity::from_seed(n.seed())),
+            );
+            c
         });
         let mut d = Daemon {
             profile: cfg.profile,
@@ -485,6 +501,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             reg_live: false,
             registered_once: false,
             calls: Calls::default(),
+            keys: rotate::KeyState {
+                next_on_disk: cfg.next_identity,
+                ..Default::default()
+            },
             host: ServiceHost::new(HostConfig {
                 echo: cfg.services.echo,
                 trust: true,
@@ -845,6 +865,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if outcome.is_err() {
             self.stats.disk_failures += 1;
         }
+        if self.rotation_disk_done(now, token, &outcome) {
+            self.drive(now);
+            return;
+        }
         if let Some(conn) = self.jobs.finished(token) {
             let wall = self.wall(now);
             if let Some(node) = self.life.node_mut() {
@@ -859,14 +883,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
 
     /// Queues disk work; `waiter` is the data-exchange connection to
     /// answer once it is done.
-    fn disk_for(&mut self, write: DiskWrite, waiter: Option<ConnId>) {
+    fn disk_for(&mut self, write: DiskWrite, waiter: Option<ConnId>) -> WorkToken {
         let work = self.jobs.request(write, waiter);
+        let token = work.token;
         self.outputs.push_back(Output::Disk(work));
+        token
     }
 
-    /// Queues disk work nobody waits for.
-    fn disk(&mut self, write: DiskWrite) {
-        self.disk_for(write, None);
+    /// Queues disk work no connection waits for; the token tells its
+    /// completion apart.
+    fn disk(&mut self, write: DiskWrite) -> WorkToken {
+        self.disk_for(write, None)
     }
 
     /// Hands over the output of the next client that has some (round
@@ -1007,6 +1034,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .retain_waiters(|w| !matches!(w, Waiter::Dial { client: c, .. } if *c == client));
         self.trust_waiters.retain(|w| w.client != client);
         self.calls.forget_client(client);
+        self.rotation_forget_client(client);
         self.drive(now);
     }
 
@@ -1234,6 +1262,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Event::Closed(cid) => self.on_closed(now, cid, None),
             Event::Reset(cid, cause) => self.on_closed(now, cid, Some(cause)),
             Event::IdentityNeeded { peer } => self.identity_needed(now, peer),
+            Event::IdentityStale { peer } => {
+                // The peer may have rotated its key: only the registry's
+                // current answer counts (`spec/crypto.md` §2.9).
+                self.resolver.forget_key(peer);
+                self.identity_needed(now, peer);
+            }
             Event::ResolveNeeded { peer } => {
                 // The endpoint may be stale (peer restarted elsewhere):
                 // look it up again; a resolution in progress covers it.
@@ -1262,6 +1296,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     /// A peer's key exchange needs its registered identity key: use the
     /// one we know or look it up (paced, `spec/daemon.md` §4).
     fn identity_needed(&mut self, now: Instant, peer: u32) {
+        // A remembered key (trust.json, an earlier look-up) that the held
+        // frame does not carry may be stale: the peer may have rotated its
+        // key (`spec/crypto.md` §2.9). Only the registry's answer counts.
+        let held = self.life.node().and_then(|n| n.held_identity(peer));
+        if let (Some(h), Some(k)) = (held, self.resolver.key(peer)) {
+            if h != k {
+                self.resolver.forget_key(peer);
+            }
+        }
         match self.resolver.fetch_key(self.registry.as_mut(), now, peer) {
             KeyFetch::Known(key) => self.install_peer_key(now, peer, key),
             KeyFetch::Started => {}
@@ -1737,6 +1780,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             IpcMessage::SetWebhook(url) => self.ipc_set_webhook(client, url),
             IpcMessage::Cancel(_) => {}
             IpcMessage::PreferDirect { node_id } => self.ipc_prefer_direct(now, client, node_id),
+            IpcMessage::RotateKey => self.ipc_rotate_key(now, client),
             other => {
                 let name = other.command().name();
                 self.push_error(client, &format!("{name}: not supported by this daemon"));
@@ -2122,7 +2166,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
             ClientEvent::Registered {
                 node_id, address, ..
-            } => self.on_registered(now, node_id, address),
+            } => {
+                self.rotation_on_registered();
+                self.on_registered(now, node_id, address);
+            }
+            ClientEvent::IdentityAdopted { public_key } => {
+                self.on_identity_adopted(now, &public_key);
+            }
             ClientEvent::HandshakeInbox {
                 requests,
                 responses,
@@ -2374,6 +2424,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 }
             },
             Purpose::Fire => {}
+            Purpose::Rotate => self.on_rotate_answer(now, result),
             Purpose::ShutdownDeregister => self.life.deregistered(),
         }
     }

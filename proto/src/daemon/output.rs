@@ -97,6 +97,15 @@ pub enum DiskWrite {
     /// A task file under `<dir>/tasks/` (`spec/services.md` §12.3);
     /// nothing waits for the outcome.
     Task(crate::services::tasks::TaskEffect),
+    /// Key rotation, step 1 (`spec/daemon.md` §2.9): save this new
+    /// identity as `<identity file>.next` (write a temporary file, sync,
+    /// rename, sync the directory) before the registry is asked.
+    IdentityNext(crate::crypto::identity::Identity),
+    /// Key rotation, last step: replace the identity file with this
+    /// identity the same atomic way, then remove `<identity file>.next`.
+    IdentityCommit(crate::crypto::identity::Identity),
+    /// The registry refused the rotation: remove `<identity file>.next`.
+    IdentityNextDiscard,
 }
 
 /// Something the daemon reports (logs, readiness, exit).

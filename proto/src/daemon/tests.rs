@@ -141,6 +141,14 @@ impl Net {
         self.ms[tc.d].socket(tc.id).expect("an open client")
     }
 
+    /// Restarts daemon `d` from `cfg`: a new machine (fresh disk, no
+    /// clients), its registry stream reset.
+    fn restart(&mut self, d: usize, cfg: Cfg) {
+        self.ms[d] = Machine::new(Daemon::new(self.now, cfg));
+        self.reg_rx[d].clear();
+        self.log_seen[d] = 0;
+    }
+
     fn settle(&mut self) {
         for _ in 0..100_000 {
             let mut moved = false;
@@ -1360,4 +1368,284 @@ fn revoking_trust_tears_the_tunnel_and_connections_down_at_once() {
         tb["trusted"].as_array().is_none_or(|l| l.is_empty()),
         "{tb}"
     );
+}
+
+/// The new identity a rotation of daemon `d` saved (its `.next` write).
+fn rotated_identity(net: &Net, d: usize) -> Identity {
+    net.ms[d].log
+        .iter()
+        .find_map(|o| match o {
+            Output::Disk(DiskWork {
+                write: DiskWrite::IdentityNext(id),
+                ..
+            }) => Some(id.clone()),
+            _ => None,
+        })
+        .expect("the rotation saved its new key first")
+}
+
+fn rotate(net: &mut Net, c: usize) -> Result<serde_json::Value, String> {
+    net.send(c, &IpcMessage::RotateKey);
+    net.advance(Duration::from_millis(200));
+    net.one(c, |m| match m {
+        IpcMessage::RotateKeyOk(j) => Ok(serde_json::from_str(j).unwrap()),
+        IpcMessage::Error { message, .. } => Err(message.to_owned()),
+        other => panic!("expected RotateKeyOk, got {other:?}"),
+    })
+}
+
+fn echo(net: &mut Net, c: usize, conn: u32, data: &[u8]) {
+    net.send(
+        c,
+        &IpcMessage::Send {
+            conn_id: conn,
+            data,
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    let got = net.one(c, |m| match m {
+        IpcMessage::Recv { conn_id, data } => (conn_id, data.to_vec()),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(got, (conn, data.to_vec()));
+}
+
+/// Key rotation end to end (`spec/daemon.md` §2.9): the new key is saved
+/// before the registry is asked, the identity file replaced after; the
+/// open stream goes on; the peer, whose cached key no longer verifies our
+/// key exchange, takes the new key from the registry; heartbeats are
+/// signed with the new key; trust is by node ID and stays.
+#[test]
+fn a_key_rotation_keeps_the_stream_and_the_peer_learns_the_new_key() {
+    let mut cfgs = vec![public_cfg(0), public_cfg(1)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let (a, b) = (net.addr(0), net.addr(1));
+    let conn = net.dial(c, b, 7);
+    echo(&mut net, c, conn, b"before");
+    let old = *ident(0).public();
+    assert_eq!(net.ms[1].daemon.node().unwrap().peer_identity(a.node), Some(old));
+
+    let reply = rotate(&mut net, c).expect("rotation accepted");
+    assert_eq!(reply["type"], "rotate_key_ok");
+    assert_eq!(reply["node_id"], a.node);
+    assert_eq!(reply["persisted"], true);
+    let new = rotated_identity(&net, 0);
+    let new_b64 = crate::registry::auth::encode_public_key(new.public());
+    assert_eq!(reply["public_key"], new_b64.as_str());
+    assert_ne!(new.public(), &old);
+    // Disk order: `.next` first, then the identity file.
+    let writes: Vec<&str> = net.ms[0].log
+        .iter()
+        .filter_map(|o| match o {
+            Output::Disk(DiskWork { write, .. }) => match write {
+                DiskWrite::IdentityNext(_) => Some("next"),
+                DiskWrite::IdentityCommit(_) => Some("commit"),
+                DiskWrite::IdentityNextDiscard => Some("discard"),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, ["next", "commit"]);
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *new.public());
+    assert_eq!(reg.retired_keys.get(&old), Some(&a.node));
+    // The peer verified our announced key exchange under the registry's
+    // new key; the session (and the stream) stayed.
+    assert_eq!(
+        net.ms[1].daemon.node().unwrap().peer_identity(a.node),
+        Some(*new.public())
+    );
+    assert_eq!(net.ms[1].daemon.node().unwrap().stats().identity_refetches, 1);
+    echo(&mut net, c, conn, b"after");
+    // Heartbeats (signed with the new key) keep the node registered.
+    net.advance(Duration::from_secs(90));
+    assert!(
+        net.reg
+            .as_ref()
+            .unwrap()
+            .state()
+            .nodes
+            .contains_key(&a.node)
+    );
+    let info = net.info(c);
+    assert_eq!(info["public_key"], new_b64.as_str());
+    assert_eq!(info["key_rotations"], 1);
+    echo(&mut net, c, conn, b"later");
+    // A second rotation later works the same way ...
+    let second = rotate(&mut net, c).expect("second rotation");
+    assert_ne!(second["public_key"], new_b64.as_str());
+    assert_eq!(
+        net.reg.as_ref().unwrap().state().nodes[&a.node].key_rot_count,
+        2
+    );
+    echo(&mut net, c, conn, b"second");
+    // ... but a third at once is refused by the registry's cool-down, and
+    // the `.next` it saved is removed again.
+    let e = rotate(&mut net, c).unwrap_err();
+    assert!(e.contains("rotated its key"), "{e}");
+    assert!(matches!(
+        net.ms[0].log.last(),
+        Some(Output::Disk(DiskWork {
+            write: DiskWrite::IdentityNextDiscard,
+            ..
+        }))
+    ));
+}
+
+/// A failed `.next` write ends the rotation before the registry hears of
+/// it: nothing changes.
+#[test]
+fn a_rotation_whose_new_key_cannot_be_saved_changes_nothing() {
+    let mut cfgs = vec![public_cfg(0)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let a = net.addr(0);
+    net.ms[0].disk.fail = Some("No space left on device".into());
+    let e = rotate(&mut net, c).unwrap_err();
+    assert!(e.contains("could not save the new key"), "{e}");
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *ident(0).public());
+    assert!(reg.retired_keys.is_empty());
+    net.ms[0].disk.fail = None;
+    assert_eq!(net.info(c)["key_rotations"], 0);
+}
+
+/// The identity file could not be replaced after the registry accepted:
+/// the daemon says so, keeps working with the new key, and a restart with
+/// the old identity file plus `.next` adopts the new key (the registry
+/// refuses the old one as retired) instead of losing the node.
+#[test]
+fn a_restart_after_an_unfinished_rotation_adopts_the_new_key() {
+    let mut cfgs = vec![public_cfg(0)];
+    cfgs[0].identity_persisted = true;
+    let mut net = Net::new(cfgs, true);
+    let c = net.open(0);
+    let a = net.addr(0);
+    net.ms[0].hold_disk = true;
+    net.send(c, &IpcMessage::RotateKey);
+    net.advance(Duration::from_millis(100));
+    // `.next` written; then the identity file write fails.
+    let next = net.ms[0].held.remove(0);
+    let new = match &next.write {
+        DiskWrite::IdentityNext(id) => id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let now = net.now;
+    net.ms[0].daemon.disk_done(now, next.token, Ok(()));
+    net.settle();
+    let commit = net.ms[0].held.remove(0);
+    assert!(matches!(commit.write, DiskWrite::IdentityCommit(_)));
+    net.ms[0].daemon.disk_done(now, commit.token, Err("read-only file system".into()));
+    net.ms[0].hold_disk = false;
+    net.settle();
+    let reply = net.one(c, |m| match m {
+        IpcMessage::RotateKeyOk(j) => serde_json::from_str::<serde_json::Value>(j).unwrap(),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(reply["persisted"], false);
+    assert!(reply["warning"].as_str().unwrap().contains(".next"));
+
+    // Restart from the old identity file and `.next`.
+    let mut c0 = public_cfg(0);
+    c0.identity_persisted = true;
+    c0.next_identity = Some(new.clone());
+    net.reg_rx[0].clear();
+    net.restart(0, c0);
+    net.settle();
+    net.advance(Duration::from_secs(5));
+    assert_eq!(net.ms[0].daemon.address(), Some(a), "same node ID");
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *new.public());
+    assert!(net.ms[0].log.iter().any(|o| matches!(
+        o,
+        Output::Disk(DiskWork { write: DiskWrite::IdentityCommit(id), .. }) if id == &new
+    )));
+
+    // A restart with a `.next` the registry never took (old key still
+    // current) removes the file and keeps the old key.
+    let mut net = Net::new(vec![public_cfg(0)], true);
+    let mut c0 = public_cfg(0);
+    c0.identity_persisted = true;
+    c0.next_identity = Some(ident(9));
+    net.reg_rx[0].clear();
+    net.restart(0, c0);
+    net.settle();
+    net.advance(Duration::from_secs(5));
+    let reg = net.reg.as_ref().unwrap().state();
+    assert_eq!(reg.nodes[&a.node].public_key, *ident(0).public());
+    assert!(net.ms[0].log.iter().any(|o| matches!(
+        o,
+        Output::Disk(DiskWork {
+            write: DiskWrite::IdentityNextDiscard,
+            ..
+        })
+    )));
+}
+
+/// Found while writing key rotation: a daemon that restarts with the
+/// peer's old key in `trust.json` (remembered for its key exchanges) must
+/// not drop the rotated peer's key exchange as unvouched for ever; the
+/// remembered key that the held frame does not carry is looked up afresh.
+/// Fails without the fix in `identity_needed` (the dial times out).
+#[test]
+fn a_restarted_peer_with_the_old_key_in_trust_json_accepts_the_rotated_key() {
+    let mut net = Net::new(vec![public_cfg(0), public_cfg(1)], true);
+    let (a, b) = (net.open(0), net.open(1));
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    net.handshake(
+        a,
+        HandshakeRequest::Request {
+            node_id: bb.node,
+            justification: "a->b",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    net.handshake(
+        b,
+        HandshakeRequest::Request {
+            node_id: aa.node,
+            justification: "b->a",
+        },
+    );
+    net.advance(Duration::from_secs(1));
+    let trust = net.ms[1].log
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Disk(DiskWork {
+                write: DiskWrite::Trust(t),
+                ..
+            }) if t.contains(&crate::registry::auth::encode_public_key(ident(0).public())) => {
+                Some(t.clone())
+            }
+            _ => None,
+        })
+        .expect("b saved trust.json with a's key");
+    rotate(&mut net, a).expect("rotation");
+    // b restarts (new tunnel key) from its trust.json, which still names
+    // a's old key.
+    let mut c1 = public_cfg(1);
+    c1.tunnel_key = TunnelKey::generate(&RustCrypto, &mut ChaCha8Rng::from_seed([99; 32]));
+    c1.trust = Some(crate::services::handshake::TrustFile::from_json(trust.as_bytes()).unwrap());
+    net.reg_rx[1].clear();
+    net.restart(1, c1);
+    net.cs.retain(|c| c.d != 1);
+    net.settle();
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.ms[1].daemon.address(), Some(bb));
+    // a reaches the restarted b: b verifies a's key exchange under the
+    // registry's new key, not the stale one.
+    net.send(a, &IpcMessage::Dial { addr: bb, port: 7 });
+    net.advance(Duration::from_secs(20));
+    let conn = net.one(a, |m| match m {
+        IpcMessage::DialOk { conn_id } => conn_id,
+        other => panic!("expected DialOk, got {other:?}"),
+    });
+    echo(&mut net, a, conn, b"after restart");
+    let new = net.reg.as_ref().unwrap().state().nodes[&aa.node].public_key;
+    assert_eq!(net.ms[1].daemon.node().unwrap().peer_identity(aa.node), Some(new));
 }

@@ -308,7 +308,24 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
+    /// A known peer's signed PILA carries another identity key than the
+    /// one we hold for it (it rotated its key, `spec/crypto.md` §2.9): the
+    /// frame is held; forget any cached key for `peer`, look it up afresh
+    /// in the registry and call [`Node::identity_resolved`]. At most once
+    /// per [`KEY_REFETCH_INTERVAL`] per peer.
+    IdentityStale {
+        /// Peer node ID.
+        peer: u32,
+    },
 }
+
+/// Keepalive sweeps after a key rotation that repeat the announcement of
+/// the new key ([`Node::set_identity`]).
+pub const ANNOUNCE_REPEATS: u8 = 3;
+
+/// Shortest time between two registry re-fetches of one known peer's
+/// identity key triggered by key exchanges carrying another key.
+pub const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Why a connection was reset (mirrors [`ResetReason`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -497,6 +514,12 @@ pub struct NodeStats {
     /// Peers whose UDP endpoint moved after an authenticated frame or key
     /// exchange from a new address.
     pub endpoint_moves: u64,
+    /// Registry re-fetches of a peer's identity key asked for because its
+    /// verified PILA carried another key ([`Event::IdentityStale`]).
+    pub identity_refetches: u64,
+    /// Key exchanges sent to announce a new identity key of ours
+    /// ([`Node::set_identity`]).
+    pub identity_announcements: u64,
     /// Diagnostics dropped because their queue was full.
     pub diagnostics_dropped: u64,
     /// Early frames opened once their sender's session was installed.
@@ -561,6 +584,9 @@ struct Peer {
     last_probe: Option<Instant>,
     /// Last authenticated frame from the peer.
     last_heard: Instant,
+    /// Last re-fetch of its identity key asked for (a PILA with another
+    /// key, [`Event::IdentityStale`]).
+    key_refetch: Option<Instant>,
 }
 
 /// Something dropped or changed in the tunnel layer, for debug logs
@@ -659,6 +685,9 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     limits: Limits,
     rng: R,
     sessions: SessionTable<P, R>,
+    /// Keepalive sweeps that still repeat our key exchange to every
+    /// session peer after a key rotation ([`Node::set_identity`]).
+    announce_left: u8,
     peers: BTreeMap<u32, Peer>,
     ports: PortTable,
     listeners: BTreeMap<u16, Listener>,
@@ -752,6 +781,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             limits: cfg.limits,
             rng,
             sessions,
+            announce_left: 0,
             peers: BTreeMap::new(),
             ports: PortTable::new(),
             listeners: BTreeMap::new(),
@@ -1000,9 +1030,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 last_sent: Instant::ZERO,
                 last_probe: None,
                 last_heard: Instant::ZERO,
+                key_refetch: None,
             },
         );
         true
+    }
+
+    /// The identity key a PILA held for `peer` carries (waiting for the
+    /// registry, [`Event::IdentityNeeded`] / [`Event::IdentityStale`]).
+    pub fn held_identity(&self, peer: u32) -> Option<[u8; 32]> {
+        self.half_open.key_of(peer)
+    }
+
+    /// The identity key the peer table holds for `peer` (the registry's,
+    /// or one a verified key exchange proved after the registry vouched).
+    pub fn peer_identity(&self, peer: u32) -> Option<[u8; 32]> {
+        self.peers.get(&peer).and_then(|p| p.identity)
     }
 
     /// The UDP endpoint the peer table holds for `peer`.
@@ -1823,9 +1866,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         match (&kx.auth, identity) {
             (Some(auth), Some(key)) => {
                 // Cheap check first: a frame carrying another key costs no
-                // signature verification.
+                // signature verification, unless the peer may have rotated
+                // its key (once per KEY_REFETCH_INTERVAL).
                 if auth.ed25519 != key {
-                    self.kx_refused(KxRejected::Auth(KxError::IdentityMismatch));
+                    self.kx_other_key(now, from, from_known, kx);
                     return;
                 }
                 if !from_known && !self.stranger_budget(now) {
@@ -1891,6 +1935,78 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 }
             }
         }
+    }
+
+    /// A known peer's PILA carries another identity key than ours for it.
+    /// If a re-fetch is allowed (paced per peer; strangers' budget for
+    /// frames from elsewhere) and the frame verifies under the key it
+    /// carries, it is held and the owner asked to look the key up afresh
+    /// ([`Event::IdentityStale`]); the registry's answer decides in
+    /// [`Node::identity_resolved`]. The session, and the streams on it,
+    /// are untouched meanwhile. Otherwise it is refused as a mismatch.
+    fn kx_other_key(&mut self, now: Instant, from: SocketAddr, from_known: bool, kx: &KeyExchange) {
+        let Some(auth) = kx.auth else {
+            return;
+        };
+        let due = self.peers.get(&kx.sender).is_some_and(|p| {
+            p.key_refetch
+                .is_none_or(|at| now.saturating_duration_since(at) >= KEY_REFETCH_INTERVAL)
+        });
+        if !due {
+            self.kx_refused(KxRejected::Auth(KxError::IdentityMismatch));
+            return;
+        }
+        if !from_known && !self.stranger_budget(now) {
+            return;
+        }
+        let ok = kx::verify_pila(
+            self.sessions.provider(),
+            kx.sender,
+            &kx.x25519,
+            &auth,
+            Some(&auth.ed25519),
+        );
+        if let Err(e) = ok {
+            self.kx_refused(KxRejected::Auth(e));
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&kx.sender) {
+            p.key_refetch = Some(now);
+        }
+        match self.half_open.insert(now, from, *kx) {
+            HeldOutcome::New | HeldOutcome::Replaced => {}
+            HeldOutcome::Evicted(n) => {
+                for _ in 0..n {
+                    self.drop_frame(AuthDrop::KxHeldEvicted);
+                }
+            }
+        }
+        self.stats.identity_refetches += 1;
+        self.push_event(Event::IdentityStale { peer: kx.sender });
+    }
+
+    /// A fresh identity drawn from the node's (driver-seeded) RNG, for a
+    /// key rotation.
+    pub fn new_identity(&mut self) -> Identity {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        Identity::from_seed(self.sessions.provider(), seed)
+    }
+
+    /// Signs our key exchanges with `identity` from now on (a key rotation,
+    /// `spec/crypto.md` §2.9) and sends the new key exchange to every peer
+    /// we hold a session with, now and at the next
+    /// [`ANNOUNCE_REPEATS`] keepalive sweeps (a lost copy is repaired; a
+    /// peer that misses them all learns the new key at its next key
+    /// exchange with us). Sessions, streams and the tunnel key are
+    /// unchanged.
+    pub fn set_identity(&mut self, now: Instant, identity: &Identity) {
+        self.sessions.set_identity(identity);
+        if self.encrypt {
+            self.stats.identity_announcements += self.sessions.announce() as u64;
+            self.announce_left = ANNOUNCE_REPEATS;
+        }
+        self.after_session(now);
     }
 
     /// The peer proved its identity from `from` (verified PILA, or a frame
@@ -2206,6 +2322,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     self.sessions.handle_timeout(now);
                 }
                 TimeoutReason::Keepalive => {
+                    if self.announce_left > 0 {
+                        self.announce_left -= 1;
+                        self.stats.identity_announcements += self.sessions.announce() as u64;
+                    }
                     self.keepalive_sweep(now);
                     self.liveness_sweep(now);
                     self.expire_half_open(now);

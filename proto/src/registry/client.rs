@@ -129,6 +129,15 @@ pub enum ClientEvent {
         /// Which request (`"resolve"`, `"heartbeat"`, ...).
         kind: &'static str,
     },
+    /// Registration with the current key was refused because a rotation
+    /// retired it; the client switched to the fallback identity given to
+    /// [`RegistryClient::set_fallback_identity`] and registers with it now
+    /// (`spec/daemon.md` §2.9: the rotation's reply was lost before the
+    /// new key reached disk).
+    IdentityAdopted {
+        /// The adopted public key (base64).
+        public_key: String,
+    },
     /// A [`Call`] finished: the registry's reply, or its error text (also
     /// `"request failed"` when the request was given up after its retry).
     CallDone {
@@ -185,6 +194,10 @@ pub enum Call {
     },
     /// A network operation (`spec/registry.md` §3.15), signed as this node.
     Net(NetCall),
+    /// `rotate_key` to this new public key (base64), signed by the current
+    /// key. Only through [`RegistryClient::rotate_key`], which also swaps
+    /// the client's key when the registry accepts.
+    RotateKey(String),
 }
 
 /// The network operations a daemon makes for its IPC clients
@@ -282,6 +295,9 @@ pub enum ClientError {
     /// Too many requests are queued.
     #[error("registry client queue full")]
     QueueFull,
+    /// A key rotation is already under way.
+    #[error("a key rotation is already in progress")]
+    RotationInProgress,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,6 +364,10 @@ pub struct RegistryClient {
     reader: super::framing::ResponseReader,
     /// The `listen_addr` of the last register request built.
     sent_listen: Option<String>,
+    /// The rotation in progress: its call and the key it installs.
+    rotation: Option<(CallId, Identity)>,
+    /// A key to adopt if the registry says the current one was retired.
+    fallback: Option<Identity>,
 }
 
 /// Bound of undelivered events.
@@ -377,6 +397,8 @@ impl RegistryClient {
             next_call: 1,
             reader: super::framing::ResponseReader::default(),
             sent_listen: None,
+            rotation: None,
+            fallback: None,
         };
         c.handle_timeout(now);
         c
@@ -404,6 +426,45 @@ impl RegistryClient {
     /// The node ID, once registered.
     pub fn node_id(&self) -> Option<u32> {
         self.node_id
+    }
+
+    /// The public key requests are signed with now (base64).
+    pub fn public_key_b64(&self) -> String {
+        self.identity.public_key_b64()
+    }
+
+    /// Starts a key rotation to `new` (`spec/registry.md` §3.11): a
+    /// `rotate_key` call signed by the current key. When the registry
+    /// accepts it, the client signs everything after it with `new`; the
+    /// outcome arrives as [`ClientEvent::CallDone`] like any call.
+    pub fn rotate_key(&mut self, now: Instant, new: Identity) -> Result<CallId, ClientError> {
+        if self.rotation.is_some() {
+            return Err(ClientError::RotationInProgress);
+        }
+        let id = self.call(now, Call::RotateKey(new.public_key_b64()))?;
+        self.rotation = Some((id, new));
+        Ok(id)
+    }
+
+    /// A key to switch to if registering with the current one is refused
+    /// as retired by a rotation (a restart after a rotation whose new key
+    /// did not reach the identity file, `spec/daemon.md` §2.9).
+    pub fn set_fallback_identity(&mut self, fallback: Option<Identity>) {
+        self.fallback = fallback;
+    }
+
+    /// The registry answered call `id`: a rotation it accepted swaps the
+    /// signing key now, before any later request is built.
+    fn settle_rotation(&mut self, id: CallId, result: &Result<Response, String>) {
+        if self.rotation.as_ref().is_some_and(|(c, _)| *c == id) {
+            if let Some((_, new)) = self.rotation.take() {
+                if let Ok(Response::RotateKeyOk { public_key, .. }) = result {
+                    if *public_key == new.public_key_b64() {
+                        self.identity = new;
+                    }
+                }
+            }
+        }
     }
 
     fn event(&mut self, e: ClientEvent) {
@@ -494,10 +555,9 @@ impl RegistryClient {
                 self.queue.push_front(p);
             } else if let Op::Call(id) = p.op {
                 self.calls.remove(&id);
-                self.event(ClientEvent::CallDone {
-                    id,
-                    result: Err("request failed".to_owned()),
-                });
+                let result = Err("request failed".to_owned());
+                self.settle_rotation(id, &result);
+                self.event(ClientEvent::CallDone { id, result });
             } else {
                 self.event(ClientEvent::RequestDropped { kind: p.op.kind() });
             }
@@ -707,6 +767,15 @@ impl RegistryClient {
     fn build_call(&mut self, now: Instant, id: u32, call: Call) -> Request {
         match call {
             Call::Lookup(node_id) => Request::Lookup(codec::Lookup { node_id }),
+            Call::RotateKey(new_public_key) => {
+                let (signature, sig_ts) = self.sign(now, &format!("rotate:{id}"));
+                Request::RotateKey(codec::RotateKey {
+                    node_id: id,
+                    new_public_key,
+                    signature,
+                    sig_ts,
+                })
+            }
             Call::Resolve(target) => {
                 let (signature, sig_ts) = self.sign(now, &format!("resolve:{id}:{target}"));
                 Request::Resolve(codec::Resolve {
@@ -1015,6 +1084,8 @@ impl RegistryClient {
         };
         match (p.op, resp) {
             (Op::Register, Response::RegisterOk(ok)) => {
+                // The current key is accepted: no rotation to recover.
+                self.fallback = None;
                 self.node_id = Some(ok.node_id);
                 self.reg_backoff = self.cfg.backoff_min;
                 self.hb_failures = 0;
@@ -1035,6 +1106,17 @@ impl RegistryClient {
                     // The endpoint changed while this registration was
                     // under way: register again with the new one.
                     self.reregister(now);
+                }
+            }
+            (Op::Register, _)
+                if self.fallback.is_some()
+                    && error.as_deref().is_some_and(|e| e.contains("retired")) =>
+            {
+                if let Some(next) = self.fallback.take() {
+                    let public_key = next.public_key_b64();
+                    self.identity = next;
+                    self.event(ClientEvent::IdentityAdopted { public_key });
+                    self.register_at = Some(now);
                 }
             }
             (Op::Register, _) => {
@@ -1076,6 +1158,7 @@ impl RegistryClient {
                         Response::Error { error } => Err(error),
                         r => Ok(r),
                     };
+                    self.settle_rotation(id, &result);
                     self.event(ClientEvent::CallDone { id, result });
                 }
             }

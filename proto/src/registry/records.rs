@@ -53,6 +53,8 @@ pub enum RecordKey {
     Invites(u32),
     /// A node's last accepted strong-signature timestamp.
     SigTs(u32),
+    /// A key retired by rotation → the node that held it.
+    Retired(PublicKey),
 }
 
 const K_COUNTERS: u8 = 1;
@@ -67,6 +69,7 @@ const K_RESPONSES: u8 = 9;
 const K_PENDING: u8 = 10;
 const K_INVITES: u8 = 11;
 const K_SIGTS: u8 = 12;
+const K_RETIRED: u8 = 13;
 
 fn be_u32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.try_into().ok()?))
@@ -124,6 +127,10 @@ impl RecordKey {
                 out.push(K_SIGTS);
                 out.extend_from_slice(&id.to_be_bytes());
             }
+            RecordKey::Retired(k) => {
+                out.push(K_RETIRED);
+                out.extend_from_slice(k);
+            }
         }
         out
     }
@@ -149,6 +156,7 @@ impl RecordKey {
             K_PENDING => RecordKey::Pending(be_u32(rest)?),
             K_INVITES => RecordKey::Invites(be_u32(rest)?),
             K_SIGTS => RecordKey::SigTs(be_u32(rest)?),
+            K_RETIRED => RecordKey::Retired(rest.try_into().ok()?),
             _ => return None,
         })
     }
@@ -285,6 +293,7 @@ pub fn record_value(state: &State, key: &RecordKey) -> Result<Option<Vec<u8>>, R
         RecordKey::Pending(id) => state.pending_handshakes.get(id).map(json).transpose(),
         RecordKey::Invites(id) => state.invites.get(id).map(json).transpose(),
         RecordKey::SigTs(id) => state.sig_ts.get(id).map(json).transpose(),
+        RecordKey::Retired(k) => state.retired_keys.get(k).map(json).transpose(),
     }
 }
 
@@ -300,6 +309,10 @@ fn touched(change: &Change, state: &State, keys: &mut BTreeSet<RecordKey>) {
         }
         Change::PutKey { key, .. } | Change::RemoveKey(key) => {
             keys.insert(RecordKey::Key(*key));
+        }
+        Change::RetireKey { key, .. } => {
+            keys.insert(RecordKey::Key(*key));
+            keys.insert(RecordKey::Retired(*key));
         }
         Change::PutOwner { owner, .. } => {
             keys.insert(RecordKey::Owner(owner.clone()));
@@ -401,6 +414,7 @@ fn all_keys(state: &State) -> BTreeSet<RecordKey> {
     );
     keys.extend(state.invites.keys().map(|id| RecordKey::Invites(*id)));
     keys.extend(state.sig_ts.keys().map(|id| RecordKey::SigTs(*id)));
+    keys.extend(state.retired_keys.keys().map(|k| RecordKey::Retired(*k)));
     keys
 }
 
@@ -552,6 +566,9 @@ impl Loader {
             RecordKey::SigTs(id) => {
                 s.sig_ts.insert(id, de(value).map_err(bad)?);
             }
+            RecordKey::Retired(k) => {
+                s.retired_keys.insert(k, de(value).map_err(bad)?);
+            }
         }
         self.records += 1;
         Ok(())
@@ -628,6 +645,9 @@ pub fn apply_record(
             }
             RecordKey::SigTs(id) => {
                 s.sig_ts.remove(&id);
+            }
+            RecordKey::Retired(k) => {
+                s.retired_keys.remove(&k);
             }
         }
         return Ok(None);
@@ -726,6 +746,9 @@ pub fn apply_record(
         RecordKey::SigTs(id) => {
             s.sig_ts.insert(id, de(value).map_err(bad)?);
         }
+        RecordKey::Retired(k) => {
+            s.retired_keys.insert(k, de(value).map_err(bad)?);
+        }
     }
     Ok(None)
 }
@@ -795,6 +818,7 @@ mod tests {
             RecordKey::Pending(1),
             RecordKey::Invites(1),
             RecordKey::SigTs(1),
+            RecordKey::Retired([4; 32]),
         ];
         for k in &keys {
             assert_eq!(RecordKey::decode(&k.encode()).as_ref(), Some(k));

@@ -75,6 +75,19 @@ pub struct SnapNode {
     /// Extension (also in later reference snapshots): software version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// Key rotations so far (later reference snapshots name it too).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub key_rot_count: u32,
+    /// Last key rotation, RFC 3339 (later reference snapshots too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotated: Option<String>,
+    /// Extension: the key the last rotation retired (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_key: Option<String>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One network as the reference stores it.
@@ -192,6 +205,10 @@ pub struct Snapshot {
     /// Extension: last strong-signature timestamp per node (ms).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sig_ts: BTreeMap<String, u64>,
+    /// Extension: keys retired by rotation (base64) → the node that held
+    /// them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired_keys: BTreeMap<String, u32>,
 }
 
 /// What an import dropped (input the reference would also have dropped).
@@ -240,6 +257,10 @@ impl Snapshot {
                         task_exec: n.task_exec,
                         lan_addrs: n.lan_addrs.clone(),
                         version: n.version.clone(),
+                        key_rot_count: n.key_rot_count,
+                        key_rotated: (n.key_rotated_ns != 0)
+                            .then(|| to_rfc3339(Instant::from_nanos(n.key_rotated_ns))),
+                        prev_key: n.prev_key.as_ref().map(auth::encode_public_key),
                     },
                 )
             })
@@ -332,6 +353,11 @@ impl Snapshot {
                 })
                 .collect(),
             sig_ts: s.sig_ts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            retired_keys: s
+                .retired_keys
+                .iter()
+                .map(|(k, v)| (auth::encode_public_key(k), *v))
+                .collect(),
         }
     }
 
@@ -438,6 +464,15 @@ impl Snapshot {
                     polo_score: n.polo_score,
                     task_exec: n.task_exec,
                     version: n.version.clone(),
+                    key_rot_count: n.key_rot_count,
+                    key_rotated_ns: n
+                        .key_rotated
+                        .as_deref()
+                        .map_or(0, |t| time_or_zero(t, &mut rep).as_nanos()),
+                    prev_key: n
+                        .prev_key
+                        .as_deref()
+                        .and_then(|k| auth::decode_public_key(k).ok()),
                 },
             );
             st.pub_key_idx.insert(key, id);
@@ -549,6 +584,15 @@ impl Snapshot {
                     st.sig_ts.insert(id, *v);
                 }
                 None => rep.bad_entries += 1,
+            }
+        }
+        for (k, id) in &self.retired_keys {
+            match auth::decode_public_key(k) {
+                Ok(key) => {
+                    st.pub_key_idx.remove(&key);
+                    st.retired_keys.insert(key, *id);
+                }
+                Err(_) => rep.bad_entries += 1,
             }
         }
         st.rebuild_indexes();

@@ -458,6 +458,12 @@ impl TrustStore {
         Self::new(profile, me, SigningKey::from_bytes(identity.seed()))
     }
 
+    /// Signs with a new identity from now on (a key rotation); trust
+    /// relations are by node ID and stay.
+    pub fn set_identity(&mut self, identity: &Identity) {
+        self.key = SigningKey::from_bytes(identity.seed());
+    }
+
     /// Trusted peers.
     pub fn trusted(&self) -> &BTreeMap<u32, Trusted> {
         &self.trusted

@@ -15,6 +15,8 @@
 //! - `daemon-echo`: `--nodes` public daemons (at least 2); the application
 //!   of node i dials port 7 (echo) of node i+1, writes `--bytes` in 16-KiB
 //!   `Send` frames, reads the echo back and compares SHA-256, then closes.
+//! - `daemon-rotate`: key rotation mid-transfer (see
+//!   [`DaemonRotateScenario`]).
 //! - `registry-restart`: `--nodes` public daemons (at least 2) register;
 //!   the rendezvous crashes (connections reset, store kept), stays down
 //!   2 s and restarts from its stored records alone. Every daemon must
@@ -688,4 +690,168 @@ fn restart_phase(
         ),
     );
     regs.len()
+}
+
+/// `daemon-rotate`: two public daemons; node 0's application streams
+/// `--bytes` through node 1's echo port while a second application on
+/// node 0 rotates the node's identity key once a quarter came back
+/// (`spec/daemon.md` §2.9). The stream must complete byte-exact (SHA-256),
+/// the registry must hold the new key, node 1 must have verified node 0's
+/// key exchange under the new key (its peer table holds it), a new dial
+/// must echo, and the node must still be registered (heartbeats signed
+/// with the new key).
+pub struct DaemonRotateScenario;
+
+impl Scenario for DaemonRotateScenario {
+    fn name(&self) -> &'static str {
+        "daemon-rotate"
+    }
+
+    fn about(&self) -> &'static str {
+        "key rotation mid-transfer: the stream completes byte-exact and the peer verifies the new key"
+    }
+
+    fn run(&self, cfg: &SimConfig, seed: u64) -> Outcome {
+        let mut net = Net::new(cfg, seed, 2, |_| true);
+        let mut s = Script::default();
+        if let Some((addrs, apps)) = setup(&mut net, &mut s) {
+            rotate_script(&mut net, &mut s, cfg, &addrs, &apps);
+        }
+        s.finish(net, cfg)
+    }
+}
+
+fn rotate_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr], apps: &[AppId]) {
+    let total = cfg.bytes.max(4 * SEND_CHUNK as u64);
+    let Some(ctl) = net.open_app(0) else {
+        s.check("ipc-open-ctl", false, "second application on node 0");
+        return;
+    };
+    let conn = match dial(net, 0, apps[0], addrs[1]) {
+        Ok(c) => c,
+        Err(e) => {
+            s.check("dial-0-1", false, e);
+            return;
+        }
+    };
+    let old = net
+        .rendezvous()
+        .and_then(|r| r.registry())
+        .and_then(|r| r.state().nodes.get(&addrs[0].node).map(|n| n.public_key));
+    let mut h = Sha256::new();
+    let mut k = 0u64;
+    while k < total {
+        let len = (SEND_CHUNK as u64).min(total - k);
+        let data: Vec<u8> = (k..k + len).map(|x| byte(0, x)).collect();
+        h.update(&data);
+        net.send(
+            0,
+            apps[0],
+            &IpcMessage::Send {
+                conn_id: conn,
+                data: &data,
+            },
+        );
+        k += len;
+    }
+    let sent = h.finalize();
+    let mut got = 0u64;
+    let mut back = Sha256::new();
+    let mut asked_at = None;
+    let mut reply: Option<Vec<u8>> = None;
+    net.run_until(ECHO_MAX_RUN, Duration::from_millis(20), |net| {
+        while let Some(b) = net.take_where(
+            0,
+            apps[0],
+            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
+        ) {
+            if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
+                got += data.len() as u64;
+                back.update(data);
+            }
+        }
+        if asked_at.is_none() && got >= total / 4 {
+            asked_at = Some(got);
+            net.send(0, ctl, &IpcMessage::RotateKey);
+        }
+        if reply.is_none() {
+            reply = net.take_where(0, ctl, |m| {
+                matches!(m, IpcMessage::RotateKeyOk(_) | IpcMessage::Error { .. })
+            });
+        }
+        got >= total && reply.is_some()
+    });
+    let back = back.finalize();
+    s.check(
+        "stream-intact",
+        got == total && back == sent,
+        format!(
+            "{got} of {total} bytes back, sha256 {}; rotation asked after {asked_at:?} bytes",
+            if back == sent { "equal" } else { "differs" }
+        ),
+    );
+    let new_key = match reply.as_deref().and_then(decode) {
+        Some(IpcMessage::RotateKeyOk(j)) => serde_json::from_str::<Value>(j)
+            .ok()
+            .and_then(|v| v["public_key"].as_str().map(str::to_owned))
+            .and_then(|k| pilot_proto::registry::auth::decode_public_key(&k).ok()),
+        _ => None,
+    };
+    if !s.check("rotate-ok", new_key.is_some(), describe(reply.as_ref())) {
+        return;
+    }
+    let new_key = new_key.unwrap_or_default();
+    let registry = net
+        .rendezvous()
+        .and_then(|r| r.registry())
+        .and_then(|r| r.state().nodes.get(&addrs[0].node).map(|n| n.public_key));
+    s.check(
+        "registry-has-new-key",
+        registry == Some(new_key) && old != Some(new_key),
+        format!("registry key changed: {}", registry == Some(new_key)),
+    );
+    // The peer takes the new key from the registry after our announced
+    // key exchange (repeated at keepalive sweeps, so loss is repaired).
+    let learned = net.run_until(Duration::from_secs(30), Duration::from_millis(100), |net| {
+        net.host(1)
+            .and_then(|h| h.daemon().node())
+            .and_then(|n| n.peer_identity(addrs[0].node))
+            == Some(new_key)
+    });
+    let refetches = net
+        .host(1)
+        .and_then(|h| h.daemon().node())
+        .map_or(0, |n| n.stats().identity_refetches);
+    s.check(
+        "peer-verified-new-key",
+        learned && refetches >= 1,
+        format!("node 1 holds the new key: {learned}; registry re-fetches {refetches}"),
+    );
+    let again = echo_once(net, 0, apps[0], addrs[1], b"after rotation");
+    s.check("new-dial-echoes", again.is_ok(), format!("{again:?}"));
+    // Heartbeats are signed with the new key: still registered a while on.
+    net.run_for(Duration::from_secs(65));
+    let live = net
+        .rendezvous()
+        .and_then(|r| r.registry())
+        .is_some_and(|r| r.state().nodes.contains_key(&addrs[0].node));
+    s.check(
+        "still-registered",
+        live,
+        "node 0 is live at the registry 65 s later",
+    );
+    let r = net.call(
+        0,
+        apps[0],
+        &IpcMessage::Close { conn_id: conn },
+        CALL_TIMEOUT,
+    );
+    s.check(
+        "close",
+        matches!(
+            r.as_deref().and_then(decode),
+            Some(IpcMessage::CloseOk { .. })
+        ),
+        describe(r.as_ref()),
+    );
 }

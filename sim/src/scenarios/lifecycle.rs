@@ -236,7 +236,7 @@ fn on_event(sim: &mut Sim<Pilot>, st: &mut St, id: NodeId, ev: Event) -> Result<
                 st.echo_ended.push((id, cause));
             }
         }
-        Event::IdentityNeeded { peer } => {
+        Event::IdentityNeeded { peer } | Event::IdentityStale { peer } => {
             // The registry look-up of the daemon.
             let j = (peer as usize).wrapping_sub(1);
             if j < 2 && j != me {

@@ -30,6 +30,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(lifecycle::LifecycleScenario));
     r.register(Box::new(daemon::DaemonTrustScenario));
     r.register(Box::new(daemon::DaemonEchoScenario));
+    r.register(Box::new(daemon::DaemonRotateScenario));
     r.register(Box::new(daemon::RegistryRestartScenario));
     r.register(Box::new(nat::NatMatrixScenario));
     r.register(Box::new(nat::NatRebindScenario));

@@ -69,6 +69,7 @@ fn loop_drives_a_real_daemon_through_its_outputs() {
         ipc,
         registry: rv.registry,
         trust_path: dir.path().join("trust.json"),
+        identity_path: dir.path().join("identity.json"),
         profile_path: dir.path().join("profile.json"),
         received: SaveDir::open(dir.path().join("received"), 1 << 20).unwrap(),
         inbox: SaveDir::open(dir.path().join("inbox"), 1 << 20).unwrap(),

@@ -98,6 +98,19 @@ pub enum RegistryError {
     /// New key belongs to another node.
     #[error("invalid new_public_key: key already registered to node {0}")]
     NewKeyInUse(u32),
+    /// New key was retired by an earlier rotation (or equals the current
+    /// key).
+    #[error("invalid new_public_key: key was already used by node {0}")]
+    NewKeyUsed(u32),
+    /// A second rotation too soon after the last one.
+    #[error("rotate_key denied: node {0} rotated its key {1} s ago (wait {2} s)")]
+    RotateTooSoon(u32, u64, u64),
+    /// `register` with a key that a rotation retired.
+    #[error("register denied: public key was retired by a key rotation of node {0}")]
+    KeyRetired(u32),
+    /// Owner reclaim of a node that rotated its key.
+    #[error("register denied: node {0} rotated its key; owner reclaim needs its current key")]
+    ReclaimRotated(u32),
     /// `revoke_trust` of an absent pair.
     #[error("no trust pair between {0} and {1}")]
     NoTrustPair(u32, u32),

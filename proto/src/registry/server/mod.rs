@@ -47,6 +47,10 @@ pub const INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// At most this many entries in one `list_nodes` or `list_networks` reply
 /// (our bound, `spec/registry.md` §6).
 pub const MAX_LIST_NODES: usize = 10_000;
+/// Shortest time between two key rotations of one node (§3.11): longer
+/// than a commit takes to reach the other frontends of a shared store, so
+/// two rotations racing on two frontends cannot both pass.
+pub const ROTATE_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Index in [`REQUEST_TYPES`] of the first network-management type that
 /// only the current profile knows (`delete_network` onwards).
@@ -675,6 +679,9 @@ impl Registry {
         }
         let key =
             auth::decode_public_key(&r.public_key).map_err(RegistryError::InvalidPublicKey)?;
+        if let Some(id) = self.state.retired_keys.get(&key) {
+            return Err(RegistryError::KeyRetired(*id));
+        }
         let known = self.state.pub_key_idx.get(&key).copied();
         if self.config.rate_limits && !self.register_rl.allow(peer.ip(), now) && known.is_none() {
             return Err(RegistryError::RegisterRateLimited(peer.ip()));
@@ -715,6 +722,9 @@ impl Registry {
                 None => self.recreate(id, key, &r.owner, now)?,
             }
         } else if let Some(id) = owner_id {
+            if self.rotated_ever(id) {
+                return Err(RegistryError::ReclaimRotated(id));
+            }
             if self.state.pub_key_idx.len() >= self.config.max_identities {
                 return Err(RegistryError::RegistryFull);
             }
@@ -991,6 +1001,15 @@ impl Registry {
         Ok(Response::DeregisterOk {})
     }
 
+    /// Whether node `id` ever rotated its key (live record, or a retired
+    /// key naming it once the node is gone).
+    fn rotated_ever(&self, id: u32) -> bool {
+        match self.state.nodes.get(&id) {
+            Some(n) => n.key_rot_count > 0,
+            None => self.state.retired_keys.values().any(|v| *v == id),
+        }
+    }
+
     fn update_node(
         &mut self,
         id: u32,
@@ -1058,6 +1077,12 @@ impl Registry {
         })
     }
 
+    /// `rotate_key` (`spec/registry.md` §3.11): the current key signs
+    /// `rotate:<id>`; the old key is retired for good (it can neither
+    /// register nor sign for the node again). A retry of the rotation that
+    /// already succeeded (same new key, signed by the key it retired) is
+    /// answered `rotate_key_ok` again, so a reply lost on the way cannot
+    /// leave the node holding a key the registry no longer accepts.
     fn rotate_key(&mut self, now: UnixTime, r: codec::RotateKey) -> Res {
         if r.signature.is_empty() {
             return Err(RegistryError::RotateNeedsSignature);
@@ -1067,28 +1092,57 @@ impl Registry {
         }
         let new_key =
             auth::decode_public_key(&r.new_public_key).map_err(RegistryError::InvalidNewKey)?;
-        let old_key = self.node(r.node_id)?.public_key;
+        let node = self.node(r.node_id)?;
+        let (old_key, prev_key, rotated_ns) = (node.public_key, node.prev_key, node.key_rotated_ns);
         let challenge = format!("rotate:{}", r.node_id);
+        if old_key == new_key {
+            // A retry of the rotation that already happened: signed by
+            // the key it retired, nothing else is accepted.
+            let prev = prev_key.ok_or(RegistryError::NewKeyUsed(r.node_id))?;
+            self.check_sig(now, Some(r.node_id), &prev, &challenge, r.sig())?;
+            return Ok(Self::rotated(r.node_id, r.new_public_key));
+        }
         self.authenticate(now, r.node_id, &challenge, r.sig(), None)?;
-        if let Some(other) = self.state.pub_key_idx.get(&new_key) {
-            if *other != r.node_id {
-                return Err(RegistryError::NewKeyInUse(*other));
+        if rotated_ns != 0 {
+            let since = now.as_nanos().saturating_sub(rotated_ns) / 1_000_000_000;
+            let min = ROTATE_MIN_INTERVAL.as_secs();
+            if since < min {
+                return Err(RegistryError::RotateTooSoon(r.node_id, since, min - since));
             }
         }
-        self.commit(Change::RemoveKey(old_key));
+        if let Some(other) = self.state.pub_key_idx.get(&new_key) {
+            return Err(RegistryError::NewKeyInUse(*other));
+        }
+        if let Some(other) = self.state.retired_keys.get(&new_key) {
+            return Err(RegistryError::NewKeyUsed(*other));
+        }
+        if self.state.retired_keys.len() >= self.config.max_identities {
+            return Err(RegistryError::RegistryFull);
+        }
+        self.commit(Change::RetireKey {
+            key: old_key,
+            node_id: r.node_id,
+        });
         self.commit(Change::PutKey {
             key: new_key,
             node_id: r.node_id,
         });
         self.update_node(r.node_id, |n| {
             n.public_key = new_key;
+            n.prev_key = Some(old_key);
             n.last_seen = now;
+            n.key_rotated_ns = now.as_nanos().max(1);
+            n.key_rot_count = n.key_rot_count.saturating_add(1);
         })?;
-        Ok(Response::RotateKeyOk {
-            address: Self::backbone_addr(r.node_id),
-            node_id: r.node_id,
-            public_key: r.new_public_key,
-        })
+        Ok(Self::rotated(r.node_id, r.new_public_key))
+    }
+
+    fn rotated(node_id: u32, public_key: String) -> Response {
+        Response::RotateKeyOk {
+            address: Self::backbone_addr(node_id),
+            node_id,
+            public_key,
+        }
     }
 
     fn polo(
@@ -1933,6 +1987,9 @@ fn new_node(id: u32, key: PublicKey, owner: &str, now: UnixTime) -> NodeRecord {
         polo_score: 0,
         task_exec: false,
         version: String::new(),
+        key_rotated_ns: 0,
+        key_rot_count: 0,
+        prev_key: None,
     }
 }
 

@@ -59,6 +59,17 @@ pub struct NodeRecord {
     pub task_exec: bool,
     /// Software version the node reported.
     pub version: String,
+    /// When the key was last rotated, nanoseconds since the Unix epoch
+    /// (0 = never; `spec/registry.md` §3.11).
+    #[serde(default)]
+    pub key_rotated_ns: u64,
+    /// How many times the key was rotated.
+    #[serde(default)]
+    pub key_rot_count: u32,
+    /// The key the last rotation retired (lets a retried `rotate_key`
+    /// signed by it succeed again, §3.11).
+    #[serde(default)]
+    pub prev_key: Option<PublicKey>,
 }
 
 /// How nodes may join a network.
@@ -229,6 +240,9 @@ pub struct State {
     pub invites: BTreeMap<u32, Vec<Invite>>,
     /// Last strong-form signature timestamp accepted per node (ms).
     pub sig_ts: BTreeMap<u32, u64>,
+    /// Keys retired by `rotate_key` → the node that held them (permanent):
+    /// such a key can neither register nor become anyone's key again.
+    pub retired_keys: BTreeMap<PublicKey, u32>,
 }
 
 impl State {
@@ -259,6 +273,7 @@ impl State {
             pending_handshakes: BTreeMap::new(),
             invites: BTreeMap::new(),
             sig_ts: BTreeMap::new(),
+            retired_keys: BTreeMap::new(),
         }
     }
 
@@ -316,6 +331,10 @@ impl State {
             }
             Change::RemoveKey(key) => {
                 self.pub_key_idx.remove(key);
+            }
+            Change::RetireKey { key, node_id } => {
+                self.pub_key_idx.remove(key);
+                self.retired_keys.insert(*key, *node_id);
             }
             Change::PutOwner { owner, node_id } => {
                 self.owner_idx.insert(owner.clone(), *node_id);
@@ -472,8 +491,16 @@ pub enum Change {
         /// Node.
         node_id: u32,
     },
-    /// Forget a key (after rotation or owner reclaim).
+    /// Forget a key (after owner reclaim).
     RemoveKey(PublicKey),
+    /// A key rotated away from `node_id`: it leaves the key index and is
+    /// remembered as retired (`spec/registry.md` §3.11).
+    RetireKey {
+        /// The old key.
+        key: PublicKey,
+        /// The node that held it.
+        node_id: u32,
+    },
     /// Map an owner to a node ID.
     PutOwner {
         /// Owner string.

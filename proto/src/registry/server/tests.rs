@@ -735,6 +735,145 @@ fn rotate_key_paths() {
     h.check_replay();
 }
 
+/// Key rotation end to end in the state machine (`spec/registry.md`
+/// §3.11): every refusal a node that lost its key (or an attacker holding
+/// only the node ID, the owner string or the retired key) meets, the retry
+/// of a rotation whose reply was lost, the cool-down, and persistence.
+#[test]
+fn rotate_key_retires_the_old_key_and_refuses_hijacks() {
+    let mut h = H::current();
+    let a = h.register_with(1, "alice@x", "");
+    let rot = |signer: u8, new: u8| {
+        Request::RotateKey(RotateKey {
+            node_id: a,
+            new_public_key: ident(new).public_key_b64(),
+            signature: sig(signer, &format!("rotate:{a}")),
+            sig_ts: None,
+        })
+    };
+    let ok = |new: u8| Response::RotateKeyOk {
+        address: "0:0000.0000.0001".into(),
+        node_id: a,
+        public_key: ident(new).public_key_b64(),
+    };
+    assert_eq!(h.ok(rot(1, 2)), ok(2));
+    let n = h.reg.state().nodes[&a].clone();
+    assert_eq!((n.key_rot_count, n.key_rotated_ns), (1, h.now.as_nanos()));
+    assert_eq!(
+        h.reg.state().retired_keys.get(&ident(1).public_key()),
+        Some(&a)
+    );
+    assert!(
+        !h.reg
+            .state()
+            .pub_key_idx
+            .contains_key(&ident(1).public_key())
+    );
+
+    // (what, request, expected refusal); state must not change.
+    let rows: Vec<(&str, Request, RegistryError)> = vec![
+        (
+            "old key signs another rotation",
+            rot(1, 3),
+            RegistryError::Signature(SigError::Failed),
+        ),
+        (
+            "someone with only the node ID and an own key",
+            rot(9, 9),
+            RegistryError::Signature(SigError::Failed),
+        ),
+        (
+            "admin token does not stand in for the signature",
+            Request::RotateKey(RotateKey {
+                node_id: a,
+                new_public_key: ident(3).public_key_b64(),
+                signature: sig(9, &format!("rotate:{a}")),
+                sig_ts: None,
+            }),
+            RegistryError::Signature(SigError::Failed),
+        ),
+        (
+            "retired key heartbeats",
+            hb(a, 1),
+            RegistryError::Signature(SigError::Failed),
+        ),
+        (
+            "retired key registers",
+            Request::Register(Register {
+                listen_addr: "0.0.0.0:4000".into(),
+                public_key: ident(1).public_key_b64(),
+                ..Default::default()
+            }),
+            RegistryError::KeyRetired(a),
+        ),
+        (
+            "a new key claims the owner string",
+            Request::Register(Register {
+                listen_addr: "0.0.0.0:4000".into(),
+                public_key: ident(7).public_key_b64(),
+                owner: "alice@x".into(),
+                ..Default::default()
+            }),
+            RegistryError::ReclaimRotated(a),
+        ),
+        (
+            "new key rotates again at once",
+            rot(2, 3),
+            RegistryError::RotateTooSoon(a, 0, 10),
+        ),
+    ];
+    for (what, req, want) in rows {
+        let before = h.reg.state().clone();
+        assert_eq!(h.err(req), want, "{what}");
+        assert_eq!(h.reg.state(), &before, "{what} changed the state");
+    }
+    // The rotation's reply was lost and the node retries it, still signed
+    // by the old key: the same answer, nothing changes.
+    let before = h.reg.state().clone();
+    assert_eq!(h.ok(rot(1, 2)), ok(2));
+    assert_eq!(h.reg.state(), &before);
+    h.ok(hb(a, 2));
+    assert_eq!(h.register(2), a);
+
+    h.advance(10);
+    h.ok(hb(a, 2));
+    // A retired key never comes back, for this node or another.
+    assert_eq!(h.err(rot(2, 1)), RegistryError::NewKeyUsed(a));
+    assert_eq!(h.ok(rot(2, 3)), ok(3));
+    assert_eq!(h.reg.state().nodes[&a].key_rot_count, 2);
+    // The retry of the first rotation no longer matches anything.
+    assert_eq!(h.err(rot(1, 2)), RegistryError::Signature(SigError::Failed));
+
+    // Reaped and back: only the current key recreates the node; the
+    // retired ones and the owner string stay refused.
+    h.advance(3600);
+    assert!(!h.reg.state().nodes.contains_key(&a));
+    assert_eq!(
+        h.err(Request::Register(Register {
+            listen_addr: "0.0.0.0:4000".into(),
+            public_key: ident(2).public_key_b64(),
+            ..Default::default()
+        })),
+        RegistryError::KeyRetired(a)
+    );
+    assert_eq!(
+        h.err(Request::Register(Register {
+            listen_addr: "0.0.0.0:4000".into(),
+            public_key: ident(7).public_key_b64(),
+            owner: "alice@x".into(),
+            ..Default::default()
+        })),
+        RegistryError::ReclaimRotated(a)
+    );
+    assert_eq!(h.register(3), a);
+    h.check_replay();
+    // The snapshot export carries the retired keys and the counters.
+    let snap = crate::registry::snapshot::Snapshot::from_state(h.reg.state());
+    assert_eq!(snap.retired_keys.len(), 2);
+    let (back, _) = snap.into_state(h.now);
+    assert_eq!(back.retired_keys, h.reg.state().retired_keys);
+}
+
 #[test]
 fn trust_pairs() {
     let mut h = H::current();
