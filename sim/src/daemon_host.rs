@@ -124,6 +124,15 @@ impl MemDisk {
                 format!("tasks/submitted/{task_id}.update"),
                 patch.to_string().into_bytes(),
             ),
+            DiskWrite::Task(pilot_proto::services::tasks::TaskEffect::Expire {
+                task_id,
+                when,
+                to,
+                ..
+            }) => (
+                format!("tasks/received/{task_id}.expire"),
+                format!("{}->{}", when.as_str(), to.as_str()).into_bytes(),
+            ),
         };
         self.files.insert(path.clone(), data);
         Ok(path)
@@ -149,6 +158,8 @@ pub struct HostConfig {
     pub beacon: Option<SocketAddr>,
     /// NAT keepalive interval (`None`: off).
     pub keepalive: Option<std::time::Duration>,
+    /// Admin token the daemon passes on (network creation); empty: none.
+    pub admin_token: Vec<u8>,
 }
 
 struct App {
@@ -214,6 +225,7 @@ impl DaemonHost {
         dc.unix_ms_at_epoch = UNIX_SECS_AT_ZERO * 1000;
         dc.beacon = cfg.beacon;
         dc.keepalive = cfg.keepalive;
+        dc.admin_token.clone_from(&cfg.admin_token);
         let daemon = Daemon::new(now, dc);
         let mut h = DaemonHost {
             daemon,
