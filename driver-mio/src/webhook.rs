@@ -17,8 +17,12 @@
 //!   [`WebhookConfig::allow_private`]; the connection goes to the address
 //!   that was checked, so a second DNS answer cannot swap it.
 //!
-//! Only `http://` URLs are delivered (no TLS client is built in); an
-//! `https://` URL is refused when configured.
+//! * `https://` through rustls (tokio-rustls under hyper): the server's
+//!   certificate must chain to a root of [`WebhookConfig::roots`], which
+//!   are the system's bundle (`SSL_CERT_FILE`, else
+//!   `/etc/ssl/certs/ca-certificates.crt`) plus the PEM certificates of
+//!   `--webhook-ca FILE` ([`load_roots`]); the name checked is the URL's
+//!   host. There is no option to skip verification.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -32,12 +36,12 @@ use sha2::Sha256;
 /// Why a webhook URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
-    /// Not an absolute `http://host[:port]/path` URL.
-    #[error("webhook URL {0:?}: expected http://HOST[:PORT][/PATH]")]
+    /// Not an absolute `http(s)://host[:port]/path` URL.
+    #[error("webhook URL {0:?}: expected http://HOST[:PORT][/PATH] or https://…")]
     Syntax(String),
-    /// `https://` (no TLS client here).
-    #[error("webhook URL {0:?}: https is not supported by this daemon; use http://")]
-    Https(String),
+    /// The trusted roots could not be read (`--webhook-ca`).
+    #[error("webhook roots: {0}")]
+    Roots(String),
     /// Resolves to an address the SSRF guard refuses.
     #[error(
         "webhook target {0} is a loopback, private, link-local or otherwise internal address (allow it explicitly)"
@@ -48,12 +52,14 @@ pub enum WebhookError {
     Resolve(String),
 }
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `https://`: TLS to the host.
+    pub tls: bool,
     /// Host name or IP literal (no brackets).
     pub host: String,
-    /// Port (80 by default).
+    /// Port (80, or 443 for https, by default).
     pub port: u16,
     /// Path and query, at least `/`.
     pub path: String,
@@ -66,13 +72,13 @@ pub fn parse_url(url: &str) -> Result<Target, WebhookError> {
         return Err(syntax());
     }
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err(WebhookError::Https(url.to_owned()));
-    }
-    let rest = lower
-        .strip_prefix("http://")
-        .map(|_| &url[7..])
-        .ok_or_else(syntax)?;
+    let (tls, rest, default_port) = if lower.starts_with("https://") {
+        (true, &url[8..], 443)
+    } else if lower.starts_with("http://") {
+        (false, &url[7..], 80)
+    } else {
+        return Err(syntax());
+    };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -84,14 +90,14 @@ pub fn parse_url(url: &str) -> Result<Target, WebhookError> {
         let (h, after) = r.split_once(']').ok_or_else(syntax)?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse::<u16>().map_err(|_| syntax())?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return Err(syntax()),
         };
         (h.to_owned(), port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| syntax())?),
-            None => (authority.to_owned(), 80),
+            None => (authority.to_owned(), default_port),
         }
     };
     if host.is_empty() || port == 0 {
@@ -102,7 +108,12 @@ pub fn parse_url(url: &str) -> Result<Target, WebhookError> {
     } else {
         path.to_owned()
     };
-    Ok(Target { host, port, path })
+    Ok(Target {
+        tls,
+        host,
+        port,
+        path,
+    })
 }
 
 /// Whether the SSRF guard lets `ip` through without `allow_private`.
@@ -154,11 +165,47 @@ pub fn resolve_checked(t: &Target, allow_private: bool) -> Result<SocketAddr, We
     Ok(first)
 }
 
+/// The roots an `https://` target's certificate must chain to: the
+/// system bundle (`SSL_CERT_FILE`, else
+/// `/etc/ssl/certs/ca-certificates.crt`; absent is no error) and every
+/// certificate of the PEM file `extra` (`--webhook-ca`; unreadable or
+/// without a certificate is an error).
+pub fn load_roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore, WebhookError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    if let Ok(pem) = std::fs::read(&system) {
+        let mut reader = pem.as_slice();
+        let certs = rustls_pemfile::certs(&mut reader).flatten();
+        let (ok, bad) = roots.add_parsable_certificates(certs);
+        tracing::debug!(ok, bad, path = %system.display(), "webhook: system roots");
+    }
+    if let Some(path) = extra {
+        let err = |m: String| WebhookError::Roots(format!("{}: {m}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut n = 0;
+        let mut reader = pem.as_slice();
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| err(e.to_string()))?;
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(err("no PEM certificate in it".into()));
+        }
+    }
+    Ok(roots)
+}
+
 /// Delivery settings.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// The URL (`http://…`).
+    /// The URL (`http://…` or `https://…`).
     pub url: String,
+    /// Roots for `https://` ([`load_roots`]); empty: no https target
+    /// verifies.
+    pub roots: Arc<rustls::RootCertStore>,
     /// HMAC-SHA256 key for `X-Pilot-Signature-256`, if any.
     pub secret: Option<Vec<u8>>,
     /// Let loopback, private and link-local targets through.
@@ -183,6 +230,7 @@ impl WebhookConfig {
     pub fn new(url: &str) -> WebhookConfig {
         WebhookConfig {
             url: url.to_owned(),
+            roots: Arc::new(rustls::RootCertStore::empty()),
             secret: None,
             allow_private: false,
             queue: 1024,
@@ -285,6 +333,24 @@ fn worker(cfg: WebhookConfig, target: Target, rx: Receiver<Vec<u8>>, stats: &Web
         tracing::error!("webhook: cannot start the HTTP client runtime");
         return;
     };
+    let tls = target.tls.then(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(Arc::clone(&cfg.roots))
+                    .with_no_client_auth()
+            });
+        config.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))
+    });
+    let tls = match tls {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "webhook: cannot build the TLS client");
+            return;
+        }
+    };
     let mut consecutive = 0u32;
     let mut open_until: Option<Instant> = None;
     while let Ok(body) = rx.recv() {
@@ -300,7 +366,7 @@ fn worker(cfg: WebhookConfig, target: Target, rx: Receiver<Vec<u8>>, stats: &Web
                 std::thread::sleep(wait);
                 wait = wait.saturating_mul(2);
             }
-            match rt.block_on(post(&cfg, &target, &body, stats)) {
+            match rt.block_on(post(&cfg, &target, tls.as_ref(), &body, stats)) {
                 Attempt::Ok => {
                     delivered = true;
                     break;
@@ -324,10 +390,50 @@ fn worker(cfg: WebhookConfig, target: Target, rx: Receiver<Vec<u8>>, stats: &Web
     }
 }
 
-async fn post(cfg: &WebhookConfig, t: &Target, body: &[u8], stats: &WebhookStats) -> Attempt {
+/// Sends one request on `io` (plain TCP or TLS); the answer's status.
+async fn exchange<S>(io: S, cfg: &WebhookConfig, t: &Target, body: &[u8]) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::Full;
     use hyper::body::Bytes;
 
+    let io = hyper_util::rt::TokioIo::new(io);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+    tokio::spawn(conn);
+    let default_port = if t.tls { 443 } else { 80 };
+    let name = if t.host.contains(':') {
+        format!("[{}]", t.host)
+    } else {
+        t.host.clone()
+    };
+    let host = if t.port == default_port {
+        name
+    } else {
+        format!("{name}:{}", t.port)
+    };
+    let mut req = hyper::Request::post(t.path.as_str())
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("pilot-daemon/", env!("CARGO_PKG_VERSION")),
+        );
+    if let Some(secret) = &cfg.secret {
+        req = req.header("X-Pilot-Signature-256", signature(secret, body));
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).ok()?;
+    let resp = sender.send_request(req).await.ok()?;
+    Some(resp.status().as_u16())
+}
+
+async fn post(
+    cfg: &WebhookConfig,
+    t: &Target,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    body: &[u8],
+    stats: &WebhookStats,
+) -> Attempt {
     let addr = match resolve_checked(t, cfg.allow_private) {
         Ok(a) => a,
         Err(e) => {
@@ -338,27 +444,19 @@ async fn post(cfg: &WebhookConfig, t: &Target, body: &[u8], stats: &WebhookStats
     };
     let work = async {
         let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
-        tokio::spawn(conn);
-        let host = if t.host.contains(':') {
-            format!("[{}]:{}", t.host, t.port)
-        } else {
-            format!("{}:{}", t.host, t.port)
-        };
-        let mut req = hyper::Request::post(t.path.as_str())
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("pilot-daemon/", env!("CARGO_PKG_VERSION")),
-            );
-        if let Some(secret) = &cfg.secret {
-            req = req.header("X-Pilot-Signature-256", signature(secret, body));
+        match tls {
+            None => exchange(stream, cfg, t, body).await,
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(t.host.clone()).ok()?;
+                match connector.connect(name, stream).await {
+                    Ok(s) => exchange(s, cfg, t, body).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, host = %t.host, "webhook: TLS handshake failed");
+                        None
+                    }
+                }
+            }
         }
-        let req = req.body(Full::new(Bytes::copy_from_slice(body))).ok()?;
-        let resp = sender.send_request(req).await.ok()?;
-        Some(resp.status().as_u16())
     };
     match tokio::time::timeout(cfg.timeout, work).await {
         Ok(Some(s)) if s < 400 => Attempt::Ok,
@@ -382,6 +480,7 @@ mod tests {
         assert_eq!(
             parse_url("http://example.com/hook?x=1").unwrap(),
             Target {
+                tls: false,
                 host: "example.com".into(),
                 port: 80,
                 path: "/hook?x=1".into()
@@ -401,10 +500,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(matches!(
-            parse_url("HTTPS://x/"),
-            Err(WebhookError::Https(_))
-        ));
+        let https = parse_url("HTTPS://x/").unwrap();
+        assert!(https.tls && https.port == 443 && https.host == "x");
         for internal in [
             "127.0.0.1",
             "10.1.2.3",
@@ -583,6 +680,109 @@ mod tests {
         wait_for("delivered", || {
             w.stats().delivered.load(Ordering::Relaxed) == 1
         });
+    }
+
+    /// Reads one HTTP request's body from `r` (headers up to the blank
+    /// line, then `content-length` bytes).
+    fn read_body(r: &mut impl BufRead) -> Vec<u8> {
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        body
+    }
+
+    /// An `https://127.0.0.1` server whose self-signed certificate is
+    /// trusted only through `--webhook-ca`'s file (`load_roots`); without
+    /// it the handshake fails and nothing is posted.
+    #[test]
+    fn https_targets_verify_against_the_configured_root() {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
+        let server = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![ck.cert.der().clone()], key)
+                .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicU64::new(0));
+        let s = Arc::clone(&seen);
+        let c = Arc::clone(&conns);
+        std::thread::spawn(move || {
+            for tcp in l.incoming() {
+                let Ok(tcp) = tcp else { return };
+                c.fetch_add(1, Ordering::Relaxed);
+                let conn = rustls::ServerConnection::new(Arc::clone(&server)).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut r = BufReader::new(&mut tls);
+                // A client that refused our certificate ends here.
+                if r.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+                    continue;
+                }
+                let body = read_body(&mut r);
+                s.lock().unwrap().push(body);
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                let _ = tls.flush();
+            }
+        });
+        let url = format!("https://127.0.0.1:{port}/hook");
+
+        // Only the system roots: the certificate does not verify.
+        let mut cfg = fast(&url);
+        cfg.attempts = 1;
+        cfg.roots = Arc::new(load_roots(None).unwrap());
+        let w = Webhook::start(cfg).unwrap();
+        w.push(b"{\"n\":0}".to_vec());
+        wait_for("the untrusted post failed", || {
+            w.stats().failed.load(Ordering::Relaxed) == 1
+        });
+        assert!(seen.lock().unwrap().is_empty());
+        assert_eq!(
+            conns.load(Ordering::Relaxed),
+            1,
+            "it failed at TLS, not TCP"
+        );
+
+        // With the certificate as a configured root: delivered over TLS.
+        let mut cfg = fast(&url);
+        cfg.roots = Arc::new(load_roots(Some(&ca)).unwrap());
+        let w = Webhook::start(cfg).unwrap();
+        w.push(b"{\"n\":1}".to_vec());
+        wait_for("delivered over TLS", || {
+            w.stats().delivered.load(Ordering::Relaxed) == 1
+        });
+        assert_eq!(seen.lock().unwrap().as_slice(), [b"{\"n\":1}".to_vec()]);
+
+        // A roots file without a certificate is refused up front.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(
+            load_roots(Some(&empty)),
+            Err(WebhookError::Roots(_))
+        ));
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct HostConfig {
     pub keepalive: Option<std::time::Duration>,
     /// The beacon's observer address (mapping detection).
     pub observer: Option<SocketAddr>,
+    /// Admin token the daemon passes on (network creation); empty: none.
+    pub admin_token: Vec<u8>,
 }
 
 struct App {
@@ -162,6 +164,7 @@ impl DaemonHost {
         dc.beacon = cfg.beacon;
         dc.beacon_observer = cfg.observer;
         dc.keepalive = cfg.keepalive;
+        dc.admin_token.clone_from(&cfg.admin_token);
         let machine = Machine::new(Daemon::new(now, dc));
         let mut h = DaemonHost {
             machine,

@@ -93,6 +93,22 @@ pub fn registry_config(cfg: &SimConfig) -> RegistryConfig {
     }
 }
 
+/// The admin token of [`Net::with_admin`] networks.
+pub const SIM_ADMIN_TOKEN: &str = "sim-admin-token";
+
+/// `n` hosts on the plain network (no NAT, no beacon).
+fn plain_specs(n: usize, public: impl Fn(usize) -> bool) -> Vec<HostSpec> {
+    (0..n)
+        .map(|i| HostSpec {
+            endpoint: node_addr(i),
+            public: public(i),
+            beacon: None,
+            observer: None,
+            keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
+        })
+        .collect()
+}
+
 /// A rendezvous and `n` daemon hosts, and what they reported.
 pub struct Net {
     /// The simulation.
@@ -116,16 +132,14 @@ impl Net {
     /// Builds the network of `cfg` with `n` hosts; `public(i)` says whether
     /// host `i` is public.
     pub fn new(cfg: &SimConfig, seed: u64, n: usize, public: impl Fn(usize) -> bool) -> Net {
-        let specs: Vec<HostSpec> = (0..n)
-            .map(|i| HostSpec {
-                endpoint: node_addr(i),
-                public: public(i),
-                beacon: None,
-                observer: None,
-                keepalive: Some(pilot_proto::daemon::paths::KEEPALIVE),
-            })
-            .collect();
-        Net::build(cfg, seed, &specs, FaultChain::new())
+        Net::build(cfg, seed, &plain_specs(n, public), FaultChain::new(), None)
+    }
+
+    /// Like [`Net::new`], with [`SIM_ADMIN_TOKEN`] as the registry's admin
+    /// token and every daemon's (so daemons may create networks).
+    pub fn with_admin(cfg: &SimConfig, seed: u64, n: usize, public: impl Fn(usize) -> bool) -> Net {
+        let specs = plain_specs(n, public);
+        Net::build(cfg, seed, &specs, FaultChain::new(), Some(SIM_ADMIN_TOKEN))
     }
 
     /// Builds a network whose hosts sit behind the NAT boxes of `setup`
@@ -172,15 +186,22 @@ impl Net {
             });
         }
         chain.append(extra);
-        Net::build(cfg, seed, &specs, chain)
+        Net::build(cfg, seed, &specs, chain, None)
     }
 
-    fn build(cfg: &SimConfig, seed: u64, specs: &[HostSpec], prefix: FaultChain) -> Net {
+    fn build(
+        cfg: &SimConfig,
+        seed: u64,
+        specs: &[HostSpec],
+        prefix: FaultChain,
+        admin: Option<&str>,
+    ) -> Net {
         let seed = Seed::new(seed);
         let mut addrs: Vec<SocketAddr> = specs.iter().map(|s| s.endpoint).collect();
         addrs.push(RENDEZVOUS_ADDR);
         let mut sim = Sim::new(seed, cfg.faults_after(prefix, seed, &addrs));
-        let registry_cfg = registry_config(cfg);
+        let mut registry_cfg = registry_config(cfg);
+        registry_cfg.admin_token = admin.map(str::to_owned);
         let mut error = None;
         let rendezvous = match sim.add_node(
             RENDEZVOUS_ADDR,
@@ -203,6 +224,7 @@ impl Net {
                 beacon: spec.beacon,
                 keepalive: spec.keepalive,
                 observer: spec.observer,
+                admin_token: admin.unwrap_or_default().as_bytes().to_vec(),
             };
             let host = DaemonHost::new(seed, &hc, Instant::ZERO);
             match sim.add_node(spec.endpoint, NetNode::Host(Box::new(host))) {

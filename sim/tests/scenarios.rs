@@ -226,3 +226,32 @@ fn hostile_is_deterministic() {
     let out = check_determinism(sc, &cfg, 3);
     assert!(out.ok(), "{:#?}", out.checks);
 }
+
+/// `network-membership` under the fault mix: trust given by an
+/// invite network ends on kick and leave and comes back on rejoin, and
+/// the run is deterministic.
+#[test]
+fn network_membership_trust_follows_under_faults() {
+    let args = [
+        "--scenario",
+        "network-membership",
+        "--nodes",
+        "4",
+        "--loss",
+        "5",
+        "--dup",
+        "2",
+        "--reorder",
+        "5",
+        "--jitter-ms",
+        "5",
+    ];
+    run_ok(&args, 1..3);
+    let reg = Registry::builtin();
+    let out = check_determinism(
+        reg.get("network-membership").expect("registered"),
+        &cfg(&args),
+        3,
+    );
+    assert!(out.ok(), "{:#?}", out.checks);
+}

@@ -144,7 +144,7 @@ pub struct DaemonArgs {
     /// the current one
     #[arg(long)]
     pub legacy: bool,
-    /// Webhook URL (http://): daemon events are POSTed there as JSON
+    /// Webhook URL (http:// or https://): daemon events are POSTed there as JSON
     /// (`spec/services.md` §13); `pilotctl set-webhook` changes it at run
     /// time
     #[arg(long, value_name = "URL")]
@@ -157,6 +157,11 @@ pub struct DaemonArgs {
     /// posts [env: PILOT_WEBHOOK_SECRET]
     #[arg(long, value_name = "SECRET")]
     pub webhook_secret: Option<String>,
+    /// PEM file of extra root certificates an https:// webhook's server
+    /// certificate may chain to (besides the system bundle), e.g. a
+    /// private CA or a self-signed certificate
+    #[arg(long, value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
     /// AES-256-GCM implementation: `ring` (fastest here) or `rustcrypto`
     /// (pure Rust) [default: ring]; both speak the same frames
     #[arg(long, value_name = "PROVIDER", value_parser = parse_crypto)]
@@ -201,6 +206,7 @@ struct FileConfig {
     webhook: Option<String>,
     webhook_allow_private: Option<bool>,
     webhook_secret: Option<String>,
+    webhook_ca: Option<PathBuf>,
 }
 
 /// A duration in a config file: a string (`"30s"`) or a number of seconds.
@@ -291,6 +297,8 @@ pub struct Settings {
     pub webhook_allow_private: bool,
     /// HMAC key of webhook posts.
     pub webhook_secret: Option<String>,
+    /// Extra roots for https:// webhooks.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, DaemonRunError> {
@@ -460,6 +468,7 @@ impl DaemonArgs {
                 .or_else(|| std::env::var("PILOT_WEBHOOK_SECRET").ok())
                 .or(file.webhook_secret)
                 .filter(|s| !s.is_empty()),
+            webhook_ca: self.webhook_ca.clone().or(file.webhook_ca),
         })
     }
 }

@@ -59,12 +59,25 @@ const REGISTRY_WBUF_MAX: usize = 4 << 20;
 const MAX_OUTPUTS: usize = 1 << 16;
 
 /// Webhook delivery options (the URL comes from the daemon).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// Let internal targets through.
     pub allow_private: bool,
     /// HMAC key.
     pub secret: Option<Vec<u8>>,
+    /// Roots for https:// targets (`--webhook-ca` and the system's).
+    pub roots: std::sync::Arc<rustls::RootCertStore>,
+}
+
+impl Default for WebhookSettings {
+    /// Public targets only, no HMAC, no roots (no https target verifies).
+    fn default() -> WebhookSettings {
+        WebhookSettings {
+            allow_private: false,
+            secret: None,
+            roots: std::sync::Arc::new(rustls::RootCertStore::empty()),
+        }
+    }
 }
 
 /// What the loop needs besides the engine.
@@ -1017,6 +1030,7 @@ impl EventLoop {
                 let cfg = crate::webhook::WebhookConfig {
                     allow_private: self.parts.webhook.allow_private,
                     secret: self.parts.webhook.secret.clone(),
+                    roots: std::sync::Arc::clone(&self.parts.webhook.roots),
                     ..crate::webhook::WebhookConfig::new(&url)
                 };
                 self.hook = match crate::webhook::Webhook::start(cfg) {
@@ -1051,12 +1065,12 @@ impl EventLoop {
 /// (`handshake.pending`, …), the peer and a sentence for people.
 fn describe_trust(ev: TrustEvent) -> (&'static str, u32, String) {
     match ev {
-        TrustEvent::Received { node } => (
+        TrustEvent::Received { node, .. } => (
             "handshake.received",
             node,
             format!("trust request from node {node}"),
         ),
-        TrustEvent::Pending { node } => (
+        TrustEvent::Pending { node, .. } => (
             "handshake.pending",
             node,
             format!("trust request from node {node} is pending (pilotctl approve {node})"),
@@ -1089,6 +1103,13 @@ fn describe_trust(ev: TrustEvent) -> (&'static str, u32, String) {
             "trust.revoked_by_peer",
             node,
             format!("node {node} revoked its trust"),
+        ),
+        TrustEvent::NetworkEnded { node, network } => (
+            "trust.revoked",
+            node,
+            format!(
+                "trust in node {node} ended: it came from network {network}, which one of us left"
+            ),
         ),
         TrustEvent::AcceptedByPeer { node } => (
             "handshake.accepted",

@@ -90,6 +90,12 @@ pub struct Profile {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Task execution enabled (`pilotctl enable-tasks`).
+    #[serde(default)]
+    pub task_exec: bool,
+    /// Webhook URL last set through IPC (`""`: none or cleared).
+    #[serde(default)]
+    pub webhook: String,
 }
 
 /// Reads the node profile; a missing file is `None`, an unreadable one is

@@ -162,12 +162,19 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
     // applied; flags given now take precedence.
     let profile_path = dir.join(files::PROFILE_FILE);
     let mut settings = settings;
+    let mut task_exec = false;
     if let Some(p) = files::load_profile(&profile_path) {
         if settings.hostname.is_none() && !p.hostname.is_empty() {
             settings.hostname = Some(p.hostname);
         }
         settings.public |= p.public;
         settings.tags = p.tags;
+        // `enable-tasks` and `set-webhook` of an earlier run; a
+        // `--webhook` given now (flag or config file) takes precedence.
+        task_exec = p.task_exec;
+        if settings.webhook.is_none() && !p.webhook.is_empty() {
+            settings.webhook = Some(p.webhook);
+        }
     }
     let received =
         files::SaveDir::open(dir.join("received"), files::RECEIVED_QUOTA).map_err(dir_err)?;
@@ -222,8 +229,15 @@ pub fn run_until_stopped(args: DaemonArgs) -> Result<Exit, DaemonRunError> {
             .webhook_secret
             .clone()
             .map(String::into_bytes),
+        roots: std::sync::Arc::new(
+            crate::webhook::load_roots(startup.settings.webhook_ca.as_deref())
+                .map_err(|e| DaemonRunError::Config(e.to_string()))?,
+        ),
     };
     let mut engine = build(startup);
+    if task_exec {
+        engine.set_task_exec(true);
+    }
     if let Some(url) = webhook_url {
         engine
             .set_webhook(&url)

@@ -99,6 +99,22 @@ pub fn apply(tasks: &Path, effect: &TaskEffect) -> io::Result<Option<PathBuf>> {
             create_new(&path, bytes)?;
             Ok(Some(path))
         }
+        TaskEffect::Expire {
+            task_id,
+            when,
+            to,
+            justification,
+        } => {
+            let Some(mut t) = read_task(tasks, TaskDir::Received, task_id)? else {
+                return Ok(None);
+            };
+            if t.status != *when {
+                return Ok(None);
+            }
+            t.status = *to;
+            t.status_justification.clone_from(justification);
+            write_task(tasks, TaskDir::Received, &t).map(Some)
+        }
         TaskEffect::UpdateSubmitted {
             task_id,
             from,
@@ -157,6 +173,57 @@ pub fn queued(s: Status) -> bool {
 mod tests {
     use super::*;
     use pilot_proto::services::tasks::format_task_id;
+
+    /// A deadline's expiry changes the received task only while it still
+    /// has the status the deadline is about.
+    #[test]
+    fn an_expiry_applies_only_to_a_task_still_in_its_status() {
+        let d = tempfile::tempdir().unwrap();
+        let id = format_task_id([7; 16]);
+        let mut t = TaskFile::new(
+            &id,
+            "x",
+            "0:0000.0000.0001",
+            "0:0000.0000.0002",
+            "2026-01-01T00:00:00Z",
+        );
+        t.status = Status::Accepted;
+        write_task(d.path(), TaskDir::Received, &t).unwrap();
+        let expire = |when, to| TaskEffect::Expire {
+            task_id: id.clone(),
+            when,
+            to,
+            justification: "late".into(),
+        };
+        // The accept deadline passed, but the task was accepted in time.
+        assert_eq!(
+            apply(d.path(), &expire(Status::New, Status::Cancelled)).unwrap(),
+            None
+        );
+        let back = read_task(d.path(), TaskDir::Received, &id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.status, Status::Accepted);
+        // The execute deadline: still ACCEPTED, so EXPIRED.
+        apply(d.path(), &expire(Status::Accepted, Status::Expired))
+            .unwrap()
+            .unwrap();
+        let back = read_task(d.path(), TaskDir::Received, &id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (back.status, back.status_justification.as_str()),
+            (Status::Expired, "late")
+        );
+        // No such task: nothing.
+        let other = TaskEffect::Expire {
+            task_id: format_task_id([8; 16]),
+            when: Status::New,
+            to: Status::Cancelled,
+            justification: String::new(),
+        };
+        assert_eq!(apply(d.path(), &other).unwrap(), None);
+    }
 
     #[test]
     fn updates_touch_only_tasks_sent_to_that_peer_and_results_never_overwrite() {

@@ -118,7 +118,7 @@ pub const RETURNS: &[(&str, &str)] = &[
     ),
     (
         "health",
-        "{status, uptime_seconds, connections, peers, bytes_sent, bytes_recv, encrypted_peers, authenticated_peers, handshake_pending_count, version}",
+        "{status, uptime_seconds, connections, peers, bytes_sent, bytes_recv, encrypted_peers, authenticated_peers, handshake_pending_count, version, webhook, webhook_queue_dropped, webhook_circuit_skips, task_exec}",
     ),
     (
         "version",

@@ -358,8 +358,8 @@ enum Cmd {
     /// Tasks on port 1003: submit, accept, decline, execute, send-results,
     /// list, queue (files in <dir>/tasks/; --dir or PILOT_HOME)
     Task(tasks::TaskArgs),
-    /// POST the daemon's events as JSON to URL (http://; kept in
-    /// config.json, applied to the running daemon)
+    /// POST the daemon's events as JSON to URL (http:// or https://; kept
+    /// in config.json, applied to the running daemon)
     SetWebhook {
         /// The URL
         url: String,
@@ -373,9 +373,9 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Let peers submit tasks to this node (until the daemon restarts)
+    /// Let peers submit tasks to this node (kept across daemon restarts)
     EnableTasks,
-    /// Refuse task submissions (the default)
+    /// Refuse task submissions (the default; kept across daemon restarts)
     DisableTasks,
     /// Run a complete local network (rendezvous + two daemons) and exercise it
     Demo(demo::DemoArgs),

@@ -66,8 +66,11 @@ pub(crate) enum Purpose {
     HandshakeRelay { client: ClientId, peer: u32 },
     /// A broadcast waiting for its network's member list.
     Broadcast(Box<super::network::PendingBroadcast>),
-    /// Our own lookup after registration: the networks we belong to.
+    /// Our own lookup (after registration and every membership check):
+    /// the networks we belong to.
     OwnNetworks,
+    /// A membership check of a peer trusted through `network`.
+    PeerMembership { peer: u32, network: u16 },
     /// The deregistration of a shutdown.
     ShutdownDeregister,
     /// The daemon's key rotation (`super::rotate`).

@@ -234,6 +234,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "peers_dead": n.peers_dead,
             "tunnels_closed": n.tunnels_closed,
             "tunnels_revoked": d.tunnels_revoked,
+            "network_grants_ended": d.network_grants_ended,
             "conns_failed_peer_restart": n.conns_failed_restart,
             "endpoint_moves": n.endpoint_moves,
             "endpoint_refreshes": d.endpoint_refreshes,
@@ -265,8 +266,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "authenticated_peers": authenticated,
             "handshake_pending_count": pending,
             "version": env!("CARGO_PKG_VERSION"),
+            "webhook": self.webhook.url.as_deref().unwrap_or_default(),
             "webhook_queue_dropped": self.webhook.dropped,
             "webhook_circuit_skips": self.webhook.circuit_skips,
+            "task_exec": self.tasks.enabled,
         })
         .to_string()
     }

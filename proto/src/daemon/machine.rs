@@ -62,6 +62,12 @@ impl MemDisk {
             DiskWrite::Task(TaskEffect::Create { dir, name, bytes }) => {
                 (format!("tasks/{}/{name}", dir.name()), bytes.clone())
             }
+            DiskWrite::Task(TaskEffect::Expire {
+                task_id, when, to, ..
+            }) => (
+                format!("tasks/received/{task_id}.expire"),
+                format!("{}->{}", when.as_str(), to.as_str()).into_bytes(),
+            ),
             DiskWrite::IdentityNext(id) => (
                 "identity.json.next".to_owned(),
                 id.public().to_vec(),

@@ -354,6 +354,12 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     owner: String,
     /// Non-backbone networks this node belongs to, as last heard.
     networks: BTreeSet<u16>,
+    /// The next membership check of network-granted trust, and where the
+    /// last one stopped (`network.rs`, `spec/services.md` §4.8).
+    membership_due: Option<Instant>,
+    membership_cursor: u32,
+    /// Membership check period (the heartbeat period).
+    membership_period: Duration,
 
     registry: Option<RegistryClient>,
     /// The registry connection is up or being dialled (a disconnect report
@@ -384,6 +390,9 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// Disk work handed out, and the data-exchange connection waiting for
     /// each received file or inbox record (`work.rs`).
     jobs: work::DiskJobs,
+    /// Webhook events to send once their disk write succeeded
+    /// (`file.received`, `message.received`), by token.
+    saved_events: BTreeMap<WorkToken, webhook::Pending>,
     /// Task service state (`tasks.rs`).
     tasks: tasks::TaskState,
     /// Webhook URL, event numbering and delivery counters (`webhook.rs`).
@@ -425,6 +434,8 @@ pub struct DaemonStats {
     pub peers_dead: u64,
     /// Tunnels closed because trust was revoked.
     pub tunnels_revoked: u64,
+    /// Trust entries a network had granted, ended with that membership.
+    pub network_grants_ended: u64,
     /// Diagnostic lines dropped because their queue was full.
     pub diagnostics_dropped: u64,
     /// Disk writes the driver reported failed.
@@ -497,6 +508,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             tags: cfg.tags,
             owner: cfg.owner,
             networks: BTreeSet::new(),
+            membership_due: None,
+            membership_cursor: 0,
+            membership_period: cfg.heartbeat,
             registry,
             reg_live: false,
             registered_once: false,
@@ -523,6 +537,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             outputs: VecDeque::new(),
             diagnostics: VecDeque::new(),
             jobs: work::DiskJobs::new(),
+            saved_events: BTreeMap::new(),
             tasks: tasks::TaskState::default(),
             webhook: webhook::WebhookState::default(),
             ipc_cursor: ClientId(0),
@@ -869,6 +884,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.drive(now);
             return;
         }
+        if let (Some((name, data)), Ok(())) = (self.saved_events.remove(&token), &outcome) {
+            self.webhook_event(now, name, data);
+        }
         if let Some(conn) = self.jobs.finished(token) {
             let wall = self.wall(now);
             if let Some(node) = self.life.node_mut() {
@@ -1087,6 +1105,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             take(Some(w.deadline));
         }
         take(self.life.drain_deadline());
+        take(self.membership_due);
+        take(self.tasks.timers.poll_timeout());
         t
     }
 
@@ -1119,6 +1139,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.host_actions(now);
         }
         self.expire_trust_waiters(now);
+        if self.membership_due.is_some_and(|t| t <= now) {
+            self.membership_check(now);
+        }
+        self.task_deadlines(now);
         self.drive(now);
     }
 
@@ -1241,6 +1265,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 dst_port,
                 data,
             } => {
+                if self.webhook.wanted() {
+                    let ev = serde_json::json!({
+                        "src_addr": src.to_string(),
+                        "src_port": src_port,
+                        "dst_port": dst_port,
+                        "size": data.len(),
+                    });
+                    self.webhook_event(now, "data.datagram", ev);
+                }
                 let msg = IpcMessage::RecvFrom {
                     src,
                     src_port,
@@ -1285,9 +1318,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     silent.as_millis()
                 ));
             }
+            Event::SessionUp { peer } => {
+                self.webhook_event(
+                    now,
+                    "tunnel.established",
+                    serde_json::json!({"peer_node_id": peer}),
+                );
+            }
             Event::Pong { .. }
             | Event::PingTimeout { .. }
-            | Event::SessionUp { .. }
             | Event::SessionDown { .. }
             | Event::KeyExchangeGaveUp { .. } => {}
         }
@@ -1348,6 +1387,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             let Some(info) = info else {
                 continue;
             };
+            if self.webhook.wanted() {
+                let ev = serde_json::json!({
+                    "src_addr": info.remote.to_string(),
+                    "src_port": info.remote_port,
+                    "dst_port": port,
+                    "conn_id": cid.0,
+                });
+                self.webhook_event(now, "conn.established", ev);
+            }
             let owner = self.ports.get(&port).copied();
             match owner {
                 Some(PortOwner::Client(client)) => {
@@ -2223,6 +2271,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         let again = self.registered_once;
         self.registered_once = true;
         self.refresh_own_networks(now, node_id);
+        self.membership_due = Some(now + self.membership_period);
         // A public daemon announces itself only once the registry says it
         // is public: before that, dials to it are refused as private.
         let mut announce_later = false;
@@ -2255,22 +2304,21 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         if !announce_later {
-            self.webhook_event(
-                now,
-                "node.registered",
-                serde_json::json!({"address": address}),
-            );
+            self.webhook_registered(now, &address);
             self.outputs
                 .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
         }
     }
 
-    /// Asks the driver to persist hostname, visibility and tags.
-    fn save_profile(&mut self) {
+    /// Asks the driver to persist hostname, visibility, tags, whether
+    /// tasks are enabled and the webhook URL (`spec/daemon.md` §1.2).
+    pub(super) fn save_profile(&mut self) {
         let j = serde_json::json!({
             "hostname": self.hostname,
             "public": self.public,
             "tags": self.tags,
+            "task_exec": self.tasks.enabled,
+            "webhook": self.webhook.url.as_deref().unwrap_or_default(),
         });
         self.disk(DiskWrite::Profile(j.to_string()));
     }
@@ -2304,11 +2352,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 if let Err(e) = &result {
                     self.diagnostics_push(format!("set_visibility after registration failed: {e}"));
                 }
-                self.webhook_event(
-                    now,
-                    "node.registered",
-                    serde_json::json!({"address": address}),
-                );
+                self.webhook_registered(now, &address);
                 self.outputs
                     .push_back(Output::Event(DaemonEvent::Registered { node_id, address }));
             }
@@ -2328,7 +2372,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                                 self.tags = tags.clone().unwrap_or_default();
                                 self.save_profile();
                             }
-                            other => self.note_network_reply(other),
+                            other => self.note_network_reply(now, other),
                         }
                         codec::encode_response(&resp)
                             .ok()
@@ -2414,7 +2458,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Purpose::Broadcast(b) => self.broadcast_members(now, *b, result),
             Purpose::OwnNetworks => {
                 if let Ok(resp) = &result {
-                    self.note_network_reply(resp);
+                    self.note_network_reply(now, resp);
+                    if matches!(resp, Response::LookupOk(_)) {
+                        self.end_grants_outside(now);
+                    }
+                }
+            }
+            Purpose::PeerMembership { peer, network } => {
+                if let Ok(Response::LookupOk(ok)) = &result {
+                    if ok.node_id == peer && !ok.networks.contains(&network) {
+                        self.end_network_grant(now, peer, network);
+                    }
                 }
             }
             Purpose::HandshakeRelay { client, peer } => match result {
@@ -2425,7 +2479,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             },
             Purpose::Fire => {}
             Purpose::Rotate => self.on_rotate_answer(now, result),
-            Purpose::ShutdownDeregister => self.life.deregistered(),
+            Purpose::ShutdownDeregister => {
+                if result.is_ok() {
+                    self.webhook_event(now, "node.deregistered", serde_json::Value::Null);
+                }
+                self.life.deregistered();
+            }
         }
     }
 }
@@ -2490,9 +2549,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     name,
                     data,
                     from,
-                    ..
+                    original,
                 } => {
-                    self.disk_for(
+                    // `file.received` once the file is on disk.
+                    let event = self.webhook.wanted().then(|| {
+                        let data = serde_json::json!({
+                            "filename": original,
+                            "size": data.len(),
+                            "path": format!("received/{name}"),
+                        });
+                        ("file.received", data)
+                    });
+                    let token = self.disk_for(
                         DiskWrite::ReceivedFile {
                             name,
                             data,
@@ -2500,11 +2568,31 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         },
                         Some(conn),
                     );
+                    if let Some(event) = event {
+                        self.saved_events.insert(token, event);
+                    }
                 }
                 HostAction::SaveInbox {
-                    conn, name, json, ..
+                    conn,
+                    name,
+                    json,
+                    from,
+                    kind,
+                    size,
                 } => {
-                    self.disk_for(DiskWrite::Inbox { name, json }, Some(conn));
+                    // `message.received` once the record is on disk.
+                    let event = self.webhook.wanted().then(|| {
+                        let data = serde_json::json!({
+                            "type": kind.to_string(),
+                            "from": from.addr.to_string(),
+                            "size": size,
+                        });
+                        ("message.received", data)
+                    });
+                    let token = self.disk_for(DiskWrite::Inbox { name, json }, Some(conn));
+                    if let Some(event) = event {
+                        self.saved_events.insert(token, event);
+                    }
                 }
                 HostAction::TrustMessage { from, bytes } => {
                     self.on_trust_bytes(now, bytes, from.node);

@@ -17,6 +17,9 @@ use crate::wire::ipc::{Command, IpcMessage, ManagedRequest, MemberSub, NetworkRe
 
 /// Most members one broadcast sends to (bounded work per request).
 pub(super) const MAX_BROADCAST_MEMBERS: usize = 1024;
+/// Peers whose network membership one check looks up, at most (the rest
+/// wait for the next check, in node-ID order).
+pub(super) const MEMBERSHIP_CHECKS_PER_ROUND: usize = 16;
 
 /// A broadcast waiting for the member list.
 #[derive(Debug)]
@@ -259,9 +262,20 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     /// Keeps [`Self::networks`] in step with what a network reply says
-    /// about this node.
-    pub(super) fn note_network_reply(&mut self, resp: &Response) {
+    /// about this node; a membership of ours that ended takes the trust
+    /// it granted with it.
+    pub(super) fn note_network_reply(&mut self, now: Instant, resp: &Response) {
         let me = self.address().map(|a| a.node);
+        let ended = match resp {
+            Response::LeaveNetworkOk { network_id } | Response::DeleteNetworkOk { network_id } => {
+                Some(*network_id)
+            }
+            Response::KickMemberOk(r) if Some(r.node_id) == me => Some(r.network_id),
+            _ => None,
+        };
+        if let Some(network) = ended {
+            self.end_grants_of(now, |n| n == network);
+        }
         match resp {
             Response::CreateNetworkOk { network_id, .. }
             | Response::JoinNetworkOk { network_id, .. } => {
@@ -283,6 +297,86 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.networks = ok.networks.iter().copied().filter(|n| *n != 0).collect();
             }
             _ => {}
+        }
+    }
+
+    /// Trust granted by a network we are not in (any more, by our last
+    /// own lookup) ends.
+    pub(super) fn end_grants_outside(&mut self, now: Instant) {
+        let ours = self.networks.clone();
+        self.end_grants_of(now, |n| !ours.contains(&n));
+    }
+
+    /// Ends the network grants whose network satisfies `ended`.
+    fn end_grants_of(&mut self, now: Instant, ended: impl Fn(u16) -> bool) {
+        let grants: Vec<(u32, u16)> = self
+            .life
+            .trust()
+            .map(|t| t.network_grants().filter(|(_, n)| ended(*n)).collect())
+            .unwrap_or_default();
+        for (peer, network) in grants {
+            self.end_network_grant(now, peer, network);
+        }
+    }
+
+    /// Ends the trust in `peer` that `network` granted (if it still is
+    /// that: explicit trust stays).
+    pub(super) fn end_network_grant(&mut self, now: Instant, peer: u32, network: u16) {
+        let fx = self
+            .life
+            .trust_mut()
+            .map(|t| t.end_network_grant(peer, network))
+            .unwrap_or_default();
+        if !fx.is_empty() {
+            self.stats.network_grants_ended += 1;
+            self.diagnostics_push(format!(
+                "trust in node {peer} ended: it came from network {network}, a membership that ended"
+            ));
+        }
+        self.apply_trust(now, fx);
+    }
+
+    /// The periodic membership check (every heartbeat period while
+    /// registered, `spec/services.md` §4.8): our own lookup (our
+    /// networks), and a lookup of up to [`MEMBERSHIP_CHECKS_PER_ROUND`]
+    /// peers trusted through a network (theirs). Answers end the grants
+    /// whose membership is gone.
+    pub(super) fn membership_check(&mut self, now: Instant) {
+        self.membership_due = Some(now + self.membership_period);
+        let Some(me) = self.address().map(|a| a.node) else {
+            return;
+        };
+        let registered = self.registry.as_ref().is_some_and(|r| r.is_registered());
+        if !registered {
+            return;
+        }
+        let grants: Vec<(u32, u16)> = self
+            .life
+            .trust()
+            .map(|t| t.network_grants().collect())
+            .unwrap_or_default();
+        if grants.is_empty() {
+            return;
+        }
+        self.refresh_own_networks(now, me);
+        let cursor = self.membership_cursor;
+        let round: Vec<(u32, u16)> = grants
+            .iter()
+            .filter(|(p, _)| *p > cursor)
+            .chain(grants.iter().filter(|(p, _)| *p <= cursor))
+            .take(MEMBERSHIP_CHECKS_PER_ROUND)
+            .copied()
+            .collect();
+        for (peer, network) in round {
+            self.membership_cursor = peer;
+            if let Some(reg) = self.registry.as_mut() {
+                let _ = self.calls.start(
+                    reg,
+                    now,
+                    Call::Lookup(peer),
+                    Purpose::PeerMembership { peer, network },
+                );
+            }
         }
     }
 

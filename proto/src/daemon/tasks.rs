@@ -1,7 +1,8 @@
 //! The daemon's side of task submission (port 1003, `spec/services.md`
 //! §10): whether task execution is enabled (`SetTaskExec`, off at start),
-//! the bound on tasks taken in per rolling hour, and turning each frame
-//! the service host hands over into its reply and task-file disk work.
+//! the bound on tasks taken in per rolling hour, turning each frame
+//! the service host hands over into its reply and task-file disk work,
+//! and the deadlines of the tasks taken in.
 
 use std::collections::VecDeque;
 
@@ -35,6 +36,8 @@ pub(super) struct TaskState {
     pub(super) received: u64,
     /// SUBMITs refused since start.
     pub(super) refused: u64,
+    /// The accept, execute and result deadlines of the tasks taken in.
+    pub(super) timers: tasks::TaskTimers,
 }
 
 impl TaskState {
@@ -80,6 +83,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if let Some(id) = &outcome.queued {
             self.tasks.recent.push_back(now);
             self.tasks.received += 1;
+            self.tasks.timers.add(now, id);
             let data = serde_json::json!({"task_id": id, "from": from_text});
             self.webhook_event(now, "task.received", data);
         } else if frame_type == FrameType::Submit {
@@ -95,9 +99,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
     }
 
-    /// `SetTaskExec`: switches task execution on or off.
-    pub(super) fn ipc_set_task_exec(&mut self, client: super::ClientId, enable: bool) {
+    /// Carries out the task deadlines due at `now` (`spec/services.md`
+    /// §12.6): each is a conditional change of the received task's file.
+    pub(super) fn task_deadlines(&mut self, now: Instant) {
+        for e in self.tasks.timers.due(now) {
+            self.disk(DiskWrite::Task(e));
+        }
+    }
+
+    /// Switches task execution on or off (at start: what the profile
+    /// kept); the profile is saved again.
+    pub fn set_task_exec(&mut self, enable: bool) {
         self.tasks.enabled = enable;
+        self.save_profile();
+    }
+
+    /// `SetTaskExec`: switches task execution on or off, kept across
+    /// restarts in the profile.
+    pub(super) fn ipc_set_task_exec(&mut self, client: super::ClientId, enable: bool) {
+        self.set_task_exec(enable);
         let json = serde_json::json!({"task_exec": enable, "type": "set_task_exec_ok"}).to_string();
         self.push(client, &IpcMessage::SetTaskExecOk(&json));
     }

@@ -28,9 +28,24 @@ pub(super) struct WebhookState {
     pub(super) url: Option<String>,
     /// Last `event_id` given.
     seq: u64,
+    /// Registrations reported: the first is `node.registered`, later
+    /// ones `node.reregistered`.
+    registrations: u64,
     /// Driver counters: events dropped (queue full), skipped (breaker).
     pub(super) dropped: u64,
     pub(super) circuit_skips: u64,
+}
+
+/// An event made before its outcome is known (a file or inbox record
+/// waiting for its disk write): its name and `data`.
+pub(super) type Pending = (&'static str, Value);
+
+impl WebhookState {
+    /// Whether events are made (a URL is set): callers skip building the
+    /// `data` of an event otherwise.
+    pub(super) fn wanted(&self) -> bool {
+        self.url.is_some()
+    }
 }
 
 /// Checks the form of a webhook URL: `http://` or `https://`, a host, no
@@ -53,8 +68,20 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 fn trust_event(ev: &TrustEvent) -> Option<(&'static str, Value)> {
     Some(match ev {
-        TrustEvent::Received { node } => ("handshake.received", json!({"peer_node_id": node})),
-        TrustEvent::Pending { node } => ("handshake.pending", json!({"peer_node_id": node})),
+        TrustEvent::Received {
+            node,
+            justification,
+        } => (
+            "handshake.received",
+            json!({"peer_node_id": node, "justification": justification}),
+        ),
+        TrustEvent::Pending {
+            node,
+            justification,
+        } => (
+            "handshake.pending",
+            json!({"peer_node_id": node, "justification": justification}),
+        ),
         TrustEvent::AutoApproved { node, reason } => (
             "handshake.auto_approved",
             json!({"peer_node_id": node, "reason": format!("{reason:?}").to_lowercase()}),
@@ -68,13 +95,17 @@ fn trust_event(ev: &TrustEvent) -> Option<(&'static str, Value)> {
         TrustEvent::RevokedByPeer { node } => {
             ("trust.revoked_by_peer", json!({"peer_node_id": node}))
         }
+        TrustEvent::NetworkEnded { node, network } => (
+            "trust.revoked",
+            json!({"peer_node_id": node, "reason": "network_membership_ended", "network_id": network}),
+        ),
         TrustEvent::AcceptedByPeer { .. } | TrustEvent::RejectedByPeer { .. } => return None,
     })
 }
 
 impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
-    /// Sets (or, with `""`, clears) the webhook URL. `Err` names the
-    /// problem.
+    /// Sets (or, with `""`, clears) the webhook URL, kept across restarts
+    /// in the profile. `Err` names the problem.
     pub fn set_webhook(&mut self, url: &str) -> Result<(), String> {
         if url.is_empty() {
             self.webhook.url = None;
@@ -82,6 +113,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             check_url(url)?;
             self.webhook.url = Some(url.to_owned());
         }
+        self.save_profile();
         self.outputs
             .push_back(Output::Event(DaemonEvent::Webhook(WebhookOutput::Url(
                 self.webhook.url.clone(),
@@ -133,6 +165,17 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .push_back(Output::Event(DaemonEvent::Webhook(WebhookOutput::Event(
                 body,
             ))));
+    }
+
+    /// `node.registered` the first time, `node.reregistered` after.
+    pub(super) fn webhook_registered(&mut self, now: Instant, address: &str) {
+        self.webhook.registrations += 1;
+        let name = if self.webhook.registrations == 1 {
+            "node.registered"
+        } else {
+            "node.reregistered"
+        };
+        self.webhook_event(now, name, json!({"address": address}));
     }
 
     /// The webhook event of a trust event, if it has one.

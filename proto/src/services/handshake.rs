@@ -286,10 +286,13 @@ pub enum AutoReason {
 /// Something to report (webhook name in the variant docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TrustEvent {
-    /// `handshake.received`.
+    /// `handshake.received`: every request, direct or relayed, before
+    /// its outcome event.
     Received {
         /// Requester.
         node: u32,
+        /// The request's justification.
+        justification: String,
     },
     /// `handshake.auto_approved`.
     AutoApproved {
@@ -302,6 +305,8 @@ pub enum TrustEvent {
     Pending {
         /// Requester.
         node: u32,
+        /// The request's justification.
+        justification: String,
     },
     /// `handshake.approved`.
     Approved {
@@ -324,6 +329,15 @@ pub enum TrustEvent {
     RevokedByPeer {
         /// Peer.
         node: u32,
+    },
+    /// `trust.revoked` (reason `network_membership_ended`): trust that
+    /// only a shared network gave ended with that membership
+    /// ([`TrustStore::end_network_grant`]).
+    NetworkEnded {
+        /// Peer.
+        node: u32,
+        /// The network that had granted it.
+        network: u16,
     },
     /// Ours (logged only): the peer accepted our request; trust is mutual.
     AcceptedByPeer {
@@ -574,7 +588,10 @@ impl TrustStore {
         let mut fx = Vec::new();
         match msg.kind {
             MessageType::Request => {
-                fx.push(Effect::Event(TrustEvent::Received { node: n }));
+                fx.push(Effect::Event(TrustEvent::Received {
+                    node: n,
+                    justification: msg.justification.clone(),
+                }));
                 let accept = |s: &Self| Effect::Send {
                     to: n,
                     message: s.message(MessageType::Accept, n, "", now),
@@ -613,7 +630,10 @@ impl TrustStore {
                 ) {
                     fx.extend([
                         Effect::Persist,
-                        Effect::Event(TrustEvent::Pending { node: n }),
+                        Effect::Event(TrustEvent::Pending {
+                            node: n,
+                            justification: msg.justification.clone(),
+                        }),
                     ]);
                 }
             }
@@ -798,6 +818,42 @@ impl TrustStore {
         ]
     }
 
+    /// Peers whose trust came only from a shared network (auto-approval,
+    /// `spec/services.md` §4.3), with that network.
+    pub fn network_grants(&self) -> impl Iterator<Item = (u32, u16)> + '_ {
+        self.trusted
+            .iter()
+            .filter(|(_, t)| t.network != 0 && !t.mutual)
+            .map(|(n, t)| (*n, t.network))
+    }
+
+    /// The membership in `network` that granted trust in `peer` ended
+    /// (ours or the peer's: a kick, a leave or the network's deletion):
+    /// that trust goes, like a local revoke but without a message to the
+    /// peer (`spec/services.md` §4.8). Trust given explicitly (a mutual
+    /// request, an approval) or by another network stays; then nothing
+    /// happens.
+    pub fn end_network_grant(&mut self, peer: u32, network: u16) -> Vec<Effect> {
+        let granted_by_it = self
+            .trusted
+            .get(&peer)
+            .is_some_and(|t| network != 0 && t.network == network && !t.mutual);
+        if !granted_by_it {
+            return Vec::new();
+        }
+        self.trusted.remove(&peer);
+        let me = self.me;
+        vec![
+            Effect::Persist,
+            Effect::Event(TrustEvent::NetworkEnded {
+                node: peer,
+                network,
+            }),
+            Effect::DropTunnel(peer),
+            Effect::Registry(RegistryOp::RevokeTrust { me, peer }),
+        ]
+    }
+
     /// Local operation: revoke trust in `peer`.
     pub fn revoke(&mut self, peer: u32, now: WallTime) -> Result<Vec<Effect>, TrustError> {
         if self.trusted.remove(&peer).is_none() {
@@ -832,12 +888,18 @@ impl TrustStore {
             to: from,
             accept: true,
         });
+        // As for a direct request, `handshake.received` comes first.
+        let received = Effect::Event(TrustEvent::Received {
+            node: from,
+            justification: justification.to_owned(),
+        });
         if self.trusted.contains_key(&from) {
-            return vec![accept];
+            return vec![received, accept];
         }
         if self.outgoing.contains_key(&from) {
             self.grant(from, String::new(), true, 0, now);
             return vec![
+                received,
                 Effect::Persist,
                 accept,
                 Effect::Registry(RegistryOp::ReportTrust { me, peer: from }),
@@ -850,8 +912,12 @@ impl TrustStore {
         }
         if self.add_pending(from, String::new(), justification, None, now) {
             return vec![
+                received,
                 Effect::Persist,
-                Effect::Event(TrustEvent::Pending { node: from }),
+                Effect::Event(TrustEvent::Pending {
+                    node: from,
+                    justification: justification.to_owned(),
+                }),
             ];
         }
         Vec::new()
@@ -1142,7 +1208,10 @@ mod tests {
     fn request_goes_pending_then_manual_approve() {
         let mut b = store(2, 2);
         let fx = b.on_message(EXAMPLE.as_bytes(), bound(1, 1), at(T0));
-        assert!(fx.contains(&Effect::Event(TrustEvent::Pending { node: 1 })));
+        assert!(fx.contains(&Effect::Event(TrustEvent::Pending {
+            node: 1,
+            justification: "hi".into()
+        })));
         assert!(fx.contains(&Effect::Persist));
         assert!(sent(&fx).is_empty());
         assert_eq!(b.pending()[&1].justification, "hi");
@@ -1256,6 +1325,43 @@ mod tests {
     }
 
     #[test]
+    fn a_network_grant_ends_with_its_membership_explicit_trust_stays() {
+        let mut b = store(2, 2);
+        b.on_message(
+            EXAMPLE.as_bytes(),
+            Inbound {
+                shared_network: Some(5),
+                ..bound(1, 1)
+            },
+            at(T0),
+        );
+        assert_eq!(b.network_grants().collect::<Vec<_>>(), [(1, 5)]);
+        // Another network's end, or a peer not granted by it: nothing.
+        assert!(b.end_network_grant(1, 6).is_empty());
+        assert!(b.end_network_grant(9, 5).is_empty());
+        let fx = b.end_network_grant(1, 5);
+        assert!(!b.trusted().contains_key(&1));
+        assert_eq!(
+            fx,
+            [
+                Effect::Persist,
+                Effect::Event(TrustEvent::NetworkEnded {
+                    node: 1,
+                    network: 5
+                }),
+                Effect::DropTunnel(1),
+                Effect::Registry(RegistryOp::RevokeTrust { me: 2, peer: 1 }),
+            ]
+        );
+        // Explicit (relayed request, then approved): not a network grant.
+        b.on_relayed_request(7, "via registry", at(T0));
+        b.approve(7, at(T0 + 1)).unwrap();
+        assert_eq!(b.network_grants().count(), 0);
+        assert!(b.end_network_grant(7, 5).is_empty());
+        assert!(b.trusted().contains_key(&7));
+    }
+
+    #[test]
     fn same_network_auto_approves() {
         let mut b = store(2, 2);
         let fx = b.on_message(
@@ -1271,6 +1377,35 @@ mod tests {
             node: 1,
             reason: AutoReason::SameNetwork(5)
         })));
+    }
+
+    /// A relayed request reports `handshake.received` before its outcome,
+    /// as a direct one does (the daemon's webhook relies on it).
+    #[test]
+    fn a_relayed_request_is_reported_received_then_pending() {
+        let mut b = store(2, 2);
+        let fx = b.on_relayed_request(7, "via registry", at(T0));
+        let events: Vec<&TrustEvent> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event(ev) => Some(ev),
+                _ => None,
+            })
+            .collect();
+        let j = || "via registry".to_owned();
+        assert_eq!(
+            events,
+            [
+                &TrustEvent::Received {
+                    node: 7,
+                    justification: j()
+                },
+                &TrustEvent::Pending {
+                    node: 7,
+                    justification: j()
+                }
+            ]
+        );
     }
 
     #[test]

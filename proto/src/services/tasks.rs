@@ -15,7 +15,11 @@
 //! unauthenticated); a `STATUS_UPDATE` or `SEND_RESULTS` changes a
 //! submitted task only when it comes from the node the task was sent to.
 
+use core::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::time::Instant;
 
 /// The service's port.
 pub const PORT: u16 = 1003;
@@ -525,6 +529,153 @@ pub enum TaskEffect {
         /// Result file `(name, bytes)` to create first.
         result: Option<(String, Vec<u8>)>,
     },
+    /// A deadline of a received task passed ([`TaskTimers`]): in
+    /// `tasks/received/<task_id>.json`, if it exists and its status is
+    /// still `when`, set `status` to `to` and `status_justification` to
+    /// `justification`, and save it. Otherwise nothing is written (the
+    /// task moved on in time).
+    Expire {
+        /// The task.
+        task_id: String,
+        /// The status it must still have.
+        when: Status,
+        /// The status it gets.
+        to: Status,
+        /// Why.
+        justification: String,
+    },
+}
+
+/// A received task not accepted this long after its receipt is
+/// `CANCELLED` (v1.8: one minute).
+pub const ACCEPT_DEADLINE: Duration = Duration::from_millis(ACCEPT_WINDOW_MS);
+/// A received task accepted but not executed this long after its receipt
+/// is `EXPIRED` (v1.8: an hour at the head of the queue).
+pub const EXECUTE_DEADLINE: Duration = Duration::from_secs(3600);
+/// A received task executing but without results this long after its
+/// receipt is `EXPIRED` (ours; v1.8 waits for ever).
+pub const RESULT_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// Received tasks whose deadlines are kept at most; beyond, the one with
+/// the nearest deadline is dropped (and counted).
+pub const MAX_TIMED_TASKS: usize = 8192;
+
+/// The deadline stages of a received task, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Accept,
+    Execute,
+    Result,
+}
+
+impl Stage {
+    const fn after(self) -> Duration {
+        match self {
+            Stage::Accept => ACCEPT_DEADLINE,
+            Stage::Execute => EXECUTE_DEADLINE,
+            Stage::Result => RESULT_DEADLINE,
+        }
+    }
+
+    const fn next(self) -> Option<Stage> {
+        match self {
+            Stage::Accept => Some(Stage::Execute),
+            Stage::Execute => Some(Stage::Result),
+            Stage::Result => None,
+        }
+    }
+
+    /// The expiry this stage's deadline makes.
+    fn effect(self, task_id: &str) -> TaskEffect {
+        let (when, to, why) = match self {
+            Stage::Accept => (
+                Status::New,
+                Status::Cancelled,
+                "Task was not accepted within 1 minute of its receipt",
+            ),
+            Stage::Execute => (
+                Status::Accepted,
+                Status::Expired,
+                "Task was not executed within 1 hour of its receipt",
+            ),
+            Stage::Result => (
+                Status::Executing,
+                Status::Expired,
+                "Task sent no results within 24 hours of its receipt",
+            ),
+        };
+        TaskEffect::Expire {
+            task_id: task_id.to_owned(),
+            when,
+            to,
+            justification: why.to_owned(),
+        }
+    }
+}
+
+/// The deadlines of received tasks (`spec/services.md` §12.6), in
+/// virtual time: every task taken in gets the accept, execute and result
+/// deadlines, counted from its receipt; each makes one conditional
+/// [`TaskEffect::Expire`] (the task files are changed by `pilotctl`, so
+/// only the file says whether the task moved on). Bounded by
+/// [`MAX_TIMED_TASKS`].
+#[derive(Debug, Default)]
+pub struct TaskTimers {
+    /// (deadline, order of receipt) → (task id, stage, receipt).
+    due: std::collections::BTreeMap<(Instant, u64), (String, Stage, Instant)>,
+    seq: u64,
+    /// Tasks whose deadlines were dropped because the table was full.
+    pub dropped: u64,
+}
+
+impl TaskTimers {
+    /// Starts the deadlines of task `id`, received at `now`.
+    pub fn add(&mut self, now: Instant, id: &str) {
+        if self.due.len() >= MAX_TIMED_TASKS {
+            self.due.pop_first();
+            self.dropped += 1;
+        }
+        self.insert(now, id.to_owned(), Stage::Accept);
+    }
+
+    fn insert(&mut self, received: Instant, id: String, stage: Stage) {
+        self.seq += 1;
+        self.due.insert(
+            (received.saturating_add(stage.after()), self.seq),
+            (id, stage, received),
+        );
+    }
+
+    /// The nearest deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.due.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Tasks whose deadlines are kept.
+    pub fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    /// Whether no deadline is kept.
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    /// The expiries due at `now`, in deadline order; each task moves on to
+    /// its next deadline.
+    pub fn due(&mut self, now: Instant) -> Vec<TaskEffect> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (id, stage, received) = entry.remove();
+            out.push(stage.effect(&id));
+            if let Some(next) = stage.next() {
+                self.insert(received, id, next);
+            }
+        }
+        out
+    }
 }
 
 /// What the receiving side does with one inbound frame.
@@ -674,6 +825,73 @@ pub fn receive(rx: &Receiver<'_>, ty: FrameType, payload: &[u8]) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deadlines in virtual time: a task still NEW after a minute is
+    /// cancelled, one still ACCEPTED after an hour or EXECUTING after a day
+    /// expires; each expiry is conditional on the status, so one file
+    /// effect per stage, in order, and nothing after the last.
+    #[test]
+    fn received_tasks_expire_at_their_deadlines() {
+        let t0 = Instant::ZERO + Duration::from_secs(5);
+        let mut timers = TaskTimers::default();
+        timers.add(t0, "a");
+        timers.add(t0 + Duration::from_secs(30), "b");
+        assert_eq!(timers.poll_timeout(), Some(t0 + ACCEPT_DEADLINE));
+        assert!(
+            timers
+                .due((t0 + ACCEPT_DEADLINE).saturating_sub(Duration::from_millis(1)))
+                .is_empty()
+        );
+        let stage = |e: &TaskEffect| match e {
+            TaskEffect::Expire {
+                task_id, when, to, ..
+            } => (task_id.clone(), *when, *to),
+            other => panic!("{other:?}"),
+        };
+        let fx: Vec<_> = timers.due(t0 + ACCEPT_DEADLINE).iter().map(stage).collect();
+        assert_eq!(fx, [("a".to_owned(), Status::New, Status::Cancelled)]);
+        let fx: Vec<_> = timers
+            .due(t0 + Duration::from_secs(90))
+            .iter()
+            .map(stage)
+            .collect();
+        assert_eq!(fx, [("b".to_owned(), Status::New, Status::Cancelled)]);
+        assert_eq!(timers.poll_timeout(), Some(t0 + EXECUTE_DEADLINE));
+        let fx: Vec<_> = timers
+            .due(t0 + EXECUTE_DEADLINE)
+            .iter()
+            .map(stage)
+            .collect();
+        assert_eq!(fx, [("a".to_owned(), Status::Accepted, Status::Expired)]);
+        // A late call makes every missed deadline, in order.
+        let fx: Vec<_> = timers
+            .due(t0 + RESULT_DEADLINE + Duration::from_secs(60))
+            .iter()
+            .map(stage)
+            .collect();
+        assert_eq!(
+            fx,
+            [
+                ("b".to_owned(), Status::Accepted, Status::Expired),
+                ("a".to_owned(), Status::Executing, Status::Expired),
+                ("b".to_owned(), Status::Executing, Status::Expired),
+            ]
+        );
+        assert!(timers.is_empty() && timers.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn the_deadline_table_is_bounded() {
+        let mut timers = TaskTimers::default();
+        for i in 0..MAX_TIMED_TASKS + 3 {
+            timers.add(
+                Instant::ZERO + Duration::from_secs(i as u64),
+                &i.to_string(),
+            );
+        }
+        assert_eq!(timers.len(), MAX_TIMED_TASKS);
+        assert_eq!(timers.dropped, 3);
+    }
 
     #[test]
     fn reward_test_vectors() {

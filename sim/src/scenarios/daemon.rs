@@ -121,7 +121,7 @@ pub(crate) fn describe(body: Option<&Vec<u8>>) -> String {
 }
 
 /// A handshake call; the reply JSON, or the reply's description.
-fn handshake(
+pub(crate) fn handshake(
     net: &mut Net,
     i: usize,
     app: AppId,
@@ -135,7 +135,7 @@ fn handshake(
 }
 
 /// Whether the JSON list `key` of `v` has an entry with `node_id` `node`.
-fn lists(v: &Value, key: &str, node: u32) -> bool {
+pub(crate) fn lists(v: &Value, key: &str, node: u32) -> bool {
     v[key]
         .as_array()
         .is_some_and(|l| l.iter().any(|e| e["node_id"] == node))
@@ -143,7 +143,7 @@ fn lists(v: &Value, key: &str, node: u32) -> bool {
 
 /// Polls `ListTrusted` (or `ListPending`) on host `i` until `node` is in
 /// it or `timeout` passes.
-fn wait_listed(net: &mut Net, i: usize, app: AppId, pending: bool, node: u32) -> bool {
+pub(crate) fn wait_listed(net: &mut Net, i: usize, app: AppId, pending: bool, node: u32) -> bool {
     let key = if pending { "pending" } else { "trusted" };
     let req = if pending {
         HandshakeRequest::ListPending
@@ -194,7 +194,13 @@ pub(crate) fn recv_until(
 }
 
 /// Dials `to`'s echo port, sends `data`, reads it back and closes.
-fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Result<(), String> {
+pub(crate) fn echo_once(
+    net: &mut Net,
+    i: usize,
+    app: AppId,
+    to: Addr,
+    data: &[u8],
+) -> Result<(), String> {
     let conn = dial(net, i, app, to)?;
     net.send(
         i,
@@ -222,7 +228,7 @@ fn echo_once(net: &mut Net, i: usize, app: AppId, to: Addr, data: &[u8]) -> Resu
 
 /// One app per host, after registration; `None` (with a failed check) if
 /// that did not work.
-fn setup(net: &mut Net, s: &mut Script) -> Option<(Vec<Addr>, Vec<AppId>)> {
+pub(crate) fn setup(net: &mut Net, s: &mut Script) -> Option<(Vec<Addr>, Vec<AppId>)> {
     let n = net.hosts.len();
     let reg = net.wait_registered(REGISTER_TIMEOUT);
     let addrs: Vec<Addr> = (0..n).filter_map(|i| net.addr(i)).collect();

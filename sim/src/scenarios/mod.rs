@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datagram;
 pub mod hostile;
 pub mod lifecycle;
+pub mod membership;
 pub mod nat;
 pub mod ping;
 pub mod rekey;
@@ -32,6 +33,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(daemon::DaemonEchoScenario));
     r.register(Box::new(daemon::DaemonRotateScenario));
     r.register(Box::new(daemon::RegistryRestartScenario));
+    r.register(Box::new(membership::NetworkMembershipScenario));
     r.register(Box::new(nat::NatMatrixScenario));
     r.register(Box::new(nat::NatRebindScenario));
     r.register(Box::new(nat::NatIdleScenario));
