@@ -8,6 +8,7 @@
 //! datagram between them, the registry's TCP segments included (see
 //! [`crate::tcp`] for how loss becomes delay there).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -373,6 +374,7 @@ impl Net {
             beacon: spec.beacon,
             keepalive: spec.keepalive,
             observer: spec.observer,
+            admin_token: self.registry_cfg.admin_token.clone().unwrap_or_default().into_bytes(),
         };
         let host = DaemonHost::new(self.seed, &hc, self.sim.now());
         if let Err(e) = self.sim.replace_node(id, NetNode::Host(Box::new(host))) {

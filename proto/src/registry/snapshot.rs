@@ -259,7 +259,7 @@ impl Snapshot {
                         version: n.version.clone(),
                         key_rot_count: n.key_rot_count,
                         key_rotated: (n.key_rotated_ns != 0)
-                            .then(|| to_rfc3339(Instant::from_nanos(n.key_rotated_ns))),
+                            .then(|| to_rfc3339(UnixTime::from_nanos(n.key_rotated_ns))),
                         prev_key: n.prev_key.as_ref().map(auth::encode_public_key),
                     },
                 )

@@ -766,24 +766,18 @@ fn rotate_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr],
     let mut asked_at = None;
     let mut reply: Option<Vec<u8>> = None;
     net.run_until(ECHO_MAX_RUN, Duration::from_millis(20), |net| {
-        while let Some(b) = net.take_where(
-            0,
-            apps[0],
-            |m| matches!(m, IpcMessage::Recv { conn_id, .. } if *conn_id == conn),
-        ) {
-            if let Some(IpcMessage::Recv { data, .. }) = decode(&b) {
-                got += data.len() as u64;
-                back.update(data);
-            }
-        }
+        let (data, _) = net.read(0, apps[0], conn);
+        got += data.len() as u64;
+        back.update(&data);
         if asked_at.is_none() && got >= total / 4 {
             asked_at = Some(got);
-            net.send(0, ctl, &IpcMessage::RotateKey);
+            net.with_host(0, |h, now| h.app_request(now, ctl, &IpcMessage::RotateKey).is_ok());
         }
-        if reply.is_none() {
-            reply = net.take_where(0, ctl, |m| {
-                matches!(m, IpcMessage::RotateKeyOk(_) | IpcMessage::Error { .. })
-            });
+        if reply.is_none() && asked_at.is_some() {
+            reply = net
+                .with_host(0, |h, _| h.session(ctl).and_then(|s| s.take_reply()))
+                .flatten()
+                .map(|r| r.into_body());
         }
         got >= total && reply.is_some()
     });
@@ -846,18 +840,6 @@ fn rotate_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr],
         live,
         "node 0 is live at the registry 65 s later",
     );
-    let r = net.call(
-        0,
-        apps[0],
-        &IpcMessage::Close { conn_id: conn },
-        CALL_TIMEOUT,
-    );
-    s.check(
-        "close",
-        matches!(
-            r.as_deref().and_then(decode),
-            Some(IpcMessage::CloseOk { .. })
-        ),
-        describe(r.as_ref()),
-    );
+    let closed = net.close_conn(0, apps[0], conn, CALL_TIMEOUT);
+    s.check("close", closed, "the daemon answered the close");
 }
