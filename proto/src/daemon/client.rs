@@ -71,7 +71,7 @@ impl Client {
             }
             return was;
         }
-        if !self.blocked.is_some_and(|(b, _)| b == cid) {
+        if self.blocked.is_none_or(|(b, _)| b != cid) {
             return false;
         }
         self.blocked = None;
