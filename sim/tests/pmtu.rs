@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use pilot_proto::WireProfile;
 use pilot_proto::node::ConnId;
+use pilot_proto::stream::consts::PMTU_RAISE_TIMER;
 use pilot_proto::time::Instant;
 use pilot_sim::NodeId;
 use pilot_sim::Sim;
@@ -229,4 +230,99 @@ fn a_black_hole_after_the_raise_falls_back_to_the_base() {
         (1, 4096),
         "no probing after the fall-back"
     );
+}
+
+fn searches(r: &Run) -> u64 {
+    let p = r.sim.node(r.dialer).unwrap();
+    p.node.conn_stats(r.conn).unwrap().pmtu_searches
+}
+
+/// The path's MTU grows after the search converged on a 1500-byte path:
+/// nothing changes until the raise timer (600 s) fires, then the search
+/// starts again from the size in use, tries the ceiling first and the
+/// connection moves to 4096-byte segments; every byte arrives.
+#[test]
+fn a_path_whose_mtu_grows_later_is_found_again() {
+    for seed in 6..=8 {
+        let mut r = Run::new(seed, 1500);
+        for round in 0..40 {
+            r.burst(round);
+        }
+        let converged = r.segment_size();
+        assert!(
+            converged <= 1500 - OVERHEAD && converged > 1152,
+            "{converged}"
+        );
+        let (probes, _, _) = r.totals();
+        r.mtu.set(65_507);
+        // Before the timer: the ended search stays ended.
+        for round in 40..60 {
+            r.burst(round);
+        }
+        assert_eq!(r.segment_size(), converged, "seed {seed}");
+        assert_eq!(
+            r.totals().0,
+            probes,
+            "seed {seed}: no probe before the timer"
+        );
+        assert_eq!(searches(&r), 0);
+        r.wait(PMTU_RAISE_TIMER);
+        for round in 60..64 {
+            r.burst(round);
+        }
+        r.assert_delivered();
+        assert_eq!(searches(&r), 1, "seed {seed}");
+        assert_eq!(r.segment_size(), 4096, "seed {seed}: {:?}", r.totals());
+        assert_eq!(r.totals().0, probes + 1, "seed {seed}: the ceiling first");
+        assert_eq!(r.mss_reductions(), 0);
+    }
+}
+
+/// On a path that did not change, the re-search costs a bounded number of
+/// probes, keeps the size and loses nothing.
+#[test]
+fn a_re_search_on_an_unchanged_path_keeps_the_size() {
+    let mut r = Run::new(9, 1500);
+    for round in 0..40 {
+        r.burst(round);
+    }
+    let converged = r.segment_size();
+    let (probes, _, _) = r.totals();
+    r.wait(PMTU_RAISE_TIMER);
+    for round in 40..80 {
+        r.burst(round);
+    }
+    r.assert_delivered();
+    assert_eq!(searches(&r), 1);
+    assert_eq!(r.segment_size(), converged);
+    let more = r.totals().0 - probes;
+    assert!((1..=24).contains(&more), "{more} probes");
+    assert_eq!(r.mss_reductions(), 0, "no black hole was ever seen");
+}
+
+/// After a black hole took the connection back to the base and ended the
+/// search, a path that carries large datagrams again is found once the
+/// raise timer fired.
+#[test]
+fn after_a_black_hole_the_raise_timer_searches_again() {
+    let mut r = Run::new(10, 65_507);
+    for round in 0..3 {
+        r.burst(round);
+    }
+    assert_eq!(r.segment_size(), 4096);
+    r.mtu.set(1500);
+    for round in 3..12 {
+        r.burst(round);
+    }
+    r.wait(Duration::from_secs(10));
+    assert_eq!(r.segment_size(), 1152);
+    r.mtu.set(65_507);
+    r.wait(PMTU_RAISE_TIMER);
+    for round in 12..16 {
+        r.burst(round);
+    }
+    r.assert_delivered();
+    assert_eq!(searches(&r), 1);
+    assert_eq!(r.segment_size(), 4096);
+    assert_eq!(r.mss_reductions(), 1);
 }

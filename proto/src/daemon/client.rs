@@ -31,8 +31,13 @@ pub(crate) struct Client {
     /// [`super::Output::CloseClient`] was given.
     pub close_given: bool,
     /// The frame at the front of the input is a `Send` whose first
-    /// `.1` data bytes were accepted by connection `.0`, which is full.
+    /// `.1` data bytes were accepted by connection `.0`, which is full
+    /// (with [`Client::sending`] set: the front is that `Send`'s data and
+    /// `.1` is unused).
     pub blocked: Option<(ConnId, usize)>,
+    /// The input is inside a `Send` frame whose header was consumed: its
+    /// data goes to the connection as it arrives (`spec/daemon.md` §7).
+    pub sending: Option<Sending>,
     /// Requests whose reply is still to come.
     pub inflight: usize,
     /// Ports this client bound.
@@ -41,7 +46,43 @@ pub(crate) struct Client {
     pub paused: BTreeSet<ConnId>,
 }
 
+/// The rest of a `Send` frame being written through as it arrives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sending {
+    /// Where its data goes; `None`: discarded (unknown or foreign
+    /// connection, or the connection ended; counted as a send failure
+    /// once).
+    pub conn: Option<ConnId>,
+    /// Data bytes of the frame still to come.
+    pub left: usize,
+}
+
 impl Client {
+    /// Connection `cid` can never take the `Send` at the front of the
+    /// input (it ended): the rest of that `Send` is dropped. Returns
+    /// whether the client was waiting on `cid` (its input should be
+    /// processed again).
+    pub fn abandon_send(&mut self, cid: ConnId) -> bool {
+        if let Some(s) = self.sending.as_mut().filter(|s| s.conn == Some(cid)) {
+            s.conn = None;
+            let was = self.blocked.is_some_and(|(b, _)| b == cid);
+            if was {
+                self.blocked = None;
+            }
+            return was;
+        }
+        if self.blocked.is_none_or(|(b, _)| b != cid) {
+            return false;
+        }
+        self.blocked = None;
+        if let Ok(Some((_, used))) =
+            crate::wire::ipc::parse_frame(self.inbuf.get(self.in_start..).unwrap_or(&[]))
+        {
+            self.input_consumed(used);
+        }
+        true
+    }
+
     /// Bytes not yet written by the driver (queued here or handed over).
     pub fn out_len(&self) -> usize {
         self.out.len().saturating_add(self.handed)

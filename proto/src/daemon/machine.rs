@@ -119,6 +119,10 @@ pub struct Socket {
     pub paused_seen: bool,
     /// The daemon closed the socket ([`Output::CloseClient`]).
     pub closed: bool,
+    /// Bytes handed to the daemon per read (`0`: [`READ_CHUNK`]).
+    pub feed: usize,
+    /// Most unprocessed input the daemon held for this client after a read.
+    pub max_in: usize,
 }
 
 impl Socket {
@@ -243,6 +247,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Machine<P, R> {
         self.sockets.get(&client)
     }
 
+    /// The socket of `client`, to change how it is read.
+    pub fn socket_mut(&mut self, client: ClientId) -> Option<&mut Socket> {
+        self.sockets.get_mut(&client)
+    }
+
     /// One round: drains the daemon's output channel, performs (or holds)
     /// disk work, closes clients the daemon closed, then feeds the
     /// applications' input while the daemon reads. Returns whether anything
@@ -322,9 +331,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Machine<P, R> {
                     s.paused_seen = true;
                     break;
                 }
-                let n = s.input.len().min(READ_CHUNK);
+                let feed = if s.feed == 0 { READ_CHUNK } else { s.feed };
+                let n = s.input.len().min(feed);
                 let chunk: Vec<u8> = s.input.drain(..n).collect();
                 self.daemon.handle_ipc_bytes(now, *id, &chunk);
+                let held = self.daemon.clients.get(id).map_or(0, |c| c.in_len());
+                s.max_in = s.max_in.max(held);
                 moved = true;
             }
         }

@@ -64,13 +64,13 @@ use crate::stream::conn::StreamError;
 use crate::time::Instant;
 use crate::wire::WireProfile;
 use crate::wire::ipc::{
-    Command, Direction, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_CLIENTS, MAX_CONNS_PER_CLIENT,
-    MAX_INFLIGHT_PER_CLIENT, MAX_SEND_DATA, MAX_TAGS, parse_frame,
+    Command, Direction, IpcError, IpcMessage, LENGTH_PREFIX_LEN, MAX_BODY_LEN, MAX_CLIENTS,
+    MAX_CONNS_PER_CLIENT, MAX_INFLIGHT_PER_CLIENT, MAX_SEND_DATA, MAX_TAGS, parse_frame,
 };
 
 use calls::{Calls, Purpose};
-use client::Client;
 pub use client::ClientId;
+use client::{Client, Sending};
 use conns::{ConnTable, Role, TrustOutbound, service_conn_id};
 use lifecycle::Lifecycle;
 pub use output::{DaemonEvent, DiskWork, DiskWrite, Output, WebhookOutput, WorkToken};
@@ -1018,6 +1018,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if c.should_close {
             return;
         }
+        let mut bytes = bytes;
+        if c.in_len() == 0
+            && c.blocked.is_none()
+            && c.inflight < MAX_INFLIGHT_PER_CLIENT
+            && c.out_len() < OUT_HIGH_WATER
+        {
+            if let Some(mut s) = c.sending {
+                // Inside a `Send`'s data with nothing queued before it: the
+                // bytes go from the driver's read buffer straight into the
+                // stream's send buffer, never through the input buffer.
+                let (taken, full) =
+                    Self::write_through(self.life.node_mut(), &mut self.stats, now, &mut s, bytes);
+                c.sending = (s.left > 0).then_some(s);
+                if full {
+                    c.blocked = s.conn.map(|cid| (cid, 0));
+                }
+                bytes = bytes.get(taken..).unwrap_or(&[]);
+            }
+        }
         if c.in_len().saturating_add(bytes.len()) > IN_MAX {
             c.push_error(&"ipc: input overflow (client ignored back-pressure)");
             c.should_close = true;
@@ -1555,15 +1574,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     // is finished for the client.
                     let _ = c.push(&IpcMessage::CloseOk { conn_id: ipc_id });
                     c.paused.remove(&cid);
-                    if c.blocked.is_some_and(|(b, _)| b == cid) {
-                        c.blocked = None;
-                        // The Send at the front can never complete: drop it.
-                        if let Ok(Some((_, used))) =
-                            parse_frame(c.inbuf.get(c.in_start..).unwrap_or(&[]))
-                        {
-                            c.input_consumed(used);
-                        }
-                    }
+                    // The Send at the front can never complete: drop it.
+                    c.abandon_send(cid);
                     self.conns.detach(cid);
                     let _ = node.close(now, cid);
                     self.process_input(now, client);
@@ -1691,11 +1703,39 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 return;
             }
             let resume = c.blocked.take();
+            if let Some(mut s) = c.sending {
+                // The front is the data of a `Send` being written through.
+                let avail = c.in_len().min(s.left);
+                if avail == 0 {
+                    return;
+                }
+                let start = c.in_start;
+                let data = c
+                    .inbuf
+                    .get(start..start.saturating_add(avail))
+                    .unwrap_or(&[]);
+                let (taken, full) =
+                    Self::write_through(self.life.node_mut(), &mut self.stats, now, &mut s, data);
+                c.input_consumed(taken);
+                c.sending = (s.left > 0).then_some(s);
+                if full {
+                    c.blocked = s.conn.map(|cid| (cid, 0));
+                    return;
+                }
+                continue;
+            }
             let inbuf = core::mem::take(&mut c.inbuf);
             let start = c.in_start;
             let rest = inbuf.get(start..).unwrap_or(&[]);
             let step = match parse_frame(rest) {
-                Ok(None) => Step::NeedMore,
+                Ok(None) => match send_head(rest) {
+                    // A `Send` whose data is still arriving: its data is
+                    // written through as it comes (`spec/daemon.md` §7).
+                    Some((conn_id, left)) if Command::Send.is_available_in(self.profile) => {
+                        Step::WriteThrough(self.send_target(client, conn_id), left)
+                    }
+                    _ => Step::NeedMore,
+                },
                 Err(e) => Step::Fatal(e),
                 Ok(Some((body, used))) => {
                     if body.is_empty() {
@@ -1722,6 +1762,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     return;
                 }
                 Step::Done(used) => c.input_consumed(used),
+                Step::WriteThrough(conn, left) => {
+                    c.input_consumed(SEND_HEAD_LEN);
+                    c.sending = Some(Sending { conn, left });
+                }
                 Step::Blocked(b) => {
                     c.blocked = Some(b);
                     return;
@@ -1929,19 +1973,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         data: &[u8],
         resume: Option<(ConnId, usize)>,
     ) -> Option<(ConnId, usize)> {
-        let Some(cid) = self.conns.by_ipc(conn_id) else {
-            self.stats.send_failures += 1;
-            return None;
-        };
-        let owned = matches!(
-            self.conns.get(cid),
-            Some(Role::Client { client: o, dialing: false, .. }) if *o == client
-        );
+        let cid = self.send_target(client, conn_id)?;
         let node = self.life.node_mut()?;
-        if !owned {
-            self.stats.send_failures += 1;
-            return None;
-        }
         let mut off = match resume {
             Some((r, o)) if r == cid => o,
             _ => 0,
@@ -1957,6 +1990,63 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
         }
         None
+    }
+
+    /// The connection a `Send` of `client` on `conn_id` writes to: one
+    /// the client owns and has finished dialling. Otherwise the send
+    /// fails (counted).
+    fn send_target(&mut self, client: ClientId, conn_id: u32) -> Option<ConnId> {
+        self.life.node()?;
+        let cid = self.conns.by_ipc(conn_id).filter(|&cid| {
+            matches!(
+                self.conns.get(cid),
+                Some(Role::Client { client: o, dialing: false, .. }) if *o == client
+            )
+        });
+        if cid.is_none() {
+            self.stats.send_failures += 1;
+        }
+        cid
+    }
+
+    /// Writes `data`, the next bytes of the `Send` being written through
+    /// (`s`), to its connection; bytes beyond the frame are left. Returns
+    /// the bytes taken and whether the connection is full (the rest waits
+    /// for room). Data for no connection is taken and dropped; a write
+    /// error counts one send failure and drops the rest of the frame.
+    fn write_through(
+        node: Option<&mut Node<P, R>>,
+        stats: &mut DaemonStats,
+        now: Instant,
+        s: &mut Sending,
+        data: &[u8],
+    ) -> (usize, bool) {
+        let data = data.get(..s.left.min(data.len())).unwrap_or(&[]);
+        if let Some(cid) = s.conn {
+            let Some(node) = node else {
+                s.conn = None;
+                stats.send_failures += 1;
+                s.left -= data.len();
+                return (data.len(), false);
+            };
+            let mut off = 0;
+            while off < data.len() {
+                match node.write(now, cid, data.get(off..).unwrap_or(&[])) {
+                    Ok(0) => {
+                        s.left -= off;
+                        return (off, true);
+                    }
+                    Ok(n) => off += n,
+                    Err(_) => {
+                        stats.send_failures += 1;
+                        s.conn = None;
+                        break;
+                    }
+                }
+            }
+        }
+        s.left -= data.len();
+        (data.len(), false)
     }
 
     /// Closes connection `conn_id` (the id `info` lists). The IPC socket is
@@ -1977,14 +2067,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     if o != client {
                         let _ = c.push(&IpcMessage::CloseOk { conn_id });
                     }
-                    if c.blocked.is_some_and(|(b, _)| b == cid) {
-                        c.blocked = None;
-                        // The Send at the front can never complete: drop it.
-                        if let Ok(Some((_, used))) =
-                            parse_frame(c.inbuf.get(c.in_start..).unwrap_or(&[]))
-                        {
-                            c.input_consumed(used);
-                        }
+                    // The Send at the front can never complete: drop it.
+                    if c.abandon_send(cid) {
                         resume = Some(o);
                     }
                 }
@@ -2614,4 +2698,23 @@ enum Step {
     Fatal(IpcError),
     Done(usize),
     Blocked((ConnId, usize)),
+    /// A `Send` header (to this connection, `None`: dropped) with this
+    /// many data bytes still arriving.
+    WriteThrough(Option<ConnId>, usize),
+}
+
+/// Bytes of a `Send` frame before its data: length prefix, command byte,
+/// connection id.
+const SEND_HEAD_LEN: usize = LENGTH_PREFIX_LEN + 1 + 4;
+
+/// The connection id and data length of the incomplete `Send` frame at the
+/// front of `rest`, once its header is in and it carries data.
+fn send_head(rest: &[u8]) -> Option<(u32, usize)> {
+    let head = rest.get(..SEND_HEAD_LEN)?;
+    let (prefix, body) = head.split_first_chunk::<LENGTH_PREFIX_LEN>()?;
+    let len = u32::from_be_bytes(*prefix) as usize;
+    let (&cmd, id) = body.split_first()?;
+    let id: [u8; 4] = id.try_into().ok()?;
+    (cmd == Command::Send.byte() && len > 1 + 4 && len <= MAX_BODY_LEN)
+        .then(|| (u32::from_be_bytes(id), len - 1 - 4))
 }

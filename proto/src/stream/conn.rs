@@ -23,10 +23,10 @@ use super::cc::{AckEvent, CongestionController, NewReno, NewRenoConfig, Recovery
 use super::consts::{
     DELAYED_ACK, DELAYED_ACK_SEGMENTS, DUP_ACK_THRESHOLD, GIVE_UP_MIN_TIMEOUTS, KEEPALIVE_INTERVAL,
     KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_ACCEPTED_SEGMENT,
-    MAX_BACKOFF_RTO, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PROBE_ANSWER_SILENCE,
-    QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT, SEND_BUFFER_CAP,
-    SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT, ZWP_INITIAL,
-    ZWP_MAX, ZWP_MAX_PROBES,
+    MAX_BACKOFF_RTO, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PMTU_RAISE_TIMER,
+    PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT,
+    SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT,
+    ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
@@ -282,6 +282,8 @@ pub struct ConnStats {
     pub pmtu_probes: u64,
     /// Probes answered, each raising the segment size.
     pub pmtu_raises: u64,
+    /// Searches started again by the raise timer (§5.5).
+    pub pmtu_searches: u64,
     /// Largest segment size this connection used.
     pub max_segment: usize,
 }
@@ -337,6 +339,9 @@ pub struct Connection {
     seg_size: SegmentSize,
     /// The upward path-MTU probe in flight.
     pmtu_probe: Option<PmtuProbe>,
+    /// When the ended upward search starts again (§5.5, RFC 8899's
+    /// `PMTU_RAISE_TIMER`); set when it ends.
+    pmtu_raise_at: Option<Instant>,
     rng: u64,
 
     // Output requests.
@@ -469,6 +474,7 @@ impl Connection {
             peer_window: None,
             seg_size: SegmentSize::with_ceiling(mss, cfg.pmtu_ceiling),
             pmtu_probe: None,
+            pmtu_raise_at: None,
             rng: cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
             syn_pending: false,
             synack_pending: false,
@@ -975,6 +981,7 @@ impl Connection {
                     self.send.set_mss(self.seg_size.current());
                     self.stats.pmtu_raises += 1;
                 }
+                self.pmtu_arm_raise(now);
             }
             return;
         }
@@ -1386,6 +1393,7 @@ impl Connection {
                 self.send.set_mss(n);
                 self.stats.mss_reductions += 1;
                 self.pmtu_probe = None;
+                self.pmtu_arm_raise(now);
             }
             MtuVerdict::TooSmall => {
                 self.reset(ResetReason::PathMtu);
@@ -1601,6 +1609,13 @@ impl Connection {
             && now <= p.deadline
     }
 
+    /// Starts the re-search timer when the upward search has just ended.
+    fn pmtu_arm_raise(&mut self, now: Instant) {
+        if self.pmtu_raise_at.is_none() && self.seg_size.search_over() {
+            self.pmtu_raise_at = Some(now + PMTU_RAISE_TIMER);
+        }
+    }
+
     /// The next upward path-MTU probe, when one is due (§5.5): the search
     /// has a candidate, written data waits to be sent and nothing is in
     /// flight. The probe is a data segment of the candidate's size, padded
@@ -1615,6 +1630,7 @@ impl Connection {
             }
             self.pmtu_probe = None;
             self.seg_size.on_probe_lost(p.size);
+            self.pmtu_arm_raise(now);
         }
         if self.state != State::Established
             || self.send.unsent() == 0
@@ -1623,6 +1639,15 @@ impl Connection {
             || self.peer_window.is_none()
         {
             return None;
+        }
+        if self.seg_size.search_over() {
+            // The search ended: it starts again once the raise timer fired.
+            self.pmtu_arm_raise(now);
+            if self.pmtu_raise_at.is_some_and(|at| now < at) || !self.seg_size.restart_search() {
+                return None;
+            }
+            self.pmtu_raise_at = None;
+            self.stats.pmtu_searches += 1;
         }
         let size = self.seg_size.probe_candidate()?;
         let payload = Bytes::from_static(PMTU_PADDING.get(..size)?);

@@ -171,6 +171,11 @@ pub const MAX_ACCEPTED_SEGMENT: usize = 4096;
 /// too large (RFC 8899 `MAX_PROBES`; `spec/transport.md` §5.5).
 pub const PMTU_MAX_PROBES: u32 = 3;
 
+/// A finished upward search starts again after this long (RFC 8899's
+/// `PMTU_RAISE_TIMER`, 600 s), so a path whose MTU grew is found again
+/// (`spec/transport.md` §5.5).
+pub const PMTU_RAISE_TIMER: Duration = Duration::from_secs(600);
+
 /// The upward search stops when the next candidate would be less than
 /// this many bytes above the largest confirmed size (§5.5).
 pub const PMTU_SEARCH_STEP: usize = 64;

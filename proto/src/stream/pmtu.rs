@@ -26,9 +26,15 @@
 //! size and the smallest one that went unanswered [`PMTU_MAX_PROBES`]
 //! times. A confirmed probe raises the segment size at once. Black-hole
 //! detection above the base falls straight back to the base and ends the
-//! search. The connection sends the probes and recognises their answers
-//! (`conn.rs`); this type only keeps the search.
+//! search. A search that ended (converged, or stopped by a black hole)
+//! starts again after [`PMTU_RAISE_TIMER`] (RFC 8899's
+//! `PMTU_RAISE_TIMER`), from the size in use up to the ceiling, so a path
+//! whose MTU grew later is found again. The connection sends the probes,
+//! recognises their answers and keeps that timer (`conn.rs`); this type
+//! only keeps the search.
 
+#[cfg(doc)]
+use super::consts::PMTU_RAISE_TIMER;
 use super::consts::{
     BLACKHOLE_EVIDENCE, FLOOR_EVIDENCE, PMTU_MAX_PROBES, PMTU_SEARCH_STEP, SEGMENT_FLOOR,
 };
@@ -110,6 +116,27 @@ impl SegmentSize {
             self.confirmed.saturating_add(self.too_large) / 2
         };
         (c >= self.confirmed.saturating_add(PMTU_SEARCH_STEP) && c < self.too_large).then_some(c)
+    }
+
+    /// Whether an enabled search has ended (converged, or stopped by a
+    /// black hole): the moment the re-search timer starts.
+    pub fn search_over(&self) -> bool {
+        self.ceiling > self.max && self.probe_candidate().is_none()
+    }
+
+    /// Starts the search again (the re-search timer fired): the size in use
+    /// is taken as confirmed and every size above it up to the ceiling is
+    /// a candidate again, the ceiling first. Returns whether a search
+    /// started (never where probing is off).
+    pub fn restart_search(&mut self) -> bool {
+        if self.ceiling <= self.max || self.current >= self.ceiling {
+            return false;
+        }
+        self.confirmed = self.current;
+        self.too_large = self.ceiling.saturating_add(1);
+        self.attempts = 0;
+        self.search_stopped = false;
+        self.probe_candidate().is_some()
     }
 
     /// A probe of `size` bytes was answered: the path carries it. Returns
@@ -339,5 +366,67 @@ mod tests {
         // Below the base, halving still needs the full evidence.
         assert_eq!(s.on_timeout(1152, true), MtuVerdict::Keep);
         assert_eq!(s.on_timeout(1152, true), MtuVerdict::Shrunk(576));
+    }
+
+    #[test]
+    fn a_restarted_search_finds_a_path_that_grew() {
+        let mut s = SegmentSize::with_ceiling(1152, 4096);
+        while let Some(c) = s.probe_candidate() {
+            if c <= 1430 {
+                s.on_probe_acked(c);
+            } else {
+                s.on_probe_lost(c);
+            }
+        }
+        let before = s.current();
+        assert!(s.search_over() && before <= 1430);
+        // The path now carries everything: the ceiling is tried first.
+        assert!(s.restart_search());
+        assert!(!s.search_over());
+        assert_eq!(s.probe_candidate(), Some(4096));
+        assert!(s.on_probe_acked(4096));
+        assert_eq!(s.current(), 4096);
+        // At the ceiling there is nothing left to search.
+        assert!(s.search_over());
+        assert!(!s.restart_search());
+    }
+
+    #[test]
+    fn a_restarted_search_on_an_unchanged_path_keeps_the_size() {
+        let mut s = SegmentSize::with_ceiling(1152, 4096);
+        let run = |s: &mut SegmentSize| {
+            let mut probes = 0;
+            while let Some(c) = s.probe_candidate() {
+                probes += 1;
+                if c <= 2000 {
+                    s.on_probe_acked(c);
+                } else {
+                    s.on_probe_lost(c);
+                }
+            }
+            probes
+        };
+        run(&mut s);
+        let size = s.current();
+        assert!(s.restart_search());
+        let probes = run(&mut s);
+        assert_eq!(s.current(), size, "nothing lost, nothing gained");
+        assert!((1..=24).contains(&probes), "{probes} probes");
+    }
+
+    #[test]
+    fn a_search_stopped_by_a_black_hole_restarts_from_the_base() {
+        let mut s = SegmentSize::with_ceiling(1152, 4096);
+        assert!(s.on_probe_acked(4096));
+        s.on_timeout(4096, true);
+        assert_eq!(s.on_timeout(4096, true), MtuVerdict::Shrunk(1152));
+        assert!(s.search_over());
+        assert!(s.restart_search());
+        assert_eq!(s.probe_candidate(), Some(4096));
+        // No search where probing is off.
+        let mut off = SegmentSize::new(1152);
+        assert!(!off.search_over());
+        assert!(!off.restart_search());
+        assert_eq!(off.probe_candidate(), None);
     }
 }
