@@ -438,6 +438,7 @@ impl Snapshot {
                     polo_score: n.polo_score,
                     task_exec: n.task_exec,
                     version: n.version.clone(),
+                    beacon: String::new(),
                 },
             );
             st.pub_key_idx.insert(key, id);

@@ -280,6 +280,27 @@ impl Registry {
         crate::registry::records::apply_record(&mut self.state, key, value)
     }
 
+    /// Ours: records that the beacon at `beacon` (its address as peer
+    /// beacons know it) now serves `node` (`spec/beacon.md` §3.7). Persists
+    /// a change only if the node is registered and the beacon differs; the
+    /// returned effects are committed like a request's. A standby records
+    /// nothing.
+    pub fn note_beacon(&mut self, node: u32, beacon: &str) -> Vec<Effect> {
+        self.effects.clear();
+        if self.config.standby {
+            return Vec::new();
+        }
+        let Some(n) = self.state.nodes.get(&node) else {
+            return Vec::new();
+        };
+        if n.beacon != beacon {
+            let mut n = n.clone();
+            n.beacon = beacon.to_owned();
+            self.commit(Change::PutNode(Box::new(n)));
+        }
+        core::mem::take(&mut self.effects)
+    }
+
     /// The current durable state.
     pub fn state(&self) -> &State {
         &self.state
@@ -1941,6 +1962,7 @@ fn new_node(id: u32, key: PublicKey, owner: &str, now: Instant) -> NodeRecord {
         polo_score: 0,
         task_exec: false,
         version: String::new(),
+        beacon: String::new(),
     }
 }
 

@@ -59,6 +59,11 @@ pub struct NodeRecord {
     pub task_exec: bool,
     /// Software version the node reported.
     pub version: String,
+    /// Ours: the address of the beacon that last recorded this node, empty
+    /// if none did (`spec/beacon.md` §3.7). Lets several beacons share one
+    /// network through the registry's (shared) state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub beacon: String,
 }
 
 /// How nodes may join a network.
