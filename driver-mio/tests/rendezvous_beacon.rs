@@ -126,7 +126,12 @@ fn two_beacons_share_a_network_through_the_store() {
     let sb = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (ea, eb) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
     // Each node discovers at its own beacon only.
-    let discover = |n: u32| msg(&BeaconMsg::Discover { node: n, ed25519: None });
+    let discover = |n: u32| {
+        msg(&BeaconMsg::Discover {
+            node: n,
+            ed25519: None,
+        })
+    };
     exchange(&sa, b1, &discover(a), b1, |r| r[0] == 0x02);
     exchange(&sb, b2, &discover(b), b2, |r| r[0] == 0x02);
 
