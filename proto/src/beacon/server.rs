@@ -1290,7 +1290,9 @@ mod tests {
         assert_eq!(b1.stats().punches_forwarded, 1);
         // b2 commands 9 (from its own address) and answers with 9's endpoint.
         b2.handle_datagram_located(t(11), a1, &fwd, &mut locate);
-        let answer = vec![0x0f, 0, 0, 0, 5, 0, 0, 0, 9, 4, 198, 51, 100, 10, 0x13, 0x88];
+        let answer = vec![
+            0x0f, 0, 0, 0, 5, 0, 0, 0, 9, 4, 198, 51, 100, 10, 0x13, 0x88,
+        ];
         assert_eq!(
             drain(&mut b2),
             vec![
