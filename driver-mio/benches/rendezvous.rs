@@ -251,6 +251,44 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time (user + system) a process has used, seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by the PostgreSQL cluster in `data` (the
+/// postmaster and every process it started: backends, WAL writer, …).
+fn pg_cpu_secs(data: &std::path::Path) -> f64 {
+    let Some(master) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return 0.0;
+    };
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(master)
+        })
+        .map(cpu_secs)
+        .sum();
+    cpu_secs(master) + children
+}
+
 /// Seed of connection `c`'s `i`-th registration.
 fn seed(c: u32, i: u32) -> u32 {
     c * 100_000 + i
@@ -295,9 +333,19 @@ fn postgres_rows(conns: u32, population: u32) {
         let addrs: Vec<SocketAddr> = fronts.iter().map(|f| f.addr).collect();
         let base = (n - 1) * per_conn;
         let rss0: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
+        let data = pg.dir.path().join("data");
+        let (db0, fe0) = (
+            pg_cpu_secs(&data),
+            fronts.iter().map(|f| cpu_secs(f.child.id())).sum::<f64>(),
+        );
         let (regs, _) = drive(&addrs, conns, per_conn, move |c, i| {
             register_frame(seed(c, base + i))
         });
+        let (db1, fe1) = (
+            pg_cpu_secs(&data),
+            fronts.iter().map(|f| cpu_secs(f.child.id())).sum::<f64>(),
+        );
+        let k = f64::from(conns * per_conn) / 1000.0;
         registered += conns * per_conn;
         let rss1: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
         // Node IDs come in leased blocks (not 1..=n): learn a sample.
@@ -316,6 +364,11 @@ fn postgres_rows(conns: u32, population: u32) {
             "  postgresql, {n} frontend(s): register {regs:>8.0} req/s (+{} nodes, {registered} registered)   lookup {lookups:>8.0} req/s   frontends' resident growth {} B",
             conns * per_conn,
             rss1.saturating_sub(rss0)
+        );
+        println!(
+            "    CPU per 1,000 registrations: database {:.3} s, frontends {:.3} s",
+            (db1 - db0) / k,
+            (fe1 - fe0) / k
         );
     }
 }
