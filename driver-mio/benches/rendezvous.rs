@@ -8,9 +8,16 @@
 //! `RV_BENCH_CONNS` overrides), one request in flight each, and, as a
 //! yardstick in the same run, a bare thread-per-connection TCP
 //! request/response echo with the same request and reply sizes. Request
-//! frames are built before the clock starts. Rows:
-//! * the embedded store: the whole population registered (the rate over
-//!   all of it), then lookups spread over it; resident memory per node;
+//! frames are built before the clock starts. The registry answers a
+//! connection's requests in order, so a client may pipeline
+//! (`spec/registry.md` §1.1): the "pipelined" rows keep [`PIPELINE`]
+//! requests in flight per connection (written together, then the replies
+//! read), against an echo driven the same way — the echo server, like the
+//! registry, answers every complete frame it has read with one write.
+//! Rows:
+//! * the embedded store: the population registered (the rate over all of
+//!   it; in long mode 900,000 one in flight and 100,000 pipelined), then
+//!   lookups spread over it; resident memory per node;
 //! * PostgreSQL (`spec/registry.md` §11.3, a throwaway cluster; skipped
 //!   when PostgreSQL is absent or `RV_BENCH_NO_PG` is set) on one
 //!   database: 1, then 2, then 3 frontends, each registering a third of
@@ -38,6 +45,10 @@ const LONG_POPULATION: u32 = 1_000_000;
 const LOOKUPS: u32 = 200_000;
 /// Requests per echo yardstick.
 const ECHOES: u32 = 200_000;
+/// Requests in flight per connection in the pipelined rows.
+const PIPELINE: usize = 16;
+/// Further nodes registered by the pipelined registration row.
+const PIPELINED_REGS: u32 = 100_000;
 
 fn conns() -> u32 {
     std::env::var("RV_BENCH_CONNS")
@@ -70,7 +81,7 @@ fn decode(body: &[u8]) -> Response {
     r.next_response().unwrap().unwrap()
 }
 
-fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+fn read_frame(s: &mut impl Read) -> Vec<u8> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -79,13 +90,26 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// Runs `per_conn` request/responses on each of `conns` connections in
-/// parallel, connection `c` to `addrs[c % addrs.len()]`; each thread
-/// builds its frames (`frame(conn, i)`) before the clock starts. Returns
-/// requests per second and the last reply size; an error reply panics.
+/// parallel, connection `c` to `addrs[c % addrs.len()]`, one request in
+/// flight; each thread builds its frames (`frame(conn, i)`) before the
+/// clock starts. Returns requests per second and the last reply size; an
+/// error reply panics.
 fn drive(
     addrs: &[SocketAddr],
     conns: u32,
     per_conn: u32,
+    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
+) -> (f64, usize) {
+    drive_depth(addrs, conns, per_conn, 1, frame)
+}
+
+/// [`drive`] with `depth` requests in flight per connection: each round
+/// writes `depth` frames at once, then reads their `depth` replies.
+fn drive_depth(
+    addrs: &[SocketAddr],
+    conns: u32,
+    per_conn: u32,
+    depth: usize,
     frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
 ) -> (f64, usize) {
     let frame = Arc::new(frame);
@@ -96,19 +120,26 @@ fn drive(
             let (frame, ready) = (frame.clone(), ready.clone());
             std::thread::spawn(move || {
                 let frames: Vec<Vec<u8>> = (0..per_conn).map(|i| frame(c, i)).collect();
+                let rounds: Vec<(Vec<u8>, usize)> = frames
+                    .chunks(depth)
+                    .map(|ch| (ch.concat(), ch.len()))
+                    .collect();
                 let mut s = TcpStream::connect(addr).unwrap();
                 s.set_nodelay(true).unwrap();
+                let mut r = std::io::BufReader::with_capacity(64 * 1024, s.try_clone().unwrap());
                 ready.wait();
                 let mut size = 0;
-                for f in &frames {
-                    s.write_all(f).unwrap();
-                    let reply = read_frame(&mut s);
-                    assert!(
-                        !reply.starts_with(br#"{"error""#),
-                        "{}",
-                        String::from_utf8_lossy(&reply)
-                    );
-                    size = reply.len();
+                for (bytes, n) in &rounds {
+                    s.write_all(bytes).unwrap();
+                    for _ in 0..*n {
+                        let reply = read_frame(&mut r);
+                        assert!(
+                            !reply.starts_with(br#"{"error""#),
+                            "{}",
+                            String::from_utf8_lossy(&reply)
+                        );
+                        size = reply.len();
+                    }
                 }
                 size
             })
@@ -124,7 +155,8 @@ fn drive(
     (n / start.elapsed().as_secs_f64(), size)
 }
 
-/// A bare echo-style server: reads a frame, answers `reply_len` bytes.
+/// A bare echo-style server: answers every complete request frame it has
+/// read with `reply_len` bytes, all of one read's replies in one write.
 fn echo_server(reply_len: usize) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -135,12 +167,29 @@ fn echo_server(reply_len: usize) -> SocketAddr {
                 s.set_nodelay(true).unwrap();
                 let mut reply = (reply_len as u32).to_be_bytes().to_vec();
                 reply.resize(4 + reply_len, b'x');
-                let mut len = [0u8; 4];
-                while s.read_exact(&mut len).is_ok() {
-                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-                    if s.read_exact(&mut body).is_err() || s.write_all(&reply).is_err() {
+                let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+                let mut chunk = vec![0u8; 16 * 1024];
+                let mut out = Vec::new();
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut at = 0;
+                    while buf.len() - at >= 4 {
+                        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+                        if buf.len() - at - 4 < len {
+                            break;
+                        }
+                        at += 4 + len;
+                        out.extend_from_slice(&reply);
+                    }
+                    buf.drain(..at);
+                    if !out.is_empty() && s.write_all(&out).is_err() {
                         return;
                     }
+                    out.clear();
                 }
             });
         }
@@ -203,6 +252,51 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time (user + system) a process has used, seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by the PostgreSQL cluster in `data` (the
+/// postmaster and every process it started: backends, WAL writer, …).
+fn pg_cpu_secs(data: &std::path::Path) -> f64 {
+    let Some(master) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return 0.0;
+    };
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(master)
+        })
+        .map(cpu_secs)
+        .sum();
+    cpu_secs(master) + children
+}
+
 /// Seed of connection `c`'s `i`-th registration.
 fn seed(c: u32, i: u32) -> u32 {
     c * 100_000 + i
@@ -247,9 +341,19 @@ fn postgres_rows(conns: u32, population: u32) {
         let addrs: Vec<SocketAddr> = fronts.iter().map(|f| f.addr).collect();
         let base = (n - 1) * per_conn;
         let rss0: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
+        let data = pg.dir.path().join("data");
+        let (db0, fe0) = (
+            pg_cpu_secs(&data),
+            fronts.iter().map(|f| cpu_secs(f.child.id())).sum::<f64>(),
+        );
         let (regs, _) = drive(&addrs, conns, per_conn, move |c, i| {
             register_frame(seed(c, base + i))
         });
+        let (db1, fe1) = (
+            pg_cpu_secs(&data),
+            fronts.iter().map(|f| cpu_secs(f.child.id())).sum::<f64>(),
+        );
+        let k = f64::from(conns * per_conn) / 1000.0;
         registered += conns * per_conn;
         let rss1: u64 = fronts.iter().map(|f| rss(f.child.id())).sum();
         // Node IDs come in leased blocks (not 1..=n): learn a sample.
@@ -269,6 +373,11 @@ fn postgres_rows(conns: u32, population: u32) {
             conns * per_conn,
             rss1.saturating_sub(rss0)
         );
+        println!(
+            "    CPU per 1,000 registrations: database {:.3} s, frontends {:.3} s",
+            (db1 - db0) / k,
+            (fe1 - fe0) / k
+        );
     }
 }
 
@@ -277,10 +386,11 @@ fn postgres_rows(conns: u32, population: u32) {
 fn echo(
     conns: u32,
     reply_len: usize,
+    depth: usize,
     frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
 ) -> f64 {
     let addr = echo_server(reply_len);
-    drive(&[addr], conns, ECHOES / conns, frame).0
+    drive_depth(&[addr], conns, ECHOES / conns, depth, frame).0
 }
 
 fn main() {
@@ -293,7 +403,15 @@ fn main() {
     let pid = front.child.id();
     let rss_before = rss(pid);
     let conns = conns();
-    let regs_per_conn = population / conns;
+    // The pipelined row adds PIPELINED_REGS nodes; in long mode they are
+    // part of the million (the registry holds at most 1,000,000 nodes by
+    // default and refuses more).
+    let plain_population = if long {
+        population - PIPELINED_REGS
+    } else {
+        population
+    };
+    let regs_per_conn = plain_population / conns;
     let lookups_per_conn = LOOKUPS / conns;
     let registered = conns * regs_per_conn;
     println!(
@@ -318,14 +436,30 @@ fn main() {
         lookup_frame(lk_ids[((c * 7919 + i) as usize) % lk_ids.len()])
     });
     let rss_after = rss(pid);
+    // Pipelined: further new nodes, then lookups, PIPELINE in flight.
+    let pipe_regs_per_conn = PIPELINED_REGS / conns;
+    let (pipe_regs, _) = drive_depth(&[addr], conns, pipe_regs_per_conn, PIPELINE, move |c, i| {
+        register_frame(seed(c, regs_per_conn + i))
+    });
+    let lk_ids = ids.clone();
+    let (pipe_lookups, _) = drive_depth(&[addr], conns, lookups_per_conn, PIPELINE, move |c, i| {
+        lookup_frame(lk_ids[((c * 7919 + i) as usize) % lk_ids.len()])
+    });
     drop(front);
     let store_bytes = std::fs::metadata(dir.join("bench.redb")).map_or(0, |m| m.len());
     let _ = std::fs::remove_dir_all(&dir);
 
     let reg_req = register_frame(1).len() - 4;
     let lk_req = lookup_frame(1).len() - 4;
-    let echo_regs = echo(conns, reg_reply, |c, i| register_frame(seed(c, i)));
-    let echo_lookups = echo(conns, lookup_reply, move |c, i| {
+    let echo_regs = echo(conns, reg_reply, 1, |c, i| register_frame(seed(c, i)));
+    let lk_ids = ids.clone();
+    let echo_lookups = echo(conns, lookup_reply, 1, move |c, i| {
+        lookup_frame(lk_ids[((c * 7919 + i) as usize) % lk_ids.len()])
+    });
+    let echo_pipe_regs = echo(conns, reg_reply, PIPELINE, |c, i| {
+        register_frame(seed(c, i))
+    });
+    let echo_pipe_lookups = echo(conns, lookup_reply, PIPELINE, move |c, i| {
         lookup_frame(ids[((c * 7919 + i) as usize) % ids.len()])
     });
     println!(
@@ -335,21 +469,36 @@ fn main() {
         "  embedded lookup:   {lookups:>10.0} req/s   ({} lookups over {registered} nodes; request {lk_req} B, reply {lookup_reply} B)",
         conns * lookups_per_conn
     );
+    let stored = registered + conns * pipe_regs_per_conn;
     println!(
-        "  embedded store:    {store_bytes} B after {registered} registrations ({} B/node)",
-        store_bytes / u64::from(registered.max(1))
+        "  embedded store:    {store_bytes} B after {stored} registrations ({} B/node)",
+        store_bytes / u64::from(stored.max(1))
     );
     println!(
         "  embedded memory:   {} B resident growth for {registered} nodes ({} B/node)",
         rss_after.saturating_sub(rss_before),
         rss_after.saturating_sub(rss_before) / u64::from(registered.max(1))
     );
+    println!(
+        "  pipelined ({PIPELINE} in flight per connection): register {pipe_regs:>10.0} req/s (+{} nodes; durable)   lookup {pipe_lookups:>10.0} req/s",
+        conns * pipe_regs_per_conn
+    );
     println!("bare TCP echo yardstick (thread per connection, same sizes, same run)");
     println!("  register-sized:    {echo_regs:>10.0} req/s");
     println!("  lookup-sized:      {echo_lookups:>10.0} req/s");
+    println!(
+        "  pipelined ({PIPELINE} in flight): register-sized {echo_pipe_regs:>10.0} req/s   lookup-sized {echo_pipe_lookups:>10.0} req/s"
+    );
+    println!(
+        "ratios: register {:.2} of echo ({:.2} pipelined), lookup {:.2} of echo ({:.2} pipelined)",
+        regs / echo_regs,
+        pipe_regs / echo_pipe_regs,
+        lookups / echo_lookups,
+        pipe_lookups / echo_pipe_lookups
+    );
     if std::env::var_os("RV_BENCH_NO_PG").is_none() {
         postgres_rows(conns, population);
-        let echo_regs = echo(conns, reg_reply, |c, i| register_frame(seed(c, i)));
+        let echo_regs = echo(conns, reg_reply, 1, |c, i| register_frame(seed(c, i)));
         println!("  register-sized echo after the PostgreSQL rows: {echo_regs:>10.0} req/s");
     }
 }

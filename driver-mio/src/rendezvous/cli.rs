@@ -40,6 +40,16 @@ pub struct RendezvousArgs {
     /// [default: none]
     #[arg(long, global = true)]
     pub beacon_observer_addr: Option<SocketAddr>,
+    /// Peer beacons serving the same network (UDP `host:port`, comma
+    /// separated): gossip, and punches and relays for their nodes are
+    /// handed to them; with a shared store each node's beacon is recorded
+    /// in it (spec/beacon.md §3.8)
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub beacon_peers: Vec<SocketAddr>,
+    /// This beacon's address as its peers reach it (recorded for the nodes
+    /// it serves) [default: --beacon-addr when not a wildcard]
+    #[arg(long, global = true)]
+    pub beacon_advertise: Option<SocketAddr>,
     /// Store: a redb file (created if missing), or a `postgres://user@host:port/db`
     /// URL shared by several frontends (spec/registry.md §11.3)
     /// [default: rendezvous.redb]
@@ -127,6 +137,8 @@ struct FileConfig {
     registry_addr: Option<SocketAddr>,
     beacon_addr: Option<SocketAddr>,
     beacon_observer_addr: Option<SocketAddr>,
+    beacon_peers: Option<Vec<SocketAddr>>,
+    beacon_advertise: Option<SocketAddr>,
     store: Option<PathBuf>,
     admin_token: Option<String>,
     strict_signatures: Option<bool>,
@@ -231,6 +243,12 @@ impl RendezvousArgs {
         if let Some(a) = self.beacon_addr.or(file.beacon_addr) {
             cfg.beacon_addr = a;
         }
+        cfg.beacon_peers = if self.beacon_peers.is_empty() {
+            file.beacon_peers.unwrap_or_default()
+        } else {
+            self.beacon_peers.clone()
+        };
+        cfg.beacon_advertise = self.beacon_advertise.or(file.beacon_advertise);
         let bad = |what: &str| RendezvousError::Invalid(format!("{what} must be at least 1"));
         if let Some(n) = self.max_connections.or(file.max_connections) {
             if n == 0 {

@@ -123,6 +123,14 @@ pub struct ServerConfig {
     /// *observer*, `spec/beacon.md` §3.7), so daemons can tell whether
     /// their NAT's mapping depends on the destination; `None`: off.
     pub observer_addr: Option<SocketAddr>,
+    /// Peer beacons of the same network (`spec/beacon.md` §3.4, §3.8).
+    /// When set, the beacon records each node it serves in the registry
+    /// (`NodeRecord::beacon`), and hands punches and relays for nodes the
+    /// shared state places on a peer to that peer.
+    pub beacon_peers: Vec<SocketAddr>,
+    /// This beacon's address as its peers know it; `None`: the bound
+    /// beacon address unless it is a wildcard (then nothing is recorded).
+    pub beacon_advertise: Option<SocketAddr>,
     /// Path of the redb store file, or a `postgres://` URL of a database
     /// shared by several frontends.
     pub store_path: PathBuf,
@@ -162,6 +170,8 @@ impl ServerConfig {
             registry_addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
             beacon_addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
             observer_addr: None,
+            beacon_peers: Vec::new(),
+            beacon_advertise: None,
             store_path,
             registry: RegistryConfig::default(),
             max_connections: 4096,
@@ -247,6 +257,9 @@ struct Conn {
     /// Reading suspended because too many replies wait, or the writer is
     /// too far behind.
     paused: bool,
+    /// The peer's FIN was reported: read until `WouldBlock` (or 0), since
+    /// no further readiness event will come.
+    read_closed: bool,
     /// The TLS session when the listener serves TLS (`--tls-cert`).
     tls: Option<Box<rustls::ServerConnection>>,
 }
@@ -594,6 +607,9 @@ pub struct Server {
     stop: StopHandle,
     registry: Registry,
     beacon: BeaconServer,
+    /// With peer beacons: this beacon's address as recorded for the nodes
+    /// it serves (`NodeRecord::beacon`, `spec/beacon.md` §3.8).
+    beacon_self: Option<String>,
     writer: Writer,
     conns: HashMap<Token, Conn>,
     /// Open connections per source key.
@@ -695,10 +711,23 @@ impl Server {
         if let Some((start, end)) = store.lease_node_ids()? {
             registry.lease_node_ids(start, end);
         }
-        let beacon = BeaconServer::new(BeaconConfig::default(), beacon_time(now));
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.registry_addr)?;
         let mut udp = UdpSocket::bind(cfg.beacon_addr)?;
+        let bound = udp.local_addr()?;
+        let beacon_self = (!cfg.beacon_peers.is_empty())
+            .then(|| {
+                cfg.beacon_advertise
+                    .or((!bound.ip().is_unspecified()).then_some(bound))
+            })
+            .flatten()
+            .map(|a| a.to_string());
+        let beacon_cfg = BeaconConfig {
+            report_recorded: beacon_self.is_some(),
+            ..BeaconConfig::default()
+        };
+        let mut beacon = BeaconServer::new(beacon_cfg, beacon_time(now));
+        beacon.set_peers(&cfg.beacon_peers);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
@@ -780,6 +809,7 @@ impl Server {
             stop,
             registry,
             beacon,
+            beacon_self,
             writer,
             conns: HashMap::new(),
             per_source: HashMap::new(),
@@ -910,6 +940,11 @@ impl Server {
                     }
                     token => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if ev.is_read_closed() || ev.is_error() {
+                                if let Some(c) = self.conns.get_mut(&token) {
+                                    c.read_closed = true;
+                                }
+                            }
                             self.serve_conn(now, token);
                         }
                         if ev.is_writable() {
@@ -1214,6 +1249,7 @@ impl Server {
                             frame_started: None,
                             closing: false,
                             paused: false,
+                            read_closed: false,
                             tls,
                         },
                     );
@@ -1268,6 +1304,10 @@ impl Server {
             return;
         }
         let mut chunk = [0u8; READ_CHUNK];
+        // A plain-TCP read that did not fill the chunk emptied the socket:
+        // the next byte raises a new (edge-triggered) readiness event, so
+        // the read that would only say `WouldBlock` is skipped.
+        let mut drained = false;
         loop {
             // Handle complete frames.
             while !conn.closing {
@@ -1314,7 +1354,7 @@ impl Server {
                     }
                 }
             }
-            if conn.closing || conn.paused {
+            if conn.closing || conn.paused || drained {
                 break;
             }
             let got = match conn.tls.as_deref_mut() {
@@ -1328,6 +1368,7 @@ impl Server {
                 }
                 Ok(n) => {
                     conn.rbuf.extend_from_slice(&chunk[..n]);
+                    drained = n < chunk.len() && conn.tls.is_none() && !conn.read_closed;
                     if conn.frame_started.is_none() {
                         conn.frame_started = Some(std::time::Instant::now());
                     }
@@ -1639,9 +1680,17 @@ impl Server {
         let mut buf = vec![0u8; DATAGRAM_MAX];
         loop {
             match self.udp.recv_from(&mut buf) {
-                Ok((n, from)) => self
-                    .beacon
-                    .handle_datagram(beacon_time(now), from, &buf[..n]),
+                Ok((n, from)) => {
+                    let registry = &self.registry;
+                    // Where the shared state says a node's beacon is.
+                    let mut locate = |node: u32| {
+                        let rec = registry.state().nodes.get(&node)?;
+                        rec.beacon.parse::<SocketAddr>().ok()
+                    };
+                    self.beacon
+                        .handle_datagram_located(beacon_time(now), from, &buf[..n], &mut locate);
+                    self.note_beacons(now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -1680,6 +1729,24 @@ impl Server {
     /// The bound observer address, if any.
     pub fn observer_addr(&self) -> Option<SocketAddr> {
         self.observer.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    /// Records in the registry that this beacon serves the nodes it just
+    /// recorded (only with peer beacons; a change is persisted only when a
+    /// node's beacon changes).
+    fn note_beacons(&mut self, now: UnixTime) {
+        let Some(me) = self.beacon_self.as_deref() else {
+            return;
+        };
+        let mut effects = Vec::new();
+        while let Some(node) = self.beacon.poll_recorded() {
+            if self.store_down.is_none() {
+                effects.extend(self.registry.note_beacon(node, me));
+            }
+        }
+        if !effects.is_empty() {
+            self.apply_effects(now, effects);
+        }
     }
 
     fn send_datagrams(&mut self, now: UnixTime) {

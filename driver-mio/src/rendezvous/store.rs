@@ -8,9 +8,11 @@
 //! is durable when it returns: its change sets are appended to the
 //! write-ahead log ([`super::wal`], one write and one `fdatasync`), and
 //! every [`CHECKPOINT_WRITES`] records or [`CHECKPOINT_AGE`] the logged
-//! sets go into the redb file in one fsynced transaction and the log
-//! starts a new generation. Opening the store replays what the log holds
-//! beyond the last checkpoint. The redb file holds the live records only —
+//! sets go into the redb file in one fsynced transaction — on a thread of
+//! its own, off the commit path: appends move to the second log while the
+//! first one's records are checkpointed, and that log starts a new
+//! generation once they are in the file. Opening the store replays what
+//! the logs hold beyond the last checkpoint, older generation first. The redb file holds the live records only —
 //! there is no compaction — so its size follows the live state.
 //!
 //! Files written by earlier versions (a `log` of JSON changes plus a
@@ -32,7 +34,7 @@ use pilot_proto::registry::snapshot::{Snapshot, SnapshotError};
 use pilot_proto::time::UnixTime;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
-use super::wal::{WAL_BYTES, Wal, wal_path};
+use super::wal::{WAL_BYTES, Wal, wal_paths};
 
 /// Logged records that trigger a checkpoint into the redb file.
 pub const CHECKPOINT_WRITES: usize = 16_384;
@@ -175,10 +177,16 @@ pub trait Store: Send {
 
 /// The embedded redb store.
 pub struct RedbStore {
-    db: Database,
-    /// The write-ahead log (`None` while opening).
-    wal: Option<Wal>,
-    /// Change sets in the log and not yet in the redb file.
+    db: Arc<Database>,
+    /// The two write-ahead logs: `logs[active]` takes appends; the other
+    /// is empty, or `None` while the checkpoint thread holds it (both
+    /// `None` while opening).
+    logs: [Option<Wal>; 2],
+    active: usize,
+    /// The checkpoint running on its own thread; it hands back the log it
+    /// emptied.
+    ckpt: Option<std::thread::JoinHandle<(Wal, Result<(), StoreError>)>>,
+    /// Change sets in the active log and not yet in the redb file.
     logged: Vec<ChangeSet>,
     /// Records in `logged`.
     logged_writes: usize,
@@ -197,7 +205,7 @@ impl RedbStore {
     /// the earlier log-plus-snapshot layout. A fresh store gets the records
     /// of a fresh state at `now`, so the backbone's creation time is kept.
     pub fn open(path: &Path, now: UnixTime) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(dberr)?;
+        let db = Arc::new(Database::create(path).map_err(dberr)?);
         let legacy = {
             let rtx = db.begin_read().map_err(dberr)?;
             let names: Vec<String> = rtx
@@ -209,7 +217,9 @@ impl RedbStore {
         };
         let mut store = RedbStore {
             db,
-            wal: None,
+            logs: [None, None],
+            active: 0,
+            ckpt: None,
             logged: Vec::new(),
             logged_writes: 0,
             logged_since: None,
@@ -243,43 +253,96 @@ impl RedbStore {
                 store.apply(&[ChangeSet::full(&State::new(now))?])?;
             }
         }
-        // What the log holds beyond the last checkpoint goes into the file.
-        let (mut wal, sets) = Wal::open(&wal_path(path)).map_err(dberr)?;
+        // What the logs hold beyond the last checkpoint goes into the
+        // file, the older generation first (replaying a set the file
+        // already holds rewrites the same values).
+        let [p0, p1] = wal_paths(path);
+        let (mut w0, s0) = Wal::open(&p0).map_err(dberr)?;
+        let (mut w1, s1) = Wal::open(&p1).map_err(dberr)?;
+        let mut sets = Vec::new();
+        if w0.generation() <= w1.generation() {
+            sets.extend(s0);
+            sets.extend(s1);
+        } else {
+            sets.extend(s1);
+            sets.extend(s0);
+        }
         if !sets.is_empty() {
             tracing::info!(sets = sets.len(), "store: replaying the write-ahead log");
-            store.commit_file(&sets)?;
-            wal.reset().map_err(dberr)?;
+            commit_file(&store.db, &sets)?;
+            w0.reset().map_err(dberr)?;
+            w1.reset().map_err(dberr)?;
         }
-        store.wal = Some(wal);
+        store.logs = [Some(w0), Some(w1)];
         Ok(store)
     }
 
-    /// One fsynced redb transaction applying `sets` in order.
-    fn commit_file(&mut self, sets: &[ChangeSet]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut t = tx.open_table(RECORDS).map_err(dberr)?;
-            for set in sets {
-                write_set(&mut t, set)?;
-            }
-        }
-        tx.commit().map_err(dberr)
+    /// Waits for the running checkpoint, if any, and takes its log back.
+    fn join_checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(h) = self.ckpt.take() else {
+            return Ok(());
+        };
+        let (wal, res) = h
+            .join()
+            .map_err(|_| StoreError::Db("checkpoint thread panicked".into()))?;
+        self.logs[1 - self.active] = Some(wal);
+        res
     }
 
-    /// Moves the logged change sets (and `more`) into the redb file, then
-    /// starts a new log generation.
+    /// Moves the logged change sets (and `more`) into the redb file on
+    /// this thread, then starts a new generation of the active log.
     fn checkpoint(&mut self, more: &[ChangeSet]) -> Result<(), StoreError> {
+        self.join_checkpoint()?;
         if self.logged.is_empty() && more.is_empty() {
             return Ok(());
         }
         let mut sets = std::mem::take(&mut self.logged);
         sets.extend_from_slice(more);
-        self.commit_file(&sets)?;
+        commit_file(&self.db, &sets)?;
         self.logged_writes = 0;
         self.logged_since = None;
-        if let Some(wal) = self.wal.as_mut() {
+        if let Some(wal) = self.logs[self.active].as_mut() {
             wal.reset().map_err(dberr)?;
         }
+        Ok(())
+    }
+
+    /// Starts checkpointing the logged change sets on a thread of their
+    /// own and moves appends to the other log. If the previous checkpoint
+    /// still runs, nothing happens (the next commit tries again).
+    fn start_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.ckpt.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.join_checkpoint()?;
+        if self.logged.is_empty() {
+            return Ok(());
+        }
+        let (old, new) = (self.active, 1 - self.active);
+        let (Some(mut wal), Some(mut next)) = (self.logs[old].take(), self.logs[new].take()) else {
+            return Err(StoreError::Db("write-ahead log missing".into()));
+        };
+        // The new log's records must replay after the old one's.
+        if let Err(e) = next.reset_above(wal.generation()) {
+            self.logs[old] = Some(wal);
+            self.logs[new] = Some(next);
+            return Err(dberr(e));
+        }
+        self.logs[new] = Some(next);
+        self.active = new;
+        let sets = std::mem::take(&mut self.logged);
+        self.logged_writes = 0;
+        self.logged_since = None;
+        let db = self.db.clone();
+        self.ckpt = Some(
+            std::thread::Builder::new()
+                .name("rv-checkpoint".into())
+                .spawn(move || {
+                    let res = commit_file(&db, &sets).and_then(|()| wal.reset().map_err(dberr));
+                    (wal, res)
+                })
+                .map_err(dberr)?,
+        );
         Ok(())
     }
 
@@ -324,6 +387,18 @@ impl RedbStore {
     }
 }
 
+/// One fsynced redb transaction applying `sets` in order.
+fn commit_file(db: &Database, sets: &[ChangeSet]) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(dberr)?;
+    {
+        let mut t = tx.open_table(RECORDS).map_err(dberr)?;
+        for set in sets {
+            write_set(&mut t, set)?;
+        }
+    }
+    tx.commit().map_err(dberr)
+}
+
 fn write_set(t: &mut redb::Table<'_, &[u8], &[u8]>, set: &ChangeSet) -> Result<(), StoreError> {
     if set.replace_all {
         t.retain(|_, _| false).map_err(dberr)?;
@@ -359,17 +434,29 @@ impl Store for RedbStore {
         if sets.iter().all(ChangeSet::is_empty) {
             return Ok(0);
         }
-        let Some(wal) = self.wal.as_mut() else {
+        if self.logs.iter().all(Option::is_none) {
             // Opening: straight into the file.
-            self.commit_file(sets)?;
+            commit_file(&self.db, sets)?;
             return Ok(0);
-        };
-        if !wal.append(sets).map_err(dberr)? {
-            // Too big for what is left of the log.
+        }
+        // A background checkpoint that failed fails the store.
+        if self.ckpt.as_ref().is_some_and(|h| h.is_finished()) {
+            self.join_checkpoint()?;
+        }
+        let mut appended = self.append_active(sets)?;
+        if !appended {
+            // The active log is full: wait for the running checkpoint,
+            // switch logs and try once more.
+            self.join_checkpoint()?;
+            self.start_checkpoint()?;
+            appended = self.append_active(sets)?;
+        }
+        if !appended {
+            // Bigger than a whole log: straight into the file.
             self.checkpoint(sets)?;
             return Ok(0);
         }
-        let used = wal.used();
+        let used = self.logs[self.active].as_ref().map_or(0, Wal::used);
         self.logged.extend_from_slice(sets);
         self.logged_writes += sets.iter().map(|s| s.writes.len()).sum::<usize>();
         let since = *self
@@ -379,9 +466,19 @@ impl Store for RedbStore {
             || used >= WAL_BYTES / 2
             || since.elapsed() >= CHECKPOINT_AGE
         {
-            self.checkpoint(&[])?;
+            self.start_checkpoint()?;
         }
         Ok(0)
+    }
+}
+
+impl RedbStore {
+    /// Appends `sets` to the active log; `false` if they do not fit.
+    fn append_active(&mut self, sets: &[ChangeSet]) -> Result<bool, StoreError> {
+        match self.logs[self.active].as_mut() {
+            Some(wal) => wal.append(sets).map_err(dberr),
+            None => Err(StoreError::Db("write-ahead log missing".into())),
+        }
     }
 }
 
@@ -424,6 +521,7 @@ mod tests {
             key_rotated_ns: 0,
             key_rot_count: 0,
             prev_key: None,
+            beacon: String::new(),
         }))
     }
 
@@ -455,6 +553,80 @@ mod tests {
         let mut s = RedbStore::open(&path, later).unwrap();
         let (got, _) = s.load(later).unwrap();
         assert_eq!(got, expected);
+    }
+
+    /// Stops like a crash after the running checkpoint ended: the active
+    /// log's records never reach the redb file here.
+    fn crash(mut s: RedbStore) {
+        s.join_checkpoint().unwrap();
+        s.logged.clear();
+        s.logs = [None, None];
+    }
+
+    #[test]
+    fn background_checkpoints_and_both_logs_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let mut expected = State::new(now());
+        {
+            let mut s = RedbStore::open(&path, now()).unwrap();
+            // Enough records for several checkpoints, so appends move
+            // between the two logs, and some after the last one.
+            for round in 0..40u32 {
+                let changes: Vec<Change> = (0..1000).map(|i| node(round * 1000 + i + 1)).collect();
+                commit(&mut s, &mut expected, &changes);
+                if round % 7 == 3 {
+                    let gone: Vec<Change> = (0..10)
+                        .map(|i| Change::RemoveNode(round * 1000 + i + 1))
+                        .collect();
+                    commit(&mut s, &mut expected, &gone);
+                }
+            }
+            assert!(!s.logged.is_empty(), "records wait in the active log");
+            crash(s);
+        }
+        let mut s = RedbStore::open(&path, now()).unwrap();
+        let (got, _) = s.load(now()).unwrap();
+        assert_eq!(got, expected);
+    }
+
+    /// Node 5 with `addr`, as a change set of `state`.
+    fn node5_at(state: &mut State, addr: &str) -> ChangeSet {
+        let Change::PutNode(mut n) = node(5) else {
+            unreachable!()
+        };
+        n.real_addr = addr.into();
+        let c = [Change::PutNode(n)];
+        state.apply(&c[0]);
+        ChangeSet::from_changes(state, &c).unwrap()
+    }
+
+    #[test]
+    fn both_logs_replay_older_generation_first() {
+        for newer in [0usize, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.redb");
+            drop(RedbStore::open(&path, now()).unwrap());
+            // A crash in the middle of a checkpoint: the older log still
+            // holds node 5 at :1, the newer one (either file) at :2.
+            let mut state = State::new(now());
+            let old_set = node5_at(&mut state, "127.0.0.1:1");
+            let new_set = node5_at(&mut state, "127.0.0.1:2");
+            let paths = wal_paths(&path);
+            let (mut older, _) = Wal::open(&paths[1 - newer]).unwrap();
+            let (mut younger, _) = Wal::open(&paths[newer]).unwrap();
+            older.reset_above(younger.generation()).unwrap();
+            assert!(older.append(&[old_set]).unwrap());
+            younger.reset_above(older.generation()).unwrap();
+            assert!(younger.append(&[new_set]).unwrap());
+            drop((older, younger));
+            let mut s = RedbStore::open(&path, now()).unwrap();
+            let (got, _) = s.load(now()).unwrap();
+            assert_eq!(
+                got.nodes[&5].real_addr, "127.0.0.1:2",
+                "newer log is file {newer}"
+            );
+        }
     }
 
     #[test]

@@ -48,11 +48,15 @@ pub struct Wal {
     end: u64,
 }
 
-/// Where the log of the store at `store` lives.
-pub fn wal_path(store: &Path) -> PathBuf {
-    let mut p = store.as_os_str().to_owned();
-    p.push(".wal");
-    PathBuf::from(p)
+/// Where the logs of the store at `store` live: `<store>.wal` and
+/// `<store>.wal2`. One takes appends while the other's records are being
+/// checkpointed into the store file (`spec/registry.md` §11.2).
+pub fn wal_paths(store: &Path) -> [PathBuf; 2] {
+    [".wal", ".wal2"].map(|ext| {
+        let mut p = store.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    })
 }
 
 fn encode(sets: &[ChangeSet], out: &mut Vec<u8>) {
@@ -202,6 +206,20 @@ impl Wal {
     /// Bytes of records in the current generation.
     pub fn used(&self) -> u64 {
         self.end - HEADER
+    }
+
+    /// The current generation. Of two logs holding records, the one with
+    /// the lower generation holds the older ones.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Starts a new, empty generation above both this log's and `floor`
+    /// (the other log's), so this log's coming records replay after the
+    /// other's.
+    pub fn reset_above(&mut self, floor: u64) -> std::io::Result<()> {
+        self.generation = self.generation.max(floor);
+        self.reset()
     }
 
     /// Starts a new, empty generation (after its records reached the

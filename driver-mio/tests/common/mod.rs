@@ -32,13 +32,13 @@ impl Rv {
     /// Starts the binary on `store` with port 0 and waits for its
     /// `listening registry=… beacon=…` line.
     pub fn start(store: &Path, extra: &[&str]) -> Rv {
+        Rv::start_at(store, "127.0.0.1:0", extra)
+    }
+
+    /// [`Rv::start`] with the beacon on `beacon` (`host:port`).
+    pub fn start_at(store: &Path, beacon: &str, extra: &[&str]) -> Rv {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pilot-rendezvous"))
-            .args([
-                "--registry-addr",
-                "127.0.0.1:0",
-                "--beacon-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--registry-addr", "127.0.0.1:0", "--beacon-addr", beacon])
             .arg("--store")
             .arg(store)
             .args(["--no-rate-limits", "--log-format", "json"])

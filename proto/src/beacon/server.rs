@@ -41,6 +41,13 @@ const SPARE_BUFFERS: usize = 256;
 /// are freed.
 const SPARE_BUFFER_MAX: usize = 2048;
 
+/// Most node IDs waiting in [`BeaconServer::poll_recorded`]'s queue.
+pub const MAX_RECORDED: usize = 4096;
+/// Most punches forwarded to peer beacons and awaiting their answer.
+pub const MAX_PEER_PUNCHES: usize = 1024;
+/// How long a forwarded punch waits for the peer beacon's answer.
+pub const PEER_PUNCH_TTL: Duration = Duration::from_secs(3);
+
 /// Token units per packet: buckets count in billionths of a packet so the
 /// refill is exact in nanoseconds.
 const TOKEN: u64 = 1_000_000_000;
@@ -116,6 +123,11 @@ pub struct ServerConfig {
     pub max_sync_nodes: usize,
     /// Punch-grant checking; `None` (the default) serves every punch request.
     pub grant: Option<GrantPolicy>,
+    /// Queue the IDs of the nodes each discover and punch request records,
+    /// for [`BeaconServer::poll_recorded`] (the driver writes "this node
+    /// uses this beacon" to the shared state, `spec/beacon.md` §3.8). Off by
+    /// default.
+    pub report_recorded: bool,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +145,7 @@ impl Default for ServerConfig {
             gossip_interval: GOSSIP_INTERVAL,
             max_sync_nodes: MAX_SYNC_NODES_PER_DATAGRAM,
             grant: None,
+            report_recorded: false,
         }
     }
 }
@@ -170,6 +183,10 @@ pub struct ServerStats {
     pub queue_full: u64,
     /// Outputs dropped because the caller's buffer was too small.
     pub buffer_too_small: u64,
+    /// Punch requests handed to the peer beacon that serves the target.
+    pub punches_forwarded: u64,
+    /// Recorded node IDs dropped because the report queue was full.
+    pub recorded_dropped: u64,
 }
 
 /// A node's registration.
@@ -219,6 +236,12 @@ pub struct BeaconServer {
     next_bucket_sweep: Instant,
     next_gossip: Instant,
     stats: ServerStats,
+    /// Nodes recorded since the driver last drained them (only with
+    /// `report_recorded`), at most [`MAX_RECORDED`].
+    recorded: VecDeque<u32>,
+    /// Punches forwarded to a peer beacon: (sent at, requester, target,
+    /// peer address), oldest first, at most [`MAX_PEER_PUNCHES`].
+    peer_punches: VecDeque<(Instant, u32, u32, SocketAddr)>,
 }
 
 impl BeaconServer {
@@ -236,6 +259,8 @@ impl BeaconServer {
             queued_bytes: 0,
             spare: Vec::new(),
             stats: ServerStats::default(),
+            recorded: VecDeque::new(),
+            peer_punches: VecDeque::new(),
         }
     }
 
@@ -285,8 +310,30 @@ impl BeaconServer {
         }
     }
 
+    /// The next node ID a discover or punch request recorded (only with
+    /// [`ServerConfig::report_recorded`]); IDs repeat as nodes refresh.
+    pub fn poll_recorded(&mut self) -> Option<u32> {
+        self.recorded.pop_front()
+    }
+
     /// Handles one datagram received from `from` (`spec/beacon.md` §3.2).
+    /// A beacon that shares its nodes' whereabouts with other beacons uses
+    /// [`BeaconServer::handle_datagram_located`] instead.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.handle_datagram_located(now, from, bytes, &mut |_| None);
+    }
+
+    /// [`BeaconServer::handle_datagram`] with `locate`, which names the
+    /// beacon the shared state says a node uses (`spec/beacon.md` §3.8). A
+    /// punch request or relay whose target is not served here goes to that
+    /// beacon if it is one of the configured peers.
+    pub fn handle_datagram_located(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        locate: &mut dyn FnMut(u32) -> Option<SocketAddr>,
+    ) {
         self.stats.received += 1;
         let Ok(msg) = BeaconMsg::decode(bytes) else {
             self.stats.malformed += 1;
@@ -320,7 +367,13 @@ impl BeaconServer {
                 if peer.is_none() && !self.take_token(now, from) {
                     return;
                 }
-                self.relay(now, peer.is_some(), bytes, sender, destination, inner);
+                self.relay(
+                    now,
+                    peer.is_some(),
+                    bytes,
+                    (sender, destination, inner),
+                    locate,
+                );
             }
             BeaconMsg::Discover { node, .. } | BeaconMsg::DiscoverEx { node, .. } => {
                 if !self.take_token(now, from) {
@@ -347,7 +400,7 @@ impl BeaconServer {
                 }
                 self.record(now, requester, from, None);
                 let Some(target_ep) = self.live(target, now).map(|e| e.endpoint) else {
-                    self.stats.unknown_destination += 1;
+                    self.forward_punch(now, requester, target, from, locate);
                     return;
                 };
                 self.push(
@@ -359,6 +412,16 @@ impl BeaconServer {
                 let endpoint = wire_endpoint(from);
                 self.push(target_ep, &BeaconMsg::PunchCommand { endpoint });
             }
+            BeaconMsg::PeerPunch {
+                answer,
+                requester,
+                target,
+                endpoint,
+            } => match peer {
+                Some(_) if answer => self.peer_punch_answer(now, from, requester, target, endpoint),
+                Some(_) => self.peer_punch(now, from, requester, target, endpoint),
+                None => self.stats.ignored += 1,
+            },
             BeaconMsg::DiscoverReply { .. }
             | BeaconMsg::PunchCommand { .. }
             | BeaconMsg::RelayDeliver { .. }
@@ -471,6 +534,13 @@ impl BeaconServer {
         if node == 0 {
             return;
         }
+        if self.cfg.report_recorded {
+            if self.recorded.len() < MAX_RECORDED {
+                self.recorded.push_back(node);
+            } else {
+                self.stats.recorded_dropped += 1;
+            }
+        }
         let len = self.nodes.len();
         match self.nodes.get_mut(&node) {
             Some(e) => {
@@ -543,9 +613,8 @@ impl BeaconServer {
         now: Instant,
         from_peer: bool,
         raw: &[u8],
-        sender: u32,
-        destination: u32,
-        inner: &[u8],
+        (sender, destination, inner): (u32, u32, &[u8]),
+        locate: &mut dyn FnMut(u32) -> Option<SocketAddr>,
     ) {
         if let Some(e) = self.live(destination, now).copied() {
             let msg = if e.wants_dest {
@@ -576,7 +645,12 @@ impl BeaconServer {
                 })
             })
             .flatten()
-            .map(|p| p.addr);
+            .map(|p| p.addr)
+            .or_else(|| {
+                (!from_peer)
+                    .then(|| self.located_peer(destination, locate))
+                    .flatten()
+            });
         match via {
             Some(addr) => {
                 if self.push_raw(addr, raw) {
@@ -585,6 +659,114 @@ impl BeaconServer {
                 }
             }
             None => self.stats.unknown_destination += 1,
+        }
+    }
+
+    /// The configured peer beacon that `locate` says serves `node`, if any
+    /// (never this beacon: only configured peers qualify).
+    fn located_peer(
+        &self,
+        node: u32,
+        locate: &mut dyn FnMut(u32) -> Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let at = locate(node)?;
+        self.peers
+            .iter()
+            .find(|p| same_endpoint(p.addr, at))
+            .map(|p| p.addr)
+    }
+
+    /// A punch request for a target not served here: hand it to the peer
+    /// beacon that serves the target (0x0E) and remember it, so that
+    /// beacon's answer (0x0F) reaches the requester.
+    fn forward_punch(
+        &mut self,
+        now: Instant,
+        requester: u32,
+        target: u32,
+        from: SocketAddr,
+        locate: &mut dyn FnMut(u32) -> Option<SocketAddr>,
+    ) {
+        let Some(peer) = self.located_peer(target, locate) else {
+            self.stats.unknown_destination += 1;
+            return;
+        };
+        self.expire_peer_punches(now);
+        if self.peer_punches.len() >= MAX_PEER_PUNCHES {
+            self.stats.queue_full += 1;
+            return;
+        }
+        let msg = BeaconMsg::PeerPunch {
+            answer: false,
+            requester,
+            target,
+            endpoint: wire_endpoint(from),
+        };
+        if self.push(peer, &msg) {
+            self.peer_punches.push_back((now, requester, target, peer));
+            self.stats.punches_forwarded += 1;
+        }
+    }
+
+    /// A peer beacon forwards a punch (0x0E): command our target to punch
+    /// towards the requester and answer with the target's endpoint.
+    fn peer_punch(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        requester: u32,
+        target: u32,
+        endpoint: SocketAddr,
+    ) {
+        let Some(target_ep) = self.live(target, now).map(|e| e.endpoint) else {
+            self.stats.unknown_destination += 1;
+            return;
+        };
+        self.push(target_ep, &BeaconMsg::PunchCommand { endpoint });
+        let answer = BeaconMsg::PeerPunch {
+            answer: true,
+            requester,
+            target,
+            endpoint: wire_endpoint(target_ep),
+        };
+        self.push(from, &answer);
+    }
+
+    /// A peer beacon answers a punch we forwarded (0x0F): pass the target's
+    /// endpoint to the requester. Unasked answers are ignored.
+    fn peer_punch_answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        requester: u32,
+        target: u32,
+        endpoint: SocketAddr,
+    ) {
+        self.expire_peer_punches(now);
+        let asked = self
+            .peer_punches
+            .iter()
+            .position(|&(_, r, t, p)| r == requester && t == target && same_endpoint(p, from));
+        let Some(i) = asked else {
+            self.stats.ignored += 1;
+            return;
+        };
+        self.peer_punches.remove(i);
+        let Some(requester_ep) = self.live(requester, now).map(|e| e.endpoint) else {
+            self.stats.unknown_destination += 1;
+            return;
+        };
+        self.push(requester_ep, &BeaconMsg::PunchCommand { endpoint });
+    }
+
+    /// Forgets forwarded punches older than [`PEER_PUNCH_TTL`].
+    fn expire_peer_punches(&mut self, now: Instant) {
+        while self
+            .peer_punches
+            .front()
+            .is_some_and(|&(at, ..)| now.saturating_duration_since(at) >= PEER_PUNCH_TTL)
+        {
+            self.peer_punches.pop_front();
         }
     }
 
@@ -1070,6 +1252,125 @@ mod tests {
         assert_eq!(drain(&mut s).len(), 1);
         s.handle_datagram(t(30_000), ep("192.0.2.5:5"), &r);
         assert!(drain(&mut s).is_empty(), "list older than 30 s is not used");
+    }
+
+    /// Two beacons that know each other as peers; node 5 is on `b1`, node
+    /// 9 on `b2`, and the shared state (`locate`) says so.
+    fn located_pair() -> (BeaconServer, BeaconServer, [SocketAddr; 4]) {
+        let (a1, a2) = (ep("192.0.2.201:9001"), ep("192.0.2.202:9001"));
+        let (five, nine) = (ep("192.0.2.5:1000"), ep("198.51.100.10:5000"));
+        let mut b1 = BeaconServer::new(ServerConfig::default(), t(0));
+        let mut b2 = BeaconServer::new(ServerConfig::default(), t(0));
+        b1.set_peers(&[a2]);
+        b2.set_peers(&[a1]);
+        b1.handle_datagram(t(0), five, &discover(5));
+        b2.handle_datagram(t(0), nine, &discover(9));
+        drain(&mut b1);
+        drain(&mut b2);
+        (b1, b2, [a1, a2, five, nine])
+    }
+
+    fn shared(a1: SocketAddr, a2: SocketAddr) -> impl FnMut(u32) -> Option<SocketAddr> {
+        move |n| match n {
+            5 => Some(a1),
+            9 => Some(a2),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn punch_across_beacons_goes_through_the_target_beacon() {
+        let (mut b1, mut b2, [a1, a2, five, nine]) = located_pair();
+        let mut locate = shared(a1, a2);
+        // 5 asks its beacon to punch towards 9, which b1 does not serve.
+        b1.handle_datagram_located(t(10), five, &[3, 0, 0, 0, 5, 0, 0, 0, 9], &mut locate);
+        let out = drain(&mut b1);
+        let fwd = vec![0x0e, 0, 0, 0, 5, 0, 0, 0, 9, 4, 192, 0, 2, 5, 0x03, 0xe8];
+        assert_eq!(out, vec![(a2, fwd.clone())]);
+        assert_eq!(b1.stats().punches_forwarded, 1);
+        // b2 commands 9 (from its own address) and answers with 9's endpoint.
+        b2.handle_datagram_located(t(11), a1, &fwd, &mut locate);
+        let answer = vec![
+            0x0f, 0, 0, 0, 5, 0, 0, 0, 9, 4, 198, 51, 100, 10, 0x13, 0x88,
+        ];
+        assert_eq!(
+            drain(&mut b2),
+            vec![
+                (nine, vec![0x04, 4, 192, 0, 2, 5, 0x03, 0xe8]),
+                (a1, answer.clone()),
+            ]
+        );
+        // b1 passes 9's endpoint to 5, once.
+        b1.handle_datagram_located(t(12), a2, &answer, &mut locate);
+        assert_eq!(
+            drain(&mut b1),
+            vec![(five, vec![0x04, 4, 198, 51, 100, 10, 0x13, 0x88])]
+        );
+        b1.handle_datagram_located(t(13), a2, &answer, &mut locate);
+        assert!(drain(&mut b1).is_empty(), "an answer is used once");
+    }
+
+    #[test]
+    fn peer_punches_only_from_peers_and_only_when_asked() {
+        let (mut b1, mut b2, [a1, a2, five, _]) = located_pair();
+        let mut locate = shared(a1, a2);
+        let stranger = ep("192.0.2.66:9001");
+        let fwd = [0x0e, 0, 0, 0, 5, 0, 0, 0, 9, 4, 192, 0, 2, 5, 0x03, 0xe8];
+        b2.handle_datagram_located(t(1), stranger, &fwd, &mut locate);
+        assert!(drain(&mut b2).is_empty(), "a stranger cannot forward");
+        let answer = [0x0f, 0, 0, 0, 5, 0, 0, 0, 9, 4, 203, 0, 113, 1, 0, 1];
+        b1.handle_datagram_located(t(1), a2, &answer, &mut locate);
+        assert!(drain(&mut b1).is_empty(), "an unasked answer is ignored");
+        // An answer after the wait is over is ignored too.
+        b1.handle_datagram_located(t(10), five, &[3, 0, 0, 0, 5, 0, 0, 0, 9], &mut locate);
+        drain(&mut b1);
+        b1.handle_datagram_located(t(3010), a2, &answer, &mut locate);
+        assert!(drain(&mut b1).is_empty());
+        // A beacon that is not a configured peer is never forwarded to.
+        let mut elsewhere = |_| Some(stranger);
+        b1.handle_datagram_located(t(4000), five, &[3, 0, 0, 0, 5, 0, 0, 0, 9], &mut elsewhere);
+        assert!(drain(&mut b1).is_empty());
+        assert_eq!(b1.stats().unknown_destination, 1);
+    }
+
+    #[test]
+    fn relay_across_beacons_follows_the_shared_state_one_hop() {
+        let (mut b1, mut b2, [a1, a2, five, nine]) = located_pair();
+        let mut locate = shared(a1, a2);
+        let r = relay(5, 9, b"PILSabc");
+        b1.handle_datagram_located(t(1), five, &r, &mut locate);
+        assert_eq!(drain(&mut b1), vec![(a2, r.clone())], "forwarded unchanged");
+        b2.handle_datagram_located(t(2), a1, &r, &mut locate);
+        let mut want = vec![0x06, 0, 0, 0, 5];
+        want.extend_from_slice(b"PILSabc");
+        assert_eq!(drain(&mut b2), vec![(nine, want)]);
+        // Stale shared state on b2 (it thinks 7 is on b1) does not bounce a
+        // relay that came from b1 back to it.
+        let mut stale = |_| Some(a1);
+        b2.handle_datagram_located(t(3), a1, &relay(5, 7, b"PILS"), &mut stale);
+        assert!(drain(&mut b2).is_empty());
+    }
+
+    #[test]
+    fn recorded_nodes_are_reported_when_asked_and_bounded() {
+        let mut s = server();
+        s.handle_datagram(t(0), ep("192.0.2.1:1"), &discover(5));
+        assert_eq!(s.poll_recorded(), None, "off by default");
+        let cfg = ServerConfig {
+            report_recorded: true,
+            ..ServerConfig::default()
+        };
+        let mut s = BeaconServer::new(cfg, t(0));
+        s.handle_datagram(t(0), ep("192.0.2.1:1"), &discover(5));
+        s.handle_datagram(t(0), ep("192.0.2.1:1"), &discover(0));
+        s.handle_datagram(t(0), ep("192.0.2.2:1"), &[3, 0, 0, 0, 6, 0, 0, 0, 5]);
+        assert_eq!(s.poll_recorded(), Some(5));
+        assert_eq!(s.poll_recorded(), Some(6));
+        assert_eq!(s.poll_recorded(), None);
+        for n in 1..=(MAX_RECORDED as u32 + 3) {
+            s.record(t(1), n, ep("192.0.2.1:1"), Some(false));
+        }
+        assert_eq!(s.stats().recorded_dropped, 3);
     }
 
     fn grant_server(key: &SigningKey) -> BeaconServer {

@@ -473,6 +473,7 @@ impl Snapshot {
                         .prev_key
                         .as_deref()
                         .and_then(|k| auth::decode_public_key(k).ok()),
+                    beacon: String::new(),
                 },
             );
             st.pub_key_idx.insert(key, id);

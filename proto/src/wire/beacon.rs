@@ -30,6 +30,11 @@ pub const TYPE_DISCOVER_EX: u8 = 0x08;
 pub const TYPE_RELAY_DELIVER_TO: u8 = 0x09;
 /// Type byte of notify (`spec/wire.md` §4).
 pub const TYPE_NOTIFY: u8 = 0x0A;
+/// Type byte of a punch forwarded to a peer beacon (ours, `spec/wire.md` §4).
+pub const TYPE_PEER_PUNCH: u8 = 0x0E;
+/// Type byte of a peer beacon's answer to a forwarded punch (ours,
+/// `spec/wire.md` §4).
+pub const TYPE_PEER_PUNCH_ANSWER: u8 = 0x0F;
 
 /// Every type byte below this value is a beacon message (`spec/wire.md` §3).
 pub const BEACON_TYPE_LIMIT: u8 = 0x10;
@@ -172,6 +177,20 @@ pub enum BeaconMsg<'a> {
         /// Kind byte; see [`NOTIFY_HANDSHAKE`]. Unknown kinds are kept.
         kind: u8,
     },
+    /// 0x0E / 0x0F (ours, beacon to beacon): a punch request whose target
+    /// another beacon serves. 0x0E asks that beacon to send the target a
+    /// punch command towards `endpoint` (the requester's); 0x0F answers
+    /// with the target's `endpoint` for the requester's beacon to pass on.
+    PeerPunch {
+        /// `false` = 0x0E (forward), `true` = 0x0F (answer).
+        answer: bool,
+        /// Requesting node.
+        requester: u32,
+        /// Target node.
+        target: u32,
+        /// The requester's endpoint (forward) or the target's (answer).
+        endpoint: SocketAddr,
+    },
 }
 
 /// Why bytes are not a beacon message.
@@ -180,7 +199,7 @@ pub enum BeaconError {
     /// No bytes at all.
     #[error("empty beacon message")]
     Empty,
-    /// The type byte is not 0x01..=0x0A.
+    /// The type byte is not one of 0x01..=0x0A, 0x0E, 0x0F.
     #[error("unknown beacon message type {ty:#04x}")]
     UnknownType {
         /// The type byte.
@@ -279,6 +298,8 @@ impl<'a> BeaconMsg<'a> {
             BeaconMsg::DiscoverEx { .. } => TYPE_DISCOVER_EX,
             BeaconMsg::RelayDeliverTo { .. } => TYPE_RELAY_DELIVER_TO,
             BeaconMsg::Notify { .. } => TYPE_NOTIFY,
+            BeaconMsg::PeerPunch { answer: false, .. } => TYPE_PEER_PUNCH,
+            BeaconMsg::PeerPunch { answer: true, .. } => TYPE_PEER_PUNCH_ANSWER,
         }
     }
 
@@ -361,6 +382,12 @@ impl<'a> BeaconMsg<'a> {
             TYPE_NOTIFY => BeaconMsg::Notify {
                 kind: r.u8().ok_or(trunc)?,
             },
+            TYPE_PEER_PUNCH | TYPE_PEER_PUNCH_ANSWER => BeaconMsg::PeerPunch {
+                answer: ty == TYPE_PEER_PUNCH_ANSWER,
+                requester: r.u32().ok_or(trunc)?,
+                target: r.u32().ok_or(trunc)?,
+                endpoint: read_endpoint(&mut r, trunc)?,
+            },
             _ => return Err(BeaconError::UnknownType { ty }),
         };
         Ok(msg)
@@ -382,6 +409,7 @@ impl<'a> BeaconMsg<'a> {
             BeaconMsg::RelayDeliver { inner, .. } => 4 + inner.len(),
             BeaconMsg::Sync { nodes, .. } => 6 + nodes.as_bytes().len(),
             BeaconMsg::Notify { .. } => 1,
+            BeaconMsg::PeerPunch { endpoint, .. } => 8 + endpoint_len(endpoint),
         }
     }
 
@@ -445,6 +473,16 @@ impl<'a> BeaconMsg<'a> {
                 w.bytes(nodes.as_bytes())?;
             }
             BeaconMsg::Notify { kind } => w.u8(*kind)?,
+            BeaconMsg::PeerPunch {
+                requester,
+                target,
+                endpoint,
+                ..
+            } => {
+                w.u32(*requester)?;
+                w.u32(*target)?;
+                write_endpoint(&mut w, endpoint)?;
+            }
         }
         Ok(w.finish())
     }
@@ -596,6 +634,32 @@ mod tests {
             BeaconMsg::decode(&[0x0a]),
             Err(BeaconError::Truncated { ty: 0x0a, len: 1 })
         );
+        for ty in [0x0c, 0x0d, 0x10] {
+            assert_eq!(
+                BeaconMsg::decode(&[ty]),
+                Err(BeaconError::UnknownType { ty })
+            );
+        }
+        assert_eq!(
+            BeaconMsg::decode(&[0x0e, 0, 0, 0, 1, 0, 0, 0, 2, 4, 1, 2]),
+            Err(BeaconError::Truncated { ty: 0x0e, len: 12 })
+        );
+    }
+
+    #[test]
+    fn peer_punch_layout() {
+        let m = BeaconMsg::PeerPunch {
+            answer: true,
+            requester: 5,
+            target: 9,
+            endpoint: SocketAddr::from(([198, 51, 100, 10], 5000)),
+        };
+        assert_eq!(
+            round(&m),
+            [
+                0x0f, 0, 0, 0, 5, 0, 0, 0, 9, 4, 198, 51, 100, 10, 0x13, 0x88
+            ]
+        );
     }
 
     #[test]
@@ -661,6 +725,7 @@ mod tests {
         Relay(u8, u32, u32, Vec<u8>),
         Sync(u32, Vec<u8>),
         Notify(u8),
+        PeerPunch(bool, u32, u32, SocketAddr),
     }
 
     fn arb_spec() -> impl Strategy<Value = Spec> {
@@ -689,6 +754,8 @@ mod tests {
                 }
             ),
             any::<u8>().prop_map(Spec::Notify),
+            (any::<bool>(), any::<u32>(), any::<u32>(), arb_endpoint())
+                .prop_map(|(a, r, t, e)| Spec::PeerPunch(a, r, t, e)),
         ]
     }
 
@@ -731,6 +798,12 @@ mod tests {
                 nodes: NodeIds::from_be_bytes(v).unwrap(),
             },
             Spec::Notify(k) => BeaconMsg::Notify { kind: *k },
+            Spec::PeerPunch(answer, requester, target, endpoint) => BeaconMsg::PeerPunch {
+                answer: *answer,
+                requester: *requester,
+                target: *target,
+                endpoint: *endpoint,
+            },
         }
     }
 
@@ -744,7 +817,7 @@ mod tests {
 
         #[test]
         fn encode_reproduces_covered_prefix(
-            ty in 0u8..=11,
+            ty in 0u8..=16,
             tail in proptest::collection::vec(any::<u8>(), 0..120),
         ) {
             let mut b = vec![ty];

@@ -337,6 +337,27 @@ impl Registry {
         crate::registry::records::apply_record(&mut self.state, key, value)
     }
 
+    /// Ours: records that the beacon at `beacon` (its address as peer
+    /// beacons know it) now serves `node` (`spec/beacon.md` §3.8). Persists
+    /// a change only if the node is registered and the beacon differs; the
+    /// returned effects are committed like a request's. A standby records
+    /// nothing.
+    pub fn note_beacon(&mut self, node: u32, beacon: &str) -> Vec<Effect> {
+        self.effects.clear();
+        if self.config.standby {
+            return Vec::new();
+        }
+        let Some(n) = self.state.nodes.get(&node) else {
+            return Vec::new();
+        };
+        if n.beacon != beacon {
+            let mut n = n.clone();
+            n.beacon = beacon.to_owned();
+            self.commit(Change::PutNode(Box::new(n)));
+        }
+        core::mem::take(&mut self.effects)
+    }
+
     /// The current durable state.
     pub fn state(&self) -> &State {
         &self.state
@@ -1990,6 +2011,7 @@ fn new_node(id: u32, key: PublicKey, owner: &str, now: UnixTime) -> NodeRecord {
         key_rotated_ns: 0,
         key_rot_count: 0,
         prev_key: None,
+        beacon: String::new(),
     }
 }
 

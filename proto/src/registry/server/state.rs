@@ -70,6 +70,11 @@ pub struct NodeRecord {
     /// signed by it succeed again, §3.11).
     #[serde(default)]
     pub prev_key: Option<PublicKey>,
+    /// Ours: the address of the beacon that last recorded this node, empty
+    /// if none did (`spec/beacon.md` §3.8). Lets several beacons share one
+    /// network through the registry's (shared) state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub beacon: String,
 }
 
 /// How nodes may join a network.
