@@ -374,7 +374,12 @@ impl Net {
             beacon: spec.beacon,
             keepalive: spec.keepalive,
             observer: spec.observer,
-            admin_token: self.registry_cfg.admin_token.clone().unwrap_or_default().into_bytes(),
+            admin_token: self
+                .registry_cfg
+                .admin_token
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
         };
         let host = DaemonHost::new(self.seed, &hc, self.sim.now());
         if let Err(e) = self.sim.replace_node(id, NetNode::Host(Box::new(host))) {

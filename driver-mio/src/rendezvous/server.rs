@@ -1687,8 +1687,12 @@ impl Server {
                         let rec = registry.state().nodes.get(&node)?;
                         rec.beacon.parse::<SocketAddr>().ok()
                     };
-                    self.beacon
-                        .handle_datagram_located(beacon_time(now), from, &buf[..n], &mut locate);
+                    self.beacon.handle_datagram_located(
+                        beacon_time(now),
+                        from,
+                        &buf[..n],
+                        &mut locate,
+                    );
                     self.note_beacons(now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

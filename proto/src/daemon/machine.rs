@@ -68,10 +68,7 @@ impl MemDisk {
                 format!("tasks/received/{task_id}.expire"),
                 format!("{}->{}", when.as_str(), to.as_str()).into_bytes(),
             ),
-            DiskWrite::IdentityNext(id) => (
-                "identity.json.next".to_owned(),
-                id.public().to_vec(),
-            ),
+            DiskWrite::IdentityNext(id) => ("identity.json.next".to_owned(), id.public().to_vec()),
             DiskWrite::IdentityCommit(id) => ("identity.json".to_owned(), id.public().to_vec()),
             DiskWrite::IdentityNextDiscard => ("identity.json.next".to_owned(), Vec::new()),
             DiskWrite::Task(TaskEffect::UpdateSubmitted { task_id, patch, .. }) => (

@@ -902,7 +902,8 @@ fn a_long_send_is_written_through_as_it_arrives() {
     let mut net = Net::new(cfgs, false);
     for (x, y) in [(0usize, 1usize), (1, 0)] {
         let now = net.now;
-        net.ms[x].daemon
+        net.ms[x]
+            .daemon
             .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
             .unwrap();
     }
@@ -995,7 +996,15 @@ fn a_send_cut_short_by_the_connection_ending_is_dropped() {
     });
     net.raw(a, &f[..50_000]);
     net.advance(Duration::from_millis(100));
-    assert_eq!(net.ms[0].daemon.clients.get(&net.cs[a].id).unwrap().in_len(), 0);
+    assert_eq!(
+        net.ms[0]
+            .daemon
+            .clients
+            .get(&net.cs[a].id)
+            .unwrap()
+            .in_len(),
+        0
+    );
     // A closes the connection through another client; then the rest of
     // the frame and a request arrive.
     let other = net.open(0);
@@ -1506,7 +1515,8 @@ fn revoking_trust_tears_the_tunnel_and_connections_down_at_once() {
 
 /// The new identity a rotation of daemon `d` saved (its `.next` write).
 fn rotated_identity(net: &Net, d: usize) -> Identity {
-    net.ms[d].log
+    net.ms[d]
+        .log
         .iter()
         .find_map(|o| match o {
             Output::Disk(DiskWork {
@@ -1559,7 +1569,10 @@ fn a_key_rotation_keeps_the_stream_and_the_peer_learns_the_new_key() {
     let conn = net.dial(c, b, 7);
     echo(&mut net, c, conn, b"before");
     let old = *ident(0).public();
-    assert_eq!(net.ms[1].daemon.node().unwrap().peer_identity(a.node), Some(old));
+    assert_eq!(
+        net.ms[1].daemon.node().unwrap().peer_identity(a.node),
+        Some(old)
+    );
 
     let reply = rotate(&mut net, c).expect("rotation accepted");
     assert_eq!(reply["type"], "rotate_key_ok");
@@ -1570,7 +1583,8 @@ fn a_key_rotation_keeps_the_stream_and_the_peer_learns_the_new_key() {
     assert_eq!(reply["public_key"], new_b64.as_str());
     assert_ne!(new.public(), &old);
     // Disk order: `.next` first, then the identity file.
-    let writes: Vec<&str> = net.ms[0].log
+    let writes: Vec<&str> = net.ms[0]
+        .log
         .iter()
         .filter_map(|o| match o {
             Output::Disk(DiskWork { write, .. }) => match write {
@@ -1592,7 +1606,10 @@ fn a_key_rotation_keeps_the_stream_and_the_peer_learns_the_new_key() {
         net.ms[1].daemon.node().unwrap().peer_identity(a.node),
         Some(*new.public())
     );
-    assert_eq!(net.ms[1].daemon.node().unwrap().stats().identity_refetches, 1);
+    assert_eq!(
+        net.ms[1].daemon.node().unwrap().stats().identity_refetches,
+        1
+    );
     echo(&mut net, c, conn, b"after");
     // Heartbeats (signed with the new key) keep the node registered.
     net.advance(Duration::from_secs(90));
@@ -1673,7 +1690,9 @@ fn a_restart_after_an_unfinished_rotation_adopts_the_new_key() {
     net.settle();
     let commit = net.ms[0].held.remove(0);
     assert!(matches!(commit.write, DiskWrite::IdentityCommit(_)));
-    net.ms[0].daemon.disk_done(now, commit.token, Err("read-only file system".into()));
+    net.ms[0]
+        .daemon
+        .disk_done(now, commit.token, Err("read-only file system".into()));
     net.ms[0].hold_disk = false;
     net.settle();
     let reply = net.one(c, |m| match m {
@@ -1746,7 +1765,8 @@ fn a_restarted_peer_with_the_old_key_in_trust_json_accepts_the_rotated_key() {
         },
     );
     net.advance(Duration::from_secs(1));
-    let trust = net.ms[1].log
+    let trust = net.ms[1]
+        .log
         .iter()
         .rev()
         .find_map(|o| match o {
@@ -1781,5 +1801,8 @@ fn a_restarted_peer_with_the_old_key_in_trust_json_accepts_the_rotated_key() {
     });
     echo(&mut net, a, conn, b"after restart");
     let new = net.reg.as_ref().unwrap().state().nodes[&aa.node].public_key;
-    assert_eq!(net.ms[1].daemon.node().unwrap().peer_identity(aa.node), Some(new));
+    assert_eq!(
+        net.ms[1].daemon.node().unwrap().peer_identity(aa.node),
+        Some(new)
+    );
 }

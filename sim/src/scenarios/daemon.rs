@@ -771,7 +771,9 @@ fn rotate_script(net: &mut Net, s: &mut Script, cfg: &SimConfig, addrs: &[Addr],
         back.update(&data);
         if asked_at.is_none() && got >= total / 4 {
             asked_at = Some(got);
-            net.with_host(0, |h, now| h.app_request(now, ctl, &IpcMessage::RotateKey).is_ok());
+            net.with_host(0, |h, now| {
+                h.app_request(now, ctl, &IpcMessage::RotateKey).is_ok()
+            });
         }
         if reply.is_none() && asked_at.is_some() {
             reply = net
