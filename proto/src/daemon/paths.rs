@@ -1094,6 +1094,7 @@ mod tests {
             t(0),
         );
         q.set_node_id(5, t(0));
+        q.handle_timeout(t(0));
         let sent = drain(&mut q, t(0));
         assert!(sent.contains(&(obs, vec![1, 0, 0, 0, 5])), "{sent:?}");
         assert!(

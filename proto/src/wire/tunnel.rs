@@ -349,8 +349,8 @@ mod tests {
             Err(FrameError::UnknownMagic { magic: *b"PILX" })
         );
         assert_eq!(
-            Frame::decode(&[0x0f]),
-            Err(FrameError::Beacon(BeaconError::UnknownType { ty: 0x0f }))
+            Frame::decode(&[0x0d]),
+            Err(FrameError::Beacon(BeaconError::UnknownType { ty: 0x0d }))
         );
         let mut pilk = b"PILK".to_vec();
         pilk.extend_from_slice(&[0; 35]);
