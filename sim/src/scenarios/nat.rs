@@ -712,6 +712,11 @@ const KX_FLOOD_LEAD: Duration = Duration::from_millis(500);
 /// bug took 3–8 s; unflooded it takes a few round trips).
 pub const KX_FLOOD_FIRST_ECHO: Duration = Duration::from_millis(1_500);
 
+/// Longest `nat-kx-flood` waits, after the first echo, for host 1 to
+/// confirm its direct path to host 0 (the race window plus a probe
+/// interval: under loss the echo can finish on the relay first).
+const KX_DIRECT_WAIT: Duration = Duration::from_secs(10);
+
 /// Forged key exchanges from one source at a fixed rate: PILKs and PILAs
 /// (signed by the forger's own key) with random sender IDs or claiming
 /// `spoof` (the victim's real peer).
@@ -814,7 +819,8 @@ impl Scenario for NatKxFloodScenario {
     }
 
     /// Two public daemons with paths on (beacon discovery, path labels)
-    /// echo once, so host 1 holds a confirmed direct path to host 0. Host
+    /// echo once, and the scenario waits until host 1 holds a confirmed
+    /// direct path to host 0 (at most `KX_DIRECT_WAIT`). Host
     /// 0 then restarts (same identity and endpoint, new tunnel key, knows
     /// no peers) and, `KX_FLOOD_LEAD` into a flood of forged PILKs and
     /// PILAs (`KX_FLOOD_RATES[seed % 3]` per second) from a forger on host
@@ -831,14 +837,28 @@ impl Scenario for NatKxFloodScenario {
         if let Some((addrs, apps)) = ready(&mut net, &mut s) {
             let before = dial(&mut net, 0, apps[0], addrs[1])
                 .is_ok_and(|c| echo_on(&mut net, 0, apps[0], c, b"before"));
-            let direct = path_of(&net, 1, addrs[0].node) == Some(PathKind::Direct);
+            // Under loss the echo can come back on the relay before host
+            // 1 confirms the direct path: the paths still race (the next
+            // direct ping confirms it within 250 ms), or a lost key
+            // exchange outlasted the race window and the background probe
+            // (5 s later) confirms it. Wait for it: the restart below
+            // tests the key exchange on the direct path.
+            let t0 = net.sim.now();
+            let direct = before
+                && net.run_until(KX_DIRECT_WAIT, Duration::from_millis(10), |net| {
+                    net.host(1)
+                        .and_then(|h| h.daemon().paths()?.view(addrs[0].node))
+                        .is_some_and(|v| v.kind == PathKind::Direct && v.confirmed)
+                });
+            let waited = net.sim.now().saturating_duration_since(t0);
             s.check(
                 "echo-before",
                 before && direct,
                 format!(
-                    "first echo {}; host 1's path to host 0 {}",
+                    "first echo {}; host 1's path to host 0 {} ({:.0} ms after the echo)",
                     if before { "back" } else { "missing" },
-                    path_name(path_of(&net, 1, addrs[0].node))
+                    path_name(path_of(&net, 1, addrs[0].node)),
+                    ms(waited)
                 ),
             );
             // Past the key-change quiet time of host 1's old session.
