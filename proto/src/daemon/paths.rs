@@ -1064,12 +1064,14 @@ mod tests {
         p.handle_timeout(t(0));
         let out = drain(&mut p, t(0));
         assert_eq!(out, vec![(ep(BEACON), vec![1, 0, 0, 0, 5])]);
-        assert_eq!(p.poll_timeout(), Some(t(25_000)), "keepalive period");
+        // Unanswered so far: retried after 1 s (spec/beacon.md §4.1).
+        assert_eq!(p.poll_timeout(), Some(t(1_000)), "retry back-off");
         let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
         assert_eq!(
             p.handle_beacon(t(1), ep(BEACON), &reply),
             BeaconInput::PublicEndpoint(ep("203.0.113.7:40000"))
         );
+        assert_eq!(p.poll_timeout(), Some(t(25_001)), "keepalive period");
         assert_eq!(p.advertised(), Some(ep("203.0.113.7:40000")));
         // Rebinding: a new observed endpoint is reported and counted.
         let moved = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
@@ -1094,6 +1096,7 @@ mod tests {
             t(0),
         );
         q.set_node_id(5, t(0));
+        q.handle_timeout(t(0));
         let sent = drain(&mut q, t(0));
         assert!(sent.contains(&(obs, vec![1, 0, 0, 0, 5])), "{sent:?}");
         assert!(
@@ -1103,6 +1106,11 @@ mod tests {
         let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
         q.handle_beacon(t(1), ep(BEACON), &reply);
         assert!(q.mapping().reason().unwrap().contains("observer"));
+        // The observer's reply is missing: its discover is repeated after
+        // 1 s, not a keepalive period later (nat-matrix seed 6 under loss).
+        assert_eq!(q.poll_timeout(), Some(t(1_000)));
+        q.handle_timeout(t(1_000));
+        assert_eq!(drain(&mut q, t(1_000)), vec![(obs, vec![1, 0, 0, 0, 5])]);
         // The observer's reply does not change the advertised endpoint.
         let other = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
         assert_eq!(q.handle_beacon(t(2), obs, &other), BeaconInput::None);
