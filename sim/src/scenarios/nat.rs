@@ -8,7 +8,10 @@
 //!   *a* of each pair dials *b*'s echo port and streams `--bytes` (default
 //!   4 MiB here), reads it back and compares SHA-256. Checks per pair: the
 //!   bytes, and the path both ends use at the end: direct whenever
-//!   [`NatKind::direct_expected`], relay otherwise. Figures per pair: the
+//!   [`NatKind::direct_expected`], relay otherwise (checked once the
+//!   direct pairs are direct, or after `MATRIX_PATH_WAIT`: under loss a
+//!   failed first race is repaired by the background probe after the
+//!   transfer may have ended). Figures per pair: the
 //!   path, time to the first echoed byte, time to the whole echo.
 //! - `nat-rebind`: one pair behind address-dependent filters; in the
 //!   middle of a paced transfer host *a*'s NAT forgets its bindings (new
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pilot_proto::addr::Addr;
-use pilot_proto::daemon::paths::PathKind;
+use pilot_proto::daemon::paths::{PROBE_INTERVAL, PROBE_WINDOW, PathKind};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::ipc::IpcMessage;
 use serde_json::{Value, json};
@@ -328,6 +331,21 @@ impl Scenario for NatMatrixScenario {
                 },
                 |_, _| {},
             );
+            // Under loss a first race can fail (a lost punch request or
+            // command leaves one side without the other's endpoint); the
+            // background probe (every PROBE_INTERVAL while the peer is in
+            // use, spec/beacon.md §8.3) finds the direct path later. Give
+            // it that long after the transfer before the path check; the
+            // pairs expected on the relay are checked after the same wait.
+            let t0 = net.sim.now();
+            net.run_until(MATRIX_PATH_WAIT, Duration::from_millis(100), |net| {
+                flows.iter().all(|f| {
+                    !NatKind::direct_expected(kinds[f.from], kinds[f.to])
+                        || (path_of(net, f.from, addrs[f.to].node) == Some(PathKind::Direct)
+                            && path_of(net, f.to, addrs[f.from].node) == Some(PathKind::Direct))
+                })
+            });
+            let path_wait = net.sim.now().saturating_duration_since(t0);
             let mut rows = Vec::new();
             let mut connected = 0;
             for f in &flows {
@@ -399,10 +417,19 @@ impl Scenario for NatMatrixScenario {
                 format!("{connected} of {} pairs echoed everything", pairs.len()),
             );
             s.figures.push(("pairs".into(), Value::Array(rows)));
+            s.figures
+                .push(("path_wait_ms".into(), json!(ms(path_wait))));
         }
         s.finish(net, cfg)
     }
 }
+
+/// Longest `nat-matrix` waits after the transfer for the pairs expected
+/// on the direct path to get there: one background probe interval and
+/// its racing window (`spec/beacon.md` §8.3), twice.
+const MATRIX_PATH_WAIT: Duration = PROBE_INTERVAL
+    .saturating_add(PROBE_WINDOW)
+    .saturating_mul(2);
 
 /// See the module docs.
 pub struct NatRebindScenario;
