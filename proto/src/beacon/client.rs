@@ -1,7 +1,8 @@
 //! The node's side of the beacon protocol (`spec/beacon.md` §4).
 //!
 //! [`BeaconClient`] keeps the node's beacon entry fresh (a discover at start
-//! and every [`DISCOVER_INTERVAL`]), learns the node's public endpoint from
+//! and every [`DISCOVER_INTERVAL`]; until the first reply, retried after
+//! [`DISCOVER_RETRY`], doubling), learns the node's public endpoint from
 //! discover replies, sends punch requests, answers punch commands with
 //! [`PUNCH_FRAMES`] PILP frames, and unwraps relay deliveries. Punch
 //! commands, relay deliveries, notifies and discover replies are accepted
@@ -17,7 +18,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::VecDeque;
 
-use super::{DISCOVER_INTERVAL, PUNCH_FRAMES, Transmit, same_endpoint};
+use super::{DISCOVER_INTERVAL, DISCOVER_RETRY, PUNCH_FRAMES, Transmit, same_endpoint};
 use crate::time::Instant;
 use crate::wire::EncodeError;
 use crate::wire::beacon::{BEACON_TYPE_LIMIT, BeaconMsg, NOTIFY_HANDSHAKE};
@@ -102,6 +103,9 @@ pub struct BeaconClient {
     cfg: ClientConfig,
     public: Option<SocketAddr>,
     next_discover: Instant,
+    /// Wait before the next discover while no reply has come (doubles
+    /// per unanswered discover, capped at the keepalive period).
+    retry: Duration,
     queue: VecDeque<Out>,
     stats: ClientStats,
 }
@@ -113,6 +117,7 @@ impl BeaconClient {
             cfg,
             public: None,
             next_discover: now,
+            retry: DISCOVER_RETRY,
             queue: VecDeque::new(),
             stats: ClientStats::default(),
         }
@@ -137,13 +142,25 @@ impl BeaconClient {
     pub fn set_node_id(&mut self, node_id: u32, now: Instant) {
         self.cfg.node_id = node_id;
         self.next_discover = now;
+        self.retry = DISCOVER_RETRY;
     }
 
     /// Queues a discover now (e.g. after a successful heartbeat) and
-    /// restarts the keepalive period.
+    /// restarts the keepalive period; until the beacon has answered once,
+    /// the next discover follows after the retry back-off instead
+    /// ([`DISCOVER_RETRY`], doubling up to the period), so one lost
+    /// datagram does not leave the public endpoint unknown for a whole
+    /// period (`spec/beacon.md` §4.1).
     pub fn discover_now(&mut self, now: Instant) {
         self.push(Out::Discover);
-        self.next_discover = now + self.cfg.discover_interval;
+        let interval = self.cfg.discover_interval;
+        if self.public.is_none() {
+            let wait = self.retry.min(interval);
+            self.retry = self.retry.saturating_mul(2).min(interval);
+            self.next_discover = now + wait;
+        } else {
+            self.next_discover = now + interval;
+        }
     }
 
     /// Asks the beacon to coordinate a hole punch with `target`.
@@ -155,7 +172,7 @@ impl BeaconClient {
     /// tunnel socket from `from` (`spec/beacon.md` §4.2).
     pub fn handle_datagram<'a>(
         &mut self,
-        _now: Instant,
+        now: Instant,
         from: SocketAddr,
         bytes: &'a [u8],
     ) -> Option<BeaconEvent<'a>> {
@@ -183,6 +200,11 @@ impl BeaconClient {
             BeaconMsg::DiscoverReply { endpoint } => {
                 if self.public == Some(endpoint) {
                     return None;
+                }
+                if self.public.is_none() {
+                    // The first answer ends the retries: the keepalive
+                    // period runs from here.
+                    self.next_discover = now + self.cfg.discover_interval;
                 }
                 self.public = Some(endpoint);
                 Some(BeaconEvent::PublicEndpoint(endpoint))
@@ -316,12 +338,16 @@ mod tests {
         out
     }
 
+    /// A discover reply from the beacon naming `203.0.113.7:40000`.
+    const REPLY: [u8; 8] = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
+
     #[test]
     fn discovers_at_start_and_every_interval() {
         let mut c = client();
         assert_eq!(c.poll_timeout(), Some(t(0)));
         c.handle_timeout(t(0));
         assert_eq!(drain(&mut c), vec![(ep(BEACON), vec![1, 0, 0, 0, 5])]);
+        assert!(c.handle_datagram(t(0), ep(BEACON), &REPLY).is_some());
         assert_eq!(c.poll_timeout(), Some(t(60_000)));
         c.handle_timeout(t(59_999));
         assert!(drain(&mut c).is_empty());
@@ -332,6 +358,34 @@ mod tests {
         c.handle_timeout(t(61_000));
         assert_eq!(drain(&mut c), vec![(ep(BEACON), vec![1, 0, 0, 0, 77])]);
         assert_eq!(c.poll_timeout(), Some(t(121_000)));
+    }
+
+    #[test]
+    fn unanswered_discover_is_retried_with_back_off() {
+        let mut c = client();
+        // No reply: 1 s, then 2, 4, 8, 16, 32, then the 60 s period.
+        let mut at = 0;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            c.handle_timeout(t(at));
+            assert_eq!(drain(&mut c).len(), 1);
+            let next = c.poll_timeout().unwrap().as_nanos() / 1_000_000;
+            gaps.push(next - at);
+            at = next;
+        }
+        assert_eq!(
+            gaps,
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+        );
+        // The first reply ends the retries: the period runs from it.
+        assert!(c.handle_datagram(t(at + 30), ep(BEACON), &REPLY).is_some());
+        assert_eq!(c.poll_timeout(), Some(t(at + 30 + 60_000)));
+        // Registration restarts the back-off (the endpoint is known, so
+        // the period follows).
+        c.set_node_id(9, t(at + 100));
+        c.handle_timeout(t(at + 100));
+        assert_eq!(drain(&mut c).len(), 1);
+        assert_eq!(c.poll_timeout(), Some(t(at + 100 + 60_000)));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub const MAX_SYNC_NODES_PER_DATAGRAM: usize = 16_375;
 /// A node sends discover this often to keep its NAT mapping and its beacon
 /// entry fresh (`spec/beacon.md` §4.1).
 pub const DISCOVER_INTERVAL: Duration = Duration::from_secs(60);
+/// First wait before a discover is repeated while the beacon has not
+/// answered yet; it doubles per unanswered discover up to the discover
+/// period (`spec/beacon.md` §4.1).
+pub const DISCOVER_RETRY: Duration = Duration::from_secs(1);
 /// PILP frames sent in answer to one punch command (`spec/beacon.md` §4.2).
 pub const PUNCH_FRAMES: usize = 3;
 /// Failed direct dial attempts before a peer goes to relay (unpinned)

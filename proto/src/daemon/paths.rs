@@ -86,6 +86,10 @@ pub const COPY_QUEUE: usize = 64;
 pub const PUNCH_PENDING: usize = 16;
 /// A punch command answers a request of ours sent at most this long ago.
 pub const PUNCH_MATCH: Duration = Duration::from_secs(3);
+/// While a peer races with no endpoint to try (first contact through the
+/// relay), its punch request is repeated this often: a lost request or
+/// command would otherwise leave the whole race without a candidate.
+pub const PUNCH_RETRY: Duration = Duration::from_millis(500);
 
 /// The path label of `peer`: the endpoint the node's peer table holds for
 /// it while [`Paths`] routes (`100::<node id>`, port 1; RFC 6666 discard
@@ -263,6 +267,9 @@ struct PeerState {
     next_copy: Instant,
     /// Next ping asked for (`Both`).
     next_ping: Instant,
+    /// Earliest repeat of the punch request while racing without an
+    /// endpoint (`Both`, `direct` unknown).
+    next_punch: Instant,
     changed: Instant,
     changes: u32,
     last_rx: Instant,
@@ -402,6 +409,7 @@ impl Paths {
             next_probe: now,
             next_copy: now,
             next_ping: now,
+            next_punch: now,
             changed: now,
             changes: 0,
             last_rx: now,
@@ -472,6 +480,9 @@ impl Paths {
     fn punch(&mut self, now: Instant, peer: u32) {
         if self.node_id == 0 {
             return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.next_punch = now + PUNCH_RETRY;
         }
         self.client.request_punch(peer);
         self.stats.punches += 1;
@@ -579,9 +590,11 @@ impl Paths {
         let mut relay = Vec::new();
         let mut lost = Vec::new();
         let mut ping = Vec::new();
+        let mut repunch = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
             match p.kind {
                 PathKind::Both if now >= p.window_end => relay.push(id),
+                PathKind::Both if p.direct.is_none() && now >= p.next_punch => repunch.push(id),
                 PathKind::Both if now >= p.next_ping => ping.push(id),
                 PathKind::Direct
                     if p.silent_sends >= SILENT_SENDS
@@ -615,6 +628,9 @@ impl Paths {
         for id in ping {
             self.ask_ping(now, id);
         }
+        for id in repunch {
+            self.punch(now, id);
+        }
         let late = |t: &(u32, Instant)| now.saturating_duration_since(t.1) >= PUNCH_MATCH;
         while self.punch_pending.front().is_some_and(late) {
             self.punch_pending.pop_front();
@@ -630,6 +646,9 @@ impl Paths {
         }
         for p in self.peers.values() {
             match p.kind {
+                PathKind::Both if p.direct.is_none() => {
+                    take(p.window_end.min(p.next_ping).min(p.next_punch));
+                }
                 PathKind::Both => take(p.window_end.min(p.next_ping)),
                 PathKind::Relay => take(p.next_probe),
                 PathKind::Direct => {
@@ -1064,12 +1083,14 @@ mod tests {
         p.handle_timeout(t(0));
         let out = drain(&mut p, t(0));
         assert_eq!(out, vec![(ep(BEACON), vec![1, 0, 0, 0, 5])]);
-        assert_eq!(p.poll_timeout(), Some(t(25_000)), "keepalive period");
+        // Unanswered so far: retried after 1 s (spec/beacon.md §4.1).
+        assert_eq!(p.poll_timeout(), Some(t(1_000)), "retry back-off");
         let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
         assert_eq!(
             p.handle_beacon(t(1), ep(BEACON), &reply),
             BeaconInput::PublicEndpoint(ep("203.0.113.7:40000"))
         );
+        assert_eq!(p.poll_timeout(), Some(t(25_001)), "keepalive period");
         assert_eq!(p.advertised(), Some(ep("203.0.113.7:40000")));
         // Rebinding: a new observed endpoint is reported and counted.
         let moved = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
@@ -1104,6 +1125,11 @@ mod tests {
         let reply = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x40];
         q.handle_beacon(t(1), ep(BEACON), &reply);
         assert!(q.mapping().reason().unwrap().contains("observer"));
+        // The observer's reply is missing: its discover is repeated after
+        // 1 s, not a keepalive period later (nat-matrix seed 6 under loss).
+        assert_eq!(q.poll_timeout(), Some(t(1_000)));
+        q.handle_timeout(t(1_000));
+        assert_eq!(drain(&mut q, t(1_000)), vec![(obs, vec![1, 0, 0, 0, 5])]);
         // The observer's reply does not change the advertised endpoint.
         let other = [0x02, 4, 203, 0, 113, 7, 0x9c, 0x41];
         assert_eq!(q.handle_beacon(t(2), obs, &other), BeaconInput::None);
@@ -1166,6 +1192,41 @@ mod tests {
                 relay: false
             }
         );
+    }
+
+    #[test]
+    fn first_contact_through_the_relay_repeats_a_lost_punch_request() {
+        let mut p = paths();
+        p.handle_timeout(t(0));
+        drain(&mut p, t(0));
+        let req = vec![3, 0, 0, 0, 5, 0, 0, 0, 9];
+        // A relayed frame of peer 9 authenticates: race with a punch.
+        p.on_authenticated(t(10), 9, None);
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Both);
+        assert_eq!(drain(&mut p, t(10)), vec![(ep(BEACON), req.clone())]);
+        // The request (or its command) was lost: no endpoint to try, so
+        // the request is repeated within the window (nat-matrix seed 26).
+        assert_eq!(p.poll_timeout(), Some(t(260)), "ping first");
+        p.handle_timeout(t(260));
+        assert!(drain(&mut p, t(260)).is_empty());
+        assert_eq!(p.poll_timeout(), Some(t(510)));
+        p.handle_timeout(t(510));
+        assert_eq!(drain(&mut p, t(510)), vec![(ep(BEACON), req.clone())]);
+        assert_eq!(p.stats().punches, 2);
+        // The command names the peer's endpoint: no more repeats.
+        let cmd = [0x04, 4, 198, 51, 100, 9, 0x0f, 0xa0];
+        p.handle_beacon(t(540), ep(BEACON), &cmd);
+        assert_eq!(p.view(9).unwrap().endpoint, Some(ep("198.51.100.9:4000")));
+        drain(&mut p, t(540));
+        p.handle_timeout(t(1_010));
+        p.handle_timeout(t(1_400));
+        assert!(
+            drain(&mut p, t(1_400))
+                .iter()
+                .all(|(_, b)| b.first() != Some(&3)),
+            "no punch request once a candidate is known"
+        );
+        assert_eq!(p.stats().punches, 2);
     }
 
     #[test]

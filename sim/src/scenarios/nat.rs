@@ -8,7 +8,10 @@
 //!   *a* of each pair dials *b*'s echo port and streams `--bytes` (default
 //!   4 MiB here), reads it back and compares SHA-256. Checks per pair: the
 //!   bytes, and the path both ends use at the end: direct whenever
-//!   [`NatKind::direct_expected`], relay otherwise. Figures per pair: the
+//!   [`NatKind::direct_expected`], relay otherwise (checked once the
+//!   direct pairs are direct, or after `MATRIX_PATH_WAIT`: under loss a
+//!   failed first race is repaired by the background probe after the
+//!   transfer may have ended). Figures per pair: the
 //!   path, time to the first echoed byte, time to the whole echo.
 //! - `nat-rebind`: one pair behind address-dependent filters; in the
 //!   middle of a paced transfer host *a*'s NAT forgets its bindings (new
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pilot_proto::addr::Addr;
-use pilot_proto::daemon::paths::PathKind;
+use pilot_proto::daemon::paths::{PROBE_INTERVAL, PROBE_WINDOW, PathKind};
 use pilot_proto::time::Instant;
 use pilot_proto::wire::ipc::IpcMessage;
 use serde_json::{Value, json};
@@ -328,6 +331,21 @@ impl Scenario for NatMatrixScenario {
                 },
                 |_, _| {},
             );
+            // Under loss a first race can fail (a lost punch request or
+            // command leaves one side without the other's endpoint); the
+            // background probe (every PROBE_INTERVAL while the peer is in
+            // use, spec/beacon.md §8.3) finds the direct path later. Give
+            // it that long after the transfer before the path check; the
+            // pairs expected on the relay are checked after the same wait.
+            let t0 = net.sim.now();
+            net.run_until(MATRIX_PATH_WAIT, Duration::from_millis(100), |net| {
+                flows.iter().all(|f| {
+                    !NatKind::direct_expected(kinds[f.from], kinds[f.to])
+                        || (path_of(net, f.from, addrs[f.to].node) == Some(PathKind::Direct)
+                            && path_of(net, f.to, addrs[f.from].node) == Some(PathKind::Direct))
+                })
+            });
+            let path_wait = net.sim.now().saturating_duration_since(t0);
             let mut rows = Vec::new();
             let mut connected = 0;
             for f in &flows {
@@ -399,10 +417,19 @@ impl Scenario for NatMatrixScenario {
                 format!("{connected} of {} pairs echoed everything", pairs.len()),
             );
             s.figures.push(("pairs".into(), Value::Array(rows)));
+            s.figures
+                .push(("path_wait_ms".into(), json!(ms(path_wait))));
         }
         s.finish(net, cfg)
     }
 }
+
+/// Longest `nat-matrix` waits after the transfer for the pairs expected
+/// on the direct path to get there: one background probe interval and
+/// its racing window (`spec/beacon.md` §8.3), twice.
+const MATRIX_PATH_WAIT: Duration = PROBE_INTERVAL
+    .saturating_add(PROBE_WINDOW)
+    .saturating_mul(2);
 
 /// See the module docs.
 pub struct NatRebindScenario;
@@ -712,6 +739,11 @@ const KX_FLOOD_LEAD: Duration = Duration::from_millis(500);
 /// bug took 3–8 s; unflooded it takes a few round trips).
 pub const KX_FLOOD_FIRST_ECHO: Duration = Duration::from_millis(1_500);
 
+/// Longest `nat-kx-flood` waits, after the first echo, for host 1 to
+/// confirm its direct path to host 0 (the race window plus a probe
+/// interval: under loss the echo can finish on the relay first).
+const KX_DIRECT_WAIT: Duration = Duration::from_secs(10);
+
 /// Forged key exchanges from one source at a fixed rate: PILKs and PILAs
 /// (signed by the forger's own key) with random sender IDs or claiming
 /// `spoof` (the victim's real peer).
@@ -814,7 +846,8 @@ impl Scenario for NatKxFloodScenario {
     }
 
     /// Two public daemons with paths on (beacon discovery, path labels)
-    /// echo once, so host 1 holds a confirmed direct path to host 0. Host
+    /// echo once, and the scenario waits until host 1 holds a confirmed
+    /// direct path to host 0 (at most `KX_DIRECT_WAIT`). Host
     /// 0 then restarts (same identity and endpoint, new tunnel key, knows
     /// no peers) and, `KX_FLOOD_LEAD` into a flood of forged PILKs and
     /// PILAs (`KX_FLOOD_RATES[seed % 3]` per second) from a forger on host
@@ -831,14 +864,28 @@ impl Scenario for NatKxFloodScenario {
         if let Some((addrs, apps)) = ready(&mut net, &mut s) {
             let before = dial(&mut net, 0, apps[0], addrs[1])
                 .is_ok_and(|c| echo_on(&mut net, 0, apps[0], c, b"before"));
-            let direct = path_of(&net, 1, addrs[0].node) == Some(PathKind::Direct);
+            // Under loss the echo can come back on the relay before host
+            // 1 confirms the direct path: the paths still race (the next
+            // direct ping confirms it within 250 ms), or a lost key
+            // exchange outlasted the race window and the background probe
+            // (5 s later) confirms it. Wait for it: the restart below
+            // tests the key exchange on the direct path.
+            let t0 = net.sim.now();
+            let direct = before
+                && net.run_until(KX_DIRECT_WAIT, Duration::from_millis(10), |net| {
+                    net.host(1)
+                        .and_then(|h| h.daemon().paths()?.view(addrs[0].node))
+                        .is_some_and(|v| v.kind == PathKind::Direct && v.confirmed)
+                });
+            let waited = net.sim.now().saturating_duration_since(t0);
             s.check(
                 "echo-before",
                 before && direct,
                 format!(
-                    "first echo {}; host 1's path to host 0 {}",
+                    "first echo {}; host 1's path to host 0 {} ({:.0} ms after the echo)",
                     if before { "back" } else { "missing" },
-                    path_name(path_of(&net, 1, addrs[0].node))
+                    path_name(path_of(&net, 1, addrs[0].node)),
+                    ms(waited)
                 ),
             );
             // Past the key-change quiet time of host 1's old session.
