@@ -165,10 +165,19 @@ mod tests {
         assert_eq!(g.check(t(0), 5, None, true, 7, false), Verdict::DropAsk);
         assert_eq!(g.check(t(1), 5, None, true, 7, false), Verdict::Drop);
         g.set_trusted([(5, Some([1; 32])), (6, None)]);
-        assert_eq!(g.check(t(1), 5, Some([1; 32]), true, 7, false), Verdict::Admit);
+        assert_eq!(
+            g.check(t(1), 5, Some([1; 32]), true, 7, false),
+            Verdict::Admit
+        );
         // Trust is bound to the key it was granted for.
-        assert_eq!(g.check(t(1), 5, Some([2; 32]), true, 7, false), Verdict::Drop);
-        assert_eq!(g.check(t(1), 6, Some([2; 32]), true, 7, true), Verdict::Admit);
+        assert_eq!(
+            g.check(t(1), 5, Some([2; 32]), true, 7, false),
+            Verdict::Drop
+        );
+        assert_eq!(
+            g.check(t(1), 6, Some([2; 32]), true, 7, true),
+            Verdict::Admit
+        );
         // An unauthenticated sender never triggers a registry check.
         assert_eq!(g.check(t(1), 8, None, false, 7, true), Verdict::Drop);
     }
@@ -182,7 +191,10 @@ mod tests {
         assert_eq!(g.check(t(10), 9, None, true, 444, false), Verdict::Admit);
         assert_eq!(g.check(t(10), 9, None, true, 7, false), Verdict::DropAsk);
         assert_eq!(g.check(t(10), 9, None, true, 1001, true), Verdict::Drop);
-        assert_eq!(g.check(t(301), 9, None, true, 1001, false), Verdict::DropAsk);
+        assert_eq!(
+            g.check(t(301), 9, None, true, 1001, false),
+            Verdict::DropAsk
+        );
     }
 
     #[test]
