@@ -1927,6 +1927,25 @@ fn a_private_node_admits_replies_from_nodes_it_contacted() {
     // ...data exchange (1001) is inside it.
     let back = net.dial(a, bb, ports::DATA_EXCHANGE);
     assert!(back > 0);
+    // Datagrams need trust: the reply window does not apply to them.
+    net.send(b, &IpcMessage::Bind { port: 5000 });
+    net.advance(Duration::from_millis(100));
+    net.bodies(b);
+    let before = tunnel_stat(&mut net, b, "gate_datagrams_dropped");
+    net.send(
+        a,
+        &IpcMessage::SendTo {
+            dst: bb,
+            dst_port: 5000,
+            data: b"unasked",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.bodies(b).is_empty(), "the datagram was delivered");
+    assert_eq!(
+        tunnel_stat(&mut net, b, "gate_datagrams_dropped"),
+        before + 1
+    );
     // Five minutes after B's last contact the window is closed.
     net.send(a, &IpcMessage::Close { conn_id: back });
     net.advance(Duration::from_secs(301));
