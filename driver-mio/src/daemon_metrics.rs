@@ -188,6 +188,16 @@ pub fn encode(info: Option<&Value>) -> String {
             "early_frames_replayed",
             "Frames kept until a key arrived, then delivered",
         ),
+        (
+            "gate_syn_dropped",
+            "gate_syn_dropped",
+            "SYNs from untrusted peers a private node dropped silently",
+        ),
+        (
+            "gate_datagrams_dropped",
+            "gate_datagrams_dropped",
+            "Datagrams from untrusted peers a private node dropped",
+        ),
     ] {
         counter(&mut r, name, help, num(&tunnel, key));
     }

@@ -319,7 +319,9 @@ impl State {
             // No registry here: the application's peers are static; a dead
             // peer's streams already ended with `ResetCause::PeerUnreachable`.
             | Event::ResolveNeeded { .. }
-            | Event::PeerUnreachable { .. } => {}
+            | Event::PeerUnreachable { .. }
+            // The embedded node never turns the private-node gate on.
+            | Event::AdmissionCheck { .. } => {}
         }
     }
 

@@ -59,6 +59,10 @@ pub(crate) enum Purpose {
     /// The registry pushed that this peer revoked our pair: confirm with
     /// `check_trust` before forgetting it.
     RevokeCheck(u32),
+    /// The private-node gate dropped this authenticated peer: ask
+    /// `check_trust` and admit it for a while if the registry says the
+    /// nodes trust each other or share a network (`spec/daemon.md` §6.1).
+    Admission(u32),
     /// A trust relay used as the fallback of a failed direct send, or a
     /// plain trust bookkeeping call: nothing to do with the answer.
     Fire,

@@ -434,6 +434,12 @@ pub struct DaemonStats {
     pub peers_dead: u64,
     /// Tunnels closed because trust was revoked.
     pub tunnels_revoked: u64,
+    /// Registry `check_trust` calls for peers the private-node gate
+    /// dropped (`spec/daemon.md` §6.1).
+    pub gate_checks: u64,
+    /// Of those, answers that admitted the peer (trust pair or shared
+    /// network).
+    pub gate_vouched: u64,
     /// Trust entries a network had granted, ended with that membership.
     pub network_grants_ended: u64,
     /// Diagnostic lines dropped because their queue was full.
@@ -674,6 +680,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         for (n, k) in keys {
             self.remember_key(n, k);
         }
+        self.sync_gate();
         // Built-in services are bound before any client can bind.
         let builtin: Vec<u16> = self.host.ports().collect();
         if let Some(node) = self.life.node_mut() {
@@ -1314,6 +1321,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Event::Closed(cid) => self.on_closed(now, cid, None),
             Event::Reset(cid, cause) => self.on_closed(now, cid, Some(cause)),
             Event::IdentityNeeded { peer } => self.identity_needed(now, peer),
+            Event::AdmissionCheck { peer } => {
+                self.stats.gate_checks += 1;
+                let _ = self.call(now, Call::CheckTrust(peer), Purpose::Admission(peer));
+            }
             Event::IdentityStale { peer } => {
                 // The peer may have rotated its key: only the registry's
                 // current answer counts (`spec/crypto.md` §2.9).
@@ -2352,6 +2363,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if let Some(p) = self.paths.as_mut() {
             p.set_node_id(node_id, now);
         }
+        self.sync_gate();
         let again = self.registered_once;
         self.registered_once = true;
         self.refresh_own_networks(now, node_id);
@@ -2451,6 +2463,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             Response::SetVisibilityOk { visibility, .. } => {
                                 self.public = visibility == "public";
                                 self.save_profile();
+                                self.sync_gate();
                             }
                             Response::SetTagsOk { tags, .. } => {
                                 self.tags = tags.clone().unwrap_or_default();
@@ -2526,6 +2539,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                             .map(|t| t.key_learned(node, &k))
                             .unwrap_or_default();
                         self.apply_trust(now, fx);
+                    }
+                }
+            }
+            Purpose::Admission(node) => {
+                if let Ok(Response::CheckTrustOk { trusted: true }) = result {
+                    self.stats.gate_vouched += 1;
+                    if let Some(n) = self.life.node_mut() {
+                        n.gate_mut().vouch(now, node);
                     }
                 }
             }

@@ -742,6 +742,12 @@ fn private_node_unreachable_until_manual_approval() {
         a,
         |m| matches!(m, IpcMessage::Recv { data, .. } if data == b"ok")
     ));
+    // B's gate admitted A from its own trust store, without asking the
+    // registry (transport.md §4.2 step 3).
+    let info = net.info(b);
+    assert_eq!(info["tunnel"]["gate_private"], true, "{info}");
+    assert_eq!(info["tunnel"]["gate_checks"], 0, "{info}");
+    assert_eq!(info["tunnel"]["gate_syn_dropped"], 0, "{info}");
 }
 
 #[test]
@@ -1805,4 +1811,151 @@ fn a_restarted_peer_with_the_old_key_in_trust_json_accepts_the_rotated_key() {
         net.ms[1].daemon.node().unwrap().peer_identity(aa.node),
         Some(new)
     );
+}
+
+/// Sends a Dial from client `c` and runs the network for `wait`; the
+/// frames `c` received (none while the dial is still trying).
+fn dial_frames(net: &mut Net, c: usize, addr: Addr, port: u16, wait: Duration) -> Vec<Vec<u8>> {
+    net.send(c, &IpcMessage::Dial { addr, port });
+    net.advance(wait);
+    net.bodies(c)
+}
+
+fn tunnel_stat(net: &mut Net, c: usize, key: &str) -> u64 {
+    let info = net.info(c);
+    info["tunnel"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {info}"))
+}
+
+/// Kicks `target` from `network` at the registry (operator token).
+fn kick(net: &mut Net, network: u16, owner: usize, target: usize) {
+    use crate::registry::codec::{MemberAction, Request};
+    let now = net.now;
+    let (o, t) = (net.addr(owner).node, net.addr(target).node);
+    let reply = net.reg.as_mut().unwrap().handle(
+        wall(now),
+        SocketAddr::from(([127, 0, 0, 1], 6999)),
+        Request::KickMember(MemberAction {
+            node_id: o,
+            network_id: network,
+            target_node_id: t,
+            admin_token: ADMIN.into(),
+            ..Default::default()
+        }),
+    );
+    assert!(
+        matches!(reply.response, Response::KickMemberOk(_)),
+        "{:?}",
+        reply.response
+    );
+}
+
+/// Issue #16 follow-up (transport.md §4.2 step 3): a private node drops
+/// an untrusted node's SYN silently, even when that node knows its
+/// endpoint; the registry's "shared network" admits it; after a kick it
+/// is dropped again. Without the gate the first dial gets echoes.
+#[test]
+fn a_private_node_admits_only_trusted_or_network_sharing_dialers() {
+    let mut net = Net::new(vec![cfg(0, true), cfg(1, true)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let bb = net.addr(1);
+    // A learned B's endpoint and key elsewhere (a kicked member keeps them).
+    let now = net.now;
+    net.ms[0]
+        .daemon
+        .add_peer(now, bb, ep(1), Some(*ident(1).public()))
+        .unwrap();
+    let got = dial_frames(&mut net, a, bb, 7, Duration::from_secs(5));
+    assert!(
+        got.is_empty(),
+        "no answer while the SYNs are dropped: {got:?}"
+    );
+    assert!(tunnel_stat(&mut net, b, "gate_syn_dropped") >= 2);
+    assert_eq!(tunnel_stat(&mut net, b, "gate_checks"), 1);
+    assert_eq!(tunnel_stat(&mut net, b, "gate_vouched"), 0);
+    assert_eq!(net.info(b)["tunnel"]["gate_private"], true);
+    // Silent: no RST, so the dial ends by timing out, not refused.
+    net.advance(Duration::from_secs(30));
+    let text = net.error_text(a);
+    assert_eq!(text, "dial timeout");
+    // Sharing a network: the registry vouches, the dial works.
+    let lab = net.network("lab", &[1, 0]);
+    net.advance(Duration::from_secs(31));
+    // The first SYN is dropped while the registry is asked; a retry
+    // gets in.
+    net.send(a, &IpcMessage::Dial { addr: bb, port: 7 });
+    net.advance(Duration::from_secs(2));
+    let conn = net.one(a, |m| match m {
+        IpcMessage::DialOk { conn_id } => conn_id,
+        other => panic!("expected DialOk, got {other:?}"),
+    });
+    echo(&mut net, a, conn, b"in the lab");
+    assert!(tunnel_stat(&mut net, b, "gate_vouched") >= 1);
+    net.send(a, &IpcMessage::Close { conn_id: conn });
+    net.advance(Duration::from_secs(1));
+    net.bodies(a);
+    // Kicked: once the registry's answer is stale, the dial is dropped.
+    kick(&mut net, lab, 1, 0);
+    net.advance(Duration::from_secs(31));
+    let dropped = tunnel_stat(&mut net, b, "gate_syn_dropped");
+    let got = dial_frames(&mut net, a, bb, 7, Duration::from_secs(5));
+    assert!(got.is_empty(), "kicked member got in: {got:?}");
+    assert!(tunnel_stat(&mut net, b, "gate_syn_dropped") > dropped);
+}
+
+/// A node a private node contacted may dial it back on ports 1001 and
+/// 444 for 5 min (the reply window), not on others; a public node is not
+/// gated.
+#[test]
+fn a_private_node_admits_replies_from_nodes_it_contacted() {
+    let mut net = Net::new(vec![public_cfg(0), cfg(1, true)], true);
+    let a = net.open(0);
+    let b = net.open(1);
+    let (aa, bb) = (net.addr(0), net.addr(1));
+    // B (private) dials public A: not gated.
+    let conn = net.dial(b, aa, 7);
+    echo(&mut net, b, conn, b"hello");
+    assert_eq!(net.info(a)["tunnel"]["gate_private"], false);
+    // A dials back: port 7 is outside the reply window...
+    let got = dial_frames(&mut net, a, bb, 7, Duration::from_secs(5));
+    assert!(got.is_empty(), "{got:?}");
+    assert!(tunnel_stat(&mut net, b, "gate_syn_dropped") >= 1);
+    net.advance(Duration::from_secs(30));
+    net.bodies(a);
+    // ...data exchange (1001) is inside it.
+    let back = net.dial(a, bb, ports::DATA_EXCHANGE);
+    assert!(back > 0);
+    // Datagrams need trust: the reply window does not apply to them.
+    net.send(b, &IpcMessage::Bind { port: 5000 });
+    net.advance(Duration::from_millis(100));
+    net.bodies(b);
+    let before = tunnel_stat(&mut net, b, "gate_datagrams_dropped");
+    net.send(
+        a,
+        &IpcMessage::SendTo {
+            dst: bb,
+            dst_port: 5000,
+            data: b"unasked",
+        },
+    );
+    net.advance(Duration::from_millis(100));
+    assert!(net.bodies(b).is_empty(), "the datagram was delivered");
+    assert_eq!(
+        tunnel_stat(&mut net, b, "gate_datagrams_dropped"),
+        before + 1
+    );
+    // Five minutes after B's last contact the window is closed.
+    net.send(a, &IpcMessage::Close { conn_id: back });
+    net.advance(Duration::from_secs(301));
+    net.bodies(a);
+    let got = dial_frames(
+        &mut net,
+        a,
+        bb,
+        ports::DATA_EXCHANGE,
+        Duration::from_secs(5),
+    );
+    assert!(got.is_empty(), "{got:?}");
 }

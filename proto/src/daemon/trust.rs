@@ -72,6 +72,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 // the peer does (`spec/daemon.md` §6, `spec/crypto.md`
                 // §13). A later grant runs a fresh key exchange.
                 Effect::DropTunnel(peer) => {
+                    // Whatever the registry said about it before is stale.
+                    if let Some(n) = self.life.node_mut() {
+                        n.gate_mut().forget(peer);
+                    }
                     let closed = self
                         .life
                         .node_mut()
@@ -95,7 +99,34 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.disk(super::DiskWrite::Trust(text));
             }
         }
+        self.sync_gate();
         self.check_trust_waiters(now);
+    }
+
+    /// Brings the node's private-node gate in step with the daemon
+    /// (`spec/daemon.md` §6.1): on for a registry-backed node that is not
+    /// public, admitting the trust store's peers, each bound to the key
+    /// it was trusted with (if known).
+    pub(super) fn sync_gate(&mut self) {
+        let enabled = self.registry.is_some() && !self.public;
+        let trusted: Vec<(u32, Option<[u8; 32]>)> = self
+            .life
+            .trust()
+            .map(|t| {
+                t.trusted()
+                    .iter()
+                    .map(|(n, t)| {
+                        let key = crate::registry::auth::decode_public_key(&t.public_key).ok();
+                        (*n, key)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(n) = self.life.node_mut() {
+            let gate = n.gate_mut();
+            gate.set_enabled(enabled);
+            gate.set_trusted(trusted);
+        }
     }
 
     /// Performs a registry operation of the trust store.

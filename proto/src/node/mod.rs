@@ -19,6 +19,7 @@
 //! Every queue is bounded by [`Limits`]; malformed or unwanted input is
 //! counted in [`NodeStats`] and dropped, never a panic.
 
+pub mod gate;
 pub(crate) mod ports;
 pub(crate) mod timer;
 
@@ -51,6 +52,7 @@ use crate::wire::WireProfile;
 use crate::wire::packet::{Flags, HEADER_LEN, Header, MAX_PAYLOAD, Packet, Protocol, VERSION};
 use crate::wire::tunnel::{Frame, MAGIC_LEN, MAGIC_PILS, MAGIC_PILT, PILS_OVERHEAD};
 
+pub use gate::{Gate, Verdict};
 pub use ports::{PortError, PortTable};
 pub use timer::{TimeoutReason, TimerTable};
 
@@ -229,6 +231,16 @@ pub struct ConnId(pub u64);
 /// Something the application must know.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
+    /// The private-node gate dropped a SYN or datagram from authenticated
+    /// `peer`, which the local trust store does not trust: ask the
+    /// registry whether the two nodes trust each other or share a
+    /// network, and call [`Node::gate_mut`]`().vouch` if so (the
+    /// sender's retransmission then gets in). Emitted at most once per
+    /// peer per [`gate::VOUCH_TTL`].
+    AdmissionCheck {
+        /// The dropped sender.
+        peer: u32,
+    },
     /// A datagram arrived on a bound port.
     Datagram {
         /// Source address.
@@ -552,6 +564,12 @@ pub struct NodeStats {
     pub syn_rate_limited: u64,
     /// SYNs from an authenticated session, exempt from the rate limits.
     pub syn_authenticated: u64,
+    /// SYNs a private node dropped silently: the sender is not trusted
+    /// and not in the reply window (`spec/transport.md` §4.2 step 3).
+    pub gate_syn_dropped: u64,
+    /// Datagrams a private node dropped: the sender is not trusted
+    /// (`spec/transport.md` §6).
+    pub gate_datagrams_dropped: u64,
     /// Packets with an unknown protocol.
     pub unknown_protocol: u64,
     /// Stream retransmissions of connections already dropped.
@@ -714,6 +732,7 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     half_open: HalfOpen,
     drops: AuthDrops,
     stats: NodeStats,
+    gate: Gate,
     /// Peer timeout (`spec/node.md` §7.1).
     peer_timeout: Duration,
     /// Early PILS frames: (claimed sender, source, arrival, bytes).
@@ -807,6 +826,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             ),
             drops: AuthDrops::default(),
             stats: NodeStats::default(),
+            gate: Gate::default(),
             peer_timeout: PEER_TIMEOUT,
             early_frames: VecDeque::new(),
             diagnostics: VecDeque::new(),
@@ -962,6 +982,16 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// Our address.
     pub fn addr(&self) -> Addr {
         self.addr
+    }
+
+    /// The private-node trust gate (`spec/transport.md` §4.2).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The private-node trust gate, to configure (`spec/transport.md` §4.2).
+    pub fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
     }
 
     /// Counters.
@@ -1193,7 +1223,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// at once (`spec/node.md` §4.3).
     pub fn send_datagram(
         &mut self,
-        _now: Instant,
+        now: Instant,
         dst: Addr,
         dst_port: u16,
         src_port: Option<u16>,
@@ -1218,7 +1248,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         };
         let src = Addr::new(dst.network, self.addr.node);
         let h = self.header(Protocol::DATAGRAM, src, dst, sport, dst_port);
-        self.queue_packet(dst.node, h, data)
+        self.queue_packet(dst.node, h, data)?;
+        self.gate.contacted(now, dst.node);
+        Ok(())
     }
 
     /// Broadcast (`spec/node.md` §6): one unicast copy per known peer on
@@ -1375,6 +1407,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         };
         let id = self.insert_conn(now, key, conn, true, false);
         self.refresh_conn_timer(id);
+        self.gate.contacted(now, dst.node);
         Ok(id)
     }
 
@@ -2138,6 +2171,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             Protocol::DATAGRAM => {
                 if pkt.payload.is_empty() {
                     self.stats.datagrams_empty += 1;
+                } else if !self.gate_admits(now, sender, sealed, h.dst_port, true) {
+                    self.stats.gate_datagrams_dropped += 1;
                 } else if !self.ports.is_bound(h.dst_port) {
                     self.stats.datagrams_unbound += 1;
                 } else {
@@ -2193,6 +2228,43 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         r.ack = h.seq.wrapping_add(1);
         if self.queue_packet(sender, r, pkt.payload).is_ok() {
             self.stats.pongs_sent += 1;
+        }
+    }
+
+    /// The private-node gate for a SYN or datagram from `sender` to
+    /// `port`; a drop of an authenticated sender asks for a registry
+    /// check ([`Event::AdmissionCheck`]).
+    fn gate_admits(
+        &mut self,
+        now: Instant,
+        sender: u32,
+        sealed: bool,
+        port: u16,
+        datagram: bool,
+    ) -> bool {
+        if !self.gate.enabled() {
+            return true;
+        }
+        let authentic = sealed
+            && self
+                .sessions
+                .session(sender)
+                .is_some_and(|s| s.authenticated);
+        // An unauthenticated sender (plaintext or an unverified key
+        // exchange, legacy peers) is judged by its node ID, as the
+        // reference does, but never matches a key-bound trust and never
+        // makes us ask the registry.
+        let identity = self.peer_identity(sender).filter(|_| authentic);
+        match self
+            .gate
+            .check(now, sender, identity, authentic, port, datagram)
+        {
+            Verdict::Admit => true,
+            Verdict::Drop => false,
+            Verdict::DropAsk => {
+                self.push_event(Event::AdmissionCheck { peer: sender });
+                false
+            }
         }
     }
 
@@ -2260,6 +2332,15 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         let syn_only = h.flags.contains(Flags::SYN) && !h.flags.contains(Flags::ACK);
         if !syn_only {
             self.send_rst(sender, &h, h.seq.wrapping_add(1));
+            return;
+        }
+        // transport.md §4.2 step 3: a private node admits only trusted
+        // senders (and replies to its own contacts); silently, so an
+        // untrusted node cannot even learn the port is open.
+        if self.listeners.contains_key(&h.dst_port)
+            && !self.gate_admits(now, sender, sealed, h.dst_port, false)
+        {
+            self.stats.gate_syn_dropped += 1;
             return;
         }
         // The SYN buckets guard against floods from sources we cannot hold

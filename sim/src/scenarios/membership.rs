@@ -14,7 +14,8 @@
 //! 2. **Kick.** Node 0 kicks node 1. Node 0's membership check finds
 //!    node 1 gone and ends its grant; the registry's pair goes, and
 //!    node 1, told by the push, forgets node 0 as well. The registry no
-//!    longer resolves node 0 for node 1.
+//!    longer resolves node 0 for node 1, and node 0's private-node gate
+//!    drops node 1's direct dial (it still knows the endpoint).
 //! 3. **Leave.** Node 2 leaves the network: its own grant of node 0 ends
 //!    at once, and node 0 (told by the registry's push) forgets node 2.
 //! 4. **Members keep it.** Nodes k ≥ 3 still trust node 0 and are trusted
@@ -247,6 +248,15 @@ fn membership_script(net: &mut Net, s: &mut Script, addrs: &[Addr], apps: &[AppI
     );
     if s.check("kick", kick.is_ok(), format!("{kick:?}")) {
         lost(net, s, addrs, apps, (1, 0), "kicked");
+        // Node 1 still knows node 0's endpoint, so its dial goes out
+        // directly: node 0's private-node gate must drop it silently
+        // (`spec/daemon.md` §6.4), and the dial times out.
+        let e = echo_once(net, 1, apps[1], addrs[0], b"kicked");
+        s.check(
+            "kicked-cannot-dial",
+            e.as_ref().is_err_and(|t| t.contains("timeout")),
+            format!("echo 1->0 after the kick: {e:?}"),
+        );
     }
     // 3. Node 2 leaves: its own grant ends at once.
     let leave = network(net, 2, apps[2], NetworkRequest::Leave { network: nid });
