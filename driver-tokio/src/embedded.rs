@@ -226,6 +226,9 @@ impl State {
             }
             let network = self.node.addr().network;
             p.send_probes(&mut self.node, now, |_| network);
+            // No webhooks here: relay activations are only counted
+            // (`path_stats().to_relay`).
+            while p.take_relay_activated().is_some() {}
         }
     }
 
@@ -316,6 +319,8 @@ impl State {
             | Event::SessionUp { .. }
             | Event::SessionDown { .. }
             | Event::KeyExchangeGaveUp { .. }
+            // Connection ends reach the application as Closed/Reset.
+            | Event::ConnEnded { .. }
             // No registry here: the application's peers are static; a dead
             // peer's streams already ended with `ResetCause::PeerUnreachable`.
             | Event::ResolveNeeded { .. }

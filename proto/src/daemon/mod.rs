@@ -702,9 +702,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         identity: Option<[u8; 32]>,
     ) -> Result<(), DaemonError> {
         self.input(now);
+        let new = !self.has_peer(addr.node);
         let node = self.life.node_mut().ok_or(DaemonError::NotReady)?;
         if !node.add_peer(addr, endpoint, identity) {
             return Err(DaemonError::PeerRefused);
+        }
+        if new {
+            self.webhook_peer_added(now, addr.node, endpoint.to_string());
         }
         self.adopt_peer(now, addr.node, false);
         self.peers.insert(addr.node, addr.network);
@@ -1133,6 +1137,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         take(self.life.drain_deadline());
         take(self.membership_due);
         take(self.tasks.timers.poll_timeout());
+        take(self.webhook.poll_timeout());
         t
     }
 
@@ -1280,7 +1285,42 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 break;
             }
         }
+        self.path_events(now);
+        if let Some(notes) = self.life.node().map(|n| n.security_notes()) {
+            self.webhook_security(now, notes);
+        }
         self.check_stopped(now);
+    }
+
+    /// `tunnel.relay_activated` for the peers the path part moved to the
+    /// relay.
+    fn path_events(&mut self, now: Instant) {
+        while let Some(peer) = self.paths.as_mut().and_then(|p| p.take_relay_activated()) {
+            self.webhook_event(
+                now,
+                "tunnel.relay_activated",
+                serde_json::json!({"peer_node_id": peer}),
+            );
+        }
+    }
+
+    /// Whether the node's peer table has an entry for `peer`.
+    fn has_peer(&self, peer: u32) -> bool {
+        self.life
+            .node()
+            .is_some_and(|n| n.peer_endpoint(peer).is_some())
+    }
+
+    /// Where `peer` is reached, for `tunnel.peer_added`: its real
+    /// endpoint, or `relay` when the node holds only its path label (its
+    /// first frame came through the beacon).
+    fn peer_endpoint_text(&self, peer: u32) -> String {
+        let ep = self.life.node().and_then(|n| n.peer_endpoint(peer));
+        match ep {
+            Some(ep) if paths::label_peer(ep) == Some(peer) => "relay".to_owned(),
+            Some(ep) => ep.to_string(),
+            None => String::new(),
+        }
     }
 
     fn on_node_event(&mut self, now: Instant, ev: Event) {
@@ -1355,6 +1395,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     serde_json::json!({"peer_node_id": peer}),
                 );
             }
+            Event::ConnEnded {
+                id,
+                local_port,
+                remote,
+                remote_port,
+                end,
+            } => self.webhook_conn_end(now, id, local_port, remote, remote_port, end),
             Event::Pong { .. }
             | Event::PingTimeout { .. }
             | Event::SessionDown { .. }
@@ -1391,6 +1438,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     fn install_peer_key(&mut self, now: Instant, peer: u32, key: [u8; 32]) {
         let network = self.life.address().map_or(0, |a| a.network);
         let network = self.peers.get(&peer).copied().unwrap_or(network);
+        let new = !self.has_peer(peer);
         let Some(node) = self.life.node_mut() else {
             return;
         };
@@ -1399,6 +1447,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.peers.entry(peer).or_insert(network);
         }
         let proved = node.take_authenticated() == Some(peer);
+        if new && self.has_peer(peer) {
+            let endpoint = self.peer_endpoint_text(peer);
+            self.webhook_peer_added(now, peer, endpoint);
+        }
         self.adopt_peer(now, peer, proved);
     }
 
@@ -1424,7 +1476,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     "dst_port": port,
                     "conn_id": cid.0,
                 });
-                self.webhook_event(now, "conn.established", ev);
+                self.webhook_event(now, "conn.syn_received", ev.clone());
+                // The handshake may have completed while it was queued
+                // (its `Connected` is not reported then).
+                if info.state == crate::stream::conn::State::Established {
+                    self.webhook_event(now, "conn.established", ev);
+                }
             }
             let owner = self.ports.get(&port).copied();
             match owner {
@@ -1472,6 +1529,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
     }
 
     fn on_connected(&mut self, now: Instant, cid: ConnId) {
+        if self.webhook.wanted() {
+            let info = self.life.node().and_then(|n| n.conn_info(cid));
+            if let Some(info) = info.filter(|i| i.inbound) {
+                let ev = serde_json::json!({
+                    "src_addr": info.remote.to_string(),
+                    "src_port": info.remote_port,
+                    "dst_port": info.local_port,
+                    "conn_id": cid.0,
+                });
+                self.webhook_event(now, "conn.established", ev);
+            }
+        }
         let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
@@ -2256,10 +2325,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             Some(p) => p.view(node).and_then(|v| v.endpoint),
             None => self.life.node().and_then(|n| n.peer_endpoint(node)),
         };
+        let new = !self.has_peer(node);
         let added = self
             .life
             .node_mut()
             .is_some_and(|n| n.add_peer(addr, endpoint, key));
+        if added && new {
+            self.webhook_peer_added(now, node, endpoint.to_string());
+        }
         if added {
             self.adopt_peer(now, node, false);
         }

@@ -84,6 +84,9 @@ pub const MAX_PATH_PEERS: usize = 16_384;
 pub const COPY_QUEUE: usize = 64;
 /// Most punch requests waiting for the beacon's command.
 pub const PUNCH_PENDING: usize = 16;
+/// Most peers waiting to be reported as newly relayed
+/// ([`Paths::take_relay_activated`]); further ones are counted and dropped.
+pub const RELAY_EVENTS: usize = 64;
 /// A punch command answers a request of ours sent at most this long ago.
 pub const PUNCH_MATCH: Duration = Duration::from_secs(3);
 /// While a peer races with no endpoint to try (first contact through the
@@ -251,6 +254,8 @@ pub struct PathStats {
     pub endpoint_changes: u64,
     /// Datagrams dropped: copy queue full, no room to wrap, or peer cap.
     pub dropped: u64,
+    /// Relay activations not reported: their queue was full.
+    pub relay_events_dropped: u64,
 }
 
 /// Per-peer path state (see the module docs).
@@ -278,6 +283,10 @@ struct PeerState {
     silent_since: Option<Instant>,
     /// Direct sends since the last direct authenticated frame.
     silent_sends: u32,
+    /// The peer settled on the relay and was reported so; cleared when a
+    /// direct path is confirmed (so a relayed peer's background probes do
+    /// not report it again).
+    relayed: bool,
 }
 
 /// The path part of the daemon; see the module docs.
@@ -292,6 +301,9 @@ pub struct Paths {
     copies: VecDeque<(SocketAddr, Vec<u8>, usize)>,
     punch_pending: VecDeque<(u32, Instant)>,
     probes: VecDeque<u32>,
+    /// Peers that settled on the relay, to report (bounded by
+    /// [`RELAY_EVENTS`]).
+    relay_events: VecDeque<u32>,
     public_history: u32,
     stats: PathStats,
 }
@@ -315,6 +327,7 @@ impl Paths {
             copies: VecDeque::new(),
             punch_pending: VecDeque::new(),
             probes: VecDeque::new(),
+            relay_events: VecDeque::new(),
             public_history: 0,
             stats: PathStats::default(),
         }
@@ -416,6 +429,7 @@ impl Paths {
             last_tx: now,
             silent_since: None,
             silent_sends: 0,
+            relayed: false,
         }))
     }
 
@@ -433,14 +447,31 @@ impl Paths {
             PathKind::Direct => {
                 p.silent_since = None;
                 p.silent_sends = 0;
+                p.relayed = false;
                 self.stats.to_direct += 1;
             }
             PathKind::Relay => {
                 p.next_probe = now + PROBE_INTERVAL;
                 self.stats.to_relay += 1;
+                if !p.relayed {
+                    p.relayed = true;
+                    if self.relay_events.len() >= RELAY_EVENTS {
+                        self.stats.relay_events_dropped += 1;
+                    } else {
+                        self.relay_events.push_back(peer);
+                    }
+                }
             }
             PathKind::Both => {}
         }
+    }
+
+    /// The next peer that settled on the relay path (the race or a lost
+    /// direct path ended without a direct path proven): reported once
+    /// until a direct path is confirmed again, so background probes of a
+    /// relayed peer do not repeat it.
+    pub fn take_relay_activated(&mut self) -> Option<u32> {
+        self.relay_events.pop_front()
     }
 
     /// Races the paths for `window`, asks the beacon to punch and asks

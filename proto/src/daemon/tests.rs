@@ -79,6 +79,10 @@ struct Net {
     public_at_registered: Vec<Vec<Option<bool>>>,
     /// Per daemon: how much of its log was looked at.
     log_seen: Vec<usize>,
+    /// Directions (from, to) whose datagrams are lost.
+    cut: BTreeSet<(usize, usize)>,
+    /// When set, every datagram moved (from, to, bytes) is recorded.
+    tap: Option<Vec<(usize, usize, Vec<u8>)>>,
 }
 
 impl Net {
@@ -107,6 +111,8 @@ impl Net {
             cs: Vec::new(),
             public_at_registered: vec![Vec::new(); n],
             log_seen: vec![0; n],
+            cut: BTreeSet::new(),
+            tap: None,
         };
         net.settle();
         net
@@ -201,7 +207,22 @@ impl Net {
             }
             for (from, dst, mut bytes) in udp {
                 moved = true;
-                let idx = usize::from(dst.port() - 4000);
+                // Datagrams to no daemon (a beacon nobody runs) are lost.
+                let Some(idx) = dst
+                    .port()
+                    .checked_sub(4000)
+                    .map(usize::from)
+                    .filter(|i| *i < self.ms.len())
+                else {
+                    continue;
+                };
+                let src = usize::from(from.port() - 4000);
+                if self.cut.contains(&(src, idx)) {
+                    continue;
+                }
+                if let Some(tap) = self.tap.as_mut() {
+                    tap.push((src, idx, bytes.clone()));
+                }
                 let now = self.now;
                 self.ms[idx].daemon.handle_udp(now, from, &mut bytes);
             }
@@ -1958,4 +1979,404 @@ fn a_private_node_admits_replies_from_nodes_it_contacted() {
         Duration::from_secs(5),
     );
     assert!(got.is_empty(), "{got:?}");
+}
+
+// ----- webhook events (spec/services.md §13.2, §13.4) ------------------------
+
+const HOOK: &str = "http://hooks.example/pilot";
+
+/// The webhook documents daemon `d` made so far, parsed, in order.
+fn hooks(net: &Net, d: usize) -> Vec<serde_json::Value> {
+    net.ms[d]
+        .events()
+        .filter_map(|e| match e {
+            DaemonEvent::Webhook(WebhookOutput::Event(body)) => {
+                Some(serde_json::from_str(body).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `data` of daemon `d`'s events called `name`, in order.
+fn hook_data(net: &Net, d: usize, name: &str) -> Vec<serde_json::Value> {
+    hooks(net, d)
+        .into_iter()
+        .filter(|h| h["event"] == name)
+        .map(|h| h["data"].clone())
+        .collect()
+}
+
+/// The names of daemon `d`'s `conn.*` events, in order.
+fn conn_hooks(net: &Net, d: usize) -> Vec<String> {
+    hooks(net, d)
+        .into_iter()
+        .filter_map(|h| h["event"].as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("conn."))
+        .collect()
+}
+
+fn set_hooks(net: &mut Net) {
+    for m in net.ms.iter_mut() {
+        m.daemon.set_webhook(HOOK).unwrap();
+    }
+    net.settle();
+}
+
+/// A plaintext stream packet from daemon 0 (node 1) to daemon 1 (node 2).
+fn pilt(flags: crate::wire::packet::Flags, src_port: u16, dst_port: u16) -> Vec<u8> {
+    use crate::wire::packet::{Header, Packet, Protocol, VERSION};
+    let h = Header {
+        version: VERSION,
+        flags,
+        protocol: Protocol::STREAM,
+        payload_len: 0,
+        src: Addr::new(0, 1),
+        dst: Addr::new(0, 2),
+        src_port,
+        dst_port,
+        seq: 1000,
+        ack: 0,
+        window: 8,
+    };
+    let p = Packet::new(h, &[]).unwrap();
+    let mut b = b"PILT".to_vec();
+    b.resize(4 + p.encoded_len(), 0);
+    p.encode(&mut b[4..]).unwrap();
+    b
+}
+
+/// The node connection id of daemon `d`'s only connection.
+fn only_conn(net: &Net, d: usize) -> u64 {
+    let ids: Vec<u64> = net.ms[d].daemon.conns.iter().map(|(c, _)| c.0).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0]
+}
+
+/// An inbound stream reports `conn.syn_received` then `conn.established`
+/// (the acceptor only), and an orderly close `conn.fin` on both sides,
+/// each once, with the fields of the reference's catalogue.
+#[test]
+fn webhook_stream_events_from_syn_to_fin() {
+    let mut net = Net::mesh(2);
+    set_hooks(&mut net);
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.bodies(b);
+    let conn = net.dial(a, Addr::new(0, 2), 1000);
+    let (bconn, remote_port) = net.one(b, |m| match m {
+        IpcMessage::Accept {
+            conn_id,
+            remote_port,
+            ..
+        } => (conn_id, remote_port),
+        other => panic!("{other:?}"),
+    });
+    let (acid, bcid) = (only_conn(&net, 0), only_conn(&net, 1));
+    let inbound = serde_json::json!({
+        "src_addr": "0:0000.0000.0001",
+        "src_port": remote_port,
+        "dst_port": 1000,
+        "conn_id": bcid,
+    });
+    assert_eq!(
+        hook_data(&net, 1, "conn.syn_received"),
+        vec![inbound.clone()]
+    );
+    assert_eq!(hook_data(&net, 1, "conn.established"), vec![inbound]);
+    assert_eq!(
+        conn_hooks(&net, 0),
+        Vec::<String>::new(),
+        "the dialer reports no start"
+    );
+    // A closes; B sees the end of stream and closes too.
+    net.send(a, &IpcMessage::Close { conn_id: conn });
+    net.advance(Duration::from_millis(200));
+    net.send(b, &IpcMessage::Close { conn_id: bconn });
+    // The side that closed first lingers 10 s in TIME_WAIT.
+    net.advance(Duration::from_secs(15));
+    assert_eq!(
+        hook_data(&net, 0, "conn.fin"),
+        vec![serde_json::json!({
+            "remote_addr": "0:0000.0000.0002",
+            "remote_port": 1000,
+            "local_port": remote_port,
+            "conn_id": acid,
+        })]
+    );
+    assert_eq!(
+        hook_data(&net, 1, "conn.fin"),
+        vec![serde_json::json!({
+            "remote_addr": "0:0000.0000.0001",
+            "remote_port": remote_port,
+            "local_port": 1000,
+            "conn_id": bcid,
+        })]
+    );
+    assert_eq!(conn_hooks(&net, 0), vec!["conn.fin"]);
+    assert_eq!(
+        conn_hooks(&net, 1),
+        vec!["conn.syn_received", "conn.established", "conn.fin"]
+    );
+}
+
+/// A peer's RST ends the stream with `conn.rst`; a peer gone silent ends
+/// it with `conn.idle_timeout`, both when the peer timeout notices it and
+/// when the stream's keepalive gives up first.
+#[test]
+fn webhook_stream_ends_by_reset_and_by_idle_timeout() {
+    use crate::wire::packet::Flags;
+    // RST: a plaintext pair, so the test can forge the peer's RST.
+    let (mut net, a, b) = plaintext_pair_listening(1000);
+    set_hooks(&mut net);
+    net.dial(a, Addr::new(0, 2), 1000);
+    let remote_port = net.one(b, |m| match m {
+        IpcMessage::Accept { remote_port, .. } => remote_port,
+        other => panic!("{other:?}"),
+    });
+    let bcid = only_conn(&net, 1);
+    let now = net.now;
+    net.ms[1]
+        .daemon
+        .handle_udp(now, ep(0), &mut pilt(Flags::RST, remote_port, 1000));
+    net.settle();
+    assert_eq!(
+        hook_data(&net, 1, "conn.rst"),
+        vec![serde_json::json!({
+            "remote_addr": "0:0000.0000.0001",
+            "remote_port": remote_port,
+            "local_port": 1000,
+            "conn_id": bcid,
+        })]
+    );
+    assert_eq!(
+        conn_hooks(&net, 1),
+        vec!["conn.syn_received", "conn.established", "conn.rst"]
+    );
+
+    // Silence, noticed by the peer timeout (30 s) on both sides.
+    let mut net = Net::mesh(2);
+    set_hooks(&mut net);
+    let a = net.open(0);
+    let b = net.open(1);
+    net.send(b, &IpcMessage::Bind { port: 1000 });
+    net.dial(a, Addr::new(0, 2), 1000);
+    net.cut.extend([(0, 1), (1, 0)]);
+    net.advance(Duration::from_secs(60));
+    assert_eq!(conn_hooks(&net, 0), vec!["conn.idle_timeout"]);
+    assert_eq!(
+        conn_hooks(&net, 1),
+        vec!["conn.syn_received", "conn.established", "conn.idle_timeout"]
+    );
+    assert_eq!(
+        hook_data(&net, 0, "conn.idle_timeout")[0]["remote_port"],
+        1000
+    );
+
+    // With a long peer timeout the stream's keepalive gives up first
+    // (60 s idle, three unanswered probes 15 s apart).
+    let cfgs: Vec<Cfg> = (0..2)
+        .map(|i| {
+            let mut c = cfg(i, false);
+            c.peer_timeout = Duration::from_secs(3600);
+            c
+        })
+        .collect();
+    let mut net = Net::new(cfgs, false);
+    for (x, y) in [(0usize, 1usize), (1, 0)] {
+        let now = net.now;
+        net.ms[x]
+            .daemon
+            .add_peer(
+                now,
+                Addr::new(0, y as u32 + 1),
+                ep(y),
+                Some(*ident(y).public()),
+            )
+            .unwrap();
+    }
+    set_hooks(&mut net);
+    let a = net.open(0);
+    net.dial(a, Addr::new(0, 2), 7);
+    net.cut.extend([(0, 1), (1, 0)]);
+    net.advance(Duration::from_secs(300));
+    assert_eq!(conn_hooks(&net, 0), vec!["conn.idle_timeout"]);
+}
+
+/// `tunnel.peer_added` when a peer first enters the tunnel's table, and
+/// `tunnel.relay_activated` once when its path settles on the relay — not
+/// again at every background probe of the relayed peer.
+#[test]
+fn webhook_tunnel_peer_added_and_relay_activated_once() {
+    let cfgs: Vec<Cfg> = (0..2)
+        .map(|i| {
+            let mut c = cfg(i, false);
+            // A beacon nobody runs: the relay path leads nowhere.
+            c.beacon = Some(SocketAddr::from(([127, 0, 0, 1], 5999)));
+            c
+        })
+        .collect();
+    let mut net = Net::new(cfgs, false);
+    set_hooks(&mut net);
+    // No direct path between the two.
+    net.cut.extend([(0, 1), (1, 0)]);
+    let now = net.now;
+    net.ms[0]
+        .daemon
+        .add_peer(now, Addr::new(0, 2), ep(1), Some(*ident(1).public()))
+        .unwrap();
+    net.settle();
+    assert_eq!(
+        hook_data(&net, 0, "tunnel.peer_added"),
+        vec![serde_json::json!({"peer_node_id": 2, "endpoint": "127.0.0.1:4001"})]
+    );
+    assert!(
+        hook_data(&net, 0, "tunnel.relay_activated").is_empty(),
+        "racing"
+    );
+    // Adding it again changes nothing.
+    let now = net.now;
+    net.ms[0]
+        .daemon
+        .add_peer(now, Addr::new(0, 2), ep(1), Some(*ident(1).public()))
+        .unwrap();
+    net.advance(Duration::from_secs(4));
+    assert_eq!(
+        hook_data(&net, 0, "tunnel.relay_activated"),
+        vec![serde_json::json!({"peer_node_id": 2})]
+    );
+    // Keep the peer in use so it is probed for a direct path every 5 s.
+    let a = net.open(0);
+    for _ in 0..6 {
+        net.send(
+            a,
+            &IpcMessage::SendTo {
+                dst: Addr::new(0, 2),
+                dst_port: 1000,
+                data: b"x",
+            },
+        );
+        net.advance(Duration::from_secs(5));
+    }
+    let paths = net.ms[0].daemon.paths().unwrap();
+    assert!(paths.stats().to_relay >= 3, "{:?}", paths.stats());
+    assert_eq!(hook_data(&net, 0, "tunnel.relay_activated").len(), 1);
+    assert_eq!(hook_data(&net, 0, "tunnel.peer_added").len(), 1);
+}
+
+/// Sums `1 + suppressed` over security events: the occurrences they
+/// account for.
+fn accounted(events: &[serde_json::Value]) -> u64 {
+    events
+        .iter()
+        .map(|d| 1 + d["suppressed"].as_u64().unwrap())
+        .sum()
+}
+
+/// A SYN flood from a node that never proved its identity: each SYN past
+/// the rate limits is accounted for by `security.syn_rate_limited`, but at
+/// most one event per second is made (the latest SYN's source, and how
+/// many others were not reported), however long the flood.
+#[test]
+fn a_syn_flood_makes_a_bounded_number_of_security_events() {
+    use crate::wire::packet::Flags;
+    let (mut net, _, _) = plaintext_pair_listening(1000);
+    set_hooks(&mut net);
+    // 300 SYNs at once (port 999 is closed: the limits come first): the
+    // source's bucket lets 64 through.
+    for i in 0..300u16 {
+        let now = net.now;
+        net.ms[1]
+            .daemon
+            .handle_udp(now, ep(0), &mut pilt(Flags::SYN, 20_000 + i, 999));
+    }
+    net.settle();
+    let limited = net.ms[1].daemon.node().unwrap().stats().syn_rate_limited;
+    assert_eq!(limited, 236);
+    let ev = hook_data(&net, 1, "security.syn_rate_limited");
+    assert_eq!(
+        ev,
+        vec![
+            serde_json::json!({"src_addr": "0:0000.0000.0001", "src_port": 20_064, "suppressed": 0})
+        ]
+    );
+    // The rest is reported one second later, with the latest source.
+    net.advance(Duration::from_millis(999));
+    assert_eq!(hook_data(&net, 1, "security.syn_rate_limited").len(), 1);
+    net.advance(Duration::from_millis(1));
+    let ev = hook_data(&net, 1, "security.syn_rate_limited");
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1]["src_port"], 20_299);
+    assert_eq!(ev[1]["suppressed"], 234);
+    assert_eq!(accounted(&ev), limited);
+    // Ten more seconds of flood, 200 SYNs every 100 ms.
+    for k in 0..100u16 {
+        for i in 0..200u16 {
+            let now = net.now;
+            let port = 30_000u16.wrapping_add(k * 200 + i);
+            net.ms[1]
+                .daemon
+                .handle_udp(now, ep(0), &mut pilt(Flags::SYN, port, 999));
+        }
+        net.advance(Duration::from_millis(100));
+    }
+    net.advance(Duration::from_secs(2));
+    let limited = net.ms[1].daemon.node().unwrap().stats().syn_rate_limited;
+    assert!(limited > 15_000, "{limited}");
+    let ev = hook_data(&net, 1, "security.syn_rate_limited");
+    assert!(ev.len() <= 2 + 11, "{} events", ev.len());
+    assert_eq!(accounted(&ev), limited, "every SYN accounted for");
+    // No more events without more SYNs; the webhook queue got no flood.
+    net.advance(Duration::from_secs(5));
+    assert_eq!(
+        hook_data(&net, 1, "security.syn_rate_limited").len(),
+        ev.len()
+    );
+    assert!(hooks(&net, 1).len() < 40, "{}", hooks(&net, 1).len());
+}
+
+/// Replayed tunnel frames (an authentic frame captured and sent again):
+/// `security.nonce_replay` names the sender and the frame's counter, at
+/// most once per second, with the rest counted in `suppressed`.
+#[test]
+fn replayed_frames_make_a_bounded_number_of_security_events() {
+    let mut net = Net::mesh(2);
+    set_hooks(&mut net);
+    let a = net.open(0);
+    let conn = net.dial(a, Addr::new(0, 2), 7);
+    net.tap = Some(Vec::new());
+    echo(&mut net, a, conn, b"replay me");
+    let frames = net.tap.take().unwrap();
+    let (_, _, frame) = frames
+        .iter()
+        .rev()
+        .find(|(from, to, _)| (*from, *to) == (0, 1))
+        .expect("a frame from A to B")
+        .clone();
+    let counter = crate::crypto::envelope::PilsHeader::parse(&frame)
+        .unwrap()
+        .counter();
+    for _ in 0..1000 {
+        let now = net.now;
+        let mut copy = frame.clone();
+        net.ms[1].daemon.handle_udp(now, ep(0), &mut copy);
+    }
+    net.settle();
+    assert_eq!(
+        net.ms[1].daemon.node().unwrap().security_notes().replays,
+        1000
+    );
+    let ev = hook_data(&net, 1, "security.nonce_replay");
+    assert_eq!(
+        ev,
+        vec![serde_json::json!({"peer_node_id": 1, "counter": counter, "suppressed": 0})]
+    );
+    net.advance(Duration::from_secs(2));
+    let ev = hook_data(&net, 1, "security.nonce_replay");
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1]["suppressed"], 998);
+    assert_eq!(accounted(&ev), 1000);
+    // The stream is unharmed.
+    echo(&mut net, a, conn, b"still here");
 }

@@ -2,24 +2,88 @@
 //! URL (`SetWebhook`, checked for its form here; its addresses are checked
 //! by the driver at every delivery), the event documents
 //! `{"event_id","event","node_id","timestamp","data"}` handed to the
-//! driver as [`DaemonEvent::Webhook`], and the driver's delivery counters
-//! shown by `Health`.
+//! driver as [`DaemonEvent::Webhook`], the driver's delivery counters
+//! shown by `Health`, and the report budget of the `security.*` events
+//! ([`Alarm`]: one event per kind per second at most, with a `suppressed`
+//! count; `spec/services.md` §13.4).
 
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::addr::Addr;
 use crate::crypto::provider::CryptoProvider;
+use crate::node::{ConnEnd, ConnId, ResetCause, SecurityNotes};
 use crate::services::handshake::TrustEvent;
 use crate::services::host::ServiceEvent;
 use crate::services::walltime::WallTime;
 use crate::time::Instant;
 use crate::wire::ipc::IpcMessage;
+use core::time::Duration;
 
 use super::output::{DaemonEvent, Output, WebhookOutput};
 use super::{ClientId, Daemon};
 
 /// Longest webhook URL.
 pub const MAX_URL: usize = 2048;
+
+/// Shortest time between two `security.*` events of one kind.
+pub const ALARM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The report budget of one `security.*` event kind: the node counts the
+/// occurrences and keeps the latest one; an event reports the latest
+/// occurrence plus, as `suppressed`, how many others happened since the
+/// previous event of the kind — so the events of a flood account for every
+/// occurrence exactly (the sum of `1 + suppressed`) while at most one per
+/// [`ALARM_INTERVAL`] is made. One budget per daemon, never per sender.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Alarm {
+    /// The node's count already accounted for (reported or pending).
+    seen: u64,
+    /// Occurrences not reported yet.
+    pending: u64,
+    /// When the last event of this kind was made.
+    last: Option<Instant>,
+}
+
+impl Alarm {
+    /// Takes the node's running `count`. `Some(suppressed)`: make an event
+    /// now for the latest occurrence, `suppressed` others not reported.
+    /// With `wanted` false (no URL) occurrences are only accounted for.
+    fn update(&mut self, now: Instant, count: u64, wanted: bool) -> Option<u64> {
+        // A new node (the daemon's node was replaced) counts from zero.
+        let delta = count.checked_sub(self.seen).unwrap_or(count);
+        self.seen = count;
+        if !wanted {
+            self.pending = 0;
+            return None;
+        }
+        self.pending = self.pending.saturating_add(delta);
+        if self.pending == 0 || self.due().is_some_and(|t| now < t) {
+            return None;
+        }
+        let suppressed = self.pending - 1;
+        self.pending = 0;
+        self.last = Some(now);
+        Some(suppressed)
+    }
+
+    /// When the next event of this kind may be made.
+    fn due(&self) -> Option<Instant> {
+        self.last.map(|t| t + ALARM_INTERVAL)
+    }
+
+    /// When pending occurrences must be reported (`None`: none pending).
+    fn flush_at(&self) -> Option<Instant> {
+        (self.pending > 0).then(|| self.due()).flatten()
+    }
+}
+
+/// The budgets of the two `security.*` kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Alarms {
+    syn: Alarm,
+    replay: Alarm,
+}
 
 /// Webhook state.
 #[derive(Debug, Default)]
@@ -34,6 +98,8 @@ pub(super) struct WebhookState {
     /// Driver counters: events dropped (queue full), skipped (breaker).
     pub(super) dropped: u64,
     pub(super) circuit_skips: u64,
+    /// Budgets of the `security.*` events.
+    alarms: Alarms,
 }
 
 /// An event made before its outcome is known (a file or inbox record
@@ -45,6 +111,27 @@ impl WebhookState {
     /// `data` of an event otherwise.
     pub(super) fn wanted(&self) -> bool {
         self.url.is_some()
+    }
+
+    /// When pending `security.*` occurrences must be reported.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        [self.alarms.syn.flush_at(), self.alarms.replay.flush_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// The event name of a connection's end (`spec/services.md` §13.2).
+fn conn_end_event(end: ConnEnd) -> &'static str {
+    match end {
+        ConnEnd::Fin => "conn.fin",
+        // The peer stayed silent: our keepalive gave up, or nothing
+        // authenticated came for the peer timeout (`--idle-timeout`).
+        ConnEnd::KeepaliveGaveUp | ConnEnd::Reset(ResetCause::PeerUnreachable) => {
+            "conn.idle_timeout"
+        }
+        ConnEnd::Reset(_) => "conn.rst",
     }
 }
 
@@ -165,6 +252,64 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             .push_back(Output::Event(DaemonEvent::Webhook(WebhookOutput::Event(
                 body,
             ))));
+    }
+
+    /// `conn.fin`, `conn.rst` or `conn.idle_timeout` for a connection
+    /// that ended.
+    pub(super) fn webhook_conn_end(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        local_port: u16,
+        remote: Addr,
+        remote_port: u16,
+        end: ConnEnd,
+    ) {
+        if !self.webhook.wanted() {
+            return;
+        }
+        let data = json!({
+            "remote_addr": remote.to_string(),
+            "remote_port": remote_port,
+            "local_port": local_port,
+            "conn_id": id.0,
+        });
+        self.webhook_event(now, conn_end_event(end), data);
+    }
+
+    /// `tunnel.peer_added`: the node's peer table got an entry for `peer`
+    /// (`endpoint`: where it is reached, or `relay` when its first frame
+    /// came through the beacon).
+    pub(super) fn webhook_peer_added(&mut self, now: Instant, peer: u32, endpoint: String) {
+        self.webhook_event(
+            now,
+            "tunnel.peer_added",
+            json!({"peer_node_id": peer, "endpoint": endpoint}),
+        );
+    }
+
+    /// The `security.*` events the node's notes call for now, within their
+    /// budgets ([`Alarm`]).
+    pub(super) fn webhook_security(&mut self, now: Instant, notes: SecurityNotes) {
+        let wanted = self.webhook.wanted();
+        let mut alarms = self.webhook.alarms;
+        let syn = alarms.syn.update(now, notes.syn_rate_limited, wanted);
+        let replay = alarms.replay.update(now, notes.replays, wanted);
+        self.webhook.alarms = alarms;
+        if let (Some(suppressed), Some((addr, port))) = (syn, notes.last_syn_limited) {
+            self.webhook_event(
+                now,
+                "security.syn_rate_limited",
+                json!({"src_addr": addr.to_string(), "src_port": port, "suppressed": suppressed}),
+            );
+        }
+        if let (Some(suppressed), Some((peer, counter))) = (replay, notes.last_replay) {
+            self.webhook_event(
+                now,
+                "security.nonce_replay",
+                json!({"peer_node_id": peer, "counter": counter, "suppressed": suppressed}),
+            );
+        }
     }
 
     /// `node.registered` the first time, `node.reregistered` after.

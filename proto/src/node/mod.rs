@@ -329,6 +329,50 @@ pub enum Event {
         /// Peer node ID.
         peer: u32,
     },
+    /// A connection the application knew (taken from an accept queue, or
+    /// a dial that connected) ended, and how; raised once per connection,
+    /// just before its [`Event::Closed`] or [`Event::Reset`], with the
+    /// addresses the node is about to forget.
+    ConnEnded {
+        /// The connection.
+        id: ConnId,
+        /// Local port.
+        local_port: u16,
+        /// Remote address.
+        remote: Addr,
+        /// Remote port.
+        remote_port: u16,
+        /// How it ended.
+        end: ConnEnd,
+    },
+}
+
+/// How a connection ended ([`Event::ConnEnded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnEnd {
+    /// Orderly: both directions ended with a FIN, whichever side closed
+    /// first.
+    Fin,
+    /// The keepalive gave up on a silent peer (`spec/transport.md` §9.2),
+    /// whatever came after its FIN.
+    KeepaliveGaveUp,
+    /// Abnormally, with this cause.
+    Reset(ResetCause),
+}
+
+/// The node's record of hostile or suspicious input the daemon reports
+/// (`spec/services.md` §13.4): per kind a running count and the latest
+/// occurrence only — one slot per node, never per sender.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecurityNotes {
+    /// SYNs dropped by the rate limits (as [`NodeStats::syn_rate_limited`]).
+    pub syn_rate_limited: u64,
+    /// The latest of them: claimed source address and port.
+    pub last_syn_limited: Option<(Addr, u16)>,
+    /// Authentic PILS frames refused as replays (a counter already seen).
+    pub replays: u64,
+    /// The latest of them: sender node and nonce counter.
+    pub last_replay: Option<(u32, u64)>,
 }
 
 /// Keepalive sweeps after a key rotation that repeat the announcement of
@@ -422,6 +466,8 @@ pub struct ConnInfo {
     pub peer_window: usize,
     /// Our advertised receive window, bytes.
     pub recv_window: usize,
+    /// The peer opened it (it came through an accept queue).
+    pub inbound: bool,
 }
 
 /// One peer-table entry, from [`Node::peer_list`].
@@ -683,6 +729,9 @@ struct ConnEntry {
     /// Receive-window bytes granted to this connection beyond its initial
     /// window (counted in [`Node`]'s `window_granted`).
     window_granted: usize,
+    /// The application knows it (accepted, or a dial that connected): its
+    /// end is reported once with [`Event::ConnEnded`].
+    known: bool,
 }
 
 struct Listener {
@@ -728,6 +777,8 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     events: VecDeque<Event>,
     syn_global: Option<Bucket>,
     syn_sources: BTreeMap<u32, Bucket>,
+    /// Latest hostile input of each reported kind ([`SecurityNotes`]).
+    security: SecurityNotes,
     kx_strangers: Option<Bucket>,
     half_open: HalfOpen,
     drops: AuthDrops,
@@ -818,6 +869,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             events: VecDeque::new(),
             syn_global: None,
             syn_sources: BTreeMap::new(),
+            security: SecurityNotes::default(),
             kx_strangers: None,
             half_open: HalfOpen::new(
                 cfg.limits.half_open,
@@ -1016,6 +1068,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
 
     fn drop_frame(&mut self, reason: AuthDrop) {
         self.drops.add(reason);
+    }
+
+    /// Counts and latest occurrences of the hostile input the daemon
+    /// reports as security events.
+    pub fn security_notes(&self) -> SecurityNotes {
+        self.security
     }
 
     /// Whether a tunnel session with `peer` is installed.
@@ -1360,6 +1418,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 resolve_asked: false,
                 peer_key: None,
                 window_granted: 0,
+                known: false,
             },
         );
         self.mark_ready(id);
@@ -1416,6 +1475,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         let id = self.listeners.get_mut(&port)?.accept.pop_front()?;
         if let Some(e) = self.conns.get_mut(&id) {
             e.queued = false;
+            e.known = true;
         }
         Some(id)
     }
@@ -1512,6 +1572,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 ooo_segments: w.ooo_segments,
                 peer_window: w.peer_window_bytes,
                 recv_window: w.recv_window_bytes,
+                inbound: !e.ephemeral,
             }
         })
     }
@@ -1589,6 +1650,14 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
         }
         for ev in evs {
+            let end = match ev {
+                conn::Event::Closed => Some(ConnEnd::Fin),
+                conn::Event::Reset(r) => Some(ConnEnd::Reset(r.into())),
+                _ => None,
+            };
+            if let Some(end) = end {
+                self.report_end(id, end);
+            }
             let out = match ev {
                 conn::Event::Connected => Some(Event::Connected(id)),
                 conn::Event::Readable => Some(Event::Readable(id)),
@@ -1601,10 +1670,37 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             if let Some(ev) = out {
                 // Connections in an accept queue report once accepted.
                 if !(queued && matches!(ev, Event::Connected(_) | Event::Writable(_))) {
+                    if matches!(ev, Event::Connected(_)) {
+                        if let Some(e) = self.conns.get_mut(&id) {
+                            e.known = true;
+                        }
+                    }
                     self.push_event(ev);
                 }
             }
         }
+    }
+
+    /// Raises [`Event::ConnEnded`] for a connection the application
+    /// knows, once.
+    fn report_end(&mut self, id: ConnId, end: ConnEnd) {
+        let Some(e) = self.conns.get_mut(&id).filter(|e| e.known) else {
+            return;
+        };
+        e.known = false;
+        let end = if e.conn.keepalive_closed() {
+            ConnEnd::KeepaliveGaveUp
+        } else {
+            end
+        };
+        let ev = Event::ConnEnded {
+            id,
+            local_port: e.key.local_port,
+            remote: e.key.remote,
+            remote_port: e.key.remote_port,
+            end,
+        };
+        self.push_event(ev);
     }
 
     /// Grants a connection the larger receive window autotuning asks
@@ -1778,7 +1874,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     }
                     OpenFailure::NoSession => AuthDrop::PilsNoSession,
                     OpenFailure::Rejected(OpenError::Auth) => AuthDrop::PilsBadTag,
-                    OpenFailure::Rejected(OpenError::Replay) => AuthDrop::PilsReplay,
+                    OpenFailure::Rejected(OpenError::Replay) => {
+                        if let Ok(h) = PilsHeader::parse(bytes) {
+                            self.security.replays += 1;
+                            self.security.last_replay = Some((h.sender, h.counter()));
+                        }
+                        AuthDrop::PilsReplay
+                    }
                     OpenFailure::Rejected(OpenError::Outside) => AuthDrop::PilsOutsideWindow,
                     OpenFailure::Rejected(OpenError::StaleEpoch) => AuthDrop::PilsStaleEpoch,
                 };
@@ -2357,6 +2459,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             self.stats.syn_authenticated += 1;
         } else if !self.syn_allowed(now, sender) {
             self.stats.syn_rate_limited += 1;
+            self.security.syn_rate_limited += 1;
+            self.security.last_syn_limited = Some((h.src, h.src_port));
             return;
         }
         let per_port = self.conns_per_port.get(&h.dst_port).copied().unwrap_or(0);

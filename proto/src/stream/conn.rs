@@ -391,6 +391,9 @@ pub struct Connection {
     last_activity: Instant,
     keepalive_at: Option<Instant>,
     keepalive_unanswered: u32,
+    /// The keepalive gave up on a silent peer and shut the connection
+    /// down (`spec/transport.md` §9.2).
+    keepalive_closed: bool,
     linger_at: Option<Instant>,
     was_writable_blocked: bool,
 
@@ -515,6 +518,7 @@ impl Connection {
             last_activity: now,
             keepalive_at: None,
             keepalive_unanswered: 0,
+            keepalive_closed: false,
             linger_at: None,
             was_writable_blocked: false,
             now,
@@ -572,6 +576,12 @@ impl Connection {
     /// Current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether the keepalive gave up on a silent peer and shut the
+    /// connection down (its end then counts as an idle timeout).
+    pub fn keepalive_closed(&self) -> bool {
+        self.keepalive_closed
     }
 
     /// Until when this connection needs the tunnel to its peer to come up:
@@ -1477,6 +1487,7 @@ impl Connection {
             // Our FIN, but the receive side stays open: a peer that was
             // alive after all ends its stream normally, a dead one leaves
             // it cut short, which the give-up rule reports as a reset.
+            self.keepalive_closed = true;
             self.shutdown(now);
             return;
         }
@@ -3357,6 +3368,7 @@ mod tests {
         }
         assert_eq!(probes, vec![60_010, 75_010, 90_010]);
         assert_eq!(fin_at, Some(105_010));
+        assert!(a.keepalive_closed(), "the end counts as an idle timeout");
     }
 
     #[test]
