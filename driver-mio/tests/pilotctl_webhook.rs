@@ -78,7 +78,55 @@ fn daemon_events_reach_a_local_server_in_order() {
             .iter()
             .any(|e| e["event"] == "handshake.approved")
     });
+    // beta streams to alpha's echo port: alpha reports the stream from its
+    // SYN to its end (one connection id throughout) and beta's tunnel entry.
+    beta.ok(&[
+        "connect",
+        &alpha.node_id.to_string(),
+        "7",
+        "--message",
+        "hi",
+    ]);
+    // (alpha's approval went out on a stream of its own: port 444.)
+    let on_echo = |e: &Value| e["data"]["dst_port"] == 7 || e["data"]["local_port"] == 7;
+    eventually("the stream's events at the server", || {
+        let seen = seen.lock().unwrap();
+        ["conn.syn_received", "conn.established", "conn.fin"]
+            .iter()
+            .all(|n| seen.iter().any(|e| e["event"] == *n && on_echo(e)))
+    });
     let events = seen.lock().unwrap().clone();
+    let find = |n: &str| {
+        &events
+            .iter()
+            .find(|e| e["event"] == n && on_echo(e))
+            .unwrap()["data"]
+    };
+    let (syn, est, fin) = (
+        find("conn.syn_received"),
+        find("conn.established"),
+        find("conn.fin"),
+    );
+    let beta_addr = format!(
+        "0:0000.{:04X}.{:04X}",
+        beta.node_id >> 16,
+        beta.node_id & 0xffff
+    );
+    assert_eq!(syn, est);
+    assert_eq!(
+        (&syn["src_addr"], &syn["dst_port"]),
+        (&json!(beta_addr), &json!(7))
+    );
+    assert_eq!(
+        fin,
+        &json!({"remote_addr": beta_addr, "remote_port": syn["src_port"], "local_port": 7, "conn_id": syn["conn_id"]})
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "tunnel.peer_added" && e["data"]["peer_node_id"] == beta.node_id),
+        "{events:?}"
+    );
     let ids: Vec<u64> = events
         .iter()
         .map(|e| e["event_id"].as_u64().unwrap())
