@@ -175,6 +175,10 @@ pub(crate) struct State {
     known: HashSet<u32>,
     /// Peers whose key exchange waits for their identity key.
     identity_wanted: Vec<(u32, bool)>,
+    /// Our identity public key (changes with [`Node::rotate_key`]).
+    identity: [u8; 32],
+    /// A key rotation is in progress.
+    rotating: bool,
 }
 
 fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
@@ -352,7 +356,6 @@ pub(crate) struct Shared {
     handles: AtomicUsize,
     epoch: tokio::time::Instant,
     local: SocketAddr,
-    identity: [u8; 32],
     registry: Option<RegistryHandle>,
 }
 
@@ -504,12 +507,13 @@ impl Node {
                 stats: DriverStats::default(),
                 known: HashSet::new(),
                 identity_wanted: Vec::new(),
+                identity: identity_public,
+                rotating: false,
             }),
             notify: Notify::new(),
             handles: AtomicUsize::new(0),
             epoch,
             local,
-            identity: identity_public,
             registry,
         });
         let h = Handle::new(shared.clone());
@@ -530,7 +534,50 @@ impl Node {
     /// Our Ed25519 identity public key (what peers pass to
     /// [`Node::add_peer`]).
     pub fn identity_key(&self) -> [u8; 32] {
-        self.h.identity
+        self.h.lock().identity
+    }
+
+    /// Rotates the node's Ed25519 identity key through the same `proto`
+    /// parts as the daemon's `pilotctl rotate-key` (`spec/daemon.md`
+    /// §2.9): a fresh identity drawn from the node's RNG, `rotate_key`
+    /// signed by the current key at the registry (whose client signs
+    /// everything after it with the new key), then the node signs its key
+    /// exchanges with the new key and announces it to every peer it holds
+    /// a session with ([`pnode::Node::set_identity`]); sessions, streams
+    /// and the tunnel key stay. Peers verify the announcement against the
+    /// registry's new key. Returns the new identity, for the application
+    /// to persist (the embedded node keeps no files).
+    ///
+    /// Needs a registry. One rotation at a time. When the registry's
+    /// answer is lost (the connection broke around it) the outcome is
+    /// unknown: the error says so and the node keeps signing with the old
+    /// key.
+    pub async fn rotate_key(&self) -> Result<Identity, Error> {
+        let reg = self
+            .h
+            .registry
+            .as_ref()
+            .ok_or_else(|| Error::Registry("rotate_key: no registry configured".into()))?;
+        let new = {
+            let mut st = self.h.lock();
+            if st.rotating {
+                return Err(Error::Registry(
+                    "rotate_key: a key rotation is already in progress".into(),
+                ));
+            }
+            st.rotating = true;
+            st.node.new_identity()
+        };
+        let r = reg.rotate_key(&new).await;
+        let now = self.h.now();
+        let mut st = self.h.lock();
+        st.rotating = false;
+        r?;
+        st.node.set_identity(now, &new);
+        st.identity = *new.public();
+        drop(st);
+        self.h.kick();
+        Ok(new)
     }
 
     /// The node's counters.

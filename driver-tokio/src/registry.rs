@@ -80,6 +80,8 @@ enum Cmd {
     /// Advertise this tunnel endpoint (the beacon observed a new one):
     /// register again with it.
     ListenAddr(String),
+    /// Rotate the registry's key for us to this identity.
+    Rotate(auth::Identity, oneshot::Sender<Result<(), String>>),
 }
 
 /// The node's link to its registry task; dropping it stops the task.
@@ -143,6 +145,29 @@ impl RegistryHandle {
     pub(crate) fn set_listen_addr(&self, endpoint: SocketAddr) -> bool {
         let ep = pilot_proto::beacon::wire_endpoint(endpoint).to_string();
         self.tx.try_send(Cmd::ListenAddr(ep)).is_ok()
+    }
+
+    /// Asks the registry to replace our identity key with `new`'s
+    /// (`rotate_key`, signed by the current key); the registry client
+    /// signs with `new` from the accepting answer on.
+    pub(crate) async fn rotate_key(&self, new: &Identity) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let new = auth::Identity::from_seed(new.seed());
+        self.tx
+            .send(Cmd::Rotate(new, tx))
+            .await
+            .map_err(|_| stopped())?;
+        match tokio::time::timeout(self.resolve_timeout, rx).await {
+            Ok(Ok(r)) => r.map_err(|e| {
+                let unknown = e == "request failed" || e.contains("answer lost");
+                let what = if unknown { " (outcome unknown)" } else { "" };
+                Error::Registry(format!("rotate_key{what}: {e}"))
+            }),
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(Error::Registry(
+                "rotate_key (outcome unknown): timed out".into(),
+            )),
+        }
     }
 
     /// Makes a registry call and waits for its outcome.
@@ -315,6 +340,14 @@ impl Link {
                 }
             }
             Cmd::ListenAddr(ep) => self.client.set_listen_addr(t, ep),
+            Cmd::Rotate(new, reply) => match self.client.rotate_key(t, new) {
+                Ok(id) => {
+                    self.calls.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            },
             Cmd::Call(call, reply) => match self.client.call(t, call) {
                 Ok(id) => {
                     self.calls.insert(id, reply);

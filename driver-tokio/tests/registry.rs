@@ -133,3 +133,91 @@ async fn a_private_peer_is_reached_after_trust() {
     let got = timeout(LIMIT, server).await.unwrap().unwrap();
     assert_eq!(got, b"private, but trusted");
 }
+
+/// Key rotation of an embedded node (the daemon's `rotate-key`, through
+/// the same `proto` parts): a stream open across the rotation keeps
+/// echoing, the node reports and announces the new key, and the registry
+/// serves the new key — a third node that resolves the rotated one only
+/// after the rotation verifies its key exchange against what the registry
+/// gives it, so it connects only if that is the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_keeps_the_stream_and_the_registry_serves_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = start_registry(dir.path());
+    let mut rc = RegistryConfig::new(reg);
+    rc.public = true;
+    let a = Node::start(NodeConfig::with_registry(rc.clone()))
+        .await
+        .unwrap();
+    let b = Node::start(NodeConfig::with_registry(rc.clone()))
+        .await
+        .unwrap();
+    let l = b.listen(7).unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut s) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let connect = |from: Node, to: Addr| async move {
+        timeout(LIMIT, async {
+            loop {
+                match from.connect(to, 7).await {
+                    Ok(s) => break s,
+                    Err(Error::Registry(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    let mut s = connect(a.clone(), b.addr()).await;
+    echo(&mut s, b"before the rotation").await;
+
+    let old = a.identity_key();
+    let new = timeout(LIMIT, a.rotate_key()).await.unwrap().unwrap();
+    assert_ne!(*new.public(), old);
+    assert_eq!(a.identity_key(), *new.public());
+    assert!(a.stats().identity_announcements >= 1, "{:?}", a.stats());
+    echo(&mut s, b"after the rotation, same stream").await;
+
+    // A node that meets `a` only now gets its key from the registry.
+    let c = Node::start(NodeConfig::with_registry(rc)).await.unwrap();
+    let lc = a.listen(7).unwrap();
+    tokio::spawn(async move {
+        let mut s = lc.accept().await.unwrap();
+        s.write_all(b"signed with the new key").await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut sc = connect(c.clone(), a.addr()).await;
+    let mut got = Vec::new();
+    timeout(LIMIT, sc.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"signed with the new key");
+    echo(&mut s, b"and still the same stream").await;
+    // Without a registry there is nothing to rotate with.
+    let lone = Node::start(NodeConfig::new(Addr::new(0, 77)))
+        .await
+        .unwrap();
+    assert!(matches!(lone.rotate_key().await, Err(Error::Registry(_))));
+}
+
+/// Writes `msg` on `s` and reads it back from an echo server.
+async fn echo(s: &mut pilot_driver_tokio::Stream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    timeout(LIMIT, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, msg);
+}
