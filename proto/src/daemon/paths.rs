@@ -1225,6 +1225,44 @@ mod tests {
         );
     }
 
+    /// `tunnel.relay_activated`'s source: a peer settling on the relay is
+    /// reported once, not again when a background probe ends back on the
+    /// relay, and again only after a confirmed direct path was lost.
+    #[test]
+    fn settling_on_the_relay_is_reported_once_per_direct_loss() {
+        let mut p = paths();
+        p.add_candidate(t(0), 9, ep("198.51.100.9:4000"));
+        assert_eq!(p.take_relay_activated(), None, "racing is not relay");
+        p.handle_timeout(t(3_000));
+        assert_eq!(p.take_relay_activated(), Some(9));
+        // Probes every 5 s while in use, each ending on the relay again.
+        for k in 1..=4u64 {
+            p.route(t(k * 6_500), 9, false);
+            p.handle_timeout(t(3_000 + k * 5_000));
+            p.handle_timeout(t(3_000 + k * 5_000 + 1_500));
+        }
+        assert!(p.stats().to_relay >= 3, "{:?}", p.stats());
+        assert_eq!(p.take_relay_activated(), None);
+        // Direct, then silent: back to racing and, failing, the relay.
+        let a = ep("198.51.100.9:4001");
+        p.on_authenticated(t(30_000), 9, Some(a));
+        for ms in [30_100, 30_150, 30_200, 30_250] {
+            p.route(t(ms), 9, false);
+        }
+        p.handle_timeout(t(33_100));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Both);
+        p.handle_timeout(t(36_100));
+        assert_eq!(p.view(9).unwrap().kind, PathKind::Relay);
+        assert_eq!(p.take_relay_activated(), Some(9));
+        assert_eq!(p.take_relay_activated(), None);
+        // The queue is bounded: further activations are counted.
+        for peer in 100..100 + RELAY_EVENTS as u32 + 5 {
+            p.add_candidate(t(40_000), peer, ep("198.51.100.10:4000"));
+        }
+        p.handle_timeout(t(43_000));
+        assert_eq!(p.stats().relay_events_dropped, 5);
+    }
+
     #[test]
     fn first_contact_through_the_relay_repeats_a_lost_punch_request() {
         let mut p = paths();

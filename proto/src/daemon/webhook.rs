@@ -363,6 +363,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_alarm_reports_at_once_then_once_a_second_and_accounts_for_all() {
+        let t = |ms: u64| Instant::from_millis(ms);
+        let mut a = Alarm::default();
+        assert_eq!(a.update(t(0), 0, true), None, "nothing happened");
+        assert_eq!(a.update(t(10), 1, true), Some(0), "the first at once");
+        assert_eq!(a.update(t(20), 5, true), None);
+        assert_eq!(a.flush_at(), Some(t(1_010)));
+        assert_eq!(a.update(t(1_009), 7, true), None);
+        assert_eq!(a.update(t(1_010), 7, true), Some(5), "6 since, 5 others");
+        assert_eq!(a.flush_at(), None);
+        // Without a URL occurrences are only counted, never reported later.
+        assert_eq!(a.update(t(5_000), 50, false), None);
+        assert_eq!(a.flush_at(), None);
+        assert_eq!(a.update(t(6_000), 50, true), None);
+        // A new node counts from zero again.
+        assert_eq!(a.update(t(7_000), 2, true), Some(1));
+    }
+
+    #[test]
     fn urls_need_a_scheme_and_a_host() {
         assert!(check_url("http://example.com/hook").is_ok());
         assert!(check_url("https://h:8443").is_ok());
