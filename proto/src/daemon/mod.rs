@@ -1388,11 +1388,25 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     silent.as_millis()
                 ));
             }
-            Event::SessionUp { peer } => {
+            Event::SessionUp {
+                peer,
+                authenticated,
+                rekeyed,
+            } => {
+                let relay = self
+                    .paths
+                    .as_ref()
+                    .and_then(|p| p.view(peer))
+                    .is_some_and(|v| v.kind == paths::PathKind::Relay);
                 self.webhook_event(
                     now,
                     "tunnel.established",
-                    serde_json::json!({"peer_node_id": peer}),
+                    serde_json::json!({
+                        "peer_node_id": peer,
+                        "authenticated": authenticated,
+                        "relay": relay,
+                        "rekeyed": rekeyed,
+                    }),
                 );
             }
             Event::ConnEnded {

@@ -2090,6 +2090,15 @@ fn webhook_stream_events_from_syn_to_fin() {
         Vec::<String>::new(),
         "the dialer reports no start"
     );
+    for d in 0..2 {
+        let peer = 2 - d as u32;
+        assert_eq!(
+            hook_data(&net, d, "tunnel.established"),
+            vec![serde_json::json!({
+                "peer_node_id": peer, "authenticated": true, "relay": false, "rekeyed": false
+            })]
+        );
+    }
     // A closes; B sees the end of stream and closes too.
     net.send(a, &IpcMessage::Close { conn_id: conn });
     net.advance(Duration::from_millis(200));

@@ -285,6 +285,12 @@ pub enum Event {
     SessionUp {
         /// Peer node ID.
         peer: u32,
+        /// Installed from a verified PILA (the peer proved the identity
+        /// key we hold for it).
+        authenticated: bool,
+        /// It replaced a session with another peer tunnel key (the peer
+        /// restarted or re-keyed), rather than being the first.
+        rekeyed: bool,
     },
     /// A tunnel session with `peer` went away.
     SessionDown {
@@ -2652,10 +2658,18 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     fn after_session(&mut self, now: Instant) {
         while let Some(ev) = self.sessions.poll_event() {
             let out = match ev {
-                SessionEvent::Installed { peer, .. } => {
+                SessionEvent::Installed {
+                    peer,
+                    authenticated,
+                    replaced,
+                } => {
                     self.fail_restarted_peer_conns(peer);
                     self.tunnel_up(now, peer);
-                    Event::SessionUp { peer }
+                    Event::SessionUp {
+                        peer,
+                        authenticated,
+                        rekeyed: replaced,
+                    }
                 }
                 SessionEvent::Dropped { peer, .. } => Event::SessionDown { peer },
                 SessionEvent::PreferRelay { .. } => continue,
