@@ -849,13 +849,7 @@ fn plaintext_pair_listening(port: u16) -> (Net, usize, usize) {
         c.encrypt = false;
     }
     let mut net = Net::new(cfgs, false);
-    for (x, y) in [(0usize, 1usize), (1, 0)] {
-        let now = net.now;
-        net.ms[x]
-            .daemon
-            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
-            .unwrap();
-    }
+    add_static_peers(&mut net, false);
     let a = net.open(0);
     let b = net.open(1);
     net.send(b, &IpcMessage::Bind { port });
@@ -927,13 +921,7 @@ fn a_long_send_is_written_through_as_it_arrives() {
         c.encrypt = false;
     }
     let mut net = Net::new(cfgs, false);
-    for (x, y) in [(0usize, 1usize), (1, 0)] {
-        let now = net.now;
-        net.ms[x]
-            .daemon
-            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), None)
-            .unwrap();
-    }
+    add_static_peers(&mut net, false);
     let a = net.open(0);
     let b = net.open(1);
     net.send(b, &IpcMessage::Bind { port: 1000 });
@@ -1298,18 +1286,7 @@ fn client_limit_and_status_lists() {
     let mut c0 = cfg(0, false);
     c0.max_clients = 2;
     let mut net = Net::new(vec![c0, cfg(1, false)], false);
-    for (x, y) in [(0usize, 1usize), (1, 0)] {
-        let now = net.now;
-        net.ms[x]
-            .daemon
-            .add_peer(
-                now,
-                Addr::new(0, y as u32 + 1),
-                ep(y),
-                Some(*ident(y).public()),
-            )
-            .unwrap();
-    }
+    add_static_peers(&mut net, true);
     let a = net.open(0);
     let _second = net.open(0);
     let now = net.now;
@@ -2016,6 +1993,19 @@ fn conn_hooks(net: &Net, d: usize) -> Vec<String> {
         .collect()
 }
 
+/// Daemons 0 and 1 of `net` as each other's static peers (node `i + 1` at
+/// `ep(i)`), with each other's public key when `keys`.
+fn add_static_peers(net: &mut Net, keys: bool) {
+    for (x, y) in [(0usize, 1usize), (1, 0)] {
+        let now = net.now;
+        let key = keys.then(|| *ident(y).public());
+        net.ms[x]
+            .daemon
+            .add_peer(now, Addr::new(0, y as u32 + 1), ep(y), key)
+            .unwrap();
+    }
+}
+
 fn set_hooks(net: &mut Net) {
     for m in net.ms.iter_mut() {
         m.daemon.set_webhook(HOOK).unwrap();
@@ -2193,18 +2183,7 @@ fn webhook_stream_ends_by_reset_and_by_idle_timeout() {
         })
         .collect();
     let mut net = Net::new(cfgs, false);
-    for (x, y) in [(0usize, 1usize), (1, 0)] {
-        let now = net.now;
-        net.ms[x]
-            .daemon
-            .add_peer(
-                now,
-                Addr::new(0, y as u32 + 1),
-                ep(y),
-                Some(*ident(y).public()),
-            )
-            .unwrap();
-    }
+    add_static_peers(&mut net, true);
     set_hooks(&mut net);
     let a = net.open(0);
     net.dial(a, Addr::new(0, 2), 7);
