@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use pilotctl_support::{Net, eventually};
+use pilotctl_support::{Net, eventually, lists};
 use serde_json::{Value, json};
 
 /// Records the JSON body of every POST; answers 200.
@@ -77,6 +77,13 @@ fn daemon_events_reach_a_local_server_in_order() {
             .unwrap()
             .iter()
             .any(|e| e["event"] == "handshake.approved")
+    });
+    // The approval reaches beta and the registry on their own schedule:
+    // dial only once beta trusts alpha and the registry lets it resolve
+    // alpha (dialing earlier is refused as not_trusted, correctly).
+    eventually("beta to trust and resolve alpha", || {
+        lists(&beta.ok(&["trust"]), "trusted", alpha.node_id)
+            && beta.ctl(&["find", "alpha"]).status.success()
     });
     // beta streams to alpha's echo port: alpha reports the stream from its
     // SYN to its end (one connection id throughout) and beta's tunnel entry.
