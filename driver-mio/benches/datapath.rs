@@ -5,7 +5,8 @@
 //! `cargo bench -p pilot-driver-mio --bench datapath` (full), or
 //! `cargo bench -p pilot-driver-mio --bench datapath -- --short` for a
 //! quick smoke run (small sizes, fewer samples; `PILOT_BENCH_SHORT=1`
-//! does the same).
+//! does the same), `-- --rss` for the memory rows alone (idle daemon RSS
+//! and RSS per idle connection; `PILOT_BENCH_RSS=1` does the same).
 //!
 //! Rows: kernel TCP (one stream, 1 MiB writes), raw UDP (one datagram per
 //! `send_to`, the size of a full Pilot data packet, as the daemon sends
@@ -1013,8 +1014,25 @@ fn lossy_row(t: &mut Table, bytes: usize) {
 fn main() {
     let short = std::env::args().any(|a| a == "--short")
         || std::env::var("PILOT_BENCH_SHORT").is_ok_and(|v| v == "1");
+    // `--rss` (or PILOT_BENCH_RSS=1): only the two memory rows, in a few
+    // seconds, for work on the daemon's footprint.
+    let rss_only = std::env::args().any(|a| a == "--rss")
+        || std::env::var("PILOT_BENCH_RSS").is_ok_and(|v| v == "1");
     let plan = Plan::new(short);
     let mut t = Table::default();
+    if rss_only {
+        eprintln!("datapath bench (memory rows only)");
+        let dir = std::env::temp_dir().join(format!("pilot-datapath-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        {
+            let net = start_net(&dir);
+            idle_rss(&mut t, &net);
+            concurrent_dials(&mut t, &net, plan.concurrent_dials);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        t.print();
+        return;
+    }
     eprintln!("datapath bench ({})", if short { "short" } else { "full" });
     kernel_tcp(&mut t, plan.tcp_bytes);
     raw_udp(&mut t, plan.udp_datagrams);
