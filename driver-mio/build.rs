@@ -2,7 +2,8 @@
 //! daemon keeps few pages of it resident (issue #14, README "Session 9:
 //! idle memory"). Nothing here changes what the code does.
 //!
-//! On x86_64 Linux with glibc and rustc's default linker (rust-lld):
+//! On x86_64 Linux with glibc and rustc's default linker (rust-lld, rustc
+//! 1.90 and later; checked):
 //! - `--symbol-ordering-file=pilot-daemon.order`: the functions an idle
 //!   daemon has run (start, registration, a stream, timers) go first in
 //!   the text, together. The kernel maps text in 64 KiB blocks around each
@@ -28,7 +29,11 @@ fn main() {
     let target = env("TARGET");
     let custom_linker =
         !env("RUSTC_LINKER").is_empty() || env("CARGO_ENCODED_RUSTFLAGS").contains("linker");
-    if target != "x86_64-unknown-linux-gnu" || custom_linker || env("PILOT_PLAIN_LINK") == "1" {
+    if target != "x86_64-unknown-linux-gnu"
+        || custom_linker
+        || env("PILOT_PLAIN_LINK") == "1"
+        || !rustc_links_with_lld(&env("RUSTC"))
+    {
         return;
     }
     let order = Path::new(&env("CARGO_MANIFEST_DIR")).join("pilot-daemon.order");
@@ -39,6 +44,26 @@ fn main() {
     }
     if env("HOST") == target && host_glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bin=pilot-daemon=-Wl,-z,pack-relative-relocs");
+    }
+}
+
+/// Whether `rustc` links x86_64 Linux with rust-lld by default (1.90 and
+/// later): the symbol ordering flag is lld's; GNU ld would refuse it.
+fn rustc_links_with_lld(rustc: &str) -> bool {
+    let rustc = if rustc.is_empty() { "rustc" } else { rustc };
+    let Ok(out) = std::process::Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    let v = String::from_utf8_lossy(&out.stdout);
+    let mut nums = v
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
+    match (nums.next().flatten(), nums.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (1, 90),
+        _ => false,
     }
 }
 
