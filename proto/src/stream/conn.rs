@@ -25,8 +25,8 @@ use super::consts::{
     KEEPALIVE_PROBE_INTERVAL, KEEPALIVE_PROBES, LOST_RTX_PER_EVENT, MAX_ACCEPTED_SEGMENT,
     MAX_BACKOFF_RTO, MAX_UNACKED_SEGMENTS, MIN_USER_TIMEOUT, PMTU_RAISE_TIMER,
     PROBE_ANSWER_SILENCE, QUICK_ACK_BUDGET, REORDER_WINDOW_MIN_DIVISOR, SEGMENT_SIZE_CURRENT,
-    SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, USER_TIMEOUT,
-    ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
+    SEND_BUFFER_CAP, SYN_DIRECT_ATTEMPTS, SYN_INITIAL_RTO, SYN_MAX_RTO, TIME_WAIT, TLP_MAX,
+    TLP_MIN, USER_TIMEOUT, ZWP_INITIAL, ZWP_MAX, ZWP_MAX_PROBES,
 };
 use super::pmtu::{MtuVerdict, SegmentSize};
 use super::recv_buf::{DataOutcome, FinOutcome, RecvBuffer, RecvConfig};
@@ -254,6 +254,8 @@ pub struct ConnStats {
     pub timeouts: u64,
     /// Retransmissions found to be spurious (the original arrived late).
     pub spurious_retransmits: u64,
+    /// Tail loss probes sent (§7.3.3).
+    pub tail_probes: u64,
     /// SACK blocks sent.
     pub sack_blocks_sent: u64,
     /// SACK blocks received.
@@ -384,6 +386,14 @@ pub struct Connection {
     reo_learned: Duration,
     /// When time-based loss detection must look again.
     reo_at: Option<Instant>,
+    /// When the tail loss probe fires (§7.3.3).
+    tlp_at: Option<Instant>,
+    /// Tail loss probes sent since something was last acknowledged or
+    /// SACKed (at most `TLP_MAX`, each after twice the previous timeout).
+    tlp_sent: u8,
+    /// The tail loss probe sends the next new segment, past the
+    /// congestion window (the peer's window permitting).
+    tlp_new: bool,
     outstanding_since: Option<Instant>,
     zwp_at: Option<Instant>,
     zwp_interval: Duration,
@@ -511,6 +521,9 @@ impl Connection {
             reordering: false,
             reo_learned: Duration::ZERO,
             reo_at: None,
+            tlp_at: None,
+            tlp_sent: 0,
+            tlp_new: false,
             outstanding_since: None,
             zwp_at: None,
             zwp_interval: ZWP_INITIAL,
@@ -776,6 +789,8 @@ impl Connection {
         self.syn_at = None;
         self.rto_at = None;
         self.reo_at = None;
+        self.tlp_at = None;
+        self.tlp_new = false;
         self.delayed_ack_at = None;
         self.zwp_at = None;
         self.keepalive_at = None;
@@ -926,6 +941,8 @@ impl Connection {
                 self.send.abandon();
                 self.rtx.clear();
                 self.rto_at = None;
+                self.tlp_at = None;
+                self.tlp_new = false;
             }
         }
         self.push_event(Event::Readable);
@@ -1004,12 +1021,14 @@ impl Connection {
             self.stats.sack_blocks_received += blocks.len() as u64;
             if self.send.on_sack(now, blocks) > 0 {
                 self.zwp_reset();
+                self.tlp_sent = 0;
                 self.on_new_sack(now);
             }
         }
         let pure = seg.payload.is_empty() || sack_blocks.is_some();
         self.process_ack(now, seg.ack, pure, window_changed);
-        self.detect_reordering_loss(now);
+        self.detect_time_loss(now);
+        self.arm_tail_probe(now);
         if sack_blocks.is_some() {
             return;
         }
@@ -1130,6 +1149,7 @@ impl Connection {
                     self.send.set_min_rtt(self.rtt.min_rtt());
                 }
                 self.rtt.reset_backoff();
+                self.tlp_sent = 0;
                 self.seg_size.on_progress(bytes_acked);
                 let out = self.cc.on_ack(
                     now,
@@ -1195,7 +1215,7 @@ impl Connection {
     /// next hole SACK reveals (one per ACK, so the ACK clock paces them).
     fn on_new_sack(&mut self, now: Instant) {
         if self.reordering {
-            // The time rule decides (detect_reordering_loss).
+            // The time rule decides (detect_time_loss).
             return;
         }
         if self.cc.in_recovery() {
@@ -1230,21 +1250,20 @@ impl Connection {
         self.reo_learned.max(floor).min(cap)
     }
 
-    /// Learns from spurious retransmissions and, once reordering has been
-    /// seen, runs time-based loss detection (§7.3.2).
-    fn detect_reordering_loss(&mut self, now: Instant) {
+    /// Learns from spurious retransmissions and runs time-based loss
+    /// detection (§7.3.2): the only rule once reordering has been seen,
+    /// beside the SACK and duplicate-ACK counts before that.
+    fn detect_time_loss(&mut self, now: Instant) {
         if let Some((n, extent)) = self.send.take_spurious() {
             self.stats.spurious_retransmits += u64::from(n);
             self.reordering = true;
             // A quarter more than the delay seen, for the next one.
             self.reo_learned = self.reo_learned.max(extent.saturating_add(extent / 4));
         }
-        if !self.reordering
-            || !matches!(
-                self.state,
-                State::Established | State::FinWait | State::TimeWait
-            )
-        {
+        if !matches!(
+            self.state,
+            State::Established | State::FinWait | State::TimeWait
+        ) {
             return;
         }
         let room = RTX_CAP
@@ -1263,6 +1282,66 @@ impl Connection {
         for o in lost {
             self.push_rtx(o);
         }
+    }
+
+    /// Arms (or disarms) the tail loss probe (§7.3.3): 2 × SRTT (at least
+    /// 1 ms; plus the peer's delayed-ACK time when one segment is
+    /// outstanding) after the last send or acknowledgement,
+    /// while data is outstanding, no probe is unanswered, the connection
+    /// is not in timeout recovery and the probe would come before the RTO.
+    fn arm_tail_probe(&mut self, now: Instant) {
+        self.tlp_at = None;
+        if self.tlp_sent >= TLP_MAX
+            || !self.send.has_unacked()
+            || self.cc.recovery() == RecoveryState::Timeout
+            || !matches!(
+                self.state,
+                State::Established | State::FinWait | State::TimeWait
+            )
+        {
+            return;
+        }
+        let Some(srtt) = self.rtt.srtt() else {
+            return;
+        };
+        // The peer delays its ACK only for a lone segment (§6.3).
+        let mut pto = srtt.saturating_mul(2).max(TLP_MIN);
+        if self.send.unacked_segments() == 1 {
+            pto = pto.saturating_add(DELAYED_ACK);
+        }
+        let pto = pto.saturating_mul(1 << self.tlp_sent.min(TLP_MAX));
+        let at = now + pto;
+        if self.rto_at.is_some_and(|rto| at < rto) {
+            self.tlp_at = Some(at);
+        }
+    }
+
+    /// The tail loss probe fired: nothing was acknowledged or SACKed for a
+    /// probe timeout. Sends the next new segment if there is one and the
+    /// peer's window allows (the congestion window does not count), else
+    /// resends the highest un-SACKed segment, so that the peer's answer
+    /// lets time-based detection find what was lost (§7.3.3).
+    fn on_tail_probe(&mut self, now: Instant) {
+        if self.tlp_sent >= TLP_MAX
+            || !self.send.has_unacked()
+            || self.cc.recovery() == RecoveryState::Timeout
+        {
+            return;
+        }
+        let peer_room = self
+            .peer_window
+            .is_none_or(|w| self.send.unacked_segments() < usize::from(w));
+        if peer_room && self.send.can_send(now) && !self.send.next_is_fin() {
+            self.tlp_new = true;
+        } else if let Some(o) = self.send.retransmit_last(now) {
+            self.push_rtx(o);
+        } else {
+            return;
+        }
+        self.tlp_sent += 1;
+        self.stats.tail_probes += 1;
+        self.rto_at = Some(now + self.rtt.rto());
+        self.arm_tail_probe(now);
     }
 
     fn push_rtx(&mut self, o: Outgoing) {
@@ -1304,7 +1383,11 @@ impl Connection {
         }
         if self.reo_at.is_some_and(|t| t <= now) {
             self.reo_at = None;
-            self.detect_reordering_loss(now);
+            self.detect_time_loss(now);
+        }
+        if self.tlp_at.is_some_and(|t| t <= now) {
+            self.tlp_at = None;
+            self.on_tail_probe(now);
         }
         if self.delayed_ack_at.is_some_and(|t| t <= now) {
             self.delayed_ack_at = None;
@@ -1419,6 +1502,8 @@ impl Connection {
         let j = self.jitter(rto);
         self.rtt.backoff(j);
         self.rtx.clear();
+        self.tlp_at = None;
+        self.tlp_new = false;
         self.queue_retransmit(now, true);
         if self.seg_size.wants_probe(hole_len) {
             // A tiny probe the peer answers: tells a black hole for large
@@ -1510,6 +1595,9 @@ impl Connection {
             self.syn_at.map(|t| (t, TimerReason::SynRetransmit)),
             self.rto_at.map(|t| (t, TimerReason::Retransmit)),
             self.reo_at.map(|t| (t, TimerReason::Retransmit)),
+            self.tlp_at
+                .filter(|_| self.send.has_unacked())
+                .map(|t| (t, TimerReason::Retransmit)),
             self.delayed_ack_at.map(|t| (t, TimerReason::DelayedAck)),
             nagle,
             self.zwp_at.map(|t| (t, TimerReason::ZeroWindowProbe)),
@@ -1718,6 +1806,12 @@ impl Connection {
         if let Some(seg) = self.pmtu_probe_segment(now) {
             return self.emit(seg);
         }
+        if core::mem::take(&mut self.tlp_new) {
+            if let Some(o) = self.send.pop_segment(now) {
+                let seg = self.data_segment(now, o);
+                return self.emit(seg);
+            }
+        }
         // In TIME_WAIT only after our own close: the rest of our data and
         // our FIN still go out (otherwise the send side was abandoned).
         if matches!(
@@ -1730,6 +1824,7 @@ impl Connection {
                     self.rto_at = Some(now + self.rtt.rto());
                     self.outstanding_since = Some(now);
                 }
+                self.arm_tail_probe(now);
                 if self.was_writable_blocked && self.send.free() > 0 {
                     self.was_writable_blocked = false;
                     self.push_event(Event::Writable);
@@ -3086,9 +3181,83 @@ mod tests {
         let n = sack::encode(&b, &mut p).unwrap();
         a.handle_segment(t(30), seg(A, 1, 1, 511, &p[..n]));
         let rtx = out(&mut a, t(30));
-        assert_eq!(rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(), vec![1]);
+        // The SACK count resends the first hole; the time rule the second
+        // too (sent with the SACKed ones, an RTT ago: §7.3.2).
+        assert_eq!(
+            rtx.iter().map(|s| s.seq.0).collect::<Vec<_>>(),
+            vec![1, 1153]
+        );
         assert_eq!(a.stats().fast_retransmits, 1);
         assert_eq!(a.stats().recovery, Some(RecoveryKind::Fast));
+    }
+
+    /// The last two of five segments are lost and nothing more is
+    /// written: no later segment arrives to reveal the loss. A tail loss
+    /// probe (§7.3.3) resends the last one two SRTTs after the ACK, the
+    /// peer's SACK for it proves the other one lost, and both are repaired
+    /// without waiting for the 200 ms retransmission timeout.
+    #[test]
+    fn tail_loss_is_probed_long_before_the_rto() {
+        let mut a = sender_with_five_segments();
+        // Segments 1..3 arrive (an RTT sample of 10 ms); 3457 and 4609 not.
+        a.handle_segment(t(30), seg(A, 1, 3457, 512, b""));
+        assert!(out(&mut a, t(30)).is_empty());
+        let (at, why) = a.poll_timeout().unwrap();
+        assert_eq!(why, TimerReason::Retransmit);
+        assert!(at <= t(60), "probe at {at:?}, not the RTO");
+        a.handle_timeout(at);
+        let probe = out(&mut a, at);
+        assert_eq!(
+            probe.iter().map(|s| s.seq.0).collect::<Vec<_>>(),
+            vec![4609],
+            "the last segment is the probe"
+        );
+        assert_eq!(a.stats().tail_probes, 1);
+        // The peer SACKs the probe: the time rule finds 3457 lost.
+        let b = [sack::SackBlock::new(4609, 5761)];
+        let mut p = [0u8; 32];
+        let n = sack::encode(&b, &mut p).unwrap();
+        let mut now = at + Duration::from_millis(10);
+        a.handle_segment(now, seg(A, 1, 3457, 512, &p[..n]));
+        let mut resent = out(&mut a, now);
+        while resent.is_empty() {
+            let (next, _) = a.poll_timeout().unwrap();
+            assert!(next < t(100), "repair at {next:?}");
+            now = next;
+            a.handle_timeout(now);
+            resent = out(&mut a, now);
+        }
+        assert_eq!(
+            resent.iter().map(|s| s.seq.0).collect::<Vec<_>>(),
+            vec![3457]
+        );
+        a.handle_segment(now + Duration::from_millis(10), seg(A, 1, 5761, 512, b""));
+        assert!(!a.send.has_unacked());
+        assert_eq!(a.stats().timeouts, 0);
+    }
+
+    /// Unanswered probes back off (each timeout twice the last) and stop
+    /// after three; then only the RTO is left.
+    #[test]
+    fn unanswered_tail_probes_back_off_then_the_rto_takes_over() {
+        let mut a = sender_with_five_segments();
+        a.handle_segment(t(30), seg(A, 1, 3457, 512, b""));
+        out(&mut a, t(30));
+        let mut gaps = vec![];
+        let mut last = t(30);
+        loop {
+            let (at, _) = a.poll_timeout().unwrap();
+            a.handle_timeout(at);
+            out(&mut a, at);
+            if a.stats().timeouts > 0 {
+                break;
+            }
+            gaps.push(at.saturating_duration_since(last).as_millis());
+            last = at;
+        }
+        assert_eq!(a.stats().tail_probes, 3);
+        assert_eq!(gaps.len(), 3, "{gaps:?}");
+        assert!(gaps[1] == 2 * gaps[0] && gaps[2] == 2 * gaps[1], "{gaps:?}");
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub const SEND_BUFFER_CAP: usize = 64 * 4096;
 /// Longest a short (Nagle) tail is held back (spec/transport.md §5.1).
 pub const NAGLE_HOLD: Duration = Duration::from_millis(40);
 
+/// Smallest tail-loss-probe timeout (spec/transport.md §7.3.3).
+pub const TLP_MIN: Duration = Duration::from_millis(1);
+
+/// Tail loss probes without an answer before only the retransmission
+/// timeout is left (spec/transport.md §7.3.3).
+pub const TLP_MAX: u8 = 3;
+
 /// Delayed-ACK timer (spec/transport.md §6.3).
 pub const DELAYED_ACK: Duration = Duration::from_millis(5);
 

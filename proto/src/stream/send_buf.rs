@@ -609,7 +609,10 @@ impl SendBuffer {
         };
         let una = self.snd_una;
         for s in self.queue.iter_mut() {
-            if s.sacked || s.fin {
+            // Nothing (re)sent at this very instant is known lost yet: a
+            // peer answering at once (no time passes) must not make the
+            // same segment go out again and again.
+            if s.sacked || s.fin || s.last_sent >= now {
                 continue;
             }
             let end = s.end();
@@ -645,6 +648,19 @@ impl SendBuffer {
             return None;
         }
         Some(s.retransmit(now, una))
+    }
+
+    /// Resends the last segment not covered by SACK (a tail loss probe,
+    /// `spec/transport.md` §7.3.3), if any; its answer is not used to
+    /// detect spurious retransmissions.
+    pub fn retransmit_last(&mut self, now: Instant) -> Option<Outgoing> {
+        let una = self.snd_una;
+        let s = self.queue.iter_mut().rev().find(|s| !s.sacked)?;
+        let o = s.retransmit(now, una);
+        // A probe is no verdict that the segment was lost: an answer that
+        // follows it closely is no sign of reordering (§7.3.2).
+        s.head_rtx = false;
+        Some(o)
     }
 
     /// Resends the first segment not covered by SACK (a hole), if any.
