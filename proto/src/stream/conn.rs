@@ -353,6 +353,12 @@ pub struct Connection {
     rst_pending: bool,
     ack_now: bool,
     probe_pending: bool,
+    /// A segment entirely before the cumulative ACK arrived (an upward
+    /// path-MTU probe, or a needless retransmission) when the cumulative
+    /// ACK was this: it is answered with exactly this ACK number even if
+    /// data received in the same batch moved the cumulative ACK on, so
+    /// the prober can tell its answer (§5.5).
+    dup_answer: Option<Seq>,
     rtx: VecDeque<Outgoing>,
     last_adv_window: u16,
 
@@ -495,6 +501,7 @@ impl Connection {
             rst_pending: false,
             ack_now: false,
             probe_pending: false,
+            dup_answer: None,
             rtx: VecDeque::new(),
             last_adv_window: 0,
             pending_acks: 0,
@@ -1075,7 +1082,13 @@ impl Connection {
                 self.push_event(Event::Readable);
                 self.schedule_ack(now);
             }
-            DataOutcome::Buffered | DataOutcome::Duplicate | DataOutcome::Dropped => {
+            DataOutcome::Duplicate => {
+                self.ack_now = true;
+                if self.dup_answer.is_none() {
+                    self.dup_answer = Some(self.recv.ack_number());
+                }
+            }
+            DataOutcome::Buffered | DataOutcome::Dropped => {
                 self.ack_now = true;
             }
             DataOutcome::Closed => {}
@@ -1795,6 +1808,20 @@ impl Connection {
                 w,
             ));
         }
+        if let Some(ack) = self.dup_answer.take() {
+            if ack != self.recv.ack_number()
+                && matches!(self.state, State::Established | State::FinWait)
+            {
+                // Before anything that carries the newer ACK number.
+                let window = self.recv.window();
+                return self.emit(Segment::control(
+                    Flags::ACK,
+                    self.send.snd_nxt().0,
+                    ack.0,
+                    window,
+                ));
+            }
+        }
         if let Some(o) = self.rtx.pop_front() {
             if o.fin {
                 // A FIN retransmission; account it too.
@@ -2325,6 +2352,27 @@ mod tests {
 
     /// The receiving side: a probe is a duplicate, acknowledged at once
     /// and never delivered.
+    /// The probe and the first data arrive in one batch (the peer reads
+    /// several datagrams before it writes): the probe still gets an ACK
+    /// of its own, with the ACK number it found, ahead of the one for the
+    /// data, so the prober recognises its answer (§5.5).
+    #[test]
+    fn a_probe_read_in_one_batch_with_data_still_gets_its_own_ack() {
+        let mut b = acceptor(ConnConfig::default());
+        b.handle_segment(t(20), seg(A, 1, 1, 512, &[7u8; 100]));
+        out(&mut b, t(20));
+        // The padded duplicate of bytes 1..101, then new bytes 101..201.
+        b.handle_segment(t(30), seg(A, 1, 1, 512, &[0u8; 100]));
+        b.handle_segment(t(30), seg(A, 101, 1, 512, &[8u8; 100]));
+        let acks: Vec<u32> = out(&mut b, t(30)).iter().map(|s| s.ack.0).collect();
+        assert_eq!(acks.first(), Some(&101), "{acks:?}");
+        assert_eq!(acks.last(), Some(&201), "{acks:?}");
+        // Without data in between, one ACK as before.
+        b.handle_segment(t(40), seg(A, 1, 1, 512, &[0u8; 100]));
+        let acks: Vec<u32> = out(&mut b, t(40)).iter().map(|s| s.ack.0).collect();
+        assert_eq!(acks, vec![201]);
+    }
+
     #[test]
     fn a_pmtu_probe_is_acknowledged_and_not_delivered() {
         let mut b = acceptor(ConnConfig::default());
