@@ -1193,6 +1193,7 @@ impl Connection {
                     self.outstanding_since = Some(now);
                 } else {
                     self.rto_at = None;
+                    self.tlp_at = None;
                     self.outstanding_since = None;
                 }
                 if self.state == State::FinWait && self.send.is_idle() && self.linger_at.is_none() {
@@ -1297,6 +1298,19 @@ impl Connection {
         }
     }
 
+    /// Whether a tail loss probe may be armed or sent (§7.3.3): data is
+    /// outstanding, fewer than `TLP_MAX` probes are unanswered, the
+    /// connection carries data and is not in timeout recovery.
+    fn tail_probe_allowed(&self) -> bool {
+        self.tlp_sent < TLP_MAX
+            && self.send.has_unacked()
+            && self.cc.recovery() != RecoveryState::Timeout
+            && matches!(
+                self.state,
+                State::Established | State::FinWait | State::TimeWait
+            )
+    }
+
     /// Arms (or disarms) the tail loss probe (§7.3.3): 2 × SRTT (at least
     /// 1 ms; plus the peer's delayed-ACK time when one segment is
     /// outstanding) after the last send or acknowledgement,
@@ -1304,14 +1318,7 @@ impl Connection {
     /// is not in timeout recovery and the probe would come before the RTO.
     fn arm_tail_probe(&mut self, now: Instant) {
         self.tlp_at = None;
-        if self.tlp_sent >= TLP_MAX
-            || !self.send.has_unacked()
-            || self.cc.recovery() == RecoveryState::Timeout
-            || !matches!(
-                self.state,
-                State::Established | State::FinWait | State::TimeWait
-            )
-        {
+        if !self.tail_probe_allowed() {
             return;
         }
         let Some(srtt) = self.rtt.srtt() else {
@@ -1335,16 +1342,10 @@ impl Connection {
     /// resends the highest un-SACKed segment, so that the peer's answer
     /// lets time-based detection find what was lost (§7.3.3).
     fn on_tail_probe(&mut self, now: Instant) {
-        if self.tlp_sent >= TLP_MAX
-            || !self.send.has_unacked()
-            || self.cc.recovery() == RecoveryState::Timeout
-        {
+        if !self.tail_probe_allowed() {
             return;
         }
-        let peer_room = self
-            .peer_window
-            .is_none_or(|w| self.send.unacked_segments() < usize::from(w));
-        if peer_room && self.send.can_send(now) && !self.send.next_is_fin() {
+        if self.peer_window_room() && self.send.can_send(now) && !self.send.next_is_fin() {
             self.tlp_new = true;
         } else if let Some(o) = self.send.retransmit_last(now) {
             self.push_rtx(o);
@@ -1608,9 +1609,7 @@ impl Connection {
             self.syn_at.map(|t| (t, TimerReason::SynRetransmit)),
             self.rto_at.map(|t| (t, TimerReason::Retransmit)),
             self.reo_at.map(|t| (t, TimerReason::Retransmit)),
-            self.tlp_at
-                .filter(|_| self.send.has_unacked())
-                .map(|t| (t, TimerReason::Retransmit)),
+            self.tlp_at.map(|t| (t, TimerReason::Retransmit)),
             self.delayed_ack_at.map(|t| (t, TimerReason::DelayedAck)),
             nagle,
             self.zwp_at.map(|t| (t, TimerReason::ZeroWindowProbe)),
@@ -1638,8 +1637,15 @@ impl Connection {
             usize::from(w).saturating_mul(self.seg_size.current())
         });
         flight < self.cc.cwnd().min(peer_bytes)
-            && self.peer_window.is_none_or(|w| unacked < usize::from(w))
+            && self.peer_window_room()
             && unacked < MAX_UNACKED_SEGMENTS.max(self.cfg.window_cap_segments)
+    }
+
+    /// Rule 2 of the window gate (§5.3): fewer un-acknowledged segments
+    /// than the peer's window field, once one was received.
+    fn peer_window_room(&self) -> bool {
+        let unacked = self.send.unacked_segments();
+        self.peer_window.is_none_or(|w| unacked < usize::from(w))
     }
 
     /// The receive window (in segments) autotuning asks for: the sender
