@@ -55,16 +55,14 @@ fn rustc_links_with_lld(rustc: &str) -> bool {
         return false;
     };
     let v = String::from_utf8_lossy(&out.stdout);
-    let mut nums = v
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse::<u32>().ok());
-    match (nums.next().flatten(), nums.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) >= (1, 90),
-        _ => false,
-    }
+    major_minor(v.split_whitespace().nth(1).unwrap_or("")).is_some_and(|have| have >= (1, 90))
+}
+
+/// The leading `major.minor` of a version string such as "1.95.0" or
+/// "2.36".
+fn major_minor(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
 }
 
 /// Whether the glibc this build script runs on is at least `major.minor`.
@@ -75,15 +73,7 @@ fn host_glibc_at_least(major: u32, minor: u32) -> bool {
     }
     // SAFETY: glibc returns a pointer to a static NUL-terminated string.
     let v = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) };
-    let mut parts = v
-        .to_str()
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => false,
-    }
+    major_minor(v.to_str().unwrap_or("")).is_some_and(|have| have >= (major, minor))
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
