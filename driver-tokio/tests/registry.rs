@@ -23,16 +23,24 @@ fn start_registry(dir: &std::path::Path) -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_register_and_resolve_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = start_registry(dir.path());
-    let mut rc = RegistryConfig::new(reg);
+/// A registry in `dir` and two public nodes registered with it; the
+/// registry configuration is returned for more nodes.
+async fn public_pair(dir: &std::path::Path) -> (RegistryConfig, Node, Node) {
+    let mut rc = RegistryConfig::new(start_registry(dir));
     rc.public = true;
     let a = Node::start(NodeConfig::with_registry(rc.clone()))
         .await
         .unwrap();
-    let b = Node::start(NodeConfig::with_registry(rc)).await.unwrap();
+    let b = Node::start(NodeConfig::with_registry(rc.clone()))
+        .await
+        .unwrap();
+    (rc, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_and_resolve_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, a, b) = public_pair(dir.path()).await;
     assert_ne!(a.addr().node, 0);
     assert_ne!(a.addr(), b.addr());
     assert_eq!(a.addr().network, 0);
@@ -143,15 +151,7 @@ async fn a_private_peer_is_reached_after_trust() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_keeps_the_stream_and_the_registry_serves_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let reg = start_registry(dir.path());
-    let mut rc = RegistryConfig::new(reg);
-    rc.public = true;
-    let a = Node::start(NodeConfig::with_registry(rc.clone()))
-        .await
-        .unwrap();
-    let b = Node::start(NodeConfig::with_registry(rc.clone()))
-        .await
-        .unwrap();
+    let (rc, a, b) = public_pair(dir.path()).await;
     let l = b.listen(7).unwrap();
     tokio::spawn(async move {
         while let Ok(mut s) = l.accept().await {
