@@ -6,8 +6,12 @@
 //! congestion units, slow start and congestion avoidance with appropriate
 //! byte counting (RFC 3465, L = 2), fast retransmit on the third duplicate
 //! ACK, NewReno fast recovery with window inflation, and timeout recovery
-//! (cwnd back to one congestion unit). Other algorithms (CUBIC, BBR) can
-//! implement the same trait.
+//! (cwnd back to one congestion unit). Two sender-side departures from the
+//! reference: congestion avoidance counts bytes across ACKs (a stretch ACK
+//! grows the window as much as the per-segment ACKs it replaces), and with
+//! a SACK-reporting peer fast recovery uses the RFC 6675 pipe (window held
+//! at ssthresh, SACKed bytes out of flight). Other algorithms (CUBIC, BBR)
+//! can implement the same trait.
 
 use core::time::Duration;
 
@@ -76,6 +80,15 @@ pub trait CongestionController {
     }
     /// Duplicate ACKs counted since the last new ACK.
     fn dup_acks(&self) -> u32;
+    /// The peer reports SACK blocks: from now on fast recovery counts only
+    /// un-SACKed bytes as in flight (the RFC 6675 pipe) and keeps the
+    /// window at ssthresh instead of inflating it per duplicate ACK.
+    fn use_sack_pipe(&mut self) {}
+    /// True if the window gate must count SACKed bytes as in flight: in
+    /// fast recovery without SACK pipe accounting.
+    fn counts_sacked_in_flight(&self) -> bool {
+        self.in_fast_recovery()
+    }
 }
 
 /// Parameters of [`NewReno`].
@@ -115,6 +128,11 @@ pub struct NewReno {
     state: RecoveryState,
     recovery_point: Seq,
     dup_acks: u32,
+    /// Fast recovery uses the SACK pipe ([`CongestionController::use_sack_pipe`]).
+    sack_pipe: bool,
+    /// Bytes acknowledged in congestion avoidance not yet turned into
+    /// window growth (RFC 3465 byte counting).
+    ca_acked: usize,
 }
 
 impl NewReno {
@@ -127,14 +145,31 @@ impl NewReno {
             state: RecoveryState::Open,
             recovery_point: Seq(0),
             dup_acks: 0,
+            sack_pipe: false,
+            ca_acked: 0,
         }
     }
 
     fn inflate(&mut self) {
+        if self.sack_pipe {
+            return;
+        }
         self.cwnd = self
             .cwnd
             .saturating_add(self.cfg.segment)
             .min(self.cfg.max_cwnd);
+    }
+
+    /// The window on entering fast recovery: ssthresh plus the three
+    /// segments the duplicate ACKs reported gone (NewReno), or just
+    /// ssthresh when the SACK pipe already leaves them out.
+    fn recovery_cwnd(&self) -> usize {
+        let extra = if self.sack_pipe {
+            0
+        } else {
+            3 * self.cfg.segment
+        };
+        self.ssthresh.saturating_add(extra).min(self.cfg.max_cwnd)
     }
 
     fn halve(&self, flight: usize) -> usize {
@@ -159,11 +194,15 @@ impl CongestionController for NewReno {
             (RecoveryState::Fast, _) => {
                 // Partial ACK: deflate by what was acked, re-inflate by one
                 // segment, retransmit the next hole.
-                self.cwnd = self.cwnd.saturating_sub(ack.bytes_acked);
-                if ack.bytes_acked >= self.cfg.segment {
-                    self.cwnd = self.cwnd.saturating_add(self.cfg.segment);
+                if self.sack_pipe {
+                    self.cwnd = self.ssthresh;
+                } else {
+                    self.cwnd = self.cwnd.saturating_sub(ack.bytes_acked);
+                    if ack.bytes_acked >= self.cfg.segment {
+                        self.cwnd = self.cwnd.saturating_add(self.cfg.segment);
+                    }
+                    self.cwnd = self.cwnd.max(self.ssthresh);
                 }
-                self.cwnd = self.cwnd.max(self.ssthresh);
                 out.retransmit_first_hole = true;
                 partial_fast = true;
             }
@@ -178,9 +217,17 @@ impl CongestionController for NewReno {
                     .cwnd
                     .saturating_add(ack.bytes_acked.min(2 * self.cfg.mss));
             } else {
-                let acked = ack.bytes_acked.min(self.cfg.mss);
-                let inc = self.cfg.mss.saturating_mul(acked) / self.cwnd.max(1);
-                self.cwnd = self.cwnd.saturating_add(inc.max(1));
+                // One congestion unit per window's worth of acknowledged
+                // bytes, however many segments each ACK covers (a
+                // receiver that acknowledges a whole batch at once must
+                // not slow the growth down).
+                self.ca_acked = self.ca_acked.saturating_add(ack.bytes_acked);
+                let cwnd = self.cwnd.max(1);
+                if self.ca_acked >= cwnd {
+                    let units = self.ca_acked / cwnd;
+                    self.ca_acked -= units * cwnd;
+                    self.cwnd = self.cwnd.saturating_add(units.saturating_mul(self.cfg.mss));
+                }
             }
             self.cwnd = self.cwnd.min(self.cfg.max_cwnd);
         }
@@ -199,12 +246,10 @@ impl CongestionController for NewReno {
         if self.dup_acks == DUP_ACK_THRESHOLD {
             if self.state == RecoveryState::Open || snd_nxt.after(self.recovery_point) {
                 self.ssthresh = self.halve(flight);
+                self.ca_acked = 0;
                 self.state = RecoveryState::Fast;
                 self.recovery_point = snd_nxt;
-                self.cwnd = self
-                    .ssthresh
-                    .saturating_add(3 * self.cfg.segment)
-                    .min(self.cfg.max_cwnd);
+                self.cwnd = self.recovery_cwnd();
             } else if fast {
                 self.inflate();
             }
@@ -222,17 +267,16 @@ impl CongestionController for NewReno {
         }
         self.dup_acks = DUP_ACK_THRESHOLD;
         self.ssthresh = self.halve(flight);
+        self.ca_acked = 0;
         self.state = RecoveryState::Fast;
         self.recovery_point = snd_nxt;
-        self.cwnd = self
-            .ssthresh
-            .saturating_add(3 * self.cfg.segment)
-            .min(self.cfg.max_cwnd);
+        self.cwnd = self.recovery_cwnd();
         true
     }
 
     fn on_rto(&mut self, _now: Instant, flight: usize, snd_nxt: Seq) {
         self.ssthresh = self.halve(flight);
+        self.ca_acked = 0;
         self.state = RecoveryState::Timeout;
         self.recovery_point = snd_nxt;
         self.cwnd = self.cfg.mss.min(self.cfg.max_cwnd);
@@ -253,6 +297,14 @@ impl CongestionController for NewReno {
 
     fn dup_acks(&self) -> u32 {
         self.dup_acks
+    }
+
+    fn use_sack_pipe(&mut self) {
+        self.sack_pipe = true;
+    }
+
+    fn counts_sacked_in_flight(&self) -> bool {
+        self.in_fast_recovery() && !self.sack_pipe
     }
 }
 
@@ -295,15 +347,73 @@ mod tests {
             ..NewRenoConfig::for_segment(1152)
         });
         c.on_ack(T, ack(2304, 100));
-        assert_eq!(c.cwnd(), 600_015);
-        // Growth is at least one byte, and the cap holds.
+        assert_eq!(c.cwnd(), 600_000, "less than a window acked: no growth yet");
+        c.on_ack(T, ack(600_000 - 2304, 200));
+        assert_eq!(c.cwnd(), 604_096, "a window's worth acked: one unit");
+        c.on_ack(T, ack(3 * 604_096 + 10, 300));
+        assert_eq!(c.cwnd(), 604_096 + 3 * 4096, "one ACK, three windows");
+        // The cap holds.
         let mut c = NewReno::new(NewRenoConfig {
             initial_cwnd: MAX_CWND,
             initial_ssthresh: 1,
             ..NewRenoConfig::for_segment(1152)
         });
         c.on_ack(T, ack(1, 100));
+        c.on_ack(T, ack(3 * MAX_CWND, 200));
         assert_eq!(c.cwnd(), MAX_CWND);
+    }
+
+    /// A receiver that acknowledges a batch of segments at once (one ACK
+    /// per read of many datagrams) must not slow congestion avoidance:
+    /// per window, growth is one unit either way.
+    #[test]
+    fn stretch_acks_grow_the_window_as_fast_as_per_segment_acks() {
+        let cfg = NewRenoConfig {
+            initial_cwnd: 40 * 4096,
+            initial_ssthresh: 1,
+            ..NewRenoConfig::for_segment(4096)
+        };
+        let (mut each, mut batch) = (NewReno::new(cfg), NewReno::new(cfg));
+        let mut una = 1u32;
+        for _ in 0..100 {
+            for _ in 0..16 {
+                una += 4096;
+                each.on_ack(T, ack(4096, una));
+            }
+            batch.on_ack(T, ack(16 * 4096, una));
+        }
+        assert_eq!(batch.cwnd(), each.cwnd());
+        assert!(batch.cwnd() >= 65 * 4096, "{}", batch.cwnd());
+    }
+
+    /// With SACK, fast recovery keeps the window at ssthresh and the
+    /// connection counts only un-SACKed bytes against it (RFC 6675):
+    /// no inflation, no deflation, ssthresh when recovery ends.
+    #[test]
+    fn sack_pipe_recovery_holds_the_window_at_ssthresh() {
+        let mut c = reno();
+        c.use_sack_pipe();
+        let flight = 20 * 1152;
+        let nxt = Seq(1 + flight as u32);
+        assert!(c.on_sack_loss(T, flight, nxt));
+        assert_eq!(c.ssthresh(), 11_520);
+        assert_eq!(c.cwnd(), 11_520, "no +3 segments");
+        assert!(!c.counts_sacked_in_flight());
+        for _ in 0..5 {
+            c.on_dup_ack(T, flight, nxt);
+        }
+        assert_eq!(c.cwnd(), 11_520, "no inflation");
+        let out = c.on_ack(T, ack(2304, 2305));
+        assert!(out.retransmit_first_hole);
+        assert_eq!(c.cwnd(), 11_520, "no deflation");
+        c.on_ack(T, ack(1152, nxt.0));
+        assert_eq!(c.recovery(), RecoveryState::Open);
+        assert_eq!(c.cwnd(), 11_520);
+        // Without SACK the same episode inflates, and SACKed bytes count.
+        let mut c = reno();
+        assert!(c.on_sack_loss(T, flight, nxt));
+        assert_eq!(c.cwnd(), 11_520 + 3 * 1152);
+        assert!(c.counts_sacked_in_flight());
     }
 
     #[test]
@@ -333,7 +443,7 @@ mod tests {
         let out = c.on_ack(T, ack(1152, nxt.0));
         assert!(!out.retransmit_first_hole);
         assert_eq!(c.recovery(), RecoveryState::Open);
-        assert_eq!(c.cwnd(), 11_520 + 4096 * 1152 / 11_520);
+        assert_eq!(c.cwnd(), 11_520, "1152 of 11 520 bytes: no growth yet");
     }
 
     #[test]

@@ -1026,6 +1026,9 @@ impl Connection {
         };
         if let Some(blocks) = &sack_blocks {
             self.stats.sack_blocks_received += blocks.len() as u64;
+            if !blocks.is_empty() {
+                self.cc.use_sack_pipe();
+            }
             if self.send.on_sack(now, blocks) > 0 {
                 self.zwp_reset();
                 self.tlp_sent = 0;
@@ -1632,7 +1635,7 @@ impl Connection {
 
     fn gate_open(&self) -> bool {
         let unacked = self.send.unacked_segments();
-        let flight = self.send.flight_bytes(self.cc.in_fast_recovery());
+        let flight = self.send.flight_bytes(self.cc.counts_sacked_in_flight());
         let peer_bytes = self.peer_window.map_or(usize::MAX, |w| {
             usize::from(w).saturating_mul(self.seg_size.current())
         });
