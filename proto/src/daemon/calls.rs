@@ -57,8 +57,9 @@ pub(crate) enum Purpose {
     /// Back-fill the key of a peer trusted through the registry relay.
     KeyBackfill(u32),
     /// The registry pushed that this peer revoked our pair: confirm with
-    /// `check_trust` before forgetting it.
-    RevokeCheck(u32),
+    /// `check_trust` before forgetting it; with the trust store's revision
+    /// when asked (only older state goes).
+    RevokeCheck(u32, u64),
     /// The private-node gate dropped this authenticated peer: ask
     /// `check_trust` and admit it for a while if the registry says the
     /// nodes trust each other or share a network (`spec/daemon.md` §6.1).
@@ -266,11 +267,11 @@ mod tests {
                 &mut r,
                 Instant::ZERO,
                 Call::Resolve(5),
-                Purpose::RevokeCheck(5),
+                Purpose::RevokeCheck(5, 0),
             )
             .unwrap();
         assert_ne!(a, b);
-        assert!(matches!(calls.finish(b), Some(Purpose::RevokeCheck(5))));
+        assert!(matches!(calls.finish(b), Some(Purpose::RevokeCheck(5, 0))));
         assert!(calls.finish(b).is_none(), "a second answer finds nothing");
         assert!(matches!(calls.finish(a), Some(Purpose::KeyBackfill(5))));
         assert_eq!(calls.len(), 0);

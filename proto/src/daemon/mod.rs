@@ -2420,12 +2420,13 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.apply_trust(now, fx);
             }
             ClientEvent::TrustRevoked { by } => {
-                let trusted = self
+                let asked_at = self
                     .life
                     .trust()
-                    .is_some_and(|t| t.trusted().contains_key(&by));
-                if trusted {
-                    let _ = self.call(now, Call::CheckTrust(by), Purpose::RevokeCheck(by));
+                    .filter(|t| t.trusted().contains_key(&by))
+                    .map(|t| t.revision());
+                if let Some(rev) = asked_at {
+                    let _ = self.call(now, Call::CheckTrust(by), Purpose::RevokeCheck(by, rev));
                 }
             }
             ClientEvent::CallDone { id, result } if self.resolver.owns(id) => {
@@ -2637,12 +2638,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
-            Purpose::RevokeCheck(node) => {
+            Purpose::RevokeCheck(node, asked_at) => {
                 if let Ok(Response::CheckTrustOk { trusted: false }) = result {
                     let fx = self
                         .life
                         .trust_mut()
-                        .map(|t| t.on_registry_revoke(node))
+                        .map(|t| t.on_registry_revoke(node, asked_at))
                         .unwrap_or_default();
                     self.apply_trust(now, fx);
                 }

@@ -48,6 +48,9 @@ pub const MAX_JUSTIFICATION: usize = 1024;
 pub const OUTGOING_CAP: usize = 1024;
 /// Reason sent with a revoke (`spec/services.md` §4.4).
 pub const REVOKE_REASON: &str = "trust revoked";
+/// Revision stamps kept beyond the peers with state before the stale ones
+/// are swept (bounds [`TrustStore`]'s stamp maps).
+const STAMP_SLACK: usize = 64;
 
 /// The largest message a receiver of `profile` reads.
 pub const fn max_message(profile: WireProfile) -> usize {
@@ -449,6 +452,13 @@ pub struct TrustStore {
     outgoing: BTreeMap<u32, i64>,
     revoked: Vec<RevokedEntry>,
     replay: ReplayCache,
+    /// Counts grants and requests, so an answer can tell what is newer
+    /// than the question it answers ([`TrustStore::revision`]).
+    revision: u64,
+    /// Revision of the latest grant (or re-affirmed trust) per peer.
+    granted_rev: BTreeMap<u32, u64>,
+    /// Revision of the latest request per peer, sent or received.
+    asked_rev: BTreeMap<u32, u64>,
 }
 
 impl TrustStore {
@@ -463,6 +473,38 @@ impl TrustStore {
             outgoing: BTreeMap::new(),
             revoked: Vec::new(),
             replay: ReplayCache::default(),
+            revision: 0,
+            granted_rev: BTreeMap::new(),
+            asked_rev: BTreeMap::new(),
+        }
+    }
+
+    /// The current revision: every grant, re-affirmed trust and request
+    /// (sent or received) after this call gets a larger one. A daemon
+    /// that asks the registry about a peer notes it, and hands it back
+    /// with the answer ([`TrustStore::on_registry_revoke`]).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Stamps a grant of (or re-affirmed trust in) `node`.
+    fn stamp_grant(&mut self, node: u32) {
+        self.revision += 1;
+        self.granted_rev.insert(node, self.revision);
+        if self.granted_rev.len() > self.trusted.len() + STAMP_SLACK {
+            let trusted = &self.trusted;
+            self.granted_rev.retain(|n, _| trusted.contains_key(n));
+        }
+    }
+
+    /// Stamps a request to or from `node`.
+    fn stamp_ask(&mut self, node: u32) {
+        self.revision += 1;
+        self.asked_rev.insert(node, self.revision);
+        if self.asked_rev.len() > self.pending.len() + self.outgoing.len() + STAMP_SLACK {
+            let (pending, outgoing) = (&self.pending, &self.outgoing);
+            self.asked_rev
+                .retain(|n, _| pending.contains_key(n) || outgoing.contains_key(n));
         }
     }
 
@@ -517,6 +559,7 @@ impl TrustStore {
     fn grant(&mut self, node: u32, key: String, mutual: bool, network: u16, now: WallTime) {
         self.pending.remove(&node);
         self.outgoing.remove(&node);
+        self.stamp_grant(node);
         self.trusted.insert(
             node,
             Trusted {
@@ -598,6 +641,10 @@ impl TrustStore {
                     fallback: None,
                 };
                 if self.trusted.contains_key(&n) {
+                    // A peer we trust asks again: it lost its trust in
+                    // us. Our accept restores it; a registry answer about
+                    // an older revoke must not now take ours away.
+                    self.stamp_grant(n);
                     fx.push(accept(self));
                 } else if bound && self.outgoing.contains_key(&n) {
                     self.grant(n, msg.public_key.clone(), true, 0, now);
@@ -696,6 +743,7 @@ impl TrustStore {
                 }
             }
         }
+        self.stamp_ask(node);
         self.pending.insert(
             node,
             Pending {
@@ -723,6 +771,7 @@ impl TrustStore {
             return Err(TrustError::TooManyOutgoing);
         }
         self.outgoing.insert(peer, now.unix_secs);
+        self.stamp_ask(peer);
         self.revoked.retain(|r| r.node_id != peer);
         let message = self.message(MessageType::Request, peer, justification, now);
         let fallback = Some(RegistryOp::RequestHandshake {
@@ -803,11 +852,22 @@ impl TrustStore {
 
     /// The registry no longer holds a trust pair with `peer` after it told
     /// us `peer` revoked it (ours, `spec/services.md` §4.5): forget `peer`
-    /// as if its revoke message had arrived.
-    pub fn on_registry_revoke(&mut self, peer: u32) -> Vec<Effect> {
-        let was_trusted = self.trusted.remove(&peer).is_some();
-        let was_pending = self.pending.remove(&peer).is_some();
-        self.outgoing.remove(&peer);
+    /// as if its revoke message had arrived. `asked_at` is the
+    /// [`TrustStore::revision`] when the registry was asked: only state
+    /// older than the question goes. A grant, a re-affirmed trust or a
+    /// request made while the question was on its way is newer than the
+    /// revoke the answer confirms, and stays.
+    pub fn on_registry_revoke(&mut self, peer: u32, asked_at: u64) -> Vec<Effect> {
+        let older = |rev: Option<&u64>| rev.is_none_or(|r| *r <= asked_at);
+        let mut was_trusted = false;
+        let mut was_pending = false;
+        if older(self.granted_rev.get(&peer)) {
+            was_trusted = self.trusted.remove(&peer).is_some();
+        }
+        if older(self.asked_rev.get(&peer)) {
+            was_pending = self.pending.remove(&peer).is_some();
+            self.outgoing.remove(&peer);
+        }
         if !was_trusted && !was_pending {
             return Vec::new();
         }
@@ -1316,12 +1376,50 @@ mod tests {
         let fx = b.approve(7, at(T0 + 1)).unwrap();
         assert!(b.trusted()[&7].mutual);
         assert!(fx.contains(&Effect::Registry(RegistryOp::Lookup { node: 7 })));
-        let fx = b.on_registry_revoke(7);
+        let fx = b.on_registry_revoke(7, b.revision());
         assert!(b.trusted().is_empty());
         assert!(fx.contains(&Effect::Event(TrustEvent::RevokedByPeer { node: 7 })));
         assert!(fx.contains(&Effect::Persist));
         // Nothing to forget: nothing happens.
-        assert!(b.on_registry_revoke(7).is_empty());
+        assert!(b.on_registry_revoke(7, b.revision()).is_empty());
+    }
+
+    /// B revoked A, but B's revoke message never reached A (B dropped the
+    /// tunnel), so A learns of it from the registry: a push, then a
+    /// `check_trust` whose answer comes back later. Meanwhile B asked for
+    /// trust again and A, still trusting B, accepted. The answer (the
+    /// registry had no pair when it looked) confirms the old revoke, and
+    /// must not take away the trust A just re-affirmed: before, it did,
+    /// and B ended up trusting A while A trusted nobody, for good.
+    #[test]
+    fn a_registry_answer_does_not_undo_what_happened_after_the_question() {
+        let (mut a, mut b) = (store(1, 1), store(2, 2));
+        let fx = a.send_request(2, "first", at(T0)).unwrap();
+        b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0));
+        let fx = b.approve(1, at(T0 + 1)).unwrap();
+        a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 1));
+        assert!(a.trusted().contains_key(&2) && b.trusted().contains_key(&1));
+        b.revoke(1, at(T0 + 2)).unwrap(); // its message is lost
+        // The registry's push arrives at A: A asks, noting its revision.
+        let asked_at = a.revision();
+        // B asks again before the answer; A still trusts B and accepts.
+        let fx = b.send_request(1, "again", at(T0 + 2)).unwrap();
+        let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 2));
+        b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0 + 2));
+        assert!(b.trusted().contains_key(&1));
+        // The answer: no pair (as the registry saw it). A keeps B.
+        assert!(a.on_registry_revoke(2, asked_at).is_empty());
+        assert!(a.trusted().contains_key(&2));
+        // Without anything newer the same answer forgets B, and a request
+        // A makes after the question survives it.
+        let asked_at = a.revision();
+        let fx = a.on_registry_revoke(2, asked_at);
+        assert!(fx.contains(&Effect::DropTunnel(2)));
+        assert!(a.trusted().is_empty());
+        let asked_at = a.revision();
+        a.send_request(2, "third", at(T0 + 3)).unwrap();
+        a.on_registry_revoke(2, asked_at);
+        assert!(a.is_outgoing(2));
     }
 
     #[test]
