@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use curve25519_dalek::{EdwardsPoint, Scalar};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
@@ -83,14 +84,29 @@ pub fn check_public_key(key: &PublicKey) -> Result<(), KeyError> {
     if vk.is_weak() {
         return Err(KeyError::SmallOrder);
     }
-    let point = vk.to_edwards();
-    if point.compress().to_bytes() != *key {
+    // The only other non-canonical encodings (x = 0 with the sign bit
+    // set) are of small-order points, refused above.
+    if !y_is_reduced(key) {
         return Err(KeyError::NonCanonical);
     }
-    if !point.is_torsion_free() {
+    if !torsion_free(&vk.to_edwards()) {
         return Err(KeyError::Torsion);
     }
     Ok(())
+}
+
+/// The encoded y coordinate (the low 255 bits) is below p = 2²⁵⁵ − 19.
+fn y_is_reduced(key: &PublicKey) -> bool {
+    let top = key[31] & 0x7f;
+    !(top == 0x7f && key[1..31].iter().all(|b| *b == 0xff) && key[0] >= 0xed)
+}
+
+/// ℓ·P is the identity, tested as (ℓ − 1)·P = −P: ℓ − 1 is a scalar, and
+/// a public key may be multiplied in variable time, about twice as fast
+/// as the constant-time `is_torsion_free` (which was half the
+/// rendezvous's CPU time under a registration burst).
+fn torsion_free(p: &EdwardsPoint) -> bool {
+    EdwardsPoint::vartime_double_scalar_mul_basepoint(&-Scalar::ONE, p, &Scalar::ZERO) == -p
 }
 
 /// Standard base64 (with padding) of a public key.
@@ -254,6 +270,59 @@ mod tests {
             Err(KeyError::Torsion)
         );
         assert_eq!(decode_public_key(&encode_public_key(&genuine)), Ok(genuine));
+    }
+
+    /// Every torsion component, on a few genuine keys, is refused, and the
+    /// fast test agrees with the constant-time one of the library on
+    /// every point tried.
+    #[test]
+    fn every_torsion_component_is_refused() {
+        let t8 = VerifyingKey::from_bytes(&EIGHT_TORSION_1)
+            .unwrap()
+            .to_edwards();
+        for seed in 1..=4u8 {
+            let genuine = Identity::from_seed(&[seed; 32]).public_key();
+            let g = VerifyingKey::from_bytes(&genuine).unwrap().to_edwards();
+            assert!(torsion_free(&g) && g.is_torsion_free());
+            let mut t = t8;
+            for k in 1..8 {
+                let mixed = g + t;
+                assert!(!torsion_free(&mixed) && !mixed.is_torsion_free(), "k = {k}");
+                assert_eq!(
+                    check_public_key(&mixed.compress().to_bytes()),
+                    Err(KeyError::Torsion),
+                    "k = {k}"
+                );
+                t += t8;
+            }
+        }
+    }
+
+    /// y + p for a small y of a point that is neither small-order nor
+    /// off the curve: the same point, encoded non-canonically.
+    #[test]
+    fn a_non_canonical_y_is_refused() {
+        let mut found = 0;
+        for y in 2u8..19 {
+            let mut canonical = [0u8; 32];
+            canonical[0] = y;
+            let Ok(vk) = VerifyingKey::from_bytes(&canonical) else {
+                continue;
+            };
+            if vk.is_weak() {
+                continue;
+            }
+            // y + p = y + 2^255 - 19, little-endian (y < 19: no carry
+            // past the first byte).
+            let mut alias = [0xffu8; 32];
+            alias[0] = 0xed + y;
+            alias[31] = 0x7f;
+            assert!(VerifyingKey::from_bytes(&alias).is_ok(), "y = {y}");
+            assert_eq!(check_public_key(&alias), Err(KeyError::NonCanonical));
+            assert!(y_is_reduced(&canonical));
+            found += 1;
+        }
+        assert!(found > 0, "no such y below 19");
     }
 
     #[test]
