@@ -1494,6 +1494,12 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
         Ok(n)
     }
 
+    /// Bytes a [`Node::read`] of `id` could return now (0 for an unknown
+    /// connection).
+    pub fn readable(&self, id: ConnId) -> usize {
+        self.conns.get(&id).map_or(0, |e| e.conn.readable())
+    }
+
     /// Reads from a connection. `Ok(0)` means end of stream.
     pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, NodeError> {
         let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
