@@ -487,24 +487,27 @@ impl TrustStore {
         self.revision
     }
 
-    /// Stamps a grant of (or re-affirmed trust in) `node`.
+    /// Stamps a grant of (or re-affirmed trust in) `node`. The sweep
+    /// keeps `node`'s stamp: its trust may be inserted only after this.
     fn stamp_grant(&mut self, node: u32) {
         self.revision += 1;
         self.granted_rev.insert(node, self.revision);
         if self.granted_rev.len() > self.trusted.len() + STAMP_SLACK {
             let trusted = &self.trusted;
-            self.granted_rev.retain(|n, _| trusted.contains_key(n));
+            self.granted_rev
+                .retain(|n, _| *n == node || trusted.contains_key(n));
         }
     }
 
-    /// Stamps a request to or from `node`.
+    /// Stamps a request to or from `node`; the sweep keeps `node`'s stamp
+    /// (its pending entry may be inserted only after this).
     fn stamp_ask(&mut self, node: u32) {
         self.revision += 1;
         self.asked_rev.insert(node, self.revision);
         if self.asked_rev.len() > self.pending.len() + self.outgoing.len() + STAMP_SLACK {
             let (pending, outgoing) = (&self.pending, &self.outgoing);
             self.asked_rev
-                .retain(|n, _| pending.contains_key(n) || outgoing.contains_key(n));
+                .retain(|n, _| *n == node || pending.contains_key(n) || outgoing.contains_key(n));
         }
     }
 
@@ -1420,6 +1423,36 @@ mod tests {
         a.send_request(2, "third", at(T0 + 3)).unwrap();
         a.on_registry_revoke(2, asked_at);
         assert!(a.is_outgoing(2));
+    }
+
+    /// The stamp maps are swept when they outgrow the peers with state;
+    /// the sweep must keep the stamp it is writing (its peer's state is
+    /// inserted just after), or a late answer takes the fresh grant away.
+    #[test]
+    fn the_stamp_sweep_keeps_the_stamp_being_written() {
+        let mut b = store(2, 2);
+        // STAMP_SLACK stale grant stamps: granted, then revoked.
+        for peer in 100..100 + STAMP_SLACK as u32 {
+            b.on_relayed_request(peer, "x", at(T0));
+            b.approve(peer, at(T0)).unwrap();
+            b.revoke(peer, at(T0)).unwrap();
+        }
+        let asked_at = b.revision();
+        // This grant's stamp triggers the sweep.
+        b.on_relayed_request(7, "x", at(T0 + 1));
+        b.approve(7, at(T0 + 1)).unwrap();
+        assert!(b.on_registry_revoke(7, asked_at).is_empty());
+        assert!(b.trusted().contains_key(&7));
+        // The same for request stamps: stale ones (requests rejected),
+        // then a request whose stamp triggers the sweep.
+        for peer in 300..300 + STAMP_SLACK as u32 {
+            b.on_relayed_request(peer, "x", at(T0 + 2));
+            b.reject(peer, "no", at(T0 + 2)).unwrap();
+        }
+        let asked_at = b.revision();
+        b.on_relayed_request(8, "x", at(T0 + 3));
+        assert!(b.on_registry_revoke(8, asked_at).is_empty());
+        assert!(b.pending().contains_key(&8));
     }
 
     #[test]
