@@ -178,10 +178,17 @@ pub enum AckKind {
 #[derive(Clone, Debug)]
 pub struct SendBuffer {
     cfg: SendConfig,
-    unsent: BytesMut,
+    unsent: Unsent,
     snd_una: Seq,
     snd_nxt: Seq,
     queue: VecDeque<Sent>,
+    /// Payload bytes of the queued segments (kept with the queue, so the
+    /// window gate does not walk it for every segment).
+    queued_bytes: usize,
+    /// Payload bytes of the queued segments that are SACKed.
+    sacked_bytes: usize,
+    /// Queued data segments shorter than `mss` and not SACKed (Minshall).
+    short_unsacked: usize,
     scoreboard: Scoreboard,
     rack: Rack,
     /// The tail may go out without waiting (the write that produced it was
@@ -202,10 +209,13 @@ impl SendBuffer {
                 mss: cfg.mss.max(1),
                 ..cfg
             },
-            unsent: BytesMut::new(),
+            unsent: Unsent::default(),
             snd_una: snd_nxt,
             snd_nxt,
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            sacked_bytes: 0,
+            short_unsacked: 0,
             scoreboard: Scoreboard::new(),
             rack: Rack::default(),
             push_tail: false,
@@ -255,7 +265,7 @@ impl SendBuffer {
         if n == 0 {
             return 0;
         }
-        self.unsent.extend_from_slice(&data[..n]);
+        self.unsent.push(&data[..n]);
         if n >= self.cfg.mss {
             self.push_tail = true;
         }
@@ -278,8 +288,9 @@ impl SendBuffer {
     /// Abandons everything not yet acknowledged (the connection is ending
     /// without delivering it).
     pub fn abandon(&mut self) {
-        self.unsent.clear();
-        self.queue.clear();
+        self.unsent = Unsent::default();
+        self.queue = VecDeque::new();
+        self.recount();
         self.scoreboard.clear();
         self.snd_una = self.snd_nxt;
         self.fin_queued = true;
@@ -321,19 +332,56 @@ impl SendBuffer {
     /// Payload bytes in flight; SACKed segments count only if
     /// `include_sacked`.
     pub fn flight_bytes(&self, include_sacked: bool) -> usize {
-        self.queue
-            .iter()
-            .filter(|s| include_sacked || !s.sacked)
-            .map(|s| s.data.len())
-            .sum()
+        if include_sacked {
+            self.queued_bytes
+        } else {
+            self.queued_bytes - self.sacked_bytes
+        }
     }
 
     /// True if a short (less than one segment) data segment that is not
     /// SACKed is outstanding (Minshall's rule).
     pub fn short_outstanding(&self) -> bool {
-        self.queue
-            .iter()
-            .any(|s| !s.fin && !s.sacked && s.data.len() < self.cfg.mss)
+        self.short_unsacked > 0
+    }
+
+    /// Whether a queued segment counts as short and un-SACKed.
+    fn is_short(&self, s: &Sent) -> bool {
+        !s.fin && !s.sacked && s.data.len() < self.cfg.mss
+    }
+
+    /// The queue's counters computed from the queue: payload bytes,
+    /// SACKed payload bytes, short un-SACKed segments.
+    fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for s in &self.queue {
+            c.0 += s.data.len();
+            if s.sacked {
+                c.1 += s.data.len();
+            }
+            if self.is_short(s) {
+                c.2 += 1;
+            }
+        }
+        c
+    }
+
+    /// Recomputes the queue's counters from the queue.
+    fn recount(&mut self) {
+        (self.queued_bytes, self.sacked_bytes, self.short_unsacked) = self.counts();
+    }
+
+    /// Debug builds check the running counters against the queue (short
+    /// queues only, to keep debug-build tests linear).
+    fn debug_check_counts(&self) {
+        #[cfg(debug_assertions)]
+        if self.queue.len() <= 256 {
+            debug_assert_eq!(
+                self.counts(),
+                (self.queued_bytes, self.sacked_bytes, self.short_unsacked),
+                "send queue counters"
+            );
+        }
     }
 
     /// True if the FIN, or a full segment, or a tail Nagle allows, could be
@@ -394,13 +442,8 @@ impl SendBuffer {
             self.fin_sent = true;
             (Bytes::new(), true)
         } else {
-            // Copied out rather than split off: a split-off segment would
-            // share (and pin) the whole allocation behind `unsent` until it
-            // is acknowledged, so 512 unacknowledged segments could hold
-            // hundreds of buffers; a copy keeps memory at the bytes in
-            // flight and lets `unsent` reuse its own space.
-            let data = Bytes::copy_from_slice(self.unsent.get(..len).unwrap_or(&[]));
-            self.unsent.advance(len);
+            // Split off its chunk without copying (see [`Unsent`]).
+            let data = self.unsent.pop(len);
             if self.unsent.is_empty() {
                 self.push_tail = false;
                 self.tail_since = None;
@@ -420,7 +463,12 @@ impl SendBuffer {
             head_rtx: false,
         };
         self.snd_nxt = sent.end();
+        self.queued_bytes += sent.data.len();
+        if self.is_short(&sent) {
+            self.short_unsacked += 1;
+        }
         self.queue.push_back(sent);
+        self.debug_check_counts();
         Some(Outgoing {
             seq,
             data,
@@ -453,6 +501,12 @@ impl SendBuffer {
                 if front.transmissions > 1 {
                     last_rtx = Some(last_rtx.map_or(front.last_sent, |t| t.max(front.last_sent)));
                 }
+                self.queued_bytes -= front.data.len();
+                if front.sacked {
+                    self.sacked_bytes -= front.data.len();
+                } else if !front.fin && front.data.len() < self.cfg.mss {
+                    self.short_unsacked -= 1;
+                }
                 if front.fin {
                     fin_acked = true;
                 } else if !front.sacked {
@@ -473,11 +527,18 @@ impl SendBuffer {
             } else {
                 if ack.after(front.seq) && !front.fin {
                     let n = ack.since(front.seq) as usize;
-                    if !front.sacked {
+                    let was_short = front.data.len() < self.cfg.mss;
+                    self.queued_bytes -= n;
+                    if front.sacked {
+                        self.sacked_bytes -= n;
+                    } else {
                         bytes_acked += n;
                     }
                     front.data.advance(n);
                     front.seq = ack;
+                    if !front.sacked && !was_short && front.data.len() < self.cfg.mss {
+                        self.short_unsacked += 1;
+                    }
                 }
                 break;
             }
@@ -494,6 +555,10 @@ impl SendBuffer {
         if fin_acked {
             self.fin_acked = true;
         }
+        if self.queue.is_empty() && self.unsent.is_empty() {
+            self.release();
+        }
+        self.debug_check_counts();
         AckKind::New {
             bytes_acked,
             rtt,
@@ -521,6 +586,10 @@ impl SendBuffer {
             if touched && self.scoreboard.covers(start, end) {
                 s.sacked = true;
                 n += 1;
+                self.sacked_bytes += s.data.len();
+                if s.data.len() < self.cfg.mss {
+                    self.short_unsacked -= 1;
+                }
                 self.rack.delivered(
                     now,
                     s.first_sent,
@@ -531,6 +600,7 @@ impl SendBuffer {
                 );
             }
         }
+        self.debug_check_counts();
         n
     }
 
@@ -545,6 +615,16 @@ impl SendBuffer {
         self.scoreboard.clear();
         for s in &mut self.queue {
             s.sacked = false;
+        }
+        self.recount();
+    }
+
+    /// Frees the buffers of an idle send side (nothing unsent or in
+    /// flight): data flows rarely keep their high-water allocations.
+    fn release(&mut self) {
+        self.unsent = Unsent::default();
+        if self.queue.capacity() > IDLE_QUEUE_SLOTS {
+            self.queue = VecDeque::new();
         }
     }
 
@@ -609,6 +689,11 @@ impl SendBuffer {
         };
         let una = self.snd_una;
         for s in self.queue.iter_mut() {
+            // Segments were first sent in sequence order: from here on
+            // every one was (last) sent after the newest delivered one.
+            if s.first_sent > newest_sent {
+                break;
+            }
             // Nothing (re)sent at this very instant is known lost yet: a
             // peer answering at once (no time passes) must not make the
             // same segment go out again and again.
@@ -686,6 +771,8 @@ impl SendBuffer {
         let mss = mss.max(1);
         self.cfg.mss = mss;
         if self.queue.iter().all(|s| s.fin || s.data.len() <= mss) {
+            // Which segments count as short may have changed.
+            self.recount();
             return;
         }
         let old = core::mem::take(&mut self.queue);
@@ -706,6 +793,95 @@ impl SendBuffer {
                 off = end;
             }
         }
+        self.recount();
+        self.debug_check_counts();
+    }
+}
+
+/// Queue slots an idle send side keeps (more are freed when it idles).
+const IDLE_QUEUE_SLOTS: usize = 64;
+
+/// Capacity of one chunk of [`Unsent`].
+const CHUNK: usize = 64 * 1024;
+
+/// Written bytes not yet segmented, in chunks of [`CHUNK`] bytes. A
+/// segment is split off the front chunk without copying and shares that
+/// chunk until it is acknowledged; one that would span two chunks is
+/// copied. Writes fill the last chunk's spare room, then start a new chunk,
+/// so every byte is stored once and a chunk is freed with the last
+/// segment cut from it: what queued segments pin is bounded by the bytes
+/// in flight plus two chunks (splitting one growing buffer instead pinned
+/// a whole reallocated buffer per few segments).
+#[derive(Clone, Debug, Default)]
+struct Unsent {
+    chunks: VecDeque<BytesMut>,
+    len: usize,
+    /// Chunks allocated so far (tests bound the memory with it).
+    #[cfg(test)]
+    allocated: usize,
+}
+
+impl Unsent {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `data`.
+    fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
+            if room == 0 {
+                if self.chunks.back().is_some_and(BytesMut::is_empty) {
+                    self.chunks.pop_back();
+                }
+                self.chunks.push_back(BytesMut::with_capacity(CHUNK));
+                #[cfg(test)]
+                {
+                    self.allocated += 1;
+                }
+                continue;
+            }
+            let n = room.min(data.len());
+            if let Some(c) = self.chunks.back_mut() {
+                c.extend_from_slice(&data[..n]);
+            }
+            self.len += n;
+            data = &data[n..];
+        }
+    }
+
+    /// Takes the first `len` bytes (at most what is held).
+    fn pop(&mut self, len: usize) -> Bytes {
+        let len = len.min(self.len);
+        self.len -= len;
+        let more = self.chunks.len() > 1;
+        if let Some(front) = self.chunks.front_mut() {
+            if front.len() >= len {
+                let seg = front.split_to(len).freeze();
+                if front.is_empty() && more {
+                    self.chunks.pop_front();
+                }
+                return seg;
+            }
+        }
+        let mut seg = BytesMut::with_capacity(len);
+        while seg.len() < len {
+            let more = self.chunks.len() > 1;
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let n = (len - seg.len()).min(front.len());
+            seg.extend_from_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() && more {
+                self.chunks.pop_front();
+            }
+        }
+        seg.freeze()
     }
 }
 
@@ -726,19 +902,62 @@ mod tests {
     }
 
     #[test]
-    fn unacked_segments_do_not_pin_the_write_buffer() {
+    fn queued_segments_pin_at_most_the_bytes_in_flight_plus_two_chunks() {
+        // Small writes, everything segmented and nothing acknowledged:
+        // each byte is stored once, in chunks (splitting one growing
+        // buffer reallocated it per few writes, and the queued segments
+        // pinned every copy: 73 MiB for 8 MiB in flight).
+        let mut b = SendBuffer::new(
+            Seq(1),
+            SendConfig {
+                capacity: 1 << 20,
+                ..SendConfig::new(1000)
+            },
+        );
+        let total = 4 * CHUNK + 123;
+        let mut sent = 0;
+        let mut written = 0;
+        while written < total {
+            written += b.write(ms(0), &[7u8; 777][..777.min(total - written)]);
+            sent += drain(&mut b, ms(0))
+                .iter()
+                .map(|o| o.data.len())
+                .sum::<usize>();
+        }
+        b.close();
+        sent += drain(&mut b, ms(0))
+            .iter()
+            .map(|o| o.data.len())
+            .sum::<usize>();
+        assert_eq!(sent, total);
+        assert!(
+            b.unsent.allocated <= total / CHUNK + 1,
+            "{} chunks",
+            b.unsent.allocated
+        );
+        // Segments are split off, not copied, except where one spans two
+        // chunks.
+        let copies = b.queue.iter().filter(|s| s.data.is_unique()).count();
+        assert!(copies <= b.unsent.allocated, "{copies} copied segments");
+    }
+
+    #[test]
+    fn an_idle_send_side_frees_its_buffers() {
         let mut b = buf(1000);
-        assert_eq!(b.write(ms(0), &[7u8; 5000]), 5000);
-        let first = b.pop_segment(ms(0)).expect("a segment");
-        drop(first);
-        // The queued copy is the only owner of its bytes: it does not share
-        // the allocation that still holds the unsent 4000 bytes.
-        let q = b.queue.front().expect("queued");
-        assert_eq!(q.data.len(), 1000);
-        assert!(q.data.is_unique());
-        // The rest still segments correctly.
-        let rest = drain(&mut b, ms(0));
-        assert_eq!(rest.iter().map(|o| o.data.len()).sum::<usize>(), 4000);
+        b.write(ms(0), &[1u8; 100_000]);
+        let segs = drain(&mut b, ms(0));
+        assert_eq!(segs.len(), 100);
+        assert!(b.queue.capacity() >= 100);
+        drop(segs);
+        let end = b.snd_nxt();
+        b.on_ack(ms(1), end);
+        assert!(b.is_idle());
+        assert!(b.unsent.chunks.is_empty() && b.unsent.chunks.capacity() == 0);
+        assert!(b.queue.capacity() <= IDLE_QUEUE_SLOTS);
+        // And it works again afterwards.
+        assert_eq!(b.write(ms(2), b"again"), 5);
+        let o = b.pop_segment(ms(2)).expect("segment");
+        assert_eq!(&o.data[..], b"again");
     }
 
     #[test]
