@@ -206,6 +206,9 @@ pub fn bench(
     let conn = dial(c, addr, ports::ECHO, deadline)?;
     let start = Instant::now();
     let received = AtomicU64::new(0);
+    // Byte k of the stream is k mod 256: every chunk sent, and every piece
+    // of the echo compared (with one memcmp), is a window of this buffer.
+    let pattern: Vec<u8> = (0..BULK_CHUNK + 256).map(|i| i as u8).collect();
     let (send_res, recv_res) = std::thread::scope(|s| {
         let reader = s.spawn(|| -> Result<bool, IpcClientError> {
             let mut bar = Progress::new("bench", size, progress);
@@ -215,12 +218,10 @@ pub fn bench(
                 match c.recv(conn, remaining(deadline))? {
                     None => break,
                     Some(chunk) => {
-                        for (i, b) in chunk.iter().enumerate() {
-                            if *b != ((got + i as u64) % 256) as u8 {
-                                ok = false;
-                                break;
-                            }
-                        }
+                        ok &= chunk.chunks(BULK_CHUNK).enumerate().all(|(i, piece)| {
+                            piece
+                                == pattern_at(&pattern, got + (i * BULK_CHUNK) as u64, piece.len())
+                        });
                         got += chunk.len() as u64;
                         received.store(got, Ordering::Relaxed);
                         bar.add(chunk.len() as u64);
@@ -230,15 +231,11 @@ pub fn bench(
             bar.finish();
             Ok(ok)
         });
-        let mut chunk = vec![0u8; BULK_CHUNK];
         let mut sent: u64 = 0;
         let send_res = (|| -> Result<Duration, IpcClientError> {
             while sent < size {
                 let n = (size - sent).min(BULK_CHUNK as u64) as usize;
-                for (i, b) in chunk[..n].iter_mut().enumerate() {
-                    *b = ((sent + i as u64) % 256) as u8;
-                }
-                c.send(conn, &chunk[..n])?;
+                c.send(conn, pattern_at(&pattern, sent, n))?;
                 sent += n as u64;
                 if Instant::now() >= deadline {
                     return Err(IpcClientError::Timeout("bench to finish".into()));
@@ -286,6 +283,14 @@ pub fn bench(
         verified,
         total_mbps,
     })
+}
+
+/// The `len` bytes of the bench stream starting at stream offset `at`
+/// (`len` ≤ [`BULK_CHUNK`]), from a pattern buffer of `BULK_CHUNK + 256`
+/// bytes whose byte i is i mod 256.
+fn pattern_at(pattern: &[u8], at: u64, len: usize) -> &[u8] {
+    let off = (at % 256) as usize;
+    &pattern[off..off + len]
 }
 
 /// `send` / `connect`: dial, write `data`, one read (≤ 65 535 bytes) with
@@ -767,5 +772,27 @@ pub fn rotate_key_error(e: IpcClientError) -> CliError {
             .hint("the daemon could not write beside its identity file; free space or fix permissions, then retry"),
         IpcClientError::Daemon(m) => CliError::new("refused", m),
         other => CliError::ipc(other, "internal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_pattern_is_byte_k_equals_k_mod_256_at_any_offset() {
+        let pattern: Vec<u8> = (0..BULK_CHUNK + 256).map(|i| i as u8).collect();
+        for at in [0u64, 1, 255, 256, 300, 65_537, (1 << 40) + 3] {
+            for len in [0, 1, 7, 256, BULK_CHUNK - 1, BULK_CHUNK] {
+                let w = pattern_at(&pattern, at, len);
+                assert_eq!(w.len(), len);
+                assert!(
+                    w.iter()
+                        .enumerate()
+                        .all(|(j, b)| *b == ((at + j as u64) % 256) as u8),
+                    "at {at} len {len}"
+                );
+            }
+        }
     }
 }
