@@ -38,8 +38,17 @@ impl TimerTable {
 
     /// Sets (or moves) the deadline of `key` to `at`.
     pub fn set(&mut self, key: TimeoutReason, at: Instant) {
-        if let Some(old) = self.by_key.insert(key, at) {
-            self.by_time.remove(&(old, key));
+        match self.by_key.get_mut(&key) {
+            // Unchanged (the common case: a connection's timer is
+            // refreshed on every packet): nothing to move.
+            Some(old) if *old == at => return,
+            Some(old) => {
+                self.by_time.remove(&(*old, key));
+                *old = at;
+            }
+            None => {
+                self.by_key.insert(key, at);
+            }
         }
         self.by_time.insert((at, key));
     }

@@ -1601,34 +1601,37 @@ impl Connection {
     /// The earliest pending timer and its reason.
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         let nagle = if matches!(self.state, State::Established | State::FinWait) {
-            self.send
-                .nagle_deadline()
-                .filter(|t| *t > self.now)
-                .map(|t| (t, TimerReason::Nagle))
+            self.send.nagle_deadline().filter(|t| *t > self.now)
         } else {
             None
         };
-        [
-            self.syn_at.map(|t| (t, TimerReason::SynRetransmit)),
-            self.rto_at.map(|t| (t, TimerReason::Retransmit)),
-            self.reo_at.map(|t| (t, TimerReason::Retransmit)),
-            self.tlp_at.map(|t| (t, TimerReason::Retransmit)),
-            self.delayed_ack_at.map(|t| (t, TimerReason::DelayedAck)),
-            nagle,
-            self.zwp_at.map(|t| (t, TimerReason::ZeroWindowProbe)),
-            self.keepalive_at.map(|t| (t, TimerReason::Keepalive)),
-            self.linger_at.map(|t| {
-                let r = if self.state == State::FinWait {
-                    TimerReason::FinLinger
-                } else {
-                    TimerReason::TimeWait
-                };
-                (t, r)
-            }),
-        ]
-        .into_iter()
-        .flatten()
-        .min_by_key(|(t, _)| *t)
+        let linger = if self.state == State::FinWait {
+            TimerReason::FinLinger
+        } else {
+            TimerReason::TimeWait
+        };
+        // The earliest deadline, the first listed on a tie. Plain
+        // comparisons: this runs for every packet of the connection.
+        let mut best: Option<(Instant, TimerReason)> = None;
+        let candidates = [
+            (self.syn_at, TimerReason::SynRetransmit),
+            (self.rto_at, TimerReason::Retransmit),
+            (self.reo_at, TimerReason::Retransmit),
+            (self.tlp_at, TimerReason::Retransmit),
+            (self.delayed_ack_at, TimerReason::DelayedAck),
+            (nagle, TimerReason::Nagle),
+            (self.zwp_at, TimerReason::ZeroWindowProbe),
+            (self.keepalive_at, TimerReason::Keepalive),
+            (self.linger_at, linger),
+        ];
+        for (at, reason) in candidates {
+            if let Some(t) = at {
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, reason));
+                }
+            }
+        }
+        best
     }
 
     // ----- output ------------------------------------------------------
