@@ -6,7 +6,9 @@
 //! `cargo bench -p pilot-driver-mio --bench datapath -- --short` for a
 //! quick smoke run (small sizes, fewer samples; `PILOT_BENCH_SHORT=1`
 //! does the same), `-- --rss` for the memory rows alone (idle daemon RSS
-//! and RSS per idle connection; `PILOT_BENCH_RSS=1` does the same).
+//! and RSS per idle connection; `PILOT_BENCH_RSS=1` does the same),
+//! `-- --loss` for the lossy rows alone and `-- --embedded` for the
+//! embedded row alone (for profiling the node and the tokio driver).
 //!
 //! Rows: kernel TCP (one stream, 1 MiB writes), raw UDP (one datagram per
 //! `send_to`, the size of a full Pilot data packet, as the daemon sends
@@ -1102,6 +1104,16 @@ fn main() {
     {
         eprintln!("datapath bench (loss rows only)");
         lossy_row(&mut t, plan.lossy_bytes);
+        t.print();
+        return;
+    }
+    // `--embedded` (or PILOT_BENCH_EMBEDDED=1): only the embedded row, for
+    // profiling the node and the tokio driver without the daemons.
+    if std::env::args().any(|a| a == "--embedded")
+        || std::env::var("PILOT_BENCH_EMBEDDED").is_ok_and(|v| v == "1")
+    {
+        eprintln!("datapath bench (embedded row only)");
+        embedded_row(&mut t, plan.embedded_bytes);
         t.print();
         return;
     }
