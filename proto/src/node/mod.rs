@@ -20,6 +20,7 @@
 //! counted in [`NodeStats`] and dropped, never a panic.
 
 pub mod gate;
+mod pool;
 pub(crate) mod ports;
 pub(crate) mod timer;
 
@@ -774,6 +775,8 @@ pub struct Node<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     pings: BTreeMap<u32, Ping>,
     next_ping: u32,
     timers: TimerTable,
+    /// Buffers for received stream payloads, reused once read.
+    payload_pool: pool::PayloadPool,
     /// Plaintext packets to seal and send: (peer node, packet bytes).
     out: VecDeque<(u32, Vec<u8>)>,
     /// Emptied packet buffers of `out`, reused by the next queued packet
@@ -870,6 +873,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             pings: BTreeMap::new(),
             next_ping: 1,
             timers,
+            payload_pool: pool::PayloadPool::default(),
             out: VecDeque::new(),
             spare: Vec::new(),
             events: VecDeque::new(),
@@ -1503,7 +1507,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// Reads from a connection. `Ok(0)` means end of stream.
     pub fn read(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, NodeError> {
         let e = self.conns.get_mut(&id).ok_or(NodeError::UnknownConn)?;
-        let n = e.conn.read(buf)?;
+        let pool = &mut self.payload_pool;
+        let n = e.conn.read_recycling(buf, &mut |b| pool.put(b))?;
         self.touch(id);
         Ok(n)
     }
@@ -2426,7 +2431,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             seq: Seq(h.seq),
             ack: Seq(h.ack),
             window: h.window,
-            payload: bytes::Bytes::copy_from_slice(pkt.payload),
+            payload: self.payload_pool.copy(pkt.payload),
         };
         let peer_key = self.sessions.session(sender).map(|s| s.peer_x25519);
         if let Some(&id) = self.conn_index.get(&key) {
@@ -2525,6 +2530,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                     }
                     self.keepalive_sweep(now);
                     self.liveness_sweep(now);
+                    self.payload_pool.sweep();
                     self.expire_half_open(now);
                     self.timers
                         .set(TimeoutReason::Keepalive, now + self.sweep_period());

@@ -690,9 +690,19 @@ impl Connection {
     /// Reads delivered data. `Ok(0)` means end of stream;
     /// [`StreamError::WouldBlock`] means nothing yet.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        self.read_recycling(buf, &mut |_| {})
+    }
+
+    /// [`Connection::read`], handing each emptied segment buffer to
+    /// `recycle`.
+    pub fn read_recycling(
+        &mut self,
+        buf: &mut [u8],
+        recycle: &mut dyn FnMut(Bytes),
+    ) -> Result<usize, StreamError> {
         let before = self.recv.rcv_nxt();
         let had_fin = self.recv.fin_received();
-        let n = self.recv.read(buf);
+        let n = self.recv.read_recycling(buf, recycle);
         let moved = self.recv.rcv_nxt().since(before);
         if moved > 0 {
             // Buffered data moved up into the freed slots: acknowledge it.

@@ -457,6 +457,12 @@ impl RecvBuffer {
 
     /// Copies readable bytes into `buf`; returns how many.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        self.read_recycling(buf, &mut |_| {})
+    }
+
+    /// [`RecvBuffer::read`], handing each segment buffer it empties to
+    /// `recycle` (the node reuses them for later payloads).
+    pub fn read_recycling(&mut self, buf: &mut [u8], recycle: &mut dyn FnMut(Bytes)) -> usize {
         let mut n = 0;
         while n < buf.len() {
             let Some(front) = self.ready.front_mut() else {
@@ -467,7 +473,9 @@ impl RecvBuffer {
             front.advance(take);
             n += take;
             if front.is_empty() {
-                self.ready.pop_front();
+                if let Some(done) = self.ready.pop_front() {
+                    recycle(done);
+                }
             }
         }
         self.ready_bytes -= n;
