@@ -183,7 +183,9 @@ pub struct SendBuffer {
     snd_nxt: Seq,
     queue: VecDeque<Sent>,
     /// Payload bytes of the queued segments (kept with the queue, so the
-    /// window gate does not walk it for every segment).
+    /// window gate does not walk it for every segment). The counters are
+    /// checked against the queue in debug builds; release builds saturate
+    /// rather than wrap.
     queued_bytes: usize,
     /// Payload bytes of the queued segments that are SACKed.
     sacked_bytes: usize,
@@ -335,7 +337,7 @@ impl SendBuffer {
         if include_sacked {
             self.queued_bytes
         } else {
-            self.queued_bytes - self.sacked_bytes
+            self.queued_bytes.saturating_sub(self.sacked_bytes)
         }
     }
 
@@ -501,11 +503,11 @@ impl SendBuffer {
                 if front.transmissions > 1 {
                     last_rtx = Some(last_rtx.map_or(front.last_sent, |t| t.max(front.last_sent)));
                 }
-                self.queued_bytes -= front.data.len();
+                self.queued_bytes = self.queued_bytes.saturating_sub(front.data.len());
                 if front.sacked {
-                    self.sacked_bytes -= front.data.len();
+                    self.sacked_bytes = self.sacked_bytes.saturating_sub(front.data.len());
                 } else if !front.fin && front.data.len() < self.cfg.mss {
-                    self.short_unsacked -= 1;
+                    self.short_unsacked = self.short_unsacked.saturating_sub(1);
                 }
                 if front.fin {
                     fin_acked = true;
@@ -528,9 +530,9 @@ impl SendBuffer {
                 if ack.after(front.seq) && !front.fin {
                     let n = ack.since(front.seq) as usize;
                     let was_short = front.data.len() < self.cfg.mss;
-                    self.queued_bytes -= n;
+                    self.queued_bytes = self.queued_bytes.saturating_sub(n);
                     if front.sacked {
-                        self.sacked_bytes -= n;
+                        self.sacked_bytes = self.sacked_bytes.saturating_sub(n);
                     } else {
                         bytes_acked += n;
                     }
@@ -588,7 +590,7 @@ impl SendBuffer {
                 n += 1;
                 self.sacked_bytes += s.data.len();
                 if s.data.len() < self.cfg.mss {
-                    self.short_unsacked -= 1;
+                    self.short_unsacked = self.short_unsacked.saturating_sub(1);
                 }
                 self.rack.delivered(
                     now,
@@ -620,7 +622,8 @@ impl SendBuffer {
     }
 
     /// Frees the buffers of an idle send side (nothing unsent or in
-    /// flight): data flows rarely keep their high-water allocations.
+    /// flight), so a connection that carried a burst does not keep its
+    /// peak allocations.
     fn release(&mut self) {
         self.unsent = Unsent::default();
         if self.queue.capacity() > IDLE_QUEUE_SLOTS {
