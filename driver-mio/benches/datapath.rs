@@ -1114,19 +1114,21 @@ fn lossy_row(t: &mut Table, bytes: usize) {
 
 // ---------------------------------------------------------------- main
 
+/// Whether `flag` is among the arguments or the variable `env` is `1`
+/// (every mode of the bench can be chosen either way).
+fn mode(flag: &str, env: &str) -> bool {
+    std::env::args().any(|a| a == flag) || std::env::var(env).is_ok_and(|v| v == "1")
+}
+
 fn main() {
-    let short = std::env::args().any(|a| a == "--short")
-        || std::env::var("PILOT_BENCH_SHORT").is_ok_and(|v| v == "1");
+    let short = mode("--short", "PILOT_BENCH_SHORT");
     // `--rss` (or PILOT_BENCH_RSS=1): only the two memory rows, in a few
     // seconds, for work on the daemon's footprint.
-    let rss_only = std::env::args().any(|a| a == "--rss")
-        || std::env::var("PILOT_BENCH_RSS").is_ok_and(|v| v == "1");
+    let rss_only = mode("--rss", "PILOT_BENCH_RSS");
     let plan = Plan::new(short);
     let mut t = Table::default();
     // `--loss` (or PILOT_BENCH_LOSS=1): only the lossy rows.
-    if std::env::args().any(|a| a == "--loss")
-        || std::env::var("PILOT_BENCH_LOSS").is_ok_and(|v| v == "1")
-    {
+    if mode("--loss", "PILOT_BENCH_LOSS") {
         eprintln!("datapath bench (loss rows only)");
         lossy_row(&mut t, plan.lossy_bytes);
         t.print();
@@ -1134,9 +1136,7 @@ fn main() {
     }
     // `--embedded` (or PILOT_BENCH_EMBEDDED=1): only the embedded row, for
     // profiling the node and the tokio driver without the daemons.
-    if std::env::args().any(|a| a == "--embedded")
-        || std::env::var("PILOT_BENCH_EMBEDDED").is_ok_and(|v| v == "1")
-    {
+    if mode("--embedded", "PILOT_BENCH_EMBEDDED") {
         eprintln!("datapath bench (embedded row only)");
         embedded_row(&mut t, plan.embedded_bytes);
         t.print();
