@@ -6,9 +6,11 @@
 //! Measures durable registrations/s (every reply after its change is
 //! durable) and lookups/s over `CONNS` client connections (64;
 //! `RV_BENCH_CONNS` overrides), one request in flight each, and, as a
-//! yardstick in the same run, a bare thread-per-connection TCP
-//! request/response echo with the same request and reply sizes. Request
-//! frames are built before the clock starts. The registry answers a
+//! yardstick in the same run, a bare TCP request/response echo with the
+//! same request and reply sizes, served by one event-driven thread like the
+//! registry's. One event-driven client thread drives all the connections
+//! (of the registry and of the echo alike). Request frames are built before the clock
+//! starts. The registry answers a
 //! connection's requests in order, so a client may pipeline
 //! (`spec/registry.md` §1.1): the "pipelined" rows keep [`PIPELINE`]
 //! requests in flight per connection (written together, then the replies
@@ -27,7 +29,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[path = "../tests/common/mod.rs"]
@@ -89,109 +91,242 @@ fn read_frame(s: &mut impl Read) -> Vec<u8> {
     body
 }
 
-/// Runs `per_conn` request/responses on each of `conns` connections in
-/// parallel, connection `c` to `addrs[c % addrs.len()]`, one request in
-/// flight; each thread builds its frames (`frame(conn, i)`) before the
-/// clock starts. Returns requests per second and the last reply size; an
-/// error reply panics.
+/// Runs `per_conn` request/responses on each of `conns` connections,
+/// connection `c` to `addrs[c % addrs.len()]`, one request in flight;
+/// frames (`frame(conn, i)`) are built before the clock starts. Returns
+/// requests per second and the last reply size; an error reply panics.
 fn drive(
     addrs: &[SocketAddr],
     conns: u32,
     per_conn: u32,
-    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
+    frame: impl Fn(u32, u32) -> Vec<u8>,
 ) -> (f64, usize) {
     drive_depth(addrs, conns, per_conn, 1, frame)
 }
 
+/// One client connection of [`drive_depth`].
+struct Client {
+    stream: mio::net::TcpStream,
+    /// Rounds of requests: the bytes of `depth` frames, and how many.
+    rounds: Vec<(Vec<u8>, usize)>,
+    /// The round in flight, how much of it is written, replies awaited.
+    round: usize,
+    written: usize,
+    awaited: usize,
+    /// Bytes read and not yet parsed.
+    inbuf: Vec<u8>,
+}
+
+impl Client {
+    /// Writes what the kernel takes of the round in flight.
+    fn flush(&mut self) {
+        let Some((bytes, _)) = self.rounds.get(self.round) else {
+            return;
+        };
+        while self.written < bytes.len() {
+            match self.stream.write(&bytes[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+    }
+
+    /// Reads what has arrived; counts complete replies, moving to the next
+    /// round when the last one arrives. Returns the last reply's size.
+    fn receive(&mut self, chunk: &mut [u8], size: &mut usize) {
+        loop {
+            match self.stream.read(chunk) {
+                Ok(0) => panic!("the server closed a connection"),
+                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        let mut at = 0;
+        while self.inbuf.len() - at >= 4 {
+            let len = u32::from_be_bytes(self.inbuf[at..at + 4].try_into().unwrap()) as usize;
+            if self.inbuf.len() - at - 4 < len {
+                break;
+            }
+            let body = &self.inbuf[at + 4..at + 4 + len];
+            assert!(
+                !body.starts_with(br#"{"error""#),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            *size = len;
+            at += 4 + len;
+            self.awaited -= 1;
+            if self.awaited == 0 {
+                self.round += 1;
+                self.written = 0;
+                self.awaited = self.rounds.get(self.round).map_or(0, |r| r.1);
+                self.flush();
+            }
+        }
+        self.inbuf.drain(..at);
+    }
+
+    fn done(&self) -> bool {
+        self.round >= self.rounds.len()
+    }
+}
+
 /// [`drive`] with `depth` requests in flight per connection: each round
-/// writes `depth` frames at once, then reads their `depth` replies.
+/// writes `depth` frames at once, then reads their `depth` replies. All
+/// connections run on one event-driven client thread (epoll through mio),
+/// so the load generator spends its CPU on the requests, not on switching
+/// between 64 blocked threads; the echo yardstick is driven the same way.
 fn drive_depth(
     addrs: &[SocketAddr],
     conns: u32,
     per_conn: u32,
     depth: usize,
-    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
+    frame: impl Fn(u32, u32) -> Vec<u8>,
 ) -> (f64, usize) {
-    let frame = Arc::new(frame);
-    let ready = Arc::new(Barrier::new(conns as usize + 1));
-    let threads: Vec<_> = (0..conns)
+    let mut poll = mio::Poll::new().unwrap();
+    let mut clients: Vec<Client> = (0..conns)
         .map(|c| {
-            let addr = addrs[c as usize % addrs.len()];
-            let (frame, ready) = (frame.clone(), ready.clone());
-            std::thread::spawn(move || {
-                let frames: Vec<Vec<u8>> = (0..per_conn).map(|i| frame(c, i)).collect();
-                let rounds: Vec<(Vec<u8>, usize)> = frames
-                    .chunks(depth)
-                    .map(|ch| (ch.concat(), ch.len()))
-                    .collect();
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_nodelay(true).unwrap();
-                let mut r = std::io::BufReader::with_capacity(64 * 1024, s.try_clone().unwrap());
-                ready.wait();
-                let mut size = 0;
-                for (bytes, n) in &rounds {
-                    s.write_all(bytes).unwrap();
-                    for _ in 0..*n {
-                        let reply = read_frame(&mut r);
-                        assert!(
-                            !reply.starts_with(br#"{"error""#),
-                            "{}",
-                            String::from_utf8_lossy(&reply)
-                        );
-                        size = reply.len();
-                    }
-                }
-                size
-            })
+            let frames: Vec<Vec<u8>> = (0..per_conn).map(|i| frame(c, i)).collect();
+            let rounds: Vec<(Vec<u8>, usize)> = frames
+                .chunks(depth)
+                .map(|ch| (ch.concat(), ch.len()))
+                .collect();
+            let s = TcpStream::connect(addrs[c as usize % addrs.len()]).unwrap();
+            s.set_nodelay(true).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut stream = mio::net::TcpStream::from_std(s);
+            poll.registry()
+                .register(
+                    &mut stream,
+                    mio::Token(c as usize),
+                    mio::Interest::READABLE | mio::Interest::WRITABLE,
+                )
+                .unwrap();
+            let awaited = rounds.first().map_or(0, |r| r.1);
+            Client {
+                stream,
+                rounds,
+                round: 0,
+                written: 0,
+                awaited,
+                inbuf: Vec::with_capacity(64 * 1024),
+            }
         })
         .collect();
-    ready.wait();
-    let start = Instant::now();
+    let mut events = mio::Events::with_capacity(1024);
+    let mut chunk = vec![0u8; 64 * 1024];
     let mut size = 0;
-    for t in threads {
-        size = t.join().unwrap();
+    let start = Instant::now();
+    for c in &mut clients {
+        c.flush();
+    }
+    let mut left = clients.iter().filter(|c| !c.done()).count();
+    while left > 0 {
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        assert!(!events.is_empty(), "no reply within 30 s");
+        for ev in &events {
+            let c = &mut clients[ev.token().0];
+            if c.done() {
+                continue;
+            }
+            if ev.is_writable() {
+                c.flush();
+            }
+            if ev.is_readable() {
+                c.receive(&mut chunk, &mut size);
+                if c.done() {
+                    left -= 1;
+                }
+            }
+        }
     }
     let n = f64::from(conns * per_conn);
     (n / start.elapsed().as_secs_f64(), size)
 }
 
-/// A bare echo-style server: answers every complete request frame it has
-/// read with `reply_len` bytes, all of one read's replies in one write.
+/// A bare echo-style server on one event-driven thread (epoll through mio,
+/// like the registry's event loop): answers every complete request frame
+/// it has read with `reply_len` bytes, all of one read's replies in one
+/// write.
 fn echo_server(reply_len: usize) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
+    let std_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_l.local_addr().unwrap();
+    std_l.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                s.set_nodelay(true).unwrap();
-                let mut reply = (reply_len as u32).to_be_bytes().to_vec();
-                reply.resize(4 + reply_len, b'x');
-                let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-                let mut chunk = vec![0u8; 16 * 1024];
-                let mut out = Vec::new();
+        const LISTENER: mio::Token = mio::Token(usize::MAX);
+        let mut l = mio::net::TcpListener::from_std(std_l);
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut l, LISTENER, mio::Interest::READABLE)
+            .unwrap();
+        let mut reply = (reply_len as u32).to_be_bytes().to_vec();
+        reply.resize(4 + reply_len, b'x');
+        // Per connection: the stream, unparsed bytes, unwritten replies.
+        type EchoConn = (mio::net::TcpStream, Vec<u8>, Vec<u8>);
+        let mut conns: Vec<Option<EchoConn>> = Vec::new();
+        let mut events = mio::Events::with_capacity(1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if poll.poll(&mut events, None).is_err() {
+                return;
+            }
+            for ev in &events {
+                if ev.token() == LISTENER {
+                    while let Ok((mut s, _)) = l.accept() {
+                        s.set_nodelay(true).unwrap();
+                        let t = mio::Token(conns.len());
+                        poll.registry()
+                            .register(&mut s, t, mio::Interest::READABLE | mio::Interest::WRITABLE)
+                            .unwrap();
+                        conns.push(Some((s, Vec::with_capacity(64 * 1024), Vec::new())));
+                    }
+                    continue;
+                }
+                let slot = &mut conns[ev.token().0];
+                let Some((s, buf, out)) = slot.as_mut() else {
+                    continue;
+                };
+                let mut closed = false;
                 loop {
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut at = 0;
-                    while buf.len() - at >= 4 {
-                        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-                        if buf.len() - at - 4 < len {
+                    match s.read(&mut chunk) {
+                        Ok(0) => {
+                            closed = true;
                             break;
                         }
-                        at += 4 + len;
-                        out.extend_from_slice(&reply);
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
                     }
-                    buf.drain(..at);
-                    if !out.is_empty() && s.write_all(&out).is_err() {
-                        return;
-                    }
-                    out.clear();
                 }
-            });
+                let mut at = 0;
+                while buf.len() - at >= 4 {
+                    let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+                    if buf.len() - at - 4 < len {
+                        break;
+                    }
+                    at += 4 + len;
+                    out.extend_from_slice(&reply);
+                }
+                buf.drain(..at);
+                while !out.is_empty() && !closed {
+                    match s.write(out) {
+                        Ok(n) => {
+                            out.drain(..n);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => closed = true,
+                    }
+                }
+                if closed {
+                    *slot = None;
+                }
+            }
         }
     });
     addr
@@ -383,12 +518,7 @@ fn postgres_rows(conns: u32, population: u32) {
 
 /// The echo yardstick for requests like `frame` answered with
 /// `reply_len` bytes.
-fn echo(
-    conns: u32,
-    reply_len: usize,
-    depth: usize,
-    frame: impl Fn(u32, u32) -> Vec<u8> + Send + Sync + 'static,
-) -> f64 {
+fn echo(conns: u32, reply_len: usize, depth: usize, frame: impl Fn(u32, u32) -> Vec<u8>) -> f64 {
     let addr = echo_server(reply_len);
     drive_depth(&[addr], conns, ECHOES / conns, depth, frame).0
 }
@@ -483,7 +613,7 @@ fn main() {
         "  pipelined ({PIPELINE} in flight per connection): register {pipe_regs:>10.0} req/s (+{} nodes; durable)   lookup {pipe_lookups:>10.0} req/s",
         conns * pipe_regs_per_conn
     );
-    println!("bare TCP echo yardstick (thread per connection, same sizes, same run)");
+    println!("bare TCP echo yardstick (one event-loop thread, same sizes, same run)");
     println!("  register-sized:    {echo_regs:>10.0} req/s");
     println!("  lookup-sized:      {echo_lookups:>10.0} req/s");
     println!(
