@@ -952,7 +952,12 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("{cmd} not found (the lossy rows need root, iproute2, iptables and ethtool, e.g. `apt-get install iptables ethtool`)")
+            }
+            _ => format!("{cmd}: {e}"),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
