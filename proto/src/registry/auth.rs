@@ -67,13 +67,20 @@ pub enum SigError {
 /// Decodes a base64 public key and checks it is a usable Ed25519 key
 /// ([`check_public_key`]).
 pub fn decode_public_key(b64: &str) -> Result<PublicKey, KeyError> {
-    let bytes = B64.decode(b64).map_err(|_| KeyError::Base64)?;
-    let key: PublicKey = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| KeyError::Length(bytes.len()))?;
+    let key = decode_key_bytes(b64)?;
     check_public_key(&key)?;
     Ok(key)
+}
+
+/// Decodes a base64 public key into its 32 bytes without checking that
+/// they are a usable key (the caller runs [`check_public_key`] where it
+/// is needed).
+pub fn decode_key_bytes(b64: &str) -> Result<PublicKey, KeyError> {
+    let bytes = B64.decode(b64).map_err(|_| KeyError::Base64)?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| KeyError::Length(bytes.len()))
 }
 
 /// Checks that 32 bytes are a key an honest node can have: the canonical

@@ -273,6 +273,8 @@ pub struct Registry {
     /// Whether this instance reaps stale nodes (one reaper per shared
     /// store).
     reaping: bool,
+    /// Key checks ([`auth::check_public_key`]) run by `register`.
+    key_checks: u64,
 }
 
 type Res = Result<Response, RegistryError>;
@@ -298,7 +300,17 @@ impl Registry {
             effects: Vec::new(),
             id_lease: None,
             reaping: true,
+            key_checks: 0,
         }
+    }
+
+    /// Ours: how many keys `register` has checked ([`auth::check_public_key`],
+    /// a scalar multiplication, half of a new registration's CPU). A key
+    /// already registered is not checked again: it passed when it was
+    /// first registered, so a re-registration (every daemon after a
+    /// restart of the rendezvous) skips it.
+    pub fn key_checks(&self) -> u64 {
+        self.key_checks
     }
 
     /// Ours: takes new node IDs from `[start, end)` from now on (a block
@@ -698,12 +710,16 @@ impl Registry {
         if r.public_key.is_empty() {
             return Err(RegistryError::PublicKeyRequired);
         }
-        let key =
-            auth::decode_public_key(&r.public_key).map_err(RegistryError::InvalidPublicKey)?;
+        let key = auth::decode_key_bytes(&r.public_key).map_err(RegistryError::InvalidPublicKey)?;
         if let Some(id) = self.state.retired_keys.get(&key) {
             return Err(RegistryError::KeyRetired(*id));
         }
         let known = self.state.pub_key_idx.get(&key).copied();
+        // A registered (or retired) key passed this check when it came in.
+        if known.is_none() {
+            self.key_checks += 1;
+            auth::check_public_key(&key).map_err(RegistryError::InvalidPublicKey)?;
+        }
         if self.config.rate_limits && !self.register_rl.allow(peer.ip(), now) && known.is_none() {
             return Err(RegistryError::RegisterRateLimited(peer.ip()));
         }

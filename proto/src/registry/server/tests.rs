@@ -1967,3 +1967,32 @@ fn every_signed_request_checks_its_signer() {
 }
 
 mod networks;
+
+/// A key is checked (`auth::check_public_key`) when it first registers,
+/// not when it registers again — also after a restart from the stored
+/// state — while a new bad key is still checked and refused.
+#[test]
+fn a_known_key_is_not_checked_again() {
+    let mut h = H::current();
+    let a = h.register(1);
+    assert_eq!(h.reg.key_checks(), 1);
+    assert_eq!(h.register(1), a);
+    assert_eq!(h.reg.key_checks(), 1);
+    h.register(2);
+    assert_eq!(h.reg.key_checks(), 2);
+    // The all-zero key: a point of small order.
+    let e = h.err(Request::Register(Register {
+        listen_addr: "0.0.0.0:4000".into(),
+        public_key: crate::registry::auth::encode_public_key(&[0u8; 32]),
+        ..Default::default()
+    }));
+    assert!(matches!(e, RegistryError::InvalidPublicKey(_)), "{e:?}");
+    assert_eq!(h.reg.key_checks(), 3);
+    // Restarted from the state: the registered key is known without a check.
+    let state = h.reg.state().clone();
+    let mut h2 = H::new(Config::default());
+    h2.reg = Registry::from_state(Config::default(), state, h.now);
+    h2.now = h.now;
+    assert_eq!(h2.register(1), a);
+    assert_eq!(h2.reg.key_checks(), 0);
+}
