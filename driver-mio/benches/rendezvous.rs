@@ -9,9 +9,9 @@
 //! yardstick in the same run, a bare TCP request/response echo with the
 //! same request and reply sizes, served by one event-driven thread like the
 //! registry's. One event-driven client thread drives all the connections
-//! (of the registry and of the echo alike). Request frames are built before the clock
-//! starts. The registry answers a
-//! connection's requests in order, so a client may pipeline
+//! (of the registry and of the echo alike). Request frames are built
+//! before the clock starts. The registry answers a connection's requests
+//! in order, so a client may pipeline
 //! (`spec/registry.md` §1.1): the "pipelined" rows keep [`PIPELINE`]
 //! requests in flight per connection (written together, then the replies
 //! read), against an echo driven the same way — the echo server, like the
@@ -36,7 +36,9 @@ use std::time::Instant;
 mod common;
 
 use pilot_proto::registry::auth::Identity;
+use pilot_proto::registry::codec::decode_frame;
 use pilot_proto::registry::framing::{ResponseReader, request_frame};
+use pilot_proto::registry::limits::MAX_FRAME_LEN;
 use pilot_proto::registry::messages::{Lookup, Register, Request, Response};
 
 const DEFAULT_CONNS: u32 = 64;
@@ -133,7 +135,8 @@ impl Client {
     }
 
     /// Reads what has arrived; counts complete replies, moving to the next
-    /// round when the last one arrives. Returns the last reply's size.
+    /// round when the last one arrives; the last reply's size goes to
+    /// `size`.
     fn receive(&mut self, chunk: &mut [u8], size: &mut usize) {
         loop {
             match self.stream.read(chunk) {
@@ -144,19 +147,14 @@ impl Client {
             }
         }
         let mut at = 0;
-        while self.inbuf.len() - at >= 4 {
-            let len = u32::from_be_bytes(self.inbuf[at..at + 4].try_into().unwrap()) as usize;
-            if self.inbuf.len() - at - 4 < len {
-                break;
-            }
-            let body = &self.inbuf[at + 4..at + 4 + len];
+        while let Some((body, used)) = decode_frame(&self.inbuf[at..], MAX_FRAME_LEN).unwrap() {
             assert!(
                 !body.starts_with(br#"{"error""#),
                 "{}",
                 String::from_utf8_lossy(body)
             );
-            *size = len;
-            at += 4 + len;
+            *size = body.len();
+            at += used;
             self.awaited -= 1;
             if self.awaited == 0 {
                 self.round += 1;
@@ -305,12 +303,8 @@ fn echo_server(reply_len: usize) -> SocketAddr {
                     }
                 }
                 let mut at = 0;
-                while buf.len() - at >= 4 {
-                    let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-                    if buf.len() - at - 4 < len {
-                        break;
-                    }
-                    at += 4 + len;
+                while let Ok(Some((_, used))) = decode_frame(&buf[at..], MAX_FRAME_LEN) {
+                    at += used;
                     out.extend_from_slice(&reply);
                 }
                 buf.drain(..at);
