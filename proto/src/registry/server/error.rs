@@ -120,9 +120,6 @@ pub enum RegistryError {
     /// Target inbox full.
     #[error("handshake inbox full for node {0}")]
     InboxFull(u32),
-    /// Duplicate request from the same sender.
-    #[error("handshake request already pending from node {0}")]
-    AlreadyPending(u32),
     /// Justification over 1024 bytes.
     #[error("justification too long (max 1024 bytes)")]
     JustificationTooLong,

@@ -1245,7 +1245,17 @@ impl Registry {
         }
         let inbox = self.state.handshake_inbox.get(&to);
         if inbox.is_some_and(|q| q.iter().any(|p| p.from_node_id == from)) {
-            return Err(RegistryError::AlreadyPending(from));
+            // Ours: the sender's request already waits there, so this one
+            // is delivered as far as the sender can tell (a call retried
+            // after its answer was lost, a request asked again). The
+            // reference answers `handshake request already pending from
+            // node <id>`, which a v1.8 client
+            // only sees as "request failed". Nothing changes; the target
+            // is told again.
+            self.notify(Notification::HandshakeRequest { to, from });
+            return Ok(Response::RequestHandshakeOk {
+                status: "delivered".to_owned(),
+            });
         }
         if inbox.is_some_and(|q| q.len() >= MAX_INBOX) {
             return Err(RegistryError::InboxFull(to));
