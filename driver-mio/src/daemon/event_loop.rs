@@ -1121,6 +1121,11 @@ fn describe_trust(ev: TrustEvent) -> (&'static str, u32, String) {
             node,
             format!("node {node} rejected our trust request"),
         ),
+        TrustEvent::StaleRevoke { node } => (
+            "trust.stale_revoke_ignored",
+            node,
+            format!("ignored a revoke from node {node} older than its later request or accept"),
+        ),
     }
 }
 

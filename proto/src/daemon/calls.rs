@@ -58,8 +58,9 @@ pub(crate) enum Purpose {
     KeyBackfill(u32),
     /// The registry pushed that this peer revoked our pair: confirm with
     /// `check_trust` before forgetting it; with the trust store's revision
-    /// when asked (only older state goes).
-    RevokeCheck(u32, u64),
+    /// when first asked (only older state goes), and whether this is the
+    /// second asking ([`REVOKE_RECHECK`](super::REVOKE_RECHECK)).
+    RevokeCheck(u32, u64, bool),
     /// The private-node gate dropped this authenticated peer: ask
     /// `check_trust` and admit it for a while if the registry says the
     /// nodes trust each other or share a network (`spec/daemon.md` §6.1).
@@ -267,11 +268,14 @@ mod tests {
                 &mut r,
                 Instant::ZERO,
                 Call::Resolve(5),
-                Purpose::RevokeCheck(5, 0),
+                Purpose::RevokeCheck(5, 0, false),
             )
             .unwrap();
         assert_ne!(a, b);
-        assert!(matches!(calls.finish(b), Some(Purpose::RevokeCheck(5, 0))));
+        assert!(matches!(
+            calls.finish(b),
+            Some(Purpose::RevokeCheck(5, 0, false))
+        ));
         assert!(calls.finish(b).is_none(), "a second answer finds nothing");
         assert!(matches!(calls.finish(a), Some(Purpose::KeyBackfill(5))));
         assert_eq!(calls.len(), 0);

@@ -52,6 +52,12 @@ pub(crate) struct TrustOutbound {
     pub fallback: Option<RegistryOp>,
     /// An IPC handshake request waiting for the outcome: client and peer.
     pub notify: Option<(ClientId, u32)>,
+    /// The peer, and whether this is a revoke: a revoke not yet written
+    /// when we trust or ask the peer again is obsolete and goes unsent
+    /// (`spec/daemon.md` §6).
+    pub to: u32,
+    /// See `to`.
+    pub revoke: bool,
 }
 
 /// Every overlay connection the daemon tracks, with its indices.
@@ -215,6 +221,8 @@ mod tests {
                 msg: Vec::new(),
                 fallback: None,
                 notify: None,
+                to: 0,
+                revoke: false,
             },
             written: 0,
             connected: false,

@@ -234,6 +234,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             "peers_dead": n.peers_dead,
             "tunnels_closed": n.tunnels_closed,
             "tunnels_revoked": d.tunnels_revoked,
+            "revokes_unsent": d.revokes_unsent,
             "network_grants_ended": d.network_grants_ended,
             "gate_private": self.life.node().is_some_and(|n| n.gate().enabled()),
             "gate_syn_dropped": n.gate_syn_dropped,

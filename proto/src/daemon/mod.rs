@@ -97,6 +97,11 @@ pub use crate::resolve::{
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Registry heartbeat period by default (`spec/daemon.md` §4).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long after a revoke push's first "no pair" answer the registry is
+/// asked again before the peer is forgotten (`spec/daemon.md` §6).
+pub const REVOKE_RECHECK: Duration = Duration::from_secs(2);
+/// Most revoke pushes waiting for that second answer.
+pub const MAX_REVOKE_RECHECKS: usize = 1024;
 
 /// Which built-in services run (`spec/daemon.md` §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,6 +363,9 @@ pub struct Daemon<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> {
     /// last one stopped (`network.rs`, `spec/services.md` §4.8).
     membership_due: Option<Instant>,
     membership_cursor: u32,
+    /// Revoke pushes answered "no pair" once, to be asked again when due
+    /// (peer → due, trust-store revision when first asked).
+    revoke_rechecks: BTreeMap<u32, (Instant, u64)>,
     /// Membership check period (the heartbeat period).
     membership_period: Duration,
 
@@ -434,6 +442,9 @@ pub struct DaemonStats {
     pub peers_dead: u64,
     /// Tunnels closed because trust was revoked.
     pub tunnels_revoked: u64,
+    /// Revoke messages left unsent because trust was granted or asked for
+    /// again before they could be written.
+    pub revokes_unsent: u64,
     /// Registry `check_trust` calls for peers the private-node gate
     /// dropped (`spec/daemon.md` §6.1).
     pub gate_checks: u64,
@@ -515,6 +526,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             owner: cfg.owner,
             networks: BTreeSet::new(),
             membership_due: None,
+            revoke_rechecks: BTreeMap::new(),
             membership_cursor: 0,
             membership_period: cfg.heartbeat,
             registry,
@@ -1136,6 +1148,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         }
         take(self.life.drain_deadline());
         take(self.membership_due);
+        take(self.revoke_rechecks.values().map(|(t, _)| *t).min());
         take(self.tasks.timers.poll_timeout());
         take(self.webhook.poll_timeout());
         t
@@ -1173,8 +1186,28 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         if self.membership_due.is_some_and(|t| t <= now) {
             self.membership_check(now);
         }
+        self.revoke_rechecks_due(now);
         self.task_deadlines(now);
         self.drive(now);
+    }
+
+    /// Asks the registry again about revoke pushes whose first answer
+    /// said "no pair" ([`REVOKE_RECHECK`]).
+    fn revoke_rechecks_due(&mut self, now: Instant) {
+        let due: Vec<(u32, u64)> = self
+            .revoke_rechecks
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(n, (_, rev))| (*n, *rev))
+            .collect();
+        for (node, asked_at) in due {
+            self.revoke_rechecks.remove(&node);
+            let _ = self.call(
+                now,
+                Call::CheckTrust(node),
+                Purpose::RevokeCheck(node, asked_at, true),
+            );
+        }
     }
 
     // ----- actions and shutdown --------------------------------------------
@@ -1698,6 +1731,22 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             self.host_io(now, cid, true);
             return;
         }
+        let unsent_revoke = match self.conns.get(cid) {
+            Some(Role::TrustOut {
+                out,
+                written: 0,
+                connected: true,
+            }) => self.revoke_obsolete(out),
+            _ => false,
+        };
+        if unsent_revoke {
+            self.conns.detach(cid);
+            if let Some(node) = self.life.node_mut() {
+                let _ = node.close(now, cid);
+            }
+            self.stats.revokes_unsent += 1;
+            return;
+        }
         let Some(role) = self.conns.get_mut(cid) else {
             return;
         };
@@ -1721,7 +1770,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 written,
                 connected,
             } => {
-                if !*connected {
+                if !*connected || *written >= out.msg.len() {
                     return;
                 }
                 let rest = out.msg.get(*written..).unwrap_or(&[]);
@@ -1729,10 +1778,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 *written += w;
                 if *written >= out.msg.len() {
                     // Message written: close (the FIN follows the data).
+                    // The role stays until the stream ends: if it breaks
+                    // before the peer had it all (the tunnel dropped by a
+                    // revoke it read first), the fallback still runs.
                     let _ = node.close(now, cid);
-                    let notify = out.notify;
-                    self.conns.detach(cid);
-                    if let Some((client, peer)) = notify {
+                    if let Some((client, peer)) = out.notify.take() {
                         self.handshake_sent(now, client, peer);
                     }
                 }
@@ -1773,8 +1823,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                 self.conns.detach(cid);
             }
             Role::TrustOut { connected, .. } => {
-                // Still here, so the message was not completely written.
-                if let Some(Role::TrustOut { out, .. }) = self.conns.detach(cid) {
+                if let Some(Role::TrustOut { out, written, .. }) = self.conns.detach(cid) {
+                    // Written and closed normally: the peer has it.
+                    if cause.is_none() && written >= out.msg.len() {
+                        return;
+                    }
                     let reason = if connected {
                         "connection reset"
                     } else {
@@ -2431,7 +2484,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     .filter(|t| t.trusted().contains_key(&by))
                     .map(|t| t.revision());
                 if let Some(rev) = asked_at {
-                    let _ = self.call(now, Call::CheckTrust(by), Purpose::RevokeCheck(by, rev));
+                    let _ = self.call(
+                        now,
+                        Call::CheckTrust(by),
+                        Purpose::RevokeCheck(by, rev, false),
+                    );
                 }
             }
             ClientEvent::CallDone { id, result } if self.resolver.owns(id) => {
@@ -2643,7 +2700,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                     }
                 }
             }
-            Purpose::RevokeCheck(node, asked_at) => {
+            // A first "no pair" may be a moment of the registry's between
+            // the peer's revoke and its report of the trust it gave again
+            // (a request and an accept crossed the revoke): ask once more
+            // before forgetting the peer (at once if too many wait).
+            Purpose::RevokeCheck(node, asked_at, false)
+                if matches!(result, Ok(Response::CheckTrustOk { trusted: false }))
+                    && (self.revoke_rechecks.len() < MAX_REVOKE_RECHECKS
+                        || self.revoke_rechecks.contains_key(&node)) =>
+            {
+                self.revoke_rechecks
+                    .insert(node, (now + REVOKE_RECHECK, asked_at));
+            }
+            Purpose::RevokeCheck(node, asked_at, _) => {
                 if let Ok(Response::CheckTrustOk { trusted: false }) = result {
                     let fx = self
                         .life
@@ -2671,6 +2740,11 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
             }
             Purpose::HandshakeRelay { client, peer } => match result {
                 Ok(_) => self.handshake_sent(now, client, peer),
+                // Our earlier request still waits in the peer's inbox at
+                // the registry (one per sender): it is on its way.
+                Err(e) if e.contains("handshake request already pending") => {
+                    self.handshake_sent(now, client, peer)
+                }
                 Err(e) => {
                     self.reply_error(now, client, &format!("handshake request: registry: {e}"))
                 }

@@ -58,6 +58,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
                         msg: message.to_json().into_bytes(),
                         fallback,
                         notify,
+                        to,
+                        revoke: message.kind == MessageType::Revoke,
                     };
                     self.trust_send(now, to, out);
                 }
@@ -180,8 +182,26 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Daemon<P, R> {
         self.reply_msg(now, client, &IpcMessage::HandshakeOk(&j));
     }
 
+    /// Whether `out` is a revoke that a later decision made obsolete: we
+    /// trust its peer again, or ask it to trust us. Sent that late, it
+    /// would arrive after the newer request or accept (they travel on
+    /// other streams or through the registry) and take the trust away
+    /// again; unsent, the peer's trust in us stays, as the newer message
+    /// asks.
+    pub(super) fn revoke_obsolete(&self, out: &TrustOutbound) -> bool {
+        out.revoke
+            && self
+                .life
+                .trust()
+                .is_some_and(|t| t.trusted().contains_key(&out.to) || t.is_outgoing(out.to))
+    }
+
     /// Dials `to:444` for an outgoing trust message.
     pub(super) fn open_trust_out(&mut self, now: Instant, to: u32, out: TrustOutbound) {
+        if self.revoke_obsolete(&out) {
+            self.stats.revokes_unsent += 1;
+            return;
+        }
         let network = self.peers.get(&to).copied().unwrap_or(0);
         let addr = Addr::new(network, to);
         let res = self

@@ -186,7 +186,9 @@ fn trust_event(ev: &TrustEvent) -> Option<(&'static str, Value)> {
             "trust.revoked",
             json!({"peer_node_id": node, "reason": "network_membership_ended", "network_id": network}),
         ),
-        TrustEvent::AcceptedByPeer { .. } | TrustEvent::RejectedByPeer { .. } => return None,
+        TrustEvent::AcceptedByPeer { .. }
+        | TrustEvent::RejectedByPeer { .. }
+        | TrustEvent::StaleRevoke { .. } => return None,
     })
 }
 

@@ -51,6 +51,13 @@ pub const REVOKE_REASON: &str = "trust revoked";
 /// Revision stamps kept beyond the peers with state before the stale ones
 /// are swept (bounds [`TrustStore`]'s stamp maps).
 const STAMP_SLACK: usize = 64;
+/// Most seconds a sent message's timestamp is raised above the clock so
+/// that messages to one peer carry increasing timestamps (receivers
+/// allow [`MAX_SKEW_SECS`]).
+pub const MAX_TIMESTAMP_LEAD: i64 = 10;
+/// Most peers whose last timestamps (sent, and received in a request or
+/// accept) are remembered for that purpose.
+const TIMESTAMP_CAP: usize = 1024;
 
 /// The largest message a receiver of `profile` reads.
 pub const fn max_message(profile: WireProfile) -> usize {
@@ -352,6 +359,12 @@ pub enum TrustEvent {
         /// Peer.
         node: u32,
     },
+    /// Ours (logged only): a revoke from the peer older than a request
+    /// or accept it sent later was ignored (§4.3).
+    StaleRevoke {
+        /// Peer.
+        node: u32,
+    },
 }
 
 /// What the daemon must do after a [`TrustStore`] call.
@@ -386,6 +399,16 @@ pub struct Inbound {
     pub registry_key: Option<[u8; 32]>,
     /// A non-backbone network shared with that node, if any.
     pub shared_network: Option<u16>,
+}
+
+/// Timestamps (the sender's clock, seconds) of the newest messages a
+/// peer sent us itself (`TrustStore::peer_ts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PeerStamps {
+    /// Newest request or accept.
+    affirmed: i64,
+    /// Newest revoke.
+    revoked: i64,
 }
 
 /// A trusted peer.
@@ -459,6 +482,15 @@ pub struct TrustStore {
     granted_rev: BTreeMap<u32, u64>,
     /// Revision of the latest request per peer, sent or received.
     asked_rev: BTreeMap<u32, u64>,
+    /// Per receiver, the timestamp of the last message we sent it, while
+    /// that is not in the past ([`TrustStore::message`]).
+    sent_ts: BTreeMap<u32, i64>,
+    /// Per sender, the newest timestamps of a request or accept, and of
+    /// a revoke, it sent us, while a message older than them could still
+    /// pass the age check: a revoke older than the sender's later request
+    /// or accept is stale, and so is an accept older than its revoke
+    /// (§4.3).
+    peer_ts: BTreeMap<u32, PeerStamps>,
 }
 
 impl TrustStore {
@@ -476,6 +508,8 @@ impl TrustStore {
             revision: 0,
             granted_rev: BTreeMap::new(),
             asked_rev: BTreeMap::new(),
+            sent_ts: BTreeMap::new(),
+            peer_ts: BTreeMap::new(),
         }
     }
 
@@ -543,7 +577,31 @@ impl TrustStore {
         self.outgoing.contains_key(&node)
     }
 
-    fn message(&self, kind: MessageType, to: u32, text: &str, now: WallTime) -> HandshakeMessage {
+    /// A signed message of ours to `to`. Messages to one peer carry
+    /// strictly increasing timestamps: one sent within the second of the
+    /// previous gets the next second (at most [`MAX_TIMESTAMP_LEAD`] ahead
+    /// of the clock). The signature covers only the two node IDs and the
+    /// timestamp counts seconds, so otherwise the same message sent twice
+    /// in a second (a request asked again right after a revoke, a second
+    /// accept) would be identical and the receiver's replay check (§4.2)
+    /// would drop it; and a receiver can tell that our revoke is older
+    /// than our later request or accept (§4.3).
+    fn message(
+        &mut self,
+        kind: MessageType,
+        to: u32,
+        text: &str,
+        now: WallTime,
+    ) -> HandshakeMessage {
+        let clock = now.unix_secs;
+        self.sent_ts.retain(|_, ts| *ts >= clock);
+        let timestamp = match self.sent_ts.get(&to) {
+            Some(ts) => (*ts + 1).min(clock + MAX_TIMESTAMP_LEAD),
+            None => clock,
+        };
+        if self.sent_ts.len() < TIMESTAMP_CAP || self.sent_ts.contains_key(&to) {
+            self.sent_ts.insert(to, timestamp);
+        }
         let (justification, reason) = match kind {
             MessageType::Request => (text.to_owned(), String::new()),
             _ => (String::new(), text.to_owned()),
@@ -555,7 +613,7 @@ impl TrustStore {
             justification,
             signature: sign(&self.key, self.me, to),
             reason,
-            timestamp: now.unix_secs,
+            timestamp,
         }
     }
 
@@ -631,6 +689,22 @@ impl TrustStore {
         let bound = !msg.public_key.is_empty()
             && inbound.registry_key.is_some()
             && parse_key(&msg.public_key).map(|k| k.to_bytes()) == inbound.registry_key;
+        // Order of a peer's own messages: a revoke older than a request or
+        // accept it sent later is stale. Only messages signed with the
+        // registry's key for `n` and carried by `n`'s own tunnel count
+        // (the signature does not cover the timestamp).
+        let own = bound && inbound.source == n;
+        let seen = self.peer_ts.get(&n).copied().unwrap_or_default();
+        match msg.kind {
+            MessageType::Revoke if seen.affirmed > msg.timestamp => {
+                return vec![Effect::Event(TrustEvent::StaleRevoke { node: n })];
+            }
+            MessageType::Accept if seen.revoked > msg.timestamp => return Vec::new(),
+            _ => {}
+        }
+        if own {
+            self.note_peer_ts(n, msg.kind, msg.timestamp, now);
+        }
         let mut fx = Vec::new();
         match msg.kind {
             MessageType::Request => {
@@ -638,7 +712,7 @@ impl TrustStore {
                     node: n,
                     justification: msg.justification.clone(),
                 }));
-                let accept = |s: &Self| Effect::Send {
+                let accept = |s: &mut Self| Effect::Send {
                     to: n,
                     message: s.message(MessageType::Accept, n, "", now),
                     fallback: None,
@@ -689,7 +763,9 @@ impl TrustStore {
             }
             MessageType::Accept => {
                 // Fix of a v1.8 flaw: only an answer to our own request counts.
-                if self.outgoing.contains_key(&n) && !self.trusted.contains_key(&n) {
+                if self.outgoing.contains_key(&n) && self.trusted.contains_key(&n) {
+                    fx.extend(self.reaffirmed(n));
+                } else if self.outgoing.contains_key(&n) {
                     self.grant(n, msg.public_key.clone(), true, 0, now);
                     fx.extend([
                         Effect::Persist,
@@ -707,17 +783,40 @@ impl TrustStore {
                 fx.push(Effect::Event(TrustEvent::RevokedByPeer { node: n }));
                 let was_trusted = self.trusted.remove(&n).is_some();
                 let was_pending = self.pending.remove(&n).is_some();
-                self.outgoing.remove(&n);
                 if was_trusted || was_pending {
                     fx.push(Effect::Persist);
                 }
                 fx.push(Effect::DropTunnel(n));
-                if was_trusted {
+                // Ours: a request of ours to `n` outstanding means we asked
+                // again, and it may have crossed this revoke: `n` may take
+                // it as a new request and accept. The request stays, and
+                // the registry's pair is `n`'s to remove (it did): our
+                // `revoke_trust` could arrive after `n` reported the trust
+                // it gave again and take that away. Otherwise as v1.8:
+                // forget the request and remove the pair.
+                if !self.outgoing.contains_key(&n) && was_trusted {
                     fx.push(Effect::Registry(RegistryOp::RevokeTrust { me, peer: n }));
                 }
             }
         }
         fx
+    }
+
+    /// Remembers the timestamp of a message `n` sent us itself. Kept
+    /// while a message older than it could still pass the age check.
+    fn note_peer_ts(&mut self, n: u32, kind: MessageType, ts: i64, now: WallTime) {
+        let oldest_valid = now.unix_secs - MAX_AGE_SECS;
+        self.peer_ts
+            .retain(|_, s| s.affirmed.max(s.revoked) >= oldest_valid);
+        if self.peer_ts.len() >= TIMESTAMP_CAP && !self.peer_ts.contains_key(&n) {
+            return;
+        }
+        let e = self.peer_ts.entry(n).or_default();
+        match kind {
+            MessageType::Request | MessageType::Accept => e.affirmed = e.affirmed.max(ts),
+            MessageType::Revoke => e.revoked = e.revoked.max(ts),
+            MessageType::Reject => {}
+        }
     }
 
     /// Stores or overwrites a pending request within the bounds of
@@ -766,9 +865,11 @@ impl TrustStore {
         justification: &str,
         now: WallTime,
     ) -> Result<Vec<Effect>, TrustError> {
-        if self.trusted.contains_key(&peer) {
-            return Ok(Vec::new());
-        }
+        // Asked while we still trust `peer`: the request goes out all the
+        // same. The peer may have revoked us without our knowing yet (its
+        // revoke message lost, the registry's push not yet here); a peer
+        // that still trusts us just answers accept. The reference treats
+        // this as a no-op and says "sent" (`spec/services.md` §4.4).
         self.expire(now);
         if !self.outgoing.contains_key(&peer) && self.outgoing.len() >= OUTGOING_CAP {
             return Err(TrustError::TooManyOutgoing);
@@ -957,6 +1058,10 @@ impl TrustStore {
             justification: justification.to_owned(),
         });
         if self.trusted.contains_key(&from) {
+            // As for a direct request: the peer lost its trust in us, our
+            // accept restores it, and an older revoke must not now take
+            // ours away.
+            self.stamp_grant(from);
             return vec![received, accept];
         }
         if self.outgoing.contains_key(&from) {
@@ -995,8 +1100,11 @@ impl TrustStore {
             }
             return Vec::new();
         }
-        if self.trusted.contains_key(&from) || !self.outgoing.contains_key(&from) {
+        if !self.outgoing.contains_key(&from) {
             return Vec::new();
+        }
+        if self.trusted.contains_key(&from) {
+            return self.reaffirmed(from);
         }
         self.grant(from, String::new(), true, 0, now);
         vec![
@@ -1008,6 +1116,18 @@ impl TrustStore {
             }),
             Effect::Registry(RegistryOp::Lookup { node: from }),
         ]
+    }
+
+    /// The peer accepted a request we sent while we still trusted it:
+    /// the request is answered, and the trust it confirms is newer than
+    /// any revoke the registry may still report (stamped like a grant).
+    fn reaffirmed(&mut self, peer: u32) -> Vec<Effect> {
+        self.outgoing.remove(&peer);
+        self.stamp_grant(peer);
+        vec![Effect::Registry(RegistryOp::ReportTrust {
+            me: self.me,
+            peer,
+        })]
     }
 
     /// Answer to [`RegistryOp::Lookup`]: back-fills the key of a trusted
@@ -1206,7 +1326,7 @@ mod tests {
     #[test]
     fn reference_example_is_reproduced_and_verifies() {
         assert_eq!(EXAMPLE.len(), 259);
-        let s = store(1, 1);
+        let mut s = store(1, 1);
         let m = s.message(MessageType::Request, 2, "hi", at(T0));
         assert_eq!(m.to_json(), EXAMPLE);
         let d = HandshakeMessage::decode(EXAMPLE.as_bytes(), WireProfile::Legacy).unwrap();
@@ -1219,7 +1339,7 @@ mod tests {
     fn identity_signs_like_its_seed() {
         use crate::crypto::provider::RustCrypto;
         let id = Identity::from_seed(&RustCrypto, [1; 32]);
-        let s = TrustStore::from_identity(WireProfile::Current, 1, &id);
+        let mut s = TrustStore::from_identity(WireProfile::Current, 1, &id);
         assert_eq!(
             s.message(MessageType::Request, 2, "hi", at(T0)).to_json(),
             EXAMPLE
@@ -1357,8 +1477,19 @@ mod tests {
             me: 1,
             peer: 2
         })));
-        // Already trusted → request yields no message.
-        assert_eq!(a.send_request(2, "again", at(T0 + 2)), Ok(Vec::new()));
+        // Already trusted: the request goes out all the same (B may have
+        // revoked us unbeknown to A). B, still trusting A, accepts, and
+        // that answers it: no second grant, the pair reported again.
+        let fx = a.send_request(2, "again", at(T0 + 2)).unwrap();
+        assert_eq!(sent(&fx).len(), 1);
+        assert!(a.is_outgoing(2));
+        let fx = b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0 + 2));
+        let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 2));
+        assert!(a.trusted().contains_key(&2) && !a.is_outgoing(2));
+        assert_eq!(
+            fx,
+            vec![Effect::Registry(RegistryOp::ReportTrust { me: 1, peer: 2 })]
+        );
         // Revoke from B removes trust on A.
         let fx = b.revoke(1, at(T0 + 3)).unwrap();
         assert_eq!(sent(&fx)[0].reason, REVOKE_REASON);
@@ -1423,6 +1554,153 @@ mod tests {
         a.send_request(2, "third", at(T0 + 3)).unwrap();
         a.on_registry_revoke(2, asked_at);
         assert!(a.is_outgoing(2));
+    }
+
+    /// Both ends trust each other (crossing requests at `T0`).
+    fn trusting_pair() -> (TrustStore, TrustStore) {
+        let (mut a, mut b) = (store(1, 1), store(2, 2));
+        let ra = a.send_request(2, "hi", at(T0)).unwrap();
+        let rb = b.send_request(1, "hi", at(T0)).unwrap();
+        b.on_message(sent(&ra)[0].to_json().as_bytes(), bound(1, 1), at(T0));
+        a.on_message(sent(&rb)[0].to_json().as_bytes(), bound(2, 2), at(T0));
+        assert!(a.trusted().contains_key(&2) && b.trusted().contains_key(&1));
+        (a, b)
+    }
+
+    #[test]
+    fn a_message_repeated_within_a_second_is_not_a_replay() {
+        let (mut a, mut b) = (store(1, 1), store(2, 2));
+        let first = a.send_request(2, "hi", at(T0)).unwrap();
+        let again = a.send_request(2, "hi", at(T0)).unwrap();
+        let (m1, m2) = (sent(&first)[0], sent(&again)[0]);
+        assert_eq!((m1.timestamp, m2.timestamp), (T0, T0 + 1));
+        b.on_message(m1.to_json().as_bytes(), bound(1, 1), at(T0));
+        b.reject(1, "not yet", at(T0)).unwrap();
+        // The second request arrives: not dropped as a replay of the first.
+        b.on_message(m2.to_json().as_bytes(), bound(1, 1), at(T0));
+        assert!(b.pending().contains_key(&1));
+        // Messages to one peer keep increasing, whatever their kind, up to
+        // MAX_TIMESTAMP_LEAD ahead of the clock; another peer starts at the
+        // clock; a later second starts from the clock again.
+        let mut last = m2.timestamp;
+        for _ in 0..20 {
+            let fx = a.send_request(2, "hi", at(T0)).unwrap();
+            let ts = sent(&fx)[0].timestamp;
+            assert!(
+                ts > last || ts == T0 + MAX_TIMESTAMP_LEAD,
+                "{ts} after {last}"
+            );
+            last = ts;
+        }
+        assert_eq!(last, T0 + MAX_TIMESTAMP_LEAD);
+        let fx = a.send_request(3, "hi", at(T0)).unwrap();
+        assert_eq!(sent(&fx)[0].timestamp, T0);
+        let fx = a.send_request(3, "hi", at(T0 + 60)).unwrap();
+        assert_eq!(sent(&fx)[0].timestamp, T0 + 60);
+    }
+
+    #[test]
+    fn a_revoke_older_than_the_peers_later_request_is_stale() {
+        let (mut a, mut b) = trusting_pair();
+        // B revokes and at once asks again; the revoke is overtaken.
+        let revoke = b.revoke(1, at(T0 + 5)).unwrap();
+        let request = b.send_request(1, "sorry", at(T0 + 5)).unwrap();
+        let (rv, rq) = (sent(&revoke)[0], sent(&request)[0]);
+        assert!(rq.timestamp > rv.timestamp);
+        // A, still trusting B, accepts the request ...
+        let fx = a.on_message(rq.to_json().as_bytes(), bound(2, 2), at(T0 + 6));
+        let fx = b.on_message(sent(&fx)[0].to_json().as_bytes(), bound(1, 1), at(T0 + 6));
+        assert!(b.trusted().contains_key(&1));
+        assert!(fx.contains(&Effect::Registry(RegistryOp::ReportTrust {
+            me: 2,
+            peer: 1
+        })));
+        // ... and the late revoke changes nothing.
+        let fx = a.on_message(rv.to_json().as_bytes(), bound(2, 2), at(T0 + 7));
+        assert_eq!(fx, vec![Effect::Event(TrustEvent::StaleRevoke { node: 2 })]);
+        assert!(a.trusted().contains_key(&2));
+        // A revoke that B sends after its request counts.
+        let fx = b.revoke(1, at(T0 + 8)).unwrap();
+        let fx = a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 8));
+        assert!(fx.contains(&Effect::DropTunnel(2)));
+        assert!(a.trusted().is_empty());
+    }
+
+    #[test]
+    fn a_request_only_a_third_node_carried_does_not_order_revokes() {
+        let (mut a, mut b) = trusting_pair();
+        let revoke = b.revoke(1, at(T0 + 5)).unwrap();
+        let request = b.send_request(1, "sorry", at(T0 + 5)).unwrap();
+        // The request arrives through node 9's tunnel, not B's own.
+        a.on_message(
+            sent(&request)[0].to_json().as_bytes(),
+            bound(2, 9),
+            at(T0 + 6),
+        );
+        let fx = a.on_message(
+            sent(&revoke)[0].to_json().as_bytes(),
+            bound(2, 2),
+            at(T0 + 6),
+        );
+        assert!(fx.contains(&Effect::DropTunnel(2)));
+        assert!(a.trusted().is_empty());
+    }
+
+    #[test]
+    fn a_revoke_crossing_our_new_request_keeps_it_and_an_older_accept_is_stale() {
+        let (mut a, mut b) = trusting_pair();
+        // B accepts A's next request (trusting A, at T0 + 1) ...
+        let request = a.send_request(2, "again", at(T0 + 1)).unwrap();
+        let accept = b.on_message(
+            sent(&request)[0].to_json().as_bytes(),
+            bound(1, 1),
+            at(T0 + 1),
+        );
+        // ... then revokes (T0 + 2). The revoke reaches A first.
+        let revoke = b.revoke(1, at(T0 + 2)).unwrap();
+        let a2 = a.send_request(2, "once more", at(T0 + 2)).unwrap();
+        let fx = a.on_message(
+            sent(&revoke)[0].to_json().as_bytes(),
+            bound(2, 2),
+            at(T0 + 2),
+        );
+        assert!(fx.contains(&Effect::DropTunnel(2)));
+        assert!(a.trusted().is_empty());
+        // A's request stays (B may take it as new), and A leaves the pair
+        // at the registry to B, which removed it.
+        assert!(a.is_outgoing(2));
+        assert!(
+            !fx.iter()
+                .any(|e| matches!(e, Effect::Registry(RegistryOp::RevokeTrust { .. })))
+        );
+        // The accept B sent before its revoke is stale.
+        let fx = a.on_message(
+            sent(&accept)[0].to_json().as_bytes(),
+            bound(2, 2),
+            at(T0 + 3),
+        );
+        assert!(fx.is_empty());
+        assert!(a.trusted().is_empty() && a.is_outgoing(2));
+        // B takes A's newer request as new: pending there, approved, and
+        // that accept grants.
+        b.on_message(sent(&a2)[0].to_json().as_bytes(), bound(1, 1), at(T0 + 3));
+        let fx = b.approve(1, at(T0 + 3)).unwrap();
+        a.on_message(sent(&fx)[0].to_json().as_bytes(), bound(2, 2), at(T0 + 3));
+        assert!(a.trusted().contains_key(&2) && b.trusted().contains_key(&1));
+    }
+
+    #[test]
+    fn a_relayed_request_while_trusted_outlives_an_older_registry_revoke() {
+        let (mut a, _b) = trusting_pair();
+        let asked_at = a.revision();
+        let fx = a.on_relayed_request(2, "again", at(T0 + 1));
+        assert!(fx.contains(&Effect::Registry(RegistryOp::RespondHandshake {
+            from: 1,
+            to: 2,
+            accept: true
+        })));
+        assert!(a.on_registry_revoke(2, asked_at).is_empty());
+        assert!(a.trusted().contains_key(&2));
     }
 
     /// The stamp maps are swept when they outgrow the peers with state;

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod nat;
 pub mod ping;
 pub mod rekey;
+pub mod retrust;
 pub mod stream;
 
 use crate::config::SimConfig;
@@ -33,6 +34,7 @@ pub fn register(r: &mut Registry) {
     r.register(Box::new(daemon::DaemonEchoScenario));
     r.register(Box::new(daemon::DaemonRotateScenario));
     r.register(Box::new(daemon::RegistryRestartScenario));
+    r.register(Box::new(retrust::DaemonRetrustScenario));
     r.register(Box::new(membership::NetworkMembershipScenario));
     r.register(Box::new(nat::NatMatrixScenario));
     r.register(Box::new(nat::NatRebindScenario));
