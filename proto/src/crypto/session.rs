@@ -163,6 +163,12 @@ pub struct Opened {
     pub sender: u32,
     /// Range of the plaintext in the frame buffer.
     pub plaintext: Range<usize>,
+    /// The frame is the newest the session has received (it raised the
+    /// receive window's top, or opened a new epoch).
+    pub newest: bool,
+    /// The session was set up by a verified PILA (the peer proved its
+    /// identity key).
+    pub authenticated: bool,
 }
 
 /// What happened to a packet handed to [`SessionTable::seal_in_place`].
@@ -1049,7 +1055,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
             return Err(OpenFailure::NoSession);
         };
         match s.env.open_in_place(&self.provider, frame) {
-            Ok((_, plaintext)) => {
+            Ok((header, plaintext)) => {
+                let newest = s.env.window().max() == header.counter();
+                let authenticated = s.authenticated;
                 s.last_authentic = Some(now);
                 s.last_inbound = now;
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -1061,6 +1069,8 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng> SessionTable<P, R> {
                 Ok(Opened {
                     sender: peer,
                     plaintext,
+                    newest,
+                    authenticated,
                 })
             }
             Err(OpenError::Malformed) => Err(OpenFailure::Malformed),

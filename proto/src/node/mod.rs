@@ -65,6 +65,10 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(25);
 /// Default peer timeout: a tunnel peer from which nothing authenticated
 /// arrived for this long, despite probes, is dead (`spec/node.md` §7.1).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the peer's current endpoint must have sent nothing authentic
+/// before a data frame from another address moves it there
+/// (`spec/crypto.md` §13.2 row 17).
+pub const ROAM_QUIET: Duration = Duration::from_secs(1);
 /// Smallest accepted peer timeout.
 pub const MIN_PEER_TIMEOUT: Duration = Duration::from_millis(500);
 /// Payload of a liveness probe (a control ping with sequence 0; any
@@ -655,6 +659,8 @@ struct Peer {
     last_probe: Option<Instant>,
     /// Last authenticated frame from the peer.
     last_heard: Instant,
+    /// Last authenticated frame from `endpoint` itself (or the move to it).
+    endpoint_heard: Instant,
     /// Last re-fetch of its identity key asked for (a PILA with another
     /// key, [`Event::IdentityStale`]).
     key_refetch: Option<Instant>,
@@ -1128,6 +1134,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
                 last_sent: Instant::ZERO,
                 last_probe: None,
                 last_heard: Instant::ZERO,
+                endpoint_heard: Instant::ZERO,
                 key_refetch: None,
             },
         );
@@ -1879,7 +1886,10 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// (when `keep`) in the small early-frame stash — it may have overtaken
     /// the key exchange that installs the session (`spec/node.md` §2) —
     /// and answered with a rate-limited rekey request. An authentic frame
-    /// of an authenticated session moves the peer's endpoint to its source.
+    /// of an authenticated session that is the newest the session has
+    /// received moves the peer's endpoint to its source: an older one may
+    /// be a copy of a frame lost on the way to us, replayed by whoever
+    /// captured it (`spec/crypto.md` §13.2 row 17).
     fn handle_pils(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8], keep: bool) {
         let opened = match self.sessions.open_in_place(now, bytes) {
             Ok(o) => o,
@@ -1923,15 +1933,19 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
             }
         };
         let sender = opened.sender;
+        let mut roam = false;
         if let Some(p) = self.peers.get_mut(&sender) {
             p.last_heard = now;
             self.last_authenticated = Some(sender);
+            if p.endpoint == from {
+                p.endpoint_heard = now;
+            } else {
+                roam = opened.newest
+                    && opened.authenticated
+                    && now.saturating_duration_since(p.endpoint_heard) >= ROAM_QUIET;
+            }
         }
-        if self
-            .sessions
-            .session(sender)
-            .is_some_and(|s| s.authenticated)
-        {
+        if roam {
             self.move_endpoint(now, sender, from);
         }
         let Some(pt) = bytes.get(opened.plaintext) else {
@@ -2165,6 +2179,7 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// of an authenticated session): use that endpoint from now on.
     fn move_endpoint(&mut self, now: Instant, peer: u32, from: SocketAddr) {
         if let Some(p) = self.peers.get_mut(&peer) {
+            p.endpoint_heard = now;
             if p.endpoint != from {
                 let old = p.endpoint;
                 p.endpoint = from;

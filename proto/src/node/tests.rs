@@ -594,13 +594,33 @@ fn lifecycle_peer_proving_identity_from_a_new_address_is_used_there() {
     v[0].connect_tunnel(t0, 2);
     pump(&mut v, t0);
     assert!(v[0].has_session(2));
-    // Node 2 sends from a new address (rebound socket, NAT change).
+    // Node 2 sends from a new address (rebound socket, NAT change). While
+    // its old address was heard from within ROAM_QUIET, an authentic
+    // frame from elsewhere moves nothing: it may be a replayed copy of a
+    // frame still on its way.
     let moved = SocketAddr::from(([127, 0, 0, 9], 5000));
+    let old = v[0].peer_endpoint(2);
     let mut buf = vec![0u8; MIN_TRANSMIT_BUFFER];
-    v[1].send_datagram(t0, Addr::new(1, 1), 7, Some(7), b"moved")
+    v[1].send_datagram(t0, Addr::new(1, 1), 7, Some(7), b"early")
         .unwrap();
     let tx = v[1].poll_transmit(t0, &mut buf).unwrap();
     v[0].handle_datagram(t0, moved, &mut buf[..tx.len]);
+    assert_eq!(v[0].peer_endpoint(2), old);
+    assert_eq!(v[0].stats().endpoint_moves, 0);
+    // The old address stays silent: the next (newest) frame from the new
+    // one moves the endpoint there.
+    let t1 = t0 + crate::node::ROAM_QUIET;
+    v[1].send_datagram(t1, Addr::new(1, 1), 7, Some(7), b"moved")
+        .unwrap();
+    let tx = v[1].poll_transmit(t1, &mut buf).unwrap();
+    let newer = buf[..tx.len].to_vec();
+    v[1].send_datagram(t1, Addr::new(1, 1), 7, Some(7), b"newest")
+        .unwrap();
+    let tx = v[1].poll_transmit(t1, &mut buf).unwrap();
+    // An older authentic frame (delivered after a newer one) moves nothing.
+    v[0].handle_datagram(t1, moved, &mut buf[..tx.len]);
+    let mut late = newer;
+    v[0].handle_datagram(t1, ep(8), &mut late);
     assert_eq!(v[0].peer_endpoint(2), Some(moved));
     assert_eq!(v[0].stats().endpoint_moves, 1);
     // An unauthenticated or forged frame from yet another address moves
