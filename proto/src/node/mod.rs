@@ -1887,8 +1887,9 @@ impl<P: CryptoProvider, R: RngCore + CryptoRng + SeedableRng> Node<P, R> {
     /// the key exchange that installs the session (`spec/node.md` §2) —
     /// and answered with a rate-limited rekey request. An authentic frame
     /// of an authenticated session that is the newest the session has
-    /// received moves the peer's endpoint to its source: an older one may
-    /// be a copy of a frame lost on the way to us, replayed by whoever
+    /// received moves the peer's endpoint to its source once the current
+    /// endpoint has been silent for [`ROAM_QUIET`]: otherwise it may be a
+    /// copy of a frame still on its way to us or lost, replayed by whoever
     /// captured it (`spec/crypto.md` §13.2 row 17).
     fn handle_pils(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8], keep: bool) {
         let opened = match self.sessions.open_in_place(now, bytes) {

@@ -83,6 +83,13 @@ fn view(net: &mut Net, i: usize, app: AppId, other: u32) -> (bool, bool, bool) {
     (t, p, o)
 }
 
+/// Both ends' views, for a check's detail.
+fn views(net: &mut Net, ids: [u32; 2], apps: &[AppId]) -> String {
+    let a = view(net, 0, apps[0], ids[1]);
+    let b = view(net, 1, apps[1], ids[0]);
+    format!("0 (trusted, pending, outgoing) {a:?}; 1 {b:?}")
+}
+
 /// Waits until both ends trust each other, approving what waits as
 /// pending; the final views.
 fn settle(net: &mut Net, addrs: &[Addr], apps: &[AppId]) -> (bool, String) {
@@ -104,9 +111,7 @@ fn settle(net: &mut Net, addrs: &[Addr], apps: &[AppId]) -> (bool, String) {
         }
         both
     });
-    let a = view(net, 0, apps[0], ids[1]);
-    let b = view(net, 1, apps[1], ids[0]);
-    (ok, format!("0 (trusted, pending, outgoing) {a:?}; 1 {b:?}"))
+    (ok, views(net, ids, apps))
 }
 
 fn script(net: &mut Net, s: &mut Script, seed: u64, addrs: &[Addr], apps: &[AppId]) {
@@ -177,7 +182,7 @@ fn script(net: &mut Net, s: &mut Script, seed: u64, addrs: &[Addr], apps: &[AppI
                 t && !o
             })
         });
-        let (_, detail) = settle(net, addrs, apps);
+        let detail = views(net, ids, apps);
         if !s.check(&format!("round-{round}-no-dangling-request"), clean, detail) {
             return;
         }

@@ -1249,9 +1249,8 @@ impl Registry {
             // is delivered as far as the sender can tell (a call retried
             // after its answer was lost, a request asked again). The
             // reference answers `handshake request already pending from
-            // node <id>`, which a v1.8 client
-            // only sees as "request failed". Nothing changes; the target
-            // is told again.
+            // node <id>`, which a v1.8 client only sees as "request
+            // failed". Nothing changes; the target is told again.
             self.notify(Notification::HandshakeRequest { to, from });
             return Ok(Response::RequestHandshakeOk {
                 status: "delivered".to_owned(),
