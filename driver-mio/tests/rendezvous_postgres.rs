@@ -357,3 +357,39 @@ fn admin_token_is_required_on_every_frontend() {
     wait_for("network visible without a token", || listed(&mut n));
     wait_for("network visible on the first frontend", || listed(&mut a));
 }
+
+/// A database written before identity records (key → node ID rows, schema
+/// version 2) is converted when a frontend of this version starts: no live
+/// key rows remain, and every node keeps its ID by its key.
+#[test]
+fn key_rows_of_an_older_schema_are_converted() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.database("upgrade");
+    let (id1, id2) = {
+        let a = Rv::start(url.as_ref(), &[]);
+        let mut c = Client::connect(a.registry);
+        (c.register(1), c.register(2))
+    };
+    // Back to the earlier form: `03 key` → the ID as JSON.
+    let live_key_rows = "SELECT count(*) FROM pilot_records \
+         WHERE substr(key, 1, 1) = '\\x03'::bytea AND value IS NOT NULL";
+    pg.sql(
+        "upgrade",
+        "UPDATE pilot_records \
+         SET key = '\\x03'::bytea || substr(key, 6), \
+             value = convert_to(((('x' || encode(substr(key, 2, 4), 'hex'))::bit(32))::int)::text, 'UTF8') \
+         WHERE substr(key, 1, 1) = '\\x0e'::bytea AND value IS NOT NULL; \
+         UPDATE pilot_schema SET version = 2;",
+    );
+    assert_eq!(pg.sql("upgrade", live_key_rows), "2");
+    let b = Rv::start(url.as_ref(), &[]);
+    assert_eq!(pg.sql("upgrade", live_key_rows), "0");
+    assert_eq!(pg.sql("upgrade", "SELECT version FROM pilot_schema"), "3");
+    let mut c = Client::connect(b.registry);
+    assert_eq!(c.register(1), id1);
+    let id3 = c.register(3);
+    assert!(id3 != id1 && id3 != id2);
+    // A frontend started afterwards loads the converted identities.
+    let fresh = Rv::start(url.as_ref(), &[]);
+    assert_eq!(Client::connect(fresh.registry).register(2), id2);
+}

@@ -74,6 +74,22 @@ const MIGRATIONS: &[&str] = &[
     // transaction's number.
     "ALTER TABLE pilot_records ADD COLUMN txid bigint NOT NULL DEFAULT 0;
      CREATE INDEX pilot_records_txid ON pilot_records (txid, key);",
+    // 3: identities keyed by node ID (`0E id key`, empty value) instead of
+    // by key (`03 key`, value the ID); the old rows become tombstones.
+    "INSERT INTO pilot_records AS r (key, value, rev, origin, txid)
+     SELECT '\\x0e'::bytea
+                || substr(int8send(convert_from(value, 'UTF8')::bigint), 5, 4)
+                || substr(key, 2),
+            '\\x'::bytea, nextval('pilot_rev_seq'), 0, pg_current_xact_id()::text::bigint
+     FROM pilot_records
+     WHERE substr(key, 1, 1) = '\\x03'::bytea AND value IS NOT NULL
+     ON CONFLICT (key) DO UPDATE
+     SET value = EXCLUDED.value, rev = GREATEST(EXCLUDED.rev, r.rev + 1),
+         origin = 0, txid = EXCLUDED.txid, changed = now();
+     UPDATE pilot_records
+     SET value = NULL, rev = nextval('pilot_rev_seq'), origin = 0,
+         txid = pg_current_xact_id()::text::bigint, changed = now()
+     WHERE substr(key, 1, 1) = '\\x03'::bytea AND value IS NOT NULL;",
 ];
 
 /// The current transaction's number (`xid8`, never wraps).

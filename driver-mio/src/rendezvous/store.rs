@@ -28,7 +28,7 @@ use std::sync::{Arc, mpsc};
 
 use std::path::Path;
 
-use pilot_proto::registry::records::{ChangeSet, Loader, RecordError};
+use pilot_proto::registry::records::{ChangeSet, Loader, RecordError, upgrade_record};
 use pilot_proto::registry::server::{Change, State};
 use pilot_proto::registry::snapshot::{Snapshot, SnapshotError};
 use pilot_proto::time::UnixTime;
@@ -274,6 +274,7 @@ impl RedbStore {
             w1.reset().map_err(dberr)?;
         }
         store.logs = [Some(w0), Some(w1)];
+        upgrade_records(&store.db)?;
         Ok(store)
     }
 
@@ -385,6 +386,40 @@ impl RedbStore {
         state.rebuild_indexes();
         Ok(state)
     }
+}
+
+/// Converts records of an earlier form ([`upgrade_record`]: key → node ID
+/// records become identity records keyed by the ID) in one transaction.
+fn upgrade_records(db: &Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(dberr)?;
+    let mut converted = 0usize;
+    {
+        let mut t = tx.open_table(RECORDS).map_err(dberr)?;
+        let mut found = Vec::new();
+        // Only key → ID records (kind 3) have an earlier form.
+        let (from, to): (&[u8], &[u8]) = (&[3], &[4]);
+        for entry in t.range(from..to).map_err(dberr)? {
+            let (k, v) = entry.map_err(dberr)?;
+            if let Some(new) = upgrade_record(k.value(), v.value())? {
+                found.push((k.value().to_vec(), new));
+            }
+        }
+        for (old, new) in found {
+            t.remove(old.as_slice()).map_err(dberr)?;
+            t.insert(new.as_slice(), &[][..]).map_err(dberr)?;
+            converted += 1;
+        }
+    }
+    if converted == 0 {
+        tx.abort().map_err(dberr)?;
+        return Ok(());
+    }
+    tx.commit().map_err(dberr)?;
+    tracing::info!(
+        records = converted,
+        "store: key records converted to identity records"
+    );
+    Ok(())
 }
 
 /// One fsynced redb transaction applying `sets` in order.
@@ -553,6 +588,77 @@ mod tests {
         let mut s = RedbStore::open(&path, later).unwrap();
         let (got, _) = s.load(later).unwrap();
         assert_eq!(got, expected);
+    }
+
+    /// A store written before identity records (key → node ID records)
+    /// is converted on open, loads the same state, and forgets a key the
+    /// owner replaced after the conversion.
+    #[test]
+    fn key_records_are_converted_on_open() {
+        use pilot_proto::registry::records::RecordKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key = |id: u32| {
+            pilot_proto::registry::auth::Identity::from_seed(&[id as u8; 32]).public_key()
+        };
+        let put = |id: u32| Change::PutKey {
+            key: key(id),
+            node_id: id,
+        };
+        let mut expected = State::new(now());
+        {
+            let mut s = RedbStore::open(&path, now()).unwrap();
+            commit(
+                &mut s,
+                &mut expected,
+                &[node(1), put(1), node(2), put(2), Change::NextNode(3)],
+            );
+            s.checkpoint(&[]).unwrap();
+        }
+        // Rewrite the identities in the earlier form.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RECORDS).unwrap();
+                for id in [1u32, 2] {
+                    let new = RecordKey::KeyOf(id, key(id)).encode();
+                    assert!(t.remove(new.as_slice()).unwrap().is_some());
+                    let old = RecordKey::Key(key(id)).encode();
+                    t.insert(old.as_slice(), id.to_string().as_bytes()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let kinds = |path: &Path| -> Vec<u8> {
+            let db = Database::create(path).unwrap();
+            let rtx = db.begin_read().unwrap();
+            let t = rtx.open_table(RECORDS).unwrap();
+            t.iter().unwrap().map(|e| e.unwrap().0.value()[0]).collect()
+        };
+        assert!(kinds(&path).contains(&3));
+        let mut s = RedbStore::open(&path, now()).unwrap();
+        assert_eq!(s.load(now()).unwrap().0, expected);
+        // Owner reclaim of node 2 with node 3's key.
+        let drop2 = Change::DropKey {
+            key: key(2),
+            node_id: 2,
+        };
+        let put3 = Change::PutKey {
+            key: key(3),
+            node_id: 2,
+        };
+        commit(&mut s, &mut expected, &[drop2, put3]);
+        drop(s);
+        let k = kinds(&path);
+        assert!(
+            !k.contains(&3) && k.iter().filter(|x| **x == 14).count() == 2,
+            "{k:?}"
+        );
+        let (got, _) = RedbStore::open(&path, now()).unwrap().load(now()).unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(got.pub_key_idx.get(&key(2)), None);
+        assert_eq!(got.pub_key_idx.get(&key(3)), Some(&2));
     }
 
     /// Stops like a crash after the running checkpoint ended: the active

@@ -334,6 +334,33 @@ impl Pg {
             .output();
     }
 
+    /// Runs `sql` in database `name` with `psql` and returns its output
+    /// (unaligned, tuples only).
+    #[allow(dead_code)]
+    pub fn sql(&self, name: &str, sql: &str) -> String {
+        let out = self
+            .cmd("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                name,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+            ])
+            .arg(sql)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Creates database `name` (if absent) and returns its URL.
     pub fn database(&self, name: &str) -> String {
         let out = self

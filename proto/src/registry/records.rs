@@ -33,7 +33,9 @@ pub enum RecordKey {
     Counters,
     /// A live node.
     Node(u32),
-    /// Public key → node ID.
+    /// Public key → node ID, as written before [`RecordKey::KeyOf`]:
+    /// still loaded, never written (a deletion only); stores convert
+    /// these records on open ([`upgrade_record`]).
     Key(PublicKey),
     /// Owner → node ID.
     Owner(String),
@@ -55,6 +57,10 @@ pub enum RecordKey {
     SigTs(u32),
     /// A key retired by rotation → the node that held it.
     Retired(PublicKey),
+    /// An identity: a node ID and the key mapped to it (empty value).
+    /// Keyed by the ID first, so a burst of new registrations appends at
+    /// the end of the store's key order instead of at random places.
+    KeyOf(u32, PublicKey),
 }
 
 const K_COUNTERS: u8 = 1;
@@ -70,6 +76,7 @@ const K_PENDING: u8 = 10;
 const K_INVITES: u8 = 11;
 const K_SIGTS: u8 = 12;
 const K_RETIRED: u8 = 13;
+const K_KEY_OF: u8 = 14;
 
 fn be_u32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.try_into().ok()?))
@@ -131,6 +138,11 @@ impl RecordKey {
                 out.push(K_RETIRED);
                 out.extend_from_slice(k);
             }
+            RecordKey::KeyOf(id, k) => {
+                out.push(K_KEY_OF);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(k);
+            }
         }
         out
     }
@@ -157,6 +169,9 @@ impl RecordKey {
             K_INVITES => RecordKey::Invites(be_u32(rest)?),
             K_SIGTS => RecordKey::SigTs(be_u32(rest)?),
             K_RETIRED => RecordKey::Retired(rest.try_into().ok()?),
+            K_KEY_OF if rest.len() == 36 => {
+                RecordKey::KeyOf(be_u32(&rest[..4])?, rest[4..].try_into().ok()?)
+            }
             _ => return None,
         })
     }
@@ -261,7 +276,8 @@ pub fn record_value(state: &State, key: &RecordKey) -> Result<Option<Vec<u8>>, R
         })
         .map(Some),
         RecordKey::Node(id) => state.nodes.get(id).map(json).transpose(),
-        RecordKey::Key(k) => state.pub_key_idx.get(k).map(json).transpose(),
+        RecordKey::Key(_) => Ok(None),
+        RecordKey::KeyOf(id, k) => Ok((state.pub_key_idx.get(k) == Some(id)).then(Vec::new)),
         RecordKey::Owner(o) => state.owner_idx.get(o).map(json).transpose(),
         RecordKey::Network(id) => state
             .networks
@@ -307,11 +323,14 @@ fn touched(change: &Change, state: &State, keys: &mut BTreeSet<RecordKey>) {
         Change::Touch { node_id, .. } | Change::RemoveNode(node_id) => {
             keys.insert(RecordKey::Node(*node_id));
         }
-        Change::PutKey { key, .. } | Change::RemoveKey(key) => {
+        Change::PutKey { key, node_id } | Change::DropKey { key, node_id } => {
+            keys.insert(RecordKey::KeyOf(*node_id, *key));
+        }
+        Change::RemoveKey(key) => {
             keys.insert(RecordKey::Key(*key));
         }
-        Change::RetireKey { key, .. } => {
-            keys.insert(RecordKey::Key(*key));
+        Change::RetireKey { key, node_id } => {
+            keys.insert(RecordKey::KeyOf(*node_id, *key));
             keys.insert(RecordKey::Retired(*key));
         }
         Change::PutOwner { owner, .. } => {
@@ -387,7 +406,12 @@ fn all_keys(state: &State) -> BTreeSet<RecordKey> {
     let mut keys = BTreeSet::new();
     keys.insert(RecordKey::Counters);
     keys.extend(state.nodes.keys().map(|id| RecordKey::Node(*id)));
-    keys.extend(state.pub_key_idx.keys().map(|k| RecordKey::Key(*k)));
+    keys.extend(
+        state
+            .pub_key_idx
+            .iter()
+            .map(|(k, id)| RecordKey::KeyOf(*id, *k)),
+    );
     keys.extend(state.owner_idx.keys().map(|o| RecordKey::Owner(o.clone())));
     for net in state.networks.values() {
         keys.insert(RecordKey::Network(net.id));
@@ -519,6 +543,12 @@ impl Loader {
             RecordKey::Key(k) => {
                 s.pub_key_idx.insert(k, de(value).map_err(bad)?);
             }
+            RecordKey::KeyOf(id, k) => {
+                if !value.is_empty() {
+                    return Err(bad("identity record with a value".into()));
+                }
+                s.pub_key_idx.insert(k, id);
+            }
             RecordKey::Owner(o) => {
                 s.owner_idx.insert(o, de(value).map_err(bad)?);
             }
@@ -615,6 +645,13 @@ pub fn apply_record(
             RecordKey::Key(k) => {
                 s.pub_key_idx.remove(&k);
             }
+            RecordKey::KeyOf(id, k) => {
+                // Rows come in key order: the key may already map to
+                // another node whose record sorts before this one.
+                if s.pub_key_idx.get(&k) == Some(&id) {
+                    s.pub_key_idx.remove(&k);
+                }
+            }
             RecordKey::Owner(o) => {
                 s.owner_idx.remove(&o);
             }
@@ -669,6 +706,9 @@ pub fn apply_record(
         }
         RecordKey::Key(k) => {
             s.pub_key_idx.insert(k, de(value).map_err(bad)?);
+        }
+        RecordKey::KeyOf(id, k) => {
+            s.pub_key_idx.insert(k, id);
         }
         RecordKey::Owner(o) => {
             s.owner_idx.insert(o, de(value).map_err(bad)?);
@@ -753,6 +793,23 @@ pub fn apply_record(
     Ok(None)
 }
 
+/// The record that replaces a stored record of an earlier form, or `None`
+/// when `key` is in its current form: a key → node ID record (`03 key`,
+/// value the ID) becomes the identity record `0E id key` with an empty
+/// value. Stores convert on open, before loading.
+pub fn upgrade_record(key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
+    match RecordKey::decode(key) {
+        Some(RecordKey::Key(k)) => {
+            let id: u32 = serde_json::from_slice(value).map_err(|e| RecordError::Corrupt {
+                key: hex(key),
+                reason: e.to_string(),
+            })?;
+            Ok(Some(RecordKey::KeyOf(id, k).encode()))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Test support: an in-memory store.
 #[cfg(test)]
 pub(crate) mod mem {
@@ -819,6 +876,7 @@ mod tests {
             RecordKey::Invites(1),
             RecordKey::SigTs(1),
             RecordKey::Retired([4; 32]),
+            RecordKey::KeyOf(7, [9; 32]),
         ];
         for k in &keys {
             assert_eq!(RecordKey::decode(&k.encode()).as_ref(), Some(k));
@@ -845,6 +903,88 @@ mod tests {
             l.add(&RecordKey::Member(9, 1).encode(), b""),
             Err(RecordError::Corrupt { .. })
         ));
+    }
+
+    /// A node's identity is stored under its ID (new registrations append
+    /// in key order); key → ID records of earlier versions still load, are
+    /// converted by `upgrade_record`, and are only ever deleted.
+    #[test]
+    fn identities_are_keyed_by_node_id() {
+        use crate::registry::auth::Identity;
+        use crate::registry::codec::{Register, Request};
+        let peer: std::net::SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let cfg = Config {
+            rate_limits: false,
+            ..Config::default()
+        };
+        let mut reg = Registry::new(cfg, t(0));
+        let register = |reg: &mut Registry, seed: u8, s: u64| {
+            let id = Identity::from_seed(&[seed; 32]);
+            let reply = reg.handle(
+                t(s),
+                peer,
+                Request::Register(Register {
+                    listen_addr: "1.2.3.4:5".into(),
+                    public_key: id.public_key_b64(),
+                    owner: "o@x".into(),
+                    ..Default::default()
+                }),
+            );
+            let set = ChangeSet::from_changes(reg.state(), &changes(reply.effects)).unwrap();
+            (
+                set,
+                *reg.state()
+                    .pub_key_idx
+                    .iter()
+                    .find(|(k, _)| **k == id.public_key())
+                    .unwrap()
+                    .1,
+                id.public_key(),
+            )
+        };
+        let (set, id, key) = register(&mut reg, 1, 1);
+        let mut ident = vec![K_KEY_OF];
+        ident.extend_from_slice(&id.to_be_bytes());
+        ident.extend_from_slice(&key);
+        assert!(
+            set.writes.contains(&(ident.clone(), Some(Vec::new()))),
+            "{set:?}"
+        );
+        assert!(!set.writes.iter().any(|(k, _)| k[0] == K_KEY), "{set:?}");
+        // The owner comes back with a new key: the old identity record is
+        // deleted, the new one written under the same ID.
+        let (set2, id2, key2) = register(&mut reg, 2, 2);
+        assert_eq!(id2, id);
+        assert!(set2.writes.contains(&(ident.clone(), None)), "{set2:?}");
+        assert!(
+            set2.writes
+                .contains(&(RecordKey::KeyOf(id, key2).encode(), Some(Vec::new())))
+        );
+        // A record of the earlier form loads, and converts.
+        let old_key = RecordKey::Key(key).encode();
+        let mut l = Loader::new(t(0));
+        l.add(&old_key, b"7").unwrap();
+        assert_eq!(l.finish().pub_key_idx.get(&key), Some(&7));
+        assert_eq!(
+            upgrade_record(&old_key, b"7").unwrap(),
+            Some(RecordKey::KeyOf(7, key).encode())
+        );
+        assert_eq!(upgrade_record(&ident, b"").unwrap(), None);
+        assert!(upgrade_record(&old_key, b"x").is_err());
+        assert!(matches!(
+            Loader::new(t(0)).add(&ident, b"7"),
+            Err(RecordError::Corrupt { .. })
+        ));
+        // A follower drops an identity only if the key still maps to that
+        // node (rows arrive in key order: a later node's record may come
+        // after the earlier one's deletion, or before it).
+        let mut f = reg.state().clone();
+        apply_record(&mut f, &RecordKey::KeyOf(99, key2).encode(), None).unwrap();
+        assert_eq!(f.pub_key_idx.get(&key2), Some(&id));
+        apply_record(&mut f, &RecordKey::KeyOf(id, key2).encode(), None).unwrap();
+        assert_eq!(f.pub_key_idx.get(&key2), None);
+        apply_record(&mut f, &RecordKey::KeyOf(5, key2).encode(), Some(b"")).unwrap();
+        assert_eq!(f.pub_key_idx.get(&key2), Some(&5));
     }
 
     /// A registry's change sets, applied to a map and loaded back, give the

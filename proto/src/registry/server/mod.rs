@@ -782,7 +782,10 @@ impl Registry {
                 .map(|(k, _)| *k)
                 .collect();
             for k in old {
-                self.commit(Change::RemoveKey(k));
+                self.commit(Change::DropKey {
+                    key: k,
+                    node_id: id,
+                });
             }
             self.commit(Change::PutKey { key, node_id: id });
             n

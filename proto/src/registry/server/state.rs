@@ -334,7 +334,7 @@ impl State {
             Change::PutKey { key, node_id } => {
                 self.pub_key_idx.insert(*key, *node_id);
             }
-            Change::RemoveKey(key) => {
+            Change::RemoveKey(key) | Change::DropKey { key, .. } => {
                 self.pub_key_idx.remove(key);
             }
             Change::RetireKey { key, node_id } => {
@@ -496,8 +496,15 @@ pub enum Change {
         /// Node.
         node_id: u32,
     },
-    /// Forget a key (after owner reclaim).
+    /// Forget a key (written by earlier versions; [`Change::DropKey`] now).
     RemoveKey(PublicKey),
+    /// Forget a node's key (after owner reclaim).
+    DropKey {
+        /// Key.
+        key: PublicKey,
+        /// The node it mapped to.
+        node_id: u32,
+    },
     /// A key rotated away from `node_id`: it leaves the key index and is
     /// remembered as retired (`spec/registry.md` §3.11).
     RetireKey {
