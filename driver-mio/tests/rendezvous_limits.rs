@@ -1,6 +1,8 @@
 //! One host cannot take the rendezvous away from others, and writes do not
 //! stall reads (issue #21), against the real binary on loopback. The two
 //! "hosts" are the source addresses 127.0.0.1 (hostile) and 127.0.0.2.
+//! Bad keys in a burst of registrations, whose keys the server checks in
+//! parallel, are still refused.
 
 mod common;
 
@@ -253,4 +255,97 @@ fn lookups_stay_fast_while_registrations_are_written() {
 #[ignore = "long: 50,000 registrations"]
 fn lookups_stay_fast_while_50k_registrations_are_written() {
     check_latencies(50_000);
+}
+
+/// A burst of registrations on many connections at once has its keys
+/// checked in parallel (the `key_checks{reason="parallel"}` metric), and
+/// the bad keys among them (small order, the identity point) are still
+/// refused while every good one is registered under its own key.
+#[test]
+fn bad_keys_in_a_parallel_checked_burst_are_refused() {
+    use pilot_proto::registry::auth::encode_public_key;
+    use pilot_proto::registry::messages::Register;
+    let dir = tempfile::tempdir().unwrap();
+    let rv = Rv::start(
+        &dir.path().join("s.redb"),
+        &[
+            "--max-conns-per-ip",
+            "1000",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut conns: Vec<Client> = (0..32).map(|_| Client::connect(rv.registry)).collect();
+    let bad = |i: u32| {
+        let mut k = [0u8; 32];
+        k[0] = (i % 2) as u8; // 0: order 4 (y = 0); 1: the identity
+        encode_public_key(&k)
+    };
+    let mut good = Vec::new();
+    for round in 0..8u32 {
+        // Every connection's frame is written before any reply is read.
+        let mut sent = Vec::new();
+        for (c, conn) in conns.iter_mut().enumerate() {
+            let seed = round * 100 + c as u32;
+            let is_bad = c % 4 == 3;
+            let key = if is_bad {
+                bad(seed)
+            } else {
+                common::ident(seed).public_key_b64()
+            };
+            let req = Request::Register(Register {
+                listen_addr: "127.0.0.1:4000".into(),
+                public_key: key,
+                ..Default::default()
+            });
+            conn.stream.write_all(&common::frame(&req)).unwrap();
+            sent.push((seed, is_bad));
+        }
+        for (conn, (seed, is_bad)) in conns.iter_mut().zip(sent) {
+            match conn.read_response().unwrap() {
+                Response::RegisterOk(ok) => {
+                    assert!(
+                        !is_bad,
+                        "bad key of seed {seed} registered as {}",
+                        ok.node_id
+                    );
+                    good.push((seed, ok.node_id));
+                }
+                Response::Error { error, .. } => {
+                    assert!(is_bad, "seed {seed} refused: {error}");
+                    assert!(error.contains("key"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(good.len(), 8 * 24);
+    let mut c = Client::connect(rv.registry);
+    for (seed, id) in &good {
+        let got = c.lookup(*id).expect("registered node");
+        assert_eq!(got.public_key, common::ident(*seed).public_key_b64());
+    }
+    let metrics = rv.metrics.expect("metrics address");
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (_, body) = pilot_driver_mio::http_endpoint::get(metrics, "/metrics").unwrap();
+        let count = |reason: &str| -> f64 {
+            let series = format!("pilot_rendezvous_key_checks_total{{reason=\"{reason}\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (parallel, inline) = (count("parallel"), count("inline"));
+        // Each key is checked once: in parallel, or by the registry (a
+        // bad key found in parallel is checked again by the registry).
+        if parallel > 0.0 && parallel + inline >= 8.0 * 32.0 {
+            assert!(
+                inline >= 8.0 * 8.0,
+                "bad keys are checked by the registry: {body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no parallel key checks: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

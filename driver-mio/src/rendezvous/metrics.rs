@@ -126,6 +126,8 @@ pub struct RendezvousMetrics {
     beacon_received: Counter,
     beacon_drops: Family<ReasonLabel, Counter>,
     conn_closed: Family<ReasonLabel, Counter>,
+    /// New registrations' key checks: `[parallel, inline]`.
+    key_checks: [Counter; 2],
     last_beacon: Mutex<(ServerStats, ConnStats)>,
 }
 
@@ -232,6 +234,14 @@ impl RendezvousMetrics {
             "Registry connections refused or closed by the limits, by reason",
             conn_closed.clone(),
         );
+        let key_family = Family::<ReasonLabel, Counter>::default();
+        let key_checks = ["parallel", "inline"]
+            .map(|reason| key_family.get_or_create(&ReasonLabel { reason }).clone());
+        registry.register(
+            "key_checks",
+            "Keys of new registrations checked: in parallel before a loop turn's requests, or inline by the registry",
+            key_family,
+        );
         RendezvousMetrics {
             registry,
             requests,
@@ -245,6 +255,7 @@ impl RendezvousMetrics {
             beacon_received,
             beacon_drops,
             conn_closed,
+            key_checks,
             last_beacon: Mutex::default(),
         }
     }
@@ -263,6 +274,13 @@ impl RendezvousMetrics {
         if let Some(h) = self.latency.get(i) {
             h.observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts key checks of new registrations: `parallel` ones before a
+    /// loop turn's requests, `inline` ones by the registry.
+    pub fn key_checks(&self, parallel: u64, inline: u64) {
+        self.key_checks[0].inc_by(parallel);
+        self.key_checks[1].inc_by(inline);
     }
 
     /// Records one store commit of `records` writes.

@@ -35,7 +35,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use pilot_proto::beacon::server::{BeaconServer, ServerConfig as BeaconConfig};
-use pilot_proto::registry::framing::{self, PushKind, error_frame, next_request, reply_frame};
+use pilot_proto::registry::auth::{PublicKey, check_public_key};
+use pilot_proto::registry::framing::{
+    self, PushKind, error_frame, next_request, register_keys, reply_frame,
+};
 use pilot_proto::registry::limits::IDLE_TIMEOUT;
 use pilot_proto::registry::records::ChangeSet;
 use pilot_proto::registry::server::{
@@ -262,6 +265,64 @@ struct Conn {
     read_closed: bool,
     /// The TLS session when the listener serves TLS (`--tls-cert`).
     tls: Option<Box<rustls::ServerConnection>>,
+    /// What this loop turn's early read ([`Server::prefetch`]) found;
+    /// cleared at the end of the turn.
+    pre_read: Option<PreRead>,
+}
+
+/// The outcome of a connection's early read in this loop turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PreRead {
+    /// Bytes came and the socket may hold more.
+    More,
+    /// Bytes came and the socket is empty (the read did not fill the
+    /// chunk): no read until the next readiness event.
+    Drained,
+    /// Nothing to read.
+    WouldBlock,
+    /// End of stream, or a read error: close.
+    Closed,
+}
+
+/// Checks the keys of new registrations on a second thread while the
+/// event loop checks its own share (the check, a scalar multiplication,
+/// is most of a new registration's CPU, `Registry::key_checked`).
+struct KeyChecker {
+    to: mpsc::Sender<Vec<PublicKey>>,
+    from: mpsc::Receiver<Vec<PublicKey>>,
+}
+
+/// Fewer keys than this in a loop turn are left to the registry.
+const MIN_PARALLEL_KEYS: usize = 4;
+
+impl KeyChecker {
+    fn start() -> io::Result<KeyChecker> {
+        let (to, jobs) = mpsc::channel::<Vec<PublicKey>>();
+        let (done, from) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("rv-keycheck".into())
+            .spawn(move || {
+                for mut keys in jobs {
+                    keys.retain(|k| check_public_key(k).is_ok());
+                    if done.send(keys).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(KeyChecker { to, from })
+    }
+
+    /// The keys of `keys` that pass `check_public_key`: half checked on
+    /// the helper thread, half on this one.
+    fn check(&self, mut keys: Vec<PublicKey>) -> Vec<PublicKey> {
+        let theirs = keys.split_off(keys.len() / 2);
+        let sent = self.to.send(theirs).is_ok();
+        keys.retain(|k| check_public_key(k).is_ok());
+        if sent && let Ok(more) = self.from.recv() {
+            keys.extend(more);
+        }
+        keys
+    }
 }
 
 impl Conn {
@@ -676,6 +737,15 @@ pub struct Server {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// `serve_conn`'s read buffer ([`READ_CHUNK`] bytes once used).
     read_chunk: Vec<u8>,
+    /// Checks new registrations' keys in parallel (`None`: the thread
+    /// could not start; the registry checks every key itself).
+    key_checker: Option<KeyChecker>,
+    /// Connections read early in this loop turn.
+    prefetched: Vec<Token>,
+    /// Scratch for the keys found in this turn's register frames.
+    turn_keys: Vec<PublicKey>,
+    /// The registry's own key checks already counted in the metrics.
+    inline_checks_seen: u64,
 }
 
 impl std::fmt::Debug for Server {
@@ -844,6 +914,12 @@ impl Server {
             activity: ActivityLog::default(),
             tls,
             read_chunk: Vec::new(),
+            key_checker: KeyChecker::start()
+                .inspect_err(|e| tracing::warn!(error = %e, "key-check thread not started"))
+                .ok(),
+            prefetched: Vec::new(),
+            turn_keys: Vec::new(),
+            inline_checks_seen: 0,
         })
     }
 
@@ -922,6 +998,14 @@ impl Server {
             let now = wall_now();
             self.release_durable(now)?;
             self.follow(now)?;
+            if self.key_checker.is_some() {
+                for ev in events.iter() {
+                    if ev.token().0 >= FIRST_CONN && (ev.is_readable() || ev.is_read_closed()) {
+                        self.prefetch(ev.token(), ev.is_read_closed() || ev.is_error());
+                    }
+                }
+                self.precheck_keys();
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept()?,
@@ -956,6 +1040,16 @@ impl Server {
                     }
                 }
             }
+            for token in self.prefetched.drain(..) {
+                if let Some(c) = self.conns.get_mut(&token) {
+                    c.pre_read = None;
+                }
+            }
+            // (A registry rebuilt from the store starts counting at 0.)
+            let inline = self.registry.key_checks();
+            self.metrics
+                .key_checks(0, inline.saturating_sub(self.inline_checks_seen));
+            self.inline_checks_seen = inline;
             self.timers(now);
             self.serve_dashboard(now);
             self.ship(false)?;
@@ -1254,6 +1348,7 @@ impl Server {
                             paused: false,
                             read_closed: false,
                             tls,
+                            pre_read: None,
                         },
                     );
                 }
@@ -1363,6 +1458,14 @@ impl Server {
             if conn.closing || conn.paused || drained {
                 break;
             }
+            match conn.pre_read.take() {
+                Some(PreRead::Drained) | Some(PreRead::WouldBlock) => break,
+                Some(PreRead::Closed) => {
+                    conn.closing = true;
+                    break;
+                }
+                Some(PreRead::More) | None => {}
+            }
             let got = match conn.tls.as_deref_mut() {
                 Some(tls) => super::tls::read_plain(tls, &mut conn.stream, &mut chunk),
                 None => conn.stream.read(&mut chunk),
@@ -1396,6 +1499,75 @@ impl Server {
         self.conns.insert(token, conn);
         self.dirty.push(token);
         self.read_chunk = chunk;
+    }
+
+    /// Reads what a plain-TCP connection has (one chunk) before any
+    /// request of this loop turn is handled, so that the keys of every
+    /// `register` frame of the turn can be checked in parallel
+    /// ([`Server::precheck_keys`]). `serve_conn` then starts from what
+    /// was read ([`PreRead`]).
+    fn prefetch(&mut self, token: Token, read_closed: bool) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.tls.is_some() || conn.paused || conn.closing || conn.pre_read.is_some() {
+            return;
+        }
+        if read_closed {
+            conn.read_closed = true;
+        }
+        let mut chunk = std::mem::take(&mut self.read_chunk);
+        chunk.resize(READ_CHUNK, 0);
+        let got = loop {
+            match conn.stream.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        conn.pre_read = Some(match got {
+            Ok(0) => PreRead::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => PreRead::WouldBlock,
+            Err(_) => PreRead::Closed,
+            Ok(n) => {
+                conn.rbuf.extend_from_slice(&chunk[..n]);
+                if conn.frame_started.is_none() {
+                    conn.frame_started = Some(std::time::Instant::now());
+                }
+                if n < chunk.len() && !conn.read_closed {
+                    PreRead::Drained
+                } else {
+                    PreRead::More
+                }
+            }
+        });
+        self.read_chunk = chunk;
+        self.prefetched.push(token);
+    }
+
+    /// Checks the keys of this turn's new registrations in parallel and
+    /// tells the registry which passed.
+    fn precheck_keys(&mut self) {
+        let Some(checker) = &self.key_checker else {
+            return;
+        };
+        let mut keys = std::mem::take(&mut self.turn_keys);
+        keys.clear();
+        for token in &self.prefetched {
+            if let Some(c) = self.conns.get(token) {
+                register_keys(&c.rbuf, &mut keys);
+            }
+        }
+        let state = self.registry.state();
+        keys.retain(|k| !state.pub_key_idx.contains_key(k) && !state.retired_keys.contains_key(k));
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() >= MIN_PARALLEL_KEYS {
+            self.metrics.key_checks(keys.len() as u64, 0);
+            for k in checker.check(std::mem::take(&mut keys)) {
+                self.registry.key_checked(k);
+            }
+        }
+        self.turn_keys = keys;
     }
 
     fn handle_request(

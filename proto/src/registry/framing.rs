@@ -80,6 +80,37 @@ pub fn next_request(buf: &[u8]) -> Result<Option<(DecodedRequest, usize)>, Frame
         .map(|(payload, used)| (codec::decode_request(payload), used)))
 }
 
+/// Ours: the keys `register` requests bring, from the complete request
+/// frames at the start of `buf`, appended to `out` (a driver checks them
+/// on several threads before handling the frames, see
+/// `Registry::key_checked`). Found by a byte scan for the
+/// `"public_key":"…"` member, without decoding the JSON: a key missed here
+/// is checked by the registry itself, and a key found in another request
+/// is only checked once too often. Stops at an incomplete or oversized
+/// frame.
+pub fn register_keys(mut buf: &[u8], out: &mut Vec<super::auth::PublicKey>) {
+    const NEEDLE: &[u8] = br#""public_key":""#;
+    while let Ok(Some((payload, used))) = codec::decode_frame(buf, MAX_FRAME_LEN) {
+        buf = &buf[used..];
+        if !payload.windows(10).any(|w| w == br#""register""#) {
+            continue;
+        }
+        let Some(at) = payload.windows(NEEDLE.len()).position(|w| w == NEEDLE) else {
+            continue;
+        };
+        let rest = &payload[at + NEEDLE.len()..];
+        let Some(end) = rest.iter().position(|b| *b == b'"') else {
+            continue;
+        };
+        if let Some(key) = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|b64| super::auth::decode_key_bytes(b64).ok())
+        {
+            out.push(key);
+        }
+    }
+}
+
 /// A request as one frame (client side).
 pub fn request_frame(req: &Request) -> Option<Vec<u8>> {
     codec::encode_request(req)
@@ -140,6 +171,47 @@ pub fn push_frame(kind: PushKind, from: u32) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::registry::codec::Lookup;
+
+    /// The keys of complete `register` frames are found as the request
+    /// encoder writes them; other requests, an incomplete tail and a key
+    /// that is not 32 bytes of base64 are skipped.
+    #[test]
+    fn register_keys_come_from_complete_register_frames() {
+        use crate::registry::auth::Identity;
+        use crate::registry::codec::{Register, RotateKey};
+        let key = |s: u8| Identity::from_seed(&[s; 32]).public_key();
+        let reg = |s: u8| {
+            request_frame(&Request::Register(Register {
+                listen_addr: "1.2.3.4:5".into(),
+                public_key: Identity::from_seed(&[s; 32]).public_key_b64(),
+                ..Default::default()
+            }))
+            .unwrap()
+        };
+        let rotate = request_frame(&Request::RotateKey(RotateKey {
+            node_id: 1,
+            new_public_key: Identity::from_seed(&[9; 32]).public_key_b64(),
+            ..Default::default()
+        }))
+        .unwrap();
+        let bad = codec::frame_vec(br#"{"type":"register","public_key":"AAAA"}"#).unwrap();
+        let third = reg(3);
+        let buf = [
+            reg(1),
+            lookup_frame(4).unwrap(),
+            rotate,
+            bad,
+            reg(2),
+            third[..third.len() - 1].to_vec(),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        register_keys(&buf, &mut out);
+        assert_eq!(out, vec![key(1), key(2)]);
+        out.clear();
+        register_keys(&u32::MAX.to_be_bytes(), &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn responses_reassemble_from_any_split_and_bad_input_is_an_error() {

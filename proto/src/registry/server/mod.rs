@@ -19,7 +19,7 @@ mod state;
 mod tests;
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 /// The requests [`Registry::handle`] takes (decoded by
@@ -275,7 +275,14 @@ pub struct Registry {
     reaping: bool,
     /// Key checks ([`auth::check_public_key`]) run by `register`.
     key_checks: u64,
+    /// Keys the driver checked already ([`Registry::key_checked`]), and
+    /// the order they came in (the oldest are forgotten first).
+    prechecked: BTreeSet<PublicKey>,
+    prechecked_order: VecDeque<PublicKey>,
 }
+
+/// Ours: keys remembered by [`Registry::key_checked`] at most.
+pub const MAX_PRECHECKED: usize = 4096;
 
 type Res = Result<Response, RegistryError>;
 
@@ -301,6 +308,8 @@ impl Registry {
             id_lease: None,
             reaping: true,
             key_checks: 0,
+            prechecked: BTreeSet::new(),
+            prechecked_order: VecDeque::new(),
         }
     }
 
@@ -311,6 +320,23 @@ impl Registry {
     /// restart of the rendezvous) skips it.
     pub fn key_checks(&self) -> u64 {
         self.key_checks
+    }
+
+    /// Ours: `key` passed [`auth::check_public_key`] outside the registry
+    /// (a driver checks the keys of a batch of `register` requests on
+    /// several threads before handling them), so the `register` that
+    /// brings it skips the check. Only a key that passed that very check
+    /// may be given here. The last [`MAX_PRECHECKED`] keys are kept; a
+    /// key is used once.
+    pub fn key_checked(&mut self, key: PublicKey) {
+        if self.prechecked_order.len() >= MAX_PRECHECKED {
+            if let Some(old) = self.prechecked_order.pop_front() {
+                self.prechecked.remove(&old);
+            }
+        }
+        if self.prechecked.insert(key) {
+            self.prechecked_order.push_back(key);
+        }
     }
 
     /// Ours: takes new node IDs from `[start, end)` from now on (a block
@@ -716,7 +742,7 @@ impl Registry {
         }
         let known = self.state.pub_key_idx.get(&key).copied();
         // A registered (or retired) key passed this check when it came in.
-        if known.is_none() {
+        if known.is_none() && !self.prechecked.remove(&key) {
             self.key_checks += 1;
             auth::check_public_key(&key).map_err(RegistryError::InvalidPublicKey)?;
         }

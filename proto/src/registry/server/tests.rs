@@ -2001,3 +2001,31 @@ fn a_known_key_is_not_checked_again() {
     assert_eq!(h2.register(1), a);
     assert_eq!(h2.reg.key_checks(), 0);
 }
+
+/// A key the driver checked (`Registry::key_checked`) is not checked again
+/// by the `register` that brings it, once; other keys still are, and the
+/// remembered keys are bounded.
+#[test]
+fn a_prechecked_key_is_not_checked_again() {
+    let mut h = H::current();
+    for seed in 1..=3u8 {
+        let key = ident(seed).public_key();
+        crate::registry::auth::check_public_key(&key).unwrap();
+        h.reg.key_checked(key);
+    }
+    h.register(1);
+    h.register(2);
+    assert_eq!(h.reg.key_checks(), 0);
+    h.register(4);
+    assert_eq!(h.reg.key_checks(), 1);
+    for i in 0..(MAX_PRECHECKED as u32 + 10) {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        h.reg.key_checked(k);
+    }
+    assert!(h.reg.prechecked.len() <= MAX_PRECHECKED);
+    assert!(h.reg.prechecked_order.len() <= MAX_PRECHECKED);
+    // Key 3 was pushed out by the flood: checked when it comes.
+    h.register(3);
+    assert_eq!(h.reg.key_checks(), 2);
+}
