@@ -395,8 +395,26 @@ fn cpu_secs(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds of `pid` plus those of its children that ended (and were
+/// waited for).
+fn cpu_secs_with_ended_children(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = (11..=14)
+                .map(|i| f.get(i)?.parse::<u64>().ok())
+                .sum::<Option<u64>>()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// CPU seconds used so far by the PostgreSQL cluster in `data` (the
-/// postmaster and every process it started: backends, WAL writer, …).
+/// postmaster and every process it started: backends, WAL writer, …,
+/// and, through the postmaster's children times, those that ended, such
+/// as autovacuum workers).
 fn pg_cpu_secs(data: &std::path::Path) -> f64 {
     let Some(master) = std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
@@ -423,7 +441,7 @@ fn pg_cpu_secs(data: &std::path::Path) -> f64 {
         })
         .map(cpu_secs)
         .sum();
-    cpu_secs(master) + children
+    cpu_secs_with_ended_children(master) + children
 }
 
 /// Seed of connection `c`'s `i`-th registration.

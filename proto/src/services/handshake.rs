@@ -53,7 +53,7 @@ pub const REVOKE_REASON: &str = "trust revoked";
 const STAMP_SLACK: usize = 64;
 /// Most seconds a sent message's timestamp is raised above the clock so
 /// that messages to one peer carry increasing timestamps (receivers
-/// allow [`MAX_SKEW_SECS`]).
+/// allow [`MAX_SKEW_SECS`]; `spec/services.md` §4.1).
 pub const MAX_TIMESTAMP_LEAD: i64 = 10;
 /// Most peers whose last timestamps (sent, and received in a request or
 /// accept) are remembered for that purpose.
