@@ -514,22 +514,23 @@ fn follow_on(
         let mut after: (i64, Option<Vec<u8>>) = (*rev, None);
         let mut out: Vec<RemoteRow> = Vec::new();
         loop {
+            // Our own rows are left in the database (every frontend
+            // would otherwise receive every row; the pages stay in
+            // (txid, key) order, so paging is unchanged).
             let rows = tx.query(
-                "SELECT key, value, rev, origin, txid FROM pilot_records
+                "SELECT key, value, rev, txid FROM pilot_records
                  WHERE txid < $4
                    AND (txid > $1 OR (txid = $1 AND ($2::bytea IS NULL OR key > $2)))
+                   AND origin <> $5
                  ORDER BY txid, key LIMIT $3",
-                &[&after.0, &after.1, &FOLLOW_BATCH, &horizon],
+                &[&after.0, &after.1, &FOLLOW_BATCH, &horizon, &origin],
             )?;
             let n = rows.len();
             for row in rows {
-                let t: i64 = row.get(4);
+                let t: i64 = row.get(3);
                 after = (t, Some(row.get(0)));
-                let o: i64 = row.get(3);
-                if o != origin {
-                    let r: i64 = row.get(2);
-                    out.push((row.get(0), row.get(1), r as u64));
-                }
+                let r: i64 = row.get(2);
+                out.push((row.get(0), row.get(1), r as u64));
             }
             if n < FOLLOW_BATCH as usize {
                 break;
