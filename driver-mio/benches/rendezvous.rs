@@ -381,34 +381,32 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// CPU time (user + system) a process has used, seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-/// CPU seconds of `pid` plus those of its children that ended (and were
-/// waited for).
-fn cpu_secs_with_ended_children(pid: u32) -> f64 {
+/// Seconds of the clock-tick fields 11..=`last` of `/proc/PID/stat`
+/// (counted after the parenthesised command name): 11 user, 12 system,
+/// 13 and 14 the same of children that ended and were waited for.
+fn stat_secs(pid: u32, last: usize) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 = (11..=14)
+            let ticks: u64 = (11..=last)
                 .map(|i| f.get(i)?.parse::<u64>().ok())
                 .sum::<Option<u64>>()?;
             Some(ticks as f64 / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+/// CPU time (user + system) a process has used, seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    stat_secs(pid, 12)
+}
+
+/// CPU seconds of `pid` plus those of its children that ended (and were
+/// waited for).
+fn cpu_secs_with_ended_children(pid: u32) -> f64 {
+    stat_secs(pid, 14)
 }
 
 /// CPU seconds used so far by the PostgreSQL cluster in `data` (the

@@ -326,6 +326,18 @@ impl KeyChecker {
 }
 
 impl Conn {
+    /// Keeps the `n` bytes a read put at the start of `chunk`; returns
+    /// whether the socket is now empty: a plain-TCP read that did not fill
+    /// the chunk emptied it, and the next byte raises a new (edge-triggered)
+    /// readiness event — unless the peer's FIN was reported.
+    fn took(&mut self, chunk: &[u8], n: usize) -> bool {
+        self.rbuf.extend_from_slice(&chunk[..n]);
+        if self.frame_started.is_none() {
+            self.frame_started = Some(std::time::Instant::now());
+        }
+        n < chunk.len() && self.tls.is_none() && !self.read_closed
+    }
+
     fn backlog(&self) -> usize {
         self.wbuf.len() - self.wpos + self.held_bytes
     }
@@ -742,8 +754,6 @@ pub struct Server {
     key_checker: Option<KeyChecker>,
     /// Connections read early in this loop turn.
     prefetched: Vec<Token>,
-    /// Scratch for the keys found in this turn's register frames.
-    turn_keys: Vec<PublicKey>,
     /// The registry's own key checks already counted in the metrics.
     inline_checks_seen: u64,
 }
@@ -918,7 +928,6 @@ impl Server {
                 .inspect_err(|e| tracing::warn!(error = %e, "key-check thread not started"))
                 .ok(),
             prefetched: Vec::new(),
-            turn_keys: Vec::new(),
             inline_checks_seen: 0,
         })
     }
@@ -1405,9 +1414,8 @@ impl Server {
         // array per call was ~1.3 % of the server's time under lookups.
         let mut chunk = std::mem::take(&mut self.read_chunk);
         chunk.resize(READ_CHUNK, 0);
-        // A plain-TCP read that did not fill the chunk emptied the socket:
-        // the next byte raises a new (edge-triggered) readiness event, so
-        // the read that would only say `WouldBlock` is skipped.
+        // After a read that emptied the socket (`Conn::took`), the read
+        // that would only say `WouldBlock` is skipped.
         let mut drained = false;
         loop {
             // Handle complete frames.
@@ -1475,13 +1483,7 @@ impl Server {
                     conn.closing = true;
                     break;
                 }
-                Ok(n) => {
-                    conn.rbuf.extend_from_slice(&chunk[..n]);
-                    drained = n < chunk.len() && conn.tls.is_none() && !conn.read_closed;
-                    if conn.frame_started.is_none() {
-                        conn.frame_started = Some(std::time::Instant::now());
-                    }
-                }
+                Ok(n) => drained = conn.took(&chunk, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -1528,17 +1530,8 @@ impl Server {
             Ok(0) => PreRead::Closed,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => PreRead::WouldBlock,
             Err(_) => PreRead::Closed,
-            Ok(n) => {
-                conn.rbuf.extend_from_slice(&chunk[..n]);
-                if conn.frame_started.is_none() {
-                    conn.frame_started = Some(std::time::Instant::now());
-                }
-                if n < chunk.len() && !conn.read_closed {
-                    PreRead::Drained
-                } else {
-                    PreRead::More
-                }
-            }
+            Ok(n) if conn.took(&chunk, n) => PreRead::Drained,
+            Ok(_) => PreRead::More,
         });
         self.read_chunk = chunk;
         self.prefetched.push(token);
@@ -1550,8 +1543,7 @@ impl Server {
         let Some(checker) = &self.key_checker else {
             return;
         };
-        let mut keys = std::mem::take(&mut self.turn_keys);
-        keys.clear();
+        let mut keys = Vec::new();
         for token in &self.prefetched {
             if let Some(c) = self.conns.get(token) {
                 register_keys(&c.rbuf, &mut keys);
@@ -1563,11 +1555,10 @@ impl Server {
         keys.dedup();
         if keys.len() >= MIN_PARALLEL_KEYS {
             self.metrics.key_checks(keys.len() as u64, 0);
-            for k in checker.check(std::mem::take(&mut keys)) {
+            for k in checker.check(keys) {
                 self.registry.key_checked(k);
             }
         }
-        self.turn_keys = keys;
     }
 
     fn handle_request(

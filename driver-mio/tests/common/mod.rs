@@ -339,18 +339,8 @@ impl Pg {
     #[allow(dead_code)]
     pub fn sql(&self, name: &str, sql: &str) -> String {
         let out = self
-            .cmd("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args([
-                "-U",
-                "postgres",
-                "-d",
-                name,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tAc",
-            ])
-            .arg(sql)
+            .psql(name)
+            .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
             .output()
             .expect("psql");
         assert!(
@@ -361,12 +351,19 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// `psql` connected to database `db` of this cluster as `postgres`.
+    fn psql(&self, db: &str) -> Command {
+        let mut c = self.cmd("psql");
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db]);
+        c
+    }
+
     /// Creates database `name` (if absent) and returns its URL.
     pub fn database(&self, name: &str) -> String {
         let out = self
-            .cmd("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-tAc"])
+            .psql("postgres")
+            .arg("-tAc")
             .arg(format!("CREATE DATABASE \"{name}\""))
             .output()
             .expect("psql");

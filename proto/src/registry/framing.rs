@@ -89,10 +89,11 @@ pub fn next_request(buf: &[u8]) -> Result<Option<(DecodedRequest, usize)>, Frame
 /// is only checked once too often. Stops at an incomplete or oversized
 /// frame.
 pub fn register_keys(mut buf: &[u8], out: &mut Vec<super::auth::PublicKey>) {
+    const TYPE: &[u8] = br#""register""#;
     const NEEDLE: &[u8] = br#""public_key":""#;
     while let Ok(Some((payload, used))) = codec::decode_frame(buf, MAX_FRAME_LEN) {
         buf = &buf[used..];
-        if !payload.windows(10).any(|w| w == br#""register""#) {
+        if !payload.windows(TYPE.len()).any(|w| w == TYPE) {
             continue;
         }
         let Some(at) = payload.windows(NEEDLE.len()).position(|w| w == NEEDLE) else {
