@@ -292,7 +292,8 @@ struct KeyChecker {
     from: mpsc::Receiver<Vec<PublicKey>>,
 }
 
-/// Fewer keys than this in a loop turn are left to the registry.
+/// Fewer keys than this in a loop turn are left to the registry
+/// (`spec/registry.md` §12).
 const MIN_PARALLEL_KEYS: usize = 4;
 
 impl KeyChecker {

@@ -281,7 +281,8 @@ pub struct Registry {
     prechecked_order: VecDeque<PublicKey>,
 }
 
-/// Ours: keys remembered by [`Registry::key_checked`] at most.
+/// Ours: keys remembered by [`Registry::key_checked`] at most
+/// (`spec/registry.md` §12).
 pub const MAX_PRECHECKED: usize = 4096;
 
 type Res = Result<Response, RegistryError>;
